@@ -1,0 +1,1 @@
+//! The embedded Python ComfyUI. Not built yet: see issue "Embedded Python ComfyUI".

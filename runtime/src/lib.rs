@@ -1,0 +1,3 @@
+pub mod schema;
+pub mod value;
+pub use value::{Opaque, Value};
