@@ -1,3 +1,22 @@
+//! comfyrs-runtime: ComfyUI's formats, validation, signatures, cache and scheduler.
+//!
+//! This crate knows nothing of tensors, WIDEN or Python: heavy values are opaque handles
+//! ([`value::Opaque`]) and node behaviour comes through the [`node::NodeClass`] contract.
+
+pub mod cache;
+pub mod coerce;
+pub mod events;
+pub mod executor;
+pub mod interrupt;
+pub mod node;
+pub mod prompt;
+pub mod registry;
 pub mod schema;
+pub mod signature;
+pub mod validate;
 pub mod value;
+
+pub use node::{Args, CallOutput, ExecContext, Fingerprint, NodeClass, NodeError, Placement};
+pub use registry::Registry;
+pub use schema::{InputSpec, NodeSchema, OutputSpec};
 pub use value::{Opaque, Value};

@@ -1,0 +1,207 @@
+//! The outputs cache: node results keyed by signature, bounded by bytes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lru::LruCache;
+use serde_json::{Map, Value as Json};
+
+use crate::signature::Signature;
+use crate::value::Value;
+
+/// How results are kept across prompts (`--cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Nothing is kept: every node runs every time.
+    None,
+    /// Least recently used entries go first once `--cache-bytes` is exceeded.
+    Lru,
+    /// As `Lru`, and also evicts while the machine's available memory is below the headroom.
+    RamPressure,
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(CacheMode::None),
+            "lru" => Ok(CacheMode::Lru),
+            "ram-pressure" => Ok(CacheMode::RamPressure),
+            other => Err(format!("unknown cache mode '{other}': use none, lru or ram-pressure")),
+        }
+    }
+}
+
+/// A node's cached result: its output lists and UI data.
+#[derive(Debug)]
+pub struct NodeResult {
+    pub outputs: Vec<Vec<Value>>,
+    pub ui: Option<Map<String, Json>>,
+    pub bytes: usize,
+}
+
+impl NodeResult {
+    pub fn new(outputs: Vec<Vec<Value>>, ui: Option<Map<String, Json>>) -> Self {
+        let bytes = outputs.iter().flatten().map(Value::byte_size).sum::<usize>()
+            + ui.as_ref().map(|u| Json::Object(u.clone()).to_string().len()).unwrap_or(0)
+            + 64;
+        NodeResult { outputs, ui, bytes }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub entries: usize,
+    pub bytes: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+}
+
+pub struct OutputCache {
+    mode: CacheMode,
+    max_bytes: usize,
+    /// Minimum available system memory to keep in `RamPressure` mode.
+    headroom: usize,
+    entries: LruCache<Signature, Arc<NodeResult>>,
+    stats: CacheStats,
+    last_memory_check: Option<Instant>,
+}
+
+impl OutputCache {
+    pub fn new(mode: CacheMode, max_bytes: usize) -> Self {
+        let total = system_memory().map(|m| m.total).unwrap_or(8 << 30);
+        // ComfyUI's active headroom: 10% of RAM, clamped to 2..10 GB.
+        let headroom = (total / 10).clamp(2 << 30, 10 << 30).min(total / 2);
+        OutputCache { mode, max_bytes, headroom, entries: LruCache::unbounded(), stats: CacheStats::default(), last_memory_check: None }
+    }
+
+    pub fn mode(&self) -> CacheMode {
+        self.mode
+    }
+
+    /// Looks up a result, counting the hit or miss and marking it recently used.
+    pub fn get(&mut self, sig: &Signature) -> Option<Arc<NodeResult>> {
+        let r = self.entries.get(sig).cloned();
+        if r.is_some() {
+            self.stats.hits += 1;
+        } else {
+            self.stats.misses += 1;
+        }
+        r
+    }
+
+    pub fn contains(&self, sig: &Signature) -> bool {
+        self.entries.contains(sig)
+    }
+
+    pub fn insert(&mut self, sig: Signature, result: Arc<NodeResult>) {
+        if self.mode == CacheMode::None {
+            return;
+        }
+        let bytes = result.bytes;
+        if bytes > self.max_bytes {
+            return; // would evict everything and still not fit
+        }
+        if let Some(old) = self.entries.put(sig, result) {
+            self.stats.bytes -= old.bytes;
+        }
+        self.stats.bytes += bytes;
+        while self.stats.bytes > self.max_bytes {
+            self.evict_one();
+        }
+        if self.mode == CacheMode::RamPressure && self.should_check_memory(bytes) {
+            while !self.entries.is_empty() && system_memory().is_some_and(|m| m.available < self.headroom) {
+                self.evict_one();
+            }
+        }
+        self.stats.entries = self.entries.len();
+    }
+
+    fn should_check_memory(&mut self, bytes: usize) -> bool {
+        // Reading /proc/meminfo costs microseconds; do it for big entries or every 50 ms.
+        let now = Instant::now();
+        let due = self.last_memory_check.is_none_or(|t| now.duration_since(t).as_millis() >= 50);
+        if bytes >= 16 << 20 || due {
+            self.last_memory_check = Some(now);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn evict_one(&mut self) {
+        if let Some((_, old)) = self.entries.pop_lru() {
+            self.stats.bytes -= old.bytes;
+            self.stats.evictions += 1;
+        }
+        self.stats.entries = self.entries.len();
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.stats.bytes = 0;
+        self.stats.entries = 0;
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats { entries: self.entries.len(), ..self.stats }
+    }
+}
+
+pub struct SystemMemory {
+    pub total: usize,
+    pub available: usize,
+}
+
+/// Total and available memory from /proc/meminfo (Linux); `None` elsewhere.
+pub fn system_memory() -> Option<SystemMemory> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<usize> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    };
+    Some(SystemMemory { total: field("MemTotal:")?, available: field("MemAvailable:")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig(b: u8) -> Signature {
+        Signature([b; 32])
+    }
+    fn result(len: usize) -> Arc<NodeResult> {
+        Arc::new(NodeResult::new(vec![vec![Value::String("x".repeat(len))]], None))
+    }
+
+    #[test]
+    fn evicts_least_recent_by_bytes() {
+        let one = result(1000).bytes;
+        let mut c = OutputCache::new(CacheMode::Lru, one * 2 + 10);
+        c.insert(sig(1), result(1000));
+        c.insert(sig(2), result(1000));
+        assert!(c.get(&sig(1)).is_some()); // 1 is now most recent
+        c.insert(sig(3), result(1000));
+        assert!(c.contains(&sig(1)));
+        assert!(!c.contains(&sig(2)));
+        assert!(c.contains(&sig(3)));
+        assert!(c.stats().bytes <= one * 2 + 10);
+        assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[test]
+    fn none_mode_keeps_nothing() {
+        let mut c = OutputCache::new(CacheMode::None, usize::MAX);
+        c.insert(sig(1), result(10));
+        assert!(c.get(&sig(1)).is_none());
+    }
+
+    #[test]
+    fn oversized_entries_are_not_cached() {
+        let mut c = OutputCache::new(CacheMode::Lru, 100);
+        c.insert(sig(1), result(1000));
+        assert_eq!(c.stats().entries, 0);
+    }
+}

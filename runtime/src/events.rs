@@ -1,0 +1,41 @@
+//! Run events: what the terminal progress display and WebSocket listeners see.
+
+use serde_json::{Map, Value as Json};
+
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A prompt began; `nodes` counts the nodes that will execute (cache misses).
+    Start { prompt_id: String, nodes: usize },
+    /// Nodes served from the cache.
+    Cached { prompt_id: String, nodes: Vec<String> },
+    Executing { prompt_id: String, node: String, class_type: String },
+    Progress { prompt_id: String, node: String, value: u64, max: u64 },
+    /// A node finished; `ui` is its UI output, if any.
+    Executed { prompt_id: String, node: String, class_type: String, ui: Option<Map<String, Json>>, seconds: f64 },
+    Error { prompt_id: String, node: String, class_type: String, message: String },
+    Interrupted { prompt_id: String, node: Option<String> },
+    Done { prompt_id: String, success: bool },
+}
+
+/// A listener. Implementations must be cheap: they are called on the scheduler thread.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: &Event);
+}
+
+/// Discards everything.
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn emit(&self, _event: &Event) {}
+}
+
+/// Fans one event out to several sinks.
+pub struct Fanout(pub Vec<Box<dyn EventSink>>);
+
+impl EventSink for Fanout {
+    fn emit(&self, event: &Event) {
+        for s in &self.0 {
+            s.emit(event);
+        }
+    }
+}
