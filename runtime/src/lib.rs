@@ -15,6 +15,7 @@ pub mod schema;
 pub mod signature;
 pub mod validate;
 pub mod value;
+pub mod workflow;
 
 pub use node::{Args, CallOutput, ExecContext, Fingerprint, NodeClass, NodeError, Placement};
 pub use registry::Registry;

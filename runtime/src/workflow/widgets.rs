@@ -1,0 +1,271 @@
+//! The frontend's widget model (comfyui-compat §1.3): which inputs of a class get widgets, the
+//! companion widgets the frontend inserts, and how `widgets_values` map onto them.
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value as Json};
+
+use crate::schema::{InputKind, InputSpec, NodeSchema, Num, Section};
+
+/// Widget types the core frontend has constructors for. Inputs of other types are sockets.
+const WIDGET_TYPES: &[&str] = &[
+    "INT",
+    "FLOAT",
+    "BOOLEAN",
+    "STRING",
+    "COMBO",
+    "MARKDOWN",
+    "IMAGEUPLOAD",
+    "COLOR",
+    "IMAGECOMPARE",
+    "BOUNDING_BOX",
+    "CHART",
+    "GALLERIA",
+    "PAINTER",
+    "TEXTAREA",
+    "CURVE",
+    "RANGE",
+    "COMFY_DYNAMICCOMBO_V3",
+    "COMFY_AUTOGROW_V3",
+];
+
+/// Option keys that add an upload button after a COMBO widget.
+const UPLOAD_OPTIONS: &[&str] = &["image_upload", "video_upload", "audio_upload", "file_upload"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Role {
+    /// A widget of a declared input: its value goes into the prompt.
+    Value { input: usize },
+    /// The control_after_generate combo of the widget before it (not sent).
+    Control { target: String },
+    /// An upload button (not sent).
+    Upload,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Widget {
+    pub name: String,
+    pub role: Role,
+    /// Part of the list only for the pre-1.16 forceInput layout.
+    pub legacy_force_input: bool,
+}
+
+/// The widget type the frontend would use for an input, if it gets a widget at all
+/// (ignoring `forceInput`).
+pub(crate) fn widget_type(spec: &InputSpec) -> Option<String> {
+    if spec.section == Section::Hidden {
+        return None;
+    }
+    if let Some(Json::String(t)) = spec.extra.get("widgetType") {
+        return Some(t.clone());
+    }
+    let ty = match &spec.kind {
+        InputKind::Int { .. } => "INT",
+        InputKind::Float { .. } => "FLOAT",
+        InputKind::String { .. } => "STRING",
+        InputKind::Boolean { .. } => "BOOLEAN",
+        InputKind::Combo { .. } => "COMBO",
+        InputKind::Socket(t) => t.as_str(),
+        InputKind::Hidden(_) => return None,
+    };
+    WIDGET_TYPES.contains(&ty).then(|| ty.to_string())
+}
+
+fn truthy(v: Option<&Json>) -> bool {
+    match v {
+        Some(Json::Bool(b)) => *b,
+        Some(Json::String(s)) => !s.is_empty(),
+        Some(Json::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        _ => false,
+    }
+}
+
+fn force_input(spec: &InputSpec) -> bool {
+    truthy(spec.extra.get("forceInput"))
+}
+
+/// The control widget's name when the frontend adds one after this input's widget.
+fn control_widget(spec: &InputSpec, ty: &str) -> Option<String> {
+    let opt = spec.extra.get("control_after_generate");
+    let set = truthy(opt);
+    let wanted = match ty {
+        "INT" => set || spec.name == "seed" || spec.name == "noise_seed",
+        "FLOAT" | "COMBO" => set,
+        _ => false,
+    };
+    if !wanted {
+        return None;
+    }
+    match opt {
+        Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => Some("control_after_generate".to_string()),
+    }
+}
+
+/// The ordered widget list of a class. With `with_force_input`, forceInput inputs keep the
+/// position (and control widget) they had before frontend 1.16.
+pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool) -> Vec<Widget> {
+    let mut out = Vec::new();
+    for (i, spec) in schema.inputs.iter().enumerate() {
+        let Some(ty) = widget_type(spec) else { continue };
+        let forced = force_input(spec);
+        if forced && !with_force_input {
+            continue;
+        }
+        out.push(Widget { name: spec.name.clone(), role: Role::Value { input: i }, legacy_force_input: forced });
+        if let Some(name) = control_widget(spec, &ty) {
+            out.push(Widget { name, role: Role::Control { target: spec.name.clone() }, legacy_force_input: forced });
+        }
+        if ty == "COMBO" && UPLOAD_OPTIONS.iter().any(|k| truthy(spec.extra.get(*k))) {
+            out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced });
+        }
+    }
+    out
+}
+
+/// What the frontend shows in a widget nobody set: the declared default, else the type's own.
+pub(crate) fn default_value(spec: &InputSpec) -> Option<Json> {
+    match &spec.kind {
+        InputKind::Int { default, min, .. } => Some(default.or(*min).map(Num::to_json).unwrap_or(Json::from(0))),
+        InputKind::Float { default, min, .. } => Some(default.or(*min).map(Num::to_json).unwrap_or(Json::from(0.0))),
+        InputKind::String { default, .. } => Some(Json::String(default.clone().unwrap_or_default())),
+        InputKind::Boolean { default } => Some(Json::Bool(default.unwrap_or(false))),
+        InputKind::Combo { options, default, .. } => default.clone().or_else(|| options.first().cloned()),
+        InputKind::Socket(_) => spec.extra.get("default").cloned(),
+        InputKind::Hidden(_) => None,
+    }
+}
+
+/// The widget values of one node after mapping `widgets_values` onto the widget list.
+pub(crate) struct Assigned {
+    /// Value widgets (sent to the backend), in widget order: input name → value.
+    pub values: IndexMap<String, Json>,
+    /// Control widgets: target input name → mode, after the legacy true/false fixup.
+    pub controls: IndexMap<String, String>,
+}
+
+/// Maps a node's `widgets_values` (list or object form) onto its class's widgets and applies
+/// the frontend's load-time fixups. `describe` names the node in warnings.
+pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describe: &dyn Fn() -> String, warnings: &mut Vec<String>) -> Assigned {
+    let normal = widget_list(schema, false);
+    let mut values: IndexMap<String, Json> = IndexMap::new();
+    let mut controls: IndexMap<String, String> = IndexMap::new();
+    // Defaults first, so widgets without a stored value still reach the prompt.
+    for w in &normal {
+        match &w.role {
+            Role::Value { input } => {
+                if let Some(d) = default_value(&schema.inputs[*input]) {
+                    values.insert(w.name.clone(), d);
+                }
+            }
+            Role::Control { target } => {
+                let spec = schema.find_input(target);
+                let default = match spec.map(|s| &s.kind) {
+                    Some(InputKind::Combo { .. }) => "fixed",
+                    _ => "randomize",
+                };
+                let mode = match spec.and_then(|s| s.extra.get("control_after_generate")) {
+                    Some(Json::String(s)) if !s.is_empty() => s.clone(),
+                    _ => default.to_string(),
+                };
+                controls.insert(target.clone(), mode);
+            }
+            Role::Upload => {}
+        }
+    }
+
+    let store = |w: &Widget, v: &Json, values: &mut IndexMap<String, Json>, controls: &mut IndexMap<String, String>| match &w.role {
+        Role::Value { .. } => {
+            values.insert(w.name.clone(), v.clone());
+        }
+        Role::Control { target } => {
+            let mode = match v {
+                Json::Bool(true) => "randomize".to_string(),
+                Json::Bool(false) => "fixed".to_string(),
+                Json::String(s) => s.clone(),
+                _ => return,
+            };
+            controls.insert(target.clone(), mode);
+        }
+        Role::Upload => {}
+    };
+
+    match widgets_values {
+        None => {}
+        Some(Json::Array(list)) => {
+            let legacy = widget_list(schema, true);
+            let layout = if legacy.len() != normal.len() && list.len() == legacy.len() {
+                warnings.push(format!(
+                    "{}: widgets_values has the pre-1.16 layout with placeholder values for forceInput inputs; they were dropped",
+                    describe()
+                ));
+                &legacy
+            } else {
+                if list.len() < normal.len() {
+                    warnings.push(format!(
+                        "{}: widgets_values has {} entries but the class has {} widgets; the missing ones take their defaults",
+                        describe(),
+                        list.len(),
+                        normal.len()
+                    ));
+                } else if list.len() > normal.len() {
+                    warnings.push(format!(
+                        "{}: widgets_values has {} entries but the class has {} widgets; the extra entries were ignored (the node's inputs may have changed since the workflow was saved)",
+                        describe(),
+                        list.len(),
+                        normal.len()
+                    ));
+                }
+                &normal
+            };
+            for (w, v) in layout.iter().zip(list.iter()) {
+                if w.legacy_force_input {
+                    continue;
+                }
+                store(w, v, &mut values, &mut controls);
+            }
+        }
+        Some(Json::Object(map)) => {
+            for w in &normal {
+                if let Some(v) = map.get(&w.name) {
+                    store(w, v, &mut values, &mut controls);
+                }
+            }
+            for (k, _) in map {
+                if !normal.iter().any(|w| &w.name == k) {
+                    warnings.push(format!("{}: widgets_values names \"{k}\", which is not a widget of this class; ignored", describe()));
+                }
+            }
+        }
+        Some(other) => warnings.push(format!(
+            "{}: widgets_values is {}, neither a list nor an object; the widgets take their defaults",
+            describe(),
+            crate::prompt::json_kind(other)
+        )),
+    }
+
+    // Load-time fixup of old KSampler files: sampler names lost their `sample_` prefix.
+    if schema.name == "KSampler" || schema.name == "KSamplerAdvanced" {
+        if let Some(Json::String(s)) = values.get_mut("sampler_name") {
+            if let Some(rest) = s.strip_prefix("sample_") {
+                *s = rest.to_string();
+            }
+        }
+    }
+    Assigned { values, controls }
+}
+
+/// Wraps array values so the backend does not read them as links.
+pub(crate) fn wrap_array(v: Json) -> Json {
+    if v.is_array() {
+        let mut m = Map::new();
+        m.insert("__value__".into(), v);
+        Json::Object(m)
+    } else {
+        v
+    }
+}
+
+/// True when the input's string widget is rewritten by dynamic-prompt processing.
+pub(crate) fn dynamic_prompts(spec: &InputSpec) -> bool {
+    matches!(spec.kind, InputKind::String { .. }) && truthy(spec.extra.get("dynamicPrompts"))
+}
