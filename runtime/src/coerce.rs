@@ -15,7 +15,7 @@ pub fn to_int(v: &Value) -> Result<Value, String> {
             .replace('_', "")
             .parse::<i128>()
             .map(Value::Int)
-            .map_err(|_| format!("invalid literal for int() with base 10: {s:?}")),
+            .map_err(|_| format!("invalid literal for int() with base 10: {}", py_str_repr(s))),
         other => Err(format!("int() argument must be a string or a number, not {}", other.kind())),
     }
 }
@@ -33,7 +33,7 @@ pub fn to_float(v: &Value) -> Result<Value, String> {
                 "nan" => Some(f64::NAN),
                 _ => t.parse::<f64>().ok(),
             };
-            parsed.map(Value::Float).ok_or_else(|| format!("could not convert string to float: {s:?}"))
+            parsed.map(Value::Float).ok_or_else(|| format!("could not convert string to float: {}", py_str_repr(s)))
         }
         other => Err(format!("float() argument must be a string or a real number, not {}", other.kind())),
     }
@@ -68,6 +68,29 @@ pub fn to_bool(v: &Value) -> Result<Value, String> {
     }))
 }
 
+/// Python's `repr()` of a string: single quotes unless the text holds one and no double quote.
+pub fn py_str_repr(s: &str) -> String {
+    let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(q);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == q => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push(q);
+    out
+}
+
 /// Python's `==` between a constant and a combo option: numbers compare by value.
 pub fn combo_eq(v: &Value, option: &serde_json::Value) -> bool {
     let o = Value::from_json(option);
@@ -92,5 +115,14 @@ mod tests {
         assert_eq!(to_bool(&Value::String("false".into())).unwrap(), Value::Bool(true));
         assert_eq!(to_bool(&Value::String(String::new())).unwrap(), Value::Bool(false));
         assert!(combo_eq(&Value::Int(1), &serde_json::json!(1.0)));
+    }
+
+    #[test]
+    fn python_string_repr() {
+        assert_eq!(py_str_repr("abc"), "'abc'");
+        assert_eq!(py_str_repr("it's"), "\"it's\"");
+        assert_eq!(py_str_repr("'\""), "'\\'\"'");
+        assert_eq!(py_str_repr("a\nb\\"), "'a\\nb\\\\'");
+        assert_eq!(to_int(&Value::String("x".into())).unwrap_err(), "invalid literal for int() with base 10: 'x'");
     }
 }

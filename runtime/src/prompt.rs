@@ -131,6 +131,10 @@ impl Input {
                 }
             }
             Json::Array(_) => Input::Malformed(v.clone()),
+            // ComfyUI unwraps `__value__` before coercing: a wrapped scalar is that scalar.
+            Json::Object(m) if m.get("__value__").is_some_and(|x| !x.is_array() && !x.is_object()) => {
+                Input::Const(Value::from_json(&m["__value__"]))
+            }
             other => Input::Const(Value::from_json(other)),
         }
     }

@@ -123,20 +123,28 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
     let mut schemas = Vec::with_capacity(prompt.nodes.len());
     for (id, node) in &prompt.nodes {
         let Some(ct) = node.class_type.as_deref() else {
+            // ComfyUI's words (current validate_prompt); the title is `_meta.title` or null.
+            let shown = node.title.clone().unwrap_or_else(|| format!("ID #{id}"));
             return Err(Rejection::new(
-                ErrorRecord::new("missing_node_type", format!("Node '{id}' has no class_type property"), "Every node record needs a \"class_type\" string naming its node type.")
-                    .extra("node_id", json!(id)),
+                ErrorRecord::new(
+                    "missing_node_type",
+                    format!("Node '{shown}' has no class_type. The workflow may be corrupted or a custom node is missing."),
+                    format!("Node ID '#{id}'"),
+                )
+                .extra("node_id", json!(id))
+                .extra("class_type", Json::Null)
+                .extra("node_title", json!(node.title)),
             ));
         };
         let Some(class) = registry.get(ct) else {
+            // ComfyUI's message and details (clients match on them), plus our suggestion.
             let hint = registry.suggest(ct);
-            let details = if hint.is_empty() {
-                "The custom node may not be installed; `comfyrs nodes` lists the node types this build knows.".to_string()
-            } else {
-                format!("Did you mean {}?", hint.iter().map(|h| format!("'{h}'")).collect::<Vec<_>>().join(", "))
-            };
+            let mut message = format!("Node '{}' not found. The custom node may not be installed.", node.display_title());
+            if !hint.is_empty() {
+                message += &format!(" Did you mean {}?", hint.iter().map(|h| format!("'{h}'")).collect::<Vec<_>>().join(", "));
+            }
             return Err(Rejection::new(
-                ErrorRecord::new("missing_node_type", format!("Node '{}' (id {id}) has unknown type '{ct}'", node.display_title()), details)
+                ErrorRecord::new("missing_node_type", message, format!("Node ID '#{id}'"))
                     .extra("node_id", json!(id))
                     .extra("class_type", json!(ct))
                     .extra("node_title", json!(node.display_title())),
@@ -332,28 +340,66 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         }
     }
 
-    // 6. node_errors with dependent outputs.
-    let mut node_errors = IndexMap::new();
+    // 6. node_errors with dependent outputs (in output order, as ComfyUI appends them). Walk
+    // from whichever side has fewer starting points: down from each erroneous node, or up from
+    // each output, so that neither many errors nor many outputs makes this quadratic.
     let with_errors: Vec<usize> = (0..n).filter(|&i| reachable[i] && !own[i].is_empty()).collect();
-    for i in with_errors {
-        let mut seen = vec![false; n];
-        let mut q = VecDeque::from([i]);
-        seen[i] = true;
-        let mut deps = Vec::new();
-        while let Some(j) = q.pop_front() {
-            if schemas[j].output_node && outputs.contains(&j) {
-                deps.push(prompt.nodes.get_index(j).unwrap().0.clone());
+    let mut out_pos = vec![usize::MAX; n];
+    for (k, &o) in outputs.iter().enumerate() {
+        out_pos[o] = k;
+    }
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut seen = vec![usize::MAX; n]; // the walk that last visited a node
+    let mut q = VecDeque::new();
+    if with_errors.len() <= outputs.len() {
+        for (walk, &i) in with_errors.iter().enumerate() {
+            seen[i] = walk;
+            q.push_back(i);
+            while let Some(j) = q.pop_front() {
+                if out_pos[j] != usize::MAX {
+                    deps[i].push(out_pos[j]);
+                }
+                for &c in &consumers[j] {
+                    if seen[c] != walk {
+                        seen[c] = walk;
+                        q.push_back(c);
+                    }
+                }
             }
-            for &c in &consumers[j] {
-                if !seen[c] {
-                    seen[c] = true;
-                    q.push_back(c);
+            deps[i].sort_unstable();
+        }
+    } else {
+        let mut sources: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, cs) in consumers.iter().enumerate() {
+            for &c in cs {
+                sources[c].push(j);
+            }
+        }
+        for (walk, &o) in outputs.iter().enumerate() {
+            seen[o] = walk;
+            q.push_back(o);
+            while let Some(j) = q.pop_front() {
+                if !own[j].is_empty() {
+                    deps[j].push(walk);
+                }
+                for &s in &sources[j] {
+                    if seen[s] != walk {
+                        seen[s] = walk;
+                        q.push_back(s);
+                    }
                 }
             }
         }
+    }
+    let mut node_errors = IndexMap::new();
+    for i in with_errors {
         node_errors.insert(
             prompt.nodes.get_index(i).unwrap().0.clone(),
-            NodeErrors { errors: std::mem::take(&mut own[i]), dependent_outputs: deps, class_type: schemas[i].name.clone() },
+            NodeErrors {
+                errors: std::mem::take(&mut own[i]),
+                dependent_outputs: deps[i].iter().map(|&k| prompt.nodes.get_index(outputs[k]).unwrap().0.clone()).collect(),
+                class_type: schemas[i].name.clone(),
+            },
         );
     }
 
@@ -399,7 +445,7 @@ pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord>
         _ => Ok(v.clone()),
     };
     let coerced = coerced.map_err(|(e, ty)| {
-        ErrorRecord::new("invalid_input_type", format!("Failed to convert an input value to a {ty} value"), format!("{}, {}, {e}", spec.name, py_repr(v)))
+        ErrorRecord::new("invalid_input_type", format!("Failed to convert an input value to a {ty} value"), format!("{}, {}, {e}", spec.name, py_str(v)))
             .extra("input_name", json!(spec.name))
             .extra("input_config", spec.to_object_info())
             .extra("received_value", v.to_json())
@@ -441,7 +487,7 @@ pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord>
                     } else {
                         format!("(list of length {})", options.len())
                     };
-                    let mut e = ErrorRecord::new("value_not_in_list", "Value not in list", format!("{}: {} not in {shown}", spec.name, py_repr(val)))
+                    let mut e = ErrorRecord::new("value_not_in_list", "Value not in list", format!("{}: '{}' not in {shown}", spec.name, py_str(val)))
                         .extra("input_name", json!(spec.name))
                         .extra("received_value", val.to_json());
                     e = e.extra("input_config", if options.len() <= 20 { spec.to_object_info() } else { Json::Null });
@@ -479,10 +525,18 @@ fn num_repr(n: Num) -> String {
     }
 }
 
+/// Python's `str()` of a constant, as ComfyUI's f-strings show it.
+pub fn py_str(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => py_repr(other),
+    }
+}
+
 /// Python's repr of a constant, as ComfyUI's messages show it.
 pub fn py_repr(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("'{s}'"),
+        Value::String(s) => coerce::py_str_repr(s),
         Value::Float(f) => format_float(*f),
         Value::Int(i) => i.to_string(),
         Value::Bool(b) => if *b { "True" } else { "False" }.into(),

@@ -1,0 +1,492 @@
+//! Test-only node classes and helpers shared by the runtime's integration tests.
+//!
+//! Every class records each call in a shared [`Probe`] (per node id, with start/end instants),
+//! so tests assert exactly which nodes ran, how often, and when.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use comfyrs_runtime::cache::CacheMode;
+use comfyrs_runtime::events::NoEvents;
+use comfyrs_runtime::executor::{Executor, NodeStatus, RunOptions, RunReport};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::schema::{InputKind, Num};
+use comfyrs_runtime::validate::{validate, Rejection, Validated};
+use comfyrs_runtime::{
+    Args, CallOutput, ExecContext, Fingerprint, InputSpec, NodeClass, NodeError, NodeSchema, OutputSpec, Placement,
+    Registry, Value,
+};
+use serde_json::{json, Map, Value as Json};
+
+/// What ran: a shared record of every call of every test node.
+#[derive(Default)]
+pub struct Probe {
+    /// Calls of all nodes together.
+    pub total: AtomicUsize,
+    /// Calls per node id.
+    per_node: Mutex<BTreeMap<String, usize>>,
+    /// (node id, start, end) of every call, in completion order.
+    intervals: Mutex<Vec<(String, Instant, Instant)>>,
+    /// Slow nodes that have started (for tests that act while a node runs).
+    pub started: AtomicUsize,
+    /// The fingerprint `Fingerprinted` nodes report (a stand-in for a file's mtime).
+    pub fingerprint: Mutex<Json>,
+}
+
+impl Probe {
+    pub fn new() -> Arc<Probe> {
+        Arc::new(Probe { fingerprint: Mutex::new(json!(0)), ..Default::default() })
+    }
+    fn record(&self, node: &str, start: Instant) {
+        let end = Instant::now();
+        self.total.fetch_add(1, Ordering::SeqCst);
+        *self.per_node.lock().unwrap().entry(node.to_string()).or_default() += 1;
+        self.intervals.lock().unwrap().push((node.to_string(), start, end));
+    }
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+    /// Calls of one node id.
+    pub fn calls(&self, node: &str) -> usize {
+        self.per_node.lock().unwrap().get(node).copied().unwrap_or(0)
+    }
+    /// The ids of the nodes that ran at least once.
+    pub fn ran(&self) -> BTreeSet<String> {
+        self.per_node.lock().unwrap().keys().cloned().collect()
+    }
+    pub fn intervals(&self) -> Vec<(String, Instant, Instant)> {
+        self.intervals.lock().unwrap().clone()
+    }
+    /// Forgets everything recorded so far.
+    pub fn reset(&self) {
+        self.total.store(0, Ordering::SeqCst);
+        self.started.store(0, Ordering::SeqCst);
+        self.per_node.lock().unwrap().clear();
+        self.intervals.lock().unwrap().clear();
+    }
+}
+
+/// Which test class, and the behaviour it implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `value: INT` → INT.
+    Int,
+    /// `value: FLOAT` → FLOAT.
+    Float,
+    /// `value: STRING` → STRING.
+    Str,
+    /// `value: *` → `*`, passed through unchanged (constants keep their kind).
+    AnyPass,
+    /// `a: INT, b: INT` → `a + b`.
+    Add,
+    /// `a: STRING`, optional `b: STRING`, optional `sep: STRING` → `a + sep + b`.
+    Concat,
+    /// Output node: `value: *` → UI `{"text": [value as string]}`, no outputs.
+    Preview,
+    /// Lazy switch: `switch: BOOLEAN`, lazy `on_true: *`, lazy `on_false: *` → the chosen one.
+    Switch,
+    /// INPUT_IS_LIST: `values: *`, optional `sep: STRING` → one STRING joining the whole list.
+    Join,
+    /// OUTPUT_IS_LIST: `start: INT, count: INT` → INT list `start..start+count`.
+    Range,
+    /// Always fails: optional `value: *`, `message: STRING` → `*`.
+    Fail,
+    /// Fingerprint `Always`: `value: INT` → INT.
+    Always,
+    /// Fingerprint from `Probe::fingerprint`: `value: INT` → INT.
+    Fingerprinted,
+    /// NOT_IDEMPOTENT: `value: INT` → INT.
+    NotIdempotent,
+    /// Custom validation: `n: INT` must be even → INT.
+    Even,
+    /// Worker placement: `value: *`, `ms: INT` → sleeps `ms`, returns value.
+    Slow,
+    /// Sets the executor's interrupt flag from inside the node: `value: *` → `*`.
+    Interrupter,
+    /// Panics: `value: *` → `*` (inline, or on a worker with `Worker` placement).
+    Panic,
+    PanicWorker,
+    /// Widgets with ranges and choices, an output node:
+    /// `i: INT [0, 10]`, `f: FLOAT [0.0, 1.0]`, `mode: [a, b, c]`, `big: 25 choices`,
+    /// optional `flag: BOOLEAN`, optional `text: STRING`; UI echoes the coerced constants.
+    Widgets,
+    /// Typed sources: `MODEL`, `IMAGE`, `MASK,IMAGE` (a comma union), `*`.
+    ModelSrc,
+    ImageSrc,
+    UnionSrc,
+    AnySrc,
+    /// Three outputs: INT, FLOAT, STRING.
+    Multi,
+    /// Output node with optional typed sockets `model: MODEL`, `pic: IMAGE,LATENT`, `any: *`.
+    Sink,
+    /// Output node that returns its input as a value too: `value: *` → `*`, UI text.
+    Echo,
+}
+
+pub const ALL_KINDS: &[Kind] = &[
+    Kind::Int,
+    Kind::Float,
+    Kind::Str,
+    Kind::AnyPass,
+    Kind::Add,
+    Kind::Concat,
+    Kind::Preview,
+    Kind::Switch,
+    Kind::Join,
+    Kind::Range,
+    Kind::Fail,
+    Kind::Always,
+    Kind::Fingerprinted,
+    Kind::NotIdempotent,
+    Kind::Even,
+    Kind::Slow,
+    Kind::Interrupter,
+    Kind::Panic,
+    Kind::PanicWorker,
+    Kind::Widgets,
+    Kind::ModelSrc,
+    Kind::ImageSrc,
+    Kind::UnionSrc,
+    Kind::AnySrc,
+    Kind::Multi,
+    Kind::Sink,
+    Kind::Echo,
+];
+
+/// The names of the classes that never panic (for fuzzing the executor).
+pub fn safe_kinds() -> Vec<Kind> {
+    ALL_KINDS.iter().copied().filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker)).collect()
+}
+
+pub struct TestNode {
+    kind: Kind,
+    probe: Arc<Probe>,
+    schema: Arc<NodeSchema>,
+}
+
+fn big_options() -> Vec<String> {
+    (0..25).map(|i| format!("opt{i:02}")).collect()
+}
+
+impl TestNode {
+    pub fn new(kind: Kind, probe: Arc<Probe>) -> TestNode {
+        let name = format!("{kind:?}");
+        let s = NodeSchema::new(&name, &name, "testing");
+        let any = |n: &str| InputSpec::socket(n, "*");
+        let int = |n: &str| InputSpec::int(n, 0, -1_000_000_000, 1_000_000_000);
+        let schema = match kind {
+            Kind::Int => s.input(int("value")).output(OutputSpec::new("INT")),
+            Kind::Float => s.input(InputSpec::float("value", 0.0, -1e9, 1e9, 0.01)).output(OutputSpec::new("FLOAT")),
+            Kind::Str => s.input(InputSpec::string("value", "")).output(OutputSpec::new("STRING")),
+            Kind::AnyPass => s.input(any("value")).output(OutputSpec::new("*")),
+            Kind::Add => s.input(int("a")).input(int("b")).output(OutputSpec::new("INT")),
+            Kind::Concat => s
+                .input(InputSpec::string("a", ""))
+                .input(InputSpec::string("b", "").optional())
+                .input(InputSpec::string("sep", "").optional())
+                .output(OutputSpec::new("STRING")),
+            Kind::Preview => s.input(any("value")).output_node(),
+            Kind::Switch => s
+                .input(InputSpec::boolean("switch", true))
+                .input(any("on_true").lazy())
+                .input(any("on_false").lazy())
+                .output(OutputSpec::new("*")),
+            Kind::Join => s
+                .input(any("values"))
+                .input(InputSpec::string("sep", ",").optional())
+                .input_is_list()
+                .output(OutputSpec::new("STRING")),
+            Kind::Range => {
+                let mut out = OutputSpec::new("INT");
+                out.is_list = true;
+                s.input(int("start")).input(InputSpec::int("count", 1, 0, 1000)).output(out)
+            }
+            Kind::Fail => s
+                .input(any("value").optional())
+                .input(InputSpec::string("message", "boom").optional())
+                .output(OutputSpec::new("*")),
+            Kind::Always | Kind::Fingerprinted => s.input(int("value")).output(OutputSpec::new("INT")),
+            Kind::NotIdempotent => {
+                let mut s = s.input(int("value")).output(OutputSpec::new("INT"));
+                s.not_idempotent = true;
+                s
+            }
+            Kind::Even => s.input(int("n")).output(OutputSpec::new("INT")),
+            Kind::Slow => s.input(any("value")).input(InputSpec::int("ms", 50, 0, 10_000)).output(OutputSpec::new("*")),
+            Kind::Interrupter | Kind::Panic | Kind::PanicWorker => s.input(any("value")).output(OutputSpec::new("*")),
+            Kind::Widgets => s
+                .input(InputSpec::int("i", 0, 0, 10))
+                .input(InputSpec::float("f", 0.5, 0.0, 1.0, 0.01))
+                .input(InputSpec::combo("mode", &["a", "b", "c"]))
+                .input(InputSpec::combo("big", &big_options()))
+                .input(InputSpec::boolean("flag", false).optional())
+                .input(InputSpec::string("text", "").optional())
+                .output(OutputSpec::new("INT"))
+                .output_node(),
+            Kind::ModelSrc => s.output(OutputSpec::new("MODEL")),
+            Kind::ImageSrc => s.output(OutputSpec::new("IMAGE")),
+            Kind::UnionSrc => s.output(OutputSpec::new("MASK,IMAGE")),
+            Kind::AnySrc => s.output(OutputSpec::new("*")),
+            Kind::Multi => s
+                .input(int("value"))
+                .output(OutputSpec::named("INT", "int"))
+                .output(OutputSpec::named("FLOAT", "float"))
+                .output(OutputSpec::named("STRING", "string")),
+            Kind::Sink => s
+                .input(InputSpec::socket("model", "MODEL").optional())
+                .input(InputSpec::socket("pic", "IMAGE,LATENT").optional())
+                .input(any("any").optional())
+                .output_node(),
+            Kind::Echo => s.input(any("value")).output(OutputSpec::new("*")).output_node(),
+        };
+        TestNode { kind, probe, schema: Arc::new(schema) }
+    }
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => comfyrs_runtime::value::format_float(*f),
+        Value::Bool(b) => if *b { "True" } else { "False" }.into(),
+        Value::None => "None".into(),
+        other => other.to_json().to_string(),
+    }
+}
+
+fn ui_text(texts: Vec<String>) -> Map<String, Json> {
+    let mut m = Map::new();
+    m.insert("text".into(), Json::Array(texts.into_iter().map(Json::String).collect()));
+    m
+}
+
+impl NodeClass for TestNode {
+    fn schema(&self) -> Arc<NodeSchema> {
+        self.schema.clone()
+    }
+
+    fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        let start = Instant::now();
+        let out = self.call(ctx, args);
+        self.probe.record(ctx.node_id, start);
+        out
+    }
+
+    fn fingerprint(&self, _constants: &Args) -> Option<Fingerprint> {
+        match self.kind {
+            Kind::Always => Some(Fingerprint::Always),
+            Kind::Fingerprinted => Some(Fingerprint::Value(self.probe.fingerprint.lock().unwrap().clone())),
+            _ => None,
+        }
+    }
+
+    fn check_lazy_status(&self, _ctx: &ExecContext, args: &Args) -> Result<Vec<String>, NodeError> {
+        if self.kind != Kind::Switch {
+            return Ok(Vec::new());
+        }
+        let want = if args.boolean("switch")? { "on_true" } else { "on_false" };
+        Ok(if args.get(want).is_none() { vec![want.to_string()] } else { Vec::new() })
+    }
+
+    fn validate_inputs(&self, constants: &Args) -> Vec<(String, String)> {
+        if self.kind != Kind::Even {
+            return Vec::new();
+        }
+        match constants.get("n") {
+            Some(Value::Int(n)) if n % 2 != 0 => vec![("n".into(), format!("{n} is odd"))],
+            _ => Vec::new(),
+        }
+    }
+
+    fn placement(&self) -> Placement {
+        match self.kind {
+            Kind::Slow | Kind::PanicWorker => Placement::Worker,
+            _ => Placement::Inline,
+        }
+    }
+}
+
+impl TestNode {
+    fn call(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        let one = |v: Value| Ok(CallOutput::values([v]));
+        let passthrough = || args.get("value").cloned().unwrap_or(Value::None);
+        match self.kind {
+            Kind::Int | Kind::Always | Kind::Fingerprinted | Kind::NotIdempotent => one(Value::Int(args.int("value")?)),
+            Kind::Float => one(Value::Float(args.float("value")?)),
+            Kind::Str => one(Value::String(args.string("value")?.to_string())),
+            Kind::AnyPass | Kind::Interrupter => {
+                if self.kind == Kind::Interrupter {
+                    ctx.interrupt.set();
+                }
+                one(passthrough())
+            }
+            Kind::Add => {
+                let (a, b) = (args.int("a")?, args.int("b")?);
+                one(Value::Int(a.checked_add(b).ok_or_else(|| NodeError::msg("overflow"))?))
+            }
+            Kind::Concat => {
+                let a = args.string("a")?;
+                let b = if args.has("b") { args.string("b")? } else { "" };
+                let sep = if args.has("sep") { args.string("sep")? } else { "" };
+                one(Value::String(format!("{a}{sep}{b}")))
+            }
+            Kind::Preview => Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(vec![text_of(&passthrough())])) }),
+            Kind::Echo => Ok(CallOutput::values([passthrough()]).with_ui(ui_text(vec![text_of(&passthrough())]))),
+            Kind::Switch => {
+                let want = if args.boolean("switch")? { "on_true" } else { "on_false" };
+                one(args.get(want).cloned().unwrap_or(Value::None))
+            }
+            Kind::Join => {
+                let sep = match args.list("sep").first() {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => ",".into(),
+                };
+                one(Value::String(args.list("values").iter().map(text_of).collect::<Vec<_>>().join(&sep)))
+            }
+            Kind::Range => {
+                let (start, count) = (args.int("start")?, args.int("count")?);
+                Ok(CallOutput { outputs: vec![(0..count).map(|k| Value::Int(start + k)).collect()], ui: None })
+            }
+            Kind::Fail => {
+                let msg = if args.has("message") { args.string("message")?.to_string() } else { "boom".into() };
+                Err(NodeError::value_error(msg))
+            }
+            Kind::Even => one(Value::Int(args.int("n")?)),
+            Kind::Slow => {
+                self.probe.started.fetch_add(1, Ordering::SeqCst);
+                let ms = args.int("ms")?.clamp(0, 10_000) as u64;
+                std::thread::sleep(Duration::from_millis(ms));
+                one(passthrough())
+            }
+            Kind::Panic | Kind::PanicWorker => panic!("test node {} panicked on purpose", ctx.node_id),
+            Kind::Widgets => {
+                let mut texts = Vec::new();
+                for name in ["i", "f", "mode", "big", "flag", "text"] {
+                    if let Some(v) = args.get(name) {
+                        texts.push(format!("{name}={}", v.to_json()));
+                    }
+                }
+                Ok(CallOutput::values([Value::Int(args.int("i")?)]).with_ui(ui_text(texts)))
+            }
+            Kind::ModelSrc | Kind::ImageSrc | Kind::UnionSrc | Kind::AnySrc => one(Value::String(format!("{:?}", self.kind))),
+            Kind::Multi => {
+                let v = args.int("value")?;
+                Ok(CallOutput::values([Value::Int(v), Value::Float(v as f64), Value::String(v.to_string())]))
+            }
+            Kind::Sink => {
+                let mut texts = Vec::new();
+                for name in ["model", "pic", "any"] {
+                    if let Some(v) = args.get(name) {
+                        texts.push(format!("{name}={}", text_of(v)));
+                    }
+                }
+                Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(texts)) })
+            }
+        }
+    }
+}
+
+/// A registry with every test class, all recording into `probe`.
+pub fn registry(probe: &Arc<Probe>) -> Registry {
+    let mut r = Registry::new();
+    for &k in ALL_KINDS {
+        assert!(r.register(Arc::new(TestNode::new(k, probe.clone()))));
+    }
+    r
+}
+
+/// Parses and validates prompt JSON against the test registry.
+pub fn check(reg: &Registry, prompt: &Json) -> Result<Validated, Rejection> {
+    let p = Prompt::from_json(prompt).expect("the prompt has a prompt's shape");
+    validate(p, reg, None)
+}
+
+/// Validates, expecting a rejection; returns its JSON.
+pub fn rejection(reg: &Registry, prompt: &Json) -> Json {
+    match check(reg, prompt) {
+        Ok(v) => panic!("expected a rejection, the prompt was accepted with outputs {:?}", v.outputs),
+        Err(r) => r.to_json(),
+    }
+}
+
+/// The first error recorded on `node` in a rejection's JSON.
+pub fn node_error<'a>(rej: &'a Json, node: &str) -> &'a Json {
+    &rej["node_errors"][node]["errors"][0]
+}
+
+pub fn options() -> RunOptions<'static> {
+    RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: std::env::temp_dir(), events: &NoEvents }
+}
+
+/// A registry, an executor and a probe: runs prompts the way the CLI does.
+pub struct Harness {
+    pub probe: Arc<Probe>,
+    pub registry: Registry,
+    pub executor: Executor,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with_cache(CacheMode::Lru, usize::MAX)
+    }
+    pub fn with_cache(mode: CacheMode, bytes: usize) -> Harness {
+        let probe = Probe::new();
+        Harness { registry: registry(&probe), probe, executor: Executor::new(mode, bytes) }
+    }
+    pub fn validate(&self, prompt: &Json) -> Validated {
+        match check(&self.registry, prompt) {
+            Ok(v) => v,
+            Err(r) => panic!("prompt rejected: {}", serde_json::to_string_pretty(&r.to_json()).unwrap()),
+        }
+    }
+    /// Validates and runs; the probe is reset first so it shows this run only.
+    pub fn run(&mut self, prompt: &Json) -> RunReport {
+        let v = self.validate(prompt);
+        self.probe.reset();
+        self.executor.run(&v, &options())
+    }
+}
+
+/// The ids with a given status in a report.
+pub fn with_status(report: &RunReport, status: &NodeStatus) -> BTreeSet<String> {
+    report.nodes.iter().filter(|n| &n.status == status).map(|n| n.id.clone()).collect()
+}
+
+pub fn executed(report: &RunReport) -> BTreeSet<String> {
+    with_status(report, &NodeStatus::Executed)
+}
+
+pub fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|s| s.to_string()).collect()
+}
+
+/// The UI texts an output node reported.
+pub fn texts(report: &RunReport, node: &str) -> Vec<String> {
+    match report.outputs.get(node).and_then(|ui| ui.get("text")) {
+        Some(Json::Array(a)) => a.iter().map(|v| v.as_str().unwrap_or("?").to_string()).collect(),
+        other => panic!("node {node} has no UI text: {other:?} (outputs: {:?})", report.outputs),
+    }
+}
+
+/// A chain `Int → AnyPass × (n-1) → Preview` of `n + 1` nodes, ids "0".."n".
+pub fn chain(n: usize) -> Json {
+    let mut m = Map::new();
+    m.insert("0".into(), json!({"class_type": "Int", "inputs": {"value": 1}}));
+    for i in 1..n {
+        m.insert(i.to_string(), json!({"class_type": "AnyPass", "inputs": {"value": [(i - 1).to_string(), 0]}}));
+    }
+    m.insert(n.to_string(), json!({"class_type": "Preview", "inputs": {"value": [(n - 1).to_string(), 0]}}));
+    Json::Object(m)
+}
+
+/// Declared numeric bounds of an input, for assertions on `input_config`.
+pub fn bounds(spec: &InputSpec) -> (Option<Num>, Option<Num>) {
+    match &spec.kind {
+        InputKind::Int { min, max, .. } | InputKind::Float { min, max, .. } => (*min, *max),
+        _ => (None, None),
+    }
+}
