@@ -168,6 +168,10 @@ impl Executor {
                     if run.state[i] != State::Waiting {
                         continue;
                     }
+                    // An identical node of this prompt may have produced this signature since.
+                    if run.serve_from_cache(i, cache) {
+                        continue;
+                    }
                     if run.needs_lazy_inputs(i, &ctx_parts, cache) {
                         continue;
                     }
@@ -260,7 +264,7 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
     let n_out = schema.outputs.len();
     let calls: Vec<Result<CallOutput, NodeError>> = if schema.input_is_list {
         ctx.check_interrupt()?;
-        vec![class.execute(&ctx, args)]
+        vec![guarded(&schema.name, || class.execute(&ctx, args))]
     } else {
         let lens: Vec<usize> = args.values.values().map(Vec::len).collect();
         if lens.contains(&0) {
@@ -269,7 +273,7 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
             let n = lens.iter().copied().max().unwrap_or(1);
             if n == 1 {
                 ctx.check_interrupt()?;
-                vec![class.execute(&ctx, args)]
+                vec![guarded(&schema.name, || class.execute(&ctx, args))]
             } else {
                 let mut out = Vec::with_capacity(n);
                 for k in 0..n {
@@ -278,7 +282,7 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
                     for (name, list) in &args.values {
                         sliced.values.insert(name.clone(), vec![list[k.min(list.len() - 1)].clone()]);
                     }
-                    out.push(class.execute(&ctx, &sliced));
+                    out.push(guarded(&schema.name, || class.execute(&ctx, &sliced)));
                 }
                 out
             }
@@ -312,6 +316,19 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
         }
     }
     Ok(merged)
+}
+
+/// Runs node code, turning a panic into a node error: a buggy node fails its own branch
+/// instead of unwinding through the scheduler (or, on a worker, leaving it waiting forever).
+fn guarded<T>(class: &str, f: impl FnOnce() -> Result<T, NodeError>) -> Result<T, NodeError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        Err(NodeError::Failed { message: format!("{class} panicked: {what}"), exception_type: "Panic".into(), traceback: Vec::new() })
+    })
 }
 
 /// The state of one prompt's execution.
@@ -416,7 +433,8 @@ impl<'a> Run<'a> {
             match self.state[s] {
                 State::Done => {}
                 State::Failed | State::Skipped => {
-                    self.skip_from(s);
+                    // Scheduled (lazily) below a node that already failed: never runnable.
+                    self.skip(j, s);
                     return;
                 }
                 State::Unscheduled => {}
@@ -442,7 +460,7 @@ impl<'a> Run<'a> {
         }
         let args = self.gather(i);
         let ctx = parts.ctx(self.v.id(i));
-        let wanted = match self.v.classes[i].check_lazy_status(&ctx, &args) {
+        let wanted = match guarded(&schema.name, || self.v.classes[i].check_lazy_status(&ctx, &args)) {
             Ok(w) => w,
             Err(e) => {
                 self.finish(i, Err(e), 0.0, &args, cache);
@@ -466,7 +484,7 @@ impl<'a> Run<'a> {
             match self.state[src] {
                 State::Done => {}
                 State::Failed | State::Skipped => {
-                    self.skip_from(src);
+                    self.skip(i, src);
                     return true;
                 }
                 _ => {
@@ -537,12 +555,7 @@ impl<'a> Run<'a> {
                 self.results[i] = Some(res.clone());
                 self.state[i] = State::Done;
                 self.opts.events.emit(&Event::Executed { prompt_id: self.opts.prompt_id.clone(), node: id, class_type, ui: res.ui.clone(), seconds });
-                for c in std::mem::take(&mut self.consumers[i]) {
-                    self.deps_left[c] -= 1;
-                    if self.deps_left[c] == 0 && self.state[c] == State::Waiting {
-                        self.ready.push_back(c);
-                    }
-                }
+                self.release(i);
             }
             Err(NodeError::Interrupted) => {
                 self.state[i] = State::Skipped;
@@ -565,9 +578,55 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Marks every scheduled consumer below a failed node as skipped.
-    fn skip_from(&mut self, failed: usize) {
-        let mut q = VecDeque::from([failed]);
+    /// Unblocks the consumers of a node that is done.
+    fn release(&mut self, i: usize) {
+        for c in std::mem::take(&mut self.consumers[i]) {
+            self.deps_left[c] -= 1;
+            if self.deps_left[c] == 0 && self.state[c] == State::Waiting {
+                self.ready.push_back(c);
+            }
+        }
+    }
+
+    /// Serves a waiting node from the cache if its signature is there now. Returns true if so.
+    fn serve_from_cache(&mut self, i: usize, cache: &mut OutputCache) -> bool {
+        let Some(sig) = self.sigs[i] else { return false };
+        if !cache.contains(&sig) {
+            return false;
+        }
+        let Some(hit) = cache.get(&sig) else { return false };
+        if let Some(ui) = &hit.ui {
+            if self.v.schemas[i].output_node {
+                self.outputs.insert(self.v.id(i).to_string(), ui.clone());
+            }
+        }
+        self.results[i] = Some(hit);
+        self.state[i] = State::Done;
+        self.cached.push(i);
+        self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.v.id(i).to_string()] });
+        self.release(i);
+        true
+    }
+
+    /// The failed node that `i` (failed, or skipped because of a failure) goes back to.
+    fn root_failure(&self, i: usize) -> usize {
+        match self.state[i] {
+            State::Failed => i,
+            _ => self.blocked_by[i].unwrap_or(i),
+        }
+    }
+
+    /// Marks `j` skipped because its source `src` failed or was skipped, and what waits on it.
+    fn skip(&mut self, j: usize, src: usize) {
+        self.state[j] = State::Skipped;
+        self.blocked_by[j] = Some(self.root_failure(src));
+        self.skip_from(j);
+    }
+
+    /// Marks every scheduled consumer below a failed (or skipped) node as skipped.
+    fn skip_from(&mut self, from: usize) {
+        let failed = self.root_failure(from);
+        let mut q = VecDeque::from([from]);
         while let Some(j) = q.pop_front() {
             for c in std::mem::take(&mut self.consumers[j]) {
                 if matches!(self.state[c], State::Waiting | State::Unscheduled) {

@@ -115,8 +115,11 @@ fn sign_one(v: &Validated, i: usize, sigs: &[Option<Signature>], salt: &[u8; 16]
             put_json(&mut h, &j);
         }
         Some(Fingerprint::Always) => {
+            // Unique to this run and this node: like ComfyUI's NaN, it equals nothing else, so
+            // two "always changed" nodes of one prompt never share a result.
             h.update(&[2]);
             h.update(salt);
+            put_str(&mut h, id);
         }
     }
     let wants_id = schema.not_idempotent

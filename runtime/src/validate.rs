@@ -254,6 +254,19 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
                 },
             }
         }
+        // Undeclared links are not validated, but their sources run: validate those.
+        for (name, input) in &node.inputs {
+            if let Input::Link(l) = input {
+                if !schema.declared_inputs().any(|s| s.name == *name) {
+                    if let Some(src) = prompt.nodes.get_index_of(&l.node) {
+                        if !reachable[src] {
+                            reachable[src] = true;
+                            queue.push_back(src);
+                        }
+                    }
+                }
+            }
+        }
         // Custom validation sees constants only.
         let mut constants = Args::default();
         for (k, v) in &coerced {
@@ -278,7 +291,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
             if let Input::Link(l) = input {
                 match prompt.nodes.get_index_of(&l.node) {
                     Some(src) if l.slot < schemas[src].outputs.len() => links[i].push((name.clone(), src, l.slot)),
-                    _ if schemas[i].find_input(name).is_some() => {} // reported above
+                    _ if schemas[i].declared_inputs().any(|s| s.name == *name) => {} // reported above
                     _ => own[i].push(
                         ErrorRecord::new("bad_linked_input", format!("Input '{name}' is linked to output {} of node '{}', which does not exist", l.slot, l.node), name.clone())
                             .extra("input_name", json!(name))
