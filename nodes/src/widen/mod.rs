@@ -1,0 +1,36 @@
+//! WIDEN model merging on libtorch (widen-algorithm.md, amended by decisions.md D1-D6, D21).
+//!
+//! Entry points: [`Widen::filter`] (one contributor) and [`Widen::merge`] (N contributors) on a
+//! batch of keys of one shape `[B, *S]`, each contributor given as full weights or as low-rank
+//! factors ([`Contribution`]). Every statistic is per key (D4), math runs in fp32 on the chosen
+//! device, results come back in the backbone's dtype. The building blocks (ranking, sparsity,
+//! statistics) are public for tests and for callers that cache them.
+
+pub mod bench;
+pub mod calibration;
+pub mod config;
+pub mod disentangle;
+pub mod eps;
+mod error;
+pub mod filter;
+mod kernels;
+pub mod layout;
+pub mod merge;
+mod ops;
+pub mod oracle;
+pub mod ranking;
+pub mod sparsity;
+pub mod stats;
+
+pub use config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
+pub use error::{Result, WidenError};
+pub use ops::{Contribution, Widen};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn libtorch_links() {
+        let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        assert_eq!(t.sum(tch::Kind::Float).double_value(&[]), 6.0);
+    }
+}

@@ -1,0 +1,357 @@
+//! The WIDEN operations on batches of keys: `filter` (one contributor) and `merge` (N), on dense
+//! weights or low-rank factors, with the t_factor cases of D5 and the fallbacks of spec §8.
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::{TMode, WidenConfig};
+use super::error::{Result, WidenError};
+use super::kernels::add_product;
+use super::layout::KeyLayout;
+use super::merge;
+use super::stats::{ColumnStats, DenseBackbone, Factors, LowRankBackbone};
+
+/// One contributor to a filter or merge, for a batch of `B` keys of one shape `[B, *S]`.
+#[derive(Debug)]
+pub enum Contribution {
+    /// The contributor's full weights `[B, *S]` (a checkpoint, a merged model used as a branch,
+    /// LoRA-applied weights): the dense path.
+    Weights(Tensor),
+    /// `backbone + up · down` (D6), for 2-D+ keys: `up [B, out, r]`, `down [B, r, K]` where `K`
+    /// is the product of the key's dims after `out` (conv down factors may also be given as
+    /// `[B, r, in, kh, kw]`). Strengths are folded into the factors, several LoRAs of a set are
+    /// concatenated along `r`, and keys of a batch with smaller rank are padded with zeros.
+    LowRank { up: Tensor, down: Tensor },
+}
+
+impl Contribution {
+    pub fn low_rank(up: Tensor, down: Tensor) -> Self {
+        Self::LowRank { up, down }
+    }
+
+    /// Concatenates low-rank deltas that apply to the same keys (the LoRAs of one set) along the
+    /// rank dim: their sum is one low-rank delta.
+    pub fn concat_low_rank(parts: &[(Tensor, Tensor)]) -> Result<Self> {
+        if parts.is_empty() {
+            return Err(WidenError::Input("concat_low_rank needs at least one (up, down) pair".into()));
+        }
+        let ups: Vec<&Tensor> = parts.iter().map(|(u, _)| u).collect();
+        let downs: Vec<Tensor> = parts
+            .iter()
+            .map(|(_, d)| {
+                let s = d.size();
+                d.f_reshape([s[0], s[1], -1])
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Self::LowRank { up: Tensor::f_cat(&ups, 2)?, down: Tensor::f_cat(&downs, 1)? })
+    }
+}
+
+/// WIDEN with a configuration, computing on one device.
+#[derive(Clone, Debug)]
+pub struct Widen {
+    config: WidenConfig,
+    device: Device,
+}
+
+/// A contribution on the compute device in fp32 and in the working layout (`[B, n]` or
+/// `[B, out, K]`).
+enum Prepared {
+    Dense { weights: Tensor, delta: Tensor },
+    LowRank(Factors),
+}
+
+impl Widen {
+    pub fn new(config: WidenConfig, device: Device) -> Result<Self> {
+        config.validate()?;
+        Ok(Self { config, device })
+    }
+
+    /// Default configuration on CUDA when libtorch sees a GPU, else the CPU.
+    pub fn default_on_best_device() -> Self {
+        Self { config: WidenConfig::default(), device: Device::cuda_if_available() }
+    }
+
+    pub fn config(&self) -> &WidenConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The same settings with another `t_factor` (per-op and per-block instances).
+    pub fn with_t(&self, t_factor: f64) -> Result<Self> {
+        Self::new(self.config.with_t(t_factor), self.device)
+    }
+
+    /// `filter_delta` on the spec's terms: `lora_applied` and `backbone` both `[B, *S]`.
+    pub fn filter_delta(&self, lora_applied: &Tensor, backbone: &Tensor, keys: &[&str]) -> Result<Tensor> {
+        self.filter(backbone, &Contribution::Weights(lora_applied.shallow_clone()), keys)
+    }
+
+    /// `merge_weights` on the spec's terms: N weight tensors and the backbone, all `[B, *S]`.
+    pub fn merge_weights(&self, weights: &[Tensor], backbone: &Tensor, keys: &[&str]) -> Result<Tensor> {
+        let contributions: Vec<Contribution> =
+            weights.iter().map(|w| Contribution::Weights(w.shallow_clone())).collect();
+        self.merge(backbone, &contributions, keys)
+    }
+
+    /// Filters one contribution against the backbone. Returns `[B, *S]` on the compute device in
+    /// the backbone's dtype. `keys` name the batch's keys for the fallback warning (may be empty).
+    ///
+    /// Errors: CUDA out-of-memory and invalid configurations are returned; any other failure is
+    /// logged and replaced by the contribution's weights, unfiltered (spec §8).
+    pub fn filter(&self, backbone: &Tensor, contribution: &Contribution, keys: &[&str]) -> Result<Tensor> {
+        self.config.validate()?;
+        let _guard = tch::no_grad_guard();
+        let contributions = std::slice::from_ref(contribution);
+        self.guarded("filter_delta", keys, || self.run(backbone, contributions, true), || {
+            self.mean_of_weights(backbone, contributions)
+        })
+    }
+
+    /// Merges N contributions against the backbone. Returns `[B, *S]` on the compute device in the
+    /// backbone's dtype.
+    ///
+    /// Errors: an empty list, CUDA out-of-memory and invalid configurations are returned; any other
+    /// failure is logged and replaced by the element-wise mean of the contributors' weights
+    /// (spec §8).
+    pub fn merge(&self, backbone: &Tensor, contributions: &[Contribution], keys: &[&str]) -> Result<Tensor> {
+        if contributions.is_empty() {
+            return Err(WidenError::EmptyWeights);
+        }
+        self.config.validate()?;
+        let _guard = tch::no_grad_guard();
+        self.guarded("merge_weights", keys, || self.run(backbone, contributions, false), || {
+            self.mean_of_weights(backbone, contributions)
+        })
+    }
+
+    fn guarded(
+        &self,
+        op: &str,
+        keys: &[&str],
+        body: impl FnOnce() -> Result<Tensor>,
+        fallback: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match body() {
+            Ok(t) => Ok(t),
+            Err(e) if e.is_out_of_memory() => Err(e),
+            Err(e) => {
+                let what = if op == "filter_delta" {
+                    "passing the contribution through unfiltered"
+                } else {
+                    "using the mean of the contributors' weights"
+                };
+                tracing::warn!(op, keys = %keys.join(", "), error = %e, "WIDEN {op} failed; {what}");
+                fallback()
+            }
+        }
+    }
+
+    fn to_compute(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.f_to_device(self.device)?.f_to_kind(Kind::Float)?)
+    }
+
+    fn run(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool) -> Result<Tensor> {
+        let layout = KeyLayout::of(&backbone.size())?;
+        let shape = backbone.size();
+        let out_kind = backbone.kind();
+        match self.config.t_mode() {
+            TMode::BackboneOnly => return Ok(backbone.f_to_device(self.device)?),
+            TMode::Off if is_filter => {
+                if let Contribution::Weights(w) = &contributions[0] {
+                    check_shape(w, &shape)?;
+                    return Ok(w.f_to_device(self.device)?.f_to_kind(out_kind)?);
+                }
+            }
+            _ => {}
+        }
+        let b = self.to_compute(backbone)?;
+        let b = match &layout {
+            KeyLayout::OneD { .. } => b,
+            KeyLayout::Columns { batch, out, k, .. } => b.f_reshape([*batch, *out, *k])?,
+        };
+        let prepared = contributions
+            .iter()
+            .map(|c| self.prepare(c, &b, &layout, &shape))
+            .collect::<Result<Vec<_>>>()?;
+        let scales = match self.config.t_mode() {
+            TMode::Off => None,
+            _ => Some(self.scales(&b, &prepared, &layout)?),
+        };
+        let result = combine(&b, &prepared, scales.as_ref(), &layout)?;
+        Ok(result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?)
+    }
+
+    fn prepare(&self, c: &Contribution, b: &Tensor, layout: &KeyLayout, shape: &[i64]) -> Result<Prepared> {
+        match c {
+            Contribution::Weights(w) => {
+                check_shape(w, shape)?;
+                let w = self.to_compute(w)?.f_reshape(b.size())?;
+                let delta = w.f_sub(b)?;
+                Ok(Prepared::Dense { weights: w, delta })
+            }
+            Contribution::LowRank { up, down } => {
+                let KeyLayout::Columns { batch, out, k, .. } = *layout else {
+                    return Err(WidenError::Input(format!(
+                        "low-rank contributions need 2-D+ keys; this batch has shape {shape:?}"
+                    )));
+                };
+                let (us, ds) = (up.size(), down.size());
+                let r = us.get(2).copied().unwrap_or(-1);
+                let down_ok = ds.len() >= 3
+                    && ds[0] == batch
+                    && ds[1] == r
+                    && ds[2..].iter().product::<i64>() == k;
+                if us.len() != 3 || us[0] != batch || us[1] != out || !down_ok {
+                    return Err(WidenError::Input(format!(
+                        "low-rank factors up {us:?} / down {ds:?} do not fit keys of shape \
+                         {shape:?}: expected up [{batch}, {out}, r] and down [{batch}, r, {k}]"
+                    )));
+                }
+                Ok(Prepared::LowRank(Factors {
+                    up: self.to_compute(up)?,
+                    down: self.to_compute(down)?.f_reshape([batch, r, k])?,
+                }))
+            }
+        }
+    }
+
+    /// `S [N, B, K]` (or `[N, B, n]` for 1-D keys).
+    fn scales(&self, b: &Tensor, prepared: &[Prepared], layout: &KeyLayout) -> Result<Tensor> {
+        match layout {
+            KeyLayout::OneD { .. } => {
+                let deltas: Vec<Tensor> = prepared
+                    .iter()
+                    .map(|p| match p {
+                        Prepared::Dense { delta, .. } => Ok(delta.shallow_clone()),
+                        Prepared::LowRank(_) => Err(WidenError::Input("low-rank delta on a 1-D key".into())),
+                    })
+                    .collect::<Result<_>>()?;
+                merge::vector_scales(&self.config, &deltas)
+            }
+            KeyLayout::Columns { out, .. } => {
+                let stats = column_stats(b, prepared)?;
+                merge::column_scales(&self.config, &stats, *out)
+            }
+        }
+    }
+
+    /// The fallback of both operations: the mean of the contributors' weights (for one
+    /// contributor, its weights), in the backbone's dtype.
+    fn mean_of_weights(&self, backbone: &Tensor, contributions: &[Contribution]) -> Result<Tensor> {
+        let shape = backbone.size();
+        let out_kind = backbone.kind();
+        let mut weights = Vec::with_capacity(contributions.len());
+        for c in contributions {
+            weights.push(match c {
+                Contribution::Weights(w) => self.to_compute(w)?,
+                Contribution::LowRank { up, down } => {
+                    let b = self.to_compute(backbone)?;
+                    let bs = b.size();
+                    let (up, down) = (self.to_compute(up)?, self.to_compute(down)?);
+                    let ds = down.size();
+                    let flat = b.f_reshape([bs[0], bs[1], -1])?;
+                    add_product(&flat, &up, &down.f_reshape([ds[0], ds[1], -1])?)?
+                        .f_reshape(shape.as_slice())?
+                }
+            });
+        }
+        Ok(Tensor::f_stack(&weights, 0)?.f_mean_dim(0, false, Kind::Float)?.f_to_kind(out_kind)?)
+    }
+}
+
+fn check_shape(w: &Tensor, shape: &[i64]) -> Result<()> {
+    if w.size() != shape {
+        return Err(WidenError::Input(format!(
+            "contribution has shape {:?} but the backbone has {shape:?}",
+            w.size()
+        )));
+    }
+    Ok(())
+}
+
+/// Column statistics of every contribution: dense ones from their deltas, low-rank ones from
+/// their factors with one shared `Uᵀ·B`.
+fn column_stats(b: &Tensor, prepared: &[Prepared]) -> Result<Vec<ColumnStats>> {
+    let mut stats: Vec<Option<ColumnStats>> = prepared.iter().map(|_| None).collect();
+    if prepared.iter().any(|p| matches!(p, Prepared::Dense { .. })) {
+        let bb = DenseBackbone::new(b)?;
+        for (slot, p) in stats.iter_mut().zip(prepared) {
+            if let Prepared::Dense { weights, delta } = p {
+                *slot = Some(bb.stats(delta, weights)?);
+            }
+        }
+    }
+    let low: Vec<(usize, &Factors)> = prepared
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Prepared::LowRank(f) => Some((i, f)),
+            Prepared::Dense { .. } => None,
+        })
+        .collect();
+    if !low.is_empty() {
+        let lb = LowRankBackbone::new(b)?;
+        let factors: Vec<Factors> = low
+            .iter()
+            .map(|(_, f)| Factors { up: f.up.shallow_clone(), down: f.down.shallow_clone() })
+            .collect();
+        for ((i, _), s) in low.iter().zip(lb.stats(&factors)?) {
+            stats[*i] = Some(s);
+        }
+    }
+    Ok(stats.into_iter().map(|s| s.expect("every contribution has statistics")).collect())
+}
+
+/// `backbone + Σₙ Sₙ ⊙ Δₙ` (all scales 1 when `scales` is None: task arithmetic). Dense deltas are
+/// accumulated first and the backbone added last; low-rank deltas enter through one
+/// `B + [U₁ … U_N]·[D₁·diag(S₁); …]` product, so the backbone is read once and the result
+/// written once.
+fn combine(b: &Tensor, prepared: &[Prepared], scales: Option<&Tensor>, layout: &KeyLayout) -> Result<Tensor> {
+    let columns = matches!(layout, KeyLayout::Columns { .. });
+    let scale_of = |n: usize| -> Result<Option<Tensor>> {
+        match scales {
+            None => Ok(None),
+            Some(s) => {
+                let s = s.f_select(0, n as i64)?;
+                Ok(Some(if columns { s.f_unsqueeze(1)? } else { s }))
+            }
+        }
+    };
+    let mut acc: Option<Tensor> = None;
+    let mut ups = Vec::new();
+    let mut downs = Vec::new();
+    for (n, p) in prepared.iter().enumerate() {
+        match p {
+            Prepared::Dense { delta, .. } => {
+                let term = match scale_of(n)? {
+                    Some(s) => delta.f_mul(&s)?,
+                    None => delta.shallow_clone(),
+                };
+                acc = Some(match acc {
+                    None => term,
+                    Some(a) => a.f_add(&term)?,
+                });
+            }
+            Prepared::LowRank(f) => {
+                ups.push(f.up.shallow_clone());
+                downs.push(match scale_of(n)? {
+                    Some(s) => f.down.f_mul(&s)?,
+                    None => f.down.shallow_clone(),
+                });
+            }
+        }
+    }
+    let base = match acc {
+        Some(a) => b.f_add(&a)?,
+        None => b.shallow_clone(),
+    };
+    if ups.is_empty() {
+        return Ok(base);
+    }
+    let up = Tensor::f_cat(&ups, 2)?;
+    let down = Tensor::f_cat(&downs, 1)?;
+    add_product(&base, &up, &down)
+}
