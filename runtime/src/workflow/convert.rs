@@ -89,6 +89,9 @@ enum Kind {
     Primitive,
     Note,
     Instance(usize),
+    /// KJNodes' frontend-only `SetNode` / `GetNode` pair: a named, wireless reroute.
+    SetNode,
+    GetNode,
     GroupNode,
     Unknown,
 }
@@ -147,11 +150,20 @@ struct Converter<'g, 'a, 's> {
     ctxs: Vec<Ctx<'g, 'a>>,
     flats: Vec<Flat<'g, 'a>>,
     by_ctx_node: HashMap<(usize, String), usize>,
-    /// PrimitiveNode values per target: (context, node id) → widget name → value.
-    primitive_values: HashMap<(usize, String), IndexMap<String, Json>>,
+    /// PrimitiveNode values per target: (context, node id) → widget name → (value, the
+    /// primitive's control mode).
+    primitive_values: HashMap<(usize, String), PrimitiveTargets>,
     warnings: Vec<String>,
     seed: u64,
 }
+
+/// Whether any socket of the node is linked.
+fn connected(node: &UiNode) -> bool {
+    node.inputs.iter().any(|i| i.link.is_some()) || node.outputs.iter().any(|o| !o.links.is_empty())
+}
+
+/// Widget name → (value, control mode) set by PrimitiveNodes on one node.
+type PrimitiveTargets = IndexMap<String, (Json, Option<String>)>;
 
 fn is_active(mode: i64) -> bool {
     mode != MODE_NEVER && mode != MODE_BYPASS
@@ -236,7 +248,9 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
 
     fn classify(&mut self, node: &UiNode) -> Kind {
         match node.ty.as_str() {
-            "Reroute" => return Kind::Reroute,
+            "Reroute" | "Reroute (rgthree)" => return Kind::Reroute,
+            "SetNode" => return Kind::SetNode,
+            "GetNode" => return Kind::GetNode,
             "PrimitiveNode" => return Kind::Primitive,
             "Note" | "MarkdownNote" => return Kind::Note,
             _ => {}
@@ -244,10 +258,9 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
         if let Some(&g) = self.def_index.get(&node.ty) {
             return Kind::Instance(g);
         }
-        if node.ty.starts_with("workflow>") || node.ty.starts_with("workflow/") || self.group_nodes.contains(&node.ty) {
-            if self.schema(&node.ty).is_none() {
-                return Kind::GroupNode;
-            }
+        let group_like = node.ty.starts_with("workflow>") || node.ty.starts_with("workflow/") || self.group_nodes.contains(&node.ty);
+        if group_like && self.schema(&node.ty).is_none() {
+            return Kind::GroupNode;
         }
         match self.schema(&node.ty) {
             Some(s) => Kind::Real(s),
@@ -279,6 +292,11 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
             let exec_id = self.exec_id(ctx, &node.id);
             let active = is_active(node.mode);
             match &kind {
+                Kind::Unknown if active && !connected(node) => self.warnings.push(format!(
+                    "{} has an unknown type and no connections; it was skipped (frontend-only helper nodes such as labels or group bypassers look like this; if it is a backend node, install the node pack that defines \"{}\")",
+                    self.node_ref(ctx, node),
+                    node.ty
+                )),
                 Kind::Unknown if active => unknown.push(self.node_ref(ctx, node)),
                 Kind::Unknown => self.warnings.push(format!(
                     "{} is {} and its type is unknown; it was skipped (install the node pack that defines \"{}\" to use it)",
@@ -422,6 +440,13 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 Some(Json::Object(m)) => m.get("value").or_else(|| m.values().next()).cloned(),
                 _ => None,
             };
+            // [value, control mode?, filter?]; old files stored the mode as true/false.
+            let mode = match node.widgets_values.and_then(|v| v.get(1)) {
+                Some(Json::String(s)) => Some(s.clone()),
+                Some(Json::Bool(true)) => Some("randomize".to_string()),
+                Some(Json::Bool(false)) => Some("fixed".to_string()),
+                _ => None,
+            };
             let Some(value) = value else {
                 let targets: usize = node.outputs.iter().map(|o| o.links.len()).sum();
                 if targets > 0 {
@@ -449,7 +474,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 };
                 let input = target.inputs.iter().find(|i| i.link.as_deref() == Some(lid.as_str()));
                 match target.ty.as_str() {
-                    "Reroute" => queue.extend(target.outputs.iter().flat_map(|o| o.links.iter().cloned())),
+                    "Reroute" | "Reroute (rgthree)" => queue.extend(target.outputs.iter().flat_map(|o| o.links.iter().cloned())),
                     ty if self.def_index.contains_key(ty) => {
                         if let (Some(input), Some(&child)) = (input, self.ctxs[ctx].children.get(&target.id)) {
                             self.ctxs[child].primitive_inputs.insert(input.name.clone(), value.clone());
@@ -458,7 +483,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                     _ => {
                         if let Some(input) = input {
                             let widget = input.widget.clone().unwrap_or_else(|| input.name.clone());
-                            self.primitive_values.entry((ctx, target.id.clone())).or_default().insert(widget, value.clone());
+                            self.primitive_values.entry((ctx, target.id.clone())).or_default().insert(widget, (value.clone(), mode.clone()));
                         }
                     }
                 }
@@ -554,7 +579,26 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                                     None => return nothing(fallback),
                                 }
                             }
-                            Kind::Reroute | Kind::Primitive | Kind::Note => match n.inputs.get(slot_u).and_then(|i| i.link.clone()) {
+                            Kind::GetNode => {
+                                let name = n.widgets_values.and_then(|v| v.get(0)).and_then(Json::as_str).unwrap_or("");
+                                let setter = g.nodes.values().find(|s| {
+                                    s.ty == "SetNode" && s.widgets_values.and_then(|v| v.get(0)).and_then(Json::as_str) == Some(name)
+                                });
+                                match setter {
+                                    Some(s) => match s.inputs.first().and_then(|i| i.link.clone()) {
+                                        Some(l) => State::Link { ctx, link: l, wanted },
+                                        None => return nothing(fallback),
+                                    },
+                                    None => {
+                                        let r = self.node_ref(ctx, n);
+                                        self.warnings.push(format!(
+                                            "{r} reads the constant \"{name}\", but no SetNode in its graph sets it; the input it feeds is left unconnected (add a SetNode named \"{name}\" or fix the name)"
+                                        ));
+                                        return nothing(fallback);
+                                    }
+                                }
+                            }
+                            Kind::Reroute | Kind::Primitive | Kind::Note | Kind::SetNode => match n.inputs.get(slot_u).and_then(|i| i.link.clone()) {
                                 Some(l) => State::Link { ctx, link: l, wanted },
                                 None => return nothing(fallback),
                             },
@@ -567,7 +611,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
     }
 
     fn cycle(&self, ctx: usize, node: &UiNode, consumer: (usize, &UiNode), input: &str) -> ConvertError {
-        ConvertError::Cycle { node: self.node_ref(ctx, node), consumer: self.node_ref(consumer.0, consumer.1), input: input.to_string() }
+        ConvertError::Cycle { node: self.node_ref(ctx, node), consumer: Box::new(self.node_ref(consumer.0, consumer.1)), input: input.to_string() }
     }
 
     /// Steps 3–4: the prompt.
@@ -593,9 +637,19 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                     overrides.push((w.clone(), v.clone(), "a promoted subgraph widget"));
                 }
             }
+            let mut control_modes = assigned.controls;
             if let Some(p) = self.primitive_values.get(&(ctx, node.id.clone())) {
-                for (w, v) in p {
+                for (w, (v, mode)) in p {
                     overrides.push((w.clone(), v.clone(), "a PrimitiveNode"));
+                    // The primitive's own control widget drives this value now.
+                    match mode {
+                        Some(m) => {
+                            control_modes.insert(w.clone(), m.clone());
+                        }
+                        _ => {
+                            control_modes.shift_remove(w);
+                        }
+                    }
                 }
             }
             for (w, v, from) in overrides {
@@ -619,10 +673,6 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 }
             }
 
-            for (input, mode) in assigned.controls {
-                controls.push(ControlWidget { node: exec_id.clone(), input, mode });
-            }
-
             let mut inputs = Map::new();
             for (k, v) in values {
                 inputs.insert(k, widgets::wrap_array(v));
@@ -643,6 +693,12 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                     Resolved::Removed => {
                         inputs.shift_remove(&inp.name);
                     }
+                }
+            }
+            // Control widgets matter only where the widget value is what gets sent.
+            for (input, mode) in control_modes {
+                if inputs.get(&input).is_some_and(|v| !v.is_array()) {
+                    controls.push(ControlWidget { node: exec_id.clone(), input, mode });
                 }
             }
             let title = node.title.clone().unwrap_or_else(|| if schema.display_name.is_empty() { node.ty.clone() } else { schema.display_name.clone() });

@@ -95,7 +95,7 @@ pub enum ConvertError {
     GroupNode { node: NodeRef, group: String },
     /// Reroute / bypass / subgraph links that loop back on themselves.
     #[error("the links feeding input \"{input}\" of {consumer} run in a circle through {node}: reroute or bypassed nodes feed each other, so the input has no source; reconnect one of them to a real node's output")]
-    Cycle { node: NodeRef, consumer: NodeRef, input: String },
+    Cycle { node: NodeRef, consumer: Box<NodeRef>, input: String },
     /// A subgraph definition that contains an instance of itself.
     #[error("{node} is an instance of subgraph \"{definition}\", which (directly or through nested subgraphs) contains itself; unpack or remove the nested instance in the ComfyUI frontend")]
     RecursiveSubgraph { node: NodeRef, definition: String },
