@@ -800,3 +800,70 @@ fn document_detection() {
     assert!(err.contains("line 2"), "{err}");
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Robustness
+// ---------------------------------------------------------------------------------------
+
+/// Replaces (or deletes) one randomly chosen value somewhere in `doc`.
+fn mutate(doc: &mut Json, rng: &mut dynprompt::ChoiceRng) {
+    let stop = rng.next_u64().is_multiple_of(4);
+    match doc {
+        Json::Object(m) if !m.is_empty() && !stop => {
+            let i = (rng.next_u64() % m.len() as u64) as usize;
+            let key = m.keys().nth(i).unwrap().clone();
+            if rng.next_u64().is_multiple_of(8) {
+                m.shift_remove(&key);
+            } else {
+                mutate(m.get_mut(&key).unwrap(), rng);
+            }
+        }
+        Json::Array(a) if !a.is_empty() && !stop => {
+            let i = (rng.next_u64() % a.len() as u64) as usize;
+            mutate(&mut a[i], rng);
+        }
+        _ => {
+            *doc = match rng.next_u64() % 10 {
+                0 => json!(null),
+                1 => json!(-10),
+                2 => json!(-20),
+                3 => json!(1e300),
+                4 => json!("*"),
+                5 => json!([]),
+                6 => json!({}),
+                7 => json!([1, 2]),
+                8 => json!(u64::MAX),
+                _ => json!(rng.next_u64() % 40),
+            };
+        }
+    }
+}
+
+#[test]
+fn conversion_never_panics_on_mutated_workflows() {
+    let mut rng = dynprompt::ChoiceRng::new(2024);
+    let files = ["txt2img_ui", "bypass_lora_ui", "mute_ui", "reroute_primitive_ui", "converted_widget_ui", "legacy_ui", "v1_links_subgraph_ui"];
+    let mut outcomes = [0usize; 2];
+    for name in files {
+        let original = read_json(&format!("{name}.json"));
+        for _ in 0..300 {
+            let mut doc = original.clone();
+            for _ in 0..1 + rng.next_u64() % 3 {
+                mutate(&mut doc, &mut rng);
+            }
+            let result = std::panic::catch_unwind(|| {
+                let converted = Document::detect(doc.clone()).map(|d| d.into_prompt(&lookup, &seeded(1)));
+                if let Ok(Ok(c)) = &converted {
+                    // Whatever comes out is a prompt the runtime can parse.
+                    Prompt::from_json(&c.prompt).expect("converted output parses as a prompt");
+                }
+                converted.is_ok_and(|r| r.is_ok())
+            });
+            match result {
+                Ok(ok) => outcomes[ok as usize] += 1,
+                Err(_) => panic!("conversion panicked on a mutation of {name}:\n{doc}"),
+            }
+        }
+    }
+    assert!(outcomes[1] > 0 && outcomes[0] > 0, "mutations should produce both successes and errors: {outcomes:?}");
+}

@@ -562,7 +562,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                     } else if n.mode == MODE_NEVER {
                         return Ok(Resolved::Removed);
                     } else {
-                        let fi = self.by_ctx_node[&(ctx, node.clone())];
+                        let Some(&fi) = self.by_ctx_node.get(&(ctx, node.clone())) else { return nothing(fallback) };
                         match &self.flats[fi].kind {
                             Kind::Real(_) => return Ok(Resolved::Node(self.flats[fi].exec_id.clone(), slot)),
                             Kind::Instance(def) => {

@@ -11,6 +11,26 @@
 //! resolved through reroutes, bypassed nodes and subgraph boundaries, and frontend-only nodes
 //! (Reroute, PrimitiveNode, Note, MarkdownNote) disappear. Every graph walk is a loop with an
 //! explicit stack; nothing recurses on graph depth.
+//!
+//! Supported: version 0.4 (array) and version 1 (object) links; inputs matched by name;
+//! `widgets_values` as a list or an object; control_after_generate and upload companion
+//! widgets; the pre-1.16 forceInput placeholder layout; the `sample_` and `true`/`false`
+//! fixups; muted (mode 2) nodes (not emitted; a link from one removes the input, as in the
+//! frontend, even where the input has a widget); bypassed (mode 4) nodes with the current
+//! type-matching rule; legacy `Reroute` (and rgthree's), `Note`, `MarkdownNote`, groups;
+//! `PrimitiveNode` values (also through reroutes and into subgraph instances); KJNodes'
+//! `SetNode`/`GetNode`; converted widgets; array values wrapped as `{"__value__": [...]}`;
+//! dynamic prompts; subgraphs (`definitions.subgraphs`, nested, ids `"10:3"`, per-instance
+//! widget values in the current form and the legacy `proxyWidgets` form).
+//!
+//! Refused with a message saying what to do: active nodes of unknown type
+//! ([`ConvertError::UnknownNodeTypes`]; muted/bypassed or unconnected ones are skipped with a
+//! warning), legacy group nodes ([`ConvertError::GroupNode`]), link cycles through
+//! reroutes/bypassed nodes ([`ConvertError::Cycle`]), self-containing subgraphs.
+//!
+//! Limits (as for any server-side conversion): widgets that custom frontend extensions add,
+//! rename or serialize specially cannot be known from the schema; V3 dynamic inputs
+//! (autogrow, dynamic combos) are mapped as plain widgets.
 
 mod convert;
 mod document;
