@@ -483,6 +483,21 @@ fn bypass_type_matching_rule() {
     assert_eq!(c.prompt["3"]["inputs"]["model"], json!(["1", 0]));
     assert_eq!(c.prompt["4"]["inputs"]["clip"], json!(["1", 1]));
     assert_eq!(c.prompt["6"]["inputs"], json!({ "filename_prefix": "out" }));
+
+    // Exact type beats an earlier list-typed match: output 1 (MODEL) of a bypassed node with
+    // inputs [MODEL,CLIP ← ckpt CLIP, CLIP ← ckpt CLIP, MODEL ← ckpt MODEL] takes input 2.
+    let wf = workflow(
+        vec![
+            ckpt(1, json!([3]), json!([1, 2]), json!([])),
+            json!({ "id": 2, "type": "MultiPatch", "mode": 4,
+                    "inputs": [{ "name": "any", "type": "MODEL,CLIP", "link": 1 }, { "name": "clip", "type": "CLIP", "link": 2 },
+                               { "name": "model", "type": "MODEL", "link": 3 }],
+                    "outputs": [{ "name": "CLIP", "type": "CLIP", "links": [] }, { "name": "MODEL", "type": "MODEL", "links": [4] }] }),
+            node(3, "KSampler", 0, json!([{ "name": "model", "type": "MODEL", "link": 4 }]), json!([]), json!([1, "fixed", 20, 8, "euler", "normal", 1])),
+        ],
+        json!([[1, 1, 1, 2, 0, "CLIP"], [2, 1, 1, 2, 1, "CLIP"], [3, 1, 0, 2, 2, "MODEL"], [4, 2, 1, 3, 0, "MODEL"]]),
+    );
+    assert_eq!(convert(&wf).unwrap().prompt["3"]["inputs"]["model"], json!(["1", 0]));
 }
 
 #[test]
