@@ -1,0 +1,242 @@
+//! End-to-end tests of the core nodes: API prompts parsed, validated and run by the runtime's
+//! executor with only the core nodes registered, checking what PreviewAny shows; the
+//! `/object_info` records against the shapes ComfyUI builds; and every example workflow.
+
+use std::path::{Path, PathBuf};
+
+use comfyrs_runtime::cache::CacheMode;
+use comfyrs_runtime::events::NoEvents;
+use comfyrs_runtime::executor::{Executor, RunOptions, RunReport};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::validate;
+use comfyrs_runtime::Registry;
+use serde_json::{json, Value as Json};
+
+fn registry() -> Registry {
+    let mut reg = Registry::new();
+    comfyrs_nodes::core::register(&mut reg);
+    reg
+}
+
+fn run_with(reg: &Registry, exec: &mut Executor, text: &str) -> RunReport {
+    let (prompt, _) = Prompt::parse(text).expect("prompt parses");
+    let v = match validate(prompt, reg, None) {
+        Ok(v) => v,
+        Err(r) => panic!("prompt rejected: {}", r.to_json()),
+    };
+    let out = std::env::temp_dir().join("comfyrs-core-tests");
+    exec.run(&v, &RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: out, events: &NoEvents })
+}
+
+fn run(text: &str) -> RunReport {
+    let reg = registry();
+    let mut exec = Executor::new(CacheMode::Lru, 1 << 30);
+    run_with(&reg, &mut exec, text)
+}
+
+/// The texts a PreviewAny node showed.
+fn shown(report: &RunReport, node: &str) -> Vec<String> {
+    assert!(report.success(), "run failed: {:?}", report.errors.iter().map(|e| e.to_json()).collect::<Vec<_>>());
+    let ui = report.outputs.get(node).unwrap_or_else(|| panic!("node {node} has no UI output: {:?}", report.outputs));
+    ui["text"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+fn shown1(report: &RunReport, node: &str) -> String {
+    let t = shown(report, node);
+    assert_eq!(t.len(), 1, "{t:?}");
+    t[0].clone()
+}
+
+#[test]
+fn primitive_string_concatenate_preview() {
+    let r = run(r#"{
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": "Hello"}},
+        "2": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "world\n"}},
+        "3": {"class_type": "StringConcatenate", "inputs": {"string_a": ["1", 0], "string_b": ["2", 0], "delimiter": ", "}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}}
+    }"#);
+    assert_eq!(shown1(&r, "4"), "Hello, world\n");
+}
+
+#[test]
+fn preview_any_renders_like_python() {
+    let r = run(r#"{
+        "1": {"class_type": "PrimitiveInt", "inputs": {"value": 42}},
+        "2": {"class_type": "PrimitiveFloat", "inputs": {"value": 0.00001}},
+        "3": {"class_type": "PrimitiveBoolean", "inputs": {"value": true}},
+        "4": {"class_type": "PrimitiveFloat", "inputs": {"value": 3}},
+        "11": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
+        "12": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+        "13": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+        "14": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},
+        "15": {"class_type": "PreviewAny", "inputs": {"source": {"a": [1, 2.5], "b": null}}}
+    }"#);
+    assert_eq!(shown1(&r, "11"), "42");
+    assert_eq!(shown1(&r, "12"), "1e-05");
+    assert_eq!(shown1(&r, "13"), "True");
+    assert_eq!(shown1(&r, "14"), "3.0");
+    assert_eq!(shown1(&r, "15"), "{\n    \"a\": [\n        1,\n        2.5\n    ],\n    \"b\": null\n}");
+}
+
+#[test]
+fn second_run_is_served_from_cache() {
+    let reg = registry();
+    let mut exec = Executor::new(CacheMode::Lru, 1 << 30);
+    let p = r#"{
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": "a"}},
+        "2": {"class_type": "StringConcatenate", "inputs": {"string_a": ["1", 0], "string_b": "b", "delimiter": "-"}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}
+    }"#;
+    let first = run_with(&reg, &mut exec, p);
+    assert_eq!(shown1(&first, "3"), "a-b");
+    assert_eq!(first.executed().len(), 3);
+    let second = run_with(&reg, &mut exec, p);
+    assert!(second.executed().is_empty(), "{:?}", second.executed());
+    assert_eq!(shown1(&second, "3"), "a-b");
+}
+
+#[test]
+fn validation_uses_the_declared_bounds() {
+    let reg = registry();
+    let (prompt, _) = Prompt::parse(
+        r#"{"1": {"class_type": "PrimitiveInt", "inputs": {"value": 9223372036854775808}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}"#,
+    )
+    .unwrap();
+    let err = validate(prompt, &reg, None).err().expect("out of range");
+    assert_eq!(err.node_errors["1"].errors[0].kind, "value_bigger_than_max");
+}
+
+// ---------------------------------------------------------------------------------------------
+// /object_info shapes, as ComfyUI builds them from the V3 schemas (`get_v1_info`) and, for
+// PreviewAny, from the V1 class attributes.
+
+/// The runtime writes an input without options as `[TYPE]`, ComfyUI as `[TYPE, {}]`: compare
+/// them as equal.
+fn normalize(mut rec: Json) -> Json {
+    if let Some(input) = rec.get_mut("input").and_then(Json::as_object_mut) {
+        for section in input.values_mut() {
+            if let Some(entries) = section.as_object_mut() {
+                for spec in entries.values_mut() {
+                    if let Some(a) = spec.as_array_mut() {
+                        if a.len() == 1 {
+                            a.push(json!({}));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    rec
+}
+
+fn check_record(reg: &Registry, name: &str, expected: Json) {
+    let info = reg.object_info();
+    let rec = normalize(info[name].clone());
+    for (k, want) in expected.as_object().unwrap() {
+        assert_eq!(&rec[k], want, "{name}: field {k}");
+    }
+}
+
+#[test]
+fn object_info_matches_comfyui() {
+    let reg = registry();
+    check_record(
+        &reg,
+        "PrimitiveString",
+        json!({
+            "input": {"required": {"value": ["STRING", {"multiline": false}]}},
+            "input_order": {"required": ["value"]},
+            "output": ["STRING"], "output_is_list": [false], "output_name": ["STRING"],
+            "name": "PrimitiveString", "display_name": "Text", "category": "utilities/primitive",
+            "python_module": "comfy_extras.nodes_primitive", "output_node": false,
+            "search_aliases": ["text", "string", "text box", "prompt"]
+        }),
+    );
+    check_record(
+        &reg,
+        "PrimitiveInt",
+        json!({
+            "input": {"required": {"value": ["INT", {"min": -9223372036854775807i64, "max": 9223372036854775807i64, "control_after_generate": "fixed"}]}},
+            "output": ["INT"], "output_name": ["INT"], "display_name": "Int"
+        }),
+    );
+    check_record(
+        &reg,
+        "PrimitiveFloat",
+        json!({
+            "input": {"required": {"value": ["FLOAT", {"min": -9223372036854775807i64, "max": 9223372036854775807i64, "step": 0.1}]}},
+            "output": ["FLOAT"]
+        }),
+    );
+    check_record(&reg, "PrimitiveBoolean", json!({"input": {"required": {"value": ["BOOLEAN", {}]}}, "output": ["BOOLEAN"]}));
+    check_record(
+        &reg,
+        "StringConcatenate",
+        json!({
+            "input": {"required": {
+                "string_a": ["STRING", {"multiline": true}],
+                "string_b": ["STRING", {"multiline": true}],
+                "delimiter": ["STRING", {"default": "", "multiline": false}]
+            }},
+            "input_order": {"required": ["string_a", "string_b", "delimiter"]},
+            "output": ["STRING"], "output_name": ["STRING"],
+            "display_name": "Concatenate Text", "category": "text", "python_module": "comfy_extras.nodes_string"
+        }),
+    );
+    check_record(
+        &reg,
+        "PreviewAny",
+        json!({
+            "input": {"required": {"source": ["*", {}]}},
+            "output": ["STRING"], "output_name": ["STRING"], "output_is_list": [false],
+            "output_node": true, "category": "utilities", "display_name": "Preview as Text",
+            "description": "Preview any input value as text.",
+            "python_module": "comfy_extras.nodes_preview_any",
+            "search_aliases": ["show output", "inspect", "debug", "print value", "show text"]
+        }),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Example workflows.
+
+fn workflows_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("workflows")
+}
+
+/// An API prompt: an object of node records, each with a `class_type`.
+fn is_api_prompt(j: &Json) -> bool {
+    j.as_object().is_some_and(|o| !o.is_empty() && o.values().all(|n| n.get("class_type").is_some_and(Json::is_string)))
+}
+
+#[test]
+fn every_core_workflow_runs() {
+    let reg = registry();
+    let mut ran = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(workflows_dir())
+        .expect("workflows/ exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    entries.sort();
+    for path in entries {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Ok(j) = serde_json::from_str::<Json>(&text) else { continue };
+        if !is_api_prompt(&j) {
+            continue;
+        }
+        let classes: Vec<&str> = j.as_object().unwrap().values().map(|n| n["class_type"].as_str().unwrap()).collect();
+        if !classes.iter().all(|c| reg.get(c).is_some()) {
+            continue;
+        }
+        let mut exec = Executor::new(CacheMode::Lru, 1 << 30);
+        let report = run_with(&reg, &mut exec, &text);
+        assert!(report.success(), "{}: {:?}", path.display(), report.errors.iter().map(|e| e.to_json()).collect::<Vec<_>>());
+        assert!(!report.outputs.is_empty(), "{}: no UI output", path.display());
+        ran.push(path.file_name().unwrap().to_string_lossy().to_string());
+    }
+    for expected in ["strings.json"] {
+        assert!(ran.iter().any(|r| r == expected), "{expected} did not run; ran {ran:?}");
+    }
+}
