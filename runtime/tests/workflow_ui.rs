@@ -1,5 +1,5 @@
 //! UI workflow → API prompt conversion (comfyui-compat §1.2–§1.4), on workflows written as
-//! the ComfyUI frontend saves them (`workflows/ui/*.json`), each compared with the prompt the
+//! the ComfyUI frontend saves them (`runtime/tests/data/ui/*.json`), each compared with the prompt the
 //! frontend would queue (`*.expected.json`), plus targeted cases built inline.
 //!
 //! The schemas below mirror the input names, order and options of ComfyUI core nodes
@@ -182,7 +182,7 @@ fn seeded(seed: u64) -> ConvertOptions {
 }
 
 fn ui_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/ui")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ui")
 }
 
 fn read_json(name: &str) -> Json {
@@ -191,7 +191,7 @@ fn read_json(name: &str) -> Json {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Converts `workflows/ui/<name>.json` (through format detection, as the CLI does), checks
+/// Converts `tests/data/ui/<name>.json` (through format detection, as the CLI does), checks
 /// it against `<name>.expected.json`, and checks that the runtime parses and validates it.
 fn convert_and_compare(name: &str) -> Converted {
     let text = std::fs::read_to_string(ui_dir().join(format!("{name}.json"))).unwrap();
