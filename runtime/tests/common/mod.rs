@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,25 @@ pub struct Probe {
     pub started: AtomicUsize,
     /// The fingerprint `Fingerprinted` nodes report (a stand-in for a file's mtime).
     pub fingerprint: Mutex<Json>,
+    /// Fuzzing limits: when set, Slow nodes sleep at most 1 ms, Range makes at most 3 values,
+    /// and calls beyond `budget` fail, so random list fan-outs stay small.
+    pub limited: AtomicBool,
+    pub budget: AtomicUsize,
 }
 
 impl Probe {
     pub fn new() -> Arc<Probe> {
         Arc::new(Probe { fingerprint: Mutex::new(json!(0)), ..Default::default() })
+    }
+    /// A probe with the fuzzing limits on.
+    pub fn limited(budget: usize) -> Arc<Probe> {
+        let p = Probe::new();
+        p.limited.store(true, Ordering::SeqCst);
+        p.budget.store(budget, Ordering::SeqCst);
+        p
+    }
+    fn over_budget(&self) -> bool {
+        self.limited.load(Ordering::Relaxed) && self.total() >= self.budget.load(Ordering::Relaxed)
     }
     fn record(&self, node: &str, start: Instant) {
         let end = Instant::now();
@@ -107,6 +121,9 @@ pub enum Kind {
     Slow,
     /// Sets the executor's interrupt flag from inside the node: `value: *` → `*`.
     Interrupter,
+    /// Worker placement: `value: *` → `*`, returning only once the interrupt flag is set
+    /// (or after 20 s), so a test can interrupt it from another thread without racing.
+    AwaitInterrupt,
     /// Panics: `value: *` → `*` (inline, or on a worker with `Worker` placement).
     Panic,
     PanicWorker,
@@ -145,6 +162,7 @@ pub const ALL_KINDS: &[Kind] = &[
     Kind::Even,
     Kind::Slow,
     Kind::Interrupter,
+    Kind::AwaitInterrupt,
     Kind::Panic,
     Kind::PanicWorker,
     Kind::Widgets,
@@ -157,9 +175,9 @@ pub const ALL_KINDS: &[Kind] = &[
     Kind::Echo,
 ];
 
-/// The names of the classes that never panic (for fuzzing the executor).
+/// The classes that never panic nor wait for an interrupt (for fuzzing the executor).
 pub fn safe_kinds() -> Vec<Kind> {
-    ALL_KINDS.iter().copied().filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker)).collect()
+    ALL_KINDS.iter().copied().filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker | Kind::AwaitInterrupt)).collect()
 }
 
 pub struct TestNode {
@@ -217,7 +235,9 @@ impl TestNode {
             }
             Kind::Even => s.input(int("n")).output(OutputSpec::new("INT")),
             Kind::Slow => s.input(any("value")).input(InputSpec::int("ms", 50, 0, 10_000)).output(OutputSpec::new("*")),
-            Kind::Interrupter | Kind::Panic | Kind::PanicWorker => s.input(any("value")).output(OutputSpec::new("*")),
+            Kind::Interrupter | Kind::AwaitInterrupt | Kind::Panic | Kind::PanicWorker => {
+                s.input(any("value")).output(OutputSpec::new("*"))
+            }
             Kind::Widgets => s
                 .input(InputSpec::int("i", 0, 0, 10))
                 .input(InputSpec::float("f", 0.5, 0.0, 1.0, 0.01))
@@ -270,6 +290,9 @@ impl NodeClass for TestNode {
     }
 
     fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        if self.probe.over_budget() {
+            return Err(NodeError::msg("test call budget exhausted"));
+        }
         let start = Instant::now();
         let out = self.call(ctx, args);
         self.probe.record(ctx.node_id, start);
@@ -304,7 +327,7 @@ impl NodeClass for TestNode {
 
     fn placement(&self) -> Placement {
         match self.kind {
-            Kind::Slow | Kind::PanicWorker => Placement::Worker,
+            Kind::Slow | Kind::PanicWorker | Kind::AwaitInterrupt => Placement::Worker,
             _ => Placement::Inline,
         }
     }
@@ -348,7 +371,10 @@ impl TestNode {
                 one(Value::String(args.list("values").iter().map(text_of).collect::<Vec<_>>().join(&sep)))
             }
             Kind::Range => {
-                let (start, count) = (args.int("start")?, args.int("count")?);
+                let (start, mut count) = (args.int("start")?, args.int("count")?);
+                if self.probe.limited.load(Ordering::Relaxed) {
+                    count = count.min(3);
+                }
                 Ok(CallOutput { outputs: vec![(0..count).map(|k| Value::Int(start + k)).collect()], ui: None })
             }
             Kind::Fail => {
@@ -358,8 +384,17 @@ impl TestNode {
             Kind::Even => one(Value::Int(args.int("n")?)),
             Kind::Slow => {
                 self.probe.started.fetch_add(1, Ordering::SeqCst);
-                let ms = args.int("ms")?.clamp(0, 10_000) as u64;
+                let cap = if self.probe.limited.load(Ordering::Relaxed) { 1 } else { 10_000 };
+                let ms = args.int("ms")?.clamp(0, cap) as u64;
                 std::thread::sleep(Duration::from_millis(ms));
+                one(passthrough())
+            }
+            Kind::AwaitInterrupt => {
+                self.probe.started.fetch_add(1, Ordering::SeqCst);
+                let t = Instant::now();
+                while !ctx.interrupt.is_set() && t.elapsed() < Duration::from_secs(20) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 one(passthrough())
             }
             Kind::Panic | Kind::PanicWorker => panic!("test node {} panicked on purpose", ctx.node_id),
@@ -375,7 +410,7 @@ impl TestNode {
             Kind::ModelSrc | Kind::ImageSrc | Kind::UnionSrc | Kind::AnySrc => one(Value::String(format!("{:?}", self.kind))),
             Kind::Multi => {
                 let v = args.int("value")?;
-                Ok(CallOutput::values([Value::Int(v), Value::Float(v as f64), Value::String(v.to_string())]))
+                Ok(CallOutput::values([Value::Int(v), Value::Float(v as f64), Value::String(format!("s{v}"))]))
             }
             Kind::Sink => {
                 let mut texts = Vec::new();
@@ -488,5 +523,287 @@ pub fn bounds(spec: &InputSpec) -> (Option<Num>, Option<Num>) {
     match &spec.kind {
         InputKind::Int { min, max, .. } | InputKind::Float { min, max, .. } => (*min, *max),
         _ => (None, None),
+    }
+}
+
+/// Renames every node id (links included, numeric-id links too) to `#r<k>` and shuffles the key
+/// order. Returns the new prompt and the old → new id map. Malformed arrays are left alone.
+pub fn renumber(prompt: &Json, seed: u64) -> (Json, BTreeMap<String, String>) {
+    let obj = prompt.as_object().unwrap();
+    let mut rng = XorShift(seed | 1);
+    let mut fresh: Vec<String> = (0..obj.len()).map(|k| format!("#r{k}")).collect();
+    rng.shuffle(&mut fresh);
+    let map: BTreeMap<String, String> = obj.keys().cloned().zip(fresh).collect();
+    let mut entries: Vec<(String, Json)> = obj
+        .iter()
+        .map(|(id, rec)| {
+            let mut rec = rec.clone();
+            if let Some(Json::Object(inputs)) = rec.get_mut("inputs") {
+                for v in inputs.values_mut() {
+                    if let Json::Array(a) = v {
+                        if a.len() == 2 {
+                            let old = match &a[0] {
+                                Json::String(s) => Some(s.clone()),
+                                Json::Number(n) if n.is_u64() => Some(n.to_string()),
+                                _ => None,
+                            };
+                            if let Some(new) = old.and_then(|o| map.get(&o)) {
+                                a[0] = json!(new);
+                            }
+                        }
+                    }
+                }
+            }
+            (map[id].clone(), rec)
+        })
+        .collect();
+    rng.shuffle(&mut entries);
+    (Json::Object(entries.into_iter().collect::<Map<_, _>>()), map)
+}
+
+/// A small deterministic random source (no rand dependency).
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// Stand-ins for the classes of real workflows
+
+/// Whether a JSON document is an API prompt: an object of node records with a `class_type`.
+pub fn is_api_prompt(j: &Json) -> bool {
+    match j.as_object() {
+        Some(m) => !m.is_empty() && m.values().all(|n| n.get("class_type").is_some_and(Json::is_string)),
+        None => false,
+    }
+}
+
+/// The API prompts under `workflows/` (recursively, one level of sub-folders), read now:
+/// others add files while this suite exists. UI workflows and unreadable files are skipped.
+pub fn workflow_prompts() -> Vec<(String, Json)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let mut files = Vec::new();
+    let mut dirs = vec![(root, 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() && depth < 2 {
+                dirs.push((path, depth + 1));
+            } else if path.extension().is_some_and(|x| x == "json") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|p| {
+            let text = std::fs::read_to_string(&p).ok()?;
+            let j: Json = serde_json::from_str(&text).ok()?;
+            is_api_prompt(&j).then(|| (p.display().to_string(), j))
+        })
+        .collect()
+}
+
+const COMBO_NAMES: &[&str] = &[
+    "ckpt_name", "sampler_name", "scheduler", "lora_name", "vae_name", "unet_name", "clip_name", "clip_name1",
+    "clip_name2", "control_net_name", "image", "upscale_model", "model_name", "weight_dtype", "type",
+];
+
+fn looks_like_combo(name: &str, value: &str) -> bool {
+    COMBO_NAMES.contains(&name)
+        || [".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".png", ".jpg", ".gguf"].iter().any(|e| value.ends_with(e))
+}
+
+/// A class inferred from how workflows use it: widgets typed by their constants (strings that
+/// name files or samplers become combos of the values seen), sockets typed `Class#slot` by the
+/// outputs linked into them (comma unions where several are), outputs `*` where they feed a
+/// widget. A class no node consumes is an output node. Its calls return `"Class#slot:digest"`
+/// strings, the digest covering every input value.
+pub struct Mimic {
+    probe: Arc<Probe>,
+    schema: Arc<NodeSchema>,
+}
+
+impl NodeClass for Mimic {
+    fn schema(&self) -> Arc<NodeSchema> {
+        self.schema.clone()
+    }
+    fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        use std::hash::{Hash, Hasher};
+        if self.probe.over_budget() {
+            return Err(NodeError::msg("test call budget exhausted"));
+        }
+        let start = Instant::now();
+        // Outputs depend on every input, so a wrong cache hit shows downstream.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (k, v) in &args.values {
+            (k, format!("{v:?}")).hash(&mut h);
+        }
+        let digest = h.finish();
+        let name = &self.schema.name;
+        let outs = (0..self.schema.outputs.len()).map(|k| Value::String(format!("{name}#{k}:{digest:016x}")));
+        let mut out = CallOutput::values(outs);
+        if self.schema.output_node {
+            out.ui = Some(ui_text(vec![format!("{name}:{digest:016x}")]));
+        }
+        self.probe.record(ctx.node_id, start);
+        Ok(out)
+    }
+}
+
+/// Registers a [`Mimic`] for every class of `prompts` that `reg` does not know.
+pub fn register_mimics(reg: &mut Registry, probe: &Arc<Probe>, prompts: &[Json]) {
+    #[derive(Default)]
+    struct Input {
+        links: BTreeSet<(String, usize)>,
+        constants: Vec<Json>,
+        nodes: usize,
+    }
+    #[derive(Default)]
+    struct Class {
+        inputs: BTreeMap<String, Input>,
+        order: Vec<String>,
+        nodes: usize,
+        slots: usize,
+        consumed: bool,
+    }
+    let mut classes: BTreeMap<String, Class> = BTreeMap::new();
+    for p in prompts {
+        let Some(obj) = p.as_object() else { continue };
+        let class_of = |id: &str| obj.get(id).and_then(|n| n.get("class_type")).and_then(Json::as_str).map(String::from);
+        for node in obj.values() {
+            let Some(ct) = node.get("class_type").and_then(Json::as_str) else { continue };
+            if reg.get(ct).is_some() {
+                continue;
+            }
+            let c = classes.entry(ct.to_string()).or_default();
+            c.nodes += 1;
+            let Some(inputs) = node.get("inputs").and_then(Json::as_object) else { continue };
+            for (name, v) in inputs {
+                if !c.inputs.contains_key(name) {
+                    c.order.push(name.clone());
+                }
+                let inp = c.inputs.entry(name.clone()).or_default();
+                inp.nodes += 1;
+                match v {
+                    Json::Array(a) if a.len() == 2 && a[0].is_string() && a[1].is_u64() => {
+                        if let Some(src) = class_of(a[0].as_str().unwrap()) {
+                            inp.links.insert((src, a[1].as_u64().unwrap() as usize));
+                        }
+                    }
+                    other => inp.constants.push(other.clone()),
+                }
+            }
+        }
+        // Slots used and consumers, for every class (known ones included, they are skipped).
+        for node in obj.values() {
+            for v in node.get("inputs").and_then(Json::as_object).into_iter().flat_map(|m| m.values()) {
+                if let Json::Array(a) = v {
+                    if let (Some(id), Some(slot)) = (a.first().and_then(Json::as_str), a.get(1).and_then(Json::as_u64)) {
+                        if let Some(src) = class_of(id) {
+                            if let Some(c) = classes.get_mut(&src) {
+                                c.slots = c.slots.max(slot as usize + 1);
+                                c.consumed = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Output slots that feed widgets (or known classes' inputs) are `*`.
+    let mut any_slot: BTreeSet<(String, usize)> = BTreeSet::new();
+    for c in classes.values() {
+        for inp in c.inputs.values() {
+            if !inp.constants.is_empty() {
+                any_slot.extend(inp.links.iter().cloned());
+            }
+        }
+    }
+    for p in prompts {
+        let Some(obj) = p.as_object() else { continue };
+        for node in obj.values() {
+            let known = node.get("class_type").and_then(Json::as_str).is_some_and(|ct| reg.get(ct).is_some());
+            if !known {
+                continue;
+            }
+            for v in node.get("inputs").and_then(Json::as_object).into_iter().flat_map(|m| m.values()) {
+                if let Json::Array(a) = v {
+                    if let (Some(id), Some(slot)) = (a.first().and_then(Json::as_str), a.get(1).and_then(Json::as_u64)) {
+                        if let Some(src) = obj.get(id).and_then(|n| n.get("class_type")).and_then(Json::as_str) {
+                            any_slot.insert((src.to_string(), slot as usize));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let known: BTreeSet<String> = reg.names().map(String::from).collect();
+    let slot_type = |class: &str, slot: usize| {
+        if any_slot.contains(&(class.to_string(), slot)) || known.contains(class) {
+            "*".to_string()
+        } else {
+            format!("{class}#{slot}")
+        }
+    };
+    for (name, c) in &classes {
+        let mut required = Map::new();
+        let mut optional = Map::new();
+        for input in &c.order {
+            let inp = &c.inputs[input];
+            let spec = if let Some(first) = inp.constants.first() {
+                match first {
+                    Json::Bool(_) => json!(["BOOLEAN", {}]),
+                    Json::Number(n) if n.is_i64() || n.is_u64() => json!(["INT", {}]),
+                    Json::Number(_) => json!(["FLOAT", {}]),
+                    Json::String(s) if looks_like_combo(input, s) => {
+                        let mut options: Vec<Json> = Vec::new();
+                        for v in &inp.constants {
+                            if !options.contains(v) {
+                                options.push(v.clone());
+                            }
+                        }
+                        options.push(json!("other.safetensors"));
+                        json!([options, {}])
+                    }
+                    Json::String(_) => json!(["STRING", {}]),
+                    _ => json!(["*", {}]),
+                }
+            } else {
+                let types: Vec<String> = inp.links.iter().map(|(src, slot)| slot_type(src, *slot)).collect();
+                let types: BTreeSet<String> = types.into_iter().collect();
+                let ty = if types.contains("*") { "*".to_string() } else { types.into_iter().collect::<Vec<_>>().join(",") };
+                json!([ty, {}])
+            };
+            if inp.nodes == c.nodes {
+                required.insert(input.clone(), spec);
+            } else {
+                optional.insert(input.clone(), spec);
+            }
+        }
+        let outputs: Vec<Json> = (0..c.slots).map(|k| json!(slot_type(name, k))).collect();
+        let record = json!({
+            "name": name,
+            "input": {"required": required, "optional": optional},
+            "input_order": {"required": required.keys().collect::<Vec<_>>(), "optional": optional.keys().collect::<Vec<_>>()},
+            "output": outputs,
+            "output_node": !c.consumed,
+        });
+        let schema = NodeSchema::from_object_info(&record).expect("a mimic's record parses");
+        reg.register(Arc::new(Mimic { probe: probe.clone(), schema: Arc::new(schema) }));
     }
 }
