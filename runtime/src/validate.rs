@@ -203,7 +203,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
                 Some(Input::Malformed(v)) => own[i].push(
                     ErrorRecord::new("bad_linked_input", "Bad linked input, must be a length-2 list of [node_id, slot_index]", spec.name.clone())
                         .extra("input_name", json!(spec.name))
-                        .extra("input_config", spec.to_object_info())
+                        .extra("input_config", input_config(spec))
                         .extra("received_value", v.clone()),
                 ),
                 Some(Input::Link(l)) => match prompt.nodes.get_index_of(&l.node) {
@@ -235,7 +235,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
                                         format!("{}, received_type({}) mismatch input_type({})", spec.name, out.ty, wanted),
                                     )
                                     .extra("input_name", json!(spec.name))
-                                    .extra("input_config", spec.to_object_info())
+                                    .extra("input_config", input_config(spec))
                                     .extra("received_type", json!(out.ty))
                                     .extra("linked_node", json!([l.node, l.slot])),
                                 );
@@ -448,6 +448,19 @@ pub fn types_compatible(received: &str, wanted: &str) -> bool {
     wanted.split(',').map(str::trim).any(|w| r.contains(&w))
 }
 
+/// ComfyUI's `input_config`: the `(type, options)` pair, options `{}` where none are declared.
+fn input_config(spec: &InputSpec) -> Json {
+    match spec.to_object_info() {
+        Json::Array(mut a) => {
+            if a.len() < 2 {
+                a.push(Json::Object(Map::new()));
+            }
+            Json::Array(a)
+        }
+        other => other,
+    }
+}
+
 /// Coerces a constant by the input's declared kind and checks range and membership.
 pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord> {
     let coerced = match &spec.kind {
@@ -460,14 +473,14 @@ pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord>
     let coerced = coerced.map_err(|(e, ty)| {
         ErrorRecord::new("invalid_input_type", format!("Failed to convert an input value to a {ty} value"), format!("{}, {}, {e}", spec.name, py_str(v)))
             .extra("input_name", json!(spec.name))
-            .extra("input_config", spec.to_object_info())
+            .extra("input_config", input_config(spec))
             .extra("received_value", v.to_json())
             .extra("exception_message", json!(e))
     })?;
     let range_err = |kind: &str, msg: String| {
         ErrorRecord::new(kind, msg, spec.name.clone())
             .extra("input_name", json!(spec.name))
-            .extra("input_config", spec.to_object_info())
+            .extra("input_config", input_config(spec))
             .extra("received_value", coerced.to_json())
     };
     match &spec.kind {
@@ -503,7 +516,7 @@ pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord>
                     let mut e = ErrorRecord::new("value_not_in_list", "Value not in list", format!("{}: '{}' not in {shown}", spec.name, py_str(val)))
                         .extra("input_name", json!(spec.name))
                         .extra("received_value", val.to_json());
-                    e = e.extra("input_config", if options.len() <= 20 { spec.to_object_info() } else { Json::Null });
+                    e = e.extra("input_config", if options.len() <= 20 { input_config(spec) } else { Json::Null });
                     return Err(e);
                 }
             }

@@ -294,7 +294,7 @@ fn bad_linked_input_for_arrays_that_are_not_links() {
                 "type": "bad_linked_input",
                 "message": "Bad linked input, must be a length-2 list of [node_id, slot_index]",
                 "details": "value",
-                "extra_info": {"input_name": "value", "input_config": ["*"], "received_value": bad},
+                "extra_info": {"input_name": "value", "input_config": ["*", {}], "received_value": bad},
             }]),
             "{bad}"
         );
@@ -330,7 +330,7 @@ fn return_type_mismatch() {
                 "type": "return_type_mismatch",
                 "message": "Return type mismatch between linked nodes",
                 "details": "model, received_type(IMAGE) mismatch input_type(MODEL)",
-                "extra_info": {"input_name": "model", "input_config": ["MODEL"], "received_type": "IMAGE", "linked_node": ["1", 0]},
+                "extra_info": {"input_name": "model", "input_config": ["MODEL", {}], "received_type": "IMAGE", "linked_node": ["1", 0]},
             }],
             "dependent_outputs": ["2"],
             "class_type": "Sink",

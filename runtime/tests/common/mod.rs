@@ -590,12 +590,13 @@ pub fn is_api_prompt(j: &Json) -> bool {
     }
 }
 
-/// The API prompts under `workflows/` (recursively, one level of sub-folders), read now:
-/// others add files while this suite exists. UI workflows and unreadable files are skipped.
+/// The API prompts under `workflows/` and `runtime/tests/data/` (two levels of sub-folders),
+/// read now: others add files while this suite exists. UI workflows and unreadable files are
+/// skipped.
 pub fn workflow_prompts() -> Vec<(String, Json)> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows");
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    let mut dirs = vec![(root, 0)];
+    let mut dirs = vec![(manifest.join("../workflows"), 0), (manifest.join("tests/data"), 0)];
     while let Some((dir, depth)) = dirs.pop() {
         let Ok(rd) = std::fs::read_dir(&dir) else { continue };
         for e in rd.flatten() {
