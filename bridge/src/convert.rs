@@ -1,0 +1,183 @@
+//! Values across the boundary: runtime [`Value`]s to Python objects and back, and
+//! [`PyHandle`], the opaque handle a Python object lives in on the Rust side.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+use serde_json::Value as Json;
+
+use comfyrs_runtime::value::{Opaque, Value};
+
+/// A Python object held by the runtime (a MODEL, a LATENT dict, an IMAGE tensor...). Its byte
+/// size (tensor storages inside, each counted once) is measured when the object crosses into
+/// Rust, for the byte-bounded cache. Dropping a handle without the GIL is fine: pyo3 defers the
+/// decref to the next time any thread holds the GIL.
+pub struct PyHandle {
+    obj: Py<PyAny>,
+    type_name: String,
+    bytes: usize,
+    py_type: String,
+}
+
+impl PyHandle {
+    pub(crate) fn new(obj: Py<PyAny>, type_name: String, bytes: usize, py_type: String) -> Self {
+        PyHandle { obj, type_name, bytes, py_type }
+    }
+
+    /// The Python object (clone it with `clone_ref` under the GIL to keep it).
+    pub fn object(&self) -> &Py<PyAny> {
+        &self.obj
+    }
+
+    /// The Python class name of the object (`ModelPatcher`, `dict`, `Tensor`).
+    pub fn python_type(&self) -> &str {
+        &self.py_type
+    }
+
+    /// The object as a tch tensor sharing its storage (no copy), if it is a `torch.Tensor`.
+    pub fn tensor(&self) -> Option<tch::Tensor> {
+        Python::attach(|py| py_to_tensor(self.obj.bind(py)))
+    }
+}
+
+impl Opaque for PyHandle {
+    fn type_name(&self) -> &str {
+        &self.type_name
+    }
+    fn byte_size(&self) -> usize {
+        self.bytes
+    }
+    fn describe(&self) -> String {
+        format!("<{} {} ({} bytes)>", self.type_name, self.py_type, self.bytes)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A `torch.Tensor` object to a tch tensor over the same storage.
+pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Option<tch::Tensor> {
+    // SAFETY: `obj` is a live object and we hold the GIL; torch is imported by the bridge's boot
+    // (THPVariable_Check needs torch's type objects).
+    unsafe { tch::Tensor::pyobject_unpack(obj.as_ptr() as *mut tch::python::CPyObject).ok().flatten() }
+}
+
+/// A tch tensor to a `torch.Tensor` object over the same storage.
+pub fn tensor_to_py<'py>(py: Python<'py>, t: &tch::Tensor) -> PyResult<Bound<'py, PyAny>> {
+    let p = t.pyobject_wrap().map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
+    // SAFETY: THPVariable_Wrap returns a new reference (or null with a Python error set).
+    unsafe { Bound::from_owned_ptr_or_err(py, p as *mut pyo3::ffi::PyObject) }
+}
+
+/// A hook for native handles that Python nodes may consume: returns the tensor a native value
+/// stands for (e.g. a native IMAGE), which then crosses as a `torch.Tensor` without a copy.
+pub type TensorExtractor = fn(&dyn Opaque) -> Option<tch::Tensor>;
+
+static EXTRACTORS: std::sync::RwLock<Vec<TensorExtractor>> = std::sync::RwLock::new(Vec::new());
+
+/// Registers a [`TensorExtractor`] (the binary does this for native tensor-carrying types).
+pub fn register_tensor_extractor(f: TensorExtractor) {
+    EXTRACTORS.write().unwrap_or_else(|p| p.into_inner()).push(f);
+}
+
+/// A runtime value as a Python object: ints stay ints, floats floats, JSON becomes dicts and
+/// lists, Python handles become their objects again.
+pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(f) => PyFloat::new(py, *f).into_any(),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Json(j) => json_to_py(py, j)?,
+        Value::List(items) => {
+            let l = PyList::empty(py);
+            for it in items {
+                l.append(value_to_py(py, it)?)?;
+            }
+            l.into_any()
+        }
+        Value::None => py.None().into_bound(py),
+        Value::Handle(h) => {
+            if let Some(ph) = h.as_any().downcast_ref::<PyHandle>() {
+                ph.obj.clone_ref(py).into_bound(py)
+            } else {
+                let extractors = EXTRACTORS.read().unwrap_or_else(|p| p.into_inner());
+                match extractors.iter().find_map(|f| f(h.as_ref())) {
+                    Some(t) => tensor_to_py(py, &t)?,
+                    None => {
+                        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                            "a native {} value cannot be passed to a Python node (no conversion is registered for it)",
+                            h.type_name()
+                        )))
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// JSON to Python: integers stay ints, other numbers floats, objects dicts (in order).
+pub fn json_to_py<'py>(py: Python<'py>, j: &Json) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match j {
+        Json::Null => py.None().into_bound(py),
+        Json::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
+            }
+        }
+        Json::String(s) => PyString::new(py, s).into_any(),
+        Json::Array(a) => {
+            let l = PyList::empty(py);
+            for it in a {
+                l.append(json_to_py(py, it)?)?;
+            }
+            l.into_any()
+        }
+        Json::Object(m) => {
+            let d = PyDict::new(py);
+            for (k, v) in m {
+                d.set_item(k, json_to_py(py, v)?)?;
+            }
+            d.into_any()
+        }
+    })
+}
+
+/// A Python result to a runtime value. Exact ints, floats, strings, bools and None become native
+/// values (so native nodes can consume them); everything else is kept as a [`PyHandle`] of the
+/// output's declared type, its byte size measured by `sizer`.
+pub fn py_to_value(obj: &Bound<'_, PyAny>, type_name: &str, sizer: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if obj.is_none() {
+        return Ok(Value::None);
+    }
+    if obj.is_exact_instance_of::<PyBool>() {
+        return Ok(Value::Bool(obj.extract::<bool>()?));
+    }
+    if obj.is_exact_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i128>() {
+            return Ok(Value::Int(i));
+        }
+    } else if obj.is_exact_instance_of::<PyFloat>() {
+        return Ok(Value::Float(obj.extract::<f64>()?));
+    } else if obj.is_exact_instance_of::<PyString>() {
+        return Ok(Value::String(obj.extract::<String>()?));
+    }
+    let bytes: usize = sizer.call1((obj,))?.extract().unwrap_or(0);
+    let py_type = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let ty = if type_name.is_empty() || type_name == "*" { py_type.clone() } else { type_name.to_string() };
+    Ok(Value::Handle(Arc::new(PyHandle::new(obj.clone().unbind(), ty, bytes, py_type))))
+}
+
+/// Wraps any Python object as a runtime value (see [`py_to_value`]).
+pub fn object_value(py: Python<'_>, obj: &Bound<'_, PyAny>, type_name: &str) -> PyResult<Value> {
+    let host = crate::host_module(py)?;
+    let sizer = host.getattr("byte_size")?;
+    py_to_value(obj, type_name, &sizer)
+}

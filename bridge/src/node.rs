@@ -1,0 +1,334 @@
+//! A ComfyUI node class seen through the runtime's [`NodeClass`] contract.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use serde_json::{Map, Value as Json};
+
+use comfyrs_runtime::node::{Args, CallOutput, ExecContext, Fingerprint, NodeClass, NodeError, Placement};
+use comfyrs_runtime::schema::{InputKind, NodeSchema, Section};
+
+use crate::convert::{json_to_py, py_to_value, value_to_py};
+use crate::Shared;
+
+/// Schemas are re-read from Python (file lists change on disk) at most this often.
+const SCHEMA_TTL: Duration = Duration::from_secs(2);
+
+/// What `node_info` tells beyond the `/object_info` record.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Flags {
+    pub has_fingerprint: bool,
+    pub has_validate: bool,
+    pub has_lazy: bool,
+    pub v3: bool,
+}
+
+pub struct PyNode {
+    name: String,
+    shared: Arc<Shared>,
+    schema: RwLock<(Instant, Arc<NodeSchema>)>,
+    flags: Flags,
+}
+
+impl PyNode {
+    pub(crate) fn new(name: String, shared: Arc<Shared>, schema: NodeSchema, flags: Flags) -> PyNode {
+        PyNode { name, shared, schema: RwLock::new((Instant::now(), Arc::new(schema))), flags }
+    }
+
+    /// The ComfyUI class name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the class is a V3 schema node (`comfy_api`).
+    pub fn is_v3(&self) -> bool {
+        self.flags.v3
+    }
+
+    fn refresh_schema(&self) -> Option<NodeSchema> {
+        Python::attach(|py| -> PyResult<Option<NodeSchema>> {
+            let host = crate::host_module(py)?;
+            let text: String = host.call_method1("node_record", (&self.name,))?.extract()?;
+            Ok(parse_record(&text).ok().map(|(s, _, _)| s))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Hidden inputs of the class as {name: (token, value)}.
+    fn hidden<'py>(&self, py: Python<'py>, schema: &NodeSchema, ctx: &ExecContext<'_>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for spec in schema.inputs.iter().filter(|i| i.section == Section::Hidden) {
+            let InputKind::Hidden(token) = &spec.kind else { continue };
+            let value = match token.as_str() {
+                "PROMPT" => json_to_py(py, ctx.prompt)?,
+                "EXTRA_PNGINFO" => match ctx.extra_pnginfo {
+                    Some(j) => json_to_py(py, j)?,
+                    None => py.None().into_bound(py),
+                },
+                "UNIQUE_ID" => ctx.node_id.into_pyobject(py)?.into_any(),
+                _ => py.None().into_bound(py),
+            };
+            d.set_item(&spec.name, PyTuple::new(py, [token.into_pyobject(py)?.into_any(), value])?)?;
+        }
+        Ok(d)
+    }
+
+    fn prompt_py<'py>(&self, py: Python<'py>, schema: &NodeSchema, ctx: &ExecContext<'_>) -> PyResult<Bound<'py, PyAny>> {
+        // The prompt is converted only for classes that read it (hidden PROMPT or DYNPROMPT).
+        let wants = schema.inputs.iter().any(|i| matches!(&i.kind, InputKind::Hidden(t) if t == "PROMPT" || t == "DYNPROMPT"));
+        if wants {
+            json_to_py(py, ctx.prompt)
+        } else {
+            Ok(py.None().into_bound(py))
+        }
+    }
+
+    /// Runs `f` on the Python thread, forwarding comfyrs's interrupt to ComfyUI's flag while the
+    /// call runs.
+    fn on_python_thread<'a, R: Send + 'a>(
+        &self,
+        ctx: &ExecContext<'_>,
+        f: impl FnOnce(Python<'_>) -> R + Send + 'a,
+    ) -> Result<R, NodeError> {
+        let mut forwarded = false;
+        let interrupt = ctx.interrupt.clone();
+        // Only while this call is the one running (not while it waits behind another call):
+        // ComfyUI's interrupt flag is process-wide.
+        let running = AtomicBool::new(false);
+        let running_ref = &running;
+        let job = move |py: Python<'_>| {
+            running_ref.store(true, Ordering::SeqCst);
+            let r = f(py);
+            running_ref.store(false, Ordering::SeqCst);
+            r
+        };
+        self.shared
+            .thread
+            .run(job, || {
+                if !forwarded && running.load(Ordering::SeqCst) && interrupt.is_set() {
+                    forwarded = true;
+                    let _ = Python::attach(|py| -> PyResult<()> {
+                        crate::host_module(py)?.call_method1("set_interrupt", (true,))?;
+                        Ok(())
+                    });
+                }
+            })
+            .map_err(|e| NodeError::msg(e.to_string()))
+    }
+
+    fn constants_py<'py>(&self, py: Python<'py>, args: &Args) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, vals) in &args.values {
+            let l = PyList::empty(py);
+            for v in vals {
+                l.append(value_to_py(py, v)?)?;
+            }
+            d.set_item(k, l)?;
+        }
+        Ok(d)
+    }
+
+    fn required_links(&self, schema: &NodeSchema, args: &Args) -> Vec<String> {
+        schema
+            .inputs
+            .iter()
+            .filter(|i| i.section == Section::Required && !args.values.contains_key(&i.name))
+            .map(|i| i.name.clone())
+            .collect()
+    }
+}
+
+/// Parses a record from the host: the schema plus the flags under `__comfyrs__`.
+pub(crate) fn parse_record(text: &str) -> Result<(NodeSchema, Flags, bool), String> {
+    let mut rec: Json = serde_json::from_str(text).map_err(|e| format!("bad record JSON: {e}"))?;
+    let extra = rec.as_object_mut().and_then(|o| o.remove("__comfyrs__")).unwrap_or(Json::Null);
+    let mut schema = NodeSchema::from_object_info(&rec)?;
+    let b = |k: &str| extra.get(k).and_then(Json::as_bool).unwrap_or(false);
+    schema.not_idempotent = b("not_idempotent");
+    if let Some(a) = rec.get("search_aliases").and_then(Json::as_array) {
+        schema.search_aliases = a.iter().filter_map(|s| s.as_str().map(String::from)).collect();
+    }
+    let flags = Flags { has_fingerprint: b("has_fingerprint"), has_validate: b("has_validate"), has_lazy: b("has_lazy"), v3: b("v3") };
+    Ok((schema, flags, b("not_idempotent")))
+}
+
+/// Maps a Python error tuple `("error", is_interrupt, message, type, traceback)`.
+fn node_error(t: &Bound<'_, PyTuple>) -> NodeError {
+    let interrupt: bool = t.get_item(1).and_then(|v| v.extract()).unwrap_or(false);
+    if interrupt {
+        return NodeError::Interrupted;
+    }
+    NodeError::Failed {
+        message: t.get_item(2).and_then(|v| v.extract()).unwrap_or_default(),
+        exception_type: t.get_item(3).and_then(|v| v.extract()).unwrap_or_else(|_| "Exception".into()),
+        traceback: t.get_item(4).and_then(|v| v.extract()).unwrap_or_default(),
+    }
+}
+
+fn py_err(py: Python<'_>, e: PyErr) -> NodeError {
+    let tb = e
+        .traceback(py)
+        .and_then(|tb| tb.format().ok())
+        .map(|s| s.lines().map(|l| format!("{l}\n")).collect())
+        .unwrap_or_default();
+    NodeError::Failed {
+        message: e.value(py).to_string(),
+        exception_type: e.get_type(py).name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".into()),
+        traceback: tb,
+    }
+}
+
+impl NodeClass for PyNode {
+    fn schema(&self) -> Arc<NodeSchema> {
+        {
+            let g = self.schema.read().unwrap_or_else(|p| p.into_inner());
+            if g.0.elapsed() < SCHEMA_TTL {
+                return g.1.clone();
+            }
+        }
+        let fresh = self.refresh_schema();
+        let mut g = self.schema.write().unwrap_or_else(|p| p.into_inner());
+        g.0 = Instant::now();
+        if let Some(s) = fresh {
+            if *g.1 != s {
+                g.1 = Arc::new(s);
+            }
+        }
+        g.1.clone()
+    }
+
+    fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let types: Vec<String> = schema.outputs.iter().map(|o| o.ty.clone()).collect();
+        let name = &self.name;
+        let result = self.on_python_thread(ctx, |py| -> Result<CallOutput, NodeError> {
+            let _current = crate::interp::CurrentCall::enter(ctx);
+            let run = || -> PyResult<Result<CallOutput, NodeError>> {
+                let host = crate::host_module(py)?;
+                host.call_method1("set_interrupt", (ctx.interrupt.is_set(),))?;
+                let inputs = self.constants_py(py, args)?;
+                let hidden = self.hidden(py, &schema, ctx)?;
+                let prompt = self.prompt_py(py, &schema, ctx)?;
+                let extra = match ctx.extra_pnginfo {
+                    Some(j) => json_to_py(py, j)?,
+                    None => py.None().into_bound(py),
+                };
+                let out_dir = ctx.output_dir.to_string_lossy();
+                let out_dir = if out_dir.is_empty() { None } else { Some(out_dir.into_owned()) };
+                let r = host.getattr("call")?.call1((name, ctx.node_id, ctx.prompt_id, inputs, hidden, prompt, extra, out_dir))?;
+                let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
+                let status: String = t.get_item(0)?.extract()?;
+                if status != "ok" {
+                    return Ok(Err(node_error(t)));
+                }
+                let sizer = host.getattr("byte_size")?;
+                let outputs = t.get_item(1)?;
+                let mut slots: Vec<Vec<comfyrs_runtime::Value>> = Vec::new();
+                for (i, slot) in outputs.try_iter()?.enumerate() {
+                    let slot = slot?;
+                    let ty = types.get(i).map(String::as_str).unwrap_or("*");
+                    let mut vals = Vec::new();
+                    for item in slot.try_iter()? {
+                        vals.push(py_to_value(&item?, ty, &sizer)?);
+                    }
+                    slots.push(vals);
+                }
+                // A node that returned nothing for its declared outputs (an output node returning
+                // only UI) still has its slots.
+                if slots.is_empty() && !types.is_empty() {
+                    slots = vec![Vec::new(); types.len()];
+                }
+                let ui_text: Option<String> = t.get_item(2)?.extract()?;
+                let ui = match ui_text {
+                    Some(s) => match serde_json::from_str::<Json>(&s) {
+                        Ok(Json::Object(m)) => Some(m),
+                        _ => None,
+                    },
+                    None => None,
+                };
+                Ok(Ok(CallOutput { outputs: slots, ui: ui.filter(|m: &Map<String, Json>| !m.is_empty()) }))
+            };
+            match run() {
+                Ok(r) => r,
+                Err(e) => Err(py_err(py, e)),
+            }
+        })?;
+        result
+    }
+
+    fn fingerprint(&self, constants: &Args) -> Option<Fingerprint> {
+        if !self.flags.has_fingerprint {
+            return None;
+        }
+        let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let links = self.required_links(&schema, constants);
+        let r = Python::attach(|py| -> PyResult<Option<String>> {
+            let host = crate::host_module(py)?;
+            let d = self.constants_py(py, constants)?;
+            host.call_method1("fingerprint", (&self.name, d, links))?.extract()
+        });
+        match r {
+            Ok(None) => None,
+            Ok(Some(s)) if s == "always" => Some(Fingerprint::Always),
+            Ok(Some(s)) => Some(serde_json::from_str(&s).map(Fingerprint::Value).unwrap_or(Fingerprint::Always)),
+            Err(_) => Some(Fingerprint::Always),
+        }
+    }
+
+    fn check_lazy_status(&self, ctx: &ExecContext, args: &Args) -> Result<Vec<String>, NodeError> {
+        if !self.flags.has_lazy {
+            return Ok(Vec::new());
+        }
+        let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let lazy: Vec<String> = schema.inputs.iter().filter(|i| i.lazy && !args.values.contains_key(&i.name)).map(|i| i.name.clone()).collect();
+        let name = &self.name;
+        self.on_python_thread(ctx, |py| -> Result<Vec<String>, NodeError> {
+            let _current = crate::interp::CurrentCall::enter(ctx);
+            let run = || -> PyResult<Result<Vec<String>, NodeError>> {
+                let host = crate::host_module(py)?;
+                let inputs = self.constants_py(py, args)?;
+                let hidden = self.hidden(py, &schema, ctx)?;
+                let prompt = self.prompt_py(py, &schema, ctx)?;
+                let extra = match ctx.extra_pnginfo {
+                    Some(j) => json_to_py(py, j)?,
+                    None => py.None().into_bound(py),
+                };
+                let r = host.getattr("check_lazy")?.call1((name, ctx.node_id, ctx.prompt_id, inputs, lazy, hidden, prompt, extra))?;
+                let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
+                let status: String = t.get_item(0)?.extract()?;
+                if status != "ok" {
+                    return Ok(Err(node_error(t)));
+                }
+                Ok(Ok(t.get_item(1)?.extract()?))
+            };
+            match run() {
+                Ok(r) => r,
+                Err(e) => Err(py_err(py, e)),
+            }
+        })?
+    }
+
+    fn validate_inputs(&self, constants: &Args) -> Vec<(String, String)> {
+        if !self.flags.has_validate {
+            return Vec::new();
+        }
+        let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
+        let links = self.required_links(&schema, constants);
+        Python::attach(|py| -> PyResult<Vec<(String, String)>> {
+            let host = crate::host_module(py)?;
+            let d = self.constants_py(py, constants)?;
+            host.call_method1("validate", (&self.name, d, links))?.extract()
+        })
+        .unwrap_or_else(|e| vec![("(node)".into(), format!("VALIDATE_INPUTS could not run: {e}"))])
+    }
+
+    /// Python nodes run on worker threads (which hand the call to the Python thread), so the
+    /// scheduler keeps dispatching native nodes while a sampler runs.
+    fn placement(&self) -> Placement {
+        Placement::Worker
+    }
+}

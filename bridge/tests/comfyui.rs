@@ -1,0 +1,389 @@
+//! The bridge against a real ComfyUI (the copy scripts/setup.sh installs, or COMFYUI_PATH), on
+//! CPU, with a generated tiny SD1.5 checkpoint. One interpreter per test binary: every test
+//! shares the bridge started by `bridge()`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::{json, Value as Json};
+
+use comfyrs_bridge::{Bridge, BridgeOptions};
+use comfyrs_runtime::cache::CacheMode;
+use comfyrs_runtime::events::{Event, EventSink};
+use comfyrs_runtime::executor::{Executor, RunOptions, RunReport};
+use comfyrs_runtime::node::{Args, NodeClass};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::{validate, Rejection};
+use comfyrs_runtime::{Registry, Value};
+
+struct Env {
+    bridge: Bridge,
+    registry: Registry,
+    root: PathBuf,
+    models: PathBuf,
+    output: PathBuf,
+    ckpt: String,
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bridge-tests");
+        let models = root.join("models");
+        let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
+        let output = root.join(format!("output-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&output);
+        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
+        let opts = BridgeOptions {
+            custom_nodes: vec![support],
+            output_dir: Some(output.clone()),
+            input_dir: Some(root.join("input")),
+            temp_dir: Some(root.join("temp")),
+            models_dir: Some(models.clone()),
+            ..Default::default()
+        };
+        let bridge = Bridge::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        let mut registry = Registry::new();
+        bridge.register(&mut registry);
+        Env { bridge, registry, root, models, output, ckpt: ckpt.file_name().unwrap().to_string_lossy().into_owned() }
+    })
+}
+
+/// Runs one executor per test over the shared bridge; events are collected.
+struct Collect(Mutex<Vec<Event>>);
+impl EventSink for Collect {
+    fn emit(&self, e: &Event) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
+
+fn run_prompt(exec: &mut Executor, prompt: Json, events: &Collect) -> Result<RunReport, Rejection> {
+    let e = env();
+    let prompt = Prompt::from_json(&prompt).expect("prompt shape");
+    let v = validate(prompt, &e.registry, None)?;
+    Ok(exec.run(
+        &v,
+        &RunOptions {
+            prompt_id: "test".into(),
+            extra_pnginfo: Some(json!({"workflow": {"note": "comfyrs"}})),
+            output_dir: e.output.clone(),
+            events,
+        },
+    ))
+}
+
+fn new_exec() -> Executor {
+    Executor::new(CacheMode::Lru, 8 << 30)
+}
+
+fn txt2img(ckpt: &str, seed: u64) -> Json {
+    json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": 2, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "fox", "images": ["8", 0]}},
+        "10": {"class_type": "TestLatentDigest", "inputs": {"samples": ["3", 0]}}
+    })
+}
+
+#[test]
+fn boots_loads_nodes_and_reports_broken_packs() {
+    let e = env();
+    let r = e.bridge.report();
+    assert!(r.node_count > 100, "only {} nodes", r.node_count);
+    assert!(r.cpu);
+    for n in ["KSampler", "CheckpointLoaderSimple", "SaveImage", "TestLatentDigest", "TestLazy"] {
+        assert!(e.registry.get(n).is_some(), "{n} missing");
+    }
+    let broken: Vec<_> = e.bridge.import_failures().iter().filter(|f| f.custom).collect();
+    assert_eq!(broken.len(), 1, "{:?}", e.bridge.import_failures());
+    assert!(broken[0].path.contains("comfyrs_broken_pack"));
+    assert!(broken[0].error.contains("broken on purpose"), "{}", broken[0].error);
+    // Schemas: combos from disk, V1 display names, python_module.
+    let s = e.registry.get("CheckpointLoaderSimple").unwrap().schema();
+    let ckpt = s.find_input("ckpt_name").unwrap();
+    let rec = ckpt.to_object_info();
+    assert!(rec[0].as_array().unwrap().iter().any(|v| v == &json!(e.ckpt)), "{rec}");
+    let d = e.registry.get("TestLatentDigest").unwrap().schema();
+    assert_eq!(d.display_name, "Latent digest (comfyrs test)");
+    assert_eq!(d.python_module, "custom_nodes.comfyrs_test_pack");
+    assert!(d.output_node);
+    eprintln!(
+        "boot: interpreter {:?}, torch {:?}, ComfyUI {:?}, nodes {:?}, schemas {:?}, total {:?}",
+        r.python_init, r.import_torch, r.import_comfyui, r.load_nodes, r.schemas, r.total
+    );
+}
+
+#[test]
+fn fixture_is_complete_and_detected_as_sd15() {
+    let e = env();
+    let ckpt = e.models.join("checkpoints").join(&e.ckpt);
+    let path = ckpt.to_string_lossy().into_owned();
+    let out = e
+        .bridge
+        .with_python(move |py| -> Result<String, String> {
+            let code = std::ffi::CString::new(
+                r#"
+def check(path):
+    import comfy.sd, comfy.utils, json
+    sd = comfy.utils.load_torch_file(path)
+    keys = set(sd.keys())
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)
+    expected = set("model.diffusion_model." + k for k in model.model.diffusion_model.state_dict().keys())
+    expected |= set("first_stage_model." + k for k in vae.first_stage_model.state_dict().keys())
+    expected |= set("cond_stage_model.transformer.text_model." + k[len("clip_l.transformer.text_model."):]
+                    for k in clip.cond_stage_model.state_dict().keys() if k.startswith("clip_l.transformer.text_model."))
+    missing = sorted(expected - keys)
+    return json.dumps({"model": type(model.model.model_config).__name__, "missing": missing,
+                       "vae": type(vae.first_stage_model).__name__})
+"#,
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"fixture_check.py", c"fixture_check").map_err(|e| e.to_string())?;
+            use pyo3::types::PyAnyMethods;
+            m.getattr("check").and_then(|f| f.call1((path,))).and_then(|r| r.extract::<String>()).map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .unwrap();
+    let v: Json = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["model"], "SD15", "{v}");
+    assert_eq!(v["vae"], "TAESD", "{v}");
+    assert_eq!(v["missing"], json!([]), "{v}");
+}
+
+fn digest_of(report: &RunReport, node: &str) -> String {
+    report.outputs[node]["digest"][0].as_str().unwrap().to_string()
+}
+
+#[test]
+fn txt2img_writes_a_png_and_matches_python_bit_for_bit() {
+    let e = env();
+    let events = Collect(Mutex::new(Vec::new()));
+    let mut exec = new_exec();
+    let report = run_prompt(&mut exec, txt2img(&e.ckpt, 42), &events).unwrap_or_else(|r| panic!("{}", r.render()));
+    assert!(report.success(), "{:?}", report.errors);
+    let images = report.outputs["9"]["images"].as_array().unwrap();
+    let file = e.output.join(images[0]["subfolder"].as_str().unwrap()).join(images[0]["filename"].as_str().unwrap());
+    let bytes = std::fs::read(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+    assert_eq!(&bytes[1..4], b"PNG");
+    // Progress from the sampler arrived as comfyrs events, attributed to the KSampler.
+    let progress: Vec<_> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Progress { node, value, max, .. } => Some((node.clone(), *value, *max)),
+            _ => None,
+        })
+        .collect();
+    assert!(progress.iter().any(|(n, v, m)| n == "3" && v == m && *m == 2), "{progress:?}");
+
+    // The same node functions called directly in a separate Python process.
+    let venv = std::env::var_os("COMFYRS_VENV").map(PathBuf::from).or_else(|| option_env!("COMFYRS_VENV").map(PathBuf::from)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/reference_txt2img.py");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .arg(&script)
+        .arg(&e.bridge.report().comfyui_path)
+        .arg(&e.models)
+        .arg(&e.ckpt)
+        .arg("42")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reference: Json = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+    assert_eq!(reference["model"], "SD15");
+    assert_eq!(report.outputs["10"]["shape"][0], reference["shape"]);
+    assert_eq!(digest_of(&report, "10"), reference["digest"].as_str().unwrap(), "comfyrs's latent differs from ComfyUI's own");
+
+    // A second run with only the seed changed re-runs the sampler and below, not the loader.
+    let report2 = run_prompt(&mut exec, txt2img(&e.ckpt, 43), &events).unwrap();
+    assert!(report2.success(), "{:?}", report2.errors);
+    let mut executed = report2.executed();
+    executed.sort();
+    assert_eq!(executed, vec!["10", "3", "8", "9"]);
+    assert_ne!(digest_of(&report2, "10"), digest_of(&report, "10"));
+}
+
+#[test]
+fn errors_name_the_node_and_the_next_prompt_runs() {
+    let e = env();
+    let events = Collect(Mutex::new(Vec::new()));
+    let mut exec = new_exec();
+
+    // A node raising mid-run.
+    let raising = json!({
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "TestRaise", "inputs": {"samples": ["1", 0], "message": "kaboom from python"}},
+        "3": {"class_type": "TestLatentDigest", "inputs": {"samples": ["2", 0]}}
+    });
+    let r = run_prompt(&mut exec, raising, &events).unwrap();
+    assert!(!r.success());
+    assert_eq!(r.errors.len(), 1);
+    let err = &r.errors[0];
+    assert_eq!((err.node_id.as_str(), err.node_type.as_str()), ("2", "TestRaise"));
+    assert_eq!(err.exception_type, "ValueError");
+    assert_eq!(err.exception_message, "kaboom from python");
+    assert!(err.traceback.iter().any(|l| l.contains("comfyrs_test_pack")), "{:?}", err.traceback);
+    assert!(err.current_inputs["samples"][0].as_str().unwrap().contains("LATENT"), "{:?}", err.current_inputs);
+
+    // sys.exit() inside a node is an error too, not the end of the process.
+    let r = run_prompt(&mut exec, json!({"1": {"class_type": "TestExit", "inputs": {}}}), &events).unwrap();
+    assert_eq!(r.errors[0].exception_type, "SystemExit");
+
+    // An unknown node type.
+    let unknown = json!({"1": {"class_type": "KSamplerr", "inputs": {}}});
+    let rej = run_prompt(&mut exec, unknown, &events).err().expect("rejected");
+    assert_eq!(rej.error.kind, "missing_node_type");
+    assert!(rej.error.message.contains("KSamplerr") && rej.error.details.contains("KSampler"), "{}", rej.render());
+
+    // A missing model file.
+    let missing = txt2img("no-such-model.safetensors", 1);
+    let rej = run_prompt(&mut exec, missing, &events).err().expect("rejected");
+    let ne = &rej.node_errors["4"];
+    assert_eq!(ne.class_type, "CheckpointLoaderSimple");
+    assert_eq!(ne.errors[0].kind, "value_not_in_list");
+    assert!(rej.render().contains("no-such-model.safetensors"), "{}", rej.render());
+
+    // VALIDATE_INPUTS failing.
+    let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestValidate", "inputs": {"value": -3}}}), &events).err().expect("rejected");
+    assert_eq!(rej.node_errors["1"].errors[0].kind, "custom_validation_failed");
+    assert!(rej.node_errors["1"].errors[0].details.contains("must be non-negative"));
+
+    // And the process is fine: a good prompt runs.
+    let good = json!({
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "TestLatentDigest", "inputs": {"samples": ["1", 0]}},
+        "4": {"class_type": "TestValidate", "inputs": {"value": 5}}
+    });
+    let r = run_prompt(&mut exec, good, &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+    assert_eq!(r.outputs["3"]["shape"][0], json!([1, 4, 8, 8]));
+}
+
+#[test]
+fn values_keep_their_types_both_ways() {
+    let e = env();
+    let events = Collect(Mutex::new(Vec::new()));
+    let mut exec = new_exec();
+    let p = json!({"1": {"class_type": "TestTypes", "inputs": {"i": 3, "f": 2.0, "s": "hi", "b": true}}});
+    let r = run_prompt(&mut exec, p, &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+    assert_eq!(r.outputs["1"]["text"][0], "int,float,str,bool");
+    assert_eq!(r.values["1"], vec![json!(["int,float,str,bool"]), json!([4]), json!([4.0]), json!([false])]);
+
+    // Direct: a huge int (a seed) survives, returned values are native.
+    let class = e.bridge.class("TestTypes").unwrap();
+    let mut args = Args::default();
+    args.insert("i", Value::Int(u64::MAX as i128 - 1));
+    args.insert("f", Value::Float(0.25));
+    args.insert("s", Value::String("x".into()));
+    args.insert("b", Value::Bool(false));
+    let prompt = json!({});
+    let interrupt = comfyrs_runtime::interrupt::Interrupt::default();
+    let ctx = comfyrs_runtime::node::ExecContext {
+        prompt_id: "p",
+        node_id: "7",
+        prompt: &prompt,
+        extra_pnginfo: None,
+        output_dir: &e.output,
+        events: &events,
+        interrupt: &interrupt,
+    };
+    let out = class.execute(&ctx, &args).unwrap();
+    assert_eq!(out.outputs[1], vec![Value::Int(u64::MAX as i128)]);
+    assert_eq!(out.outputs[2], vec![Value::Float(0.5)]);
+    assert_eq!(out.outputs[3], vec![Value::Bool(true)]);
+}
+
+#[test]
+fn protocol_hidden_fingerprint_lazy_lists() {
+    let events = Collect(Mutex::new(Vec::new()));
+    let mut exec = new_exec();
+    let p = json!({
+        "h": {"class_type": "TestHidden", "inputs": {}},
+        "c": {"class_type": "TestChanged", "inputs": {"always": true}},
+        "k": {"class_type": "TestChanged", "inputs": {"always": false}},
+        "a": {"class_type": "TestConst", "inputs": {"value": 11}},
+        "b": {"class_type": "TestRaise", "inputs": {"samples": ["x", 0], "message": "b must not run"}},
+        "x": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "l": {"class_type": "TestLazy", "inputs": {"use_a": true, "a": ["a", 0], "b": ["b", 0]}},
+        "lo": {"class_type": "TestListOut", "inputs": {"n": 4}},
+        "li": {"class_type": "TestListIn", "inputs": {"values": ["lo", 0]}}
+    });
+    let r1 = run_prompt(&mut exec, p.clone(), &events).unwrap();
+    assert!(r1.success(), "{:?}", r1.errors);
+    // Hidden inputs.
+    assert_eq!(r1.outputs["h"]["unique_id"][0], "h");
+    assert_eq!(r1.outputs["h"]["prompt_nodes"], json!(["a", "b", "c", "h", "k", "l", "li", "lo", "x"]));
+    assert_eq!(r1.outputs["h"]["extra"][0], json!({"workflow": {"note": "comfyrs"}}));
+    // Lazy: only `a` was evaluated; the raising `b` never ran.
+    assert_eq!(r1.outputs["l"]["value"][0], 11);
+    assert_eq!(r1.outputs["l"]["b_none"][0], true);
+    // Lists: OUTPUT_IS_LIST into INPUT_IS_LIST.
+    assert_eq!(r1.outputs["li"]["sum"][0], 6);
+    assert_eq!(r1.outputs["li"]["len"][0], 4);
+    // IS_CHANGED: NaN re-runs, a constant fingerprint is cached.
+    let r2 = run_prompt(&mut exec, p, &events).unwrap();
+    assert!(r2.success(), "{:?}", r2.errors);
+    let executed = r2.executed();
+    assert!(executed.contains(&"c"), "{executed:?}");
+    assert!(!executed.contains(&"k"), "{executed:?}");
+}
+
+#[test]
+fn progress_and_interrupt() {
+    let events = Collect(Mutex::new(Vec::new()));
+    let mut exec = new_exec();
+    let r = run_prompt(&mut exec, json!({"p": {"class_type": "TestProgress", "inputs": {"steps": 3, "seconds": 0.0}}}), &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+    let got: Vec<(u64, u64)> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|ev| match ev {
+            Event::Progress { node, value, max, .. } if node == "p" => Some((*value, *max)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![(1, 3), (2, 3), (3, 3)]);
+
+    // Interrupt while a Python node runs: the node stops at its next progress step.
+    let interrupt = exec.interrupt.clone();
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        interrupt.set();
+    });
+    let t = std::time::Instant::now();
+    let slow = json!({"p": {"class_type": "TestProgress", "inputs": {"steps": 200, "seconds": 0.05}}});
+    let r = run_prompt(&mut exec, slow, &events).unwrap();
+    setter.join().unwrap();
+    assert!(r.interrupted, "{r:?}");
+    assert!(t.elapsed().as_secs_f64() < 5.0, "interrupt took {:?}", t.elapsed());
+    // The next prompt is fine.
+    let r = run_prompt(&mut exec, json!({"p": {"class_type": "TestProgress", "inputs": {"steps": 2, "seconds": 0.0}}}), &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+}
+
+#[test]
+fn bench_overhead() {
+    let b = comfyrs_bridge::bench::run(&env().bridge, 2000).unwrap();
+    eprintln!("{}", b.render());
+    // Generous bound for a loaded 2-core CI machine; the target (<= 50 us) is reported by the
+    // benchmark itself.
+    assert!(b.overhead.as_micros() < 2000, "{}", b.render());
+}
+
+#[allow(dead_code)]
+fn _uses(_: Arc<()>, _: &Path) {}
+
+#[allow(dead_code)]
+fn _root() -> &'static Path {
+    &env().root
+}

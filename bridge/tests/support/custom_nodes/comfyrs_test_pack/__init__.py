@@ -1,0 +1,208 @@
+"""Nodes the bridge tests use to probe the node protocol (V1 style, as in ComfyUI 2024)."""
+import hashlib
+import time
+
+import comfy.utils
+import comfy.model_management
+
+
+class TestRaise:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"samples": ("LATENT",), "message": ("STRING", {"default": "boom"})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    def run(self, samples, message):
+        raise ValueError(message)
+
+
+class TestLatentDigest:
+    """Output node: sha256 of the latent tensor's bytes, shape and dtype, as UI text."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"samples": ("LATENT",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self, samples):
+        t = samples["samples"].contiguous()
+        digest = hashlib.sha256(t.numpy().tobytes()).hexdigest()
+        return {"ui": {"digest": [digest], "shape": [list(t.shape)], "dtype": [str(t.dtype)]}}
+
+
+class TestTypes:
+    """Reports the Python types it received and returns native-convertible values."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"i": ("INT", {"default": 1, "min": -10, "max": 2**64}),
+                             "f": ("FLOAT", {"default": 1.0}),
+                             "s": ("STRING", {"default": "x"}),
+                             "b": ("BOOLEAN", {"default": True})}}
+    RETURN_TYPES = ("STRING", "INT", "FLOAT", "BOOLEAN")
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self, i, f, s, b):
+        kinds = ",".join(type(v).__name__ for v in (i, f, s, b))
+        return {"ui": {"text": [kinds]}, "result": (kinds, i + 1, f * 2, not b)}
+
+
+class TestHidden:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO",
+                                            "unique_id": "UNIQUE_ID"}}
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self, prompt=None, extra_pnginfo=None, unique_id=None):
+        return {"ui": {"unique_id": [unique_id], "prompt_nodes": sorted((prompt or {}).keys()),
+                       "extra": [extra_pnginfo]}}
+
+
+class TestChanged:
+    """IS_CHANGED returns NaN when `always` is set: re-runs every prompt."""
+    counter = 0
+
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"always": ("BOOLEAN", {"default": True})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    @classmethod
+    def IS_CHANGED(s, always):
+        return float("nan") if always else "same"
+
+    def run(self, always):
+        TestChanged.counter += 1
+        return {"ui": {"count": [TestChanged.counter]}, "result": (TestChanged.counter,)}
+
+
+class TestValidate:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"value": ("INT", {"default": 0, "min": -100, "max": 100})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    @classmethod
+    def VALIDATE_INPUTS(s, value):
+        return True if value >= 0 else "must be non-negative"
+
+    def run(self, value):
+        return (value,)
+
+
+class TestLazy:
+    """Needs only the input its switch selects (check_lazy_status)."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"use_a": ("BOOLEAN", {"default": True}),
+                             "a": ("*", {"lazy": True}),
+                             "b": ("*", {"lazy": True})}}
+    RETURN_TYPES = ("*",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def check_lazy_status(self, use_a, a=None, b=None):
+        if use_a and a is None:
+            return ["a"]
+        if not use_a and b is None:
+            return ["b"]
+        return []
+
+    def run(self, use_a, a=None, b=None):
+        v = a if use_a else b
+        return {"ui": {"value": [v], "a_none": [a is None], "b_none": [b is None]}, "result": (v,)}
+
+
+class TestConst:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"value": ("INT", {"default": 0, "min": -1000, "max": 1000})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    def run(self, value):
+        return (value,)
+
+
+class TestListOut:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"n": ("INT", {"default": 3, "min": 0, "max": 100})}}
+    RETURN_TYPES = ("INT",)
+    OUTPUT_IS_LIST = (True,)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    def run(self, n):
+        return (list(range(n)),)
+
+
+class TestListIn:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"values": ("INT", {"forceInput": True})}}
+    RETURN_TYPES = ("INT",)
+    INPUT_IS_LIST = True
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self, values):
+        return {"ui": {"sum": [sum(values)], "len": [len(values)]}, "result": (sum(values),)}
+
+
+class TestProgress:
+    """Reports progress through ComfyUI's ProgressBar; sleeps `seconds` per step (interrupt test)."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"steps": ("INT", {"default": 3, "min": 1, "max": 10000}),
+                             "seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self, steps, seconds):
+        pbar = comfy.utils.ProgressBar(steps)
+        for i in range(steps):
+            if seconds:
+                time.sleep(seconds)
+            pbar.update_absolute(i + 1, steps)
+        return {"ui": {"steps": [steps]}, "result": (steps,)}
+
+
+class TestExit:
+    """Calls sys.exit(): a BaseException that must not take the host down."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {}}
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self):
+        raise SystemExit(3)
+
+
+NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
+    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestValidate, TestLazy,
+    TestConst, TestListOut, TestListIn, TestProgress, TestExit)}
+NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
