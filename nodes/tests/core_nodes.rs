@@ -79,6 +79,43 @@ fn preview_any_renders_like_python() {
 }
 
 #[test]
+fn text_nodes_end_to_end() {
+    let r = run(r#"{
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": "a1 b22 c333"}},
+        "2": {"class_type": "RegexExtract", "inputs": {"string": ["1", 0], "regex_pattern": "([a-z])(\\d+)", "mode": "All Matches",
+              "case_insensitive": true, "multiline": false, "dotall": false, "group_index": 1}},
+        "3": {"class_type": "RegexReplace", "inputs": {"string": ["1", 0], "regex_pattern": "(\\d)(\\d*)", "replace": "<\\2\\1>"}},
+        "4": {"class_type": "StringSubstring", "inputs": {"string": ["1", 0], "start": -4, "end": -1}},
+        "5": {"class_type": "JsonExtractString", "inputs": {"json_string": "Sure! ```json\n{\"seed\": 7, \"tags\": [\"a\"]}\n```", "key": "tags"}},
+        "6": {"class_type": "StringFormat", "inputs": {"f_string": "{a:>6}|{b:08.3f}|{c:,}", "values.a": ["4", 0], "values.b": ["7", 0], "values.c": ["8", 0]}},
+        "7": {"class_type": "PrimitiveFloat", "inputs": {"value": 3.14159}},
+        "8": {"class_type": "PrimitiveInt", "inputs": {"value": 1234567}},
+        "11": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+        "12": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+        "14": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},
+        "15": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+        "16": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}}
+    }"#);
+    assert_eq!(shown1(&r, "11"), "a\nb\nc");
+    assert_eq!(shown1(&r, "12"), "a<1> b<22> c<333>");
+    assert_eq!(shown1(&r, "14"), "c33");
+    assert_eq!(shown1(&r, "15"), "['a']");
+    assert_eq!(shown1(&r, "16"), "   c33|0003.142|1,234,567");
+}
+
+#[test]
+fn a_node_error_is_reported_with_python_exception_type() {
+    let r = run(r#"{
+        "1": {"class_type": "StringFormat", "inputs": {"f_string": "{missing}"}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}
+    }"#);
+    assert!(!r.success());
+    assert_eq!(r.errors[0].node_id, "1");
+    assert_eq!(r.errors[0].exception_type, "KeyError");
+    assert_eq!(r.errors[0].exception_message, "'missing'");
+}
+
+#[test]
 fn second_run_is_served_from_cache() {
     let reg = registry();
     let mut exec = Executor::new(CacheMode::Lru, 1 << 30);
@@ -186,6 +223,63 @@ fn object_info_matches_comfyui() {
     );
     check_record(
         &reg,
+        "RegexReplace",
+        json!({
+            "input": {
+                "required": {
+                    "string": ["STRING", {"multiline": true}],
+                    "regex_pattern": ["STRING", {"multiline": true}],
+                    "replace": ["STRING", {"multiline": true}]
+                },
+                "optional": {
+                    "case_insensitive": ["BOOLEAN", {"advanced": true, "default": true}],
+                    "multiline": ["BOOLEAN", {"advanced": true, "default": false}],
+                    "dotall": ["BOOLEAN", {"advanced": true, "default": false,
+                        "tooltip": "When enabled, the dot (.) character will match any character including newline characters. When disabled, dots won't match newlines."}],
+                    "count": ["INT", {"advanced": true, "default": 0, "min": 0, "max": 100,
+                        "tooltip": "Maximum number of replacements to make. Set to 0 to replace all occurrences (default). Set to 1 to replace only the first match, 2 for the first two matches, etc."}]
+                }
+            },
+            "input_order": {"required": ["string", "regex_pattern", "replace"], "optional": ["case_insensitive", "multiline", "dotall", "count"]},
+            "output": ["STRING"], "output_name": ["STRING"],
+            "display_name": "Replace Text (Regex)", "description": "Find and replace text using regex patterns.",
+            "search_aliases": ["regex replace", "regex", "pattern replace", "substitution"]
+        }),
+    );
+    check_record(
+        &reg,
+        "CaseConverter",
+        json!({
+            "input": {"required": {
+                "string": ["STRING", {"multiline": true}],
+                "mode": ["COMBO", {"multiselect": false, "options": ["UPPERCASE", "lowercase", "Capitalize", "Title Case"]}]
+            }},
+            "output": ["STRING"]
+        }),
+    );
+    check_record(
+        &reg,
+        "RegexExtract",
+        json!({
+            "input_order": {"required": ["string", "regex_pattern", "mode", "case_insensitive", "multiline", "dotall", "group_index"]},
+            "output_name": ["STRING"]
+        }),
+    );
+    check_record(&reg, "StringLength", json!({"output": ["INT"], "output_name": ["length"], "display_name": "Text Length"}));
+    check_record(&reg, "StringContains", json!({"output": ["BOOLEAN"], "output_name": ["contains"]}));
+    check_record(
+        &reg,
+        "StringSubstring",
+        json!({"input": {"required": {"string": ["STRING", {"multiline": true}], "start": ["INT", {}], "end": ["INT", {}]}}}),
+    );
+    check_record(
+        &reg,
+        "ConvertDictionaryToString",
+        json!({"input": {"required": {"dictionary": ["DICT", {}],
+            "indent": ["INT", {"default": 2, "min": 0, "max": 8, "tooltip": "Spaces per indent level. 0 produces compact single-line string."}]}}}),
+    );
+    check_record(
+        &reg,
         "PreviewAny",
         json!({
             "input": {"required": {"source": ["*", {}]}},
@@ -208,6 +302,19 @@ fn workflows_dir() -> PathBuf {
 /// An API prompt: an object of node records, each with a `class_type`.
 fn is_api_prompt(j: &Json) -> bool {
     j.as_object().is_some_and(|o| !o.is_empty() && o.values().all(|n| n.get("class_type").is_some_and(Json::is_string)))
+}
+
+fn run_workflow(name: &str) -> RunReport {
+    let text = std::fs::read_to_string(workflows_dir().join(name)).unwrap();
+    run(&text)
+}
+
+#[test]
+fn strings_workflow_shows_python_results() {
+    let r = run_workflow("strings.json");
+    assert_eq!(shown1(&r, "9"), "'Hello, Comfyrs Runs ComfyUI Workflows' has 37 characters");
+    assert_eq!(shown1(&r, "11"), "H\nC\nR\nC\nW");
+    assert_eq!(shown1(&r, "13"), "True");
 }
 
 #[test]
