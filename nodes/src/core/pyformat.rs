@@ -514,8 +514,11 @@ fn format_float(f: f64, spec: &str) -> Result<String, PyErr> {
                 None => {
                     // repr, with '#' forcing a decimal point.
                     let r = float_repr(x);
-                    if s.alternate && !r.contains('.') && !r.contains('e') && !r.contains("inf") {
-                        format!("{r}.")
+                    if s.alternate && !r.contains('.') {
+                        match r.find('e') {
+                            Some(k) => format!("{}.{}", &r[..k], &r[k..]),
+                            None => format!("{r}."),
+                        }
                     } else {
                         r
                     }
@@ -554,6 +557,10 @@ fn format_float(f: f64, spec: &str) -> Result<String, PyErr> {
             };
             if int_part.is_empty() {
                 body.clone()
+            } else if s.align == Some('=') && s.fill == Some('0') && s.width > 0 {
+                let sign_len = sign_of(neg, &s).len();
+                let want = s.width.saturating_sub(sign_len + rest.chars().count());
+                format!("{}{rest}", zero_pad_grouped(int_part, g, 3, want))
             } else {
                 format!("{}{rest}", group_digits(int_part, g, 3))
             }
@@ -680,5 +687,35 @@ mod tests {
         assert_eq!(f("05", Value::String("ab".into())), "ab000");
         assert!(format_value(&Value::String("a".into()), "+").is_err());
         assert!(format_value(&Value::String("a".into()), "d").is_err());
+    }
+
+    /// `format(value, spec)` for a grid of values and specs, recorded from CPython 3.11
+    /// (testdata/python_format.json): the text, or the exception type.
+    #[test]
+    fn matches_cpython_recordings() {
+        let cases: Vec<serde_json::Value> = serde_json::from_str(include_str!("testdata/python_format.json")).unwrap();
+        let mut failures = Vec::new();
+        for c in &cases {
+            let v = &c["v"];
+            let value = if let Some(f) = v.get("float") {
+                Value::Float(f.as_str().unwrap().parse().unwrap())
+            } else if let Some(b) = v.get("bool") {
+                Value::Bool(b.as_bool().unwrap())
+            } else if let Some(i) = v.get("int") {
+                Value::Int(i.as_i64().unwrap() as i128)
+            } else if let Some(s) = v.get("str") {
+                Value::String(s.as_str().unwrap().into())
+            } else {
+                Value::None
+            };
+            let spec = c["spec"].as_str().unwrap();
+            let got = format_value(&value, spec);
+            match (c.get("ok"), got) {
+                (Some(want), Ok(g)) if want.as_str() == Some(g.as_str()) => {}
+                (None, Err((ty, _))) if c["err"].as_str() == Some(ty) => {}
+                (want, got) => failures.push(format!("format({value:?}, {spec:?}): got {got:?}, want {:?}", want.or(c.get("err")))),
+            }
+        }
+        assert!(failures.is_empty(), "{} of {} differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
     }
 }

@@ -708,4 +708,30 @@ mod tests {
         assert_eq!(findall0(r"(?<=\$)\d+", "cost $42"), vec!["42"]);
         assert_eq!(findall0(r"(?i:a)B", "AB Ab"), vec!["AB"]);
     }
+
+    /// Cases recorded from CPython 3.11's `re.sub` / `re.finditer` (testdata/python_re.json).
+    #[test]
+    fn matches_cpython_recordings() {
+        let cases: Vec<serde_json::Value> = serde_json::from_str(include_str!("testdata/python_re.json")).unwrap();
+        let mut failures = Vec::new();
+        for c in &cases {
+            let p = c["p"].as_str().unwrap();
+            let text = c["s"].as_str().unwrap();
+            if c.get("findall").is_some() {
+                let got = findall0(p, text);
+                let want: Vec<String> = c["want"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+                if got != want {
+                    failures.push(format!("finditer {p:?} on {text:?}: got {got:?}, want {want:?}"));
+                }
+            } else {
+                let flags = Flags { ignorecase: c["i"].as_bool().unwrap(), multiline: c["m"].as_bool().unwrap(), dotall: c["dotall"].as_bool().unwrap() };
+                let re = PyRegex::compile(p, flags).unwrap_or_else(|e| panic!("{p}: {e}"));
+                let got = re.sub(c["r"].as_str().unwrap(), text, c["count"].as_u64().unwrap() as usize).unwrap();
+                if got != c["want"].as_str().unwrap() {
+                    failures.push(format!("sub {p:?} on {text:?}: got {got:?}, want {:?}", c["want"]));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }

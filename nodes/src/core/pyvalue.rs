@@ -35,7 +35,11 @@ pub fn float_repr(f: f64) -> String {
 /// The shortest round-tripping decimal digits of a finite float: (negative, digits, exponent
 /// of the first digit).
 pub fn shortest_digits(f: f64) -> (bool, String, i32) {
-    let s = format!("{:e}", f.abs());
+    let shortest = format!("{:e}", f.abs());
+    let n = shortest.split_once('e').map(|(m, _)| m.chars().filter(|c| c.is_ascii_digit()).count()).unwrap_or(1);
+    // Among the n-digit strings that round-trip, Python takes the correctly rounded one (ties to
+    // even); the shortest-digit search can pick the other neighbour of an exact tie.
+    let s = format!("{:.*e}", n.saturating_sub(1), f.abs());
     let (m, e) = s.split_once('e').expect("`{:e}` has an exponent");
     let digits: String = m.chars().filter(|c| *c != '.').collect();
     let exp: i32 = e.parse().expect("exponent is an integer");
@@ -512,5 +516,42 @@ mod tests {
         assert_eq!(strip("\u{1f} \t x y \n\u{3000}", true, true), "x y");
         assert_eq!(strip("  x  ", true, false), "x  ");
         assert_eq!(strip("  x  ", false, true), "  x");
+    }
+
+    /// `repr(float)` and the str methods, recorded from CPython 3.11 (testdata/python_str.json).
+    #[test]
+    fn matches_cpython_recordings() {
+        let data: serde_json::Value = serde_json::from_str(include_str!("testdata/python_str.json")).unwrap();
+        let mut failures = Vec::new();
+        for pair in data["floats"].as_array().unwrap() {
+            let bytes: Vec<u8> = (0..8).map(|i| u8::from_str_radix(&pair[0].as_str().unwrap()[2 * i..2 * i + 2], 16).unwrap()).collect();
+            let f = f64::from_le_bytes(bytes.try_into().unwrap());
+            if float_repr(f) != pair[1].as_str().unwrap() {
+                failures.push(format!("repr({f:e}): got {}, want {}", float_repr(f), pair[1]));
+            }
+        }
+        for c in data["strings"].as_array().unwrap() {
+            let s = c["s"].as_str().unwrap();
+            let checks: [(&str, String); 8] = [
+                ("upper", upper(s)),
+                ("lower", lower(s)),
+                ("capitalize", capitalize(s)),
+                ("title", title(s)),
+                ("strip", strip(s, true, true).to_string()),
+                ("lstrip", strip(s, true, false).to_string()),
+                ("rstrip", strip(s, false, true).to_string()),
+                ("len", s.chars().count().to_string()),
+            ];
+            for (k, got) in checks {
+                let want = match &c[k] {
+                    Json::String(w) => w.clone(),
+                    other => other.to_string(),
+                };
+                if got != want {
+                    failures.push(format!("{s:?}.{k}(): got {got:?}, want {want:?}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
