@@ -320,6 +320,13 @@ def boot(opts):
     except Exception:
         STATE["v3_base"] = None
 
+    _NODES[0] = nodes
+    _TORCH[0] = torch
+    try:
+        import execution
+        _EXECUTION[0] = execution if hasattr(execution, "_async_map_node_over_list") else None
+    except Exception:
+        _EXECUTION[0] = None
     STATE["booted"] = True
     timings["boot_total"] = time.perf_counter() - t0
     return {
@@ -612,12 +619,19 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
     return output, ui
 
 
+_OUTPUT_DIR = [None]
+_NODES = [None]
+_TORCH = [None]
+_EXECUTION = [None]   # current ComfyUI's execution module (it has the async helpers), else None
+
+
 def _set_output_dir(path):
     """The run's --output-dir wins over the one given at boot."""
     import folder_paths
     if os.path.realpath(folder_paths.get_output_directory()) != os.path.realpath(path):
         os.makedirs(path, exist_ok=True)
         folder_paths.set_output_directory(path)
+    _OUTPUT_DIR[0] = path
 
 
 def _resolve_hidden(hidden, prompt):
@@ -628,42 +642,60 @@ def _resolve_hidden(hidden, prompt):
     return out
 
 
-def call(name, unique_id, prompt_id, inputs, hidden, prompt, extra_pnginfo, output_dir=None):
+_CLASS_CACHE = {}
+
+
+def _class_info(name):
+    """(cls, is_v3, input_is_list, function name), cached while the mapping holds that class."""
+    import nodes
+    cls = nodes.NODE_CLASS_MAPPINGS[name]
+    info = _CLASS_CACHE.get(name)
+    if info is None or info[0] is not cls:
+        info = (cls, _is_v3(cls), bool(getattr(cls, "INPUT_IS_LIST", False)), cls.FUNCTION)
+        _CLASS_CACHE[name] = info
+    return info
+
+
+def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interrupted):
     """Runs one node call. `inputs`: {name: [values]} (one value per list for ordinary nodes,
     whole lists for INPUT_IS_LIST ones); `hidden`: {name: (token, value)} of the class's hidden
-    inputs. Returns ("ok", outputs, ui_json, own_seconds) or
+    inputs; `prompt`: the prompt dict when the class reads it (PROMPT, DYNPROMPT), else None.
+    Returns ("ok", outputs, ui_json, own_seconds) or
     ("error", is_interrupt, message, exception_type, traceback)."""
-    import torch
-    import nodes
+    server = STATE["server"]
     try:
-        if output_dir:
+        nodes = _NODES[0]
+        nodes.interrupt_processing(interrupted)
+        if output_dir is not None and output_dir != _OUTPUT_DIR[0]:
             _set_output_dir(output_dir)
-        cls = nodes.NODE_CLASS_MAPPINGS[name]
+        cls, v3, input_is_list, function = _class_info(name)
         obj = _instance(cls, name, unique_id)
-        input_data_all = dict(inputs)
-        if not _is_v3(cls):
+        input_data_all = inputs
+        if hidden and not v3:
             for k, v in _resolve_hidden(hidden, prompt).items():
                 input_data_all[k] = [v]
-        hidden = {}
-        STATE["server"].last_node_id = unique_id
-        STATE["server"].last_prompt_id = prompt_id
+        server.last_node_id = unique_id
+        server.last_prompt_id = prompt_id
         t = time.perf_counter()
-        with torch.inference_mode():
-            import execution
-            if hasattr(execution, "_async_map_node_over_list"):
-                hidden["__prompt"] = prompt
-                hidden["__extra_pnginfo"] = extra_pnginfo
-                output, ui = _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden)
+        with _TORCH[0].inference_mode():
+            execution = _EXECUTION[0]
+            if execution is not None:
+                extra = None
+                for token, value in (hidden or {}).values():
+                    if token == "EXTRA_PNGINFO":
+                        extra = value
+                output, ui = _call_current(cls, name, obj, unique_id, prompt_id, input_data_all,
+                                           {"__prompt": prompt, "__extra_pnginfo": extra})
             else:
-                input_is_list = bool(getattr(cls, "INPUT_IS_LIST", False))
-                func = getattr(obj, cls.FUNCTION)
+                func = getattr(obj, function)
+                before = nodes.before_node_execution
 
                 def guarded(**kw):
-                    nodes.before_node_execution()
+                    before()
                     r = func(**kw)
                     if inspect.isawaitable(r):
                         r = asyncio.run(_await(r))
-                    return _normalize_v3(r) if _is_v3(cls) else r
+                    return _normalize_v3(r) if v3 else r
 
                 output, ui = _merge_results(_map_over_list(guarded, input_is_list, input_data_all), cls)
         own = time.perf_counter() - t
@@ -672,7 +704,7 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, extra_pnginfo, outp
     except BaseException as e:  # noqa: B902 - including the interrupt and SystemExit
         return _error(e)
     finally:
-        STATE["server"].last_node_id = None
+        server.last_node_id = None
 
 
 def check_lazy(name, unique_id, prompt_id, inputs, lazy_names, hidden, prompt, extra_pnginfo):
@@ -816,7 +848,12 @@ _SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, 
 
 
 def byte_size(obj, limit=200000):
-    import torch
+    torch = _TORCH[0]
+    if type(obj) is torch.Tensor:
+        try:
+            return obj.untyped_storage().nbytes()
+        except Exception:
+            return obj.numel() * obj.element_size()
     seen_ids = set()
     storages = set()
     total = 0

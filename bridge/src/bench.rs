@@ -58,13 +58,17 @@ pub struct BridgeBench {
     pub start_total: Duration,
     pub node_count: usize,
     pub calls: usize,
-    /// Mean wall time of one bridged call.
+    /// Median wall time of one bridged call.
     pub call: Duration,
+    /// Median time of the call's work on the Python thread (GIL, conversions, the host's
+    /// bookkeeping, the function): the call minus the hand-off between threads.
+    pub on_python_thread: Duration,
     /// Mean time of the same Python function called directly from Python.
     pub python_function: Duration,
     /// `call - python_function`: the bridge's overhead per call.
     pub overhead: Duration,
-    /// Mean round trip of an empty job to the Python thread (part of the overhead).
+    /// Median round trip of an empty job to the Python thread (part of the overhead; it depends
+    /// on how busy the machine's cores are, since it is two thread wake-ups).
     pub handoff: Duration,
 }
 
@@ -87,6 +91,7 @@ impl BridgeBench {
                 "bridged_call_us": us(self.call),
                 "python_function_us": us(self.python_function),
                 "overhead_us": us(self.overhead),
+                "on_python_thread_us": us(self.on_python_thread),
                 "handoff_us": us(self.handoff),
             }
         })
@@ -98,7 +103,7 @@ impl BridgeBench {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         format!(
             "bridge start: {:.0} ms total (interpreter {:.0} ms, import torch {:.0} ms, import ComfyUI {:.0} ms, load nodes {:.0} ms, schemas {:.0} ms; {} nodes)\n\
-             bridged call: {:.1} us per call over {} calls; Python function itself {:.2} us; overhead {:.1} us (hand-off to the Python thread {:.1} us)",
+             bridged call (median of {}): {:.1} us; Python function itself {:.2} us; overhead {:.1} us = work on the Python thread {:.1} us + thread hand-off (empty round trip {:.1} us)",
             ms(self.start_total),
             ms(self.python_init),
             ms(self.import_torch),
@@ -106,10 +111,11 @@ impl BridgeBench {
             ms(self.load_nodes),
             ms(self.schemas),
             self.node_count,
-            us(self.call),
             self.calls,
+            us(self.call),
             us(self.python_function),
             us(self.overhead),
+            us(self.on_python_thread),
             us(self.handoff),
         )
     }
@@ -146,22 +152,30 @@ pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
     for _ in 0..(calls / 10).max(5) {
         node.execute(&ctx, &args).map_err(|e| BridgeError::Python(e.to_string()))?;
     }
-    let t = Instant::now();
+    // Medians: the machine may be busy, and a median is what a typical call costs.
+    let mut totals = Vec::with_capacity(calls);
+    let mut inside = Vec::with_capacity(calls);
     for _ in 0..calls {
+        let t = Instant::now();
         node.execute(&ctx, &args).map_err(|e| BridgeError::Python(e.to_string()))?;
+        totals.push(t.elapsed());
+        inside.push(Duration::from_nanos(crate::interp::LAST_JOB_NS.load(std::sync::atomic::Ordering::Relaxed)));
     }
-    let call = t.elapsed() / calls as u32;
+    let call = median(&mut totals);
+    let on_python_thread = median(&mut inside);
 
     let python_function = bridge
         .with_python(|py| -> PyResult<f64> { py.import("comfyrs_bench")?.call_method1("direct", (calls,))?.extract() })?
         .map_err(|e| BridgeError::Python(e.to_string()))?;
     let python_function = Duration::from_secs_f64(python_function);
 
-    let t = Instant::now();
+    let mut trips = Vec::with_capacity(calls);
     for _ in 0..calls {
+        let t = Instant::now();
         bridge.with_python(|_py| ())?;
+        trips.push(t.elapsed());
     }
-    let handoff = t.elapsed() / calls as u32;
+    let handoff = median(&mut trips);
 
     let r = bridge.report();
     Ok(BridgeBench {
@@ -176,6 +190,12 @@ pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
         call,
         python_function,
         overhead: call.saturating_sub(python_function),
+        on_python_thread,
         handoff,
     })
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }

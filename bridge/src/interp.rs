@@ -18,6 +18,7 @@ use std::cell::Cell;
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::ThreadId;
@@ -31,6 +32,9 @@ use comfyrs_runtime::node::ExecContext;
 use crate::BridgeError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// How long the last job took on the Python thread (GIL attach included), for the benchmark.
+pub(crate) static LAST_JOB_NS: AtomicU64 = AtomicU64::new(0);
 
 /// The Python thread: a job queue served by the thread that initialized the interpreter.
 pub(crate) struct PyThread {
@@ -94,7 +98,9 @@ impl PyThread {
         }
         let (rtx, rrx) = mpsc::sync_channel::<std::thread::Result<R>>(1);
         let job: Box<dyn FnOnce() + Send + 'a> = Box::new(move || {
+            let t = Instant::now();
             let r = catch_unwind(AssertUnwindSafe(|| Python::attach(f)));
+            LAST_JOB_NS.store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let _ = rtx.send(r);
         });
         // SAFETY: the job borrows data of lifetime 'a. This function does not return before the

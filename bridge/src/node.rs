@@ -209,23 +209,19 @@ impl NodeClass for PyNode {
             let _current = crate::interp::CurrentCall::enter(ctx);
             let run = || -> PyResult<Result<CallOutput, NodeError>> {
                 let host = crate::host_module(py)?;
-                host.call_method1("set_interrupt", (ctx.interrupt.is_set(),))?;
                 let inputs = self.constants_py(py, args)?;
                 let hidden = self.hidden(py, &schema, ctx)?;
                 let prompt = self.prompt_py(py, &schema, ctx)?;
-                let extra = match ctx.extra_pnginfo {
-                    Some(j) => json_to_py(py, j)?,
-                    None => py.None().into_bound(py),
-                };
-                let out_dir = ctx.output_dir.to_string_lossy();
-                let out_dir = if out_dir.is_empty() { None } else { Some(out_dir.into_owned()) };
-                let r = host.getattr("call")?.call1((name, ctx.node_id, ctx.prompt_id, inputs, hidden, prompt, extra, out_dir))?;
+                let out_dir = ctx.output_dir.to_str().filter(|s| !s.is_empty());
+                let r = host
+                    .getattr(pyo3::intern!(py, "call"))?
+                    .call1((name, ctx.node_id, ctx.prompt_id, inputs, hidden, prompt, out_dir, ctx.interrupt.is_set()))?;
                 let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
                 let status: String = t.get_item(0)?.extract()?;
                 if status != "ok" {
                     return Ok(Err(node_error(t)));
                 }
-                let sizer = host.getattr("byte_size")?;
+                let sizer = host.getattr(pyo3::intern!(py, "byte_size"))?;
                 let outputs = t.get_item(1)?;
                 let mut slots: Vec<Vec<comfyrs_runtime::Value>> = Vec::new();
                 for (i, slot) in outputs.try_iter()?.enumerate() {
