@@ -280,6 +280,23 @@ fn object_info_matches_comfyui() {
     );
     check_record(
         &reg,
+        "ComfyMathExpression",
+        json!({
+            "input": {
+                "required": {"expression": ["STRING", {"default": "a", "multiline": true}]},
+                "optional": {"values": ["COMFY_AUTOGROW_V3", {"template": {
+                    "input": {"required": {"value": ["FLOAT,INT,BOOLEAN", {}]}},
+                    "names": ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q", "r", "s", "t", "u", "v", "w", "x", "y", "z"],
+                    "min": 0
+                }}]}
+            },
+            "output": ["FLOAT", "INT", "BOOLEAN"], "output_name": ["FLOAT", "INT", "BOOL"],
+            "category": "utilities", "display_name": "Math Expression", "python_module": "comfy_extras.nodes_math",
+            "search_aliases": ["math", "expression", "formula", "calculate", "calculator", "eval"]
+        }),
+    );
+    check_record(
+        &reg,
         "PreviewAny",
         json!({
             "input": {"required": {"source": ["*", {}]}},
@@ -318,6 +335,35 @@ fn strings_workflow_shows_python_results() {
 }
 
 #[test]
+fn math_workflow_computes_like_python() {
+    let r = run_workflow("math.json");
+    assert_eq!(shown1(&r, "8"), "1536x1152 (aspect 1.333)");
+    assert_eq!(shown1(&r, "10"), "1330.2150202128978");
+    assert_eq!(shown1(&r, "11"), "1330");
+}
+
+#[test]
+fn math_expression_end_to_end() {
+    let r = run(r#"{
+        "1": {"class_type": "PrimitiveInt", "inputs": {"value": -7}},
+        "2": {"class_type": "PrimitiveInt", "inputs": {"value": 2}},
+        "3": {"class_type": "PrimitiveBoolean", "inputs": {"value": true}},
+        "4": {"class_type": "ComfyMathExpression", "inputs": {"expression": "a // b", "values.a": ["1", 0], "values.b": ["2", 0]}},
+        "5": {"class_type": "ComfyMathExpression", "inputs": {"expression": "a % 3 + c", "values.a": ["1", 0], "values.c": ["3", 0]}},
+        "6": {"class_type": "ComfyMathExpression", "inputs": {"expression": "b ** 0.5", "values.b": ["2", 0]}},
+        "7": {"class_type": "ComfyMathExpression", "inputs": {"expression": "max(values) - min(values)", "values.a": ["1", 0], "values.b": ["2", 0], "values.c": ["3", 0]}},
+        "11": {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}},
+        "12": {"class_type": "PreviewAny", "inputs": {"source": ["5", 0]}},
+        "13": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
+        "14": {"class_type": "PreviewAny", "inputs": {"source": ["7", 2]}}
+    }"#);
+    assert_eq!(shown1(&r, "11"), "-4");
+    assert_eq!(shown1(&r, "12"), "3.0");
+    assert_eq!(shown1(&r, "13"), "1.4142135623730951");
+    assert_eq!(shown1(&r, "14"), "True");
+}
+
+#[test]
 fn every_core_workflow_runs() {
     let reg = registry();
     let mut ran = Vec::new();
@@ -343,7 +389,7 @@ fn every_core_workflow_runs() {
         assert!(!report.outputs.is_empty(), "{}: no UI output", path.display());
         ran.push(path.file_name().unwrap().to_string_lossy().to_string());
     }
-    for expected in ["strings.json"] {
+    for expected in ["strings.json", "math.json"] {
         assert!(ran.iter().any(|r| r == expected), "{expected} did not run; ran {ran:?}");
     }
 }
