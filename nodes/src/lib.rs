@@ -1,2 +1,6 @@
 pub mod core;
 pub mod widen;
+pub mod arch;
+pub mod fixtures;
+pub mod lora;
+pub mod models;
