@@ -297,6 +297,50 @@ fn object_info_matches_comfyui() {
     );
     check_record(
         &reg,
+        "ComfySwitchNode",
+        json!({
+            "input": {
+                "required": {"switch": ["BOOLEAN", {}]},
+                "optional": {
+                    "on_false": ["COMFY_MATCHTYPE_V3", {"lazy": true, "template": {"template_id": "switch", "allowed_types": "*"}}],
+                    "on_true": ["COMFY_MATCHTYPE_V3", {"lazy": true, "template": {"template_id": "switch", "allowed_types": "*"}}]
+                }
+            },
+            "input_order": {"required": ["switch"], "optional": ["on_false", "on_true"]},
+            "output": ["COMFY_MATCHTYPE_V3"], "output_name": ["output"],
+            "display_name": "If/Else Switch", "category": "utilities/logic", "python_module": "comfy_extras.nodes_logic",
+            "experimental": true, "search_aliases": ["if", "then", "switch", "conditional", "branch"]
+        }),
+    );
+    check_record(
+        &reg,
+        "ComfyAndNode",
+        json!({
+            "input": {"required": {}, "optional": {"values": ["COMFY_AUTOGROW_V3", {"template": {
+                "input": {"required": {"value": ["*", {}]}}, "prefix": "value", "min": 1, "max": 10
+            }}]}},
+            "output": ["BOOLEAN"], "output_name": ["BOOLEAN"], "display_name": "And",
+            "description": "Logical AND operation. Returns true if all of the values are truthy. Uses Python's rules for truthiness."
+        }),
+    );
+    check_record(
+        &reg,
+        "CustomCombo",
+        json!({
+            "input": {"required": {"choice": ["COMBO", {"multiselect": false, "options": []}]}},
+            "output": ["STRING", "INT"], "output_name": ["STRING", "INDEX"], "category": "utilities", "experimental": true
+        }),
+    );
+    check_record(
+        &reg,
+        "ComfyPassOrNoneNode",
+        json!({
+            "output": ["COMFY_MATCHTYPE_V3", "BOOLEAN"], "output_name": ["output", "is_none"],
+            "input_order": {"required": [], "optional": ["anything", "default"]}
+        }),
+    );
+    check_record(
+        &reg,
         "PreviewAny",
         json!({
             "input": {"required": {"source": ["*", {}]}},
@@ -364,6 +408,57 @@ fn math_expression_end_to_end() {
 }
 
 #[test]
+fn logic_workflow() {
+    let r = run_workflow("logic.json");
+    assert_eq!(shown1(&r, "7"), "7 is odd");
+    assert_eq!(shown1(&r, "11"), "True");
+    assert_eq!(shown1(&r, "14"), "False");
+    assert_eq!(shown1(&r, "16"), "even");
+}
+
+/// The branch the switch does not select is never run: here it would fail.
+#[test]
+fn switch_evaluates_only_the_selected_branch() {
+    let p = |switch: bool| {
+        format!(
+            r#"{{
+            "1": {{"class_type": "StringFormat", "inputs": {{"f_string": "{{missing}}"}}}},
+            "2": {{"class_type": "PrimitiveString", "inputs": {{"value": "fine"}}}},
+            "3": {{"class_type": "ComfySwitchNode", "inputs": {{"switch": {switch}, "on_true": ["1", 0], "on_false": ["2", 0]}}}},
+            "4": {{"class_type": "PreviewAny", "inputs": {{"source": ["3", 0]}}}}
+        }}"#
+        )
+    };
+    let r = run(&p(false));
+    assert_eq!(shown1(&r, "4"), "fine");
+    assert!(!r.executed().contains(&"1"), "{:?}", r.executed());
+    let r = run(&p(true));
+    assert!(!r.success());
+    assert_eq!(r.errors[0].node_id, "1");
+}
+
+#[test]
+fn switch_with_an_unconnected_branch_outputs_none() {
+    let r = run(r#"{
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": "x"}},
+        "2": {"class_type": "ComfySwitchNode", "inputs": {"switch": false, "on_true": ["1", 0]}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}
+    }"#);
+    assert_eq!(shown1(&r, "3"), "None");
+}
+
+#[test]
+fn and_requires_its_first_value() {
+    let r = run(r#"{
+        "1": {"class_type": "PrimitiveBoolean", "inputs": {"value": true}},
+        "2": {"class_type": "ComfyAndNode", "inputs": {"values.value1": ["1", 0]}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}
+    }"#);
+    assert!(!r.success());
+    assert_eq!(r.errors[0].exception_message, "Required input is missing: values.value0");
+}
+
+#[test]
 fn every_core_workflow_runs() {
     let reg = registry();
     let mut ran = Vec::new();
@@ -389,7 +484,7 @@ fn every_core_workflow_runs() {
         assert!(!report.outputs.is_empty(), "{}: no UI output", path.display());
         ran.push(path.file_name().unwrap().to_string_lossy().to_string());
     }
-    for expected in ["strings.json", "math.json"] {
+    for expected in ["strings.json", "math.json", "logic.json"] {
         assert!(ran.iter().any(|r| r == expected), "{expected} did not run; ran {ran:?}");
     }
 }
