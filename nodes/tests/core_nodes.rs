@@ -459,6 +459,23 @@ fn and_requires_its_first_value() {
 }
 
 #[test]
+fn prompt_cleanup_workflow() {
+    let r = run_workflow("prompt_cleanup.json");
+    assert_eq!(shown1(&r, "9"), "photo, masterpiece, best quality, a cat sitting on a windowsill, golden hour");
+    assert_eq!(shown1(&r, "11"), "photo\nmasterpiece\nbest quality\na cat sitting on a windowsill\ngolden hour");
+    assert_eq!(shown1(&r, "13"), "True");
+}
+
+#[test]
+fn json_tools_workflow() {
+    let r = run_workflow("json_tools.json");
+    assert_eq!(shown1(&r, "6"), "a lighthouse at dusk (30 steps)");
+    assert_eq!(shown1(&r, "7"), "['coast', 'dusk']");
+    assert_eq!(shown1(&r, "9"), "{\n  \"sampler\": \"euler\",\n  \"steps\": 30,\n  \"cfg\": 7.5,\n  \"ok\": true,\n  \"note\": null\n}");
+    assert_eq!(shown1(&r, "11"), "[1, \"two\", 3.0]");
+}
+
+#[test]
 fn every_core_workflow_runs() {
     let reg = registry();
     let mut ran = Vec::new();
@@ -484,7 +501,7 @@ fn every_core_workflow_runs() {
         assert!(!report.outputs.is_empty(), "{}: no UI output", path.display());
         ran.push(path.file_name().unwrap().to_string_lossy().to_string());
     }
-    for expected in ["strings.json", "math.json", "logic.json"] {
+    for expected in ["strings.json", "math.json", "logic.json", "prompt_cleanup.json", "json_tools.json"] {
         assert!(ran.iter().any(|r| r == expected), "{expected} did not run; ran {ran:?}");
     }
 }
