@@ -71,20 +71,26 @@ impl Rejection {
     }
     /// A human summary, one line per error.
     pub fn render(&self) -> String {
-        let mut out = format!("{}", self.error.message);
+        let mut out = self.error.message.clone();
         if !self.error.details.is_empty() {
             out += &format!(": {}", self.error.details);
         }
-        for (id, ne) in &self.node_errors {
-            for e in &ne.errors {
-                out += &format!("\n  node {id} ({}): {}", ne.class_type, e.message);
-                if !e.details.is_empty() {
-                    out += &format!(" — {}", e.details);
-                }
+        out + &render_node_errors(&self.node_errors)
+    }
+}
+
+/// One indented line per node error: `node ID (Class): message — details`.
+pub fn render_node_errors(errs: &IndexMap<String, NodeErrors>) -> String {
+    let mut out = String::new();
+    for (id, ne) in errs {
+        for e in &ne.errors {
+            out += &format!("\n  node {id} ({}): {}", ne.class_type, e.message);
+            if !e.details.is_empty() {
+                out += &format!(" — {}", e.details);
             }
         }
-        out
     }
+    out
 }
 
 pub fn node_errors_json(errs: &IndexMap<String, NodeErrors>) -> Json {

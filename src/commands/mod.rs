@@ -1,0 +1,3 @@
+pub mod nodes;
+pub mod run;
+pub mod validate;

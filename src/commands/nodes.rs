@@ -1,0 +1,30 @@
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+use crate::NodesArgs;
+
+pub fn main(args: NodesArgs) -> Result<ExitCode> {
+    let reg = crate::natives::registry();
+    if args.list {
+        for name in reg.names() {
+            println!("{name}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let doc = match &args.class {
+        None => reg.object_info(),
+        Some(class) => match reg.get(class) {
+            Some(c) => serde_json::json!({ class.clone(): c.schema().to_object_info() }),
+            None => {
+                let hint = reg.suggest(class);
+                if hint.is_empty() {
+                    bail!("no node type '{class}'; `comfyrs nodes --list` shows the {} known types", reg.len());
+                }
+                bail!("no node type '{class}'; did you mean {}?", hint.join(", "));
+            }
+        },
+    };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(ExitCode::SUCCESS)
+}

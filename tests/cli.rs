@@ -1,0 +1,214 @@
+//! End-to-end tests of the `comfyrs` binary: real files, real process, real exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value as Json};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_comfyrs"))
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn write(dir: &Path, name: &str, doc: &Json) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_string_pretty(doc).unwrap()).unwrap();
+    p
+}
+
+fn run_json(args: &[&str]) -> (Output, Json) {
+    let out = bin().args(args).arg("--json").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let doc: Json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("--json output is not JSON ({e}):\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out, doc)
+}
+
+/// a → concat(a, "-b") → concat(_, "-c") → preview;  x → preview (independent branch)
+fn chain() -> Json {
+    json!({
+        "1": { "class_type": "PrimitiveString", "inputs": { "value": "a" } },
+        "2": { "class_type": "StringConcatenate", "inputs": { "string_a": ["1", 0], "string_b": "-b", "delimiter": "" } },
+        "3": { "class_type": "StringConcatenate", "inputs": { "string_a": ["2", 0], "string_b": "-c", "delimiter": "" } },
+        "4": { "class_type": "PreviewAny", "inputs": { "source": ["3", 0] } },
+        "5": { "class_type": "PrimitiveString", "inputs": { "value": "x" } },
+        "6": { "class_type": "PreviewAny", "inputs": { "source": ["5", 0] } }
+    })
+}
+
+fn executed(file: &Json) -> Vec<String> {
+    let mut ids: Vec<String> = file["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"] == "executed")
+        .map(|n| n["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn runs_a_workflow_and_reports_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "chain.json", &chain());
+    let (out, doc) = run_json(&["run", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = &doc["files"][0];
+    assert_eq!(file["success"], true);
+    assert_eq!(file["outputs"]["4"]["text"], json!(["a-b-c"]));
+    assert_eq!(file["outputs"]["6"]["text"], json!(["x"]));
+    assert_eq!(executed(file).len(), 6);
+}
+
+#[test]
+fn second_run_in_one_call_executes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "chain.json", &chain());
+    let f = f.to_str().unwrap();
+    let (out, doc) = run_json(&["run", f, f]);
+    assert!(out.status.success());
+    assert_eq!(executed(&doc["files"][0]).len(), 6);
+    assert_eq!(executed(&doc["files"][1]), Vec::<String>::new());
+    // The output nodes are cache hits, so nothing above them is even visited.
+    assert_eq!(doc["files"][1]["cached"], 2);
+    // Cached output nodes still report their UI.
+    assert_eq!(doc["files"][1]["outputs"]["4"]["text"], json!(["a-b-c"]));
+}
+
+#[test]
+fn renumbered_workflow_hits_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.json", &chain());
+    // Same graph, other ids, other key order.
+    let renumbered = json!({
+        "40": { "class_type": "PreviewAny", "inputs": { "source": ["30", 0] } },
+        "30": { "class_type": "StringConcatenate", "inputs": { "delimiter": "", "string_b": "-c", "string_a": ["20", 0] } },
+        "20": { "class_type": "StringConcatenate", "inputs": { "string_a": ["10", 0], "string_b": "-b", "delimiter": "" } },
+        "10": { "class_type": "PrimitiveString", "inputs": { "value": "a" } }
+    });
+    let b = write(dir.path(), "b.json", &renumbered);
+    let (_, doc) = run_json(&["run", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(executed(&doc["files"][1]), Vec::<String>::new());
+    assert_eq!(doc["files"][1]["outputs"]["40"]["text"], json!(["a-b-c"]));
+}
+
+#[test]
+fn changing_one_constant_reruns_exactly_its_downstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "a.json", &chain());
+    let mut changed = chain();
+    changed["2"]["inputs"]["string_b"] = json!("-B");
+    let b = write(dir.path(), "b.json", &changed);
+    let (_, doc) = run_json(&["run", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(executed(&doc["files"][1]), vec!["2", "3", "4"]);
+    assert_eq!(doc["files"][1]["outputs"]["4"]["text"], json!(["a-B-c"]));
+}
+
+#[test]
+fn set_overrides_a_constant_by_id_or_title() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wf = chain();
+    wf["5"]["_meta"] = json!({ "title": "Other" });
+    let f = write(dir.path(), "chain.json", &wf);
+    let (out, doc) = run_json(&["run", f.to_str().unwrap(), "--set", "1.value=z", "--set", "Other.value=\"q\""]);
+    assert!(out.status.success());
+    assert_eq!(doc["files"][0]["outputs"]["4"]["text"], json!(["z-b-c"]));
+    assert_eq!(doc["files"][0]["outputs"]["6"]["text"], json!(["q"]));
+    let out = bin().args(["run", f.to_str().unwrap(), "--set", "99.value=1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node with id or title '99'"));
+}
+
+#[test]
+fn validate_prints_comfyui_error_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut wf = chain();
+    wf["3"]["inputs"]["string_a"] = json!(["77", 0]);
+    wf["7"] = json!({ "class_type": "StringConcatenat", "inputs": {} });
+    let f = write(dir.path(), "bad.json", &wf);
+    let out = bin().args(["validate", f.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["type"], "missing_node_type");
+    assert!(doc["error"]["message"].as_str().unwrap().contains("Did you mean 'StringConcatenate'"), "suggests the near name: {doc}");
+    assert_eq!(doc["error"]["extra_info"]["node_id"], "7");
+
+    wf.as_object_mut().unwrap().remove("7");
+    let f = write(dir.path(), "bad.json", &wf);
+    let out = bin().args(["validate", f.to_str().unwrap()]).output().unwrap();
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    // Output 6 is still valid, so the prompt is accepted with node 3's error listed.
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(doc["outputs"], json!(["6"]));
+    assert_eq!(doc["node_errors"]["3"]["errors"][0]["type"], "bad_linked_input");
+    assert_eq!(doc["node_errors"]["3"]["dependent_outputs"], json!(["4"]));
+}
+
+#[test]
+fn invalid_json_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("broken.json");
+    std::fs::write(&f, "{\n  \"1\": {\"class_type\": \"PrimitiveString\",\n  \"inputs\": {\"value\": \"a\"}\n").unwrap();
+    let out = bin().args(["validate", f.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc["error"]["details"].as_str().unwrap().contains("line 4"), "{doc}");
+}
+
+#[test]
+fn nodes_prints_object_info() {
+    let out = bin().args(["nodes", "StringConcatenate"]).output().unwrap();
+    assert!(out.status.success());
+    let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let rec = &doc["StringConcatenate"];
+    for key in ["input", "input_order", "output", "output_is_list", "output_name", "name", "display_name", "description", "python_module", "category", "output_node"] {
+        assert!(rec.get(key).is_some(), "missing {key} in {rec}");
+    }
+    let out = bin().args(["nodes", "NoSuchNode"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let out = bin().args(["run", "/nonexistent/wf.json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read workflow file /nonexistent/wf.json"));
+}
+
+#[test]
+fn every_example_workflow_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for sub in ["workflows"] {
+        let Ok(rd) = std::fs::read_dir(repo().join(sub)) else { continue };
+        for e in rd {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".json") && !name.ends_with(".expected.json") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(!files.is_empty(), "workflows/ has examples");
+    for f in files {
+        let out = bin().args(["run", "--quiet", "--output-dir", dir.path().to_str().unwrap()]).arg(&f).output().unwrap();
+        assert!(out.status.success(), "{} failed:\n{}", f.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn ui_workflow_converts_and_runs() {
+    let f = repo().join("workflows/strings_ui.json");
+    let (out, doc) = run_json(&["run", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = &doc["files"][0];
+    // Reroute followed, PrimitiveNode value copied, bypassed node passed through, muted node absent.
+    assert_eq!(file["outputs"]["6"]["text"], json!(["Hello world"]));
+    assert!(file["outputs"].get("7").is_none());
+    let ids: Vec<&str> = file["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
+    assert!(!ids.contains(&"5") && !ids.contains(&"2") && !ids.contains(&"4"), "virtual/bypassed nodes are not run: {ids:?}");
+}
