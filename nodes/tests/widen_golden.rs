@@ -41,7 +41,7 @@ fn safe_norm_keeps_tiny_columns() {
     let w = t(&[1e-30, 0.0], &[2, 1]);
     let n = vals(&safe_norm(&w, 0).unwrap());
     assert!((n[0] - 1e-30).abs() < 1e-36, "{n:?}");
-    assert!(DEGENERATE_NORM > 7.5e-37 && DEGENERATE_NORM < 7.6e-37);
+    assert_eq!(DEGENERATE_NORM, 64.0 * 1.175_494_4e-38_f32 as f64, "64 × the smallest normal fp32");
 }
 
 // ---- §2-3 disentanglement and divergence ----

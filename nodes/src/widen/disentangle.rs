@@ -9,6 +9,7 @@ use tch::{Kind, Tensor};
 
 use super::eps::DEGENERATE_NORM;
 use super::error::{Result, WidenError};
+use super::kernels::norm2;
 use super::layout::KeyLayout;
 
 /// L2 norm along `dim` (kept), computed on `x / amax|x|` so tiny columns do not underflow when
@@ -20,7 +21,7 @@ pub fn safe_norm(w: &Tensor, dim: i64) -> Result<Tensor> {
     let sf = scale.f_to_kind(Kind::Float)?;
     let safe_sf = sf.f_where_scalarother(&nonzero, 1.0)?;
     let q = wf.f_div(&safe_sf)?;
-    let n = q.f_frobenius_norm(dim, true)?;
+    let n = norm2(&q, dim, true)?;
     let out = sf.f_mul(&n)?.f_where_scalarother(&nonzero, 0.0)?;
     Ok(out.f_to_kind(w.kind())?)
 }

@@ -21,12 +21,12 @@ struct Importance {
     exact: Option<(Tensor, f64, f64)>,
 }
 
-/// Scales of a 2-D+ key's columns, `[B, K]` fp32, from the contribution's statistics.
-/// `out` is the output dim (for the delta's element count).
+/// Scales of a 2-D+ key's columns, `[B, K]` fp32, from one contribution's statistics (`dm`, `dd`
+/// `[B, K]`, `delta_sq` `[B]`). `out` is the output dim (for the delta's element count).
 pub(crate) fn column_mask(cfg: &WidenConfig, stats: &ColumnStats, out: i64) -> Result<Tensor> {
     let k = stats.dm.size()[1];
     let eps = delta_eps_from_sq_norm(&stats.delta_sq, out * k)?;
-    let flat = stats.dm.f_add(&stats.dd)?.f_var_dim(1, true, false)?.f_lt_tensor(&eps)?;
+    let flat = spread_below(&stats.dm.f_add(&stats.dd)?, &eps)?;
     let rm = rank(&stats.dm, cfg.ranking)?;
     let rd = rank(&stats.dd, cfg.ranking)?;
     let importance = match (&rm.numer, &rd.numer) {
@@ -47,9 +47,18 @@ pub(crate) fn column_mask(cfg: &WidenConfig, stats: &ColumnStats, out: i64) -> R
 pub(crate) fn vector_mask(cfg: &WidenConfig, delta: &Tensor) -> Result<Tensor> {
     let eps = adaptive_eps(delta)?;
     let magnitude = delta.f_abs()?;
-    let flat = magnitude.f_var_dim(1, true, false)?.f_lt_tensor(&eps)?;
+    let flat = spread_below(&magnitude, &eps)?;
     let ranked = rank(&magnitude, cfg.ranking)?;
     soft_mask(cfg.t_factor, &importance_of(ranked), &eps, &flat)
+}
+
+/// Keys whose values (`[B, K]`) have an unbiased variance below `eps` (`[B]`). One position has
+/// no variance (NaN in the reference, which is never below eps): not flat.
+fn spread_below(x: &Tensor, eps: &Tensor) -> Result<Tensor> {
+    if x.size()[1] < 2 {
+        return Ok(eps.f_zeros_like()?.f_to_kind(Kind::Bool)?);
+    }
+    Ok(x.f_var_dim(1, true, false)?.f_lt_tensor(eps)?)
 }
 
 fn importance_of(r: Ranked) -> Importance {

@@ -4,15 +4,56 @@
 //! tch 0.24 drops the `Scalar` arguments of a call before it reads libtorch's error, and that drop
 //! panics when an error is pending: any `f_*` function with a scalar argument turns an error
 //! (above all CUDA out-of-memory, which must reach the caller's retry logic) into a panic. These
-//! use the scalar-free entry points.
+//! avoid scalar arguments, or own the scalar until the error has been read.
 
-use tch::Tensor;
+use std::ffi::{c_char, c_int, c_void, CStr};
+
+use tch::{TchError, Tensor};
 
 use super::error::Result;
 
-/// L2 norm over `dim` (one fused pass, no squared copy).
+extern "C" {
+    // libtorch's C wrapper hands out its error message with `strdup`.
+    fn free(p: *mut c_void);
+}
+
+/// libtorch's pending error message, if any (and clears it).
+fn take_error() -> Option<String> {
+    // SAFETY: the wrapper returns null or a malloc'ed NUL-terminated string we now own.
+    unsafe {
+        let p: *mut c_char = torch_sys::get_and_reset_last_err();
+        if p.is_null() {
+            return None;
+        }
+        let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+        free(p as *mut c_void);
+        Some(s)
+    }
+}
+
+/// L2 norm over `dim` in one fused pass (libtorch's `norm(x, 2, dim, keepdim)`).
 pub(crate) fn norm2(x: &Tensor, dim: i64, keepdim: bool) -> Result<Tensor> {
-    Ok(x.f_frobenius_norm(dim, keepdim)?)
+    let dims = [dim];
+    let mut out = [std::ptr::null_mut(); 1];
+    // SAFETY: `x` stays alive for the call; the scalar is freed after the error is read; `out[0]`
+    // is a new tensor handle when no error was reported.
+    unsafe {
+        let p = torch_sys::ats_float(2.0);
+        torch_sys::c_generated::atg_norm_scalaropt_dim(
+            out.as_mut_ptr(),
+            x.as_ptr() as *mut _,
+            p,
+            dims.as_ptr(),
+            1,
+            keepdim as c_int,
+        );
+        let err = take_error();
+        torch_sys::ats_free(p);
+        match err {
+            Some(message) => Err(TchError::Torch(message).into()),
+            None => Ok(Tensor::from_ptr(out[0])),
+        }
+    }
 }
 
 /// `base + up · down` for batched matrices, written into a fresh tensor: one product whose

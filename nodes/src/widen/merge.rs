@@ -4,6 +4,7 @@
 //! at each position of each key. The caller combines `backbone + Σₙ Sₙ ⊙ Δₙ` (one matmul on the
 //! low-rank path). Keys where exactly one contributor changes anything get that contributor's
 //! filter scales instead (D3), keys where none does get zeros: both without leaving the batch.
+//! The N contributors are processed stacked, as `N·B` rows.
 
 use tch::{Kind, Tensor};
 
@@ -11,89 +12,73 @@ use super::calibration::calibrate;
 use super::config::WidenConfig;
 use super::error::Result;
 use super::filter;
-use super::ranking::rank;
+use super::ranking::{rank, Ranked};
 use super::sparsity;
 use super::stats::ColumnStats;
 
-/// Scales for 2-D+ keys from each contributor's column statistics. `out`: the output dim.
-pub(crate) fn column_scales(cfg: &WidenConfig, stats: &[ColumnStats], out: i64) -> Result<Tensor> {
-    let active = stack_active(stats.iter().map(|s| s.active()))?; // [N, B]
-    let single = single_filter(cfg, stats, &active, out)?;
-    if stats.len() == 1 {
+/// Ranks each `[K]` row of a `[N, B, K]` map.
+fn rank_rows(x: &Tensor, cfg: &WidenConfig) -> Result<Ranked> {
+    let s = x.size();
+    rank(&x.f_reshape([s[0] * s[1], s[2]])?, cfg.ranking)
+}
+
+fn unflatten(x: &Tensor, like: &Tensor) -> Result<Tensor> {
+    Ok(x.f_reshape(like.size())?)
+}
+
+/// Scales for 2-D+ keys from the contributors' column statistics. `out`: the output dim.
+pub(crate) fn column_scales(cfg: &WidenConfig, stats: &ColumnStats, out: i64) -> Result<Tensor> {
+    let active = stats.active()?; // [N, B]
+    let act = active.f_unsqueeze(2)?; // [N, B, 1]
+    let single = single_filter(cfg, stats, &act, out)?;
+    if stats.dm.size()[0] == 1 {
         return Ok(single);
     }
     let t = cfg.t_factor;
-    let mut rm = Vec::with_capacity(stats.len());
-    let mut rd = Vec::with_capacity(stats.len());
-    let mut mask_m = Vec::with_capacity(stats.len());
-    let mut mask_d = Vec::with_capacity(stats.len());
-    for s in stats {
-        let m = rank(&s.dm, cfg.ranking)?;
-        let d = rank(&s.dd, cfg.ranking)?;
-        mask_m.push(m.above_mean(t)?);
-        mask_d.push(d.above_mean(t)?);
-        rm.push(m.rank);
-        rd.push(d.rank);
-    }
-    let act = active.f_unsqueeze(2)?; // [N, B, 1]
-    let mask_m = Tensor::f_stack(&mask_m, 0)?.f_logical_and(&act)?;
-    let mask_d = Tensor::f_stack(&mask_d, 0)?.f_logical_and(&act)?;
-    let pm = sparsity::apply(cfg.sparsity, &Tensor::f_stack(&rm, 0)?, &act)?;
-    let pd = sparsity::apply(cfg.sparsity, &Tensor::f_stack(&rd, 0)?, &act)?;
+    let rm = rank_rows(&stats.dm, cfg)?;
+    let rd = rank_rows(&stats.dd, cfg)?;
+    let mask_m = unflatten(&rm.above_mean(t)?, &stats.dm)?.f_logical_and(&act)?;
+    let mask_d = unflatten(&rd.above_mean(t)?, &stats.dd)?.f_logical_and(&act)?;
+    let pm = sparsity::apply(cfg.sparsity, &unflatten(&rm.rank, &stats.dm)?, &act)?;
+    let pd = sparsity::apply(cfg.sparsity, &unflatten(&rd.rank, &stats.dd)?, &act)?;
     let pm = calibrate(&pm, &mask_m, cfg)?;
     let pd = calibrate(&pd, &mask_d, cfg)?;
     let merged = pm.f_add(&pd)?.f_mul_scalar(0.5)?;
     route_by_count(&active, &merged, &single)
 }
 
-/// Scales for 1-D keys (magnitude ranks only, no masks or calibration) from the deltas `[B, n]`.
-pub(crate) fn vector_scales(cfg: &WidenConfig, deltas: &[Tensor]) -> Result<Tensor> {
-    let active = stack_active(deltas.iter().map(|d| Ok(d.f_ne(0.0)?.f_any_dim(1, false)?)))?;
-    // Inactive deltas are exactly zero, so the sum is the single contributor's delta bit for bit
-    // on keys with one contributor.
-    let mut sum = deltas[0].shallow_clone();
-    for d in &deltas[1..] {
-        sum = sum.f_add(d)?;
-    }
-    let fmask = filter::vector_mask(cfg, &sum)?;
+/// Scales for 1-D keys (magnitude ranks only, no masks or calibration) from the stacked deltas
+/// `[N, B, n]`.
+pub(crate) fn vector_scales(cfg: &WidenConfig, deltas: &Tensor) -> Result<Tensor> {
+    let active = deltas.f_ne(0.0)?.f_any_dim(2, false)?; // [N, B]
     let act = active.f_unsqueeze(2)?;
+    // Inactive deltas are exactly zero, so on keys with one contributor this sum is its delta,
+    // bit for bit.
+    let sum = deltas.f_sum_dim_intlist(0, false, Kind::Float)?;
+    let fmask = filter::vector_mask(cfg, &sum)?;
     let single = act.f_to_kind(Kind::Float)?.f_mul(&fmask.f_unsqueeze(0)?)?;
-    if deltas.len() == 1 {
+    if deltas.size()[0] == 1 {
         return Ok(single);
     }
-    let mut ranks = Vec::with_capacity(deltas.len());
-    for d in deltas {
-        ranks.push(rank(&d.f_abs()?, cfg.ranking)?.rank);
-    }
-    let merged = sparsity::apply(cfg.sparsity, &Tensor::f_stack(&ranks, 0)?, &act)?;
+    let ranks = unflatten(&rank_rows(&deltas.f_abs()?, cfg)?.rank, deltas)?;
+    let merged = sparsity::apply(cfg.sparsity, &ranks, &act)?;
     route_by_count(&active, &merged, &single)
-}
-
-fn stack_active(items: impl Iterator<Item = Result<Tensor>>) -> Result<Tensor> {
-    let v: Vec<Tensor> = items.collect::<Result<_>>()?;
-    Ok(Tensor::f_stack(&v, 0)?)
 }
 
 /// The filter scales of each key's only active contributor, placed at that contributor's row:
 /// `[N, B, K]`, zero for inactive contributors. Meaningful on keys with exactly one contributor.
-fn single_filter(cfg: &WidenConfig, stats: &[ColumnStats], active: &Tensor, out: i64) -> Result<Tensor> {
-    let pick = |f: &dyn Fn(&ColumnStats) -> &Tensor, n: usize, extra_dim: bool| -> Result<Tensor> {
-        let a = active.f_select(0, n as i64)?;
-        let a = if extra_dim { a.f_unsqueeze(1)? } else { a };
-        Ok(f(&stats[n]).f_where_scalarother(&a, 0.0)?)
+fn single_filter(cfg: &WidenConfig, stats: &ColumnStats, act: &Tensor, out: i64) -> Result<Tensor> {
+    // Sums over N where all but (at most) one term are zero: exact.
+    let pick = |x: &Tensor, a: &Tensor| -> Result<Tensor> {
+        Ok(x.f_where_scalarother(a, 0.0)?.f_sum_dim_intlist(0, false, x.kind())?)
     };
-    let mut dm = pick(&|s| &s.dm, 0, true)?;
-    let mut dd = pick(&|s| &s.dd, 0, true)?;
-    let mut dsq = pick(&|s| &s.delta_sq, 0, false)?;
-    for n in 1..stats.len() {
-        dm = dm.f_add(&pick(&|s| &s.dm, n, true)?)?;
-        dd = dd.f_add(&pick(&|s| &s.dd, n, true)?)?;
-        dsq = dsq.f_add(&pick(&|s| &s.delta_sq, n, false)?)?;
-    }
-    let chosen = ColumnStats { dm, dd, delta_sq: dsq };
+    let chosen = ColumnStats {
+        dm: pick(&stats.dm, act)?,
+        dd: pick(&stats.dd, act)?,
+        delta_sq: pick(&stats.delta_sq, &act.f_squeeze_dim(2)?)?,
+    };
     let fmask = filter::column_mask(cfg, &chosen, out)?;
-    let act = active.f_unsqueeze(2)?.f_to_kind(Kind::Float)?;
-    Ok(act.f_mul(&fmask.f_unsqueeze(0)?)?)
+    Ok(act.f_to_kind(Kind::Float)?.f_mul(&fmask.f_unsqueeze(0)?)?)
 }
 
 /// D3: keys with one active contributor take its filter scales, others the merge scales (which

@@ -25,6 +25,8 @@ pub mod stats;
 pub use config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
 pub use error::{Result, WidenError};
 pub use ops::{Contribution, Widen};
+pub use ranking::Ranked;
+pub use stats::ColumnStats;
 
 #[cfg(test)]
 mod tests {

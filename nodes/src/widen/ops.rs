@@ -8,7 +8,7 @@ use super::error::{Result, WidenError};
 use super::kernels::add_product;
 use super::layout::KeyLayout;
 use super::merge;
-use super::stats::{ColumnStats, DenseBackbone, Factors, LowRankBackbone};
+use super::stats::{backbone_sq_norms, dense_sums, finish, ColumnStats, ColumnSums, StackedFactors};
 
 /// One contributor to a filter or merge, for a batch of `B` keys of one shape `[B, *S]`.
 #[derive(Debug)]
@@ -54,10 +54,10 @@ pub struct Widen {
 }
 
 /// A contribution on the compute device in fp32 and in the working layout (`[B, n]` or
-/// `[B, out, K]`).
+/// `[B, out, K]`; low-rank: `up [B, out, r]`, `down [B, r, K]`).
 enum Prepared {
     Dense { weights: Tensor, delta: Tensor },
-    LowRank(Factors),
+    LowRank { up: Tensor, down: Tensor },
 }
 
 impl Widen {
@@ -127,6 +127,22 @@ impl Widen {
         })
     }
 
+    /// Column statistics of each contribution against the backbone, for 2-D+ keys: what the merge
+    /// ranks (`dm`, `dd` per key and column, fp32, on the compute device). For reports, tests and
+    /// callers that cache per-branch statistics.
+    pub fn column_stats(&self, backbone: &Tensor, contributions: &[Contribution]) -> Result<ColumnStats> {
+        let _guard = tch::no_grad_guard();
+        let shape = backbone.size();
+        let layout = KeyLayout::of(&shape)?;
+        let KeyLayout::Columns { batch, out, k, .. } = layout else {
+            return Err(WidenError::Input(format!("column statistics need 2-D+ keys; got shape {shape:?}")));
+        };
+        let b = self.to_compute(backbone)?.f_reshape([batch, out, k])?;
+        let prepared =
+            contributions.iter().map(|c| self.prepare(c, &b, &layout, &shape)).collect::<Result<Vec<_>>>()?;
+        column_stats(&b, &prepared, low_rank_stack(&prepared)?.as_ref())
+    }
+
     fn guarded(
         &self,
         op: &str,
@@ -153,7 +169,34 @@ impl Widen {
         Ok(t.f_to_device(self.device)?.f_to_kind(Kind::Float)?)
     }
 
+    /// On the CPU, each key runs alone, on its own fresh copy: vectorized `exp` (softmax) and
+    /// parallel reductions give last-bit differences depending on where an element sits in the
+    /// batch, so this is what makes a key's result bit-identical at any batch size (D4). CUDA runs
+    /// the whole batch; its statistics are per key as well.
     fn run(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool) -> Result<Tensor> {
+        let batch = backbone.size().first().copied().unwrap_or(0);
+        if self.device != Device::Cpu || backbone.dim() < 2 || batch == 0 {
+            // (Scalar keys: the batched code reports the unsupported rank and the caller falls back.)
+            return self.run_batch(backbone, contributions, is_filter);
+        }
+        let mut results = Vec::with_capacity(batch as usize);
+        for key in 0..batch {
+            let one = |t: &Tensor| -> Result<Tensor> { fresh_copy(&t.f_narrow(0, key, 1)?) };
+            let parts = contributions
+                .iter()
+                .map(|c| {
+                    Ok(match c {
+                        Contribution::Weights(w) => Contribution::Weights(one(w)?),
+                        Contribution::LowRank { up, down } => Contribution::LowRank { up: one(up)?, down: one(down)? },
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            results.push(self.run_batch(&one(backbone)?, &parts, is_filter)?);
+        }
+        Ok(Tensor::f_cat(&results, 0)?)
+    }
+
+    fn run_batch(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool) -> Result<Tensor> {
         let layout = KeyLayout::of(&backbone.size())?;
         let shape = backbone.size();
         let out_kind = backbone.kind();
@@ -176,11 +219,12 @@ impl Widen {
             .iter()
             .map(|c| self.prepare(c, &b, &layout, &shape))
             .collect::<Result<Vec<_>>>()?;
+        let stacked = low_rank_stack(&prepared)?;
         let scales = match self.config.t_mode() {
             TMode::Off => None,
-            _ => Some(self.scales(&b, &prepared, &layout)?),
+            _ => Some(self.scales(&b, &prepared, stacked.as_ref(), &layout)?),
         };
-        let result = combine(&b, &prepared, scales.as_ref(), &layout)?;
+        let result = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout)?;
         Ok(result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?)
     }
 
@@ -210,29 +254,35 @@ impl Widen {
                          {shape:?}: expected up [{batch}, {out}, r] and down [{batch}, r, {k}]"
                     )));
                 }
-                Ok(Prepared::LowRank(Factors {
+                Ok(Prepared::LowRank {
                     up: self.to_compute(up)?,
                     down: self.to_compute(down)?.f_reshape([batch, r, k])?,
-                }))
+                })
             }
         }
     }
 
     /// `S [N, B, K]` (or `[N, B, n]` for 1-D keys).
-    fn scales(&self, b: &Tensor, prepared: &[Prepared], layout: &KeyLayout) -> Result<Tensor> {
+    fn scales(
+        &self,
+        b: &Tensor,
+        prepared: &[Prepared],
+        stacked: Option<&StackedFactors>,
+        layout: &KeyLayout,
+    ) -> Result<Tensor> {
         match layout {
             KeyLayout::OneD { .. } => {
-                let deltas: Vec<Tensor> = prepared
+                let deltas: Vec<&Tensor> = prepared
                     .iter()
                     .map(|p| match p {
-                        Prepared::Dense { delta, .. } => Ok(delta.shallow_clone()),
-                        Prepared::LowRank(_) => Err(WidenError::Input("low-rank delta on a 1-D key".into())),
+                        Prepared::Dense { delta, .. } => Ok(delta),
+                        Prepared::LowRank { .. } => Err(WidenError::Input("low-rank delta on a 1-D key".into())),
                     })
                     .collect::<Result<_>>()?;
-                merge::vector_scales(&self.config, &deltas)
+                merge::vector_scales(&self.config, &Tensor::f_stack(&deltas, 0)?)
             }
             KeyLayout::Columns { out, .. } => {
-                let stats = column_stats(b, prepared)?;
+                let stats = column_stats(b, prepared, stacked)?;
                 merge::column_scales(&self.config, &stats, *out)
             }
         }
@@ -262,6 +312,13 @@ impl Widen {
     }
 }
 
+/// A copy in a new allocation: the same alignment whichever batch the values came from.
+fn fresh_copy(t: &Tensor) -> Result<Tensor> {
+    let mut out = t.f_empty_like()?;
+    out.f_copy_(t)?;
+    Ok(out)
+}
+
 fn check_shape(w: &Tensor, shape: &[i64]) -> Result<()> {
     if w.size() != shape {
         return Err(WidenError::Input(format!(
@@ -272,62 +329,93 @@ fn check_shape(w: &Tensor, shape: &[i64]) -> Result<()> {
     Ok(())
 }
 
-/// Column statistics of every contribution: dense ones from their deltas, low-rank ones from
-/// their factors with one shared `Uᵀ·B`.
-fn column_stats(b: &Tensor, prepared: &[Prepared]) -> Result<Vec<ColumnStats>> {
-    let mut stats: Vec<Option<ColumnStats>> = prepared.iter().map(|_| None).collect();
-    if prepared.iter().any(|p| matches!(p, Prepared::Dense { .. })) {
-        let bb = DenseBackbone::new(b)?;
-        for (slot, p) in stats.iter_mut().zip(prepared) {
-            if let Prepared::Dense { weights, delta } = p {
-                *slot = Some(bb.stats(delta, weights)?);
-            }
-        }
-    }
-    let low: Vec<(usize, &Factors)> = prepared
+/// The low-rank contributions, padded to a common rank and stacked (None if there are none).
+fn low_rank_stack(prepared: &[Prepared]) -> Result<Option<StackedFactors>> {
+    let parts: Vec<(&Tensor, &Tensor)> = prepared
         .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match p {
-            Prepared::LowRank(f) => Some((i, f)),
+        .filter_map(|p| match p {
+            Prepared::LowRank { up, down } => Some((up, down)),
             Prepared::Dense { .. } => None,
         })
         .collect();
-    if !low.is_empty() {
-        let lb = LowRankBackbone::new(b)?;
-        let factors: Vec<Factors> = low
-            .iter()
-            .map(|(_, f)| Factors { up: f.up.shallow_clone(), down: f.down.shallow_clone() })
-            .collect();
-        for ((i, _), s) in low.iter().zip(lb.stats(&factors)?) {
-            stats[*i] = Some(s);
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(StackedFactors::new(&parts)?))
+}
+
+/// Column statistics of every contribution, in their order: dense ones from their weights, the
+/// low-rank ones together from their factors with one shared `Uᵀ·B`.
+fn column_stats(b: &Tensor, prepared: &[Prepared], stacked: Option<&StackedFactors>) -> Result<ColumnStats> {
+    let dense: Vec<&Tensor> = prepared
+        .iter()
+        .filter_map(|p| match p {
+            Prepared::Dense { weights, .. } => Some(weights),
+            Prepared::LowRank { .. } => None,
+        })
+        .collect();
+    let mb2 = backbone_sq_norms(b, dense.is_empty())?;
+    let dense_sums = if dense.is_empty() { None } else { Some(dense_sums(b, &dense)?) };
+    let low_sums = match stacked {
+        Some(f) => Some(f.sums(b)?),
+        None => None,
+    };
+    let sums = match (dense_sums, low_sums) {
+        (Some(d), None) => d,
+        (None, Some(l)) => l,
+        (Some(d), Some(l)) => interleave(prepared, d, l)?,
+        (None, None) => unreachable!("a merge has at least one contribution"),
+    };
+    finish(&mb2, &sums, b.size()[1] == 1)
+}
+
+/// Puts dense and low-rank sums back in the contributions' order.
+fn interleave(prepared: &[Prepared], dense: ColumnSums, low: ColumnSums) -> Result<ColumnSums> {
+    let (mut a, mut c, mut z) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut i_dense, mut i_low) = (0, 0);
+    let no_zero = low.a.f_select(0, 0)?.f_zeros_like()?.f_to_kind(Kind::Bool)?;
+    let dense_zero = dense.w_zero.as_ref().expect("dense sums mark zero columns");
+    for p in prepared {
+        match p {
+            Prepared::Dense { .. } => {
+                a.push(dense.a.f_select(0, i_dense)?);
+                c.push(dense.c.f_select(0, i_dense)?);
+                z.push(dense_zero.f_select(0, i_dense)?);
+                i_dense += 1;
+            }
+            Prepared::LowRank { .. } => {
+                a.push(low.a.f_select(0, i_low)?);
+                c.push(low.c.f_select(0, i_low)?);
+                z.push(no_zero.shallow_clone());
+                i_low += 1;
+            }
         }
     }
-    Ok(stats.into_iter().map(|s| s.expect("every contribution has statistics")).collect())
+    Ok(ColumnSums { a: Tensor::f_stack(&a, 0)?, c: Tensor::f_stack(&c, 0)?, w_zero: Some(Tensor::f_stack(&z, 0)?) })
 }
 
 /// `backbone + Σₙ Sₙ ⊙ Δₙ` (all scales 1 when `scales` is None: task arithmetic). Dense deltas are
 /// accumulated first and the backbone added last; low-rank deltas enter through one
 /// `B + [U₁ … U_N]·[D₁·diag(S₁); …]` product, so the backbone is read once and the result
 /// written once.
-fn combine(b: &Tensor, prepared: &[Prepared], scales: Option<&Tensor>, layout: &KeyLayout) -> Result<Tensor> {
+fn combine(
+    b: &Tensor,
+    prepared: &[Prepared],
+    stacked: Option<&StackedFactors>,
+    scales: Option<&Tensor>,
+    layout: &KeyLayout,
+) -> Result<Tensor> {
     let columns = matches!(layout, KeyLayout::Columns { .. });
-    let scale_of = |n: usize| -> Result<Option<Tensor>> {
-        match scales {
-            None => Ok(None),
-            Some(s) => {
-                let s = s.f_select(0, n as i64)?;
-                Ok(Some(if columns { s.f_unsqueeze(1)? } else { s }))
-            }
-        }
-    };
     let mut acc: Option<Tensor> = None;
-    let mut ups = Vec::new();
-    let mut downs = Vec::new();
+    let mut low_rows = Vec::new();
     for (n, p) in prepared.iter().enumerate() {
         match p {
             Prepared::Dense { delta, .. } => {
-                let term = match scale_of(n)? {
-                    Some(s) => delta.f_mul(&s)?,
+                let term = match scales {
+                    Some(s) => {
+                        let s = s.f_select(0, n as i64)?;
+                        delta.f_mul(&if columns { s.f_unsqueeze(1)? } else { s })?
+                    }
                     None => delta.shallow_clone(),
                 };
                 acc = Some(match acc {
@@ -335,23 +423,19 @@ fn combine(b: &Tensor, prepared: &[Prepared], scales: Option<&Tensor>, layout: &
                     Some(a) => a.f_add(&term)?,
                 });
             }
-            Prepared::LowRank(f) => {
-                ups.push(f.up.shallow_clone());
-                downs.push(match scale_of(n)? {
-                    Some(s) => f.down.f_mul(&s)?,
-                    None => f.down.shallow_clone(),
-                });
-            }
+            Prepared::LowRank { .. } => low_rows.push(n as i64),
         }
     }
     let base = match acc {
         Some(a) => b.f_add(&a)?,
         None => b.shallow_clone(),
     };
-    if ups.is_empty() {
-        return Ok(base);
-    }
-    let up = Tensor::f_cat(&ups, 2)?;
-    let down = Tensor::f_cat(&downs, 1)?;
+    let Some(stacked) = stacked else { return Ok(base) };
+    let low_scales = match scales {
+        Some(s) if low_rows.len() == prepared.len() => Some(s.shallow_clone()),
+        Some(s) => Some(s.f_index_select(0, &Tensor::f_from_slice(&low_rows)?.f_to_device(s.device())?)?),
+        None => None,
+    };
+    let (up, down) = stacked.concatenated(low_scales.as_ref())?;
     add_product(&base, &up, &down)
 }

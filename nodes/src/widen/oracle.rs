@@ -38,21 +38,23 @@ impl Shape {
     }
 }
 
-/// `(|mW − mB|, 1 − cos)` per column, from the definitions.
+/// `(|mW − mB|, 1 − cos)` per column, from the definitions: norms as square roots of sums of
+/// squares, and `1 − cos` as half the squared distance of the unit columns (exactly 0 for equal
+/// columns, no cancellation for nearly equal ones).
 pub fn column_stats(b: &[f64], w: &[f64], out: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
     let mut dm = vec![0.0; k];
     let mut dd = vec![0.0; k];
     for col in 0..k {
-        let (mut bb, mut ww, mut bw) = (0.0, 0.0, 0.0);
-        for row in 0..out {
-            let (x, y) = (b[row * k + col], w[row * k + col]);
-            bb += x * x;
-            ww += y * y;
-            bw += x * y;
-        }
-        let (mb, mw) = (bb.sqrt(), ww.sqrt());
+        let column = |x: &[f64]| (0..out).map(|row| x[row * k + col]).collect::<Vec<f64>>();
+        let (bc, wc) = (column(b), column(w));
+        let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let (mb, mw) = (norm(&bc), norm(&wc));
         dm[col] = (mw - mb).abs();
-        dd[col] = if mb <= DEGENERATE_NORM || mw <= DEGENERATE_NORM { 1.0 } else { 1.0 - bw / (mb * mw) };
+        dd[col] = if mb <= DEGENERATE_NORM || mw <= DEGENERATE_NORM {
+            1.0
+        } else {
+            bc.iter().zip(&wc).map(|(x, y)| (x / mb - y / mw).powi(2)).sum::<f64>() / 2.0
+        };
     }
     (dm, dd)
 }
@@ -308,13 +310,8 @@ pub fn merge_key(cfg: &WidenConfig, shape: Shape, b: &[f64], ws: &[Vec<f64>]) ->
 
 /// Evaluates `per_position(pos) -> [N]` at every position, returning `[N][positions]`.
 fn across(n: usize, positions: usize, per_position: impl Fn(usize) -> Vec<f64>) -> Vec<Vec<f64>> {
-    let mut out = vec![vec![0.0; positions]; n];
-    for pos in 0..positions {
-        for (i, v) in per_position(pos).into_iter().enumerate() {
-            out[i][pos] = v;
-        }
-    }
-    out
+    let columns: Vec<Vec<f64>> = (0..positions).map(per_position).collect();
+    (0..n).map(|i| columns.iter().map(|col| col[i]).collect()).collect()
 }
 
 fn calibrate(cfg: &WidenConfig, p: &[f64], mask: &[bool]) -> Vec<f64> {

@@ -5,8 +5,9 @@
 //! `1 − cos = (c·mB − a·(mW − mB)) / ((mW + mB)·mW·mB)`. Nothing here subtracts two nearly equal
 //! norms, which is what makes the reference's fp32 divergences 1e-4..1e-2 off for LoRA-sized deltas.
 //!
-//! The large tensors are reduced in fp32; the per-column combination (`[B, K]`, small) runs in
-//! float64 so neither overflow nor the final formulas add error.
+//! All contributors of a merge are handled at once, stacked along a leading dim `N`, so the
+//! number of kernels does not grow with N. The per-column combination (`[N, B, K]`, small) runs
+//! in float64.
 
 use tch::{Kind, Tensor};
 
@@ -14,32 +15,45 @@ use super::eps::DEGENERATE_NORM;
 use super::error::Result;
 use super::kernels::norm2;
 
-/// The statistics WIDEN ranks for one contribution, per key and column.
+/// The statistics WIDEN ranks, for N contributions, per key and column.
 #[derive(Debug)]
 pub struct ColumnStats {
-    /// Magnitude divergence `|mW − mB|`, `[B, K]` fp32.
+    /// Magnitude divergence `|mW − mB|`, `[N, B, K]` fp32.
     pub dm: Tensor,
-    /// Direction divergence `1 − cos(W, B)`, `[B, K]` fp32. Zero-norm columns (either side) get 1.
+    /// Direction divergence `1 − cos(W, B)`, `[N, B, K]` fp32. Zero-norm columns (either side)
+    /// get 1.
     pub dd: Tensor,
-    /// `‖Δ‖²` per key, `[B]` float64 (the key takes part in a merge iff it is non-zero, D3).
+    /// `‖Δ‖²` per contribution and key, `[N, B]` float64: a contribution takes part in a key's
+    /// merge iff it is non-zero (D3).
     pub delta_sq: Tensor,
 }
 
 impl ColumnStats {
-    /// Whether the contribution changes each key at all, `[B]` bool.
+    /// Whether each contribution changes each key at all, `[N, B]` bool.
     pub fn active(&self) -> Result<Tensor> {
         Ok(self.delta_sq.f_gt(0.0)?)
     }
 }
 
-/// Combines the per-column sums (all float64 `[B, K]`) into the statistics.
-/// `w_zero` marks columns where the contribution's weight is exactly zero, known on the dense
-/// path: there `mW` is 0 by the spec's rule, whatever rounding leaves in `mB² + 2a + c`.
-pub(crate) fn finish(mb2: &Tensor, a: &Tensor, c: &Tensor, w_zero: Option<&Tensor>) -> Result<ColumnStats> {
+/// Per-column sums of N contributions against one backbone, float64 `[N, B, K]`.
+pub(crate) struct ColumnSums {
+    pub a: Tensor,
+    pub c: Tensor,
+    /// Columns where the contribution's weight is exactly zero (known on the dense path only).
+    pub w_zero: Option<Tensor>,
+}
+
+/// Turns the sums into statistics. `mb2`: `[B, K]` float64. `single_row`: the key has one output
+/// row, so a column's direction is its sign and `1 − cos` is exactly 0 or 2, decided by the sign of
+/// `B·W = mB² + a` (the general formula would leave rounding noise where the answer is an exact tie).
+pub(crate) fn finish(mb2: &Tensor, sums: &ColumnSums, single_row: bool) -> Result<ColumnStats> {
+    let (a, c) = (&sums.a, &sums.c);
+    let mb2 = mb2.f_unsqueeze(0)?;
     let mb = mb2.f_sqrt()?;
     let num = a.f_mul_scalar(2.0)?.f_add(c)?;
     let mut mw = mb2.f_add(&num)?.f_clamp_min(0.0)?.f_sqrt()?;
-    if let Some(z) = w_zero {
+    if let Some(z) = &sums.w_zero {
+        // The spec's rule for a zero column, whatever rounding leaves in mB² + 2a + c.
         mw = mw.f_masked_fill(z, 0.0)?;
     }
     let s = mw.f_add(&mb)?;
@@ -47,119 +61,127 @@ pub(crate) fn finish(mb2: &Tensor, a: &Tensor, c: &Tensor, w_zero: Option<&Tenso
     let s_safe = s.f_where_scalarother(&s_pos, 1.0)?;
     // mW − mB, written so it never subtracts the two norms.
     let mut diff = num.f_div(&s_safe)?.f_where_scalarother(&s_pos, 0.0)?;
-    if let Some(z) = w_zero {
-        // Exactly zero contribution column: mW − mB = −mB.
-        diff = mb.f_neg()?.f_where_self(z, &diff)?;
+    if let Some(z) = &sums.w_zero {
+        diff = mb.f_neg()?.f_expand_as(&diff)?.f_where_self(z, &diff)?;
     }
     let dm = diff.f_abs()?;
     let degenerate = mb.f_le(DEGENERATE_NORM)?.f_logical_or(&mw.f_le(DEGENERATE_NORM)?)?;
-    let den = s.f_mul(&mw)?.f_mul(&mb)?;
-    let den_safe = den.f_masked_fill(&degenerate, 1.0)?;
-    let dd = c
-        .f_mul(&mb)?
-        .f_sub(&a.f_mul(&diff)?)?
-        .f_div(&den_safe)?
-        .f_masked_fill(&degenerate, 1.0)?;
+    let dd = if single_row {
+        let opposite = mb2.f_add(a)?.f_lt(0.0)?;
+        dm.f_zeros_like()?.f_masked_fill(&opposite, 2.0)?.f_masked_fill(&degenerate, 1.0)?
+    } else {
+        let den = s.f_mul(&mw)?.f_mul(&mb)?;
+        let den_safe = den.f_masked_fill(&degenerate, 1.0)?;
+        c.f_mul(&mb)?.f_sub(&a.f_mul(&diff)?)?.f_div(&den_safe)?.f_masked_fill(&degenerate, 1.0)?
+    };
     Ok(ColumnStats {
         dm: dm.f_to_kind(Kind::Float)?,
         dd: dd.f_to_kind(Kind::Float)?,
-        delta_sq: c.f_sum_dim_intlist(1, false, Kind::Double)?,
+        delta_sq: c.f_sum_dim_intlist(-1, false, Kind::Double)?,
     })
 }
 
-/// `x / s` with `s` the per-column max-abs over the output dim, and `s` itself (`[B, 1, K]`).
-/// Squares of the scaled values neither overflow nor underflow for any finite input.
-fn column_scaled(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let s = x.f_abs()?.f_amax(1, true)?;
-    let safe = s.f_where_scalarother(&s.f_gt(0.0)?, 1.0)?;
-    Ok((x.f_div(&safe)?, s))
-}
-
-/// The backbone's column data for dense contributions: computed once per merge.
-pub(crate) struct DenseBackbone {
-    scaled: Tensor,
-    scale64: Tensor,
-    mb2: Tensor,
-}
-
-impl DenseBackbone {
-    /// `b`: the backbone as `[B, out, K]` fp32.
-    pub(crate) fn new(b: &Tensor) -> Result<Self> {
-        let (scaled, scale) = column_scaled(b)?;
-        let scale64 = scale.f_squeeze_dim(1)?.f_to_kind(Kind::Double)?;
-        let norm_hat = norm2(&scaled, 1, false)?.f_to_kind(Kind::Double)?;
-        let mb2 = norm_hat.f_mul(&scale64)?.f_square()?;
-        Ok(Self { scaled, scale64, mb2 })
-    }
-
-    /// Statistics of one contribution given as its delta `[B, out, K]` fp32 and its weights
-    /// (`backbone + delta`, only tested for exactly-zero columns).
-    pub(crate) fn stats(&self, delta: &Tensor, weights: &Tensor) -> Result<ColumnStats> {
-        let (dhat, ds) = column_scaled(delta)?;
-        let ds64 = ds.f_squeeze_dim(1)?.f_to_kind(Kind::Double)?;
-        let a_hat = self.scaled.f_mul(&dhat)?.f_sum_dim_intlist(1, false, Kind::Float)?;
-        let c_hat = norm2(&dhat, 1, false)?.f_to_kind(Kind::Double)?;
-        let a = a_hat.f_to_kind(Kind::Double)?.f_mul(&self.scale64)?.f_mul(&ds64)?;
-        let c = c_hat.f_mul(&ds64)?.f_square()?;
-        let w_zero = weights.f_abs()?.f_amax(1, false)?.f_eq(0.0)?;
-        finish(&self.mb2, &a, &c, Some(&w_zero))
+/// `mB²` per key and column, `[B, K]` float64, for a backbone `[B, out, K]`.
+///
+/// Dense path: float64 sums of exact squares. Low-rank path (`fast`): one fused fp32 pass, which
+/// assumes backbone columns whose squared norm is a normal fp32 number (entries within ~1e±18,
+/// far beyond real weights).
+pub(crate) fn backbone_sq_norms(b: &Tensor, fast: bool) -> Result<Tensor> {
+    if fast {
+        Ok(norm2(b, 1, false)?.f_to_kind(Kind::Double)?.f_square()?)
+    } else {
+        Ok(b.f_to_kind(Kind::Double)?.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?)
     }
 }
 
-/// A low-rank delta `Δ = up · down` per key: `up [B, out, r]`, `down [B, r, K]`, fp32.
-pub(crate) struct Factors {
+/// Sums for contributions given as full weights (each `[B, out, K]`).
+///
+/// Accumulated in float64, one contribution at a time: products of fp32 values are exact there,
+/// so `a` and `c` carry no rounding beyond the sums (and `c·mB² − a²`, the part of Δ orthogonal
+/// to the backbone that `1 − cos` measures, stays accurate even for nearly parallel columns); the
+/// float64 range also makes rescaling against overflow or underflow unnecessary.
+pub(crate) fn dense_sums(b: &Tensor, weights: &[&Tensor]) -> Result<ColumnSums> {
+    let b64 = b.f_to_kind(Kind::Double)?;
+    let (mut a, mut c, mut z) = (Vec::new(), Vec::new(), Vec::new());
+    for w in weights {
+        let w64 = w.f_to_kind(Kind::Double)?;
+        z.push(w64.f_abs()?.f_amax(1, false)?.f_eq(0.0)?);
+        let delta = w64.f_sub(&b64)?;
+        a.push(b64.f_mul(&delta)?.f_sum_dim_intlist(1, false, Kind::Double)?);
+        c.push(delta.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?);
+    }
+    Ok(ColumnSums {
+        a: Tensor::f_stack(&a, 0)?,
+        c: Tensor::f_stack(&c, 0)?,
+        w_zero: Some(Tensor::f_stack(&z, 0)?),
+    })
+}
+
+/// N low-rank deltas `Δₙ = upₙ · downₙ` for a batch, padded to a common rank and stacked:
+/// `up [B, N, out, r]`, `down [B, N, r, K]`, fp32. Padding adds zero columns to `up` and zero rows
+/// to `down`, which change no product.
+pub(crate) struct StackedFactors {
     pub up: Tensor,
     pub down: Tensor,
 }
 
-/// The backbone's column data for low-rank contributions.
-pub(crate) struct LowRankBackbone {
-    b: Tensor,
-    mb2: Tensor,
-}
-
-impl LowRankBackbone {
-    /// `b`: the backbone as `[B, out, K]` fp32. One pass for the column norms.
-    ///
-    /// The norm is taken in fp32 without rescaling, so this path assumes backbone columns whose
-    /// squared norm is a normal fp32 number (entries within ~1e±18); real weights are far inside.
-    pub(crate) fn new(b: &Tensor) -> Result<Self> {
-        let mb = norm2(b, 1, false)?.f_to_kind(Kind::Double)?;
-        Ok(Self { b: b.shallow_clone(), mb2: mb.f_square()? })
+impl StackedFactors {
+    /// `parts`: `(up [B, out, rₙ], down [B, rₙ, K])`.
+    pub(crate) fn new(parts: &[(&Tensor, &Tensor)]) -> Result<Self> {
+        let r = parts.iter().map(|(u, _)| u.size()[2]).max().unwrap_or(0);
+        let (mut ups, mut downs) = (Vec::new(), Vec::new());
+        for (u, d) in parts {
+            let pad = r - u.size()[2];
+            if pad == 0 {
+                ups.push(u.shallow_clone());
+                downs.push(d.shallow_clone());
+            } else {
+                let (us, ds) = (u.size(), d.size());
+                ups.push(Tensor::f_cat(&[*u, &Tensor::f_zeros([us[0], us[1], pad], (u.kind(), u.device()))?], 2)?);
+                downs.push(Tensor::f_cat(&[*d, &Tensor::f_zeros([ds[0], pad, ds[2]], (d.kind(), d.device()))?], 1)?);
+            }
+        }
+        Ok(Self { up: Tensor::f_stack(&ups, 1)?, down: Tensor::f_stack(&downs, 1)? })
     }
 
-    /// Statistics of every contribution, with one product `Uᵀ·B` for all of them (the backbone is
-    /// read once). `up`'s columns are normalized first (their norms move into `down`), so
-    /// `P = Ûᵀ·B` is bounded by the backbone's column norms and `G = ÛᵀÛ` has a unit diagonal.
-    pub(crate) fn stats(&self, contributions: &[Factors]) -> Result<Vec<ColumnStats>> {
-        let mut uhats = Vec::with_capacity(contributions.len());
-        let mut dhats = Vec::with_capacity(contributions.len());
-        for f in contributions {
-            let sigma = norm2(&f.up, 1, true)?; // [B, 1, r]
-            let pos = sigma.f_gt(0.0)?;
-            let safe = sigma.f_where_scalarother(&pos, 1.0)?;
-            uhats.push(f.up.f_div(&safe)?.f_where_scalarother(&pos, 0.0)?);
-            dhats.push(f.down.f_mul(&sigma.f_transpose(1, 2)?)?);
-        }
-        let u_all = Tensor::f_cat(&uhats, 2)?;
-        let p_all = u_all.f_transpose(1, 2)?.f_bmm(&self.b)?.f_to_kind(Kind::Double)?;
-        let mut out = Vec::with_capacity(contributions.len());
-        let mut offset = 0;
-        for (uhat, dhat) in uhats.iter().zip(&dhats) {
-            let r = uhat.size()[2];
-            let p = p_all.f_narrow(1, offset, r)?;
-            offset += r;
-            let d64 = dhat.f_to_kind(Kind::Double)?;
-            let u64 = uhat.f_to_kind(Kind::Double)?;
-            let g = u64.f_transpose(1, 2)?.f_bmm(&u64)?;
-            let a = d64.f_mul(&p)?.f_sum_dim_intlist(1, false, Kind::Double)?;
-            // A quadratic form of a Gram matrix: non-negative up to rounding.
-            let c = d64
-                .f_mul(&g.f_bmm(&d64)?)?
-                .f_sum_dim_intlist(1, false, Kind::Double)?
-                .f_clamp_min(0.0)?;
-            out.push(finish(&self.mb2, &a, &c, None)?);
-        }
-        Ok(out)
+    /// All contributors side by side: `up [B, out, N·r]`, and `down [B, N·r, K]` after scaling
+    /// each contributor's rows by its per-column factors `scales [N, B, K]` (if given).
+    pub(crate) fn concatenated(&self, scales: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let s = self.up.size(); // [B, N, out, r]
+        let up = self.up.f_permute([0, 2, 1, 3])?.f_reshape([s[0], s[2], s[1] * s[3]])?;
+        let down = match scales {
+            Some(sc) => self.down.f_mul(&sc.f_transpose(0, 1)?.f_unsqueeze(2)?)?,
+            None => self.down.shallow_clone(),
+        };
+        let k = down.size()[3];
+        Ok((up, down.f_reshape([s[0], s[1] * s[3], k])?))
+    }
+
+    /// Column sums from the factors alone, with one product `Uᵀ·B` for all contributors (the
+    /// backbone is read once). `up`'s columns are normalized first (their norms move into
+    /// `down`), so `P = Ûᵀ·B` is bounded by the backbone's column norms and `G = ÛᵀÛ` has a unit
+    /// diagonal. `b`: `[B, out, K]` fp32.
+    pub(crate) fn sums(&self, b: &Tensor) -> Result<ColumnSums> {
+        let s = self.up.size(); // [B, N, out, r]
+        let (batch, n, out, r) = (s[0], s[1], s[2], s[3]);
+        let k = self.down.size()[3];
+        let sigma = norm2(&self.up, 2, true)?; // [B, N, 1, r]
+        let pos = sigma.f_gt(0.0)?;
+        let uhat = self.up.f_div(&sigma.f_where_scalarother(&pos, 1.0)?)?;
+        let dhat = self.down.f_mul(&sigma.f_transpose(2, 3)?)?; // [B, N, r, K]
+        let u_all = uhat.f_permute([0, 2, 1, 3])?.f_reshape([batch, out, n * r])?;
+        let p = u_all.f_transpose(1, 2)?.f_bmm(b)?.f_reshape([batch, n, r, k])?;
+        let d64 = dhat.f_to_kind(Kind::Double)?;
+        let a = d64.f_mul(&p.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist(2, false, Kind::Double)?;
+        let u64 = uhat.f_to_kind(Kind::Double)?.f_reshape([batch * n, out, r])?;
+        let g = u64.f_transpose(1, 2)?.f_bmm(&u64)?; // [B·N, r, r]
+        let d_flat = d64.f_reshape([batch * n, r, k])?;
+        // A quadratic form of a Gram matrix: non-negative up to rounding.
+        let c = d_flat
+            .f_mul(&g.f_bmm(&d_flat)?)?
+            .f_sum_dim_intlist(1, false, Kind::Double)?
+            .f_clamp_min(0.0)?
+            .f_reshape([batch, n, k])?;
+        Ok(ColumnSums { a: a.f_transpose(0, 1)?, c: c.f_transpose(0, 1)?, w_zero: None })
     }
 }

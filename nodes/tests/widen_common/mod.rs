@@ -43,3 +43,38 @@ pub fn assert_finite(x: &Tensor) {
     let v = vals(x);
     assert!(v.iter().all(|x| x.is_finite()), "non-finite values in {v:?}");
 }
+
+/// A small deterministic generator (SplitMix64), so a proptest case is reproducible from its seed
+/// without touching libtorch's global RNG (tests run in parallel).
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n
+    }
+    pub fn normal(&mut self) -> f64 {
+        let (u1, u2) = (self.uniform().max(1e-300), self.uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f32> {
+        (0..n).map(|_| (self.normal() * scale) as f32).collect()
+    }
+    /// A `[shape]` fp32 tensor of N(0, scale²) values.
+    pub fn tensor(&mut self, shape: &[i64], scale: f64) -> Tensor {
+        let n: i64 = shape.iter().product();
+        t(&self.normals(n as usize, scale), shape)
+    }
+}
