@@ -439,10 +439,10 @@ impl<'a> Run<'a> {
                 }
                 State::Unscheduled => {}
                 _ => {
-                    if !self.consumers[s].contains(&j) {
-                        self.consumers[s].push(j);
-                        self.deps_left[j] += 1;
-                    }
+                    // `j` was just scheduled and its sources are deduplicated, so it is not yet
+                    // a consumer of `s` (a `contains` check here made wide fan-outs quadratic).
+                    self.consumers[s].push(j);
+                    self.deps_left[j] += 1;
                 }
             }
         }
