@@ -4,3 +4,4 @@ pub mod arch;
 pub mod fixtures;
 pub mod lora;
 pub mod models;
+pub mod pack;

@@ -1,0 +1,944 @@
+//! The Exit evaluator (`recipe-and-nodes.md` §6, with decisions D3-D10, D17-D19).
+//!
+//! 1. Validation of the tree (paths `root.base`, `root.target.branches[1]`, ...), block-config
+//!    architectures (D10), before any file is opened.
+//! 2. Analysis: every LoRA set loaded (memory-mapped factors) against the base's names and
+//!    shapes, every Model Input opened; keys to process = base keys ∩ keys any contribution
+//!    touches.
+//! 3. Per key, a content hash per merge subtree (file identities, strengths, the key's own
+//!    effective t_factor and block multipliers, the device): the subtree cache (D19) answers the
+//!    keys whose hash it has seen, at every level of the merge chain.
+//! 4. The other keys are grouped by shape and by which contributions touch them in which form
+//!    (low-rank factors or dense), and evaluated in chunks sized from a memory budget, halving a
+//!    chunk on out-of-memory down to one key (D18).
+//! 5. Semantics: a Merge's contribution(s) are its target's leaves (nested composes flattened,
+//!    D7), each measured against the backbone (the merge's base, or the evaluated `backbone`
+//!    recipe, D8); a Merge used as a target or branch is a model of its own (D9); block configs
+//!    multiply LoRA/model strengths and t_factors per key (D10); t_factor cases of D5 and
+//!    non-contributors (D3) are the math module's. Results are in each key's own dtype (D17).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use comfyrs_runtime::ExecContext;
+use indexmap::IndexMap;
+use serde_json::{json, Value as Json};
+use tch::{Device, Kind, Tensor};
+
+use crate::arch::Arch;
+use crate::lora::{LoadOptions, LoraFile, LoraSet};
+use crate::models::{CheckpointDomain, CheckpointFile, FileIdentity, MappedTensor};
+use crate::widen::{Contribution, Widen, WidenConfig};
+
+use super::cache::CACHE;
+use super::model::NativeModel;
+use super::recipe::{BlockConfig, Recipe, RecipeDomain, RecipeKind, SourceDir};
+use super::save;
+use super::{PackContext, PackError};
+
+pub struct ExitOptions {
+    pub domain: RecipeDomain,
+    pub save_model: bool,
+    pub model_name: String,
+    pub save_workflow: bool,
+    pub enable_cache: bool,
+    /// The running prompt's `extra_pnginfo` (saved as `__ecaj_workflow__` with `save_workflow`).
+    pub extra_pnginfo: Option<Json>,
+}
+
+/// What a run did, for logs and the Exit's UI output.
+#[derive(Clone, Debug, Default)]
+pub struct ExitStats {
+    /// Keys the recipe changes.
+    pub keys: usize,
+    /// Keys computed in this run.
+    pub recomputed: usize,
+    /// Keys whose final result came from the subtree cache.
+    pub cache_hits: usize,
+    /// Merge-subtree results reused from the cache at any level (inner merges included).
+    pub subtree_hits: usize,
+    pub groups: usize,
+    pub seconds: f64,
+    pub device: String,
+    pub saved: Option<String>,
+    pub reused_saved_file: bool,
+    pub lora_reports: Vec<String>,
+}
+
+impl ExitStats {
+    pub fn to_json(&self) -> Json {
+        let mut m = serde_json::Map::new();
+        m.insert("keys".into(), json!(self.keys));
+        m.insert("recomputed".into(), json!(self.recomputed));
+        m.insert("cache_hits".into(), json!(self.cache_hits));
+        m.insert("subtree_hits".into(), json!(self.subtree_hits));
+        m.insert("groups".into(), json!(self.groups));
+        m.insert("seconds".into(), json!((self.seconds * 1e4).round() / 1e4));
+        m.insert("device".into(), json!(self.device));
+        if let Some(s) = &self.saved {
+            m.insert("saved".into(), json!(s));
+            m.insert("reused_saved_file".into(), json!(self.reused_saved_file));
+        }
+        if !self.lora_reports.is_empty() {
+            m.insert("loras".into(), json!(self.lora_reports));
+        }
+        Json::Object(m)
+    }
+}
+
+pub struct ExitResult {
+    pub model: Arc<NativeModel>,
+    pub stats: ExitStats,
+}
+
+/// Progress and interrupt hooks (the runtime's `ExecContext`, or nothing for library use).
+pub trait Reporter {
+    fn progress(&self, done: u64, total: u64);
+    fn interrupted(&self) -> bool;
+}
+
+impl Reporter for ExecContext<'_> {
+    fn progress(&self, done: u64, total: u64) {
+        ExecContext::progress(self, done, total)
+    }
+    fn interrupted(&self) -> bool {
+        self.check_interrupt().is_err()
+    }
+}
+
+/// No progress, never interrupted.
+pub struct Silent;
+impl Reporter for Silent {
+    fn progress(&self, _: u64, _: u64) {}
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation
+
+/// Validates the tree (§6.1, D10, D20). Returns the base.
+pub fn validate(root: &Recipe, domain: RecipeDomain) -> Result<Recipe, PackError> {
+    let exit = match domain {
+        RecipeDomain::Diffusion => "Exit",
+        RecipeDomain::Clip => "CLIP Exit",
+    };
+    if !root.is_base() && !root.is_merge() {
+        let merge = if domain == RecipeDomain::Clip { "CLIP Merge" } else { "Merge" };
+        return Err(PackError::value(format!(
+            "{exit} node expects RecipeMerge or RecipeBase at root, got {}. Connect a {merge} node to {exit}.",
+            root.type_name()
+        )));
+    }
+    walk(root, "root")?;
+    let base = root.find_base().ok_or_else(|| PackError::value("recipe has no RecipeBase".to_string()))?;
+    let RecipeKind::Base { arch, domain: bd, .. } = &base.kind else { unreachable!() };
+    if *bd != domain {
+        let (want, node) = match domain {
+            RecipeDomain::Clip => ("clip", "Use CLIP Entry node to create CLIP recipes."),
+            RecipeDomain::Diffusion => ("diffusion", "Use the Entry node (or WIDENBaseInput) to create diffusion recipes."),
+        };
+        return Err(PackError::value(format!(
+            "RecipeBase at root has domain='{}', expected domain='{want}'. {node}",
+            bd.name()
+        )));
+    }
+    check_block_configs(root, "root", *arch)?;
+    Ok(base)
+}
+
+fn walk(node: &Recipe, path: &str) -> Result<(), PackError> {
+    match &node.kind {
+        RecipeKind::Base { .. } | RecipeKind::Lora { .. } | RecipeKind::Model { .. } => Ok(()),
+        RecipeKind::Compose { branches } => {
+            if branches.is_empty() {
+                return Err(PackError::value(format!("RecipeCompose at {path} has no branches")));
+            }
+            for (i, b) in branches.iter().enumerate() {
+                if b.is_base() {
+                    return Err(PackError::value(format!(
+                        "Invalid branch type at {path}.branches[{i}]: expected RecipeLoRA, RecipeModel, RecipeCompose, or RecipeMerge, got RecipeBase"
+                    )));
+                }
+                walk(b, &format!("{path}.branches[{i}]"))?;
+            }
+            Ok(())
+        }
+        RecipeKind::Merge { base, target, backbone, .. } => {
+            if !base.is_base() && !base.is_merge() {
+                return Err(PackError::value(format!(
+                    "Invalid base type at {path}.base: expected RecipeBase or RecipeMerge, got {}",
+                    base.type_name()
+                )));
+            }
+            if target.is_base() {
+                return Err(PackError::value(format!(
+                    "Invalid target type at {path}.target: expected RecipeLoRA, RecipeModel, RecipeCompose, or RecipeMerge, got RecipeBase"
+                )));
+            }
+            walk(base, &format!("{path}.base"))?;
+            walk(target, &format!("{path}.target"))?;
+            if let Some(b) = backbone {
+                if matches!(b.kind, RecipeKind::Compose { .. }) {
+                    return Err(PackError::value(format!(
+                        "Invalid backbone type at {path}.backbone: a Compose is not a model. Connect an Entry, Merge, \
+                         LoRA or Model Input output to 'backbone' (or leave it unconnected to use the merge's base)."
+                    )));
+                }
+                walk(b, &format!("{path}.backbone"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_bc(bc: &Option<Arc<BlockConfig>>, path: &str, arch: Arch) -> Result<(), PackError> {
+    if let Some(bc) = bc {
+        if bc.arch != arch {
+            return Err(PackError::value(format!(
+                "Block config architecture '{}' at {path} does not match base model architecture '{}'. \
+                 Use a Block Config node matching the base model's architecture.",
+                bc.arch.tag(),
+                arch.tag()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_block_configs(node: &Recipe, path: &str, arch: Arch) -> Result<(), PackError> {
+    match &node.kind {
+        RecipeKind::Base { .. } => Ok(()),
+        RecipeKind::Lora { block_config, .. } | RecipeKind::Model { block_config, .. } => check_bc(block_config, path, arch),
+        RecipeKind::Compose { branches } => {
+            for (i, b) in branches.iter().enumerate() {
+                check_block_configs(b, &format!("{path}.branches[{i}]"), arch)?;
+            }
+            Ok(())
+        }
+        RecipeKind::Merge { base, target, backbone, block_config, .. } => {
+            check_bc(block_config, path, arch)?;
+            check_block_configs(base, &format!("{path}.base"), arch)?;
+            check_block_configs(target, &format!("{path}.target"), arch)?;
+            if let Some(b) = backbone {
+                check_block_configs(b, &format!("{path}.backbone"), arch)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Analysis
+
+/// A loaded LoRA set (one LoRA node chain).
+pub struct LoadedSet {
+    pub set: LoraSet,
+    pub files: Vec<(String, f64, FileIdentity)>,
+}
+
+pub struct LoadedModel {
+    pub file: CheckpointFile,
+    pub name: String,
+}
+
+/// Everything the evaluation needs, by recipe node (pointer identity within this run).
+pub struct Analysis {
+    pub base: Arc<NativeModel>,
+    pub arch: Arch,
+    sets: HashMap<usize, Arc<LoadedSet>>,
+    models: HashMap<usize, Arc<LoadedModel>>,
+    /// Per node: hash of its content and the identity of the files it reads (no block configs,
+    /// no t_factor: those enter per key).
+    static_hash: HashMap<usize, [u8; 32]>,
+    pub keys: Vec<String>,
+}
+
+fn ptr(r: &Recipe) -> usize {
+    Arc::as_ptr(r) as usize
+}
+
+/// Process-wide memo of parsed LoRA files by (identity, arch, base identity).
+fn load_lora(path: &std::path::Path, base: &NativeModel, arch: Arch) -> Result<Arc<LoraFile>, PackError> {
+    use std::sync::{LazyLock, Mutex};
+    static MEMO: LazyLock<Mutex<HashMap<(String, Arch, [u8; 32]), Arc<LoraFile>>>> = LazyLock::new(Default::default);
+    let id = FileIdentity::of(path).map_err(|e| PackError::not_found(format!("cannot stat '{}': {e}", path.display())))?;
+    let key = (id.fingerprint(), arch, *base.identity());
+    if let Some(f) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(f.clone());
+    }
+    let opts = LoadOptions { index: Some(base.name_index()), require_match: true };
+    let file = Arc::new(LoraFile::load_with(path, arch, &opts).map_err(PackError::format)?);
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() > 256 {
+        memo.clear();
+    }
+    memo.insert(key, file.clone());
+    Ok(file)
+}
+
+pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<Analysis, PackError> {
+    let RecipeKind::Base { model, arch, domain } = &base_node.kind else { unreachable!() };
+    let lora_arch = match domain {
+        RecipeDomain::Diffusion => *arch,
+        RecipeDomain::Clip => Arch::SdxlClip,
+    };
+    let mut a = Analysis {
+        base: model.clone(),
+        arch: *arch,
+        sets: HashMap::new(),
+        models: HashMap::new(),
+        static_hash: HashMap::new(),
+        keys: Vec::new(),
+    };
+    let folders = pack.folders().clone();
+    let mut touched: std::collections::HashSet<String> = Default::default();
+    fn visit(
+        node: &Recipe,
+        a: &mut Analysis,
+        folders: &crate::models::ModelFolders,
+        lora_arch: Arch,
+        domain: RecipeDomain,
+        touched: &mut std::collections::HashSet<String>,
+    ) -> Result<[u8; 32], PackError> {
+        if let Some(h) = a.static_hash.get(&ptr(node)) {
+            return Ok(*h);
+        }
+        let mut h = blake3::Hasher::new();
+        match &node.kind {
+            RecipeKind::Base { model, .. } => {
+                h.update(b"B");
+                h.update(model.identity());
+            }
+            RecipeKind::Lora { loras, .. } => {
+                h.update(b"L");
+                let mut set = LoraSet::new();
+                let mut files = Vec::new();
+                for l in loras {
+                    let path = folders.resolve("loras", &l.path).map_err(|e| match e {
+                        crate::models::FormatError::BadName { .. } => PackError::value(e.to_string()),
+                        _ => PackError::not_found(format!(
+                            "LoRA file not found: {} (referenced by LoRA node with strength {}; searched the loras folders). \
+                             Put the file in a loras folder or pick another lora_name.",
+                            l.path, l.strength
+                        )),
+                    })?;
+                    let file = load_lora(&path, &a.base, lora_arch)?;
+                    set.add(&file, l.strength);
+                    h.update(l.path.as_bytes());
+                    h.update(&l.strength.to_bits().to_le_bytes());
+                    h.update(file.identity.fingerprint().as_bytes());
+                    files.push((l.path.clone(), l.strength, file.identity.clone()));
+                }
+                for k in set.affected_keys() {
+                    touched.insert(k.to_string());
+                }
+                a.sets.insert(ptr(node), Arc::new(LoadedSet { set, files }));
+            }
+            RecipeKind::Model { path, strength, source_dir, .. } => {
+                h.update(b"M");
+                let kinds: &[&str] = match (domain, source_dir) {
+                    (RecipeDomain::Clip, _) | (_, SourceDir::Checkpoints) => &["checkpoints"],
+                    (_, SourceDir::DiffusionModels) => &["diffusion_models"],
+                };
+                let resolved = kinds.iter().find_map(|k| folders.resolve(k, path).ok());
+                let Some(p) = resolved else {
+                    return Err(PackError::not_found(format!(
+                        "Checkpoint file not found: {path}\nReferenced by Model Input node with strength {strength}"
+                    )));
+                };
+                let cd = match domain {
+                    RecipeDomain::Diffusion => CheckpointDomain::Diffusion,
+                    RecipeDomain::Clip => CheckpointDomain::Clip,
+                };
+                let file = CheckpointFile::open(&p, cd).map_err(PackError::format)?;
+                if domain == RecipeDomain::Diffusion {
+                    if let Some(ca) = file.arch() {
+                        if ca != a.arch {
+                            return Err(PackError::value(format!(
+                                "Architecture mismatch: checkpoint '{path}' has architecture '{}' but base model has '{}'\n\
+                                 Both models must have the same architecture for merging.",
+                                ca.tag(),
+                                a.arch.tag()
+                            )));
+                        }
+                    }
+                }
+                h.update(path.as_bytes());
+                h.update(source_dir.name().as_bytes());
+                h.update(&strength.to_bits().to_le_bytes());
+                h.update(file.file().identity().fingerprint().as_bytes());
+                for k in file.keys() {
+                    touched.insert(k.to_string());
+                }
+                a.models.insert(ptr(node), Arc::new(LoadedModel { file, name: path.clone() }));
+            }
+            RecipeKind::Compose { branches } => {
+                h.update(b"C");
+                for b in branches {
+                    h.update(&visit(b, a, folders, lora_arch, domain, touched)?);
+                }
+            }
+            RecipeKind::Merge { base, target, backbone, .. } => {
+                h.update(b"G");
+                h.update(&visit(base, a, folders, lora_arch, domain, touched)?);
+                h.update(&visit(target, a, folders, lora_arch, domain, touched)?);
+                match backbone {
+                    Some(b) => h.update(&visit(b, a, folders, lora_arch, domain, touched)?),
+                    None => h.update(b"-"),
+                };
+            }
+        }
+        let out = *h.finalize().as_bytes();
+        a.static_hash.insert(ptr(node), out);
+        Ok(out)
+    }
+    visit(root, &mut a, &folders, lora_arch, *domain, &mut touched)?;
+    // Keys to process: base keys (float tensors) that some contribution touches, sorted.
+    let mut keys: Vec<String> = a
+        .base
+        .keys()
+        .filter(|k| touched.contains(*k))
+        .filter(|k| matches!(a.base.kind(k), Some(Kind::Float | Kind::Half | Kind::BFloat16)))
+        .map(String::from)
+        .collect();
+    keys.sort();
+    a.keys = keys;
+    Ok(a)
+}
+
+impl Analysis {
+    pub fn lora_reports(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.sets.values().flat_map(|s| s.set.reports.iter().map(|r| r.summary())).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The per-key multiplier of a block config (1.0 without one).
+    fn mult(&self, bc: &Option<Arc<BlockConfig>>, key: &str) -> f64 {
+        bc.as_ref().map_or(1.0, |bc| bc.multiplier(key, self.arch))
+    }
+
+    /// Content hash of `node`'s result (a model, or a contribution relative to its enclosing
+    /// merge's base) on `key`, on `device`.
+    pub fn key_hash(&self, node: &Recipe, key: &str, device: Device) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.static_hash[&ptr(node)]);
+        h.update(key.as_bytes());
+        match &node.kind {
+            RecipeKind::Base { .. } => {}
+            RecipeKind::Lora { block_config, .. } | RecipeKind::Model { block_config, .. } => {
+                h.update(&self.mult(block_config, key).to_bits().to_le_bytes());
+            }
+            RecipeKind::Compose { branches } => {
+                for b in branches {
+                    h.update(&self.key_hash(b, key, device));
+                }
+            }
+            RecipeKind::Merge { base, target, backbone, t_factor, block_config } => {
+                h.update(&self.key_hash(base, key, device));
+                h.update(&self.key_hash(target, key, device));
+                if let Some(b) = backbone {
+                    h.update(&self.key_hash(b, key, device));
+                }
+                h.update(&(t_factor * self.mult(block_config, key)).to_bits().to_le_bytes());
+                h.update(format!("{device:?}").as_bytes());
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Leaves of a merge target: nested composes flattened (D7).
+    fn leaves<'r>(&self, target: &'r Recipe, out: &mut Vec<&'r Recipe>) {
+        match &target.kind {
+            RecipeKind::Compose { branches } => {
+                for b in branches {
+                    self.leaves(b, out);
+                }
+            }
+            _ => out.push(target),
+        }
+    }
+
+    /// Whether `set` can enter `key` as low-rank factors.
+    fn low_rank_ok(&self, set: &LoadedSet, key: &str, shape: &[i64]) -> bool {
+        if shape.len() < 2 {
+            return false;
+        }
+        let out = shape[0];
+        let k: i64 = shape[1..].iter().product();
+        set.set.specs(key).iter().all(|s| match s.low_rank() {
+            Some((up, down)) => {
+                let rows = s.rows.map_or(out, |r| r.len);
+                let r = up.size().get(1).copied().unwrap_or(0);
+                up.size()[0] == rows
+                    && up.numel() as i64 == rows * r
+                    && down.size()[0] == r
+                    && down.numel() as i64 == r * k
+                    && s.rows.is_none_or(|rr| rr.start + rr.len <= out)
+            }
+            None => false,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+
+struct Eval<'a> {
+    a: &'a Analysis,
+    widen: Widen,
+    device: Device,
+    use_cache: bool,
+    subtree_hits: usize,
+}
+
+/// Memory budget in bytes for one chunk's working set.
+fn budget(device: Device) -> usize {
+    if let Some(mb) = std::env::var("COMFYRS_WIDEN_BUDGET_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return mb << 20;
+    }
+    match device {
+        Device::Cpu => (mem_available().unwrap_or(4 << 30) / 4).max(64 << 20),
+        _ => {
+            let free = gpu_free_bytes().unwrap_or(4 << 30);
+            (free as f64 * 0.8) as usize
+        }
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo.
+pub fn mem_available() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Free device memory: libtorch exposes no query through tch, so ask the driver's tool once.
+fn gpu_free_bytes() -> Option<usize> {
+    use std::sync::OnceLock;
+    static FREE: OnceLock<Option<usize>> = OnceLock::new();
+    *FREE.get_or_init(|| {
+        let out = std::process::Command::new("nvidia-smi")
+            .args(["--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", "0"])
+            .output()
+            .ok()?;
+        let mb: usize = String::from_utf8_lossy(&out.stdout).trim().lines().next()?.trim().parse().ok()?;
+        Some(mb << 20)
+    })
+}
+
+fn is_oom(e: &PackError) -> bool {
+    let m = e.message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("not enough memory")
+}
+
+impl Eval<'_> {
+    fn stack(&self, tensors: &[MappedTensor]) -> Result<Tensor, PackError> {
+        let parts: Vec<Tensor> = tensors
+            .iter()
+            .map(|t| t.f_to_kind(Kind::Float)?.f_to_device(self.device))
+            .collect::<Result<_, _>>()?;
+        Ok(Tensor::f_stack(&parts, 0)?)
+    }
+
+    /// A model (Base or Merge) on the chunk's keys: `[B, *S]` fp32 on the device.
+    fn model(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        match &node.kind {
+            RecipeKind::Base { model, .. } => {
+                let t = keys.iter().map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>()?;
+                self.stack(&t)
+            }
+            RecipeKind::Merge { .. } => self.merge_cached(node, keys),
+            _ => Err(PackError::runtime(format!("{} is not a model", node.type_name()))),
+        }
+    }
+
+    fn merge_cached(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        if !self.use_cache {
+            return self.merge(node, keys);
+        }
+        let hashes: Vec<[u8; 32]> = keys.iter().map(|k| self.a.key_hash(node, k, self.device)).collect();
+        let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| CACHE.get(h)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| cached[i].is_none()).collect();
+        self.subtree_hits += keys.len() - missing.len();
+        let computed = if missing.is_empty() {
+            None
+        } else {
+            let sub: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let t = self.merge(node, &sub)?;
+            let cpu = t.f_to_device(Device::Cpu)?;
+            for (j, &i) in missing.iter().enumerate() {
+                CACHE.insert(hashes[i], cpu.f_select(0, j as i64)?.copy());
+            }
+            Some(t)
+        };
+        if missing.len() == keys.len() {
+            return Ok(computed.expect("computed"));
+        }
+        let mut rows = Vec::with_capacity(keys.len());
+        let mut j = 0;
+        for c in cached {
+            rows.push(match c {
+                Some(t) => t.f_to_device(self.device)?,
+                None => {
+                    j += 1;
+                    computed.as_ref().expect("computed").f_select(0, j as i64 - 1)?
+                }
+            });
+        }
+        Ok(Tensor::f_stack(&rows, 0)?)
+    }
+
+    /// One merge step on the chunk's keys.
+    fn merge(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        let RecipeKind::Merge { base, target, backbone, t_factor, block_config } = &node.kind else { unreachable!() };
+        let cur = self.model(base, keys)?;
+        let bb = match backbone {
+            None => None,
+            Some(b) if b.is_base() || b.is_merge() => Some(self.model(b, keys)?),
+            Some(b) => Some(self.dense_weights(b, &cur, keys)?),
+        };
+        let mut leaves = Vec::new();
+        self.a.leaves(target, &mut leaves);
+        let mut contributions = Vec::with_capacity(leaves.len());
+        for leaf in &leaves {
+            contributions.push(self.contribution(leaf, &cur, bb.is_none(), keys)?);
+        }
+        let backbone_t = bb.as_ref().unwrap_or(&cur);
+        // Per-key t (D10): t_factor × block × layer multipliers.
+        let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut distinct: Vec<f64> = Vec::new();
+        for t in &ts {
+            if !distinct.iter().any(|d| d.to_bits() == t.to_bits()) {
+                distinct.push(*t);
+            }
+        }
+        if distinct.len() == 1 {
+            return self.widen_op(distinct[0], backbone_t, &contributions, &key_refs);
+        }
+        let mut result = backbone_t.f_zeros_like()?;
+        for t in distinct {
+            let idx: Vec<i64> = (0..keys.len() as i64).filter(|&i| ts[i as usize].to_bits() == t.to_bits()).collect();
+            let index = Tensor::f_from_slice(&idx)?.f_to_device(self.device)?;
+            let sel = |x: &Tensor| x.f_index_select(0, &index);
+            let sub_c: Vec<Contribution> = contributions
+                .iter()
+                .map(|c| {
+                    Ok(match c {
+                        Contribution::Weights(w) => Contribution::Weights(sel(w)?),
+                        Contribution::LowRank { up, down } => Contribution::LowRank { up: sel(up)?, down: sel(down)? },
+                    })
+                })
+                .collect::<Result<_, tch::TchError>>()?;
+            let sub_keys: Vec<&str> = idx.iter().map(|&i| key_refs[i as usize]).collect();
+            let r = self.widen_op(t, &sel(backbone_t)?, &sub_c, &sub_keys)?;
+            result = result.f_index_copy(0, &index, &r)?;
+        }
+        Ok(result)
+    }
+
+    fn widen_op(&self, t: f64, backbone: &Tensor, cs: &[Contribution], keys: &[&str]) -> Result<Tensor, PackError> {
+        let w = self.widen.with_t(t)?;
+        let r = if cs.len() == 1 { w.filter(backbone, &cs[0], keys)? } else { w.merge(backbone, cs, keys)? };
+        Ok(r.f_to_kind(Kind::Float)?)
+    }
+
+    /// A leaf's contribution: low-rank factors where the set allows it and the backbone is the
+    /// merge's base, else the contributor's full weights.
+    fn contribution(&mut self, leaf: &Recipe, cur: &Tensor, may_low_rank: bool, keys: &[String]) -> Result<Contribution, PackError> {
+        if let (RecipeKind::Lora { block_config, .. }, true) = (&leaf.kind, may_low_rank) {
+            let set = self.a.sets[&ptr(leaf)].clone();
+            let shape = cur.size()[1..].to_vec();
+            if keys.iter().all(|k| self.a.low_rank_ok(&set, k, &shape)) {
+                return self.low_rank(&set, block_config, keys, &shape);
+            }
+        }
+        Ok(Contribution::Weights(self.dense_weights(leaf, cur, keys)?))
+    }
+
+    fn low_rank(
+        &self,
+        set: &LoadedSet,
+        bc: &Option<Arc<BlockConfig>>,
+        keys: &[String],
+        shape: &[i64],
+    ) -> Result<Contribution, PackError> {
+        let out = shape[0];
+        let k: i64 = shape[1..].iter().product();
+        let mut per_key = Vec::with_capacity(keys.len());
+        let mut max_r = 1;
+        for key in keys {
+            let s_key = self.a.mult(bc, key);
+            let mut ups = Vec::new();
+            let mut downs = Vec::new();
+            for spec in set.set.specs(key) {
+                let (up, down) = spec.low_rank().expect("checked low-rank");
+                let r = down.size()[0];
+                let scale = spec.effective_scale() * s_key;
+                let up = up.f_to_device(self.device)?.f_to_kind(Kind::Float)?.f_reshape([-1, r])?.f_mul_scalar(scale)?;
+                let up = match spec.rows {
+                    None => up,
+                    Some(rows) => {
+                        let full = Tensor::f_zeros([out, r], (Kind::Float, self.device))?;
+                        full.f_narrow(0, rows.start, rows.len)?.f_copy_(&up)?;
+                        full
+                    }
+                };
+                ups.push(up);
+                downs.push(down.f_to_device(self.device)?.f_to_kind(Kind::Float)?.f_reshape([r, k])?);
+            }
+            let (u, d) = if ups.is_empty() {
+                (Tensor::f_zeros([out, 1], (Kind::Float, self.device))?, Tensor::f_zeros([1, k], (Kind::Float, self.device))?)
+            } else {
+                (Tensor::f_cat(&ups, 1)?, Tensor::f_cat(&downs, 0)?)
+            };
+            max_r = max_r.max(u.size()[1]);
+            per_key.push((u, d));
+        }
+        let mut us = Vec::with_capacity(keys.len());
+        let mut ds = Vec::with_capacity(keys.len());
+        for (u, d) in per_key {
+            let r = u.size()[1];
+            if r < max_r {
+                us.push(Tensor::f_cat(&[u, Tensor::f_zeros([out, max_r - r], (Kind::Float, self.device))?], 1)?);
+                ds.push(Tensor::f_cat(&[d, Tensor::f_zeros([max_r - r, k], (Kind::Float, self.device))?], 0)?);
+            } else {
+                us.push(u);
+                ds.push(d);
+            }
+        }
+        Ok(Contribution::low_rank(Tensor::f_stack(&us, 0)?, Tensor::f_stack(&ds, 0)?))
+    }
+
+    /// A contributor's full weights on the chunk (`cur` = the merge's base).
+    fn dense_weights(&mut self, leaf: &Recipe, cur: &Tensor, keys: &[String]) -> Result<Tensor, PackError> {
+        match &leaf.kind {
+            RecipeKind::Lora { block_config, .. } => {
+                let set = self.a.sets[&ptr(leaf)].clone();
+                let mut rows = Vec::with_capacity(keys.len());
+                for (i, key) in keys.iter().enumerate() {
+                    let base_row = cur.f_select(0, i as i64)?;
+                    let kind = self.a.base.kind(key).unwrap_or(Kind::Float);
+                    let mut acc = base_row.f_zeros_like()?;
+                    for spec in set.set.specs(key) {
+                        spec.add_into(&mut acc, &base_row, kind).map_err(PackError::format)?;
+                    }
+                    let s = self.a.mult(block_config, key);
+                    rows.push(if s == 1.0 { acc } else { acc.f_mul_scalar(s)? });
+                }
+                Ok(cur.f_add(&Tensor::f_stack(&rows, 0)?)?)
+            }
+            RecipeKind::Model { strength, block_config, .. } => {
+                let m = self.a.models[&ptr(leaf)].clone();
+                let t = m.file.get_weights(keys).map_err(PackError::format)?;
+                let w = self.stack(&t)?;
+                let scales: Vec<f32> = keys.iter().map(|k| (strength * self.a.mult(block_config, k)) as f32).collect();
+                if scales.iter().all(|&s| s == 1.0) {
+                    return Ok(w);
+                }
+                let mut sshape = vec![keys.len() as i64];
+                sshape.extend(std::iter::repeat_n(1, (w.dim() - 1) as usize));
+                let s = Tensor::f_from_slice(&scales)?.f_to_device(self.device)?.f_reshape(&sshape)?;
+                Ok(cur.f_add(&w.f_sub(cur)?.f_mul(&s)?)?)
+            }
+            RecipeKind::Merge { .. } | RecipeKind::Base { .. } => self.model(leaf, keys),
+            RecipeKind::Compose { .. } => Err(PackError::runtime("a Compose is not a model")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Driver
+
+/// Group signature: shape, and per leaf set whether it touches the key and in which form.
+fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Vec<String>)> {
+    let mut sets: Vec<&Arc<LoadedSet>> = Vec::new();
+    fn collect<'x>(a: &'x Analysis, n: &Recipe, out: &mut Vec<&'x Arc<LoadedSet>>) {
+        match &n.kind {
+            RecipeKind::Lora { .. } => {
+                if let Some(s) = a.sets.get(&ptr(n)) {
+                    out.push(s)
+                }
+            }
+            RecipeKind::Compose { branches } => branches.iter().for_each(|b| collect(a, b, out)),
+            RecipeKind::Merge { base, target, backbone, .. } => {
+                collect(a, base, out);
+                collect(a, target, out);
+                if let Some(b) = backbone {
+                    collect(a, b, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    collect(a, root, &mut sets);
+    let mut groups: IndexMap<(Vec<i64>, Vec<u8>), Vec<String>> = IndexMap::new();
+    for k in keys {
+        let shape = a.base.shape(k).unwrap_or_default();
+        let sig: Vec<u8> = sets
+            .iter()
+            .map(|s| {
+                if s.set.specs(k).is_empty() {
+                    0
+                } else if a.low_rank_ok(s, k, &shape) {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        groups.entry((shape, sig)).or_default().push(k.clone());
+    }
+    groups.into_iter().map(|((shape, _), keys)| (shape, keys)).collect()
+}
+
+pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &ExitOptions) -> Result<ExitResult, PackError> {
+    let start = Instant::now();
+    let base_node = validate(root, opts.domain)?;
+    let RecipeKind::Base { model: base_model, .. } = &base_node.kind else { unreachable!() };
+    let device = Device::cuda_if_available();
+    let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };
+    if root.is_base() {
+        rep.progress(1, 1);
+        stats.seconds = start.elapsed().as_secs_f64();
+        return Ok(ExitResult { model: base_model.clone(), stats });
+    }
+    // Saved-model short-circuit.
+    let save_target = if opts.save_model && opts.domain == RecipeDomain::Diffusion {
+        let path = save::target_path(pack, &opts.model_name)?;
+        let (json, hash) = save::serialize(pack, root);
+        if let Some(model) = save::check_saved(&path, &hash, base_model)? {
+            rep.progress(1, 1);
+            stats.keys = model.overrides().len();
+            stats.saved = Some(path.display().to_string());
+            stats.reused_saved_file = true;
+            stats.seconds = start.elapsed().as_secs_f64();
+            tracing::info!(path = %path.display(), "WIDEN Exit: reusing the saved model (recipe hash matches)");
+            return Ok(ExitResult { model, stats });
+        }
+        Some((path, json, hash))
+    } else {
+        None
+    };
+    if !opts.enable_cache {
+        CACHE.clear();
+    }
+    let a = analyze(pack, root, &base_node)?;
+    stats.lora_reports = a.lora_reports();
+    for r in &stats.lora_reports {
+        tracing::info!("WIDEN LoRA: {r}");
+    }
+    stats.keys = a.keys.len();
+    let widen = Widen::new(WidenConfig::default(), device)?;
+    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, subtree_hits: 0 };
+    // Keys whose final result is cached.
+    let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut todo = Vec::new();
+    for k in &a.keys {
+        let hit = if opts.enable_cache { CACHE.get(&a.key_hash(root, k, device)) } else { None };
+        match hit {
+            Some(t) => {
+                merged.insert(k.clone(), t);
+            }
+            None => todo.push(k.clone()),
+        }
+    }
+    stats.cache_hits = merged.len();
+    stats.recomputed = todo.len();
+    let groups = group_keys(&a, root, &todo);
+    stats.groups = groups.len();
+    let total = groups.len().max(1) as u64;
+    if groups.is_empty() {
+        rep.progress(1, 1);
+    }
+    let budget = budget(device);
+    let n_models = a.sets.len() + a.models.len();
+    for (gi, (shape, keys)) in groups.iter().enumerate() {
+        let numel: i64 = shape.iter().product::<i64>().max(1);
+        let per_key = 4 * numel as usize * (3 + 3 * n_models.max(1));
+        let batch = (budget / per_key.max(1)).clamp(1, 4096);
+        for chunk in keys.chunks(batch) {
+            if rep.interrupted() {
+                return Err(PackError { message: "interrupted".into(), exception_type: "InterruptProcessingException" });
+            }
+            let done = eval_with_backoff(&mut ev, root, chunk)?;
+            let cpu = done.f_to_device(Device::Cpu)?;
+            for (i, k) in chunk.iter().enumerate() {
+                merged.insert(k.clone(), cpu.f_select(0, i as i64)?);
+            }
+        }
+        rep.progress(gi as u64 + 1, total);
+    }
+    stats.subtree_hits = ev.subtree_hits;
+    // Each key in its own dtype (D17), owned CPU tensors.
+    let mut out: IndexMap<String, MappedTensor> = IndexMap::new();
+    for (k, t) in merged {
+        let kind = a.base.kind(&k).unwrap_or(Kind::Float);
+        let t = t.f_to_kind(kind)?.f_contiguous()?;
+        let t = if kind == Kind::Float { t.copy() } else { t };
+        out.insert(k, MappedTensor::owned(t));
+    }
+    let model = base_model.with_overrides(out, &run_hash(&a, root, device));
+    if let Some((path, json, hash)) = save_target {
+        let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
+        save::save_model(&path, &model, &json, &hash, wf)?;
+        stats.saved = Some(path.display().to_string());
+    }
+    stats.seconds = start.elapsed().as_secs_f64();
+    tracing::info!(
+        keys = stats.keys,
+        recomputed = stats.recomputed,
+        cache_hits = stats.cache_hits,
+        subtree_hits = stats.subtree_hits,
+        groups = stats.groups,
+        seconds = stats.seconds,
+        "WIDEN Exit"
+    );
+    Ok(ExitResult { model, stats })
+}
+
+fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&a.static_hash[&ptr(root)]);
+    for k in &a.keys {
+        h.update(&a.key_hash(root, k, device));
+    }
+    *h.finalize().as_bytes()
+}
+
+fn eval_with_backoff(ev: &mut Eval, root: &Recipe, chunk: &[String]) -> Result<Tensor, PackError> {
+    match ev.model(root, chunk) {
+        Ok(t) => Ok(t),
+        Err(e) if is_oom(&e) => {
+            if chunk.len() == 1 {
+                return Err(PackError::runtime(format!(
+                    "Out of memory while merging key '{}' on its own (batch of 1, device {:?}). Free memory on the \
+                     device or set COMFYRS_WIDEN_BUDGET_MB. Cause: {}",
+                    chunk[0], ev.device, e.message
+                )));
+            }
+            tracing::warn!(keys = chunk.len(), "WIDEN: out of memory on a chunk; retrying in halves");
+            let mid = chunk.len() / 2;
+            let a = eval_with_backoff(ev, root, &chunk[..mid])?.f_to_device(Device::Cpu)?;
+            let b = eval_with_backoff(ev, root, &chunk[mid..])?.f_to_device(Device::Cpu)?;
+            Ok(Tensor::f_cat(&[a, b], 0)?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// For tests: a recipe evaluated without the runtime.
+pub fn evaluate(pack: &PackContext, root: &Recipe, domain: RecipeDomain, enable_cache: bool) -> Result<ExitResult, PackError> {
+    run_exit(
+        pack,
+        &Silent,
+        root,
+        &ExitOptions { domain, save_model: false, model_name: String::new(), save_workflow: false, enable_cache, extra_pnginfo: None },
+    )
+}

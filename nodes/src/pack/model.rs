@@ -1,0 +1,184 @@
+//! `NativeModel`: a model (or CLIP) that lives in a memory-mapped safetensors file, with merged
+//! tensors overriding some of its keys. What `WIDENBaseInput` reads and the Exit returns when the
+//! base is native; the Python bridge can turn it into a ComfyUI MODEL later.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use indexmap::IndexMap;
+use tch::Kind;
+
+use crate::arch::{detect_base_arch, detect_clip_arch, Arch};
+use crate::lora::NameIndex;
+use crate::models::{CheckpointDomain, CheckpointFile, FileDtype, MappedTensor};
+
+use super::recipe::RecipeDomain;
+use super::PackError;
+
+pub struct NativeModel {
+    file: Arc<CheckpointFile>,
+    arch: Arch,
+    domain: RecipeDomain,
+    /// Merged tensors (CPU, each in its key's own dtype), by host key.
+    overrides: IndexMap<String, MappedTensor>,
+    identity: [u8; 32],
+    /// Name of the file in the models folders (for messages and metadata).
+    name: String,
+    index: OnceLock<NameIndex>,
+}
+
+impl NativeModel {
+    /// Opens a model file: a diffusion model (prefixed or not), a full LDM checkpoint (its
+    /// diffusion part, or its text encoders for `RecipeDomain::Clip`).
+    pub fn open(path: &Path, name: &str, domain: RecipeDomain) -> Result<Arc<NativeModel>, PackError> {
+        let cd = match domain {
+            RecipeDomain::Diffusion => CheckpointDomain::Diffusion,
+            RecipeDomain::Clip => CheckpointDomain::Clip,
+        };
+        let file = CheckpointFile::open(path, cd).map_err(PackError::format)?;
+        let arch = match domain {
+            RecipeDomain::Diffusion => detect_base_arch(file.keys()).ok_or_else(|| unsupported_arch(file.keys()))?,
+            RecipeDomain::Clip => detect_clip_arch(file.keys()).ok_or_else(|| {
+                PackError::value(
+                    "Only SDXL CLIP merging is supported in v1. Detected CLIP architecture is not SDXL \
+                     (requires both clip_l and clip_g encoders).",
+                )
+            })?,
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"file");
+        h.update(file.file().identity().fingerprint().as_bytes());
+        h.update(domain.name().as_bytes());
+        Ok(Arc::new(NativeModel {
+            file: Arc::new(file),
+            arch,
+            domain,
+            overrides: IndexMap::new(),
+            identity: *h.finalize().as_bytes(),
+            name: name.to_string(),
+            index: OnceLock::new(),
+        }))
+    }
+
+    /// A copy of `self` with `merged` overriding keys; `recipe_hash` names what made them.
+    pub fn with_overrides(self: &Arc<Self>, merged: IndexMap<String, MappedTensor>, recipe_hash: &[u8; 32]) -> Arc<NativeModel> {
+        let mut overrides: IndexMap<String, MappedTensor> =
+            self.overrides.iter().map(|(k, v)| (k.clone(), v.clone_ref())).collect();
+        for (k, v) in merged {
+            overrides.insert(k, v);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"merged");
+        h.update(&self.identity);
+        h.update(recipe_hash);
+        Arc::new(NativeModel {
+            file: self.file.clone(),
+            arch: self.arch,
+            domain: self.domain,
+            overrides,
+            identity: *h.finalize().as_bytes(),
+            name: self.name.clone(),
+            index: OnceLock::new(),
+        })
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+    pub fn domain(&self) -> RecipeDomain {
+        self.domain
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn file(&self) -> &Arc<CheckpointFile> {
+        &self.file
+    }
+    /// Identity of the weights: the file's (path, size, mtime) and the recipe of any overrides.
+    pub fn identity(&self) -> &[u8; 32] {
+        &self.identity
+    }
+    pub fn overrides(&self) -> &IndexMap<String, MappedTensor> {
+        &self.overrides
+    }
+
+    /// Host keys in file order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.file.keys()
+    }
+    pub fn contains(&self, key: &str) -> bool {
+        self.file.contains(key)
+    }
+    pub fn shape(&self, key: &str) -> Option<Vec<i64>> {
+        self.file.shape(key).map(|s| s.iter().map(|&d| d as i64).collect())
+    }
+    /// The key's dtype (an override keeps its base key's dtype, D17).
+    pub fn kind(&self, key: &str) -> Option<Kind> {
+        if let Some(t) = self.overrides.get(key) {
+            return Some(t.kind());
+        }
+        self.file.dtype(key).and_then(FileDtype::kind)
+    }
+
+    /// The current tensor of a key (override, else a zero-copy view of the file).
+    pub fn tensor(&self, key: &str) -> Result<MappedTensor, PackError> {
+        if let Some(t) = self.overrides.get(key) {
+            return Ok(t.clone_ref());
+        }
+        self.file.tensor(key).map_err(PackError::format)
+    }
+
+    /// The LoRA name index of this model (names and shapes), built once.
+    pub fn name_index(&self) -> &NameIndex {
+        self.index.get_or_init(|| {
+            let arch = match self.domain {
+                RecipeDomain::Diffusion => self.arch,
+                RecipeDomain::Clip => Arch::SdxlClip,
+            };
+            NameIndex::from_shapes(arch, &self.file.shapes())
+        })
+    }
+}
+
+pub(crate) fn unsupported_arch<'a>(keys: impl Iterator<Item = &'a str>) -> PackError {
+    let mut prefixes: Vec<&str> = keys.map(|k| k.split('.').next().unwrap_or(k)).collect();
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes.truncate(5);
+    let list = prefixes.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(", ");
+    PackError::value(format!(
+        "Could not detect model architecture. Key prefixes: [{list}]. Supported architectures: flux, qwen, sdxl, zimage."
+    ))
+}
+
+impl comfyrs_runtime::value::Opaque for NativeModel {
+    fn type_name(&self) -> &str {
+        match self.domain {
+            RecipeDomain::Diffusion => "MODEL",
+            RecipeDomain::Clip => "CLIP",
+        }
+    }
+    /// The merged tensors this model owns. The base weights are a read-only file mapping (page
+    /// cache, shared by every model of that file), not heap memory, so they are not counted.
+    fn byte_size(&self) -> usize {
+        let own: usize = self
+            .overrides
+            .values()
+            .filter(|t| !t.is_mapped())
+            .map(|t| t.numel() * t.kind().elt_size_in_bytes())
+            .sum();
+        own + 1024
+    }
+    fn describe(&self) -> String {
+        format!(
+            "<{} native {} '{}', {} merged keys>",
+            self.type_name(),
+            self.arch.tag(),
+            self.name,
+            self.overrides.len()
+        )
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,216 @@
+//! Saving merged models (`recipe-and-nodes.md` §9) and the Exit's change fingerprint (§10).
+//!
+//! The file holds every key of the base (merged keys overlaid), streamed one tensor at a time
+//! by the models module's atomic writer (temp file in the target folder, fsync, rename), with
+//! the recipe JSON, its hash, the merged key list and optionally the workflow in the metadata.
+//! A file whose stored recipe hash matches is reused without evaluating anything.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use comfyrs_runtime::node::Fingerprint;
+use comfyrs_runtime::{Args, Value};
+use indexmap::IndexMap;
+use serde_json::{json, Value as Json};
+
+use crate::models::writer::{SafetensorsWriter, TensorHeader};
+use crate::models::{file_stats, FileDtype, FileIdentity, MappedFile, MappedTensor};
+
+use super::model::NativeModel;
+use super::recipe::{canonical_json, Recipe, RecipeKind, SourceDir};
+use super::{PackContext, PackError};
+
+/// `model_name` → file name (§9.1).
+pub fn validate_model_name(name: &str) -> Result<String, PackError> {
+    let n = name.trim();
+    if n.is_empty() {
+        return Err(PackError::value("Model name cannot be empty"));
+    }
+    if n.contains("..") {
+        return Err(PackError::value(format!("Model name contains path traversal: '{n}'")));
+    }
+    if n.contains('/') || n.contains('\\') {
+        return Err(PackError::value(format!("Model name contains path separators: '{n}'")));
+    }
+    Ok(if n.ends_with(".safetensors") { n.to_string() } else { format!("{n}.safetensors") })
+}
+
+/// The save path: the first checkpoints folder / validated name.
+pub fn target_path(pack: &PackContext, model_name: &str) -> Result<PathBuf, PackError> {
+    let name = validate_model_name(model_name)?;
+    let folders = pack.folders();
+    let dir = folders
+        .dirs("checkpoints")
+        .ok()
+        .and_then(|d| d.first().cloned())
+        .ok_or_else(|| PackError::value("No checkpoints directory configured in ComfyUI"))?;
+    Ok(dir.join(name))
+}
+
+/// Deterministic recipe JSON with file stats, and its hash (blake3 hex).
+pub fn serialize(pack: &PackContext, root: &Recipe) -> (String, String) {
+    let folders = pack.folders().clone();
+    let stats = move |name: &str| -> Option<(f64, u64)> {
+        for kind in ["loras", "checkpoints", "diffusion_models"] {
+            if let Ok(p) = folders.resolve(kind, name) {
+                return Some(file_stats(&p));
+            }
+        }
+        Some((0.0, 0))
+    };
+    let json = canonical_json(&root.to_json(&stats));
+    let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
+    (json, hash)
+}
+
+/// The saved file at `path` if its recipe hash is `hash`: the base with the saved merged keys
+/// (memory-mapped from the saved file). A file without comfyrs/ecaj metadata is refused.
+pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<Option<Arc<NativeModel>>, PackError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let file = MappedFile::open(path).map_err(PackError::format)?;
+    let md = file.metadata();
+    let Some(md) = md.filter(|m| m.contains_key("__ecaj_version__")) else {
+        return Err(PackError::value(format!(
+            "File exists but is not an ecaj-saved model: {}\nRefusing to overwrite a file without ecaj metadata. \
+             Choose a different model_name.",
+            path.display()
+        )));
+    };
+    if md.get("__ecaj_recipe_hash__").map(String::as_str) != Some(hash) {
+        return Ok(None);
+    }
+    let keys: Vec<String> = md
+        .get("__ecaj_affected_keys__")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let mut merged = IndexMap::new();
+    for k in keys {
+        merged.insert(k.clone(), file.tensor(&k).map_err(PackError::format)?);
+    }
+    let mut h = [0u8; 32];
+    h.copy_from_slice(blake3::hash(hash.as_bytes()).as_bytes());
+    Ok(Some(base.with_overrides(merged, &h)))
+}
+
+/// Writes `model` (all base keys, overrides overlaid) to `path` atomically.
+pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &str, workflow: Option<&Json>) -> Result<(), PackError> {
+    let mut keys: Vec<String> = model.keys().map(String::from).collect();
+    keys.sort();
+    let mut headers = Vec::with_capacity(keys.len());
+    let file = model.file();
+    for k in &keys {
+        let (dtype, shape) = match model.overrides().get(k) {
+            Some(t) => (
+                FileDtype::from_kind(t.kind()).ok_or_else(|| PackError::value(format!("Unsupported dtype {:?} for tensor '{k}'", t.kind())))?,
+                t.size().iter().map(|&d| d as usize).collect(),
+            ),
+            None => (file.dtype(k).expect("listed key"), file.shape(k).expect("listed key")),
+        };
+        headers.push(TensorHeader::new(k.clone(), dtype, &shape));
+    }
+    let mut affected: Vec<&String> = model.overrides().keys().collect();
+    affected.sort();
+    let mut md = BTreeMap::new();
+    md.insert("__ecaj_version__".to_string(), "1".to_string());
+    md.insert("__ecaj_recipe__".to_string(), recipe_json.to_string());
+    md.insert("__ecaj_recipe_hash__".to_string(), hash.to_string());
+    md.insert("__ecaj_affected_keys__".to_string(), serde_json::to_string(&affected).unwrap_or_default());
+    if let Some(wf) = workflow.filter(|w| !w.is_null() && w.as_object().is_none_or(|o| !o.is_empty())) {
+        md.insert("__ecaj_workflow__".to_string(), wf.to_string());
+    }
+    let mut w = SafetensorsWriter::create(path, &headers, Some(&md)).map_err(PackError::format)?;
+    let mut buf = Vec::new();
+    for k in &keys {
+        match model.overrides().get(k) {
+            Some(t) => write_tensor(&mut w, t, &mut buf)?,
+            None => {
+                let src = file.source(k).expect("listed key");
+                if src.rows.is_none() && !src.transpose {
+                    w.write(file.file().bytes(&src.file_key).map_err(PackError::format)?).map_err(PackError::format)?;
+                } else {
+                    let t = file.tensor(k).map_err(PackError::format)?;
+                    write_tensor(&mut w, &t, &mut buf)?;
+                }
+            }
+        }
+    }
+    w.finish().map_err(PackError::format)?;
+    tracing::info!(path = %path.display(), keys = keys.len(), merged = affected.len(), "WIDEN Exit: saved model");
+    Ok(())
+}
+
+fn write_tensor(w: &mut SafetensorsWriter, t: &MappedTensor, buf: &mut Vec<u8>) -> Result<(), PackError> {
+    let c = t.f_contiguous()?;
+    let n = c.numel();
+    buf.resize(n * c.kind().elt_size_in_bytes(), 0);
+    c.f_copy_data_u8(buf, n)?;
+    w.write(buf).map_err(PackError::format)
+}
+
+/// IS_CHANGED of the Exit (§10): the recipe's files are fingerprinted by the LoRA / Model
+/// Input / Base Input nodes themselves (their signatures feed the Exit's); here the save
+/// options and the identity of the saved file.
+pub fn exit_fingerprint(pack: &PackContext, a: &Args) -> Fingerprint {
+    let b = |n: &str, d: bool| match a.get(n) {
+        Some(Value::Bool(v)) => *v,
+        _ => d,
+    };
+    let save = b("save_model", false);
+    let cache = b("enable_cache", true);
+    let name = match a.get("model_name") {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    if !save {
+        return Fingerprint::Value(json!(format!("cache={cache}")));
+    }
+    let file = target_path(pack, &name)
+        .ok()
+        .and_then(|p| FileIdentity::of(&p).ok())
+        .map(|id| format!("|mtime={}|size={}", id.mtime_ns, id.size))
+        .unwrap_or_else(|| "|no_cache".into());
+    Fingerprint::Value(json!(format!(
+        "save=true|name={name}|wf={}|cache={cache}{file}",
+        b("save_workflow", true)
+    )))
+}
+
+/// `file_hash(recipe)` of §10: LoRA and model file identities, sorted, for reports.
+pub fn file_hash(pack: &PackContext, root: &Recipe) -> String {
+    let folders = pack.folders().clone();
+    let mut loras = std::collections::BTreeSet::new();
+    let mut models = std::collections::BTreeSet::new();
+    fn walk(r: &Recipe, loras: &mut std::collections::BTreeSet<String>, models: &mut std::collections::BTreeSet<(String, SourceDir)>) {
+        match &r.kind {
+            RecipeKind::Base { .. } => {}
+            RecipeKind::Lora { loras: l, .. } => l.iter().for_each(|e| {
+                loras.insert(e.path.clone());
+            }),
+            RecipeKind::Model { path, source_dir, .. } => {
+                models.insert((path.clone(), *source_dir));
+            }
+            RecipeKind::Compose { branches } => branches.iter().for_each(|b| walk(b, loras, models)),
+            RecipeKind::Merge { base, target, backbone, .. } => {
+                walk(base, loras, models);
+                walk(target, loras, models);
+                if let Some(b) = backbone {
+                    walk(b, loras, models);
+                }
+            }
+        }
+    }
+    walk(root, &mut loras, &mut models);
+    let mut h = blake3::Hasher::new();
+    for l in loras {
+        let (m, s) = folders.resolve("loras", &l).map(file_stats).unwrap_or((0.0, 0));
+        h.update(format!("lora:{l}|{m}|{s}\n").as_bytes());
+    }
+    for (p, sd) in models {
+        let (m, s) = folders.resolve(sd.name(), &p).map(file_stats).unwrap_or((0.0, 0));
+        h.update(format!("model:{p}|{}|{m}|{s}\n", sd.name()).as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
