@@ -221,7 +221,7 @@ proptest! {
         let want = oracle::merge_batch(&cfg, &b, &exact);
         let w = cpu(cfg.clone());
         let parts: Vec<Contribution> = contributors.into_iter().map(|c| c.contribution).collect();
-        let got = if n == 1 { w.filter(&b, &parts[0], &[]).unwrap() } else { w.merge(&b, &parts, &[]).unwrap() };
+        let got = host(if n == 1 { w.filter(&b, &parts[0], &[]).unwrap() } else { w.merge(&b, &parts, &[]).unwrap() });
         prop_assert_eq!(got.size(), size);
         let err = worst_key_error(&got, &want, &b, 1e-4);
         prop_assert!(err <= 1.0, "merged delta off by {err} × the 1e-4 tolerance ({cfg:?}, n = {n})");
@@ -242,8 +242,8 @@ proptest! {
         let dense: Vec<Contribution> = exact.iter().map(|e| Contribution::Weights(e.to_kind(Kind::Float))).collect();
         let low: Vec<Contribution> = contributors.into_iter().map(|c| c.contribution).collect();
         let w = cpu(cfg_t(t_factor));
-        let got_low = w.merge(&b, &low, &[]).unwrap();
-        let got_dense = w.merge(&b, &dense, &[]).unwrap();
+        let got_low = host(w.merge(&b, &low, &[]).unwrap());
+        let got_dense = host(w.merge(&b, &dense, &[]).unwrap());
         let err = worst_key_error(&got_low, &got_dense, &b, 1e-4);
         prop_assert!(err <= 1.0, "low-rank vs dense: {err} × the 1e-4 tolerance");
     }
@@ -254,6 +254,8 @@ proptest! {
         shape in key_shape(), batch in 2i64..5, n in 1usize..4, seed in any::<u64>(),
         cfg in config_strategy(), low_rank in any::<bool>(),
     ) {
+        // Bit-identity is a CPU guarantee (D4); CUDA kernels may differ in the last bit.
+        prop_assume!(test_device() == Device::Cpu);
         let mut rng = SplitMix::new(seed);
         let size = batched(batch, &shape);
         let b = rng.tensor(&size, 1.0);
@@ -405,11 +407,7 @@ proptest! {
 
 fn run_merge(w: &Widen, b: &Tensor, parts: &[&Contribution]) -> Tensor {
     let owned: Vec<Contribution> = parts.iter().map(|c| clone_contribution(c)).collect();
-    if owned.len() == 1 {
-        w.filter(b, &owned[0], &[]).unwrap()
-    } else {
-        w.merge(b, &owned, &[]).unwrap()
-    }
+    host(if owned.len() == 1 { w.filter(b, &owned[0], &[]).unwrap() } else { w.merge(b, &owned, &[]).unwrap() })
 }
 
 fn clone_contribution(c: &Contribution) -> Contribution {
@@ -424,5 +422,43 @@ fn slice_key(c: &Contribution, key: i64) -> Contribution {
         // copies, so the single-key inputs do not share storage (or strides) with the batch
         Contribution::Weights(w) => Contribution::Weights(w.narrow(0, key, 1).copy()),
         Contribution::LowRank { up, down } => Contribution::low_rank(up.narrow(0, key, 1).copy(), down.narrow(0, key, 1).copy()),
+    }
+}
+
+/// D21's target on a full-size SDXL key (640×640, weights ~0.02, LoRA deltas a few percent of
+/// them): the merged delta of one, two and four LoRAs within 1e-4 of float64, on both paths,
+/// measured norm-wise as D21 states it. (Element-wise, a key with K columns can differ by ~1/K on
+/// the few columns whose statistics tie within fp32 precision and swap adjacent ranks; that is
+/// printed for information.)
+#[test]
+fn full_size_merge_matches_float64_normwise() {
+    let mut rng = SplitMix::new(640);
+    let (out, k) = (640i64, 640i64);
+    let b = rng.tensor(&[1, out, k], 0.02);
+    for n in [1usize, 2, 4] {
+        let factors: Vec<(Tensor, Tensor)> = (0..n)
+            .map(|i| {
+                let r = [16i64, 32, 8, 24][i];
+                (rng.tensor(&[1, out, r], 0.05), rng.tensor(&[1, r, k], 0.01))
+            })
+            .collect();
+        let exact: Vec<Tensor> = factors
+            .iter()
+            .map(|(u, d)| b.to_kind(Kind::Double) + u.to_kind(Kind::Double).bmm(&d.to_kind(Kind::Double)))
+            .collect();
+        let cfg = WidenConfig::default();
+        let want = oracle::merge_batch(&cfg, &b, &exact);
+        let want_delta = sub(&want, &b);
+        let w = cpu(cfg);
+        let low: Vec<Contribution> = factors.iter().map(|(u, d)| Contribution::low_rank(u.shallow_clone(), d.shallow_clone())).collect();
+        let dense: Vec<Contribution> = exact.iter().map(|e| Contribution::Weights(e.to_kind(Kind::Float))).collect();
+        for (path, parts) in [("low-rank", &low), ("dense", &dense)] {
+            let got = host(if n == 1 { w.filter(&b, &parts[0], &[]).unwrap() } else { w.merge(&b, parts, &[]).unwrap() });
+            let err = sub(&got, &want);
+            let rel = (err.square().sum(Kind::Double).double_value(&[]) / want_delta.square().sum(Kind::Double).double_value(&[])).sqrt();
+            let rel_inf = err.abs().max().double_value(&[]) / want_delta.abs().max().double_value(&[]);
+            println!("N = {n}, {path}: relative error {rel:.2e} (element-wise max {rel_inf:.2e})");
+            assert!(rel <= 1e-4, "N = {n}, {path}: merged delta off by {rel:e} relative to float64");
+        }
     }
 }

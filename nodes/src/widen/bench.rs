@@ -1,0 +1,272 @@
+//! `comfyrs bench widen`: times filter and merge on synthetic keys of real SDXL and Z-Image
+//! shapes, dense vs low-rank, and reports throughput against the bytes the operation must move
+//! (each base weight read once, each result written once) as a markdown table.
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use tch::{Device, Kind, Tensor};
+
+use super::kernels::add_product;
+use super::{Contribution, Product, Widen, WidenConfig};
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct WidenBenchOptions {
+    /// Compute device: `cpu` or `cuda` (default: cuda when libtorch sees a GPU).
+    #[arg(long, value_parser = ["cpu", "cuda"])]
+    pub device: Option<String>,
+    /// A short run for CPUs: two small shapes, N = 1, 2, 4 at rank 32, two repetitions.
+    #[arg(long)]
+    pub quick: bool,
+    /// Contributor counts to time (N = 1 is the filter) [default: 1,2,4,8].
+    #[arg(long, value_delimiter = ',')]
+    pub contributors: Option<Vec<usize>>,
+    /// LoRA ranks of each contributor [default: 16,32,64].
+    #[arg(long, value_delimiter = ',')]
+    pub ranks: Option<Vec<i64>>,
+    /// Shapes to time, by name [default: all]: sdxl-1280, sdxl-640x2048, sdxl-conv-1280,
+    /// zimage-3840, zimage-qkv.
+    #[arg(long, value_delimiter = ',')]
+    pub shapes: Option<Vec<String>>,
+    /// Timed repetitions per case, after one warm-up [default: 5; quick: 2].
+    #[arg(long)]
+    pub iters: Option<usize>,
+    /// Base-weight MiB per batch of keys (keys of one shape run together)
+    /// [default: 1024 on CUDA, 64 on CPU].
+    #[arg(long)]
+    pub batch_mib: Option<f64>,
+    /// Skip the dense path (it materializes every contributor's full weights).
+    #[arg(long)]
+    pub no_dense: bool,
+}
+
+struct KeyShape {
+    name: &'static str,
+    what: &'static str,
+    dims: &'static [i64],
+}
+
+const SHAPES: &[KeyShape] = &[
+    KeyShape { name: "sdxl-1280", what: "SDXL attn 1280x1280", dims: &[1280, 1280] },
+    KeyShape { name: "sdxl-640x2048", what: "SDXL cross-attn k/v 640x2048", dims: &[640, 2048] },
+    KeyShape { name: "sdxl-conv-1280", what: "SDXL conv 1280x1280x3x3", dims: &[1280, 1280, 3, 3] },
+    KeyShape { name: "zimage-3840", what: "Z-Image 3840x3840", dims: &[3840, 3840] },
+    KeyShape { name: "zimage-qkv", what: "Z-Image fused qkv 11520x3840", dims: &[11520, 3840] },
+];
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Dense,
+    LowRank,
+    LowRankSplit,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Dense => "dense",
+            Self::LowRank => "low-rank",
+            Self::LowRankSplit => "low-rank, bf16x3 product",
+        }
+    }
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Seconds per call of `f`, after one warm-up call.
+fn time<T>(device: Device, iters: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    let mut out = f()?;
+    synchronize(device);
+    let start = Instant::now();
+    for _ in 0..iters {
+        out = f()?;
+    }
+    synchronize(device);
+    Ok((start.elapsed().as_secs_f64() / iters as f64, out))
+}
+
+/// Device-to-device copy bandwidth (bytes read + written per second) of a `mib` MiB tensor.
+fn copy_bandwidth(device: Device, mib: usize) -> anyhow::Result<f64> {
+    let n = (mib * (1 << 20) / 4) as i64;
+    let src = Tensor::f_ones([n], (Kind::Float, device))?;
+    let mut dst = Tensor::f_empty([n], (Kind::Float, device))?;
+    let (secs, _) = time(device, 10, || Ok(dst.f_copy_(&src)?))?;
+    Ok(2.0 * (n * 4) as f64 / secs)
+}
+
+/// ‖x − y‖ / ‖y − base‖ (Frobenius, over the batch): the relative error of the merged delta.
+fn relative_difference(x: &Tensor, y: &Tensor, base: &Tensor) -> anyhow::Result<f64> {
+    let sq = |t: Tensor| -> anyhow::Result<f64> {
+        Ok(t.f_to_kind(Kind::Double)?.f_square()?.f_sum(Kind::Double)?.f_double_value(&[])?)
+    };
+    let err = sq(x.f_sub(y)?)?;
+    let scale = sq(y.f_sub(base)?)?;
+    Ok((err / scale.max(f64::MIN_POSITIVE)).sqrt())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock.
+fn today() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> {
+    let device = match opts.device.as_deref() {
+        Some("cpu") => Device::Cpu,
+        Some("cuda") => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: libtorch sees no CUDA device (is the CUDA build of libtorch on the library path?)");
+            }
+            Device::Cuda(0)
+        }
+        Some(other) => bail!("unknown device {other:?}: use cpu or cuda"),
+        None => Device::cuda_if_available(),
+    };
+    let quick = opts.quick;
+    let shape_names: Vec<String> = match &opts.shapes {
+        Some(s) => s.clone(),
+        None if quick => vec!["sdxl-1280".into(), "sdxl-640x2048".into()],
+        None => SHAPES.iter().map(|s| s.name.to_string()).collect(),
+    };
+    let shapes: Vec<&KeyShape> = shape_names
+        .iter()
+        .map(|n| {
+            SHAPES.iter().find(|s| s.name == n).with_context(|| {
+                let known: Vec<_> = SHAPES.iter().map(|s| s.name).collect();
+                format!("unknown shape {n:?}; known: {}", known.join(", "))
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let counts = opts.contributors.clone().unwrap_or(if quick { vec![1, 2, 4] } else { vec![1, 2, 4, 8] });
+    let ranks = opts.ranks.clone().unwrap_or(if quick { vec![32] } else { vec![16, 32, 64] });
+    let iters = opts.iters.unwrap_or(if quick { 2 } else { 5 }).max(1);
+    let batch_mib = opts.batch_mib.unwrap_or(if device.is_cuda() { 1024.0 } else { 64.0 });
+    let mut paths = vec![Path::LowRank];
+    let mut notes = Vec::new();
+    if device.is_cuda() {
+        // libtorch must support bf16 → fp32 batched products on this device; check before timing.
+        let probe = Tensor::f_ones([1, 8, 8], (Kind::Float, device))?;
+        match super::kernels::add_product_split_bf16(&probe, &probe, &probe) {
+            Ok(_) => paths.push(Path::LowRankSplit),
+            Err(e) => notes.push(format!("bf16x3 product unavailable on this device ({e}); not timed.")),
+        }
+    }
+    if !opts.no_dense {
+        paths.push(Path::Dense);
+    }
+
+    let _guard = tch::no_grad_guard();
+    let bandwidth = copy_bandwidth(device, if device.is_cuda() { 1024 } else { 256 })?;
+    let threads = tch::get_num_threads();
+    writeln!(out, "## WIDEN filter/merge throughput — {device:?}, {}\n", today())?;
+    writeln!(
+        out,
+        "Measured copy bandwidth: **{:.0} GB/s** (read + write of a {} MiB fp32 tensor){}.\n",
+        bandwidth / 1e9,
+        if device.is_cuda() { 1024 } else { 256 },
+        if device.is_cuda() { String::new() } else { format!("; {threads} libtorch threads") }
+    )?;
+    writeln!(
+        out,
+        "Bytes moved = keys × (base read + result write), fp32 storage. Contributors are \
+         `backbone + U·D` with random factors; N = 1 is the filter. `rel. diff`: low-rank vs the \
+         dense result, bf16x3 vs the fp32 low-rank result (‖x − y‖ / ‖y − base‖, Frobenius).\n"
+    )?;
+    for note in &notes {
+        writeln!(out, "Note: {note}\n")?;
+    }
+    writeln!(out, "| shape | keys | N | rank | path | ms / batch | ms / key | GB/s | % of copy | rel. diff |")?;
+    writeln!(out, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")?;
+
+    for shape in shapes {
+        let numel: i64 = shape.dims.iter().product();
+        let keys = ((batch_mib * (1 << 20) as f64) / (numel * 4) as f64).floor().clamp(1.0, 64.0) as i64;
+        let (out_dim, k) = (shape.dims[0], numel / shape.dims[0]);
+        let mut size = vec![keys];
+        size.extend_from_slice(shape.dims);
+        let bytes = (keys * numel * 8) as f64;
+        tch::manual_seed(0);
+        let base = Tensor::f_randn(size.as_slice(), (Kind::Float, device))?.f_mul_scalar(0.02)?;
+        for &n in &counts {
+            for &r in &ranks {
+                let factors: Vec<(Tensor, Tensor)> = (0..n)
+                    .map(|_| -> anyhow::Result<(Tensor, Tensor)> {
+                        let up = Tensor::f_randn([keys, out_dim, r], (Kind::Float, device))?.f_mul_scalar(0.01)?;
+                        let down = Tensor::f_randn([keys, r, k], (Kind::Float, device))?.f_mul_scalar(0.01)?;
+                        Ok((up, down))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let widen = Widen::new(WidenConfig::default(), device)?;
+                let mut reference: Option<Tensor> = None;
+                let mut low_rank_result: Option<Tensor> = None;
+                let mut rows = Vec::new();
+                for &path in &paths {
+                    let w = widen.clone().with_product(if path == Path::LowRankSplit { Product::SplitBf16 } else { Product::Fp32 });
+                    let contributions: Vec<Contribution> = match path {
+                        Path::Dense => factors
+                            .iter()
+                            .map(|(u, d)| -> anyhow::Result<Contribution> {
+                                let w = add_product(&base.f_reshape([keys, out_dim, k])?, u, d)?;
+                                Ok(Contribution::Weights(w.f_reshape(size.as_slice())?))
+                            })
+                            .collect::<anyhow::Result<_>>()?,
+                        _ => factors.iter().map(|(u, d)| Contribution::low_rank(u.shallow_clone(), d.shallow_clone())).collect(),
+                    };
+                    let (secs, result) = time(device, iters, || {
+                        Ok(if n == 1 { w.filter(&base, &contributions[0], &[])? } else { w.merge(&base, &contributions, &[])? })
+                    })?;
+                    match path {
+                        Path::Dense => reference = Some(result),
+                        Path::LowRank => low_rank_result = Some(result),
+                        Path::LowRankSplit => rows.push((path, secs, Some(result))),
+                    }
+                    if path != Path::LowRankSplit {
+                        rows.push((path, secs, None));
+                    }
+                }
+                for (path, secs, result) in rows {
+                    let diff = match path {
+                        Path::LowRank => match (&low_rank_result, &reference) {
+                            (Some(x), Some(y)) => Some(relative_difference(x, y, &base)?),
+                            _ => None,
+                        },
+                        Path::LowRankSplit => match (&result, &low_rank_result) {
+                            (Some(x), Some(y)) => Some(relative_difference(x, y, &base)?),
+                            _ => None,
+                        },
+                        Path::Dense => None,
+                    };
+                    let gbs = bytes / secs / 1e9;
+                    writeln!(
+                        out,
+                        "| {} | {keys} | {n} | {r} | {} | {:.2} | {:.3} | {:.0} | {:.0}% | {} |",
+                        shape.what,
+                        path.label(),
+                        secs * 1e3,
+                        secs * 1e3 / keys as f64,
+                        gbs,
+                        100.0 * bytes / secs / bandwidth,
+                        diff.map(|d| format!("{d:.1e}")).unwrap_or_else(|| "—".into()),
+                    )?;
+                }
+                out.flush()?;
+            }
+        }
+    }
+    Ok(())
+}

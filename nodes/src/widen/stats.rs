@@ -157,23 +157,19 @@ impl StackedFactors {
         Ok((up, down.f_reshape([s[0], s[1] * s[3], k])?))
     }
 
-    /// Column sums from the factors alone, with one product `Uᵀ·B` for all contributors (the
-    /// backbone is read once). `up`'s columns are normalized first (their norms move into
-    /// `down`), so `P = Ûᵀ·B` is bounded by the backbone's column norms and `G = ÛᵀÛ` has a unit
-    /// diagonal. `b`: `[B, out, K]` fp32.
+    /// Column sums from the factors alone, with one product `P = Uᵀ·B` for all contributors
+    /// (the backbone is read once) and `G = UᵀU` per contributor: `a = colsum(D ⊙ P)`,
+    /// `c = colsum(D ⊙ G·D)`, in float64 from there on. The factors are used as given (no
+    /// rescaling), so the statistics are those of exactly `U·D`. `b`: `[B, out, K]` fp32.
     pub(crate) fn sums(&self, b: &Tensor) -> Result<ColumnSums> {
         let s = self.up.size(); // [B, N, out, r]
         let (batch, n, out, r) = (s[0], s[1], s[2], s[3]);
         let k = self.down.size()[3];
-        let sigma = norm2(&self.up, 2, true)?; // [B, N, 1, r]
-        let pos = sigma.f_gt(0.0)?;
-        let uhat = self.up.f_div(&sigma.f_where_scalarother(&pos, 1.0)?)?;
-        let dhat = self.down.f_mul(&sigma.f_transpose(2, 3)?)?; // [B, N, r, K]
-        let u_all = uhat.f_permute([0, 2, 1, 3])?.f_reshape([batch, out, n * r])?;
+        let u_all = self.up.f_permute([0, 2, 1, 3])?.f_reshape([batch, out, n * r])?;
         let p = u_all.f_transpose(1, 2)?.f_bmm(b)?.f_reshape([batch, n, r, k])?;
-        let d64 = dhat.f_to_kind(Kind::Double)?;
+        let d64 = self.down.f_to_kind(Kind::Double)?;
         let a = d64.f_mul(&p.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist(2, false, Kind::Double)?;
-        let u64 = uhat.f_to_kind(Kind::Double)?.f_reshape([batch * n, out, r])?;
+        let u64 = self.up.f_to_kind(Kind::Double)?.f_reshape([batch * n, out, r])?;
         let g = u64.f_transpose(1, 2)?.f_bmm(&u64)?; // [B·N, r, r]
         let d_flat = d64.f_reshape([batch * n, r, k])?;
         // A quadratic form of a Gram matrix: non-negative up to rounding.

@@ -12,8 +12,17 @@ pub fn vals(x: &Tensor) -> Vec<f64> {
     comfyrs_nodes::widen::oracle::to_f64(x)
 }
 
+/// The device the tests compute on: `WIDEN_TEST_DEVICE=cuda` runs them on the GPU, otherwise CPU.
+pub fn test_device() -> Device {
+    match std::env::var("WIDEN_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::Cuda(0),
+        _ => Device::Cpu,
+    }
+}
+
+/// WIDEN with `cfg` on the test device (inputs are built on the CPU and moved by the operations).
 pub fn cpu(cfg: WidenConfig) -> Widen {
-    Widen::new(cfg, Device::Cpu).expect("valid config")
+    Widen::new(cfg, test_device()).expect("valid config")
 }
 
 pub fn cfg_t(t: f64) -> WidenConfig {
@@ -36,7 +45,12 @@ pub fn rel_inf(a: &[f64], b: &[f64], floor: f64) -> f64 {
 }
 
 pub fn sub(a: &Tensor, b: &Tensor) -> Tensor {
-    a.to_kind(Kind::Double) - b.to_kind(Kind::Double)
+    a.to_device(Device::Cpu).to_kind(Kind::Double) - b.to_device(Device::Cpu).to_kind(Kind::Double)
+}
+
+/// A result back on the CPU, to compare with CPU tensors.
+pub fn host(x: Tensor) -> Tensor {
+    x.to_device(Device::Cpu)
 }
 
 pub fn assert_finite(x: &Tensor) {
