@@ -319,16 +319,26 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
     }
 
     // 4. Cycles over every link (a cycle through an undeclared link cannot be scheduled either).
+    // Every member's error carries the path, so a long cycle shows its first and last
+    // CYCLE_SHOWN / 2 nodes only (node_errors still lists every member): the report of an
+    // n-node cycle would otherwise grow as n².
+    const CYCLE_SHOWN: usize = 64;
     for cycle in find_cycles(n, &links, &reachable) {
-        let path: Vec<String> = cycle
-            .iter()
-            .chain(cycle.first())
-            .map(|&i| format!("{} ({})", prompt.nodes.get_index(i).unwrap().0, schemas[i].name))
-            .collect();
-        let ids: Vec<Json> = cycle.iter().map(|&i| json!(prompt.nodes.get_index(i).unwrap().0)).collect();
+        let label = |i: usize| format!("{} ({})", prompt.nodes.get_index(i).unwrap().0, schemas[i].name);
+        let id = |i: usize| json!(prompt.nodes.get_index(i).unwrap().0);
+        let (path, ids): (Vec<String>, Vec<Json>) = if cycle.len() <= CYCLE_SHOWN {
+            (cycle.iter().chain(cycle.first()).map(|&i| label(i)).collect(), cycle.iter().map(|&i| id(i)).collect())
+        } else {
+            let (head, tail) = (&cycle[..CYCLE_SHOWN / 2], &cycle[cycle.len() - CYCLE_SHOWN / 2..]);
+            let mut path: Vec<String> = head.iter().map(|&i| label(i)).collect();
+            path.push(format!("... ({} more)", cycle.len() - CYCLE_SHOWN));
+            path.extend(tail.iter().chain(cycle.first()).map(|&i| label(i)));
+            (path, head.iter().chain(tail).map(|&i| id(i)).collect())
+        };
+        let details = path.join(" -> ");
         for &i in &cycle {
             own[i].push(
-                ErrorRecord::new("dependency_cycle", "Dependency cycle detected", path.join(" -> ")).extra("cycle_nodes", Json::Array(ids.clone())),
+                ErrorRecord::new("dependency_cycle", "Dependency cycle detected", details.clone()).extra("cycle_nodes", Json::Array(ids.clone())),
             );
         }
     }

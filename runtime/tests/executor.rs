@@ -290,7 +290,7 @@ fn a_changed_fingerprint_value_re_runs_the_node() {
 }
 
 #[test]
-fn identical_branches_in_one_prompt_are_computed_once() {
+fn regression_identical_branches_in_one_prompt_are_computed_once() {
     // comfyui-compat §3.5: keys are independent of node ids, so two identical branches in one
     // prompt are computed once.
     let mut h = Harness::new();

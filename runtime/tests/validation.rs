@@ -723,7 +723,7 @@ fn value_wrapper_is_unwrapped() {
 }
 
 #[test]
-fn value_wrapper_around_a_scalar_is_coerced_like_the_scalar() {
+fn regression_value_wrapper_around_a_scalar_is_coerced_like_the_scalar() {
     // ComfyUI unwraps `__value__` before coercing: {"__value__": 5} into INT is 5.
     let v = check(&reg(), &widgets(json!({"i": {"__value__": 5}, "mode": {"__value__": "b"}}))).unwrap();
     assert_eq!(constant(&v, "1", "i"), &Value::Int(5));
@@ -744,17 +744,36 @@ fn a_100_000_node_chain_validates_without_stack_overflow() {
 }
 
 #[test]
-fn a_long_cycle_is_found_without_recursion() {
-    // Every node of a cycle carries the whole path (as ComfyUI does), so the report grows with
-    // the square of the cycle's length: 500 nodes keep this test small.
-    let mut prompt = chain(500);
-    prompt["0"] = json!({"class_type": "AnyPass", "inputs": {"value": ["499", 0]}});
+fn a_cycle_of_64_nodes_is_shown_whole() {
+    let mut prompt = chain(64);
+    prompt["0"] = json!({"class_type": "AnyPass", "inputs": {"value": ["63", 0]}});
     let rej = rejection(&reg(), &prompt);
-    assert_eq!(rej["node_errors"].as_object().unwrap().len(), 500);
+    assert_eq!(rej["node_errors"].as_object().unwrap().len(), 64);
     let e = node_error(&rej, "0");
     assert_eq!(e["type"], "dependency_cycle");
-    assert_eq!(e["extra_info"]["cycle_nodes"].as_array().unwrap().len(), 500);
-    assert_eq!(rej["node_errors"]["499"]["dependent_outputs"], json!(["500"]));
+    assert_eq!(e["extra_info"]["cycle_nodes"].as_array().unwrap().len(), 64);
+    let details = e["details"].as_str().unwrap();
+    assert_eq!(details.matches(" -> ").count(), 64);
+    assert!(details.starts_with("0 (AnyPass) -> 63 (AnyPass) -> 62 (AnyPass)"), "{details}");
+    assert!(details.ends_with("1 (AnyPass) -> 0 (AnyPass)"), "{details}");
+    assert_eq!(rej["node_errors"]["63"]["dependent_outputs"], json!(["64"]));
+}
+
+#[test]
+fn regression_a_huge_cycle_is_reported_in_bounded_size() {
+    // Every member of a cycle carries the path: a 20 000-node cycle made 20 000 copies of a
+    // 20 000-node path (about 10 GB). Long cycles now show their first and last 32 nodes.
+    let n = 20_000;
+    let mut prompt = chain(n);
+    prompt["0"] = json!({"class_type": "AnyPass", "inputs": {"value": [(n - 1).to_string(), 0]}});
+    let rej = check(&reg(), &prompt).err().expect("rejected");
+    assert_eq!(rej.node_errors.len(), n, "every member is listed");
+    let e = &rej.node_errors["5"].errors[0];
+    assert_eq!(e.kind, "dependency_cycle");
+    assert_eq!(e.extra_info["cycle_nodes"].as_array().unwrap().len(), 64);
+    assert!(e.details.contains(&format!(" -> ... ({} more) -> ", n - 64)), "{}", e.details);
+    assert!(e.details.starts_with("0 (AnyPass) -> 19999 (AnyPass)"), "{}", &e.details[..60]);
+    assert!(e.details.ends_with("1 (AnyPass) -> 0 (AnyPass)"));
 }
 
 #[test]
