@@ -771,3 +771,55 @@ fn changing_the_root_of_a_long_chain_re_runs_all_of_it() {
     assert_eq!(h.probe.total(), 5_001);
     assert_eq!(texts(&r, "10000"), ["3"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+struct Recorder(std::sync::Mutex<Vec<comfyrs_runtime::events::Event>>);
+
+impl comfyrs_runtime::events::EventSink for Recorder {
+    fn emit(&self, event: &comfyrs_runtime::events::Event) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+#[test]
+fn events_match_the_report() {
+    use comfyrs_runtime::events::Event;
+    let mut h = Harness::new();
+    h.run(&diamond());
+    let mut p = diamond();
+    p["2"]["inputs"]["value"] = json!(20);
+    p["10"] = json!({"class_type": "Fail", "inputs": {"message": "x"}});
+    p["11"] = json!({"class_type": "Preview", "inputs": {"value": ["10", 0]}});
+    let v = h.validate(&p);
+    let rec = Recorder(std::sync::Mutex::new(Vec::new()));
+    let opts = comfyrs_runtime::executor::RunOptions { events: &rec, ..options() };
+    let r = h.executor.run(&v, &opts);
+    let events = rec.0.into_inner().unwrap();
+    assert!(matches!(events.first(), Some(Event::Start { nodes: 6, .. })), "{:?}", events.first());
+    assert!(matches!(events.last(), Some(Event::Done { success: false, .. })));
+    let mut executing = BTreeSet::new();
+    let mut executed_ev = BTreeSet::new();
+    let mut cached_ev = BTreeSet::new();
+    let mut errors = BTreeSet::new();
+    for e in &events {
+        match e {
+            Event::Executing { node, .. } => assert!(executing.insert(node.clone()), "{node} started twice"),
+            Event::Executed { node, .. } => {
+                assert!(executing.contains(node), "{node} finished without starting");
+                executed_ev.insert(node.clone());
+            }
+            Event::Cached { nodes, .. } => cached_ev.extend(nodes.iter().cloned()),
+            Event::Error { node, .. } => {
+                errors.insert(node.clone());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(executed_ev, executed(&r));
+    assert_eq!(cached_ev, with_status(&r, &NodeStatus::Cached));
+    assert_eq!(errors, set(&["10"]));
+    assert_eq!(executing, &executed_ev | &errors);
+    assert!(cached_ev.is_disjoint(&executing));
+}
