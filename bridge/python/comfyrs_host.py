@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 import traceback
 import types
@@ -230,7 +231,7 @@ class _ListHandler(logging.Handler):
 
 def _run(coro_or_value):
     if inspect.isawaitable(coro_or_value):
-        return asyncio.run(_await(coro_or_value))
+        return _loop().run_until_complete(_await(coro_or_value))
     return coro_or_value
 
 
@@ -570,6 +571,27 @@ def _normalize_v3(r):
     return out if out else r
 
 
+_LOCAL = threading.local()
+_PARAMS = [None]
+
+
+def _loop():
+    """One event loop per thread, kept (asyncio.run per call costs ~1 ms). Node calls all run
+    on the bridge's Python thread; IS_CHANGED / VALIDATE_INPUTS may run on the caller's."""
+    loop = getattr(_LOCAL, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        _LOCAL.loop = loop
+    return loop
+
+
+def _helper_params(execution):
+    if _PARAMS[0] is None:
+        _PARAMS[0] = set(inspect.signature(execution._async_map_node_over_list).parameters)
+    return _PARAMS[0]
+
+
 def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
     """Current ComfyUI: the executor's own helpers (list mapping, V3 class cloning with
     cls.hidden, async execute, context variables)."""
@@ -593,7 +615,7 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
             v3_data = None
     func_name = cls.FUNCTION
     kwargs = {"allow_interrupt": True}
-    params = inspect.signature(execution._async_map_node_over_list).parameters
+    params = _helper_params(execution)
     if "v3_data" in params:
         kwargs["v3_data"] = v3_data
     elif "hidden_inputs" in params and v3_data is not None:
@@ -607,11 +629,14 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
         pending = [r for r in results if isinstance(r, asyncio.Task)]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+        resolve = getattr(execution, "resolve_map_node_over_list_results", None)
+        if resolve is not None:
+            results = resolve(results)
+            if inspect.isawaitable(results):
+                results = await results
         return results
 
-    results = asyncio.run(run_all())
-    if hasattr(execution, "resolve_map_node_over_list_results"):
-        results = execution.resolve_map_node_over_list_results(results)
+    results = _loop().run_until_complete(run_all())
     got = execution.get_output_from_returns(results, cls)
     output, ui = got[0], got[1]
     if len(got) > 2 and got[2]:
@@ -694,7 +719,7 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
                     before()
                     r = func(**kw)
                     if inspect.isawaitable(r):
-                        r = asyncio.run(_await(r))
+                        r = _loop().run_until_complete(_await(r))
                     return _normalize_v3(r) if v3 else r
 
                 output, ui = _merge_results(_map_over_list(guarded, input_is_list, input_data_all), cls)
@@ -730,7 +755,7 @@ def check_lazy(name, unique_id, prompt_id, inputs, lazy_names, hidden, prompt, e
         def one(**kw):
             r = func(**kw)
             if inspect.isawaitable(r):
-                r = asyncio.run(_await(r))
+                r = _loop().run_until_complete(_await(r))
             return r
 
         with torch.inference_mode():
@@ -776,7 +801,7 @@ def _call_classmethod(f, constants, required_links):
     def one(**kw):
         r = f(**kw)
         if inspect.isawaitable(r):
-            r = asyncio.run(_await(r))
+            r = _loop().run_until_complete(_await(r))
         return r
 
     return _map_over_list(one, False, data)

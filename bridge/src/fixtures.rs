@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, View};
 
 /// Bumped when the generated content changes (cached files carry it in their name).
-pub const TINY_SD15_VERSION: u32 = 1;
+pub const TINY_SD15_VERSION: u32 = 2;
 
 /// The file name the checkpoint is written under.
 pub fn tiny_sd15_name() -> String {
@@ -131,6 +131,8 @@ pub fn tiny_sd15_keys() -> Vec<TensorSpec> {
     // TAESD VAE.
     let v = "first_stage_model";
     k.add(format!("{v}.vae_scale"), &[], Init::Fill(1.0));
+    // Current ComfyUI's TAESD also has a shift (the 2024 one ignores the key).
+    k.add(format!("{v}.vae_shift"), &[], Init::Fill(0.0));
     let block = |k: &mut Keys, p: String| {
         for i in [0, 2, 4] {
             k.conv(&format!("{p}.conv.{i}"), 64, 64, 3, true);

@@ -31,7 +31,7 @@ fn env() -> &'static Env {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bridge-tests");
         let models = root.join("models");
         let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
-        let output = root.join(format!("output-{}", std::process::id()));
+        let output = root.join("output");
         let _ = std::fs::remove_dir_all(&output);
         let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
         let opts = BridgeOptions {
