@@ -464,3 +464,53 @@ fn corrupted_lora_and_wrong_format_errors() {
     let err = LoraFile::load_with(&p, Arch::Sdxl, &LoadOptions { index: Some(&idx), require_match: true }).unwrap_err();
     assert!(err.to_string().contains("does not fit base weight"), "{err}");
 }
+
+#[test]
+fn duplicate_modules_and_wrong_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("dup.safetensors");
+    write_lora(
+        &p,
+        &[
+            ("lora_unet_input_blocks_4_1_proj_in.lora_up.weight", vec![640, 2], ramp(1280, 0.01)),
+            ("lora_unet_input_blocks_4_1_proj_in.lora_down.weight", vec![2, 640], ramp(1280, 0.01)),
+            ("diffusion_model.input_blocks.4.1.proj_in.hada_w1_a", vec![640, 2], ramp(1280, 0.01)),
+            ("diffusion_model.input_blocks.4.1.proj_in.hada_w1_b", vec![2, 640], ramp(1280, 0.01)),
+            ("diffusion_model.input_blocks.4.1.proj_in.hada_w2_a", vec![640, 2], ramp(1280, 0.01)),
+            ("diffusion_model.input_blocks.4.1.proj_in.hada_w2_b", vec![2, 640], ramp(1280, 0.01)),
+        ],
+    );
+    let f = LoraFile::load(&p, Arch::Sdxl).unwrap();
+    let specs = f.specs("diffusion_model.input_blocks.4.1.proj_in.weight");
+    assert_eq!(specs.len(), 1, "the later module wins");
+    assert_eq!(specs[0].kind, AdapterKind::LoHa);
+    assert_eq!(f.report.matched, 1);
+    assert_eq!(f.report.by_kind.get("loha"), Some(&1));
+    assert_eq!(f.report.by_kind.get("lora"), None);
+    assert!(f.report.unsupported[0].1.contains("duplicate"), "{:?}", f.report.unsupported);
+
+    // A diffusers Flux LoRA shares attention names with Qwen-Image; loaded as Qwen it is
+    // recognized as a Flux LoRA instead of being applied partially.
+    let q = dir.path().join("flux_diffusers.safetensors");
+    let mut t: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for m in [
+        "transformer.transformer_blocks.0.attn.to_q",
+        "transformer.transformer_blocks.0.ff.net.0.proj",
+        "transformer.transformer_blocks.0.norm1.linear",
+        "transformer.single_transformer_blocks.0.attn.to_q",
+        "transformer.single_transformer_blocks.0.proj_mlp",
+    ] {
+        t.push((format!("{m}.lora_A.weight"), vec![1, 3072], ramp(3072, 0.01)));
+        t.push((format!("{m}.lora_B.weight"), vec![3072, 1], ramp(3072, 0.01)));
+    }
+    let tt: Vec<(&str, Vec<usize>, Vec<f32>)> = t.iter().map(|(a, b, c)| (a.as_str(), b.clone(), c.clone())).collect();
+    write_lora(&q, &tt);
+    assert_eq!(LoraFile::load(&q, Arch::Flux).unwrap().report.matched, 5);
+    let err = LoraFile::load(&q, Arch::Qwen).unwrap_err();
+    assert!(matches!(err, FormatError::LoraWrongArch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("flux_diffusers.safetensors") && msg.contains("'qwen'") && msg.contains("'flux'"), "{msg}");
+    let lenient = LoraFile::load_with(&q, Arch::Qwen, &LoadOptions { index: None, require_match: false }).unwrap();
+    assert_eq!(lenient.report.matched, 1);
+    assert_eq!(lenient.report.unmatched.len(), 4);
+}

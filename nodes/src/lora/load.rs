@@ -162,7 +162,7 @@ impl LoraFile {
         }
         report.modules = groups.len();
         let mut deltas: IndexMap<String, Vec<DeltaSpec>> = IndexMap::new();
-        let mut seen: HashMap<(String, Option<Component>), String> = HashMap::new();
+        let mut seen: HashMap<(String, Option<Component>), (String, AdapterKind)> = HashMap::new();
         for (module, g) in &groups {
             let target = match index.lookup(module) {
                 Lookup::Found(t) => t,
@@ -195,27 +195,49 @@ impl LoraFile {
                 ));
             }
             let slot = (target.key.clone(), target.comp);
-            if let Some(prev) = seen.insert(slot, module.clone()) {
+            if let Some((prev, prev_kind)) = seen.insert(slot, (module.clone(), spec.kind)) {
                 // The same target written twice (two namings of one module): the later wins.
                 let list = deltas.get_mut(&target.key).expect("seen target has specs");
                 list.retain(|s| s.module != prev);
                 report.unsupported.push((prev.clone(), format!("duplicate of module '{module}' (the later one applies)")));
                 report.matched -= 1;
-                if let Some(n) = report.by_kind.get_mut(spec.kind.tag()) {
+                if let Some(n) = report.by_kind.get_mut(prev_kind.tag()) {
                     *n -= 1;
+                    if *n == 0 {
+                        report.by_kind.remove(prev_kind.tag());
+                    }
                 }
             }
             report.matched += 1;
             *report.by_kind.entry(spec.kind.tag().to_string()).or_default() += 1;
-            if spec.dora_scale.is_some() {
-                report.dora += 1;
-            }
             deltas.entry(target.key.clone()).or_default().push(spec);
         }
         // Recount DoRA after duplicate removal.
         report.dora = deltas.values().flatten().filter(|s| s.dora_scale.is_some()).count();
         if deltas.is_empty() && opts.require_match {
             return Err(no_match_error(path, arch, &report, &groups));
+        }
+        // Mostly unmatched: if another architecture's names fit better, the LoRA is for that
+        // architecture (a diffusers Flux LoRA shares `transformer_blocks.N.attn.to_q` with
+        // Qwen-Image, but not the rest).
+        if opts.require_match && report.unmatched.len() > report.matched {
+            let in_domain: Vec<&str> = groups
+                .keys()
+                .map(|s| s.as_str())
+                .filter(|m| !report.other_domain.iter().any(|o| o == m))
+                .collect();
+            if let Some((guess, n)) = best_arch(&in_domain, arch) {
+                if n > report.matched {
+                    return Err(FormatError::LoraWrongArch {
+                        path: path.to_path_buf(),
+                        arch: arch.tag().to_string(),
+                        guess: guess.tag().to_string(),
+                        matched: report.matched,
+                        guess_matched: n,
+                        modules: in_domain.len(),
+                    });
+                }
+            }
         }
         Ok(LoraFile { path: path.to_path_buf(), identity: file.identity().clone(), arch, deltas, report, file })
     }
@@ -273,6 +295,10 @@ fn no_match_error(path: &Path, arch: Arch, report: &LoadReport, groups: &IndexMa
 
 /// The architecture whose reference names match most of `modules` (other than `not`).
 pub fn guess_arch(modules: &[&str], not: Arch) -> Option<Arch> {
+    best_arch(modules, not).map(|(a, _)| a)
+}
+
+fn best_arch(modules: &[&str], not: Arch) -> Option<(Arch, usize)> {
     let mut best = None;
     let mut best_n = 0;
     for a in Arch::ALL {
@@ -283,7 +309,7 @@ pub fn guess_arch(modules: &[&str], not: Arch) -> Option<Arch> {
         let n = modules.iter().filter(|m| matches!(idx.lookup(m), Lookup::Found(_))).count();
         if n > best_n {
             best_n = n;
-            best = Some(a);
+            best = Some((a, n));
         }
     }
     best

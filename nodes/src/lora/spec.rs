@@ -218,12 +218,13 @@ impl DeltaSpec {
                 as_compute(up, device, kind)?.f_mm(&as_compute(down, device, kind)?)?
             }
             DeltaForm::LoKr { w1, w2 } => {
-                let mut a = w1.compute(device, kind)?;
-                let b = w2.compute(device, kind)?;
-                if b.dim() == 4 && a.dim() == 2 {
-                    a = a.f_unsqueeze(2)?.f_unsqueeze(3)?;
-                }
-                a.f_kron(&b)?
+                // kron(w1 [a, b], w2 [c, d, kh, kw]) flattened to [a·c, b·d·kh·kw] equals the 2-D
+                // Kronecker product of w1 with w2 flattened to [c, d·kh·kw].
+                let a = w1.compute(device, kind)?.f_flatten(1, -1)?;
+                let b = w2.compute(device, kind)?.f_flatten(1, -1)?;
+                let (ar, ac) = (a.size()[0], a.size()[1]);
+                let (br, bc) = (b.size()[0], b.size()[1]);
+                Tensor::f_einsum("ij,kl->ikjl", &[a, b], None::<&[i64]>)?.f_reshape([ar * br, ac * bc])?
             }
             DeltaForm::LoHa { w1a, w1b, w2a, w2b, t1, t2 } => {
                 let m1 = hada_product(w1a, w1b, t1.as_ref(), device, kind)?;

@@ -47,6 +47,11 @@ pub enum FormatError {
     UnexpectedEmbedders { path: PathBuf, indices: Vec<u64> },
     #[error("LoRA '{path}' matches nothing for architecture '{arch}': {detail}")]
     LoraNoMatch { path: PathBuf, arch: String, detail: String },
+    #[error(
+        "LoRA '{path}' is not a '{arch}' LoRA: only {matched} of {modules} modules name a '{arch}' \
+         weight, while {guess_matched} name '{guess}' weights. Connect it to a '{guess}' model."
+    )]
+    LoraWrongArch { path: PathBuf, arch: String, guess: String, matched: usize, guess_matched: usize, modules: usize },
     #[error("LoRA '{path}', module '{module}': {reason}")]
     LoraModule { path: PathBuf, module: String, reason: String },
     #[error("unknown model folder '{kind}' (known: {known})")]
