@@ -826,9 +826,8 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     } else {
         None
     };
-    if !opts.enable_cache {
-        CACHE.clear();
-    }
+    // `enable_cache: false` bypasses the subtree cache (no lookup, no store). Unlike the
+    // reference's single-entry cache it does not evict: other recipes' entries stay valid.
     let a = analyze(pack, root, &base_node)?;
     stats.lora_reports = a.lora_reports();
     for r in &stats.lora_reports {
