@@ -1,0 +1,100 @@
+//! The content-addressed subtree cache (D19): after every kind of change the incremental result
+//! is bit-identical to a cold run, and only what changed is recomputed. One test function: the
+//! cache is process-wide, so its counts are checked in one sequence.
+
+mod pack_util;
+
+use comfyrs_nodes::arch::Arch;
+use pack_util::*;
+use serde_json::{json, Value as Json};
+
+fn prompt(s_c: f64, t2: f64, mid: f64, extra_branch: bool, cache: bool) -> Json {
+    let mut bc = serde_json::Map::new();
+    for b in (0..9).map(|i| format!("IN{i:02}")).chain(["MID".into()]).chain((0..9).map(|i| format!("OUT{i:02}"))).chain(
+        ["TIME_EMBED", "LABEL_EMB", "FINAL_OUT", "attention", "feed_forward", "norm"].iter().map(|s| s.to_string()),
+    ) {
+        bc.insert(b, json!(1.0));
+    }
+    bc.insert("MID".into(), json!(mid));
+    let mut p = json!({
+        "1": {"class_type": "WIDENBaseInput", "inputs": {"model_name": "tiny/sdxl_f32.safetensors"}},
+        "2": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/a.safetensors", "strength": 1.0}},
+        "3": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/b.safetensors", "strength": 0.8}},
+        "4": {"class_type": "WIDENCompose", "inputs": {"branch": ["2", 0]}},
+        "5": {"class_type": "WIDENCompose", "inputs": {"branch": ["3", 0], "compose": ["4", 0]}},
+        "6": {"class_type": "WIDENMerge", "inputs": {"base": ["1", 0], "target": ["5", 0], "t_factor": 1.0}},
+        "7": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/c.safetensors", "strength": s_c, "block_config": ["12", 0]}},
+        "8": {"class_type": "WIDENMerge", "inputs": {"base": ["6", 0], "target": ["7", 0], "t_factor": t2}},
+        "9": {"class_type": "WIDENExit", "inputs": {"widen": ["8", 0], "enable_cache": cache}},
+        "10": {"class_type": "TestCapture", "inputs": {"value": ["9", 0]}},
+        "12": {"class_type": "WIDENBlockConfigSDXL", "inputs": bc}
+    });
+    if extra_branch {
+        p["13"] = json!({"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/locon.safetensors", "strength": 1.0}});
+        p["14"] = json!({"class_type": "WIDENCompose", "inputs": {"branch": ["13", 0], "compose": ["5", 0]}});
+        p["6"]["inputs"]["target"] = json!(["14", 0]);
+    }
+    p
+}
+
+struct Outcome {
+    model: std::sync::Arc<comfyrs_nodes::pack::NativeModel>,
+    stats: Json,
+}
+
+fn exec_once(m: &Models, p: &Json) -> Outcome {
+    let reg = registry(m);
+    // A fresh executor: the runtime's own output cache must not answer, the subtree cache must.
+    let mut exec = executor();
+    let (r, id) = run(&reg, &mut exec, p);
+    assert_ok(&r);
+    Outcome { model: model_of(&captured(&id, "10")), stats: r.outputs["9"]["widen"][0].clone() }
+}
+
+#[test]
+fn incremental_results_equal_cold_runs() {
+    let m = models(&[Arch::Sdxl], false);
+    let n = |o: &Outcome, k: &str| o.stats[k].as_u64().unwrap();
+    // Cold, then warm: everything from the cache.
+    let first = exec_once(&m, &prompt(1.0, 0.5, 1.0, false, true));
+    assert_eq!(n(&first, "recomputed"), n(&first, "keys"), "{}", first.stats);
+    let again = exec_once(&m, &prompt(1.0, 0.5, 1.0, false, true));
+    assert_eq!(n(&again, "cache_hits"), n(&again, "keys"), "{}", again.stats);
+    assert_eq!(n(&again, "recomputed"), 0);
+    assert_same_overrides(&first.model, &again.model);
+
+    let check = |label: &str, p_warm: Json, p_cold: Json| -> Outcome {
+        let warm = exec_once(&m, &p_warm);
+        let cold = exec_once(&m, &p_cold);
+        assert_eq!(n(&cold, "cache_hits"), 0, "{label}: the cold run must not read the cache");
+        assert_same_overrides(&warm.model, &cold.model);
+        eprintln!("{label}: {}", warm.stats);
+        warm
+    };
+    // Strength of the outer LoRA: the inner merge M1 is reused for every key.
+    let w = check("strength", prompt(0.7, 0.5, 1.0, false, true), prompt(0.7, 0.5, 1.0, false, false));
+    assert!(n(&w, "subtree_hits") > 0, "{}", w.stats);
+    // Outer t_factor only: same.
+    let w = check("t_factor", prompt(0.7, 0.9, 1.0, false, true), prompt(0.7, 0.9, 1.0, false, false));
+    assert!(n(&w, "subtree_hits") > 0);
+    // A block slider of the outer LoRA: only MID keys recomputed, the rest are final-cache hits.
+    let w = check("block slider", prompt(0.7, 0.9, 0.25, false, true), prompt(0.7, 0.9, 0.25, false, false));
+    let mid = w.model.overrides().keys().filter(|k| k.contains("middle_block")).count() as u64;
+    assert!(mid > 0);
+    assert_eq!(n(&w, "recomputed"), mid, "{}", w.stats);
+    // A branch added to the inner compose: M1 changes, so everything above it is recomputed.
+    let w = check("branch added", prompt(0.7, 0.9, 0.25, true, true), prompt(0.7, 0.9, 0.25, true, false));
+    assert_eq!(n(&w, "cache_hits"), 0);
+    // LoRA file touched (same bytes, new mtime): recomputed, same values.
+    let before = exec_once(&m, &prompt(0.7, 0.9, 0.25, true, true));
+    assert_eq!(n(&before, "recomputed"), 0);
+    let path = m.root().join("loras/sdxl/c.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&path, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    let w = check("lora touched", prompt(0.7, 0.9, 0.25, true, true), prompt(0.7, 0.9, 0.25, true, false));
+    assert!(n(&w, "recomputed") > 0, "{}", w.stats);
+    assert_same_overrides(&w.model, &before.model);
+}
