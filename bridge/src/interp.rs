@@ -187,7 +187,7 @@ impl CurrentCall {
     pub(crate) fn enter(ctx: &ExecContext<'_>) -> CurrentCall {
         // SAFETY: the pointer is only dereferenced while the guard lives, and the guard lives
         // inside the call that borrows `ctx`.
-        let p = ctx as *const ExecContext<'_> as *const ExecContext<'static>;
+        let p = unsafe { std::mem::transmute::<*const ExecContext<'_>, *const ExecContext<'static>>(ctx) };
         CurrentCall { prev: CURRENT.with(|c| c.replace(Some(p))) }
     }
 }

@@ -237,7 +237,10 @@ impl Bridge {
 }
 
 /// The Python side of the bridge's boot: native module, host module, ComfyUI, node records.
-fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootReport, Vec<(String, Option<String>, Option<String>)>, Duration), BridgeError> {
+/// (class name, record JSON, error) for every class.
+type Records = Vec<(String, Option<String>, Option<String>)>;
+
+fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootReport, Records, Duration), BridgeError> {
     let perr = |e: PyErr| BridgeError::Boot(format_py_err(py, &e));
     let native = PyModule::new(py, "_comfyrs").map_err(perr)?;
     native.add_function(wrap_pyfunction!(progress, &native).map_err(perr)?).map_err(perr)?;
@@ -289,7 +292,7 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootRep
         }
     }
     let t = Instant::now();
-    let records: Vec<(String, Option<String>, Option<String>)> = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
+    let records: Records = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
     Ok((report, records, t.elapsed()))
 }
 
