@@ -88,7 +88,7 @@ fn text_nodes_end_to_end() {
         "4": {"class_type": "StringSubstring", "inputs": {"string": ["1", 0], "start": -4, "end": -1}},
         "5": {"class_type": "JsonExtractString", "inputs": {"json_string": "Sure! ```json\n{\"seed\": 7, \"tags\": [\"a\"]}\n```", "key": "tags"}},
         "6": {"class_type": "StringFormat", "inputs": {"f_string": "{a:>6}|{b:08.3f}|{c:,}", "values.a": ["4", 0], "values.b": ["7", 0], "values.c": ["8", 0]}},
-        "7": {"class_type": "PrimitiveFloat", "inputs": {"value": 3.14159}},
+        "7": {"class_type": "PrimitiveFloat", "inputs": {"value": 1.23456}},
         "8": {"class_type": "PrimitiveInt", "inputs": {"value": 1234567}},
         "11": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
         "12": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
@@ -100,7 +100,7 @@ fn text_nodes_end_to_end() {
     assert_eq!(shown1(&r, "12"), "a<1> b<22> c<333>");
     assert_eq!(shown1(&r, "14"), "c33");
     assert_eq!(shown1(&r, "15"), "['a']");
-    assert_eq!(shown1(&r, "16"), "   c33|0003.142|1,234,567");
+    assert_eq!(shown1(&r, "16"), "   c33|0001.235|1,234,567");
 }
 
 #[test]

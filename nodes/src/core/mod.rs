@@ -58,6 +58,7 @@ pub struct FnNode {
 }
 
 impl FnNode {
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(schema: NodeSchema, run: RunFn) -> Arc<dyn NodeClass> {
         Arc::new(FnNode { schema: Arc::new(schema), run, lazy: None })
     }

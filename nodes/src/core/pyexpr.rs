@@ -425,6 +425,9 @@ enum Expr {
     FString,
 }
 
+/// Positional and keyword arguments of a call.
+type CallArgs = (Vec<Expr>, Vec<(String, Expr)>);
+
 struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
@@ -659,8 +662,7 @@ impl Parser {
     fn binary(&mut self, ops: &[&'static str], next: fn(&mut Parser) -> Result<Expr, PyErr>) -> Result<Expr, PyErr> {
         let mut left = next(self)?;
         let mut chain = 0;
-        loop {
-            let Some(op) = ops.iter().find(|o| self.is_op(o)).copied() else { break };
+        while let Some(op) = ops.iter().find(|o| self.is_op(o)).copied() {
             self.bump();
             chain += 1;
             if chain > MAX_CHAIN {
@@ -737,7 +739,7 @@ impl Parser {
         err("RecursionError", "maximum recursion depth exceeded during compilation")
     }
 
-    fn call_args(&mut self) -> Result<(Vec<Expr>, Vec<(String, Expr)>), PyErr> {
+    fn call_args(&mut self) -> Result<CallArgs, PyErr> {
         let mut args = Vec::new();
         let mut kwargs: Vec<(String, Expr)> = Vec::new();
         while !self.eat_op(")") {
@@ -1821,7 +1823,7 @@ fn call(name: &str, args: &[Py], kwargs: &[(String, Py)]) -> Result<Py, PyErr> {
                 if k == "ndigits" && ndigits.is_none() {
                     ndigits = Some(v.clone());
                 } else if k == "number" && args.is_empty() {
-                    return call("round", &[v.clone()], &kwargs.iter().filter(|(k, _)| k != "number").cloned().collect::<Vec<_>>());
+                    return call("round", std::slice::from_ref(v), &kwargs.iter().filter(|(k, _)| k != "number").cloned().collect::<Vec<_>>());
                 } else {
                     return type_error(format!("round() got an unexpected keyword argument '{k}'"));
                 }
@@ -1876,7 +1878,7 @@ fn call(name: &str, args: &[Py], kwargs: &[(String, Py)]) -> Result<Py, PyErr> {
             no_kwargs("_safe_pow", kwargs)?;
             if args.len() != 2 {
                 return type_error(if args.len() < 2 {
-                    format!("_safe_pow() missing {} required positional argument{}", 2 - args.len(), if args.len() == 0 { "s: 'base' and 'exp'" } else { ": 'exp'" })
+                    format!("_safe_pow() missing {} required positional argument{}", 2 - args.len(), if args.is_empty() { "s: 'base' and 'exp'" } else { ": 'exp'" })
                 } else {
                     format!("_safe_pow() takes 2 positional arguments but {} were given", args.len())
                 });
