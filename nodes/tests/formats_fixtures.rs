@@ -113,3 +113,46 @@ fn tiny_fixture_set_loads_and_is_deterministic() {
     let m = MappedFile::open(&a[0]).unwrap();
     assert!(m.metadata().unwrap()["comfyrs.fixture"].contains("seed=0"));
 }
+
+#[test]
+fn full_size_loras_map_with_real_shapes() {
+    use comfyrs_nodes::arch::layout::{layout, LayoutSize};
+    use comfyrs_nodes::fixtures::{write_lora, LoraFixture, LoraTargets};
+    tch::set_num_threads(1);
+    let dir = tempfile::tempdir().unwrap();
+    for arch in Arch::ALL {
+        let l = layout(arch, LayoutSize::Full);
+        let shapes = l.params.iter().map(|p| (p.key.clone(), p.shape.iter().map(|&d| d as i64).collect())).collect();
+        let idx = NameIndex::from_shapes(arch, &shapes);
+        for naming in [LoraNaming::Kohya, LoraNaming::Diffusers] {
+            let spec = LoraFixture { arch, naming, kind: FixtureKind::Lora, rank: 1, dtype: FileDtype::BF16, seed: 9, targets: LoraTargets::Attention };
+            let p = dir.path().join(format!("{}_{}.safetensors", arch.tag(), naming.tag()));
+            let man = write_lora(&p, &l, &spec).unwrap();
+            let f = LoraFile::load_with(&p, arch, &LoadOptions { index: Some(&idx), require_match: true }).unwrap();
+            assert_eq!(f.report.matched, man.entries.len(), "{arch} {}: {}", naming.tag(), f.report.summary());
+            assert_eq!(f.report.ignored(), 0);
+            if arch == Arch::Sdxl && naming == LoraNaming::Kohya {
+                assert_eq!(man.entries.len(), 582, "the benchmark's attention targets");
+            }
+            if arch == Arch::Zimage && naming == LoraNaming::Diffusers {
+                let s = f.specs("diffusion_model.layers.29.attention.qkv.weight");
+                let rows: Vec<_> = s.iter().map(|s| (s.rows.unwrap().start, s.rows.unwrap().len)).collect();
+                assert_eq!(rows, vec![(0, 3840), (3840, 3840), (7680, 3840)]);
+            }
+        }
+    }
+    // Variants: distinct files with distinct values.
+    let opts = FixtureOptions {
+        archs: vec![Arch::Qwen],
+        namings: vec![LoraNaming::Kohya],
+        kinds: vec![FixtureKind::Lora],
+        dtypes: vec![FileDtype::F16],
+        variants: 3,
+        ..FixtureOptions::default()
+    };
+    let files = write_fixtures(dir.path().join("v"), &opts).unwrap();
+    let loras: Vec<_> = files.iter().filter(|p| p.to_string_lossy().contains("/loras/")).collect();
+    assert_eq!(loras.len(), 3);
+    assert!(loras[2].ends_with("qwen_kohya_lora_2.safetensors"));
+    assert_ne!(std::fs::read(loras[0]).unwrap(), std::fs::read(loras[1]).unwrap());
+}

@@ -206,7 +206,7 @@ fn check_file(man: &LoraManifest, base: &CheckpointFile, base_raw: &HashMap<Stri
     // the other namings on fused sections, swapped rows, convolutions and every 7th module
     // (the naming only changes names, which are checked in full).
     let numeric = |i: usize, e: &comfyrs_nodes::fixtures::ManifestEntry| {
-        man.naming == LoraNaming::Kohya || e.comp.is_some() || e.swap_halves || e.region.len() == 4 || i % 7 == 0
+        man.naming == LoraNaming::Kohya || e.comp.is_some() || e.swap_halves || e.region.len() == 4 || i % 7 < 1
     };
     let mut skipped_targets = BTreeSet::new();
     for (i, e) in man.entries.iter().enumerate() {

@@ -2,7 +2,7 @@
 
 use super::Arch;
 
-fn is_zimage<'a>(keys: &[&'a str]) -> bool {
+fn is_zimage(keys: &[&str]) -> bool {
     keys.iter().any(|k| k.contains("diffusion_model.layers."))
         && keys.iter().any(|k| k.contains("noise_refiner"))
 }

@@ -324,9 +324,12 @@ impl CheckpointFile {
     }
 }
 
+/// One host key produced from an OpenCLIP key: `(suffix after clip_g., row slice, transpose)`.
+pub type HostPart = (String, Option<(usize, usize)>, bool);
+
 /// Map an OpenCLIP text-tower key (after `model.`) to host suffixes (after `clip_g.`):
 /// `(suffix, row slice, transpose)`. `rows` = first dimension of the file tensor.
-pub fn openclip_to_host(oc: &str, rows: usize) -> Option<Vec<(String, Option<(usize, usize)>, bool)>> {
+pub fn openclip_to_host(oc: &str, rows: usize) -> Option<Vec<HostPart>> {
     let tm = "transformer.text_model";
     let one = |s: String| Some(vec![(s, None, false)]);
     match oc {
@@ -362,6 +365,7 @@ pub fn openclip_to_host(oc: &str, rows: usize) -> Option<Vec<(String, Option<(us
         "attn.in_proj_bias" => "bias",
         _ => return None,
     };
+    #[allow(clippy::manual_is_multiple_of)] // MSRV 1.85
     if rows % 3 != 0 || rows == 0 {
         return None;
     }

@@ -274,7 +274,7 @@ fn allowed(rel: &str, exts: Option<&[String]>) -> bool {
     let trimmed = file.trim_start_matches('.');
     let Some(pos) = trimmed.rfind('.') else { return false };
     let ext = trimmed[pos..].to_ascii_lowercase();
-    exts.iter().any(|e| *e == ext)
+    exts.contains(&ext)
 }
 
 fn walk(dir: &Path, rel: &str, visited: &mut HashSet<PathBuf>, f: &mut dyn FnMut(&str)) {
