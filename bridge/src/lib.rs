@@ -420,3 +420,33 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> std::io
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_venv_says_run_setup() {
+        let opts = BridgeOptions { venv: Some("/nonexistent/venv".into()), ..Default::default() };
+        let e = find_venv(&opts).unwrap_err().to_string();
+        assert!(e.contains("scripts/setup.sh") && e.contains("/nonexistent/venv"), "{e}");
+    }
+
+    #[test]
+    fn bad_comfyui_path_is_named() {
+        let opts = BridgeOptions { comfyui_path: Some("/nonexistent/ComfyUI".into()), ..Default::default() };
+        let e = find_comfyui(&opts, Path::new("/nonexistent/venv")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/ComfyUI") && e.contains("COMFYUI_PATH"), "{e}");
+    }
+
+    #[test]
+    fn no_installed_comfyui_says_what_to_do() {
+        let dir = std::env::temp_dir().join(format!("comfyrs-empty-venv-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("lib/python3.11/site-packages")).unwrap();
+        let e = find_comfyui(&BridgeOptions::default(), &dir).map(|_| ()).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        if std::env::var_os("COMFYUI_PATH").is_none() {
+            assert!(e.contains("COMFYUI_PATH") && e.contains("scripts/setup.sh"), "{e}");
+        }
+    }
+}
