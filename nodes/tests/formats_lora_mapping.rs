@@ -514,3 +514,16 @@ fn duplicate_modules_and_wrong_architecture() {
     assert_eq!(lenient.report.matched, 1);
     assert_eq!(lenient.report.unmatched.len(), 4);
 }
+
+#[test]
+fn module_names_are_unambiguous() {
+    for arch in Arch::ALL {
+        assert_eq!(NameIndex::reference(arch).collisions(), &[] as &[String], "{arch}");
+        let tiny: IndexMap<String, Vec<i64>> = layout(arch, LayoutSize::Tiny)
+            .params
+            .iter()
+            .map(|p| (p.key.clone(), p.shape.iter().map(|&d| d as i64).collect()))
+            .collect();
+        assert!(NameIndex::from_shapes(arch, &tiny).collisions().is_empty(), "{arch}");
+    }
+}

@@ -498,6 +498,8 @@ pub struct NameIndex {
     dotted: HashMap<(Ns, String), Target>,
     underscored: HashMap<(Ns, String), Target>,
     shapes: Option<IndexMap<String, Vec<i64>>>,
+    /// Names that two different targets claim (the first one is kept).
+    collisions: Vec<String>,
 }
 
 fn module_of(arch: Arch, key: &str) -> Option<String> {
@@ -511,8 +513,9 @@ fn module_of(arch: Arch, key: &str) -> Option<String> {
 
 impl NameIndex {
     fn build<'a>(arch: Arch, keys: impl Iterator<Item = &'a str>, shapes: Option<IndexMap<String, Vec<i64>>>) -> Self {
-        let mut dotted = HashMap::new();
-        let mut underscored = HashMap::new();
+        let mut dotted: HashMap<(Ns, String), Target> = HashMap::new();
+        let mut underscored: HashMap<(Ns, String), Target> = HashMap::new();
+        let mut collisions = Vec::new();
         for key in keys {
             if let Some(s) = shapes.as_ref().and_then(|s| s.get(key)) {
                 if s.len() < 2 {
@@ -522,11 +525,18 @@ impl NameIndex {
             let Some(module) = module_of(arch, key) else { continue };
             for al in aliases(arch, &module) {
                 let t = Target { key: key.to_string(), comp: al.comp, swap_halves: al.swap_halves };
-                underscored.entry((al.ns, al.name.replace('.', "_"))).or_insert_with(|| t.clone());
-                dotted.entry((al.ns, al.name)).or_insert(t);
+                for (map, name) in [(&mut underscored, al.name.replace('.', "_")), (&mut dotted, al.name.clone())] {
+                    match map.get(&(al.ns, name.clone())) {
+                        Some(prev) if *prev != t => collisions.push(name),
+                        Some(_) => {}
+                        None => {
+                            map.insert((al.ns, name), t.clone());
+                        }
+                    }
+                }
             }
         }
-        NameIndex { arch, dotted, underscored, shapes }
+        NameIndex { arch, dotted, underscored, shapes, collisions }
     }
 
     /// Index over a base model's keys and shapes (the Exit's case: targets are validated).
@@ -558,6 +568,12 @@ impl NameIndex {
 
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+
+    /// Module names (dotted or underscored) that two different weights would claim; the first
+    /// weight keeps the name. Empty for every supported layout (tested).
+    pub fn collisions(&self) -> &[String] {
+        &self.collisions
     }
 
     /// Base shapes, when the index was built from a base model.
