@@ -499,15 +499,36 @@ def _dynprompt(prompt):
         return None
 
 
-def _instance(cls, name, unique_id):
+_PROMPTS = {"last": None, "seq": 0}
+# Instances not used by any of this many recent prompts are dropped (ComfyUI drops those of
+# nodes absent from the new prompt; some hold state such as a loaded LoRA).
+_KEEP_PROMPTS = 4
+
+
+def _note_prompt(prompt_id):
+    if prompt_id != _PROMPTS["last"]:
+        _PROMPTS["last"] = prompt_id
+        _PROMPTS["seq"] += 1
+        oldest = _PROMPTS["seq"] - _KEEP_PROMPTS
+        stale = [k for k, (_, seq) in STATE["instances"].items() if seq <= oldest]
+        for k in stale:
+            del STATE["instances"][k]
+
+
+def _instance(cls, name, unique_id, prompt_id=None):
+    """One instance per (node id, class), reused across prompts as ComfyUI does."""
     if _is_v3(cls):
         return cls
+    if prompt_id is not None:
+        _note_prompt(prompt_id)
     key = (unique_id, name)
-    obj = STATE["instances"].get(key)
-    if obj is None:
-        obj = cls()
-        STATE["instances"][key] = obj
-    return obj
+    entry = STATE["instances"].get(key)
+    if entry is None or entry[0].__class__ is not cls:
+        entry = (cls(), _PROMPTS["seq"])
+    else:
+        entry = (entry[0], _PROMPTS["seq"])
+    STATE["instances"][key] = entry
+    return entry[0]
 
 
 def _map_over_list(func, input_is_list, inputs):
@@ -694,7 +715,7 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
         if output_dir is not None and output_dir != _OUTPUT_DIR[0]:
             _set_output_dir(output_dir)
         cls, v3, input_is_list, function = _class_info(name)
-        obj = _instance(cls, name, unique_id)
+        obj = _instance(cls, name, unique_id, prompt_id)
         input_data_all = inputs
         if hidden and not v3:
             for k, v in _resolve_hidden(hidden, prompt).items():
