@@ -73,7 +73,16 @@ impl PyThread {
                 if !ok {
                     return;
                 }
-                while let Ok(job) = rx.recv() {
+                // After a job, poll briefly before sleeping: a scheduler issuing node calls back to
+                // back then skips a thread wake-up per call.
+                loop {
+                    let job = match spin_recv(&rx) {
+                        Some(j) => j,
+                        None => match rx.recv() {
+                            Ok(j) => j,
+                            Err(_) => break,
+                        },
+                    };
                     job();
                 }
             })
@@ -112,6 +121,16 @@ impl PyThread {
             .unwrap_or_else(|p| p.into_inner())
             .send(job)
             .map_err(|_| BridgeError::Boot("the Python thread has stopped".into()))?;
+        // Short calls: poll briefly before sleeping (saves a wake-up); long ones sleep.
+        let spin_until = Instant::now() + SPIN;
+        while Instant::now() < spin_until {
+            match rrx.try_recv() {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(p)) => return Err(BridgeError::Python(format!("panic in a Python call: {}", panic_text(&p)))),
+                Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+                Err(mpsc::TryRecvError::Disconnected) => return Err(BridgeError::Boot("the Python thread has stopped".into())),
+            }
+        }
         loop {
             match rrx.recv_timeout(Duration::from_millis(20)) {
                 Ok(Ok(r)) => return Ok(r),
@@ -123,6 +142,21 @@ impl PyThread {
             }
         }
     }
+}
+
+/// How long either side polls before blocking.
+const SPIN: Duration = Duration::from_micros(30);
+
+fn spin_recv(rx: &mpsc::Receiver<Job>) -> Option<Job> {
+    let until = Instant::now() + SPIN;
+    while Instant::now() < until {
+        match rx.try_recv() {
+            Ok(j) => return Some(j),
+            Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+        }
+    }
+    None
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
