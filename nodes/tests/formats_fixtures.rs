@@ -156,3 +156,23 @@ fn full_size_loras_map_with_real_shapes() {
     assert!(loras[2].ends_with("qwen_kohya_lora_2.safetensors"));
     assert_ne!(std::fs::read(loras[0]).unwrap(), std::fs::read(loras[1]).unwrap());
 }
+
+/// Writes the full-size SDXL UNet (fp16, ~5.1 GB) and checks it streams: run with
+/// `cargo test -p comfyrs-nodes --test formats_fixtures -- --ignored` (disk and minutes).
+#[test]
+#[ignore]
+fn full_size_sdxl_streams_to_disk() {
+    use comfyrs_nodes::arch::layout::{layout, LayoutSize};
+    use comfyrs_nodes::fixtures::write_base_model;
+    let dir = tempfile::tempdir_in(std::env::var("COMFYRS_FIXTURE_TMP").unwrap_or_else(|_| "/tmp".into())).unwrap();
+    let l = layout(Arch::Sdxl, LayoutSize::Full);
+    let t = std::time::Instant::now();
+    let p = write_base_model(&dir.path().join("sdxl_f16.safetensors"), &l, FileDtype::F16, 0, false).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let size = std::fs::metadata(&p).unwrap().len();
+    assert!(size > 2 * 2_567_463_684, "{size}");
+    let c = CheckpointFile::open(&p, CheckpointDomain::Diffusion).unwrap();
+    assert_eq!(c.arch(), Some(Arch::Sdxl));
+    assert_eq!(c.len(), 1680);
+    eprintln!("full-size SDXL fp16: {size} bytes in {secs:.1} s");
+}
