@@ -476,3 +476,28 @@ fn defaults_are_the_references() {
     assert_eq!((c.t_factor, c.s_calibration, c.renorm_eps), (1.0, 1.0, 1e-12));
     assert_eq!((c.ranking, c.sparsity, c.calibration), (Ranking::Percentile, Sparsity::Softmax, Calibration::Overwrite));
 }
+
+// ---- in-place evaluation ----
+
+#[test]
+fn operations_leave_the_backbone_alone_and_reusing_gives_the_same_result() {
+    // On the compute device already and fp32: the operations' working copy would alias it.
+    let base = base_2d().to_device(test_device());
+    let before = base.copy();
+    let up = t(&[1.0, 0.5, -2.0], &[1, 3, 1]);
+    let down = t(&[0.1, 0.2, 0.0, -0.1], &[1, 1, 4]);
+    let (da, _) = deltas_2d();
+    let parts = [
+        Contribution::low_rank(up.shallow_clone(), down.shallow_clone()),
+        Contribution::Weights(&base + da.to_device(test_device())),
+    ];
+    let w = cpu(cfg_t(1.0));
+    let merged = w.merge(&base, &parts, &["k"]).unwrap();
+    let filtered = w.filter(&base, &parts[0], &["k"]).unwrap();
+    assert!(base.equal(&before), "merge/filter must not write into the caller's backbone");
+    let merged_reusing = w.merge_reusing(base.copy(), &parts, &["k"]).unwrap();
+    let filtered_reusing = w.filter_reusing(base.copy(), &parts[0], &["k"]).unwrap();
+    assert_eq!(vals(&merged_reusing), vals(&merged));
+    assert_eq!(vals(&filtered_reusing), vals(&filtered));
+    assert!(base.equal(&before));
+}

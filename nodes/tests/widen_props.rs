@@ -255,7 +255,9 @@ proptest! {
         cfg in config_strategy(), low_rank in any::<bool>(),
     ) {
         // Bit-identity is a CPU guarantee (D4); CUDA kernels may differ in the last bit.
-        prop_assume!(test_device() == Device::Cpu);
+        if test_device() != Device::Cpu {
+            return Ok(());
+        }
         let mut rng = SplitMix::new(seed);
         let size = batched(batch, &shape);
         let b = rng.tensor(&size, 1.0);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use tch::{Device, Kind, Tensor};
 
-use super::kernels::add_product;
+use super::kernels::{add_product, fresh_copy};
 use super::{Contribution, Product, Widen, WidenConfig};
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -39,6 +39,10 @@ pub struct WidenBenchOptions {
     /// Skip the dense path (it materializes every contributor's full weights).
     #[arg(long)]
     pub no_dense: bool,
+    /// Also time the low-rank path's full-size stages alone (column norms, `Uᵀ·B`, the combining
+    /// product), to see where the time goes.
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 struct KeyShape {
@@ -59,7 +63,9 @@ const SHAPES: &[KeyShape] = &[
 enum Path {
     Dense,
     LowRank,
-    LowRankSplit,
+    /// `merge_reusing`: the result overwrites the caller's fp32 backbone copy.
+    LowRankInPlace,
+    LowRankSplitInPlace,
 }
 
 impl Path {
@@ -67,7 +73,8 @@ impl Path {
         match self {
             Self::Dense => "dense",
             Self::LowRank => "low-rank",
-            Self::LowRankSplit => "low-rank, bf16x3 product",
+            Self::LowRankInPlace => "low-rank, in place",
+            Self::LowRankSplitInPlace => "low-rank, in place, bf16x3",
         }
     }
 }
@@ -156,13 +163,13 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
     let ranks = opts.ranks.clone().unwrap_or(if quick { vec![32] } else { vec![16, 32, 64] });
     let iters = opts.iters.unwrap_or(if quick { 2 } else { 5 }).max(1);
     let batch_mib = opts.batch_mib.unwrap_or(if device.is_cuda() { 1024.0 } else { 64.0 });
-    let mut paths = vec![Path::LowRank];
+    let mut paths = vec![Path::LowRank, Path::LowRankInPlace];
     let mut notes = Vec::new();
     if device.is_cuda() {
         // libtorch must support bf16 → fp32 batched products on this device; check before timing.
         let probe = Tensor::f_ones([1, 8, 8], (Kind::Float, device))?;
-        match super::kernels::add_product_split_bf16(&probe, &probe, &probe) {
-            Ok(_) => paths.push(Path::LowRankSplit),
+        match super::kernels::add_product_split_bf16(&probe, &probe, &probe, false) {
+            Ok(_) => paths.push(Path::LowRankSplitInPlace),
             Err(e) => notes.push(format!("bf16x3 product unavailable on this device ({e}); not timed.")),
         }
     }
@@ -184,8 +191,10 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
     writeln!(
         out,
         "Bytes moved = keys × (base read + result write), fp32 storage. Contributors are \
-         `backbone + U·D` with random factors; N = 1 is the filter. `rel. diff`: low-rank vs the \
-         dense result, bf16x3 vs the fp32 low-rank result (‖x − y‖ / ‖y − base‖, Frobenius).\n"
+         `backbone + U·D` with random factors; N = 1 is the filter. \"in place\": `merge_reusing` / \
+         `filter_reusing`, the result overwrites the caller's fp32 backbone copy (otherwise libtorch \
+         copies the backbone before accumulating the product). `rel. diff` (‖x − y‖ / ‖y − base‖, \
+         Frobenius): low-rank vs dense, in-place paths vs low-rank.\n"
     )?;
     for note in &notes {
         writeln!(out, "Note: {note}\n")?;
@@ -193,6 +202,7 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
     writeln!(out, "| shape | keys | N | rank | path | ms / batch | ms / key | GB/s | % of copy | rel. diff |")?;
     writeln!(out, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")?;
 
+    let mut breakdown = Vec::new();
     for shape in shapes {
         let numel: i64 = shape.dims.iter().product();
         let keys = ((batch_mib * (1 << 20) as f64) / (numel * 4) as f64).floor().clamp(1.0, 64.0) as i64;
@@ -212,46 +222,79 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                     })
                     .collect::<anyhow::Result<_>>()?;
                 let widen = Widen::new(WidenConfig::default(), device)?;
-                let mut reference: Option<Tensor> = None;
-                let mut low_rank_result: Option<Tensor> = None;
-                let mut rows = Vec::new();
+                let mut rows: Vec<(Path, f64, Tensor)> = Vec::new();
                 for &path in &paths {
-                    let w = widen.clone().with_product(if path == Path::LowRankSplit { Product::SplitBf16 } else { Product::Fp32 });
+                    let w = widen.clone().with_product(if path == Path::LowRankSplitInPlace {
+                        Product::SplitBf16
+                    } else {
+                        Product::Fp32
+                    });
                     let contributions: Vec<Contribution> = match path {
                         Path::Dense => factors
                             .iter()
                             .map(|(u, d)| -> anyhow::Result<Contribution> {
-                                let w = add_product(&base.f_reshape([keys, out_dim, k])?, u, d)?;
+                                let w = add_product(&base.f_reshape([keys, out_dim, k])?, u, d, false)?;
                                 Ok(Contribution::Weights(w.f_reshape(size.as_slice())?))
                             })
                             .collect::<anyhow::Result<_>>()?,
                         _ => factors.iter().map(|(u, d)| Contribution::low_rank(u.shallow_clone(), d.shallow_clone())).collect(),
                     };
+                    let in_place = matches!(path, Path::LowRankInPlace | Path::LowRankSplitInPlace);
+                    // In place, every call consumes a backbone copy: made here, outside the timing.
+                    let mut copies: Vec<Tensor> = if in_place {
+                        (0..=iters).map(|_| fresh_copy(&base)).collect::<Result<_, _>>()?
+                    } else {
+                        Vec::new()
+                    };
                     let (secs, result) = time(device, iters, || {
-                        Ok(if n == 1 { w.filter(&base, &contributions[0], &[])? } else { w.merge(&base, &contributions, &[])? })
+                        Ok(match (in_place, n) {
+                            (false, 1) => w.filter(&base, &contributions[0], &[])?,
+                            (false, _) => w.merge(&base, &contributions, &[])?,
+                            (true, 1) => w.filter_reusing(copies.pop().expect("a copy per call"), &contributions[0], &[])?,
+                            (true, _) => w.merge_reusing(copies.pop().expect("a copy per call"), &contributions, &[])?,
+                        })
                     })?;
-                    match path {
-                        Path::Dense => reference = Some(result),
-                        Path::LowRank => low_rank_result = Some(result),
-                        Path::LowRankSplit => rows.push((path, secs, Some(result))),
-                    }
-                    if path != Path::LowRankSplit {
-                        rows.push((path, secs, None));
-                    }
+                    rows.push((path, secs, result));
                 }
-                for (path, secs, result) in rows {
-                    let diff = match path {
-                        Path::LowRank => match (&low_rank_result, &reference) {
-                            (Some(x), Some(y)) => Some(relative_difference(x, y, &base)?),
-                            _ => None,
-                        },
-                        Path::LowRankSplit => match (&result, &low_rank_result) {
-                            (Some(x), Some(y)) => Some(relative_difference(x, y, &base)?),
-                            _ => None,
-                        },
+                let find = |p: Path| rows.iter().find(|r| r.0 == p).map(|r| r.2.shallow_clone());
+                if opts.breakdown {
+                    let b3 = base.f_reshape([keys, out_dim, k])?;
+                    let up = Tensor::f_cat(&factors.iter().map(|(u, _)| u.shallow_clone()).collect::<Vec<_>>(), 2)?;
+                    let down = Tensor::f_cat(&factors.iter().map(|(_, d)| d.shallow_clone()).collect::<Vec<_>>(), 1)?;
+                    let (t_norm, _) = time(device, iters, || Ok(super::kernels::norm2(&b3, 1, false)?))?;
+                    let (t_p, _) = time(device, iters, || Ok(up.f_transpose(1, 2)?.f_bmm(&b3)?))?;
+                    let (t_mm, _) = time(device, iters, || Ok(add_product(&b3, &up, &down, false)?))?;
+                    // (Accumulates into one scratch copy again and again: the values drift, the work does not.)
+                    let scratch = fresh_copy(&b3)?;
+                    let (t_mm_in_place, _) = time(device, iters, || Ok(add_product(&scratch, &up, &down, true)?))?;
+                    let (t_split, _) = if device.is_cuda() {
+                        time(device, iters, || Ok(super::kernels::add_product_split_bf16(&b3, &up, &down, false)?))?
+                    } else {
+                        (f64::NAN, b3.shallow_clone())
+                    };
+                    let total = rows.iter().find(|r| r.0 == Path::LowRankInPlace).map(|r| r.1).unwrap_or(f64::NAN);
+                    breakdown.push(format!(
+                        "| {} | {keys} | {n} | {r} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        shape.what,
+                        t_norm * 1e3,
+                        t_p * 1e3,
+                        t_mm * 1e3,
+                        t_mm_in_place * 1e3,
+                        t_split * 1e3,
+                        (total - t_norm - t_p - t_mm_in_place) * 1e3,
+                        total * 1e3
+                    ));
+                }
+                for (path, secs, result) in &rows {
+                    let against = match path {
+                        Path::LowRank => find(Path::Dense),
+                        Path::LowRankInPlace | Path::LowRankSplitInPlace => find(Path::LowRank),
                         Path::Dense => None,
                     };
-                    let gbs = bytes / secs / 1e9;
+                    let diff = match against {
+                        Some(y) => Some(relative_difference(result, &y, &base)?),
+                        None => None,
+                    };
                     writeln!(
                         out,
                         "| {} | {keys} | {n} | {r} | {} | {:.2} | {:.3} | {:.0} | {:.0}% | {} |",
@@ -259,13 +302,29 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                         path.label(),
                         secs * 1e3,
                         secs * 1e3 / keys as f64,
-                        gbs,
+                        bytes / secs / 1e9,
                         100.0 * bytes / secs / bandwidth,
                         diff.map(|d| format!("{d:.1e}")).unwrap_or_else(|| "—".into()),
                     )?;
                 }
                 out.flush()?;
             }
+        }
+    }
+    if !breakdown.is_empty() {
+        writeln!(
+            out,
+            "\nLow-rank stages alone, ms per batch. `B + U·D` with a copy (out of place) and in place, \
+             fp32; bf16x3 out of place. `rest` = the in-place fp32 total minus column norms, Uᵀ·B and the \
+             in-place product: the statistics on `[N, B, K]`, ranks and scales.\n"
+        )?;
+        writeln!(
+            out,
+            "| shape | keys | N | rank | column norms | Uᵀ·B | B + U·D copy | B + U·D in place | B + U·D bf16x3 | rest | in-place total |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for line in breakdown {
+            writeln!(out, "{line}")?;
         }
     }
     Ok(())

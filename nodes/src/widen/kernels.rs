@@ -56,10 +56,11 @@ pub(crate) fn norm2(x: &Tensor, dim: i64, keepdim: bool) -> Result<Tensor> {
     }
 }
 
-/// `base + up · down` for batched matrices, written into a fresh tensor: one product whose
-/// epilogue reads `base` once and writes the result once.
-pub(crate) fn add_product(base: &Tensor, up: &Tensor, down: &Tensor) -> Result<Tensor> {
-    let out = base.f_empty_like()?;
+/// `base + up · down` for batched matrices. With `in_place` the result overwrites `base`: one
+/// product whose epilogue reads `base` once and writes it once. Otherwise libtorch first copies
+/// `base` into a new tensor (a second full read and write) and accumulates there.
+pub(crate) fn add_product(base: &Tensor, up: &Tensor, down: &Tensor, in_place: bool) -> Result<Tensor> {
+    let out = if in_place { base.shallow_clone() } else { base.f_empty_like()? };
     Ok(base.f_baddbmm_out(&out, up, down)?)
 }
 
@@ -69,7 +70,7 @@ pub(crate) fn add_product(base: &Tensor, up: &Tensor, down: &Tensor) -> Result<T
 /// longer inner dimension with fp32 accumulation and output. The dropped `lo·lo` term and the
 /// residue of the split are ~2⁻¹⁷ of each product, so the result is within ~1e-5 relative of fp32.
 /// CUDA only (libtorch's bf16 → fp32 `baddbmm` runs there).
-pub(crate) fn add_product_split_bf16(base: &Tensor, up: &Tensor, down: &Tensor) -> Result<Tensor> {
+pub(crate) fn add_product_split_bf16(base: &Tensor, up: &Tensor, down: &Tensor, in_place: bool) -> Result<Tensor> {
     use tch::Kind;
     let split = |x: &Tensor| -> Result<(Tensor, Tensor)> {
         let hi = x.f_to_kind(Kind::BFloat16)?;
@@ -80,6 +81,13 @@ pub(crate) fn add_product_split_bf16(base: &Tensor, up: &Tensor, down: &Tensor) 
     let (dh, dl) = split(down)?;
     let u3 = Tensor::f_cat(&[&uh, &uh, &ul], 2)?;
     let d3 = Tensor::f_cat(&[&dh, &dl, &dh], 1)?;
-    let out = base.f_empty_like()?;
+    let out = if in_place { base.shallow_clone() } else { base.f_empty_like()? };
     Ok(base.f_baddbmm_dtype_out(&out, &u3, &d3, Kind::Float)?)
+}
+
+/// A copy in a new allocation (on the CPU: the same alignment whichever batch the values came from).
+pub(crate) fn fresh_copy(t: &Tensor) -> Result<Tensor> {
+    let mut out = t.f_empty_like()?;
+    out.f_copy_(t)?;
+    Ok(out)
 }

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{TMode, WidenConfig};
 use super::error::{Result, WidenError};
-use super::kernels::{add_product, add_product_split_bf16};
+use super::kernels::{add_product, add_product_split_bf16, fresh_copy};
 use super::layout::KeyLayout;
 use super::merge;
 use super::stats::{backbone_sq_norms, dense_sums, finish, ColumnStats, ColumnSums, StackedFactors};
@@ -127,8 +127,34 @@ impl Widen {
         self.config.validate()?;
         let _guard = tch::no_grad_guard();
         let contributions = std::slice::from_ref(contribution);
-        self.guarded("filter_delta", keys, || self.run(backbone, contributions, true), || {
+        self.guarded("filter_delta", keys, || self.run(backbone, contributions, true, false), || {
             self.mean_of_weights(backbone, contributions)
+        })
+    }
+
+    /// [`Widen::filter`] that may write the result into the backbone's storage, saving a full read
+    /// and write of the key on the low-rank path. For callers that hold their own fp32 copy of the
+    /// backbone on the compute device and do not need it afterwards (pass a tensor nothing else
+    /// uses; after an error its contents are unspecified).
+    pub fn filter_reusing(&self, backbone: Tensor, contribution: &Contribution, keys: &[&str]) -> Result<Tensor> {
+        self.config.validate()?;
+        let _guard = tch::no_grad_guard();
+        let contributions = std::slice::from_ref(contribution);
+        self.guarded("filter_delta", keys, || self.run(&backbone, contributions, true, true), || {
+            self.mean_of_weights(&backbone, contributions)
+        })
+    }
+
+    /// [`Widen::merge`] that may write the result into the backbone's storage (see
+    /// [`Widen::filter_reusing`]).
+    pub fn merge_reusing(&self, backbone: Tensor, contributions: &[Contribution], keys: &[&str]) -> Result<Tensor> {
+        if contributions.is_empty() {
+            return Err(WidenError::EmptyWeights);
+        }
+        self.config.validate()?;
+        let _guard = tch::no_grad_guard();
+        self.guarded("merge_weights", keys, || self.run(&backbone, contributions, false, true), || {
+            self.mean_of_weights(&backbone, contributions)
         })
     }
 
@@ -144,7 +170,7 @@ impl Widen {
         }
         self.config.validate()?;
         let _guard = tch::no_grad_guard();
-        self.guarded("merge_weights", keys, || self.run(backbone, contributions, false), || {
+        self.guarded("merge_weights", keys, || self.run(backbone, contributions, false, false), || {
             self.mean_of_weights(backbone, contributions)
         })
     }
@@ -195,11 +221,12 @@ impl Widen {
     /// parallel reductions give last-bit differences depending on where an element sits in the
     /// batch, so this is what makes a key's result bit-identical at any batch size (D4). CUDA runs
     /// the whole batch; its statistics are per key as well.
-    fn run(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool) -> Result<Tensor> {
+    /// `reuse`: the caller gave up the backbone, its storage may hold the result.
+    fn run(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool, reuse: bool) -> Result<Tensor> {
         let batch = backbone.size().first().copied().unwrap_or(0);
         if self.device != Device::Cpu || backbone.dim() < 2 || batch == 0 {
             // (Scalar keys: the batched code reports the unsupported rank and the caller falls back.)
-            return self.run_batch(backbone, contributions, is_filter);
+            return self.run_batch(backbone, contributions, is_filter, reuse);
         }
         let mut results = Vec::with_capacity(batch as usize);
         for key in 0..batch {
@@ -213,12 +240,13 @@ impl Widen {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            results.push(self.run_batch(&one(backbone)?, &parts, is_filter)?);
+            // The per-key copy is ours: the result may overwrite it.
+            results.push(self.run_batch(&one(backbone)?, &parts, is_filter, true)?);
         }
         Ok(Tensor::f_cat(&results, 0)?)
     }
 
-    fn run_batch(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool) -> Result<Tensor> {
+    fn run_batch(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool, reuse: bool) -> Result<Tensor> {
         let layout = KeyLayout::of(&backbone.size())?;
         let shape = backbone.size();
         let out_kind = backbone.kind();
@@ -233,6 +261,8 @@ impl Widen {
             _ => {}
         }
         let b = self.to_compute(backbone)?;
+        // A dtype or device conversion made `b` a tensor of our own.
+        let owned = reuse || b.data_ptr() != backbone.data_ptr();
         let b = match &layout {
             KeyLayout::OneD { .. } => b,
             KeyLayout::Columns { batch, out, k, .. } => b.f_reshape([*batch, *out, *k])?,
@@ -247,7 +277,7 @@ impl Widen {
             _ => Some(self.scales(&b, &prepared, stacked.as_ref(), &layout)?),
         };
         let split = self.product == Product::SplitBf16 && self.device.is_cuda();
-        let result = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split)?;
+        let result = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split, owned)?;
         Ok(result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?)
     }
 
@@ -326,20 +356,13 @@ impl Widen {
                     let (up, down) = (self.to_compute(up)?, self.to_compute(down)?);
                     let ds = down.size();
                     let flat = b.f_reshape([bs[0], bs[1], -1])?;
-                    add_product(&flat, &up, &down.f_reshape([ds[0], ds[1], -1])?)?
+                    add_product(&flat, &up, &down.f_reshape([ds[0], ds[1], -1])?, false)?
                         .f_reshape(shape.as_slice())?
                 }
             });
         }
         Ok(Tensor::f_stack(&weights, 0)?.f_mean_dim(0, false, Kind::Float)?.f_to_kind(out_kind)?)
     }
-}
-
-/// A copy in a new allocation: the same alignment whichever batch the values came from.
-fn fresh_copy(t: &Tensor) -> Result<Tensor> {
-    let mut out = t.f_empty_like()?;
-    out.f_copy_(t)?;
-    Ok(out)
 }
 
 fn check_shape(w: &Tensor, shape: &[i64]) -> Result<()> {
@@ -428,6 +451,7 @@ fn combine(
     scales: Option<&Tensor>,
     layout: &KeyLayout,
     split_bf16: bool,
+    b_owned: bool,
 ) -> Result<Tensor> {
     let columns = matches!(layout, KeyLayout::Columns { .. });
     let mut acc: Option<Tensor> = None;
@@ -450,9 +474,9 @@ fn combine(
             Prepared::LowRank { .. } => low_rows.push(n as i64),
         }
     }
-    let base = match acc {
-        Some(a) => b.f_add(&a)?,
-        None => b.shallow_clone(),
+    let (base, base_owned) = match acc {
+        Some(a) => (b.f_add(&a)?, true),
+        None => (b.shallow_clone(), b_owned),
     };
     let Some(stacked) = stacked else { return Ok(base) };
     let low_scales = match scales {
@@ -462,8 +486,8 @@ fn combine(
     };
     let (up, down) = stacked.concatenated(low_scales.as_ref())?;
     if split_bf16 {
-        add_product_split_bf16(&base, &up, &down)
+        add_product_split_bf16(&base, &up, &down, base_owned)
     } else {
-        add_product(&base, &up, &down)
+        add_product(&base, &up, &down, base_owned)
     }
 }

@@ -159,23 +159,25 @@ impl StackedFactors {
 
     /// Column sums from the factors alone, with one product `P = Uᵀ·B` for all contributors
     /// (the backbone is read once) and `G = UᵀU` per contributor: `a = colsum(D ⊙ P)`,
-    /// `c = colsum(D ⊙ G·D)`, in float64 from there on. The factors are used as given (no
-    /// rescaling), so the statistics are those of exactly `U·D`. `b`: `[B, out, K]` fp32.
+    /// `c = colsum(D ⊙ G·D)`. The factors are used as given (no rescaling), so the statistics are
+    /// those of exactly `U·D`. The sums over the rank run in fp32: `P` from an fp32 product bounds
+    /// their precision anyway, and at large N·rank float64 there would cost more than the product.
+    /// `b`: `[B, out, K]` fp32.
     pub(crate) fn sums(&self, b: &Tensor) -> Result<ColumnSums> {
         let s = self.up.size(); // [B, N, out, r]
         let (batch, n, out, r) = (s[0], s[1], s[2], s[3]);
         let k = self.down.size()[3];
         let u_all = self.up.f_permute([0, 2, 1, 3])?.f_reshape([batch, out, n * r])?;
         let p = u_all.f_transpose(1, 2)?.f_bmm(b)?.f_reshape([batch, n, r, k])?;
-        let d64 = self.down.f_to_kind(Kind::Double)?;
-        let a = d64.f_mul(&p.f_to_kind(Kind::Double)?)?.f_sum_dim_intlist(2, false, Kind::Double)?;
-        let u64 = self.up.f_to_kind(Kind::Double)?.f_reshape([batch * n, out, r])?;
-        let g = u64.f_transpose(1, 2)?.f_bmm(&u64)?; // [B·N, r, r]
-        let d_flat = d64.f_reshape([batch * n, r, k])?;
+        let a = self.down.f_mul(&p)?.f_sum_dim_intlist(2, false, Kind::Float)?.f_to_kind(Kind::Double)?;
+        let u_flat = self.up.f_reshape([batch * n, out, r])?;
+        let g = u_flat.f_transpose(1, 2)?.f_bmm(&u_flat)?; // [B·N, r, r]
+        let d_flat = self.down.f_reshape([batch * n, r, k])?;
         // A quadratic form of a Gram matrix: non-negative up to rounding.
         let c = d_flat
             .f_mul(&g.f_bmm(&d_flat)?)?
-            .f_sum_dim_intlist(1, false, Kind::Double)?
+            .f_sum_dim_intlist(1, false, Kind::Float)?
+            .f_to_kind(Kind::Double)?
             .f_clamp_min(0.0)?
             .f_reshape([batch, n, k])?;
         Ok(ColumnSums { a: a.f_transpose(0, 1)?, c: c.f_transpose(0, 1)?, w_zero: None })
