@@ -505,3 +505,13 @@ fn every_core_workflow_runs() {
         assert!(ran.iter().any(|r| r == expected), "{expected} did not run; ran {ran:?}");
     }
 }
+
+/// Constants of a V3 autogrow input (`values.a`) reach the node, as in ComfyUI.
+#[test]
+fn autogrow_constants_reach_the_node() {
+    let r = run(r#"{
+        "1": {"class_type": "ComfyMathExpression", "inputs": {"expression": "a * b + 1", "values.a": 6, "values.b": 7}},
+        "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}
+    }"#);
+    assert_eq!(shown1(&r, "2"), "43");
+}

@@ -17,7 +17,7 @@ use crate::events::{Event, EventSink};
 use crate::interrupt::Interrupt;
 use crate::node::{Args, CallOutput, ExecContext, NodeError, Placement};
 use crate::prompt::Input;
-use crate::schema::{InputKind, Section};
+use crate::schema::InputKind;
 use crate::signature::{sign_all, Signature};
 use crate::validate::Validated;
 use crate::value::Value;
@@ -511,7 +511,7 @@ impl<'a> Run<'a> {
             let spec = schema.find_input(name);
             match input {
                 Input::Const(c) => {
-                    if spec.is_some_and(|s| s.section != Section::Hidden) {
+                    if schema.accepts_constant(name) {
                         args.values.insert(name.clone(), vec![c.clone()]);
                     }
                 }

@@ -310,6 +310,8 @@ pub struct NodeSchema {
     pub deprecated: bool,
     pub experimental: bool,
     pub search_aliases: Vec<String>,
+    /// V3 `accept_all_inputs`: undeclared constants are passed to the node too.
+    pub accept_all_inputs: bool,
 }
 
 impl NodeSchema {
@@ -328,6 +330,7 @@ impl NodeSchema {
             deprecated: false,
             experimental: false,
             search_aliases: Vec::new(),
+            accept_all_inputs: false,
         }
     }
     pub fn module(mut self, python_module: &str) -> Self {
@@ -357,6 +360,25 @@ impl NodeSchema {
 
     pub fn find_input(&self, name: &str) -> Option<&InputSpec> {
         self.inputs.iter().find(|i| i.name == name)
+    }
+
+    /// Whether a constant under `name` reaches the node: a declared (non-hidden) input, or a
+    /// flattened member `prefix.rest` of a V3 dynamic input (autogrow `values.a`, dynamic combo
+    /// `mode.width`), or anything when the node accepts all inputs. Other constants are dropped,
+    /// as ComfyUI drops them.
+    pub fn accepts_constant(&self, name: &str) -> bool {
+        if self.accept_all_inputs {
+            return true;
+        }
+        if let Some(spec) = self.find_input(name) {
+            return spec.section != Section::Hidden;
+        }
+        match name.split_once('.') {
+            Some((prefix, _)) => self
+                .find_input(prefix)
+                .is_some_and(|s| matches!(&s.kind, InputKind::Socket(t) if t.starts_with("COMFY_") && t.ends_with("_V3"))),
+            None => false,
+        }
     }
 
     /// Required and optional inputs, in declaration order: the ones validation checks.
@@ -480,6 +502,22 @@ mod tests {
         assert_eq!(rec["input"]["hidden"]["unique_id"], json!("UNIQUE_ID"));
         let back = NodeSchema::from_object_info(&rec).unwrap();
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn dynamic_input_members_are_accepted_constants() {
+        let s = NodeSchema::new("Expr", "Expr", "math")
+            .input(InputSpec::string("expression", "a + b"))
+            .input(InputSpec::socket("values", "COMFY_AUTOGROW_V3").optional())
+            .input(InputSpec::hidden("unique_id", "UNIQUE_ID"));
+        assert!(s.accepts_constant("expression"));
+        assert!(s.accepts_constant("values.a"));
+        assert!(!s.accepts_constant("unique_id"));
+        assert!(!s.accepts_constant("expression.x"));
+        assert!(!s.accepts_constant("undeclared"));
+        let mut all = s.clone();
+        all.accept_all_inputs = true;
+        assert!(all.accepts_constant("undeclared"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use crate::node::{Args, Fingerprint};
 use crate::prompt::Input;
-use crate::schema::{InputKind, Section};
+use crate::schema::InputKind;
 use crate::validate::Validated;
 use crate::value::Value;
 
@@ -101,7 +101,7 @@ fn sign_one(v: &Validated, i: usize, sigs: &[Option<Signature>], salt: &[u8; 16]
     names.sort();
     for name in &names {
         if let Input::Const(c) = &node.inputs[*name] {
-            if schema.find_input(name).is_some_and(|s| s.section != Section::Hidden) {
+            if schema.accepts_constant(name) {
                 constants.insert(name, c.clone());
             }
         }

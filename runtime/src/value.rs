@@ -124,27 +124,51 @@ impl Value {
     }
 }
 
-/// Python's `str(float)` style, which is what ComfyUI users see: `1.0`, `0.1`, `inf`, `nan`.
+/// Python's `repr(float)` (also `str(float)`), as ComfyUI users see numbers: the shortest
+/// round-tripping digits, positional when the decimal exponent is in [-4, 16), scientific
+/// (`1e-05`, `1e+16`) otherwise.
 pub fn format_float(f: f64) -> String {
     if f.is_nan() {
-        "nan".into()
-    } else if f.is_infinite() {
-        if f > 0.0 { "inf".into() } else { "-inf".into() }
-    } else if f == f.trunc() && f.abs() < 1e16 {
-        format!("{f:.1}")
-    } else {
-        let s = format!("{f}");
-        // Rust prints 1e20 as "100000000000000000000"; Python as "1e+20". Match Python.
-        if f.abs() >= 1e16 {
-            let e = format!("{f:e}");
-            match e.split_once('e') {
-                Some((m, exp)) if !exp.starts_with('-') => format!("{m}e+{exp:0>2}"),
-                _ => e,
-            }
-        } else {
-            s
-        }
+        return "nan".into();
     }
+    if f.is_infinite() {
+        return if f > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    let (neg, digits, exp) = shortest_digits(f);
+    let sign = if neg { "-" } else { "" };
+    // `decpt`: position of the decimal point relative to the digit string.
+    let decpt = exp + 1;
+    if (-3..=16).contains(&decpt) {
+        let body = if decpt <= 0 {
+            format!("0.{}{}", "0".repeat((-decpt) as usize), digits)
+        } else if decpt as usize >= digits.len() {
+            format!("{}{}.0", digits, "0".repeat(decpt as usize - digits.len()))
+        } else {
+            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
+        };
+        format!("{sign}{body}")
+    } else {
+        let mantissa = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits.clone() };
+        format!("{sign}{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    }
+}
+
+/// The shortest round-tripping decimal digits of a finite float: (negative, digits, exponent
+/// of the first digit).
+pub fn shortest_digits(f: f64) -> (bool, String, i32) {
+    let shortest = format!("{:e}", f.abs());
+    let n = shortest.split_once('e').map(|(m, _)| m.chars().filter(|c| c.is_ascii_digit()).count()).unwrap_or(1);
+    // Among the n-digit strings that round-trip, Python takes the correctly rounded one (ties to
+    // even); the shortest-digit search can pick the other neighbour of an exact tie.
+    let s = format!("{:.*e}", n.saturating_sub(1), f.abs());
+    let (m, e) = s.split_once('e').expect("`{:e}` has an exponent");
+    let digits: String = m.chars().filter(|c| *c != '.').collect();
+    let exp: i32 = e.parse().expect("exponent is an integer");
+    let neg = f.is_sign_negative();
+    if digits.chars().all(|c| c == '0') {
+        return (neg, "0".into(), 0);
+    }
+    (neg, digits, exp)
 }
 
 fn json_size(j: &Json) -> usize {
@@ -238,6 +262,10 @@ mod tests {
         assert_eq!(format_float(0.1), "0.1");
         assert_eq!(format_float(-2.5), "-2.5");
         assert_eq!(format_float(1e20), "1e+20");
+        assert_eq!(format_float(1e16), "1e+16");
+        assert_eq!(format_float(0.00001), "1e-05");
+        assert_eq!(format_float(0.0001), "0.0001");
+        assert_eq!(format_float(123456789.125), "123456789.125");
         assert_eq!(format_float(f64::NAN), "nan");
     }
 }

@@ -4,51 +4,8 @@
 use comfyrs_runtime::Value;
 use serde_json::Value as Json;
 
-/// Python's `repr(float)` (also `str(float)`): the shortest round-tripping digits, in fixed
-/// notation when the decimal exponent is in [-4, 16), scientific (`1e-05`, `1e+16`) otherwise.
-pub fn float_repr(f: f64) -> String {
-    if f.is_nan() {
-        return "nan".into();
-    }
-    if f.is_infinite() {
-        return if f > 0.0 { "inf".into() } else { "-inf".into() };
-    }
-    let (neg, digits, exp) = shortest_digits(f);
-    let sign = if neg { "-" } else { "" };
-    // `decpt`: position of the decimal point relative to the digit string.
-    let decpt = exp + 1;
-    if (-3..=16).contains(&decpt) {
-        let body = if decpt <= 0 {
-            format!("0.{}{}", "0".repeat((-decpt) as usize), digits)
-        } else if decpt as usize >= digits.len() {
-            format!("{}{}.0", digits, "0".repeat(decpt as usize - digits.len()))
-        } else {
-            format!("{}.{}", &digits[..decpt as usize], &digits[decpt as usize..])
-        };
-        format!("{sign}{body}")
-    } else {
-        let mantissa = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits.clone() };
-        format!("{sign}{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
-    }
-}
-
-/// The shortest round-tripping decimal digits of a finite float: (negative, digits, exponent
-/// of the first digit).
-pub fn shortest_digits(f: f64) -> (bool, String, i32) {
-    let shortest = format!("{:e}", f.abs());
-    let n = shortest.split_once('e').map(|(m, _)| m.chars().filter(|c| c.is_ascii_digit()).count()).unwrap_or(1);
-    // Among the n-digit strings that round-trip, Python takes the correctly rounded one (ties to
-    // even); the shortest-digit search can pick the other neighbour of an exact tie.
-    let s = format!("{:.*e}", n.saturating_sub(1), f.abs());
-    let (m, e) = s.split_once('e').expect("`{:e}` has an exponent");
-    let digits: String = m.chars().filter(|c| *c != '.').collect();
-    let exp: i32 = e.parse().expect("exponent is an integer");
-    let neg = f.is_sign_negative();
-    if digits.chars().all(|c| c == '0') {
-        return (neg, "0".into(), 0);
-    }
-    (neg, digits, exp)
-}
+/// Python's `repr()` of a float; lives in the runtime so constants coerce the same way.
+pub use comfyrs_runtime::value::{format_float as float_repr, shortest_digits};
 
 /// Python's `str()` of a value.
 pub fn py_str(v: &Value) -> String {

@@ -24,8 +24,9 @@ const WIDGET_TYPES: &[&str] = &[
     "TEXTAREA",
     "CURVE",
     "RANGE",
+    // A dynamic combo is a widget; an autogrow input is only a growing set of sockets in the
+    // frontend (no widgets_values slot).
     "COMFY_DYNAMICCOMBO_V3",
-    "COMFY_AUTOGROW_V3",
 ];
 
 /// Option keys that add an upload button after a COMBO widget.
