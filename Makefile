@@ -4,7 +4,8 @@
 # The Python venv and the cargo target dir live in ~/.cache/comfyrs (COMFYRS_CACHE), outside the clone.
 
 CARGO ?= cargo
-RUN_WORKFLOWS ?= workflows/strings.json
+MODELS ?= $(or $(COMFYRS_CACHE),$(HOME)/.cache/comfyrs)/models
+RUN_WORKFLOWS ?= workflows/widen_sdxl_merge.json
 
 .PHONY: setup build run test bench clean-cache
 
@@ -14,8 +15,11 @@ setup:
 build: setup
 	$(CARGO) build --release
 
+# The main job: a headless WIDEN merge (tiny SDXL base + a LoRA, saved as a checkpoint) on
+# freshly generated fixture models.
 run: build
-	$(CARGO) run --release --quiet -- run $(RUN_WORKFLOWS)
+	$(CARGO) run --release --quiet -- fixtures --models-dir $(MODELS) > /dev/null
+	$(CARGO) run --release --quiet -- run $(RUN_WORKFLOWS) --models-dir $(MODELS)
 
 test: setup
 	$(CARGO) test --workspace --no-fail-fast

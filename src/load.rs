@@ -6,7 +6,10 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use comfyrs_runtime::prompt::{parse_json, Input, Prompt, PromptError};
 use comfyrs_runtime::validate::{ErrorRecord, Rejection};
-use comfyrs_runtime::workflow::{registry_schemas, ConvertOptions, Document};
+use comfyrs_runtime::workflow::{registry_schemas, ConvertError, ConvertOptions, Document};
+use comfyrs_runtime::validate::{validate, Validated};
+
+use crate::engine::Engine;
 use comfyrs_runtime::{Registry, Value};
 use serde_json::{json, Value as Json};
 
@@ -49,11 +52,39 @@ pub fn from_json(json: Json, registry: &Registry) -> Result<Loaded, LoadError> {
         (Document::Ui(ui), None) => Some(json!({ "workflow": ui })),
         _ => None,
     };
-    let converted = doc
-        .into_prompt(&registry_schemas(registry), &ConvertOptions::default())
-        .map_err(|e| reject("invalid_prompt", "Cannot convert the UI workflow to a prompt", e.to_string()))?;
+    let converted = doc.into_prompt(&registry_schemas(registry), &ConvertOptions::default()).map_err(|e| {
+        // Unknown types are what the embedded ComfyUI may still provide: same kind as validation's.
+        let kind = if matches!(e, ConvertError::UnknownNodeTypes(_)) { "missing_node_type" } else { "invalid_prompt" };
+        reject(kind, "Cannot convert the UI workflow to a prompt", e.to_string())
+    })?;
     let prompt = Prompt::from_json(&converted.prompt).map_err(prompt_error)?;
     Ok(Loaded { prompt, extra_pnginfo, warnings: converted.warnings })
+}
+
+/// A file loaded and validated against the engine's nodes.
+pub struct Prepared {
+    pub result: Result<Validated, Rejection>,
+    pub extra_pnginfo: Option<Json>,
+    pub warnings: Vec<String>,
+}
+
+/// Loads and validates a workflow. When it names node types that are not native, the embedded
+/// ComfyUI is started (once) and the file is tried again with its nodes.
+pub fn prepare(engine: &mut Engine, path: &Path, sets: &[String], output_dir: Option<&Path>) -> Result<Prepared> {
+    loop {
+        let prepared = match load(path, &engine.registry, sets) {
+            Err(LoadError::Io(e)) => return Err(e),
+            Err(LoadError::Rejected(r)) => Prepared { result: Err(r), extra_pnginfo: None, warnings: Vec::new() },
+            Ok(l) => Prepared { result: validate(l.prompt, &engine.registry, None), extra_pnginfo: l.extra_pnginfo, warnings: l.warnings },
+        };
+        if let Err(r) = &prepared.result {
+            if r.error.kind == "missing_node_type" && engine.can_start_python() {
+                engine.start_python(output_dir)?;
+                continue;
+            }
+        }
+        return Ok(prepared);
+    }
 }
 
 fn reject(kind: &str, message: &str, details: String) -> LoadError {

@@ -2,8 +2,8 @@
 
 mod bench;
 mod commands;
+mod engine;
 mod load;
-mod natives;
 mod progress;
 mod size;
 
@@ -38,6 +38,8 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the /object_info record of every registered node, or of one class.
     Nodes(NodesArgs),
+    /// Write random-weight models and LoRAs of the real layouts (for tests, demos, benchmarks).
+    Fixtures(FixturesArgs),
     /// Measure comfyrs's own speed (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -55,6 +57,8 @@ pub struct RunArgs {
     /// VALUE is JSON, or a plain string). Repeatable.
     #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
     sets: Vec<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Print a machine-readable result (outputs, per-node timings, cache hits) on stdout.
     #[arg(long)]
     json: bool,
@@ -73,6 +77,43 @@ pub struct CacheArgs {
     cache_bytes: u64,
 }
 
+/// Where models come from, ComfyUI's way.
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Models root with loras/, checkpoints/, diffusion_models/ (ComfyUI's models folder works).
+    #[arg(long, env = "COMFYRS_MODELS_DIR", default_value = "models", value_name = "DIR")]
+    pub models_dir: PathBuf,
+    /// An extra_model_paths.yaml adding more model folders (ComfyUI's format).
+    #[arg(long, env = "COMFYRS_EXTRA_MODEL_PATHS", value_name = "FILE")]
+    pub extra_model_paths: Option<PathBuf>,
+    /// When to start the embedded Python ComfyUI for non-native nodes: auto (only when a
+    /// workflow needs a node comfyrs does not run natively), always, never.
+    #[arg(long, default_value = "auto", value_name = "WHEN")]
+    pub python: engine::PythonMode,
+    /// The ComfyUI checkout to use for Python nodes (default: the one scripts/setup.sh installs).
+    #[arg(long, env = "COMFYUI_PATH", value_name = "DIR")]
+    pub comfyui: Option<PathBuf>,
+    /// A custom node folder to load (repeatable), after the ComfyUI tree's own custom_nodes/.
+    #[arg(long = "custom-nodes", value_name = "DIR")]
+    pub custom_nodes: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct FixturesArgs {
+    /// Where to write (a models root: checkpoints/, diffusion_models/, loras/ are created).
+    #[arg(long, env = "COMFYRS_MODELS_DIR", default_value = "models", value_name = "DIR")]
+    models_dir: PathBuf,
+    /// Also write full-size models (GBs of disk: SDXL ~5 GB in fp16, Flux ~24 GB).
+    #[arg(long)]
+    full_size: bool,
+    /// Only these architectures (sdxl, sdxl_clip, zimage, flux, qwen); default all.
+    #[arg(long, value_delimiter = ',')]
+    arch: Vec<String>,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Args)]
 pub struct ValidateArgs {
     /// Workflow file (API format or UI format).
@@ -81,6 +122,8 @@ pub struct ValidateArgs {
     /// Override constants as in `run`, before validating.
     #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
     sets: Vec<String>,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 #[derive(Args)]
@@ -91,6 +134,8 @@ pub struct NodesArgs {
     /// Only the class names, one per line.
     #[arg(long, conflicts_with = "class")]
     list: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +145,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::main(args, cli.quiet),
         Command::Validate(args) => commands::validate::main(args),
         Command::Nodes(args) => commands::nodes::main(args),
+        Command::Fixtures(args) => commands::fixtures::main(args),
         Command::Bench(cmd) => bench::main(cmd),
     };
     match result {

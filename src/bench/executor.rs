@@ -68,7 +68,8 @@ fn prepare(reg: &Registry, json: &Json) -> Validated {
 }
 
 pub fn run(b: &ExecutorBench) -> Result<()> {
-    let reg = crate::natives::registry();
+    let mut reg = Registry::new();
+    comfyrs_nodes::core::register(&mut reg);
     let out = std::env::temp_dir().join("comfyrs-bench");
     let events = NoEvents;
     println!("| prompt | nodes | validate | sign | first run | all cached | one constant changed | executed on change |");

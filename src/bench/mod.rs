@@ -11,11 +11,15 @@ use clap::Subcommand;
 pub enum BenchCommand {
     /// Validate, plan, sign and run generated chain and wide prompts of native string nodes.
     Executor(executor::ExecutorBench),
+    /// Time WIDEN filter and merge on synthetic keys of real SDXL and Z-Image shapes, dense vs
+    /// low-rank, and report GB/s against the bytes the operation must move.
+    Widen(comfyrs_nodes::widen::bench::WidenBenchOptions),
 }
 
 pub fn main(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
+        BenchCommand::Widen(opts) => comfyrs_nodes::widen::bench::run(&opts, &mut std::io::stdout().lock())?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,14 @@ use anyhow::{bail, Result};
 use crate::NodesArgs;
 
 pub fn main(args: NodesArgs) -> Result<ExitCode> {
-    let reg = crate::natives::registry();
+    let mut engine = crate::engine::Engine::new(&args.engine)?;
+    // The full list includes ComfyUI's Python nodes unless Python is off; one native class
+    // needs no Python.
+    let native = args.class.as_deref().is_some_and(|c| engine.registry.get(c).is_some());
+    if !native && engine.can_start_python() {
+        engine.start_python(None)?;
+    }
+    let reg = &engine.registry;
     if args.list {
         for name in reg.names() {
             println!("{name}");

@@ -3,10 +3,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 use comfyrs_runtime::executor::{Executor, NodeStatus, RunOptions, RunReport};
-use comfyrs_runtime::validate::{node_errors_json, render_node_errors, validate, Rejection};
+use comfyrs_runtime::validate::{node_errors_json, render_node_errors, Rejection};
 use serde_json::{json, Value as Json};
 
-use crate::load::{load, LoadError};
+use crate::engine::Engine;
+use crate::load::prepare;
 use crate::progress::{fmt_secs, Progress};
 use crate::RunArgs;
 
@@ -16,7 +17,7 @@ enum Outcome {
 }
 
 pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
-    let reg = crate::natives::registry();
+    let mut engine = Engine::new(&args.engine)?;
     let mut exec = Executor::new(args.cache.cache, args.cache.cache_bytes as usize);
     install_ctrl_c(exec.interrupt.clone());
     let progress = Progress::new(quiet || args.json);
@@ -27,31 +28,26 @@ pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             break;
         }
         let name = file.display().to_string();
-        let outcome = match load(file, &reg, &args.sets) {
-            Err(LoadError::Io(e)) => return Err(e),
-            Err(LoadError::Rejected(r)) => Outcome::Rejected(r),
-            Ok(loaded) => {
-                for w in &loaded.warnings {
-                    eprintln!("warning: {name}: {w}");
+        let prepared = prepare(&mut engine, file, &args.sets, Some(&args.output_dir))?;
+        for w in &prepared.warnings {
+            eprintln!("warning: {name}: {w}");
+        }
+        let outcome = match prepared.result {
+            Err(r) => Outcome::Rejected(r),
+            Ok(v) => {
+                let node_errors = node_errors_json(&v.node_errors);
+                if !v.node_errors.is_empty() && !args.json {
+                    eprintln!("warning: {name}: some outputs failed validation and will not run:{}", render_node_errors(&v.node_errors));
                 }
-                match validate(loaded.prompt, &reg, None) {
-                    Err(r) => Outcome::Rejected(r),
-                    Ok(v) => {
-                        let node_errors = node_errors_json(&v.node_errors);
-                        if !v.node_errors.is_empty() && !args.json {
-                            eprintln!("warning: {name}: some outputs failed validation and will not run:{}", render_node_errors(&v.node_errors));
-                        }
-                        let opts = RunOptions {
-                            prompt_id: format!("{}-{}", n + 1, file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()),
-                            extra_pnginfo: loaded.extra_pnginfo,
-                            output_dir: args.output_dir.clone(),
-                            events: &progress,
-                        };
-                        let report = exec.run(&v, &opts);
-                        interrupted = report.interrupted;
-                        Outcome::Ran(report, node_errors)
-                    }
-                }
+                let opts = RunOptions {
+                    prompt_id: format!("{}-{}", n + 1, file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()),
+                    extra_pnginfo: prepared.extra_pnginfo,
+                    output_dir: args.output_dir.clone(),
+                    events: &progress,
+                };
+                let report = exec.run(&v, &opts);
+                interrupted = report.interrupted;
+                Outcome::Ran(report, node_errors)
             }
         };
         if !args.json {
