@@ -14,12 +14,29 @@ pub enum BenchCommand {
     /// Time WIDEN filter and merge on synthetic keys of real SDXL and Z-Image shapes, dense vs
     /// low-rank, and report GB/s against the bytes the operation must move.
     Widen(comfyrs_nodes::widen::bench::WidenBenchOptions),
+    /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
+    /// beyond the Python function's own time.
+    #[cfg(feature = "python")]
+    Bridge {
+        /// Calls to time (the median is reported).
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+        #[command(flatten)]
+        engine: crate::EngineArgs,
+    },
 }
 
 pub fn main(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
         BenchCommand::Widen(opts) => comfyrs_nodes::widen::bench::run(&opts, &mut std::io::stdout().lock())?,
+        #[cfg(feature = "python")]
+        BenchCommand::Bridge { calls, engine } => {
+            let mut engine = crate::engine::Engine::new(&engine)?;
+            engine.start_python(None)?;
+            let bridge = comfyrs_bridge::Bridge::running().ok_or_else(|| anyhow::anyhow!("the embedded ComfyUI did not start"))?;
+            println!("{}", comfyrs_bridge::bench::run(&bridge, calls)?.render());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
