@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use tch::{Device, Kind, Tensor};
 
 use super::kernels::{add_product, fresh_copy};
-use super::{Contribution, Product, Widen, WidenConfig};
+use super::{Contribution, Product, Statistics, Widen, WidenConfig};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct WidenBenchOptions {
@@ -65,7 +65,10 @@ enum Path {
     LowRank,
     /// `merge_reusing`: the result overwrites the caller's fp32 backbone copy.
     LowRankInPlace,
-    LowRankSplitInPlace,
+    /// In place, with fp32 statistics.
+    FastInPlace,
+    /// In place, fp32 statistics, bf16x3 product.
+    FastSplitInPlace,
 }
 
 impl Path {
@@ -74,7 +77,17 @@ impl Path {
             Self::Dense => "dense",
             Self::LowRank => "low-rank",
             Self::LowRankInPlace => "low-rank, in place",
-            Self::LowRankSplitInPlace => "low-rank, in place, bf16x3",
+            Self::FastInPlace => "low-rank, in place, fp32 stats",
+            Self::FastSplitInPlace => "low-rank, in place, fp32 stats, bf16x3",
+        }
+    }
+
+    fn widen(self, base: &Widen) -> Widen {
+        let w = base.clone();
+        match self {
+            Self::Dense | Self::LowRank | Self::LowRankInPlace => w,
+            Self::FastInPlace => w.with_statistics(Statistics::Fp32),
+            Self::FastSplitInPlace => w.with_statistics(Statistics::Fp32).with_product(Product::SplitBf16),
         }
     }
 }
@@ -163,13 +176,13 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
     let ranks = opts.ranks.clone().unwrap_or(if quick { vec![32] } else { vec![16, 32, 64] });
     let iters = opts.iters.unwrap_or(if quick { 2 } else { 5 }).max(1);
     let batch_mib = opts.batch_mib.unwrap_or(if device.is_cuda() { 1024.0 } else { 64.0 });
-    let mut paths = vec![Path::LowRank, Path::LowRankInPlace];
+    let mut paths = vec![Path::LowRank, Path::LowRankInPlace, Path::FastInPlace];
     let mut notes = Vec::new();
     if device.is_cuda() {
         // libtorch must support bf16 → fp32 batched products on this device; check before timing.
         let probe = Tensor::f_ones([1, 8, 8], (Kind::Float, device))?;
         match super::kernels::add_product_split_bf16(&probe, &probe, &probe, false) {
-            Ok(_) => paths.push(Path::LowRankSplitInPlace),
+            Ok(_) => paths.push(Path::FastSplitInPlace),
             Err(e) => notes.push(format!("bf16x3 product unavailable on this device ({e}); not timed.")),
         }
     }
@@ -193,8 +206,9 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
         "Bytes moved = keys × (base read + result write), fp32 storage. Contributors are \
          `backbone + U·D` with random factors; N = 1 is the filter. \"in place\": `merge_reusing` / \
          `filter_reusing`, the result overwrites the caller's fp32 backbone copy (otherwise libtorch \
-         copies the backbone before accumulating the product). `rel. diff` (‖x − y‖ / ‖y − base‖, \
-         Frobenius): low-rank vs dense, in-place paths vs low-rank.\n"
+         copies the backbone before accumulating the product). Statistics in float64 unless \
+         \"fp32 stats\" (`Statistics::Fp32`). `rel. diff` (‖x − y‖ / ‖y − base‖, Frobenius): low-rank \
+         vs dense, the other low-rank paths vs low-rank.\n"
     )?;
     for note in &notes {
         writeln!(out, "Note: {note}\n")?;
@@ -224,11 +238,7 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                 let widen = Widen::new(WidenConfig::default(), device)?;
                 let mut rows: Vec<(Path, f64, Tensor)> = Vec::new();
                 for &path in &paths {
-                    let w = widen.clone().with_product(if path == Path::LowRankSplitInPlace {
-                        Product::SplitBf16
-                    } else {
-                        Product::Fp32
-                    });
+                    let w = path.widen(&widen);
                     let contributions: Vec<Contribution> = match path {
                         Path::Dense => factors
                             .iter()
@@ -239,7 +249,7 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                             .collect::<anyhow::Result<_>>()?,
                         _ => factors.iter().map(|(u, d)| Contribution::low_rank(u.shallow_clone(), d.shallow_clone())).collect(),
                     };
-                    let in_place = matches!(path, Path::LowRankInPlace | Path::LowRankSplitInPlace);
+                    let in_place = matches!(path, Path::LowRankInPlace | Path::FastInPlace | Path::FastSplitInPlace);
                     // In place, every call consumes a backbone copy: made here, outside the timing.
                     let mut copies: Vec<Tensor> = if in_place {
                         (0..=iters).map(|_| fresh_copy(&base)).collect::<Result<_, _>>()?
@@ -263,6 +273,11 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                     let down = Tensor::f_cat(&factors.iter().map(|(_, d)| d.shallow_clone()).collect::<Vec<_>>(), 1)?;
                     let (t_norm, _) = time(device, iters, || Ok(super::kernels::norm2(&b3, 1, false)?))?;
                     let (t_p, _) = time(device, iters, || Ok(up.f_transpose(1, 2)?.f_bmm(&b3)?))?;
+                    let (t_conv, b64) = time(device, iters, || Ok(b3.f_to_kind(Kind::Double)?))?;
+                    let (t_norm64, _) = time(device, iters, || Ok(super::kernels::norm2(&b64, 1, false)?))?;
+                    let up64 = up.f_to_kind(Kind::Double)?;
+                    let (t_p64, _) = time(device, iters, || Ok(up64.f_transpose(1, 2)?.f_bmm(&b64)?))?;
+                    drop(b64);
                     let (t_mm, _) = time(device, iters, || Ok(add_product(&b3, &up, &down, false)?))?;
                     // (Accumulates into one scratch copy again and again: the values drift, the work does not.)
                     let scratch = fresh_copy(&b3)?;
@@ -274,21 +289,24 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                     };
                     let total = rows.iter().find(|r| r.0 == Path::LowRankInPlace).map(|r| r.1).unwrap_or(f64::NAN);
                     breakdown.push(format!(
-                        "| {} | {keys} | {n} | {r} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        "| {} | {keys} | {n} | {r} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                         shape.what,
                         t_norm * 1e3,
                         t_p * 1e3,
+                        t_conv * 1e3,
+                        t_norm64 * 1e3,
+                        t_p64 * 1e3,
                         t_mm * 1e3,
                         t_mm_in_place * 1e3,
                         t_split * 1e3,
-                        (total - t_norm - t_p - t_mm_in_place) * 1e3,
+                        (total - t_conv - t_norm64 - t_p64 - t_mm_in_place) * 1e3,
                         total * 1e3
                     ));
                 }
                 for (path, secs, result) in &rows {
                     let against = match path {
                         Path::LowRank => find(Path::Dense),
-                        Path::LowRankInPlace | Path::LowRankSplitInPlace => find(Path::LowRank),
+                        Path::LowRankInPlace | Path::FastInPlace | Path::FastSplitInPlace => find(Path::LowRank),
                         Path::Dense => None,
                     };
                     let diff = match against {
@@ -314,15 +332,17 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
     if !breakdown.is_empty() {
         writeln!(
             out,
-            "\nLow-rank stages alone, ms per batch. `B + U·D` with a copy (out of place) and in place, \
-             fp32; bf16x3 out of place. `rest` = the in-place fp32 total minus column norms, Uᵀ·B and the \
-             in-place product: the statistics on `[N, B, K]`, ranks and scales.\n"
+            "\nLow-rank stages alone, ms per batch: column norms and `Uᵀ·B` in fp32 (fast statistics) and \
+             in float64 (default: the backbone's float64 copy, its norms, DGEMM); `B + U·D` fp32 with a \
+             copy (out of place) and in place, bf16x3 out of place. `rest` = the default in-place total \
+             minus the float64 statistics stages and the in-place product: the statistics on \
+             `[N, B, K]`, ranks and scales.\n"
         )?;
         writeln!(
             out,
-            "| shape | keys | N | rank | column norms | Uᵀ·B | B + U·D copy | B + U·D in place | B + U·D bf16x3 | rest | in-place total |"
+            "| shape | keys | N | rank | norms fp32 | Uᵀ·B fp32 | to f64 | norms f64 | Uᵀ·B f64 | B + U·D copy | B + U·D in place | B + U·D bf16x3 | rest | in-place total |"
         )?;
-        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for line in breakdown {
             writeln!(out, "{line}")?;
         }

@@ -24,7 +24,7 @@ pub mod stats;
 
 pub use config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
 pub use error::{Result, WidenError};
-pub use ops::{Contribution, Product, Widen};
+pub use ops::{Contribution, Product, Statistics, Widen};
 pub use ranking::Ranked;
 pub use stats::ColumnStats;
 

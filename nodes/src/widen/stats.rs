@@ -81,17 +81,13 @@ pub(crate) fn finish(mb2: &Tensor, sums: &ColumnSums, single_row: bool) -> Resul
     })
 }
 
-/// `mB²` per key and column, `[B, K]` float64, for a backbone `[B, out, K]`.
+/// `mB²` per key and column, `[B, K]` float64, for a backbone `[B, out, K]` (one fused norm pass,
+/// in the backbone's own precision).
 ///
-/// Dense path: float64 sums of exact squares. Low-rank path (`fast`): one fused fp32 pass, which
-/// assumes backbone columns whose squared norm is a normal fp32 number (entries within ~1e±18,
-/// far beyond real weights).
-pub(crate) fn backbone_sq_norms(b: &Tensor, fast: bool) -> Result<Tensor> {
-    if fast {
-        Ok(norm2(b, 1, false)?.f_to_kind(Kind::Double)?.f_square()?)
-    } else {
-        Ok(b.f_to_kind(Kind::Double)?.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?)
-    }
+/// In fp32 (the fast statistics) this is ~1e-7 relative and assumes backbone columns whose squared
+/// norm is a normal fp32 number (entries within ~1e±18, far beyond real weights).
+pub(crate) fn backbone_sq_norms(b: &Tensor) -> Result<Tensor> {
+    Ok(norm2(b, 1, false)?.f_to_kind(Kind::Double)?.f_square()?)
 }
 
 /// Sums for contributions given as full weights (each `[B, out, K]`).
@@ -100,13 +96,13 @@ pub(crate) fn backbone_sq_norms(b: &Tensor, fast: bool) -> Result<Tensor> {
 /// so `a` and `c` carry no rounding beyond the sums (and `c·mB² − a²`, the part of Δ orthogonal
 /// to the backbone that `1 − cos` measures, stays accurate even for nearly parallel columns); the
 /// float64 range also makes rescaling against overflow or underflow unnecessary.
-pub(crate) fn dense_sums(b: &Tensor, weights: &[&Tensor]) -> Result<ColumnSums> {
-    let b64 = b.f_to_kind(Kind::Double)?;
+/// `b64`: the backbone `[B, out, K]` in float64.
+pub(crate) fn dense_sums(b64: &Tensor, weights: &[&Tensor]) -> Result<ColumnSums> {
     let (mut a, mut c, mut z) = (Vec::new(), Vec::new(), Vec::new());
     for w in weights {
         let w64 = w.f_to_kind(Kind::Double)?;
         z.push(w64.f_abs()?.f_amax(1, false)?.f_eq(0.0)?);
-        let delta = w64.f_sub(&b64)?;
+        let delta = w64.f_sub(b64)?;
         a.push(b64.f_mul(&delta)?.f_sum_dim_intlist(1, false, Kind::Double)?);
         c.push(delta.f_square()?.f_sum_dim_intlist(1, false, Kind::Double)?);
     }
@@ -160,23 +156,29 @@ impl StackedFactors {
     /// Column sums from the factors alone, with one product `P = Uᵀ·B` for all contributors
     /// (the backbone is read once) and `G = UᵀU` per contributor: `a = colsum(D ⊙ P)`,
     /// `c = colsum(D ⊙ G·D)`. The factors are used as given (no rescaling), so the statistics are
-    /// those of exactly `U·D`. The sums over the rank run in fp32: `P` from an fp32 product bounds
-    /// their precision anyway, and at large N·rank float64 there would cost more than the product.
-    /// `b`: `[B, out, K]` fp32.
+    /// those of exactly `U·D`.
+    ///
+    /// `b` is the backbone `[B, out, K]` in the precision the statistics are computed in. In
+    /// float64 (the default) they are within ~1e-8 of exact. In fp32 (the fast option) `P` and the
+    /// sums carry ~1e-7..1e-6: enough to swap adjacent ranks of nearly equal columns, and where
+    /// such a swap crosses an importance threshold one column's scale jumps (≈1e-2 on that key).
     pub(crate) fn sums(&self, b: &Tensor) -> Result<ColumnSums> {
+        let kind = b.kind();
         let s = self.up.size(); // [B, N, out, r]
         let (batch, n, out, r) = (s[0], s[1], s[2], s[3]);
         let k = self.down.size()[3];
-        let u_all = self.up.f_permute([0, 2, 1, 3])?.f_reshape([batch, out, n * r])?;
+        let up = self.up.f_to_kind(kind)?;
+        let down = self.down.f_to_kind(kind)?;
+        let u_all = up.f_permute([0, 2, 1, 3])?.f_reshape([batch, out, n * r])?;
         let p = u_all.f_transpose(1, 2)?.f_bmm(b)?.f_reshape([batch, n, r, k])?;
-        let a = self.down.f_mul(&p)?.f_sum_dim_intlist(2, false, Kind::Float)?.f_to_kind(Kind::Double)?;
-        let u_flat = self.up.f_reshape([batch * n, out, r])?;
+        let a = down.f_mul(&p)?.f_sum_dim_intlist(2, false, kind)?.f_to_kind(Kind::Double)?;
+        let u_flat = up.f_reshape([batch * n, out, r])?;
         let g = u_flat.f_transpose(1, 2)?.f_bmm(&u_flat)?; // [B·N, r, r]
-        let d_flat = self.down.f_reshape([batch * n, r, k])?;
+        let d_flat = down.f_reshape([batch * n, r, k])?;
         // A quadratic form of a Gram matrix: non-negative up to rounding.
         let c = d_flat
             .f_mul(&g.f_bmm(&d_flat)?)?
-            .f_sum_dim_intlist(1, false, Kind::Float)?
+            .f_sum_dim_intlist(1, false, kind)?
             .f_to_kind(Kind::Double)?
             .f_clamp_min(0.0)?
             .f_reshape([batch, n, k])?;
