@@ -129,6 +129,17 @@ fn relative_difference(x: &Tensor, y: &Tensor, base: &Tensor) -> anyhow::Result<
     Ok((err / scale.max(f64::MIN_POSITIVE)).sqrt())
 }
 
+/// A throughput or percentage with at least two significant digits.
+fn two_digits(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock.
 fn today() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -315,13 +326,13 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                     };
                     writeln!(
                         out,
-                        "| {} | {keys} | {n} | {r} | {} | {:.2} | {:.3} | {:.0} | {:.0}% | {} |",
+                        "| {} | {keys} | {n} | {r} | {} | {:.2} | {:.3} | {} | {}% | {} |",
                         shape.what,
                         path.label(),
                         secs * 1e3,
                         secs * 1e3 / keys as f64,
-                        bytes / secs / 1e9,
-                        100.0 * bytes / secs / bandwidth,
+                        two_digits(bytes / secs / 1e9),
+                        two_digits(100.0 * bytes / secs / bandwidth),
                         diff.map(|d| format!("{d:.1e}")).unwrap_or_else(|| "—".into()),
                     )?;
                 }
