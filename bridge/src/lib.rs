@@ -34,6 +34,7 @@ pub mod bench;
 mod convert;
 pub mod fixtures;
 mod interp;
+pub mod model;
 mod node;
 
 pub use convert::{json_to_py, object_value, py_to_tensor, register_tensor_extractor, tensor_to_py, value_to_py, PyHandle, TensorExtractor};
