@@ -70,7 +70,9 @@ fn env() -> &'static Env {
         write_lora(&models.join("loras").join(LORA));
         let output = root.join("output");
         let _ = std::fs::remove_dir_all(&output);
+        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
         let opts = BridgeOptions {
+            custom_nodes: vec![support],
             output_dir: Some(output.clone()),
             input_dir: Some(root.join("input")),
             temp_dir: Some(root.join("temp")),
@@ -124,7 +126,8 @@ fn widen_txt2img(ckpt: &str, t_factor: f64, seed: u64) -> Json {
             "seed": seed, "steps": 2, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
             "model": ["23", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "widen", "images": ["8", 0]}}
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "widen", "images": ["8", 0]}},
+        "10": {"class_type": "TestLatentDigest", "inputs": {"samples": ["3", 0]}}
     })
 }
 
@@ -146,6 +149,10 @@ fn png(report: &RunReport) -> PathBuf {
     file
 }
 
+fn digest(report: &RunReport) -> String {
+    report.outputs["10"]["digest"][0].as_str().unwrap().to_string()
+}
+
 #[test]
 fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     let e = env();
@@ -161,15 +168,29 @@ fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     // Only t_factor changed: Merge, Exit and what is below them.
     let r2 = run_prompt(&mut exec, widen_txt2img(&e.ckpt, 0.5, 42));
     assert!(r2.success(), "{:?}", r2.errors);
-    assert_eq!(sorted(r2.executed()), ids(&["22", "23", "3", "8", "9"]));
+    assert_eq!(sorted(r2.executed()), ids(&["22", "23", "3", "8", "9", "10"]));
     png(&r2);
 
     // Only the seed changed: KSampler and below.
     let r3 = run_prompt(&mut exec, widen_txt2img(&e.ckpt, 0.5, 7));
     assert!(r3.success(), "{:?}", r3.errors);
-    assert_eq!(sorted(r3.executed()), ids(&["3", "8", "9"]));
+    assert_eq!(sorted(r3.executed()), ids(&["3", "8", "9", "10"]));
     png(&r3);
     eprintln!("three runs in {:?}", t.elapsed());
+
+    // The merge reaches the sampler: another t_factor, another latent; the unmerged model,
+    // another latent again.
+    assert_ne!(digest(&r1), digest(&r2), "t_factor changed the merged model");
+    let mut plain = widen_txt2img(&e.ckpt, 0.5, 7);
+    let p = plain.as_object_mut().unwrap();
+    for id in ["20", "21", "22", "23"] {
+        p.remove(id);
+    }
+    p["3"]["inputs"]["model"] = json!(["4", 0]);
+    let r4 = run_prompt(&mut exec, plain);
+    assert!(r4.success(), "{:?}", r4.errors);
+    assert_eq!(sorted(r4.executed()), ids(&["3", "8", "9", "10"]));
+    assert_ne!(digest(&r3), digest(&r4), "the merged model samples differently from the base");
 }
 
 /// The handoff itself: Entry's tensors are the module's parameters (same storage), the Exit's
