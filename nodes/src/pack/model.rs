@@ -138,11 +138,16 @@ impl NativeModel {
         &self.name
     }
     /// The file of the base weights (None for a foreign MODEL).
-    pub fn file(&self) -> Option<&Arc<CheckpointFile>> {
+    pub fn try_file(&self) -> Option<&Arc<CheckpointFile>> {
         match &self.source {
             Source::File(f) => Some(f),
             Source::Foreign(_) => None,
         }
+    }
+    /// The file of the base weights. Panics for a model over a foreign MODEL (see
+    /// [`try_file`](Self::try_file)).
+    pub fn file(&self) -> &Arc<CheckpointFile> {
+        self.try_file().expect("a model over a foreign MODEL has no file")
     }
     /// Identity of the weights: the file's (path, size, mtime) and the recipe of any overrides.
     pub fn identity(&self) -> &[u8; 32] {
