@@ -1035,3 +1035,25 @@ def model_with_weights(patcher, keys, tensors):
     else:
         m.add_patches({k: (t,) for k, t in zip(keys, tensors)}, 1.0, 0.0)
     return m
+
+
+_NATIVE_MODELS = {}
+
+
+def model_from_state_dict(keys, tensors, identity, keep_alive):
+    """A ComfyUI MODEL for a native comfyrs MODEL: ComfyUI's own UNet state-dict loader over the
+    shared tensors; the last few are kept by weight identity, so each is built once."""
+    m = _NATIVE_MODELS.get(identity)
+    if m is not None:
+        return m
+    import comfy.sd
+    sd = dict(zip(keys, tensors))
+    loader = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
+    m = loader(sd)
+    if m is None:
+        raise RuntimeError("ComfyUI could not detect the model type of this native comfyrs MODEL")
+    m._comfyrs_keep_alive = keep_alive  # the native model whose memory the tensors may view
+    _NATIVE_MODELS[identity] = m
+    while len(_NATIVE_MODELS) > 2:
+        _NATIVE_MODELS.pop(next(iter(_NATIVE_MODELS)))
+    return m

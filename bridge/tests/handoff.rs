@@ -85,6 +85,7 @@ fn env() -> &'static Env {
         comfyrs_nodes::pack::register(&mut registry, ModelFolders::new(&models));
         bridge.register(&mut registry);
         // What src/engine.rs does once the bridge has started.
+        comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
         comfyrs_nodes::pack::set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
             state_dict: comfyrs_bridge::model::state_dict,
             prepare: comfyrs_bridge::model::prepare,
@@ -272,4 +273,36 @@ fn handoff_shares_storage_both_ways() {
         })
         .unwrap();
     assert!(diff < 1e-6, "patched weight differs from the merged tensor by {diff}");
+}
+
+/// A native MODEL (WIDENBaseInput, memory-mapped) given to KSampler becomes a ComfyUI MODEL
+/// through ComfyUI's own state-dict loader, and samples like the checkpoint loader's MODEL.
+#[test]
+fn native_model_feeds_a_python_sampler() {
+    let e = env();
+    let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
+    let mut plain = widen_txt2img(&e.ckpt, 1.0, 5);
+    let p = plain.as_object_mut().unwrap();
+    for id in ["20", "21", "22", "23"] {
+        p.remove(id);
+    }
+    p["3"]["inputs"]["model"] = json!(["4", 0]);
+    p["9"]["inputs"]["filename_prefix"] = json!("native");
+    let reference = run_prompt(&mut exec, plain.clone());
+    assert!(reference.success(), "{:?}", reference.errors);
+    let p = plain.as_object_mut().unwrap();
+    p.insert("30".into(), json!({"class_type": "WIDENBaseInput", "inputs": {"model_name": e.ckpt}}));
+    p["3"]["inputs"]["model"] = json!(["30", 1]);
+    let r = run_prompt(&mut exec, plain.clone());
+    assert!(r.success(), "{:?}", r.errors);
+    png(&r);
+    assert_eq!(digest(&r), digest(&reference), "the native MODEL samples as ComfyUI's own");
+    // Same weights again (seed changed): the ComfyUI MODEL is built once.
+    p_seed(&mut plain, 6);
+    let r2 = run_prompt(&mut exec, plain);
+    assert!(r2.success(), "{:?}", r2.errors);
+}
+
+fn p_seed(prompt: &mut Json, seed: u64) {
+    prompt["3"]["inputs"]["seed"] = json!(seed);
 }

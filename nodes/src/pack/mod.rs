@@ -23,7 +23,7 @@ use crate::models::{FormatError, ModelFolders};
 
 pub use cache::{SubtreeCache, CACHE};
 pub use foreign::{foreign_models, set_foreign_models, ForeignFns, ForeignModels, ForeignState};
-pub use model::NativeModel;
+pub use model::{native_model_weights, NativeModel};
 pub use recipe::{BlockConfig, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};
 
 /// What the pack's nodes share: the model folders (re-read on every schema call, so new files

@@ -218,6 +218,22 @@ impl NativeModel {
     }
 }
 
+/// A native diffusion MODEL's weights for a foreign runtime (the bridge's model extractor):
+/// UNet keys without `diffusion_model.`, tensors shared (views of the file or the merged
+/// tensors), and the weights' identity. `None` for other values.
+pub fn native_model_weights(h: &dyn comfyrs_runtime::value::Opaque) -> Option<(IndexMap<String, tch::Tensor>, [u8; 32])> {
+    let m = h.as_any().downcast_ref::<NativeModel>()?;
+    if m.domain != RecipeDomain::Diffusion || m.foreign_origin().is_some() {
+        return None;
+    }
+    let mut sd = IndexMap::new();
+    for k in m.keys() {
+        let t = m.tensor(k).ok()?;
+        sd.insert(k.strip_prefix("diffusion_model.").unwrap_or(k).to_string(), t.shallow_clone());
+    }
+    Some((sd, *m.identity()))
+}
+
 pub(crate) fn unsupported_arch<'a>(keys: impl Iterator<Item = &'a str>) -> PackError {
     let mut prefixes: Vec<&str> = keys.map(|k| k.split('.').next().unwrap_or(k)).collect();
     prefixes.sort();
