@@ -47,9 +47,12 @@ pub fn foreign_models() -> Option<Arc<dyn ForeignModels>> {
     PROVIDER.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// Weights, identity and name, as [`ForeignFns::state_dict`] returns them.
+pub type ForeignWeights = (IndexMap<String, tch::Tensor>, [u8; 32], String);
+
 /// A [`ForeignModels`] from plain functions (what `comfyrs_bridge::model` exports).
 pub struct ForeignFns {
-    pub state_dict: fn(&Value) -> Option<Result<(IndexMap<String, tch::Tensor>, [u8; 32], String), String>>,
+    pub state_dict: fn(&Value) -> Option<Result<ForeignWeights, String>>,
     pub prepare: fn(&Value) -> Result<(), String>,
     pub with_weights: fn(&Value, &IndexMap<String, tch::Tensor>) -> Result<Value, String>,
 }
