@@ -73,6 +73,13 @@ fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry
         ..BridgeOptions::default()
     };
     let bridge = Bridge::start(&opts).context("cannot start the embedded Python ComfyUI")?;
+    // The MODEL handoff: WIDENEntry / WIDENExit on ComfyUI MODELs.
+    comfyrs_nodes::pack::set_foreign_models(std::sync::Arc::new(comfyrs_nodes::pack::ForeignFns {
+        state_dict: comfyrs_bridge::model::state_dict,
+        prepare: comfyrs_bridge::model::prepare,
+        with_weights: comfyrs_bridge::model::with_weights,
+    }));
+    comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
     for f in bridge.import_failures() {
         let last = f.error.lines().last().unwrap_or("");
         if f.custom {

@@ -940,3 +940,120 @@ def byte_size(obj, limit=200000):
 def type_label(obj):
     t = type(obj)
     return t.__name__
+
+
+# ------------------------------------------------------------------------------------------------
+# MODEL handoff (the WIDEN pack's Entry / Exit on a ComfyUI MODEL).
+
+def _restore_weights(patcher):
+    """Unloads loaded clones of `patcher` so its module holds its own (unpatched) weights again."""
+    import comfy.model_management as mm
+    f = getattr(mm, "unload_model_clones", None)
+    if f is not None:
+        try:
+            f(patcher)
+        except Exception:
+            logging.debug("comfyrs: unload_model_clones failed", exc_info=True)
+
+
+def _weight_calculator(patcher):
+    f = getattr(patcher, "calculate_weight", None)
+    if f is not None:
+        return f
+    import comfy.lora
+    g = comfy.lora.calculate_weight
+    return lambda patches, weight, key: g(patches, weight, key)
+
+
+_SET_PATCH = None
+
+
+def _has_set_patch():
+    """Whether this ComfyUI applies ("set", (tensor,)) patches (newer ones); else a "diff" patch
+    with strength_model 0.0 does the same (the weight is zeroed, then the tensor added)."""
+    global _SET_PATCH
+    if _SET_PATCH is None:
+        found = False
+        import comfy.model_patcher
+        cands = [getattr(comfy.model_patcher.ModelPatcher, "calculate_weight", None)]
+        try:
+            import comfy.lora
+            cands.append(getattr(comfy.lora, "calculate_weight", None))
+        except Exception:
+            pass
+        for f in cands:
+            try:
+                if f is not None and '"set"' in inspect.getsource(f):
+                    found = True
+            except Exception:
+                pass
+        _SET_PATCH = found
+    return _SET_PATCH
+
+
+def model_weights(patcher):
+    """The diffusion weights of a ModelPatcher: (keys, tensors, identity, name), tensors shared
+    with the module (keys patched on the patcher are computed, those alone copied); None when
+    `patcher` is not a ModelPatcher over a diffusion model."""
+    import torch
+    model = getattr(patcher, "model", None)
+    if model is None or not hasattr(patcher, "model_state_dict") or not hasattr(model, "diffusion_model"):
+        return None
+    _restore_weights(patcher)
+    sd = patcher.model_state_dict(filter_prefix="diffusion_model.")
+    patches = getattr(patcher, "patches", None) or {}
+    keys, tensors, patched = [], [], False
+    calc = None
+    for k, w in sd.items():
+        if not k.startswith("diffusion_model."):
+            continue
+        if k in patches:
+            calc = calc or _weight_calculator(patcher)
+            with torch.no_grad():
+                w = calc(patches[k], w.to(torch.float32, copy=True), k).to(w.dtype)
+            patched = True
+        keys.append(k)
+        tensors.append(w.detach())
+    token = getattr(model, "_comfyrs_token", None)
+    if token is None:
+        import uuid
+        token = uuid.uuid4().hex
+        model._comfyrs_token = token
+    ident = token + ("|" + str(getattr(patcher, "patches_uuid", "")) if patched else "")
+    return keys, tensors, ident, "{} {}".format(type(patcher).__name__, type(model).__name__)
+
+
+def model_prepare(patcher):
+    _restore_weights(patcher)
+
+
+def model_with_weights(patcher, keys, tensors):
+    """A clone of `patcher` whose weights `keys` are replaced by `tensors` (patches, shared)."""
+    m = patcher.clone()
+    if _has_set_patch():
+        m.add_patches({k: ("set", (t,)) for k, t in zip(keys, tensors)}, 1.0, 1.0)
+    else:
+        m.add_patches({k: (t,) for k, t in zip(keys, tensors)}, 1.0, 0.0)
+    return m
+
+
+_NATIVE_MODELS = {}
+
+
+def model_from_state_dict(keys, tensors, identity, keep_alive):
+    """A ComfyUI MODEL for a native comfyrs MODEL: ComfyUI's own UNet state-dict loader over the
+    shared tensors; the last few are kept by weight identity, so each is built once."""
+    m = _NATIVE_MODELS.get(identity)
+    if m is not None:
+        return m
+    import comfy.sd
+    sd = dict(zip(keys, tensors))
+    loader = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
+    m = loader(sd)
+    if m is None:
+        raise RuntimeError("ComfyUI could not detect the model type of this native comfyrs MODEL")
+    m._comfyrs_keep_alive = keep_alive  # the native model whose memory the tensors may view
+    _NATIVE_MODELS[identity] = m
+    while len(_NATIVE_MODELS) > 2:
+        _NATIVE_MODELS.pop(next(iter(_NATIVE_MODELS)))
+    return m

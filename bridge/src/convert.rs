@@ -82,6 +82,37 @@ pub fn register_tensor_extractor(f: TensorExtractor) {
     EXTRACTORS.write().unwrap_or_else(|p| p.into_inner()).push(f);
 }
 
+/// A hook for native MODEL handles that Python nodes may consume: the UNet state dict a native
+/// value stands for (keys without `diffusion_model.`, tensors shared) and an identity of those
+/// weights. The bridge builds a ComfyUI MODEL from it with ComfyUI's own state-dict loader
+/// (kept per identity, so a model is built once).
+pub type ModelExtractor = fn(&dyn Opaque) -> Option<(indexmap::IndexMap<String, tch::Tensor>, [u8; 32])>;
+
+static MODEL_EXTRACTORS: std::sync::RwLock<Vec<ModelExtractor>> = std::sync::RwLock::new(Vec::new());
+
+/// Registers a [`ModelExtractor`] (the binary does this for the WIDEN pack's native MODEL).
+pub fn register_model_extractor(f: ModelExtractor) {
+    MODEL_EXTRACTORS.write().unwrap_or_else(|p| p.into_inner()).push(f);
+}
+
+/// Keeps a native value (and the memory its tensors view) alive while Python holds a model
+/// built from it.
+#[pyclass(frozen)]
+struct KeepAlive(#[allow(dead_code)] Arc<dyn Opaque>);
+
+fn native_model_to_py<'py>(py: Python<'py>, h: &Arc<dyn Opaque>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let extractors = MODEL_EXTRACTORS.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some((sd, identity)) = extractors.iter().find_map(|f| f(h.as_ref())) else { return Ok(None) };
+    let keys = PyList::new(py, sd.keys().map(|k| k.as_str()))?;
+    let tensors = PyList::empty(py);
+    for t in sd.values() {
+        tensors.append(tensor_to_py(py, t)?)?;
+    }
+    let hex: String = identity.iter().map(|b| format!("{b:02x}")).collect();
+    let keep = Py::new(py, KeepAlive(h.clone()))?;
+    Ok(Some(crate::host_module(py)?.call_method1("model_from_state_dict", (keys, tensors, hex, keep))?))
+}
+
 /// A runtime value as a Python object: ints stay ints, floats floats, JSON becomes dicts and
 /// lists, Python handles become their objects again.
 pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
@@ -104,9 +135,13 @@ pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny
                 ph.obj.clone_ref(py).into_bound(py)
             } else {
                 let extractors = EXTRACTORS.read().unwrap_or_else(|p| p.into_inner());
-                match extractors.iter().find_map(|f| f(h.as_ref())) {
-                    Some(t) => tensor_to_py(py, &t)?,
-                    None => {
+                let tensor = extractors.iter().find_map(|f| f(h.as_ref()));
+                drop(extractors);
+                let model = if tensor.is_none() { native_model_to_py(py, h)? } else { None };
+                match (tensor, model) {
+                    (Some(t), _) => tensor_to_py(py, &t)?,
+                    (None, Some(m)) => m,
+                    (None, None) => {
                         return Err(pyo3::exceptions::PyTypeError::new_err(format!(
                             "a native {} value cannot be passed to a Python node (no conversion is registered for it)",
                             h.type_name()

@@ -34,9 +34,10 @@ pub mod bench;
 mod convert;
 pub mod fixtures;
 mod interp;
+pub mod model;
 mod node;
 
-pub use convert::{json_to_py, object_value, py_to_tensor, register_tensor_extractor, tensor_to_py, value_to_py, PyHandle, TensorExtractor};
+pub use convert::{json_to_py, object_value, py_to_tensor, register_model_extractor, register_tensor_extractor, tensor_to_py, value_to_py, PyHandle, ModelExtractor, TensorExtractor};
 pub use node::PyNode;
 pub use pyo3;
 

@@ -802,6 +802,9 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     let start = Instant::now();
     let base_node = validate(root, opts.domain)?;
     let RecipeKind::Base { model: base_model, .. } = &base_node.kind else { unreachable!() };
+    if let (Some(origin), Some(p)) = (base_model.foreign_origin(), super::foreign_models()) {
+        p.prepare(origin).map_err(|e| PackError::runtime(format!("WIDEN Exit: preparing the base MODEL failed: {e}")))?;
+    }
     let device = Device::cuda_if_available();
     let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };
     if root.is_base() {

@@ -9,6 +9,7 @@
 pub mod block;
 pub mod cache;
 pub mod exit;
+pub mod foreign;
 pub mod model;
 pub mod nodes;
 pub mod recipe;
@@ -21,7 +22,8 @@ use comfyrs_runtime::{NodeError, Registry};
 use crate::models::{FormatError, ModelFolders};
 
 pub use cache::{SubtreeCache, CACHE};
-pub use model::NativeModel;
+pub use foreign::{foreign_models, set_foreign_models, ForeignFns, ForeignModels, ForeignState};
+pub use model::{native_model_weights, NativeModel};
 pub use recipe::{BlockConfig, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};
 
 /// What the pack's nodes share: the model folders (re-read on every schema call, so new files

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use indexmap::IndexMap;
+use comfyrs_runtime::Value;
 use tch::Kind;
 
 use crate::arch::{detect_base_arch, detect_clip_arch, Arch};
@@ -15,8 +16,21 @@ use crate::models::{CheckpointDomain, CheckpointFile, FileDtype, MappedTensor};
 use super::recipe::RecipeDomain;
 use super::PackError;
 
+/// Where a model's base weights live.
+enum Source {
+    /// A memory-mapped safetensors file.
+    File(Arc<CheckpointFile>),
+    /// A foreign (ComfyUI) MODEL: its weights, shared with it, and the MODEL value itself.
+    Foreign(Arc<ForeignBase>),
+}
+
+struct ForeignBase {
+    tensors: IndexMap<String, MappedTensor>,
+    origin: Value,
+}
+
 pub struct NativeModel {
-    file: Arc<CheckpointFile>,
+    source: Source,
     arch: Arch,
     domain: RecipeDomain,
     /// Merged tensors (CPU, each in its key's own dtype), by host key.
@@ -50,7 +64,7 @@ impl NativeModel {
         h.update(file.file().identity().fingerprint().as_bytes());
         h.update(domain.name().as_bytes());
         Ok(Arc::new(NativeModel {
-            file: Arc::new(file),
+            source: Source::File(Arc::new(file)),
             arch,
             domain,
             overrides: IndexMap::new(),
@@ -58,6 +72,35 @@ impl NativeModel {
             name: name.to_string(),
             index: OnceLock::new(),
         }))
+    }
+
+    /// A base over a foreign MODEL's weights (shared, not copied); `origin` is that MODEL.
+    pub fn foreign(origin: Value, state: super::ForeignState) -> Result<Arc<NativeModel>, PackError> {
+        let arch = detect_base_arch(state.tensors.keys().map(|k| k.as_str()))
+            .ok_or_else(|| unsupported_arch(state.tensors.keys().map(|k| k.as_str())))?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"foreign");
+        h.update(&state.identity);
+        Ok(Arc::new(NativeModel {
+            source: Source::Foreign(Arc::new(ForeignBase {
+                tensors: state.tensors.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect(),
+                origin,
+            })),
+            arch,
+            domain: RecipeDomain::Diffusion,
+            overrides: IndexMap::new(),
+            identity: *h.finalize().as_bytes(),
+            name: state.name,
+            index: OnceLock::new(),
+        }))
+    }
+
+    /// The foreign MODEL this model's base weights belong to (None: a file).
+    pub fn foreign_origin(&self) -> Option<&Value> {
+        match &self.source {
+            Source::Foreign(f) => Some(&f.origin),
+            Source::File(_) => None,
+        }
     }
 
     /// A copy of `self` with `merged` overriding keys; `recipe_hash` names what made them.
@@ -72,7 +115,10 @@ impl NativeModel {
         h.update(&self.identity);
         h.update(recipe_hash);
         Arc::new(NativeModel {
-            file: self.file.clone(),
+            source: match &self.source {
+                Source::File(f) => Source::File(f.clone()),
+                Source::Foreign(f) => Source::Foreign(f.clone()),
+            },
             arch: self.arch,
             domain: self.domain,
             overrides,
@@ -91,8 +137,17 @@ impl NativeModel {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The file of the base weights (None for a foreign MODEL).
+    pub fn try_file(&self) -> Option<&Arc<CheckpointFile>> {
+        match &self.source {
+            Source::File(f) => Some(f),
+            Source::Foreign(_) => None,
+        }
+    }
+    /// The file of the base weights. Panics for a model over a foreign MODEL (see
+    /// [`try_file`](Self::try_file)).
     pub fn file(&self) -> &Arc<CheckpointFile> {
-        &self.file
+        self.try_file().expect("a model over a foreign MODEL has no file")
     }
     /// Identity of the weights: the file's (path, size, mtime) and the recipe of any overrides.
     pub fn identity(&self) -> &[u8; 32] {
@@ -103,21 +158,33 @@ impl NativeModel {
     }
 
     /// Host keys in file order.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.file.keys()
+    pub fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.source {
+            Source::File(f) => Box::new(f.keys()),
+            Source::Foreign(f) => Box::new(f.tensors.keys().map(|k| k.as_str())),
+        }
     }
     pub fn contains(&self, key: &str) -> bool {
-        self.file.contains(key)
+        match &self.source {
+            Source::File(f) => f.contains(key),
+            Source::Foreign(f) => f.tensors.contains_key(key),
+        }
     }
     pub fn shape(&self, key: &str) -> Option<Vec<i64>> {
-        self.file.shape(key).map(|s| s.iter().map(|&d| d as i64).collect())
+        match &self.source {
+            Source::File(f) => f.shape(key).map(|s| s.iter().map(|&d| d as i64).collect()),
+            Source::Foreign(f) => f.tensors.get(key).map(|t| t.size()),
+        }
     }
     /// The key's dtype (an override keeps its base key's dtype, D17).
     pub fn kind(&self, key: &str) -> Option<Kind> {
         if let Some(t) = self.overrides.get(key) {
             return Some(t.kind());
         }
-        self.file.dtype(key).and_then(FileDtype::kind)
+        match &self.source {
+            Source::File(f) => f.dtype(key).and_then(FileDtype::kind),
+            Source::Foreign(f) => f.tensors.get(key).map(|t| t.kind()),
+        }
     }
 
     /// The current tensor of a key (override, else a zero-copy view of the file).
@@ -125,7 +192,14 @@ impl NativeModel {
         if let Some(t) = self.overrides.get(key) {
             return Ok(t.clone_ref());
         }
-        self.file.tensor(key).map_err(PackError::format)
+        match &self.source {
+            Source::File(f) => f.tensor(key).map_err(PackError::format),
+            Source::Foreign(f) => f
+                .tensors
+                .get(key)
+                .map(|t| t.clone_ref())
+                .ok_or_else(|| PackError::runtime(format!("key {key} is not in the model"))),
+        }
     }
 
     /// The LoRA name index of this model (names and shapes), built once.
@@ -135,9 +209,29 @@ impl NativeModel {
                 RecipeDomain::Diffusion => self.arch,
                 RecipeDomain::Clip => Arch::SdxlClip,
             };
-            NameIndex::from_shapes(arch, &self.file.shapes())
+            let shapes = match &self.source {
+                Source::File(f) => f.shapes(),
+                Source::Foreign(f) => f.tensors.iter().map(|(k, t)| (k.clone(), t.size())).collect(),
+            };
+            NameIndex::from_shapes(arch, &shapes)
         })
     }
+}
+
+/// A native diffusion MODEL's weights for a foreign runtime (the bridge's model extractor):
+/// UNet keys without `diffusion_model.`, tensors shared (views of the file or the merged
+/// tensors), and the weights' identity. `None` for other values.
+pub fn native_model_weights(h: &dyn comfyrs_runtime::value::Opaque) -> Option<(IndexMap<String, tch::Tensor>, [u8; 32])> {
+    let m = h.as_any().downcast_ref::<NativeModel>()?;
+    if m.domain != RecipeDomain::Diffusion || m.foreign_origin().is_some() {
+        return None;
+    }
+    let mut sd = IndexMap::new();
+    for k in m.keys() {
+        let t = m.tensor(k).ok()?;
+        sd.insert(k.strip_prefix("diffusion_model.").unwrap_or(k).to_string(), t.shallow_clone());
+    }
+    Some((sd, *m.identity()))
 }
 
 pub(crate) fn unsupported_arch<'a>(keys: impl Iterator<Item = &'a str>) -> PackError {
@@ -159,7 +253,8 @@ impl comfyrs_runtime::value::Opaque for NativeModel {
         }
     }
     /// The merged tensors this model owns. The base weights are a read-only file mapping (page
-    /// cache, shared by every model of that file), not heap memory, so they are not counted.
+    /// cache, shared by every model of that file) or a foreign MODEL's (counted there), so they
+    /// are not counted.
     fn byte_size(&self) -> usize {
         let own: usize = self
             .overrides
@@ -171,8 +266,9 @@ impl comfyrs_runtime::value::Opaque for NativeModel {
     }
     fn describe(&self) -> String {
         format!(
-            "<{} native {} '{}', {} merged keys>",
+            "<{} {} {} '{}', {} merged keys>",
             self.type_name(),
+            if self.foreign_origin().is_some() { "over a foreign MODEL," } else { "native" },
             self.arch.tag(),
             self.name,
             self.overrides.len()

@@ -201,6 +201,16 @@ pub fn entry_recipe(value: Option<&Value>, domain: RecipeDomain) -> Result<Recip
         RecipeDomain::Diffusion => "MODEL",
         RecipeDomain::Clip => "CLIP",
     };
+    // A foreign (ComfyUI) MODEL: its weights, shared, become a base.
+    if domain == RecipeDomain::Diffusion {
+        if let Some(v) = value.filter(|v| v.as_handle::<NativeModel>().is_none()) {
+            if let Some(state) = super::foreign_models().and_then(|p| p.state_dict(v)) {
+                let state = state.map_err(|e| PackError::runtime(format!("WIDEN Entry: reading the MODEL's weights failed: {e}")))?;
+                let model = NativeModel::foreign(v.clone(), state)?;
+                return Ok(RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain, model }));
+            }
+        }
+    }
     let Some(model) = value.and_then(|v| v.as_handle::<NativeModel>()) else {
         return Err(PackError::type_error(format!(
             "WIDEN {}Entry got a {what} that is not a native comfyrs model ({}); merging a ComfyUI {what} \
@@ -540,5 +550,18 @@ fn open_native(c: &PackContext, name: &str, kinds: &[&str], domain: RecipeDomain
 fn exit_output(r: super::exit::ExitResult) -> Result<CallOutput, PackError> {
     let mut ui = serde_json::Map::new();
     ui.insert("widen".into(), Json::Array(vec![r.stats.to_json()]));
+    // Over a foreign MODEL: a MODEL of that runtime with the merged weights installed.
+    if let Some(origin) = r.model.foreign_origin() {
+        let out = if r.model.overrides().is_empty() {
+            origin.clone()
+        } else {
+            let p = super::foreign_models()
+                .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL but no provider is installed"))?;
+            let merged: indexmap::IndexMap<String, tch::Tensor> =
+                r.model.overrides().iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+            p.with_weights(origin, &merged).map_err(|e| PackError::runtime(format!("WIDEN Exit: installing the merged weights failed: {e}")))?
+        };
+        return Ok(CallOutput::values([out]).with_ui(ui));
+    }
     Ok(CallOutput::values([Value::Handle(r.model)]).with_ui(ui))
 }

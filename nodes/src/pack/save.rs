@@ -100,7 +100,11 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
     let mut keys: Vec<String> = model.keys().map(String::from).collect();
     keys.sort();
     let mut headers = Vec::with_capacity(keys.len());
-    let file = model.file();
+    let Some(file) = model.try_file() else {
+        return Err(PackError::value(
+            "save_model: the merge's base is a ComfyUI MODEL, not a model file; saving needs a file base (WIDENBaseInput)",
+        ));
+    };
     for k in &keys {
         let (dtype, shape) = match model.overrides().get(k) {
             Some(t) => (

@@ -1,0 +1,95 @@
+//! The MODEL handoff: a ComfyUI MODEL's diffusion weights as tch tensors (shared, no copy), and
+//! a clone of it with merged weights installed as patches. Plain functions, so the crate that
+//! links both the bridge and the WIDEN pack wires them:
+//!
+//! ```ignore
+//! comfyrs_nodes::pack::set_foreign_models(std::sync::Arc::new(comfyrs_nodes::pack::ForeignFns {
+//!     state_dict: comfyrs_bridge::model::state_dict,
+//!     prepare: comfyrs_bridge::model::prepare,
+//!     with_weights: comfyrs_bridge::model::with_weights,
+//! }));
+//! ```
+//!
+//! Every call runs on the bridge's Python thread (ComfyUI's model management is not
+//! thread-safe).
+
+use indexmap::IndexMap;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use comfyrs_runtime::Value;
+
+use crate::convert::{object_value, py_to_tensor, tensor_to_py, PyHandle};
+use crate::{format_py_err, host_module, Bridge};
+
+/// A Python MODEL's diffusion weights, keys `diffusion_model.…`.
+pub type Weights = (IndexMap<String, tch::Tensor>, [u8; 32], String);
+
+fn python_model(v: &Value) -> Option<(Bridge, Value)> {
+    let Value::Handle(h) = v else { return None };
+    h.as_any().downcast_ref::<PyHandle>()?;
+    Some((Bridge::running()?, v.clone()))
+}
+
+fn with_object<R: Send>(bridge: &Bridge, v: Value, f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<R> + Send) -> Result<R, String> {
+    bridge
+        .with_python(move |py| {
+            let Value::Handle(h) = &v else { unreachable!("checked") };
+            let ph = h.as_any().downcast_ref::<PyHandle>().expect("checked");
+            let obj = ph.object().bind(py).clone();
+            f(py, &obj).map_err(|e| format_py_err(py, &e))
+        })
+        .map_err(|e| e.to_string())?
+}
+
+/// The diffusion weights of a Python MODEL (a ModelPatcher) as tensors over the same storage.
+/// `None` when `v` is not a Python value or not a ModelPatcher over a diffusion model. Weights
+/// the patcher has patches for are computed (those alone are copies).
+pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
+    let (bridge, v) = python_model(v)?;
+    let r = with_object(&bridge, v, |py, obj| -> PyResult<Option<Weights>> {
+        let r = host_module(py)?.call_method1("model_weights", (obj,))?;
+        if r.is_none() {
+            return Ok(None);
+        }
+        let (keys, tensors, ident, name): (Vec<String>, Vec<Bound<'_, PyAny>>, String, String) = r.extract()?;
+        let mut map = IndexMap::with_capacity(keys.len());
+        for (k, t) in keys.into_iter().zip(tensors) {
+            let t = py_to_tensor(&t).ok_or_else(|| pyo3::exceptions::PyTypeError::new_err(format!("{k} is not a tensor")))?;
+            map.insert(k, t);
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"comfyui-model");
+        h.update(ident.as_bytes());
+        Ok(Some((map, *h.finalize().as_bytes(), name)))
+    });
+    match r {
+        Ok(None) => None,
+        Ok(Some(w)) => Some(Ok(w)),
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// Before weights read by [`state_dict`] are used again: unloads the model's loaded clones,
+/// so that weights a clone patched in place are restored.
+pub fn prepare(v: &Value) -> Result<(), String> {
+    let Some((bridge, v)) = python_model(v) else { return Ok(()) };
+    with_object(&bridge, v, |py, obj| host_module(py)?.call_method1("model_prepare", (obj,)).map(|_| ()))
+}
+
+/// A clone of the Python MODEL `v` with `merged` (host keys, CPU tensors, shared with Python, not
+/// copied) installed as patches replacing those weights ("set" patches where this ComfyUI has
+/// them; else "diff" patches with strength_model 0, which do the same).
+pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String> {
+    let (bridge, v) = python_model(v).ok_or_else(|| "the MODEL is not a Python object".to_string())?;
+    let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    with_object(&bridge, v, move |py, obj| {
+        let keys = PyList::new(py, merged.iter().map(|(k, _)| k.as_str()))?;
+        let tensors = PyList::empty(py);
+        for (_, t) in &merged {
+            tensors.append(tensor_to_py(py, t)?)?;
+        }
+        let m = host_module(py)?.call_method1("model_with_weights", (obj, keys, tensors))?;
+        object_value(py, &m, "MODEL")
+    })
+}

@@ -1,0 +1,308 @@
+//! The MODEL handoff against a real ComfyUI on CPU: the WIDEN pack (native) merging a LoRA into
+//! a ComfyUI MODEL from CheckpointLoaderSimple, the merged MODEL sampled by ComfyUI's KSampler.
+//! One interpreter per test binary: the tests share the bridge started by `env()`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::{json, Value as Json};
+
+use comfyrs_bridge::{Bridge, BridgeOptions};
+use comfyrs_nodes::models::ModelFolders;
+use comfyrs_runtime::cache::CacheMode;
+use comfyrs_runtime::events::{Event, EventSink};
+use comfyrs_runtime::executor::{Executor, RunOptions, RunReport};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::validate;
+use comfyrs_runtime::{Registry, Value};
+
+struct Env {
+    bridge: Bridge,
+    registry: Registry,
+    models: PathBuf,
+    output: PathBuf,
+    ckpt: String,
+}
+
+const LORA: &str = "tiny_sd15_attn_lora.safetensors";
+
+/// Attention projections of the tiny SD1.5 UNet the test LoRA touches: (module, out, in).
+const LORA_MODULES: &[(&str, usize, usize)] = &[
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_q", 320, 320),
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_k", 320, 320),
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_v", 320, 320),
+    ("middle_block.1.transformer_blocks.0.attn2.to_q", 320, 320),
+];
+
+/// A rank-4 kohya LoRA (`lora_unet_…`) on a few attention projections, small values, fp32.
+fn write_lora(path: &Path) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    let rank = 4usize;
+    for (m, out, inp) in LORA_MODULES {
+        let name = format!("lora_unet_{}", m.replace('.', "_"));
+        let down: Vec<u8> = (0..rank * inp).flat_map(|_| next().to_le_bytes()).collect();
+        let up: Vec<u8> = (0..out * rank).flat_map(|_| next().to_le_bytes()).collect();
+        data.push((format!("{name}.lora_down.weight"), vec![rank, *inp], down));
+        data.push((format!("{name}.lora_up.weight"), vec![*out, rank], up));
+        data.push((format!("{name}.alpha"), vec![], (rank as f32).to_le_bytes().to_vec()));
+    }
+    let views: Vec<(String, TensorView<'_>)> =
+        data.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bridge-handoff-tests");
+        let models = root.join("models");
+        let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
+        write_lora(&models.join("loras").join(LORA));
+        let output = root.join("output");
+        let _ = std::fs::remove_dir_all(&output);
+        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
+        let opts = BridgeOptions {
+            custom_nodes: vec![support],
+            output_dir: Some(output.clone()),
+            input_dir: Some(root.join("input")),
+            temp_dir: Some(root.join("temp")),
+            models_dir: Some(models.clone()),
+            ..Default::default()
+        };
+        let bridge = Bridge::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        let mut registry = Registry::new();
+        comfyrs_nodes::core::register(&mut registry);
+        comfyrs_nodes::pack::register(&mut registry, ModelFolders::new(&models));
+        bridge.register(&mut registry);
+        // What src/engine.rs does once the bridge has started.
+        comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
+        comfyrs_nodes::pack::set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
+            state_dict: comfyrs_bridge::model::state_dict,
+            prepare: comfyrs_bridge::model::prepare,
+            with_weights: comfyrs_bridge::model::with_weights,
+        }));
+        Env { bridge, registry, models, output, ckpt: ckpt.file_name().unwrap().to_string_lossy().into_owned() }
+    })
+}
+
+struct Collect(Mutex<Vec<Event>>);
+impl EventSink for Collect {
+    fn emit(&self, e: &Event) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
+
+fn run_prompt(exec: &mut Executor, prompt: Json) -> RunReport {
+    let e = env();
+    let events = Collect(Mutex::new(Vec::new()));
+    let prompt = Prompt::from_json(&prompt).expect("prompt shape");
+    let v = validate(prompt, &e.registry, None).unwrap_or_else(|r| panic!("{}", r.render()));
+    exec.run(
+        &v,
+        &RunOptions { prompt_id: "handoff".into(), extra_pnginfo: None, output_dir: e.output.clone(), events: &events },
+    )
+}
+
+fn widen_txt2img(ckpt: &str, t_factor: f64, seed: u64) -> Json {
+    json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "20": {"class_type": "WIDENEntry", "inputs": {"model": ["4", 0]}},
+        "21": {"class_type": "WIDENLoRA", "inputs": {"lora_name": LORA, "strength": 1.0}},
+        "22": {"class_type": "WIDENMerge", "inputs": {"base": ["20", 0], "target": ["21", 0], "t_factor": t_factor}},
+        "23": {"class_type": "WIDENExit", "inputs": {"widen": ["22", 0]}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": 2, "cfg": 7.5, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+            "model": ["23", 0], "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "widen", "images": ["8", 0]}},
+        "10": {"class_type": "TestLatentDigest", "inputs": {"samples": ["3", 0]}}
+    })
+}
+
+fn sorted(mut v: Vec<&str>) -> Vec<String> {
+    v.sort();
+    v.into_iter().map(String::from).collect()
+}
+
+fn ids(v: &[&str]) -> Vec<String> {
+    sorted(v.to_vec())
+}
+
+fn png(report: &RunReport) -> PathBuf {
+    let e = env();
+    let images = report.outputs["9"]["images"].as_array().unwrap_or_else(|| panic!("{:?}", report.outputs));
+    let file = e.output.join(images[0]["subfolder"].as_str().unwrap()).join(images[0]["filename"].as_str().unwrap());
+    let bytes = std::fs::read(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+    assert_eq!(&bytes[1..4], b"PNG");
+    file
+}
+
+fn digest(report: &RunReport) -> String {
+    report.outputs["10"]["digest"][0].as_str().unwrap().to_string()
+}
+
+#[test]
+fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
+    let e = env();
+    let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
+    let t = std::time::Instant::now();
+    let r1 = run_prompt(&mut exec, widen_txt2img(&e.ckpt, 1.0, 42));
+    assert!(r1.success(), "{:?}", r1.errors);
+    eprintln!("first run {:?}: {:?}", t.elapsed(), r1.outputs.get("23"));
+    let widen = &r1.outputs["23"]["widen"][0];
+    assert!(widen["keys"].as_u64().unwrap_or(0) >= LORA_MODULES.len() as u64, "{widen}");
+    png(&r1);
+
+    // Only t_factor changed: Merge, Exit and what is below them.
+    let r2 = run_prompt(&mut exec, widen_txt2img(&e.ckpt, 0.5, 42));
+    assert!(r2.success(), "{:?}", r2.errors);
+    assert_eq!(sorted(r2.executed()), ids(&["22", "23", "3", "8", "9", "10"]));
+    png(&r2);
+
+    // Only the seed changed: KSampler and below.
+    let r3 = run_prompt(&mut exec, widen_txt2img(&e.ckpt, 0.5, 7));
+    assert!(r3.success(), "{:?}", r3.errors);
+    assert_eq!(sorted(r3.executed()), ids(&["3", "8", "9", "10"]));
+    png(&r3);
+    eprintln!("three runs in {:?}", t.elapsed());
+
+    // The merge reaches the sampler: another t_factor, another latent; the unmerged model,
+    // another latent again.
+    assert_ne!(digest(&r1), digest(&r2), "t_factor changed the merged model");
+    let mut plain = widen_txt2img(&e.ckpt, 0.5, 7);
+    let p = plain.as_object_mut().unwrap();
+    for id in ["20", "21", "22", "23"] {
+        p.remove(id);
+    }
+    p["3"]["inputs"]["model"] = json!(["4", 0]);
+    let r4 = run_prompt(&mut exec, plain);
+    assert!(r4.success(), "{:?}", r4.errors);
+    assert_eq!(sorted(r4.executed()), ids(&["3", "8", "9", "10"]));
+    assert_ne!(digest(&r3), digest(&r4), "the merged model samples differently from the base");
+}
+
+/// The handoff itself: Entry's tensors are the module's parameters (same storage), the Exit's
+/// MODEL is a clone whose patches hold the merged tensors (same storage), and sampling with it
+/// sees the merged weights while the base model's own weights stay untouched.
+#[test]
+fn handoff_shares_storage_both_ways() {
+    let e = env();
+    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
+    let model: Value = e
+        .bridge
+        .with_python(move |py| -> Result<Value, String> {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new(
+                "def load(path):\n    import comfy.sd\n    return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n",
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_load.py", c"handoff_load").map_err(|e| e.to_string())?;
+            let obj = m.getattr("load").and_then(|f| f.call1((path,))).map_err(|e| e.to_string())?;
+            comfyrs_bridge::object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .unwrap();
+    let (weights, id1, name) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+    assert!(name.starts_with("ModelPatcher"), "{name}");
+    let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let w = weights.get(key).unwrap_or_else(|| panic!("{key} missing: {:?}", weights.keys().take(5).collect::<Vec<_>>()));
+    assert!(weights.keys().all(|k| k.starts_with("diffusion_model.")));
+    assert_eq!(comfyrs_nodes::arch::detect_base_arch(weights.keys().map(|k| k.as_str())), Some(comfyrs_nodes::arch::Arch::Sdxl));
+    let (_, id2, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
+    assert_eq!(id1, id2, "same model, same identity");
+
+    let ptrs = |v: &Value, k: &str| -> HashMap<&'static str, i64> {
+        let k = k.to_string();
+        let v = v.clone();
+        e.bridge
+            .with_python(move |py| {
+                use pyo3::types::PyAnyMethods;
+                let Value::Handle(h) = &v else { panic!() };
+                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let param = obj.getattr("model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap();
+                let mut m = HashMap::new();
+                m.insert("param", param.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
+                if let Ok(p) = obj.getattr("patches").and_then(|p| p.get_item(&k)) {
+                    // [(strength_patch, ("set", (t,)) or (t,), strength_model)]
+                    let v = p.get_item(-1).unwrap().get_item(1).unwrap();
+                    let t = if v.len().unwrap() == 2 { v.get_item(1).unwrap().get_item(0).unwrap() } else { v.get_item(0).unwrap() };
+                    m.insert("patch", t.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
+                }
+                m
+            })
+            .unwrap()
+    };
+    assert_eq!(ptrs(&model, key)["param"], w.data_ptr() as i64, "Entry's tensor is the parameter itself");
+
+    let merged_t = (w * 2.0f64).contiguous();
+    let mut merged = indexmap::IndexMap::new();
+    merged.insert(key.to_string(), merged_t.shallow_clone());
+    let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
+    let p = ptrs(&out, key);
+    assert_eq!(p["patch"], merged_t.data_ptr() as i64, "the patch is the merged tensor itself");
+    assert_eq!(p["param"], w.data_ptr() as i64, "the clone shares the base module");
+
+    // ComfyUI applies the patch: the patched weight equals the merged tensor.
+    let k2 = key.to_string();
+    let out2 = out.clone();
+    let diff: f64 = e
+        .bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let Value::Handle(h) = &out2 else { panic!() };
+            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            let code = std::ffi::CString::new(
+                "def check(m, k):\n    import torch\n    base = m.model.state_dict()[k].clone()\n    m.patch_model()\n    got = m.model.state_dict()[k].clone()\n    m.unpatch_model()\n    after = m.model.state_dict()[k]\n    assert torch.equal(after, base), 'unpatch restored the base'\n    return float((got - 2 * base).abs().max())\n",
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_check.py", c"handoff_check").unwrap();
+            m.getattr("check").unwrap().call1((obj, k2)).unwrap().extract::<f64>().unwrap()
+        })
+        .unwrap();
+    assert!(diff < 1e-6, "patched weight differs from the merged tensor by {diff}");
+}
+
+/// A native MODEL (WIDENBaseInput, memory-mapped) given to KSampler becomes a ComfyUI MODEL
+/// through ComfyUI's own state-dict loader, and samples like the checkpoint loader's MODEL.
+#[test]
+fn native_model_feeds_a_python_sampler() {
+    let e = env();
+    let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
+    let mut plain = widen_txt2img(&e.ckpt, 1.0, 5);
+    let p = plain.as_object_mut().unwrap();
+    for id in ["20", "21", "22", "23"] {
+        p.remove(id);
+    }
+    p["3"]["inputs"]["model"] = json!(["4", 0]);
+    p["9"]["inputs"]["filename_prefix"] = json!("native");
+    let reference = run_prompt(&mut exec, plain.clone());
+    assert!(reference.success(), "{:?}", reference.errors);
+    let p = plain.as_object_mut().unwrap();
+    p.insert("30".into(), json!({"class_type": "WIDENBaseInput", "inputs": {"model_name": e.ckpt}}));
+    p["3"]["inputs"]["model"] = json!(["30", 1]);
+    let r = run_prompt(&mut exec, plain.clone());
+    assert!(r.success(), "{:?}", r.errors);
+    png(&r);
+    assert_eq!(digest(&r), digest(&reference), "the native MODEL samples as ComfyUI's own");
+    // Same weights again (seed changed): the ComfyUI MODEL is built once.
+    p_seed(&mut plain, 6);
+    let r2 = run_prompt(&mut exec, plain);
+    assert!(r2.success(), "{:?}", r2.errors);
+}
+
+fn p_seed(prompt: &mut Json, seed: u64) {
+    prompt["3"]["inputs"]["seed"] = json!(seed);
+}
