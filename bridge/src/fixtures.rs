@@ -328,3 +328,53 @@ mod tests {
         assert_eq!(names.len(), keys.len(), "duplicate keys");
     }
 }
+
+/// The LoRA file name `ensure_tiny_sd15_lora` writes under `loras/`.
+pub const TINY_SD15_LORA: &str = "tiny_sd15_attn_lora.safetensors";
+
+/// Attention projections of the tiny SD1.5 UNet the LoRA touches: (module, out, in).
+pub const TINY_SD15_LORA_MODULES: &[(&str, usize, usize)] = &[
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_q", 320, 320),
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_k", 320, 320),
+    ("input_blocks.1.1.transformer_blocks.0.attn1.to_v", 320, 320),
+    ("middle_block.1.transformer_blocks.0.attn2.to_q", 320, 320),
+];
+
+/// Writes (once) a rank-4 kohya LoRA (`lora_unet_…`, alpha = rank, small deterministic values,
+/// fp32) matching a few attention projections of the tiny SD1.5 checkpoint, at
+/// `models_dir/loras/TINY_SD15_LORA`.
+pub fn ensure_tiny_sd15_lora(models_dir: &Path) -> Result<PathBuf, String> {
+    use safetensors::tensor::TensorView;
+    let path = models_dir.join("loras").join(TINY_SD15_LORA);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    // xorshift: deterministic, no extra dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+    };
+    let rank = 4usize;
+    for (m, out, inp) in TINY_SD15_LORA_MODULES {
+        let name = format!("lora_unet_{}", m.replace('.', "_"));
+        let down: Vec<u8> = (0..rank * inp).flat_map(|_| next().to_le_bytes()).collect();
+        let up: Vec<u8> = (0..out * rank).flat_map(|_| next().to_le_bytes()).collect();
+        data.push((format!("{name}.lora_down.weight"), vec![rank, *inp], down));
+        data.push((format!("{name}.lora_up.weight"), vec![*out, rank], up));
+        data.push((format!("{name}.alpha"), vec![], (rank as f32).to_le_bytes().to_vec()));
+    }
+    let views = data
+        .iter()
+        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("building the tiny SD1.5 LoRA: {e}"))?;
+    std::fs::create_dir_all(path.parent().expect("loras/ has a parent")).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let tmp = path.with_extension("tmp");
+    safetensors::tensor::serialize_to_file(views, None, &tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("cannot move {} into place: {e}", path.display()))?;
+    Ok(path)
+}

@@ -3,7 +3,7 @@
 //! One interpreter per test binary: the tests share the bridge started by `env()`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Value as Json};
@@ -25,41 +25,7 @@ struct Env {
     ckpt: String,
 }
 
-const LORA: &str = "tiny_sd15_attn_lora.safetensors";
-
-/// Attention projections of the tiny SD1.5 UNet the test LoRA touches: (module, out, in).
-const LORA_MODULES: &[(&str, usize, usize)] = &[
-    ("input_blocks.1.1.transformer_blocks.0.attn1.to_q", 320, 320),
-    ("input_blocks.1.1.transformer_blocks.0.attn1.to_k", 320, 320),
-    ("input_blocks.1.1.transformer_blocks.0.attn1.to_v", 320, 320),
-    ("middle_block.1.transformer_blocks.0.attn2.to_q", 320, 320),
-];
-
-/// A rank-4 kohya LoRA (`lora_unet_…`) on a few attention projections, small values, fp32.
-fn write_lora(path: &Path) {
-    use safetensors::tensor::{Dtype, TensorView};
-    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-    };
-    let rank = 4usize;
-    for (m, out, inp) in LORA_MODULES {
-        let name = format!("lora_unet_{}", m.replace('.', "_"));
-        let down: Vec<u8> = (0..rank * inp).flat_map(|_| next().to_le_bytes()).collect();
-        let up: Vec<u8> = (0..out * rank).flat_map(|_| next().to_le_bytes()).collect();
-        data.push((format!("{name}.lora_down.weight"), vec![rank, *inp], down));
-        data.push((format!("{name}.lora_up.weight"), vec![*out, rank], up));
-        data.push((format!("{name}.alpha"), vec![], (rank as f32).to_le_bytes().to_vec()));
-    }
-    let views: Vec<(String, TensorView<'_>)> =
-        data.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
+const LORA: &str = comfyrs_bridge::fixtures::TINY_SD15_LORA;
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
@@ -67,7 +33,7 @@ fn env() -> &'static Env {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bridge-handoff-tests");
         let models = root.join("models");
         let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
-        write_lora(&models.join("loras").join(LORA));
+        comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(&models).expect("tiny SD1.5 LoRA");
         let output = root.join("output");
         let _ = std::fs::remove_dir_all(&output);
         let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
@@ -163,7 +129,7 @@ fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     assert!(r1.success(), "{:?}", r1.errors);
     eprintln!("first run {:?}: {:?}", t.elapsed(), r1.outputs.get("23"));
     let widen = &r1.outputs["23"]["widen"][0];
-    assert!(widen["keys"].as_u64().unwrap_or(0) >= LORA_MODULES.len() as u64, "{widen}");
+    assert!(widen["keys"].as_u64().unwrap_or(0) >= comfyrs_bridge::fixtures::TINY_SD15_LORA_MODULES.len() as u64, "{widen}");
     png(&r1);
 
     // Only t_factor changed: Merge, Exit and what is below them.

@@ -21,6 +21,7 @@ pub fn main(args: FixturesArgs) -> Result<ExitCode> {
         let mut files = files;
         if args.arch.is_empty() {
             files.push(comfyrs_bridge::fixtures::ensure_tiny_sd15(&args.models_dir).map_err(|e| anyhow!("writing the tiny SD1.5 checkpoint: {e}"))?);
+            files.push(comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(&args.models_dir).map_err(|e| anyhow!("writing the tiny SD1.5 LoRA: {e}"))?);
         }
         files
     };
