@@ -1,4 +1,5 @@
-//! The headless WIDEN example workflows (`workflows/widen_*.json`) run end to end on the default
+//! The headless WIDEN example workflows (`workflows/widen_*.json`; native nodes only — the ones
+//! that also need ComfyUI are named otherwise) run end to end on the default
 //! tiny fixture set (`fixtures::write_fixtures` with default options: what `comfyrs fixtures`
 //! writes into a models root).
 
