@@ -26,3 +26,7 @@ test: setup
 
 bench: build
 	$(CARGO) run --release --quiet -- bench executor
+
+# Removes the venv, the cargo target dir and the fixture models (all outside the clone).
+clean-cache:
+	rm -rf "$(or $(COMFYRS_CACHE),$(HOME)/.cache/comfyrs)"
