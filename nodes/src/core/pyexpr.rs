@@ -10,6 +10,7 @@
 //! Python would carry as a larger integer is an `OverflowError` here.
 
 use std::fmt;
+use super::pyvalue::simple_escape;
 
 /// A Python exception: type name (as ComfyUI reports it) and message.
 #[derive(Clone, Debug, PartialEq)]
@@ -348,13 +349,7 @@ fn string(chars: &[char], i: usize, raw: bool, line: usize) -> Result<(String, u
                 '\\' => out.push('\\'),
                 '\'' => out.push('\''),
                 '"' => out.push('"'),
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'a' => out.push('\u{7}'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'v' => out.push('\u{b}'),
+                e if simple_escape(e).is_some() => out.extend(simple_escape(e)),
                 'x' | 'u' | 'U' => {
                     let n = match e {
                         'x' => 2,

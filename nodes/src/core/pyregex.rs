@@ -8,6 +8,7 @@
 //! verbose mode, and the escapes Python rejects (`bad escape \e`).
 
 use fancy_regex::{Regex, RegexBuilder, RegexInput};
+use super::pyvalue::simple_escape;
 
 /// A compiled Python pattern.
 pub struct PyRegex {
@@ -243,32 +244,8 @@ impl PyRegex {
                     pieces.push(Piece::Group(g as usize));
                     i += len;
                 }
-                'n' => {
-                    lit.push('\n');
-                    i += 2;
-                }
-                't' => {
-                    lit.push('\t');
-                    i += 2;
-                }
-                'r' => {
-                    lit.push('\r');
-                    i += 2;
-                }
-                'f' => {
-                    lit.push('\u{c}');
-                    i += 2;
-                }
-                'v' => {
-                    lit.push('\u{b}');
-                    i += 2;
-                }
-                'a' => {
-                    lit.push('\u{7}');
-                    i += 2;
-                }
-                'b' => {
-                    lit.push('\u{8}');
+                e if simple_escape(e).is_some() => {
+                    lit.extend(simple_escape(e));
                     i += 2;
                 }
                 '\\' => {
@@ -606,16 +583,7 @@ fn class_atom(chars: &[char], j: usize) -> Result<(String, Option<char>, usize),
     if "dDsSwW".contains(e) {
         return Ok((format!("\\{e}"), None, j + 2));
     }
-    let simple = match e {
-        'n' => Some('\n'),
-        't' => Some('\t'),
-        'r' => Some('\r'),
-        'f' => Some('\u{c}'),
-        'v' => Some('\u{b}'),
-        'a' => Some('\u{7}'),
-        'b' => Some('\u{8}'),
-        _ => None,
-    };
+    let simple = simple_escape(e);
     if let Some(ch) = simple {
         return Ok((ch.to_string(), Some(ch), j + 2));
     }

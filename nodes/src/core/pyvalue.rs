@@ -62,6 +62,21 @@ fn number_repr(n: &serde_json::Number) -> String {
 
 pub use comfyrs_runtime::coerce::{is_printable, py_str_repr as str_repr};
 
+/// The one-letter escapes Python string literals, `re` patterns and `re` replacement templates
+/// share: `\n \t \r \f \v \a \b`.
+pub fn simple_escape(e: char) -> Option<char> {
+    Some(match e {
+        'n' => '\n',
+        't' => '\t',
+        'r' => '\r',
+        'f' => '\u{c}',
+        'v' => '\u{b}',
+        'a' => '\u{7}',
+        'b' => '\u{8}',
+        _ => return None,
+    })
+}
+
 /// Python truthiness.
 pub fn truthy(v: &Value) -> bool {
     match v {
