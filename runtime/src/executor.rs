@@ -396,14 +396,7 @@ impl<'a> Run<'a> {
             }
             self.order.push(j);
             if let Some(hit) = self.sigs[j].and_then(|s| cache.get(&s)) {
-                self.state[j] = State::Done;
-                if let Some(ui) = &hit.ui {
-                    if self.v.schemas[j].output_node {
-                        self.outputs.insert(self.v.id(j).to_string(), ui.clone());
-                    }
-                }
-                self.results[j] = Some(hit);
-                self.cached.push(j);
+                self.use_cached(j, hit);
                 continue;
             }
             self.state[j] = State::Waiting;
@@ -595,6 +588,14 @@ impl<'a> Run<'a> {
             return false;
         }
         let Some(hit) = cache.get(&sig) else { return false };
+        self.use_cached(i, hit);
+        self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.v.id(i).to_string()] });
+        self.release(i);
+        true
+    }
+
+    /// Marks `i` done with a cached result, replaying an output node's UI.
+    fn use_cached(&mut self, i: usize, hit: Arc<NodeResult>) {
         if let Some(ui) = &hit.ui {
             if self.v.schemas[i].output_node {
                 self.outputs.insert(self.v.id(i).to_string(), ui.clone());
@@ -603,9 +604,6 @@ impl<'a> Run<'a> {
         self.results[i] = Some(hit);
         self.state[i] = State::Done;
         self.cached.push(i);
-        self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.v.id(i).to_string()] });
-        self.release(i);
-        true
     }
 
     /// The failed node that `i` (failed, or skipped because of a failure) goes back to.
