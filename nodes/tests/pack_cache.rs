@@ -74,9 +74,12 @@ fn incremental_results_equal_cold_runs() {
     // Strength of the outer LoRA: the inner merge M1 is reused for every key.
     let w = check("strength", prompt(0.7, 0.5, 1.0, false, true), prompt(0.7, 0.5, 1.0, false, false));
     assert!(n(&w, "subtree_hits") > 0, "{}", w.stats);
-    // Outer t_factor only: same.
+    assert_eq!(n(&w, "stats_hits"), 0, "a new strength needs new statistics: {}", w.stats);
+    // Outer t_factor only: M1 reused, and the outer merge's column statistics for every key.
     let w = check("t_factor", prompt(0.7, 0.9, 1.0, false, true), prompt(0.7, 0.9, 1.0, false, false));
     assert!(n(&w, "subtree_hits") > 0);
+    assert_eq!(n(&w, "stats_hits"), n(&w, "recomputed"), "{}", w.stats);
+    assert!(n(&w, "stats_hits") > 0);
     // A block slider of the outer LoRA: only MID keys recomputed, the rest are final-cache hits.
     let w = check("block slider", prompt(0.7, 0.9, 0.25, false, true), prompt(0.7, 0.9, 0.25, false, false));
     let mid = w.model.overrides().keys().filter(|k| k.contains("middle_block")).count() as u64;

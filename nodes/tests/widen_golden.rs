@@ -501,3 +501,38 @@ fn operations_leave_the_backbone_alone_and_reusing_gives_the_same_result() {
     assert_eq!(vals(&filtered_reusing), vals(&filtered));
     assert!(base.equal(&before));
 }
+
+// ---- reused statistics ----
+
+#[test]
+fn merges_redone_from_kept_statistics_equal_fresh_ones_at_any_t() {
+    tch::manual_seed(7);
+    // A batch of 3 keys with a low-rank contributor and a dense one.
+    let base = Tensor::randn([3, 6, 5], (tch::Kind::Float, tch::Device::Cpu)).to_device(test_device());
+    let parts = || {
+        vec![
+            Contribution::low_rank(
+                Tensor::randn([3, 6, 2], (tch::Kind::Float, tch::Device::Cpu)).to_device(test_device()) * 0.1,
+                Tensor::randn([3, 2, 5], (tch::Kind::Float, tch::Device::Cpu)).to_device(test_device()),
+            ),
+            Contribution::Weights(&base + Tensor::randn([3, 6, 5], (tch::Kind::Float, tch::Device::Cpu)).to_device(test_device()) * 0.05),
+        ]
+    };
+    let parts = parts();
+    let first = cpu(cfg_t(1.0));
+    let (_, stats) = first.merge_with_stats(base.copy(), &parts, None, &[]).unwrap();
+    let stats = stats.expect("2-D keys have column statistics");
+    for t_factor in [0.3, 1.0, 2.5] {
+        let w = cpu(cfg_t(t_factor));
+        let fresh = w.merge(&base, &parts, &[]).unwrap();
+        let (reused, _) = w.merge_with_stats(base.copy(), &parts, Some(&stats), &[]).unwrap();
+        assert_eq!(vals(&reused), vals(&fresh), "t = {t_factor}");
+        // One contributor: the filter, the same way.
+        let (_, one) = w.merge_with_stats(base.copy(), &parts[..1], None, &[]).unwrap();
+        let (again, _) = w.merge_with_stats(base.copy(), &parts[..1], one.as_ref(), &[]).unwrap();
+        assert_eq!(vals(&again), vals(&w.filter(&base, &parts[0], &[]).unwrap()), "filter, t = {t_factor}");
+    }
+    // Statistics of another merge are refused, not silently replaced by a fallback.
+    let err = first.merge_with_stats(base.copy(), &parts[..1], Some(&stats), &[]).unwrap_err();
+    assert!(err.to_string().contains("known statistics have shape"), "{err}");
+}

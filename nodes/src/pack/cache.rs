@@ -6,11 +6,18 @@
 //! key name and the device. Values are that subtree's merged weights for that key (fp32, CPU),
 //! so a change anywhere recomputes only the subtrees whose hash changed and what sits above
 //! them, and a block slider recomputes only the keys of that block.
+//!
+//! Entries live where they were computed: on a GPU the cached weights stay in device memory
+//! (bounded separately from host memory), so a slider change re-reads them at device bandwidth
+//! instead of over the host link. [`STATS`] keeps each merge's column statistics per key: they
+//! do not depend on the merge's t_factor, so a t-only change skips them (D19).
 
 use std::sync::{LazyLock, Mutex};
 
 use lru::LruCache;
 use tch::Tensor;
+
+use crate::widen::ColumnStats;
 
 pub struct SubtreeCache {
     inner: Mutex<Inner>,
@@ -18,10 +25,34 @@ pub struct SubtreeCache {
 
 struct Inner {
     map: LruCache<[u8; 32], Tensor>,
+    /// Bytes held in host memory and in device memory, each with its own bound.
     bytes: usize,
     limit: usize,
+    device_bytes: usize,
+    device_limit: usize,
     hits: u64,
     misses: u64,
+}
+
+impl Inner {
+    fn account(&mut self, t: &Tensor, add: bool) {
+        let size = tensor_bytes(t);
+        let slot = if t.device() == tch::Device::Cpu { &mut self.bytes } else { &mut self.device_bytes };
+        if add {
+            *slot += size;
+        } else {
+            *slot -= size;
+        }
+    }
+
+    fn evict(&mut self) {
+        while self.bytes > self.limit || self.device_bytes > self.device_limit {
+            match self.map.pop_lru() {
+                Some((_, t)) => self.account(&t, false),
+                None => break,
+            }
+        }
+    }
 }
 
 /// Cache statistics.
@@ -30,6 +61,8 @@ pub struct CacheStats {
     pub entries: usize,
     pub bytes: usize,
     pub limit: usize,
+    pub device_bytes: usize,
+    pub device_limit: usize,
     pub hits: u64,
     pub misses: u64,
 }
@@ -47,12 +80,37 @@ fn default_limit() -> usize {
     (super::exit::mem_available().unwrap_or(8 << 30) / 4).min(16 << 30)
 }
 
+/// Default bound in device memory: `COMFYRS_WIDEN_DEVICE_CACHE_MB`, else a quarter of the free
+/// device memory (the Exit's working budget leaves it aside).
+pub fn default_device_limit() -> usize {
+    if let Some(mb) = std::env::var("COMFYRS_WIDEN_DEVICE_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return mb << 20;
+    }
+    super::exit::gpu_free_bytes().unwrap_or(0) / 4
+}
+
 /// The process-wide cache.
-pub static CACHE: LazyLock<SubtreeCache> = LazyLock::new(|| SubtreeCache::new(default_limit()));
+pub static CACHE: LazyLock<SubtreeCache> =
+    LazyLock::new(|| SubtreeCache::with_limits(default_limit(), default_device_limit()));
 
 impl SubtreeCache {
+    /// A cache bounded by `limit` bytes of host memory (and as much device memory).
     pub fn new(limit: usize) -> Self {
-        SubtreeCache { inner: Mutex::new(Inner { map: LruCache::unbounded(), bytes: 0, limit, hits: 0, misses: 0 }) }
+        Self::with_limits(limit, limit)
+    }
+
+    pub fn with_limits(limit: usize, device_limit: usize) -> Self {
+        SubtreeCache {
+            inner: Mutex::new(Inner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+                limit,
+                device_bytes: 0,
+                device_limit,
+                hits: 0,
+                misses: 0,
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -71,19 +129,87 @@ impl SubtreeCache {
         r
     }
 
+    /// Stores `value`, which nobody may modify in place afterwards.
     pub fn insert(&self, key: [u8; 32], value: Tensor) {
         let size = tensor_bytes(&value);
         let mut g = self.lock();
-        if size > g.limit {
+        let limit = if value.device() == tch::Device::Cpu { g.limit } else { g.device_limit };
+        if size > limit {
             return;
         }
+        if let Some(old) = g.map.put(key, value.shallow_clone()) {
+            g.account(&old, false);
+        }
+        g.account(&value, true);
+        g.evict();
+    }
+
+    pub fn clear(&self) {
+        let mut g = self.lock();
+        g.map.clear();
+        g.bytes = 0;
+        g.device_bytes = 0;
+    }
+
+    /// Bounds host memory at `limit` bytes (device memory keeps its bound).
+    pub fn set_limit(&self, limit: usize) {
+        let mut g = self.lock();
+        g.limit = limit;
+        g.evict();
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let g = self.lock();
+        CacheStats {
+            entries: g.map.len(),
+            bytes: g.bytes,
+            limit: g.limit,
+            device_bytes: g.device_bytes,
+            device_limit: g.device_limit,
+            hits: g.hits,
+            misses: g.misses,
+        }
+    }
+}
+
+/// Column statistics of merges, per key (`[N, 1, K]` each), keyed by the merge's content hash
+/// without its t_factor ([`super::exit::Analysis::stats_hash`]).
+pub struct StatsCache {
+    inner: Mutex<StatsInner>,
+}
+
+struct StatsInner {
+    map: LruCache<[u8; 32], ColumnStats>,
+    bytes: usize,
+    limit: usize,
+}
+
+/// The process-wide statistics cache: `COMFYRS_WIDEN_STATS_CACHE_MB`, default 1 GiB (statistics
+/// are a few kilobytes per key and merge).
+pub static STATS: LazyLock<StatsCache> = LazyLock::new(|| {
+    let mb = std::env::var("COMFYRS_WIDEN_STATS_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024);
+    StatsCache { inner: Mutex::new(StatsInner { map: LruCache::unbounded(), bytes: 0, limit: mb << 20 }) }
+});
+
+impl StatsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, key: &[u8; 32]) -> Option<ColumnStats> {
+        self.lock().map.get(key).map(ColumnStats::shallow_clone)
+    }
+
+    pub fn insert(&self, key: [u8; 32], value: ColumnStats) {
+        let mut g = self.lock();
+        let size = value.bytes() + 192;
         if let Some(old) = g.map.put(key, value) {
-            g.bytes -= tensor_bytes(&old);
+            g.bytes -= old.bytes() + 192;
         }
         g.bytes += size;
         while g.bytes > g.limit {
             match g.map.pop_lru() {
-                Some((_, t)) => g.bytes -= tensor_bytes(&t),
+                Some((_, old)) => g.bytes -= old.bytes() + 192,
                 None => break,
             }
         }
@@ -95,19 +221,11 @@ impl SubtreeCache {
         g.bytes = 0;
     }
 
-    pub fn set_limit(&self, limit: usize) {
-        let mut g = self.lock();
-        g.limit = limit;
-        while g.bytes > g.limit {
-            match g.map.pop_lru() {
-                Some((_, t)) => g.bytes -= tensor_bytes(&t),
-                None => break,
-            }
-        }
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
     }
 
-    pub fn stats(&self) -> CacheStats {
-        let g = self.lock();
-        CacheStats { entries: g.map.len(), bytes: g.bytes, limit: g.limit, hits: g.hits, misses: g.misses }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

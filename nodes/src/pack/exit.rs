@@ -29,9 +29,9 @@ use tch::{Device, Kind, Tensor};
 use crate::arch::Arch;
 use crate::lora::{LoadOptions, LoraFile, LoraSet};
 use crate::models::{CheckpointDomain, CheckpointFile, FileIdentity, MappedTensor};
-use crate::widen::{Contribution, Widen, WidenConfig};
+use crate::widen::{ColumnStats, Contribution, Widen, WidenConfig};
 
-use super::cache::CACHE;
+use super::cache::{CACHE, STATS};
 use super::model::NativeModel;
 use super::recipe::{BlockConfig, Recipe, RecipeDomain, RecipeKind, SourceDir};
 use super::save;
@@ -58,6 +58,8 @@ pub struct ExitStats {
     pub cache_hits: usize,
     /// Merge-subtree results reused from the cache at any level (inner merges included).
     pub subtree_hits: usize,
+    /// Keys × merge steps whose column statistics were reused (t_factor-only changes).
+    pub stats_hits: usize,
     pub groups: usize,
     pub seconds: f64,
     pub device: String,
@@ -73,6 +75,7 @@ impl ExitStats {
         m.insert("recomputed".into(), json!(self.recomputed));
         m.insert("cache_hits".into(), json!(self.cache_hits));
         m.insert("subtree_hits".into(), json!(self.subtree_hits));
+        m.insert("stats_hits".into(), json!(self.stats_hits));
         m.insert("groups".into(), json!(self.groups));
         m.insert("seconds".into(), json!((self.seconds * 1e4).round() / 1e4));
         m.insert("device".into(), json!(self.device));
@@ -438,16 +441,30 @@ impl Analysis {
                     h.update(&self.key_hash(b, key, device));
                 }
             }
-            RecipeKind::Merge { base, target, backbone, t_factor, block_config } => {
-                h.update(&self.key_hash(base, key, device));
-                h.update(&self.key_hash(target, key, device));
-                if let Some(b) = backbone {
-                    h.update(&self.key_hash(b, key, device));
-                }
+            RecipeKind::Merge { t_factor, block_config, .. } => {
+                h.update(&self.stats_hash(node, key, device));
                 h.update(&(t_factor * self.mult(block_config, key)).to_bits().to_le_bytes());
-                h.update(format!("{device:?}").as_bytes());
             }
         }
+        *h.finalize().as_bytes()
+    }
+
+    /// What a Merge's column statistics on `key` depend on: its base, contributions and
+    /// backbone (their content hashes on this key) and the device — everything but its t_factor.
+    pub fn stats_hash(&self, node: &Recipe, key: &str, device: Device) -> [u8; 32] {
+        let RecipeKind::Merge { base, target, backbone, .. } = &node.kind else {
+            unreachable!("statistics belong to merges")
+        };
+        let mut h = blake3::Hasher::new();
+        h.update(b"merge inputs");
+        h.update(&self.static_hash[&ptr(node)]);
+        h.update(key.as_bytes());
+        h.update(&self.key_hash(base, key, device));
+        h.update(&self.key_hash(target, key, device));
+        if let Some(b) = backbone {
+            h.update(&self.key_hash(b, key, device));
+        }
+        h.update(format!("{device:?}").as_bytes());
         *h.finalize().as_bytes()
     }
 
@@ -494,6 +511,8 @@ struct Eval<'a> {
     device: Device,
     use_cache: bool,
     subtree_hits: usize,
+    /// Keys × merge steps whose column statistics came from the cache.
+    stats_hits: usize,
 }
 
 /// Memory budget in bytes for one chunk's working set.
@@ -504,8 +523,9 @@ fn budget(device: Device) -> usize {
     match device {
         Device::Cpu => (mem_available().unwrap_or(4 << 30) / 4).max(64 << 20),
         _ => {
+            // 80% of the free memory, less what the subtree cache may keep there.
             let free = gpu_free_bytes().unwrap_or(4 << 30);
-            (free as f64 * 0.8) as usize
+            ((free as f64 * 0.8) as usize).saturating_sub(CACHE.stats().device_limit).max(256 << 20)
         }
     }
 }
@@ -519,7 +539,7 @@ pub fn mem_available() -> Option<usize> {
 }
 
 /// Free device memory: libtorch exposes no query through tch, so ask the driver's tool once.
-fn gpu_free_bytes() -> Option<usize> {
+pub(crate) fn gpu_free_bytes() -> Option<usize> {
     use std::sync::OnceLock;
     static FREE: OnceLock<Option<usize>> = OnceLock::new();
     *FREE.get_or_init(|| {
@@ -539,21 +559,24 @@ fn is_oom(e: &PackError) -> bool {
 
 impl Eval<'_> {
     fn stack(&self, tensors: &[MappedTensor]) -> Result<Tensor, PackError> {
-        let parts: Vec<Tensor> = tensors
-            .iter()
-            .map(|t| t.f_to_kind(Kind::Float)?.f_to_device(self.device))
-            .collect::<Result<_, _>>()?;
-        Ok(Tensor::f_stack(&parts, 0)?)
+        Ok(super::transfer::stack_to_device(tensors, self.device)?)
     }
 
     /// A model (Base or Merge) on the chunk's keys: `[B, *S]` fp32 on the device.
     fn model(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        Ok(self.model_owned(node, keys)?.0)
+    }
+
+    /// [`Eval::model`], and whether the tensor is a fresh one that nothing else holds (a merge
+    /// may then write its result into it).
+    fn model_owned(&mut self, node: &Recipe, keys: &[String]) -> Result<(Tensor, bool), PackError> {
         match &node.kind {
             RecipeKind::Base { model, .. } => {
                 let t = keys.iter().map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>()?;
-                self.stack(&t)
+                Ok((self.stack(&t)?, true))
             }
-            RecipeKind::Merge { .. } => self.merge_cached(node, keys),
+            // Merge results are shared with the subtree cache.
+            RecipeKind::Merge { .. } => Ok((self.merge_cached(node, keys)?, !self.use_cache)),
             _ => Err(PackError::runtime(format!("{} is not a model", node.type_name()))),
         }
     }
@@ -571,9 +594,10 @@ impl Eval<'_> {
         } else {
             let sub: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
             let t = self.merge(node, &sub)?;
-            let cpu = t.f_to_device(Device::Cpu)?;
+            // Kept where it was computed (device memory on a GPU), one owned copy per key so an
+            // evicted key frees its memory.
             for (j, &i) in missing.iter().enumerate() {
-                CACHE.insert(hashes[i], cpu.f_select(0, j as i64)?.copy());
+                CACHE.insert(hashes[i], t.f_select(0, j as i64)?.copy());
             }
             Some(t)
         };
@@ -597,11 +621,11 @@ impl Eval<'_> {
     /// One merge step on the chunk's keys.
     fn merge(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
         let RecipeKind::Merge { base, target, backbone, t_factor, block_config } = &node.kind else { unreachable!() };
-        let cur = self.model(base, keys)?;
+        let (cur, cur_fresh) = self.model_owned(base, keys)?;
         let bb = match backbone {
             None => None,
-            Some(b) if b.is_base() || b.is_merge() => Some(self.model(b, keys)?),
-            Some(b) => Some(self.dense_weights(b, &cur, keys)?),
+            Some(b) if b.is_base() || b.is_merge() => Some(self.model_owned(b, keys)?),
+            Some(b) => Some((self.dense_weights(b, &cur, keys)?, true)),
         };
         let mut leaves = Vec::new();
         self.a.leaves(target, &mut leaves);
@@ -609,7 +633,11 @@ impl Eval<'_> {
         for leaf in &leaves {
             contributions.push(self.contribution(leaf, &cur, bb.is_none(), keys)?);
         }
-        let backbone_t = bb.as_ref().unwrap_or(&cur);
+        let (backbone_t, fresh) = match &bb {
+            Some((t, fresh)) => (t, *fresh),
+            None => (&cur, cur_fresh),
+        };
+        let stats_keys: Vec<[u8; 32]> = keys.iter().map(|k| self.a.stats_hash(node, k, self.device)).collect();
         // Per-key t (D10): t_factor × block × layer multipliers.
         let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -620,7 +648,8 @@ impl Eval<'_> {
             }
         }
         if distinct.len() == 1 {
-            return self.widen_op(distinct[0], backbone_t, &contributions, &key_refs);
+            let backbone_t = if fresh { backbone_t.shallow_clone() } else { super::transfer::owned_copy(backbone_t)? };
+            return self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys);
         }
         let mut result = backbone_t.f_zeros_like()?;
         for t in distinct {
@@ -637,15 +666,41 @@ impl Eval<'_> {
                 })
                 .collect::<Result<_, tch::TchError>>()?;
             let sub_keys: Vec<&str> = idx.iter().map(|&i| key_refs[i as usize]).collect();
-            let r = self.widen_op(t, &sel(backbone_t)?, &sub_c, &sub_keys)?;
+            let sub_stats: Vec<[u8; 32]> = idx.iter().map(|&i| stats_keys[i as usize]).collect();
+            let r = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
             result = result.f_index_copy(0, &index, &r)?;
         }
         Ok(result)
     }
 
-    fn widen_op(&self, t: f64, backbone: &Tensor, cs: &[Contribution], keys: &[&str]) -> Result<Tensor, PackError> {
+    /// Filter (one contribution) or merge at `t`, writing into `backbone` (the caller's own
+    /// tensor), reusing cached column statistics when every key has them (`stats_keys`).
+    fn widen_op(
+        &mut self,
+        t: f64,
+        backbone: Tensor,
+        cs: &[Contribution],
+        keys: &[&str],
+        stats_keys: &[[u8; 32]],
+    ) -> Result<Tensor, PackError> {
         let w = self.widen.with_t(t)?;
-        let r = if cs.len() == 1 { w.filter(backbone, &cs[0], keys)? } else { w.merge(backbone, cs, keys)? };
+        let known = if self.use_cache {
+            let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| STATS.get(h)).collect();
+            found.map(|parts| ColumnStats::cat_keys(&parts)).transpose()?
+        } else {
+            None
+        };
+        if known.is_some() {
+            self.stats_hits += keys.len();
+        }
+        let (r, used) = w.merge_with_stats(backbone, cs, known.as_ref(), keys)?;
+        if let (Some(used), None, true) = (used, &known, self.use_cache) {
+            for (i, h) in stats_keys.iter().enumerate() {
+                let one = used.keys(i as i64, 1)?;
+                // Owned copies: a view would keep the whole batch's statistics alive.
+                STATS.insert(*h, ColumnStats { dm: one.dm.copy(), dd: one.dd.copy(), delta_sq: one.delta_sq.copy() });
+            }
+        }
         Ok(r.f_to_kind(Kind::Float)?)
     }
 
@@ -669,6 +724,11 @@ impl Eval<'_> {
         keys: &[String],
         shape: &[i64],
     ) -> Result<Contribution, PackError> {
+        let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.specs(k)).collect();
+        let mults: Vec<f64> = keys.iter().map(|k| self.a.mult(bc, k)).collect();
+        if let Some(c) = super::factors::uniform_low_rank(&specs, &mults, shape, self.device)? {
+            return Ok(c);
+        }
         let out = shape[0];
         let k: i64 = shape[1..].iter().product();
         let mut per_key = Vec::with_capacity(keys.len());
@@ -838,16 +898,14 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     }
     stats.keys = a.keys.len();
     let widen = Widen::new(WidenConfig::default(), device)?;
-    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, subtree_hits: 0 };
+    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, subtree_hits: 0, stats_hits: 0 };
     // Keys whose final result is cached.
     let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { CACHE.get(&a.key_hash(root, k, device)) } else { None };
         match hit {
-            Some(t) => {
-                merged.insert(k.clone(), t);
-            }
+            Some(t) => install(&a, &mut merged, std::slice::from_ref(k), &t.f_unsqueeze(0)?)?,
             None => todo.push(k.clone()),
         }
     }
@@ -870,22 +928,13 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
                 return Err(PackError { message: "interrupted".into(), exception_type: "InterruptProcessingException" });
             }
             let done = eval_with_backoff(&mut ev, root, chunk)?;
-            let cpu = done.f_to_device(Device::Cpu)?;
-            for (i, k) in chunk.iter().enumerate() {
-                merged.insert(k.clone(), cpu.f_select(0, i as i64)?);
-            }
+            install(&a, &mut merged, chunk, &done)?;
         }
         rep.progress(gi as u64 + 1, total);
     }
     stats.subtree_hits = ev.subtree_hits;
-    // Each key in its own dtype (D17), owned CPU tensors.
-    let mut out: IndexMap<String, MappedTensor> = IndexMap::new();
-    for (k, t) in merged {
-        let kind = a.base.kind(&k).unwrap_or(Kind::Float);
-        let t = t.f_to_kind(kind)?.f_contiguous()?;
-        let t = if kind == Kind::Float { t.copy() } else { t };
-        out.insert(k, MappedTensor::owned(t));
-    }
+    stats.stats_hits = ev.stats_hits;
+    let out: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
     let model = base_model.with_overrides(out, &run_hash(&a, root, device));
     if let Some((path, json, hash)) = save_target {
         let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
@@ -903,6 +952,25 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
         "WIDEN Exit"
     );
     Ok(ExitResult { model, stats })
+}
+
+/// Puts a chunk's results (`[B, *S]` fp32, any device) into `merged`, each key in its own
+/// storage dtype (D17) in host memory. Keys of one dtype share one transfer.
+fn install(a: &Analysis, merged: &mut BTreeMap<String, Tensor>, keys: &[String], done: &Tensor) -> Result<(), PackError> {
+    let kinds: Vec<Kind> = keys.iter().map(|k| a.base.kind(k).unwrap_or(Kind::Float)).collect();
+    let mut distinct = kinds.clone();
+    distinct.dedup();
+    if distinct.len() == 1 {
+        let host = super::transfer::to_host(done, distinct[0])?;
+        for (i, k) in keys.iter().enumerate() {
+            merged.insert(k.clone(), host.f_select(0, i as i64)?);
+        }
+    } else {
+        for (i, (k, kind)) in keys.iter().zip(kinds).enumerate() {
+            merged.insert(k.clone(), super::transfer::to_host(&done.f_select(0, i as i64)?, kind)?);
+        }
+    }
+    Ok(())
 }
 
 fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {

@@ -9,11 +9,13 @@
 pub mod block;
 pub mod cache;
 pub mod exit;
+mod factors;
 pub mod foreign;
 pub mod model;
 pub mod nodes;
 pub mod recipe;
 pub mod save;
+mod transfer;
 
 use std::sync::{Arc, RwLock};
 
@@ -21,7 +23,7 @@ use comfyrs_runtime::{NodeError, Registry};
 
 use crate::models::{FormatError, ModelFolders};
 
-pub use cache::{SubtreeCache, CACHE};
+pub use cache::{StatsCache, SubtreeCache, CACHE, STATS};
 pub use foreign::{foreign_models, set_foreign_models, ForeignFns, ForeignModels, ForeignState};
 pub use model::{native_model_weights, NativeModel};
 pub use recipe::{BlockConfig, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};

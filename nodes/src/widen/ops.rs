@@ -190,6 +190,46 @@ impl Widen {
         })
     }
 
+    /// [`Widen::merge`] (N ≥ 2) or [`Widen::filter`] (N = 1) that reuses column statistics and
+    /// returns the ones it used. The statistics depend on the backbone and the contributions but
+    /// not on `t_factor`, so a caller that keeps them redoes a merge with another t without
+    /// reading the contributions' factors against the backbone again. `known` must come from an
+    /// earlier call on the same backbone, contributions and keys (in the same order); the result
+    /// is then bit-identical to a call without it. Statistics are `None` for 1-D keys and for
+    /// t_factors that need none (D5). Like [`Widen::merge_reusing`], the result may be written
+    /// into `backbone`'s storage.
+    pub fn merge_with_stats(
+        &self,
+        backbone: Tensor,
+        contributions: &[Contribution],
+        known: Option<&ColumnStats>,
+        keys: &[&str],
+    ) -> Result<(Tensor, Option<ColumnStats>)> {
+        if contributions.is_empty() {
+            return Err(WidenError::EmptyWeights);
+        }
+        self.config.validate()?;
+        let _guard = tch::no_grad_guard();
+        if let (Some(s), Ok(KeyLayout::Columns { batch, k, .. })) = (known, KeyLayout::of(&backbone.size())) {
+            // A caller's mix-up, not a numerical failure: no fallback.
+            s.check_fits(contributions.len() as i64, batch, k)?;
+        }
+        let is_filter = contributions.len() == 1;
+        let op = if is_filter { "filter_delta" } else { "merge_weights" };
+        let mut used = None;
+        let result = self.guarded(
+            op,
+            keys,
+            || {
+                let (t, s) = self.run_with(&backbone, contributions, is_filter, true, known)?;
+                used = s;
+                Ok(t)
+            },
+            || self.mean_of_weights(&backbone, contributions),
+        )?;
+        Ok((result, used))
+    }
+
     /// Merges N contributions against the backbone. Returns `[B, *S]` on the compute device in the
     /// backbone's dtype.
     ///
@@ -255,12 +295,25 @@ impl Widen {
     /// the whole batch; its statistics are per key as well.
     /// `reuse`: the caller gave up the backbone, its storage may hold the result.
     fn run(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool, reuse: bool) -> Result<Tensor> {
+        Ok(self.run_with(backbone, contributions, is_filter, reuse, None)?.0)
+    }
+
+    /// [`Widen::run`] with known statistics (`[N, B, K]`), returning the statistics it used.
+    fn run_with(
+        &self,
+        backbone: &Tensor,
+        contributions: &[Contribution],
+        is_filter: bool,
+        reuse: bool,
+        known: Option<&ColumnStats>,
+    ) -> Result<(Tensor, Option<ColumnStats>)> {
         let batch = backbone.size().first().copied().unwrap_or(0);
         if self.device != Device::Cpu || backbone.dim() < 2 || batch == 0 {
             // (Scalar keys: the batched code reports the unsupported rank and the caller falls back.)
-            return self.run_batch(backbone, contributions, is_filter, reuse);
+            return self.run_batch(backbone, contributions, is_filter, reuse, known);
         }
         let mut results = Vec::with_capacity(batch as usize);
+        let mut stats = Vec::with_capacity(batch as usize);
         for key in 0..batch {
             let one = |t: &Tensor| -> Result<Tensor> { fresh_copy(&t.f_narrow(0, key, 1)?) };
             let parts = contributions
@@ -272,22 +325,33 @@ impl Widen {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let known_one = known.map(|s| s.keys(key, 1)).transpose()?;
             // The per-key copy is ours: the result may overwrite it.
-            results.push(self.run_batch(&one(backbone)?, &parts, is_filter, true)?);
+            let (r, s) = self.run_batch(&one(backbone)?, &parts, is_filter, true, known_one.as_ref())?;
+            results.push(r);
+            stats.extend(s);
         }
-        Ok(Tensor::f_cat(&results, 0)?)
+        let stats = if stats.len() == batch as usize { Some(ColumnStats::cat_keys(&stats)?) } else { None };
+        Ok((Tensor::f_cat(&results, 0)?, stats))
     }
 
-    fn run_batch(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool, reuse: bool) -> Result<Tensor> {
+    fn run_batch(
+        &self,
+        backbone: &Tensor,
+        contributions: &[Contribution],
+        is_filter: bool,
+        reuse: bool,
+        known: Option<&ColumnStats>,
+    ) -> Result<(Tensor, Option<ColumnStats>)> {
         let layout = KeyLayout::of(&backbone.size())?;
         let shape = backbone.size();
         let out_kind = backbone.kind();
         match self.config.t_mode() {
-            TMode::BackboneOnly => return Ok(backbone.f_to_device(self.device)?),
+            TMode::BackboneOnly => return Ok((backbone.f_to_device(self.device)?, None)),
             TMode::Off if is_filter => {
                 if let Contribution::Weights(w) = &contributions[0] {
                     check_shape(w, &shape)?;
-                    return Ok(w.f_to_device(self.device)?.f_to_kind(out_kind)?);
+                    return Ok((w.f_to_device(self.device)?.f_to_kind(out_kind)?, None));
                 }
             }
             _ => {}
@@ -304,13 +368,16 @@ impl Widen {
             .map(|c| self.prepare(c, &b, &layout, &shape))
             .collect::<Result<Vec<_>>>()?;
         let stacked = low_rank_stack(&prepared)?;
-        let scales = match self.config.t_mode() {
-            TMode::Off => None,
-            _ => Some(self.scales(&b, &prepared, stacked.as_ref(), &layout)?),
+        let (scales, stats) = match self.config.t_mode() {
+            TMode::Off => (None, None),
+            _ => {
+                let (s, st) = self.scales(&b, &prepared, stacked.as_ref(), &layout, known)?;
+                (Some(s), st)
+            }
         };
         let split = self.product == Product::SplitBf16 && self.device.is_cuda();
         let result = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split, owned)?;
-        Ok(result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?)
+        Ok((result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?, stats))
     }
 
     fn prepare(&self, c: &Contribution, b: &Tensor, layout: &KeyLayout, shape: &[i64]) -> Result<Prepared> {
@@ -347,14 +414,15 @@ impl Widen {
         }
     }
 
-    /// `S [N, B, K]` (or `[N, B, n]` for 1-D keys).
+    /// `S [N, B, K]` (or `[N, B, n]` for 1-D keys), and the column statistics they came from.
     fn scales(
         &self,
         b: &Tensor,
         prepared: &[Prepared],
         stacked: Option<&StackedFactors>,
         layout: &KeyLayout,
-    ) -> Result<Tensor> {
+        known: Option<&ColumnStats>,
+    ) -> Result<(Tensor, Option<ColumnStats>)> {
         match layout {
             KeyLayout::OneD { .. } => {
                 let deltas: Vec<&Tensor> = prepared
@@ -364,11 +432,18 @@ impl Widen {
                         Prepared::LowRank { .. } => Err(WidenError::Input("low-rank delta on a 1-D key".into())),
                     })
                     .collect::<Result<_>>()?;
-                merge::vector_scales(&self.config, &Tensor::f_stack(&deltas, 0)?)
+                Ok((merge::vector_scales(&self.config, &Tensor::f_stack(&deltas, 0)?)?, None))
             }
-            KeyLayout::Columns { out, .. } => {
-                let stats = column_stats(b, prepared, stacked, self.statistics)?;
-                merge::column_scales(&self.config, &stats, *out)
+            KeyLayout::Columns { batch, out, k, .. } => {
+                let stats = match known {
+                    Some(s) => {
+                        s.check_fits(prepared.len() as i64, *batch, *k)?;
+                        s.shallow_clone()
+                    }
+                    None => column_stats(b, prepared, stacked, self.statistics)?,
+                };
+                let scales = merge::column_scales(&self.config, &stats, *out)?;
+                Ok((scales, Some(stats)))
             }
         }
     }

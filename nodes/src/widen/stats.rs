@@ -33,6 +33,55 @@ impl ColumnStats {
     pub fn active(&self) -> Result<Tensor> {
         Ok(self.delta_sq.f_gt(0.0)?)
     }
+
+    /// Another handle on the same tensors (statistics are never modified in place).
+    pub fn shallow_clone(&self) -> Self {
+        Self { dm: self.dm.shallow_clone(), dd: self.dd.shallow_clone(), delta_sq: self.delta_sq.shallow_clone() }
+    }
+
+    /// The statistics of keys `start..start + len` of the batch (views).
+    pub fn keys(&self, start: i64, len: i64) -> Result<Self> {
+        Ok(Self {
+            dm: self.dm.f_narrow(1, start, len)?,
+            dd: self.dd.f_narrow(1, start, len)?,
+            delta_sq: self.delta_sq.f_narrow(1, start, len)?,
+        })
+    }
+
+    /// The statistics of several batches as one, keys in the given order.
+    pub fn cat_keys(parts: &[ColumnStats]) -> Result<Self> {
+        let field = |f: fn(&ColumnStats) -> &Tensor| -> Result<Tensor> {
+            let ts: Vec<&Tensor> = parts.iter().map(f).collect();
+            Ok(Tensor::f_cat(&ts, 1)?)
+        };
+        Ok(Self { dm: field(|s| &s.dm)?, dd: field(|s| &s.dd)?, delta_sq: field(|s| &s.delta_sq)? })
+    }
+
+    /// The statistics on another device (a copy, or the same tensors if already there).
+    pub fn to_device(&self, device: tch::Device) -> Result<Self> {
+        Ok(Self {
+            dm: self.dm.f_to_device(device)?,
+            dd: self.dd.f_to_device(device)?,
+            delta_sq: self.delta_sq.f_to_device(device)?,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        [&self.dm, &self.dd, &self.delta_sq].iter().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+    }
+
+    /// Refuses statistics of another merge: `n` contributions, `batch` keys, `k` columns.
+    pub(crate) fn check_fits(&self, n: i64, batch: i64, k: i64) -> Result<()> {
+        let want = [n, batch, k];
+        if self.dm.size() != want || self.dd.size() != want || self.delta_sq.size() != want[..2] {
+            return Err(super::error::WidenError::Input(format!(
+                "known statistics have shape {:?} but this merge needs [{n}, {batch}, {k}]",
+                self.dm.size()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Per-column sums of N contributions against one backbone, float64 `[N, B, K]`.
