@@ -1,6 +1,7 @@
 //! `comfyrs bench …`: comfyrs measuring itself. Results go into BENCHMARKS.md.
 
 mod executor;
+mod merge;
 
 use std::process::ExitCode;
 
@@ -14,6 +15,10 @@ pub enum BenchCommand {
     /// Time WIDEN filter and merge on synthetic keys of real SDXL and Z-Image shapes, dense vs
     /// low-rank, and report GB/s against the bytes the operation must move.
     Widen(comfyrs_nodes::widen::bench::WidenBenchOptions),
+    /// Run the WIDEN merge workloads of issue 4 (W1-W3 on a full-size SDXL UNet, a 7-LoRA
+    /// Z-Image compose) end to end through the executor: cold, after a LoRA strength change and
+    /// after a t_factor change, with peak host memory. Generates the models on first use.
+    Merge(merge::MergeBench),
     /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
     /// beyond the Python function's own time.
     #[cfg(feature = "python")]
@@ -30,6 +35,7 @@ pub fn main(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
         BenchCommand::Widen(opts) => comfyrs_nodes::widen::bench::run(&opts, &mut std::io::stdout().lock())?,
+        BenchCommand::Merge(opts) => merge::run(&opts)?,
         #[cfg(feature = "python")]
         BenchCommand::Bridge { calls, engine } => {
             let mut engine = crate::engine::Engine::new(&engine)?;

@@ -47,6 +47,15 @@ pub struct ExitOptions {
     pub extra_pnginfo: Option<Json>,
 }
 
+/// Seconds per phase of an Exit run.
+#[derive(Clone, Debug, Default)]
+pub struct Phases {
+    pub analysis: f64,
+    pub load: f64,
+    pub compute: f64,
+    pub results: f64,
+}
+
 /// What a run did, for logs and the Exit's UI output.
 #[derive(Clone, Debug, Default)]
 pub struct ExitStats {
@@ -60,6 +69,12 @@ pub struct ExitStats {
     pub subtree_hits: usize,
     /// Keys × merge steps whose column statistics were reused (t_factor-only changes).
     pub stats_hits: usize,
+    /// Bytes of the merged keys (each in its storage dtype).
+    pub bytes: usize,
+    /// Where the time went, seconds: reading the recipe's files and planning, moving weights to
+    /// the device, computing (with results already travelling to host memory), and waiting for
+    /// the last results to arrive.
+    pub phases: Phases,
     pub groups: usize,
     pub seconds: f64,
     pub device: String,
@@ -76,6 +91,13 @@ impl ExitStats {
         m.insert("cache_hits".into(), json!(self.cache_hits));
         m.insert("subtree_hits".into(), json!(self.subtree_hits));
         m.insert("stats_hits".into(), json!(self.stats_hits));
+        m.insert("bytes".into(), json!(self.bytes));
+        let r = |x: f64| (x * 1e4).round() / 1e4;
+        let p = &self.phases;
+        m.insert(
+            "phases".into(),
+            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results)}),
+        );
         m.insert("groups".into(), json!(self.groups));
         m.insert("seconds".into(), json!((self.seconds * 1e4).round() / 1e4));
         m.insert("device".into(), json!(self.device));
@@ -257,6 +279,9 @@ pub struct Analysis {
     /// no t_factor: those enter per key).
     static_hash: HashMap<usize, [u8; 32]>,
     pub keys: Vec<String>,
+    /// `key_hash` results of this run by (node, key): the recursion would otherwise redo every
+    /// subtree for each level that asks.
+    key_hashes: std::sync::Mutex<HashMap<(usize, String), [u8; 32]>>,
 }
 
 fn ptr(r: &Recipe) -> usize {
@@ -295,6 +320,7 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
         models: HashMap::new(),
         static_hash: HashMap::new(),
         keys: Vec::new(),
+        key_hashes: Default::default(),
     };
     let folders = pack.folders().clone();
     let mut touched: std::collections::HashSet<String> = Default::default();
@@ -428,6 +454,17 @@ impl Analysis {
     /// Content hash of `node`'s result (a model, or a contribution relative to its enclosing
     /// merge's base) on `key`, on `device`.
     pub fn key_hash(&self, node: &Recipe, key: &str, device: Device) -> [u8; 32] {
+        let memo_key = (ptr(node), key.to_string());
+        if let Some(h) = self.key_hashes.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
+            return *h;
+        }
+        let out = self.compute_key_hash(node, key, device);
+        self.key_hashes.lock().unwrap_or_else(|e| e.into_inner()).insert(memo_key, out);
+        out
+    }
+
+    /// (One device per run: the memo does not key on it.)
+    fn compute_key_hash(&self, node: &Recipe, key: &str, device: Device) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(&self.static_hash[&ptr(node)]);
         h.update(key.as_bytes());
@@ -513,6 +550,34 @@ struct Eval<'a> {
     subtree_hits: usize,
     /// Keys × merge steps whose column statistics came from the cache.
     stats_hits: usize,
+    /// Time spent moving base and model weights to the device.
+    load_seconds: f64,
+}
+
+/// Debug-level timing of an evaluation's steps (`-v`): waits for the GPU at each mark so the
+/// time lands on the step that spent it. Costs nothing unless debug logging is on.
+struct Lap {
+    on: bool,
+    device: Device,
+    last: Instant,
+}
+
+impl Lap {
+    fn start(device: Device) -> Self {
+        Lap { on: tracing::enabled!(tracing::Level::DEBUG), device, last: Instant::now() }
+    }
+
+    fn mark(&mut self, step: &str) {
+        if !self.on {
+            return;
+        }
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let now = Instant::now();
+        tracing::debug!(step, ms = format!("{:.2}", (now - self.last).as_secs_f64() * 1e3), "WIDEN Exit step");
+        self.last = now;
+    }
 }
 
 /// Memory budget in bytes for one chunk's working set.
@@ -558,8 +623,11 @@ fn is_oom(e: &PackError) -> bool {
 }
 
 impl Eval<'_> {
-    fn stack(&self, tensors: &[MappedTensor]) -> Result<Tensor, PackError> {
-        Ok(super::transfer::stack_to_device(tensors, self.device)?)
+    fn stack(&mut self, tensors: &[MappedTensor]) -> Result<Tensor, PackError> {
+        let start = Instant::now();
+        let t = super::transfer::stack_to_device(tensors, self.device)?;
+        self.load_seconds += start.elapsed().as_secs_f64();
+        Ok(t)
     }
 
     /// A model (Base or Merge) on the chunk's keys: `[B, *S]` fp32 on the device.
@@ -621,7 +689,9 @@ impl Eval<'_> {
     /// One merge step on the chunk's keys.
     fn merge(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
         let RecipeKind::Merge { base, target, backbone, t_factor, block_config } = &node.kind else { unreachable!() };
+        let mut lap = Lap::start(self.device);
         let (cur, cur_fresh) = self.model_owned(base, keys)?;
+        lap.mark("merge base");
         let bb = match backbone {
             None => None,
             Some(b) if b.is_base() || b.is_merge() => Some(self.model_owned(b, keys)?),
@@ -633,11 +703,13 @@ impl Eval<'_> {
         for leaf in &leaves {
             contributions.push(self.contribution(leaf, &cur, bb.is_none(), keys)?);
         }
+        lap.mark("contributions");
         let (backbone_t, fresh) = match &bb {
             Some((t, fresh)) => (t, *fresh),
             None => (&cur, cur_fresh),
         };
         let stats_keys: Vec<[u8; 32]> = keys.iter().map(|k| self.a.stats_hash(node, k, self.device)).collect();
+        lap.mark("hashes");
         // Per-key t (D10): t_factor × block × layer multipliers.
         let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -649,7 +721,9 @@ impl Eval<'_> {
         }
         if distinct.len() == 1 {
             let backbone_t = if fresh { backbone_t.shallow_clone() } else { super::transfer::owned_copy(backbone_t)? };
-            return self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys);
+            let r = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys);
+            lap.mark("widen");
+            return r;
         }
         let mut result = backbone_t.f_zeros_like()?;
         for t in distinct {
@@ -684,6 +758,7 @@ impl Eval<'_> {
         stats_keys: &[[u8; 32]],
     ) -> Result<Tensor, PackError> {
         let w = self.widen.with_t(t)?;
+        let mut lap = Lap::start(self.device);
         let known = if self.use_cache {
             let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| STATS.get(h)).collect();
             found.map(|parts| ColumnStats::cat_keys(&parts)).transpose()?
@@ -693,12 +768,14 @@ impl Eval<'_> {
         if known.is_some() {
             self.stats_hits += keys.len();
         }
+        lap.mark("statistics lookup");
         let (r, used) = w.merge_with_stats(backbone, cs, known.as_ref(), keys)?;
+        lap.mark("filter/merge");
         if let (Some(used), None, true) = (used, &known, self.use_cache) {
             for (i, h) in stats_keys.iter().enumerate() {
-                let one = used.keys(i as i64, 1)?;
-                // Owned copies: a view would keep the whole batch's statistics alive.
-                STATS.insert(*h, ColumnStats { dm: one.dm.copy(), dd: one.dd.copy(), delta_sq: one.delta_sq.copy() });
+                // Views: no kernel per key (a copy each was ~30 ms for 582 keys on an H100); the
+                // batch's statistics (kilobytes per key) live until its last key is evicted.
+                STATS.insert(*h, used.keys(i as i64, 1)?);
             }
         }
         Ok(r.f_to_kind(Kind::Float)?)
@@ -726,7 +803,10 @@ impl Eval<'_> {
     ) -> Result<Contribution, PackError> {
         let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.specs(k)).collect();
         let mults: Vec<f64> = keys.iter().map(|k| self.a.mult(bc, k)).collect();
-        if let Some(c) = super::factors::uniform_low_rank(&specs, &mults, shape, self.device)? {
+        let identity = |spec: &crate::lora::DeltaSpec| -> Option<String> {
+            set.files.iter().find(|(_, _, id)| id.path == spec.file).map(|(_, _, id)| id.fingerprint())
+        };
+        if let Some(c) = super::factors::uniform_low_rank(&specs, &mults, shape, self.device, &identity)? {
             return Ok(c);
         }
         let out = shape[0];
@@ -891,6 +971,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     };
     // `enable_cache: false` bypasses the subtree cache (no lookup, no store). Unlike the
     // reference's single-entry cache it does not evict: other recipes' entries stay valid.
+    let analysis_start = Instant::now();
     let a = analyze(pack, root, &base_node)?;
     stats.lora_reports = a.lora_reports();
     for r in &stats.lora_reports {
@@ -898,7 +979,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     }
     stats.keys = a.keys.len();
     let widen = Widen::new(WidenConfig::default(), device)?;
-    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, subtree_hits: 0, stats_hits: 0 };
+    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, subtree_hits: 0, stats_hits: 0, load_seconds: 0.0 };
     // Keys whose final result is cached.
     let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut todo = Vec::new();
@@ -919,21 +1000,50 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     }
     let budget = budget(device);
     let n_models = a.sets.len() + a.models.len();
-    for (gi, (shape, keys)) in groups.iter().enumerate() {
+    let batch_of = |shape: &[i64]| -> usize {
         let numel: i64 = shape.iter().product::<i64>().max(1);
         let per_key = 4 * numel as usize * (3 + 3 * n_models.max(1));
-        let batch = (budget / per_key.max(1)).clamp(1, 4096);
+        (budget / per_key.max(1)).clamp(1, 4096)
+    };
+    if !groups.is_empty() {
+        let storage = |k: &str| -> u64 {
+            let numel: i64 = a.base.shape(k).unwrap_or_default().iter().product();
+            numel as u64 * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as u64
+        };
+        let estimate = super::preflight::Estimate {
+            merged_bytes: groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum(),
+            worst_chunk: groups
+                .iter()
+                .map(|(shape, keys)| storage(&keys[0]) * batch_of(shape).min(keys.len()) as u64)
+                .max()
+                .unwrap_or(0),
+            save_model: save_target.is_some(),
+        };
+        estimate.check(mem_available())?;
+    }
+    stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
+    for (gi, (shape, keys)) in groups.iter().enumerate() {
+        let batch = batch_of(shape);
         for chunk in keys.chunks(batch) {
             if rep.interrupted() {
                 return Err(PackError { message: "interrupted".into(), exception_type: "InterruptProcessingException" });
             }
+            let t0 = Instant::now();
             let done = eval_with_backoff(&mut ev, root, chunk)?;
+            // Results travel to host memory while the next chunk computes.
             install(&a, &mut merged, chunk, &done)?;
+            stats.phases.compute += t0.elapsed().as_secs_f64();
         }
         rep.progress(gi as u64 + 1, total);
     }
+    let t_wait = Instant::now();
+    super::transfer::finish(device);
+    stats.phases.results = t_wait.elapsed().as_secs_f64();
     stats.subtree_hits = ev.subtree_hits;
+    stats.phases.load = ev.load_seconds;
+    stats.phases.compute -= ev.load_seconds;
     stats.stats_hits = ev.stats_hits;
+    stats.bytes = merged.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
     let out: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
     let model = base_model.with_overrides(out, &run_hash(&a, root, device));
     if let Some((path, json, hash)) = save_target {

@@ -2,19 +2,60 @@
 //! LoRA instead of per key: in the common case every key of a group carries the same LoRAs at the
 //! same ranks, so each LoRA's `up` and `down` factors are stacked over the chunk in their storage
 //! dtype, moved in one transfer each and scaled on the device.
+//!
+//! On a GPU the unscaled factors stay in device memory ([`FACTORS`], keyed by file identity and
+//! module), so a strength or t slider never moves a LoRA over the host link again.
 
 use tch::{Device, Kind, Tensor};
+
+use std::sync::LazyLock;
 
 use crate::lora::DeltaSpec;
 use crate::widen::Contribution;
 
+use super::cache::SubtreeCache;
+use super::transfer::upload;
+
+/// Device-resident LoRA factors (storage dtype): `COMFYRS_WIDEN_FACTOR_CACHE_MB`, default 2 GiB
+/// of device memory (a rank-32 SDXL attention LoRA is ~90 MB).
+pub static FACTORS: LazyLock<SubtreeCache> = LazyLock::new(|| {
+    let mb = std::env::var("COMFYRS_WIDEN_FACTOR_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2048);
+    SubtreeCache::with_limits(0, mb << 20)
+});
+
+/// One factor of every key, stacked on `device` in storage dtype: from [`FACTORS`] where it has
+/// them (`ids`: the content identity of each key's factor), the rest in one upload.
+fn stacked_factor(views: &[Tensor], ids: Option<&[[u8; 32]]>, device: Device) -> Result<Tensor, tch::TchError> {
+    let Some(ids) = ids.filter(|_| device.is_cuda()) else {
+        let refs: Vec<&Tensor> = views.iter().collect();
+        return upload(&refs, device);
+    };
+    let mut rows: Vec<Option<Tensor>> = ids.iter().map(|id| FACTORS.get(id)).collect();
+    let missing: Vec<usize> = (0..views.len()).filter(|&i| rows[i].is_none()).collect();
+    if !missing.is_empty() {
+        let refs: Vec<&Tensor> = missing.iter().map(|&i| &views[i]).collect();
+        let fresh = upload(&refs, device)?;
+        for (j, &i) in missing.iter().enumerate() {
+            let row = fresh.f_select(0, j as i64)?;
+            FACTORS.insert(ids[i], row.shallow_clone());
+            rows[i] = Some(row);
+        }
+    }
+    let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("filled")).collect();
+    Tensor::f_stack(&rows, 0)
+}
+
 /// `keys` with their delta specs in this set and the per-key strength multiplier (block config).
 /// `None` when the keys differ in LoRAs, ranks or row sections (the caller builds them one by one).
+///
+/// `identity(spec)`: the identity of the spec's file (`FileIdentity::fingerprint`), which makes
+/// its factors cacheable on the device; `None` uploads them every time.
 pub fn uniform_low_rank(
     specs: &[&[DeltaSpec]],
     multipliers: &[f64],
     shape: &[i64],
     device: Device,
+    identity: &dyn Fn(&DeltaSpec) -> Option<String>,
 ) -> Result<Option<Contribution>, tch::TchError> {
     let out = shape[0];
     let k: i64 = shape[1..].iter().product();
@@ -48,7 +89,20 @@ pub fn uniform_low_rank(
                     (if up { u } else { d }).f_reshape(dims)
                 })
                 .collect::<Result<_, _>>()?;
-            Tensor::f_stack(&views, 0)?.f_to_device(device)?.f_to_kind(Kind::Float)
+            let ids: Option<Vec<[u8; 32]>> = specs
+                .iter()
+                .map(|ss| {
+                    let s = &ss[j];
+                    let file = identity(s)?;
+                    let mut h = blake3::Hasher::new();
+                    for part in [file.as_str(), s.module.as_str(), s.target.as_str(), if up { "up" } else { "down" }] {
+                        h.update(part.as_bytes());
+                        h.update(&[0]);
+                    }
+                    Some(*h.finalize().as_bytes())
+                })
+                .collect();
+            stacked_factor(&views, ids.as_deref(), device)?.f_to_kind(Kind::Float)
         };
         // The same fp32 products as scaling key by key (`x · (scale as f32)`), so results do not
         // depend on which path built them.

@@ -13,6 +13,7 @@ mod factors;
 pub mod foreign;
 pub mod model;
 pub mod nodes;
+pub mod preflight;
 pub mod recipe;
 pub mod save;
 mod transfer;
@@ -24,6 +25,7 @@ use comfyrs_runtime::{NodeError, Registry};
 use crate::models::{FormatError, ModelFolders};
 
 pub use cache::{StatsCache, SubtreeCache, CACHE, STATS};
+pub use factors::FACTORS;
 pub use foreign::{foreign_models, set_foreign_models, ForeignFns, ForeignModels, ForeignState};
 pub use model::{native_model_weights, NativeModel};
 pub use recipe::{BlockConfig, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};

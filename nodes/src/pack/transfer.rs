@@ -13,11 +13,85 @@ use crate::models::MappedTensor;
 /// Stacks one tensor per key into `[B, *S]` fp32 on `device`.
 pub fn stack_to_device(tensors: &[MappedTensor], device: Device) -> Result<Tensor, tch::TchError> {
     let same_kind = tensors.windows(2).all(|w| w[0].kind() == w[1].kind());
+    if let (Device::Cuda(_), true) = (device, same_kind) {
+        let views: Vec<&Tensor> = tensors.iter().map(|t| &**t).collect();
+        return upload(&views, device)?.f_to_kind(Kind::Float);
+    }
     let parts: Vec<Tensor> = tensors
         .iter()
         .map(|t| if same_kind { t.f_to_device(device) } else { t.f_to_device(device)?.f_to_kind(Kind::Float) })
         .collect::<Result<_, _>>()?;
     Tensor::f_stack(&parts, 0)?.f_to_kind(Kind::Float)
+}
+
+/// Bytes per staging buffer of [`staged_upload`].
+const STAGE_BYTES: usize = 64 << 20;
+
+/// Stacks same-shape, same-dtype host tensors into `[B, *S]` on `device`, keeping their dtype.
+pub fn upload(tensors: &[&Tensor], device: Device) -> Result<Tensor, tch::TchError> {
+    match (device, tensors.first()) {
+        (Device::Cuda(index), Some(first)) if pinned_enabled() && first.device() == Device::Cpu => {
+            staged_upload(tensors, first, index)
+        }
+        _ => {
+            let parts: Vec<Tensor> = tensors.iter().map(|t| t.f_to_device(device)).collect::<Result<_, _>>()?;
+            Tensor::f_stack(&parts, 0)
+        }
+    }
+}
+
+/// Host → device through two page-locked staging buffers: the CPU fills one (libtorch spreads
+/// large copies over its threads, which also takes the memory map's page faults in parallel)
+/// while the GPU pulls the other at full link speed. Copying straight from the pageable map
+/// goes through the driver's single staging path at a fraction of that (7 vs 49 GiB/s measured
+/// on an H100 host). Keys share shape and dtype.
+fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Tensor, tch::TchError> {
+    let device = Device::Cuda(index);
+    let kind = first.kind();
+    let key_shape = first.size();
+    let numel = first.numel() as i64;
+    let per_stage = (STAGE_BYTES / (numel as usize * kind.elt_size_in_bytes()).max(1)).max(1);
+    let mut parts = Vec::with_capacity(tensors.len().div_ceil(per_stage));
+    let stage_len = per_stage.min(tensors.len()) as i64 * numel;
+    let buffers = [pinned_empty(stage_len, kind, index)?, pinned_empty(stage_len, kind, index)?];
+    let (mut fill, start) = (std::time::Duration::ZERO, std::time::Instant::now());
+    for (round, chunk) in tensors.chunks(per_stage).enumerate() {
+        let buffer = &buffers[round % 2];
+        if round >= 2 {
+            // This buffer's previous upload (two rounds ago) must have finished.
+            tch::Cuda::synchronize(index as i64);
+        }
+        let f0 = std::time::Instant::now();
+        for (j, t) in chunk.iter().enumerate() {
+            let mut slot = buffer.f_narrow(0, j as i64 * numel, numel)?.f_view(key_shape.as_slice())?;
+            slot.f_copy_(&t.f_view(key_shape.as_slice())?)?;
+        }
+        fill += f0.elapsed();
+        let mut staged_shape = vec![chunk.len() as i64];
+        staged_shape.extend_from_slice(&key_shape);
+        let staged = buffer.f_narrow(0, 0, chunk.len() as i64 * numel)?.f_view(staged_shape.as_slice())?;
+        parts.push(staged.f_to_device_(device, kind, true, false)?);
+    }
+    tch::Cuda::synchronize(index as i64);
+    tracing::debug!(
+        keys = tensors.len(),
+        fill_ms = format!("{:.1}", fill.as_secs_f64() * 1e3),
+        total_ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1e3),
+        "staged upload"
+    );
+    // One device-side copy (at device bandwidth) joins the rounds.
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
+    Tensor::f_cat(&parts, 0)
+}
+
+/// An uninitialized page-locked host tensor of `len` elements from libtorch's caching host
+/// allocator (tch has no direct call for it: a non-blocking device → host copy allocates there).
+fn pinned_empty(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
+    let t = Tensor::f_empty([len], (kind, Device::Cuda(index)))?.f_to_device_(Device::Cpu, kind, true, false)?;
+    tch::Cuda::synchronize(index as i64);
+    Ok(t)
 }
 
 /// Whether results are copied into page-locked memory (`COMFYRS_WIDEN_PINNED=0` turns it off).
@@ -28,7 +102,8 @@ fn pinned_enabled() -> bool {
 }
 
 /// `t` in host memory as `kind`, contiguous and owned (never a view of `t`'s storage).
-/// On CUDA the narrowing runs on the device and the copy lands in page-locked memory.
+/// On CUDA the narrowing runs on the device and the copy lands in page-locked memory, possibly
+/// still in flight: call [`finish`] before reading it.
 pub fn to_host(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     let device = t.device();
     if device == Device::Cpu {
@@ -40,12 +115,10 @@ pub fn to_host(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     if !pinned_enabled() {
         return narrowed.f_to_device(Device::Cpu);
     }
-    // An empty page-locked tensor grown in place keeps its page-locked allocator: this gets
-    // page-locked memory without first filling a pageable buffer.
-    let mut host = Tensor::f_empty([0], (kind, Device::Cpu))?.f_pin_memory(device)?;
-    let _ = host.f_resize_(narrowed.size())?;
-    host.f_copy_(&narrowed)?;
-    Ok(host)
+    // A non-blocking copy from CUDA to the CPU lands in page-locked memory from libtorch's
+    // caching host allocator (reused across runs). It overlaps the next chunk's computation;
+    // the caller must call [`finish`] before reading the result.
+    narrowed.f_to_device_(Device::Cpu, kind, true, false)
 }
 
 /// A copy of `t` in a new allocation.
@@ -53,4 +126,11 @@ pub fn owned_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
     let mut out = t.f_empty_like()?;
     out.f_copy_(t)?;
     Ok(out)
+}
+
+/// Waits for the device's pending work, including [`to_host`] copies.
+pub fn finish(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
 }

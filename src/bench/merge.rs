@@ -1,0 +1,389 @@
+//! `comfyrs bench merge`: the WIDEN workloads of issue 4, end to end through the executor, on
+//! generated full-size models (random weights in the real layouts).
+//!
+//! - W1: one LoRA merged at t 1.0.
+//! - W2: a compose of {LoRA0 @0.8 + LoRA1 @0.5} and {LoRA2 @1.0} merged at t 1.0, then LoRA3 @1.0
+//!   chained at t 0.5; then only LoRA3's strength changes, then only the last t.
+//! - W3: a compose of four single-LoRA branches at t 1.0.
+//! - Z-Image: a compose of seven single-LoRA branches at t 1.0.
+//!
+//! SDXL: fp16 UNet, rank-32 LoRAs on every attention projection, proj_in and proj_out (582 keys).
+//! Z-Image: bf16 transformer, rank-32 LoRAs on its attention projections. Timings are the whole
+//! prompt (recipe nodes, Exit, results in host memory in each key's dtype). "Cold" runs start
+//! with empty WIDEN caches (subtree results, statistics, device-resident LoRA factors) on an
+//! executor that has the base model open, as a server has after its first prompt; the "changed"
+//! rows follow the previous run the way a slider change does. The first run of the process
+//! (mapping the base, parsing the LoRA files) is reported on its own.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use comfyrs_nodes::arch::layout::{layout, LayoutSize};
+use comfyrs_nodes::arch::Arch;
+use comfyrs_nodes::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraTargets};
+use comfyrs_nodes::lora::LoraNaming;
+use comfyrs_nodes::models::{FileDtype, ModelFolders};
+use comfyrs_runtime::cache::CacheMode;
+use comfyrs_runtime::events::NoEvents;
+use comfyrs_runtime::executor::{Executor, RunOptions};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::validate;
+use comfyrs_runtime::Registry;
+use serde_json::{json, Map, Value as Json};
+
+use crate::progress::fmt_secs;
+
+#[derive(Args)]
+pub struct MergeBench {
+    /// Where the generated models are kept between runs (written on first use: ~5 GB for SDXL,
+    /// ~12 GB for Z-Image) [default: $COMFYRS_CACHE/bench-models, else ~/.cache/comfyrs/bench-models].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Workloads to run.
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,zimage", value_parser = ["w1", "w2", "w3", "zimage"])]
+    workloads: Vec<String>,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// The tiny layouts instead of full size (a quick check of the benchmark itself on a CPU).
+    #[arg(long)]
+    tiny: bool,
+}
+
+struct Setup {
+    base: String,
+    loras: Vec<String>,
+    /// Bytes of the base file.
+    base_bytes: u64,
+}
+
+fn bench_dir(opts: &MergeBench) -> PathBuf {
+    if let Some(d) = &opts.dir {
+        return d.clone();
+    }
+    let cache = std::env::var_os("COMFYRS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/comfyrs"));
+    cache.join("bench-models")
+}
+
+/// Writes the base and `n` LoRAs of `arch` unless they are there.
+fn ensure_models(dir: &Path, arch: Arch, size: LayoutSize, dtype: FileDtype, n: usize) -> Result<Setup> {
+    let sz = if size == LayoutSize::Full { "full" } else { "tiny" };
+    let l = layout(arch, size);
+    let base_rel = format!("bench/{}_{sz}_{}.safetensors", arch.tag(), dtype.name().to_ascii_lowercase());
+    let base_path = dir.join("diffusion_models").join(&base_rel);
+    if !base_path.exists() {
+        eprintln!("writing {}", base_path.display());
+        write_base_model(&base_path, &l, dtype, 0, false)?;
+    }
+    let mut loras = Vec::new();
+    for i in 0..n {
+        let rel = format!("bench/{}_{sz}_attn_r32_{i}.safetensors", arch.tag());
+        let path = dir.join("loras").join(&rel);
+        if !path.exists() {
+            eprintln!("writing {}", path.display());
+            let spec = LoraFixture {
+                arch,
+                naming: LoraNaming::Kohya,
+                kind: FixtureKind::Lora,
+                rank: 32,
+                dtype: FileDtype::F16,
+                seed: 1 + 1_000_003 * i as u64,
+                targets: LoraTargets::Attention,
+            };
+            write_lora(&path, &l, &spec)?;
+        }
+        loras.push(rel);
+    }
+    let base_bytes = std::fs::metadata(&base_path)?.len();
+    Ok(Setup { base: base_rel, loras, base_bytes })
+}
+
+/// Prompt builder: node ids in insertion order.
+struct P(Map<String, Json>);
+
+impl P {
+    fn new(base: &str) -> Self {
+        let mut m = Map::new();
+        m.insert("base".into(), json!({"class_type": "WIDENBaseInput", "inputs": {"model_name": base}}));
+        P(m)
+    }
+    fn add(&mut self, id: &str, class: &str, inputs: Json) -> Json {
+        self.0.insert(id.into(), json!({"class_type": class, "inputs": inputs}));
+        json!([id, 0])
+    }
+    fn lora(&mut self, id: &str, name: &str, strength: f64, prev: Option<Json>) -> Json {
+        let mut inputs = json!({"lora_name": name, "strength": strength});
+        if let Some(p) = prev {
+            inputs["prev"] = p;
+        }
+        self.add(id, "WIDENLoRA", inputs)
+    }
+    fn compose(&mut self, id: &str, branches: &[Json]) -> Json {
+        let mut prev: Option<Json> = None;
+        for (i, b) in branches.iter().enumerate() {
+            let mut inputs = json!({"branch": b});
+            if let Some(p) = prev {
+                inputs["compose"] = p;
+            }
+            prev = Some(self.add(&format!("{id}_{i}"), "WIDENCompose", inputs));
+        }
+        prev.expect("a compose has branches")
+    }
+    fn merge(&mut self, id: &str, base: Json, target: Json, t: f64) -> Json {
+        self.add(id, "WIDENMerge", json!({"base": base, "target": target, "t_factor": t}))
+    }
+    fn finish(mut self, model: Json) -> Json {
+        let exit = self.add("exit", "WIDENExit", json!({"widen": model}));
+        self.add("sink", "PreviewAny", json!({"source": exit}));
+        Json::Object(self.0)
+    }
+}
+
+fn w1(s: &Setup) -> Json {
+    let mut p = P::new(&s.base);
+    let l = p.lora("l0", &s.loras[0], 1.0, None);
+    let m = p.merge("m", json!(["base", 0]), l, 1.0);
+    p.finish(m)
+}
+
+fn w2(s: &Setup, s3: f64, t_last: f64) -> Json {
+    let mut p = P::new(&s.base);
+    let l0 = p.lora("l0", &s.loras[0], 0.8, None);
+    let l01 = p.lora("l1", &s.loras[1], 0.5, Some(l0));
+    let l2 = p.lora("l2", &s.loras[2], 1.0, None);
+    let c = p.compose("c", &[l01, l2]);
+    let m1 = p.merge("m1", json!(["base", 0]), c, 1.0);
+    let l3 = p.lora("l3", &s.loras[3], s3, None);
+    let m2 = p.merge("m2", m1, l3, t_last);
+    p.finish(m2)
+}
+
+fn compose_all(s: &Setup) -> Json {
+    let mut p = P::new(&s.base);
+    let branches: Vec<Json> = s.loras.iter().enumerate().map(|(i, l)| p.lora(&format!("l{i}"), l, 1.0, None)).collect();
+    let c = p.compose("c", &branches);
+    let m = p.merge("m", json!(["base", 0]), c, 1.0);
+    p.finish(m)
+}
+
+/// Resident-set peak of this process since the last [`reset_peak`], bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+fn reset_peak() {
+    // "5" resets the peak resident set size (Linux ≥ 4.0).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+struct Runner {
+    reg: Registry,
+    exec: Executor,
+    n: usize,
+    /// Counts cold runs: each gets its own Exit `model_name` (unused without saving), so the
+    /// executor re-runs the Exit instead of answering from its own output cache.
+    cold_runs: usize,
+}
+
+impl Runner {
+    fn new(models: &Path) -> Result<Self> {
+        let mut reg = Registry::new();
+        comfyrs_nodes::core::register(&mut reg);
+        comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models));
+        Ok(Runner { reg, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
+    }
+
+    /// Runs a prompt; returns wall seconds and the Exit's statistics.
+    fn run(&mut self, prompt: &Json) -> Result<(f64, Json)> {
+        let (p, _) = Prompt::parse(&prompt.to_string()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let v = validate(p, &self.reg, None).map_err(|r| anyhow::anyhow!("prompt rejected: {}", r.to_json()))?;
+        self.n += 1;
+        let opts = RunOptions {
+            prompt_id: format!("bench-{}", self.n),
+            extra_pnginfo: None,
+            output_dir: std::env::temp_dir(),
+            events: &NoEvents,
+        };
+        let start = Instant::now();
+        let report = self.exec.run(&v, &opts);
+        let secs = start.elapsed().as_secs_f64();
+        if !report.success() {
+            bail!("run failed: {:?}", report.errors.iter().map(|e| e.to_json()).collect::<Vec<_>>());
+        }
+        let stats = report.outputs.get("exit").and_then(|o| o.get("widen")).and_then(|w| w.get(0)).cloned().unwrap_or(Json::Null);
+        Ok((secs, stats))
+    }
+}
+
+fn clear_caches() {
+    comfyrs_nodes::pack::CACHE.clear();
+    comfyrs_nodes::pack::STATS.clear();
+    comfyrs_nodes::pack::FACTORS.clear();
+}
+
+impl Runner {
+    /// `prompt` with empty WIDEN caches and the Exit forced to run.
+    fn run_cold(&mut self, prompt: &Json) -> Result<(f64, Json)> {
+        clear_caches();
+        self.cold_runs += 1;
+        let mut p = prompt.clone();
+        p["exit"]["inputs"]["model_name"] = json!(format!("bench-cold-{}", self.cold_runs));
+        self.run(&p)
+    }
+}
+
+struct Row {
+    what: String,
+    secs: f64,
+    exit_secs: f64,
+    detail: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Cold runs of `prompt` (see the module doc).
+fn cold(r: &mut Runner, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec<Row>) -> Result<Json> {
+    let (mut walls, mut exits) = (Vec::new(), Vec::new());
+    let mut last = Json::Null;
+    for _ in 0..repeat.max(1) {
+        let (secs, stats) = r.run_cold(prompt)?;
+        walls.push(secs);
+        exits.push(stats["seconds"].as_f64().unwrap_or(f64::NAN));
+        last = stats;
+    }
+    rows.push(Row { what: what.into(), secs: median(walls), exit_secs: median(exits), detail: summary(&last) });
+    Ok(last)
+}
+
+/// The compute device the Exit reported.
+static DEVICE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+fn summary(stats: &Json) -> String {
+    if let Some(d) = stats["device"].as_str() {
+        *DEVICE.lock().unwrap_or_else(|e| e.into_inner()) = d.to_string();
+    }
+    let ms = |k: &str| format!("{:.0}", stats["phases"][k].as_f64().unwrap_or(f64::NAN) * 1e3);
+    format!(
+        "{} keys, {} recomputed, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}",
+        stats["keys"],
+        stats["recomputed"],
+        stats["subtree_hits"],
+        stats["stats_hits"],
+        ms("analysis"),
+        ms("load"),
+        ms("compute"),
+        ms("results")
+    )
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+pub fn run(opts: &MergeBench) -> Result<()> {
+    let dir = bench_dir(opts);
+    let size = if opts.tiny { LayoutSize::Tiny } else { LayoutSize::Full };
+    let mut rows = Vec::new();
+    let mut memory = Vec::new();
+    let want = |w: &str| opts.workloads.iter().any(|x| x == w);
+    if want("w1") || want("w2") || want("w3") {
+        let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
+        let mut r = Runner::new(&dir)?;
+        let (secs, st) = r.run_cold(&compose_all(&s))?;
+        rows.push(Row {
+            what: "W3, first run of the process (maps the base, parses 4 LoRAs)".into(),
+            secs,
+            exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN),
+            detail: summary(&st),
+        });
+        let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
+        if want("w1") {
+            reset_peak();
+            let st = cold(&mut r, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rows)?;
+            memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
+        }
+        if want("w2") {
+            reset_peak();
+            let st = cold(&mut r, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rows)?;
+            memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
+            // Slider changes on one executor, as in a server: each repetition moves the slider.
+            let (mut strength, mut last_t, mut stats_s, mut stats_t) = (Vec::new(), Vec::new(), Json::Null, Json::Null);
+            for i in 0..opts.repeat.max(1) {
+                r.run_cold(&w2(&s, 1.0, 0.5))?;
+                let s3 = 0.9 - 0.1 * i as f64;
+                let (secs, st) = r.run(&w2(&s, s3, 0.5))?;
+                strength.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+                stats_s = st;
+                let (secs, st) = r.run(&w2(&s, s3, 0.6 + 0.1 * i as f64))?;
+                last_t.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+                stats_t = st;
+            }
+            for (what, v, st) in [("W2, LoRA3 strength changed", strength, stats_s), ("W2, last t changed", last_t, stats_t)] {
+                rows.push(Row {
+                    what: what.into(),
+                    secs: median(v.iter().map(|x| x.0).collect()),
+                    exit_secs: median(v.iter().map(|x| x.1).collect()),
+                    detail: summary(&st),
+                });
+            }
+        }
+        if want("w3") {
+            reset_peak();
+            let st = cold(&mut r, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
+            memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
+        }
+    }
+    if want("zimage") {
+        let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
+        let mut r = Runner::new(&dir)?;
+        let (secs, st) = r.run_cold(&compose_all(&s))?;
+        rows.push(Row {
+            what: "Z-Image, first run of the process (maps the base, parses 7 LoRAs)".into(),
+            secs,
+            exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN),
+            detail: summary(&st),
+        });
+        reset_peak();
+        let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
+        memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+    }
+    println!(
+        "# comfyrs bench merge ({}, device {}, median of {})\n",
+        if opts.tiny { "tiny layouts" } else { "full-size layouts" },
+        DEVICE.lock().unwrap_or_else(|e| e.into_inner()),
+        opts.repeat
+    );
+    println!("| workload | end to end | Exit alone | what ran |");
+    println!("|---|---:|---:|---|");
+    for r in &rows {
+        println!("| {} | {} | {} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail);
+    }
+    println!("\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |");
+    println!("|---|---:|---:|---:|---:|");
+    for (w, peak, out, base) in memory {
+        let bound = base + out + (2 << 30);
+        let verdict = match peak {
+            Some(p) if p <= bound => "within",
+            Some(_) => "EXCEEDED",
+            None => "?",
+        };
+        println!("| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound));
+    }
+    let c = comfyrs_nodes::pack::CACHE.stats();
+    println!(
+        "\nSubtree cache at the end: {} in host memory, {} in device memory (bound {}).",
+        gib(c.bytes as u64),
+        gib(c.device_bytes as u64),
+        gib(c.device_limit as u64)
+    );
+    Ok(())
+}
