@@ -219,3 +219,29 @@ fn ui_workflow_converts_and_runs() {
     let ids: Vec<&str> = file["nodes"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap()).collect();
     assert!(!ids.contains(&"5") && !ids.contains(&"2") && !ids.contains(&"4"), "virtual/bypassed nodes are not run: {ids:?}");
 }
+
+/// `comfyrs bench merge` on the tiny layouts: every workload runs end to end, and the slider
+/// rows reuse what they should (this checks the benchmark's wiring, not its timings).
+#[test]
+fn bench_merge_runs_every_workload_on_tiny_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["bench", "merge", "--tiny", "--repeat", "1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let row = |prefix: &str| -> String {
+        stdout.lines().find(|l| l.starts_with(&format!("| {prefix}"))).unwrap_or_else(|| panic!("no row '{prefix}' in:\n{stdout}")).to_string()
+    };
+    for w in ["W1: one LoRA", "W2: compose", "W3: compose", "Z-Image: compose"] {
+        assert!(row(w).contains(" 0 subtree hits"), "a cold run must start from empty caches: {}", row(w));
+    }
+    let strength = row("W2, LoRA3 strength changed");
+    assert!(strength.contains("0 statistics reused") && !strength.contains(" 0 subtree hits"), "{strength}");
+    let t = row("W2, last t changed");
+    let keys: String = t.split(" keys,").next().unwrap().rsplit("| ").next().unwrap().to_string();
+    assert!(t.contains(&format!("{keys} statistics reused")), "every key's statistics are reused after a t change: {t}");
+    assert!(stdout.contains("(within)") && !stdout.contains("EXCEEDED"), "{stdout}");
+}

@@ -25,7 +25,7 @@ pub fn stack_to_device(tensors: &[MappedTensor], device: Device) -> Result<Tenso
 }
 
 /// Bytes per staging buffer of [`staged_upload`].
-const STAGE_BYTES: usize = 64 << 20;
+const STAGE_BYTES: usize = 128 << 20;
 
 /// Stacks same-shape, same-dtype host tensors into `[B, *S]` on `device`, keeping their dtype.
 pub fn upload(tensors: &[&Tensor], device: Device) -> Result<Tensor, tch::TchError> {
@@ -50,17 +50,30 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
     let kind = first.kind();
     let key_shape = first.size();
     let numel = first.numel() as i64;
-    let per_stage = (STAGE_BYTES / (numel as usize * kind.elt_size_in_bytes()).max(1)).max(1);
+    let elt = kind.elt_size_in_bytes();
+    let per_stage = (STAGE_BYTES / (numel as usize * elt).max(1)).max(1);
     let mut parts = Vec::with_capacity(tensors.len().div_ceil(per_stage));
-    let stage_len = per_stage.min(tensors.len()) as i64 * numel;
-    let buffers = [pinned_empty(stage_len, kind, index)?, pinned_empty(stage_len, kind, index)?];
     let (mut fill, start) = (std::time::Duration::ZERO, std::time::Instant::now());
+    let mut pool = STAGING.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.is_none() {
+        *pool = Some([pinned_bytes(index)?, pinned_bytes(index)?]);
+    }
+    let buffers = pool.as_ref().expect("allocated");
+    // Keys bigger than a staging buffer go one per round through a buffer of their own size.
+    let oversized;
+    let buffers: [&Tensor; 2] = if numel as usize * elt > STAGE_BYTES {
+        oversized = [pinned_empty(numel, kind, index)?, pinned_empty(numel, kind, index)?];
+        [&oversized[0], &oversized[1]]
+    } else {
+        [&buffers[0], &buffers[1]]
+    };
     for (round, chunk) in tensors.chunks(per_stage).enumerate() {
-        let buffer = &buffers[round % 2];
-        if round >= 2 {
-            // This buffer's previous upload (two rounds ago) must have finished.
+        // Rounds alternate buffers; before reusing one, its upload two rounds ago (or the last
+        // upload of the previous call) must have finished.
+        if round >= 2 || (round == 0 && STAGING_DIRTY.swap(false, std::sync::atomic::Ordering::AcqRel)) {
             tch::Cuda::synchronize(index as i64);
         }
+        let buffer = reinterpret(buffers[round % 2], kind, chunk.len() as i64 * numel)?;
         let f0 = std::time::Instant::now();
         for (j, t) in chunk.iter().enumerate() {
             let mut slot = buffer.f_narrow(0, j as i64 * numel, numel)?.f_view(key_shape.as_slice())?;
@@ -69,10 +82,12 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
         fill += f0.elapsed();
         let mut staged_shape = vec![chunk.len() as i64];
         staged_shape.extend_from_slice(&key_shape);
-        let staged = buffer.f_narrow(0, 0, chunk.len() as i64 * numel)?.f_view(staged_shape.as_slice())?;
+        let staged = buffer.f_view(staged_shape.as_slice())?;
         parts.push(staged.f_to_device_(device, kind, true, false)?);
     }
-    tch::Cuda::synchronize(index as i64);
+    // The last uploads may still read the buffers: the next call waits before refilling them.
+    STAGING_DIRTY.store(true, std::sync::atomic::Ordering::Release);
+    drop(pool);
     tracing::debug!(
         keys = tensors.len(),
         fill_ms = format!("{:.1}", fill.as_secs_f64() * 1e3),
@@ -84,6 +99,24 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
         return Ok(parts.pop().expect("one part"));
     }
     Tensor::f_cat(&parts, 0)
+}
+
+/// The two staging buffers (raw bytes), allocated on first use and kept: page-locked memory is
+/// slow to allocate (~0.5 s per GiB), so it is never allocated per call.
+static STAGING: std::sync::Mutex<Option<[Tensor; 2]>> = std::sync::Mutex::new(None);
+/// Whether an upload from the staging buffers may still be in flight.
+static STAGING_DIRTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn pinned_bytes(index: usize) -> Result<Tensor, tch::TchError> {
+    pinned_empty(STAGE_BYTES as i64, Kind::Uint8, index)
+}
+
+/// The first `len` elements of a byte buffer as `kind`.
+fn reinterpret(bytes: &Tensor, kind: Kind, len: i64) -> Result<Tensor, tch::TchError> {
+    if bytes.kind() == kind {
+        return bytes.f_narrow(0, 0, len);
+    }
+    bytes.f_narrow(0, 0, len * kind.elt_size_in_bytes() as i64)?.f_view_dtype(kind)
 }
 
 /// An uninitialized page-locked host tensor of `len` elements from libtorch's caching host
