@@ -105,7 +105,7 @@ fn tiny_fixture_set_loads_and_is_deterministic() {
     let base = CheckpointFile::open(dir2.path().join("a/diffusion_models/tiny/zimage_bf16.safetensors"), CheckpointDomain::Diffusion).unwrap();
     let lora = LoraFile::load(dir2.path().join("a/loras/zimage/tiny/zimage_kohya_lokr.safetensors"), Arch::Zimage).unwrap();
     let key = "diffusion_model.layers.1.feed_forward.w2.weight";
-    let d = lora.specs(key)[0].delta(tch::Device::Cpu, tch::Kind::Float).unwrap();
+    let d = lora.deltas.specs(key)[0].delta(tch::Device::Cpu, tch::Kind::Float).unwrap();
     let w = base.tensor(key).unwrap().to_kind(tch::Kind::Float);
     let ratio = d.norm().double_value(&[]) / w.norm().double_value(&[]);
     assert!((1e-3..1e-1).contains(&ratio), "delta/base norm ratio {ratio}");
@@ -135,7 +135,7 @@ fn full_size_loras_map_with_real_shapes() {
                 assert_eq!(man.entries.len(), 582, "the benchmark's attention targets");
             }
             if arch == Arch::Zimage && naming == LoraNaming::Diffusers {
-                let s = f.specs("diffusion_model.layers.29.attention.qkv.weight");
+                let s = f.deltas.specs("diffusion_model.layers.29.attention.qkv.weight");
                 let rows: Vec<_> = s.iter().map(|s| (s.rows.unwrap().start, s.rows.unwrap().len)).collect();
                 assert_eq!(rows, vec![(0, 3840), (3840, 3840), (7680, 3840)]);
             }

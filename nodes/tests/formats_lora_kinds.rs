@@ -189,7 +189,7 @@ fn check_file(man: &LoraManifest, base: &CheckpointFile, base_raw: &HashMap<Stri
     assert_eq!(r.matched, man.entries.len(), "{tag}: {}", r.summary());
     assert!(r.unmatched.is_empty() && r.unsupported.is_empty() && r.other_domain.is_empty() && r.unknown_keys.is_empty(), "{tag}: {}", r.summary());
     let want_keys: BTreeSet<&str> = man.entries.iter().map(|e| e.target.as_str()).collect();
-    let got_keys: BTreeSet<&str> = f.affected_keys().collect();
+    let got_keys: BTreeSet<&str> = f.deltas.affected_keys().collect();
     assert_eq!(got_keys, want_keys, "{tag}");
     let raw = read_raw(&man.path);
     let kind_want = match man.kind {
@@ -210,7 +210,7 @@ fn check_file(man: &LoraManifest, base: &CheckpointFile, base_raw: &HashMap<Stri
     };
     let mut skipped_targets = BTreeSet::new();
     for (i, e) in man.entries.iter().enumerate() {
-        let specs = f.specs(&e.target);
+        let specs = f.deltas.specs(&e.target);
         let spec = specs.iter().find(|s| s.module == e.module).unwrap_or_else(|| panic!("{tag}: no spec for {}", e.module));
         assert_eq!(spec.component, e.comp, "{tag}: {}", e.module);
         if let Some(k) = kind_want {
@@ -297,7 +297,7 @@ fn run_arch(arch: Arch) {
             if kind == FixtureKind::Lora {
                 // Without a base model, the reference index (full-size names) maps the same keys.
                 let f = LoraFile::load(&p, arch).unwrap();
-                let a: BTreeSet<&str> = f.affected_keys().collect();
+                let a: BTreeSet<&str> = f.deltas.affected_keys().collect();
                 let b: BTreeSet<&str> = man.entries.iter().map(|e| e.target.as_str()).collect();
                 assert_eq!(a, b, "{arch} {}: reference index", naming.tag());
             }

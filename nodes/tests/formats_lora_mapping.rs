@@ -284,7 +284,7 @@ fn scale_is_strength_times_alpha_over_rank() {
     let f2 = LoraFile::load(&p2, Arch::Sdxl).unwrap();
     set.add(&f1, 0.5);
     set.add(&f2, 0.5);
-    let specs = set.specs(key);
+    let specs = set.deltas.specs(key);
     assert_eq!(specs.len(), 2);
     assert_eq!(specs[0].effective_scale(), 0.5);
     assert_eq!(specs[1].effective_scale(), 1.0);
@@ -293,10 +293,10 @@ fn scale_is_strength_times_alpha_over_rank() {
     let (up, down) = specs[0].low_rank().unwrap();
     assert_eq!((up.size(), down.size()), (vec![640, 8], vec![8, 640]));
     // Factors are views of the mapped file; loaded_bytes counts them exactly.
-    assert_eq!(f1.loaded_bytes(), 2 * 640 * 8 * 4);
+    assert_eq!(f1.deltas.loaded_bytes(), 2 * 640 * 8 * 4);
     assert!(f1.mapped_file().contains_ptr(up) && f1.mapped_file().contains_ptr(down));
-    assert_eq!(set.loaded_bytes(), f1.loaded_bytes() + f2.loaded_bytes());
-    assert_eq!(set.affected_keys().collect::<Vec<_>>(), vec![key]);
+    assert_eq!(set.deltas.loaded_bytes(), f1.deltas.loaded_bytes() + f2.deltas.loaded_bytes());
+    assert_eq!(set.deltas.affected_keys().collect::<Vec<_>>(), vec![key]);
     assert_eq!(set.reports.len(), 2);
 }
 
@@ -320,8 +320,8 @@ fn zimage_qkv_offsets_from_the_fused_shape() {
     let idx = NameIndex::from_shapes(Arch::Zimage, &full_shapes(Arch::Zimage));
     let f = LoraFile::load_with(&p, Arch::Zimage, &LoadOptions { index: Some(&idx), require_match: true }).unwrap();
     let key = "diffusion_model.layers.0.attention.qkv.weight";
-    assert_eq!(f.affected_keys().collect::<Vec<_>>(), vec![key], "one fused key");
-    let specs = f.specs(key);
+    assert_eq!(f.deltas.affected_keys().collect::<Vec<_>>(), vec![key], "one fused key");
+    let specs = f.deltas.specs(key);
     assert_eq!(specs.len(), 2, "partial QKV: only q and v");
     assert_eq!(specs[0].component, Some(Component::Q));
     assert_eq!(specs[0].rows, Some(RowRange { start: 0, len: 3840 }));
@@ -342,7 +342,7 @@ fn zimage_qkv_offsets_from_the_fused_shape() {
         ],
     );
     let f2 = LoraFile::load_with(&p2, Arch::Zimage, &LoadOptions { index: Some(&idx2), require_match: true }).unwrap();
-    assert_eq!(f2.specs("diffusion_model.layers.1.attention.qkv.weight")[0].rows, Some(RowRange { start: 32, len: 32 }));
+    assert_eq!(f2.deltas.specs("diffusion_model.layers.1.attention.qkv.weight")[0].rows, Some(RowRange { start: 32, len: 32 }));
 }
 
 #[test]
@@ -371,13 +371,13 @@ fn flux_linear1_offsets_use_the_hidden_width() {
     let idx = NameIndex::from_shapes(Arch::Flux, &full_shapes(Arch::Flux));
     for opts in [LoadOptions { index: Some(&idx), require_match: true }, LoadOptions::default()] {
         let f = LoraFile::load_with(&p, Arch::Flux, &opts).unwrap();
-        let specs = f.specs("diffusion_model.single_blocks.0.linear1.weight");
+        let specs = f.deltas.specs("diffusion_model.single_blocks.0.linear1.weight");
         assert_eq!(specs.len(), 4);
         for (s, (c, start, len)) in specs.iter().zip(want) {
             assert_eq!(s.component, Some(c));
             assert_eq!(s.rows, Some(RowRange { start: start as i64, len: len as i64 }), "{c:?}");
         }
-        let v = &f.specs("diffusion_model.double_blocks.0.txt_attn.qkv.weight")[0];
+        let v = &f.deltas.specs("diffusion_model.double_blocks.0.txt_attn.qkv.weight")[0];
         assert_eq!(v.rows, Some(RowRange { start: 2 * h as i64, len: h as i64 }));
     }
 }
@@ -481,7 +481,7 @@ fn duplicate_modules_and_wrong_architecture() {
         ],
     );
     let f = LoraFile::load(&p, Arch::Sdxl).unwrap();
-    let specs = f.specs("diffusion_model.input_blocks.4.1.proj_in.weight");
+    let specs = f.deltas.specs("diffusion_model.input_blocks.4.1.proj_in.weight");
     assert_eq!(specs.len(), 1, "the later module wins");
     assert_eq!(specs[0].kind, AdapterKind::LoHa);
     assert_eq!(f.report.matched, 1);

@@ -112,7 +112,7 @@ pub struct LoraFile {
     pub arch: Arch,
     /// Base key → specs, in file order. Every factor is a view of the mapped file where the
     /// kind allows it.
-    pub deltas: IndexMap<String, Vec<DeltaSpec>>,
+    pub deltas: DeltaMap,
     pub report: LoadReport,
     file: Arc<MappedFile>,
 }
@@ -239,22 +239,7 @@ impl LoraFile {
                 }
             }
         }
-        Ok(LoraFile { path: path.to_path_buf(), identity: file.identity().clone(), arch, deltas, report, file })
-    }
-
-    /// Affected base keys, in file order.
-    pub fn affected_keys(&self) -> impl Iterator<Item = &str> {
-        self.deltas.keys().map(|s| s.as_str())
-    }
-
-    /// Specs of one base key.
-    pub fn specs(&self, key: &str) -> &[DeltaSpec] {
-        self.deltas.get(key).map(|v| v.as_slice()).unwrap_or(&[])
-    }
-
-    /// Bytes of all factors held (mapped file bytes, not copies).
-    pub fn loaded_bytes(&self) -> usize {
-        self.deltas.values().flatten().map(DeltaSpec::nbytes).sum()
+        Ok(LoraFile { path: path.to_path_buf(), identity: file.identity().clone(), arch, deltas: DeltaMap(deltas), report, file })
     }
 
     pub fn mapped_file(&self) -> &Arc<MappedFile> {
@@ -581,11 +566,47 @@ fn build_spec(
     })
 }
 
+/// Delta specs by base key, in the order keys were first seen: what a LoRA file holds, and
+/// what a set of them accumulates.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaMap(IndexMap<String, Vec<DeltaSpec>>);
+
+impl DeltaMap {
+    /// Affected base keys, in order.
+    pub fn affected_keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(|s| s.as_str())
+    }
+
+    /// Specs of one base key (none when the key is not affected).
+    pub fn specs(&self, key: &str) -> &[DeltaSpec] {
+        self.0.get(key).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// Bytes of all factors held (mapped file bytes, not copies).
+    pub fn loaded_bytes(&self) -> usize {
+        self.0.values().flatten().map(DeltaSpec::nbytes).sum()
+    }
+
+    /// Number of affected keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// (base key, specs) pairs in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<DeltaSpec>)> {
+        self.0.iter()
+    }
+}
+
 /// LoRA files accumulated with strengths (one LoRA node chain).
 #[derive(Debug, Clone, Default)]
 pub struct LoraSet {
     /// Base key → specs of all files (strength folded into each spec's `strength`).
-    pub deltas: IndexMap<String, Vec<DeltaSpec>>,
+    pub deltas: DeltaMap,
     pub reports: Vec<LoadReport>,
 }
 
@@ -596,8 +617,8 @@ impl LoraSet {
 
     /// Add a loaded file at `strength` (specs share the file's mapped factors).
     pub fn add(&mut self, file: &LoraFile, strength: f64) {
-        for (key, specs) in &file.deltas {
-            let list = self.deltas.entry(key.clone()).or_default();
+        for (key, specs) in file.deltas.iter() {
+            let list = self.deltas.0.entry(key.clone()).or_default();
             for s in specs {
                 let mut s = s.clone();
                 s.strength *= strength;
@@ -607,21 +628,9 @@ impl LoraSet {
         self.reports.push(file.report.clone());
     }
 
-    pub fn affected_keys(&self) -> impl Iterator<Item = &str> {
-        self.deltas.keys().map(|s| s.as_str())
-    }
-
-    pub fn specs(&self, key: &str) -> &[DeltaSpec] {
-        self.deltas.get(key).map(|v| v.as_slice()).unwrap_or(&[])
-    }
-
-    pub fn loaded_bytes(&self) -> usize {
-        self.deltas.values().flatten().map(DeltaSpec::nbytes).sum()
-    }
-
     /// True when every spec of `key` is low-rank without DoRA (the WIDEN low-rank path).
     pub fn is_low_rank(&self, key: &str) -> bool {
-        self.specs(key).iter().all(|s| s.low_rank().is_some())
+        self.deltas.specs(key).iter().all(|s| s.low_rank().is_some())
     }
 
     /// The set's total delta on `key` as a dense tensor of the base shape (`base`: the base
@@ -629,7 +638,7 @@ impl LoraSet {
     pub fn dense_delta(&self, key: &str, base: &Tensor, kind: Kind) -> Result<Tensor> {
         let mut acc = Tensor::f_zeros(base.size(), (kind, base.device()))?;
         let b = base.f_to_kind(kind)?;
-        for s in self.specs(key) {
+        for s in self.deltas.specs(key) {
             s.add_into(&mut acc, &b, base.kind())?;
         }
         Ok(acc)

@@ -20,6 +20,6 @@ pub mod load;
 pub mod names;
 pub mod spec;
 
-pub use load::{detect_lora_arch, guess_arch, LoadOptions, LoadReport, LoraFile, LoraSet};
+pub use load::{detect_lora_arch, guess_arch, DeltaMap, LoadOptions, LoadReport, LoraFile, LoraSet};
 pub use names::{Component, LoraNaming, Lookup, NameIndex, Target};
 pub use spec::{AdapterKind, DeltaForm, DeltaSpec, KronFactor, RowRange};

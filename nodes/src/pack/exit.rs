@@ -361,7 +361,7 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
                     h.update(file.identity.fingerprint().as_bytes());
                     files.push((l.path.clone(), l.strength, file.identity.clone()));
                 }
-                for k in set.affected_keys() {
+                for k in set.deltas.affected_keys() {
                     touched.insert(k.to_string());
                 }
                 a.sets.insert(ptr(node), Arc::new(LoadedSet { set, files }));
@@ -524,7 +524,7 @@ impl Analysis {
         }
         let out = shape[0];
         let k: i64 = shape[1..].iter().product();
-        set.set.specs(key).iter().all(|s| match s.low_rank() {
+        set.set.deltas.specs(key).iter().all(|s| match s.low_rank() {
             Some((up, down)) => {
                 let rows = s.rows.map_or(out, |r| r.len);
                 let r = up.size().get(1).copied().unwrap_or(0);
@@ -803,7 +803,7 @@ impl Eval<'_> {
         keys: &[String],
         shape: &[i64],
     ) -> Result<Contribution, PackError> {
-        let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.specs(k)).collect();
+        let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.deltas.specs(k)).collect();
         let mults: Vec<f64> = keys.iter().map(|k| self.a.mult(bc, k)).collect();
         let identity = |spec: &crate::lora::DeltaSpec| -> Option<String> {
             set.files.iter().find(|(_, _, id)| id.path == spec.file).map(|(_, _, id)| id.fingerprint())
@@ -819,7 +819,7 @@ impl Eval<'_> {
             let s_key = self.a.mult(bc, key);
             let mut ups = Vec::new();
             let mut downs = Vec::new();
-            for spec in set.set.specs(key) {
+            for spec in set.set.deltas.specs(key) {
                 let (up, down) = spec.low_rank().expect("checked low-rank");
                 let r = down.size()[0];
                 let scale = spec.effective_scale() * s_key;
@@ -868,7 +868,7 @@ impl Eval<'_> {
                     let base_row = cur.f_select(0, i as i64)?;
                     let kind = self.a.base.kind(key).unwrap_or(Kind::Float);
                     let mut acc = base_row.f_zeros_like()?;
-                    for spec in set.set.specs(key) {
+                    for spec in set.set.deltas.specs(key) {
                         spec.add_into(&mut acc, &base_row, kind).map_err(PackError::format)?;
                     }
                     let s = self.a.mult(block_config, key);
@@ -926,7 +926,7 @@ fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Ve
         let sig: Vec<u8> = sets
             .iter()
             .map(|s| {
-                if s.set.specs(k).is_empty() {
+                if s.set.deltas.specs(k).is_empty() {
                     0
                 } else if a.low_rank_ok(s, k, &shape) {
                     1
