@@ -3,57 +3,25 @@
 //! shares the bridge started by `bridge()`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use serde_json::{json, Value as Json};
 
-use comfyrs_bridge::{Bridge, BridgeOptions};
 use comfyrs_runtime::cache::CacheMode;
-use comfyrs_runtime::events::{Event, EventSink};
+use comfyrs_runtime::events::Event;
 use comfyrs_runtime::executor::{Executor, RunOptions, RunReport};
 use comfyrs_runtime::node::{Args, NodeClass};
 use comfyrs_runtime::prompt::Prompt;
 use comfyrs_runtime::validate::{validate, Rejection};
-use comfyrs_runtime::{Registry, Value};
+use comfyrs_runtime::Value;
 
-struct Env {
-    bridge: Bridge,
-    registry: Registry,
-    models: PathBuf,
-    output: PathBuf,
-    ckpt: String,
-}
+mod support;
+
+use support::{Collect, Env};
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bridge-tests");
-        let models = root.join("models");
-        let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
-        let output = root.join("output");
-        let _ = std::fs::remove_dir_all(&output);
-        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
-        let opts = BridgeOptions {
-            custom_nodes: vec![support],
-            output_dir: Some(output.clone()),
-            input_dir: Some(root.join("input")),
-            temp_dir: Some(root.join("temp")),
-            models_dir: Some(models.clone()),
-            ..Default::default()
-        };
-        let bridge = Bridge::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-        let mut registry = Registry::new();
-        bridge.register(&mut registry);
-        Env { bridge, registry, models, output, ckpt: ckpt.file_name().unwrap().to_string_lossy().into_owned() }
-    })
-}
-
-/// Runs one executor per test over the shared bridge; events are collected.
-struct Collect(Mutex<Vec<Event>>);
-impl EventSink for Collect {
-    fn emit(&self, e: &Event) {
-        self.0.lock().unwrap().push(e.clone());
-    }
+    support::env(&ENV, "bridge-tests", |_, _| {})
 }
 
 #[allow(clippy::result_large_err)]
@@ -164,7 +132,7 @@ fn digest_of(report: &RunReport, node: &str) -> String {
 #[test]
 fn txt2img_writes_a_png_and_matches_python_bit_for_bit() {
     let e = env();
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let mut exec = new_exec();
     let report = run_prompt(&mut exec, txt2img(&e.ckpt, 42), &events).unwrap_or_else(|r| panic!("{}", r.render()));
     assert!(report.success(), "{:?}", report.errors);
@@ -214,7 +182,7 @@ fn txt2img_writes_a_png_and_matches_python_bit_for_bit() {
 #[test]
 fn errors_name_the_node_and_the_next_prompt_runs() {
     let _ = env();
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let mut exec = new_exec();
 
     // A node raising mid-run.
@@ -271,7 +239,7 @@ fn errors_name_the_node_and_the_next_prompt_runs() {
 #[test]
 fn values_keep_their_types_both_ways() {
     let e = env();
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let mut exec = new_exec();
     let p = json!({"1": {"class_type": "TestTypes", "inputs": {"i": 3, "f": 2.0, "s": "hi", "b": true}}});
     let r = run_prompt(&mut exec, p, &events).unwrap();
@@ -305,7 +273,7 @@ fn values_keep_their_types_both_ways() {
 
 #[test]
 fn protocol_hidden_fingerprint_lazy_lists() {
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let mut exec = new_exec();
     let p = json!({
         "h": {"class_type": "TestHidden", "inputs": {}},
@@ -340,7 +308,7 @@ fn protocol_hidden_fingerprint_lazy_lists() {
 
 #[test]
 fn progress_and_interrupt() {
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let mut exec = new_exec();
     let r = run_prompt(&mut exec, json!({"p": {"class_type": "TestProgress", "inputs": {"steps": 3, "seconds": 0.0}}}), &events).unwrap();
     assert!(r.success(), "{:?}", r.errors);
@@ -377,7 +345,7 @@ fn progress_and_interrupt() {
 fn tensors_cross_without_copies() {
     use comfyrs_bridge::pyo3::prelude::*;
     let e = env();
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let class = e.bridge.class("EmptyLatentImage").unwrap();
     let mut args = Args::default();
     args.insert("width", Value::Int(64));

@@ -4,52 +4,29 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value as Json};
 
-use comfyrs_bridge::{Bridge, BridgeOptions};
 use comfyrs_nodes::models::ModelFolders;
 use comfyrs_runtime::cache::CacheMode;
-use comfyrs_runtime::events::{Event, EventSink};
 use comfyrs_runtime::executor::{Executor, RunOptions, RunReport};
 use comfyrs_runtime::prompt::Prompt;
 use comfyrs_runtime::validate::validate;
-use comfyrs_runtime::{Registry, Value};
+use comfyrs_runtime::Value;
 
-struct Env {
-    bridge: Bridge,
-    registry: Registry,
-    models: PathBuf,
-    output: PathBuf,
-    ckpt: String,
-}
+mod support;
+
+use support::{Collect, Env};
 
 const LORA: &str = comfyrs_bridge::fixtures::TINY_SD15_LORA;
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bridge-handoff-tests");
-        let models = root.join("models");
-        let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
-        comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(&models).expect("tiny SD1.5 LoRA");
-        let output = root.join("output");
-        let _ = std::fs::remove_dir_all(&output);
-        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
-        let opts = BridgeOptions {
-            custom_nodes: vec![support],
-            output_dir: Some(output.clone()),
-            input_dir: Some(root.join("input")),
-            temp_dir: Some(root.join("temp")),
-            models_dir: Some(models.clone()),
-            ..Default::default()
-        };
-        let bridge = Bridge::start(&opts).unwrap_or_else(|e| panic!("{e}"));
-        let mut registry = Registry::new();
-        comfyrs_nodes::core::register(&mut registry);
-        comfyrs_nodes::pack::register(&mut registry, ModelFolders::new(&models));
-        bridge.register(&mut registry);
+    support::env(&ENV, "bridge-handoff-tests", |registry, models| {
+        comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(models).expect("tiny SD1.5 LoRA");
+        comfyrs_nodes::core::register(registry);
+        comfyrs_nodes::pack::register(registry, ModelFolders::new(models));
         // What src/engine.rs does once the bridge has started.
         comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
         comfyrs_nodes::pack::set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
@@ -57,20 +34,12 @@ fn env() -> &'static Env {
             prepare: comfyrs_bridge::model::prepare,
             with_weights: comfyrs_bridge::model::with_weights,
         }));
-        Env { bridge, registry, models, output, ckpt: ckpt.file_name().unwrap().to_string_lossy().into_owned() }
     })
-}
-
-struct Collect(Mutex<Vec<Event>>);
-impl EventSink for Collect {
-    fn emit(&self, e: &Event) {
-        self.0.lock().unwrap().push(e.clone());
-    }
 }
 
 fn run_prompt(exec: &mut Executor, prompt: Json) -> RunReport {
     let e = env();
-    let events = Collect(Mutex::new(Vec::new()));
+    let events = Collect::new();
     let prompt = Prompt::from_json(&prompt).expect("prompt shape");
     let v = validate(prompt, &e.registry, None).unwrap_or_else(|r| panic!("{}", r.render()));
     exec.run(

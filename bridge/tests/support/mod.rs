@@ -1,0 +1,61 @@
+//! What the bridge test binaries share: one embedded ComfyUI per binary, started over generated
+//! models in the binary's own scratch folder, and an event collector.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+
+use comfyrs_bridge::{Bridge, BridgeOptions};
+use comfyrs_runtime::events::{Event, EventSink};
+use comfyrs_runtime::Registry;
+
+pub struct Env {
+    pub bridge: Bridge,
+    pub registry: Registry,
+    pub models: PathBuf,
+    pub output: PathBuf,
+    /// File name of the tiny SD1.5 checkpoint in `models/checkpoints`.
+    pub ckpt: String,
+}
+
+/// The binary's environment, started on first use: the tiny SD1.5 checkpoint under
+/// `CARGO_TARGET_TMPDIR/<scratch>/models`, the test custom node pack, an empty output folder.
+/// `extend` adds what the binary needs beyond ComfyUI's nodes (it runs before the bridge's own
+/// nodes are registered, so native nodes win).
+pub fn env(cell: &'static OnceLock<Env>, scratch: &str, extend: impl FnOnce(&mut Registry, &PathBuf)) -> &'static Env {
+    cell.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(scratch);
+        let models = root.join("models");
+        let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
+        let output = root.join("output");
+        let _ = std::fs::remove_dir_all(&output);
+        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
+        let opts = BridgeOptions {
+            custom_nodes: vec![support],
+            output_dir: Some(output.clone()),
+            input_dir: Some(root.join("input")),
+            temp_dir: Some(root.join("temp")),
+            models_dir: Some(models.clone()),
+            ..Default::default()
+        };
+        let bridge = Bridge::start(&opts).unwrap_or_else(|e| panic!("{e}"));
+        let mut registry = Registry::new();
+        extend(&mut registry, &models);
+        bridge.register(&mut registry);
+        Env { bridge, registry, models, output, ckpt: ckpt.file_name().unwrap().to_string_lossy().into_owned() }
+    })
+}
+
+/// Keeps every event of a run.
+pub struct Collect(pub Mutex<Vec<Event>>);
+
+impl Collect {
+    pub fn new() -> Self {
+        Collect(Mutex::new(Vec::new()))
+    }
+}
+
+impl EventSink for Collect {
+    fn emit(&self, e: &Event) {
+        self.0.lock().unwrap().push(e.clone());
+    }
+}
