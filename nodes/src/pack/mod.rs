@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod cache;
+mod cuda_events;
 pub mod exit;
 mod factors;
 pub mod foreign;

@@ -56,9 +56,10 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
     let (mut fill, start) = (std::time::Duration::ZERO, std::time::Instant::now());
     let mut pool = STAGING.lock().unwrap_or_else(|e| e.into_inner());
     if pool.is_none() {
-        *pool = Some([pinned_bytes(index)?, pinned_bytes(index)?]);
+        *pool = Some(Staging { buffers: [pinned_bytes(index)?, pinned_bytes(index)?], pending: [None, None], unordered: false });
     }
-    let buffers = pool.as_ref().expect("allocated");
+    let staging = pool.as_mut().expect("allocated");
+    let buffers = &staging.buffers;
     // Keys bigger than a staging buffer go one per round through a buffer of their own size.
     let oversized;
     let buffers: [&Tensor; 2] = if numel as usize * elt > STAGE_BYTES {
@@ -68,12 +69,19 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
         [&buffers[0], &buffers[1]]
     };
     for (round, chunk) in tensors.chunks(per_stage).enumerate() {
-        // Rounds alternate buffers; before reusing one, its upload two rounds ago (or the last
-        // upload of the previous call) must have finished.
-        if round >= 2 || (round == 0 && STAGING_DIRTY.swap(false, std::sync::atomic::Ordering::AcqRel)) {
+        // Rounds alternate buffers; before refilling one, its last upload must have finished.
+        // With an event that is a wait for that copy alone, so the host fills the buffer while
+        // the GPU still computes what was queued before (a device-wide wait would not).
+        let slot_index = round % 2;
+        if let Some(ev) = staging.pending[slot_index].take() {
+            if !ev.wait() {
+                tch::Cuda::synchronize(index as i64);
+            }
+        } else if staging.unordered {
             tch::Cuda::synchronize(index as i64);
+            staging.unordered = false;
         }
-        let buffer = reinterpret(buffers[round % 2], kind, chunk.len() as i64 * numel)?;
+        let buffer = reinterpret(buffers[slot_index], kind, chunk.len() as i64 * numel)?;
         let f0 = std::time::Instant::now();
         for (j, t) in chunk.iter().enumerate() {
             let mut slot = buffer.f_narrow(0, j as i64 * numel, numel)?.f_view(key_shape.as_slice())?;
@@ -84,9 +92,11 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
         staged_shape.extend_from_slice(&key_shape);
         let staged = buffer.f_view(staged_shape.as_slice())?;
         parts.push(staged.f_to_device_(device, kind, true, false)?);
+        match super::cuda_events::Event::record() {
+            Some(ev) => staging.pending[slot_index] = Some(ev),
+            None => staging.unordered = true,
+        }
     }
-    // The last uploads may still read the buffers: the next call waits before refilling them.
-    STAGING_DIRTY.store(true, std::sync::atomic::Ordering::Release);
     drop(pool);
     tracing::debug!(
         keys = tensors.len(),
@@ -103,9 +113,15 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
 
 /// The two staging buffers (raw bytes), allocated on first use and kept: page-locked memory is
 /// slow to allocate (~0.5 s per GiB), so it is never allocated per call.
-static STAGING: std::sync::Mutex<Option<[Tensor; 2]>> = std::sync::Mutex::new(None);
-/// Whether an upload from the staging buffers may still be in flight.
-static STAGING_DIRTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static STAGING: std::sync::Mutex<Option<Staging>> = std::sync::Mutex::new(None);
+
+struct Staging {
+    buffers: [Tensor; 2],
+    /// Marks the end of each buffer's last upload.
+    pending: [Option<super::cuda_events::Event>; 2],
+    /// An upload went out without an event (no CUDA runtime found): wait for the device.
+    unordered: bool,
+}
 
 fn pinned_bytes(index: usize) -> Result<Tensor, tch::TchError> {
     pinned_empty(STAGE_BYTES as i64, Kind::Uint8, index)
