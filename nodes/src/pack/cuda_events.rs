@@ -11,12 +11,15 @@ use std::sync::OnceLock;
 
 type Status = c_int;
 type EventHandle = *mut c_void;
+type CreateFn = unsafe extern "C" fn(*mut EventHandle, c_uint) -> Status;
+type RecordFn = unsafe extern "C" fn(EventHandle, *mut c_void) -> Status;
+type EventFn = unsafe extern "C" fn(EventHandle) -> Status;
 
 struct Runtime {
-    create: unsafe extern "C" fn(*mut EventHandle, c_uint) -> Status,
-    record: unsafe extern "C" fn(EventHandle, *mut c_void) -> Status,
-    synchronize: unsafe extern "C" fn(EventHandle) -> Status,
-    destroy: unsafe extern "C" fn(EventHandle) -> Status,
+    create: CreateFn,
+    record: RecordFn,
+    synchronize: EventFn,
+    destroy: EventFn,
 }
 
 /// `cudaEventDisableTiming`: events used only for ordering are cheaper without timing.
@@ -43,10 +46,10 @@ fn runtime() -> Option<&'static Runtime> {
                 (!p.is_null()).then_some(p)
             };
             Some(Runtime {
-                create: std::mem::transmute::<*mut c_void, _>(sym(c"cudaEventCreateWithFlags")?),
-                record: std::mem::transmute::<*mut c_void, _>(sym(c"cudaEventRecord")?),
-                synchronize: std::mem::transmute::<*mut c_void, _>(sym(c"cudaEventSynchronize")?),
-                destroy: std::mem::transmute::<*mut c_void, _>(sym(c"cudaEventDestroy")?),
+                create: std::mem::transmute::<*mut c_void, CreateFn>(sym(c"cudaEventCreateWithFlags")?),
+                record: std::mem::transmute::<*mut c_void, RecordFn>(sym(c"cudaEventRecord")?),
+                synchronize: std::mem::transmute::<*mut c_void, EventFn>(sym(c"cudaEventSynchronize")?),
+                destroy: std::mem::transmute::<*mut c_void, EventFn>(sym(c"cudaEventDestroy")?),
             })
         }
     })
