@@ -288,10 +288,13 @@ fn ptr(r: &Recipe) -> usize {
     Arc::as_ptr(r) as usize
 }
 
-/// Process-wide memo of parsed LoRA files by (identity, arch, base identity).
+/// Parsed LoRA files by (file fingerprint, arch, base identity).
+type LoraMemo = HashMap<(String, Arch, [u8; 32]), Arc<LoraFile>>;
+
+/// Process-wide memo of parsed LoRA files.
 fn load_lora(path: &std::path::Path, base: &NativeModel, arch: Arch) -> Result<Arc<LoraFile>, PackError> {
     use std::sync::{LazyLock, Mutex};
-    static MEMO: LazyLock<Mutex<HashMap<(String, Arch, [u8; 32]), Arc<LoraFile>>>> = LazyLock::new(Default::default);
+    static MEMO: LazyLock<Mutex<LoraMemo>> = LazyLock::new(Default::default);
     let id = FileIdentity::of(path).map_err(|e| PackError::not_found(format!("cannot stat '{}': {e}", path.display())))?;
     let key = (id.fingerprint(), arch, *base.identity());
     if let Some(f) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -885,7 +888,7 @@ impl Eval<'_> {
                     return Ok(w);
                 }
                 let mut sshape = vec![keys.len() as i64];
-                sshape.extend(std::iter::repeat_n(1, (w.dim() - 1) as usize));
+                sshape.extend(std::iter::repeat_n(1, w.dim() - 1));
                 let s = Tensor::f_from_slice(&scales)?.f_to_device(self.device)?.f_reshape(&sshape)?;
                 Ok(cur.f_add(&w.f_sub(cur)?.f_mul(&s)?)?)
             }
