@@ -30,7 +30,11 @@ use comfyrs_runtime::events::NoEvents;
 use comfyrs_runtime::executor::{Executor, RunOptions};
 use comfyrs_runtime::prompt::Prompt;
 use comfyrs_runtime::validate::validate;
-use comfyrs_runtime::Registry;
+use comfyrs_runtime::node::{Args as NodeArgs, CallOutput, ExecContext, NodeClass, NodeError};
+use comfyrs_runtime::schema::{InputSpec, NodeSchema};
+use comfyrs_runtime::{Registry, Value};
+use comfyrs_nodes::pack::NativeModel;
+use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
 use crate::progress::fmt_secs;
@@ -138,7 +142,7 @@ impl P {
     }
     fn finish(mut self, model: Json) -> Json {
         let exit = self.add("exit", "WIDENExit", json!({"widen": model}));
-        self.add("sink", "PreviewAny", json!({"source": exit}));
+        self.add("sink", "BenchKeep", json!({"model": exit}));
         Json::Object(self.0)
     }
 }
@@ -170,6 +174,35 @@ fn compose_all(s: &Setup) -> Json {
     p.finish(m)
 }
 
+/// The benchmark's output node: keeps the merged model it receives (its digest is taken after
+/// the timings).
+struct Keep;
+
+static KEPT: std::sync::Mutex<Option<Arc<NativeModel>>> = std::sync::Mutex::new(None);
+
+impl NodeClass for Keep {
+    fn schema(&self) -> Arc<NodeSchema> {
+        Arc::new(NodeSchema::new("BenchKeep", "Bench Keep", "bench").input(InputSpec::socket("model", "MODEL")).output_node())
+    }
+    fn execute(&self, _: &ExecContext, args: &NodeArgs) -> Result<CallOutput, NodeError> {
+        if let Some(Value::Handle(h)) = args.get("model") {
+            let any: Arc<dyn std::any::Any + Send + Sync> = h.clone();
+            *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = any.downcast::<NativeModel>().ok();
+        }
+        Ok(CallOutput::default())
+    }
+}
+
+/// Digests of the cold runs' results, in order.
+static DIGESTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Digest of the last merged model the benchmark produced.
+fn kept_digest() -> Result<String> {
+    let kept = KEPT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let model = kept.context("no merged model was produced")?;
+    Ok(model.overrides_digest()?)
+}
+
 /// Resident-set peak of this process since the last [`reset_peak`], bytes.
 fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -196,6 +229,7 @@ impl Runner {
         let mut reg = Registry::new();
         comfyrs_nodes::core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models));
+        reg.register(Arc::new(Keep));
         Ok(Runner { reg, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
     }
 
@@ -210,6 +244,9 @@ impl Runner {
             output_dir: std::env::temp_dir(),
             events: &NoEvents,
         };
+        // The previous result goes, as it would when a server replaces it; holding it would add
+        // one output to this run's peak memory.
+        KEPT.lock().unwrap_or_else(|e| e.into_inner()).take();
         let start = Instant::now();
         let report = self.exec.run(&v, &opts);
         let secs = start.elapsed().as_secs_f64();
@@ -261,6 +298,9 @@ fn cold(r: &mut Runner, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec
         last = stats;
     }
     rows.push(Row { what: what.into(), secs: median(walls), exit_secs: median(exits), detail: summary(&last) });
+    // For comparing paths across runs (e.g. COMFYRS_WIDEN_PINNED=0 moves data without staging).
+    let digest = kept_digest()?;
+    DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {}", what.split(':').next().unwrap_or(what), &digest[..16]));
     Ok(last)
 }
 
@@ -294,6 +334,7 @@ pub fn run(opts: &MergeBench) -> Result<()> {
     let size = if opts.tiny { LayoutSize::Tiny } else { LayoutSize::Full };
     let mut rows = Vec::new();
     let mut memory = Vec::new();
+    let mut checks: Vec<String> = Vec::new();
     let want = |w: &str| opts.workloads.iter().any(|x| x == w);
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
@@ -327,6 +368,15 @@ pub fn run(opts: &MergeBench) -> Result<()> {
                 last_t.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
                 stats_t = st;
             }
+            // The incremental result must be the cold result, bit for bit.
+            let incremental = kept_digest()?;
+            let last = opts.repeat.max(1) - 1;
+            r.run_cold(&w2(&s, 0.9 - 0.1 * last as f64, 0.6 + 0.1 * last as f64))?;
+            let cold_digest = kept_digest()?;
+            if incremental != cold_digest {
+                bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
+            }
+            checks.push(format!("W2 after the slider changes = a cold run of its recipe, bit for bit: digest {}", &cold_digest[..16]));
             for (what, v, st) in [("W2, LoRA3 strength changed", strength, stats_s), ("W2, last t changed", last_t, stats_t)] {
                 rows.push(Row {
                     what: what.into(),
@@ -378,6 +428,10 @@ pub fn run(opts: &MergeBench) -> Result<()> {
         };
         println!("| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound));
     }
+    for c in &checks {
+        println!("\n{c}");
+    }
+    println!("\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "));
     let c = comfyrs_nodes::pack::CACHE.stats();
     println!(
         "\nSubtree cache at the end: {} in host memory, {} in device memory (bound {}).",

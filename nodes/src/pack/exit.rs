@@ -977,7 +977,9 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     // `enable_cache: false` bypasses the subtree cache (no lookup, no store). Unlike the
     // reference's single-entry cache it does not evict: other recipes' entries stay valid.
     let analysis_start = Instant::now();
+    let mut lap = Lap::start(device);
     let a = analyze(pack, root, &base_node)?;
+    lap.mark("analysis: files and sets");
     stats.lora_reports = a.lora_reports();
     for r in &stats.lora_reports {
         tracing::info!("WIDEN LoRA: {r}");
@@ -995,9 +997,11 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
             None => todo.push(k.clone()),
         }
     }
+    lap.mark("analysis: final-result lookups");
     stats.cache_hits = merged.len();
     stats.recomputed = todo.len();
     let groups = group_keys(&a, root, &todo);
+    lap.mark("analysis: grouping");
     stats.groups = groups.len();
     let total = groups.len().max(1) as u64;
     if groups.is_empty() {

@@ -157,6 +157,24 @@ impl NativeModel {
         &self.overrides
     }
 
+    /// blake3 over the merged keys (name, dtype, shape and bytes, in order): equal digests mean
+    /// bit-identical merges, whichever device or path computed them.
+    pub fn overrides_digest(&self) -> Result<String, tch::TchError> {
+        let mut h = blake3::Hasher::new();
+        for (key, t) in &self.overrides {
+            let t = t.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
+            h.update(key.as_bytes());
+            h.update(format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+            let len = t.numel() * t.kind().elt_size_in_bytes();
+            if len > 0 {
+                // SAFETY: a contiguous CPU tensor holds `len` initialized bytes at `data_ptr`,
+                // alive while `t` is.
+                h.update(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) });
+            }
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
     /// Host keys in file order.
     pub fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match &self.source {
