@@ -2,7 +2,7 @@
 //! CPU, with a generated tiny SD1.5 checkpoint. One interpreter per test binary: every test
 //! shares the bridge started by `bridge()`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde_json::{json, Value as Json};
@@ -61,6 +61,7 @@ fn txt2img(ckpt: &str, seed: u64) -> Json {
 
 #[test]
 fn boots_loads_nodes_and_reports_broken_packs() {
+    let _lock = support::shared();
     let e = env();
     let r = e.bridge.report();
     assert!(r.node_count > 100, "only {} nodes", r.node_count);
@@ -89,6 +90,7 @@ fn boots_loads_nodes_and_reports_broken_packs() {
 
 #[test]
 fn fixture_is_complete_and_detected_as_sd15() {
+    let _lock = support::shared();
     let e = env();
     let ckpt = e.models.join("checkpoints").join(&e.ckpt);
     let path = ckpt.to_string_lossy().into_owned();
@@ -131,6 +133,7 @@ fn digest_of(report: &RunReport, node: &str) -> String {
 
 #[test]
 fn txt2img_writes_a_png_and_matches_python_bit_for_bit() {
+    let _lock = support::shared();
     let e = env();
     let events = Collect::new();
     let mut exec = new_exec();
@@ -155,7 +158,7 @@ fn txt2img_writes_a_png_and_matches_python_bit_for_bit() {
 
     // The same node functions called directly in a separate Python process.
     let venv = std::env::var_os("COMFYRS_VENV").map(PathBuf::from).or_else(|| option_env!("COMFYRS_VENV").map(PathBuf::from)).unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/reference_txt2img.py");
+    let script = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("tests/support/reference_txt2img.py");
     let out = std::process::Command::new(venv.join("bin/python"))
         .arg(&script)
         .arg(&e.bridge.report().comfyui_path)
@@ -181,6 +184,7 @@ fn txt2img_writes_a_png_and_matches_python_bit_for_bit() {
 
 #[test]
 fn errors_name_the_node_and_the_next_prompt_runs() {
+    let _lock = support::shared();
     let _ = env();
     let events = Collect::new();
     let mut exec = new_exec();
@@ -238,6 +242,7 @@ fn errors_name_the_node_and_the_next_prompt_runs() {
 
 #[test]
 fn values_keep_their_types_both_ways() {
+    let _lock = support::shared();
     let e = env();
     let events = Collect::new();
     let mut exec = new_exec();
@@ -273,6 +278,7 @@ fn values_keep_their_types_both_ways() {
 
 #[test]
 fn protocol_hidden_fingerprint_lazy_lists() {
+    let _lock = support::shared();
     let events = Collect::new();
     let mut exec = new_exec();
     let p = json!({
@@ -308,6 +314,7 @@ fn protocol_hidden_fingerprint_lazy_lists() {
 
 #[test]
 fn progress_and_interrupt() {
+    let _lock = support::exclusive();
     let events = Collect::new();
     let mut exec = new_exec();
     let r = run_prompt(&mut exec, json!({"p": {"class_type": "TestProgress", "inputs": {"steps": 3, "seconds": 0.0}}}), &events).unwrap();
@@ -343,6 +350,7 @@ fn progress_and_interrupt() {
 
 #[test]
 fn tensors_cross_without_copies() {
+    let _lock = support::shared();
     use comfyrs_bridge::pyo3::prelude::*;
     let e = env();
     let events = Collect::new();
@@ -388,6 +396,7 @@ fn tensors_cross_without_copies() {
 
 #[test]
 fn bench_overhead() {
+    let _lock = support::shared();
     let b = comfyrs_bridge::bench::run(&env().bridge, 2000).unwrap();
     eprintln!("{}", b.render());
     // Generous bound for a loaded 2-core CI machine; the target (<= 50 us) is reported by the

@@ -91,6 +91,7 @@ fn digest(report: &RunReport) -> String {
 
 #[test]
 fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
+    let _lock = support::shared();
     let e = env();
     let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
     let t = std::time::Instant::now();
@@ -134,6 +135,7 @@ fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
 /// sees the merged weights while the base model's own weights stay untouched.
 #[test]
 fn handoff_shares_storage_both_ways() {
+    let _lock = support::shared();
     let e = env();
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
     let model: Value = e
@@ -214,6 +216,7 @@ fn handoff_shares_storage_both_ways() {
 /// through ComfyUI's own state-dict loader, and samples like the checkpoint loader's MODEL.
 #[test]
 fn native_model_feeds_a_python_sampler() {
+    let _lock = support::shared();
     let e = env();
     let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
     let mut plain = widen_txt2img(&e.ckpt, 1.0, 5);

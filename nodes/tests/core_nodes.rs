@@ -2,7 +2,7 @@
 //! executor with only the core nodes registered, checking what PreviewAny shows; the
 //! `/object_info` records against the shapes ComfyUI builds; and every example workflow.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use comfyrs_runtime::cache::CacheMode;
 use comfyrs_runtime::events::NoEvents;
@@ -357,7 +357,7 @@ fn object_info_matches_comfyui() {
 // Example workflows.
 
 fn workflows_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("workflows")
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("..").join("workflows")
 }
 
 /// An API prompt: an object of node records, each with a `class_type`.

@@ -182,7 +182,7 @@ fn seeded(seed: u64) -> ConvertOptions {
 }
 
 fn ui_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ui")
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("tests/data/ui")
 }
 
 fn read_json(name: &str) -> Json {

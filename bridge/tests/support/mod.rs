@@ -28,7 +28,7 @@ pub fn env(cell: &'static OnceLock<Env>, scratch: &str, extend: impl FnOnce(&mut
         let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
         let output = root.join("output");
         let _ = std::fs::remove_dir_all(&output);
-        let support = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
+        let support = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");
         let opts = BridgeOptions {
             custom_nodes: vec![support],
             output_dir: Some(output.clone()),
@@ -58,4 +58,18 @@ impl EventSink for Collect {
     fn emit(&self, e: &Event) {
         self.0.lock().unwrap().push(e.clone());
     }
+}
+
+/// ComfyUI's interrupt flag is process-wide: a test that interrupts must not overlap tests that
+/// run Python work. Every test holds [`shared`]; the interrupting test holds [`exclusive`].
+static INTERRUPT_LOCK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    INTERRUPT_LOCK.read().unwrap_or_else(|e| e.into_inner())
+}
+
+// (Only the binary with the interrupting test uses it.)
+#[allow(dead_code)]
+pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    INTERRUPT_LOCK.write().unwrap_or_else(|e| e.into_inner())
 }
