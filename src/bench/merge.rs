@@ -287,6 +287,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the
+/// CUDA libraries' own start-up, reported on its own row.
+fn first_run(r: &mut Runner, what: &str, prompt: &Json, rows: &mut Vec<Row>) -> Result<()> {
+    let (secs, st) = r.run_cold(prompt)?;
+    rows.push(Row { what: what.into(), secs, exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN), detail: summary(&st) });
+    Ok(())
+}
+
 /// Cold runs of `prompt` (see the module doc).
 fn cold(r: &mut Runner, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec<Row>) -> Result<Json> {
     let (mut walls, mut exits) = (Vec::new(), Vec::new());
@@ -339,13 +347,7 @@ pub fn run(opts: &MergeBench) -> Result<()> {
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
         let mut r = Runner::new(&dir)?;
-        let (secs, st) = r.run_cold(&compose_all(&s))?;
-        rows.push(Row {
-            what: "W3, first run of the process (maps the base, parses 4 LoRAs)".into(),
-            secs,
-            exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN),
-            detail: summary(&st),
-        });
+        first_run(&mut r, "W3, first run of the process (maps the base, parses 4 LoRAs)", &compose_all(&s), &mut rows)?;
         let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
         if want("w1") {
             reset_peak();
@@ -395,13 +397,7 @@ pub fn run(opts: &MergeBench) -> Result<()> {
     if want("zimage") {
         let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
         let mut r = Runner::new(&dir)?;
-        let (secs, st) = r.run_cold(&compose_all(&s))?;
-        rows.push(Row {
-            what: "Z-Image, first run of the process (maps the base, parses 7 LoRAs)".into(),
-            secs,
-            exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN),
-            detail: summary(&st),
-        });
+        first_run(&mut r, "Z-Image, first run of the process (maps the base, parses 7 LoRAs)", &compose_all(&s), &mut rows)?;
         reset_peak();
         let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
