@@ -964,6 +964,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
         if let Some(model) = save::check_saved(&path, &hash, base_model)? {
             rep.progress(1, 1);
             stats.keys = model.overrides().len();
+            stats.bytes = model.overrides().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
             stats.saved = Some(path.display().to_string());
             stats.reused_saved_file = true;
             stats.seconds = start.elapsed().as_secs_f64();
