@@ -6,9 +6,9 @@
 //! On a GPU the unscaled factors stay in device memory ([`FACTORS`], keyed by file identity and
 //! module), so a strength or t slider never moves a LoRA over the host link again.
 
-use tch::{Device, Kind, Tensor};
-
 use std::sync::LazyLock;
+
+use tch::{Device, Kind, Tensor};
 
 use crate::lora::DeltaSpec;
 use crate::widen::Contribution;

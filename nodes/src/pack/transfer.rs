@@ -2,9 +2,9 @@
 //!
 //! Inputs travel in their storage dtype and are widened to fp32 on the device (half the bus bytes
 //! for fp16 and no fp32 copy in host memory, which the peak-memory bound of issue 4 needs).
-//! Results are narrowed to each key's storage dtype on the device and copied into page-locked
-//! host memory, which the GPU writes at full link speed (pageable memory goes through a staging
-//! buffer at a fraction of it).
+//! Uploads go through two page-locked staging buffers, and results are narrowed to each key's
+//! storage dtype on the device and copied into page-locked host memory: both at full link speed,
+//! where pageable memory goes through the driver's own staging at a fraction of it.
 
 use tch::{Device, Kind, Tensor};
 
@@ -143,7 +143,8 @@ fn pinned_empty(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchEr
     Ok(t)
 }
 
-/// Whether results are copied into page-locked memory (`COMFYRS_WIDEN_PINNED=0` turns it off).
+/// Whether transfers go through page-locked memory: uploads staged, results copied into it
+/// (`COMFYRS_WIDEN_PINNED=0` turns both off, for comparisons: 6-10× slower on an H100 host).
 fn pinned_enabled() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
@@ -165,8 +166,9 @@ pub fn to_host(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
         return narrowed.f_to_device(Device::Cpu);
     }
     // A non-blocking copy from CUDA to the CPU lands in page-locked memory from libtorch's
-    // caching host allocator (reused across runs). It overlaps the next chunk's computation;
-    // the caller must call [`finish`] before reading the result.
+    // caching host allocator (reused across runs). The host goes on preparing the next chunk
+    // while it runs (on the GPU it queues behind this chunk's kernels and before the next's:
+    // tch offers one stream); the caller must call [`finish`] before reading the result.
     narrowed.f_to_device_(Device::Cpu, kind, true, false)
 }
 
