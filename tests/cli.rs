@@ -245,3 +245,35 @@ fn bench_merge_runs_every_workload_on_tiny_models() {
     assert!(t.contains(&format!("{keys} statistics reused")), "every key's statistics are reused after a t change: {t}");
     assert!(stdout.contains("(within)") && !stdout.contains("EXCEEDED"), "{stdout}");
 }
+
+/// The Exit's RAM preflight refuses a merge that does not fit, before any work, naming both
+/// numbers, and writes no model file.
+#[test]
+fn a_merge_that_does_not_fit_in_ram_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = bin().args(["fixtures", "--models-dir"]).arg(&models).output().unwrap();
+    assert!(out.status.success(), "fixtures: {}", String::from_utf8_lossy(&out.stderr));
+    let run = |cap_mb: &str| {
+        bin()
+            .args(["run", "--quiet", "--models-dir"])
+            .arg(&models)
+            .arg(repo().join("workflows/widen_sdxl_merge.json"))
+            .env("COMFYRS_WIDEN_HOST_RAM_MB", cap_mb)
+            .output()
+            .unwrap()
+    };
+    let saved = models.join("checkpoints/widen_sdxl_tiny_merge.safetensors");
+    let out = run("0");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Insufficient system RAM for merge: 0 MB available, estimated") && stderr.contains("MB needed"),
+        "{stderr}"
+    );
+    assert!(!saved.exists(), "nothing is written when the merge is refused");
+    // With room, the same workflow merges and saves.
+    let out = run("100000");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(saved.exists());
+}

@@ -598,6 +598,16 @@ fn budget(device: Device) -> usize {
     }
 }
 
+/// The host RAM a merge may use: `MemAvailable`, capped by `COMFYRS_WIDEN_HOST_RAM_MB` (for
+/// machines shared with other work).
+fn host_ram_for_merges() -> Option<usize> {
+    let cap = std::env::var("COMFYRS_WIDEN_HOST_RAM_MB").ok().and_then(|v| v.parse::<usize>().ok()).map(|mb| mb << 20);
+    match (mem_available(), cap) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    }
+}
+
 /// `MemAvailable` of /proc/meminfo.
 pub fn mem_available() -> Option<usize> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -1029,7 +1039,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
                 .unwrap_or(0),
             save_model: save_target.is_some(),
         };
-        estimate.check(mem_available())?;
+        estimate.check(host_ram_for_merges())?;
     }
     stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
     for (gi, (shape, keys)) in groups.iter().enumerate() {
