@@ -108,8 +108,14 @@ pub fn uniform_low_rank(
         // depend on which path built them.
         let scales: Vec<f32> =
             specs.iter().zip(multipliers).map(|(ss, m)| (ss[j].effective_scale() * m) as f32).collect();
-        let scales = Tensor::f_from_slice(&scales)?.f_to_device(device)?.f_reshape([-1, 1, 1])?;
-        ups.push(factor(true, [out, r])?.f_mul(&scales)?);
+        let up = factor(true, [out, r])?;
+        ups.push(if scales.windows(2).all(|w| w[0] == w[1]) {
+            // One strength for the whole group (no block config): no host → device copy, which
+            // from pageable memory would wait for all queued GPU work and stall the pipeline.
+            up.f_mul_scalar(f64::from(scales[0]))?
+        } else {
+            up.f_mul(&Tensor::f_from_slice(&scales)?.f_to_device(device)?.f_reshape([-1, 1, 1])?)?
+        });
         downs.push(factor(false, [r, k])?);
     }
     Ok(Some(Contribution::low_rank(Tensor::f_cat(&ups, 2)?, Tensor::f_cat(&downs, 1)?)))
