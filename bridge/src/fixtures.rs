@@ -302,32 +302,6 @@ pub fn f16_bits(x: f32) -> u16 {
     sign | r as u16
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn f16_known_values() {
-        assert_eq!(f16_bits(1.0), 0x3c00);
-        assert_eq!(f16_bits(-2.0), 0xc000);
-        assert_eq!(f16_bits(0.0), 0);
-        assert_eq!(f16_bits(65504.0), 0x7bff);
-        assert_eq!(f16_bits(1e-7), 0x0002); // subnormal
-        assert_eq!(f16_bits(0.1), 0x2e66);
-    }
-
-    #[test]
-    fn key_set_shape() {
-        let keys = tiny_sd15_keys();
-        let n: usize = keys.iter().map(|k| k.shape.iter().product::<usize>()).sum();
-        // UNet + TAESD + CLIP-L (text_projection excluded): ~162 M parameters.
-        assert!(n > 160_000_000 && n < 164_000_000, "{n}");
-        let mut names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), keys.len(), "duplicate keys");
-    }
-}
 
 /// The LoRA file name `ensure_tiny_sd15_lora` writes under `loras/`.
 pub const TINY_SD15_LORA: &str = "tiny_sd15_attn_lora.safetensors";
@@ -377,4 +351,31 @@ pub fn ensure_tiny_sd15_lora(models_dir: &Path) -> Result<PathBuf, String> {
     safetensors::tensor::serialize_to_file(views, None, &tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, &path).map_err(|e| format!("cannot move {} into place: {e}", path.display()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_known_values() {
+        assert_eq!(f16_bits(1.0), 0x3c00);
+        assert_eq!(f16_bits(-2.0), 0xc000);
+        assert_eq!(f16_bits(0.0), 0);
+        assert_eq!(f16_bits(65504.0), 0x7bff);
+        assert_eq!(f16_bits(1e-7), 0x0002); // subnormal
+        assert_eq!(f16_bits(0.1), 0x2e66);
+    }
+
+    #[test]
+    fn key_set_shape() {
+        let keys = tiny_sd15_keys();
+        let n: usize = keys.iter().map(|k| k.shape.iter().product::<usize>()).sum();
+        // UNet + TAESD + CLIP-L (text_projection excluded): ~162 M parameters.
+        assert!(n > 160_000_000 && n < 164_000_000, "{n}");
+        let mut names: Vec<&str> = keys.iter().map(|k| k.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), keys.len(), "duplicate keys");
+    }
 }

@@ -177,7 +177,8 @@ fn every_node_error() {
         let e = evaluate(&pack, &merge_recipe(&b, &mi, 1.0, None, None).unwrap(), RecipeDomain::Diffusion, false).err().unwrap();
         assert_eq!(e.message, "Checkpoint file not found: gone.safetensors\nReferenced by Model Input node with strength 0.7");
     }
-    for (name, want) in [("old.ckpt", "Only safetensors format is supported")] {
+    {
+        let (name, want) = ("old.ckpt", "Only safetensors format is supported");
         let e = run_fail(json!({"1": base(),
             "2": {"class_type": "WIDENModelInput", "inputs": {"model_name": name, "strength": 1.0}}, "3": merge("1", "2"),
             "4": {"class_type": "WIDENExit", "inputs": {"widen": ["3", 0]}}, "5": {"class_type": "TestCapture", "inputs": {"value": ["4", 0]}}}));
