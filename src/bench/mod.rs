@@ -15,9 +15,10 @@ pub enum BenchCommand {
     /// Time WIDEN filter and merge on synthetic keys of real SDXL and Z-Image shapes, dense vs
     /// low-rank, and report GB/s against the bytes the operation must move.
     Widen(comfyrs_nodes::widen::bench::WidenBenchOptions),
-    /// Run the WIDEN merge workloads of issue 4 (W1-W3 on a full-size SDXL UNet, a 7-LoRA
-    /// Z-Image compose) end to end through the executor: cold, after a LoRA strength change and
-    /// after a t_factor change, with peak host memory. Generates the models on first use.
+    /// Run WIDEN merges of one to four LoRAs on a full-size SDXL UNet and a 7-LoRA Z-Image
+    /// compose end to end through the executor: cold, after a LoRA strength change and after a
+    /// t_factor change, with peak host memory and a bit-exactness check. Generates random-weight
+    /// models on first use.
     Merge(merge::MergeBench),
     /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
     /// beyond the Python function's own time.
