@@ -19,13 +19,54 @@ use tch::Tensor;
 
 use crate::widen::ColumnStats;
 
-pub struct SubtreeCache {
-    inner: Mutex<Inner>,
+/// What a [`ByteLru`] can hold: a value with a size, a place (host or device memory) and cheap
+/// shared handles. Cached values are never modified in place.
+pub trait Cached: Send {
+    /// Bytes the entry keeps alive, bookkeeping included.
+    fn bytes(&self) -> usize;
+    fn on_device(&self) -> bool;
+    /// Another handle on the same storage.
+    fn handle(&self) -> Self;
 }
 
-struct Inner {
-    map: LruCache<[u8; 32], Tensor>,
-    /// Bytes held in host memory and in device memory, each with its own bound.
+impl Cached for Tensor {
+    fn bytes(&self) -> usize {
+        self.numel() * self.kind().elt_size_in_bytes() + 64
+    }
+    fn on_device(&self) -> bool {
+        self.device() != tch::Device::Cpu
+    }
+    fn handle(&self) -> Self {
+        self.shallow_clone()
+    }
+}
+
+impl Cached for ColumnStats {
+    fn bytes(&self) -> usize {
+        ColumnStats::bytes(self) + 192
+    }
+    fn on_device(&self) -> bool {
+        self.dm.device() != tch::Device::Cpu
+    }
+    fn handle(&self) -> Self {
+        self.shallow_clone()
+    }
+}
+
+/// A process-wide LRU keyed by content hashes and bounded by bytes, host and device memory
+/// each against its own bound.
+pub struct ByteLru<V: Cached> {
+    inner: Mutex<Inner<V>>,
+}
+
+/// Subtree results (and device-resident LoRA factors): tensors.
+pub type SubtreeCache = ByteLru<Tensor>;
+/// Column statistics of merges, per key (`[N, 1, K]` each), keyed by the merge's content hash
+/// without its t_factor ([`super::exit::Analysis::stats_hash`]).
+pub type StatsCache = ByteLru<ColumnStats>;
+
+struct Inner<V> {
+    map: LruCache<[u8; 32], V>,
     bytes: usize,
     limit: usize,
     device_bytes: usize,
@@ -34,10 +75,10 @@ struct Inner {
     misses: u64,
 }
 
-impl Inner {
-    fn account(&mut self, t: &Tensor, add: bool) {
-        let size = tensor_bytes(t);
-        let slot = if t.device() == tch::Device::Cpu { &mut self.bytes } else { &mut self.device_bytes };
+impl<V: Cached> Inner<V> {
+    fn account(&mut self, v: &V, add: bool) {
+        let size = v.bytes();
+        let slot = if v.on_device() { &mut self.device_bytes } else { &mut self.bytes };
         if add {
             *slot += size;
         } else {
@@ -48,7 +89,7 @@ impl Inner {
     fn evict(&mut self) {
         while self.bytes > self.limit || self.device_bytes > self.device_limit {
             match self.map.pop_lru() {
-                Some((_, t)) => self.account(&t, false),
+                Some((_, v)) => self.account(&v, false),
                 None => break,
             }
         }
@@ -65,10 +106,6 @@ pub struct CacheStats {
     pub device_limit: usize,
     pub hits: u64,
     pub misses: u64,
-}
-
-fn tensor_bytes(t: &Tensor) -> usize {
-    t.numel() * t.kind().elt_size_in_bytes() + 64
 }
 
 /// Default bound: `COMFYRS_WIDEN_CACHE_MB`, else a quarter of the available memory (at most
@@ -89,18 +126,25 @@ pub fn default_device_limit() -> usize {
     super::exit::gpu_free_bytes().unwrap_or(0) / 4
 }
 
-/// The process-wide cache.
+/// The process-wide subtree cache.
 pub static CACHE: LazyLock<SubtreeCache> =
     LazyLock::new(|| SubtreeCache::with_limits(default_limit(), default_device_limit()));
 
-impl SubtreeCache {
+/// The process-wide statistics cache: `COMFYRS_WIDEN_STATS_CACHE_MB` wherever the statistics
+/// live, default 1 GiB (statistics are a few kilobytes per key and merge).
+pub static STATS: LazyLock<StatsCache> = LazyLock::new(|| {
+    let mb = std::env::var("COMFYRS_WIDEN_STATS_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024);
+    StatsCache::with_limits(mb << 20, mb << 20)
+});
+
+impl<V: Cached> ByteLru<V> {
     /// A cache bounded by `limit` bytes of host memory (and as much device memory).
     pub fn new(limit: usize) -> Self {
         Self::with_limits(limit, limit)
     }
 
     pub fn with_limits(limit: usize, device_limit: usize) -> Self {
-        SubtreeCache {
+        ByteLru {
             inner: Mutex::new(Inner {
                 map: LruCache::unbounded(),
                 bytes: 0,
@@ -113,14 +157,14 @@ impl SubtreeCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A shallow handle on the cached tensor (never modified in place by anyone).
-    pub fn get(&self, key: &[u8; 32]) -> Option<Tensor> {
+    /// A shared handle on the cached value (never modified in place by anyone).
+    pub fn get(&self, key: &[u8; 32]) -> Option<V> {
         let mut g = self.lock();
-        let r = g.map.get(key).map(Tensor::shallow_clone);
+        let r = g.map.get(key).map(V::handle);
         if r.is_some() {
             g.hits += 1;
         } else {
@@ -130,17 +174,17 @@ impl SubtreeCache {
     }
 
     /// Stores `value`, which nobody may modify in place afterwards.
-    pub fn insert(&self, key: [u8; 32], value: Tensor) {
-        let size = tensor_bytes(&value);
+    pub fn insert(&self, key: [u8; 32], value: V) {
+        let size = value.bytes();
         let mut g = self.lock();
-        let limit = if value.device() == tch::Device::Cpu { g.limit } else { g.device_limit };
+        let limit = if value.on_device() { g.device_limit } else { g.limit };
         if size > limit {
             return;
         }
-        if let Some(old) = g.map.put(key, value.shallow_clone()) {
+        g.account(&value, true);
+        if let Some(old) = g.map.put(key, value) {
             g.account(&old, false);
         }
-        g.account(&value, true);
         g.evict();
     }
 
@@ -169,63 +213,5 @@ impl SubtreeCache {
             hits: g.hits,
             misses: g.misses,
         }
-    }
-}
-
-/// Column statistics of merges, per key (`[N, 1, K]` each), keyed by the merge's content hash
-/// without its t_factor ([`super::exit::Analysis::stats_hash`]).
-pub struct StatsCache {
-    inner: Mutex<StatsInner>,
-}
-
-struct StatsInner {
-    map: LruCache<[u8; 32], ColumnStats>,
-    bytes: usize,
-    limit: usize,
-}
-
-/// The process-wide statistics cache: `COMFYRS_WIDEN_STATS_CACHE_MB`, default 1 GiB (statistics
-/// are a few kilobytes per key and merge).
-pub static STATS: LazyLock<StatsCache> = LazyLock::new(|| {
-    let mb = std::env::var("COMFYRS_WIDEN_STATS_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024);
-    StatsCache { inner: Mutex::new(StatsInner { map: LruCache::unbounded(), bytes: 0, limit: mb << 20 }) }
-});
-
-impl StatsCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StatsInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn get(&self, key: &[u8; 32]) -> Option<ColumnStats> {
-        self.lock().map.get(key).map(ColumnStats::shallow_clone)
-    }
-
-    pub fn insert(&self, key: [u8; 32], value: ColumnStats) {
-        let mut g = self.lock();
-        let size = value.bytes() + 192;
-        if let Some(old) = g.map.put(key, value) {
-            g.bytes -= old.bytes() + 192;
-        }
-        g.bytes += size;
-        while g.bytes > g.limit {
-            match g.map.pop_lru() {
-                Some((_, old)) => g.bytes -= old.bytes() + 192,
-                None => break,
-            }
-        }
-    }
-
-    pub fn clear(&self) {
-        let mut g = self.lock();
-        g.map.clear();
-        g.bytes = 0;
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -1003,7 +1003,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
         if let Some(model) = save::check_saved(&path, &hash, base_model)? {
             rep.progress(1, 1);
             stats.keys = model.overrides().len();
-            stats.bytes = model.overrides().values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
+            stats.bytes = model.merged_bytes();
             stats.saved = Some(path.display().to_string());
             stats.reused_saved_file = true;
             stats.seconds = start.elapsed().as_secs_f64();
@@ -1092,9 +1092,9 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     stats.phases.load = ev.load_seconds;
     stats.phases.compute -= ev.load_seconds;
     stats.stats_hits = ev.stats_hits;
-    stats.bytes = merged.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
     let out: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
     let model = base_model.with_overrides(out, &run_hash(&a, root, device));
+    stats.bytes = model.merged_bytes();
     if let Some((path, json, hash)) = save_target {
         let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
         save::save_model(&path, &model, &json, &hash, wf)?;
@@ -1117,10 +1117,8 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
 /// storage dtype (D17) in host memory. Keys of one dtype share one transfer.
 fn install(a: &Analysis, merged: &mut BTreeMap<String, Tensor>, keys: &[String], done: &Tensor) -> Result<(), PackError> {
     let kinds: Vec<Kind> = keys.iter().map(|k| a.base.kind(k).unwrap_or(Kind::Float)).collect();
-    let mut distinct = kinds.clone();
-    distinct.dedup();
-    if distinct.len() == 1 {
-        let host = super::transfer::to_host(done, distinct[0])?;
+    if kinds.iter().all(|k| *k == kinds[0]) {
+        let host = super::transfer::to_host(done, kinds[0])?;
         for (i, k) in keys.iter().enumerate() {
             merged.insert(k.clone(), host.f_select(0, i as i64)?);
         }

@@ -25,7 +25,7 @@ use comfyrs_runtime::{NodeError, Registry};
 
 use crate::models::{FormatError, ModelFolders};
 
-pub use cache::{StatsCache, SubtreeCache, CACHE, STATS};
+pub use cache::{ByteLru, Cached, StatsCache, SubtreeCache, CACHE, STATS};
 pub use factors::FACTORS;
 pub use foreign::{foreign_models, set_foreign_models, ForeignFns, ForeignModels, ForeignState};
 pub use model::{native_model_weights, NativeModel};

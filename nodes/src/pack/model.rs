@@ -157,6 +157,11 @@ impl NativeModel {
         &self.overrides
     }
 
+    /// Bytes of the merged keys, each in its storage dtype.
+    pub fn merged_bytes(&self) -> usize {
+        self.overrides.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
+    }
+
     /// blake3 over the merged keys (name, dtype, shape and bytes, in order): equal digests mean
     /// bit-identical merges, whichever device or path computed them.
     pub fn overrides_digest(&self) -> Result<String, tch::TchError> {
