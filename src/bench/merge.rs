@@ -37,6 +37,7 @@ use comfyrs_nodes::pack::NativeModel;
 use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
+use super::median;
 use crate::progress::fmt_secs;
 
 #[derive(Args)]
@@ -280,11 +281,6 @@ struct Row {
     secs: f64,
     exit_secs: f64,
     detail: String,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the

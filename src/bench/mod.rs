@@ -50,7 +50,11 @@ pub fn main(cmd: BenchCommand) -> Result<ExitCode> {
 
 /// Median of `reps` timings of `f`, in seconds.
 pub fn median_secs(reps: usize, mut f: impl FnMut() -> f64) -> f64 {
-    let mut t: Vec<f64> = (0..reps.max(1)).map(|_| f()).collect();
-    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[t.len() / 2]
+    median((0..reps.max(1)).map(|_| f()).collect())
+}
+
+/// The median of measurements (the upper one of an even count); `v` is not empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
