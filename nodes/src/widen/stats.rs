@@ -57,15 +57,6 @@ impl ColumnStats {
         Ok(Self { dm: field(|s| &s.dm)?, dd: field(|s| &s.dd)?, delta_sq: field(|s| &s.delta_sq)? })
     }
 
-    /// The statistics on another device (a copy, or the same tensors if already there).
-    pub fn to_device(&self, device: tch::Device) -> Result<Self> {
-        Ok(Self {
-            dm: self.dm.f_to_device(device)?,
-            dd: self.dd.f_to_device(device)?,
-            delta_sq: self.delta_sq.f_to_device(device)?,
-        })
-    }
-
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         [&self.dm, &self.dd, &self.delta_sq].iter().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
