@@ -120,6 +120,9 @@ struct Job {
     args: Args,
 }
 
+/// The job queue's receiving end, shared by the workers.
+type SharedJobs = Arc<Mutex<mpsc::Receiver<Job>>>;
+
 struct JobDone {
     index: usize,
     result: Result<CallOutput, NodeError>,
@@ -157,14 +160,16 @@ impl Executor {
         let cache = &mut self.cache;
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = mpsc::channel::<JobDone>();
-            let mut job_tx: Option<mpsc::Sender<Job>> = None;
-            let mut running = 0usize;
+            let mut job_tx: Option<(mpsc::Sender<Job>, SharedJobs)> = None;
+            let (mut running, mut spawned) = (0usize, 0usize);
             loop {
                 if interrupt.is_set() {
                     run.interrupted = true;
                 }
                 while !run.interrupted {
-                    let Some(i) = run.ready.pop_front() else { break };
+                    let Some(i) = run.ready.pop_front() else {
+                        break;
+                    };
                     if run.state[i] != State::Waiting {
                         continue;
                     }
@@ -185,29 +190,31 @@ impl Executor {
                             run.interrupted = true;
                         }
                     } else if running < workers {
-                        if job_tx.is_none() {
+                        let (tx, rx) = job_tx.get_or_insert_with(|| {
                             let (tx, rx) = mpsc::channel::<Job>();
-                            let rx = Arc::new(Mutex::new(rx));
-                            for _ in 0..workers {
-                                let rx = rx.clone();
-                                let done_tx = done_tx.clone();
-                                let parts = &ctx_parts;
-                                scope.spawn(move || loop {
-                                    let job = match rx.lock().unwrap().recv() {
-                                        Ok(j) => j,
-                                        Err(_) => return,
-                                    };
-                                    let t = Instant::now();
-                                    let result = execute_node(v, job.index, &job.args, parts);
-                                    let _ = done_tx.send(JobDone { index: job.index, result, seconds: t.elapsed().as_secs_f64() });
-                                });
-                            }
-                            job_tx = Some(tx);
+                            (tx, Arc::new(Mutex::new(rx)))
+                        });
+                        // Workers start as jobs need them: a prompt with one worker node starts
+                        // one thread per run, not one per core.
+                        if running == spawned {
+                            let rx = rx.clone();
+                            let done_tx = done_tx.clone();
+                            let parts = &ctx_parts;
+                            scope.spawn(move || loop {
+                                let job = match rx.lock().unwrap().recv() {
+                                    Ok(j) => j,
+                                    Err(_) => return,
+                                };
+                                let t = Instant::now();
+                                let result = execute_node(v, job.index, &job.args, parts);
+                                let _ = done_tx.send(JobDone { index: job.index, result, seconds: t.elapsed().as_secs_f64() });
+                            });
+                            spawned += 1;
                         }
                         run.state[i] = State::Running;
                         run.emit_executing(i);
                         run.running_args.insert(i, args.clone());
-                        job_tx.as_ref().unwrap().send(Job { index: i, args }).expect("workers alive");
+                        tx.send(Job { index: i, args }).expect("workers alive");
                         running += 1;
                     } else {
                         run.ready.push_front(i);
@@ -513,7 +520,9 @@ impl<'a> Run<'a> {
                         args.values.insert(name.clone(), vec![Value::Json(json!([l.node, l.slot]))]);
                         continue;
                     }
-                    let Some(&(_, src, slot)) = self.v.links[i].iter().find(|(n, _, _)| n == name) else { continue };
+                    let Some(&(_, src, slot)) = self.v.links[i].iter().find(|(n, _, _)| n == name) else {
+                        continue;
+                    };
                     if let Some(r) = &self.results[src] {
                         args.values.insert(name.clone(), r.outputs[slot].clone());
                     }
@@ -583,11 +592,15 @@ impl<'a> Run<'a> {
 
     /// Serves a waiting node from the cache if its signature is there now. Returns true if so.
     fn serve_from_cache(&mut self, i: usize, cache: &mut OutputCache) -> bool {
-        let Some(sig) = self.sigs[i] else { return false };
+        let Some(sig) = self.sigs[i] else {
+            return false;
+        };
         if !cache.contains(&sig) {
             return false;
         }
-        let Some(hit) = cache.get(&sig) else { return false };
+        let Some(hit) = cache.get(&sig) else {
+            return false;
+        };
         self.use_cached(i, hit);
         self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.v.id(i).to_string()] });
         self.release(i);
