@@ -9,12 +9,14 @@
 pub mod block;
 pub mod cache;
 mod cuda_events;
+mod cuda_runtime;
 pub mod exit;
 mod factors;
 pub mod foreign;
 pub mod model;
 pub mod nodes;
 pub mod preflight;
+mod readback;
 pub mod recipe;
 pub mod save;
 mod transfer;

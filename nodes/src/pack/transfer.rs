@@ -136,11 +136,32 @@ fn reinterpret(bytes: &Tensor, kind: Kind, len: i64) -> Result<Tensor, tch::TchE
 }
 
 /// An uninitialized page-locked host tensor of `len` elements from libtorch's caching host
-/// allocator (tch has no direct call for it: a non-blocking device → host copy allocates there).
+/// allocator (reused across runs; allocating page-locked memory anew costs ~0.5 s per GiB).
 fn pinned_empty(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
+    if len > 0 && grows_page_locked(index) {
+        return grown_pinned(len, kind, index);
+    }
+    // Without a way to check the above: copy an uninitialized device tensor (a wasted transfer).
     let t = Tensor::f_empty([len], (kind, Device::Cuda(index)))?.f_to_device_(Device::Cpu, kind, true, false)?;
     tch::Cuda::synchronize(index as i64);
     Ok(t)
+}
+
+/// tch has no call for a page-locked allocation, but a non-blocking copy of an empty device
+/// tensor to the host gives an empty tensor whose storage allocates from the page-locked
+/// allocator, and growing it allocates there without copying anything.
+fn grown_pinned(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
+    let mut t = Tensor::f_empty([0], (kind, Device::Cuda(index)))?.f_to_device_(Device::Cpu, kind, true, false)?;
+    let _same = t.f_resize_([len])?;
+    Ok(t)
+}
+
+/// Whether [`grown_pinned`] gives page-locked memory with this libtorch (checked once).
+fn grows_page_locked(index: usize) -> bool {
+    static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *YES.get_or_init(|| {
+        grown_pinned(1, Kind::Uint8, index).ok().and_then(|t| super::cuda_runtime::is_page_locked(t.data_ptr())).unwrap_or(false)
+    })
 }
 
 /// Whether transfers go through page-locked memory: uploads staged, results copied into it
@@ -165,10 +186,16 @@ pub fn to_host(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     if !pinned_enabled() {
         return narrowed.f_to_device(Device::Cpu);
     }
-    // A non-blocking copy from CUDA to the CPU lands in page-locked memory from libtorch's
-    // caching host allocator (reused across runs). The host goes on preparing the next chunk
-    // while it runs (on the GPU it queues behind this chunk's kernels and before the next's:
-    // tch offers one stream); the caller must call [`finish`] before reading the result.
+    // The copy runs on its own stream while the host prepares, and the device computes, the
+    // next chunk (see `readback`); the caller must call [`finish`] before reading the result.
+    if let Device::Cuda(index) = device {
+        let host = pinned_empty(narrowed.numel() as i64, kind, index)?.f_view(narrowed.size().as_slice())?;
+        if super::readback::download(&narrowed, &host) {
+            return Ok(host);
+        }
+    }
+    // Without a copy stream: a non-blocking copy on the default stream, into page-locked memory
+    // from libtorch's caching host allocator.
     narrowed.f_to_device_(Device::Cpu, kind, true, false)
 }
 
@@ -182,6 +209,7 @@ pub fn owned_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
 /// Waits for the device's pending work, including [`to_host`] copies.
 pub fn finish(device: Device) {
     if let Device::Cuda(index) = device {
+        super::readback::wait();
         tch::Cuda::synchronize(index as i64);
     }
 }
