@@ -262,6 +262,11 @@ fn check_block_configs(node: &Recipe, path: &str, arch: Arch) -> Result<(), Pack
 pub struct LoadedSet {
     pub set: LoraSet,
     pub files: Vec<(String, f64, FileIdentity)>,
+    /// Keys whose every delta can enter as low-rank factors (checked once per set: it asks
+    /// libtorch for factor sizes, thousands of calls per run otherwise).
+    low_rank: std::collections::HashSet<String>,
+    /// Content identity: files, strengths and order, the base and the LoRA architecture.
+    key: [u8; 32],
 }
 
 pub struct LoadedModel {
@@ -278,10 +283,14 @@ pub struct Analysis {
     /// Per node: hash of its content and the identity of the files it reads (no block configs,
     /// no t_factor: those enter per key).
     static_hash: HashMap<usize, [u8; 32]>,
+    /// Per node: hash of its whole content (t_factors included), or `None` when a block config
+    /// sits in its subtree. Without block configs a node's result is the same function of every
+    /// key, so its key hash is one hash of this and the key instead of a walk of the subtree.
+    whole_hash: HashMap<usize, Option<[u8; 32]>>,
     pub keys: Vec<String>,
     /// `key_hash` results of this run by (node, key): the recursion would otherwise redo every
     /// subtree for each level that asks.
-    key_hashes: std::sync::Mutex<HashMap<(usize, String), [u8; 32]>>,
+    key_hashes: std::sync::Mutex<HashMap<usize, HashMap<String, [u8; 32]>>>,
 }
 
 fn ptr(r: &Recipe) -> usize {
@@ -313,7 +322,7 @@ fn load_lora(path: &std::path::Path, base: &NativeModel, arch: Arch) -> Result<A
 /// The LoRA set of `files` at their strengths, memoized by content (`key`): building one clones
 /// every delta spec of every file (thousands for full-size LoRAs, ~5 ms on a GPU host for four
 /// SDXL LoRAs), and a slider change elsewhere in the recipe would otherwise redo it on each run.
-fn loaded_set(key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)]) -> Arc<LoadedSet> {
+fn loaded_set(key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)], base: &NativeModel) -> Arc<LoadedSet> {
     use std::sync::{LazyLock, Mutex};
     static SETS: LazyLock<Mutex<HashMap<[u8; 32], Arc<LoadedSet>>>> = LazyLock::new(Default::default);
     if let Some(s) = SETS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
@@ -323,9 +332,17 @@ fn loaded_set(key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)]) -> Arc<Load
     for (_, strength, file) in files {
         set.add(file, *strength);
     }
+    let low_rank = set
+        .deltas
+        .affected_keys()
+        .filter(|k| base.shape(k).is_some_and(|shape| fits_low_rank(set.deltas.specs(k), &shape)))
+        .map(String::from)
+        .collect();
     let loaded = Arc::new(LoadedSet {
         set,
         files: files.iter().map(|(name, strength, file)| (name.clone(), *strength, file.identity.clone())).collect(),
+        low_rank,
+        key,
     });
     let mut sets = SETS.lock().unwrap_or_else(|e| e.into_inner());
     if sets.len() >= 64 {
@@ -347,18 +364,20 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
         sets: HashMap::new(),
         models: HashMap::new(),
         static_hash: HashMap::new(),
+        whole_hash: HashMap::new(),
         keys: Vec::new(),
         key_hashes: Default::default(),
     };
     let folders = pack.folders().clone();
-    let mut touched: std::collections::HashSet<String> = Default::default();
+    // Identities of the sets and models the recipe reads: the keys they touch are memoized by them.
+    let mut sources: Vec<[u8; 32]> = Vec::new();
     fn visit(
         node: &Recipe,
         a: &mut Analysis,
         folders: &crate::models::ModelFolders,
         lora_arch: Arch,
         domain: RecipeDomain,
-        touched: &mut std::collections::HashSet<String>,
+        sources: &mut Vec<[u8; 32]>,
     ) -> Result<[u8; 32], PackError> {
         if let Some(h) = a.static_hash.get(&ptr(node)) {
             return Ok(*h);
@@ -392,11 +411,9 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
                 let mut key = h.clone();
                 key.update(a.base.identity());
                 key.update(lora_arch.tag().as_bytes());
-                let set = loaded_set(*key.finalize().as_bytes(), &loaded);
-                for k in set.set.deltas.affected_keys() {
-                    touched.insert(k.to_string());
-                }
-                a.sets.insert(ptr(node), set);
+                let key = *key.finalize().as_bytes();
+                sources.push(key);
+                a.sets.insert(ptr(node), loaded_set(key, &loaded, &a.base));
             }
             RecipeKind::Model { path, strength, source_dir, .. } => {
                 h.update(b"M");
@@ -431,23 +448,21 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
                 h.update(source_dir.name().as_bytes());
                 h.update(&strength.to_bits().to_le_bytes());
                 h.update(file.file().identity().fingerprint().as_bytes());
-                for k in file.keys() {
-                    touched.insert(k.to_string());
-                }
+                sources.push(*blake3::hash(format!("{cd:?}|{}", file.file().identity().fingerprint()).as_bytes()).as_bytes());
                 a.models.insert(ptr(node), Arc::new(LoadedModel { file, name: path.clone() }));
             }
             RecipeKind::Compose { branches } => {
                 h.update(b"C");
                 for b in branches {
-                    h.update(&visit(b, a, folders, lora_arch, domain, touched)?);
+                    h.update(&visit(b, a, folders, lora_arch, domain, sources)?);
                 }
             }
             RecipeKind::Merge { base, target, backbone, .. } => {
                 h.update(b"G");
-                h.update(&visit(base, a, folders, lora_arch, domain, touched)?);
-                h.update(&visit(target, a, folders, lora_arch, domain, touched)?);
+                h.update(&visit(base, a, folders, lora_arch, domain, sources)?);
+                h.update(&visit(target, a, folders, lora_arch, domain, sources)?);
                 match backbone {
-                    Some(b) => h.update(&visit(b, a, folders, lora_arch, domain, touched)?),
+                    Some(b) => h.update(&visit(b, a, folders, lora_arch, domain, sources)?),
                     None => h.update(b"-"),
                 };
             }
@@ -456,8 +471,37 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
         a.static_hash.insert(ptr(node), out);
         Ok(out)
     }
-    visit(root, &mut a, &folders, lora_arch, *domain, &mut touched)?;
-    // Keys to process: base keys (float tensors) that some contribution touches, sorted.
+    visit(root, &mut a, &folders, lora_arch, *domain, &mut sources)?;
+    whole_hash(root, &a.static_hash, &mut a.whole_hash);
+    a.keys = touched_keys(&a, sources);
+    Ok(a)
+}
+
+/// Keys to process: base keys (float tensors) that some set or model touches, sorted. Memoized
+/// by the identities of the base and of those sources (a slider change asks again for the same).
+fn touched_keys(a: &Analysis, mut sources: Vec<[u8; 32]>) -> Vec<String> {
+    use std::sync::{LazyLock, Mutex};
+    type Memo = HashMap<[u8; 32], Arc<Vec<String>>>;
+    static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Default::default);
+    sources.sort_unstable();
+    sources.dedup();
+    let mut h = blake3::Hasher::new();
+    h.update(b"touched keys");
+    h.update(a.base.identity());
+    sources.iter().for_each(|s| {
+        h.update(s);
+    });
+    let memo_key = *h.finalize().as_bytes();
+    if let Some(keys) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
+        return keys.to_vec();
+    }
+    let mut touched: std::collections::HashSet<&str> = Default::default();
+    for set in a.sets.values() {
+        touched.extend(set.set.deltas.affected_keys());
+    }
+    for m in a.models.values() {
+        touched.extend(m.file.keys());
+    }
     let mut keys: Vec<String> = a
         .base
         .keys()
@@ -466,8 +510,92 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
         .map(String::from)
         .collect();
     keys.sort();
-    a.keys = keys;
-    Ok(a)
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() >= 64 {
+        memo.clear();
+    }
+    memo.insert(memo_key, Arc::new(keys.clone()));
+    keys
+}
+
+/// `rows` as one `[B, *S]` view when they lie back to back in one tensor's memory, as the keys
+/// of a chunk do in the subtree cache when the same chunk asks for them again: the stack it
+/// saves is a copy of the whole chunk and a call per key.
+fn consecutive_rows(rows: &[Tensor]) -> Option<Tensor> {
+    let first = rows.first()?;
+    let size = first.size();
+    let numel = first.numel();
+    let row_bytes = numel * first.kind().elt_size_in_bytes();
+    let base = first.data_ptr() as usize;
+    let lined_up = first.is_contiguous()
+        && rows.iter().enumerate().all(|(i, r)| {
+            r.data_ptr() as usize == base + i * row_bytes && r.kind() == first.kind() && r.device() == first.device() && r.size() == size
+        });
+    if !lined_up {
+        return None;
+    }
+    let mut shape = vec![rows.len() as i64];
+    shape.extend_from_slice(&size);
+    let mut strides = vec![numel as i64];
+    strides.extend_from_slice(&first.stride());
+    // `as_strided` checks the extent against the first row's storage, so rows that merely sit
+    // next to it in memory (another allocation) fail here instead of being read through it.
+    first.f_as_strided(shape.as_slice(), strides.as_slice(), None).ok()
+}
+
+/// Fills [`Analysis::whole_hash`] for `node` and its subtree.
+fn whole_hash(node: &Recipe, statics: &HashMap<usize, [u8; 32]>, out: &mut HashMap<usize, Option<[u8; 32]>>) -> Option<[u8; 32]> {
+    if let Some(h) = out.get(&ptr(node)) {
+        return *h;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"whole");
+    h.update(&statics[&ptr(node)]);
+    let mut ok = true;
+    let mut child = |c: &Recipe, h: &mut blake3::Hasher, out: &mut HashMap<usize, Option<[u8; 32]>>| match whole_hash(c, statics, out) {
+        Some(x) => {
+            h.update(&x);
+        }
+        None => ok = false,
+    };
+    match &node.kind {
+        RecipeKind::Base { .. } => {}
+        RecipeKind::Lora { block_config, .. } | RecipeKind::Model { block_config, .. } => {
+            if block_config.is_some() {
+                out.insert(ptr(node), None);
+                return None;
+            }
+        }
+        RecipeKind::Compose { branches } => branches.iter().for_each(|b| child(b, &mut h, out)),
+        RecipeKind::Merge { base, target, backbone, t_factor, block_config } => {
+            child(base, &mut h, out);
+            child(target, &mut h, out);
+            match backbone {
+                Some(b) => child(b, &mut h, out),
+                None => {
+                    h.update(b"-");
+                }
+            }
+            h.update(&t_factor.to_bits().to_le_bytes());
+            ok &= block_config.is_none();
+        }
+    }
+    let result = ok.then(|| *h.finalize().as_bytes());
+    out.insert(ptr(node), result);
+    result
+}
+
+/// The device, as bytes for hashing (no allocation, unlike its `Debug` text).
+fn device_tag(device: Device) -> [u8; 9] {
+    let (kind, index) = match device {
+        Device::Cpu => (0u8, 0usize),
+        Device::Cuda(i) => (1, i),
+        Device::Mps => (2, 0),
+        Device::Vulkan => (3, 0),
+    };
+    let mut tag = [kind; 9];
+    tag[1..].copy_from_slice(&(index as u64).to_le_bytes());
+    tag
 }
 
 impl Analysis {
@@ -486,12 +614,20 @@ impl Analysis {
     /// Content hash of `node`'s result (a model, or a contribution relative to its enclosing
     /// merge's base) on `key`, on `device`.
     pub fn key_hash(&self, node: &Recipe, key: &str, device: Device) -> [u8; 32] {
-        let memo_key = (ptr(node), key.to_string());
-        if let Some(h) = self.key_hashes.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
+        if let Some(Some(whole)) = self.whole_hash.get(&ptr(node)) {
+            let mut h = blake3::Hasher::new();
+            h.update(b"key of whole");
+            h.update(whole);
+            h.update(key.as_bytes());
+            h.update(&device_tag(device));
+            return *h.finalize().as_bytes();
+        }
+        // By node, then key: a lookup borrows the key (no allocation; thousands per run).
+        if let Some(h) = self.key_hashes.lock().unwrap_or_else(|e| e.into_inner()).get(&ptr(node)).and_then(|m| m.get(key)) {
             return *h;
         }
         let out = self.compute_key_hash(node, key, device);
-        self.key_hashes.lock().unwrap_or_else(|e| e.into_inner()).insert(memo_key, out);
+        self.key_hashes.lock().unwrap_or_else(|e| e.into_inner()).entry(ptr(node)).or_default().insert(key.to_string(), out);
         out
     }
 
@@ -533,7 +669,7 @@ impl Analysis {
         if let Some(b) = backbone {
             h.update(&self.key_hash(b, key, device));
         }
-        h.update(format!("{device:?}").as_bytes());
+        h.update(&device_tag(device));
         *h.finalize().as_bytes()
     }
 
@@ -550,25 +686,30 @@ impl Analysis {
     }
 
     /// Whether `set` can enter `key` as low-rank factors.
-    fn low_rank_ok(&self, set: &LoadedSet, key: &str, shape: &[i64]) -> bool {
-        if shape.len() < 2 {
-            return false;
-        }
-        let out = shape[0];
-        let k: i64 = shape[1..].iter().product();
-        set.set.deltas.specs(key).iter().all(|s| match s.low_rank() {
-            Some((up, down)) => {
-                let rows = s.rows.map_or(out, |r| r.len);
-                let r = up.size().get(1).copied().unwrap_or(0);
-                up.size()[0] == rows
-                    && up.numel() as i64 == rows * r
-                    && down.size()[0] == r
-                    && down.numel() as i64 == r * k
-                    && s.rows.is_none_or(|rr| rr.start + rr.len <= out)
-            }
-            None => false,
-        })
+    fn low_rank_ok(&self, set: &LoadedSet, key: &str) -> bool {
+        set.low_rank.contains(key)
     }
+}
+
+/// Whether every delta of a key of `shape` is a pair of factors of matching sizes.
+fn fits_low_rank(specs: &[crate::lora::DeltaSpec], shape: &[i64]) -> bool {
+    if shape.len() < 2 {
+        return false;
+    }
+    let out = shape[0];
+    let k: i64 = shape[1..].iter().product();
+    specs.iter().all(|s| match s.low_rank() {
+        Some((up, down)) => {
+            let rows = s.rows.map_or(out, |r| r.len);
+            let r = up.size().get(1).copied().unwrap_or(0);
+            up.size()[0] == rows
+                && up.numel() as i64 == rows * r
+                && down.size()[0] == r
+                && down.numel() as i64 == r * k
+                && s.rows.is_none_or(|rr| rr.start + rr.len <= out)
+        }
+        None => false,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -716,6 +857,13 @@ impl Eval<'_> {
         if missing.len() == keys.len() {
             return Ok(computed.expect("computed"));
         }
+        if computed.is_none() {
+            let rows: Vec<Tensor> = cached.into_iter().map(|c| c.expect("all cached")).collect();
+            if let Some(batch) = consecutive_rows(&rows) {
+                return Ok(batch.f_to_device(self.device)?);
+            }
+            return Ok(Tensor::f_stack(&rows, 0)?.f_to_device(self.device)?);
+        }
         let mut rows = Vec::with_capacity(keys.len());
         let mut j = 0;
         for c in cached {
@@ -803,9 +951,24 @@ impl Eval<'_> {
     ) -> Result<Tensor, PackError> {
         let w = self.widen.with_t(t)?;
         let mut lap = Lap::start(self.device);
+        // The chunk's statistics are stored whole as well as per key: a chunk asked again (a t
+        // slider) takes one lookup instead of one per key and a concatenation.
+        let chunk = {
+            let mut h = blake3::Hasher::new();
+            h.update(b"chunk statistics");
+            stats_keys.iter().for_each(|k| {
+                h.update(k);
+            });
+            *h.finalize().as_bytes()
+        };
         let known = if self.use_cache {
-            let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| STATS.get(h)).collect();
-            found.map(|parts| ColumnStats::cat_keys(&parts)).transpose()?
+            match STATS.get(&chunk) {
+                Some(whole) => Some(whole),
+                None => {
+                    let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| STATS.get(h)).collect();
+                    found.map(|parts| ColumnStats::cat_keys(&parts)).transpose()?
+                }
+            }
         } else {
             None
         };
@@ -821,6 +984,7 @@ impl Eval<'_> {
                 // batch's statistics (kilobytes per key) live until its last key is evicted.
                 STATS.insert(*h, used.keys(i as i64, 1)?);
             }
+            STATS.insert(chunk, used);
         }
         Ok(r.f_to_kind(Kind::Float)?)
     }
@@ -831,7 +995,7 @@ impl Eval<'_> {
         if let (RecipeKind::Lora { block_config, .. }, true) = (&leaf.kind, may_low_rank) {
             let set = self.a.sets[&ptr(leaf)].clone();
             let shape = cur.size()[1..].to_vec();
-            if keys.iter().all(|k| self.a.low_rank_ok(&set, k, &shape)) {
+            if keys.iter().all(|k| self.a.low_rank_ok(&set, k)) {
                 return self.low_rank(&set, block_config, keys, &shape);
             }
         }
@@ -847,10 +1011,8 @@ impl Eval<'_> {
     ) -> Result<Contribution, PackError> {
         let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.deltas.specs(k)).collect();
         let mults: Vec<f64> = keys.iter().map(|k| self.a.mult(bc, k)).collect();
-        let identity = |spec: &crate::lora::DeltaSpec| -> Option<String> {
-            set.files.iter().find(|(_, _, id)| id.path == spec.file).map(|(_, _, id)| id.fingerprint())
-        };
-        if let Some(c) = super::factors::uniform_low_rank(&specs, &mults, shape, self.device, &identity)? {
+        let prints: Vec<super::factors::FilePrint> = set.files.iter().map(|(_, _, id)| (id.path.as_path(), id.fingerprint())).collect();
+        if let Some(c) = super::factors::uniform_low_rank(&specs, &mults, shape, self.device, &prints)? {
             return Ok(c);
         }
         let out = shape[0];
@@ -962,6 +1124,24 @@ fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Ve
         }
     }
     collect(a, root, &mut sets);
+    // Memoized by what decides it (a slider change asks again for the same grouping).
+    use std::sync::{LazyLock, Mutex};
+    type Groups = Vec<(Vec<i64>, Vec<String>)>;
+    static MEMO: LazyLock<Mutex<HashMap<[u8; 32], Arc<Groups>>>> = LazyLock::new(Default::default);
+    let mut h = blake3::Hasher::new();
+    h.update(b"groups");
+    h.update(a.base.identity());
+    sets.iter().for_each(|s| {
+        h.update(&s.key);
+    });
+    keys.iter().for_each(|k| {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+    });
+    let memo_key = *h.finalize().as_bytes();
+    if let Some(g) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
+        return g.to_vec();
+    }
     let mut groups: IndexMap<(Vec<i64>, Vec<u8>), Vec<String>> = IndexMap::new();
     for k in keys {
         let shape = a.base.shape(k).unwrap_or_default();
@@ -970,7 +1150,7 @@ fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Ve
             .map(|s| {
                 if s.set.deltas.specs(k).is_empty() {
                     0
-                } else if a.low_rank_ok(s, k, &shape) {
+                } else if a.low_rank_ok(s, k) {
                     1
                 } else {
                     2
@@ -979,7 +1159,13 @@ fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Ve
             .collect();
         groups.entry((shape, sig)).or_default().push(k.clone());
     }
-    groups.into_iter().map(|((shape, _), keys)| (shape, keys)).collect()
+    let groups: Groups = groups.into_iter().map(|((shape, _), keys)| (shape, keys)).collect();
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() >= 64 {
+        memo.clear();
+    }
+    memo.insert(memo_key, Arc::new(groups.clone()));
+    groups
 }
 
 pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &ExitOptions) -> Result<ExitResult, PackError> {
@@ -1040,7 +1226,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     lap.mark("analysis: final-result lookups");
     stats.cache_hits = merged.len();
     stats.recomputed = todo.len();
-    let groups = group_keys(&a, root, &todo);
+    let groups = pipeline_order(group_keys(&a, root, &todo), device);
     lap.mark("analysis: grouping");
     stats.groups = groups.len();
     let total = groups.len().max(1) as u64;
@@ -1113,6 +1299,29 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     Ok(ExitResult { model, stats })
 }
 
+/// On a GPU a chunk's results go to the host while the next chunk computes: the link sits idle
+/// until the first chunk is done, and the run ends one chunk's copy after the last kernel.
+/// Smallest groups first start the link early and keep it busy while the bigger ones compute;
+/// the biggest, last, is halved so that the copy left after the last kernel is half of it.
+/// (Side by side on an H100, full-size SDXL: a t slider change took 42.6-43.3 ms against
+/// 46.6 ms with the biggest group right after the smallest; with the biggest whole and last, a
+/// cold merge waited 27-35 ms for its last copy, halved 13-15 ms.)
+fn pipeline_order(mut groups: Vec<(Vec<i64>, Vec<String>)>, device: Device) -> Vec<(Vec<i64>, Vec<String>)> {
+    if !device.is_cuda() {
+        return groups;
+    }
+    groups.sort_by_key(|g| g.0.iter().product::<i64>() * g.1.len() as i64);
+    if let Some((shape, keys)) = groups.pop() {
+        let half = keys.len().div_ceil(2);
+        let (a, b) = keys.split_at(half);
+        groups.push((shape.clone(), a.to_vec()));
+        if !b.is_empty() {
+            groups.push((shape, b.to_vec()));
+        }
+    }
+    groups
+}
+
 /// Puts a chunk's results (`[B, *S]` fp32, any device) into `merged`, each key in its own
 /// storage dtype (D17) in host memory. Keys of one dtype share one transfer.
 fn install(a: &Analysis, merged: &mut BTreeMap<String, Tensor>, keys: &[String], done: &Tensor) -> Result<(), PackError> {
@@ -1168,4 +1377,48 @@ pub fn evaluate(pack: &PackContext, root: &Recipe, domain: RecipeDomain, enable_
         root,
         &ExitOptions { domain, save_model: false, model_name: String::new(), save_workflow: false, enable_cache, extra_pnginfo: None },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(shape: &[i64], n: usize, tag: &str) -> (Vec<i64>, Vec<String>) {
+        (shape.to_vec(), (0..n).map(|i| format!("{tag}{i}")).collect())
+    }
+
+    #[test]
+    fn pipeline_order_puts_the_smallest_first_and_halves_the_biggest_at_the_end() {
+        let groups = vec![group(&[1280, 1280], 5, "big"), group(&[320, 320], 2, "small"), group(&[640, 640], 3, "mid")];
+        let order = pipeline_order(groups.clone(), Device::Cuda(0));
+        let tags: Vec<(usize, &str)> = order.iter().map(|(_, k)| (k.len(), &k[0][..k[0].len() - 1])).collect();
+        assert_eq!(tags, [(2, "small"), (3, "mid"), (3, "big"), (2, "big")]);
+        let big: Vec<&String> = order[2..].iter().flat_map(|(_, k)| k).collect();
+        assert_eq!(big, groups[0].1.iter().collect::<Vec<_>>(), "the halves keep every key, in order");
+        // On the CPU nothing overlaps: the order stays as grouped.
+        assert_eq!(pipeline_order(groups.clone(), Device::Cpu), groups);
+        // A one-key biggest group is not split into an empty half.
+        let order = pipeline_order(vec![group(&[8, 8], 1, "a")], Device::Cuda(0));
+        assert_eq!(order.len(), 1);
+    }
+
+    #[test]
+    fn consecutive_rows_are_one_view_and_anything_else_is_refused() {
+        let chunk = Tensor::arange(2 * 3 * 4, (Kind::Float, Device::Cpu)).reshape([2 * 3, 4]).reshape([3, 2, 4]);
+        let rows: Vec<Tensor> = (0..3).map(|i| chunk.select(0, i)).collect();
+        let view = consecutive_rows(&rows).expect("rows of one chunk, in order");
+        assert_eq!(view.size(), [3, 2, 4]);
+        assert_eq!(view.data_ptr(), chunk.data_ptr(), "a view, not a copy");
+        assert!(view.equal(&chunk));
+        // Out of order, a subset with a gap, or rows of different tensors: not one view.
+        let swapped = [rows[1].shallow_clone(), rows[0].shallow_clone()];
+        assert!(consecutive_rows(&swapped).is_none());
+        let gap = [rows[0].shallow_clone(), rows[2].shallow_clone()];
+        assert!(consecutive_rows(&gap).is_none());
+        let other = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
+        assert!(consecutive_rows(&[rows[0].shallow_clone(), other]).is_none());
+        // A tail of the chunk is a view too.
+        let tail = consecutive_rows(&rows[1..]).expect("rows 1 and 2");
+        assert!(tail.equal(&chunk.narrow(0, 1, 2)));
+    }
 }

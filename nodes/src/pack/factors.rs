@@ -55,11 +55,14 @@ pub fn uniform_low_rank(
     multipliers: &[f64],
     shape: &[i64],
     device: Device,
-    identity: &dyn Fn(&DeltaSpec) -> Option<String>,
+    files: &[FilePrint],
 ) -> Result<Option<Contribution>, tch::TchError> {
+    let identity = |s: &DeltaSpec| file_print(files, s);
     let out = shape[0];
     let k: i64 = shape[1..].iter().product();
-    let Some(first) = specs.first() else { return Ok(None) };
+    let Some(first) = specs.first() else {
+        return Ok(None);
+    };
     if first.is_empty() {
         return Ok(None);
     }
@@ -79,6 +82,14 @@ pub fn uniform_low_rank(
     if !uniform {
         return Ok(None);
     }
+    // The whole contribution of a chunk seen before (a slider elsewhere in the recipe moved):
+    // one lookup instead of a lookup, a reshape and a hash per key and LoRA, and no kernels.
+    let memo = device.is_cuda().then(|| chunk_identity(specs, multipliers, shape, files)).flatten();
+    if let Some((up_id, down_id)) = &memo {
+        if let (Some(up), Some(down)) = (FACTORS.get(up_id), FACTORS.get(down_id)) {
+            return Ok(Some(Contribution::low_rank(up, down)));
+        }
+    }
     let (mut ups, mut downs) = (Vec::with_capacity(ranks.len()), Vec::with_capacity(ranks.len()));
     for (j, &r) in ranks.iter().enumerate() {
         let factor = |up: bool, dims: [i64; 2]| -> Result<Tensor, tch::TchError> {
@@ -95,7 +106,7 @@ pub fn uniform_low_rank(
                     let s = &ss[j];
                     let file = identity(s)?;
                     let mut h = blake3::Hasher::new();
-                    for part in [file.as_str(), s.module.as_str(), s.target.as_str(), if up { "up" } else { "down" }] {
+                    for part in [file, s.module.as_str(), s.target.as_str(), if up { "up" } else { "down" }] {
                         h.update(part.as_bytes());
                         h.update(&[0]);
                     }
@@ -118,5 +129,42 @@ pub fn uniform_low_rank(
         });
         downs.push(factor(false, [r, k])?);
     }
-    Ok(Some(Contribution::low_rank(Tensor::f_cat(&ups, 2)?, Tensor::f_cat(&downs, 1)?)))
+    let (up, down) = (Tensor::f_cat(&ups, 2)?, Tensor::f_cat(&downs, 1)?);
+    if let Some((up_id, down_id)) = memo {
+        FACTORS.insert(up_id, up.shallow_clone());
+        FACTORS.insert(down_id, down.shallow_clone());
+    }
+    Ok(Some(Contribution::low_rank(up, down)))
+}
+
+/// A LoRA file's path and its identity (path, size, mtime) as text.
+pub type FilePrint<'a> = (&'a std::path::Path, String);
+
+fn file_print<'a>(files: &'a [FilePrint], spec: &DeltaSpec) -> Option<&'a str> {
+    files.iter().find(|(path, _)| *path == spec.file).map(|(_, print)| print.as_str())
+}
+
+/// Content identity of a chunk's assembled factors (`up`, `down`): every key's LoRA files,
+/// modules and scales, in order. `None` where a factor's file is unknown.
+fn chunk_identity(specs: &[&[DeltaSpec]], multipliers: &[f64], shape: &[i64], files: &[FilePrint]) -> Option<([u8; 32], [u8; 32])> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"chunk factors");
+    for d in shape {
+        h.update(&d.to_le_bytes());
+    }
+    for (ss, m) in specs.iter().zip(multipliers) {
+        for s in ss.iter() {
+            for part in [file_print(files, s)?, s.module.as_str(), s.target.as_str()] {
+                h.update(part.as_bytes());
+                h.update(&[0]);
+            }
+            // The scale as applied (fp32), so equal scales share an entry.
+            h.update(&((s.effective_scale() * m) as f32).to_bits().to_le_bytes());
+        }
+        h.update(b"|");
+    }
+    let (mut up, mut down) = (h.clone(), h);
+    up.update(b"up");
+    down.update(b"down");
+    Some((*up.finalize().as_bytes(), *down.finalize().as_bytes()))
 }
