@@ -175,6 +175,16 @@ impl<V: Cached> ByteLru<V> {
 
     /// Stores `value`, which nobody may modify in place afterwards.
     pub fn insert(&self, key: [u8; 32], value: V) {
+        self.store(key, value, false);
+    }
+
+    /// [`ByteLru::insert`] at the cold end: under pressure the value goes before anything else.
+    /// For results less likely to be asked for again than what the cache already holds.
+    pub fn insert_cold(&self, key: [u8; 32], value: V) {
+        self.store(key, value, true);
+    }
+
+    fn store(&self, key: [u8; 32], value: V, cold: bool) {
         let size = value.bytes();
         let mut g = self.lock();
         let limit = if value.on_device() { g.device_limit } else { g.limit };
@@ -184,6 +194,9 @@ impl<V: Cached> ByteLru<V> {
         g.account(&value, true);
         if let Some(old) = g.map.put(key, value) {
             g.account(&old, false);
+        }
+        if cold {
+            g.map.demote(&key);
         }
         g.evict();
     }
@@ -213,5 +226,29 @@ impl<V: Cached> ByteLru<V> {
             hits: g.hits,
             misses: g.misses,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: f32) -> Tensor {
+        Tensor::from_slice(&[v; 16])
+    }
+
+    #[test]
+    fn cold_entries_are_evicted_before_warm_ones() {
+        let one = entry(0.0).bytes();
+        let cache = SubtreeCache::new(2 * one);
+        cache.insert([1; 32], entry(1.0));
+        cache.insert_cold([2; 32], entry(2.0));
+        cache.insert([3; 32], entry(3.0));
+        assert!(cache.get(&[2; 32]).is_none(), "the cold entry goes first");
+        assert!(cache.get(&[1; 32]).is_some() && cache.get(&[3; 32]).is_some());
+        // A plain insert evicts the least recently used instead.
+        cache.insert([4; 32], entry(4.0));
+        assert!(cache.get(&[1; 32]).is_none());
+        assert_eq!(cache.stats().bytes, 2 * one);
     }
 }

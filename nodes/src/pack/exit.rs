@@ -720,6 +720,8 @@ struct Eval<'a> {
     widen: Widen,
     device: Device,
     use_cache: bool,
+    /// The recipe's root (pointer identity): its results are the Exit's output.
+    root: usize,
     subtree_hits: usize,
     /// Keys × merge steps whose column statistics came from the cache.
     stats_hits: usize,
@@ -849,8 +851,18 @@ impl Eval<'_> {
             // per key (a copy each cost ~6 ms per 582 keys on an H100). Nothing writes into merge
             // results, and a chunk's memory returns once its last key is evicted (keys of a
             // chunk are used, and so evicted, together).
+            // The root's results go in at the cold end: a slider change asks for the branches
+            // below it again, not for the output it replaces, so under pressure the output goes
+            // first. (At one priority, a cache too small for both evicted each branch chunk just
+            // before the next run needed it: a CPU slider change found none of them.)
+            let root = ptr(node) == self.root;
             for (j, &i) in missing.iter().enumerate() {
-                CACHE.insert(hashes[i], t.f_select(0, j as i64)?);
+                let row = t.f_select(0, j as i64)?;
+                if root {
+                    CACHE.insert_cold(hashes[i], row);
+                } else {
+                    CACHE.insert(hashes[i], row);
+                }
             }
             Some(t)
         };
@@ -1212,7 +1224,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     }
     stats.keys = a.keys.len();
     let widen = Widen::new(WidenConfig::default(), device)?;
-    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, subtree_hits: 0, stats_hits: 0, load_seconds: 0.0 };
+    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, root: ptr(root), subtree_hits: 0, stats_hits: 0, load_seconds: 0.0 };
     // Keys whose final result is cached.
     let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
     let mut todo = Vec::new();
