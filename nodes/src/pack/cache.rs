@@ -215,6 +215,14 @@ impl<V: Cached> ByteLru<V> {
         g.evict();
     }
 
+    /// Bounds host memory at `limit` bytes and device memory at `device_limit`.
+    pub fn set_limits(&self, limit: usize, device_limit: usize) {
+        let mut g = self.lock();
+        g.limit = limit;
+        g.device_limit = device_limit;
+        g.evict();
+    }
+
     pub fn stats(&self) -> CacheStats {
         let g = self.lock();
         CacheStats {
