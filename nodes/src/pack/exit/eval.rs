@@ -1,0 +1,414 @@
+//! Steps 4-5 of the Exit: one chunk of keys evaluated through the recipe, merge by merge, with
+//! the subtree cache answering whatever it has seen.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::models::MappedTensor;
+use crate::pack::PackError;
+use crate::pack::cache::{CACHE, STATS};
+use crate::pack::recipe::{BlockConfig, Recipe, RecipeKind};
+use crate::widen::{ColumnStats, Contribution, Widen};
+
+use super::analysis::{ptr, Analysis, LoadedSet};
+
+pub(super) struct Eval<'a> {
+    pub(super) a: &'a Analysis,
+    pub(super) widen: Widen,
+    pub(super) device: Device,
+    pub(super) use_cache: bool,
+    /// The recipe's root (pointer identity): its results are the Exit's output.
+    pub(super) root: usize,
+    pub(super) subtree_hits: usize,
+    /// Keys × merge steps whose column statistics came from the cache.
+    pub(super) stats_hits: usize,
+    /// Time spent moving base and model weights to the device.
+    pub(super) load_seconds: f64,
+}
+
+/// Debug-level timing of an evaluation's steps (`-v`): waits for the GPU at each mark so the
+/// time lands on the step that spent it. Costs nothing unless debug logging is on.
+pub(super) struct Lap {
+    pub(super) on: bool,
+    pub(super) device: Device,
+    pub(super) last: Instant,
+}
+
+impl Lap {
+    pub(super) fn start(device: Device) -> Self {
+        Lap { on: tracing::enabled!(tracing::Level::DEBUG), device, last: Instant::now() }
+    }
+
+    pub(super) fn mark(&mut self, step: &str) {
+        if !self.on {
+            return;
+        }
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i as i64);
+        }
+        let now = Instant::now();
+        tracing::debug!(step, ms = format!("{:.2}", (now - self.last).as_secs_f64() * 1e3), "WIDEN Exit step");
+        self.last = now;
+    }
+}
+
+pub(super) fn is_oom(e: &PackError) -> bool {
+    let m = e.message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("not enough memory")
+}
+
+impl Eval<'_> {
+    pub(super) fn stack(&mut self, tensors: &[MappedTensor]) -> Result<Tensor, PackError> {
+        let start = Instant::now();
+        let t = crate::pack::transfer::stack_to_device(tensors, self.device)?;
+        self.load_seconds += start.elapsed().as_secs_f64();
+        Ok(t)
+    }
+
+    /// A model (Base or Merge) on the chunk's keys: `[B, *S]` fp32 on the device.
+    pub(super) fn model(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        Ok(self.model_owned(node, keys)?.0)
+    }
+
+    /// [`Eval::model`], and whether the tensor is a fresh one that nothing else holds (a merge
+    /// may then write its result into it).
+    pub(super) fn model_owned(&mut self, node: &Recipe, keys: &[String]) -> Result<(Tensor, bool), PackError> {
+        match &node.kind {
+            RecipeKind::Base { model, .. } => {
+                let t = keys.iter().map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>()?;
+                Ok((self.stack(&t)?, true))
+            }
+            // Merge results are shared with the subtree cache.
+            RecipeKind::Merge { .. } => Ok((self.merge_cached(node, keys)?, !self.use_cache)),
+            _ => Err(PackError::runtime(format!("{} is not a model", node.type_name()))),
+        }
+    }
+
+    pub(super) fn merge_cached(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        if !self.use_cache {
+            return self.merge(node, keys);
+        }
+        let hashes: Vec<[u8; 32]> = keys.iter().map(|k| self.a.key_hash(node, k, self.device)).collect();
+        let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| CACHE.get(h)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| cached[i].is_none()).collect();
+        self.subtree_hits += keys.len() - missing.len();
+        let computed = if missing.is_empty() {
+            None
+        } else {
+            let sub: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let t = self.merge(node, &sub)?;
+            // Kept where it was computed (device memory on a GPU) as views of the chunk: no kernel
+            // per key (a copy each cost ~6 ms per 582 keys on an H100). Nothing writes into merge
+            // results, and a chunk's memory returns once its last key is evicted (keys of a
+            // chunk are used, and so evicted, together).
+            // The root's results go in at the cold end: a slider change asks for the branches
+            // below it again, not for the output it replaces, so under pressure the output goes
+            // first. (At one priority, a cache too small for both evicted each branch chunk just
+            // before the next run needed it: a CPU slider change found none of them.)
+            let root = ptr(node) == self.root;
+            for (j, &i) in missing.iter().enumerate() {
+                let row = t.f_select(0, j as i64)?;
+                if root {
+                    CACHE.insert_cold(hashes[i], row);
+                } else {
+                    CACHE.insert(hashes[i], row);
+                }
+            }
+            Some(t)
+        };
+        if missing.len() == keys.len() {
+            return Ok(computed.expect("computed"));
+        }
+        if computed.is_none() {
+            let rows: Vec<Tensor> = cached.into_iter().map(|c| c.expect("all cached")).collect();
+            if let Some(batch) = consecutive_rows(&rows) {
+                return Ok(batch.f_to_device(self.device)?);
+            }
+            return Ok(Tensor::f_stack(&rows, 0)?.f_to_device(self.device)?);
+        }
+        let mut rows = Vec::with_capacity(keys.len());
+        let mut j = 0;
+        for c in cached {
+            rows.push(match c {
+                Some(t) => t.f_to_device(self.device)?,
+                None => {
+                    j += 1;
+                    computed.as_ref().expect("computed").f_select(0, j as i64 - 1)?
+                }
+            });
+        }
+        Ok(Tensor::f_stack(&rows, 0)?)
+    }
+
+    /// One merge step on the chunk's keys.
+    pub(super) fn merge(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+        let RecipeKind::Merge { base, target, backbone, t_factor, block_config } = &node.kind else { unreachable!() };
+        let mut lap = Lap::start(self.device);
+        let (cur, cur_fresh) = self.model_owned(base, keys)?;
+        lap.mark("merge base");
+        let bb = match backbone {
+            None => None,
+            Some(b) if b.is_base() || b.is_merge() => Some(self.model_owned(b, keys)?),
+            Some(b) => Some((self.dense_weights(b, &cur, keys)?, true)),
+        };
+        let mut leaves = Vec::new();
+        self.a.leaves(target, &mut leaves);
+        let mut contributions = Vec::with_capacity(leaves.len());
+        for leaf in &leaves {
+            contributions.push(self.contribution(leaf, &cur, bb.is_none(), keys)?);
+        }
+        lap.mark("contributions");
+        let (backbone_t, fresh) = match &bb {
+            Some((t, fresh)) => (t, *fresh),
+            None => (&cur, cur_fresh),
+        };
+        let stats_keys: Vec<[u8; 32]> = keys.iter().map(|k| self.a.stats_hash(node, k, self.device)).collect();
+        lap.mark("hashes");
+        // Per-key t (D10): t_factor × block × layer multipliers.
+        let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut distinct: Vec<f64> = Vec::new();
+        for t in &ts {
+            if !distinct.iter().any(|d| d.to_bits() == t.to_bits()) {
+                distinct.push(*t);
+            }
+        }
+        if distinct.len() == 1 {
+            let backbone_t = if fresh { backbone_t.shallow_clone() } else { crate::pack::transfer::owned_copy(backbone_t)? };
+            let r = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys);
+            lap.mark("widen");
+            return r;
+        }
+        let mut result = backbone_t.f_zeros_like()?;
+        for t in distinct {
+            let idx: Vec<i64> = (0..keys.len() as i64).filter(|&i| ts[i as usize].to_bits() == t.to_bits()).collect();
+            let index = Tensor::f_from_slice(&idx)?.f_to_device(self.device)?;
+            let sel = |x: &Tensor| x.f_index_select(0, &index);
+            let sub_c: Vec<Contribution> = contributions
+                .iter()
+                .map(|c| {
+                    Ok(match c {
+                        Contribution::Weights(w) => Contribution::Weights(sel(w)?),
+                        Contribution::LowRank { up, down } => Contribution::LowRank { up: sel(up)?, down: sel(down)? },
+                    })
+                })
+                .collect::<Result<_, tch::TchError>>()?;
+            let sub_keys: Vec<&str> = idx.iter().map(|&i| key_refs[i as usize]).collect();
+            let sub_stats: Vec<[u8; 32]> = idx.iter().map(|&i| stats_keys[i as usize]).collect();
+            let r = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
+            result = result.f_index_copy(0, &index, &r)?;
+        }
+        Ok(result)
+    }
+
+    /// Filter (one contribution) or merge at `t`, writing into `backbone` (the caller's own
+    /// tensor), reusing cached column statistics when every key has them (`stats_keys`).
+    pub(super) fn widen_op(
+        &mut self,
+        t: f64,
+        backbone: Tensor,
+        cs: &[Contribution],
+        keys: &[&str],
+        stats_keys: &[[u8; 32]],
+    ) -> Result<Tensor, PackError> {
+        let w = self.widen.with_t(t)?;
+        let mut lap = Lap::start(self.device);
+        // The chunk's statistics are stored whole as well as per key: a chunk asked again (a t
+        // slider) takes one lookup instead of one per key and a concatenation.
+        let chunk = {
+            let mut h = blake3::Hasher::new();
+            h.update(b"chunk statistics");
+            stats_keys.iter().for_each(|k| {
+                h.update(k);
+            });
+            *h.finalize().as_bytes()
+        };
+        let known = if self.use_cache {
+            match STATS.get(&chunk) {
+                Some(whole) => Some(whole),
+                None => {
+                    let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| STATS.get(h)).collect();
+                    found.map(|parts| ColumnStats::cat_keys(&parts)).transpose()?
+                }
+            }
+        } else {
+            None
+        };
+        if known.is_some() {
+            self.stats_hits += keys.len();
+        }
+        lap.mark("statistics lookup");
+        let (r, used) = w.merge_with_stats(backbone, cs, known.as_ref(), keys)?;
+        lap.mark("filter/merge");
+        if let (Some(used), None, true) = (used, &known, self.use_cache) {
+            for (i, h) in stats_keys.iter().enumerate() {
+                // Views: no kernel per key (a copy each was ~30 ms for 582 keys on an H100); the
+                // batch's statistics (kilobytes per key) live until its last key is evicted.
+                STATS.insert(*h, used.keys(i as i64, 1)?);
+            }
+            STATS.insert(chunk, used);
+        }
+        Ok(r.f_to_kind(Kind::Float)?)
+    }
+
+    /// A leaf's contribution: low-rank factors where the set allows it and the backbone is the
+    /// merge's base, else the contributor's full weights.
+    pub(super) fn contribution(&mut self, leaf: &Recipe, cur: &Tensor, may_low_rank: bool, keys: &[String]) -> Result<Contribution, PackError> {
+        if let (RecipeKind::Lora { block_config, .. }, true) = (&leaf.kind, may_low_rank) {
+            let set = self.a.sets[&ptr(leaf)].clone();
+            let shape = cur.size()[1..].to_vec();
+            if keys.iter().all(|k| self.a.low_rank_ok(&set, k)) {
+                return self.low_rank(&set, block_config, keys, &shape);
+            }
+        }
+        Ok(Contribution::Weights(self.dense_weights(leaf, cur, keys)?))
+    }
+
+    pub(super) fn low_rank(
+        &self,
+        set: &LoadedSet,
+        bc: &Option<Arc<BlockConfig>>,
+        keys: &[String],
+        shape: &[i64],
+    ) -> Result<Contribution, PackError> {
+        let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.deltas.specs(k)).collect();
+        let mults: Vec<f64> = keys.iter().map(|k| self.a.mult(bc, k)).collect();
+        let prints: Vec<crate::pack::factors::FilePrint> = set.files.iter().map(|(_, _, id)| (id.path.as_path(), id.fingerprint())).collect();
+        if let Some(c) = crate::pack::factors::uniform_low_rank(&specs, &mults, shape, self.device, &prints)? {
+            return Ok(c);
+        }
+        let out = shape[0];
+        let k: i64 = shape[1..].iter().product();
+        let mut per_key = Vec::with_capacity(keys.len());
+        let mut max_r = 1;
+        for key in keys {
+            let s_key = self.a.mult(bc, key);
+            let mut ups = Vec::new();
+            let mut downs = Vec::new();
+            for spec in set.set.deltas.specs(key) {
+                let (up, down) = spec.low_rank().expect("checked low-rank");
+                let r = down.size()[0];
+                let scale = spec.effective_scale() * s_key;
+                let up = up.f_to_device(self.device)?.f_to_kind(Kind::Float)?.f_reshape([-1, r])?.f_mul_scalar(scale)?;
+                let up = match spec.rows {
+                    None => up,
+                    Some(rows) => {
+                        let full = Tensor::f_zeros([out, r], (Kind::Float, self.device))?;
+                        full.f_narrow(0, rows.start, rows.len)?.f_copy_(&up)?;
+                        full
+                    }
+                };
+                ups.push(up);
+                downs.push(down.f_to_device(self.device)?.f_to_kind(Kind::Float)?.f_reshape([r, k])?);
+            }
+            let (u, d) = if ups.is_empty() {
+                (Tensor::f_zeros([out, 1], (Kind::Float, self.device))?, Tensor::f_zeros([1, k], (Kind::Float, self.device))?)
+            } else {
+                (Tensor::f_cat(&ups, 1)?, Tensor::f_cat(&downs, 0)?)
+            };
+            max_r = max_r.max(u.size()[1]);
+            per_key.push((u, d));
+        }
+        let mut us = Vec::with_capacity(keys.len());
+        let mut ds = Vec::with_capacity(keys.len());
+        for (u, d) in per_key {
+            let r = u.size()[1];
+            if r < max_r {
+                us.push(Tensor::f_cat(&[u, Tensor::f_zeros([out, max_r - r], (Kind::Float, self.device))?], 1)?);
+                ds.push(Tensor::f_cat(&[d, Tensor::f_zeros([max_r - r, k], (Kind::Float, self.device))?], 0)?);
+            } else {
+                us.push(u);
+                ds.push(d);
+            }
+        }
+        Ok(Contribution::low_rank(Tensor::f_stack(&us, 0)?, Tensor::f_stack(&ds, 0)?))
+    }
+
+    /// A contributor's full weights on the chunk (`cur` = the merge's base).
+    pub(super) fn dense_weights(&mut self, leaf: &Recipe, cur: &Tensor, keys: &[String]) -> Result<Tensor, PackError> {
+        match &leaf.kind {
+            RecipeKind::Lora { block_config, .. } => {
+                let set = self.a.sets[&ptr(leaf)].clone();
+                let mut rows = Vec::with_capacity(keys.len());
+                for (i, key) in keys.iter().enumerate() {
+                    let base_row = cur.f_select(0, i as i64)?;
+                    let kind = self.a.base.kind(key).unwrap_or(Kind::Float);
+                    let mut acc = base_row.f_zeros_like()?;
+                    for spec in set.set.deltas.specs(key) {
+                        spec.add_into(&mut acc, &base_row, kind).map_err(PackError::format)?;
+                    }
+                    let s = self.a.mult(block_config, key);
+                    rows.push(if s == 1.0 { acc } else { acc.f_mul_scalar(s)? });
+                }
+                Ok(cur.f_add(&Tensor::f_stack(&rows, 0)?)?)
+            }
+            RecipeKind::Model { strength, block_config, .. } => {
+                let m = self.a.models[&ptr(leaf)].clone();
+                let t = m.file.get_weights(keys).map_err(PackError::format)?;
+                let w = self.stack(&t)?;
+                let scales: Vec<f32> = keys.iter().map(|k| (strength * self.a.mult(block_config, k)) as f32).collect();
+                if scales.iter().all(|&s| s == 1.0) {
+                    return Ok(w);
+                }
+                let mut sshape = vec![keys.len() as i64];
+                sshape.extend(std::iter::repeat_n(1, w.dim() - 1));
+                let s = Tensor::f_from_slice(&scales)?.f_to_device(self.device)?.f_reshape(&sshape)?;
+                Ok(cur.f_add(&w.f_sub(cur)?.f_mul(&s)?)?)
+            }
+            RecipeKind::Merge { .. } | RecipeKind::Base { .. } => self.model(leaf, keys),
+            RecipeKind::Compose { .. } => Err(PackError::runtime("a Compose is not a model")),
+        }
+    }
+}
+
+/// `rows` as one `[B, *S]` view when they lie back to back in one tensor's memory, as the keys
+/// of a chunk do in the subtree cache when the same chunk asks for them again: the stack it
+/// saves is a copy of the whole chunk and a call per key.
+pub(super) fn consecutive_rows(rows: &[Tensor]) -> Option<Tensor> {
+    let first = rows.first()?;
+    let size = first.size();
+    let numel = first.numel();
+    let row_bytes = numel * first.kind().elt_size_in_bytes();
+    let base = first.data_ptr() as usize;
+    let lined_up = first.is_contiguous()
+        && rows.iter().enumerate().all(|(i, r)| {
+            r.data_ptr() as usize == base + i * row_bytes && r.kind() == first.kind() && r.device() == first.device() && r.size() == size
+        });
+    if !lined_up {
+        return None;
+    }
+    let mut shape = vec![rows.len() as i64];
+    shape.extend_from_slice(&size);
+    let mut strides = vec![numel as i64];
+    strides.extend_from_slice(&first.stride());
+    // `as_strided` checks the extent against the first row's storage, so rows that merely sit
+    // next to it in memory (another allocation) fail here instead of being read through it.
+    first.f_as_strided(shape.as_slice(), strides.as_slice(), None).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_rows_are_one_view_and_anything_else_is_refused() {
+        let chunk = Tensor::arange(2 * 3 * 4, (Kind::Float, Device::Cpu)).reshape([2 * 3, 4]).reshape([3, 2, 4]);
+        let rows: Vec<Tensor> = (0..3).map(|i| chunk.select(0, i)).collect();
+        let view = consecutive_rows(&rows).expect("rows of one chunk, in order");
+        assert_eq!(view.size(), [3, 2, 4]);
+        assert_eq!(view.data_ptr(), chunk.data_ptr(), "a view, not a copy");
+        assert!(view.equal(&chunk));
+        // Out of order, a subset with a gap, or rows of different tensors: not one view.
+        let swapped = [rows[1].shallow_clone(), rows[0].shallow_clone()];
+        assert!(consecutive_rows(&swapped).is_none());
+        let gap = [rows[0].shallow_clone(), rows[2].shallow_clone()];
+        assert!(consecutive_rows(&gap).is_none());
+        let other = Tensor::zeros([2, 4], (Kind::Float, Device::Cpu));
+        assert!(consecutive_rows(&[rows[0].shallow_clone(), other]).is_none());
+        // A tail of the chunk is a view too.
+        let tail = consecutive_rows(&rows[1..]).expect("rows 1 and 2");
+        assert!(tail.equal(&chunk.narrow(0, 1, 2)));
+    }
+}

@@ -1,0 +1,347 @@
+//! The Exit evaluator (`recipe-and-nodes.md` §6, with decisions D3-D10, D17-D19).
+//!
+//! 1. Validation of the tree (paths `root.base`, `root.target.branches[1]`, ...), block-config
+//!    architectures (D10), before any file is opened.
+//! 2. Analysis: every LoRA set loaded (memory-mapped factors) against the base's names and
+//!    shapes, every Model Input opened; keys to process = base keys ∩ keys any contribution
+//!    touches.
+//! 3. Per key, a content hash per merge subtree (file identities, strengths, the key's own
+//!    effective t_factor and block multipliers, the device): the subtree cache (D19) answers the
+//!    keys whose hash it has seen, at every level of the merge chain.
+//! 4. The other keys are grouped by shape and by which contributions touch them in which form
+//!    (low-rank factors or dense), and evaluated in chunks sized from a memory budget, halving a
+//!    chunk on out-of-memory down to one key (D18).
+//! 5. Semantics: a Merge's contribution(s) are its target's leaves (nested composes flattened,
+//!    D7), each measured against the backbone (the merge's base, or the evaluated `backbone`
+//!    recipe, D8); a Merge used as a target or branch is a model of its own (D9); block configs
+//!    multiply LoRA/model strengths and t_factors per key (D10); t_factor cases of D5 and
+//!    non-contributors (D3) are the math module's. Results are in each key's own dtype (D17).
+//!
+//! Step 1 is `validation`, 2 and 3 `analysis`, the grouping and order of 4 `grouping`, the
+//! evaluation of a chunk `eval`, memory bounds `memory`; this module drives them and reports.
+
+mod analysis;
+mod eval;
+mod grouping;
+mod memory;
+mod validation;
+
+pub use analysis::{analyze, Analysis, LoadedModel, LoadedSet};
+pub(crate) use memory::gpu_free_bytes;
+pub use memory::mem_available;
+pub use validation::validate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use analysis::ptr;
+use comfyrs_runtime::ExecContext;
+use eval::{is_oom, Eval, Lap};
+use grouping::{group_keys, pipeline_order};
+use indexmap::IndexMap;
+use memory::{budget, host_ram_for_merges};
+use serde_json::{json, Value as Json};
+use tch::{Device, Kind, Tensor};
+
+use crate::models::MappedTensor;
+use crate::widen::{Widen, WidenConfig};
+
+use super::cache::CACHE;
+use super::model::NativeModel;
+use super::recipe::{Recipe, RecipeDomain, RecipeKind};
+use super::save;
+use super::{PackContext, PackError};
+
+pub struct ExitOptions {
+    pub domain: RecipeDomain,
+    pub save_model: bool,
+    pub model_name: String,
+    pub save_workflow: bool,
+    pub enable_cache: bool,
+    /// The running prompt's `extra_pnginfo` (saved as `__ecaj_workflow__` with `save_workflow`).
+    pub extra_pnginfo: Option<Json>,
+}
+
+/// Seconds per phase of an Exit run.
+#[derive(Clone, Debug, Default)]
+pub struct Phases {
+    pub analysis: f64,
+    pub load: f64,
+    pub compute: f64,
+    pub results: f64,
+}
+
+/// What a run did, for logs and the Exit's UI output.
+#[derive(Clone, Debug, Default)]
+pub struct ExitStats {
+    /// Keys the recipe changes.
+    pub keys: usize,
+    /// Keys computed in this run.
+    pub recomputed: usize,
+    /// Keys whose final result came from the subtree cache.
+    pub cache_hits: usize,
+    /// Merge-subtree results reused from the cache at any level (inner merges included).
+    pub subtree_hits: usize,
+    /// Keys × merge steps whose column statistics were reused (t_factor-only changes).
+    pub stats_hits: usize,
+    /// Bytes of the merged keys (each in its storage dtype).
+    pub bytes: usize,
+    /// Where the time went, seconds: reading the recipe's files and planning, moving weights to
+    /// the device, computing (with results already travelling to host memory), and waiting for
+    /// the last results to arrive.
+    pub phases: Phases,
+    pub groups: usize,
+    pub seconds: f64,
+    pub device: String,
+    pub saved: Option<String>,
+    pub reused_saved_file: bool,
+    pub lora_reports: Vec<String>,
+}
+
+impl ExitStats {
+    pub fn to_json(&self) -> Json {
+        let mut m = serde_json::Map::new();
+        m.insert("keys".into(), json!(self.keys));
+        m.insert("recomputed".into(), json!(self.recomputed));
+        m.insert("cache_hits".into(), json!(self.cache_hits));
+        m.insert("subtree_hits".into(), json!(self.subtree_hits));
+        m.insert("stats_hits".into(), json!(self.stats_hits));
+        m.insert("bytes".into(), json!(self.bytes));
+        let r = |x: f64| (x * 1e4).round() / 1e4;
+        let p = &self.phases;
+        m.insert(
+            "phases".into(),
+            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results)}),
+        );
+        m.insert("groups".into(), json!(self.groups));
+        m.insert("seconds".into(), json!((self.seconds * 1e4).round() / 1e4));
+        m.insert("device".into(), json!(self.device));
+        if let Some(s) = &self.saved {
+            m.insert("saved".into(), json!(s));
+            m.insert("reused_saved_file".into(), json!(self.reused_saved_file));
+        }
+        if !self.lora_reports.is_empty() {
+            m.insert("loras".into(), json!(self.lora_reports));
+        }
+        Json::Object(m)
+    }
+}
+
+pub struct ExitResult {
+    pub model: Arc<NativeModel>,
+    pub stats: ExitStats,
+}
+
+/// Progress and interrupt hooks (the runtime's `ExecContext`, or nothing for library use).
+pub trait Reporter {
+    fn progress(&self, done: u64, total: u64);
+    fn interrupted(&self) -> bool;
+}
+
+impl Reporter for ExecContext<'_> {
+    fn progress(&self, done: u64, total: u64) {
+        ExecContext::progress(self, done, total)
+    }
+    fn interrupted(&self) -> bool {
+        self.check_interrupt().is_err()
+    }
+}
+
+/// No progress, never interrupted.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn progress(&self, _: u64, _: u64) {}
+    fn interrupted(&self) -> bool {
+        false
+    }
+}
+
+pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &ExitOptions) -> Result<ExitResult, PackError> {
+    let start = Instant::now();
+    let base_node = validate(root, opts.domain)?;
+    let RecipeKind::Base { model: base_model, .. } = &base_node.kind else { unreachable!() };
+    if let (Some(origin), Some(p)) = (base_model.foreign_origin(), super::foreign_models()) {
+        p.prepare(origin).map_err(|e| PackError::runtime(format!("WIDEN Exit: preparing the base MODEL failed: {e}")))?;
+    }
+    let device = Device::cuda_if_available();
+    let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };
+    if root.is_base() {
+        rep.progress(1, 1);
+        stats.seconds = start.elapsed().as_secs_f64();
+        return Ok(ExitResult { model: base_model.clone(), stats });
+    }
+    // Saved-model short-circuit.
+    let save_target = if opts.save_model && opts.domain == RecipeDomain::Diffusion {
+        let path = save::target_path(pack, &opts.model_name)?;
+        let (json, hash) = save::serialize(pack, root);
+        if let Some(model) = save::check_saved(&path, &hash, base_model)? {
+            rep.progress(1, 1);
+            stats.keys = model.overrides().len();
+            stats.bytes = model.merged_bytes();
+            stats.saved = Some(path.display().to_string());
+            stats.reused_saved_file = true;
+            stats.seconds = start.elapsed().as_secs_f64();
+            tracing::info!(path = %path.display(), "WIDEN Exit: reusing the saved model (recipe hash matches)");
+            return Ok(ExitResult { model, stats });
+        }
+        Some((path, json, hash))
+    } else {
+        None
+    };
+    // `enable_cache: false` bypasses the subtree cache (no lookup, no store). Unlike the
+    // reference's single-entry cache it does not evict: other recipes' entries stay valid.
+    let analysis_start = Instant::now();
+    let mut lap = Lap::start(device);
+    let a = analyze(pack, root, &base_node)?;
+    lap.mark("analysis: files and sets");
+    stats.lora_reports = a.lora_reports();
+    for r in &stats.lora_reports {
+        tracing::info!("WIDEN LoRA: {r}");
+    }
+    stats.keys = a.keys.len();
+    let widen = Widen::new(WidenConfig::default(), device)?;
+    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, root: ptr(root), subtree_hits: 0, stats_hits: 0, load_seconds: 0.0 };
+    // Keys whose final result is cached.
+    let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut todo = Vec::new();
+    for k in &a.keys {
+        let hit = if opts.enable_cache { CACHE.get(&a.key_hash(root, k, device)) } else { None };
+        match hit {
+            Some(t) => install(&a, &mut merged, std::slice::from_ref(k), &t.f_unsqueeze(0)?)?,
+            None => todo.push(k.clone()),
+        }
+    }
+    lap.mark("analysis: final-result lookups");
+    stats.cache_hits = merged.len();
+    stats.recomputed = todo.len();
+    let groups = pipeline_order(group_keys(&a, root, &todo), device);
+    lap.mark("analysis: grouping");
+    stats.groups = groups.len();
+    let total = groups.len().max(1) as u64;
+    if groups.is_empty() {
+        rep.progress(1, 1);
+    }
+    let budget = budget(device);
+    let n_models = a.sets.len() + a.models.len();
+    let batch_of = |shape: &[i64]| -> usize {
+        let numel: i64 = shape.iter().product::<i64>().max(1);
+        let per_key = 4 * numel as usize * (3 + 3 * n_models.max(1));
+        (budget / per_key.max(1)).clamp(1, 4096)
+    };
+    if !groups.is_empty() {
+        let storage = |k: &str| -> u64 {
+            let numel: i64 = a.base.shape(k).unwrap_or_default().iter().product();
+            numel as u64 * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as u64
+        };
+        let estimate = super::preflight::Estimate {
+            merged_bytes: groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum(),
+            worst_chunk: groups
+                .iter()
+                .map(|(shape, keys)| storage(&keys[0]) * batch_of(shape).min(keys.len()) as u64)
+                .max()
+                .unwrap_or(0),
+            save_model: save_target.is_some(),
+        };
+        estimate.check(host_ram_for_merges())?;
+    }
+    stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
+    for (gi, (shape, keys)) in groups.iter().enumerate() {
+        let batch = batch_of(shape);
+        for chunk in keys.chunks(batch) {
+            if rep.interrupted() {
+                return Err(PackError { message: "interrupted".into(), exception_type: "InterruptProcessingException" });
+            }
+            let t0 = Instant::now();
+            let done = eval_with_backoff(&mut ev, root, chunk)?;
+            // Results travel to host memory while the next chunk computes.
+            install(&a, &mut merged, chunk, &done)?;
+            stats.phases.compute += t0.elapsed().as_secs_f64();
+        }
+        rep.progress(gi as u64 + 1, total);
+    }
+    let t_wait = Instant::now();
+    super::transfer::finish(device);
+    stats.phases.results = t_wait.elapsed().as_secs_f64();
+    stats.subtree_hits = ev.subtree_hits;
+    stats.phases.load = ev.load_seconds;
+    stats.phases.compute -= ev.load_seconds;
+    stats.stats_hits = ev.stats_hits;
+    let out: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
+    let model = base_model.with_overrides(out, &run_hash(&a, root, device));
+    stats.bytes = model.merged_bytes();
+    if let Some((path, json, hash)) = save_target {
+        let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
+        save::save_model(&path, &model, &json, &hash, wf)?;
+        stats.saved = Some(path.display().to_string());
+    }
+    stats.seconds = start.elapsed().as_secs_f64();
+    tracing::info!(
+        keys = stats.keys,
+        recomputed = stats.recomputed,
+        cache_hits = stats.cache_hits,
+        subtree_hits = stats.subtree_hits,
+        groups = stats.groups,
+        seconds = stats.seconds,
+        "WIDEN Exit"
+    );
+    Ok(ExitResult { model, stats })
+}
+
+/// Puts a chunk's results (`[B, *S]` fp32, any device) into `merged`, each key in its own
+/// storage dtype (D17) in host memory. Keys of one dtype share one transfer.
+fn install(a: &Analysis, merged: &mut BTreeMap<String, Tensor>, keys: &[String], done: &Tensor) -> Result<(), PackError> {
+    let kinds: Vec<Kind> = keys.iter().map(|k| a.base.kind(k).unwrap_or(Kind::Float)).collect();
+    if kinds.iter().all(|k| *k == kinds[0]) {
+        let host = super::transfer::to_host(done, kinds[0])?;
+        for (i, k) in keys.iter().enumerate() {
+            merged.insert(k.clone(), host.f_select(0, i as i64)?);
+        }
+    } else {
+        for (i, (k, kind)) in keys.iter().zip(kinds).enumerate() {
+            merged.insert(k.clone(), super::transfer::to_host(&done.f_select(0, i as i64)?, kind)?);
+        }
+    }
+    Ok(())
+}
+
+fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&a.static_hash[&ptr(root)]);
+    for k in &a.keys {
+        h.update(&a.key_hash(root, k, device));
+    }
+    *h.finalize().as_bytes()
+}
+
+fn eval_with_backoff(ev: &mut Eval, root: &Recipe, chunk: &[String]) -> Result<Tensor, PackError> {
+    match ev.model(root, chunk) {
+        Ok(t) => Ok(t),
+        Err(e) if is_oom(&e) => {
+            if chunk.len() == 1 {
+                return Err(PackError::runtime(format!(
+                    "Out of memory while merging key '{}' on its own (batch of 1, device {:?}). Free memory on the \
+                     device or set COMFYRS_WIDEN_BUDGET_MB. Cause: {}",
+                    chunk[0], ev.device, e.message
+                )));
+            }
+            tracing::warn!(keys = chunk.len(), "WIDEN: out of memory on a chunk; retrying in halves");
+            let mid = chunk.len() / 2;
+            let a = eval_with_backoff(ev, root, &chunk[..mid])?.f_to_device(Device::Cpu)?;
+            let b = eval_with_backoff(ev, root, &chunk[mid..])?.f_to_device(Device::Cpu)?;
+            Ok(Tensor::f_cat(&[a, b], 0)?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// For tests: a recipe evaluated without the runtime.
+pub fn evaluate(pack: &PackContext, root: &Recipe, domain: RecipeDomain, enable_cache: bool) -> Result<ExitResult, PackError> {
+    run_exit(
+        pack,
+        &Silent,
+        root,
+        &ExitOptions { domain, save_model: false, model_name: String::new(), save_workflow: false, enable_cache, extra_pnginfo: None },
+    )
+}
