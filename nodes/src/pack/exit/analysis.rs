@@ -11,6 +11,7 @@ use crate::lora::{LoadOptions, LoraFile, LoraSet};
 use crate::models::{CheckpointDomain, CheckpointFile, FileIdentity};
 use crate::pack::model::NativeModel;
 use crate::pack::recipe::{BlockConfig, Recipe, RecipeDomain, RecipeKind, SourceDir};
+use crate::pack::memo::Memo;
 use crate::pack::{PackContext, PackError};
 
 /// A loaded LoRA set (one LoRA node chain).
@@ -52,59 +53,40 @@ pub(super) fn ptr(r: &Recipe) -> usize {
     Arc::as_ptr(r) as usize
 }
 
-/// Parsed LoRA files by (file fingerprint, arch, base identity).
-pub(super) type LoraMemo = HashMap<(String, Arch, [u8; 32]), Arc<LoraFile>>;
 
 /// Process-wide memo of parsed LoRA files.
 pub(super) fn load_lora(path: &std::path::Path, base: &NativeModel, arch: Arch) -> Result<Arc<LoraFile>, PackError> {
-    use std::sync::{LazyLock, Mutex};
-    static MEMO: LazyLock<Mutex<LoraMemo>> = LazyLock::new(Default::default);
+    static MEMO: Memo<(String, Arch, [u8; 32]), Arc<LoraFile>> = Memo::new(256);
     let id = FileIdentity::of(path).map_err(|e| PackError::not_found(format!("cannot stat '{}': {e}", path.display())))?;
-    let key = (id.fingerprint(), arch, *base.identity());
-    if let Some(f) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return Ok(f.clone());
-    }
-    let opts = LoadOptions { index: Some(base.name_index()), require_match: true };
-    let file = Arc::new(LoraFile::load_with(path, arch, &opts).map_err(PackError::format)?);
-    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-    if memo.len() > 256 {
-        memo.clear();
-    }
-    memo.insert(key, file.clone());
-    Ok(file)
+    MEMO.get_or_try_insert_with((id.fingerprint(), arch, *base.identity()), || {
+        let opts = LoadOptions { index: Some(base.name_index()), require_match: true };
+        Ok(Arc::new(LoraFile::load_with(path, arch, &opts).map_err(PackError::format)?))
+    })
 }
 
 /// The LoRA set of `files` at their strengths, memoized by content (`key`): building one clones
 /// every delta spec of every file (thousands for full-size LoRAs, ~5 ms on a GPU host for four
 /// SDXL LoRAs), and a slider change elsewhere in the recipe would otherwise redo it on each run.
 pub(super) fn loaded_set(key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)], base: &NativeModel) -> Arc<LoadedSet> {
-    use std::sync::{LazyLock, Mutex};
-    static SETS: LazyLock<Mutex<HashMap<[u8; 32], Arc<LoadedSet>>>> = LazyLock::new(Default::default);
-    if let Some(s) = SETS.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return s.clone();
-    }
-    let mut set = LoraSet::new();
-    for (_, strength, file) in files {
-        set.add(file, *strength);
-    }
-    let low_rank = set
-        .deltas
-        .affected_keys()
-        .filter(|k| base.shape(k).is_some_and(|shape| fits_low_rank(set.deltas.specs(k), &shape)))
-        .map(String::from)
-        .collect();
-    let loaded = Arc::new(LoadedSet {
-        set,
-        files: files.iter().map(|(name, strength, file)| (name.clone(), *strength, file.identity.clone())).collect(),
-        low_rank,
-        key,
-    });
-    let mut sets = SETS.lock().unwrap_or_else(|e| e.into_inner());
-    if sets.len() >= 64 {
-        sets.clear();
-    }
-    sets.insert(key, loaded.clone());
-    loaded
+    static SETS: Memo<[u8; 32], Arc<LoadedSet>> = Memo::new(64);
+    SETS.get_or_insert_with(key, || {
+        let mut set = LoraSet::new();
+        for (_, strength, file) in files {
+            set.add(file, *strength);
+        }
+        let low_rank = set
+            .deltas
+            .affected_keys()
+            .filter(|k| base.shape(k).is_some_and(|shape| fits_low_rank(set.deltas.specs(k), &shape)))
+            .map(String::from)
+            .collect();
+        Arc::new(LoadedSet {
+            set,
+            files: files.iter().map(|(name, strength, file)| (name.clone(), *strength, file.identity.clone())).collect(),
+            low_rank,
+            key,
+        })
+    })
 }
 
 pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<Analysis, PackError> {
@@ -235,9 +217,7 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
 /// Keys to process: base keys (float tensors) that some set or model touches, sorted. Memoized
 /// by the identities of the base and of those sources (a slider change asks again for the same).
 pub(super) fn touched_keys(a: &Analysis, mut sources: Vec<[u8; 32]>) -> Vec<String> {
-    use std::sync::{LazyLock, Mutex};
-    type Memo = HashMap<[u8; 32], Arc<Vec<String>>>;
-    static MEMO: LazyLock<Mutex<Memo>> = LazyLock::new(Default::default);
+    static MEMO: Memo<[u8; 32], Arc<Vec<String>>> = Memo::new(64);
     sources.sort_unstable();
     sources.dedup();
     let mut h = blake3::Hasher::new();
@@ -246,31 +226,25 @@ pub(super) fn touched_keys(a: &Analysis, mut sources: Vec<[u8; 32]>) -> Vec<Stri
     sources.iter().for_each(|s| {
         h.update(s);
     });
-    let memo_key = *h.finalize().as_bytes();
-    if let Some(keys) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
-        return keys.to_vec();
-    }
-    let mut touched: std::collections::HashSet<&str> = Default::default();
-    for set in a.sets.values() {
-        touched.extend(set.set.deltas.affected_keys());
-    }
-    for m in a.models.values() {
-        touched.extend(m.file.keys());
-    }
-    let mut keys: Vec<String> = a
-        .base
-        .keys()
-        .filter(|k| touched.contains(*k))
-        .filter(|k| matches!(a.base.kind(k), Some(Kind::Float | Kind::Half | Kind::BFloat16)))
-        .map(String::from)
-        .collect();
-    keys.sort();
-    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-    if memo.len() >= 64 {
-        memo.clear();
-    }
-    memo.insert(memo_key, Arc::new(keys.clone()));
-    keys
+    let keys = MEMO.get_or_insert_with(*h.finalize().as_bytes(), || {
+        let mut touched: std::collections::HashSet<&str> = Default::default();
+        for set in a.sets.values() {
+            touched.extend(set.set.deltas.affected_keys());
+        }
+        for m in a.models.values() {
+            touched.extend(m.file.keys());
+        }
+        let mut keys: Vec<String> = a
+            .base
+            .keys()
+            .filter(|k| touched.contains(*k))
+            .filter(|k| matches!(a.base.kind(k), Some(Kind::Float | Kind::Half | Kind::BFloat16)))
+            .map(String::from)
+            .collect();
+        keys.sort();
+        Arc::new(keys)
+    });
+    keys.to_vec()
 }
 
 /// Fills [`Analysis::whole_hash`] for `node` and its subtree.

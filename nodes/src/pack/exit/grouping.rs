@@ -1,12 +1,12 @@
 //! Keys grouped for batched evaluation (same shape, same contributions in the same form), and
 //! the order the groups run in.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 use tch::Device;
 
+use crate::pack::memo::Memo;
 use crate::pack::recipe::{Recipe, RecipeKind};
 
 use super::analysis::{ptr, Analysis, LoadedSet};
@@ -34,9 +34,8 @@ pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(V
     }
     collect(a, root, &mut sets);
     // Memoized by what decides it (a slider change asks again for the same grouping).
-    use std::sync::{LazyLock, Mutex};
     type Groups = Vec<(Vec<i64>, Vec<String>)>;
-    static MEMO: LazyLock<Mutex<HashMap<[u8; 32], Arc<Groups>>>> = LazyLock::new(Default::default);
+    static MEMO: Memo<[u8; 32], Arc<Groups>> = Memo::new(64);
     let mut h = blake3::Hasher::new();
     h.update(b"groups");
     h.update(a.base.identity());
@@ -47,10 +46,12 @@ pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(V
         h.update(k.as_bytes());
         h.update(&[0]);
     });
-    let memo_key = *h.finalize().as_bytes();
-    if let Some(g) = MEMO.lock().unwrap_or_else(|e| e.into_inner()).get(&memo_key) {
-        return g.to_vec();
-    }
+    let groups = MEMO.get_or_insert_with(*h.finalize().as_bytes(), || Arc::new(signature_groups(a, &sets, keys)));
+    groups.to_vec()
+}
+
+/// Keys by shape and by which sets touch them in which form (none, low-rank, dense).
+fn signature_groups(a: &Analysis, sets: &[&Arc<LoadedSet>], keys: &[String]) -> Vec<(Vec<i64>, Vec<String>)> {
     let mut groups: IndexMap<(Vec<i64>, Vec<u8>), Vec<String>> = IndexMap::new();
     for k in keys {
         let shape = a.base.shape(k).unwrap_or_default();
@@ -68,13 +69,7 @@ pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(V
             .collect();
         groups.entry((shape, sig)).or_default().push(k.clone());
     }
-    let groups: Groups = groups.into_iter().map(|((shape, _), keys)| (shape, keys)).collect();
-    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
-    if memo.len() >= 64 {
-        memo.clear();
-    }
-    memo.insert(memo_key, Arc::new(groups.clone()));
-    groups
+    groups.into_iter().map(|((shape, _), keys)| (shape, keys)).collect()
 }
 
 /// On a GPU a chunk's results go to the host while the next chunk computes: the link sits idle
