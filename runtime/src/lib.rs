@@ -3,6 +3,10 @@
 //! This crate knows nothing of tensors, WIDEN or Python: heavy values are opaque handles
 //! ([`value::Opaque`]) and node behaviour comes through the [`node::NodeClass`] contract.
 
+// Validation errors carry ComfyUI's whole error payload (type, message, details, extra info, per
+// node errors) and travel once per rejected prompt: boxing them would only add allocations.
+#![allow(clippy::result_large_err)]
+
 pub mod cache;
 pub mod coerce;
 pub mod events;

@@ -435,6 +435,7 @@ pub fn registry(probe: &Arc<Probe>) -> Registry {
 }
 
 /// Parses and validates prompt JSON against the test registry.
+#[allow(clippy::result_large_err)] // the runtime's own validation error, returned as is
 pub fn check(reg: &Registry, prompt: &Json) -> Result<Validated, Rejection> {
     let p = Prompt::from_json(prompt).expect("the prompt has a prompt's shape");
     validate(p, reg, None)
