@@ -241,6 +241,19 @@ pub fn owned_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
     Ok(out)
 }
 
+/// Calls [`finish`] when dropped. [`to_host`]'s copies land in page-locked blocks that libtorch's
+/// allocator does not know are being written (the copy is the CUDA runtime's, not libtorch's):
+/// a run that stops early (an error, an interrupt) must not free one with a copy in flight. Hold
+/// one for as long as results may be in flight, declared after what holds them (locals drop in
+/// reverse order).
+pub struct FinishOnDrop(pub Device);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        finish(self.0);
+    }
+}
+
 /// Waits for the device's pending work, including [`to_host`] copies.
 pub fn finish(device: Device) {
     if let Device::Cuda(index) = device {

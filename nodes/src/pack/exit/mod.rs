@@ -205,6 +205,8 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, root: ptr(root), subtree_hits: 0, stats_hits: 0, load_seconds: 0.0 };
     // Keys whose final result is cached.
     let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
+    // Whatever way this function returns, copies into `merged` finish before it is dropped.
+    let _copies_land = super::transfer::FinishOnDrop(device);
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { CACHE.get(&a.key_hash(root, k, device)) } else { None };
