@@ -22,13 +22,13 @@ impl Event {
     pub fn record() -> Option<Event> {
         let rt = runtime()?;
         let mut ev: EventHandle = std::ptr::null_mut();
-        let stream: Stream = std::ptr::null_mut();
+        let default_stream: Stream = std::ptr::null_mut();
         // SAFETY: `ev` receives a new event; the null stream is the legacy default stream.
         unsafe {
             if (rt.create_event)(&mut ev, DISABLE_TIMING) != 0 {
                 return None;
             }
-            if (rt.record)(ev, stream) != 0 {
+            if (rt.record)(ev, default_stream) != 0 {
                 (rt.destroy_event)(ev);
                 return None;
             }

@@ -48,8 +48,8 @@ fn stacked_factor(views: &[Tensor], ids: Option<&[[u8; 32]]>, device: Device) ->
 /// `keys` with their delta specs in this set and the per-key strength multiplier (block config).
 /// `None` when the keys differ in LoRAs, ranks or row sections (the caller builds them one by one).
 ///
-/// `identity(spec)`: the identity of the spec's file (`FileIdentity::fingerprint`), which makes
-/// its factors cacheable on the device; `None` uploads them every time.
+/// `files`: each LoRA file's identity (`FileIdentity::fingerprint`), which makes its factors
+/// cacheable on the device; a factor whose file is not listed is uploaded every time.
 pub fn uniform_low_rank(
     specs: &[&[DeltaSpec]],
     multipliers: &[f64],

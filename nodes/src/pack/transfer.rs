@@ -40,9 +40,9 @@ pub fn upload(tensors: &[&Tensor], device: Device) -> Result<Tensor, tch::TchErr
     }
 }
 
-/// Host → device through two page-locked staging buffers: the CPU fills one (libtorch spreads
-/// large copies over its threads, which also takes the memory map's page faults in parallel)
-/// while the GPU pulls the other at full link speed. Copying straight from the pageable map
+/// Host → device through two page-locked staging buffers: the CPU fills one (every core copying
+/// pieces of keys, which also takes the memory map's page faults in parallel) while the GPU pulls
+/// the other at full link speed. Copying straight from the pageable map
 /// goes through the driver's single staging path at a fraction of that (7 vs 49 GiB/s measured
 /// on an H100 host). Keys share shape and dtype.
 fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Tensor, tch::TchError> {
