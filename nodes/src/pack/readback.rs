@@ -25,15 +25,18 @@ unsafe impl Send for Readback {}
 
 static READBACK: Mutex<Option<Readback>> = Mutex::new(None);
 
+/// Whether results on `device` can go through the copy stream (ask before allocating for
+/// [`download`]). The stream belongs to the device current when it is made; the Exit merges on
+/// device 0.
+pub fn usable(device: Device) -> bool {
+    device == Device::Cuda(0) && stream_enabled() && runtime().is_some()
+}
+
 /// Queues a copy of the contiguous device tensor `src` into `dst`, a contiguous page-locked host
 /// tensor of the same dtype and size, after all work queued so far. Returns false, having queued
 /// nothing, where the copy stream is not available (the caller copies with tch instead).
 pub fn download(src: &Tensor, dst: &Tensor) -> bool {
-    // The stream belongs to the device current when it is made; the Exit merges on device 0.
-    if src.device() != Device::Cuda(0) || !src.is_contiguous() || !dst.is_contiguous() {
-        return false;
-    }
-    if !stream_enabled() {
+    if !usable(src.device()) || !src.is_contiguous() || !dst.is_contiguous() {
         return false;
     }
     let Some(rt) = runtime() else { return false };

@@ -223,7 +223,7 @@ pub fn to_host(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
     }
     // The copy runs on its own stream while the host prepares, and the device computes, the
     // next chunk (see `readback`); the caller must call [`finish`] before reading the result.
-    if let Device::Cuda(index) = device {
+    if let (Device::Cuda(index), true) = (device, super::readback::usable(device)) {
         let host = pinned_empty(narrowed.numel() as i64, kind, index)?.f_view(narrowed.size().as_slice())?;
         if super::readback::download(&narrowed, &host) {
             return Ok(host);
