@@ -111,8 +111,8 @@ pub struct CacheStats {
 /// Default bound: `COMFYRS_WIDEN_CACHE_MB`, else a quarter of the available memory (at most
 /// 16 GiB).
 fn default_limit() -> usize {
-    if let Some(mb) = std::env::var("COMFYRS_WIDEN_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
-        return mb << 20;
+    if let Some(bytes) = super::knobs::mebibytes("COMFYRS_WIDEN_CACHE_MB") {
+        return bytes;
     }
     (super::exit::mem_available().unwrap_or(8 << 30) / 4).min(16 << 30)
 }
@@ -120,8 +120,8 @@ fn default_limit() -> usize {
 /// Default bound in device memory: `COMFYRS_WIDEN_DEVICE_CACHE_MB`, else a quarter of the free
 /// device memory (the Exit's working budget leaves it aside).
 pub fn default_device_limit() -> usize {
-    if let Some(mb) = std::env::var("COMFYRS_WIDEN_DEVICE_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
-        return mb << 20;
+    if let Some(bytes) = super::knobs::mebibytes("COMFYRS_WIDEN_DEVICE_CACHE_MB") {
+        return bytes;
     }
     super::exit::gpu_free_bytes().unwrap_or(0) / 4
 }
@@ -133,8 +133,8 @@ pub static CACHE: LazyLock<SubtreeCache> =
 /// The process-wide statistics cache: `COMFYRS_WIDEN_STATS_CACHE_MB` wherever the statistics
 /// live, default 1 GiB (statistics are a few kilobytes per key and merge).
 pub static STATS: LazyLock<StatsCache> = LazyLock::new(|| {
-    let mb = std::env::var("COMFYRS_WIDEN_STATS_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(1024);
-    StatsCache::with_limits(mb << 20, mb << 20)
+    let bytes = super::knobs::mebibytes("COMFYRS_WIDEN_STATS_CACHE_MB").unwrap_or(1 << 30);
+    StatsCache::with_limits(bytes, bytes)
 });
 
 impl<V: Cached> ByteLru<V> {

@@ -43,7 +43,7 @@ pub fn runtime() -> Option<&'static Runtime> {
     static RT: OnceLock<Option<Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
         // `COMFYRS_WIDEN_EVENTS=0`: tch's calls only (device-wide waits, one stream), for comparisons.
-        if std::env::var("COMFYRS_WIDEN_EVENTS").is_ok_and(|v| v == "0") {
+        if super::knobs::switched_off("COMFYRS_WIDEN_EVENTS") {
             return None;
         }
         let names: [&CStr; 3] = [c"libcudart.so.13", c"libcudart.so.12", c"libcudart.so"];

@@ -19,8 +19,7 @@ use super::transfer::upload;
 /// Device-resident LoRA factors (storage dtype): `COMFYRS_WIDEN_FACTOR_CACHE_MB`, default 2 GiB
 /// of device memory (a rank-32 SDXL attention LoRA is ~90 MB).
 pub static FACTORS: LazyLock<SubtreeCache> = LazyLock::new(|| {
-    let mb = std::env::var("COMFYRS_WIDEN_FACTOR_CACHE_MB").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(2048);
-    SubtreeCache::with_limits(0, mb << 20)
+    SubtreeCache::with_limits(0, super::knobs::mebibytes("COMFYRS_WIDEN_FACTOR_CACHE_MB").unwrap_or(2 << 30))
 });
 
 /// One factor of every key, stacked on `device` in storage dtype: from [`FACTORS`] where it has

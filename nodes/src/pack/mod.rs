@@ -13,6 +13,7 @@ mod cuda_runtime;
 pub mod exit;
 mod factors;
 pub mod foreign;
+mod knobs;
 mod memo;
 pub mod model;
 pub mod nodes;

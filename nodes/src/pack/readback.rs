@@ -84,5 +84,5 @@ pub fn wait() {
 /// `COMFYRS_WIDEN_COPY_STREAM=0` keeps result copies on the default stream (for comparisons).
 fn stream_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("COMFYRS_WIDEN_COPY_STREAM").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| !super::knobs::switched_off("COMFYRS_WIDEN_COPY_STREAM"))
 }

@@ -204,7 +204,7 @@ fn grows_page_locked(index: usize) -> bool {
 fn pinned_enabled() -> bool {
     use std::sync::OnceLock;
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("COMFYRS_WIDEN_PINNED").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| !super::knobs::switched_off("COMFYRS_WIDEN_PINNED"))
 }
 
 /// `t` in host memory as `kind`, contiguous and owned (never a view of `t`'s storage).

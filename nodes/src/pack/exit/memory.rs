@@ -4,11 +4,12 @@
 use tch::Device;
 
 use crate::pack::cache::CACHE;
+use crate::pack::knobs;
 
 /// Memory budget in bytes for one chunk's working set.
 pub(super) fn budget(device: Device) -> usize {
-    if let Some(mb) = std::env::var("COMFYRS_WIDEN_BUDGET_MB").ok().and_then(|v| v.parse::<usize>().ok()) {
-        return mb << 20;
+    if let Some(bytes) = knobs::mebibytes("COMFYRS_WIDEN_BUDGET_MB") {
+        return bytes;
     }
     match device {
         Device::Cpu => (mem_available().unwrap_or(4 << 30) / 4).max(64 << 20),
@@ -23,7 +24,7 @@ pub(super) fn budget(device: Device) -> usize {
 /// The host RAM a merge may use: `MemAvailable`, capped by `COMFYRS_WIDEN_HOST_RAM_MB` (for
 /// machines shared with other work).
 pub(super) fn host_ram_for_merges() -> Option<usize> {
-    let cap = std::env::var("COMFYRS_WIDEN_HOST_RAM_MB").ok().and_then(|v| v.parse::<usize>().ok()).map(|mb| mb << 20);
+    let cap = knobs::mebibytes("COMFYRS_WIDEN_HOST_RAM_MB");
     match (mem_available(), cap) {
         (Some(a), Some(c)) => Some(a.min(c)),
         (a, c) => a.or(c),
