@@ -208,13 +208,6 @@ impl<V: Cached> ByteLru<V> {
         g.device_bytes = 0;
     }
 
-    /// Bounds host memory at `limit` bytes (device memory keeps its bound).
-    pub fn set_limit(&self, limit: usize) {
-        let mut g = self.lock();
-        g.limit = limit;
-        g.evict();
-    }
-
     /// Bounds host memory at `limit` bytes and device memory at `device_limit`.
     pub fn set_limits(&self, limit: usize, device_limit: usize) {
         let mut g = self.lock();

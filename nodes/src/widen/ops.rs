@@ -434,12 +434,10 @@ impl Widen {
                     .collect::<Result<_>>()?;
                 Ok((merge::vector_scales(&self.config, &Tensor::f_stack(&deltas, 0)?)?, None))
             }
-            KeyLayout::Columns { batch, out, k, .. } => {
+            KeyLayout::Columns { out, .. } => {
+                // (`merge_with_stats`, the only way in for known statistics, checked their shape.)
                 let stats = match known {
-                    Some(s) => {
-                        s.check_fits(prepared.len() as i64, *batch, *k)?;
-                        s.shallow_clone()
-                    }
+                    Some(s) => s.shallow_clone(),
                     None => column_stats(b, prepared, stacked, self.statistics)?,
                 };
                 let scales = merge::column_scales(&self.config, &stats, *out)?;
