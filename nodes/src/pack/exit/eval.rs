@@ -122,11 +122,10 @@ impl Eval<'_> {
             return Ok(computed.expect("computed"));
         }
         if computed.is_none() {
-            let rows: Vec<Tensor> = cached.into_iter().map(|c| c.expect("all cached")).collect();
+            let rows: Vec<Tensor> = cached.iter().map(|c| c.as_ref().expect("all cached").shallow_clone()).collect();
             if let Some(batch) = consecutive_rows(&rows) {
                 return Ok(batch.f_to_device(self.device)?);
             }
-            return Ok(Tensor::f_stack(&rows, 0)?.f_to_device(self.device)?);
         }
         let mut rows = Vec::with_capacity(keys.len());
         let mut j = 0;
