@@ -235,6 +235,23 @@ impl RecipeNode {
         !self.is_base()
     }
 
+    /// Calls `f` on this node and every node below it, depth first: a merge's base, target and
+    /// backbone, a compose's branches, in that order.
+    pub fn walk(self: &Arc<Self>, f: &mut dyn FnMut(&Recipe)) {
+        f(self);
+        match &self.kind {
+            RecipeKind::Compose { branches } => branches.iter().for_each(|b| b.walk(f)),
+            RecipeKind::Merge { base, target, backbone, .. } => {
+                base.walk(f);
+                target.walk(f);
+                if let Some(b) = backbone {
+                    b.walk(f);
+                }
+            }
+            RecipeKind::Base { .. } | RecipeKind::Lora { .. } | RecipeKind::Model { .. } => {}
+        }
+    }
+
     /// The RecipeBase reached by following `base` links.
     pub fn find_base(self: &Arc<Self>) -> Option<Recipe> {
         match &self.kind {

@@ -18,7 +18,7 @@ use crate::models::writer::{SafetensorsWriter, TensorHeader};
 use crate::models::{file_stats, FileDtype, FileIdentity, MappedFile, MappedTensor};
 
 use super::model::NativeModel;
-use super::recipe::{canonical_json, Recipe, RecipeKind, SourceDir};
+use super::recipe::{canonical_json, Recipe, RecipeKind};
 use super::{PackContext, PackError};
 
 /// `model_name` → file name (§9.1).
@@ -187,26 +187,13 @@ pub fn file_hash(pack: &PackContext, root: &Recipe) -> String {
     let folders = pack.folders().clone();
     let mut loras = std::collections::BTreeSet::new();
     let mut models = std::collections::BTreeSet::new();
-    fn walk(r: &Recipe, loras: &mut std::collections::BTreeSet<String>, models: &mut std::collections::BTreeSet<(String, SourceDir)>) {
-        match &r.kind {
-            RecipeKind::Base { .. } => {}
-            RecipeKind::Lora { loras: l, .. } => l.iter().for_each(|e| {
-                loras.insert(e.path.clone());
-            }),
-            RecipeKind::Model { path, source_dir, .. } => {
-                models.insert((path.clone(), *source_dir));
-            }
-            RecipeKind::Compose { branches } => branches.iter().for_each(|b| walk(b, loras, models)),
-            RecipeKind::Merge { base, target, backbone, .. } => {
-                walk(base, loras, models);
-                walk(target, loras, models);
-                if let Some(b) = backbone {
-                    walk(b, loras, models);
-                }
-            }
+    root.walk(&mut |r| match &r.kind {
+        RecipeKind::Lora { loras: l, .. } => loras.extend(l.iter().map(|e| e.path.clone())),
+        RecipeKind::Model { path, source_dir, .. } => {
+            models.insert((path.clone(), *source_dir));
         }
-    }
-    walk(root, &mut loras, &mut models);
+        RecipeKind::Base { .. } | RecipeKind::Compose { .. } | RecipeKind::Merge { .. } => {}
+    });
     let mut h = blake3::Hasher::new();
     for l in loras {
         let (m, s) = folders.resolve("loras", &l).map(file_stats).unwrap_or((0.0, 0));

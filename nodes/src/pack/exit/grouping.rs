@@ -7,32 +7,18 @@ use indexmap::IndexMap;
 use tch::Device;
 
 use crate::pack::memo::Memo;
-use crate::pack::recipe::{Recipe, RecipeKind};
+use crate::pack::recipe::Recipe;
 
 use super::analysis::{ptr, Analysis, LoadedSet};
 
 /// Group signature: shape, and per leaf set whether it touches the key and in which form.
 pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Vec<String>)> {
     let mut sets: Vec<&Arc<LoadedSet>> = Vec::new();
-    fn collect<'x>(a: &'x Analysis, n: &Recipe, out: &mut Vec<&'x Arc<LoadedSet>>) {
-        match &n.kind {
-            RecipeKind::Lora { .. } => {
-                if let Some(s) = a.sets.get(&ptr(n)) {
-                    out.push(s)
-                }
-            }
-            RecipeKind::Compose { branches } => branches.iter().for_each(|b| collect(a, b, out)),
-            RecipeKind::Merge { base, target, backbone, .. } => {
-                collect(a, base, out);
-                collect(a, target, out);
-                if let Some(b) = backbone {
-                    collect(a, b, out);
-                }
-            }
-            _ => {}
+    root.walk(&mut |n| {
+        if let Some(s) = a.sets.get(&ptr(n)) {
+            sets.push(s);
         }
-    }
-    collect(a, root, &mut sets);
+    });
     // Memoized by what decides it (a slider change asks again for the same grouping).
     type Groups = Vec<(Vec<i64>, Vec<String>)>;
     static MEMO: Memo<[u8; 32], Arc<Groups>> = Memo::new(64);
