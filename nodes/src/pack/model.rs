@@ -16,7 +16,8 @@ use crate::models::{CheckpointDomain, CheckpointFile, FileDtype, MappedTensor};
 use super::recipe::RecipeDomain;
 use super::PackError;
 
-/// Where a model's base weights live.
+/// Where a model's base weights live (shared: cloning a source shares them).
+#[derive(Clone)]
 enum Source {
     /// A memory-mapped safetensors file.
     File(Arc<CheckpointFile>),
@@ -115,10 +116,7 @@ impl NativeModel {
         h.update(&self.identity);
         h.update(recipe_hash);
         Arc::new(NativeModel {
-            source: match &self.source {
-                Source::File(f) => Source::File(f.clone()),
-                Source::Foreign(f) => Source::Foreign(f.clone()),
-            },
+            source: self.source.clone(),
             arch: self.arch,
             domain: self.domain,
             overrides,
