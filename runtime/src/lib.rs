@@ -13,6 +13,7 @@ pub mod events;
 pub mod executor;
 pub mod interrupt;
 pub mod node;
+pub mod paths;
 pub mod prompt;
 pub mod registry;
 pub mod schema;

@@ -68,10 +68,7 @@ fn bench_dir(opts: &MergeBench) -> PathBuf {
     if let Some(d) = &opts.dir {
         return d.clone();
     }
-    let cache = std::env::var_os("COMFYRS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/comfyrs"));
-    cache.join("bench-models")
+    comfyrs_runtime::paths::cache_root().join("bench-models")
 }
 
 /// Writes the base and `n` LoRAs of `arch` unless they are there.
