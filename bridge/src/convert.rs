@@ -100,14 +100,24 @@ pub fn register_model_extractor(f: ModelExtractor) {
 #[pyclass(frozen)]
 struct KeepAlive(#[allow(dead_code)] Arc<dyn Opaque>);
 
+/// Names and tensors (shared, not copied) as two Python lists, for the host module's calls that
+/// take a state dict.
+pub fn named_tensors_to_py<'py, 'a>(
+    py: Python<'py>,
+    items: impl Iterator<Item = (&'a str, &'a tch::Tensor)>,
+) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+    let (keys, tensors) = (PyList::empty(py), PyList::empty(py));
+    for (k, t) in items {
+        keys.append(k)?;
+        tensors.append(tensor_to_py(py, t)?)?;
+    }
+    Ok((keys, tensors))
+}
+
 fn native_model_to_py<'py>(py: Python<'py>, h: &Arc<dyn Opaque>) -> PyResult<Option<Bound<'py, PyAny>>> {
     let extractors = MODEL_EXTRACTORS.read().unwrap_or_else(|p| p.into_inner()).clone();
     let Some((sd, identity)) = extractors.iter().find_map(|f| f(h.as_ref())) else { return Ok(None) };
-    let keys = PyList::new(py, sd.keys().map(|k| k.as_str()))?;
-    let tensors = PyList::empty(py);
-    for t in sd.values() {
-        tensors.append(tensor_to_py(py, t)?)?;
-    }
+    let (keys, tensors) = named_tensors_to_py(py, sd.iter().map(|(k, t)| (k.as_str(), t)))?;
     let hex: String = identity.iter().map(|b| format!("{b:02x}")).collect();
     let keep = Py::new(py, KeepAlive(h.clone()))?;
     Ok(Some(crate::host_module(py)?.call_method1("model_from_state_dict", (keys, tensors, hex, keep))?))

@@ -15,11 +15,10 @@
 
 use indexmap::IndexMap;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
 
 use comfyrs_runtime::Value;
 
-use crate::convert::{object_value, py_to_tensor, tensor_to_py, PyHandle};
+use crate::convert::{named_tensors_to_py, object_value, py_to_tensor, PyHandle};
 use crate::{format_py_err, host_module, Bridge};
 
 /// A Python MODEL's diffusion weights, keys `diffusion_model.…`.
@@ -84,11 +83,7 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
     let (bridge, v) = python_model(v).ok_or_else(|| "the MODEL is not a Python object".to_string())?;
     let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
     with_object(&bridge, v, move |py, obj| {
-        let keys = PyList::new(py, merged.iter().map(|(k, _)| k.as_str()))?;
-        let tensors = PyList::empty(py);
-        for (_, t) in &merged {
-            tensors.append(tensor_to_py(py, t)?)?;
-        }
+        let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
         let m = host_module(py)?.call_method1("model_with_weights", (obj, keys, tensors))?;
         object_value(py, &m, "MODEL")
     })
