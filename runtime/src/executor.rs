@@ -167,9 +167,7 @@ impl Executor {
                     run.interrupted = true;
                 }
                 while !run.interrupted {
-                    let Some(i) = run.ready.pop_front() else {
-                        break;
-                    };
+                    let Some(i) = run.ready.pop_front() else { break };
                     if run.state[i] != State::Waiting {
                         continue;
                     }
@@ -520,9 +518,7 @@ impl<'a> Run<'a> {
                         args.values.insert(name.clone(), vec![Value::Json(json!([l.node, l.slot]))]);
                         continue;
                     }
-                    let Some(&(_, src, slot)) = self.v.links[i].iter().find(|(n, _, _)| n == name) else {
-                        continue;
-                    };
+                    let Some(&(_, src, slot)) = self.v.links[i].iter().find(|(n, _, _)| n == name) else { continue };
                     if let Some(r) = &self.results[src] {
                         args.values.insert(name.clone(), r.outputs[slot].clone());
                     }
@@ -592,15 +588,11 @@ impl<'a> Run<'a> {
 
     /// Serves a waiting node from the cache if its signature is there now. Returns true if so.
     fn serve_from_cache(&mut self, i: usize, cache: &mut OutputCache) -> bool {
-        let Some(sig) = self.sigs[i] else {
-            return false;
-        };
+        let Some(sig) = self.sigs[i] else { return false };
         if !cache.contains(&sig) {
             return false;
         }
-        let Some(hit) = cache.get(&sig) else {
-            return false;
-        };
+        let Some(hit) = cache.get(&sig) else { return false };
         self.use_cached(i, hit);
         self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.v.id(i).to_string()] });
         self.release(i);
