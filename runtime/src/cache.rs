@@ -6,6 +6,7 @@ use std::time::Instant;
 use lru::LruCache;
 use serde_json::{Map, Value as Json};
 
+use crate::memory::{MemoryBudget, Place, Pool};
 use crate::signature::Signature;
 use crate::value::Value;
 
@@ -14,7 +15,7 @@ use crate::value::Value;
 pub enum CacheMode {
     /// Nothing is kept: every node runs every time.
     None,
-    /// Least recently used entries go first once `--cache-bytes` is exceeded.
+    /// Least recently used entries go first once the host memory budget is exceeded.
     Lru,
     /// As `Lru`, and also evicts while the machine's available memory is below the headroom.
     RamPressure,
@@ -60,7 +61,9 @@ pub struct CacheStats {
 
 pub struct OutputCache {
     mode: CacheMode,
-    max_bytes: usize,
+    /// Its share of the engine's memory budget: it evicts while the budget as a whole is over
+    /// its host limit.
+    pool: Pool,
     /// Minimum available system memory to keep in `RamPressure` mode.
     headroom: usize,
     entries: LruCache<Signature, Arc<NodeResult>>,
@@ -69,11 +72,21 @@ pub struct OutputCache {
 }
 
 impl OutputCache {
+    /// A cache with a budget of its own: `max_bytes` of host memory.
     pub fn new(mode: CacheMode, max_bytes: usize) -> Self {
+        Self::with_pool(mode, MemoryBudget::new(max_bytes as u64, 0).pool("outputs"))
+    }
+
+    /// A cache counted in `pool` (the engine's budget, shared with its other caches).
+    pub fn with_pool(mode: CacheMode, pool: Pool) -> Self {
         let total = system_memory().map(|m| m.total).unwrap_or(8 << 30);
         // ComfyUI's active headroom: 10% of RAM, clamped to 2..10 GB.
         let headroom = (total / 10).clamp(2 << 30, 10 << 30).min(total / 2);
-        OutputCache { mode, max_bytes, headroom, entries: LruCache::unbounded(), stats: CacheStats::default(), last_memory_check: None }
+        OutputCache { mode, pool, headroom, entries: LruCache::unbounded(), stats: CacheStats::default(), last_memory_check: None }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
     }
 
     pub fn mode(&self) -> CacheMode {
@@ -100,14 +113,16 @@ impl OutputCache {
             return;
         }
         let bytes = result.bytes;
-        if bytes > self.max_bytes {
+        if bytes as u64 > self.pool.limit(Place::Host) {
             return; // would evict everything and still not fit
         }
         if let Some(old) = self.entries.put(sig, result) {
             self.stats.bytes -= old.bytes;
+            self.pool.release(Place::Host, old.bytes as u64);
         }
         self.stats.bytes += bytes;
-        while self.stats.bytes > self.max_bytes {
+        self.pool.charge(Place::Host, bytes as u64);
+        while self.pool.excess(Place::Host) > 0 && !self.entries.is_empty() {
             self.evict_one();
         }
         if self.mode == CacheMode::RamPressure && self.should_check_memory(bytes) {
@@ -133,6 +148,7 @@ impl OutputCache {
     fn evict_one(&mut self) {
         if let Some((_, old)) = self.entries.pop_lru() {
             self.stats.bytes -= old.bytes;
+            self.pool.release(Place::Host, old.bytes as u64);
             self.stats.evictions += 1;
         }
         self.stats.entries = self.entries.len();
@@ -140,6 +156,7 @@ impl OutputCache {
 
     pub fn clear(&mut self) {
         self.entries.clear();
+        self.pool.release(Place::Host, self.stats.bytes as u64);
         self.stats.bytes = 0;
         self.stats.entries = 0;
     }
@@ -189,6 +206,23 @@ mod tests {
         assert!(c.contains(&sig(3)));
         assert!(c.stats().bytes <= one * 2 + 10);
         assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[test]
+    fn evicts_while_the_shared_budget_is_over_its_limit() {
+        let one = result(1000).bytes as u64;
+        let budget = MemoryBudget::new(3 * one, 0);
+        let other = budget.pool("widen.subtrees");
+        let mut c = OutputCache::with_pool(CacheMode::Lru, budget.pool("outputs"));
+        c.insert(sig(1), result(1000));
+        c.insert(sig(2), result(1000));
+        // Another cache of the same engine takes the rest of the budget: this one makes room.
+        other.charge(Place::Host, one);
+        c.insert(sig(3), result(1000));
+        assert!(!c.contains(&sig(1)) && c.contains(&sig(2)) && c.contains(&sig(3)));
+        assert_eq!(budget.used(Place::Host), 3 * one);
+        c.clear();
+        assert_eq!(budget.used(Place::Host), one, "clearing gives the bytes back");
     }
 
     #[test]

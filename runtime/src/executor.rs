@@ -130,9 +130,19 @@ struct JobDone {
 }
 
 impl Executor {
+    /// An executor whose output cache has a budget of its own (`cache_bytes` of host memory).
     pub fn new(mode: CacheMode, cache_bytes: usize) -> Self {
+        Self::with_cache(OutputCache::new(mode, cache_bytes))
+    }
+
+    /// An executor whose output cache counts in `pool`, a share of the engine's memory budget.
+    pub fn with_pool(mode: CacheMode, pool: crate::memory::Pool) -> Self {
+        Self::with_cache(OutputCache::with_pool(mode, pool))
+    }
+
+    fn with_cache(cache: OutputCache) -> Self {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
-        Executor { cache: OutputCache::new(mode, cache_bytes), workers, interrupt: Interrupt::default() }
+        Executor { cache, workers, interrupt: Interrupt::default() }
     }
 
     /// Runs a validated prompt. The interrupt flag is cleared at the start (as ComfyUI does).

@@ -12,6 +12,7 @@ pub mod coerce;
 pub mod events;
 pub mod executor;
 pub mod interrupt;
+pub mod memory;
 pub mod node;
 pub mod paths;
 pub mod prompt;
