@@ -63,6 +63,26 @@ fn mapped_tensor_keeps_the_map_alive() {
 }
 
 #[test]
+fn a_write_through_a_shallow_handle_stays_private_to_the_process() {
+    // `&Tensor` offers `shallow_clone`, an owned handle over the same memory that in-place
+    // operations accept: writing through it must neither fault on the map nor reach the file.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let vals = write_simple(&p, FileDtype::F32);
+    let on_disk = std::fs::read(&p).unwrap();
+    let f = MappedFile::open(&p).unwrap();
+    let t = f.tensor("b.weight").unwrap();
+    assert!(t.is_mapped());
+    let mut alias = t.shallow_clone();
+    let _ = alias.fill_(7.0);
+    assert_eq!(formats_util::tensor_f64(&t)[0], 7.0, "the alias and the mapped tensor share memory");
+    assert_eq!(std::fs::read(&p).unwrap(), on_disk, "the file is untouched");
+    // Another map of the same file sees the file's values.
+    let again = MappedFile::open(&p).unwrap().tensor("b.weight").unwrap();
+    assert_eq!(formats_util::tensor_f64(&again)[0], vals[0] as f64);
+}
+
+#[test]
 fn metadata_and_header_alignment() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("m.safetensors");

@@ -2,7 +2,8 @@
 //!
 //! # Safety argument
 //!
-//! A [`MappedFile`] owns a read-only memory map (`PROT_READ`, `MAP_SHARED`) of the whole file.
+//! A [`MappedFile`] owns a private copy-on-write memory map (`MAP_PRIVATE | MAP_NORESERVE`) of
+//! the whole file.
 //! [`MappedFile::tensor`] builds a CPU `tch::Tensor` with `Tensor::from_blob` pointing *into* that
 //! map: libtorch does not own the memory and will not free it. The returned [`MappedTensor`]
 //! holds an `Arc<MappedFile>` next to the tensor, so the map is unmapped only after the last
@@ -14,9 +15,13 @@
 //!    `shallow_clone`) alias the map: derive them through [`MappedTensor::map_view`], which
 //!    carries the `Arc` along. A view created by hand from `&Tensor` must not outlive its
 //!    `MappedTensor`.
-//! 2. **No writes.** The pages are read-only. `tch`'s in-place operations take `&mut Tensor`, and
-//!    `MappedTensor` implements only `Deref` (not `DerefMut`), so safe code cannot call them on a
-//!    mapped tensor. (Writing through a hand-made alias would fault.)
+//! 2. **Writes stay private.** `tch`'s in-place operations take `&mut Tensor`, and `MappedTensor`
+//!    implements only `Deref` (not `DerefMut`), so they cannot be called on a mapped tensor
+//!    directly; but `&Tensor` offers `shallow_clone`, an owned handle that can be written
+//!    through. The map is therefore copy-on-write: such a write lands in a private copy of the
+//!    page (memory of this process), never in the file, and never faults. Nothing in comfyrs
+//!    writes to a model's weights; the mapping only makes a mistake harmless. `MAP_NORESERVE`
+//!    keeps the kernel from reserving swap for pages that are never written.
 //! 3. **The file must not change on disk while mapped.** As with every memory map, truncating
 //!    or rewriting the file underneath a live map is undefined (SIGBUS on truncation). Writers in
 //!    this crate replace files atomically (write a temp file, then rename), which leaves existing
@@ -33,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use memmap2::Mmap;
+use memmap2::MmapMut;
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
 use tch::{Device, Kind, Tensor};
 
@@ -140,7 +145,7 @@ impl TensorMeta {
 pub struct MappedFile {
     path: PathBuf,
     identity: FileIdentity,
-    map: Mmap,
+    map: MmapMut,
     /// Tensors in file (offset) order.
     tensors: IndexMap<String, TensorMeta>,
     metadata: Option<std::collections::HashMap<String, String>>,
@@ -193,9 +198,10 @@ impl MappedFile {
                 reason: format!("{} bytes, shorter than the 8-byte header length", identity.size),
             });
         }
-        // SAFETY: a read-only shared mapping; see the module documentation for the rules that
-        // keep it valid (lifetime via Arc, no writes, file replaced atomically, not truncated).
-        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io_err(path))?;
+        // SAFETY: a private copy-on-write mapping; see the module documentation for the rules that
+        // keep it valid (lifetime via Arc, writes stay private, file replaced atomically, not
+        // truncated).
+        let map = unsafe { memmap2::MmapOptions::new().no_reserve_swap().map_copy(&file) }.map_err(io_err(path))?;
         let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
             let (trunc, reason) = describe(e);
             if trunc {
@@ -418,6 +424,8 @@ impl std::fmt::Debug for MappedTensor {
     }
 }
 
-// SAFETY: the tensor is only read through shared references (no DerefMut), the map is
-// immutable, and MappedFile is Sync (Mmap is Sync). tch::Tensor is Send.
+// SAFETY: the tensor is reached only through shared references (no DerefMut): concurrent reads
+// of one libtorch tensor are thread-safe, and a handle made with `shallow_clone` is an owned
+// value of its own (written only by its owner, into private copy-on-write pages). MappedFile is
+// Sync (MmapMut is Sync, and nothing mutates it through `&self`). tch::Tensor is Send.
 unsafe impl Sync for MappedTensor {}
