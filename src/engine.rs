@@ -2,9 +2,12 @@
 //! workflow needs them, ComfyUI's own nodes through the embedded Python.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use comfyrs_nodes::merge::{default_host_limit, MergeEngine, MergeSettings};
 use comfyrs_nodes::models::ModelFolders;
+use comfyrs_runtime::memory::{MemoryBudget, UNRESOLVED};
 use comfyrs_runtime::Registry;
 
 use crate::EngineArgs;
@@ -18,13 +21,20 @@ pub enum PythonMode {
 
 pub struct Engine {
     pub registry: Registry,
+    /// The WIDEN pack's merge engine: its caches, counted in `budget`.
+    pub merge: Arc<MergeEngine>,
+    /// The one memory budget of this engine's caches (the executor's outputs and every WIDEN cache).
+    pub budget: Arc<MemoryBudget>,
     args: EngineArgs,
     python_started: bool,
 }
 
 impl Engine {
     pub fn new(args: &EngineArgs) -> Result<Engine> {
-        let mut engine = Engine { registry: native_registry(args)?, args: args.clone(), python_started: false };
+        let budget = MemoryBudget::new(default_host_limit(), UNRESOLVED);
+        let merge = MergeEngine::new(legacy_merge_settings(), budget.clone())?;
+        let registry = native_registry(args, merge.clone())?;
+        let mut engine = Engine { registry, merge, budget, args: args.clone(), python_started: false };
         if args.python == PythonMode::Always {
             engine.start_python(None)?;
         }
@@ -42,12 +52,36 @@ impl Engine {
             return Ok(());
         }
         self.python_started = true;
-        start_bridge(&self.args, output_dir, &mut self.registry)
+        start_bridge(&self.args, output_dir, &mut self.registry, &self.merge)
+    }
+
+    /// An executor whose output cache counts in this engine's memory budget.
+    pub fn executor(&self, mode: comfyrs_runtime::cache::CacheMode) -> comfyrs_runtime::executor::Executor {
+        comfyrs_runtime::executor::Executor::with_pool(mode, self.budget.pool("outputs"))
     }
 }
 
-/// Native nodes only: ComfyUI's model-free utility nodes and the WIDEN pack.
-pub fn native_registry(args: &EngineArgs) -> Result<Registry> {
+/// The WIDEN knobs of the environment, until the one configuration reads them.
+fn legacy_merge_settings() -> MergeSettings {
+    let mib = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map(|m| m << 20);
+    let on = |name: &str| std::env::var(name).map_or(true, |v| v != "0");
+    let d = MergeSettings::default();
+    MergeSettings {
+        chunk_budget: mib("COMFYRS_WIDEN_BUDGET_MB"),
+        host_ram: mib("COMFYRS_WIDEN_HOST_RAM_MB"),
+        subtree_cache: mib("COMFYRS_WIDEN_CACHE_MB"),
+        device_subtree_cache: mib("COMFYRS_WIDEN_DEVICE_CACHE_MB"),
+        stats_cache: mib("COMFYRS_WIDEN_STATS_CACHE_MB").unwrap_or(d.stats_cache),
+        factor_cache: mib("COMFYRS_WIDEN_FACTOR_CACHE_MB").unwrap_or(d.factor_cache),
+        pinned: on("COMFYRS_WIDEN_PINNED"),
+        events: on("COMFYRS_WIDEN_EVENTS"),
+        copy_stream: on("COMFYRS_WIDEN_COPY_STREAM"),
+        ..d
+    }
+}
+
+/// Native nodes only: ComfyUI's model-free utility nodes and the WIDEN pack (its Exits on `merge`).
+pub fn native_registry(args: &EngineArgs, merge: Arc<MergeEngine>) -> Result<Registry> {
     let mut reg = Registry::new();
     comfyrs_nodes::core::register(&mut reg);
     let mut folders = ModelFolders::new(&args.models_dir);
@@ -56,12 +90,12 @@ pub fn native_registry(args: &EngineArgs) -> Result<Registry> {
             .load_extra_model_paths(yaml)
             .with_context(|| format!("cannot read the extra model paths file {}", yaml.display()))?;
     }
-    comfyrs_nodes::pack::register(&mut reg, folders);
+    comfyrs_nodes::pack::register(&mut reg, folders, merge);
     Ok(reg)
 }
 
 #[cfg(feature = "python")]
-fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry) -> Result<()> {
+fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
     use comfyrs_bridge::{Bridge, BridgeOptions};
     let t = std::time::Instant::now();
     tracing::info!("starting the embedded ComfyUI for non-native nodes");
@@ -74,7 +108,7 @@ fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry
     };
     let bridge = Bridge::start(&opts).context("cannot start the embedded Python ComfyUI")?;
     // The MODEL handoff: WIDENEntry / WIDENExit on ComfyUI MODELs.
-    comfyrs_nodes::pack::set_foreign_models(std::sync::Arc::new(comfyrs_nodes::pack::ForeignFns {
+    merge.set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
         state_dict: comfyrs_bridge::model::state_dict,
         prepare: comfyrs_bridge::model::prepare,
         with_weights: comfyrs_bridge::model::with_weights,
@@ -94,6 +128,6 @@ fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_args: &EngineArgs, _output_dir: Option<&Path>, _reg: &mut Registry) -> Result<()> {
+fn start_bridge(_args: &EngineArgs, _output_dir: Option<&Path>, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }

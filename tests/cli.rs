@@ -277,3 +277,25 @@ fn a_merge_that_does_not_fit_in_ram_is_refused_and_writes_nothing() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(saved.exists());
 }
+
+/// `--json` reports the one memory budget: its limits and what each cache holds against them.
+#[test]
+fn json_reports_every_cache_against_one_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = bin().args(["fixtures", "--models-dir"]).arg(&models).output().unwrap();
+    assert!(out.status.success(), "fixtures: {}", String::from_utf8_lossy(&out.stderr));
+    let wf = repo().join("workflows/widen_sdxl_merge.json");
+    let (out, doc) = run_json(&["run", "--quiet", "--models-dir", models.to_str().unwrap(), wf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let memory = &doc["memory"];
+    let pool = |name: &str| -> u64 {
+        let p = memory["pools"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no pool {name}: {memory}"));
+        p["host"].as_u64().unwrap() + p["device"].as_u64().unwrap()
+    };
+    assert!(pool("outputs") > 0, "the executor's outputs count in the budget: {memory}");
+    assert!(pool("widen.subtrees") > 0, "the merge's subtree cache counts in the same budget: {memory}");
+    let sum: u64 = memory["pools"].as_array().unwrap().iter().map(|p| p["host"].as_u64().unwrap()).sum();
+    assert_eq!(memory["host_used"].as_u64().unwrap(), sum, "{memory}");
+    assert!(memory["host_used"].as_u64().unwrap() <= memory["host_limit"].as_u64().unwrap(), "{memory}");
+}

@@ -26,10 +26,11 @@ fn env() -> &'static Env {
     support::env(&ENV, "bridge-handoff-tests", |registry, models| {
         comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(models).expect("tiny SD1.5 LoRA");
         comfyrs_nodes::core::register(registry);
-        comfyrs_nodes::pack::register(registry, ModelFolders::new(models));
+        let engine = comfyrs_nodes::pack::MergeEngine::standalone(comfyrs_nodes::pack::MergeSettings::default()).expect("merge engine");
+        comfyrs_nodes::pack::register(registry, ModelFolders::new(models), engine.clone());
         // What src/engine.rs does once the bridge has started.
         comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
-        comfyrs_nodes::pack::set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
+        engine.set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
             state_dict: comfyrs_bridge::model::state_dict,
             prepare: comfyrs_bridge::model::prepare,
             with_weights: comfyrs_bridge::model::with_weights,

@@ -4,4 +4,7 @@ pub mod arch;
 pub mod fixtures;
 pub mod lora;
 pub mod models;
+pub mod cuda;
+pub mod merge;
 pub mod pack;
+pub mod recipe;

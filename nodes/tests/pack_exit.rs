@@ -110,17 +110,17 @@ fn chain_matches_float64_oracle() {
 fn t_factor_zero_and_negative() {
     use comfyrs_nodes::pack::exit::evaluate;
     use comfyrs_nodes::pack::nodes::{lora_recipe, merge_recipe};
-    use comfyrs_nodes::pack::{NativeModel, PackContext, RecipeDomain, RecipeKind, RecipeNode};
+    use comfyrs_nodes::pack::{NativeModel, RecipeDomain, RecipeKind, RecipeNode};
     let m = models(&[Arch::Sdxl], false);
     let zero = run_capture(&m, &base_lora_merge("sdxl/a.safetensors", 0.0), "5");
     for (k, t) in zero.overrides() {
         assert!(t.equal(&zero.file().tensor(k).unwrap()), "{k} should be the base");
     }
-    let pack = PackContext::new(m.folders());
+    let folders = m.folders();
     let model = NativeModel::open(&m.root().join("diffusion_models/tiny/sdxl_f32.safetensors"), "base", RecipeDomain::Diffusion).unwrap();
     let base = RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain: RecipeDomain::Diffusion, model: model.clone() });
     let l = lora_recipe(None, "sdxl/a.safetensors", 1.0, None).unwrap();
-    let run_t = |t: f64| evaluate(&pack, &merge_recipe(&base, &l, t, None, None).unwrap(), RecipeDomain::Diffusion, false).unwrap().model;
+    let run_t = |t: f64| evaluate(&m.engine, &folders, &merge_recipe(&base, &l, t, None, None).unwrap(), RecipeDomain::Diffusion, false).unwrap().model;
     let (neg, pos) = (run_t(-1.0), run_t(1.0));
     let (neg2, zero2) = (run_t(-0.5), run_t(0.0));
     let mut differs = false;

@@ -165,17 +165,17 @@ fn every_node_error() {
         use comfyrs_nodes::pack::exit::evaluate;
         use comfyrs_nodes::pack::nodes::{lora_recipe, merge_recipe};
         use comfyrs_nodes::pack::recipe::SourceDir;
-        use comfyrs_nodes::pack::{NativeModel, PackContext, RecipeDomain, RecipeKind, RecipeNode};
-        let pack = PackContext::new(m.folders());
+        use comfyrs_nodes::pack::{NativeModel, RecipeDomain, RecipeKind, RecipeNode};
+        let folders = m.folders();
         let model = NativeModel::open(&m.root().join("diffusion_models/tiny/sdxl_f32.safetensors"), "b", RecipeDomain::Diffusion).unwrap();
         let b = RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain: RecipeDomain::Diffusion, model });
         let l = lora_recipe(None, "sdxl/gone.safetensors", 0.5, None).unwrap();
-        let e = evaluate(&pack, &merge_recipe(&b, &l, 1.0, None, None).unwrap(), RecipeDomain::Diffusion, false).err().unwrap();
-        assert_eq!(e.exception_type, "FileNotFoundError");
-        assert!(e.message.contains("LoRA file not found: sdxl/gone.safetensors (referenced by LoRA node with strength 0.5"), "{e}");
+        let e = evaluate(&m.engine, &folders, &merge_recipe(&b, &l, 1.0, None, None).unwrap(), RecipeDomain::Diffusion, false).err().unwrap();
+        assert_eq!(e.exception_type(), "FileNotFoundError");
+        assert!(e.message().contains("LoRA file not found: sdxl/gone.safetensors (referenced by LoRA node with strength 0.5"), "{e}");
         let mi = RecipeNode::new(RecipeKind::Model { path: "gone.safetensors".into(), strength: 0.7, block_config: None, source_dir: SourceDir::Checkpoints });
-        let e = evaluate(&pack, &merge_recipe(&b, &mi, 1.0, None, None).unwrap(), RecipeDomain::Diffusion, false).err().unwrap();
-        assert_eq!(e.message, "Checkpoint file not found: gone.safetensors\nReferenced by Model Input node with strength 0.7");
+        let e = evaluate(&m.engine, &folders, &merge_recipe(&b, &mi, 1.0, None, None).unwrap(), RecipeDomain::Diffusion, false).err().unwrap();
+        assert_eq!(e.message(), "Checkpoint file not found: gone.safetensors\nReferenced by Model Input node with strength 0.7");
     }
     {
         let (name, want) = ("old.ckpt", "Only safetensors format is supported");

@@ -13,7 +13,7 @@ use pack_util::*;
 fn widen_workflows_run_on_default_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     write_fixtures(dir.path(), &FixtureOptions::default()).unwrap();
-    let m = Models { dir };
+    let m = Models { dir, engine: engine() };
     let reg = registry(&m);
     let root = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("../workflows");
     let mut names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("widen_")).collect();

@@ -33,7 +33,7 @@ use comfyrs_runtime::validate::validate;
 use comfyrs_runtime::node::{Args as NodeArgs, CallOutput, ExecContext, NodeClass, NodeError};
 use comfyrs_runtime::schema::{InputSpec, NodeSchema};
 use comfyrs_runtime::{Registry, Value};
-use comfyrs_nodes::pack::NativeModel;
+use comfyrs_nodes::pack::{MergeEngine, MergeSettings, NativeModel};
 use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
@@ -215,6 +215,8 @@ fn reset_peak() {
 
 struct Runner {
     reg: Registry,
+    /// The merge engine the runner's Exits use (its caches persist across the runner's runs).
+    engine: Arc<MergeEngine>,
     exec: Executor,
     n: usize,
     /// Counts cold runs: each gets its own Exit `model_name` (unused without saving), so the
@@ -225,10 +227,11 @@ struct Runner {
 impl Runner {
     fn new(models: &Path) -> Result<Self> {
         let mut reg = Registry::new();
+        let engine = MergeEngine::standalone(MergeSettings::default())?;
         comfyrs_nodes::core::register(&mut reg);
-        comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models));
+        comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models), engine.clone());
         reg.register(Arc::new(Keep));
-        Ok(Runner { reg, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
+        Ok(Runner { reg, engine, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
     }
 
     /// Runs a prompt; returns wall seconds and the Exit's statistics.
@@ -262,16 +265,22 @@ impl Runner {
     }
 }
 
-fn clear_caches() {
-    comfyrs_nodes::pack::CACHE.clear();
-    comfyrs_nodes::pack::STATS.clear();
-    comfyrs_nodes::pack::FACTORS.clear();
+/// What the runner's subtree cache holds, for the report.
+fn cache_line(r: &Runner, what: &str) -> String {
+    let c = r.engine.subtree_cache().stats();
+    format!(
+        "Subtree cache after {what}: {} in host memory, {} in device memory (cap {}; engine budget: {}).",
+        gib(c.bytes as u64),
+        gib(c.device_bytes as u64),
+        gib(c.device_limit as u64),
+        r.engine.budget().usage().summary()
+    )
 }
 
 impl Runner {
     /// `prompt` with empty WIDEN caches and the Exit forced to run.
     fn run_cold(&mut self, prompt: &Json) -> Result<(f64, Json)> {
-        clear_caches();
+        self.engine.clear();
         self.cold_runs += 1;
         let mut p = prompt.clone();
         p["exit"]["inputs"]["model_name"] = json!(format!("bench-cold-{}", self.cold_runs));
@@ -397,6 +406,7 @@ pub fn run(opts: &MergeBench) -> Result<()> {
             let st = cold(&mut r, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
             memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
         }
+        checks.push(cache_line(&r, "the SDXL workloads"));
     }
     if want("zimage") {
         let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
@@ -405,6 +415,7 @@ pub fn run(opts: &MergeBench) -> Result<()> {
         reset_peak();
         let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+        checks.push(cache_line(&r, "Z-Image"));
     }
     println!(
         "# comfyrs bench merge ({}, device {}, median of {})\n",
@@ -432,12 +443,5 @@ pub fn run(opts: &MergeBench) -> Result<()> {
         println!("\n{c}");
     }
     println!("\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "));
-    let c = comfyrs_nodes::pack::CACHE.stats();
-    println!(
-        "\nSubtree cache at the end: {} in host memory, {} in device memory (bound {}).",
-        gib(c.bytes as u64),
-        gib(c.device_bytes as u64),
-        gib(c.device_limit as u64)
-    );
     Ok(())
 }

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
-use comfyrs_runtime::executor::{Executor, NodeStatus, RunOptions, RunReport};
+use comfyrs_runtime::executor::{NodeStatus, RunOptions, RunReport};
 use comfyrs_runtime::validate::{node_errors_json, render_node_errors, Rejection};
 use serde_json::{json, Value as Json};
 
@@ -18,7 +18,7 @@ enum Outcome {
 
 pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     let mut engine = Engine::new(&args.engine)?;
-    let mut exec = Executor::new(args.cache.cache, args.cache.cache_bytes as usize);
+    let mut exec = engine.executor(args.cache.cache);
     install_ctrl_c(exec.interrupt.clone());
     let progress = Progress::new(quiet || args.json);
     let mut results = Vec::new();
@@ -53,11 +53,14 @@ pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         if !args.json {
             print_human(&name, &outcome, quiet);
         }
+        // What every cache holds against the one memory budget, after each workflow.
+        tracing::debug!("{}", engine.budget.usage().summary());
         results.push((name, outcome));
     }
     if args.json {
         let files: Vec<Json> = results.iter().map(|(name, o)| to_json(name, o)).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "files": files }))?);
+        let memory = serde_json::to_value(engine.budget.usage())?;
+        println!("{}", serde_json::to_string_pretty(&json!({ "files": files, "memory": memory }))?);
     }
     let ok = results.iter().all(|(_, o)| matches!(o, Outcome::Ran(r, _) if r.success()));
     Ok(if interrupted {

@@ -1,18 +1,21 @@
-//! The content-addressed subtree cache (D19, DESIGN.md "Content-addressed recipe cache").
+//! The content-addressed subtree cache (`docs/decisions.md` D19, `docs/architecture.md`
+//! "Caching"), and the byte-bounded LRU that the engine's statistics and factor caches use too.
 //!
-//! One process-wide LRU, bounded by bytes, shared by every Exit node. Keys are the per-key
-//! content hashes of merge subtrees ([`super::exit::Analysis::key_hash`]): what the subtree
-//! reads (file identities, strengths), the key's effective t_factor and block multipliers, the
-//! key name and the device. Values are that subtree's merged weights for that key (fp32, CPU),
-//! so a change anywhere recomputes only the subtrees whose hash changed and what sits above
-//! them, and a block slider recomputes only the keys of that block.
+//! Keys are the per-key content hashes of merge subtrees ([`super::exit::Analysis::key_hash`]):
+//! what the subtree reads (file identities, strengths), the key's effective t_factor and block
+//! multipliers, the key name and the device. Values are that subtree's merged weights for that
+//! key (fp32), so a change anywhere recomputes only the subtrees whose hash changed and what
+//! sits above them, and a block slider recomputes only the keys of that block.
 //!
-//! Entries live where they were computed: on a GPU the cached weights stay in device memory
-//! (bounded separately from host memory), so a slider change re-reads them at device bandwidth
-//! instead of over the host link. [`STATS`] keeps each merge's column statistics per key: they
-//! do not depend on the merge's t_factor, so a t-only change skips them (D19).
+//! Entries live where they were computed: on a GPU the cached weights stay in device memory, so
+//! a slider change re-reads them at device bandwidth instead of over the host link. Every cache
+//! counts its bytes in the engine's memory budget (one pool each) and gives memory back, least
+//! recently used first, while the budget as a whole is over its limit or the cache over its own
+//! cap.
 
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
+
+use comfyrs_runtime::memory::{Place, Pool};
 
 use lru::LruCache;
 use tch::Tensor;
@@ -53,10 +56,11 @@ impl Cached for ColumnStats {
     }
 }
 
-/// A process-wide LRU keyed by content hashes and bounded by bytes, host and device memory
-/// each against its own bound.
+/// An LRU keyed by content hashes, bounded by bytes: by the memory budget its pool belongs to,
+/// and by caps of its own in host and device memory.
 pub struct ByteLru<V: Cached> {
     inner: Mutex<Inner<V>>,
+    pool: Pool,
 }
 
 /// Subtree results (and device-resident LoRA factors): tensors.
@@ -75,21 +79,38 @@ struct Inner<V> {
     misses: u64,
 }
 
+fn place<V: Cached>(v: &V) -> Place {
+    if v.on_device() {
+        Place::Device
+    } else {
+        Place::Host
+    }
+}
+
 impl<V: Cached> Inner<V> {
-    fn account(&mut self, v: &V, add: bool) {
+    fn account(&mut self, v: &V, add: bool, pool: &Pool) {
         let size = v.bytes();
         let slot = if v.on_device() { &mut self.device_bytes } else { &mut self.bytes };
         if add {
             *slot += size;
+            pool.charge(place(v), size as u64);
         } else {
             *slot -= size;
+            pool.release(place(v), size as u64);
         }
     }
 
-    fn evict(&mut self) {
-        while self.bytes > self.limit || self.device_bytes > self.device_limit {
+    fn over(&self, pool: &Pool) -> bool {
+        self.bytes > self.limit
+            || self.device_bytes > self.device_limit
+            || (self.bytes > 0 && pool.excess(Place::Host) > 0)
+            || (self.device_bytes > 0 && pool.excess(Place::Device) > 0)
+    }
+
+    fn evict(&mut self, pool: &Pool) {
+        while self.over(pool) {
             match self.map.pop_lru() {
-                Some((_, v)) => self.account(&v, false),
+                Some((_, v)) => self.account(&v, false, pool),
                 None => break,
             }
         }
@@ -108,53 +129,28 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
-/// Default bound: `COMFYRS_WIDEN_CACHE_MB`, else a quarter of the available memory (at most
-/// 16 GiB).
-fn default_limit() -> usize {
-    if let Some(bytes) = super::knobs::mebibytes("COMFYRS_WIDEN_CACHE_MB") {
-        return bytes;
-    }
-    (super::exit::mem_available().unwrap_or(8 << 30) / 4).min(16 << 30)
-}
-
-/// Default bound in device memory: `COMFYRS_WIDEN_DEVICE_CACHE_MB`, else a quarter of the free
-/// device memory (the Exit's working budget leaves it aside).
-pub fn default_device_limit() -> usize {
-    if let Some(bytes) = super::knobs::mebibytes("COMFYRS_WIDEN_DEVICE_CACHE_MB") {
-        return bytes;
-    }
-    super::exit::gpu_free_bytes().unwrap_or(0) / 4
-}
-
-/// The process-wide subtree cache.
-pub static CACHE: LazyLock<SubtreeCache> =
-    LazyLock::new(|| SubtreeCache::with_limits(default_limit(), default_device_limit()));
-
-/// The process-wide statistics cache: `COMFYRS_WIDEN_STATS_CACHE_MB` wherever the statistics
-/// live, default 1 GiB (statistics are a few kilobytes per key and merge).
-pub static STATS: LazyLock<StatsCache> = LazyLock::new(|| {
-    let bytes = super::knobs::mebibytes("COMFYRS_WIDEN_STATS_CACHE_MB").unwrap_or(1 << 30);
-    StatsCache::with_limits(bytes, bytes)
-});
-
 impl<V: Cached> ByteLru<V> {
-    /// A cache bounded by `limit` bytes of host memory (and as much device memory).
-    pub fn new(limit: usize) -> Self {
-        Self::with_limits(limit, limit)
-    }
-
-    pub fn with_limits(limit: usize, device_limit: usize) -> Self {
+    /// A cache counted in `pool`, capped at `limit` bytes of host memory and `device_limit`
+    /// bytes of device memory of its own.
+    pub fn new(pool: Pool, limit: u64, device_limit: u64) -> Self {
+        let cap = |b: u64| usize::try_from(b).unwrap_or(usize::MAX);
         ByteLru {
             inner: Mutex::new(Inner {
                 map: LruCache::unbounded(),
                 bytes: 0,
-                limit,
+                limit: cap(limit),
                 device_bytes: 0,
-                device_limit,
+                device_limit: cap(device_limit),
                 hits: 0,
                 misses: 0,
             }),
+            pool,
         }
+    }
+
+    /// A cache with a budget of its own: `limit` bytes of host and of device memory.
+    pub fn bounded(limit: u64) -> Self {
+        Self::new(comfyrs_runtime::memory::MemoryBudget::new(limit, limit).pool("cache"), limit, limit)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
@@ -188,32 +184,34 @@ impl<V: Cached> ByteLru<V> {
         let size = value.bytes();
         let mut g = self.lock();
         let limit = if value.on_device() { g.device_limit } else { g.limit };
-        if size > limit {
+        if size > limit || size as u64 > self.pool.limit(place(&value)) {
             return;
         }
-        g.account(&value, true);
+        g.account(&value, true, &self.pool);
         if let Some(old) = g.map.put(key, value) {
-            g.account(&old, false);
+            g.account(&old, false, &self.pool);
         }
         if cold {
             g.map.demote(&key);
         }
-        g.evict();
+        g.evict(&self.pool);
     }
 
     pub fn clear(&self) {
         let mut g = self.lock();
         g.map.clear();
+        self.pool.release(Place::Host, g.bytes as u64);
+        self.pool.release(Place::Device, g.device_bytes as u64);
         g.bytes = 0;
         g.device_bytes = 0;
     }
 
-    /// Bounds host memory at `limit` bytes and device memory at `device_limit`.
+    /// Caps host memory at `limit` bytes and device memory at `device_limit`.
     pub fn set_limits(&self, limit: usize, device_limit: usize) {
         let mut g = self.lock();
         g.limit = limit;
         g.device_limit = device_limit;
-        g.evict();
+        g.evict(&self.pool);
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -241,7 +239,7 @@ mod tests {
     #[test]
     fn cold_entries_are_evicted_before_warm_ones() {
         let one = entry(0.0).bytes();
-        let cache = SubtreeCache::new(2 * one);
+        let cache = SubtreeCache::bounded(2 * one as u64);
         cache.insert([1; 32], entry(1.0));
         cache.insert_cold([2; 32], entry(2.0));
         cache.insert([3; 32], entry(3.0));
@@ -251,5 +249,23 @@ mod tests {
         cache.insert([4; 32], entry(4.0));
         assert!(cache.get(&[1; 32]).is_none());
         assert_eq!(cache.stats().bytes, 2 * one);
+    }
+
+    #[test]
+    fn gives_memory_back_while_the_shared_budget_is_over() {
+        let one = entry(0.0).bytes() as u64;
+        let budget = comfyrs_runtime::memory::MemoryBudget::new(3 * one, 0);
+        let outputs = budget.pool("outputs");
+        let cache = SubtreeCache::new(budget.pool("widen.subtrees"), u64::MAX, u64::MAX);
+        cache.insert([1; 32], entry(1.0));
+        cache.insert([2; 32], entry(2.0));
+        outputs.charge(Place::Host, one);
+        cache.insert([3; 32], entry(3.0));
+        assert!(cache.get(&[1; 32]).is_none(), "the oldest entry made room for the executor's outputs");
+        assert_eq!(budget.used(Place::Host), 3 * one);
+        let usage = budget.usage();
+        assert_eq!(usage.pools[1].host, 2 * one);
+        cache.clear();
+        assert_eq!(budget.used(Place::Host), one);
     }
 }

@@ -3,40 +3,35 @@
 //! same ranks, so each LoRA's `up` and `down` factors are stacked over the chunk in their storage
 //! dtype, moved in one transfer each and scaled on the device.
 //!
-//! On a GPU the unscaled factors stay in device memory ([`FACTORS`], keyed by file identity and
-//! module), so a strength or t slider never moves a LoRA over the host link again.
+//! On a GPU the unscaled factors stay in device memory (the engine's factor cache, keyed by file
+//! identity and module; a rank-32 SDXL attention LoRA is ~90 MB), so a strength or t slider never
+//! moves a LoRA over the host link again.
 
-use std::sync::LazyLock;
-
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::lora::DeltaSpec;
 use crate::widen::Contribution;
 
-use super::cache::SubtreeCache;
+use super::engine::MergeEngine;
 use super::transfer::upload;
 
-/// Device-resident LoRA factors (storage dtype): `COMFYRS_WIDEN_FACTOR_CACHE_MB`, default 2 GiB
-/// of device memory (a rank-32 SDXL attention LoRA is ~90 MB).
-pub static FACTORS: LazyLock<SubtreeCache> = LazyLock::new(|| {
-    SubtreeCache::with_limits(0, super::knobs::mebibytes("COMFYRS_WIDEN_FACTOR_CACHE_MB").unwrap_or(2 << 30))
-});
-
-/// One factor of every key, stacked on `device` in storage dtype: from [`FACTORS`] where it has
-/// them (`ids`: the content identity of each key's factor), the rest in one upload.
-fn stacked_factor(views: &[Tensor], ids: Option<&[[u8; 32]]>, device: Device) -> Result<Tensor, tch::TchError> {
-    let Some(ids) = ids.filter(|_| device.is_cuda()) else {
+/// One factor of every key, stacked on the engine's device in storage dtype: from the factor
+/// cache where it has them (`ids`: the content identity of each key's factor), the rest in one
+/// upload.
+fn stacked_factor(engine: &MergeEngine, views: &[Tensor], ids: Option<&[[u8; 32]]>) -> Result<Tensor, tch::TchError> {
+    let factors = engine.factor_cache();
+    let Some(ids) = ids.filter(|_| engine.device().is_cuda()) else {
         let refs: Vec<&Tensor> = views.iter().collect();
-        return upload(&refs, device);
+        return upload(engine, &refs);
     };
-    let mut rows: Vec<Option<Tensor>> = ids.iter().map(|id| FACTORS.get(id)).collect();
+    let mut rows: Vec<Option<Tensor>> = ids.iter().map(|id| factors.get(id)).collect();
     let missing: Vec<usize> = (0..views.len()).filter(|&i| rows[i].is_none()).collect();
     if !missing.is_empty() {
         let refs: Vec<&Tensor> = missing.iter().map(|&i| &views[i]).collect();
-        let fresh = upload(&refs, device)?;
+        let fresh = upload(engine, &refs)?;
         for (j, &i) in missing.iter().enumerate() {
             let row = fresh.f_select(0, j as i64)?;
-            FACTORS.insert(ids[i], row.shallow_clone());
+            factors.insert(ids[i], row.shallow_clone());
             rows[i] = Some(row);
         }
     }
@@ -50,12 +45,13 @@ fn stacked_factor(views: &[Tensor], ids: Option<&[[u8; 32]]>, device: Device) ->
 /// `files`: each LoRA file's identity (`FileIdentity::fingerprint`), which makes its factors
 /// cacheable on the device; a factor whose file is not listed is uploaded every time.
 pub fn uniform_low_rank(
+    engine: &MergeEngine,
     specs: &[&[DeltaSpec]],
     multipliers: &[f64],
     shape: &[i64],
-    device: Device,
     files: &[FilePrint],
 ) -> Result<Option<Contribution>, tch::TchError> {
+    let device = engine.device();
     let identity = |s: &DeltaSpec| file_print(files, s);
     let out = shape[0];
     let k: i64 = shape[1..].iter().product();
@@ -85,7 +81,7 @@ pub fn uniform_low_rank(
     // one lookup instead of a lookup, a reshape and a hash per key and LoRA, and no kernels.
     let memo = device.is_cuda().then(|| chunk_identity(specs, multipliers, shape, files)).flatten();
     if let Some((up_id, down_id)) = &memo {
-        if let (Some(up), Some(down)) = (FACTORS.get(up_id), FACTORS.get(down_id)) {
+        if let (Some(up), Some(down)) = (engine.factor_cache().get(up_id), engine.factor_cache().get(down_id)) {
             return Ok(Some(Contribution::low_rank(up, down)));
         }
     }
@@ -112,7 +108,7 @@ pub fn uniform_low_rank(
                     Some(*h.finalize().as_bytes())
                 })
                 .collect();
-            stacked_factor(&views, ids.as_deref(), device)?.f_to_kind(Kind::Float)
+            stacked_factor(engine, &views, ids.as_deref())?.f_to_kind(Kind::Float)
         };
         // The same fp32 products as scaling key by key (`x · (scale as f32)`), so results do not
         // depend on which path built them.
@@ -130,8 +126,8 @@ pub fn uniform_low_rank(
     }
     let (up, down) = (Tensor::f_cat(&ups, 2)?, Tensor::f_cat(&downs, 1)?);
     if let Some((up_id, down_id)) = memo {
-        FACTORS.insert(up_id, up.shallow_clone());
-        FACTORS.insert(down_id, down.shallow_clone());
+        engine.factor_cache().insert(up_id, up.shallow_clone());
+        engine.factor_cache().insert(down_id, down.shallow_clone());
     }
     Ok(Some(Contribution::low_rank(up, down)))
 }

@@ -1,4 +1,4 @@
-//! Small process-wide memos of values derived from content (parsed LoRA files, LoRA sets, a
+//! Small memos (owned by the merge engine) of values derived from content (parsed LoRA files, LoRA sets, a
 //! recipe's touched keys and its grouping): a slider change asks for the same ones again.
 //! Bounded by count: when full a memo starts over (its entries are cheap to rebuild next to a
 //! merge, and only a few are live at a time).
@@ -38,6 +38,10 @@ impl<K: Eq + Hash, V: Clone> Memo<K, V> {
         }
         map.insert(key, v.clone());
         Ok(v)
+    }
+
+    pub fn clear(&self) {
+        *self.lock() = None;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<K, V>>> {

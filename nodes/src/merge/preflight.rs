@@ -1,8 +1,8 @@
-//! The system-RAM preflight of `recipe-and-nodes.md` §6.9: a merge whose results cannot fit in
+//! The system-RAM preflight (`docs/widen.md`, "The Exit"): a merge whose results cannot fit in
 //! host memory is refused before any work, with numbers, instead of failing or swapping the
 //! machine half-way through.
 
-use super::PackError;
+use crate::recipe::PackError;
 
 /// What a run will hold in host memory at its peak.
 #[derive(Clone, Copy, Debug)]
@@ -53,9 +53,9 @@ mod tests {
         let e = Estimate { merged_bytes: 2000 << 20, worst_chunk: 500 << 20, save_model: true };
         assert_eq!(e.peak(), (2000 << 20) + (500 << 20) + (100 << 20));
         let err = e.check(Some(1024 << 20)).unwrap_err();
-        assert_eq!(err.exception_type, "RuntimeError");
+        assert_eq!(err.exception_type(), "RuntimeError");
         assert_eq!(
-            err.message,
+            err.message(),
             "Insufficient system RAM for merge: 1024 MB available, estimated 2600 MB needed. \
              Close other applications or reduce model count."
         );

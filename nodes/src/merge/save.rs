@@ -17,9 +17,9 @@ use serde_json::{json, Value as Json};
 use crate::models::writer::{SafetensorsWriter, TensorHeader};
 use crate::models::{file_stats, FileDtype, FileIdentity, MappedFile, MappedTensor};
 
-use super::model::NativeModel;
-use super::recipe::{canonical_json, Recipe, RecipeKind};
-use super::{PackContext, PackError};
+use crate::models::ModelFolders;
+use crate::recipe::model::NativeModel;
+use crate::recipe::{canonical_json, PackError, Recipe, RecipeKind};
 
 /// `model_name` → file name (§9.1).
 pub fn validate_model_name(name: &str) -> Result<String, PackError> {
@@ -37,9 +37,8 @@ pub fn validate_model_name(name: &str) -> Result<String, PackError> {
 }
 
 /// The save path: the first checkpoints folder / validated name.
-pub fn target_path(pack: &PackContext, model_name: &str) -> Result<PathBuf, PackError> {
+pub fn target_path(folders: &ModelFolders, model_name: &str) -> Result<PathBuf, PackError> {
     let name = validate_model_name(model_name)?;
-    let folders = pack.folders();
     let dir = folders
         .dirs("checkpoints")
         .ok()
@@ -49,8 +48,8 @@ pub fn target_path(pack: &PackContext, model_name: &str) -> Result<PathBuf, Pack
 }
 
 /// Deterministic recipe JSON with file stats, and its hash (blake3 hex).
-pub fn serialize(pack: &PackContext, root: &Recipe) -> (String, String) {
-    let folders = pack.folders().clone();
+pub fn serialize(folders: &ModelFolders, root: &Recipe) -> (String, String) {
+    let folders = folders.clone();
     let stats = move |name: &str| -> Option<(f64, u64)> {
         for kind in ["loras", "checkpoints", "diffusion_models"] {
             if let Ok(p) = folders.resolve(kind, name) {
@@ -70,7 +69,7 @@ pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<O
     if !path.exists() {
         return Ok(None);
     }
-    let file = MappedFile::open(path).map_err(PackError::format)?;
+    let file = MappedFile::open(path)?;
     let md = file.metadata();
     let Some(md) = md.filter(|m| m.contains_key("__ecaj_version__")) else {
         return Err(PackError::value(format!(
@@ -88,7 +87,7 @@ pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<O
         .unwrap_or_default();
     let mut merged = IndexMap::new();
     for k in keys {
-        merged.insert(k.clone(), file.tensor(&k).map_err(PackError::format)?);
+        merged.insert(k.clone(), file.tensor(&k)?);
     }
     let mut h = [0u8; 32];
     h.copy_from_slice(blake3::hash(hash.as_bytes()).as_bytes());
@@ -125,7 +124,7 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
     if let Some(wf) = workflow.filter(|w| !w.is_null() && w.as_object().is_none_or(|o| !o.is_empty())) {
         md.insert("__ecaj_workflow__".to_string(), wf.to_string());
     }
-    let mut w = SafetensorsWriter::create(path, &headers, Some(&md)).map_err(PackError::format)?;
+    let mut w = SafetensorsWriter::create(path, &headers, Some(&md))?;
     let mut buf = Vec::new();
     for k in &keys {
         match model.overrides().get(k) {
@@ -133,15 +132,15 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
             None => {
                 let src = file.source(k).expect("listed key");
                 if src.rows.is_none() && !src.transpose {
-                    w.write(file.file().bytes(&src.file_key).map_err(PackError::format)?).map_err(PackError::format)?;
+                    w.write(file.file().bytes(&src.file_key)?)?;
                 } else {
-                    let t = file.tensor(k).map_err(PackError::format)?;
+                    let t = file.tensor(k)?;
                     write_tensor(&mut w, &t, &mut buf)?;
                 }
             }
         }
     }
-    w.finish().map_err(PackError::format)?;
+    w.finish()?;
     tracing::info!(path = %path.display(), keys = keys.len(), merged = affected.len(), "WIDEN Exit: saved model");
     Ok(())
 }
@@ -151,13 +150,13 @@ fn write_tensor(w: &mut SafetensorsWriter, t: &MappedTensor, buf: &mut Vec<u8>) 
     let n = c.numel();
     buf.resize(n * c.kind().elt_size_in_bytes(), 0);
     c.f_copy_data_u8(buf, n)?;
-    w.write(buf).map_err(PackError::format)
+    Ok(w.write(buf)?)
 }
 
 /// IS_CHANGED of the Exit (§10): the recipe's files are fingerprinted by the LoRA / Model
 /// Input / Base Input nodes themselves (their signatures feed the Exit's); here the save
 /// options and the identity of the saved file.
-pub fn exit_fingerprint(pack: &PackContext, a: &Args) -> Fingerprint {
+pub fn exit_fingerprint(folders: &ModelFolders, a: &Args) -> Fingerprint {
     let b = |n: &str, d: bool| match a.get(n) {
         Some(Value::Bool(v)) => *v,
         _ => d,
@@ -171,7 +170,7 @@ pub fn exit_fingerprint(pack: &PackContext, a: &Args) -> Fingerprint {
     if !save {
         return Fingerprint::Value(json!(format!("cache={cache}")));
     }
-    let file = target_path(pack, &name)
+    let file = target_path(folders, &name)
         .ok()
         .and_then(|p| FileIdentity::of(&p).ok())
         .map(|id| format!("|mtime={}|size={}", id.mtime_ns, id.size))
@@ -183,8 +182,7 @@ pub fn exit_fingerprint(pack: &PackContext, a: &Args) -> Fingerprint {
 }
 
 /// `file_hash(recipe)` of §10: LoRA and model file identities, sorted, for reports.
-pub fn file_hash(pack: &PackContext, root: &Recipe) -> String {
-    let folders = pack.folders().clone();
+pub fn file_hash(folders: &ModelFolders, root: &Recipe) -> String {
     let mut loras = std::collections::BTreeSet::new();
     let mut models = std::collections::BTreeSet::new();
     root.walk(&mut |r| match &r.kind {

@@ -8,14 +8,20 @@
 
 use tch::{Device, Kind, Tensor};
 
+use comfyrs_runtime::memory::Place;
+
+use crate::cuda::{CopyStream, Event, PendingHost};
 use crate::models::MappedTensor;
 
-/// Stacks one tensor per key into `[B, *S]` fp32 on `device`.
-pub fn stack_to_device(tensors: &[MappedTensor], device: Device) -> Result<Tensor, tch::TchError> {
+use super::engine::MergeEngine;
+
+/// Stacks one tensor per key into `[B, *S]` fp32 on the engine's device.
+pub fn stack_to_device(engine: &MergeEngine, tensors: &[MappedTensor]) -> Result<Tensor, tch::TchError> {
+    let device = engine.device();
     let same_kind = tensors.windows(2).all(|w| w[0].kind() == w[1].kind());
     if let (Device::Cuda(_), true) = (device, same_kind) {
         let views: Vec<&Tensor> = tensors.iter().map(|t| &**t).collect();
-        return upload(&views, device)?.f_to_kind(Kind::Float);
+        return upload(engine, &views)?.f_to_kind(Kind::Float);
     }
     let parts: Vec<Tensor> = tensors
         .iter()
@@ -27,12 +33,12 @@ pub fn stack_to_device(tensors: &[MappedTensor], device: Device) -> Result<Tenso
 /// Bytes per staging buffer of [`staged_upload`].
 const STAGE_BYTES: usize = 128 << 20;
 
-/// Stacks same-shape, same-dtype host tensors into `[B, *S]` on `device`, keeping their dtype.
-pub fn upload(tensors: &[&Tensor], device: Device) -> Result<Tensor, tch::TchError> {
-    match (device, tensors.first()) {
-        (Device::Cuda(index), Some(first)) if pinned_enabled() && first.device() == Device::Cpu => {
-            staged_upload(tensors, first, index)
-        }
+/// Stacks same-shape, same-dtype host tensors into `[B, *S]` on the engine's device, keeping
+/// their dtype.
+pub fn upload(engine: &MergeEngine, tensors: &[&Tensor]) -> Result<Tensor, tch::TchError> {
+    let device = engine.device();
+    match (device, tensors.first(), engine.pinned()) {
+        (Device::Cuda(index), Some(first), Some(_)) if first.device() == Device::Cpu => staged_upload(engine, tensors, first, index),
         _ => {
             let parts: Vec<Tensor> = tensors.iter().map(|t| t.f_to_device(device)).collect::<Result<_, _>>()?;
             Tensor::f_stack(&parts, 0)
@@ -45,7 +51,8 @@ pub fn upload(tensors: &[&Tensor], device: Device) -> Result<Tensor, tch::TchErr
 /// the other at full link speed. Copying straight from the pageable map
 /// goes through the driver's single staging path at a fraction of that (7 vs 49 GiB/s measured
 /// on an H100 host). Keys share shape and dtype.
-fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Tensor, tch::TchError> {
+fn staged_upload(engine: &MergeEngine, tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Tensor, tch::TchError> {
+    let pinned = engine.pinned().expect("checked by upload");
     let device = Device::Cuda(index);
     let kind = first.kind();
     let key_shape = first.size();
@@ -54,16 +61,18 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
     let per_stage = (STAGE_BYTES / (numel as usize * elt).max(1)).max(1);
     let mut parts = Vec::with_capacity(tensors.len().div_ceil(per_stage));
     let (mut fill, start) = (std::time::Duration::ZERO, std::time::Instant::now());
-    let mut pool = STAGING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut pool = engine.staging.lock().unwrap_or_else(|e| e.into_inner());
     if pool.is_none() {
-        *pool = Some(Staging { buffers: [pinned_bytes(index)?, pinned_bytes(index)?], pending: [None, None], unordered: false });
+        let bytes = || pinned.empty(STAGE_BYTES as i64, Kind::Uint8);
+        *pool = Some(Staging { buffers: [bytes()?, bytes()?], pending: [None, None], unordered: false });
+        engine.staging_pool.charge(Place::Host, 2 * STAGE_BYTES as u64);
     }
     let staging = pool.as_mut().expect("allocated");
     let buffers = &staging.buffers;
     // Keys bigger than a staging buffer go one per round through a buffer of their own size.
     let oversized;
     let buffers: [&Tensor; 2] = if numel as usize * elt > STAGE_BYTES {
-        oversized = [pinned_empty(numel, kind, index)?, pinned_empty(numel, kind, index)?];
+        oversized = [pinned.empty(numel, kind)?, pinned.empty(numel, kind)?];
         [&oversized[0], &oversized[1]]
     } else {
         [&buffers[0], &buffers[1]]
@@ -89,7 +98,7 @@ fn staged_upload(tensors: &[&Tensor], first: &Tensor, index: usize) -> Result<Te
         staged_shape.extend_from_slice(&key_shape);
         let staged = buffer.f_view(staged_shape.as_slice())?;
         parts.push(staged.f_to_device_(device, kind, true, false)?);
-        match super::cuda_events::Event::record() {
+        match engine.cuda().and_then(|rt| Event::record(rt, index)) {
             Some(ev) => staging.pending[slot_index] = Some(ev),
             None => staging.unordered = true,
         }
@@ -146,20 +155,13 @@ fn fill_staging(buffer: &Tensor, chunk: &[&Tensor], numel: i64, key_shape: &[i64
     Ok(())
 }
 
-/// The two staging buffers (raw bytes), allocated on first use and kept: page-locked memory is
-/// slow to allocate (~0.5 s per GiB), so it is never allocated per call.
-static STAGING: std::sync::Mutex<Option<Staging>> = std::sync::Mutex::new(None);
-
-struct Staging {
+/// The engine's two staging buffers (raw bytes), allocated on first use and kept.
+pub(crate) struct Staging {
     buffers: [Tensor; 2],
-    /// Marks the end of each buffer's last upload.
-    pending: [Option<super::cuda_events::Event>; 2],
+    /// Marks the end of each buffer's last upload (any Exit's: they take turns).
+    pending: [Option<Event>; 2],
     /// An upload went out without an event (no CUDA runtime found): wait for the device.
     unordered: bool,
-}
-
-fn pinned_bytes(index: usize) -> Result<Tensor, tch::TchError> {
-    pinned_empty(STAGE_BYTES as i64, Kind::Uint8, index)
 }
 
 /// The first `len` elements of a byte buffer as `kind`.
@@ -170,68 +172,45 @@ fn reinterpret(bytes: &Tensor, kind: Kind, len: i64) -> Result<Tensor, tch::TchE
     bytes.f_narrow(0, 0, len * kind.elt_size_in_bytes() as i64)?.f_view_dtype(kind)
 }
 
-/// An uninitialized page-locked host tensor of `len` elements from libtorch's caching host
-/// allocator (reused across runs; allocating page-locked memory anew costs ~0.5 s per GiB).
-fn pinned_empty(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
-    if len > 0 && grows_page_locked(index) {
-        return grown_pinned(len, kind, index);
-    }
-    // Without a way to check the above: copy an uninitialized device tensor (a wasted transfer).
-    let t = Tensor::f_empty([len], (kind, Device::Cuda(index)))?.f_to_device_(Device::Cpu, kind, true, false)?;
-    tch::Cuda::synchronize(index as i64);
-    Ok(t)
-}
-
-/// tch has no call for a page-locked allocation, but a non-blocking copy of an empty device
-/// tensor to the host gives an empty tensor whose storage allocates from the page-locked
-/// allocator, and growing it allocates there without copying anything.
-fn grown_pinned(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
-    let mut t = Tensor::f_empty([0], (kind, Device::Cuda(index)))?.f_to_device_(Device::Cpu, kind, true, false)?;
-    let _same = t.f_resize_([len])?;
-    Ok(t)
-}
-
-/// Whether [`grown_pinned`] gives page-locked memory with this libtorch (checked once).
-fn grows_page_locked(index: usize) -> bool {
-    static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *YES.get_or_init(|| {
-        grown_pinned(1, Kind::Uint8, index).ok().and_then(|t| super::cuda_runtime::is_page_locked(t.data_ptr())).unwrap_or(false)
-    })
-}
-
-/// Whether transfers go through page-locked memory: uploads staged, results copied into it
-/// (`COMFYRS_WIDEN_PINNED=0` turns both off, for comparisons: 6-10× slower on an H100 host).
-fn pinned_enabled() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| !super::knobs::switched_off("COMFYRS_WIDEN_PINNED"))
-}
-
-/// `t` in host memory as `kind`, contiguous and owned (never a view of `t`'s storage).
-/// On CUDA the narrowing runs on the device and the copy lands in page-locked memory, possibly
-/// still in flight: call [`finish`] before reading it.
-pub fn to_host(t: &Tensor, kind: Kind) -> Result<Tensor, tch::TchError> {
+/// `t` in host memory as `kind`, contiguous and owned (never a view of `t`'s storage), as a
+/// [`PendingHost`]: on CUDA the narrowing runs on the device and the copy lands in page-locked
+/// memory while the device computes the next chunk, so the result is readable only once its
+/// copy has landed. `stream`: the run's copy stream, if it has one.
+pub fn to_host(engine: &MergeEngine, stream: Option<&CopyStream>, t: &Tensor, kind: Kind) -> Result<PendingHost, tch::TchError> {
     let device = t.device();
-    if device == Device::Cpu {
+    let Device::Cuda(index) = device else {
         let out = t.f_to_kind(kind)?.f_contiguous()?;
         // `to_kind` to the same kind returns the same storage: copy so the caller owns it.
-        return if out.data_ptr() == t.data_ptr() { owned_copy(&out) } else { Ok(out) };
-    }
+        let out = if out.data_ptr() == t.data_ptr() { owned_copy(&out)? } else { out };
+        return Ok(PendingHost::ready(out));
+    };
     let narrowed = t.f_to_kind(kind)?.f_contiguous()?;
-    if !pinned_enabled() {
-        return narrowed.f_to_device(Device::Cpu);
-    }
-    // The copy runs on its own stream while the host prepares, and the device computes, the
-    // next chunk (see `readback`); the caller must call [`finish`] before reading the result.
-    if let (Device::Cuda(index), true) = (device, super::readback::usable(device)) {
-        let host = pinned_empty(narrowed.numel() as i64, kind, index)?.f_view(narrowed.size().as_slice())?;
-        if super::readback::download(&narrowed, &host) {
-            return Ok(host);
+    let Some(pinned) = engine.pinned() else {
+        return Ok(PendingHost::ready(narrowed.f_to_device(Device::Cpu)?));
+    };
+    let narrowed = match stream {
+        Some(stream) => {
+            let host = pinned.empty(narrowed.numel() as i64, kind)?.f_view(narrowed.size().as_slice())?;
+            match stream.download(narrowed, host) {
+                Ok(pending) => return Ok(pending),
+                Err((narrowed, _)) => narrowed,
+            }
         }
-    }
+        None => narrowed,
+    };
     // Without a copy stream: a non-blocking copy on the default stream, into page-locked memory
-    // from libtorch's caching host allocator.
-    narrowed.f_to_device_(Device::Cpu, kind, true, false)
+    // from libtorch's caching host allocator, readable after an event (or a device-wide wait).
+    let host = narrowed.f_to_device_(Device::Cpu, kind, true, false)?;
+    let done = engine.cuda().and_then(|rt| Event::record(rt, index));
+    Ok(PendingHost::after_default_stream(host, narrowed, index, done))
+}
+
+/// The copy stream for one Exit run, where the engine may use one.
+pub fn copy_stream(engine: &MergeEngine) -> Option<CopyStream> {
+    match (engine.device(), engine.cuda(), engine.pinned()) {
+        (Device::Cuda(index), Some(rt), Some(_)) if engine.settings().copy_stream => CopyStream::new(rt, index),
+        _ => None,
+    }
 }
 
 /// A copy of `t` in a new allocation.
@@ -241,23 +220,9 @@ pub fn owned_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
     Ok(out)
 }
 
-/// Calls [`finish`] when dropped. [`to_host`]'s copies land in page-locked blocks that libtorch's
-/// allocator does not know are being written (the copy is the CUDA runtime's, not libtorch's):
-/// a run that stops early (an error, an interrupt) must not free one with a copy in flight. Hold
-/// one for as long as results may be in flight, declared after what holds them (locals drop in
-/// reverse order).
-pub struct FinishOnDrop(pub Device);
-
-impl Drop for FinishOnDrop {
-    fn drop(&mut self) {
-        finish(self.0);
-    }
-}
-
-/// Waits for the device's pending work, including [`to_host`] copies.
+/// Waits for the device's pending work (a device-wide wait).
 pub fn finish(device: Device) {
     if let Device::Cuda(index) = device {
-        super::readback::wait();
         tch::Cuda::synchronize(index as i64);
     }
 }

@@ -1,50 +1,37 @@
-//! The WIDEN node pack, natively: the 18 nodes of the reference pack (same class names, inputs,
-//! defaults and ranges: `recipe-and-nodes.md` §3), `WIDENBaseInput` / `WIDENCLIPBaseInput` for
-//! headless merges on a model file, the Exit evaluator (`exit`), the content-addressed subtree
-//! cache (`cache`, D19) and saving (`save`).
+//! The WIDEN node pack's surface: the 18 nodes of the reference pack (same class names, inputs,
+//! defaults and ranges: `docs/widen.md`, "Nodes"), `WIDENBaseInput` / `WIDENCLIPBaseInput` for
+//! headless merges on a model file. The recipes they build are `crate::recipe`; the Exit's
+//! evaluation and its caches are the merge engine (`crate::merge`), one per executor and device,
+//! which the nodes reach through their [`PackContext`].
 //!
-//! Wiring: `comfyrs_nodes::pack::register(&mut registry, folders)` with the
-//! [`ModelFolders`] of `--models-dir` / `extra_model_paths.yaml`.
+//! Wiring: `comfyrs_nodes::pack::register(&mut registry, folders, engine)` with the
+//! [`ModelFolders`] of `--models-dir` / `extra_model_paths.yaml` and the executor's engine.
 
-pub mod block;
-pub mod cache;
-mod cuda_events;
-mod cuda_runtime;
-pub mod exit;
-mod factors;
-pub mod foreign;
-mod knobs;
-mod memo;
-pub mod model;
 pub mod nodes;
-pub mod preflight;
-mod readback;
-pub mod recipe;
-pub mod save;
-mod transfer;
 
 use std::sync::{Arc, RwLock};
 
-use comfyrs_runtime::{NodeError, Registry};
+use comfyrs_runtime::Registry;
 
-use crate::models::{FormatError, ModelFolders};
+use crate::models::ModelFolders;
 
-pub use cache::{ByteLru, Cached, StatsCache, SubtreeCache, CACHE, STATS};
-pub use factors::FACTORS;
-pub use foreign::{foreign_models, set_foreign_models, ForeignFns, ForeignModels, ForeignState};
-pub use model::{native_model_weights, NativeModel};
-pub use recipe::{BlockConfig, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};
+pub use crate::merge::{exit, save, MergeEngine, MergeSettings};
+pub use crate::recipe::foreign::{ForeignFns, ForeignModels, ForeignState};
+pub use crate::recipe::model::{native_model_weights, NativeModel};
+pub use crate::recipe::{block, model, BlockConfig, PackError, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};
+pub use crate::recipe as recipe;
 
 /// What the pack's nodes share: the model folders (re-read on every schema call, so new files
-/// show up in the combos).
+/// show up in the combos) and the merge engine their Exits run on.
 #[derive(Clone)]
 pub struct PackContext {
     pub folders: Arc<RwLock<ModelFolders>>,
+    pub engine: Arc<MergeEngine>,
 }
 
 impl PackContext {
-    pub fn new(folders: ModelFolders) -> Self {
-        PackContext { folders: Arc::new(RwLock::new(folders)) }
+    pub fn new(folders: ModelFolders, engine: Arc<MergeEngine>) -> Self {
+        PackContext { folders: Arc::new(RwLock::new(folders)), engine }
     }
     pub fn folders(&self) -> std::sync::RwLockReadGuard<'_, ModelFolders> {
         self.folders.read().unwrap_or_else(|e| e.into_inner())
@@ -55,66 +42,10 @@ impl PackContext {
     }
 }
 
-/// Registers every node of the pack.
-pub fn register(reg: &mut Registry, folders: ModelFolders) {
-    let ctx = PackContext::new(folders);
+/// Registers every node of the pack, their Exits running on `engine`.
+pub fn register(reg: &mut Registry, folders: ModelFolders, engine: Arc<MergeEngine>) {
+    let ctx = PackContext::new(folders, engine);
     for node in nodes::all(&ctx) {
         reg.register(node);
-    }
-}
-
-/// An error of the pack with the Python exception type the reference raises.
-#[derive(Debug, Clone)]
-pub struct PackError {
-    pub message: String,
-    pub exception_type: &'static str,
-}
-
-impl PackError {
-    pub fn value(m: impl Into<String>) -> Self {
-        PackError { message: m.into(), exception_type: "ValueError" }
-    }
-    pub fn type_error(m: impl Into<String>) -> Self {
-        PackError { message: m.into(), exception_type: "TypeError" }
-    }
-    pub fn runtime(m: impl Into<String>) -> Self {
-        PackError { message: m.into(), exception_type: "RuntimeError" }
-    }
-    pub fn not_found(m: impl Into<String>) -> Self {
-        PackError { message: m.into(), exception_type: "FileNotFoundError" }
-    }
-    pub fn format(e: FormatError) -> Self {
-        let t = match &e {
-            FormatError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => "FileNotFoundError",
-            FormatError::ModelNotFound { .. } => "FileNotFoundError",
-            FormatError::MissingKeys { .. } => "KeyMismatchError",
-            FormatError::UnsupportedFormat { .. } => "UnsupportedFormatError",
-            _ => "ValueError",
-        };
-        PackError { message: e.to_string(), exception_type: t }
-    }
-}
-
-impl std::fmt::Display for PackError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl From<PackError> for NodeError {
-    fn from(e: PackError) -> Self {
-        NodeError::Failed { message: e.message, exception_type: e.exception_type.into(), traceback: Vec::new() }
-    }
-}
-
-impl From<tch::TchError> for PackError {
-    fn from(e: tch::TchError) -> Self {
-        PackError::runtime(e.to_string())
-    }
-}
-
-impl From<crate::widen::WidenError> for PackError {
-    fn from(e: crate::widen::WidenError) -> Self {
-        PackError::runtime(e.to_string())
     }
 }

@@ -10,11 +10,12 @@ use serde_json::{json, Value as Json};
 
 use crate::models::FileIdentity;
 
-use super::block::{kinds as block_kinds, LAYER_TYPES};
-use super::exit::{run_exit, ExitOptions};
-use super::model::NativeModel;
-use super::recipe::{BlockConfig, BlockConfigHandle, LoraEntry, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode, SourceDir};
-use super::{PackContext, PackError};
+use crate::merge::exit::{run_exit, ExitOptions};
+use crate::recipe::block::{kinds as block_kinds, LAYER_TYPES};
+use crate::recipe::model::NativeModel;
+use crate::recipe::{BlockConfig, BlockConfigHandle, LoraEntry, PackError, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode, SourceDir};
+
+use super::PackContext;
 
 type SchemaFn = Box<dyn Fn(&PackContext) -> NodeSchema + Send + Sync>;
 type RunFn = Box<dyn Fn(&PackContext, &ExecContext, &Args) -> Result<CallOutput, PackError> + Send + Sync>;
@@ -195,8 +196,9 @@ pub fn merge_recipe(
     }))
 }
 
-/// WIDEN Entry / CLIP Entry on a native model handle.
-pub fn entry_recipe(value: Option<&Value>, domain: RecipeDomain) -> Result<Recipe, PackError> {
+/// WIDEN Entry / CLIP Entry on a native model handle, or on a foreign MODEL that `foreign` (the
+/// engine's provider) can read.
+pub fn entry_recipe(value: Option<&Value>, domain: RecipeDomain, foreign: Option<&dyn crate::recipe::foreign::ForeignModels>) -> Result<Recipe, PackError> {
     let what = match domain {
         RecipeDomain::Diffusion => "MODEL",
         RecipeDomain::Clip => "CLIP",
@@ -204,7 +206,7 @@ pub fn entry_recipe(value: Option<&Value>, domain: RecipeDomain) -> Result<Recip
     // A foreign (ComfyUI) MODEL: its weights, shared, become a base.
     if domain == RecipeDomain::Diffusion {
         if let Some(v) = value.filter(|v| v.as_handle::<NativeModel>().is_none()) {
-            if let Some(state) = super::foreign_models().and_then(|p| p.state_dict(v)) {
+            if let Some(state) = foreign.and_then(|p| p.state_dict(v)) {
                 let state = state.map_err(|e| PackError::runtime(format!("WIDEN Entry: reading the MODEL's weights failed: {e}")))?;
                 let model = NativeModel::foreign(v.clone(), state)?;
                 return Ok(RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain, model }));
@@ -259,7 +261,7 @@ pub fn all(ctx: &PackContext) -> Vec<Arc<dyn NodeClass>> {
                 .input(InputSpec::socket("model", "MODEL"))
                 .output(OutputSpec::named("WIDEN", "widen"))
         },
-        |_, _, a| Ok(out(RecipeDomain::Diffusion, entry_recipe(a.get("model"), RecipeDomain::Diffusion)?)),
+        |c, _, a| Ok(out(RecipeDomain::Diffusion, entry_recipe(a.get("model"), RecipeDomain::Diffusion, c.engine.foreign_models().as_deref())?)),
     )));
     v.push(Arc::new(node(
         ctx,
@@ -268,7 +270,7 @@ pub fn all(ctx: &PackContext) -> Vec<Arc<dyn NodeClass>> {
                 .input(InputSpec::socket("clip", "CLIP"))
                 .output(OutputSpec::named("WIDEN_CLIP", "widen_clip"))
         },
-        |_, _, a| Ok(out(RecipeDomain::Clip, entry_recipe(a.get("clip"), RecipeDomain::Clip)?)),
+        |c, _, a| Ok(out(RecipeDomain::Clip, entry_recipe(a.get("clip"), RecipeDomain::Clip, c.engine.foreign_models().as_deref())?)),
     )));
 
     // LoRA nodes.
@@ -367,11 +369,11 @@ pub fn all(ctx: &PackContext) -> Vec<Arc<dyn NodeClass>> {
                 enable_cache: bool_or(a, "enable_cache", true),
                 extra_pnginfo: ctx.extra_pnginfo.cloned(),
             };
-            exit_output(run_exit(c, ctx, &recipe, &opts)?)
+            exit_output(c, run_exit(&c.engine, &c.folders(), ctx, &recipe, &opts)?)
         },
     );
     exit.placement = Placement::Worker;
-    exit.print = Some(Box::new(|c, a| Some(super::save::exit_fingerprint(c, a))));
+    exit.print = Some(Box::new(|c, a| Some(crate::merge::save::exit_fingerprint(&c.folders(), a))));
     v.push(Arc::new(exit));
 
     let mut clip_exit = node(
@@ -391,7 +393,7 @@ pub fn all(ctx: &PackContext) -> Vec<Arc<dyn NodeClass>> {
                 enable_cache: true,
                 extra_pnginfo: None,
             };
-            exit_output(run_exit(c, ctx, &recipe, &opts)?)
+            exit_output(c, run_exit(&c.engine, &c.folders(), ctx, &recipe, &opts)?)
         },
     );
     clip_exit.placement = Placement::Worker;
@@ -544,10 +546,10 @@ fn open_native(c: &PackContext, name: &str, kinds: &[&str], domain: RecipeDomain
             Err(e) => last = Some(e),
         }
     }
-    Err(last.map(PackError::format).unwrap_or_else(|| PackError::not_found(format!("model file not found: {name}"))))
+    Err(last.map(PackError::from).unwrap_or_else(|| PackError::not_found(format!("model file not found: {name}"))))
 }
 
-fn exit_output(r: super::exit::ExitResult) -> Result<CallOutput, PackError> {
+fn exit_output(c: &PackContext, r: crate::merge::ExitResult) -> Result<CallOutput, PackError> {
     let mut ui = serde_json::Map::new();
     ui.insert("widen".into(), Json::Array(vec![r.stats.to_json()]));
     // Over a foreign MODEL: a MODEL of that runtime with the merged weights installed.
@@ -555,7 +557,9 @@ fn exit_output(r: super::exit::ExitResult) -> Result<CallOutput, PackError> {
         let out = if r.model.overrides().is_empty() {
             origin.clone()
         } else {
-            let p = super::foreign_models()
+            let p = c
+                .engine
+                .foreign_models()
                 .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL but no provider is installed"))?;
             let merged: indexmap::IndexMap<String, tch::Tensor> =
                 r.model.overrides().iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();

@@ -1,10 +1,8 @@
 //! The MODEL handoff seam between the pack and a foreign (Python) runtime, without either crate
-//! depending on the other: whoever links both installs a [`ForeignModels`] provider (for the
-//! bridge: [`ForeignFns`] over `comfyrs_bridge::model::{state_dict, prepare, with_weights}`);
-//! WIDENEntry asks it for a foreign MODEL's weights, WIDENExit for a MODEL with the merged
-//! weights installed.
-
-use std::sync::{Arc, RwLock};
+//! depending on the other: whoever links both installs a [`ForeignModels`] provider in the merge
+//! engine (`MergeEngine::set_foreign_models`; for the bridge: [`ForeignFns`] over
+//! `comfyrs_bridge::model::{state_dict, prepare, with_weights}`); WIDENEntry asks it for a
+//! foreign MODEL's weights, WIDENExit for a MODEL with the merged weights installed.
 
 use indexmap::IndexMap;
 
@@ -33,18 +31,6 @@ pub trait ForeignModels: Send + Sync {
     /// A new MODEL: `origin` (a value `state_dict` accepted) with `merged` (host keys, CPU
     /// tensors, shared not copied) replacing its weights.
     fn with_weights(&self, origin: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String>;
-}
-
-static PROVIDER: RwLock<Option<Arc<dyn ForeignModels>>> = RwLock::new(None);
-
-/// Installs the provider (the binary, once the bridge has started).
-pub fn set_foreign_models(p: Arc<dyn ForeignModels>) {
-    *PROVIDER.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
-}
-
-/// The installed provider, if any.
-pub fn foreign_models() -> Option<Arc<dyn ForeignModels>> {
-    PROVIDER.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Weights, identity and name, as [`ForeignFns::state_dict`] returns them.

@@ -14,7 +14,13 @@ use serde_json::{json, Value as Json};
 
 use crate::arch::Arch;
 
-use super::model::NativeModel;
+pub mod block;
+mod error;
+pub mod foreign;
+pub mod model;
+
+pub use error::PackError;
+use model::NativeModel;
 
 /// Where a Model Input's file lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

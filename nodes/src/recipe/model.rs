@@ -13,7 +13,7 @@ use crate::arch::{detect_base_arch, detect_clip_arch, Arch};
 use crate::lora::NameIndex;
 use crate::models::{CheckpointDomain, CheckpointFile, FileDtype, MappedTensor};
 
-use super::recipe::RecipeDomain;
+use super::RecipeDomain;
 use super::PackError;
 
 /// Where a model's base weights live (shared: cloning a source shares them).
@@ -50,7 +50,7 @@ impl NativeModel {
             RecipeDomain::Diffusion => CheckpointDomain::Diffusion,
             RecipeDomain::Clip => CheckpointDomain::Clip,
         };
-        let file = CheckpointFile::open(path, cd).map_err(PackError::format)?;
+        let file = CheckpointFile::open(path, cd)?;
         let arch = match domain {
             RecipeDomain::Diffusion => detect_base_arch(file.keys()).ok_or_else(|| unsupported_arch(file.keys()))?,
             RecipeDomain::Clip => detect_clip_arch(file.keys()).ok_or_else(|| {
@@ -76,7 +76,7 @@ impl NativeModel {
     }
 
     /// A base over a foreign MODEL's weights (shared, not copied); `origin` is that MODEL.
-    pub fn foreign(origin: Value, state: super::ForeignState) -> Result<Arc<NativeModel>, PackError> {
+    pub fn foreign(origin: Value, state: super::foreign::ForeignState) -> Result<Arc<NativeModel>, PackError> {
         let arch = detect_base_arch(state.tensors.keys().map(|k| k.as_str()))
             .ok_or_else(|| unsupported_arch(state.tensors.keys().map(|k| k.as_str())))?;
         let mut h = blake3::Hasher::new();
@@ -214,7 +214,7 @@ impl NativeModel {
             return Ok(t.clone_ref());
         }
         match &self.source {
-            Source::File(f) => f.tensor(key).map_err(PackError::format),
+            Source::File(f) => f.tensor(key).map_err(PackError::from),
             Source::Foreign(f) => f
                 .tensors
                 .get(key)

@@ -10,7 +10,7 @@ use comfyrs_nodes::arch::{layout, Arch, LayoutSize};
 use comfyrs_nodes::fixtures::{write_base_model, write_fixtures, write_lora, FixtureKind, FixtureOptions, LoraFixture, LoraTargets};
 use comfyrs_nodes::lora::LoraNaming;
 use comfyrs_nodes::models::{FileDtype, ModelFolders};
-use comfyrs_nodes::pack::NativeModel;
+use comfyrs_nodes::pack::{MergeEngine, MergeSettings, NativeModel};
 use comfyrs_runtime::cache::CacheMode;
 use comfyrs_runtime::events::NoEvents;
 use comfyrs_runtime::executor::{Executor, RunOptions, RunReport};
@@ -20,8 +20,16 @@ use comfyrs_runtime::{Args, CallOutput, ExecContext, InputSpec, NodeClass, NodeE
 use serde_json::Value as Json;
 use tch::{Kind, Tensor};
 
+/// A models root and the merge engine the test's registries run their Exits on (one per test:
+/// tests share no cache, so they run in parallel in one binary).
 pub struct Models {
     pub dir: tempfile::TempDir,
+    pub engine: Arc<MergeEngine>,
+}
+
+/// A merge engine on the default device (a GPU where there is one) with a budget of its own.
+pub fn engine() -> Arc<MergeEngine> {
+    MergeEngine::standalone(MergeSettings::default()).expect("an engine on the default device")
 }
 
 impl Models {
@@ -70,7 +78,7 @@ pub fn models(archs: &[Arch], all_kinds: bool) -> Models {
         targets: LoraTargets::All,
     };
     write_lora(&dir.path().join("loras/sdxl/locon.safetensors"), &base, &spec).expect("locon");
-    Models { dir }
+    Models { dir, engine: engine() }
 }
 
 pub fn write_base(root: &Path, rel: &str, arch: Arch, dtype: FileDtype, seed: u64) -> PathBuf {
@@ -93,9 +101,14 @@ impl NodeClass for Capture {
 }
 
 pub fn registry(m: &Models) -> Registry {
+    registry_on(m, m.engine.clone())
+}
+
+/// A registry whose WIDEN Exits run on `engine`.
+pub fn registry_on(m: &Models, engine: Arc<MergeEngine>) -> Registry {
     let mut reg = Registry::new();
     comfyrs_nodes::core::register(&mut reg);
-    comfyrs_nodes::pack::register(&mut reg, m.folders());
+    comfyrs_nodes::pack::register(&mut reg, m.folders(), engine);
     reg.register(Arc::new(Capture));
     reg
 }

@@ -1,5 +1,6 @@
 //! Step 2 of the Exit: every LoRA set and Model Input loaded against the base, the keys to
-//! process, and the per-key content hashes the subtree cache and the statistics cache use (D19).
+//! process, and the per-key content hashes the subtree cache and the statistics cache use
+//! (`docs/decisions.md` D19).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,11 +9,10 @@ use tch::{Device, Kind};
 
 use crate::arch::Arch;
 use crate::lora::{LoadOptions, LoraFile, LoraSet};
-use crate::models::{CheckpointDomain, CheckpointFile, FileIdentity};
-use crate::pack::model::NativeModel;
-use crate::pack::recipe::{BlockConfig, Recipe, RecipeDomain, RecipeKind, SourceDir};
-use crate::pack::memo::Memo;
-use crate::pack::{PackContext, PackError};
+use crate::merge::engine::MergeEngine;
+use crate::models::{CheckpointDomain, CheckpointFile, FileIdentity, ModelFolders};
+use crate::recipe::model::NativeModel;
+use crate::recipe::{BlockConfig, PackError, Recipe, RecipeDomain, RecipeKind, SourceDir};
 
 /// A loaded LoRA set (one LoRA node chain).
 pub struct LoadedSet {
@@ -54,22 +54,20 @@ pub(super) fn ptr(r: &Recipe) -> usize {
 }
 
 
-/// Process-wide memo of parsed LoRA files.
-pub(super) fn load_lora(path: &std::path::Path, base: &NativeModel, arch: Arch) -> Result<Arc<LoraFile>, PackError> {
-    static MEMO: Memo<(String, Arch, [u8; 32]), Arc<LoraFile>> = Memo::new(256);
+/// A parsed LoRA file, from the engine's memo when the same file was parsed for the same base.
+pub(super) fn load_lora(engine: &MergeEngine, path: &std::path::Path, base: &NativeModel, arch: Arch) -> Result<Arc<LoraFile>, PackError> {
     let id = FileIdentity::of(path).map_err(|e| PackError::not_found(format!("cannot stat '{}': {e}", path.display())))?;
-    MEMO.get_or_try_insert_with((id.fingerprint(), arch, *base.identity()), || {
+    engine.memos.lora_files.get_or_try_insert_with((id.fingerprint(), arch, *base.identity()), || {
         let opts = LoadOptions { index: Some(base.name_index()), require_match: true };
-        Ok(Arc::new(LoraFile::load_with(path, arch, &opts).map_err(PackError::format)?))
+        Ok(Arc::new(LoraFile::load_with(path, arch, &opts)?))
     })
 }
 
 /// The LoRA set of `files` at their strengths, memoized by content (`key`): building one clones
 /// every delta spec of every file (thousands for full-size LoRAs, ~5 ms on a GPU host for four
 /// SDXL LoRAs), and a slider change elsewhere in the recipe would otherwise redo it on each run.
-pub(super) fn loaded_set(key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)], base: &NativeModel) -> Arc<LoadedSet> {
-    static SETS: Memo<[u8; 32], Arc<LoadedSet>> = Memo::new(64);
-    SETS.get_or_insert_with(key, || {
+pub(super) fn loaded_set(engine: &MergeEngine, key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)], base: &NativeModel) -> Arc<LoadedSet> {
+    engine.memos.sets.get_or_insert_with(key, || {
         let mut set = LoraSet::new();
         for (_, strength, file) in files {
             set.add(file, *strength);
@@ -89,7 +87,7 @@ pub(super) fn loaded_set(key: [u8; 32], files: &[(String, f64, Arc<LoraFile>)], 
     })
 }
 
-pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<Analysis, PackError> {
+pub fn analyze(engine: &MergeEngine, folders: &ModelFolders, root: &Recipe, base_node: &Recipe) -> Result<Analysis, PackError> {
     let RecipeKind::Base { model, arch, domain } = &base_node.kind else { unreachable!() };
     let lora_arch = match domain {
         RecipeDomain::Diffusion => *arch,
@@ -105,10 +103,11 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
         keys: Vec::new(),
         key_hashes: Default::default(),
     };
-    let folders = pack.folders().clone();
     // Identities of the sets and models the recipe reads: the keys they touch are memoized by them.
     let mut sources: Vec<[u8; 32]> = Vec::new();
+    #[allow(clippy::too_many_arguments)]
     fn visit(
+        engine: &MergeEngine,
         node: &Recipe,
         a: &mut Analysis,
         folders: &crate::models::ModelFolders,
@@ -137,7 +136,7 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
                             l.path, l.strength
                         )),
                     })?;
-                    let file = load_lora(&path, &a.base, lora_arch)?;
+                    let file = load_lora(engine, &path, &a.base, lora_arch)?;
                     h.update(l.path.as_bytes());
                     h.update(&l.strength.to_bits().to_le_bytes());
                     h.update(file.identity.fingerprint().as_bytes());
@@ -150,7 +149,7 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
                 key.update(lora_arch.tag().as_bytes());
                 let key = *key.finalize().as_bytes();
                 sources.push(key);
-                a.sets.insert(ptr(node), loaded_set(key, &loaded, &a.base));
+                a.sets.insert(ptr(node), loaded_set(engine, key, &loaded, &a.base));
             }
             RecipeKind::Model { path, strength, source_dir, .. } => {
                 h.update(b"M");
@@ -168,7 +167,7 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
                     RecipeDomain::Diffusion => CheckpointDomain::Diffusion,
                     RecipeDomain::Clip => CheckpointDomain::Clip,
                 };
-                let file = CheckpointFile::open(&p, cd).map_err(PackError::format)?;
+                let file = CheckpointFile::open(&p, cd)?;
                 if domain == RecipeDomain::Diffusion {
                     if let Some(ca) = file.arch() {
                         if ca != a.arch {
@@ -191,15 +190,15 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
             RecipeKind::Compose { branches } => {
                 h.update(b"C");
                 for b in branches {
-                    h.update(&visit(b, a, folders, lora_arch, domain, sources)?);
+                    h.update(&visit(engine, b, a, folders, lora_arch, domain, sources)?);
                 }
             }
             RecipeKind::Merge { base, target, backbone, .. } => {
                 h.update(b"G");
-                h.update(&visit(base, a, folders, lora_arch, domain, sources)?);
-                h.update(&visit(target, a, folders, lora_arch, domain, sources)?);
+                h.update(&visit(engine, base, a, folders, lora_arch, domain, sources)?);
+                h.update(&visit(engine, target, a, folders, lora_arch, domain, sources)?);
                 match backbone {
-                    Some(b) => h.update(&visit(b, a, folders, lora_arch, domain, sources)?),
+                    Some(b) => h.update(&visit(engine, b, a, folders, lora_arch, domain, sources)?),
                     None => h.update(b"-"),
                 };
             }
@@ -208,16 +207,15 @@ pub fn analyze(pack: &PackContext, root: &Recipe, base_node: &Recipe) -> Result<
         a.static_hash.insert(ptr(node), out);
         Ok(out)
     }
-    visit(root, &mut a, &folders, lora_arch, *domain, &mut sources)?;
+    visit(engine, root, &mut a, folders, lora_arch, *domain, &mut sources)?;
     whole_hash(root, &a.static_hash, &mut a.whole_hash);
-    a.keys = touched_keys(&a, sources);
+    a.keys = touched_keys(engine, &a, sources);
     Ok(a)
 }
 
 /// Keys to process: base keys (float tensors) that some set or model touches, sorted. Memoized
 /// by the identities of the base and of those sources (a slider change asks again for the same).
-pub(super) fn touched_keys(a: &Analysis, mut sources: Vec<[u8; 32]>) -> Vec<String> {
-    static MEMO: Memo<[u8; 32], Arc<Vec<String>>> = Memo::new(64);
+pub(super) fn touched_keys(engine: &MergeEngine, a: &Analysis, mut sources: Vec<[u8; 32]>) -> Vec<String> {
     sources.sort_unstable();
     sources.dedup();
     let mut h = blake3::Hasher::new();
@@ -226,7 +224,7 @@ pub(super) fn touched_keys(a: &Analysis, mut sources: Vec<[u8; 32]>) -> Vec<Stri
     sources.iter().for_each(|s| {
         h.update(s);
     });
-    let keys = MEMO.get_or_insert_with(*h.finalize().as_bytes(), || {
+    let keys = engine.memos.touched_keys.get_or_insert_with(*h.finalize().as_bytes(), || {
         let mut touched: std::collections::HashSet<&str> = Default::default();
         for set in a.sets.values() {
             touched.extend(set.set.deltas.affected_keys());

@@ -6,16 +6,16 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::merge::engine::MergeEngine;
 use crate::models::MappedTensor;
-use crate::pack::PackError;
-use crate::pack::cache::{CACHE, STATS};
-use crate::pack::recipe::{BlockConfig, Recipe, RecipeKind};
+use crate::recipe::{BlockConfig, PackError, Recipe, RecipeKind};
 use crate::widen::{ColumnStats, Contribution, Widen};
 
 use super::analysis::{ptr, Analysis, LoadedSet};
 
 pub(super) struct Eval<'a> {
     pub(super) a: &'a Analysis,
+    pub(super) engine: &'a MergeEngine,
     pub(super) widen: Widen,
     pub(super) device: Device,
     pub(super) use_cache: bool,
@@ -54,15 +54,10 @@ impl Lap {
     }
 }
 
-pub(super) fn is_oom(e: &PackError) -> bool {
-    let m = e.message.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("not enough memory")
-}
-
 impl Eval<'_> {
     pub(super) fn stack(&mut self, tensors: &[MappedTensor]) -> Result<Tensor, PackError> {
         let start = Instant::now();
-        let t = crate::pack::transfer::stack_to_device(tensors, self.device)?;
+        let t = crate::merge::transfer::stack_to_device(self.engine, tensors)?;
         self.load_seconds += start.elapsed().as_secs_f64();
         Ok(t)
     }
@@ -91,7 +86,8 @@ impl Eval<'_> {
             return self.merge(node, keys);
         }
         let hashes: Vec<[u8; 32]> = keys.iter().map(|k| self.a.key_hash(node, k, self.device)).collect();
-        let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| CACHE.get(h)).collect();
+        let cache = &self.engine.subtrees;
+        let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| cache.get(h)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| cached[i].is_none()).collect();
         self.subtree_hits += keys.len() - missing.len();
         let computed = if missing.is_empty() {
@@ -111,9 +107,9 @@ impl Eval<'_> {
             for (j, &i) in missing.iter().enumerate() {
                 let row = t.f_select(0, j as i64)?;
                 if root {
-                    CACHE.insert_cold(hashes[i], row);
+                    cache.insert_cold(hashes[i], row);
                 } else {
-                    CACHE.insert(hashes[i], row);
+                    cache.insert(hashes[i], row);
                 }
             }
             Some(t)
@@ -175,7 +171,7 @@ impl Eval<'_> {
             }
         }
         if distinct.len() == 1 {
-            let backbone_t = if fresh { backbone_t.shallow_clone() } else { crate::pack::transfer::owned_copy(backbone_t)? };
+            let backbone_t = if fresh { backbone_t.shallow_clone() } else { crate::merge::transfer::owned_copy(backbone_t)? };
             let r = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys);
             lap.mark("widen");
             return r;
@@ -224,11 +220,12 @@ impl Eval<'_> {
             });
             *h.finalize().as_bytes()
         };
+        let stats_cache = &self.engine.stats;
         let known = if self.use_cache {
-            match STATS.get(&chunk) {
+            match stats_cache.get(&chunk) {
                 Some(whole) => Some(whole),
                 None => {
-                    let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| STATS.get(h)).collect();
+                    let found: Option<Vec<ColumnStats>> = stats_keys.iter().map(|h| stats_cache.get(h)).collect();
                     found.map(|parts| ColumnStats::cat_keys(&parts)).transpose()?
                 }
             }
@@ -245,9 +242,9 @@ impl Eval<'_> {
             for (i, h) in stats_keys.iter().enumerate() {
                 // Views: no kernel per key (a copy each was ~30 ms for 582 keys on an H100); the
                 // batch's statistics (kilobytes per key) live until its last key is evicted.
-                STATS.insert(*h, used.keys(i as i64, 1)?);
+                stats_cache.insert(*h, used.keys(i as i64, 1)?);
             }
-            STATS.insert(chunk, used);
+            stats_cache.insert(chunk, used);
         }
         Ok(r.f_to_kind(Kind::Float)?)
     }
@@ -274,8 +271,8 @@ impl Eval<'_> {
     ) -> Result<Contribution, PackError> {
         let specs: Vec<&[crate::lora::DeltaSpec]> = keys.iter().map(|k| set.set.deltas.specs(k)).collect();
         let mults: Vec<f64> = keys.iter().map(|k| self.a.mult(bc, k)).collect();
-        let prints: Vec<crate::pack::factors::FilePrint> = set.files.iter().map(|(_, _, id)| (id.path.as_path(), id.fingerprint())).collect();
-        if let Some(c) = crate::pack::factors::uniform_low_rank(&specs, &mults, shape, self.device, &prints)? {
+        let prints: Vec<crate::merge::factors::FilePrint> = set.files.iter().map(|(_, _, id)| (id.path.as_path(), id.fingerprint())).collect();
+        if let Some(c) = crate::merge::factors::uniform_low_rank(self.engine, &specs, &mults, shape, &prints)? {
             return Ok(c);
         }
         let out = shape[0];
@@ -336,7 +333,7 @@ impl Eval<'_> {
                     let kind = self.a.base.kind(key).unwrap_or(Kind::Float);
                     let mut acc = base_row.f_zeros_like()?;
                     for spec in set.set.deltas.specs(key) {
-                        spec.add_into(&mut acc, &base_row, kind).map_err(PackError::format)?;
+                        spec.add_into(&mut acc, &base_row, kind)?;
                     }
                     let s = self.a.mult(block_config, key);
                     rows.push(if s == 1.0 { acc } else { acc.f_mul_scalar(s)? });
@@ -345,7 +342,7 @@ impl Eval<'_> {
             }
             RecipeKind::Model { strength, block_config, .. } => {
                 let m = self.a.models[&ptr(leaf)].clone();
-                let t = m.file.get_weights(keys).map_err(PackError::format)?;
+                let t = m.file.get_weights(keys)?;
                 let w = self.stack(&t)?;
                 let scales: Vec<f32> = keys.iter().map(|k| (strength * self.a.mult(block_config, k)) as f32).collect();
                 if scales.iter().all(|&s| s == 1.0) {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use tch::Device;
 
-use crate::pack::memo::Memo;
-use crate::pack::recipe::Recipe;
+use crate::merge::engine::MergeEngine;
+use crate::recipe::Recipe;
 
 use super::analysis::{ptr, Analysis, LoadedSet};
 
 /// Group signature: shape, and per leaf set whether it touches the key and in which form.
-pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Vec<String>)> {
+pub(super) fn group_keys(engine: &MergeEngine, a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(Vec<i64>, Vec<String>)> {
     let mut sets: Vec<&Arc<LoadedSet>> = Vec::new();
     root.walk(&mut |n| {
         if let Some(s) = a.sets.get(&ptr(n)) {
@@ -20,8 +20,6 @@ pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(V
         }
     });
     // Memoized by what decides it (a slider change asks again for the same grouping).
-    type Groups = Vec<(Vec<i64>, Vec<String>)>;
-    static MEMO: Memo<[u8; 32], Arc<Groups>> = Memo::new(64);
     let mut h = blake3::Hasher::new();
     h.update(b"groups");
     h.update(a.base.identity());
@@ -32,7 +30,7 @@ pub(super) fn group_keys(a: &Analysis, root: &Recipe, keys: &[String]) -> Vec<(V
         h.update(k.as_bytes());
         h.update(&[0]);
     });
-    let groups = MEMO.get_or_insert_with(*h.finalize().as_bytes(), || Arc::new(signature_groups(a, &sets, keys)));
+    let groups = engine.memos.groups.get_or_insert_with(*h.finalize().as_bytes(), || Arc::new(signature_groups(a, &sets, keys)));
     groups.to_vec()
 }
 

@@ -1,4 +1,4 @@
-//! The Exit evaluator (`recipe-and-nodes.md` §6, with decisions D3-D10, D17-D19).
+//! The Exit evaluator (`docs/widen.md`, "The Exit", with `docs/decisions.md` D3-D10, D17-D19).
 //!
 //! 1. Validation of the tree (paths `root.base`, `root.target.branches[1]`, ...), block-config
 //!    architectures (D10), before any file is opened.
@@ -18,17 +18,16 @@
 //!    non-contributors (D3) are the math module's. Results are in each key's own dtype (D17).
 //!
 //! Step 1 is `validation`, 2 and 3 `analysis`, the grouping and order of 4 `grouping`, the
-//! evaluation of a chunk `eval`, memory bounds `memory`; this module drives them and reports.
+//! evaluation of a chunk `eval`; this module drives them and reports. What persists between runs
+//! is the engine's ([`MergeEngine`]); a run's own state (its analysis, its copy stream, its
+//! results in flight) lives and dies with the run.
 
 mod analysis;
 mod eval;
 mod grouping;
-mod memory;
 mod validation;
 
 pub use analysis::{analyze, Analysis, LoadedModel, LoadedSet};
-pub(crate) use memory::gpu_free_bytes;
-pub use memory::mem_available;
 pub use validation::validate;
 
 use std::collections::BTreeMap;
@@ -37,21 +36,20 @@ use std::time::Instant;
 
 use analysis::ptr;
 use comfyrs_runtime::ExecContext;
-use eval::{is_oom, Eval, Lap};
+use eval::{Eval, Lap};
 use grouping::{group_keys, pipeline_order};
 use indexmap::IndexMap;
-use memory::{budget, host_ram_for_merges};
 use serde_json::{json, Value as Json};
 use tch::{Device, Kind, Tensor};
 
-use crate::models::MappedTensor;
+use crate::cuda::{CopyStream, PendingHost};
+use crate::models::{MappedTensor, ModelFolders};
+use crate::recipe::model::NativeModel;
+use crate::recipe::{PackError, Recipe, RecipeDomain, RecipeKind};
 use crate::widen::{Widen, WidenConfig};
 
-use super::cache::CACHE;
-use super::model::NativeModel;
-use super::recipe::{Recipe, RecipeDomain, RecipeKind};
+use super::engine::MergeEngine;
 use super::save;
-use super::{PackContext, PackError};
 
 pub struct ExitOptions {
     pub domain: RecipeDomain,
@@ -158,14 +156,16 @@ impl Reporter for Silent {
     }
 }
 
-pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &ExitOptions) -> Result<ExitResult, PackError> {
+/// Evaluates `root` on `engine` (its device, caches and memory settings), reading model files
+/// from `folders`.
+pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter, root: &Recipe, opts: &ExitOptions) -> Result<ExitResult, PackError> {
     let start = Instant::now();
     let base_node = validate(root, opts.domain)?;
     let RecipeKind::Base { model: base_model, .. } = &base_node.kind else { unreachable!() };
-    if let (Some(origin), Some(p)) = (base_model.foreign_origin(), super::foreign_models()) {
+    if let (Some(origin), Some(p)) = (base_model.foreign_origin(), engine.foreign_models()) {
         p.prepare(origin).map_err(|e| PackError::runtime(format!("WIDEN Exit: preparing the base MODEL failed: {e}")))?;
     }
-    let device = Device::cuda_if_available();
+    let device = engine.device();
     let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };
     if root.is_base() {
         rep.progress(1, 1);
@@ -174,8 +174,8 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     }
     // Saved-model short-circuit.
     let save_target = if opts.save_model && opts.domain == RecipeDomain::Diffusion {
-        let path = save::target_path(pack, &opts.model_name)?;
-        let (json, hash) = save::serialize(pack, root);
+        let path = save::target_path(folders, &opts.model_name)?;
+        let (json, hash) = save::serialize(folders, root);
         if let Some(model) = save::check_saved(&path, &hash, base_model)? {
             rep.progress(1, 1);
             stats.keys = model.overrides().len();
@@ -194,7 +194,7 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     // reference's single-entry cache it does not evict: other recipes' entries stay valid.
     let analysis_start = Instant::now();
     let mut lap = Lap::start(device);
-    let a = analyze(pack, root, &base_node)?;
+    let a = analyze(engine, folders, root, &base_node)?;
     lap.mark("analysis: files and sets");
     stats.lora_reports = a.lora_reports();
     for r in &stats.lora_reports {
@@ -202,30 +202,40 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     }
     stats.keys = a.keys.len();
     let widen = Widen::new(WidenConfig::default(), device)?;
-    let mut ev = Eval { a: &a, widen, device, use_cache: opts.enable_cache, root: ptr(root), subtree_hits: 0, stats_hits: 0, load_seconds: 0.0 };
-    // Keys whose final result is cached.
-    let mut merged: BTreeMap<String, Tensor> = BTreeMap::new();
-    // Whatever way this function returns, copies into `merged` finish before it is dropped.
-    let _copies_land = super::transfer::FinishOnDrop(device);
+    let mut ev = Eval {
+        a: &a,
+        engine,
+        widen,
+        device,
+        use_cache: opts.enable_cache,
+        root: ptr(root),
+        subtree_hits: 0,
+        stats_hits: 0,
+        load_seconds: 0.0,
+    };
+    // This run's results, each readable once its copy to the host has landed. Whatever way this
+    // function returns (an error, an interrupt, a panic), dropping them waits for their copies,
+    // so no page-locked block is freed with a copy still writing into it.
+    let mut out = Results { engine, chunks: Vec::new(), stream: super::transfer::copy_stream(engine) };
     let mut todo = Vec::new();
     for k in &a.keys {
-        let hit = if opts.enable_cache { CACHE.get(&a.key_hash(root, k, device)) } else { None };
+        let hit = if opts.enable_cache { engine.subtrees.get(&a.key_hash(root, k, device)) } else { None };
         match hit {
-            Some(t) => install(&a, &mut merged, std::slice::from_ref(k), &t.f_unsqueeze(0)?)?,
+            Some(t) => out.install(&a, std::slice::from_ref(k), &t.f_unsqueeze(0)?)?,
             None => todo.push(k.clone()),
         }
     }
     lap.mark("analysis: final-result lookups");
-    stats.cache_hits = merged.len();
+    stats.cache_hits = out.keys();
     stats.recomputed = todo.len();
-    let groups = pipeline_order(group_keys(&a, root, &todo), device);
+    let groups = pipeline_order(group_keys(engine, &a, root, &todo), device);
     lap.mark("analysis: grouping");
     stats.groups = groups.len();
     let total = groups.len().max(1) as u64;
     if groups.is_empty() {
         rep.progress(1, 1);
     }
-    let budget = budget(device);
+    let budget = engine.chunk_budget();
     let n_models = a.sets.len() + a.models.len();
     let batch_of = |shape: &[i64]| -> usize {
         let numel: i64 = shape.iter().product::<i64>().max(1);
@@ -246,32 +256,32 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
                 .unwrap_or(0),
             save_model: save_target.is_some(),
         };
-        estimate.check(host_ram_for_merges())?;
+        estimate.check(engine.host_ram_for_merges())?;
     }
     stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
     for (gi, (shape, keys)) in groups.iter().enumerate() {
         let batch = batch_of(shape);
         for chunk in keys.chunks(batch) {
             if rep.interrupted() {
-                return Err(PackError { message: "interrupted".into(), exception_type: "InterruptProcessingException" });
+                return Err(PackError::Interrupted);
             }
             let t0 = Instant::now();
             let done = eval_with_backoff(&mut ev, root, chunk)?;
             // Results travel to host memory while the next chunk computes.
-            install(&a, &mut merged, chunk, &done)?;
+            out.install(&a, chunk, &done)?;
             stats.phases.compute += t0.elapsed().as_secs_f64();
         }
         rep.progress(gi as u64 + 1, total);
     }
     let t_wait = Instant::now();
-    super::transfer::finish(device);
+    let merged = out.landed()?;
     stats.phases.results = t_wait.elapsed().as_secs_f64();
     stats.subtree_hits = ev.subtree_hits;
     stats.phases.load = ev.load_seconds;
     stats.phases.compute -= ev.load_seconds;
     stats.stats_hits = ev.stats_hits;
-    let out: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
-    let model = base_model.with_overrides(out, &run_hash(&a, root, device));
+    let merged: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
+    let model = base_model.with_overrides(merged, &run_hash(&a, root, device));
     stats.bytes = model.merged_bytes();
     if let Some((path, json, hash)) = save_target {
         let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
@@ -291,21 +301,49 @@ pub fn run_exit(pack: &PackContext, rep: &dyn Reporter, root: &Recipe, opts: &Ex
     Ok(ExitResult { model, stats })
 }
 
-/// Puts a chunk's results (`[B, *S]` fp32, any device) into `merged`, each key in its own
-/// storage dtype (D17) in host memory. Keys of one dtype share one transfer.
-fn install(a: &Analysis, merged: &mut BTreeMap<String, Tensor>, keys: &[String], done: &Tensor) -> Result<(), PackError> {
-    let kinds: Vec<Kind> = keys.iter().map(|k| a.base.kind(k).unwrap_or(Kind::Float)).collect();
-    if kinds.iter().all(|k| *k == kinds[0]) {
-        let host = super::transfer::to_host(done, kinds[0])?;
-        for (i, k) in keys.iter().enumerate() {
-            merged.insert(k.clone(), host.f_select(0, i as i64)?);
+/// A run's results on their way to host memory: per chunk, its keys and their pending copy.
+struct Results<'e> {
+    engine: &'e MergeEngine,
+    /// Declared before the stream: fields drop in order, so an early return waits for each
+    /// pending copy before the stream it runs on goes away.
+    chunks: Vec<(Vec<String>, PendingHost)>,
+    stream: Option<CopyStream>,
+}
+
+impl Results<'_> {
+    /// Puts a chunk's results (`[B, *S]` fp32, any device) on their way to host memory, each key
+    /// in its own storage dtype (D17). Keys of one dtype share one transfer.
+    fn install(&mut self, a: &Analysis, keys: &[String], done: &Tensor) -> Result<(), PackError> {
+        let kinds: Vec<Kind> = keys.iter().map(|k| a.base.kind(k).unwrap_or(Kind::Float)).collect();
+        if kinds.iter().all(|k| *k == kinds[0]) {
+            let host = super::transfer::to_host(self.engine, self.stream.as_ref(), done, kinds[0])?;
+            self.chunks.push((keys.to_vec(), host));
+        } else {
+            for (i, (k, kind)) in keys.iter().zip(kinds).enumerate() {
+                let one = done.f_narrow(0, i as i64, 1)?;
+                let host = super::transfer::to_host(self.engine, self.stream.as_ref(), &one, kind)?;
+                self.chunks.push((vec![k.clone()], host));
+            }
         }
-    } else {
-        for (i, (k, kind)) in keys.iter().zip(kinds).enumerate() {
-            merged.insert(k.clone(), super::transfer::to_host(&done.f_select(0, i as i64)?, kind)?);
-        }
+        Ok(())
     }
-    Ok(())
+
+    /// Keys installed so far.
+    fn keys(&self) -> usize {
+        self.chunks.iter().map(|(k, _)| k.len()).sum()
+    }
+
+    /// Every result, once its copy has landed.
+    fn landed(mut self) -> Result<BTreeMap<String, Tensor>, PackError> {
+        let mut merged = BTreeMap::new();
+        for (keys, pending) in std::mem::take(&mut self.chunks) {
+            let host = pending.wait();
+            for (i, k) in keys.into_iter().enumerate() {
+                merged.insert(k, host.f_select(0, i as i64)?);
+            }
+        }
+        Ok(merged)
+    }
 }
 
 fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {
@@ -320,12 +358,12 @@ fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {
 fn eval_with_backoff(ev: &mut Eval, root: &Recipe, chunk: &[String]) -> Result<Tensor, PackError> {
     match ev.model(root, chunk) {
         Ok(t) => Ok(t),
-        Err(e) if is_oom(&e) => {
+        Err(e) if e.is_out_of_memory() => {
             if chunk.len() == 1 {
                 return Err(PackError::runtime(format!(
                     "Out of memory while merging key '{}' on its own (batch of 1, device {:?}). Free memory on the \
-                     device or set COMFYRS_WIDEN_BUDGET_MB. Cause: {}",
-                    chunk[0], ev.device, e.message
+                     device or lower the chunk budget (widen.chunk_budget, COMFYRS_WIDEN_CHUNK_BUDGET). Cause: {e}",
+                    chunk[0], ev.device
                 )));
             }
             tracing::warn!(keys = chunk.len(), "WIDEN: out of memory on a chunk; retrying in halves");
@@ -339,9 +377,10 @@ fn eval_with_backoff(ev: &mut Eval, root: &Recipe, chunk: &[String]) -> Result<T
 }
 
 /// For tests: a recipe evaluated without the runtime.
-pub fn evaluate(pack: &PackContext, root: &Recipe, domain: RecipeDomain, enable_cache: bool) -> Result<ExitResult, PackError> {
+pub fn evaluate(engine: &MergeEngine, folders: &ModelFolders, root: &Recipe, domain: RecipeDomain, enable_cache: bool) -> Result<ExitResult, PackError> {
     run_exit(
-        pack,
+        engine,
+        folders,
         &Silent,
         root,
         &ExitOptions { domain, save_model: false, model_name: String::new(), save_workflow: false, enable_cache, extra_pnginfo: None },

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use crate::arch::Arch;
-use crate::pack::PackError;
-use crate::pack::recipe::{BlockConfig, Recipe, RecipeDomain, RecipeKind};
+use crate::recipe::{BlockConfig, PackError, Recipe, RecipeDomain, RecipeKind};
 
 /// Validates the tree (§6.1, D10, D20). Returns the base.
 pub fn validate(root: &Recipe, domain: RecipeDomain) -> Result<Recipe, PackError> {

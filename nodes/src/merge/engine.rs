@@ -1,0 +1,244 @@
+//! The merge engine: everything a WIDEN Exit remembers between runs, owned by one object per
+//! executor and device (`docs/architecture.md`, "Where state lives").
+//!
+//! It holds the subtree, statistics and factor caches (counted in the engine's memory budget),
+//! the memos of parsed LoRA files, LoRA sets, touched keys and groupings, the page-locked staging
+//! buffers, the CUDA runtime shim, and the foreign-model provider. Two engines in one process
+//! share nothing; two Exits running at once on one engine share its caches (they are keyed by
+//! content, so sharing is what makes a second Exit cheap) and take turns on its staging buffers.
+
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use comfyrs_runtime::memory::{MemoryBudget, Place, UNRESOLVED};
+use tch::Device;
+
+use crate::arch::Arch;
+use crate::cuda::{device_memory, CudaRuntime, DeviceMemory, PinnedAllocator};
+use crate::lora::LoraFile;
+use crate::recipe::foreign::ForeignModels;
+
+use super::cache::{CacheStats, StatsCache, SubtreeCache};
+use super::exit::LoadedSet;
+use super::memo::Memo;
+use super::settings::MergeSettings;
+use super::transfer::Staging;
+
+/// Why an engine cannot be made with these settings.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("device cuda:{index} does not exist: this machine has {count} CUDA device(s){}", if *.count == 0 { String::new() } else { format!(" (cuda:0 to cuda:{})", .count - 1) })]
+    NoSuchDevice { index: usize, count: usize },
+    #[error("device {0:?} is not supported for merging: use cpu or cuda:N")]
+    Unsupported(Device),
+}
+
+/// Groupings of keys for batched evaluation: (shape, keys) per group.
+pub(crate) type Groups = Vec<(Vec<i64>, Vec<String>)>;
+
+/// Values derived from content that a slider change asks for again.
+pub(crate) struct Memos {
+    pub(crate) lora_files: Memo<(String, Arch, [u8; 32]), Arc<LoraFile>>,
+    pub(crate) sets: Memo<[u8; 32], Arc<LoadedSet>>,
+    pub(crate) touched_keys: Memo<[u8; 32], Arc<Vec<String>>>,
+    pub(crate) groups: Memo<[u8; 32], Arc<Groups>>,
+}
+
+pub struct MergeEngine {
+    settings: MergeSettings,
+    budget: Arc<MemoryBudget>,
+    /// The CUDA runtime libtorch loaded (None on the CPU, or with `events` off).
+    cuda: Option<Arc<CudaRuntime>>,
+    pinned: Option<PinnedAllocator>,
+    /// The device's memory when the engine first needed it (see [`MergeEngine::device_memory`]).
+    device_memory: OnceLock<Option<DeviceMemory>>,
+    pub(crate) subtrees: SubtreeCache,
+    pub(crate) stats: StatsCache,
+    pub(crate) factors: SubtreeCache,
+    pub(crate) memos: Memos,
+    /// Page-locked upload buffers, allocated on first use and kept (allocating page-locked
+    /// memory costs ~0.5 s per GiB). One upload at a time holds them.
+    pub(crate) staging: Mutex<Option<Staging>>,
+    pub(crate) staging_pool: comfyrs_runtime::memory::Pool,
+    foreign: RwLock<Option<Arc<dyn ForeignModels>>>,
+}
+
+/// What the engine's caches hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub subtrees: CacheStats,
+    pub stats: CacheStats,
+    pub factors: CacheStats,
+}
+
+impl MergeEngine {
+    /// An engine on `settings.device`, counting its caches in `budget` (shared with the
+    /// executor's output cache). A device limit left [`UNRESOLVED`] is set from the device's
+    /// memory the first time a merge needs it.
+    pub fn new(settings: MergeSettings, budget: Arc<MemoryBudget>) -> Result<Arc<MergeEngine>, EngineError> {
+        let index = match settings.device {
+            Device::Cpu => None,
+            Device::Cuda(i) => {
+                let count = tch::Cuda::device_count().max(0) as usize;
+                if i >= count {
+                    return Err(EngineError::NoSuchDevice { index: i, count });
+                }
+                Some(i)
+            }
+            other => return Err(EngineError::Unsupported(other)),
+        };
+        let cuda = match (index, settings.events) {
+            (Some(_), true) => CudaRuntime::find().map(Arc::new),
+            _ => None,
+        };
+        let pinned = index.map(|i| PinnedAllocator::new(i, cuda.clone()));
+        let subtrees = SubtreeCache::new(
+            budget.pool("widen.subtrees"),
+            settings.subtree_cache.unwrap_or(u64::MAX),
+            settings.device_subtree_cache.unwrap_or(u64::MAX),
+        );
+        let stats = StatsCache::new(budget.pool("widen.statistics"), settings.stats_cache, settings.stats_cache);
+        let factors = SubtreeCache::new(budget.pool("widen.factors"), 0, settings.factor_cache);
+        let staging_pool = budget.pool("widen.staging");
+        Ok(Arc::new(MergeEngine {
+            settings,
+            budget,
+            cuda,
+            pinned,
+            device_memory: OnceLock::new(),
+            subtrees,
+            stats,
+            factors,
+            memos: Memos { lora_files: Memo::new(256), sets: Memo::new(64), touched_keys: Memo::new(64), groups: Memo::new(64) },
+            staging: Mutex::new(None),
+            staging_pool,
+            foreign: RwLock::new(None),
+        }))
+    }
+
+    /// An engine with a budget of its own, sized from the machine (for library use and tests).
+    pub fn standalone(settings: MergeSettings) -> Result<Arc<MergeEngine>, EngineError> {
+        Self::new(settings, MemoryBudget::new(default_host_limit(), UNRESOLVED))
+    }
+
+    /// A CPU engine with its own budget of `host_limit` bytes (tests that narrow the caches).
+    pub fn on_cpu_with_limit(host_limit: u64) -> Arc<MergeEngine> {
+        Self::new(MergeSettings::on(Device::Cpu), MemoryBudget::new(host_limit, 0)).expect("the CPU is always there")
+    }
+
+    pub fn device(&self) -> Device {
+        self.settings.device
+    }
+
+    pub fn settings(&self) -> &MergeSettings {
+        &self.settings
+    }
+
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// The CUDA runtime shim, where there is one.
+    pub(crate) fn cuda(&self) -> Option<&Arc<CudaRuntime>> {
+        self.cuda.as_ref()
+    }
+
+    pub(crate) fn pinned(&self) -> Option<&PinnedAllocator> {
+        self.pinned.as_ref().filter(|_| self.settings.pinned)
+    }
+
+    /// The device's memory as measured the first time the engine needed it, from the CUDA
+    /// runtime on the engine's device. Measured once: libtorch's caching allocator keeps the
+    /// memory of earlier chunks, which a later measurement would count as taken.
+    pub fn device_memory(&self) -> Option<DeviceMemory> {
+        *self.device_memory.get_or_init(|| match (self.settings.device, &self.cuda) {
+            (Device::Cuda(i), Some(rt)) => device_memory(rt, i),
+            _ => None,
+        })
+    }
+
+    /// The budget's device limit, set from the device's memory if it was left to the engine:
+    /// 40% of what was free, for the subtree, statistics and factor caches together.
+    pub fn device_limit(&self) -> u64 {
+        if !self.settings.device.is_cuda() {
+            return self.budget.limit(Place::Device).min(0);
+        }
+        self.budget.resolve_limit(Place::Device, || match self.device_memory() {
+            Some(m) => (m.free as f64 * 0.4) as u64,
+            None => 4 << 30,
+        })
+    }
+
+    /// Working memory for one chunk of keys.
+    pub(crate) fn chunk_budget(&self) -> usize {
+        if let Some(b) = self.settings.chunk_budget {
+            return b as usize;
+        }
+        match self.settings.device {
+            Device::Cpu => (mem_available().unwrap_or(4 << 30) / 4).max(64 << 20),
+            _ => {
+                // 80% of the free memory, less what the caches may keep there.
+                let free = self.device_memory().map_or(4 << 30, |m| m.free);
+                ((free as f64 * 0.8) as u64).saturating_sub(self.device_limit()).max(256 << 20) as usize
+            }
+        }
+    }
+
+    /// The host RAM a merge may count on: what the machine reports as available, capped by the
+    /// `widen.host_ram` setting.
+    pub(crate) fn host_ram_for_merges(&self) -> Option<usize> {
+        let cap = self.settings.host_ram.map(|b| b as usize);
+        match (mem_available(), cap) {
+            (Some(a), Some(c)) => Some(a.min(c)),
+            (a, c) => a.or(c),
+        }
+    }
+
+    /// Installs the provider of foreign (Python) MODELs (the binary, once the bridge has started).
+    pub fn set_foreign_models(&self, p: Arc<dyn ForeignModels>) {
+        *self.foreign.write().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
+    pub fn foreign_models(&self) -> Option<Arc<dyn ForeignModels>> {
+        self.foreign.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Empties every cache and memo (ComfyUI's `/free` with `free_memory`).
+    pub fn clear(&self) {
+        self.subtrees.clear();
+        self.stats.clear();
+        self.factors.clear();
+        self.memos.lora_files.clear();
+        self.memos.sets.clear();
+        self.memos.touched_keys.clear();
+        self.memos.groups.clear();
+    }
+
+    pub fn cache_stats(&self) -> EngineStats {
+        EngineStats { subtrees: self.subtrees.stats(), stats: self.stats.stats(), factors: self.factors.stats() }
+    }
+
+    /// The subtree cache (tests and benchmarks inspect it).
+    pub fn subtree_cache(&self) -> &SubtreeCache {
+        &self.subtrees
+    }
+
+    pub fn stats_cache(&self) -> &StatsCache {
+        &self.stats
+    }
+
+    pub fn factor_cache(&self) -> &SubtreeCache {
+        &self.factors
+    }
+}
+
+/// The host limit when the configuration leaves it to the machine: 60% of the available memory
+/// (at least 1 GiB), for the executor's outputs and every WIDEN cache together.
+pub fn default_host_limit() -> u64 {
+    let available = mem_available().unwrap_or(8 << 30) as u64;
+    ((available as f64 * 0.6) as u64).max(1 << 30)
+}
+
+/// `MemAvailable` of /proc/meminfo.
+pub fn mem_available() -> Option<usize> {
+    comfyrs_runtime::cache::system_memory().map(|m| m.available)
+}

@@ -1,0 +1,19 @@
+//! The merge engine: the WIDEN Exit's evaluator and everything it keeps between runs (caches,
+//! memos, staging buffers), below the node surface (`crate::pack`) and above the recipe data
+//! (`crate::recipe`) and the CUDA shim (`crate::cuda`). See `docs/architecture.md`, "The merge
+//! engine".
+
+pub mod cache;
+mod engine;
+pub mod exit;
+mod factors;
+mod memo;
+pub mod preflight;
+pub mod save;
+mod settings;
+pub mod transfer;
+
+pub use cache::{ByteLru, CacheStats, Cached, StatsCache, SubtreeCache};
+pub use engine::{default_host_limit, mem_available, EngineError, EngineStats, MergeEngine};
+pub use exit::{evaluate, run_exit, ExitOptions, ExitResult, ExitStats, Reporter, Silent};
+pub use settings::MergeSettings;

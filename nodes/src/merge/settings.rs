@@ -1,0 +1,55 @@
+//! What a merge engine is configured with: the compute device and the WIDEN settings of the one
+//! configuration (`comfyrs config` shows them; `docs/architecture.md`, "Configuration").
+
+use tch::Device;
+
+/// The merge engine's settings. Sizes in bytes; `None` means "work it out from the machine".
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergeSettings {
+    /// Where merges compute.
+    pub device: Device,
+    /// Working memory for one chunk of keys (`None`: 80% of the free device memory less the
+    /// device budget on a GPU, a quarter of the available RAM on the CPU).
+    pub chunk_budget: Option<u64>,
+    /// The most host RAM a merge may count on for its results (`None`: what the machine reports
+    /// as available); for machines shared with other work.
+    pub host_ram: Option<u64>,
+    /// A cap of the subtree cache in host memory, inside the engine's budget (`None`: the budget).
+    pub subtree_cache: Option<u64>,
+    /// A cap of the subtree cache in device memory, inside the engine's budget.
+    pub device_subtree_cache: Option<u64>,
+    /// A cap of the statistics cache, in each kind of memory.
+    pub stats_cache: u64,
+    /// A cap of the LoRA factors kept in device memory.
+    pub factor_cache: u64,
+    /// Transfers through page-locked memory (off only for comparisons: 6-10× slower on an H100).
+    pub pinned: bool,
+    /// CUDA events and the CUDA runtime shim (off: tch's device-wide waits only).
+    pub events: bool,
+    /// Results copied to the host on a stream of their own (off: on the default stream).
+    pub copy_stream: bool,
+}
+
+impl Default for MergeSettings {
+    fn default() -> Self {
+        MergeSettings {
+            device: Device::cuda_if_available(),
+            chunk_budget: None,
+            host_ram: None,
+            subtree_cache: None,
+            device_subtree_cache: None,
+            stats_cache: 1 << 30,
+            factor_cache: 2 << 30,
+            pinned: true,
+            events: true,
+            copy_stream: true,
+        }
+    }
+}
+
+impl MergeSettings {
+    /// The defaults on `device`.
+    pub fn on(device: Device) -> MergeSettings {
+        MergeSettings { device, ..MergeSettings::default() }
+    }
+}
