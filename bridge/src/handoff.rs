@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn returns_the_result_of_a_borrowing_job() {
         let (queue, _h) = server();
-        let data = vec![1u64, 2, 3];
+        let data = [1u64, 2, 3];
         let sum = hand_off(&queue, || data.iter().sum::<u64>(), || {}).unwrap();
         assert_eq!(sum, 6);
     }

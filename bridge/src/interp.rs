@@ -198,6 +198,7 @@ unsafe fn status_text(s: &ffi::PyStatus) -> String {
     if s.err_msg.is_null() {
         "unknown error".into()
     } else {
+        // SAFETY: non-null, and by the caller's contract a NUL-terminated string CPython keeps.
         std::ffi::CStr::from_ptr(s.err_msg).to_string_lossy().into_owned()
     }
 }
