@@ -113,7 +113,7 @@ fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry
         prepare: comfyrs_bridge::model::prepare,
         with_weights: comfyrs_bridge::model::with_weights,
     }));
-    comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
+    bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
     for f in bridge.import_failures() {
         let last = f.error.lines().last().unwrap_or("");
         if f.custom {

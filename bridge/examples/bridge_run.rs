@@ -82,8 +82,8 @@ fn main() -> ExitCode {
     for f in bridge.import_failures() {
         eprintln!("import failed: {} ({})", f.path, f.error.lines().last().unwrap_or(""));
     }
-    for (n, e) in &r.schema_errors {
-        eprintln!("schema failed: {n}: {e}");
+    for e in &r.schema_errors {
+        eprintln!("schema failed: {e}");
     }
     let mut registry = Registry::new();
     bridge.register(&mut registry);

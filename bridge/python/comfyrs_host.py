@@ -830,16 +830,14 @@ def _call_classmethod(f, constants, required_links):
 
 def fingerprint(name, constants, required_links):
     """IS_CHANGED / fingerprint_inputs with constants only (links as None). Returns None (no
-    fingerprint), "always" (NaN, an exception, or a value that is not JSON) or JSON text."""
+    fingerprint), "always" (NaN, or a value that is not JSON) or JSON text. An exception of
+    IS_CHANGED propagates: the Rust side warns and treats the node as always changed."""
     import nodes
     cls = nodes.NODE_CLASS_MAPPINGS[name]
     f = _find_override(cls, "fingerprint_inputs", "IS_CHANGED")
     if f is None:
         return None
-    try:
-        results = _call_classmethod(f, constants, required_links)
-    except BaseException:  # noqa: B902
-        return "always"
+    results = _call_classmethod(f, constants, required_links)
     if _contains_nan(results):
         return "always"
     try:

@@ -2,13 +2,15 @@
 //! [`PyHandle`], the opaque handle a Python object lives in on the Rust side.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use serde_json::Value as Json;
 
 use comfyrs_runtime::value::{Opaque, Value};
+
+use crate::Shared;
 
 /// A Python object held by the runtime (a MODEL, a LATENT dict, an IMAGE tensor...). Its byte
 /// size (tensor storages inside, each counted once) is measured when the object crosses into
@@ -37,7 +39,7 @@ impl PyHandle {
     }
 
     /// The object as a tch tensor sharing its storage (no copy), if it is a `torch.Tensor`.
-    pub fn tensor(&self) -> Option<tch::Tensor> {
+    pub fn tensor(&self) -> PyResult<Option<tch::Tensor>> {
         Python::attach(|py| py_to_tensor(self.obj.bind(py)))
     }
 }
@@ -57,42 +59,60 @@ impl Opaque for PyHandle {
     }
 }
 
-/// A `torch.Tensor` object to a tch tensor over the same storage.
-pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> Option<tch::Tensor> {
-    // SAFETY: `obj` is a live object and we hold the GIL; torch is imported by the bridge's boot
-    // (THPVariable_Check needs torch's type objects).
-    unsafe { tch::Tensor::pyobject_unpack(obj.as_ptr() as *mut tch::python::CPyObject).ok().flatten() }
+/// A `torch.Tensor` object to a tch tensor over the same storage; `None` for other objects.
+pub fn py_to_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<tch::Tensor>> {
+    // SAFETY: `obj` is a live object and we hold the GIL (the `Bound`); torch is imported by the
+    // bridge's boot (THPVariable_Check needs torch's type objects).
+    let t = unsafe { tch::Tensor::pyobject_unpack(obj.as_ptr() as *mut tch::python::CPyObject) };
+    t.map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("cannot view a torch.Tensor from Rust: {e}")))
 }
 
 /// A tch tensor to a `torch.Tensor` object over the same storage.
 pub fn tensor_to_py<'py>(py: Python<'py>, t: &tch::Tensor) -> PyResult<Bound<'py, PyAny>> {
     let p = t.pyobject_wrap().map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(e.to_string()))?;
-    // SAFETY: THPVariable_Wrap returns a new reference (or null with a Python error set).
+    // SAFETY: we hold the GIL (`py`); THPVariable_Wrap returns a new reference that we own, or
+    // null with a Python error set.
     unsafe { Bound::from_owned_ptr_or_err(py, p as *mut pyo3::ffi::PyObject) }
 }
 
 /// A hook for native handles that Python nodes may consume: returns the tensor a native value
-/// stands for (e.g. a native IMAGE), which then crosses as a `torch.Tensor` without a copy.
+/// stands for (e.g. a native IMAGE), which then crosses as a `torch.Tensor` without a copy. See
+/// [`Bridge::add_tensor_extractor`](crate::Bridge::add_tensor_extractor).
 pub type TensorExtractor = fn(&dyn Opaque) -> Option<tch::Tensor>;
-
-static EXTRACTORS: std::sync::RwLock<Vec<TensorExtractor>> = std::sync::RwLock::new(Vec::new());
-
-/// Registers a [`TensorExtractor`] (the binary does this for native tensor-carrying types).
-pub fn register_tensor_extractor(f: TensorExtractor) {
-    EXTRACTORS.write().unwrap_or_else(|p| p.into_inner()).push(f);
-}
 
 /// A hook for native MODEL handles that Python nodes may consume: the UNet state dict a native
 /// value stands for (keys without `diffusion_model.`, tensors shared) and an identity of those
 /// weights. The bridge builds a ComfyUI MODEL from it with ComfyUI's own state-dict loader
-/// (kept per identity, so a model is built once).
+/// (kept per identity, so a model is built once). See
+/// [`Bridge::add_model_extractor`](crate::Bridge::add_model_extractor).
 pub type ModelExtractor = fn(&dyn Opaque) -> Option<(indexmap::IndexMap<String, tch::Tensor>, [u8; 32])>;
 
-static MODEL_EXTRACTORS: std::sync::RwLock<Vec<ModelExtractor>> = std::sync::RwLock::new(Vec::new());
+/// The extractors added to one bridge, tried in the order they were added.
+#[derive(Default)]
+pub(crate) struct Extractors {
+    tensor: RwLock<Vec<TensorExtractor>>,
+    model: RwLock<Vec<ModelExtractor>>,
+}
 
-/// Registers a [`ModelExtractor`] (the binary does this for the WIDEN pack's native MODEL).
-pub fn register_model_extractor(f: ModelExtractor) {
-    MODEL_EXTRACTORS.write().unwrap_or_else(|p| p.into_inner()).push(f);
+impl Extractors {
+    pub(crate) fn add_tensor(&self, f: TensorExtractor) {
+        self.tensor.write().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
+    pub(crate) fn add_model(&self, f: ModelExtractor) {
+        self.model.write().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+
+    fn tensor(&self, h: &dyn Opaque) -> Option<tch::Tensor> {
+        // Copied out so that no lock is held while an extractor runs.
+        let fs = self.tensor.read().unwrap_or_else(|p| p.into_inner()).clone();
+        fs.iter().find_map(|f| f(h))
+    }
+
+    fn model(&self, h: &dyn Opaque) -> Option<(indexmap::IndexMap<String, tch::Tensor>, [u8; 32])> {
+        let fs = self.model.read().unwrap_or_else(|p| p.into_inner()).clone();
+        fs.iter().find_map(|f| f(h))
+    }
 }
 
 /// Keeps a native value (and the memory its tensors view) alive while Python holds a model
@@ -114,18 +134,18 @@ pub fn named_tensors_to_py<'py, 'a>(
     Ok((keys, tensors))
 }
 
-fn native_model_to_py<'py>(py: Python<'py>, h: &Arc<dyn Opaque>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let extractors = MODEL_EXTRACTORS.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let Some((sd, identity)) = extractors.iter().find_map(|f| f(h.as_ref())) else { return Ok(None) };
+fn native_model_to_py<'py>(py: Python<'py>, shared: &Shared, h: &Arc<dyn Opaque>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Some((sd, identity)) = shared.extractors.model(h.as_ref()) else { return Ok(None) };
     let (keys, tensors) = named_tensors_to_py(py, sd.iter().map(|(k, t)| (k.as_str(), t)))?;
     let hex: String = identity.iter().map(|b| format!("{b:02x}")).collect();
     let keep = Py::new(py, KeepAlive(h.clone()))?;
-    Ok(Some(crate::host_module(py)?.call_method1("model_from_state_dict", (keys, tensors, hex, keep))?))
+    Ok(Some(shared.host(py).call_method1("model_from_state_dict", (keys, tensors, hex, keep))?))
 }
 
 /// A runtime value as a Python object: ints stay ints, floats floats, JSON becomes dicts and
-/// lists, Python handles become their objects again.
-pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+/// lists, Python handles become their objects again, native handles go through `shared`'s
+/// extractors.
+pub(crate) fn value_to_py<'py>(py: Python<'py>, shared: &Shared, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
         Value::Int(i) => i.into_pyobject(py)?.into_any(),
         Value::Float(f) => PyFloat::new(py, *f).into_any(),
@@ -135,7 +155,7 @@ pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny
         Value::List(items) => {
             let l = PyList::empty(py);
             for it in items {
-                l.append(value_to_py(py, it)?)?;
+                l.append(value_to_py(py, shared, it)?)?;
             }
             l.into_any()
         }
@@ -144,10 +164,8 @@ pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny
             if let Some(ph) = h.as_any().downcast_ref::<PyHandle>() {
                 ph.obj.clone_ref(py).into_bound(py)
             } else {
-                let extractors = EXTRACTORS.read().unwrap_or_else(|p| p.into_inner());
-                let tensor = extractors.iter().find_map(|f| f(h.as_ref()));
-                drop(extractors);
-                let model = if tensor.is_none() { native_model_to_py(py, h)? } else { None };
+                let tensor = shared.extractors.tensor(h.as_ref());
+                let model = if tensor.is_none() { native_model_to_py(py, shared, h)? } else { None };
                 match (tensor, model) {
                     (Some(t), _) => tensor_to_py(py, &t)?,
                     (None, Some(m)) => m,
@@ -214,15 +232,22 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>, type_name: &str, sizer: &Bound<'_, Py
     } else if obj.is_exact_instance_of::<PyString>() {
         return Ok(Value::String(obj.extract::<String>()?));
     }
-    let bytes: usize = sizer.call1((obj,))?.extract().unwrap_or(0);
-    let py_type = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let bytes: usize = sizer.call1((obj,))?.extract()?;
+    let py_type = obj.get_type().name()?.to_string();
     let ty = if type_name.is_empty() || type_name == "*" { py_type.clone() } else { type_name.to_string() };
     Ok(Value::Handle(Arc::new(PyHandle::new(obj.clone().unbind(), ty, bytes, py_type))))
 }
 
-/// Wraps any Python object as a runtime value (see [`py_to_value`]).
-pub fn object_value(py: Python<'_>, obj: &Bound<'_, PyAny>, type_name: &str) -> PyResult<Value> {
-    let host = crate::host_module(py)?;
-    let sizer = host.getattr("byte_size")?;
+/// Wraps any Python object as a runtime value (see [`py_to_value`]), sized by `shared`'s host.
+pub(crate) fn object_value_in(py: Python<'_>, shared: &Shared, obj: &Bound<'_, PyAny>, type_name: &str) -> PyResult<Value> {
+    let sizer = shared.host(py).getattr(pyo3::intern!(py, "byte_size"))?;
     py_to_value(obj, type_name, &sizer)
+}
+
+/// [`Bridge::object_value`](crate::Bridge::object_value) of the bridge running in this process
+/// (for code that holds no [`Bridge`](crate::Bridge), such as a native node).
+pub fn object_value(py: Python<'_>, obj: &Bound<'_, PyAny>, type_name: &str) -> PyResult<Value> {
+    let bridge = crate::Bridge::running()
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the comfyrs bridge has not started"))?;
+    bridge.object_value(py, obj, type_name)
 }

@@ -14,7 +14,6 @@
 //! create a fresh Python thread state. The cost is one channel hand-off per call (measured by
 //! `bench`), far below the 50 us budget.
 
-use std::cell::Cell;
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -26,20 +25,19 @@ use std::time::{Duration, Instant};
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use scoped_tls_hkt::scoped_thread_local;
 
 use comfyrs_runtime::node::ExecContext;
 
+use crate::handoff::{hand_off, panic_text, HandoffError, Job, SPIN};
 use crate::BridgeError;
-
-type Job = Box<dyn FnOnce() + Send + 'static>;
-
-/// How long the last job took on the Python thread (GIL attach included), for the benchmark.
-pub(crate) static LAST_JOB_NS: AtomicU64 = AtomicU64::new(0);
 
 /// The Python thread: a job queue served by the thread that initialized the interpreter.
 pub(crate) struct PyThread {
     tx: Mutex<mpsc::Sender<Job>>,
     id: ThreadId,
+    /// How long the last handed-off job took on the Python thread (GIL attach included).
+    last_job_ns: AtomicU64,
 }
 
 impl PyThread {
@@ -59,22 +57,23 @@ impl PyThread {
             .stack_size(32 << 20)
             .spawn(move || {
                 let t = Instant::now();
+                // SAFETY: called once, on this thread, before any other Python API use by the
+                // bridge (PyThread::start runs once per process: `Bridge::start` guards it).
                 let init = unsafe { init_interpreter(&exe) };
                 let init_time = t.elapsed();
                 let result = match init {
                     Err(e) => Err(e),
                     Ok(()) => match catch_unwind(AssertUnwindSafe(|| Python::attach(boot))) {
                         Ok(r) => r,
-                        Err(p) => Err(BridgeError::Boot(format!("panic while starting ComfyUI: {}", panic_text(&p)))),
+                        Err(p) => Err(BridgeError::Boot(format!("panic while starting ComfyUI: {}", panic_text(&*p)))),
                     },
                 };
                 let ok = result.is_ok();
+                // The starting caller blocks on `boot_rx` until this arrives, so it cannot fail.
                 let _ = boot_tx.send(result.map(|r| (r, init_time)));
                 if !ok {
                     return;
                 }
-                // After a job, poll briefly before sleeping: a scheduler issuing node calls back to
-                // back then skips a thread wake-up per call.
                 loop {
                     let job = match spin_recv(&rx) {
                         Some(j) => j,
@@ -83,21 +82,23 @@ impl PyThread {
                             Err(_) => break,
                         },
                     };
-                    job();
+                    job.run();
                 }
             })
             .map_err(|e| BridgeError::Boot(format!("cannot start the Python thread: {e}")))?;
         let id = handle.thread().id();
         match boot_rx.recv() {
-            Ok(Ok((r, init))) => Ok((PyThread { tx: Mutex::new(tx), id }, r, init)),
+            Ok(Ok((r, init))) => Ok((PyThread { tx: Mutex::new(tx), id, last_job_ns: AtomicU64::new(0) }, r, init)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(BridgeError::Boot("the Python thread died while starting ComfyUI".into())),
         }
     }
 
     /// Runs `f` on the Python thread with the GIL and waits for it. `on_wait` is called about
-    /// every 20 ms while the call runs (the interrupt watcher).
-    pub(crate) fn run<'a, R, F>(&self, f: F, mut on_wait: impl FnMut()) -> Result<R, BridgeError>
+    /// every 20 ms while the call runs (the interrupt watcher). `f` may borrow from the caller:
+    /// see [`hand_off`](crate::handoff::hand_off) for why that is sound even if the caller
+    /// unwinds.
+    pub(crate) fn run<'a, R, F>(&self, f: F, on_wait: impl FnMut()) -> Result<R, BridgeError>
     where
         F: FnOnce(Python<'_>) -> R + Send + 'a,
         R: Send + 'a,
@@ -105,47 +106,37 @@ impl PyThread {
         if std::thread::current().id() == self.id {
             return Ok(Python::attach(f));
         }
-        let (rtx, rrx) = mpsc::sync_channel::<std::thread::Result<R>>(1);
-        let job: Box<dyn FnOnce() + Send + 'a> = Box::new(move || {
+        let last = &self.last_job_ns;
+        let job = move || {
             let t = Instant::now();
-            let r = catch_unwind(AssertUnwindSafe(|| Python::attach(f)));
-            LAST_JOB_NS.store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            let _ = rtx.send(r);
-        });
-        // SAFETY: the job borrows data of lifetime 'a. This function does not return before the
-        // job has run or been dropped: `rrx` yields a value or disconnects only when the job's
-        // `rtx` is consumed or dropped, and a job the channel refuses is dropped right here.
-        let job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + 'a>, Job>(job) };
-        self.tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(job)
-            .map_err(|_| BridgeError::Boot("the Python thread has stopped".into()))?;
-        // Short calls: poll briefly before sleeping (saves a wake-up); long ones sleep.
-        let spin_until = Instant::now() + SPIN;
-        while Instant::now() < spin_until {
-            match rrx.try_recv() {
-                Ok(Ok(r)) => return Ok(r),
-                Ok(Err(p)) => return Err(BridgeError::Python(format!("panic in a Python call: {}", panic_text(&p)))),
-                Err(mpsc::TryRecvError::Empty) => std::thread::yield_now(),
-                Err(mpsc::TryRecvError::Disconnected) => return Err(BridgeError::Boot("the Python thread has stopped".into())),
-            }
-        }
-        loop {
-            match rrx.recv_timeout(Duration::from_millis(20)) {
-                Ok(Ok(r)) => return Ok(r),
-                Ok(Err(p)) => return Err(BridgeError::Python(format!("panic in a Python call: {}", panic_text(&p)))),
-                Err(mpsc::RecvTimeoutError::Timeout) => on_wait(),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(BridgeError::Boot("the Python thread has stopped".into()))
-                }
-            }
-        }
+            let r = Python::attach(f);
+            last.store(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            r
+        };
+        hand_off(&self.tx, job, on_wait).map_err(|e| match e {
+            HandoffError::Stopped => BridgeError::Stopped,
+            HandoffError::Panicked(m) => BridgeError::Panicked(m),
+        })
+    }
+
+    /// How long the last job handed to the Python thread took there (GIL attach included).
+    pub(crate) fn last_job_time(&self) -> Duration {
+        Duration::from_nanos(self.last_job_ns.load(Ordering::Relaxed))
     }
 }
 
-/// How long either side polls before blocking.
-const SPIN: Duration = Duration::from_micros(30);
+/// Transitional, for `bench.rs` only, which reads the last job time under this name (it is
+/// moving to a testkit crate, which will call [`Bridge::last_job_time`](crate::Bridge::last_job_time)
+/// instead; delete this then). Reads the running bridge's Python thread; holds no state.
+pub(crate) const LAST_JOB_NS: LastJobNs = LastJobNs;
+
+pub(crate) struct LastJobNs;
+
+impl LastJobNs {
+    pub(crate) fn load(&self, _order: Ordering) -> u64 {
+        crate::Bridge::running().map(|b| b.last_job_time().as_nanos() as u64).unwrap_or(0)
+    }
+}
 
 fn spin_recv(rx: &mpsc::Receiver<Job>) -> Option<Job> {
     let until = Instant::now() + SPIN;
@@ -159,19 +150,23 @@ fn spin_recv(rx: &mpsc::Receiver<Job>) -> Option<Job> {
     None
 }
 
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "?".into())
-}
-
 /// Initializes CPython with the venv's python as `sys.executable` (so `sys.prefix` and
 /// site-packages are the venv's), no signal handlers (Ctrl-C belongs to comfyrs), no argv
 /// parsing. Leaves the GIL released.
+///
+/// # Safety
+/// Call once per process, before any other use of the Python C API by this process's bridge, on
+/// the thread that is to own the interpreter's main thread state.
 unsafe fn init_interpreter(executable: &Path) -> Result<(), BridgeError> {
     if ffi::Py_IsInitialized() != 0 {
         return Ok(()); // someone else started Python in this process; use theirs
     }
     let exe = CString::new(executable.as_os_str().as_encoded_bytes())
         .map_err(|_| BridgeError::Venv(format!("{} contains a NUL byte", executable.display())))?;
+    // SAFETY (the FFI calls of this function): the interpreter is not initialized (checked
+    // above; the caller's contract makes this the only initializing thread); PyConfig is a C
+    // struct that PyConfig_InitPythonConfig fully initializes from zeroed memory, and it is
+    // cleared exactly once on every path after that; `exe` outlives the call that copies it.
     let mut config: ffi::PyConfig = std::mem::zeroed();
     ffi::PyConfig_InitPythonConfig(&mut config);
     config.install_signal_handlers = 0;
@@ -197,10 +192,13 @@ unsafe fn init_interpreter(executable: &Path) -> Result<(), BridgeError> {
     Ok(())
 }
 
+/// # Safety
+/// `s` comes from a CPython status call: `err_msg` is null or a NUL-terminated static string.
 unsafe fn status_text(s: &ffi::PyStatus) -> String {
     if s.err_msg.is_null() {
         "unknown error".into()
     } else {
+        // SAFETY: non-null, and by the caller's contract a NUL-terminated string CPython keeps.
         std::ffi::CStr::from_ptr(s.err_msg).to_string_lossy().into_owned()
     }
 }
@@ -208,31 +206,14 @@ unsafe fn status_text(s: &ffi::PyStatus) -> String {
 // ------------------------------------------------------------------------------------------------
 // The context of the node call running on the Python thread, for the progress hook.
 
-thread_local! {
-    static CURRENT: Cell<Option<*const ExecContext<'static>>> = const { Cell::new(None) };
-}
+scoped_thread_local!(static CURRENT: for<'a> &'a ExecContext<'a>);
 
-/// Makes `ctx` the current call's context on this thread until the guard drops.
-pub(crate) struct CurrentCall {
-    prev: Option<*const ExecContext<'static>>,
-}
-
-impl CurrentCall {
-    pub(crate) fn enter(ctx: &ExecContext<'_>) -> CurrentCall {
-        // SAFETY: the pointer is only dereferenced while the guard lives, and the guard lives
-        // inside the call that borrows `ctx`.
-        let p = unsafe { std::mem::transmute::<*const ExecContext<'_>, *const ExecContext<'static>>(ctx) };
-        CurrentCall { prev: CURRENT.with(|c| c.replace(Some(p))) }
-    }
-}
-
-impl Drop for CurrentCall {
-    fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.prev));
-    }
+/// Runs `f` with `ctx` as the current call's context on this thread (see [`with_current`]).
+pub(crate) fn in_call<R>(ctx: &ExecContext<'_>, f: impl FnOnce() -> R) -> R {
+    CURRENT.set(ctx, f)
 }
 
 /// Runs `f` with the current call's context, if a node call is running on this thread.
 pub(crate) fn with_current<R>(f: impl FnOnce(&ExecContext<'_>) -> R) -> Option<R> {
-    CURRENT.with(|c| c.get()).map(|p| f(unsafe { &*p }))
+    CURRENT.is_set().then(|| CURRENT.with(|ctx| f(ctx)))
 }

@@ -11,6 +11,8 @@
 //! # let mut registry = comfyrs_runtime::Registry::new();
 //! let bridge = Bridge::start(&BridgeOptions { output_dir: Some("out".into()), ..Default::default() })?;
 //! for f in bridge.import_failures() { eprintln!("custom node {} failed: {}", f.path, f.error); }
+//! // Native values Python nodes may consume (the binary adds the WIDEN pack's MODEL):
+//! // bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
 //! bridge.register(&mut registry); // after the native nodes
 //! # Ok::<(), comfyrs_bridge::BridgeError>(())
 //! ```
@@ -21,23 +23,27 @@ use std::collections::hash_map::DefaultHasher;
 use std::ffi::CString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyModule};
 
 use comfyrs_runtime::node::NodeClass;
+use comfyrs_runtime::value::Value;
 use comfyrs_runtime::Registry;
 
 pub mod bench;
 mod convert;
+mod error;
 pub mod fixtures;
+mod handoff;
 mod interp;
 pub mod model;
 mod node;
 
-pub use convert::{json_to_py, object_value, py_to_tensor, register_model_extractor, register_tensor_extractor, tensor_to_py, value_to_py, PyHandle, ModelExtractor, TensorExtractor};
+pub use convert::{json_to_py, object_value, py_to_tensor, tensor_to_py, ModelExtractor, PyHandle, TensorExtractor};
+pub use error::{BridgeError, RecordError, SchemaError};
 pub use node::PyNode;
 pub use pyo3;
 
@@ -62,21 +68,6 @@ pub struct BridgeOptions {
     pub cpu: Option<bool>,
     /// The Python venv. Default: `COMFYRS_VENV`, else the venv this binary was built against.
     pub venv: Option<PathBuf>,
-}
-
-/// Why the bridge could not start or a Python call failed outside a node.
-#[derive(Clone, Debug, thiserror::Error)]
-pub enum BridgeError {
-    #[error("Python venv: {0}")]
-    Venv(String),
-    #[error("ComfyUI: {0}")]
-    ComfyUi(String),
-    #[error("starting the embedded Python ComfyUI failed: {0}")]
-    Boot(String),
-    #[error("Python: {0}")]
-    Python(String),
-    #[error("the Python bridge is already running in this process with other options; it can start only once per process")]
-    AlreadyStarted,
 }
 
 /// A custom node (or comfy_extras) module that failed to import; it was skipped.
@@ -110,12 +101,23 @@ pub struct BootReport {
     /// Everything, wall clock.
     pub total: Duration,
     pub failures: Vec<ImportFailure>,
-    /// Classes whose schema could not be read (skipped): (name, error).
-    pub schema_errors: Vec<(String, String)>,
+    /// Classes whose schema could not be read (skipped; each was logged as a warning at start).
+    pub schema_errors: Vec<SchemaError>,
 }
 
+/// What every [`PyNode`] and conversion of one running bridge shares: the Python thread, the
+/// host module (`python/comfyrs_host.py`, the bridge's Python half) and the registered
+/// extractors.
 pub(crate) struct Shared {
     pub(crate) thread: interp::PyThread,
+    host: Py<PyModule>,
+    pub(crate) extractors: convert::Extractors,
+}
+
+impl Shared {
+    pub(crate) fn host<'py>(&self, py: Python<'py>) -> &Bound<'py, PyModule> {
+        self.host.bind(py)
+    }
 }
 
 struct Inner {
@@ -124,24 +126,21 @@ struct Inner {
     report: BootReport,
 }
 
-/// The running bridge (cheap to clone).
+/// The running bridge: a handle on the process's one embedded interpreter (cheap to clone).
 #[derive(Clone)]
 pub struct Bridge {
     inner: Arc<Inner>,
 }
 
+/// The one bridge of this process. CPython can be initialized only once per process, so this is
+/// the interpreter itself: every [`Bridge`] is a handle on what it holds.
 static STARTED: Mutex<Option<(BridgeOptions, Result<Bridge, BridgeError>)>> = Mutex::new(None);
-static HOST: OnceLock<Py<PyModule>> = OnceLock::new();
-
-pub(crate) fn host_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
-    HOST.get()
-        .map(|m| m.bind(py).clone())
-        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("the comfyrs bridge has not started"))
-}
 
 impl Bridge {
     /// Starts CPython and ComfyUI (once per process; a second call with the same options returns
-    /// the same bridge, with other options [`BridgeError::AlreadyStarted`]).
+    /// the same bridge, with other options [`BridgeError::AlreadyStarted`]). Classes whose schema
+    /// cannot be read are skipped, each with a warning (and listed in
+    /// [`BootReport::schema_errors`]).
     pub fn start(opts: &BridgeOptions) -> Result<Bridge, BridgeError> {
         let mut g = STARTED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((o, r)) = g.as_ref() {
@@ -172,21 +171,26 @@ impl Bridge {
         }
         let boot_opts = opts.clone();
         let comfy_dir = comfyui.clone();
-        let (thread, (info, records, schema_time), init) = interp::PyThread::start(&exe, move |py| boot(py, &boot_opts, &comfy_dir))?;
-        let shared = Arc::new(Shared { thread });
-        let mut report = info;
+        let (thread, booted, init) = interp::PyThread::start(&exe, move |py| boot(py, &boot_opts, &comfy_dir))?;
+        let shared = Arc::new(Shared { thread, host: booted.host, extractors: convert::Extractors::default() });
+        let mut report = booted.report;
         report.python_init = init;
         report.python_executable = exe;
         report.comfyui_path = comfyui;
-        report.schemas = schema_time;
+        report.schemas = booted.schema_time;
         let mut classes = Vec::new();
-        for (name, rec, err) in records {
-            match (rec, err) {
-                (Some(text), _) => match node::parse_record(&text) {
-                    Ok((schema, flags, _)) => classes.push(Arc::new(PyNode::new(name, shared.clone(), schema, flags))),
-                    Err(e) => report.schema_errors.push((name, e)),
-                },
-                (None, e) => report.schema_errors.push((name, e.unwrap_or_default())),
+        for (class, rec, err) in booted.records {
+            let read = match (rec, err) {
+                (Some(text), _) => node::parse_record(&text),
+                (None, e) => Err(RecordError::Raised(e.unwrap_or_else(|| "(no reason given)".into()))),
+            };
+            match read {
+                Ok((schema, flags)) => classes.push(Arc::new(PyNode::new(class, shared.clone(), schema, flags))),
+                Err(reason) => {
+                    let e = SchemaError { class, reason };
+                    tracing::warn!(class = %e.class, "node class {} was skipped: {}", e.class, e.reason);
+                    report.schema_errors.push(e);
+                }
             }
         }
         report.node_count = classes.len();
@@ -198,6 +202,20 @@ impl Bridge {
     /// they win). Returns how many were added.
     pub fn register(&self, registry: &mut Registry) -> usize {
         self.inner.classes.iter().filter(|c| registry.register((*c).clone() as Arc<dyn NodeClass>)).count()
+    }
+
+    /// Lets Python nodes consume a kind of native value as a `torch.Tensor` (no copy): `f`
+    /// returns the tensor a native handle stands for, or `None` for handles it does not know.
+    /// Extractors are tried in the order they were added.
+    pub fn add_tensor_extractor(&self, f: TensorExtractor) {
+        self.inner.shared.extractors.add_tensor(f);
+    }
+
+    /// Lets Python nodes consume a kind of native MODEL: `f` returns the UNet state dict a native
+    /// handle stands for and an identity of those weights; the bridge builds a ComfyUI MODEL from
+    /// it (once per identity). The binary adds the WIDEN pack's `native_model_weights`.
+    pub fn add_model_extractor(&self, f: ModelExtractor) {
+        self.inner.shared.extractors.add_model(f);
     }
 
     /// Every Python node class.
@@ -215,10 +233,13 @@ impl Bridge {
         if let Some(c) = self.class(name) {
             return Ok(c);
         }
-        let text = Python::attach(|py| -> PyResult<String> { host_module(py)?.call_method1("node_record", (name,))?.extract() })
-            .map_err(|e| BridgeError::Python(e.to_string()))?;
-        let (schema, flags, _) = node::parse_record(&text).map_err(BridgeError::Python)?;
-        Ok(Arc::new(PyNode::new(name.to_string(), self.inner.shared.clone(), schema, flags)))
+        let shared = &self.inner.shared;
+        let text = Python::attach(|py| -> Result<String, BridgeError> {
+            let record = shared.host(py).call_method1("node_record", (name,)).and_then(|r| r.extract());
+            record.map_err(|e| BridgeError::Python(format_py_err(py, &e)))
+        })?;
+        let (schema, flags) = node::parse_record(&text).map_err(|reason| SchemaError { class: name.to_string(), reason })?;
+        Ok(Arc::new(PyNode::new(name.to_string(), shared.clone(), schema, flags)))
     }
 
     pub fn report(&self) -> &BootReport {
@@ -235,13 +256,43 @@ impl Bridge {
     pub fn with_python<R: Send>(&self, f: impl FnOnce(Python<'_>) -> R + Send) -> Result<R, BridgeError> {
         self.inner.shared.thread.run(f, || {})
     }
+
+    /// How long the last call handed to the Python thread took there (GIL attach included), for
+    /// the bridge benchmark.
+    pub fn last_job_time(&self) -> Duration {
+        self.inner.shared.thread.last_job_time()
+    }
+
+    /// A runtime value as a Python object, as node inputs are passed: ints stay ints, JSON
+    /// becomes dicts and lists, Python handles their objects again, native handles go through
+    /// the registered extractors.
+    pub fn value_to_py<'py>(&self, py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+        convert::value_to_py(py, &self.inner.shared, v)
+    }
+
+    /// Wraps any Python object as a runtime value, as node outputs are: plain ints, floats,
+    /// strings, bools and None become native values, anything else a [`PyHandle`] of
+    /// `type_name` with its byte size measured.
+    pub fn object_value(&self, py: Python<'_>, obj: &Bound<'_, PyAny>, type_name: &str) -> PyResult<Value> {
+        convert::object_value_in(py, &self.inner.shared, obj, type_name)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+}
+
+/// What the Python side of the boot hands back to the starting thread.
+struct Booted {
+    host: Py<PyModule>,
+    report: BootReport,
+    /// (class name, record JSON, error) for every class.
+    records: Vec<(String, Option<String>, Option<String>)>,
+    schema_time: Duration,
 }
 
 /// The Python side of the bridge's boot: native module, host module, ComfyUI, node records.
-/// (class name, record JSON, error) for every class.
-type Records = Vec<(String, Option<String>, Option<String>)>;
-
-fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootReport, Records, Duration), BridgeError> {
+fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<Booted, BridgeError> {
     let perr = |e: PyErr| BridgeError::Boot(format_py_err(py, &e));
     let native = PyModule::new(py, "_comfyrs").map_err(perr)?;
     native.add_function(wrap_pyfunction!(progress, &native).map_err(perr)?).map_err(perr)?;
@@ -249,7 +300,6 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootRep
     py.import("sys").and_then(|s| s.getattr("modules")).and_then(|m| m.set_item("_comfyrs", &native)).map_err(perr)?;
     let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
     let host = PyModule::from_code(py, &code, c"comfyrs_host.py", c"comfyrs_host").map_err(perr)?;
-    let _ = HOST.set(host.clone().unbind());
 
     let d = PyDict::new(py);
     let s = |p: &Path| p.to_string_lossy().into_owned();
@@ -266,44 +316,53 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<(BootRep
     })()
     .map_err(perr)?;
     let info = host.call_method1("boot", (d,)).map_err(perr)?;
-    let get = |k: &str| info.get_item(k);
-    let secs = |k: &str| -> Duration {
-        get("timings").and_then(|t| t.get_item(k)).and_then(|v| v.extract::<f64>()).map(Duration::from_secs_f64).unwrap_or_default()
-    };
-    let mut report = BootReport {
-        torch_version: get("torch").and_then(|v| v.extract()).unwrap_or_default(),
-        cpu: get("cpu").and_then(|v| v.extract()).unwrap_or(false),
-        v3: get("v3").and_then(|v| v.extract()).unwrap_or(false),
-        import_torch: secs("import_torch"),
-        import_comfyui: secs("import_nodes"),
-        load_nodes: secs("load_nodes"),
-        ..Default::default()
-    };
-    if let Ok(fails) = get("failures") {
-        if let Ok(it) = fails.try_iter() {
-            for f in it.flatten() {
-                let g = |k: &str| f.get_item(k).and_then(|v| v.extract::<String>()).unwrap_or_default();
-                report.failures.push(ImportFailure {
-                    path: g("path"),
-                    module: g("module"),
-                    error: g("error"),
-                    custom: f.get_item("custom").and_then(|v| v.extract()).unwrap_or(false),
-                });
-            }
-        }
-    }
+    let report = boot_report(&info)
+        .map_err(|e| BridgeError::Boot(format!("the bridge's Python half returned a malformed boot report: {}", format_py_err(py, &e))))?;
     let t = Instant::now();
-    let records: Records = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
-    Ok((report, records, t.elapsed()))
+    let records = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
+    Ok(Booted { host: host.unbind(), report, records, schema_time: t.elapsed() })
 }
 
+/// Reads the host's boot reply (`boot()` in `python/comfyrs_host.py`).
+fn boot_report(info: &Bound<'_, PyAny>) -> PyResult<BootReport> {
+    let timings = info.get_item("timings")?;
+    let secs = |k: &str| -> PyResult<Duration> { Ok(Duration::from_secs_f64(timings.get_item(k)?.extract()?)) };
+    let mut report = BootReport {
+        torch_version: info.get_item("torch")?.extract()?,
+        cpu: info.get_item("cpu")?.extract()?,
+        v3: info.get_item("v3")?.extract()?,
+        import_torch: secs("import_torch")?,
+        import_comfyui: secs("import_nodes")?,
+        load_nodes: secs("load_nodes")?,
+        ..Default::default()
+    };
+    for f in info.get_item("failures")?.try_iter()? {
+        let f = f?;
+        let text = |k: &str| -> PyResult<String> { f.get_item(k)?.extract() };
+        report.failures.push(ImportFailure {
+            path: text("path")?,
+            module: text("module")?,
+            error: text("error")?,
+            custom: f.get_item("custom")?.extract()?,
+        });
+    }
+    Ok(report)
+}
+
+/// A Python exception with its traceback, as one text.
 pub(crate) fn format_py_err(py: Python<'_>, e: &PyErr) -> String {
-    let tb = e.traceback(py).and_then(|t| t.format().ok()).unwrap_or_default();
+    let tb = match e.traceback(py).map(|t| t.format()) {
+        None => String::new(),
+        Some(Ok(tb)) => tb,
+        Some(Err(fe)) => format!("(the traceback could not be formatted: {fe})\n"),
+    };
     format!("{}{}", tb, e)
 }
 
 /// ComfyUI's progress hook lands here: progress of the node call running on this thread.
-/// Returns whether comfyrs was interrupted (the hook then raises ComfyUI's interrupt).
+/// Returns whether comfyrs was interrupted (the hook then raises ComfyUI's interrupt). Outside a
+/// node call (a model loaded through [`Bridge::with_python`]) there is no one to tell and
+/// nothing to interrupt.
 #[pyfunction]
 fn progress(value: u64, total: u64) -> bool {
     interp::with_current(|ctx| {

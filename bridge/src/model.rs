@@ -10,16 +10,18 @@
 //! }));
 //! ```
 //!
-//! Every call runs on the bridge's Python thread (ComfyUI's model management is not
-//! thread-safe).
+//! They take no [`Bridge`] (the pack's hooks are plain functions): a Python MODEL can only come
+//! from the bridge running in this process, which they reach through [`Bridge::running`]. Every
+//! call runs on the bridge's Python thread (ComfyUI's model management is not thread-safe).
 
 use indexmap::IndexMap;
 use pyo3::prelude::*;
+use pyo3::types::PyModule;
 
 use comfyrs_runtime::Value;
 
-use crate::convert::{named_tensors_to_py, object_value, py_to_tensor, PyHandle};
-use crate::{format_py_err, host_module, Bridge};
+use crate::convert::{named_tensors_to_py, object_value_in, py_to_tensor, PyHandle};
+use crate::{format_py_err, Bridge, BridgeError, Shared};
 
 /// A Python MODEL's diffusion weights, keys `diffusion_model.…`.
 pub type Weights = (IndexMap<String, tch::Tensor>, [u8; 32], String);
@@ -30,15 +32,20 @@ fn python_model(v: &Value) -> Option<(Bridge, Value)> {
     Some((Bridge::running()?, v.clone()))
 }
 
-fn with_object<R: Send>(bridge: &Bridge, v: Value, f: impl FnOnce(Python<'_>, &Bound<'_, PyAny>) -> PyResult<R> + Send) -> Result<R, String> {
-    bridge
-        .with_python(move |py| {
-            let Value::Handle(h) = &v else { unreachable!("checked") };
-            let ph = h.as_any().downcast_ref::<PyHandle>().expect("checked");
-            let obj = ph.object().bind(py).clone();
-            f(py, &obj).map_err(|e| format_py_err(py, &e))
-        })
-        .map_err(|e| e.to_string())?
+/// Runs `f` on the Python thread with the bridge's shared state, its host module and the
+/// object of `v` (a Python handle: checked by [`python_model`]).
+fn with_object<R: Send>(
+    bridge: &Bridge,
+    v: Value,
+    f: impl FnOnce(Python<'_>, &Shared, &Bound<'_, PyModule>, &Bound<'_, PyAny>) -> PyResult<R> + Send,
+) -> Result<R, BridgeError> {
+    let shared = bridge.shared();
+    bridge.with_python(move |py| {
+        let Value::Handle(h) = &v else { unreachable!("checked") };
+        let ph = h.as_any().downcast_ref::<PyHandle>().expect("checked");
+        let obj = ph.object().bind(py).clone();
+        f(py, shared, shared.host(py), &obj).map_err(|e| BridgeError::Python(format_py_err(py, &e)))
+    })?
 }
 
 /// The diffusion weights of a Python MODEL (a ModelPatcher) as tensors over the same storage.
@@ -46,15 +53,15 @@ fn with_object<R: Send>(bridge: &Bridge, v: Value, f: impl FnOnce(Python<'_>, &B
 /// the patcher has patches for are computed (those alone are copies).
 pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
     let (bridge, v) = python_model(v)?;
-    let r = with_object(&bridge, v, |py, obj| -> PyResult<Option<Weights>> {
-        let r = host_module(py)?.call_method1("model_weights", (obj,))?;
+    let r = with_object(&bridge, v, |_py, _shared, host, obj| -> PyResult<Option<Weights>> {
+        let r = host.call_method1("model_weights", (obj,))?;
         if r.is_none() {
             return Ok(None);
         }
         let (keys, tensors, ident, name): (Vec<String>, Vec<Bound<'_, PyAny>>, String, String) = r.extract()?;
         let mut map = IndexMap::with_capacity(keys.len());
         for (k, t) in keys.into_iter().zip(tensors) {
-            let t = py_to_tensor(&t).ok_or_else(|| pyo3::exceptions::PyTypeError::new_err(format!("{k} is not a tensor")))?;
+            let t = py_to_tensor(&t)?.ok_or_else(|| pyo3::exceptions::PyTypeError::new_err(format!("{k} is not a tensor")))?;
             map.insert(k, t);
         }
         let mut h = blake3::Hasher::new();
@@ -65,7 +72,7 @@ pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
     match r {
         Ok(None) => None,
         Ok(Some(w)) => Some(Ok(w)),
-        Err(e) => Some(Err(e)),
+        Err(e) => Some(Err(e.to_string())),
     }
 }
 
@@ -73,7 +80,7 @@ pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
 /// so that weights a clone patched in place are restored.
 pub fn prepare(v: &Value) -> Result<(), String> {
     let Some((bridge, v)) = python_model(v) else { return Ok(()) };
-    with_object(&bridge, v, |py, obj| host_module(py)?.call_method1("model_prepare", (obj,)).map(|_| ()))
+    with_object(&bridge, v, |_py, _shared, host, obj| host.call_method1("model_prepare", (obj,)).map(|_| ())).map_err(|e| e.to_string())
 }
 
 /// A clone of the Python MODEL `v` with `merged` (host keys, CPU tensors, shared with Python, not
@@ -82,9 +89,10 @@ pub fn prepare(v: &Value) -> Result<(), String> {
 pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String> {
     let (bridge, v) = python_model(v).ok_or_else(|| "the MODEL is not a Python object".to_string())?;
     let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
-    with_object(&bridge, v, move |py, obj| {
+    with_object(&bridge, v, move |py, shared, host, obj| {
         let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
-        let m = host_module(py)?.call_method1("model_with_weights", (obj, keys, tensors))?;
-        object_value(py, &m, "MODEL")
+        let m = host.call_method1("model_with_weights", (obj, keys, tensors))?;
+        object_value_in(py, shared, &m, "MODEL")
     })
+    .map_err(|e| e.to_string())
 }

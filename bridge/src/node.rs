@@ -1,7 +1,7 @@
 //! A ComfyUI node class seen through the runtime's [`NodeClass`] contract.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
@@ -12,7 +12,7 @@ use comfyrs_runtime::node::{Args, CallOutput, ExecContext, Fingerprint, NodeClas
 use comfyrs_runtime::schema::{InputKind, NodeSchema, Section};
 
 use crate::convert::{json_to_py, py_to_value, value_to_py};
-use crate::Shared;
+use crate::{interp, RecordError, Shared};
 
 /// Schemas are re-read from Python (file lists change on disk) at most this often.
 const SCHEMA_TTL: Duration = Duration::from_secs(2);
@@ -30,12 +30,14 @@ pub struct PyNode {
     name: String,
     shared: Arc<Shared>,
     schema: RwLock<(Instant, Arc<NodeSchema>)>,
+    /// Why the last schema refresh failed, so that a lasting failure is warned about once.
+    refresh_error: Mutex<Option<String>>,
     flags: Flags,
 }
 
 impl PyNode {
     pub(crate) fn new(name: String, shared: Arc<Shared>, schema: NodeSchema, flags: Flags) -> PyNode {
-        PyNode { name, shared, schema: RwLock::new((Instant::now(), Arc::new(schema))), flags }
+        PyNode { name, shared, schema: RwLock::new((Instant::now(), Arc::new(schema))), refresh_error: Mutex::new(None), flags }
     }
 
     /// The ComfyUI class name.
@@ -48,14 +50,29 @@ impl PyNode {
         self.flags.v3
     }
 
+    /// The schema read again from Python; `None` (the old schema stays) if that failed, with a
+    /// warning the first time a given failure is seen.
     fn refresh_schema(&self) -> Option<NodeSchema> {
-        Python::attach(|py| -> PyResult<Option<NodeSchema>> {
-            let host = crate::host_module(py)?;
-            let text: String = host.call_method1("node_record", (&self.name,))?.extract()?;
-            Ok(parse_record(&text).ok().map(|(s, _, _)| s))
-        })
-        .ok()
-        .flatten()
+        let read = Python::attach(|py| -> Result<NodeSchema, RecordError> {
+            let record = self.shared.host(py).call_method1("node_record", (&self.name,)).and_then(|r| r.extract::<String>());
+            let text = record.map_err(|e| RecordError::Raised(e.to_string()))?;
+            parse_record(&text).map(|(schema, _)| schema)
+        });
+        let mut last = self.refresh_error.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Ok(schema) => {
+                *last = None;
+                Some(schema)
+            }
+            Err(e) => {
+                let e = e.to_string();
+                if last.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(class = %self.name, "the schema of node class {} could not be re-read, so its previous one is kept: {e}", self.name);
+                    *last = Some(e);
+                }
+                None
+            }
+        }
     }
 
     /// Hidden inputs of the class as {name: (token, value)}.
@@ -111,10 +128,10 @@ impl PyNode {
             .run(job, || {
                 if !forwarded && running.load(Ordering::SeqCst) && interrupt.is_set() {
                     forwarded = true;
-                    let _ = Python::attach(|py| -> PyResult<()> {
-                        crate::host_module(py)?.call_method1("set_interrupt", (true,))?;
-                        Ok(())
-                    });
+                    let set = Python::attach(|py| self.shared.host(py).call_method1("set_interrupt", (true,)).map(|_| ()));
+                    if let Err(e) = set {
+                        tracing::warn!(class = %self.name, node = ctx.node_id, "the interrupt could not be passed to ComfyUI, so node {} ({}) runs to its end: {e}", ctx.node_id, self.name);
+                    }
                 }
             })
             .map_err(|e| NodeError::msg(e.to_string()))
@@ -125,7 +142,7 @@ impl PyNode {
         for (k, vals) in &args.values {
             let l = PyList::empty(py);
             for v in vals {
-                l.append(value_to_py(py, v)?)?;
+                l.append(value_to_py(py, &self.shared, v)?)?;
             }
             d.set_item(k, l)?;
         }
@@ -142,31 +159,28 @@ impl PyNode {
     }
 }
 
-/// Parses a record from the host: the schema plus the flags under `__comfyrs__`.
-pub(crate) fn parse_record(text: &str) -> Result<(NodeSchema, Flags, bool), String> {
-    let mut rec: Json = serde_json::from_str(text).map_err(|e| format!("bad record JSON: {e}"))?;
+/// Parses a record from the host: the schema plus the flags under `__comfyrs__` (absent flags
+/// are false).
+pub(crate) fn parse_record(text: &str) -> Result<(NodeSchema, Flags), RecordError> {
+    let mut rec: Json = serde_json::from_str(text).map_err(|e| RecordError::Json(e.to_string()))?;
     let extra = rec.as_object_mut().and_then(|o| o.remove("__comfyrs__")).unwrap_or(Json::Null);
-    let mut schema = NodeSchema::from_object_info(&rec)?;
+    let mut schema = NodeSchema::from_object_info(&rec).map_err(RecordError::Schema)?;
     let b = |k: &str| extra.get(k).and_then(Json::as_bool).unwrap_or(false);
     schema.not_idempotent = b("not_idempotent");
     if let Some(a) = rec.get("search_aliases").and_then(Json::as_array) {
         schema.search_aliases = a.iter().filter_map(|s| s.as_str().map(String::from)).collect();
     }
     let flags = Flags { has_fingerprint: b("has_fingerprint"), has_validate: b("has_validate"), has_lazy: b("has_lazy"), v3: b("v3") };
-    Ok((schema, flags, b("not_idempotent")))
+    Ok((schema, flags))
 }
 
 /// Maps a Python error tuple `("error", is_interrupt, message, type, traceback)`.
-fn node_error(t: &Bound<'_, PyTuple>) -> NodeError {
-    let interrupt: bool = t.get_item(1).and_then(|v| v.extract()).unwrap_or(false);
+fn node_error(t: &Bound<'_, PyTuple>) -> PyResult<NodeError> {
+    let interrupt: bool = t.get_item(1)?.extract()?;
     if interrupt {
-        return NodeError::Interrupted;
+        return Ok(NodeError::Interrupted);
     }
-    NodeError::Failed {
-        message: t.get_item(2).and_then(|v| v.extract()).unwrap_or_default(),
-        exception_type: t.get_item(3).and_then(|v| v.extract()).unwrap_or_else(|_| "Exception".into()),
-        traceback: t.get_item(4).and_then(|v| v.extract()).unwrap_or_default(),
-    }
+    Ok(NodeError::Failed { message: t.get_item(2)?.extract()?, exception_type: t.get_item(3)?.extract()?, traceback: t.get_item(4)?.extract()? })
 }
 
 fn py_err(py: Python<'_>, e: PyErr) -> NodeError {
@@ -206,9 +220,8 @@ impl NodeClass for PyNode {
         let types: Vec<String> = schema.outputs.iter().map(|o| o.ty.clone()).collect();
         let name = &self.name;
         let result = self.on_python_thread(ctx, |py| -> Result<CallOutput, NodeError> {
-            let _current = crate::interp::CurrentCall::enter(ctx);
             let run = || -> PyResult<Result<CallOutput, NodeError>> {
-                let host = crate::host_module(py)?;
+                let host = self.shared.host(py);
                 let inputs = self.constants_py(py, args)?;
                 let hidden = self.hidden(py, &schema, ctx)?;
                 let prompt = self.prompt_py(py, &schema, ctx)?;
@@ -219,7 +232,7 @@ impl NodeClass for PyNode {
                 let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
                 let status: String = t.get_item(0)?.extract()?;
                 if status != "ok" {
-                    return Ok(Err(node_error(t)));
+                    return Ok(Err(node_error(t)?));
                 }
                 let sizer = host.getattr(pyo3::intern!(py, "byte_size"))?;
                 let outputs = t.get_item(1)?;
@@ -239,19 +252,22 @@ impl NodeClass for PyNode {
                     slots = vec![Vec::new(); types.len()];
                 }
                 let ui_text: Option<String> = t.get_item(2)?.extract()?;
-                let ui = match ui_text {
-                    Some(s) => match serde_json::from_str::<Json>(&s) {
-                        Ok(Json::Object(m)) => Some(m),
-                        _ => None,
-                    },
+                let ui = match ui_text.map(|s| serde_json::from_str::<Json>(&s)) {
                     None => None,
+                    Some(Ok(Json::Object(m))) => Some(m),
+                    // The host sends a dict's JSON; anything else is a bug of the bridge, and
+                    // losing the UI should not fail a node that ran.
+                    Some(other) => {
+                        tracing::warn!(class = %name, node = ctx.node_id, "the UI output of node {} ({name}) was dropped: the bridge sent {other:?}", ctx.node_id);
+                        None
+                    }
                 };
                 Ok(Ok(CallOutput { outputs: slots, ui: ui.filter(|m: &Map<String, Json>| !m.is_empty()) }))
             };
-            match run() {
+            interp::in_call(ctx, || match run() {
                 Ok(r) => r,
                 Err(e) => Err(py_err(py, e)),
-            }
+            })
         })?;
         result
     }
@@ -263,15 +279,25 @@ impl NodeClass for PyNode {
         let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let links = self.required_links(&schema, constants);
         let r = Python::attach(|py| -> PyResult<Option<String>> {
-            let host = crate::host_module(py)?;
             let d = self.constants_py(py, constants)?;
-            host.call_method1("fingerprint", (&self.name, d, links))?.extract()
+            self.shared.host(py).call_method1("fingerprint", (&self.name, d, links))?.extract()
         });
+        // A failing IS_CHANGED makes the node "always changed", as in ComfyUI, which also only
+        // warns. (The runtime asks for fingerprints per class and constants, without a node id.)
         match r {
             Ok(None) => None,
             Ok(Some(s)) if s == "always" => Some(Fingerprint::Always),
-            Ok(Some(s)) => Some(serde_json::from_str(&s).map(Fingerprint::Value).unwrap_or(Fingerprint::Always)),
-            Err(_) => Some(Fingerprint::Always),
+            Ok(Some(s)) => match serde_json::from_str(&s) {
+                Ok(j) => Some(Fingerprint::Value(j)),
+                Err(e) => {
+                    tracing::warn!(class = %self.name, "the IS_CHANGED result of node class {} could not be read, so it runs every time: {e}", self.name);
+                    Some(Fingerprint::Always)
+                }
+            },
+            Err(e) => {
+                tracing::warn!(class = %self.name, "IS_CHANGED of node class {} failed, so it runs every time: {e}", self.name);
+                Some(Fingerprint::Always)
+            }
         }
     }
 
@@ -283,9 +309,8 @@ impl NodeClass for PyNode {
         let lazy: Vec<String> = schema.inputs.iter().filter(|i| i.lazy && !args.values.contains_key(&i.name)).map(|i| i.name.clone()).collect();
         let name = &self.name;
         self.on_python_thread(ctx, |py| -> Result<Vec<String>, NodeError> {
-            let _current = crate::interp::CurrentCall::enter(ctx);
             let run = || -> PyResult<Result<Vec<String>, NodeError>> {
-                let host = crate::host_module(py)?;
+                let host = self.shared.host(py);
                 let inputs = self.constants_py(py, args)?;
                 let hidden = self.hidden(py, &schema, ctx)?;
                 let prompt = self.prompt_py(py, &schema, ctx)?;
@@ -297,14 +322,14 @@ impl NodeClass for PyNode {
                 let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
                 let status: String = t.get_item(0)?.extract()?;
                 if status != "ok" {
-                    return Ok(Err(node_error(t)));
+                    return Ok(Err(node_error(t)?));
                 }
                 Ok(Ok(t.get_item(1)?.extract()?))
             };
-            match run() {
+            interp::in_call(ctx, || match run() {
                 Ok(r) => r,
                 Err(e) => Err(py_err(py, e)),
-            }
+            })
         })?
     }
 
@@ -315,9 +340,8 @@ impl NodeClass for PyNode {
         let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let links = self.required_links(&schema, constants);
         Python::attach(|py| -> PyResult<Vec<(String, String)>> {
-            let host = crate::host_module(py)?;
             let d = self.constants_py(py, constants)?;
-            host.call_method1("validate", (&self.name, d, links))?.extract()
+            self.shared.host(py).call_method1("validate", (&self.name, d, links))?.extract()
         })
         .unwrap_or_else(|e| vec![("(node)".into(), format!("VALIDATE_INPUTS could not run: {e}"))])
     }

@@ -21,7 +21,7 @@ use support::{Collect, Env};
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    support::env(&ENV, "bridge-tests", |_, _| {})
+    support::env(&ENV, "bridge-tests", |_, _, _| {})
 }
 
 #[allow(clippy::result_large_err)]
@@ -313,6 +313,33 @@ fn protocol_hidden_fingerprint_lazy_lists() {
 }
 
 #[test]
+fn failures_in_python_are_reported_not_swallowed() {
+    let _lock = support::shared();
+    let e = env();
+    // A class whose schema cannot be read is skipped, with the class and the reason.
+    let bad = e.bridge.report().schema_errors.iter().find(|s| s.class == "TestBadSchema").expect("TestBadSchema is reported");
+    assert!(matches!(&bad.reason, comfyrs_bridge::RecordError::Raised(m) if m.contains("schema fails on purpose")), "{bad}");
+    assert!(e.registry.get("TestBadSchema").is_none());
+    // A failing IS_CHANGED: the node counts as changed (as in ComfyUI), and a warning names the
+    // class and the exception.
+    let class = e.bridge.class("TestChangedRaises").unwrap();
+    let mut args = Args::default();
+    args.insert("value", Value::Int(3));
+    let (fp, warnings) = support::warnings_of(|| class.fingerprint(&args));
+    assert_eq!(fp, Some(comfyrs_runtime::node::Fingerprint::Always));
+    assert!(warnings.contains("TestChangedRaises") && warnings.contains("IS_CHANGED fails on purpose"), "{warnings}");
+    // ... and it runs again on the next prompt.
+    let events = Collect::new();
+    let mut exec = new_exec();
+    let p = json!({"r": {"class_type": "TestChangedRaises", "inputs": {"value": 3}}});
+    for _ in 0..2 {
+        let r = run_prompt(&mut exec, p.clone(), &events).unwrap();
+        assert!(r.success(), "{:?}", r.errors);
+        assert!(r.executed().contains(&"r"), "{:?}", r.executed());
+    }
+}
+
+#[test]
 fn progress_and_interrupt() {
     let _lock = support::exclusive();
     let events = Collect::new();
@@ -379,7 +406,7 @@ fn tensors_cross_without_copies() {
     let (py_ptr, t) = Python::attach(|py| {
         let samples = latent.object().bind(py).get_item("samples").unwrap();
         let ptr: usize = samples.call_method0("data_ptr").unwrap().extract().unwrap();
-        (ptr, comfyrs_bridge::py_to_tensor(&samples).expect("a tensor"))
+        (ptr, comfyrs_bridge::py_to_tensor(&samples).unwrap().expect("a tensor"))
     });
     assert_eq!(t.size(), vec![2, 4, 4, 8]);
     assert_eq!(t.data_ptr() as usize, py_ptr);

@@ -23,13 +23,13 @@ const LORA: &str = comfyrs_bridge::fixtures::TINY_SD15_LORA;
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
-    support::env(&ENV, "bridge-handoff-tests", |registry, models| {
+    support::env(&ENV, "bridge-handoff-tests", |registry, models, bridge| {
         comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(models).expect("tiny SD1.5 LoRA");
         comfyrs_nodes::core::register(registry);
         let engine = comfyrs_nodes::pack::MergeEngine::standalone(comfyrs_nodes::pack::MergeSettings::default()).expect("merge engine");
         comfyrs_nodes::pack::register(registry, ModelFolders::new(models), engine.clone());
         // What src/engine.rs does once the bridge has started.
-        comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);
+        bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
         engine.set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
             state_dict: comfyrs_bridge::model::state_dict,
             prepare: comfyrs_bridge::model::prepare,
@@ -139,8 +139,8 @@ fn handoff_shares_storage_both_ways() {
     let _lock = support::shared();
     let e = env();
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
-    let model: Value = e
-        .bridge
+    let bridge = &e.bridge;
+    let model: Value = bridge
         .with_python(move |py| -> Result<Value, String> {
             use pyo3::types::PyAnyMethods;
             let code = std::ffi::CString::new(
@@ -149,7 +149,7 @@ fn handoff_shares_storage_both_ways() {
             .unwrap();
             let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_load.py", c"handoff_load").map_err(|e| e.to_string())?;
             let obj = m.getattr("load").and_then(|f| f.call1((path,))).map_err(|e| e.to_string())?;
-            comfyrs_bridge::object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
+            bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
         })
         .unwrap()
         .unwrap();

@@ -20,8 +20,8 @@ pub struct Env {
 /// The binary's environment, started on first use: the tiny SD1.5 checkpoint under
 /// `CARGO_TARGET_TMPDIR/<scratch>/models`, the test custom node pack, an empty output folder.
 /// `extend` adds what the binary needs beyond ComfyUI's nodes (it runs before the bridge's own
-/// nodes are registered, so native nodes win).
-pub fn env(cell: &'static OnceLock<Env>, scratch: &str, extend: impl FnOnce(&mut Registry, &PathBuf)) -> &'static Env {
+/// nodes are registered, so native nodes win) and wires the started bridge.
+pub fn env(cell: &'static OnceLock<Env>, scratch: &str, extend: impl FnOnce(&mut Registry, &PathBuf, &Bridge)) -> &'static Env {
     cell.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(scratch);
         let models = root.join("models");
@@ -39,7 +39,7 @@ pub fn env(cell: &'static OnceLock<Env>, scratch: &str, extend: impl FnOnce(&mut
         };
         let bridge = Bridge::start(&opts).unwrap_or_else(|e| panic!("{e}"));
         let mut registry = Registry::new();
-        extend(&mut registry, &models);
+        extend(&mut registry, &models, &bridge);
         bridge.register(&mut registry);
         Env { bridge, registry, models, output, ckpt: ckpt.file_name().unwrap().to_string_lossy().into_owned() }
     })
@@ -72,4 +72,30 @@ pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
 #[allow(dead_code)]
 pub fn exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
     INTERRUPT_LOCK.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the bridge logs at `warn` and above while `f` runs on this thread, as text.
+#[allow(dead_code)] // Only some binaries check warnings.
+pub fn warnings_of<R>(f: impl FnOnce() -> R) -> (R, String) {
+    #[derive(Clone)]
+    struct Buf(std::sync::Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf(Default::default());
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let r = tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+    (r, text)
 }

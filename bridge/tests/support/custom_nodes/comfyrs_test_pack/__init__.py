@@ -88,6 +88,37 @@ class TestChanged:
         return {"ui": {"count": [TestChanged.counter]}, "result": (TestChanged.counter,)}
 
 
+class TestChangedRaises:
+    """IS_CHANGED raises: the node counts as changed (as in ComfyUI) and the failure is warned."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"value": ("INT", {"default": 1})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    @classmethod
+    def IS_CHANGED(s, value):
+        raise RuntimeError("IS_CHANGED fails on purpose")
+
+    def run(self, value):
+        return {"ui": {"value": [value]}, "result": (value,)}
+
+
+class TestBadSchema:
+    """INPUT_TYPES raises: the class is skipped at start, with the reason reported."""
+    @classmethod
+    def INPUT_TYPES(s):
+        raise KeyError("schema fails on purpose")
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    def run(self):
+        return (0,)
+
+
 class TestValidate:
     @classmethod
     def INPUT_TYPES(s):
@@ -203,6 +234,7 @@ class TestExit:
 
 
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
-    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestValidate, TestLazy,
-    TestConst, TestListOut, TestListIn, TestProgress, TestExit)}
+    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedRaises,
+    TestBadSchema, TestValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
+    TestExit)}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
