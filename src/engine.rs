@@ -7,25 +7,18 @@ use anyhow::{Context, Result};
 use comfyrs_nodes::models::ModelFolders;
 use comfyrs_runtime::Registry;
 
-use crate::EngineArgs;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum PythonMode {
-    Auto,
-    Always,
-    Never,
-}
+use crate::config::{Config, PythonMode};
 
 pub struct Engine {
     pub registry: Registry,
-    args: EngineArgs,
+    config: Config,
     python_started: bool,
 }
 
 impl Engine {
-    pub fn new(args: &EngineArgs) -> Result<Engine> {
-        let mut engine = Engine { registry: native_registry(args)?, args: args.clone(), python_started: false };
-        if args.python == PythonMode::Always {
+    pub fn new(config: &Config) -> Result<Engine> {
+        let mut engine = Engine { registry: native_registry(config)?, config: config.clone(), python_started: false };
+        if config.python == PythonMode::Always {
             engine.start_python(None)?;
         }
         Ok(engine)
@@ -33,7 +26,7 @@ impl Engine {
 
     /// Whether a missing node type could still come from Python.
     pub fn can_start_python(&self) -> bool {
-        cfg!(feature = "python") && !self.python_started && self.args.python != PythonMode::Never
+        cfg!(feature = "python") && !self.python_started && self.config.python != PythonMode::Never
     }
 
     /// Starts the embedded ComfyUI once and registers its nodes (native ones keep winning).
@@ -42,16 +35,16 @@ impl Engine {
             return Ok(());
         }
         self.python_started = true;
-        start_bridge(&self.args, output_dir, &mut self.registry)
+        start_bridge(&self.config, output_dir, &mut self.registry)
     }
 }
 
 /// Native nodes only: ComfyUI's model-free utility nodes and the WIDEN pack.
-pub fn native_registry(args: &EngineArgs) -> Result<Registry> {
+pub fn native_registry(config: &Config) -> Result<Registry> {
     let mut reg = Registry::new();
     comfyrs_nodes::core::register(&mut reg);
-    let mut folders = ModelFolders::new(&args.models_dir);
-    if let Some(yaml) = &args.extra_model_paths {
+    let mut folders = ModelFolders::new(&config.models_dir);
+    if let Some(yaml) = &config.extra_model_paths {
         folders
             .load_extra_model_paths(yaml)
             .with_context(|| format!("cannot read the extra model paths file {}", yaml.display()))?;
@@ -61,15 +54,15 @@ pub fn native_registry(args: &EngineArgs) -> Result<Registry> {
 }
 
 #[cfg(feature = "python")]
-fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry) -> Result<()> {
+fn start_bridge(config: &Config, output_dir: Option<&Path>, reg: &mut Registry) -> Result<()> {
     use comfyrs_bridge::{Bridge, BridgeOptions};
     let t = std::time::Instant::now();
     tracing::info!("starting the embedded ComfyUI for non-native nodes");
     let opts = BridgeOptions {
-        comfyui_path: args.comfyui.clone(),
-        custom_nodes: args.custom_nodes.clone(),
+        comfyui_path: config.comfyui.clone(),
+        custom_nodes: config.custom_nodes.clone(),
         output_dir: output_dir.map(Path::to_path_buf),
-        models_dir: args.models_dir.is_dir().then(|| args.models_dir.clone()),
+        models_dir: config.models_dir.is_dir().then(|| config.models_dir.clone()),
         ..BridgeOptions::default()
     };
     let bridge = Bridge::start(&opts).context("cannot start the embedded Python ComfyUI")?;
@@ -94,6 +87,6 @@ fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_args: &EngineArgs, _output_dir: Option<&Path>, _reg: &mut Registry) -> Result<()> {
+fn start_bridge(_config: &Config, _output_dir: Option<&Path>, _reg: &mut Registry) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }

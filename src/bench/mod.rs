@@ -28,18 +28,28 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         calls: usize,
         #[command(flatten)]
-        engine: crate::EngineArgs,
+        config: crate::config::ConfigArgs,
     },
 }
 
-pub fn main(cmd: BenchCommand) -> Result<ExitCode> {
+impl BenchCommand {
+    pub fn config_args(&self) -> Option<&crate::config::ConfigArgs> {
+        match self {
+            #[cfg(feature = "python")]
+            BenchCommand::Bridge { config, .. } => Some(config),
+            _ => None,
+        }
+    }
+}
+
+pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
         BenchCommand::Widen(opts) => comfyrs_nodes::widen::bench::run(&opts, &mut std::io::stdout().lock())?,
         BenchCommand::Merge(opts) => merge::run(&opts)?,
         #[cfg(feature = "python")]
-        BenchCommand::Bridge { calls, engine } => {
-            let mut engine = crate::engine::Engine::new(&engine)?;
+        BenchCommand::Bridge { calls, .. } => {
+            let mut engine = crate::engine::Engine::new(config)?;
             engine.start_python(None)?;
             let bridge = comfyrs_bridge::Bridge::running().ok_or_else(|| anyhow::anyhow!("the embedded ComfyUI did not start"))?;
             println!("{}", comfyrs_bridge::bench::run(&bridge, calls)?.render());

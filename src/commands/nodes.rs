@@ -2,10 +2,11 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
+use crate::config::Config;
 use crate::NodesArgs;
 
-pub fn main(args: NodesArgs) -> Result<ExitCode> {
-    let mut engine = crate::engine::Engine::new(&args.engine)?;
+pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
+    let mut engine = crate::engine::Engine::new(config)?;
     // The full list includes ComfyUI's Python nodes unless Python is off; one native class
     // needs no Python.
     let native = args.class.as_deref().is_some_and(|c| engine.registry.get(c).is_some());

@@ -6,6 +6,7 @@ use comfyrs_runtime::executor::{Executor, NodeStatus, RunOptions, RunReport};
 use comfyrs_runtime::validate::{node_errors_json, render_node_errors, Rejection};
 use serde_json::{json, Value as Json};
 
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::load::prepare;
 use crate::progress::{fmt_secs, Progress};
@@ -16,9 +17,13 @@ enum Outcome {
     Rejected(Rejection),
 }
 
-pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
-    let mut engine = Engine::new(&args.engine)?;
-    let mut exec = Executor::new(args.cache.cache, args.cache.cache_bytes as usize);
+/// The runtime's result cache bound while `memory.host` is auto.
+const AUTO_RESULT_CACHE_BYTES: u64 = 8 << 30;
+
+pub fn main(args: RunArgs, config: &Config, quiet: bool) -> Result<ExitCode> {
+    let mut engine = Engine::new(config)?;
+    let cache_bytes = config.memory.host.unwrap_or(AUTO_RESULT_CACHE_BYTES);
+    let mut exec = Executor::new(config.cache.mode, usize::try_from(cache_bytes).unwrap_or(usize::MAX));
     install_ctrl_c(exec.interrupt.clone());
     let progress = Progress::new(quiet || args.json);
     let mut results = Vec::new();

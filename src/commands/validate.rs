@@ -4,13 +4,14 @@ use anyhow::Result;
 use comfyrs_runtime::validate::node_errors_json;
 use serde_json::json;
 
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::load::prepare;
 use crate::ValidateArgs;
 
 /// Prints ComfyUI's validation JSON; exit 0 when at least one output can run.
-pub fn main(args: ValidateArgs) -> Result<ExitCode> {
-    let mut engine = Engine::new(&args.engine)?;
+pub fn main(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
+    let mut engine = Engine::new(config)?;
     let prepared = prepare(&mut engine, &args.file, &args.sets, None)?;
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
