@@ -20,7 +20,7 @@ use config::{Config, ConfigArgs};
     name = "comfyrs",
     version,
     about = "Run ComfyUI workflows headless: WIDEN merges natively on libtorch, everything else through an embedded ComfyUI.",
-    after_help = "Examples:\n  comfyrs run workflows/strings.json\n  comfyrs run my_workflow.json --set 3.seed=42 --output-dir out/\n  comfyrs validate my_workflow.json\n  comfyrs nodes StringConcatenate"
+    after_help = "Examples:\n  comfyrs run workflows/strings.json\n  comfyrs run my_workflow.json --set 3.seed=42 --output-dir out/\n  comfyrs validate my_workflow.json\n  comfyrs nodes StringConcatenate\n  comfyrs config --device cpu"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +41,9 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the /object_info record of every registered node, or of one class.
     Nodes(NodesArgs),
+    /// Print the effective configuration: every setting, its value and where it came from
+    /// (default, comfyrs.toml, environment, flag).
+    Config(ConfigCmdArgs),
     /// Write random-weight models and LoRAs of the real layouts (for tests, demos, benchmarks).
     Fixtures(FixturesArgs),
     /// Measure comfyrs's own speed (see BENCHMARKS.md).
@@ -84,6 +87,15 @@ pub struct FixturesArgs {
 }
 
 #[derive(Args)]
+pub struct ConfigCmdArgs {
+    /// As JSON: {"key": {"value": ..., "source": ...}}, sizes in bytes.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
 pub struct ValidateArgs {
     /// Workflow file (API format or UI format).
     #[arg(value_name = "FILE")]
@@ -115,6 +127,7 @@ impl Command {
             Command::Run(a) => Some(&a.config),
             Command::Validate(a) => Some(&a.config),
             Command::Nodes(a) => Some(&a.config),
+            Command::Config(a) => Some(&a.config),
             Command::Fixtures(a) => Some(&a.config),
             Command::Bench(b) => b.config_args(),
         }
@@ -136,6 +149,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
         Command::Validate(args) => commands::validate::main(args, &config),
         Command::Nodes(args) => commands::nodes::main(args, &config),
+        Command::Config(args) => commands::config::main(args, &config),
         Command::Fixtures(args) => commands::fixtures::main(args, &config),
         Command::Bench(cmd) => bench::main(cmd, &config),
     };

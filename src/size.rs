@@ -14,6 +14,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let not_a_size = || format!("'{s}' is not a size");
+    if num.is_empty() {
+        return Err(not_a_size());
+    }
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -71,6 +74,7 @@ mod tests {
         for bad in ["lots", "", "-1", "4XB", "GiB", "1e3", "1.2.3MiB"] {
             assert!(parse_size(bad).is_err(), "{bad:?} was accepted");
         }
+        assert_eq!(parse_size("lots").unwrap_err(), "'lots' is not a size");
         let e = parse_size("4 parsecs").unwrap_err();
         assert!(e.contains("unknown size unit 'parsecs'"), "{e}");
         assert!(parse_size("99999999999TiB").unwrap_err().contains("more bytes"));

@@ -10,6 +10,7 @@ mod keys;
 mod layers;
 mod memory;
 mod python;
+mod report;
 mod values;
 mod widen;
 
