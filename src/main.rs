@@ -155,11 +155,19 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // Whoever read the output has stopped (`comfyrs nodes | head`): a normal end, as for cat.
+        Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an error is a write to a stdout whose reader has gone. Rust ignores SIGPIPE, so the
+/// write fails with this kind instead of ending the process.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {

@@ -16,6 +16,7 @@
 //! (mapping the base, parsing the LoRA files) is reported on its own.
 
 use std::path::{Path, PathBuf};
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -406,19 +407,21 @@ pub fn run(opts: &MergeBench) -> Result<()> {
         let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
     }
-    println!(
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
         "# comfyrs bench merge ({}, device {}, median of {})\n",
         if opts.tiny { "tiny layouts" } else { "full-size layouts" },
         DEVICE.lock().unwrap_or_else(|e| e.into_inner()),
         opts.repeat
-    );
-    println!("| workload | end to end | Exit alone | what ran |");
-    println!("|---|---:|---:|---|");
+    )?;
+    writeln!(stdout, "| workload | end to end | Exit alone | what ran |")?;
+    writeln!(stdout, "|---|---:|---:|---|")?;
     for r in &rows {
-        println!("| {} | {} | {} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail);
+        writeln!(stdout, "| {} | {} | {} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail)?;
     }
-    println!("\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |");
-    println!("|---|---:|---:|---:|---:|");
+    writeln!(stdout, "\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |")?;
+    writeln!(stdout, "|---|---:|---:|---:|---:|")?;
     for (w, peak, out, base) in memory {
         let bound = base + out + (2 << 30);
         let verdict = match peak {
@@ -426,18 +429,19 @@ pub fn run(opts: &MergeBench) -> Result<()> {
             Some(_) => "EXCEEDED",
             None => "?",
         };
-        println!("| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound));
+        writeln!(stdout, "| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound))?;
     }
     for c in &checks {
-        println!("\n{c}");
+        writeln!(stdout, "\n{c}")?;
     }
-    println!("\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "));
+    writeln!(stdout, "\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "))?;
     let c = comfyrs_nodes::pack::CACHE.stats();
-    println!(
+    writeln!(
+        stdout,
         "\nSubtree cache at the end: {} in host memory, {} in device memory (bound {}).",
         gib(c.bytes as u64),
         gib(c.device_bytes as u64),
         gib(c.device_limit as u64)
-    );
+    )?;
     Ok(())
 }

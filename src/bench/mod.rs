@@ -42,6 +42,8 @@ impl BenchCommand {
     }
 }
 
+// Only `bench bridge` builds an engine from the configuration.
+#[cfg_attr(not(feature = "python"), allow(unused_variables))]
 pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
@@ -52,7 +54,8 @@ pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCod
             let mut engine = crate::engine::Engine::new(config)?;
             engine.start_python(None)?;
             let bridge = comfyrs_bridge::Bridge::running().ok_or_else(|| anyhow::anyhow!("the embedded ComfyUI did not start"))?;
-            println!("{}", comfyrs_bridge::bench::run(&bridge, calls)?.render());
+            let report = comfyrs_bridge::bench::run(&bridge, calls)?.render();
+            std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{report}\n").as_bytes())?;
         }
     }
     Ok(ExitCode::SUCCESS)

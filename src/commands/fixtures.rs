@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
@@ -28,8 +29,9 @@ pub fn main(args: FixturesArgs, config: &Config) -> Result<ExitCode> {
         files
     };
     let bytes: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
+    let mut out = std::io::stdout().lock();
     for f in &files {
-        println!("{}", f.display());
+        writeln!(out, "{}", f.display())?;
     }
     eprintln!("wrote {} files ({:.1} MiB) into {} in {:.1} s", files.len(), bytes as f64 / (1 << 20) as f64, models_dir.display(), t.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

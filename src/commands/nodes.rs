@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -14,9 +15,10 @@ pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
         engine.start_python(None)?;
     }
     let reg = &engine.registry;
+    let mut out = std::io::stdout().lock();
     if args.list {
         for name in reg.names() {
-            println!("{name}");
+            writeln!(out, "{name}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -33,6 +35,6 @@ pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
             }
         },
     };
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -56,13 +57,14 @@ pub fn main(args: RunArgs, config: &Config, quiet: bool) -> Result<ExitCode> {
             }
         };
         if !args.json {
-            print_human(&name, &outcome, quiet);
+            print_human(&name, &outcome, quiet)?;
         }
         results.push((name, outcome));
     }
     if args.json {
         let files: Vec<Json> = results.iter().map(|(name, o)| to_json(name, o)).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({ "files": files }))?);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&json!({ "files": files }))?)?;
     }
     let ok = results.iter().all(|(_, o)| matches!(o, Outcome::Ran(r, _) if r.success()));
     Ok(if interrupted {
@@ -87,7 +89,8 @@ fn install_ctrl_c(flag: comfyrs_runtime::interrupt::Interrupt) {
     });
 }
 
-fn print_human(name: &str, outcome: &Outcome, quiet: bool) {
+/// The summary and errors on stderr; the outputs' UI values on stdout.
+fn print_human(name: &str, outcome: &Outcome, quiet: bool) -> std::io::Result<()> {
     match outcome {
         Outcome::Rejected(r) => eprintln!("{name}: rejected: {}", r.render()),
         Outcome::Ran(report, _) => {
@@ -118,8 +121,9 @@ fn print_human(name: &str, outcome: &Outcome, quiet: bool) {
                 eprintln!("  not run because an upstream node failed: {}", skipped.join(", "));
             }
             if quiet {
-                return;
+                return Ok(());
             }
+            let mut out = std::io::stdout().lock();
             for (id, ui) in &report.outputs {
                 for (key, items) in ui {
                     let items: Vec<String> = match items {
@@ -127,12 +131,13 @@ fn print_human(name: &str, outcome: &Outcome, quiet: bool) {
                         other => vec![render_ui_item(other)],
                     };
                     for it in items {
-                        println!("{id}.{key}: {it}");
+                        writeln!(out, "{id}.{key}: {it}")?;
                     }
                 }
             }
         }
     }
+    Ok(())
 }
 
 fn render_ui_item(v: &Json) -> String {

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -16,15 +17,16 @@ pub fn main(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }
+    let mut out = std::io::stdout().lock();
     match prepared.result {
         Ok(v) => {
             let outputs: Vec<&str> = v.outputs.iter().map(|&i| v.id(i)).collect();
             let doc = json!({ "error": null, "outputs": outputs, "node_errors": node_errors_json(&v.node_errors) });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(r) => {
-            println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?;
             Ok(ExitCode::from(1))
         }
     }
