@@ -44,8 +44,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// The shortest exact spelling of a byte count that `parse_size` reads back: `4GiB`, `512MiB`,
 /// or the plain number when no binary unit divides it.
 pub fn format_size(bytes: u64) -> String {
+    // The units are powers of two: one divides `bytes` when `bytes` has at least its zero bits.
     for (unit, name) in [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.trailing_zeros() >= unit.trailing_zeros() {
             return format!("{}{name}", bytes / unit);
         }
     }
