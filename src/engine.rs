@@ -1,5 +1,6 @@
 //! The node registry this binary runs with: native nodes first (they win), then, when a
-//! workflow needs them, ComfyUI's own nodes through the embedded Python.
+//! workflow needs them, ComfyUI's own nodes through the embedded Python. The engine also owns
+//! the one memory budget and the WIDEN merge engine, both made from the configuration.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,14 +11,7 @@ use comfyrs_nodes::models::ModelFolders;
 use comfyrs_runtime::memory::{MemoryBudget, UNRESOLVED};
 use comfyrs_runtime::Registry;
 
-use crate::EngineArgs;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum PythonMode {
-    Auto,
-    Always,
-    Never,
-}
+use crate::config::{Config, PythonMode};
 
 pub struct Engine {
     pub registry: Registry,
@@ -25,17 +19,17 @@ pub struct Engine {
     pub merge: Arc<MergeEngine>,
     /// The one memory budget of this engine's caches (the executor's outputs and every WIDEN cache).
     pub budget: Arc<MemoryBudget>,
-    args: EngineArgs,
+    config: Config,
     python_started: bool,
 }
 
 impl Engine {
-    pub fn new(args: &EngineArgs) -> Result<Engine> {
-        let budget = MemoryBudget::new(default_host_limit(), UNRESOLVED);
-        let merge = MergeEngine::new(legacy_merge_settings(), budget.clone())?;
-        let registry = native_registry(args, merge.clone())?;
-        let mut engine = Engine { registry, merge, budget, args: args.clone(), python_started: false };
-        if args.python == PythonMode::Always {
+    pub fn new(config: &Config) -> Result<Engine> {
+        let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
+        let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
+        let registry = native_registry(config, merge.clone())?;
+        let mut engine = Engine { registry, merge, budget, config: config.clone(), python_started: false };
+        if config.python == PythonMode::Always {
             engine.start_python(None)?;
         }
         Ok(engine)
@@ -43,7 +37,7 @@ impl Engine {
 
     /// Whether a missing node type could still come from Python.
     pub fn can_start_python(&self) -> bool {
-        cfg!(feature = "python") && !self.python_started && self.args.python != PythonMode::Never
+        cfg!(feature = "python") && !self.python_started && self.config.python != PythonMode::Never
     }
 
     /// Starts the embedded ComfyUI once and registers its nodes (native ones keep winning).
@@ -52,7 +46,7 @@ impl Engine {
             return Ok(());
         }
         self.python_started = true;
-        start_bridge(&self.args, output_dir, &mut self.registry, &self.merge)
+        start_bridge(&self.config, output_dir, &mut self.registry, &self.merge)
     }
 
     /// An executor whose output cache counts in this engine's memory budget.
@@ -61,31 +55,29 @@ impl Engine {
     }
 }
 
-/// The WIDEN knobs of the environment, until the one configuration reads them.
-fn legacy_merge_settings() -> MergeSettings {
-    let mib = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).map(|m| m << 20);
-    let on = |name: &str| std::env::var(name).map_or(true, |v| v != "0");
-    let d = MergeSettings::default();
+/// The merge engine's settings: the configured device and `[widen]` settings.
+pub fn merge_settings(config: &Config) -> MergeSettings {
+    let w = &config.widen;
     MergeSettings {
-        chunk_budget: mib("COMFYRS_WIDEN_BUDGET_MB"),
-        host_ram: mib("COMFYRS_WIDEN_HOST_RAM_MB"),
-        subtree_cache: mib("COMFYRS_WIDEN_CACHE_MB"),
-        device_subtree_cache: mib("COMFYRS_WIDEN_DEVICE_CACHE_MB"),
-        stats_cache: mib("COMFYRS_WIDEN_STATS_CACHE_MB").unwrap_or(d.stats_cache),
-        factor_cache: mib("COMFYRS_WIDEN_FACTOR_CACHE_MB").unwrap_or(d.factor_cache),
-        pinned: on("COMFYRS_WIDEN_PINNED"),
-        events: on("COMFYRS_WIDEN_EVENTS"),
-        copy_stream: on("COMFYRS_WIDEN_COPY_STREAM"),
-        ..d
+        device: config.device.resolve(),
+        chunk_budget: w.chunk_budget,
+        host_ram: w.host_ram,
+        subtree_cache: w.cache,
+        device_subtree_cache: w.device_cache,
+        stats_cache: w.stats_cache,
+        factor_cache: w.factor_cache,
+        pinned: w.pinned,
+        events: w.events,
+        copy_stream: w.copy_stream,
     }
 }
 
 /// Native nodes only: ComfyUI's model-free utility nodes and the WIDEN pack (its Exits on `merge`).
-pub fn native_registry(args: &EngineArgs, merge: Arc<MergeEngine>) -> Result<Registry> {
+pub fn native_registry(config: &Config, merge: Arc<MergeEngine>) -> Result<Registry> {
     let mut reg = Registry::new();
     comfyrs_nodes::core::register(&mut reg);
-    let mut folders = ModelFolders::new(&args.models_dir);
-    if let Some(yaml) = &args.extra_model_paths {
+    let mut folders = ModelFolders::new(&config.models_dir);
+    if let Some(yaml) = &config.extra_model_paths {
         folders
             .load_extra_model_paths(yaml)
             .with_context(|| format!("cannot read the extra model paths file {}", yaml.display()))?;
@@ -95,15 +87,15 @@ pub fn native_registry(args: &EngineArgs, merge: Arc<MergeEngine>) -> Result<Reg
 }
 
 #[cfg(feature = "python")]
-fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
+fn start_bridge(config: &Config, output_dir: Option<&Path>, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
     use comfyrs_bridge::{Bridge, BridgeOptions};
     let t = std::time::Instant::now();
     tracing::info!("starting the embedded ComfyUI for non-native nodes");
     let opts = BridgeOptions {
-        comfyui_path: args.comfyui.clone(),
-        custom_nodes: args.custom_nodes.clone(),
+        comfyui_path: config.comfyui.clone(),
+        custom_nodes: config.custom_nodes.clone(),
         output_dir: output_dir.map(Path::to_path_buf),
-        models_dir: args.models_dir.is_dir().then(|| args.models_dir.clone()),
+        models_dir: config.models_dir.is_dir().then(|| config.models_dir.clone()),
         ..BridgeOptions::default()
     };
     let bridge = Bridge::start(&opts).context("cannot start the embedded Python ComfyUI")?;
@@ -128,6 +120,6 @@ fn start_bridge(args: &EngineArgs, output_dir: Option<&Path>, reg: &mut Registry
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_args: &EngineArgs, _output_dir: Option<&Path>, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
+fn start_bridge(_config: &Config, _output_dir: Option<&Path>, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }

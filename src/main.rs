@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod config;
 mod engine;
 mod load;
 mod progress;
@@ -12,12 +13,14 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use config::{Config, ConfigArgs};
+
 #[derive(Parser)]
 #[command(
     name = "comfyrs",
     version,
     about = "Run ComfyUI workflows headless: WIDEN merges natively on libtorch, everything else through an embedded ComfyUI.",
-    after_help = "Examples:\n  comfyrs run workflows/strings.json\n  comfyrs run my_workflow.json --set 3.seed=42 --output-dir out/\n  comfyrs validate my_workflow.json\n  comfyrs nodes StringConcatenate"
+    after_help = "Examples:\n  comfyrs run workflows/strings.json\n  comfyrs run my_workflow.json --set 3.seed=42 --output-dir out/\n  comfyrs validate my_workflow.json\n  comfyrs nodes StringConcatenate\n  comfyrs config --device cpu"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +41,9 @@ enum Command {
     Validate(ValidateArgs),
     /// Print the /object_info record of every registered node, or of one class.
     Nodes(NodesArgs),
+    /// Print the effective configuration: every setting, its value and where it came from
+    /// (default, comfyrs.toml, environment, flag).
+    Config(ConfigCmdArgs),
     /// Write random-weight models and LoRAs of the real layouts (for tests, demos, benchmarks).
     Fixtures(FixturesArgs),
     /// Measure comfyrs's own speed (see BENCHMARKS.md).
@@ -57,52 +63,16 @@ pub struct RunArgs {
     /// VALUE is JSON, or a plain string). Repeatable.
     #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
     sets: Vec<String>,
-    #[command(flatten)]
-    engine: EngineArgs,
     /// Print a machine-readable result (outputs, per-node timings, cache hits) on stdout.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    cache: CacheArgs,
+    config: ConfigArgs,
 }
 
-#[derive(Args, Clone)]
-pub struct CacheArgs {
-    /// How node results are kept between workflows of one call: none, lru, ram-pressure
-    /// (lru that also gives memory back when the machine runs low).
-    #[arg(long, default_value = "lru", value_name = "MODE")]
-    cache: comfyrs_runtime::cache::CacheMode,
-    /// Upper bound of the result cache, e.g. 4GiB, 512MB.
-    #[arg(long, default_value = "8GiB", value_name = "SIZE", value_parser = size::parse_size)]
-    cache_bytes: u64,
-}
-
-/// Where models come from, ComfyUI's way.
-#[derive(Args, Clone)]
-pub struct EngineArgs {
-    /// Models root with loras/, checkpoints/, diffusion_models/ (ComfyUI's models folder works).
-    #[arg(long, env = "COMFYRS_MODELS_DIR", default_value = "models", value_name = "DIR")]
-    pub models_dir: PathBuf,
-    /// An extra_model_paths.yaml adding more model folders (ComfyUI's format).
-    #[arg(long, env = "COMFYRS_EXTRA_MODEL_PATHS", value_name = "FILE")]
-    pub extra_model_paths: Option<PathBuf>,
-    /// When to start the embedded Python ComfyUI for non-native nodes: auto (only when a
-    /// workflow needs a node comfyrs does not run natively), always, never.
-    #[arg(long, default_value = "auto", value_name = "WHEN")]
-    pub python: engine::PythonMode,
-    /// The ComfyUI checkout to use for Python nodes (default: the one scripts/setup.sh installs).
-    #[arg(long, env = "COMFYUI_PATH", value_name = "DIR")]
-    pub comfyui: Option<PathBuf>,
-    /// A custom node folder to load (repeatable), after the ComfyUI tree's own custom_nodes/.
-    #[arg(long = "custom-nodes", value_name = "DIR")]
-    pub custom_nodes: Vec<PathBuf>,
-}
-
+/// Writes into `models_dir` (a models root: checkpoints/, diffusion_models/, loras/ are created).
 #[derive(Args)]
 pub struct FixturesArgs {
-    /// Where to write (a models root: checkpoints/, diffusion_models/, loras/ are created).
-    #[arg(long, env = "COMFYRS_MODELS_DIR", default_value = "models", value_name = "DIR")]
-    models_dir: PathBuf,
     /// Also write full-size models (GBs of disk: SDXL ~5 GB in fp16, Flux ~24 GB).
     #[arg(long)]
     full_size: bool,
@@ -112,6 +82,17 @@ pub struct FixturesArgs {
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+pub struct ConfigCmdArgs {
+    /// As JSON: {"key": {"value": ..., "source": ...}}, sizes in bytes.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -123,7 +104,7 @@ pub struct ValidateArgs {
     #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
     sets: Vec<String>,
     #[command(flatten)]
-    engine: EngineArgs,
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -135,26 +116,58 @@ pub struct NodesArgs {
     #[arg(long, conflicts_with = "class")]
     list: bool,
     #[command(flatten)]
-    engine: EngineArgs,
+    config: ConfigArgs,
+}
+
+impl Command {
+    /// The configuration flags this command takes; the benchmarks of the engine's parts take
+    /// none and run on the file and environment layers.
+    fn config_args(&self) -> Option<&ConfigArgs> {
+        match self {
+            Command::Run(a) => Some(&a.config),
+            Command::Validate(a) => Some(&a.config),
+            Command::Nodes(a) => Some(&a.config),
+            Command::Config(a) => Some(&a.config),
+            Command::Fixtures(a) => Some(&a.config),
+            Command::Bench(b) => b.config_args(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
+    let no_flags = ConfigArgs::default();
+    let config = match Config::load(cli.command.config_args().unwrap_or(&no_flags)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
-        Command::Run(args) => commands::run::main(args, cli.quiet),
-        Command::Validate(args) => commands::validate::main(args),
-        Command::Nodes(args) => commands::nodes::main(args),
-        Command::Fixtures(args) => commands::fixtures::main(args),
-        Command::Bench(cmd) => bench::main(cmd),
+        Command::Run(args) => commands::run::main(args, &config, cli.quiet),
+        Command::Validate(args) => commands::validate::main(args, &config),
+        Command::Nodes(args) => commands::nodes::main(args, &config),
+        Command::Config(args) => commands::config::main(args, &config),
+        Command::Fixtures(args) => commands::fixtures::main(args, &config),
+        Command::Bench(cmd) => bench::main(cmd, &config),
     };
     match result {
         Ok(code) => code,
+        // Whoever read the output has stopped (`comfyrs nodes | head`): a normal end, as for cat.
+        Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an error is a write to a stdout whose reader has gone. Rust ignores SIGPIPE, so the
+/// write fails with this kind instead of ending the process.
+fn is_closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn init_tracing(verbose: u8, quiet: bool) {

@@ -286,9 +286,10 @@ fn json_reports_every_cache_against_one_budget() {
     let out = bin().args(["fixtures", "--models-dir"]).arg(&models).output().unwrap();
     assert!(out.status.success(), "fixtures: {}", String::from_utf8_lossy(&out.stderr));
     let wf = repo().join("workflows/widen_sdxl_merge.json");
-    let (out, doc) = run_json(&["run", "--quiet", "--models-dir", models.to_str().unwrap(), wf.to_str().unwrap()]);
+    let (out, doc) = run_json(&["run", "--quiet", "--host-memory", "3GiB", "--models-dir", models.to_str().unwrap(), wf.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let memory = &doc["memory"];
+    assert_eq!(memory["host_limit"], json!(3u64 << 30), "the configured host limit is the budget's: {memory}");
     let pool = |name: &str| -> u64 {
         let p = memory["pools"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no pool {name}: {memory}"));
         p["host"].as_u64().unwrap() + p["device"].as_u64().unwrap()

@@ -1,6 +1,7 @@
 //! The executor benchmark of issue 2: chains and wide DAGs of
 //! PrimitiveString → StringConcatenate … → PreviewAny, at 100, 1000 and 5000 nodes.
 
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -72,8 +73,8 @@ pub fn run(b: &ExecutorBench) -> Result<()> {
     comfyrs_nodes::core::register(&mut reg);
     let out = std::env::temp_dir().join("comfyrs-bench");
     let events = NoEvents;
-    println!("| prompt | nodes | validate | sign | first run | all cached | one constant changed | executed on change |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    writeln!(std::io::stdout().lock(), "| prompt | nodes | validate | sign | first run | all cached | one constant changed | executed on change |")?;
+    writeln!(std::io::stdout().lock(), "|---|---:|---:|---:|---:|---:|---:|---:|")?;
     for shape in &b.shapes {
         for &size in &b.sizes {
             let json = generate(shape, size)?;
@@ -125,14 +126,15 @@ pub fn run(b: &ExecutorBench) -> Result<()> {
                 assert!(r.success());
                 s
             });
-            println!(
+            writeln!(
+                std::io::stdout().lock(),
                 "| {shape}_{size} | {n} | {} | {} | {} | {} | {} | {executed} |",
                 fmt_secs(t_validate),
                 fmt_secs(t_sign),
                 fmt_secs(t_cold),
                 fmt_secs(t_cached),
                 fmt_secs(t_changed)
-            );
+            )?;
         }
     }
     Ok(())

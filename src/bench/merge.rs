@@ -16,6 +16,7 @@
 //! (mapping the base, parsing the LoRA files) is reported on its own.
 
 use std::path::{Path, PathBuf};
+use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -225,9 +226,9 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(models: &Path) -> Result<Self> {
+    fn new(models: &Path, settings: &MergeSettings) -> Result<Self> {
         let mut reg = Registry::new();
-        let engine = MergeEngine::standalone(MergeSettings::default())?;
+        let engine = MergeEngine::standalone(settings.clone())?;
         comfyrs_nodes::core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models), engine.clone());
         reg.register(Arc::new(Keep));
@@ -350,7 +351,7 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-pub fn run(opts: &MergeBench) -> Result<()> {
+pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let dir = bench_dir(opts);
     let size = if opts.tiny { LayoutSize::Tiny } else { LayoutSize::Full };
     let mut rows = Vec::new();
@@ -359,7 +360,7 @@ pub fn run(opts: &MergeBench) -> Result<()> {
     let want = |w: &str| opts.workloads.iter().any(|x| x == w);
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
-        let mut r = Runner::new(&dir)?;
+        let mut r = Runner::new(&dir, &settings)?;
         first_run(&mut r, "W3, first run of the process (maps the base, parses 4 LoRAs)", &compose_all(&s), &mut rows)?;
         let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
         if want("w1") {
@@ -410,26 +411,28 @@ pub fn run(opts: &MergeBench) -> Result<()> {
     }
     if want("zimage") {
         let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
-        let mut r = Runner::new(&dir)?;
+        let mut r = Runner::new(&dir, &settings)?;
         first_run(&mut r, "Z-Image, first run of the process (maps the base, parses 7 LoRAs)", &compose_all(&s), &mut rows)?;
         reset_peak();
         let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
         checks.push(cache_line(&r, "Z-Image"));
     }
-    println!(
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
         "# comfyrs bench merge ({}, device {}, median of {})\n",
         if opts.tiny { "tiny layouts" } else { "full-size layouts" },
         DEVICE.lock().unwrap_or_else(|e| e.into_inner()),
         opts.repeat
-    );
-    println!("| workload | end to end | Exit alone | what ran |");
-    println!("|---|---:|---:|---|");
+    )?;
+    writeln!(stdout, "| workload | end to end | Exit alone | what ran |")?;
+    writeln!(stdout, "|---|---:|---:|---|")?;
     for r in &rows {
-        println!("| {} | {} | {} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail);
+        writeln!(stdout, "| {} | {} | {} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail)?;
     }
-    println!("\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |");
-    println!("|---|---:|---:|---:|---:|");
+    writeln!(stdout, "\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |")?;
+    writeln!(stdout, "|---|---:|---:|---:|---:|")?;
     for (w, peak, out, base) in memory {
         let bound = base + out + (2 << 30);
         let verdict = match peak {
@@ -437,11 +440,11 @@ pub fn run(opts: &MergeBench) -> Result<()> {
             Some(_) => "EXCEEDED",
             None => "?",
         };
-        println!("| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound));
+        writeln!(stdout, "| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound))?;
     }
     for c in &checks {
-        println!("\n{c}");
+        writeln!(stdout, "\n{c}")?;
     }
-    println!("\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "));
+    writeln!(stdout, "\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "))?;
     Ok(())
 }

@@ -28,21 +28,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2000)]
         calls: usize,
         #[command(flatten)]
-        engine: crate::EngineArgs,
+        config: crate::config::ConfigArgs,
     },
 }
 
-pub fn main(cmd: BenchCommand) -> Result<ExitCode> {
+impl BenchCommand {
+    pub fn config_args(&self) -> Option<&crate::config::ConfigArgs> {
+        match self {
+            #[cfg(feature = "python")]
+            BenchCommand::Bridge { config, .. } => Some(config),
+            _ => None,
+        }
+    }
+}
+
+// `bench merge` takes its merge settings from the configuration, `bench bridge` its engine.
+pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
         BenchCommand::Widen(opts) => comfyrs_nodes::widen::bench::run(&opts, &mut std::io::stdout().lock())?,
-        BenchCommand::Merge(opts) => merge::run(&opts)?,
+        BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config))?,
         #[cfg(feature = "python")]
-        BenchCommand::Bridge { calls, engine } => {
-            let mut engine = crate::engine::Engine::new(&engine)?;
+        BenchCommand::Bridge { calls, .. } => {
+            let mut engine = crate::engine::Engine::new(config)?;
             engine.start_python(None)?;
             let bridge = comfyrs_bridge::Bridge::running().ok_or_else(|| anyhow::anyhow!("the embedded ComfyUI did not start"))?;
-            println!("{}", comfyrs_bridge::bench::run(&bridge, calls)?.render());
+            let report = comfyrs_bridge::bench::run(&bridge, calls)?.render();
+            std::io::Write::write_all(&mut std::io::stdout().lock(), format!("{report}\n").as_bytes())?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,3 +1,4 @@
+pub mod config;
 pub mod fixtures;
 pub mod nodes;
 pub mod run;

@@ -1,11 +1,13 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
+use crate::config::Config;
 use crate::NodesArgs;
 
-pub fn main(args: NodesArgs) -> Result<ExitCode> {
-    let mut engine = crate::engine::Engine::new(&args.engine)?;
+pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
+    let mut engine = crate::engine::Engine::new(config)?;
     // The full list includes ComfyUI's Python nodes unless Python is off; one native class
     // needs no Python.
     let native = args.class.as_deref().is_some_and(|c| engine.registry.get(c).is_some());
@@ -13,9 +15,10 @@ pub fn main(args: NodesArgs) -> Result<ExitCode> {
         engine.start_python(None)?;
     }
     let reg = &engine.registry;
+    let mut out = std::io::stdout().lock();
     if args.list {
         for name in reg.names() {
-            println!("{name}");
+            writeln!(out, "{name}")?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -32,6 +35,6 @@ pub fn main(args: NodesArgs) -> Result<ExitCode> {
             }
         },
     };
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -6,6 +7,7 @@ use comfyrs_runtime::executor::{NodeStatus, RunOptions, RunReport};
 use comfyrs_runtime::validate::{node_errors_json, render_node_errors, Rejection};
 use serde_json::{json, Value as Json};
 
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::load::prepare;
 use crate::progress::{fmt_secs, Progress};
@@ -16,9 +18,9 @@ enum Outcome {
     Rejected(Rejection),
 }
 
-pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
-    let mut engine = Engine::new(&args.engine)?;
-    let mut exec = engine.executor(args.cache.cache);
+pub fn main(args: RunArgs, config: &Config, quiet: bool) -> Result<ExitCode> {
+    let mut engine = Engine::new(config)?;
+    let mut exec = engine.executor(config.cache.mode);
     install_ctrl_c(exec.interrupt.clone());
     let progress = Progress::new(quiet || args.json);
     let mut results = Vec::new();
@@ -51,7 +53,7 @@ pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             }
         };
         if !args.json {
-            print_human(&name, &outcome, quiet);
+            print_human(&name, &outcome, quiet)?;
         }
         // What every cache holds against the one memory budget, after each workflow.
         tracing::debug!("{}", engine.budget.usage().summary());
@@ -60,7 +62,8 @@ pub fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     if args.json {
         let files: Vec<Json> = results.iter().map(|(name, o)| to_json(name, o)).collect();
         let memory = serde_json::to_value(engine.budget.usage())?;
-        println!("{}", serde_json::to_string_pretty(&json!({ "files": files, "memory": memory }))?);
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string_pretty(&json!({ "files": files, "memory": memory }))?)?;
     }
     let ok = results.iter().all(|(_, o)| matches!(o, Outcome::Ran(r, _) if r.success()));
     Ok(if interrupted {
@@ -85,7 +88,8 @@ fn install_ctrl_c(flag: comfyrs_runtime::interrupt::Interrupt) {
     });
 }
 
-fn print_human(name: &str, outcome: &Outcome, quiet: bool) {
+/// The summary and errors on stderr; the outputs' UI values on stdout.
+fn print_human(name: &str, outcome: &Outcome, quiet: bool) -> std::io::Result<()> {
     match outcome {
         Outcome::Rejected(r) => eprintln!("{name}: rejected: {}", r.render()),
         Outcome::Ran(report, _) => {
@@ -116,8 +120,9 @@ fn print_human(name: &str, outcome: &Outcome, quiet: bool) {
                 eprintln!("  not run because an upstream node failed: {}", skipped.join(", "));
             }
             if quiet {
-                return;
+                return Ok(());
             }
+            let mut out = std::io::stdout().lock();
             for (id, ui) in &report.outputs {
                 for (key, items) in ui {
                     let items: Vec<String> = match items {
@@ -125,12 +130,13 @@ fn print_human(name: &str, outcome: &Outcome, quiet: bool) {
                         other => vec![render_ui_item(other)],
                     };
                     for it in items {
-                        println!("{id}.{key}: {it}");
+                        writeln!(out, "{id}.{key}: {it}")?;
                     }
                 }
             }
         }
     }
+    Ok(())
 }
 
 fn render_ui_item(v: &Json) -> String {

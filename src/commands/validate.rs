@@ -1,29 +1,32 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use comfyrs_runtime::validate::node_errors_json;
 use serde_json::json;
 
+use crate::config::Config;
 use crate::engine::Engine;
 use crate::load::prepare;
 use crate::ValidateArgs;
 
 /// Prints ComfyUI's validation JSON; exit 0 when at least one output can run.
-pub fn main(args: ValidateArgs) -> Result<ExitCode> {
-    let mut engine = Engine::new(&args.engine)?;
+pub fn main(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
+    let mut engine = Engine::new(config)?;
     let prepared = prepare(&mut engine, &args.file, &args.sets, None)?;
     for w in &prepared.warnings {
         eprintln!("warning: {w}");
     }
+    let mut out = std::io::stdout().lock();
     match prepared.result {
         Ok(v) => {
             let outputs: Vec<&str> = v.outputs.iter().map(|&i| v.id(i)).collect();
             let doc = json!({ "error": null, "outputs": outputs, "node_errors": node_errors_json(&v.node_errors) });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(r) => {
-            println!("{}", serde_json::to_string_pretty(&r.to_json())?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?;
             Ok(ExitCode::from(1))
         }
     }

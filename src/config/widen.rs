@@ -1,0 +1,54 @@
+//! `[widen]`: the WIDEN merge engine's working memory, cache caps and transfer switches.
+
+use serde::Deserialize;
+
+use super::values;
+
+/// Sizes in bytes; None is `auto` (the engine sizes it from the machine).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WidenSettings {
+    /// Working memory per merge chunk.
+    #[serde(deserialize_with = "values::limit")]
+    pub chunk_budget: Option<u64>,
+    /// The most host RAM a merge may count on (for machines shared with other work).
+    #[serde(deserialize_with = "values::limit")]
+    pub host_ram: Option<u64>,
+    /// Cap of the subtree cache in host memory, inside `memory.host`.
+    #[serde(deserialize_with = "values::limit")]
+    pub cache: Option<u64>,
+    /// Cap of the subtree cache in device memory, inside `memory.device`.
+    #[serde(deserialize_with = "values::limit")]
+    pub device_cache: Option<u64>,
+    /// Cap of the column statistics cache.
+    #[serde(deserialize_with = "values::size")]
+    pub stats_cache: u64,
+    /// Cap of the device-resident LoRA factor cache.
+    #[serde(deserialize_with = "values::size")]
+    pub factor_cache: u64,
+    /// Page-locked host buffers for transfers (off only for comparisons).
+    #[serde(deserialize_with = "values::switch")]
+    pub pinned: bool,
+    /// CUDA events to overlap transfers with compute (off only for comparisons).
+    #[serde(deserialize_with = "values::switch")]
+    pub events: bool,
+    /// A separate stream copying results to the host (off only for comparisons).
+    #[serde(deserialize_with = "values::switch")]
+    pub copy_stream: bool,
+}
+
+impl Default for WidenSettings {
+    fn default() -> Self {
+        WidenSettings {
+            chunk_budget: None,
+            host_ram: None,
+            cache: None,
+            device_cache: None,
+            stats_cache: 1 << 30,
+            factor_cache: 2 << 30,
+            pinned: true,
+            events: true,
+            copy_stream: true,
+        }
+    }
+}
