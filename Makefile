@@ -7,7 +7,7 @@ CARGO ?= cargo
 MODELS ?= $(or $(COMFYRS_CACHE),$(HOME)/.cache/comfyrs)/models
 RUN_WORKFLOWS ?= workflows/widen_sdxl_merge.json
 
-.PHONY: setup build run test bench clean-cache
+.PHONY: setup build run test msrv miri bench clean-cache
 
 setup:
 	@bash scripts/setup.sh
@@ -23,6 +23,16 @@ run: build
 
 test: setup
 	$(CARGO) test --workspace --no-fail-fast
+	@bash scripts/msrv.sh
+	@bash scripts/miri.sh
+
+# The workspace builds with the Rust version Cargo.toml declares (rust-version).
+msrv:
+	@bash scripts/msrv.sh
+
+# The FFI-free crates' unit tests under miri (undefined behaviour checks).
+miri:
+	@bash scripts/miri.sh
 
 bench: build
 	$(CARGO) run --release --quiet -- bench executor

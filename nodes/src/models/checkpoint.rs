@@ -365,8 +365,7 @@ pub fn openclip_to_host(oc: &str, rows: usize) -> Option<Vec<HostPart>> {
         "attn.in_proj_bias" => "bias",
         _ => return None,
     };
-    #[allow(clippy::manual_is_multiple_of)] // MSRV 1.85
-    if rows % 3 != 0 || rows == 0 {
+    if !rows.is_multiple_of(3) || rows == 0 {
         return None;
     }
     let w = rows / 3;

@@ -294,10 +294,9 @@ impl MappedFile {
         let shape = m.shape_i64();
         let bytes = &self.map[m.start..m.end];
         let elem = m.dtype.size();
-        #[allow(clippy::manual_is_multiple_of)] // MSRV 1.85
         let tensor = if bytes.is_empty() {
             Tensor::zeros(&shape, (kind, Device::Cpu))
-        } else if (bytes.as_ptr() as usize) % elem != 0 {
+        } else if !(bytes.as_ptr() as usize).is_multiple_of(elem) {
             // Unaligned data: copy (from_data_size copies into a fresh, aligned buffer).
             Tensor::f_from_data_size(bytes, &shape, kind)?
         } else {
