@@ -1,4 +1,5 @@
-//! Architecture layouts, detection, key classification (D15) and checkpoint normalization (D16).
+//! Architecture layouts, detection, key classification (docs/decisions.md D15) and
+//! checkpoint normalization (D16).
 
 mod formats_util;
 
@@ -13,7 +14,7 @@ use comfyrs_nodes::fixtures::{write_base_model, write_sdxl_checkpoint};
 use comfyrs_nodes::models::checkpoint::{normalize_diffusion_key, openclip_to_host};
 use comfyrs_nodes::models::{CheckpointDomain, CheckpointFile, CheckpointLayout, FileDtype, FormatError};
 
-/// Block slider names of each Block Config node (recipe-and-nodes §3.7).
+/// Block slider names of each Block Config node (docs/widen.md, "Block configs").
 fn sliders(arch: Arch) -> Vec<String> {
     let r = |p: &'static str, n: usize| (0..n).map(move |i| format!("{p}{i:02}"));
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();

@@ -343,7 +343,7 @@ fn fixtures_cover_the_expected_targets() {
     assert!(locon.entries.len() > lora.entries.len());
     assert!(attn.entries.len() < lora.entries.len());
     assert!(attn.entries.iter().all(|e| e.target.contains("attn") || e.target.contains("proj_")));
-    // ff.net modules are written and load (D13).
+    // ff.net modules are written and load (docs/decisions.md D13).
     assert!(lora.entries.iter().any(|e| e.module.contains("ff_net_0_proj")));
     // Fused Flux targets in diffusers naming come as separate q/k/v/mlp modules.
     let fl = layout(Arch::Flux, LayoutSize::Tiny);

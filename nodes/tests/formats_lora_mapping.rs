@@ -1,5 +1,6 @@
-//! Every key-mapping example table of lora-formats.md (§2-§4), with the decisions.md D13/D14
-//! fixes where the reference drops or crashes, plus scaling and fused-offset rules on real files.
+//! Every key-mapping example table of docs/widen.md, "Key names", with the docs/decisions.md
+//! D13, D14 fixes where the reference drops or crashes, plus scaling and fused-offset rules on real
+//! files.
 
 mod formats_util;
 

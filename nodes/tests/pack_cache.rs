@@ -1,6 +1,6 @@
-//! The content-addressed subtree cache (D19): after every kind of change the incremental result
-//! is bit-identical to a cold run, and only what changed is recomputed. Each test has an engine of
-//! its own (in its models fixture), so the counts are its own.
+//! The content-addressed subtree cache (docs/decisions.md D19): after every kind of change the
+//! incremental result is bit-identical to a cold run, and only what changed is recomputed. Each
+//! test has an engine of its own (in its models fixture), so the counts are its own.
 
 mod pack_util;
 

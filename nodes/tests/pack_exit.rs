@@ -1,5 +1,6 @@
 //! End-to-end Exit runs through the runtime on tiny SDXL fixtures: dense and low-rank paths,
-//! composes, chains, backbone, merges as branches, t_factor cases, block configs, dtypes.
+//! composes, chains, backbone, merges as branches, t_factor cases, block configs, dtypes. `D<n>`
+//! cites `docs/decisions.md`.
 
 mod pack_util;
 
@@ -41,7 +42,8 @@ fn lora(name: &str, s: f64) -> serde_json::Value {
     json!({"class_type": "WIDENLoRA", "inputs": {"lora_name": name, "strength": s}})
 }
 
-/// The worked-example shape (§13): M1 = Merge(Base, Compose(A, B@0.8), 1.0), M2 = Merge(M1, C, 0.5).
+/// The worked-example shape (docs/widen.md, "Worked example"): M1 = Merge(Base, Compose(A, B@0.8),
+/// 1.0), M2 = Merge(M1, C, 0.5).
 fn chain_prompt(base: &str) -> serde_json::Value {
     json!({
         "1": {"class_type": "WIDENBaseInput", "inputs": {"model_name": base}},

@@ -1,5 +1,6 @@
-//! Node schemas (§3: names, inputs, types, defaults, ranges, order) and the §15 errors raised
-//! at the nodes and at the Exit, through the runtime.
+//! Node schemas (`docs/widen.md`, "The nodes": names, inputs, types, defaults, ranges, order)
+//! and the errors of its "Errors" section, raised at the nodes and at the Exit, through the
+//! runtime.
 
 mod pack_util;
 

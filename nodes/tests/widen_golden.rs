@@ -1,5 +1,6 @@
-//! The worked examples of widen-algorithm.md (values produced by the reference) and the
-//! hand-checkable cases of each decision where comfyrs departs from it (decisions.md D1-D5).
+//! The worked examples of docs/widen.md, "Part 1: the math" (values produced by the reference)
+//! and the hand-checkable cases of each decision where comfyrs departs from it
+//! (docs/decisions.md D1–D5).
 
 mod widen_common;
 
@@ -12,7 +13,7 @@ use widen_common::*;
 
 const GOLD: f64 = 1.5e-6;
 
-// ---- §1 numerical helpers ----
+// ---- numerical helpers ("Numerical constants") ----
 
 #[test]
 fn base_epsilon_by_dtype() {
@@ -44,7 +45,7 @@ fn safe_norm_keeps_tiny_columns() {
     assert_eq!(DEGENERATE_NORM, 64.0 * 1.175_494_4e-38_f32 as f64, "64 × the smallest normal fp32");
 }
 
-// ---- §2-3 disentanglement and divergence ----
+// ---- disentanglement and divergence ("Magnitude and direction", "Direction divergence") ----
 
 #[test]
 fn disentangle_worked_example() {
@@ -80,7 +81,7 @@ fn divergence_worked_example_and_zero_columns() {
     assert_close(&vals(&direction_divergence(&d1, &d2).unwrap()), &[0.4, 1.0], 1e-6);
 }
 
-// ---- §4 ranking ----
+// ---- ranking ("Ranking") ----
 
 #[test]
 fn percentile_gives_ties_the_mid_rank() {
@@ -115,7 +116,7 @@ fn zscore_and_minmax_worked_examples() {
     assert_eq!(vals(&rank(&x, Ranking::Soft).unwrap().rank), vals(&rank(&x, Ranking::Percentile).unwrap().rank));
 }
 
-// ---- §5 sparsity ----
+// ---- sparsity ("Sparsity") ----
 
 fn columns(cols: &[&[f32]]) -> Tensor {
     // [N, 1, P]: one position per given column.
@@ -209,7 +210,7 @@ fn inactive_contributors_get_no_weight() {
     }
 }
 
-// ---- §6 calibration ----
+// ---- calibration ("Importance masks and calibration") ----
 
 #[test]
 fn calibration_worked_example() {
@@ -224,7 +225,7 @@ fn calibration_worked_example() {
     assert_eq!(vals(&calibration::calibrate(&p, &mask, &off).unwrap()), vals(&p));
 }
 
-// ---- §7.1 filter ----
+// ---- filter ("The filter") ----
 
 const DELTA_1D: [f32; 6] = [0.8, -0.4, 0.1, 0.0, 0.2, -0.05];
 
@@ -279,7 +280,7 @@ fn filter_passes_flat_keys_and_matches_per_key_in_mixed_batches() {
     assert_close(&vals(&got.narrow(0, 1, 1)), &[0.8, -0.4, 0.085714, 0.0, 0.2, -0.028571], GOLD);
 }
 
-// ---- §7.2 merge ----
+// ---- merge ("The merge") ----
 
 fn deltas_2d() -> (Tensor, Tensor) {
     let a = t(&[0.5, 0.0, 0.0, 0.1, 0.0, 0.0, 0.1, 0.0, 0.0, -0.5, 0.0, 0.3], &[1, 3, 4]);
@@ -426,7 +427,7 @@ fn t_factor_cases() {
     assert_close(&vals(&off.filter(&base, &lr, &[]).unwrap()), &vals(&applied), 1e-7);
 }
 
-// ---- §8 errors and fallbacks ----
+// ---- errors and fallbacks ("Fallbacks") ----
 
 #[test]
 fn unsupported_ranks_fall_back() {

@@ -1,10 +1,10 @@
 //! Property tests of the WIDEN operations on random shapes and values, against the float64
 //! oracle (`widen::oracle`), on the dense and the low-rank path.
 //!
-//! Tolerances are those of issue 3: column statistics within 1e-5 and merged deltas within 1e-4,
-//! relative to the key's largest value. Ranks are discontinuous where two statistics tie, so
-//! merge cases whose float64 statistics have distinct values closer than 1e-4 (relative) are
-//! skipped: there fp32 and float64 may legitimately order them differently.
+//! Tolerances (`docs/decisions.md` D21, D22): column statistics within 1e-5 and merged deltas
+//! within 1e-4, relative to the key's largest value. Ranks are discontinuous where two statistics
+//! tie, so merge cases whose float64 statistics have distinct values closer than 1e-4 (relative)
+//! are skipped: there fp32 and float64 may legitimately order them differently.
 
 mod widen_common;
 

@@ -1,6 +1,6 @@
-//! Constant coercion by declared type, as ComfyUI's validator does it (comfyui-compat §1.1):
-//! INT truncates floats and parses numeric strings, FLOAT parses, STRING stringifies, BOOLEAN
-//! takes Python truthiness (so the string "false" is true, as in ComfyUI).
+//! Constant coercion by declared type, as ComfyUI's validator does it (docs/comfyui.md, "Constants
+//! and coercion"): INT truncates floats and parses numeric strings, FLOAT parses, STRING
+//! stringifies, BOOLEAN takes Python truthiness (so the string "false" is true, as in ComfyUI).
 
 use crate::value::{format_float, Value};
 

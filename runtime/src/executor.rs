@@ -271,7 +271,8 @@ impl CtxParts<'_> {
     }
 }
 
-/// Calls a node over ComfyUI's list semantics (comfyui-compat §2.3) and merges the results.
+/// Calls a node over ComfyUI's list semantics (docs/comfyui.md, "List semantics") and merges the
+/// results.
 fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Result<CallOutput, NodeError> {
     let schema = &v.schemas[i];
     let class = &v.classes[i];
@@ -459,8 +460,8 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Lazy inputs (comfyui-compat §2.5): asks the node which lazy inputs it still needs and
-    /// schedules their sources. Returns true when the node must wait for them.
+    /// Lazy inputs (docs/comfyui.md, "Lazy inputs"): asks the node which lazy inputs it still needs
+    /// and schedules their sources. Returns true when the node must wait for them.
     fn needs_lazy_inputs(&mut self, i: usize, parts: &CtxParts, cache: &mut OutputCache) -> bool {
         let schema = &self.v.schemas[i];
         if !schema.inputs.iter().any(|s| s.lazy) {

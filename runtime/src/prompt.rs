@@ -1,4 +1,4 @@
-//! The API prompt format (comfyui-compat §1.1): node id → `{class_type, inputs, _meta}`.
+//! The API prompt format (docs/comfyui.md, "API prompts"): node id → `{class_type, inputs, _meta}`.
 
 use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};

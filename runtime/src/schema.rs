@@ -386,7 +386,7 @@ impl NodeSchema {
         self.inputs.iter().filter(|i| i.section != Section::Hidden)
     }
 
-    /// The `/object_info` record (comfyui-compat §2.8).
+    /// The `/object_info` record (docs/comfyui.md, "Node records (/object_info)").
     pub fn to_object_info(&self) -> Json {
         let mut input = Map::new();
         let mut order = Map::new();

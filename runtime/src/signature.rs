@@ -1,4 +1,4 @@
-//! Content-addressed cache keys (DESIGN.md "Signatures").
+//! Content-addressed cache keys (docs/architecture.md, "How caching works").
 //!
 //! A node's signature is a blake3 hash of its class, its constant inputs in canonical form
 //! (ints and floats distinct), its fingerprint, and for each linked input the source's

@@ -1,4 +1,4 @@
-//! Prompt validation with ComfyUI's error JSON (comfyui-compat §3.2).
+//! Prompt validation with ComfyUI's error JSON (docs/comfyui.md, "Validation").
 //!
 //! Everything here is iterative: a 100 000-node chain validates without recursion.
 

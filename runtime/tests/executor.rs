@@ -291,8 +291,8 @@ fn a_changed_fingerprint_value_re_runs_the_node() {
 
 #[test]
 fn regression_identical_branches_in_one_prompt_are_computed_once() {
-    // comfyui-compat §3.5: keys are independent of node ids, so two identical branches in one
-    // prompt are computed once.
+    // docs/comfyui.md, "Signatures and IS_CHANGED": keys are independent of node ids, so two
+    // identical branches in one prompt are computed once.
     let mut h = Harness::new();
     let prompt = json!({
         "1": {"class_type": "Int", "inputs": {"value": 5}},
@@ -310,7 +310,7 @@ fn regression_identical_branches_in_one_prompt_are_computed_once() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// List semantics (comfyui-compat §2.3)
+// List semantics (docs/comfyui.md, "List semantics")
 
 #[test]
 fn lists_repeat_the_shorter_input_to_the_longest() {
@@ -386,7 +386,7 @@ fn an_empty_list_does_not_panic() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lazy inputs (comfyui-compat §2.5)
+// Lazy inputs (docs/comfyui.md, "Lazy inputs")
 
 fn switch(on: bool) -> Json {
     json!({
@@ -560,8 +560,9 @@ fn regression_a_panicking_node_is_a_node_error_and_does_not_hang() {
 
 #[test]
 fn regression_undeclared_link_sources_get_their_own_inputs() {
-    // An undeclared link is passed through and its source scheduled (comfyui-compat §1.1); the
-    // source used to be scheduled without its own links, so it ran without its inputs.
+    // An undeclared link is passed through and its source scheduled (docs/comfyui.md, "Undeclared
+    // inputs"); the source used to be scheduled without its own links, so it ran without its
+    // inputs.
     let mut h = Harness::new();
     let r = h.run(&json!({
         "1": {"class_type": "Int", "inputs": {"value": 5}},

@@ -1,5 +1,5 @@
-//! Validation against ComfyUI's error JSON (comfyui-compat §3.2): one test per error type, with
-//! the exact `error{type,message,details,extra_info}` / `node_errors{id:{errors,
+//! Validation against ComfyUI's error JSON (docs/comfyui.md, "Validation"): one test per error
+//! type, with the exact `error{type,message,details,extra_info}` / `node_errors{id:{errors,
 //! dependent_outputs,class_type}}` shapes, plus coercion, `__value__` and deep prompts.
 
 mod common;

@@ -1,6 +1,7 @@
-//! UI workflow → API prompt conversion (comfyui-compat §1.2–§1.4), on workflows written as
-//! the ComfyUI frontend saves them (`runtime/tests/data/ui/*.json`), each compared with the prompt the
-//! frontend would queue (`*.expected.json`), plus targeted cases built inline.
+//! UI workflow → API prompt conversion (docs/comfyui.md, "UI workflows" to "From UI workflow to
+//! prompt"), on workflows written as the ComfyUI frontend saves them
+//! (`runtime/tests/data/ui/*.json`), each compared with the prompt the frontend would queue
+//! (`*.expected.json`), plus targeted cases built inline.
 //!
 //! The schemas below mirror the input names, order and options of ComfyUI core nodes
 //! (`nodes.py`, `comfy_extras/nodes_primitive.py`); combo lists are cut to a few entries.
@@ -250,7 +251,7 @@ fn txt2img_default_workflow() {
 
 #[test]
 fn bypassed_lora_passes_model_and_clip_through() {
-    // comfyui-compat §1.4 worked example.
+    // docs/comfyui.md, "Worked example".
     let c = convert_and_compare("bypass_lora_ui");
     let p = &c.prompt;
     assert!(p.get("10").is_none(), "the bypassed LoraLoader is not emitted");

@@ -1,4 +1,4 @@
-//! The executor benchmark of issue 2: chains and wide DAGs of
+//! The executor benchmark of BENCHMARKS.md: chains and wide DAGs of
 //! PrimitiveString → StringConcatenate … → PreviewAny, at 100, 1000 and 5000 nodes.
 
 use std::io::Write;

@@ -1,5 +1,5 @@
-//! `comfyrs bench merge`: the WIDEN workloads of issue 4, end to end through the executor, on
-//! generated full-size models (random weights in the real layouts).
+//! `comfyrs bench merge`: the WIDEN merge workloads of BENCHMARKS.md, end to end through the
+//! executor, on generated full-size models (random weights in the real layouts).
 //!
 //! - W1: one LoRA merged at t 1.0.
 //! - W2: a compose of {LoRA0 @0.8 + LoRA1 @0.5} and {LoRA2 @1.0} merged at t 1.0, then LoRA3 @1.0

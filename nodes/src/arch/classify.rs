@@ -1,5 +1,5 @@
 //! Key classification into blocks (Block Config sliders) and layer types
-//! (`recipe-and-nodes.md` §7, with the fixes of `decisions.md` D15).
+//! (`docs/widen.md`, "Key classification", with the fixes of `docs/decisions.md` D15).
 //!
 //! [`classify_key`] returns `None` only for keys it does not recognize at all. A recognized key
 //! may still belong to no block slider (`block: None`, e.g. Flux.2's modulation shared by all
@@ -210,7 +210,8 @@ fn clip_block(k: &str) -> Block {
     None
 }
 
-/// Layer type of `key` for `arch` (§7.2 with the D15 fixes). `None` = none of the three.
+/// Layer type of `key` for `arch` (docs/widen.md, "Key classification", with the D15 fixes).
+/// `None` = none of the three.
 pub fn layer_type_of(key: &str, arch: Arch) -> Option<LayerType> {
     let k = if arch == Arch::SdxlClip { key } else { strip(key) };
     if ["time_embed", "label_emb", "adaLN_modulation", "embedders"].iter().any(|p| k.contains(p)) {

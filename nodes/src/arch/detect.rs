@@ -1,4 +1,4 @@
-//! Architecture detection from parameter names (`lora-formats.md` §6).
+//! Architecture detection from parameter names (`docs/widen.md`, "Architecture detection").
 
 use super::Arch;
 
@@ -22,7 +22,8 @@ fn is_qwen(keys: &[&str]) -> bool {
 }
 
 /// Base model (host state-dict keys, `diffusion_model.` prefixed): first match of
-/// zimage → sdxl → flux → qwen (§6.1). `None` when nothing matches.
+/// zimage → sdxl → flux → qwen (docs/widen.md, "Architecture detection"). `None` when nothing
+/// matches.
 pub fn detect_base_arch<'a, I: IntoIterator<Item = &'a str>>(keys: I) -> Option<Arch> {
     let keys: Vec<&str> = keys.into_iter().collect();
     if is_zimage(&keys) {
@@ -38,7 +39,8 @@ pub fn detect_base_arch<'a, I: IntoIterator<Item = &'a str>>(keys: I) -> Option<
     }
 }
 
-/// CLIP (host keys): SDXL iff keys starting with `clip_l.` and with `clip_g.` both exist (§6.2).
+/// CLIP (host keys): SDXL iff keys starting with `clip_l.` and with `clip_g.` both exist
+/// (docs/widen.md, "Architecture detection").
 pub fn detect_clip_arch<'a, I: IntoIterator<Item = &'a str>>(keys: I) -> Option<Arch> {
     let mut l = false;
     let mut g = false;
@@ -50,7 +52,7 @@ pub fn detect_clip_arch<'a, I: IntoIterator<Item = &'a str>>(keys: I) -> Option<
 }
 
 /// Checkpoint files, on normalized (`diffusion_model.`-prefixed) keys: zimage → sdxl → qwen →
-/// flux (§6.3: qwen before flux). `None` = unknown.
+/// flux (docs/widen.md, "Architecture detection": qwen before flux). `None` = unknown.
 pub fn detect_checkpoint_arch<'a, I: IntoIterator<Item = &'a str>>(keys: I) -> Option<Arch> {
     let keys: Vec<&str> = keys.into_iter().collect();
     if is_zimage(&keys) {

@@ -1,6 +1,6 @@
 //! Parameter layouts (names + shapes) of the supported architectures, generated
-//! programmatically (`lora-formats.md` §8), in full size and as tiny stand-ins with the same
-//! structure (same module names, small widths, fewer repeated blocks).
+//! programmatically (`docs/widen.md`, "Parameter layouts"), in full size and as tiny stand-ins with
+//! the same structure (same module names, small widths, fewer repeated blocks).
 //!
 //! Keys are host keys: diffusion models with the `diffusion_model.` prefix, text encoders with
 //! `clip_l.` / `clip_g.`. [`sdxl_checkpoint_layout`] gives the on-disk layout of a full SDXL

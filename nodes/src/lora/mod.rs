@@ -1,5 +1,6 @@
-//! LoRA loading for `sdxl`, `sdxl_clip`, `zimage`, `flux` and `qwen` (`lora-formats.md`, with
-//! `decisions.md` D12-D14 winning over the reference's quirks).
+//! LoRA loading for `sdxl`, `sdxl_clip`, `zimage`, `flux` and `qwen` (`docs/widen.md`, Part 3
+//! ("LoRA files", "Key names"), with `docs/decisions.md` D12–D14 winning over the reference's
+//! quirks).
 //!
 //! * Namings (D13): kohya `lora_unet_…` / `lora_te1_…` / `lora_te2_…`, diffusers / PEFT
 //!   (`lora_A` / `lora_B`, `transformer.` / `unet.` / `text_encoder(_2).` prefixes, diffusers

@@ -1,5 +1,5 @@
 //! LoRA key naming: splitting file keys into (module, factor) and mapping module names in
-//! every supported naming (`decisions.md` D13) to base-model keys.
+//! every supported naming (`docs/decisions.md` D13) to base-model keys.
 //!
 //! Mapping is driven by the base model's own key list (or, without one, by the architecture's
 //! full-size layout): every weight key contributes its native module name and the aliases other

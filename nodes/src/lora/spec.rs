@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::names::Component;
 use crate::models::{FormatError, MappedTensor, Result};
 
-/// Adapter kind of a module (`decisions.md` D12). DoRA is orthogonal: see
+/// Adapter kind of a module (`docs/decisions.md` D12). DoRA is orthogonal: see
 /// [`DeltaSpec::dora_scale`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AdapterKind {

@@ -1,5 +1,6 @@
-//! The content-addressed subtree cache (`docs/decisions.md` D19, `docs/architecture.md`
-//! "Caching"), and the byte-bounded LRU that the engine's statistics and factor caches use too.
+//! The content-addressed subtree cache (`docs/decisions.md` D19; `docs/architecture.md`,
+//! "The WIDEN caches"), and the byte-bounded LRU that the engine's statistics and factor caches
+//! use too.
 //!
 //! Keys are the per-key content hashes of merge subtrees ([`super::exit::Analysis::key_hash`]):
 //! what the subtree reads (file identities, strengths), the key's effective t_factor and block

@@ -1,7 +1,7 @@
 //! The merge engine: the WIDEN Exit's evaluator and everything it keeps between runs (caches,
 //! memos, staging buffers), below the node surface (`crate::pack`) and above the recipe data
-//! (`crate::recipe`) and the CUDA shim (`crate::cuda`). See `docs/architecture.md`, "The merge
-//! engine".
+//! (`crate::recipe`) and the CUDA shim (`crate::cuda`). See `docs/architecture.md`, "Where
+//! state lives".
 
 pub mod cache;
 mod engine;

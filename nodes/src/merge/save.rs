@@ -1,4 +1,5 @@
-//! Saving merged models (`recipe-and-nodes.md` §9) and the Exit's change fingerprint (§10).
+//! Saving merged models (`docs/widen.md`, "Saving merged models") and the Exit's change
+//! fingerprint ("Change detection").
 //!
 //! The file holds every key of the base (merged keys overlaid), streamed one tensor at a time
 //! by the models module's atomic writer (temp file in the target folder, fsync, rename), with
@@ -21,7 +22,7 @@ use crate::models::ModelFolders;
 use crate::recipe::model::NativeModel;
 use crate::recipe::{canonical_json, PackError, Recipe, RecipeKind};
 
-/// `model_name` → file name (§9.1).
+/// `model_name` → file name (docs/widen.md, "Saving merged models").
 pub fn validate_model_name(name: &str) -> Result<String, PackError> {
     let n = name.trim();
     if n.is_empty() {
@@ -153,9 +154,9 @@ fn write_tensor(w: &mut SafetensorsWriter, t: &MappedTensor, buf: &mut Vec<u8>) 
     Ok(w.write(buf)?)
 }
 
-/// IS_CHANGED of the Exit (§10): the recipe's files are fingerprinted by the LoRA / Model
-/// Input / Base Input nodes themselves (their signatures feed the Exit's); here the save
-/// options and the identity of the saved file.
+/// IS_CHANGED of the Exit (docs/widen.md, "Change detection"): the recipe's files are fingerprinted
+/// by the LoRA / Model Input / Base Input nodes themselves (their signatures feed the Exit's); here
+/// the save options and the identity of the saved file.
 pub fn exit_fingerprint(folders: &ModelFolders, a: &Args) -> Fingerprint {
     let b = |n: &str, d: bool| match a.get(n) {
         Some(Value::Bool(v)) => *v,
@@ -181,7 +182,8 @@ pub fn exit_fingerprint(folders: &ModelFolders, a: &Args) -> Fingerprint {
     )))
 }
 
-/// `file_hash(recipe)` of §10: LoRA and model file identities, sorted, for reports.
+/// `file_hash(recipe)` of docs/widen.md, "Change detection": LoRA and model file identities,
+/// sorted, for reports.
 pub fn file_hash(folders: &ModelFolders, root: &Recipe) -> String {
     let mut loras = std::collections::BTreeSet::new();
     let mut models = std::collections::BTreeSet::new();

@@ -1,7 +1,7 @@
 //! Moving weights between host memory and the compute device for the Exit.
 //!
 //! Inputs travel in their storage dtype and are widened to fp32 on the device (half the bus bytes
-//! for fp16 and no fp32 copy in host memory, which the peak-memory bound of issue 4 needs).
+//! for fp16 and no fp32 copy in host memory, which the peak-memory bound needs).
 //! Uploads go through two page-locked staging buffers, and results are narrowed to each key's
 //! storage dtype on the device and copied into page-locked host memory: both at full link speed,
 //! where pageable memory goes through the driver's own staging at a fraction of it.

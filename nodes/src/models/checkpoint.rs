@@ -1,19 +1,20 @@
 //! Model checkpoint files: key normalization to host keys and zero-copy tensor access.
 //!
-//! Diffusion domain (`lora-formats.md` §7.1 with `decisions.md` D16): keys of VAE and text
-//! encoders are excluded; `model.diffusion_model.`, `model.transformer.`, `diffusion_model.` and
-//! `transformer.` prefixes become `diffusion_model.`; a file without any of these prefixes (the
-//! usual ComfyUI `diffusion_models` layout: `double_blocks.0.…`, `layers.0.…`) gets
-//! `diffusion_model.` prepended to every key. In a prefixed file, unprefixed keys (schedule
+//! Diffusion domain (`docs/widen.md`, "Checkpoint files", with `docs/decisions.md` D16): keys of
+//! VAE and text encoders are excluded; `model.diffusion_model.`, `model.transformer.`,
+//! `diffusion_model.` and `transformer.` prefixes become `diffusion_model.`; a file without any of
+//! these prefixes (the usual ComfyUI `diffusion_models` layout: `double_blocks.0.…`, `layers.0.…`)
+//! gets `diffusion_model.` prepended to every key. In a prefixed file, unprefixed keys (schedule
 //! buffers and the like) are skipped.
 //!
-//! CLIP domain (§7.2 with D16): `conditioner.embedders.N.` / `model.conditioner.embedders.N.` /
-//! `cond_stage_model.N.` / `model.cond_stage_model.N.` keys, embedder 0 → `clip_l.`, 1 →
-//! `clip_g.`; an OpenCLIP-layout embedder (`…embedders.1.model.transformer.resblocks.N.…`) is
-//! mapped to the HF layout the host uses (`clip_g.transformer.text_model.encoder.layers.N.…`):
-//! `attn.in_proj_weight` is split into `q_proj`/`k_proj`/`v_proj` row slices (views, no copy),
-//! `text_projection` is transposed into `text_projection.weight`. Files already in host layout
-//! (`clip_l.…`, `clip_g.…`) are read as they are. Integer `position_ids` buffers are skipped.
+//! CLIP domain (docs/widen.md, "Checkpoint files", with D16): `conditioner.embedders.N.` /
+//! `model.conditioner.embedders.N.` / `cond_stage_model.N.` / `model.cond_stage_model.N.` keys,
+//! embedder 0 → `clip_l.`, 1 → `clip_g.`; an OpenCLIP-layout embedder
+//! (`…embedders.1.model.transformer.resblocks.N.…`) is mapped to the HF layout the host uses
+//! (`clip_g.transformer.text_model.encoder.layers.N.…`): `attn.in_proj_weight` is split into
+//! `q_proj`/`k_proj`/`v_proj` row slices (views, no copy), `text_projection` is transposed into
+//! `text_projection.weight`. Files already in host layout (`clip_l.…`, `clip_g.…`) are read as they
+//! are. Integer `position_ids` buffers are skipped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -236,7 +237,8 @@ impl CheckpointFile {
     pub fn layout(&self) -> CheckpointLayout {
         self.layout
     }
-    /// Detected architecture (§6.3 for diffusion; `sdxl_clip` for CLIP with both encoders).
+    /// Detected architecture (docs/widen.md, "Architecture detection", for diffusion; `sdxl_clip`
+    /// for CLIP with both encoders).
     pub fn arch(&self) -> Option<Arch> {
         self.arch
     }

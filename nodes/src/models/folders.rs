@@ -1,4 +1,4 @@
-//! Model folders the ComfyUI way (`comfyui-compat.md` §6).
+//! Model folders the ComfyUI way (`docs/comfyui.md`, "Model folders").
 //!
 //! A models root (`--models-dir`) provides the default directory of each folder kind
 //! (`loras`, `checkpoints`, `diffusion_models` = `unet` + `diffusion_models`, ...);
@@ -117,11 +117,12 @@ impl ModelFolders {
         }
     }
 
-    /// Load an `extra_model_paths.yaml` (current ComfyUI semantics, §6.2): every non-empty
-    /// top-level section may set `base_path` (`~` and `$VARS` expanded; relative paths are
-    /// relative to the YAML file) and `is_default` (put its directories first); every other key
-    /// is a folder kind (legacy names mapped) with one path or newline-separated paths, joined
-    /// to `base_path`, or resolved against the YAML file's directory without one.
+    /// Load an `extra_model_paths.yaml` (current ComfyUI semantics, docs/comfyui.md,
+    /// "extra_model_paths.yaml"): every non-empty top-level section may set `base_path` (`~` and
+    /// `$VARS` expanded; relative paths are relative to the YAML file) and `is_default` (put its
+    /// directories first); every other key is a folder kind (legacy names mapped) with one path or
+    /// newline-separated paths, joined to `base_path`, or resolved against the YAML file's
+    /// directory without one.
     pub fn load_extra_model_paths(&mut self, yaml_path: impl AsRef<Path>) -> Result<()> {
         let yaml_path = yaml_path.as_ref();
         let bad = |reason: String| FormatError::BadConfig { path: yaml_path.to_path_buf(), reason };

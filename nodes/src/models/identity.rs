@@ -61,7 +61,7 @@ impl FileIdentity {
 }
 
 /// `(mtime float seconds, size bytes)` of a file, `(0.0, 0)` when it cannot be stat'ed
-/// (`recipe-and-nodes.md` §9.4).
+/// (`docs/widen.md`, "Saving merged models").
 pub fn file_stats(path: impl AsRef<Path>) -> (f64, u64) {
     match FileIdentity::of(path) {
         Ok(id) => (id.mtime_secs(), id.size),

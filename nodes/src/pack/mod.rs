@@ -1,5 +1,5 @@
 //! The WIDEN node pack's surface: the 18 nodes of the reference pack (same class names, inputs,
-//! defaults and ranges: `docs/widen.md`, "Nodes"), `WIDENBaseInput` / `WIDENCLIPBaseInput` for
+//! defaults and ranges: `docs/widen.md`, "The nodes"), `WIDENBaseInput` / `WIDENCLIPBaseInput` for
 //! headless merges on a model file. The recipes they build are `crate::recipe`; the Exit's
 //! evaluation and its caches are the merge engine (`crate::merge`), one per executor and device,
 //! which the nodes reach through their [`PackContext`].

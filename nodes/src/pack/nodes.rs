@@ -1,5 +1,6 @@
-//! The node classes: schemas exactly as the reference pack declares them (§3) and the recipe
-//! building with the validation errors of §15, raised at the node.
+//! The node classes: schemas exactly as the reference pack declares them (`docs/widen.md`,
+//! "The nodes") and the recipe building with the validation errors of "Errors", raised at the
+//! node.
 
 use std::sync::Arc;
 

@@ -1,4 +1,5 @@
-//! The Block Config nodes' slider sets (`recipe-and-nodes.md` §3.7) and arch tags (D10).
+//! The Block Config nodes' slider sets (`docs/widen.md`, "Block configs") and arch tags
+//! (`docs/decisions.md` D10).
 
 use crate::arch::Arch;
 

@@ -3,9 +3,9 @@
 //! Nodes are `Arc`s; a recipe holds no tensors (a base holds a handle to its model, which maps
 //! its file). Every node has a *content* hash (blake3) over what it says — LoRA names and
 //! strengths, block configs, t_factors, structure, the base model's identity — so two nodes
-//! with the same content are the same set (D11) wherever they come from. File identities (size,
-//! mtime) are not read at build time (nodes do no I/O); the Exit folds them into its per-key
-//! evaluation hashes.
+//! with the same content are the same set (docs/decisions.md D11) wherever they come from. File
+//! identities (size, mtime) are not read at build time (nodes do no I/O); the Exit folds them into
+//! its per-key evaluation hashes.
 
 use std::fmt;
 use std::sync::Arc;
@@ -279,7 +279,7 @@ impl RecipeNode {
         }
     }
 
-    /// Deterministic JSON (`recipe-and-nodes.md` §9.2), with file stats from `stats`
+    /// Deterministic JSON (`docs/widen.md`, "Saving merged models"), with file stats from `stats`
     /// (`name → (mtime, size)`) and the base identity.
     pub fn to_json(&self, stats: &dyn Fn(&str) -> Option<(f64, u64)>) -> Json {
         match &self.kind {

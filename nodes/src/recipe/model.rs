@@ -197,7 +197,7 @@ impl NativeModel {
             Source::Foreign(f) => f.tensors.get(key).map(|t| t.size()),
         }
     }
-    /// The key's dtype (an override keeps its base key's dtype, D17).
+    /// The key's dtype (an override keeps its base key's dtype, docs/decisions.md D17).
     pub fn kind(&self, key: &str) -> Option<Kind> {
         if let Some(t) = self.overrides.get(key) {
             return Some(t.kind());

@@ -1,4 +1,5 @@
-//! Calibration of sparsity scores with importance masks, and renormalization (spec §6.2).
+//! Calibration of sparsity scores with importance masks, and renormalization (docs/widen.md,
+//! "Importance masks and calibration").
 
 use tch::Tensor;
 

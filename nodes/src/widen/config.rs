@@ -1,11 +1,13 @@
-//! WIDEN settings (widen-algorithm.md §10) and how `t_factor` selects the operation (D5).
+//! WIDEN settings (docs/widen.md, "Configuration") and how `t_factor` selects the operation
+//! (docs/decisions.md D5).
 
 use std::fmt;
 use std::str::FromStr;
 
 use super::WidenError;
 
-/// How a divergence map is turned into per-position importances in ~[0, 1] (spec §4).
+/// How a divergence map is turned into per-position importances in ~[0, 1] (docs/widen.md,
+/// "Ranking").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Ranking {
     /// Exact rank / K, ties get the mean of the ranks they span (D2).
@@ -33,7 +35,7 @@ impl FromStr for Ranking {
     }
 }
 
-/// How the N contributors' ranks at one position become weights (spec §5, D1).
+/// How the N contributors' ranks at one position become weights (docs/widen.md, "Sparsity"; D1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Sparsity {
     #[default]
@@ -57,7 +59,8 @@ impl FromStr for Sparsity {
     }
 }
 
-/// Calibration of the sparsity scores with the importance masks (spec §6.2).
+/// Calibration of the sparsity scores with the importance masks (docs/widen.md, "Importance masks
+/// and calibration").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Calibration {
     /// Important positions get the score `s_calibration`, then scores are renormalized.
@@ -90,8 +93,8 @@ pub struct WidenConfig {
     pub ranking: Ranking,
     pub sparsity: Sparsity,
     pub calibration: Calibration,
-    /// Epsilon of the score renormalization (spec §1.5): 1e-12 for the fp32 configuration the
-    /// Exit always uses.
+    /// Epsilon of the score renormalization (docs/widen.md, "Numerical constants"): 1e-12 for the
+    /// fp32 configuration the Exit always uses.
     pub renorm_eps: f64,
 }
 
@@ -120,7 +123,8 @@ pub enum TMode {
 }
 
 impl WidenConfig {
-    /// The same configuration with another `t_factor` (per-op instances, spec §10).
+    /// The same configuration with another `t_factor` (per-op instances, docs/widen.md,
+    /// "Configuration").
     pub fn with_t(&self, t_factor: f64) -> Self {
         Self { t_factor, ..self.clone() }
     }

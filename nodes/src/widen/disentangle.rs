@@ -1,9 +1,10 @@
 //! Magnitude/direction decomposition and direction divergence as the spec states them
-//! (widen-algorithm.md §1.3, §2, §3).
+//! (docs/widen.md, "Numerical constants", "Magnitude and direction", "Direction divergence").
 //!
 //! The filter and merge do not call these for 2-D+ keys: they use the cancellation-free column
-//! statistics of D21 (`stats.rs`), which give the same quantities without dividing each column
-//! by its norm. These functions stay as the literal definitions, pinned by the spec's examples.
+//! statistics of docs/decisions.md D21 (`stats.rs`), which give the same quantities without
+//! dividing each column by its norm. These functions stay as the literal definitions, pinned by the
+//! spec's examples.
 
 use tch::{Kind, Tensor};
 
@@ -26,8 +27,9 @@ pub fn safe_norm(w: &Tensor, dim: i64) -> Result<Tensor> {
     Ok(out.f_to_kind(w.kind())?)
 }
 
-/// `(m, D)` of a batched weight `[B, …]` (spec §2): 1-D → `(|W|, sign W)`; 2-D+ → column norms
-/// over the output dim `[B, 1, s2…]` and unit columns (zero for degenerate columns).
+/// `(m, D)` of a batched weight `[B, …]` (docs/widen.md, "Magnitude and direction"): 1-D →
+/// `(|W|, sign W)`; 2-D+ → column norms over the output dim `[B, 1, s2…]` and unit columns (zero
+/// for degenerate columns).
 pub fn disentangle(w: &Tensor) -> Result<(Tensor, Tensor)> {
     match KeyLayout::of(&w.size())? {
         KeyLayout::OneD { .. } => Ok((w.f_abs()?, w.f_sign()?)),
@@ -44,9 +46,9 @@ pub fn disentangle(w: &Tensor) -> Result<(Tensor, Tensor)> {
     }
 }
 
-/// `1 − cos` between direction tensors per column (spec §3), with libtorch's cosine similarity
-/// (eps 1e-8: a zero column has cosine 0 with anything, so zero vs zero diverges by 1).
-/// 1-D inputs give zeros `[B, 1]`.
+/// `1 − cos` between direction tensors per column (docs/widen.md, "Direction divergence"), with
+/// libtorch's cosine similarity (eps 1e-8: a zero column has cosine 0 with anything, so zero vs
+/// zero diverges by 1). 1-D inputs give zeros `[B, 1]`.
 pub fn direction_divergence(d1: &Tensor, d2: &Tensor) -> Result<Tensor> {
     if d1.size() != d2.size() {
         return Err(WidenError::Input(format!(

@@ -1,11 +1,12 @@
-//! Numerical constants and epsilons (widen-algorithm.md §1), per key (D4).
+//! Numerical constants and epsilons (docs/widen.md, "Numerical constants"), per key
+//! (docs/decisions.md D4).
 
 use tch::{Kind, Tensor};
 
 use super::error::Result;
 
-/// Base epsilon by the dtype of the tensor it guards (spec §1.1). WIDEN computes in fp32, so the
-/// operations use `base_eps(Kind::Float)`.
+/// Base epsilon by the dtype of the tensor it guards (docs/widen.md, "Numerical constants"). WIDEN
+/// computes in fp32, so the operations use `base_eps(Kind::Float)`.
 pub fn base_eps(kind: Kind) -> f64 {
     match kind {
         Kind::Float => 1e-12,
@@ -13,11 +14,11 @@ pub fn base_eps(kind: Kind) -> f64 {
     }
 }
 
-/// Columns whose norm is at or below this get a zero direction (spec §1.4): 64 × the smallest
-/// normal fp32.
+/// Columns whose norm is at or below this get a zero direction (docs/widen.md, "Numerical
+/// constants"): 64 × the smallest normal fp32.
 pub const DEGENERATE_NORM: f64 = 64.0 * f32::MIN_POSITIVE as f64;
 
-/// Relative factor of the adaptive epsilon (spec §1.2).
+/// Relative factor of the adaptive epsilon (docs/widen.md, "Numerical constants").
 pub const ADAPTIVE_FACTOR: f64 = 1e-8;
 
 /// `max(base_eps, 1e-8 · mean|x|)` for every sample of `x: [B, …]`, shape `[B]`, fp32.

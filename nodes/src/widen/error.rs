@@ -5,7 +5,7 @@ use tch::TchError;
 #[derive(Debug, thiserror::Error)]
 pub enum WidenError {
     /// The device ran out of memory. Never replaced by a fallback: the caller retries the chunk
-    /// in smaller pieces (D18).
+    /// in smaller pieces (docs/decisions.md D18).
     #[error("out of memory while running WIDEN: {0}")]
     OutOfMemory(String),
     #[error("weights_list must not be empty: a merge needs at least one contributor")]
@@ -13,7 +13,7 @@ pub enum WidenError {
     #[error("invalid WIDEN configuration: {0}")]
     Config(String),
     /// Inputs that no WIDEN rule applies to (shapes, ranks, devices). Inside `filter`/`merge`
-    /// these trigger the fallback of widen-algorithm.md §8.
+    /// these trigger the fallback of docs/widen.md, "Fallbacks".
     #[error("{0}")]
     Input(String),
     #[error("libtorch error: {0}")]

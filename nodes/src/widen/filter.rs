@@ -1,4 +1,5 @@
-//! The single-contributor filter's per-position scales (widen-algorithm.md §7.1, D21 statistics).
+//! The single-contributor filter's per-position scales (docs/widen.md, "The filter";
+//! docs/decisions.md D21 statistics).
 //!
 //! A position whose importance reaches the threshold `max(t · mean(importance), eps)` keeps its
 //! delta fully; below it the delta is scaled by `importance / threshold`. Keys whose statistics

@@ -1,4 +1,5 @@
-//! How a batched key tensor `[B, *S]` is viewed by WIDEN (spec §0, §2).
+//! How a batched key tensor `[B, *S]` is viewed by WIDEN (docs/widen.md, "Batches and shapes",
+//! "Magnitude and direction").
 
 use super::error::{Result, WidenError};
 

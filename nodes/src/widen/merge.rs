@@ -1,4 +1,4 @@
-//! Per-contributor column scales of a merge (widen-algorithm.md §7.2, D3).
+//! Per-contributor column scales of a merge (docs/widen.md, "The merge"; docs/decisions.md D3).
 //!
 //! Everything here produces `S [N, B, K]`: the factor each contributor's delta is multiplied by
 //! at each position of each key. The caller combines `backbone + Σₙ Sₙ ⊙ Δₙ` (one matmul on the

@@ -1,4 +1,5 @@
-//! WIDEN model merging on libtorch (widen-algorithm.md, amended by decisions.md D1-D6, D21).
+//! WIDEN model merging on libtorch (docs/widen.md, "Part 1: the math", amended by
+//! docs/decisions.md D1–D6, D21).
 //!
 //! Entry points: [`Widen::filter`] (one contributor) and [`Widen::merge`] (N contributors) on a
 //! batch of keys of one shape `[B, *S]`, each contributor given as full weights or as low-rank

@@ -1,5 +1,6 @@
 //! The WIDEN operations on batches of keys: `filter` (one contributor) and `merge` (N), on dense
-//! weights or low-rank factors, with the t_factor cases of D5 and the fallbacks of spec §8.
+//! weights or low-rank factors, with the t_factor cases of docs/decisions.md D5 and the fallbacks
+//! of docs/widen.md, "Fallbacks".
 
 use tch::{Device, Kind, Tensor};
 
@@ -154,7 +155,7 @@ impl Widen {
     /// the backbone's dtype. `keys` name the batch's keys for the fallback warning (may be empty).
     ///
     /// Errors: CUDA out-of-memory and invalid configurations are returned; any other failure is
-    /// logged and replaced by the contribution's weights, unfiltered (spec §8).
+    /// logged and replaced by the contribution's weights, unfiltered (docs/widen.md, "Fallbacks").
     pub fn filter(&self, backbone: &Tensor, contribution: &Contribution, keys: &[&str]) -> Result<Tensor> {
         self.config.validate()?;
         let _guard = tch::no_grad_guard();
@@ -235,7 +236,7 @@ impl Widen {
     ///
     /// Errors: an empty list, CUDA out-of-memory and invalid configurations are returned; any other
     /// failure is logged and replaced by the element-wise mean of the contributors' weights
-    /// (spec §8).
+    /// (docs/widen.md, "Fallbacks").
     pub fn merge(&self, backbone: &Tensor, contributions: &[Contribution], keys: &[&str]) -> Result<Tensor> {
         if contributions.is_empty() {
             return Err(WidenError::EmptyWeights);

@@ -4,9 +4,9 @@
 //! It follows the definitions literally, one key at a time, on plain `f64` slices: column norms
 //! and cosines from their definitions (not D21's algebra), ranks by counting, sparsemax and
 //! entmax by bisection on the threshold (not by sorting). The semantics are comfyrs's
-//! (decisions.md D1-D5): mid-rank ties, exact entmax, non-contributors excluded per key, per-key
-//! epsilons, t_factor cases; percentile ranks are exact rationals, so threshold comparisons are
-//! made exactly.
+//! (docs/decisions.md D1–D5): mid-rank ties, exact entmax, non-contributors excluded per key,
+//! per-key epsilons, t_factor cases; percentile ranks are exact rationals, so threshold comparisons
+//! are made exactly.
 
 use tch::{Kind, Tensor};
 

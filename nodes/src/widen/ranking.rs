@@ -1,4 +1,5 @@
-//! Ranking strategies: a divergence map `[B, K]` → importances in ~[0, 1] per key (spec §4, D2).
+//! Ranking strategies: a divergence map `[B, K]` → importances in ~[0, 1] per key (docs/widen.md,
+//! "Ranking"; docs/decisions.md D2).
 
 use tch::{Kind, Tensor};
 
@@ -65,7 +66,8 @@ pub fn minmax(x: &Tensor) -> Result<Tensor> {
 }
 
 impl Ranked {
-    /// `rank > t · mean(rank)` per key (the merge's importance mask, spec §6.1, strict).
+    /// `rank > t · mean(rank)` per key (the merge's importance mask, docs/widen.md, "Importance
+    /// masks and calibration", strict).
     ///
     /// Percentile ranks have the exact mean `(K + 1)/(2K)`, so the test is `n > t·(K + 1)` on
     /// integers: the decision at a rank equal to the threshold is exact, not a rounding accident.

@@ -1,5 +1,5 @@
 //! Sparsity maps: the N contributors' ranks at each position → weights on the simplex
-//! (spec §5, D1), along dim 0 of `[N, …]`.
+//! (docs/widen.md, "Sparsity"; docs/decisions.md D1), along dim 0 of `[N, …]`.
 //!
 //! Every method takes an `active` mask broadcastable to the input (D3): inactive contributors get
 //! weight exactly 0 and do not take part in the normalization; a position with no active

@@ -1,4 +1,5 @@
-//! Cancellation-free column statistics (D21) on the dense and the low-rank path (D6).
+//! Cancellation-free column statistics (docs/decisions.md D21) on the dense and the low-rank
+//! path (D6).
 //!
 //! Per column, with backbone norm `mB`, `a = colsum(B ⊙ Δ)` and `c = colsum(Δ ⊙ Δ)`:
 //! `mW = sqrt(mB² + 2a + c)`, `mW − mB = (2a + c)/(mW + mB)` and

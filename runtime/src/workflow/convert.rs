@@ -1,4 +1,4 @@
-//! UI workflow → API prompt (comfyui-compat §1.4).
+//! UI workflow → API prompt (docs/comfyui.md, "From UI workflow to prompt").
 //!
 //! 1. Flatten: walk the root graph and expand active subgraph instances into contexts (an
 //!    instance path plus the definition graph), giving each node its execution id.
@@ -188,7 +188,7 @@ fn valid_connection(a: &str, b: &str) -> bool {
 }
 
 /// Which input of a bypassed node stands in for output `slot` when the consumer wants type
-/// `wanted` (the current frontend rule, comfyui-compat §1.4).
+/// `wanted` (the current frontend rule, docs/comfyui.md, "Source resolution").
 fn bypass_input(node: &UiNode, slot: usize, wanted: &str) -> Option<usize> {
     let inputs = &node.inputs;
     if wanted.is_empty() || wanted == "*" {
@@ -491,7 +491,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
         }
     }
 
-    /// Follows a link back to what feeds it (comfyui-compat §1.4 "source resolution"), as a
+    /// Follows a link back to what feeds it (docs/comfyui.md, "Source resolution"), as a
     /// loop: reroute and bypass chains of any length cost no stack.
     fn resolve(&mut self, ctx: usize, link: &str, wanted: &str, consumer: (usize, &UiNode), input: &str) -> Result<Resolved, ConvertError> {
         let mut visited: HashSet<(usize, String, bool, i64)> = HashSet::new();

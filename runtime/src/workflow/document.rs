@@ -1,4 +1,4 @@
-//! Telling the two workflow formats apart (comfyui-compat §1.1, §1.2).
+//! Telling the two workflow formats apart (docs/comfyui.md, "API prompts" and "UI workflows").
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
-//! Dynamic prompts (comfyui-compat §1.3 item 7): the frontend rewrites STRING widgets flagged
-//! `dynamicPrompts` when it queues a prompt. C-style comments are removed, then every
+//! Dynamic prompts (docs/comfyui.md, "Dynamic prompts"): the frontend rewrites STRING widgets
+//! flagged `dynamicPrompts` when it queues a prompt. C-style comments are removed, then every
 //! `{a|b|c}` group is replaced by one of its alternatives (groups nest; a backslash keeps the
 //! next character literal, backslash included).
 //!

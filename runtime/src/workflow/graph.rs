@@ -1,5 +1,5 @@
-//! Reading the UI workflow graph (comfyui-compat §1.2): nodes, links in both the version-0.4
-//! array shape and the version-1 object shape, and subgraph definitions.
+//! Reading the UI workflow graph (docs/comfyui.md, "UI workflows"): nodes, links in both the
+//! version-0.4 array shape and the version-1 object shape, and subgraph definitions.
 //!
 //! Everything here borrows from the parsed JSON; nothing is converted yet.
 

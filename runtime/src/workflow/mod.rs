@@ -1,5 +1,5 @@
 //! Workflow documents: format detection and UI workflow → API prompt conversion
-//! (comfyui-compat §1.2–§1.4).
+//! (docs/comfyui.md, "UI workflows" to "From UI workflow to prompt").
 //!
 //! ```text
 //! Document::parse(text)?            // Api(prompt) | Ui(workflow)

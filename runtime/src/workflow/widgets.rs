@@ -1,5 +1,5 @@
-//! The frontend's widget model (comfyui-compat §1.3): which inputs of a class get widgets, the
-//! companion widgets the frontend inserts, and how `widgets_values` map onto them.
+//! The frontend's widget model (docs/comfyui.md, "Widget values"): which inputs of a class get
+//! widgets, the companion widgets the frontend inserts, and how `widgets_values` map onto them.
 
 use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};

@@ -161,7 +161,7 @@ impl Eval<'_> {
         };
         let stats_keys: Vec<[u8; 32]> = keys.iter().map(|k| self.a.stats_hash(node, k, self.device)).collect();
         lap.mark("hashes");
-        // Per-key t (D10): t_factor × block × layer multipliers.
+        // Per-key t (docs/decisions.md D10): t_factor × block × layer multipliers.
         let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let mut distinct: Vec<f64> = Vec::new();

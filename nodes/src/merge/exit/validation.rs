@@ -1,12 +1,13 @@
-//! Step 1 of the Exit: the recipe tree checked before any file is opened (spec §15 errors,
-//! with paths such as `root.target.branches[1]`; block-config architectures, D10).
+//! Step 1 of the Exit: the recipe tree checked before any file is opened (the errors of
+//! docs/widen.md, "Errors", with paths such as `root.target.branches[1]`; block-config
+//! architectures, docs/decisions.md D10).
 
 use std::sync::Arc;
 
 use crate::arch::Arch;
 use crate::recipe::{BlockConfig, PackError, Recipe, RecipeDomain, RecipeKind};
 
-/// Validates the tree (§6.1, D10, D20). Returns the base.
+/// Validates the tree (docs/widen.md, "Recipe validation"; D10, D20). Returns the base.
 pub fn validate(root: &Recipe, domain: RecipeDomain) -> Result<Recipe, PackError> {
     let exit = match domain {
         RecipeDomain::Diffusion => "Exit",
