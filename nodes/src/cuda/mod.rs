@@ -4,7 +4,7 @@
 //! Nothing here is process-wide: the merge engine finds the runtime when it is created
 //! ([`CudaRuntime::find`]) and owns what it makes with it (events, streams). Without a loaded
 //! CUDA runtime (a CPU-only libtorch, or `widen.events = false`) callers keep to tch's own calls:
-//! device-wide waits and one stream (`docs/architecture.md`, "Where state lives").
+//! device-wide waits and one stream (`docs/architecture.md`, "Layers of the merge pack").
 
 mod event;
 mod memory;

@@ -1,5 +1,5 @@
 //! What a merge engine is configured with: the compute device and the WIDEN settings of the one
-//! configuration (`comfyrs config` shows them; `README.md`, "Configuration").
+//! configuration (`comfyrs config` shows them; `docs/architecture.md`, "Configuration").
 
 use tch::Device;
 
