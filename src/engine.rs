@@ -49,7 +49,7 @@ impl Engine {
 /// Native nodes only: ComfyUI's model-free utility nodes and the WIDEN pack.
 pub fn native_registry(args: &EngineArgs) -> Result<Registry> {
     let mut reg = Registry::new();
-    comfyrs_nodes::core::register(&mut reg);
+    comfyrs_core::register(&mut reg);
     let mut folders = ModelFolders::new(&args.models_dir);
     if let Some(yaml) = &args.extra_model_paths {
         folders

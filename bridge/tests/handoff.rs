@@ -25,7 +25,7 @@ fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     support::env(&ENV, "bridge-handoff-tests", |registry, models| {
         comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(models).expect("tiny SD1.5 LoRA");
-        comfyrs_nodes::core::register(registry);
+        comfyrs_core::register(registry);
         comfyrs_nodes::pack::register(registry, ModelFolders::new(models));
         // What src/engine.rs does once the bridge has started.
         comfyrs_bridge::register_model_extractor(comfyrs_nodes::pack::native_model_weights);

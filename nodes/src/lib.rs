@@ -1,4 +1,3 @@
-pub mod core;
 pub mod widen;
 pub mod arch;
 pub mod fixtures;

@@ -225,7 +225,7 @@ struct Runner {
 impl Runner {
     fn new(models: &Path) -> Result<Self> {
         let mut reg = Registry::new();
-        comfyrs_nodes::core::register(&mut reg);
+        comfyrs_core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models));
         reg.register(Arc::new(Keep));
         Ok(Runner { reg, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })

@@ -94,7 +94,7 @@ impl NodeClass for Capture {
 
 pub fn registry(m: &Models) -> Registry {
     let mut reg = Registry::new();
-    comfyrs_nodes::core::register(&mut reg);
+    comfyrs_core::register(&mut reg);
     comfyrs_nodes::pack::register(&mut reg, m.folders());
     reg.register(Arc::new(Capture));
     reg
