@@ -32,7 +32,6 @@ use comfyrs_runtime::Registry;
 
 pub mod bench;
 mod convert;
-pub mod fixtures;
 mod interp;
 pub mod model;
 mod node;

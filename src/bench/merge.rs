@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use comfyrs_nodes::arch::layout::{layout, LayoutSize};
 use comfyrs_nodes::arch::Arch;
-use comfyrs_nodes::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraTargets};
+use comfyrs_testkit::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraTargets};
 use comfyrs_nodes::lora::LoraNaming;
 use comfyrs_nodes::models::{FileDtype, ModelFolders};
 use comfyrs_runtime::cache::CacheMode;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use comfyrs_nodes::arch::{layout, Arch, LayoutSize};
-use comfyrs_nodes::fixtures::{write_base_model, write_fixtures, write_lora, FixtureKind, FixtureOptions, LoraFixture, LoraTargets};
+use comfyrs_testkit::fixtures::{write_base_model, write_fixtures, write_lora, FixtureKind, FixtureOptions, LoraFixture, LoraTargets};
 use comfyrs_nodes::lora::LoraNaming;
 use comfyrs_nodes::models::{FileDtype, ModelFolders};
 use comfyrs_nodes::pack::NativeModel;
