@@ -75,7 +75,7 @@ pub fn merge_settings(config: &Config) -> MergeSettings {
 /// Native nodes only: ComfyUI's model-free utility nodes and the WIDEN pack (its Exits on `merge`).
 pub fn native_registry(config: &Config, merge: Arc<MergeEngine>) -> Result<Registry> {
     let mut reg = Registry::new();
-    comfyrs_nodes::core::register(&mut reg);
+    comfyrs_core::register(&mut reg);
     let mut folders = ModelFolders::new(&config.models_dir);
     if let Some(yaml) = &config.extra_model_paths {
         folders

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     let mut ckpt = String::new();
     if fixture {
         let models = opts.models_dir.clone().unwrap_or_else(|| PathBuf::from("models"));
-        match comfyrs_bridge::fixtures::ensure_tiny_sd15(&models) {
+        match comfyrs_testkit::sd15::ensure_tiny_sd15(&models) {
             Ok(p) => ckpt = p.file_name().unwrap().to_string_lossy().into_owned(),
             Err(e) => {
                 eprintln!("fixture: {e}");

@@ -36,7 +36,6 @@ use comfyrs_runtime::Registry;
 pub mod bench;
 mod convert;
 mod error;
-pub mod fixtures;
 mod handoff;
 mod interp;
 pub mod model;

@@ -19,13 +19,13 @@ mod support;
 
 use support::{Collect, Env};
 
-const LORA: &str = comfyrs_bridge::fixtures::TINY_SD15_LORA;
+const LORA: &str = comfyrs_testkit::sd15::TINY_SD15_LORA;
 
 fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     support::env(&ENV, "bridge-handoff-tests", |registry, models, bridge| {
-        comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(models).expect("tiny SD1.5 LoRA");
-        comfyrs_nodes::core::register(registry);
+        comfyrs_testkit::sd15::ensure_tiny_sd15_lora(models).expect("tiny SD1.5 LoRA");
+        comfyrs_core::register(registry);
         let engine = comfyrs_nodes::pack::MergeEngine::standalone(comfyrs_nodes::pack::MergeSettings::default()).expect("merge engine");
         comfyrs_nodes::pack::register(registry, ModelFolders::new(models), engine.clone());
         // What src/engine.rs does once the bridge has started.
@@ -100,7 +100,7 @@ fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     assert!(r1.success(), "{:?}", r1.errors);
     eprintln!("first run {:?}: {:?}", t.elapsed(), r1.outputs.get("23"));
     let widen = &r1.outputs["23"]["widen"][0];
-    assert!(widen["keys"].as_u64().unwrap_or(0) >= comfyrs_bridge::fixtures::TINY_SD15_LORA_MODULES.len() as u64, "{widen}");
+    assert!(widen["keys"].as_u64().unwrap_or(0) >= comfyrs_testkit::sd15::TINY_SD15_LORA_MODULES.len() as u64, "{widen}");
     png(&r1);
 
     // Only t_factor changed: Merge, Exit and what is below them.

@@ -1,7 +1,5 @@
-pub mod core;
 pub mod widen;
 pub mod arch;
-pub mod fixtures;
 pub mod lora;
 pub mod models;
 pub mod cuda;

@@ -10,7 +10,7 @@ use comfyrs_nodes::arch::{
     block_of, classify_key, detect_base_arch, detect_checkpoint_arch, detect_clip_arch, layer_type_of, Arch,
     LayerType,
 };
-use comfyrs_nodes::fixtures::{write_base_model, write_sdxl_checkpoint};
+use comfyrs_testkit::fixtures::{write_base_model, write_sdxl_checkpoint};
 use comfyrs_nodes::models::checkpoint::{normalize_diffusion_key, openclip_to_host};
 use comfyrs_nodes::models::{CheckpointDomain, CheckpointFile, CheckpointLayout, FileDtype, FormatError};
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use comfyrs_nodes::arch::Arch;
-use comfyrs_nodes::fixtures::{write_fixtures, FixtureKind, FixtureOptions, Rng};
+use comfyrs_testkit::fixtures::{write_fixtures, FixtureKind, FixtureOptions, Rng};
 use comfyrs_nodes::lora::{LoadOptions, LoraFile, LoraNaming, NameIndex};
 use comfyrs_nodes::models::{CheckpointDomain, CheckpointFile, FileDtype, FormatError, MappedFile, ModelFolders};
 
@@ -117,7 +117,7 @@ fn tiny_fixture_set_loads_and_is_deterministic() {
 #[test]
 fn full_size_loras_map_with_real_shapes() {
     use comfyrs_nodes::arch::layout::{layout, LayoutSize};
-    use comfyrs_nodes::fixtures::{write_lora, LoraFixture, LoraTargets};
+    use comfyrs_testkit::fixtures::{write_lora, LoraFixture, LoraTargets};
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     for arch in Arch::ALL {
@@ -163,7 +163,7 @@ fn full_size_loras_map_with_real_shapes() {
 #[ignore]
 fn full_size_sdxl_streams_to_disk() {
     use comfyrs_nodes::arch::layout::{layout, LayoutSize};
-    use comfyrs_nodes::fixtures::write_base_model;
+    use comfyrs_testkit::fixtures::write_base_model;
     let dir = tempfile::tempdir_in(std::env::var("COMFYRS_FIXTURE_TMP").unwrap_or_else(|_| "/tmp".into())).unwrap();
     let l = layout(Arch::Sdxl, LayoutSize::Full);
     let t = std::time::Instant::now();

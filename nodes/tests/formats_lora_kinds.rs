@@ -9,7 +9,7 @@ use std::path::Path;
 
 use comfyrs_nodes::arch::layout::{layout, LayoutSize};
 use comfyrs_nodes::arch::Arch;
-use comfyrs_nodes::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraManifest, LoraTargets};
+use comfyrs_testkit::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraManifest, LoraTargets};
 use comfyrs_nodes::lora::{AdapterKind, Component, LoadOptions, LoraFile, LoraNaming, LoraSet, NameIndex};
 use comfyrs_nodes::models::{CheckpointDomain, CheckpointFile, FileDtype};
 use formats_util::{kron, matmul, read_raw, rel_err, tensor_f64, tucker, Raw};
@@ -205,7 +205,7 @@ fn check_file(man: &LoraManifest, base: &CheckpointFile, base_raw: &HashMap<Stri
     // Every module's mapping is checked; numerics for every module in kohya naming, and for
     // the other namings on fused sections, swapped rows, convolutions and every 7th module
     // (the naming only changes names, which are checked in full).
-    let numeric = |i: usize, e: &comfyrs_nodes::fixtures::ManifestEntry| {
+    let numeric = |i: usize, e: &comfyrs_testkit::fixtures::ManifestEntry| {
         man.naming == LoraNaming::Kohya || e.comp.is_some() || e.swap_halves || e.region.len() == 4 || i % 7 < 1
     };
     let mut skipped_targets = BTreeSet::new();

@@ -72,7 +72,8 @@ fn run_capture(m: &Models, prompt: &serde_json::Value, node: &str) -> std::sync:
 #[test]
 fn chain_matches_float64_oracle() {
     use comfyrs_nodes::lora::{LoadOptions, LoraFile, LoraSet, NameIndex};
-    use comfyrs_nodes::widen::{oracle, WidenConfig};
+    use comfyrs_nodes::widen::WidenConfig;
+    use comfyrs_testkit::oracle;
     use tch::Tensor;
     let m = models(&[Arch::Sdxl], false);
     let model = run_capture(&m, &chain_prompt("tiny/sdxl_f32.safetensors"), "10");

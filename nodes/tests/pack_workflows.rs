@@ -5,7 +5,7 @@
 
 mod pack_util;
 
-use comfyrs_nodes::fixtures::{write_fixtures, FixtureOptions};
+use comfyrs_testkit::fixtures::{write_fixtures, FixtureOptions};
 use comfyrs_nodes::models::{MappedFile, ModelFolders};
 use pack_util::*;
 

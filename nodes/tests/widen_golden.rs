@@ -7,7 +7,8 @@ mod widen_common;
 use comfyrs_nodes::widen::disentangle::{direction_divergence, disentangle, safe_norm};
 use comfyrs_nodes::widen::eps::{adaptive_eps, base_eps, DEGENERATE_NORM};
 use comfyrs_nodes::widen::ranking::{minmax, percentile, rank, zscore};
-use comfyrs_nodes::widen::{calibration, oracle, sparsity, Calibration, Contribution, Ranking, Sparsity, WidenConfig, WidenError};
+use comfyrs_nodes::widen::{calibration, sparsity, Calibration, Contribution, Ranking, Sparsity, WidenConfig, WidenError};
+use comfyrs_testkit::oracle;
 use tch::{Kind, Tensor};
 use widen_common::*;
 

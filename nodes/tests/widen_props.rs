@@ -1,5 +1,5 @@
 //! Property tests of the WIDEN operations on random shapes and values, against the float64
-//! oracle (`widen::oracle`), on the dense and the low-rank path.
+//! oracle (`comfyrs_testkit::oracle`), on the dense and the low-rank path.
 //!
 //! Tolerances (`docs/decisions.md` D21, D22): column statistics within 1e-5 and merged deltas
 //! within 1e-4, relative to the key's largest value. Ranks are discontinuous where two statistics
@@ -8,7 +8,7 @@
 
 mod widen_common;
 
-use comfyrs_nodes::widen::oracle::{self, Shape};
+use comfyrs_testkit::oracle::{self, Shape};
 use comfyrs_nodes::widen::{Calibration, Contribution, Sparsity, Widen, WidenConfig};
 use proptest::prelude::*;
 use tch::{Device, Kind, Tensor};

@@ -70,7 +70,7 @@ fn prepare(reg: &Registry, json: &Json) -> Validated {
 
 pub fn run(b: &ExecutorBench) -> Result<()> {
     let mut reg = Registry::new();
-    comfyrs_nodes::core::register(&mut reg);
+    comfyrs_core::register(&mut reg);
     let out = std::env::temp_dir().join("comfyrs-bench");
     let events = NoEvents;
     writeln!(std::io::stdout().lock(), "| prompt | nodes | validate | sign | first run | all cached | one constant changed | executed on change |")?;

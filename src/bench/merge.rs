@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use comfyrs_nodes::arch::layout::{layout, LayoutSize};
 use comfyrs_nodes::arch::Arch;
-use comfyrs_nodes::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraTargets};
+use comfyrs_testkit::fixtures::{write_base_model, write_lora, FixtureKind, LoraFixture, LoraTargets};
 use comfyrs_nodes::lora::LoraNaming;
 use comfyrs_nodes::models::{FileDtype, ModelFolders};
 use comfyrs_runtime::cache::CacheMode;
@@ -229,7 +229,7 @@ impl Runner {
     fn new(models: &Path, settings: &MergeSettings) -> Result<Self> {
         let mut reg = Registry::new();
         let engine = MergeEngine::standalone(settings.clone())?;
-        comfyrs_nodes::core::register(&mut reg);
+        comfyrs_core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models), engine.clone());
         reg.register(Arc::new(Keep));
         Ok(Runner { reg, engine, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })

@@ -14,7 +14,7 @@ pub enum BenchCommand {
     Executor(executor::ExecutorBench),
     /// Time WIDEN filter and merge on synthetic keys of real SDXL and Z-Image shapes, dense vs
     /// low-rank, and report GB/s against the bytes the operation must move.
-    Widen(comfyrs_nodes::widen::bench::WidenBenchOptions),
+    Widen(comfyrs_testkit::widen_bench::WidenBenchOptions),
     /// Run WIDEN merges of one to four LoRAs on a full-size SDXL UNet and a 7-LoRA Z-Image
     /// compose end to end through the executor: cold, after a LoRA strength change and after a
     /// t_factor change, with peak host memory and a bit-exactness check. Generates random-weight
@@ -46,7 +46,7 @@ impl BenchCommand {
 pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
-        BenchCommand::Widen(opts) => comfyrs_nodes::widen::bench::run(&opts, &mut std::io::stdout().lock())?,
+        BenchCommand::Widen(opts) => comfyrs_testkit::widen_bench::run(&opts, &mut std::io::stdout().lock())?,
         BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config))?,
         #[cfg(feature = "python")]
         BenchCommand::Bridge { calls, .. } => {

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Result};
-use comfyrs_nodes::fixtures::{write_fixtures, FixtureOptions};
+use comfyrs_testkit::fixtures::{write_fixtures, FixtureOptions};
 
 use crate::config::Config;
 use crate::FixturesArgs;
@@ -23,8 +23,8 @@ pub fn main(args: FixturesArgs, config: &Config) -> Result<ExitCode> {
         // A tiny SD1.5 checkpoint that ComfyUI's own model detection accepts, for Python workflows.
         let mut files = files;
         if args.arch.is_empty() {
-            files.push(comfyrs_bridge::fixtures::ensure_tiny_sd15(models_dir).map_err(|e| anyhow!("writing the tiny SD1.5 checkpoint: {e}"))?);
-            files.push(comfyrs_bridge::fixtures::ensure_tiny_sd15_lora(models_dir).map_err(|e| anyhow!("writing the tiny SD1.5 LoRA: {e}"))?);
+            files.push(comfyrs_testkit::sd15::ensure_tiny_sd15(models_dir).map_err(|e| anyhow!("writing the tiny SD1.5 checkpoint: {e}"))?);
+            files.push(comfyrs_testkit::sd15::ensure_tiny_sd15_lora(models_dir).map_err(|e| anyhow!("writing the tiny SD1.5 LoRA: {e}"))?);
         }
         files
     };

@@ -25,7 +25,7 @@ pub fn env(cell: &'static OnceLock<Env>, scratch: &str, extend: impl FnOnce(&mut
     cell.get_or_init(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(scratch);
         let models = root.join("models");
-        let ckpt = comfyrs_bridge::fixtures::ensure_tiny_sd15(&models).expect("tiny checkpoint");
+        let ckpt = comfyrs_testkit::sd15::ensure_tiny_sd15(&models).expect("tiny checkpoint");
         let output = root.join("output");
         let _ = std::fs::remove_dir_all(&output);
         let support = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("tests/support/custom_nodes");

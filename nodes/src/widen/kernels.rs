@@ -32,7 +32,7 @@ fn take_error() -> Option<String> {
 }
 
 /// L2 norm over `dim` in one fused pass (libtorch's `norm(x, 2, dim, keepdim)`).
-pub(crate) fn norm2(x: &Tensor, dim: i64, keepdim: bool) -> Result<Tensor> {
+pub fn norm2(x: &Tensor, dim: i64, keepdim: bool) -> Result<Tensor> {
     let dims = [dim];
     let mut out = [std::ptr::null_mut(); 1];
     // SAFETY: `x` stays alive for the call; the scalar is freed after the error is read; `out[0]`
@@ -59,7 +59,7 @@ pub(crate) fn norm2(x: &Tensor, dim: i64, keepdim: bool) -> Result<Tensor> {
 /// `base + up · down` for batched matrices. With `in_place` the result overwrites `base`: one
 /// product whose epilogue reads `base` once and writes it once. Otherwise libtorch first copies
 /// `base` into a new tensor (a second full read and write) and accumulates there.
-pub(crate) fn add_product(base: &Tensor, up: &Tensor, down: &Tensor, in_place: bool) -> Result<Tensor> {
+pub fn add_product(base: &Tensor, up: &Tensor, down: &Tensor, in_place: bool) -> Result<Tensor> {
     let out = if in_place { base.shallow_clone() } else { base.f_empty_like()? };
     Ok(base.f_baddbmm_out(&out, up, down)?)
 }
@@ -70,7 +70,7 @@ pub(crate) fn add_product(base: &Tensor, up: &Tensor, down: &Tensor, in_place: b
 /// longer inner dimension with fp32 accumulation and output. The dropped `lo·lo` term and the
 /// residue of the split are ~2⁻¹⁷ of each product, so the result is within ~1e-5 relative of fp32.
 /// CUDA only (libtorch's bf16 → fp32 `baddbmm` runs there).
-pub(crate) fn add_product_split_bf16(base: &Tensor, up: &Tensor, down: &Tensor, in_place: bool) -> Result<Tensor> {
+pub fn add_product_split_bf16(base: &Tensor, up: &Tensor, down: &Tensor, in_place: bool) -> Result<Tensor> {
     use tch::Kind;
     let split = |x: &Tensor| -> Result<(Tensor, Tensor)> {
         let hi = x.f_to_kind(Kind::BFloat16)?;
@@ -86,7 +86,7 @@ pub(crate) fn add_product_split_bf16(base: &Tensor, up: &Tensor, down: &Tensor, 
 }
 
 /// A copy in a new allocation (on the CPU: the same alignment whichever batch the values came from).
-pub(crate) fn fresh_copy(t: &Tensor) -> Result<Tensor> {
+pub fn fresh_copy(t: &Tensor) -> Result<Tensor> {
     let mut out = t.f_empty_like()?;
     out.f_copy_(t)?;
     Ok(out)

@@ -5,20 +5,19 @@
 //! batch of keys of one shape `[B, *S]`, each contributor given as full weights or as low-rank
 //! factors ([`Contribution`]). Every statistic is per key (D4), math runs in fp32 on the chosen
 //! device, results come back in the backbone's dtype. The building blocks (ranking, sparsity,
-//! statistics) are public for tests and for callers that cache them.
+//! statistics, kernels) are public for tests, for the benchmarks in `testkit/` and for callers
+//! that cache them.
 
-pub mod bench;
 pub mod calibration;
 pub mod config;
 pub mod disentangle;
 pub mod eps;
 mod error;
 pub mod filter;
-mod kernels;
+pub mod kernels;
 pub mod layout;
 pub mod merge;
 mod ops;
-pub mod oracle;
 pub mod ranking;
 pub mod sparsity;
 pub mod stats;

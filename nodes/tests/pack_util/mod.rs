@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use comfyrs_nodes::arch::{layout, Arch, LayoutSize};
-use comfyrs_nodes::fixtures::{write_base_model, write_fixtures, write_lora, FixtureKind, FixtureOptions, LoraFixture, LoraTargets};
+use comfyrs_testkit::fixtures::{write_base_model, write_fixtures, write_lora, FixtureKind, FixtureOptions, LoraFixture, LoraTargets};
 use comfyrs_nodes::lora::LoraNaming;
 use comfyrs_nodes::models::{FileDtype, ModelFolders};
 use comfyrs_nodes::pack::{MergeEngine, MergeSettings, NativeModel};
@@ -107,7 +107,7 @@ pub fn registry(m: &Models) -> Registry {
 /// A registry whose WIDEN Exits run on `engine`.
 pub fn registry_on(m: &Models, engine: Arc<MergeEngine>) -> Registry {
     let mut reg = Registry::new();
-    comfyrs_nodes::core::register(&mut reg);
+    comfyrs_core::register(&mut reg);
     comfyrs_nodes::pack::register(&mut reg, m.folders(), engine);
     reg.register(Arc::new(Capture));
     reg

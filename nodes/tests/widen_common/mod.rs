@@ -9,7 +9,7 @@ pub fn t(values: &[f32], shape: &[i64]) -> Tensor {
 }
 
 pub fn vals(x: &Tensor) -> Vec<f64> {
-    comfyrs_nodes::widen::oracle::to_f64(x)
+    comfyrs_testkit::oracle::to_f64(x)
 }
 
 /// The device the tests compute on: `WIDEN_TEST_DEVICE=cuda` runs them on the GPU, otherwise CPU.

@@ -72,7 +72,7 @@ fn pass_bool(args: &Args) -> Result<CallOutput, NodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use crate::testing::*;
     use super::*;
 
     #[test]

@@ -14,7 +14,7 @@ use serde_json::{json, Value as Json};
 
 fn registry() -> Registry {
     let mut reg = Registry::new();
-    comfyrs_nodes::core::register(&mut reg);
+    comfyrs_core::register(&mut reg);
     reg
 }
 

@@ -1,9 +1,9 @@
 //! Runs the WIDEN benchmark (`comfyrs bench widen` once the CLI wires it) from the test harness:
-//! `WIDEN_BENCH_ARGS="--quick --device cpu" cargo test -p comfyrs-nodes --test widen_bench -- --ignored --nocapture`.
+//! `WIDEN_BENCH_ARGS="--quick --device cpu" cargo test -p comfyrs-testkit --test widen_bench -- --ignored --nocapture`.
 //! A benchmark, not a timed test: ignored by default.
 
 use clap::Parser;
-use comfyrs_nodes::widen::bench::{run, WidenBenchOptions};
+use comfyrs_testkit::widen_bench::{run, WidenBenchOptions};
 
 #[derive(Parser)]
 struct Cli {

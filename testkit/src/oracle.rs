@@ -10,8 +10,8 @@
 
 use tch::{Kind, Tensor};
 
-use super::config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
-use super::eps::DEGENERATE_NORM;
+use comfyrs_nodes::widen::config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
+use comfyrs_nodes::widen::eps::DEGENERATE_NORM;
 
 /// One key's layout: a vector of `n`, or `out` rows of `k` columns (row-major `[out, k]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -395,13 +395,11 @@ fn format_str(text: &str, spec: &str) -> Result<String, PyErr> {
     Ok(pad(&body, "", &s, '<'))
 }
 
-// `usize::is_multiple_of` is newer than the workspace's rust-version.
-#[allow(clippy::manual_is_multiple_of)]
 fn group_digits(digits: &str, sep: char, every: usize) -> String {
     let chars: Vec<char> = digits.chars().collect();
     let mut out = String::new();
     for (k, c) in chars.iter().enumerate() {
-        if k > 0 && (chars.len() - k) % every == 0 {
+        if k > 0 && (chars.len() - k).is_multiple_of(every) {
             out.push(sep);
         }
         out.push(*c);

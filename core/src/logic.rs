@@ -126,7 +126,7 @@ fn pass_or_none(args: &Args) -> Result<CallOutput, NodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use crate::testing::*;
     use super::*;
 
     fn args(pairs: &[(&str, Value)]) -> Args {

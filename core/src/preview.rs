@@ -49,7 +49,7 @@ fn preview(args: &Args) -> Result<CallOutput, NodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use crate::testing::*;
     use super::*;
 
     fn text(v: Value) -> String {

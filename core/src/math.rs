@@ -92,7 +92,7 @@ fn math_expression(args: &Args) -> Result<CallOutput, NodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use crate::testing::*;
     use super::*;
 
     fn calc(expr: &str, vals: &[(&str, Value)]) -> Result<(Value, Value, Value), NodeError> {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use tch::{Device, Kind, Tensor};
 
-use super::kernels::{add_product, fresh_copy};
-use super::{Contribution, Product, Statistics, Widen, WidenConfig};
+use comfyrs_nodes::widen::kernels::{self, add_product, fresh_copy};
+use comfyrs_nodes::widen::{Contribution, Product, Statistics, Widen, WidenConfig};
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct WidenBenchOptions {
@@ -192,7 +192,7 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
     if device.is_cuda() {
         // libtorch must support bf16 → fp32 batched products on this device; check before timing.
         let probe = Tensor::f_ones([1, 8, 8], (Kind::Float, device))?;
-        match super::kernels::add_product_split_bf16(&probe, &probe, &probe, false) {
+        match kernels::add_product_split_bf16(&probe, &probe, &probe, false) {
             Ok(_) => paths.push(Path::FastSplitInPlace),
             Err(e) => notes.push(format!("bf16x3 product unavailable on this device ({e}); not timed.")),
         }
@@ -282,10 +282,10 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                     let b3 = base.f_reshape([keys, out_dim, k])?;
                     let up = Tensor::f_cat(&factors.iter().map(|(u, _)| u.shallow_clone()).collect::<Vec<_>>(), 2)?;
                     let down = Tensor::f_cat(&factors.iter().map(|(_, d)| d.shallow_clone()).collect::<Vec<_>>(), 1)?;
-                    let (t_norm, _) = time(device, iters, || Ok(super::kernels::norm2(&b3, 1, false)?))?;
+                    let (t_norm, _) = time(device, iters, || Ok(kernels::norm2(&b3, 1, false)?))?;
                     let (t_p, _) = time(device, iters, || Ok(up.f_transpose(1, 2)?.f_bmm(&b3)?))?;
                     let (t_conv, b64) = time(device, iters, || Ok(b3.f_to_kind(Kind::Double)?))?;
-                    let (t_norm64, _) = time(device, iters, || Ok(super::kernels::norm2(&b64, 1, false)?))?;
+                    let (t_norm64, _) = time(device, iters, || Ok(kernels::norm2(&b64, 1, false)?))?;
                     let up64 = up.f_to_kind(Kind::Double)?;
                     let (t_p64, _) = time(device, iters, || Ok(up64.f_transpose(1, 2)?.f_bmm(&b64)?))?;
                     drop(b64);
@@ -294,7 +294,7 @@ pub fn run(opts: &WidenBenchOptions, out: &mut dyn Write) -> anyhow::Result<()> 
                     let scratch = fresh_copy(&b3)?;
                     let (t_mm_in_place, _) = time(device, iters, || Ok(add_product(&scratch, &up, &down, true)?))?;
                     let (t_split, _) = if device.is_cuda() {
-                        time(device, iters, || Ok(super::kernels::add_product_split_bf16(&b3, &up, &down, false)?))?
+                        time(device, iters, || Ok(kernels::add_product_split_bf16(&b3, &up, &down, false)?))?
                     } else {
                         (f64::NAN, b3.shallow_clone())
                     };

@@ -367,7 +367,7 @@ fn array_to_string(args: &Args) -> Result<CallOutput, NodeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::*;
+    use crate::testing::*;
     use super::*;
 
     fn t(node: &str, args: &[(&str, Value)]) -> Value {
