@@ -16,6 +16,7 @@ pub mod memory;
 pub mod node;
 pub mod paths;
 pub mod prompt;
+pub mod random;
 pub mod registry;
 pub mod schema;
 pub mod signature;

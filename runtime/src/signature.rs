@@ -157,11 +157,8 @@ fn sign_one(v: &Validated, i: usize, sigs: &[Option<Signature>], salt: &[u8; 16]
 }
 
 fn run_salt() -> [u8; 16] {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let c = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let h = blake3::hash(&[t.to_le_bytes().as_slice(), &c.to_le_bytes(), &std::process::id().to_le_bytes()].concat());
+    let h = blake3::hash(&[t.to_le_bytes().as_slice(), &crate::random::fresh_u64().to_le_bytes(), &std::process::id().to_le_bytes()].concat());
     h.as_bytes()[..16].try_into().unwrap()
 }
 

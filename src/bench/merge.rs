@@ -175,9 +175,10 @@ fn compose_all(s: &Setup) -> Json {
 
 /// The benchmark's output node: keeps the merged model it receives (its digest is taken after
 /// the timings).
-struct Keep;
+struct Keep(Kept);
 
-static KEPT: std::sync::Mutex<Option<Arc<NativeModel>>> = std::sync::Mutex::new(None);
+/// The last merged model the benchmark's output node received.
+type Kept = Arc<std::sync::Mutex<Option<Arc<NativeModel>>>>;
 
 impl NodeClass for Keep {
     fn schema(&self) -> Arc<NodeSchema> {
@@ -186,18 +187,15 @@ impl NodeClass for Keep {
     fn execute(&self, _: &ExecContext, args: &NodeArgs) -> Result<CallOutput, NodeError> {
         if let Some(Value::Handle(h)) = args.get("model") {
             let any: Arc<dyn std::any::Any + Send + Sync> = h.clone();
-            *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = any.downcast::<NativeModel>().ok();
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = any.downcast::<NativeModel>().ok();
         }
         Ok(CallOutput::default())
     }
 }
 
-/// Digests of the cold runs' results, in order.
-static DIGESTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
 /// Digest of the last merged model the benchmark produced.
-fn kept_digest() -> Result<String> {
-    let kept = KEPT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+fn kept_digest(kept: &Kept) -> Result<String> {
+    let kept = kept.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let model = kept.context("no merged model was produced")?;
     Ok(model.overrides_digest()?)
 }
@@ -218,6 +216,10 @@ struct Runner {
     reg: Registry,
     /// The merge engine the runner's Exits use (its caches persist across the runner's runs).
     engine: Arc<MergeEngine>,
+    /// What the output node received last.
+    kept: Kept,
+    /// Digests of the cold runs' results, in order.
+    digests: Vec<String>,
     exec: Executor,
     n: usize,
     /// Counts cold runs: each gets its own Exit `model_name` (unused without saving), so the
@@ -231,8 +233,9 @@ impl Runner {
         let engine = MergeEngine::standalone(settings.clone())?;
         comfyrs_core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models), engine.clone());
-        reg.register(Arc::new(Keep));
-        Ok(Runner { reg, engine, exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
+        let kept = Kept::default();
+        reg.register(Arc::new(Keep(kept.clone())));
+        Ok(Runner { reg, engine, kept, digests: Vec::new(), exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
     }
 
     /// Runs a prompt; returns wall seconds and the Exit's statistics.
@@ -248,7 +251,7 @@ impl Runner {
         };
         // The previous result goes, as it would when a server replaces it; holding it would add
         // one output to this run's peak memory.
-        KEPT.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
         let start = Instant::now();
         let report = self.exec.run(&v, &opts);
         let secs = start.elapsed().as_secs_f64();
@@ -316,18 +319,12 @@ fn cold(r: &mut Runner, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec
     }
     rows.push(Row { what: what.into(), secs: median(walls), exit_secs: median(exits), detail: summary(&last) });
     // For comparing paths across runs (e.g. COMFYRS_WIDEN_PINNED=0 moves data without staging).
-    let digest = kept_digest()?;
-    DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).push(format!("{}: {}", what.split(':').next().unwrap_or(what), &digest[..16]));
+    let digest = kept_digest(&r.kept)?;
+    r.digests.push(format!("{}: {}", what.split(':').next().unwrap_or(what), &digest[..16]));
     Ok(last)
 }
 
-/// The compute device the Exit reported.
-static DEVICE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-
 fn summary(stats: &Json) -> String {
-    if let Some(d) = stats["device"].as_str() {
-        *DEVICE.lock().unwrap_or_else(|e| e.into_inner()) = d.to_string();
-    }
     let ms = |k: &str| format!("{:.0}", stats["phases"][k].as_f64().unwrap_or(f64::NAN) * 1e3);
     let secs = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
     let (exit, node, run) = (secs("seconds"), secs("bench_node_seconds"), secs("bench_run_seconds"));
@@ -357,6 +354,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let mut rows = Vec::new();
     let mut memory = Vec::new();
     let mut checks: Vec<String> = Vec::new();
+    let mut digests: Vec<String> = Vec::new();
     let want = |w: &str| opts.workloads.iter().any(|x| x == w);
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
@@ -385,10 +383,10 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
                 stats_t = st;
             }
             // The incremental result must be the cold result, bit for bit.
-            let incremental = kept_digest()?;
+            let incremental = kept_digest(&r.kept)?;
             let last = opts.repeat.max(1) - 1;
             r.run_cold(&w2(&s, 0.9 - 0.1 * last as f64, 0.6 + 0.1 * last as f64))?;
-            let cold_digest = kept_digest()?;
+            let cold_digest = kept_digest(&r.kept)?;
             if incremental != cold_digest {
                 bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
             }
@@ -408,6 +406,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
             memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
         }
         checks.push(cache_line(&r, "the SDXL workloads"));
+        digests.append(&mut r.digests);
     }
     if want("zimage") {
         let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
@@ -417,13 +416,14 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
         let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
         checks.push(cache_line(&r, "Z-Image"));
+        digests.append(&mut r.digests);
     }
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
         "# comfyrs bench merge ({}, device {}, median of {})\n",
         if opts.tiny { "tiny layouts" } else { "full-size layouts" },
-        DEVICE.lock().unwrap_or_else(|e| e.into_inner()),
+        format!("{:?}", settings.device),
         opts.repeat
     )?;
     writeln!(stdout, "| workload | end to end | Exit alone | what ran |")?;
@@ -445,6 +445,6 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     for c in &checks {
         writeln!(stdout, "\n{c}")?;
     }
-    writeln!(stdout, "\nResult digests (blake3 of every merged key): {}", DIGESTS.lock().unwrap_or_else(|e| e.into_inner()).join(", "))?;
+    writeln!(stdout, "\nResult digests (blake3 of every merged key): {}", digests.join(", "))?;
     Ok(())
 }

@@ -76,9 +76,10 @@ pub fn main(args: RunArgs, config: &Config, quiet: bool) -> Result<ExitCode> {
 }
 
 fn install_ctrl_c(flag: comfyrs_runtime::interrupt::Interrupt) {
-    static PRESSES: AtomicUsize = AtomicUsize::new(0);
+    // Owned by the handler: the first press asks for a stop, the second quits.
+    let presses = AtomicUsize::new(0);
     let _ = ctrlc::set_handler(move || {
-        if PRESSES.fetch_add(1, Ordering::SeqCst) == 0 {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
             eprintln!("\ninterrupt: stopping after the running node finishes (Ctrl-C again to quit now)");
             flag.set();
         } else {

@@ -176,9 +176,7 @@ impl Drop for SafetensorsWriter {
 }
 
 fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
+    comfyrs_runtime::random::fresh_u64()
 }
 
 /// Write a small file in one go: `(name, dtype, shape, bytes)` per tensor.

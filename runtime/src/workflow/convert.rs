@@ -76,10 +76,8 @@ pub fn ui_to_prompt_with(
 }
 
 fn clock_seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-    nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+    nanos ^ crate::random::fresh_u64()
 }
 
 #[derive(Clone)]
