@@ -28,7 +28,7 @@ fn a_panic_with_a_copy_in_flight_waits_for_it() {
     let src = Tensor::arange(N, (Kind::Float, Device::Cuda(0)));
     let dst = pinned.empty(N, Kind::Float).expect("page-locked memory");
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let _pending = stream.download(src.shallow_clone(), dst.shallow_clone()).ok().expect("queued");
+        let _pending = stream.download(src.shallow_clone(), dst.shallow_clone()).unwrap_or_else(|_| panic!("the copy was not queued"));
         panic!("a node failed with results still travelling");
     }));
     assert!(outcome.is_err());
@@ -43,7 +43,7 @@ fn a_result_is_read_only_after_its_copy_and_a_bad_copy_gives_its_tensors_back() 
     let pinned = PinnedAllocator::new(0, Some(rt.clone()));
     let src = Tensor::arange(N, (Kind::Float, Device::Cuda(0))) * 2.0;
     let dst = pinned.empty(N, Kind::Float).expect("page-locked memory");
-    let host = stream.download(src.shallow_clone(), dst).ok().expect("queued").wait();
+    let host = stream.download(src.shallow_clone(), dst).unwrap_or_else(|_| panic!("the copy was not queued")).wait();
     assert!(host.equal(&(Tensor::arange(N, (Kind::Float, Device::Cpu)) * 2.0)));
     // Sizes that differ: nothing is queued, both tensors come back to the caller.
     let small = pinned.empty(16, Kind::Float).unwrap();

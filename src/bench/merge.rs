@@ -421,9 +421,9 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(
         stdout,
-        "# comfyrs bench merge ({}, device {}, median of {})\n",
+        "# comfyrs bench merge ({}, device {:?}, median of {})\n",
         if opts.tiny { "tiny layouts" } else { "full-size layouts" },
-        format!("{:?}", settings.device),
+        settings.device,
         opts.repeat
     )?;
     writeln!(stdout, "| workload | end to end | Exit alone | what ran |")?;

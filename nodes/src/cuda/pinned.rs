@@ -31,7 +31,7 @@ impl PinnedAllocator {
     /// Whether [`grown_pinned`] gives page-locked memory with this libtorch.
     fn grows(&self) -> bool {
         *self.grows_page_locked.get_or_init(|| match &self.rt {
-            Some(rt) => grown_pinned(1, Kind::Uint8, self.index).is_ok_and(|t| rt.is_page_locked(t.data_ptr())),
+            Some(rt) => grown_pinned(1, Kind::Uint8, self.index).is_ok_and(|t| rt.is_page_locked(t.data_ptr() as usize)),
             None => false,
         })
     }

@@ -96,10 +96,12 @@ impl CudaRuntime {
         Some(r)
     }
 
-    /// Whether `ptr` is in page-locked memory from the CUDA runtime.
-    pub fn is_page_locked(&self, ptr: *mut c_void) -> bool {
+    /// Whether `address` is in page-locked memory from the CUDA runtime (an address, never
+    /// dereferenced).
+    pub fn is_page_locked(&self, address: usize) -> bool {
         let mut flags: c_uint = 0;
-        // SAFETY: cudaHostGetFlags only inspects the address; it fails for memory it did not allocate.
-        unsafe { (self.host_get_flags)(&mut flags, ptr) == 0 }
+        // SAFETY: cudaHostGetFlags only looks the address up in the runtime's own allocations;
+        // it fails for memory it did not allocate and never reads through the pointer.
+        unsafe { (self.host_get_flags)(&mut flags, address as *mut c_void) == 0 }
     }
 }

@@ -160,7 +160,7 @@ impl MergeEngine {
     /// 40% of what was free, for the subtree, statistics and factor caches together.
     pub fn device_limit(&self) -> u64 {
         if !self.settings.device.is_cuda() {
-            return self.budget.limit(Place::Device).min(0);
+            return 0;
         }
         self.budget.resolve_limit(Place::Device, || match self.device_memory() {
             Some(m) => (m.free as f64 * 0.4) as u64,
