@@ -204,13 +204,19 @@ impl MergeEngine {
 
     /// Empties every cache and memo (ComfyUI's `/free` with `free_memory`).
     pub fn clear(&self) {
-        self.subtrees.clear();
-        self.stats.clear();
-        self.factors.clear();
+        self.clear_caches();
         self.memos.lora_files.clear();
         self.memos.sets.clear();
         self.memos.touched_keys.clear();
         self.memos.groups.clear();
+    }
+
+    /// Empties the tensor caches (subtrees, statistics, factors) and keeps the memos of parsed
+    /// files: what a merge must recompute, not what it must re-read.
+    pub fn clear_caches(&self) {
+        self.subtrees.clear();
+        self.stats.clear();
+        self.factors.clear();
     }
 
     pub fn cache_stats(&self) -> EngineStats {
