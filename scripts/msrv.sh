@@ -9,5 +9,8 @@ if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
   rustup toolchain install "$msrv" --profile minimal
 fi
 cache=${COMFYRS_CACHE:-$HOME/.cache/comfyrs}
+# A target dir per checkout: cargo names the artifacts of path crates the same in every checkout
+# and takes another checkout's as fresh while that checkout's files are unchanged.
+target="$cache/target-msrv-$(pwd | sha256sum | cut -c1-12)"
 echo "msrv: cargo +$msrv check --workspace --all-targets" >&2
-CARGO_TARGET_DIR="$cache/target-msrv" cargo "+$msrv" check --workspace --all-targets --locked
+CARGO_TARGET_DIR="$target" cargo "+$msrv" check --workspace --all-targets --locked
