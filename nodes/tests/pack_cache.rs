@@ -43,12 +43,9 @@ struct Outcome {
 }
 
 fn exec_once(m: &Models, p: &Json) -> Outcome {
-    let reg = registry(m);
     // A fresh executor: the runtime's own output cache must not answer, the subtree cache must.
-    let mut exec = executor();
-    let (r, id) = run(&reg, &mut exec, p);
-    assert_ok(&r);
-    Outcome { model: model_of(&captured(&id, "10")), stats: r.outputs["9"]["widen"][0].clone() }
+    let (model, stats) = run_fresh(&registry(m), p, "9", "10");
+    Outcome { model, stats }
 }
 
 #[test]
@@ -123,13 +120,8 @@ mod under_pressure {
     }
 
     fn exec_once(m: &Models, p: &Json) -> (std::sync::Arc<comfyrs_nodes::pack::NativeModel>, Json) {
-        let reg = registry(m);
-        let mut exec = executor();
-        let (r, id) = run(&reg, &mut exec, p);
-        assert_ok(&r);
-        (model_of(&captured(&id, "10")), r.outputs["9"]["widen"][0].clone())
+        run_fresh(&registry(m), p, "9", "10")
     }
-
 
     #[test]
     fn a_cache_too_small_for_two_merges_keeps_the_branch_a_slider_change_needs() {

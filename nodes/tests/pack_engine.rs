@@ -26,11 +26,7 @@ fn merge_prompt(t: f64) -> Json {
 }
 
 fn exit_stats(m: &Models, engine: &Arc<MergeEngine>, prompt: &Json) -> (Arc<comfyrs_nodes::pack::NativeModel>, Json) {
-    let reg = registry_on(m, engine.clone());
-    // A fresh executor each time: only the merge engine may remember anything.
-    let (r, id) = run(&reg, &mut executor(), prompt);
-    assert_ok(&r);
-    (model_of(&captured(&id, "8")), r.outputs["7"]["widen"][0].clone())
+    run_fresh(&registry_on(m, engine.clone()), prompt, "7", "8")
 }
 
 #[test]

@@ -136,6 +136,15 @@ pub fn run_with(reg: &Registry, exec: &mut Executor, prompt: &Json, pnginfo: Opt
     (report, id)
 }
 
+/// Runs `prompt` on `reg` with a fresh executor (so only the merge engine can remember anything
+/// from earlier runs); returns the MODEL the capture node `capture` received and the Exit node
+/// `exit`'s statistics.
+pub fn run_fresh(reg: &Registry, prompt: &Json, exit: &str, capture: &str) -> (Arc<NativeModel>, Json) {
+    let (r, id) = run(reg, &mut executor(), prompt);
+    assert_ok(&r);
+    (model_of(&captured(&id, capture)), r.outputs[exit]["widen"][0].clone())
+}
+
 /// The value the capture node `node` received in prompt `id`.
 pub fn captured(id: &str, node: &str) -> Value {
     let key = format!("{id}:{node}");
