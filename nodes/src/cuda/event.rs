@@ -22,8 +22,6 @@ pub struct Event {
 // SAFETY: CUDA events may be recorded, waited on and destroyed from any host thread; the handle
 // is owned by this value alone.
 unsafe impl Send for Event {}
-// SAFETY: `wait` (the only `&self` call that touches the handle) is thread-safe in CUDA.
-unsafe impl Sync for Event {}
 
 impl Event {
     /// Marks everything queued so far on the legacy default stream of device `index` (where

@@ -14,6 +14,6 @@ mod stream;
 
 pub use event::Event;
 pub use memory::{device_memory, DeviceMemory};
-pub use pinned::{pinned_empty, PinnedAllocator};
+pub use pinned::PinnedAllocator;
 pub use runtime::CudaRuntime;
 pub use stream::{CopyStream, PendingHost};

@@ -39,7 +39,7 @@ impl PinnedAllocator {
 
 /// A page-locked host tensor the slow way (no CUDA runtime to check the fast one with): a
 /// non-blocking copy of an uninitialized device tensor, a wasted transfer and a device-wide wait.
-pub fn pinned_empty(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
+fn pinned_empty(len: i64, kind: Kind, index: usize) -> Result<Tensor, tch::TchError> {
     let t = Tensor::f_empty([len], (kind, Device::Cuda(index)))?.f_to_device_(Device::Cpu, kind, true, false)?;
     tch::Cuda::synchronize(index as i64);
     Ok(t)

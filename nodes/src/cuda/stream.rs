@@ -88,8 +88,6 @@ pub struct CopyStream {
 // SAFETY: a CUDA stream may be used from any host thread; the handle is owned by this value and
 // destroyed once, in `drop`.
 unsafe impl Send for CopyStream {}
-// SAFETY: queuing work on a stream from several threads is allowed by CUDA.
-unsafe impl Sync for CopyStream {}
 
 impl CopyStream {
     /// A new non-blocking stream on device `index`.

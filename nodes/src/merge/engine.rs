@@ -120,11 +120,6 @@ impl MergeEngine {
         Self::new(settings, MemoryBudget::new(default_host_limit(), UNRESOLVED))
     }
 
-    /// A CPU engine with its own budget of `host_limit` bytes (tests that narrow the caches).
-    pub fn on_cpu_with_limit(host_limit: u64) -> Arc<MergeEngine> {
-        Self::new(MergeSettings::on(Device::Cpu), MemoryBudget::new(host_limit, 0)).expect("the CPU is always there")
-    }
-
     pub fn device(&self) -> Device {
         self.settings.device
     }
@@ -168,8 +163,10 @@ impl MergeEngine {
         })
     }
 
-    /// Working memory for one chunk of keys.
+    /// Working memory for one chunk of keys. Asked once per run before any cache insert, so it
+    /// also resolves the budget's device limit (whether or not a chunk budget is configured).
     pub(crate) fn chunk_budget(&self) -> usize {
+        let device_limit = self.device_limit();
         if let Some(b) = self.settings.chunk_budget {
             return b as usize;
         }
@@ -178,7 +175,7 @@ impl MergeEngine {
             _ => {
                 // 80% of the free memory, less what the caches may keep there.
                 let free = self.device_memory().map_or(4 << 30, |m| m.free);
-                ((free as f64 * 0.8) as u64).saturating_sub(self.device_limit()).max(256 << 20) as usize
+                ((free as f64 * 0.8) as u64).saturating_sub(device_limit).max(256 << 20) as usize
             }
         }
     }

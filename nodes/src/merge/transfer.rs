@@ -219,10 +219,3 @@ pub fn owned_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
     out.f_copy_(t)?;
     Ok(out)
 }
-
-/// Waits for the device's pending work (a device-wide wait).
-pub fn finish(device: Device) {
-    if let Device::Cuda(index) = device {
-        tch::Cuda::synchronize(index as i64);
-    }
-}
