@@ -6,7 +6,8 @@ use serde_json::{Map, Value as Json};
 pub enum Event {
     /// A prompt began; `nodes` counts the nodes that will execute (cache misses).
     Start { prompt_id: String, nodes: usize },
-    /// Nodes served from the cache.
+    /// Nodes served from the cache: once right after `Start` (possibly empty) with what was
+    /// cached when the prompt began, then one event per node found cached while running.
     Cached { prompt_id: String, nodes: Vec<String> },
     Executing { prompt_id: String, node: String, class_type: String },
     Progress { prompt_id: String, node: String, value: u64, max: u64 },

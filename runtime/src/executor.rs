@@ -156,14 +156,16 @@ impl Executor {
             Json::Null
         };
         let mut run = Run::new(v, &sigs, opts);
+        // As ComfyUI reports it: every node of the prompt whose output is cached at the start,
+        // whether or not the requested outputs need it.
+        let cached: Vec<String> =
+            (0..v.prompt.nodes.len()).filter(|&i| sigs[i].is_some_and(|s| self.cache.contains(&s))).map(|i| v.id(i).to_string()).collect();
         for &o in &v.outputs {
             run.schedule(o, &mut self.cache);
         }
-        let cached: Vec<String> = run.cached.iter().map(|&i| v.id(i).to_string()).collect();
         opts.events.emit(&Event::Start { prompt_id: opts.prompt_id.clone(), nodes: run.pending_count() });
-        if !cached.is_empty() {
-            opts.events.emit(&Event::Cached { prompt_id: opts.prompt_id.clone(), nodes: cached });
-        }
+        // Always sent, empty or not: ComfyUI's clients expect `execution_cached` after the start.
+        opts.events.emit(&Event::Cached { prompt_id: opts.prompt_id.clone(), nodes: cached });
         let interrupt = self.interrupt.clone();
         let ctx_parts = CtxParts { prompt: &prompt_json, extra: opts.extra_pnginfo.as_ref(), opts, interrupt: &interrupt };
         let workers = self.workers;

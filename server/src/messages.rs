@@ -1,0 +1,163 @@
+//! One prompt's run events as ComfyUI's WebSocket messages, addressed as ComfyUI addresses
+//! them: execution messages to the submitting client; `progress` and `progress_state` to the
+//! submitting client, or to every socket when the prompt has none.
+//!
+//! `progress_state` differs from ComfyUI's on purpose (docs/server.md): ComfyUI repeats every
+//! node started so far in each message, so a 1,000-node prompt sends ~2,000 messages of up to
+//! 1,000 entries; here each message carries the nodes whose state changed plus the nodes still
+//! running, so the traffic grows linearly with the prompt.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use comfyrs_runtime::events::{Event, EventSink};
+use serde_json::{json, Map, Value as Json};
+
+use crate::control::Control;
+use crate::hub::{Frame, Hub};
+use crate::time::now_ms;
+
+/// Progress updates of one node closer together than this are coalesced (the first and the
+/// last always go out).
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+struct NodeProgress {
+    value: u64,
+    max: u64,
+    running: bool,
+    last_sent: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    nodes: HashMap<String, NodeProgress>,
+    /// Running nodes in the order they started.
+    running: Vec<String>,
+    /// `execution_start` / `execution_cached` as sent, for the history entry.
+    recorded: Vec<Json>,
+    cached_sent: bool,
+}
+
+pub struct PromptEvents {
+    hub: Arc<Hub>,
+    control: Arc<Control>,
+    prompt_id: String,
+    client: Option<String>,
+    state: Mutex<State>,
+}
+
+impl PromptEvents {
+    pub fn new(hub: Arc<Hub>, control: Arc<Control>, prompt_id: String, client: Option<String>) -> Self {
+        PromptEvents { hub, control, prompt_id, client, state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// To the submitting client only (dropped without one).
+    pub fn to_client(&self, kind: &str, data: Json) {
+        if let Some(c) = &self.client {
+            self.hub.send(Some(c), Frame::event(kind, data));
+        }
+    }
+
+    /// To the submitting client, or to everyone when there is none.
+    pub fn to_client_or_all(&self, kind: &str, data: Json) {
+        self.hub.send(self.client.as_deref(), Frame::event(kind, data));
+    }
+
+    /// The messages the history entry's `status.messages` keeps (start and cached so far).
+    pub fn recorded(&self) -> Vec<Json> {
+        self.lock().recorded.clone()
+    }
+
+    fn node_entry(&self, id: &str, p: &NodeProgress) -> Json {
+        json!({
+            "value": p.value, "max": p.max,
+            "state": if p.running { "running" } else { "finished" },
+            "node_id": id, "prompt_id": self.prompt_id, "display_node_id": id,
+            "parent_node_id": null, "real_node_id": id,
+        })
+    }
+
+    /// `progress_state` with `changed` and every running node.
+    fn send_state(&self, st: &State, changed: &str) {
+        let mut nodes = Map::new();
+        if let Some(p) = st.nodes.get(changed) {
+            nodes.insert(changed.to_string(), self.node_entry(changed, p));
+        }
+        for id in &st.running {
+            if id != changed {
+                nodes.insert(id.clone(), self.node_entry(id, &st.nodes[id]));
+            }
+        }
+        self.to_client_or_all("progress_state", json!({"prompt_id": self.prompt_id, "nodes": nodes}));
+    }
+
+    fn cached(&self, st: &mut State, nodes: &[String]) {
+        if st.cached_sent {
+            return;
+        }
+        st.cached_sent = true;
+        let data = json!({"nodes": nodes, "prompt_id": self.prompt_id, "timestamp": now_ms()});
+        st.recorded.push(json!(["execution_cached", data]));
+        self.to_client("execution_cached", data);
+    }
+}
+
+impl EventSink for PromptEvents {
+    fn emit(&self, event: &Event) {
+        let mut st = self.lock();
+        match event {
+            Event::Start { .. } => {
+                let data = json!({"prompt_id": self.prompt_id, "timestamp": now_ms()});
+                st.recorded.push(json!(["execution_start", data]));
+                self.to_client("execution_start", data);
+            }
+            Event::Cached { nodes, .. } => self.cached(&mut st, nodes),
+            Event::Executing { node, .. } => {
+                self.cached(&mut st, &[]);
+                let p = st.nodes.entry(node.clone()).or_default();
+                p.running = true;
+                p.max = p.max.max(1);
+                st.running.push(node.clone());
+                self.send_state(&st, node);
+                self.control.set_running_node(node);
+                self.to_client("executing", json!({"node": node, "display_node": node, "prompt_id": self.prompt_id}));
+            }
+            Event::Progress { node, value, max, .. } => {
+                let now = Instant::now();
+                let Some(p) = st.nodes.get_mut(node) else { return };
+                let due = p.last_sent.is_none_or(|t| now.duration_since(t) >= PROGRESS_INTERVAL) || value >= max;
+                p.value = *value;
+                p.max = *max;
+                if !due {
+                    return;
+                }
+                p.last_sent = Some(now);
+                self.to_client_or_all("progress", json!({"value": value, "max": max, "prompt_id": self.prompt_id, "node": node}));
+                self.send_state(&st, node);
+            }
+            Event::Executed { node, ui, .. } => {
+                if let Some(ui) = ui {
+                    self.to_client("executed", json!({"node": node, "display_node": node, "output": ui, "prompt_id": self.prompt_id}));
+                }
+                st.running.retain(|n| n != node);
+                if let Some(p) = st.nodes.get_mut(node) {
+                    p.running = false;
+                    p.value = p.max;
+                }
+                self.send_state(&st, node);
+            }
+            Event::Error { node, .. } => {
+                st.running.retain(|n| n != node);
+            }
+            // The terminal messages are sent by the worker from the run's report, which has
+            // everything `execution_error` carries.
+            Event::Interrupted { .. } | Event::Done { .. } => {}
+        }
+    }
+}

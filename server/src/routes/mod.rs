@@ -1,0 +1,34 @@
+//! The route table. Every route is served at its plain path and under `/api`, as ComfyUI
+//! serves them (so `/api/jobs` also answers at `/api/api/jobs`, and not at `/jobs`).
+
+mod body;
+mod history;
+mod nodes;
+mod prompt;
+mod system;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+
+use crate::server::Shared;
+
+pub type AppState = Arc<Shared>;
+
+/// The routes ComfyUI registers on its main table, without prefix.
+fn api() -> Router<AppState> {
+    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes())
+}
+
+pub fn app(shared: Arc<Shared>) -> Router {
+    let limit = shared.options.max_upload;
+    let front = shared.options.front_end_root.clone();
+    Router::new()
+        .merge(api())
+        .nest("/api", api())
+        .merge(system::frontend(front.as_deref()))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}

@@ -1,0 +1,140 @@
+//! Starting and stopping the server: the state the routes share, the executor thread, the
+//! listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use comfyrs_runtime::Registry;
+use serde_json::json;
+
+use crate::control::Control;
+use crate::error::ServeError;
+use crate::host::Host;
+use crate::hub::{Frame, Hub};
+use crate::options::ServeOptions;
+use crate::store::{Finished, Store};
+
+/// What every route and the executor thread share.
+pub struct Shared {
+    pub options: ServeOptions,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub control: Arc<Control>,
+    pub host: Arc<dyn Host>,
+    pub registry: Arc<Registry>,
+    /// Flips to true when the server stops: open sockets close so the listener can finish.
+    pub closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Prompts queued or running, as `status.exec_info.queue_remaining` counts them.
+    pub fn queue_remaining(&self) -> usize {
+        self.store.queue_len().unwrap_or_else(|e| {
+            tracing::error!("{e}");
+            0
+        })
+    }
+
+    pub fn status_data(&self, sid: Option<&str>) -> serde_json::Value {
+        let mut d = json!({"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}});
+        if let Some(sid) = sid {
+            d["sid"] = json!(sid);
+        }
+        d
+    }
+
+    /// `status` to every socket (after every queue change).
+    pub fn broadcast_status(&self) {
+        self.hub.send(None, Frame::event("status", self.status_data(None)));
+    }
+
+    /// A prompt reached history (webhooks hang off this).
+    pub fn finished(&self, _f: &Finished) {}
+}
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    http: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting requests, interrupts the running prompt (it stays queued for the next
+    /// start) and waits for the executor thread.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.shared.closing.send_replace(true);
+        self.shared.control.stop();
+        if let Some(h) = self.http.take() {
+            let _ = h.await;
+        }
+        if let Some(w) = self.worker.take() {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then stops as [`Running::stop`] does.
+    pub async fn until_signal(mut self) {
+        wait_for_signal().await;
+        tracing::info!("stopping: the running prompt, if any, is interrupted and stays queued");
+        self.stop_inner().await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn ensure_dir(p: &std::path::Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(p).map_err(|source| ServeError::Dir { path: p.display().to_string(), source })
+}
+
+/// Opens the state, starts the executor thread and listens. Must run inside a tokio runtime.
+pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running, ServeError> {
+    for d in [&options.state_dir, &options.output_dir, &options.input_dir, &options.temp_dir, &options.user_dir] {
+        ensure_dir(d)?;
+    }
+    let store = Store::open(&options.database(), options.max_history)?;
+    let executor = host.executor();
+    let paused = store.flag("paused")?;
+    let control = Arc::new(Control::new(executor.interrupt.clone(), paused));
+    let registry = host.registry();
+    let addr = SocketAddr::new(options.listen, options.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
+    let closing = tokio::sync::watch::Sender::new(false);
+    let shared = Arc::new(Shared { options, store, hub: Arc::new(Hub::default()), control, host, registry, closing });
+    let worker = crate::worker::spawn(shared.clone(), executor).map_err(ServeError::Thread)?;
+    let app = crate::routes::app(shared.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!("the HTTP server stopped: {e}");
+        }
+    });
+    Ok(Running { addr, shared, worker: Some(worker), shutdown: Some(tx), http: Some(http) })
+}

@@ -1,0 +1,171 @@
+//! The executor thread: takes prompts from the store in order, runs them, and records each
+//! one's history entry and queue removal in one transaction.
+
+use std::sync::Arc;
+
+use comfyrs_runtime::executor::{Executor, NodeStatus, RunOptions, RunReport};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::validate;
+use serde_json::{json, Map, Value as Json};
+
+use crate::messages::PromptEvents;
+use crate::server::Shared;
+use crate::store::{Finished, Outcome, QueueItem};
+use crate::time::now_ms;
+
+pub fn spawn(shared: Arc<Shared>, executor: Executor) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("comfyrs-executor".into()).spawn(move || run(shared, executor))
+}
+
+fn run(shared: Arc<Shared>, mut executor: Executor) {
+    while shared.control.wait_for_work() {
+        loop {
+            if shared.control.stopping() || shared.control.paused() {
+                break;
+            }
+            apply_free(&shared, &mut executor);
+            let item = match shared.store.take_next() {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("cannot read the queue: {e}");
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    break;
+                }
+            };
+            run_one(&shared, &mut executor, item);
+        }
+    }
+}
+
+fn apply_free(shared: &Shared, executor: &mut Executor) {
+    let free = shared.control.take_free();
+    if free.free_memory {
+        executor.cache.clear();
+    }
+    if free.unload_models || free.free_memory {
+        shared.host.unload_models();
+    }
+}
+
+fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) {
+    let id = item.prompt_id.clone();
+    shared.control.set_running(Some(id.clone()));
+    shared.broadcast_status();
+    let client = item.client_id().map(str::to_string);
+    let events = PromptEvents::new(shared.hub.clone(), shared.control.clone(), id.clone(), client.clone());
+    let start_time = now_ms();
+    let outcome = execute(shared, executor, &item, &events);
+    if shared.control.stopping() && matches!(&outcome, Ran::Report(r) if r.interrupted) {
+        // Stopped by a shutdown, not by a user: it runs again at the next start.
+        if let Err(e) = shared.store.requeue(&id) {
+            tracing::error!("cannot put prompt {id} back in the queue: {e}");
+        }
+        shared.control.set_running(None);
+        return;
+    }
+    let (entry, result) = record(&item, &events, outcome);
+    let finished = Finished {
+        prompt_id: id.clone(),
+        outcome: result,
+        entry,
+        number: item.number,
+        create_time: item.create_time,
+        start_time,
+        end_time: now_ms(),
+    };
+    if let Err(e) = shared.store.finish(&finished) {
+        tracing::error!("cannot record prompt {id} in history: {e}");
+    }
+    shared.control.set_running(None);
+    shared.broadcast_status();
+    events.to_client("executing", json!({"node": null, "prompt_id": id}));
+    shared.finished(&finished);
+}
+
+enum Ran {
+    Report(Box<RunReport>),
+    /// It no longer validates (the server restarted with other nodes or files).
+    Invalid(String),
+}
+
+fn execute(shared: &Shared, executor: &mut Executor, item: &QueueItem, events: &PromptEvents) -> Ran {
+    let validated = Prompt::from_json(&item.prompt)
+        .map_err(|e| e.to_string())
+        .and_then(|p| validate(p, &shared.registry, Some(&item.outputs)).map_err(|r| r.render()));
+    let v = match validated {
+        Ok(v) => v,
+        Err(e) => return Ran::Invalid(e),
+    };
+    let opts = RunOptions {
+        prompt_id: item.prompt_id.clone(),
+        extra_pnginfo: item.extra_data.get("extra_pnginfo").cloned(),
+        output_dir: shared.options.output_dir.clone(),
+        events,
+    };
+    Ran::Report(Box::new(executor.run(&v, &opts)))
+}
+
+/// The history entry and the terminal message, which also goes to the client.
+fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome) {
+    let id = &item.prompt_id;
+    let mut messages = events.recorded();
+    let mut outputs = Map::new();
+    let mut meta = Map::new();
+    let (kind, data, outcome) = match ran {
+        Ran::Invalid(why) => {
+            let data = json!({
+                "prompt_id": id, "node_id": null, "node_type": null, "executed": [],
+                "exception_message": format!("the queued prompt no longer validates: {why}"),
+                "exception_type": "comfyrs.InvalidPrompt", "traceback": [], "current_inputs": {},
+                "current_outputs": [], "timestamp": now_ms(),
+            });
+            ("execution_error", data, Outcome::Failed)
+        }
+        Ran::Report(report) => {
+            for (node, ui) in &report.outputs {
+                // Cache hits of output nodes replay their UI, as ComfyUI does.
+                if report.nodes.iter().any(|n| &n.id == node && n.status == NodeStatus::Cached) {
+                    events.to_client("executed", json!({"node": node, "display_node": node, "output": ui, "prompt_id": id}));
+                }
+                outputs.insert(node.clone(), Json::Object(ui.clone()));
+                meta.insert(node.clone(), json!({"node_id": node, "display_node": node, "parent_node": null, "real_node_id": node}));
+            }
+            let executed: Vec<&str> = report.executed();
+            let all: Vec<&str> = report.nodes.iter().map(|n| n.id.as_str()).collect();
+            if let Some(err) = report.errors.first() {
+                let mut data = err.to_json();
+                let m = data.as_object_mut().expect("an object");
+                m.insert("prompt_id".into(), json!(id));
+                m.insert("executed".into(), json!(executed));
+                m.insert("current_outputs".into(), json!(all));
+                m.insert("timestamp".into(), json!(now_ms()));
+                ("execution_error", data, Outcome::Failed)
+            } else if report.interrupted {
+                let at = report.nodes.iter().find(|n| n.status == NodeStatus::NotRun);
+                let data = json!({
+                    "prompt_id": id,
+                    "node_id": at.map(|n| n.id.as_str()), "node_type": at.map(|n| n.class_type.as_str()),
+                    "executed": executed, "timestamp": now_ms(),
+                });
+                ("execution_interrupted", data, Outcome::Cancelled)
+            } else {
+                ("execution_success", json!({"prompt_id": id, "timestamp": now_ms()}), Outcome::Completed)
+            }
+        }
+    };
+    if kind == "execution_interrupted" {
+        events.to_client_or_all(kind, data.clone());
+    } else {
+        events.to_client(kind, data.clone());
+    }
+    messages.push(json!([kind, data]));
+    let ok = outcome == Outcome::Completed;
+    let entry = json!({
+        "prompt": item.tuple(),
+        "outputs": outputs,
+        "status": {"status_str": if ok { "success" } else { "error" }, "completed": ok, "messages": messages},
+        "meta": meta,
+    });
+    (entry, outcome)
+}

@@ -1,0 +1,211 @@
+//! A real server on a free loopback port, running core nodes plus a node that waits, and
+//! blocking HTTP and WebSocket clients for it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use comfyrs_runtime::executor::Executor;
+use comfyrs_runtime::schema::{InputSpec, NodeSchema, OutputSpec};
+use comfyrs_runtime::{Args, CallOutput, ExecContext, NodeClass, NodeError, Registry, Value};
+use comfyrs_server::{Host, ServeOptions};
+use serde_json::{json, Value as Json};
+
+/// `TestWait`: waits `ms` milliseconds (reporting progress, honouring interrupts) and passes
+/// `value` through.
+struct Wait(Arc<NodeSchema>);
+
+impl NodeClass for Wait {
+    fn schema(&self) -> Arc<NodeSchema> {
+        self.0.clone()
+    }
+    fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        let ms = args.int("ms")? as u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(ms) {
+            ctx.check_interrupt()?;
+            ctx.progress(start.elapsed().as_millis() as u64, ms);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(CallOutput::values([args.get("value").cloned().unwrap_or(Value::None)]))
+    }
+}
+
+pub struct TestHost {
+    registry: Arc<Registry>,
+}
+
+impl TestHost {
+    pub fn new() -> Arc<TestHost> {
+        let mut reg = Registry::new();
+        comfyrs_core::register(&mut reg);
+        let schema = NodeSchema::new("TestWait", "Wait", "testing")
+            .input(InputSpec::int("ms", 10, 0, 600_000))
+            .input(InputSpec::string("value", ""))
+            .output(OutputSpec::new("STRING"));
+        reg.register(Arc::new(Wait(Arc::new(schema))));
+        Arc::new(TestHost { registry: Arc::new(reg) })
+    }
+}
+
+impl Host for TestHost {
+    fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+    fn executor(&self) -> Executor {
+        Executor::new(comfyrs_runtime::cache::CacheMode::Lru, 64 << 20)
+    }
+}
+
+/// A server running on its own tokio runtime; stopped (cleanly) on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub base: String,
+    rt: Option<tokio::runtime::Runtime>,
+    running: Option<comfyrs_server::Running>,
+}
+
+impl Server {
+    pub fn start(state_dir: &Path) -> Server {
+        Self::start_with(ServeOptions { port: 0, ..ServeOptions::new(state_dir) })
+    }
+
+    pub fn start_with(options: ServeOptions) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let running = rt.block_on(comfyrs_server::serve(options, TestHost::new())).expect("server starts");
+        let addr = running.addr;
+        Server { addr, base: format!("http://{addr}"), rt: Some(rt), running: Some(running) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Json) {
+        let resp = ureq::get(&self.url(path)).config().http_status_as_error(false).build().call().expect("GET");
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+    }
+
+    pub fn post(&self, path: &str, body: &Json) -> (u16, Json) {
+        let resp = ureq::post(&self.url(path)).config().http_status_as_error(false).build().send(body.to_string()).expect("POST");
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+    }
+
+    /// Submits a prompt; the response body.
+    pub fn queue(&self, prompt: Json, client_id: Option<&str>) -> Json {
+        let mut body = json!({"prompt": prompt});
+        if let Some(c) = client_id {
+            body["client_id"] = json!(c);
+        }
+        let (status, resp) = self.post("/prompt", &body);
+        assert_eq!(status, 200, "{resp}");
+        resp
+    }
+
+    /// Polls `/history/{id}` until the entry exists (bounded).
+    pub fn wait_history(&self, prompt_id: &str) -> Json {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, h) = self.get(&format!("/history/{prompt_id}"));
+            if let Some(e) = h.get(prompt_id) {
+                return e.clone();
+            }
+            assert!(Instant::now() < deadline, "prompt {prompt_id} never reached history");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let (Some(rt), Some(running)) = (self.rt.as_ref(), self.running.take()) {
+            rt.block_on(running.stop());
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// A WebSocket client; reads with a deadline so no test can hang.
+pub struct Socket {
+    ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
+}
+
+pub enum Msg {
+    Text(Json),
+    Binary(Vec<u8>),
+}
+
+impl Socket {
+    pub fn connect(server: &Server, client_id: &str) -> Socket {
+        let (ws, _) = tungstenite::connect(format!("ws://{}/ws?clientId={client_id}", server.addr)).expect("WebSocket connects");
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        Socket { ws }
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.ws.send(tungstenite::Message::Text(text.into())).unwrap();
+    }
+
+    pub fn next(&mut self) -> Msg {
+        loop {
+            match self.ws.read().expect("a message within 30 s") {
+                tungstenite::Message::Text(t) => return Msg::Text(serde_json::from_str(t.as_str()).unwrap()),
+                tungstenite::Message::Binary(b) => return Msg::Binary(b.to_vec()),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next text message.
+    pub fn text(&mut self) -> Json {
+        loop {
+            if let Msg::Text(j) = self.next() {
+                return j;
+            }
+        }
+    }
+
+    /// Text messages up to and including `executing` with `node: null` for `prompt_id`.
+    pub fn until_done(&mut self, prompt_id: &str) -> Vec<Json> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.text();
+            let done = m["type"] == "executing" && m["data"]["node"].is_null() && m["data"]["prompt_id"] == prompt_id;
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+/// `PrimitiveString` → `TestWait` → `PreviewAny`: shows `text` after `ms` milliseconds.
+pub fn wait_prompt(text: &str, ms: i64) -> Json {
+    json!({
+        "1": {"class_type": "PrimitiveString", "inputs": {"value": text}},
+        "2": {"class_type": "TestWait", "inputs": {"ms": ms, "value": ["1", 0]}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    })
+}
+
+pub fn kinds(msgs: &[Json]) -> Vec<String> {
+    msgs.iter().map(|m| m["type"].as_str().unwrap_or("").to_string()).collect()
+}
