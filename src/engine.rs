@@ -13,6 +13,14 @@ use comfyrs_runtime::Registry;
 
 use crate::config::{Config, PythonMode};
 
+/// Where ComfyUI's Python nodes read and write files (None: ComfyUI's own defaults).
+#[derive(Clone, Debug, Default)]
+pub struct IoDirs {
+    pub output: Option<std::path::PathBuf>,
+    pub input: Option<std::path::PathBuf>,
+    pub temp: Option<std::path::PathBuf>,
+}
+
 pub struct Engine {
     pub registry: Registry,
     /// The WIDEN pack's merge engine: its caches, counted in `budget`.
@@ -25,14 +33,19 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: &Config) -> Result<Engine> {
-        let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
-        let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
-        let registry = native_registry(config, merge.clone())?;
-        let mut engine = Engine { registry, merge, budget, config: config.clone(), python_started: false };
+        let mut engine = Engine::without_python(config)?;
         if config.python == PythonMode::Always {
             engine.start_python(None)?;
         }
         Ok(engine)
+    }
+
+    /// The native nodes only, whatever `python` says; the caller starts Python when it wants it.
+    pub fn without_python(config: &Config) -> Result<Engine> {
+        let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
+        let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
+        let registry = native_registry(config, merge.clone())?;
+        Ok(Engine { registry, merge, budget, config: config.clone(), python_started: false })
     }
 
     /// Whether a missing node type could still come from Python.
@@ -42,11 +55,20 @@ impl Engine {
 
     /// Starts the embedded ComfyUI once and registers its nodes (native ones keep winning).
     pub fn start_python(&mut self, output_dir: Option<&Path>) -> Result<()> {
+        self.start_python_in(&IoDirs { output: output_dir.map(Path::to_path_buf), ..IoDirs::default() })
+    }
+
+    /// As [`Engine::start_python`], with ComfyUI's input, output and temp folders.
+    pub fn start_python_in(&mut self, dirs: &IoDirs) -> Result<()> {
         if self.python_started {
             return Ok(());
         }
         self.python_started = true;
-        start_bridge(&self.config, output_dir, &mut self.registry, &self.merge)
+        start_bridge(&self.config, dirs, &mut self.registry, &self.merge)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// An executor whose output cache counts in this engine's memory budget.
@@ -87,14 +109,16 @@ pub fn native_registry(config: &Config, merge: Arc<MergeEngine>) -> Result<Regis
 }
 
 #[cfg(feature = "python")]
-fn start_bridge(config: &Config, output_dir: Option<&Path>, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
+fn start_bridge(config: &Config, dirs: &IoDirs, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
     use comfyrs_bridge::{Bridge, BridgeOptions};
     let t = std::time::Instant::now();
     tracing::info!("starting the embedded ComfyUI for non-native nodes");
     let opts = BridgeOptions {
         comfyui_path: config.comfyui.clone(),
         custom_nodes: config.custom_nodes.clone(),
-        output_dir: output_dir.map(Path::to_path_buf),
+        output_dir: dirs.output.clone(),
+        input_dir: dirs.input.clone(),
+        temp_dir: dirs.temp.clone(),
         models_dir: config.models_dir.is_dir().then(|| config.models_dir.clone()),
         ..BridgeOptions::default()
     };
@@ -120,6 +144,25 @@ fn start_bridge(config: &Config, output_dir: Option<&Path>, reg: &mut Registry, 
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_config: &Config, _output_dir: Option<&Path>, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
+fn start_bridge(_config: &Config, _dirs: &IoDirs, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
+}
+
+/// What `/system_stats` reports of the embedded ComfyUI: (torch version, ComfyUI version).
+#[cfg(feature = "python")]
+pub fn python_versions() -> Option<(String, String)> {
+    let bridge = comfyrs_bridge::Bridge::running()?;
+    let report = bridge.report();
+    // ComfyUI keeps its version in comfyui_version.py (`__version__ = "0.33.0"`); older copies
+    // have none.
+    let comfyui = std::fs::read_to_string(report.comfyui_path.join("comfyui_version.py"))
+        .ok()
+        .and_then(|t| t.lines().find_map(|l| l.trim().strip_prefix("__version__").map(|r| r.trim_start_matches([' ', '=']).trim_matches(['"', '\'']).to_string())))
+        .unwrap_or_default();
+    Some((report.torch_version.clone(), comfyui))
+}
+
+#[cfg(not(feature = "python"))]
+pub fn python_versions() -> Option<(String, String)> {
+    None
 }

@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod config;
 mod engine;
+mod host;
 mod load;
 mod progress;
 mod size;
@@ -20,7 +21,7 @@ use config::{Config, ConfigArgs};
     name = "comfyrs",
     version,
     about = "Run ComfyUI workflows headless: WIDEN merges natively on libtorch, everything else through an embedded ComfyUI.",
-    after_help = "Examples:\n  comfyrs run workflows/strings.json\n  comfyrs run my_workflow.json --set 3.seed=42 --output-dir out/\n  comfyrs validate my_workflow.json\n  comfyrs nodes StringConcatenate\n  comfyrs config --device cpu"
+    after_help = "Examples:\n  comfyrs run workflows/strings.json\n  comfyrs run my_workflow.json --set 3.seed=42 --output-dir out/\n  comfyrs validate my_workflow.json\n  comfyrs nodes StringConcatenate\n  comfyrs config --device cpu\n  comfyrs serve --port 8188"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,6 +40,8 @@ enum Command {
     Run(RunArgs),
     /// Check a workflow without running it; prints ComfyUI's error JSON.
     Validate(ValidateArgs),
+    /// Serve ComfyUI's HTTP/WebSocket API and web frontend, on a queue that survives restarts.
+    Serve(commands::serve::ServeArgs),
     /// Print the /object_info record of every registered node, or of one class.
     Nodes(NodesArgs),
     /// Print the effective configuration: every setting, its value and where it came from
@@ -125,6 +128,7 @@ impl Command {
     fn config_args(&self) -> Option<&ConfigArgs> {
         match self {
             Command::Run(a) => Some(&a.config),
+            Command::Serve(a) => Some(&a.config),
             Command::Validate(a) => Some(&a.config),
             Command::Nodes(a) => Some(&a.config),
             Command::Config(a) => Some(&a.config),
@@ -135,7 +139,10 @@ impl Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Serve(a) = &mut cli.command {
+        a.settings_to_config();
+    }
     init_tracing(cli.verbose, cli.quiet);
     let no_flags = ConfigArgs::default();
     let config = match Config::load(cli.command.config_args().unwrap_or(&no_flags)) {
@@ -147,6 +154,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
+        Command::Serve(args) => commands::serve::main(args, &config),
         Command::Validate(args) => commands::validate::main(args, &config),
         Command::Nodes(args) => commands::nodes::main(args, &config),
         Command::Config(args) => commands::config::main(args, &config),

@@ -2,4 +2,5 @@ pub mod config;
 pub mod fixtures;
 pub mod nodes;
 pub mod run;
+pub mod serve;
 pub mod validate;

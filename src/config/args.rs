@@ -51,6 +51,10 @@ pub struct ConfigArgs {
     /// default: lru].
     #[arg(long, value_name = "MODE")]
     pub cache: Option<String>,
+    /// A command's own flags that are settings too (`comfyrs serve --port`), as
+    /// (flag, setting key, value); they join the flag layer.
+    #[arg(skip)]
+    pub command_flags: Vec<(&'static str, &'static str, figment::value::Value)>,
 }
 
 impl ConfigArgs {
@@ -82,6 +86,7 @@ impl ConfigArgs {
         if !self.custom_nodes.is_empty() {
             out.push(("--custom-nodes", "custom_nodes", Value::from(self.custom_nodes.iter().map(path).collect::<Vec<_>>())));
         }
+        out.extend(self.command_flags.iter().cloned());
         out
     }
 }

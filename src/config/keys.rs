@@ -31,6 +31,16 @@ pub const KEYS: &[Key] = &[
     key("widen.pinned", Some("COMFYRS_WIDEN_PINNED")),
     key("widen.events", Some("COMFYRS_WIDEN_EVENTS")),
     key("widen.copy_stream", Some("COMFYRS_WIDEN_COPY_STREAM")),
+    key("server.listen", Some("COMFYRS_LISTEN")),
+    key("server.port", Some("COMFYRS_PORT")),
+    key("server.state_dir", Some("COMFYRS_STATE_DIR")),
+    key("server.output_dir", None),
+    key("server.input_dir", None),
+    key("server.temp_dir", None),
+    key("server.front_end_root", Some("COMFYRS_FRONT_END_ROOT")),
+    key("server.auth_token", Some("COMFYRS_AUTH_TOKEN")),
+    key("server.max_upload", Some("COMFYRS_MAX_UPLOAD")),
+    key("server.max_history", Some("COMFYRS_MAX_HISTORY")),
 ];
 
 /// The variable naming the comfyrs.toml to read (`--config` wins over it).

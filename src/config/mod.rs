@@ -11,6 +11,7 @@ mod layers;
 mod memory;
 mod python;
 mod report;
+mod server;
 mod values;
 mod widen;
 
@@ -24,6 +25,7 @@ pub use device::DeviceChoice;
 pub use error::ConfigError;
 pub use memory::MemorySettings;
 pub use python::PythonMode;
+pub use server::{default_state_dir, ServerSettings};
 pub use widen::WidenSettings;
 
 /// Every setting, typed and validated, with where each value came from.
@@ -45,6 +47,7 @@ pub struct Config {
     pub memory: MemorySettings,
     pub cache: CacheSettings,
     pub widen: WidenSettings,
+    pub server: ServerSettings,
     /// Setting key → the layer its value came from; absent keys are defaults.
     #[serde(skip)]
     sources: Vec<(&'static str, String)>,
@@ -62,6 +65,7 @@ impl Default for Config {
             memory: MemorySettings::default(),
             cache: CacheSettings::default(),
             widen: WidenSettings::default(),
+            server: ServerSettings::default(),
             sources: Vec::new(),
         }
     }

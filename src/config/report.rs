@@ -91,6 +91,20 @@ impl Config {
                     "widen.pinned" => switch(self.widen.pinned),
                     "widen.events" => switch(self.widen.events),
                     "widen.copy_stream" => switch(self.widen.copy_stream),
+                    "server.listen" => word(self.server.listen),
+                    "server.port" => (json!(self.server.port), Some(self.server.port.to_string())),
+                    "server.state_dir" => path(&self.server.state_dir),
+                    "server.output_dir" => path(&self.server.output_dir),
+                    "server.input_dir" => path(&self.server.input_dir),
+                    "server.temp_dir" => path(&self.server.temp_dir),
+                    "server.front_end_root" => path(&self.server.front_end_root),
+                    // Never printed: `comfyrs config` output ends up in bug reports.
+                    "server.auth_token" => match &self.server.auth_token {
+                        Some(_) => (json!("(set)"), Some(quoted("(set)"))),
+                        None => (Json::Null, None),
+                    },
+                    "server.max_upload" => size(self.server.max_upload),
+                    "server.max_history" => (json!(self.server.max_history), Some(self.server.max_history.to_string())),
                     other => unreachable!("setting {other} is in the table but not in the report"),
                 };
                 let resolved = (k.key == "device").then(|| device_name(self.device.resolve()));

@@ -1,0 +1,160 @@
+//! `comfyrs serve`: ComfyUI's HTTP and WebSocket API on a durable queue.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use comfyrs_server::ServeOptions;
+use figment::value::Value;
+
+use crate::config::{default_state_dir, Config, ConfigArgs, PythonMode};
+use crate::engine::{Engine, IoDirs};
+use crate::host::EngineHost;
+
+#[derive(Args)]
+#[command(after_help = "Open http://127.0.0.1:8188 in a browser for ComfyUI's web frontend; point ComfyUI clients at the same address.\n\
+Stop with Ctrl-C (or SIGTERM): the running prompt is interrupted and runs again at the next start.")]
+pub struct ServeArgs {
+    /// The address to listen on [env: COMFYRS_LISTEN; default: 127.0.0.1; without a value: 0.0.0.0,
+    /// every interface, as ComfyUI's --listen].
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "0.0.0.0")]
+    listen: Option<String>,
+    /// The port [env: COMFYRS_PORT; default: 8188].
+    #[arg(long)]
+    port: Option<u16>,
+    /// Queue, history and the default output/, input/, temp/, user/ folders
+    /// [env: COMFYRS_STATE_DIR; default: ~/.local/share/comfyrs].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Where output nodes write (default: STATE_DIR/output).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Uploads and LoadImage's files (default: STATE_DIR/input).
+    #[arg(long, value_name = "DIR")]
+    input_dir: Option<PathBuf>,
+    /// Previews (default: STATE_DIR/temp).
+    #[arg(long, value_name = "DIR")]
+    temp_dir: Option<PathBuf>,
+    /// The web frontend's files, a folder with index.html [env: COMFYRS_FRONT_END_ROOT;
+    /// default: the comfyui-frontend-package in comfyrs's Python].
+    #[arg(long, value_name = "DIR")]
+    front_end_root: Option<PathBuf>,
+    /// Require this bearer token on every request and the socket [env: COMFYRS_AUTH_TOKEN].
+    #[arg(long, value_name = "TOKEN")]
+    auth_token: Option<String>,
+    /// The largest upload or request body, e.g. 100MiB [env: COMFYRS_MAX_UPLOAD].
+    #[arg(long, value_name = "SIZE")]
+    max_upload: Option<String>,
+    /// History entries kept [env: COMFYRS_MAX_HISTORY; default: 10000].
+    #[arg(long, value_name = "N")]
+    max_history: Option<usize>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+impl ServeArgs {
+    /// Moves this command's settings into the configuration's flag layer.
+    pub fn settings_to_config(&mut self) {
+        let path = |p: &PathBuf| Value::from(p.to_string_lossy().into_owned());
+        let mut flags: Vec<(&'static str, &'static str, Value)> = Vec::new();
+        if let Some(v) = &self.listen {
+            flags.push(("--listen", "server.listen", Value::from(v.clone())));
+        }
+        if let Some(v) = self.port {
+            flags.push(("--port", "server.port", Value::from(v as u64)));
+        }
+        for (flag, key, v) in [
+            ("--state-dir", "server.state_dir", &self.state_dir),
+            ("--output-dir", "server.output_dir", &self.output_dir),
+            ("--input-dir", "server.input_dir", &self.input_dir),
+            ("--temp-dir", "server.temp_dir", &self.temp_dir),
+            ("--front-end-root", "server.front_end_root", &self.front_end_root),
+        ] {
+            if let Some(p) = v {
+                flags.push((flag, key, path(p)));
+            }
+        }
+        if let Some(v) = &self.auth_token {
+            flags.push(("--auth-token", "server.auth_token", Value::from(v.clone())));
+        }
+        if let Some(v) = &self.max_upload {
+            flags.push(("--max-upload", "server.max_upload", Value::from(v.clone())));
+        }
+        if let Some(v) = self.max_history {
+            flags.push(("--max-history", "server.max_history", Value::from(v as u64)));
+        }
+        self.config.command_flags = flags;
+    }
+}
+
+/// The options the server crate takes, from the configuration.
+pub fn options(config: &Config) -> ServeOptions {
+    let s = &config.server;
+    let state = s.state_dir.clone().unwrap_or_else(default_state_dir);
+    let mut o = ServeOptions::new(&state);
+    o.listen = s.listen;
+    o.port = s.port;
+    o.output_dir = s.output_dir.clone().unwrap_or(o.output_dir);
+    o.input_dir = s.input_dir.clone().unwrap_or(o.input_dir);
+    o.temp_dir = s.temp_dir.clone().unwrap_or(o.temp_dir);
+    o.front_end_root = s.front_end_root.clone().or_else(installed_frontend);
+    o.auth_token = s.auth_token.clone();
+    o.max_upload = s.max_upload as usize;
+    o.max_history = s.max_history;
+    o
+}
+
+/// The static folder of the comfyui-frontend-package in comfyrs's Python venv.
+fn installed_frontend() -> Option<PathBuf> {
+    let venv = std::env::var_os("COMFYRS_VENV").map(PathBuf::from).or_else(|| option_env!("COMFYRS_VENV").map(PathBuf::from))?;
+    let lib = std::fs::read_dir(venv.join("lib")).ok()?;
+    lib.flatten()
+        .map(|e| e.path().join("site-packages").join("comfyui_frontend_package").join("static"))
+        .find(|p| p.join("index.html").is_file())
+}
+
+pub fn main(args: ServeArgs, config: &Config) -> Result<ExitCode> {
+    let options = options(config);
+    let mut engine = Engine::without_python(config)?;
+    start_python(&mut engine, config, &options)?;
+    let host = Arc::new(EngineHost::new(engine)?);
+    drop(args);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("comfyrs-http").build().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let front = options.front_end_root.clone();
+        let state = options.state_dir.clone();
+        let running = comfyrs_server::serve(options, host).await?;
+        let url = format!("http://{}", running.addr);
+        eprintln!("comfyrs serve: listening on {url} (state in {})", state.display());
+        match front {
+            Some(f) => eprintln!("web frontend: {url}/ (from {})", f.display()),
+            None => eprintln!("no web frontend installed (pip install comfyui-frontend-package, or --front-end-root DIR); the API is up"),
+        }
+        running.until_signal().await;
+        eprintln!("comfyrs serve: stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A server lists every node up front (the frontend's node library), so Python starts now
+/// unless `python = never`; with `auto` a ComfyUI that fails to start leaves the native nodes.
+fn start_python(engine: &mut Engine, config: &Config, o: &ServeOptions) -> Result<()> {
+    if config.python == PythonMode::Never {
+        return Ok(());
+    }
+    let dirs = IoDirs { output: Some(o.output_dir.clone()), input: Some(o.input_dir.clone()), temp: Some(o.temp_dir.clone()) };
+    for d in [&o.output_dir, &o.input_dir, &o.temp_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", Path::new(d).display()))?;
+    }
+    match engine.start_python_in(&dirs) {
+        Ok(()) => Ok(()),
+        Err(e) if config.python == PythonMode::Auto => {
+            eprintln!("warning: {e:#}; serving the native nodes only");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
