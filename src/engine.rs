@@ -13,12 +13,14 @@ use comfyrs_runtime::Registry;
 
 use crate::config::{Config, PythonMode};
 
-/// Where ComfyUI's Python nodes read and write files (None: ComfyUI's own defaults).
+/// How the embedded ComfyUI is set up: where its nodes read and write files (None: ComfyUI's
+/// own defaults), and whether samplers make step previews.
 #[derive(Clone, Debug, Default)]
-pub struct IoDirs {
+pub struct PythonSetup {
     pub output: Option<std::path::PathBuf>,
     pub input: Option<std::path::PathBuf>,
     pub temp: Option<std::path::PathBuf>,
+    pub previews: bool,
 }
 
 pub struct Engine {
@@ -55,11 +57,11 @@ impl Engine {
 
     /// Starts the embedded ComfyUI once and registers its nodes (native ones keep winning).
     pub fn start_python(&mut self, output_dir: Option<&Path>) -> Result<()> {
-        self.start_python_in(&IoDirs { output: output_dir.map(Path::to_path_buf), ..IoDirs::default() })
+        self.start_python_in(&PythonSetup { output: output_dir.map(Path::to_path_buf), ..PythonSetup::default() })
     }
 
     /// As [`Engine::start_python`], with ComfyUI's input, output and temp folders.
-    pub fn start_python_in(&mut self, dirs: &IoDirs) -> Result<()> {
+    pub fn start_python_in(&mut self, dirs: &PythonSetup) -> Result<()> {
         if self.python_started {
             return Ok(());
         }
@@ -109,7 +111,7 @@ pub fn native_registry(config: &Config, merge: Arc<MergeEngine>) -> Result<Regis
 }
 
 #[cfg(feature = "python")]
-fn start_bridge(config: &Config, dirs: &IoDirs, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
+fn start_bridge(config: &Config, dirs: &PythonSetup, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
     use comfyrs_bridge::{Bridge, BridgeOptions};
     let t = std::time::Instant::now();
     tracing::info!("starting the embedded ComfyUI for non-native nodes");
@@ -119,6 +121,7 @@ fn start_bridge(config: &Config, dirs: &IoDirs, reg: &mut Registry, merge: &Merg
         output_dir: dirs.output.clone(),
         input_dir: dirs.input.clone(),
         temp_dir: dirs.temp.clone(),
+        previews: dirs.previews,
         models_dir: config.models_dir.is_dir().then(|| config.models_dir.clone()),
         ..BridgeOptions::default()
     };
@@ -144,7 +147,7 @@ fn start_bridge(config: &Config, dirs: &IoDirs, reg: &mut Registry, merge: &Merg
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_config: &Config, _dirs: &IoDirs, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
+fn start_bridge(_config: &Config, _dirs: &PythonSetup, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }
 

@@ -150,6 +150,19 @@ def _install_server_stand_in():
 # ----------------------------------------------------------------------------------------------
 # Boot
 
+def _send_preview(preview):
+    """A sampler's preview, `(format, PIL image, max size)`, encoded as the server sends it."""
+    try:
+        fmt, image, max_size = preview[0], preview[1], preview[2]
+        image = image.copy()
+        image.thumbnail((max_size, max_size))
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, quality=95)
+        _comfyrs.preview(str(fmt), buf.getvalue())
+    except Exception as e:
+        logging.debug("comfyrs: a preview could not be encoded: %s", e)
+
+
 def _progress_hook(value, total, preview=None, prompt_id=None, node_id=None, *args, **kwargs):
     """ComfyUI's global progress hook, both signatures (2024: 3 arguments; current: 5)."""
     import comfy.model_management
@@ -157,6 +170,8 @@ def _progress_hook(value, total, preview=None, prompt_id=None, node_id=None, *ar
         interrupted = _comfyrs.progress(int(value), int(total))
     except Exception:
         interrupted = False
+    if preview is not None and isinstance(preview, tuple) and _comfyrs.wants_previews():
+        _send_preview(preview)
     if interrupted:
         comfy.model_management.interrupt_current_processing(True)
     comfy.model_management.throw_exception_if_processing_interrupted()
@@ -266,6 +281,9 @@ def boot(opts):
         args.cpu = True
     for key, value in (opts.get("args") or {}).items():
         setattr(args, key, value)
+    if opts.get("previews"):
+        # Samplers make step previews only when a preview method is set (a server shows them).
+        args.preview_method = comfy.cli_args.LatentPreviewMethod.Auto
 
     import folder_paths
     if opts.get("output_dir"):

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyModule};
 
+use comfyrs_runtime::events::ImageFormat;
 use comfyrs_runtime::node::NodeClass;
 use comfyrs_runtime::value::Value;
 use comfyrs_runtime::Registry;
@@ -67,6 +68,8 @@ pub struct BridgeOptions {
     pub cpu: Option<bool>,
     /// The Python venv. Default: `COMFYRS_VENV`, else the venv this binary was built against.
     pub venv: Option<PathBuf>,
+    /// Samplers make step previews (a server has clients to show them to).
+    pub previews: bool,
 }
 
 /// A custom node (or comfy_extras) module that failed to import; it was skipped.
@@ -296,6 +299,8 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<Booted, 
     let native = PyModule::new(py, "_comfyrs").map_err(perr)?;
     native.add_function(wrap_pyfunction!(progress, &native).map_err(perr)?).map_err(perr)?;
     native.add_function(wrap_pyfunction!(event, &native).map_err(perr)?).map_err(perr)?;
+    native.add_function(wrap_pyfunction!(wants_previews, &native).map_err(perr)?).map_err(perr)?;
+    native.add_function(wrap_pyfunction!(preview, &native).map_err(perr)?).map_err(perr)?;
     py.import("sys").and_then(|s| s.getattr("modules")).and_then(|m| m.set_item("_comfyrs", &native)).map_err(perr)?;
     let code = CString::new(HOST_SOURCE).expect("host source has no NUL");
     let host = PyModule::from_code(py, &code, c"comfyrs_host.py", c"comfyrs_host").map_err(perr)?;
@@ -310,6 +315,7 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<Booted, 
         setp("temp_dir", &opts.temp_dir)?;
         setp("models_dir", &opts.models_dir)?;
         d.set_item("cpu", opts.cpu)?;
+        d.set_item("previews", opts.previews)?;
         d.set_item("custom_nodes", PyList::new(py, opts.custom_nodes.iter().map(|p| s(p)))?)?;
         Ok(())
     })()
@@ -371,12 +377,36 @@ fn progress(value: u64, total: u64) -> bool {
     .unwrap_or(false)
 }
 
-/// `PromptServer.instance.send_sync` of the stand-in. The runtime's event set has no variant for
-/// arbitrary server messages yet, so they are logged.
+/// Whether the running node's previews would be seen (a server with a client); encoding them
+/// costs time on every sampler step otherwise.
+#[pyfunction]
+fn wants_previews() -> bool {
+    interp::with_current(|ctx| ctx.wants_previews()).unwrap_or(false)
+}
+
+/// A sampler step's preview, encoded by the Python side (`JPEG` or `PNG`).
+#[pyfunction]
+fn preview(format: String, image: Vec<u8>) {
+    let format = if format.eq_ignore_ascii_case("png") { ImageFormat::Png } else { ImageFormat::Jpeg };
+    interp::with_current(|ctx| ctx.preview(format, image.into()));
+}
+
+/// `PromptServer.instance.send_sync` of the stand-in: progress text and custom nodes' own
+/// messages reach the running node's client. Outside a node call there is no client.
 #[pyfunction]
 fn event(name: String, data: String) {
-    let node = interp::with_current(|ctx| ctx.node_id.to_string());
-    tracing::debug!(target: "comfyrs_bridge::server", event = %name, node = ?node, "{data}");
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+    let sent = interp::with_current(|ctx| {
+        if name == "progress_text" {
+            let text = data.get("text").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+            ctx.progress_text(text);
+        } else {
+            ctx.custom_message(name.clone(), data.clone());
+        }
+    });
+    if sent.is_none() {
+        tracing::debug!(target: "comfyrs_bridge::server", event = %name, "outside a node call: {data}");
+    }
 }
 
 // ------------------------------------------------------------------------------------------------

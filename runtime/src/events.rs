@@ -15,12 +15,29 @@ pub enum Event {
     Executed { prompt_id: String, node: String, class_type: String, ui: Option<Map<String, Json>>, seconds: f64 },
     Error { prompt_id: String, node: String, class_type: String, message: String },
     Interrupted { prompt_id: String, node: Option<String> },
+    /// A preview image of a running node (a sampler's step), encoded.
+    Preview { prompt_id: String, node: String, format: ImageFormat, image: std::sync::Arc<[u8]> },
+    /// A line of progress text for a node (ComfyUI's `send_progress_text`).
+    ProgressText { prompt_id: String, node: String, text: String },
+    /// A message a node sends to the client under its own name (ComfyUI's `send_sync`).
+    Custom { prompt_id: String, node: String, name: String, data: Json },
     Done { prompt_id: String, success: bool },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageFormat {
+    Jpeg,
+    Png,
 }
 
 /// A listener. Implementations must be cheap: they are called on the scheduler thread.
 pub trait EventSink: Send + Sync {
     fn emit(&self, event: &Event);
+
+    /// Whether anyone looks at previews; when not, nodes skip encoding them.
+    fn wants_previews(&self) -> bool {
+        false
+    }
 }
 
 /// Discards everything.
@@ -38,5 +55,8 @@ impl EventSink for Fanout {
         for s in &self.0 {
             s.emit(event);
         }
+    }
+    fn wants_previews(&self) -> bool {
+        self.0.iter().any(|s| s.wants_previews())
     }
 }

@@ -153,6 +153,22 @@ impl ExecContext<'_> {
             max,
         });
     }
+    /// Whether a preview would be seen (encoding one costs time).
+    pub fn wants_previews(&self) -> bool {
+        self.events.wants_previews()
+    }
+    /// A preview image of this node's work.
+    pub fn preview(&self, format: crate::events::ImageFormat, image: std::sync::Arc<[u8]>) {
+        self.events.emit(&crate::events::Event::Preview { prompt_id: self.prompt_id.to_string(), node: self.node_id.to_string(), format, image });
+    }
+    /// A line of progress text for this node.
+    pub fn progress_text(&self, text: String) {
+        self.events.emit(&crate::events::Event::ProgressText { prompt_id: self.prompt_id.to_string(), node: self.node_id.to_string(), text });
+    }
+    /// A message of the node's own to the client (`{"type": name, "data": data}`).
+    pub fn custom_message(&self, name: String, data: Json) {
+        self.events.emit(&crate::events::Event::Custom { prompt_id: self.prompt_id.to_string(), node: self.node_id.to_string(), name, data });
+    }
     /// Fails with an interrupt if Ctrl-C or `/interrupt` arrived; long nodes call this between
     /// steps.
     pub fn check_interrupt(&self) -> Result<(), NodeError> {

@@ -78,6 +78,14 @@ impl Hub {
         self.lock().get(client_id).and_then(|s| s.flags.get(name)).and_then(Json::as_bool).unwrap_or(false)
     }
 
+    pub fn connected(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
+    pub fn any_connected(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     /// Sends to one client (dropped when it is not connected, as ComfyUI does) or, with `None`,
     /// to every socket.
     pub fn send(&self, to: Option<&str>, frame: Frame) {

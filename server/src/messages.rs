@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use comfyrs_runtime::events::{Event, EventSink};
+use comfyrs_runtime::events::{Event, EventSink, ImageFormat};
 use serde_json::{json, Map, Value as Json};
 
 use crate::control::Control;
@@ -155,9 +155,58 @@ impl EventSink for PromptEvents {
             Event::Error { node, .. } => {
                 st.running.retain(|n| n != node);
             }
+            Event::Preview { node, format, image, .. } => {
+                drop(st);
+                self.preview(node, *format, image);
+            }
+            Event::ProgressText { node, text, .. } => {
+                // Binary type 3: [3][length of the node id][node id][text], big-endian u32s.
+                let mut b = Vec::with_capacity(8 + node.len() + text.len());
+                b.extend_from_slice(&3u32.to_be_bytes());
+                b.extend_from_slice(&(node.len() as u32).to_be_bytes());
+                b.extend_from_slice(node.as_bytes());
+                b.extend_from_slice(text.as_bytes());
+                self.hub.send(self.client.as_deref(), Frame::Binary(b.into()));
+            }
+            Event::Custom { name, data, .. } => self.hub.send(self.client.as_deref(), Frame::event(name, data.clone())),
             // The terminal messages are sent by the worker from the run's report, which has
             // everything `execution_error` carries.
             Event::Interrupted { .. } | Event::Done { .. } => {}
         }
+    }
+
+    fn wants_previews(&self) -> bool {
+        match &self.client {
+            Some(c) => self.hub.connected(c),
+            None => self.hub.any_connected(),
+        }
+    }
+}
+
+impl PromptEvents {
+    /// A preview as a binary frame: type 4 with metadata for clients that announced
+    /// `supports_preview_metadata`, type 1 otherwise (and when broadcast).
+    fn preview(&self, node: &str, format: ImageFormat, image: &[u8]) {
+        let (mime, code) = match format {
+            ImageFormat::Jpeg => ("image/jpeg", 1u32),
+            ImageFormat::Png => ("image/png", 2u32),
+        };
+        let with_meta = self.client.as_deref().is_some_and(|c| self.hub.flag(c, "supports_preview_metadata"));
+        let mut b = Vec::with_capacity(image.len() + 256);
+        if with_meta {
+            let meta = json!({
+                "node_id": node, "prompt_id": self.prompt_id, "display_node_id": node,
+                "parent_node_id": null, "real_node_id": node, "image_type": mime,
+            })
+            .to_string();
+            b.extend_from_slice(&4u32.to_be_bytes());
+            b.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+            b.extend_from_slice(meta.as_bytes());
+        } else {
+            b.extend_from_slice(&1u32.to_be_bytes());
+            b.extend_from_slice(&code.to_be_bytes());
+        }
+        b.extend_from_slice(image);
+        self.hub.send(self.client.as_deref(), Frame::Binary(b.into()));
     }
 }

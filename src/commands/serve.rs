@@ -10,7 +10,7 @@ use comfyrs_server::ServeOptions;
 use figment::value::Value;
 
 use crate::config::{default_state_dir, Config, ConfigArgs, PythonMode};
-use crate::engine::{Engine, IoDirs};
+use crate::engine::{Engine, PythonSetup};
 use crate::host::EngineHost;
 
 #[derive(Args)]
@@ -145,7 +145,7 @@ fn start_python(engine: &mut Engine, config: &Config, o: &ServeOptions) -> Resul
     if config.python == PythonMode::Never {
         return Ok(());
     }
-    let dirs = IoDirs { output: Some(o.output_dir.clone()), input: Some(o.input_dir.clone()), temp: Some(o.temp_dir.clone()) };
+    let dirs = PythonSetup { output: Some(o.output_dir.clone()), input: Some(o.input_dir.clone()), temp: Some(o.temp_dir.clone()), previews: true };
     for d in [&o.output_dir, &o.input_dir, &o.temp_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", Path::new(d).display()))?;
     }

@@ -33,6 +33,25 @@ impl NodeClass for Wait {
     }
 }
 
+/// `TestPreview`: sends a preview (4 bytes of "JPEG") when someone would see it, a progress
+/// text and a custom message; outputs `value:<whether a preview was wanted>`.
+struct PreviewNode(Arc<NodeSchema>);
+
+impl NodeClass for PreviewNode {
+    fn schema(&self) -> Arc<NodeSchema> {
+        self.0.clone()
+    }
+    fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
+        let wants = ctx.wants_previews();
+        if wants {
+            ctx.preview(comfyrs_runtime::events::ImageFormat::Jpeg, Arc::from(&b"JPEG"[..]));
+        }
+        ctx.progress_text("step 1 of 1".into());
+        ctx.custom_message("my_pack.note".into(), json!({"hello": "world"}));
+        Ok(CallOutput::values([Value::String(format!("{}:{wants}", args.string("value")?))]))
+    }
+}
+
 pub struct TestHost {
     registry: Arc<Registry>,
 }
@@ -46,6 +65,8 @@ impl TestHost {
             .input(InputSpec::string("value", ""))
             .output(OutputSpec::new("STRING"));
         reg.register(Arc::new(Wait(Arc::new(schema))));
+        let schema = NodeSchema::new("TestPreview", "Preview test", "testing").input(InputSpec::string("value", "")).output(OutputSpec::new("STRING"));
+        reg.register(Arc::new(PreviewNode(Arc::new(schema))));
         Arc::new(TestHost { registry: Arc::new(reg) })
     }
 }
