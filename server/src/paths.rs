@@ -80,8 +80,8 @@ pub fn check_inside(base: &Path, path: &Path) -> Result<(), PathError> {
     let io = |p: &Path, source| PathError::Io { path: p.display().to_string(), source };
     let root = match base.canonicalize() {
         Ok(r) => r,
-        // Nothing exists under a missing folder, so no link can lead out of it.
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        // Nothing exists under a missing folder (or a file), so no link can lead out of it.
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::InvalidFilename) => return Ok(()),
         Err(e) => return Err(io(base, e)),
     };
     if !path.starts_with(base) {
@@ -94,7 +94,8 @@ pub fn check_inside(base: &Path, path: &Path) -> Result<(), PathError> {
                 let real = probe.canonicalize().map_err(|_| PathError::Escapes)?;
                 return if real.starts_with(&root) { Ok(()) } else { Err(PathError::Escapes) };
             }
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            // Missing, under a file, or a name too long to exist: look at the parent.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory | ErrorKind::InvalidFilename) => {
                 if probe == base {
                     return Ok(());
                 }
@@ -179,6 +180,11 @@ mod tests {
             assert!(matches!(resolve_file(&base, bad), Err(PathError::Escapes)), "{bad:?} accepted");
         }
         assert!(resolve_file(&base, "in/new.png").is_ok());
+        // Found by the HTTP fuzz test: a base under a file is no error, just empty.
+        std::fs::write(base.join("file.png"), "f").unwrap();
+        assert!(resolve_file(&base.join("file.png/sub"), "x.png").is_ok());
+        assert!(resolve_file(&base, "file.png/sub/x.png").is_ok());
+        assert!(resolve_file(&base, &"n".repeat(300)).is_ok());
         assert!(resolve_file(&base, "real/a/b/new.png").is_ok());
         assert!(resolve_dir(&base, "").is_ok());
     }

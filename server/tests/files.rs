@@ -335,6 +335,13 @@ fn uploads_never_leave_their_folder() {
     }
     assert!(!dir.path().join("escape.png").exists());
     assert!(!dir.path().join("x.png").exists());
+    // Found by the fuzz test below: a subfolder through a file, or a name too long for the
+    // file system, is the client's mistake (400), not the server's (500).
+    std::fs::write(dir.path().join("input/file.png"), "f").unwrap();
+    for (name, sub) in [("out", "file.png/x"), ("out", "file.png"), (&*"n".repeat(300), ""), ("x.png", &*"d".repeat(300))] {
+        let r = server.upload("/upload/image", &[Part::file("image", name, b"x"), Part::text("subfolder", sub)]);
+        assert_eq!(r.status, 400, "{name:?} in {sub:?}: {}", r.text());
+    }
     // `%2F` in a form field is not decoded: a literal name.
     let r = server.upload("/upload/image", &[Part::file("image", "..%2Fescape.png", b"x")]);
     assert_eq!(r.json()["name"], "..%2Fescape.png");
@@ -473,4 +480,43 @@ fn internal_files_lists_newest_first_and_only_under_internal() {
     assert_eq!(server.get("/internal/files/models"), (400, json!({"error": "Invalid directory type"})));
     assert_eq!(server.get("/api/internal/files/input").0, 404);
     assert_eq!(server.get("/files/input").0, 404);
+}
+
+#[cfg(unix)]
+#[test]
+fn fuzzed_names_never_reach_outside_nor_fail_the_server() {
+    use proptest::test_runner::{Config, TestRunner};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(options(dir.path()));
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "TOP-SECRET").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "TOP-SECRET").unwrap();
+    for kind in ["output", "input"] {
+        symlink(&outside, &dir.path().join(kind).join("out"));
+        std::fs::write(dir.path().join(kind).join("ok.png"), "fine").unwrap();
+    }
+    let before = snapshot(&outside);
+    let mut runner = TestRunner::new(Config { cases: 300, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(hostile_name(), hostile_name()), |(a, b)| {
+            for path in [
+                format!("/view?filename={}", encode(&a)),
+                format!("/view?filename={}&subfolder={}", encode(&a), encode(&b)),
+                format!("/view?filename={}&type=input&channel=rgb", encode(&a)),
+                format!("/view?filename={}", encode(&encode(&a))),
+                format!("/view_metadata/loras?filename={}", encode(&a)),
+            ] {
+                let r = server.get_bytes(&path);
+                assert!(r.status < 500, "{path}: {} {}", r.status, r.text());
+                assert!(!r.text().contains("TOP-SECRET"), "{path} served the secret");
+            }
+            let r = server.upload("/upload/image", &[Part::file("image", &a, b"FUZZ"), Part::text("subfolder", &b)]);
+            assert!(r.status < 500, "upload {a:?} into {b:?}: {} {}", r.status, r.text());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(snapshot(&outside), before);
+    assert_eq!(std::fs::read(dir.path().join("secret.txt")).unwrap(), b"TOP-SECRET");
+    assert_eq!(server.get("/system_stats").0, 200);
 }

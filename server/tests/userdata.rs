@@ -239,3 +239,41 @@ fn an_oversized_userdata_write_gets_413_with_a_message() {
     assert!(resp.contains("\"error\""), "{resp}");
     assert!(!dir.path().join("user/default/big.json").exists());
 }
+
+#[cfg(unix)]
+#[test]
+fn fuzzed_user_paths_never_reach_outside_nor_fail_the_server() {
+    use proptest::test_runner::{Config, TestRunner};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let root = dir.path().join("user/default");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(outside.join("secret.txt"), "TOP-SECRET").unwrap();
+    std::fs::write(dir.path().join("user/secret.txt"), "TOP-SECRET").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    let before = snapshot(&outside);
+    let mut runner = TestRunner::new(Config { cases: 300, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&(hostile_name(), hostile_name()), |(a, b)| {
+            let (ea, eb) = (encode(&a), encode(&b));
+            for (method, path) in [
+                ("GET", format!("/userdata/{ea}")),
+                ("GET", format!("/userdata/{}", encode(&ea))),
+                ("POST", format!("/userdata/{ea}?overwrite=true")),
+                ("POST", format!("/userdata/{ea}/move/{eb}")),
+                ("DELETE", format!("/userdata/{eb}")),
+                ("GET", format!("/userdata?dir={ea}&recurse=true")),
+                ("GET", format!("/v2/userdata?path={ea}")),
+            ] {
+                let r = server.request(method, &path, &[], (method == "POST").then_some(&b"FUZZ"[..]));
+                assert!(r.status < 500, "{method} {path}: {} {}", r.status, r.text());
+                assert!(!r.text().contains("TOP-SECRET"), "{method} {path} served the secret");
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(snapshot(&outside), before);
+    assert_eq!(std::fs::read(dir.path().join("user/secret.txt")).unwrap(), b"TOP-SECRET");
+}

@@ -411,7 +411,13 @@ async fn store_upload(s: &AppState, up: Upload, mask_of: Option<PathBuf>) -> Api
             Some(original) => imaging::apply_mask(original, &data).map_err(|e| ApiError::bad_request(e.to_string()))?,
             None => data.to_vec(),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| match e.kind() {
+            // The subfolder's fault: a name too long, or a file where a folder should be.
+            ErrorKind::InvalidFilename | ErrorKind::InvalidInput | ErrorKind::NotADirectory | ErrorKind::AlreadyExists => {
+                ApiError::bad_request(format!("cannot create the subfolder {sub:?}: {e}"))
+            }
+            _ => io_error(&format!("cannot create {}", dir.display()), e),
+        })?;
         write_unique(&base, &dir, &filename, &content, &data, overwrite)
     })
     .await?;
@@ -426,7 +432,11 @@ const MAX_RENAMES: u32 = 10_000;
 /// as `uploaded` is reused, otherwise ` (1)`, ` (2)`, ... goes before the extension. Returns
 /// the name written (or reused).
 fn write_unique(base: &Path, dir: &Path, filename: &str, content: &[u8], uploaded: &[u8], overwrite: bool) -> ApiResult<String> {
-    let io = |e: std::io::Error| io_error(&format!("cannot write into {}", dir.display()), e);
+    let io = |e: std::io::Error| match e.kind() {
+        // The name, not the server: too long or not allowed by the file system.
+        ErrorKind::InvalidFilename | ErrorKind::InvalidInput => ApiError::bad_request(format!("cannot save {filename:?} (choose a shorter or plainer name): {e}")),
+        _ => io_error(&format!("cannot write into {}", dir.display()), e),
+    };
     let mut tmp = tempfile::Builder::new().prefix(".upload-").tempfile_in(dir).map_err(io)?;
     tmp.write_all(content).map_err(io)?;
     let target = dir.join(filename);

@@ -410,7 +410,7 @@ async fn move_userdata(
             return Err(ApiError::new(StatusCode::CONFLICT, format!("{dest:?} already exists: move with overwrite=true to replace it")));
         }
         if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| internal(&format!("cannot create the folder of {dest:?}"), e))?;
+            std::fs::create_dir_all(parent).map_err(|e| ApiError::bad_request(format!("cannot create the folder of {dest:?}: {e}")))?;
         }
         std::fs::rename(&source, &target).map_err(|e| ApiError::bad_request(format!("cannot move {file:?} to {dest:?}: {e}")))?;
         Ok(JsonBody(written(&u, &target, full_info)))

@@ -333,3 +333,44 @@ pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
+
+/// `s` percent-encoded byte by byte (all but unreserved characters), so the server's one
+/// decoding gives back exactly `s`, separators and NULs included.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Arbitrary strings biased towards the pieces that make path escapes.
+pub fn hostile_name() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        Just("..".to_string()),
+        Just("/".to_string()),
+        Just("\\".to_string()),
+        Just("%2e%2e".to_string()),
+        Just("%2F".to_string()),
+        Just("%5C".to_string()),
+        Just("\0".to_string()),
+        Just("out".to_string()),
+        Just("secret.txt".to_string()),
+        Just("ok.png".to_string()),
+        Just("é✓".to_string()),
+        Just("[input]".to_string()),
+        "[a-z.]{1,4}",
+        any::<String>(),
+    ];
+    prop::collection::vec(piece, 1..7).prop_map(|v| v.concat())
+}
+
+/// The names and contents of the files directly in `dir`.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect();
+    v.sort();
+    v
+}
