@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Extension, Json as JsonBody, Router};
 use serde_json::{json, Map, Value as Json};
 
-use super::files::{check_announced, content_type, serve_file, too_large};
+use super::files::{blocking, check_announced, content_type, serve_file, too_large};
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::paths::{self, PathError};
@@ -61,10 +61,6 @@ pub fn routes() -> Router<AppState> {
 fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
     tracing::error!("{what}: {e}");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| internal("the user data task failed", e))?
 }
 
 /// 403 for a path outside the user's folder, 400 for a malformed one (as ComfyUI answers).
