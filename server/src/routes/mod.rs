@@ -2,16 +2,18 @@
 //! serves them (so `/api/jobs` also answers at `/api/api/jobs`, and not at `/jobs`).
 
 mod body;
+mod files;
 mod history;
 mod nodes;
 mod prompt;
 mod system;
+mod user;
 mod ws;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::Router;
+use axum::{Extension, Router};
 
 use crate::server::Shared;
 
@@ -19,7 +21,12 @@ pub type AppState = Arc<Shared>;
 
 /// The routes ComfyUI registers on its main table, without prefix.
 fn api() -> Router<AppState> {
-    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes())
+    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes()).merge(files::routes()).merge(user::routes())
+}
+
+/// ComfyUI's internal routes: served under `/internal` only, never under `/api`.
+fn internal() -> Router<AppState> {
+    Router::new().merge(files::internal())
 }
 
 pub fn app(shared: Arc<Shared>) -> Router {
@@ -28,7 +35,9 @@ pub fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(api())
         .nest("/api", api())
+        .nest("/internal", internal())
         .merge(system::frontend(front.as_deref()))
+        .layer(Extension(Arc::new(user::Users::new(&shared.options.user_dir))))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use comfyrs_runtime::executor::Executor;
 use comfyrs_runtime::schema::{InputSpec, NodeSchema, OutputSpec};
 use comfyrs_runtime::{Args, CallOutput, ExecContext, NodeClass, NodeError, Registry, Value};
-use comfyrs_server::{Host, ServeOptions};
+use comfyrs_server::{Host, ModelFolder, ServeOptions};
 use serde_json::{json, Value as Json};
 
 /// `TestWait`: waits `ms` milliseconds (reporting progress, honouring interrupts) and passes
@@ -54,6 +54,7 @@ impl NodeClass for PreviewNode {
 
 pub struct TestHost {
     registry: Arc<Registry>,
+    models: Vec<ModelFolder>,
 }
 
 impl TestHost {
@@ -67,7 +68,14 @@ impl TestHost {
         reg.register(Arc::new(Wait(Arc::new(schema))));
         let schema = NodeSchema::new("TestPreview", "Preview test", "testing").input(InputSpec::string("value", "")).output(OutputSpec::new("STRING"));
         reg.register(Arc::new(PreviewNode(Arc::new(schema))));
-        Arc::new(TestHost { registry: Arc::new(reg) })
+        Arc::new(TestHost { registry: Arc::new(reg), models: Vec::new() })
+    }
+
+    /// With these model folders (`/models`, `/view_metadata`).
+    pub fn with_models(models: Vec<ModelFolder>) -> Arc<TestHost> {
+        let mut h = Arc::into_inner(Self::new()).unwrap();
+        h.models = models;
+        Arc::new(h)
     }
 }
 
@@ -77,6 +85,9 @@ impl Host for TestHost {
     }
     fn executor(&self) -> Executor {
         Executor::new(comfyrs_runtime::cache::CacheMode::Lru, 64 << 20)
+    }
+    fn model_folders(&self) -> Vec<ModelFolder> {
+        self.models.clone()
     }
 }
 
@@ -94,8 +105,12 @@ impl Server {
     }
 
     pub fn start_with(options: ServeOptions) -> Server {
+        Self::start_with_host(options, TestHost::new())
+    }
+
+    pub fn start_with_host(options: ServeOptions, host: Arc<TestHost>) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let running = rt.block_on(comfyrs_server::serve(options, TestHost::new())).expect("server starts");
+        let running = rt.block_on(comfyrs_server::serve(options, host)).expect("server starts");
         let addr = running.addr;
         Server { addr, base: format!("http://{addr}"), rt: Some(rt), running: Some(running) }
     }
@@ -116,6 +131,61 @@ impl Server {
         let status = resp.status().as_u16();
         let text = resp.into_body().read_to_string().unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+    }
+
+    /// Any request without following errors: status, headers and body bytes.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+        let mut req = ureq::http::Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let resp = match body {
+            Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
+            None => agent.run(req.body(()).unwrap()),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = resp.into_body();
+        let body = body.with_config().limit(1 << 30).read_to_vec().unwrap_or_default();
+        Reply { status, headers, body }
+    }
+
+    pub fn get_bytes(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], None)
+    }
+
+    /// A `multipart/form-data` POST of `parts`.
+    pub fn upload(&self, path: &str, parts: &[Part]) -> Reply {
+        let (ctype, body) = multipart(parts);
+        self.request("POST", path, &[("content-type", &ctype)], Some(&body))
+    }
+
+    /// Writes `raw` (a whole HTTP/1.1 request) on a fresh connection and returns everything
+    /// the server answers until it closes or 10 s pass.
+    pub fn raw(&self, raw: &[u8]) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+            // One response is enough: stop once its declared body is in.
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_lowercase();
+                let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+                if len.is_some_and(|n| out.len() >= end + 4 + n) {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// Submits a prompt; the response body.
@@ -229,4 +299,99 @@ pub fn wait_prompt(text: &str, ms: i64) -> Json {
 
 pub fn kinds(msgs: &[Json]) -> Vec<String> {
     msgs.iter().map(|m| m["type"].as_str().unwrap_or("").to_string()).collect()
+}
+
+/// A response read whole.
+pub struct Reply {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&self.body).into_owned()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One field of a multipart form: a file when `filename` is set.
+pub struct Part<'a> {
+    pub name: &'a str,
+    pub filename: Option<&'a str>,
+    pub data: &'a [u8],
+}
+
+impl<'a> Part<'a> {
+    pub fn text(name: &'a str, value: &'a str) -> Part<'a> {
+        Part { name, filename: None, data: value.as_bytes() }
+    }
+    pub fn file(name: &'a str, filename: &'a str, data: &'a [u8]) -> Part<'a> {
+        Part { name, filename: Some(filename), data }
+    }
+}
+
+/// The Content-Type and body of a `multipart/form-data` request.
+pub fn multipart(parts: &[Part]) -> (String, Vec<u8>) {
+    let boundary = "comfyrs-test-boundary-7d1f0c";
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p.filename {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n", p.name).as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{}\"\r\n\r\n", p.name).as_bytes()),
+        }
+        body.extend_from_slice(p.data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// `s` percent-encoded byte by byte (all but unreserved characters), so the server's one
+/// decoding gives back exactly `s`, separators and NULs included.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Arbitrary strings biased towards the pieces that make path escapes.
+pub fn hostile_name() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop_oneof![
+        Just("..".to_string()),
+        Just("/".to_string()),
+        Just("\\".to_string()),
+        Just("%2e%2e".to_string()),
+        Just("%2F".to_string()),
+        Just("%5C".to_string()),
+        Just("\0".to_string()),
+        Just("out".to_string()),
+        Just("secret.txt".to_string()),
+        Just("ok.png".to_string()),
+        Just("é✓".to_string()),
+        Just("[input]".to_string()),
+        "[a-z.]{1,4}",
+        any::<String>(),
+    ];
+    prop::collection::vec(piece, 1..7).prop_map(|v| v.concat())
+}
+
+/// The names and contents of the files directly in `dir`.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap_or_default()))
+        .collect();
+    v.sort();
+    v
 }
