@@ -2,6 +2,7 @@
 
 mod executor;
 mod merge;
+mod server;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,9 @@ pub enum BenchCommand {
     /// t_factor change, with peak host memory and a bit-exactness check. Generates random-weight
     /// models on first use.
     Merge(merge::MergeBench),
+    /// `comfyrs serve` on loopback as a client sees it: POST /prompt → execution_success for a
+    /// one-node and 1,000-node prompts, their progress_state bytes, and queued throughput.
+    Server(server::ServerBench),
     /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
     /// beyond the Python function's own time.
     #[cfg(feature = "python")]
@@ -48,6 +52,7 @@ pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCod
         BenchCommand::Executor(b) => executor::run(&b)?,
         BenchCommand::Widen(opts) => comfyrs_testkit::widen_bench::run(&opts, &mut std::io::stdout().lock())?,
         BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config))?,
+        BenchCommand::Server(opts) => server::run(&opts, config)?,
         #[cfg(feature = "python")]
         BenchCommand::Bridge { calls, .. } => {
             let mut engine = crate::engine::Engine::new(config)?;
