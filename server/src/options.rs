@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use crate::webhook::WebhookPolicy;
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub listen: IpAddr,
@@ -23,6 +25,8 @@ pub struct ServeOptions {
     pub max_upload: usize,
     /// History entries kept on disk; older ones are dropped (ComfyUI keeps 10,000 in memory).
     pub max_history: usize,
+    /// Retries of webhook deliveries (`extra_data.webhook`).
+    pub webhooks: WebhookPolicy,
 }
 
 impl ServeOptions {
@@ -41,6 +45,7 @@ impl ServeOptions {
             auth_token: None,
             max_upload: 100 * 1024 * 1024,
             max_history: 10_000,
+            webhooks: WebhookPolicy::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod body;
 mod history;
+mod jobs;
 mod nodes;
 mod prompt;
 mod system;
@@ -19,7 +20,7 @@ pub type AppState = Arc<Shared>;
 
 /// The routes ComfyUI registers on its main table, without prefix.
 fn api() -> Router<AppState> {
-    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes())
+    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes()).merge(jobs::routes())
 }
 
 pub fn app(shared: Arc<Shared>) -> Router {

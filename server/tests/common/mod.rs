@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use comfyrs_runtime::executor::Executor;
 use comfyrs_runtime::schema::{InputSpec, NodeSchema, OutputSpec};
 use comfyrs_runtime::{Args, CallOutput, ExecContext, NodeClass, NodeError, Registry, Value};
-use comfyrs_server::{Host, ServeOptions};
+use comfyrs_server::{Host, ModelFolder, ServeOptions};
 use serde_json::{json, Value as Json};
 
 /// `TestWait`: waits `ms` milliseconds (reporting progress, honouring interrupts) and passes
@@ -35,6 +35,7 @@ impl NodeClass for Wait {
 
 pub struct TestHost {
     registry: Arc<Registry>,
+    folders: Vec<ModelFolder>,
 }
 
 impl TestHost {
@@ -46,7 +47,14 @@ impl TestHost {
             .input(InputSpec::string("value", ""))
             .output(OutputSpec::new("STRING"));
         reg.register(Arc::new(Wait(Arc::new(schema))));
-        Arc::new(TestHost { registry: Arc::new(reg) })
+        Arc::new(TestHost { registry: Arc::new(reg), folders: Vec::new() })
+    }
+
+    /// With these model folders (`/internal/folder_paths`, `/models`).
+    pub fn with_folders(folders: Vec<ModelFolder>) -> Arc<TestHost> {
+        let mut h = Arc::into_inner(Self::new()).expect("fresh");
+        h.folders = folders;
+        Arc::new(h)
     }
 }
 
@@ -56,6 +64,9 @@ impl Host for TestHost {
     }
     fn executor(&self) -> Executor {
         Executor::new(comfyrs_runtime::cache::CacheMode::Lru, 64 << 20)
+    }
+    fn model_folders(&self) -> Vec<ModelFolder> {
+        self.folders.clone()
     }
 }
 
@@ -73,8 +84,12 @@ impl Server {
     }
 
     pub fn start_with(options: ServeOptions) -> Server {
+        Self::start_host(options, TestHost::new())
+    }
+
+    pub fn start_host(options: ServeOptions, host: Arc<dyn Host>) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let running = rt.block_on(comfyrs_server::serve(options, TestHost::new())).expect("server starts");
+        let running = rt.block_on(comfyrs_server::serve(options, host)).expect("server starts");
         let addr = running.addr;
         Server { addr, base: format!("http://{addr}"), rt: Some(rt), running: Some(running) }
     }
@@ -95,6 +110,55 @@ impl Server {
         let status = resp.status().as_u16();
         let text = resp.into_body().read_to_string().unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+    }
+
+    /// Any request, with extra headers and an optional body; the answer's status, headers
+    /// (lowercase names) and body (JSON when it parses, else a string).
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+        let mut req = ureq::http::Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).allow_non_standard_methods(true).build().into();
+        let resp = match body {
+            Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
+            None => agent.run(req.body(()).unwrap()),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_lowercase(), v.to_str().unwrap_or("").to_string())).collect();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        Reply { status, headers, body: serde_json::from_str(&text).unwrap_or(Json::String(text)) }
+    }
+
+    /// Submits a whole request (head and body) as written, on its own connection; the answer's
+    /// status line, headers and body as text. For headers an HTTP client sets itself (`Host`).
+    pub fn raw(&self, head: &str, body: &[u8]) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = head.replace('\n', "\r\n").trim_end().to_string();
+        req.push_str(&format!("\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, text)
+    }
+
+    /// Polls `GET /api/jobs/{id}` until the job has `status` (bounded).
+    pub fn wait_job(&self, id: &str, status: &str) -> Json {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, j) = self.get(&format!("/api/jobs/{id}"));
+            if j["status"] == status {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} never became {status}: {j}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Submits a prompt; the response body.
@@ -141,6 +205,18 @@ impl Drop for Server {
     }
 }
 
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Json,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
 /// A WebSocket client; reads with a deadline so no test can hang.
 pub struct Socket {
     ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>,
@@ -153,11 +229,21 @@ pub enum Msg {
 
 impl Socket {
     pub fn connect(server: &Server, client_id: &str) -> Socket {
-        let (ws, _) = tungstenite::connect(format!("ws://{}/ws?clientId={client_id}", server.addr)).expect("WebSocket connects");
+        Self::connect_with(server, client_id, &[]).expect("WebSocket connects")
+    }
+
+    /// Connects with extra headers on the upgrade request.
+    pub fn connect_with(server: &Server, client_id: &str, headers: &[(&str, &str)]) -> Result<Socket, tungstenite::Error> {
+        use tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}/ws?clientId={client_id}", server.addr).into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::connect(req)?;
         if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         }
-        Socket { ws }
+        Ok(Socket { ws })
     }
 
     pub fn send_text(&mut self, text: &str) {
