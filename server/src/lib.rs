@@ -9,6 +9,7 @@
 
 mod control;
 mod error;
+mod guard;
 mod host;
 mod hub;
 mod job;

@@ -31,5 +31,6 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .nest("/api", api())
         .merge(system::frontend(front.as_deref()))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::guard::guard))
         .with_state(shared)
 }
