@@ -67,6 +67,10 @@ impl Hub {
         }
     }
 
+    pub fn connected(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
     pub fn set_flags(&self, client_id: &str, flags: Json) {
         if let Some(s) = self.lock().get_mut(client_id) {
             s.flags = flags;

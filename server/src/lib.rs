@@ -13,6 +13,7 @@ mod guard;
 mod host;
 mod hub;
 mod job;
+mod logs;
 mod messages;
 mod options;
 mod routes;
@@ -24,6 +25,7 @@ mod worker;
 
 pub use error::ServeError;
 pub use host::{Host, ModelFolder, SystemInfo};
+pub use logs::{LogLayer, LogRing};
 pub use options::ServeOptions;
 pub use server::{serve, Running};
 pub use store::{Store, StoreError};

@@ -12,6 +12,7 @@ use crate::error::ServeError;
 use crate::host::Host;
 use crate::hub::{Frame, Hub};
 use crate::options::ServeOptions;
+use crate::logs::Subscribers;
 use crate::store::{Finished, QueueItem, Store};
 use crate::webhook::Webhooks;
 
@@ -26,6 +27,8 @@ pub struct Shared {
     /// Flips to true when the server stops: open sockets close so the listener can finish.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub webhooks: Webhooks,
+    /// Sockets that asked for `logs` messages.
+    pub log_subscribers: Arc<Subscribers>,
 }
 
 impl Shared {
@@ -140,7 +143,9 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     let closing = tokio::sync::watch::Sender::new(false);
     let webhooks = Webhooks::new(tokio::runtime::Handle::current(), options.webhooks.clone());
     let hub = Arc::new(Hub::default());
-    let shared = Arc::new(Shared { options, store, hub, control, host, registry, closing, webhooks });
+    let log_subscribers = Arc::new(Subscribers::default());
+    tokio::spawn(crate::logs::forward(options.logs.clone(), hub.clone(), log_subscribers.clone(), closing.subscribe()));
+    let shared = Arc::new(Shared { options, store, hub, control, host, registry, closing, webhooks, log_subscribers });
     let worker = crate::worker::spawn(shared.clone(), executor).map_err(ServeError::Thread)?;
     let app = crate::routes::app(shared.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -3,6 +3,7 @@
 
 mod body;
 mod history;
+mod internal;
 mod jobs;
 mod nodes;
 mod prompt;
@@ -29,6 +30,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(api())
         .nest("/api", api())
+        .merge(internal::routes())
         .merge(system::frontend(front.as_deref()))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::guard::guard))
