@@ -72,7 +72,14 @@ fn cookie_value(token: &str) -> String {
 }
 
 fn presented(headers: &HeaderMap, uri: &Uri, token: &str) -> Presented {
-    let bearer = headers.get_all(header::AUTHORIZATION).iter().filter_map(|v| v.to_str().ok()).filter_map(|v| v.strip_prefix("Bearer "));
+    // The scheme's name is case-insensitive (RFC 9110).
+    let bearer = headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t);
     if bearer.into_iter().any(|t| same(t.trim(), token)) {
         return Presented::Header;
     }

@@ -80,7 +80,7 @@ pub fn list(store: &Store, q: &Query) -> Result<(Vec<Json>, i64), StoreError> {
         SortBy::ExecutionDuration => "duration",
     };
     let dir = if q.descending { "DESC" } else { "ASC" };
-    store.with_conn(|conn| {
+    let page = store.with_conn(|conn| {
         let total: i64 = conn.query_row(&format!("{JOBS} SELECT count(*) FROM jobs {FILTER}"), params![statuses, q.workflow_id], |r| r.get(0))?;
         let sql = format!(
             "{JOBS} SELECT status, prompt_id, number_json, extra_data, entry FROM jobs {FILTER}
@@ -90,21 +90,23 @@ pub fn list(store: &Store, q: &Query) -> Result<(Vec<Json>, i64), StoreError> {
         let rows = st.query_map(params![statuses, q.workflow_id, q.limit.unwrap_or(-1), q.offset], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, Option<String>>(3)?, r.get::<_, Option<String>>(4)?))
         })?;
-        let mut jobs = Vec::new();
-        for row in rows {
-            let (status, id, number, extra, entry) = row?;
-            jobs.push(match entry {
-                Some(entry) => from_history(&id, &serde_json::from_str(&entry)?, false),
-                None => from_queue(
-                    &id,
-                    &status,
-                    &serde_json::from_str(number.as_deref().unwrap_or("null"))?,
-                    &serde_json::from_str(extra.as_deref().unwrap_or("{}"))?,
-                ),
-            });
-        }
-        Ok((jobs, total))
-    })
+        Ok((rows.collect::<Result<Vec<_>, _>>()?, total))
+    })?;
+    // Decoded after the database is released: the executor thread waits on it to record prompts.
+    let (rows, total) = page;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for (status, id, number, extra, entry) in rows {
+        jobs.push(match entry {
+            Some(entry) => from_history(&id, &serde_json::from_str(&entry)?, false),
+            None => from_queue(
+                &id,
+                &status,
+                &serde_json::from_str(number.as_deref().unwrap_or("null"))?,
+                &serde_json::from_str(extra.as_deref().unwrap_or("{}"))?,
+            ),
+        });
+    }
+    Ok((jobs, total))
 }
 
 /// One job with details (outputs, status, workflow) when it has finished.

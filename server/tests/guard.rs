@@ -66,6 +66,7 @@ fn a_token_guards_every_route_and_the_socket() {
     assert_eq!(status, 401);
     assert_eq!(server.get("/queue").0, 401);
 
+    assert_eq!(server.request("GET", "/prompt", &[("Authorization", "bearer s3cret")], None).status, 200);
     let ok = server.request("GET", "/prompt", &[("Authorization", "Bearer s3cret")], None);
     assert_eq!(ok.status, 200);
     assert_eq!(ok.body["exec_info"]["queue_remaining"], 0);

@@ -91,7 +91,7 @@ fn jobs_list_the_queue_and_history_with_comfyuis_fields() {
     let j = server.wait_job(&running, "cancelled");
     assert!(j["execution_status"]["messages"].as_array().unwrap().iter().any(|m| m[0] == "execution_interrupted"));
     let (_, p) = server.get("/api/jobs?status=cancelled");
-    assert_eq!(ids(&p), [running.clone()]);
+    assert_eq!(ids(&p), [running]);
 }
 
 #[test]
