@@ -67,6 +67,10 @@ impl Hub {
         }
     }
 
+    pub fn connected(&self, client_id: &str) -> bool {
+        self.lock().contains_key(client_id)
+    }
+
     pub fn set_flags(&self, client_id: &str, flags: Json) {
         if let Some(s) = self.lock().get_mut(client_id) {
             s.flags = flags;
@@ -76,10 +80,6 @@ impl Hub {
     /// Whether the client announced a feature flag as true.
     pub fn flag(&self, client_id: &str, name: &str) -> bool {
         self.lock().get(client_id).and_then(|s| s.flags.get(name)).and_then(Json::as_bool).unwrap_or(false)
-    }
-
-    pub fn connected(&self, client_id: &str) -> bool {
-        self.lock().contains_key(client_id)
     }
 
     pub fn any_connected(&self) -> bool {

@@ -9,9 +9,12 @@
 
 mod control;
 mod error;
+mod guard;
 mod host;
 mod hub;
 mod imaging;
+mod job;
+mod logs;
 mod messages;
 mod options;
 mod paths;
@@ -19,10 +22,13 @@ mod routes;
 mod server;
 mod store;
 mod time;
+mod webhook;
 mod worker;
 
 pub use error::ServeError;
 pub use host::{Host, ModelFolder, SystemInfo};
+pub use logs::{LogLayer, LogRing};
 pub use options::ServeOptions;
 pub use server::{serve, Running};
 pub use store::{Store, StoreError};
+pub use webhook::WebhookPolicy;

@@ -2,6 +2,10 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::logs::LogRing;
+use crate::webhook::WebhookPolicy;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -23,6 +27,11 @@ pub struct ServeOptions {
     pub max_upload: usize,
     /// History entries kept on disk; older ones are dropped (ComfyUI keeps 10,000 in memory).
     pub max_history: usize,
+    /// The recent log `/internal/logs` shows; the binary installs its layer (a fresh ring, which
+    /// nothing fills, by default).
+    pub logs: Arc<LogRing>,
+    /// Retries of webhook deliveries (`extra_data.webhook`).
+    pub webhooks: WebhookPolicy,
 }
 
 impl ServeOptions {
@@ -41,6 +50,8 @@ impl ServeOptions {
             auth_token: None,
             max_upload: 100 * 1024 * 1024,
             max_history: 10_000,
+            logs: LogRing::new(crate::logs::DEFAULT_CAPACITY),
+            webhooks: WebhookPolicy::default(),
         }
     }
 

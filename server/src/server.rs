@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use comfyrs_runtime::Registry;
-use serde_json::json;
+use serde_json::{json, Value as Json};
 
 use crate::control::Control;
 use crate::error::ServeError;
 use crate::host::Host;
 use crate::hub::{Frame, Hub};
 use crate::options::ServeOptions;
-use crate::store::{Finished, Store};
+use crate::logs::Subscribers;
+use crate::store::{Finished, QueueItem, Store};
+use crate::webhook::Webhooks;
 
 /// What every route and the executor thread share.
 pub struct Shared {
@@ -24,6 +26,9 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Flips to true when the server stops: open sockets close so the listener can finish.
     pub closing: tokio::sync::watch::Sender<bool>,
+    pub webhooks: Webhooks,
+    /// Sockets that asked for `logs` messages.
+    pub log_subscribers: Arc<Subscribers>,
 }
 
 impl Shared {
@@ -48,8 +53,22 @@ impl Shared {
         self.hub.send(None, Frame::event("status", self.status_data(None)));
     }
 
-    /// A prompt reached history (webhooks hang off this).
-    pub fn finished(&self, _f: &Finished) {}
+    /// A prompt reached history: its webhook, if any, gets the job record. Called on the
+    /// executor thread; the delivery runs on the runtime.
+    pub fn finished(&self, f: &Finished) {
+        if let Some(url) = f.entry.pointer("/prompt/3/webhook").and_then(Json::as_str) {
+            self.webhooks.send(url.to_string(), f.prompt_id.clone(), crate::job::from_history(&f.prompt_id, &f.entry, true));
+        }
+    }
+
+    /// A pending prompt was cancelled before it ran: its webhook, if any, gets the job record
+    /// with status `cancelled` (there is no history entry).
+    pub fn dequeued(&self, item: &QueueItem) {
+        if let Some(url) = item.extra_data.get("webhook").and_then(Json::as_str) {
+            let record = crate::job::from_queue(&item.prompt_id, crate::job::Status::Cancelled.as_str(), &item.number_json, &item.extra_data);
+            self.webhooks.send(url.to_string(), item.prompt_id.clone(), record);
+        }
+    }
 }
 
 /// A started server.
@@ -122,7 +141,11 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
     let closing = tokio::sync::watch::Sender::new(false);
-    let shared = Arc::new(Shared { options, store, hub: Arc::new(Hub::default()), control, host, registry, closing });
+    let webhooks = Webhooks::new(tokio::runtime::Handle::current(), options.webhooks.clone());
+    let hub = Arc::new(Hub::default());
+    let log_subscribers = Arc::new(Subscribers::default());
+    tokio::spawn(crate::logs::forward(options.logs.clone(), hub.clone(), log_subscribers.clone(), closing.subscribe()));
+    let shared = Arc::new(Shared { options, store, hub, control, host, registry, closing, webhooks, log_subscribers });
     let worker = crate::worker::spawn(shared.clone(), executor).map_err(ServeError::Thread)?;
     let app = crate::routes::app(shared.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -123,8 +123,17 @@ CREATE TABLE IF NOT EXISTS history (
     number      REAL NOT NULL,
     create_time INTEGER NOT NULL,
     start_time  INTEGER NOT NULL,
-    end_time    INTEGER NOT NULL
+    end_time    INTEGER NOT NULL,
+    -- extra_pnginfo.workflow.id, for `/api/jobs?workflow_id=`.
+    workflow_id TEXT
 );
+";
+
+/// Indices `/api/jobs` filters and sorts by; created after the columns they need exist.
+const INDICES: &str = "
+CREATE INDEX IF NOT EXISTS history_created ON history (create_time);
+CREATE INDEX IF NOT EXISTS history_outcome ON history (outcome, create_time);
+CREATE INDEX IF NOT EXISTS history_workflow ON history (workflow_id, create_time);
 ";
 
 impl Store {
@@ -140,6 +149,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        add_workflow_id(&conn)?;
+        conn.execute_batch(INDICES)?;
         let store = Store { conn: Mutex::new(conn), max_history: max_history.max(1) };
         store.recover()?;
         Ok(store)
@@ -260,8 +271,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO history (prompt_id, outcome, entry, number, create_time, start_time, end_time) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(prompt_id) DO UPDATE SET outcome = ?2, entry = ?3, number = ?4, create_time = ?5, start_time = ?6, end_time = ?7",
+            "INSERT INTO history (prompt_id, outcome, entry, number, create_time, start_time, end_time, workflow_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_extract(?3, '$.prompt[3].extra_pnginfo.workflow.id'))
+             ON CONFLICT(prompt_id) DO UPDATE SET outcome = ?2, entry = ?3, number = ?4, create_time = ?5, start_time = ?6, end_time = ?7,
+                 workflow_id = excluded.workflow_id",
             params![f.prompt_id, f.outcome.as_str(), f.entry.to_string(), f.number, f.create_time, f.start_time, f.end_time],
         )?;
         tx.execute("DELETE FROM queue WHERE prompt_id = ?1", [&f.prompt_id])?;
@@ -381,6 +394,19 @@ impl Store {
     pub fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         f(&self.conn())
     }
+}
+
+/// A database written before `history.workflow_id` existed gets the column, filled from the
+/// entries.
+fn add_workflow_id(conn: &Connection) -> Result<()> {
+    let has: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('history') WHERE name = 'workflow_id'", [], |r| r.get::<_, i64>(0))? > 0;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE history ADD COLUMN workflow_id TEXT;
+             UPDATE history SET workflow_id = json_extract(entry, '$.prompt[3].extra_pnginfo.workflow.id');",
+        )?;
+    }
+    Ok(())
 }
 
 const COLS: &str = "prompt_id, number, number_json, priority, running, prompt, extra_data, outputs, sensitive, create_time, attempts";

@@ -4,6 +4,8 @@
 mod body;
 mod files;
 mod history;
+mod internal;
+mod jobs;
 mod nodes;
 mod prompt;
 mod system;
@@ -21,12 +23,12 @@ pub type AppState = Arc<Shared>;
 
 /// The routes ComfyUI registers on its main table, without prefix.
 fn api() -> Router<AppState> {
-    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes()).merge(files::routes()).merge(user::routes())
+    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes()).merge(files::routes()).merge(user::routes()).merge(jobs::routes())
 }
 
 /// ComfyUI's internal routes: served under `/internal` only, never under `/api`.
 fn internal() -> Router<AppState> {
-    Router::new().merge(files::internal())
+    Router::new().merge(files::internal()).merge(internal::routes())
 }
 
 pub fn app(shared: Arc<Shared>) -> Router {
@@ -39,5 +41,6 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .merge(system::frontend(front.as_deref()))
         .layer(Extension(Arc::new(user::Users::new(&shared.options.user_dir))))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::guard::guard))
         .with_state(shared)
 }

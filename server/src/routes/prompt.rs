@@ -98,6 +98,7 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, raw: Bytes) -> Ap
             sensitive.insert(k.into(), v);
         }
     }
+    crate::webhook::check(extra.get("webhook")).map_err(ApiError::bad_request)?;
     extra.insert("create_time".into(), json!(now_ms()));
 
     let prompt = match Prompt::from_json(&prompt_json) {

@@ -72,6 +72,10 @@ impl TestHost {
     }
 
     /// With these model folders (`/models`, `/view_metadata`).
+    pub fn with_folders(folders: Vec<ModelFolder>) -> Arc<TestHost> {
+        Self::with_models(folders)
+    }
+
     pub fn with_models(models: Vec<ModelFolder>) -> Arc<TestHost> {
         let mut h = Arc::into_inner(Self::new()).unwrap();
         h.models = models;
@@ -109,6 +113,10 @@ impl Server {
     }
 
     pub fn start_with_host(options: ServeOptions, host: Arc<TestHost>) -> Server {
+        Self::start_host(options, host)
+    }
+
+    pub fn start_host(options: ServeOptions, host: Arc<dyn Host>) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let running = rt.block_on(comfyrs_server::serve(options, host)).expect("server starts");
         let addr = running.addr;
@@ -189,6 +197,55 @@ impl Server {
     }
 
     /// Submits a prompt; the response body.
+    /// Any request, with extra headers and an optional body; the answer's status, headers
+    /// (lowercase names) and body (JSON when it parses, else a string).
+    pub fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> JsonReply {
+        let mut req = ureq::http::Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).allow_non_standard_methods(true).build().into();
+        let resp = match body {
+            Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
+            None => agent.run(req.body(()).unwrap()),
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().iter().map(|(k, v)| (k.as_str().to_lowercase(), v.to_str().unwrap_or("").to_string())).collect();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        JsonReply { status, headers, body: serde_json::from_str(&text).unwrap_or(Json::String(text)) }
+    }
+
+    /// A request written by hand (`head` without Content-Length) on a fresh connection: the
+    /// status and the whole answer.
+    pub fn raw_request(&self, head: &str, body: &[u8]) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = head.replace('\n', "\r\n").trim_end().to_string();
+        req.push_str(&format!("\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, text)
+    }
+
+    /// Polls `/api/jobs/{id}` until the job has `status` (bounded).
+    pub fn wait_job(&self, id: &str, status: &str) -> Json {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, j) = self.get(&format!("/api/jobs/{id}"));
+            if j["status"] == status {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} never became {status}: {j}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn queue(&self, prompt: Json, client_id: Option<&str>) -> Json {
         let mut body = json!({"prompt": prompt});
         if let Some(c) = client_id {
@@ -249,6 +306,19 @@ impl Socket {
             s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         }
         Socket { ws }
+    }
+
+    pub fn connect_with(server: &Server, client_id: &str, headers: &[(&str, &str)]) -> Result<Socket, tungstenite::Error> {
+        use tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://{}/ws?clientId={client_id}", server.addr).into_client_request().unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::connect(req)?;
+        if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        }
+        Ok(Socket { ws })
     }
 
     pub fn send_text(&mut self, text: &str) {
@@ -394,4 +464,17 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .collect();
     v.sort();
     v
+}
+
+/// An answer with a JSON (or string) body and lowercase header names.
+pub struct JsonReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Json,
+}
+
+impl JsonReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
