@@ -143,7 +143,8 @@ fn main() -> ExitCode {
     if let Command::Serve(a) = &mut cli.command {
         a.settings_to_config();
     }
-    init_tracing(cli.verbose, cli.quiet);
+    let logs = comfyrs_server::LogRing::new(comfyrs_server::LOG_CAPACITY);
+    init_tracing(cli.verbose, cli.quiet, &logs);
     let no_flags = ConfigArgs::default();
     let config = match Config::load(cli.command.config_args().unwrap_or(&no_flags)) {
         Ok(c) => c,
@@ -154,7 +155,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
-        Command::Serve(args) => commands::serve::main(args, &config),
+        Command::Serve(args) => commands::serve::main(args, &config, logs),
         Command::Validate(args) => commands::validate::main(args, &config),
         Command::Nodes(args) => commands::nodes::main(args, &config),
         Command::Config(args) => commands::config::main(args, &config),
@@ -178,8 +179,12 @@ fn is_closed_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
-fn init_tracing(verbose: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
+/// Logs go to stderr, filtered by -v/-q or RUST_LOG; they are also kept in `logs`, the recent
+/// log `comfyrs serve` shows at /internal/logs (info and above, whatever the terminal shows).
+fn init_tracing(verbose: u8, quiet: bool, logs: &std::sync::Arc<comfyrs_server::LogRing>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let default = match (quiet, verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -187,5 +192,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let terminal = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(filter);
+    let kept = logs.layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    tracing_subscriber::registry().with(terminal).with(kept).init();
 }

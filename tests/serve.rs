@@ -122,7 +122,7 @@ fn kill_9_mid_run_loses_no_accepted_prompt_and_runs_none_twice() {
                         return;
                     }
                     let value = format!("k{c}-{j}");
-                    let (status, resp) = server.post("/prompt", &json!({"prompt": prompt(&value, 200)}));
+                    let (status, resp) = server.post("/prompt", &json!({"prompt": prompt(&value, 50)}));
                     match status {
                         200 => accepted.lock().unwrap().push((resp["prompt_id"].as_str().unwrap().to_string(), value)),
                         // The server is gone: what was not answered was not accepted.
@@ -159,7 +159,7 @@ fn kill_9_mid_run_loses_no_accepted_prompt_and_runs_none_twice() {
     for (id, value) in accepted.iter() {
         let entry = history.get(id).unwrap_or_else(|| panic!("accepted prompt {id} was lost"));
         assert_eq!(entry["status"]["status_str"], "success", "{entry}");
-        assert_eq!(entry["outputs"]["out"], expected(value, 200));
+        assert_eq!(entry["outputs"]["out"], expected(value, 50));
     }
     assert_eq!(server.get("/queue").1["queue_pending"], json!([]));
 }
@@ -183,4 +183,8 @@ fn sigterm_stops_cleanly_and_the_queue_comes_back_paused_or_not() {
     drain(&server);
     let (_, h) = server.get(&format!("/history/{id}"));
     assert_eq!(h[&id]["outputs"]["out"], expected("later", 1));
+    // The binary keeps its recent log for the frontend's terminal panel.
+    let (_, logs) = server.get("/internal/logs");
+    let logs = logs.as_str().unwrap_or_default().to_string();
+    assert!(logs.contains("listening on") && logs.contains(&format!("prompt {id} completed")), "{logs}");
 }

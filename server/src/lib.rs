@@ -27,7 +27,7 @@ mod worker;
 
 pub use error::ServeError;
 pub use host::{Host, ModelFolder, SystemInfo};
-pub use logs::{LogLayer, LogRing};
+pub use logs::{LogLayer, LogRing, DEFAULT_CAPACITY as LOG_CAPACITY};
 pub use options::ServeOptions;
 pub use server::{serve, Running};
 pub use store::{Store, StoreError};

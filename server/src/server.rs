@@ -146,6 +146,7 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     let log_subscribers = Arc::new(Subscribers::default());
     tokio::spawn(crate::logs::forward(options.logs.clone(), hub.clone(), log_subscribers.clone(), closing.subscribe()));
     let shared = Arc::new(Shared { options, store, hub, control, host, registry, closing, webhooks, log_subscribers });
+    tracing::info!("comfyrs serve listening on http://{addr}");
     let worker = crate::worker::spawn(shared.clone(), executor).map_err(ServeError::Thread)?;
     let app = crate::routes::app(shared.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -74,6 +74,7 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) {
         start_time,
         end_time: now_ms(),
     };
+    tracing::info!("prompt {id} {} in {:.3} s", finished.outcome.as_str(), (finished.end_time - finished.start_time) as f64 / 1e3);
     if let Err(e) = shared.store.finish(&finished) {
         tracing::error!("cannot record prompt {id} in history: {e}");
     }

@@ -115,8 +115,9 @@ fn installed_frontend() -> Option<PathBuf> {
         .find(|p| p.join("index.html").is_file())
 }
 
-pub fn main(args: ServeArgs, config: &Config) -> Result<ExitCode> {
-    let options = options(config);
+pub fn main(args: ServeArgs, config: &Config, logs: Arc<comfyrs_server::LogRing>) -> Result<ExitCode> {
+    let mut options = options(config);
+    options.logs = logs;
     let mut engine = Engine::without_python(config)?;
     start_python(&mut engine, config, &options)?;
     let host = Arc::new(EngineHost::new(engine)?);

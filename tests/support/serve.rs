@@ -108,7 +108,8 @@ fn request(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Js
     match r {
         Ok(resp) => {
             let status = resp.status().as_u16();
-            let text = resp.into_body().read_to_string().unwrap_or_default();
+            // History pages can be large: no 10 MB cap.
+            let text = resp.into_body().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
             (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
         }
         Err(e) => (0, Json::String(e.to_string())),
