@@ -22,7 +22,7 @@ const OUTSIDE: &[&str] = &[
 ];
 
 /// Source folders walked, where present.
-const FOLDERS: &[&str] = &["runtime", "nodes", "bridge", "src", "tests", "core", "testkit", "scripts"];
+const FOLDERS: &[&str] = &["runtime", "nodes", "bridge", "src", "tests", "core", "testkit", "scripts", "server"];
 
 /// Top-level files checked besides the folders.
 const ROOT_FILES: &[&str] = &["Cargo.toml", "Makefile", "build.rs"];
