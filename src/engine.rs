@@ -169,3 +169,24 @@ pub fn python_versions() -> Option<(String, String)> {
 pub fn python_versions() -> Option<(String, String)> {
     None
 }
+
+/// ComfyUI's own model unloading (`POST /free`), when the embedded ComfyUI runs.
+#[cfg(feature = "python")]
+pub fn unload_python_models() {
+    let Some(bridge) = comfyrs_bridge::Bridge::running() else { return };
+    let done = bridge.with_python(|py| -> Result<(), String> {
+        use comfyrs_bridge::pyo3::types::PyAnyMethods;
+        let mm = py.import("comfy.model_management").map_err(|e| e.to_string())?;
+        mm.call_method0("unload_all_models").map_err(|e| e.to_string())?;
+        mm.call_method0("soft_empty_cache").map_err(|e| e.to_string())?;
+        Ok(())
+    });
+    match done {
+        Ok(Ok(())) => tracing::info!("unloaded ComfyUI's models"),
+        Ok(Err(e)) => tracing::warn!("ComfyUI could not unload its models: {e}"),
+        Err(e) => tracing::warn!("ComfyUI could not unload its models: {e}"),
+    }
+}
+
+#[cfg(not(feature = "python"))]
+pub fn unload_python_models() {}

@@ -77,5 +77,6 @@ impl Host for EngineHost {
 
     fn unload_models(&self) {
         self.engine().merge.clear();
+        crate::engine::unload_python_models();
     }
 }
