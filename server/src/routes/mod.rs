@@ -2,6 +2,7 @@
 //! serves them (so `/api/jobs` also answers at `/api/api/jobs`, and not at `/jobs`).
 
 mod body;
+mod frontend;
 mod history;
 mod nodes;
 mod prompt;
@@ -28,7 +29,9 @@ pub fn app(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(api())
         .nest("/api", api())
-        .merge(system::frontend(front.as_deref()))
+        .merge(frontend::routes())
+        .merge(frontend::files(front.as_deref()))
+        .layer(axum::middleware::from_fn(frontend::cache_control))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
