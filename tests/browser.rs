@@ -267,7 +267,24 @@ async fn run(page: &mut Page, server: &Serve) -> Result<(), String> {
         return Err(format!("the preview node shows {shown}"));
     }
 
-    // One screenshot of the page with the finished workflow: a real, non-blank image.
+    // One screenshot of the page with the finished workflow: a real, non-blank image. A new
+    // user's first visit opens the template browser over the graph; close it first (its
+    // close button, or Escape), best effort: the screenshot is checked either way.
+    for _ in 0..10 {
+        if page.js("return !document.querySelector('[role=dialog]')", vec![]).await == true {
+            break;
+        }
+        page.js(
+            "document.querySelectorAll('[role=dialog] button').forEach(b => { \
+               if (/close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('.pi-times, .icon-\\[lucide--x\\]')) b.click(); })",
+            vec![],
+        )
+        .await;
+        if let Ok(el) = page.client.active_element().await {
+            let _ = el.send_keys("\u{E00C}").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let shot = page.client.screenshot().await.map_err(|e| e.to_string())?;
     let (w, h, colours) = png_colours(&shot);
     if w < 800 || h < 600 || colours < 16 {
