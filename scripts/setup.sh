@@ -6,6 +6,8 @@
 #   into the checkout as .venv.
 # - .cargo/config.toml is generated (it holds this machine's absolute paths, so it is not
 #   committed) and points tch at the venv's libtorch and pyo3 at the venv's python.
+# - `comfyrs serve`'s web frontend (comfyui-frontend-package) goes into the venv, and Debian's
+#   chromium + chromium-driver (for the browser test) are installed with apt-get when missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -39,6 +41,31 @@ if [ ! -f "$venv/.comfyui-$ckey" ]; then
   fi
   rm -f "$venv"/.comfyui-*
   touch "$venv/.comfyui-$ckey"
+fi
+
+# The web frontend and the websocket client of ComfyUI's script example, into the same venv.
+wreq=scripts/requirements-web.txt
+wkey=$(cat "$wreq" | sha256sum | cut -c1-12)
+if [ ! -f "$venv/.web-$wkey" ]; then
+  echo "setup: installing the web frontend (comfyui-frontend-package) into $venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$wreq"
+  rm -f "$venv"/.web-*
+  touch "$venv/.web-$wkey"
+fi
+
+# Debian's chromium and its WebDriver for the browser test (tests/browser.rs). Needs root and
+# apt-get; anything else only warns, since everything but that one test works without them.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium and chromium-driver from Debian (for tests/browser.rs)" >&2
+    apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; }
+    # A fresh machine has no package lists yet: update once and retry.
+    apt_install || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && apt_install; } \
+      || echo "setup: WARNING: apt-get could not install chromium and chromium-driver; tests/browser.rs will fail until they are installed" >&2
+  else
+    echo "setup: WARNING: chromium and chromedriver are missing and cannot be installed here (needs apt-get as root);" \
+      "install Debian's chromium and chromium-driver (or put chromium and chromedriver on PATH) for tests/browser.rs" >&2
+  fi
 fi
 
 site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')

@@ -3,6 +3,7 @@
 
 mod body;
 mod files;
+mod frontend;
 mod history;
 mod internal;
 mod jobs;
@@ -38,8 +39,10 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .merge(api())
         .nest("/api", api())
         .nest("/internal", internal())
-        .merge(system::frontend(front.as_deref()))
+        .merge(frontend::routes())
+        .merge(frontend::files(front.as_deref()))
         .layer(Extension(Arc::new(user::Users::new(&shared.options.user_dir))))
+        .layer(axum::middleware::from_fn(frontend::cache_control))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::guard::guard))
         .with_state(shared)

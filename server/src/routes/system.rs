@@ -1,12 +1,11 @@
-//! System and frontend-support routes, and the web frontend's files at `/`.
+//! System and frontend-support routes.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json as JsonBody, Router};
 use serde_json::{json, Value as Json};
-use tower_http::services::{ServeDir, ServeFile};
 
 use super::AppState;
 
@@ -58,30 +57,19 @@ async fn system_stats(State(s): State<AppState>) -> JsonBody<Json> {
             "pytorch_version": version(&info.pytorch_version),
             "embedded_python": false,
             "deploy_environment": "local",
-            "argv": std::env::args().collect::<Vec<_>>(),
+            "argv": argv(),
             "comfyrs_version": env!("CARGO_PKG_VERSION"),
         },
         "devices": info.devices,
     }))
 }
 
-/// The web frontend's files when a root is configured; otherwise `/` says how to get one.
-pub fn frontend(root: Option<&std::path::Path>) -> Router<AppState> {
-    match root {
-        Some(root) => {
-            let index = ServeFile::new(root.join("index.html"));
-            Router::new().fallback_service(ServeDir::new(root).fallback(index))
-        }
-        None => Router::new().route("/", get(no_frontend)),
-    }
-}
-
-async fn no_frontend() -> Html<&'static str> {
-    Html(
-        "<!doctype html><title>comfyrs</title><h1>comfyrs serve</h1>\
-         <p>The API is up (try <a href=\"/system_stats\">/system_stats</a>), but no web frontend is installed.</p>\
-         <p>Install ComfyUI's frontend with <code>pip install comfyui-frontend-package</code> into the Python \
-         comfyrs uses, or pass <code>--front-end-root DIR</code> (a folder holding its index.html).</p>",
-    )
+/// The command line, plus ComfyUI's `--disable-api-nodes`: comfyrs has none of ComfyUI's paid API
+/// nodes, and the frontend reads that flag from here to skip fetching ComfyUI's release notes
+/// from api.comfy.org (about a ComfyUI this is not; offline, that fetch is a console error).
+fn argv() -> Vec<String> {
+    let mut argv: Vec<String> = std::env::args().collect();
+    argv.push("--disable-api-nodes".to_string());
+    argv
 }
 

@@ -1,0 +1,303 @@
+//! ComfyUI's official web frontend (comfyui-frontend-package, installed by scripts/setup.sh)
+//! against a real `comfyrs serve`, in Debian's headless chromium driven through chromedriver:
+//! the page boots without console errors, lists native and Python nodes, loads a workflow,
+//! queues it, follows its progress and shows its output; one screenshot.
+//!
+//! Needs `chromium` and `chromedriver` on PATH (Debian's chromium and chromium-driver; the
+//! set-up installs them) and fails, saying so, when they are missing.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{repo, KillOnDrop, Serve};
+use fantoccini::wd::WebDriverCompatibleCommand;
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{json, Value as Json};
+
+/// Every wait in the page is bounded by this (the server, Python included, is already up).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// Debian's chromium and its driver, or a failure that says how to get them.
+fn browser_tools() -> (PathBuf, PathBuf) {
+    let find = |name: &str, package: &str| {
+        on_path(name).unwrap_or_else(|| {
+            panic!(
+                "tests/browser.rs needs `{name}` on PATH (Debian package {package}): run scripts/setup.sh \
+                 (as root it installs chromium and chromium-driver with apt-get)"
+            )
+        })
+    };
+    (find("chromium", "chromium"), find("chromedriver", "chromium-driver"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// chromedriver on a free loopback port, killed by pid on drop.
+struct Driver {
+    url: String,
+    _child: KillOnDrop,
+}
+
+impl Driver {
+    fn start(chromedriver: &std::path::Path) -> Driver {
+        let port = free_port();
+        let child = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e} (run scripts/setup.sh)", chromedriver.display()));
+        let child = KillOnDrop(child);
+        let url = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        loop {
+            let ready = ureq::get(&format!("{url}/status")).call().ok().and_then(|mut r| r.body_mut().read_json::<Json>().ok());
+            if ready.is_some_and(|s| s["value"]["ready"] == true) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "chromedriver did not get ready on {url} within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Driver { url, _child: child }
+    }
+}
+
+/// chromedriver's log endpoint (outside the W3C protocol, which has none): the browser's console
+/// messages, uncaught exceptions and failed loads since the last call.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+    }
+}
+
+struct Page {
+    client: Client,
+    /// Every browser log entry seen so far.
+    log: Vec<Json>,
+}
+
+impl Page {
+    async fn js(&self, script: &str, args: Vec<Json>) -> Json {
+        self.client.execute(script, args).await.unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+    }
+
+    /// Runs `script` (an expression) until it is truthy; returns its value.
+    async fn wait_js(&self, what: &str, script: &str) -> Json {
+        let start = Instant::now();
+        loop {
+            let v = self.client.execute(&format!("return ({script});"), vec![]).await.unwrap_or(Json::Null);
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return v;
+            }
+            if start.elapsed() > PAGE_TIMEOUT {
+                let diag = self.js("return {events: window.__comfyrsEvents || null}", vec![]).await;
+                panic!("timed out after {PAGE_TIMEOUT:?} waiting for {what} ({script}); page state: {diag}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn collect_log(&mut self) {
+        let entries = self.client.issue_cmd(BrowserLog).await.expect("chromedriver's browser log");
+        self.log.extend(entries.as_array().cloned().unwrap_or_default());
+    }
+
+    /// Console errors, uncaught exceptions and failed requests, except one kind the frontend
+    /// expects: a user's file that does not exist yet (user.css, the workflows/ and subgraphs/
+    /// listings, comfy.templates.json) is a 404 from /userdata, as in ComfyUI, and the frontend
+    /// takes it as empty; the browser logs the 404 all the same.
+    fn errors(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .filter(|m| !(m.contains("/api/userdata") && m.contains("status of 404")))
+            .collect()
+    }
+}
+
+/// Decodes a PNG and counts its distinct colours.
+fn png_colours(bytes: &[u8]) -> (u32, u32, usize) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let mut reader = decoder.read_info().expect("the screenshot is a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).expect("the screenshot decodes");
+    let px = info.color_type.samples();
+    let colours: std::collections::HashSet<&[u8]> = buf[..info.buffer_size()].chunks(px).collect();
+    (info.width, info.height, colours.len())
+}
+
+#[test]
+fn official_frontend_boots_lists_nodes_and_runs_a_workflow() {
+    let (chromium, chromedriver) = browser_tools();
+    let server = Serve::start();
+    let driver = Driver::start(&chromedriver);
+    let profile = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                // --no-sandbox: CI runs as root, where chromium's sandbox refuses to start.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1400,900", format!("--user-data-dir={}", profile.path().display())],
+            },
+            "goog:loggingPrefs": {"browser": "ALL"},
+        });
+        let mut builder = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
+        builder.capabilities(caps.as_object().unwrap().clone());
+        let client = builder.connect(&driver.url).await.unwrap_or_else(|e| panic!("chromedriver cannot start chromium: {e}"));
+        let mut page = Page { client, log: Vec::new() };
+        let result = run(&mut page, &server).await;
+        page.collect_log().await;
+        let log = page.log.clone();
+        let _ = page.client.close().await;
+        if let Err(e) = result {
+            panic!("{e}\nbrowser log: {}\nserver log:\n{}", serde_json::to_string_pretty(&log).unwrap(), server.log());
+        }
+    });
+}
+
+async fn run(page: &mut Page, server: &Serve) -> Result<(), String> {
+    page.client.goto(&format!("{}/", server.base)).await.map_err(|e| e.to_string())?;
+
+    // Booted: the app and its graph exist and the node definitions are registered.
+    page.wait_js(
+        "the frontend to boot",
+        "window.app && window.app.graph && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 0 \
+         && !document.getElementById('splash-loader')",
+    )
+    .await;
+    page.collect_log().await;
+    let boot_errors = page.errors();
+    if !boot_errors.is_empty() {
+        return Err(format!("the page logged errors while booting: {boot_errors:#?}"));
+    }
+
+    // The node library has native core nodes, the WIDEN pack and ComfyUI's Python nodes, and a
+    // Python node is usable (its widgets come from our /object_info).
+    let missing = page
+        .js("return arguments[0].filter(t => !LiteGraph.registered_node_types[t])", vec![json!(["StringConcatenate", "WIDENExit", "KSampler"])])
+        .await;
+    if missing != json!([]) {
+        return Err(format!("node types missing from the page's node library: {missing}"));
+    }
+    let widgets = page.js("const n = LiteGraph.createNode('KSampler'); return n.widgets.map(w => w.name)", vec![]).await;
+    for w in ["seed", "steps", "cfg", "sampler_name", "scheduler", "denoise"] {
+        if !widgets.as_array().is_some_and(|a| a.iter().any(|x| x == w)) {
+            return Err(format!("KSampler has no {w} widget in the page: {widgets}"));
+        }
+    }
+
+    // Load a UI workflow (reroute, converted widget, bypassed and muted nodes) and queue it from
+    // the page, recording what the page hears from the server.
+    let workflow: Json = serde_json::from_str(&std::fs::read_to_string(repo().join("workflows/strings_ui.json")).unwrap()).unwrap();
+    let loaded = page
+        .client
+        .execute_async(
+            "const [wf, done] = arguments; \
+             window.__comfyrsEvents = []; \
+             for (const t of ['status', 'execution_start', 'executing', 'progress_state', 'executed', 'execution_success', 'execution_error']) \
+               app.api.addEventListener(t, e => window.__comfyrsEvents.push({type: t, detail: e.detail})); \
+             app.loadGraphData(wf).then(() => done(app.graph.nodes.length), e => done('load failed: ' + e));",
+            vec![workflow],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !loaded.is_number() {
+        return Err(format!("loadGraphData: {loaded}"));
+    }
+    let queued = page
+        .client
+        .execute_async("const [done] = arguments; app.queuePrompt(0, 1).then(r => done(r), e => done('queue failed: ' + e));", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    if queued != true {
+        return Err(format!("app.queuePrompt: {queued}"));
+    }
+
+    // Progress and completion, as the page saw them.
+    let outcome = page
+        .wait_js(
+            "the prompt to finish in the page",
+            "window.__comfyrsEvents.find(e => e.type === 'execution_success' || e.type === 'execution_error')",
+        )
+        .await;
+    if outcome["type"] != "execution_success" {
+        return Err(format!("the prompt failed: {outcome}"));
+    }
+    let events = page.js("return window.__comfyrsEvents", vec![]).await;
+    let events = events.as_array().unwrap();
+    let seen = |t: &str| events.iter().any(|e| e["type"] == t);
+    for t in ["execution_start", "executing", "progress_state", "executed"] {
+        if !seen(t) {
+            return Err(format!("the page never got {t}: {events:?}"));
+        }
+    }
+    let executed = events.iter().find(|e| e["type"] == "executed" && e["detail"]["node"] == "6");
+    if executed.map(|e| &e["detail"]["output"]["text"]) != Some(&json!(["Hello world"])) {
+        return Err(format!("no 'Hello world' output for node 6 in the page: {events:?}"));
+    }
+    // The output shows on the preview node itself.
+    let shown = page
+        .wait_js(
+            "the preview node to show its text",
+            "(app.graph.getNodeById(6).widgets || []).map(w => w.value).find(v => typeof v === 'string' && v.includes('Hello world'))",
+        )
+        .await;
+    if shown != "Hello world" {
+        return Err(format!("the preview node shows {shown}"));
+    }
+
+    // One screenshot of the page with the finished workflow: a real, non-blank image. A new
+    // user's first visit opens the template browser over the graph; close it first (its
+    // close button, or Escape), best effort: the screenshot is checked either way.
+    for _ in 0..10 {
+        if page.js("return !document.querySelector('[role=dialog]')", vec![]).await == true {
+            break;
+        }
+        page.js(
+            "document.querySelectorAll('[role=dialog] button').forEach(b => { \
+               if (/close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('.pi-times, .icon-\\[lucide--x\\]')) b.click(); })",
+            vec![],
+        )
+        .await;
+        if let Ok(el) = page.client.active_element().await {
+            let _ = el.send_keys("\u{E00C}").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let shot = page.client.screenshot().await.map_err(|e| e.to_string())?;
+    let (w, h, colours) = png_colours(&shot);
+    if w < 800 || h < 600 || colours < 16 {
+        return Err(format!("the screenshot is {w}x{h} with {colours} colours: blank?"));
+    }
+    if let Some(dir) = std::env::var_os("COMFYRS_SCREENSHOT_DIR") {
+        std::fs::write(PathBuf::from(dir).join("browser.png"), &shot).unwrap();
+    }
+
+    page.collect_log().await;
+    let errors = page.errors();
+    if !errors.is_empty() {
+        return Err(format!("the page logged errors: {errors:#?}"));
+    }
+    Ok(())
+}
