@@ -113,11 +113,11 @@ fn kill_9_mid_run_loses_no_accepted_prompt_and_runs_none_twice() {
     let server = Arc::new(Serve::start(dir.path(), &[]));
     let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let clients: Vec<_> = (0..10)
+    let clients: Vec<_> = (0..50)
         .map(|c| {
             let (server, accepted, stop) = (server.clone(), accepted.clone(), stop.clone());
             std::thread::spawn(move || {
-                for j in 0..100 {
+                for j in 0..20 {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         return;
                     }
