@@ -316,11 +316,19 @@ impl Store {
 
     /// Removes pending prompts (running ones are interrupted, not deleted); how many went.
     pub fn delete_pending(&self, ids: &[String]) -> Result<usize> {
+        self.delete_each("DELETE FROM queue WHERE prompt_id = ?1 AND running = 0", ids)
+    }
+
+    /// Runs a one-id DELETE for each id in one transaction; how many rows went.
+    fn delete_each(&self, sql: &str, ids: &[String]) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut n = 0;
-        for id in ids {
-            n += tx.execute("DELETE FROM queue WHERE prompt_id = ?1 AND running = 0", [id])?;
+        {
+            let mut st = tx.prepare(sql)?;
+            for id in ids {
+                n += st.execute([id])?;
+            }
         }
         tx.commit()?;
         Ok(n)
@@ -357,14 +365,7 @@ impl Store {
     }
 
     pub fn delete_history(&self, ids: &[String]) -> Result<usize> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut n = 0;
-        for id in ids {
-            n += tx.execute("DELETE FROM history WHERE prompt_id = ?1", [id])?;
-        }
-        tx.commit()?;
-        Ok(n)
+        self.delete_each("DELETE FROM history WHERE prompt_id = ?1", ids)
     }
 
     pub fn clear_history(&self) -> Result<usize> {

@@ -148,6 +148,13 @@ fn front_and_priority_order_the_queue_and_pause_holds_it() {
     let hb = server.wait_history(bid);
     assert!(hc["status"]["messages"][0][1]["timestamp"].as_i64() <= hb["status"]["messages"][0][1]["timestamp"].as_i64());
     assert_eq!(server.get(&format!("/history/{a}")).1, json!({}));
+
+    // History deletes what it is told to, then everything.
+    assert_eq!(server.post("/history", &json!({"delete": [cid]})).0, 200);
+    let (_, h) = server.get("/history");
+    assert!(h.get(cid).is_none() && h.get(bid).is_some(), "{h}");
+    assert_eq!(server.post("/history", &json!({"clear": true})).0, 200);
+    assert_eq!(server.get("/history").1, json!({}));
 }
 
 #[test]
