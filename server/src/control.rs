@@ -121,6 +121,13 @@ impl Control {
         }
     }
 
+    /// The worker may go straight on to the next prompt: not stopping, not paused, and no
+    /// `/free` waiting to be applied first.
+    pub fn may_continue(&self) -> bool {
+        let g = self.lock();
+        !(g.stopping || g.paused || g.unload_models || g.free_memory)
+    }
+
     pub fn request_free(&self, unload_models: bool, free_memory: bool) {
         let mut g = self.lock();
         g.unload_models |= unload_models;

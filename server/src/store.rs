@@ -3,6 +3,7 @@
 //! crash every prompt is either still queued (and runs again) or in history, never both.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -96,6 +97,10 @@ pub enum Enqueued {
 pub struct Store {
     conn: Mutex<Connection>,
     max_history: usize,
+    /// The next server-chosen `number`. It moves for every submission, valid or not, without
+    /// a write; `enqueue` persists it with the prompt, so a restart never reuses a number a
+    /// queued prompt holds.
+    next_number: AtomicI64,
 }
 
 const SCHEMA: &str = "
@@ -151,7 +156,11 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         add_workflow_id(&conn)?;
         conn.execute_batch(INDICES)?;
-        let store = Store { conn: Mutex::new(conn), max_history: max_history.max(1) };
+        // Every statement on the hot paths is prepared once per connection.
+        conn.set_prepared_statement_cache_capacity(64);
+        let number: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'number'", [], |r| r.get(0)).optional()?;
+        let next_number = AtomicI64::new(number.and_then(|s| s.parse().ok()).unwrap_or(0));
+        let store = Store { conn: Mutex::new(conn), max_history: max_history.max(1), next_number };
         store.recover()?;
         Ok(store)
     }
@@ -183,7 +192,8 @@ impl Store {
                           "timestamp": now}]]},
                     "meta": {},
                 });
-                self.finish(&Finished {
+                self.finish(
+                    &Finished {
                     prompt_id: item.prompt_id.clone(),
                     outcome: Outcome::Failed,
                     entry,
@@ -191,7 +201,9 @@ impl Store {
                     create_time: item.create_time,
                     start_time: now,
                     end_time: now,
-                })?;
+                    },
+                    false,
+                )?;
             } else {
                 tracing::info!("prompt {} was running when the server stopped: queued again", item.prompt_id);
                 self.conn().execute("UPDATE queue SET running = 0 WHERE prompt_id = ?1", [&item.prompt_id])?;
@@ -201,31 +213,31 @@ impl Store {
     }
 
     /// The next server-chosen `number` (ComfyUI counts every submission without one).
-    pub fn next_number(&self) -> Result<i64> {
-        let conn = self.conn();
-        let n: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'number'", [], |r| r.get(0)).optional()?;
-        let n = n.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-        conn.execute("INSERT INTO meta (key, value) VALUES ('number', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1", [(n + 1).to_string()])?;
-        Ok(n)
+    pub fn next_number(&self) -> i64 {
+        self.next_number.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Adds a prompt unless its id is known; committed when this returns.
     pub fn enqueue(&self, item: &QueueItem) -> Result<Enqueued> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let queued: Option<String> = tx.query_row("SELECT number_json FROM queue WHERE prompt_id = ?1", [&item.prompt_id], |r| r.get(0)).optional()?;
+        let queued: Option<String> =
+            tx.prepare_cached("SELECT number_json FROM queue WHERE prompt_id = ?1")?.query_row([&item.prompt_id], |r| r.get(0)).optional()?;
         if let Some(n) = queued {
             return Ok(Enqueued::Known { number: serde_json::from_str(&n)? });
         }
-        let done: Option<String> =
-            tx.query_row("SELECT json_quote(json_extract(entry, '$.prompt[0]')) FROM history WHERE prompt_id = ?1", [&item.prompt_id], |r| r.get(0)).optional()?;
+        let done: Option<String> = tx
+            .prepare_cached("SELECT json_quote(json_extract(entry, '$.prompt[0]')) FROM history WHERE prompt_id = ?1")?
+            .query_row([&item.prompt_id], |r| r.get(0))
+            .optional()?;
         if let Some(n) = done {
             return Ok(Enqueued::Known { number: serde_json::from_str(&n).unwrap_or(Json::Null) });
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO queue (prompt_id, number, number_json, priority, prompt, extra_data, outputs, sensitive, create_time)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![
+        )?
+        .execute(params![
                 item.prompt_id,
                 item.number,
                 item.number_json.to_string(),
@@ -234,9 +246,10 @@ impl Store {
                 item.extra_data.to_string(),
                 serde_json::to_string(&item.outputs)?,
                 item.sensitive.to_string(),
-                item.create_time,
-            ],
-        )?;
+            item.create_time,
+        ])?;
+        tx.prepare_cached("INSERT INTO meta (key, value) VALUES ('number', ?1) ON CONFLICT(key) DO UPDATE SET value = ?1")?
+            .execute([self.next_number.load(Ordering::Relaxed).to_string()])?;
         tx.commit()?;
         Ok(Enqueued::Added)
     }
@@ -245,18 +258,9 @@ impl Store {
     pub fn take_next(&self) -> Result<Option<QueueItem>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let row = tx
-            .query_row(&format!("SELECT {COLS} FROM queue WHERE running = 0 ORDER BY priority DESC, number, prompt_id LIMIT 1"), [], row_item)
-            .optional()?;
-        let Some(row) = row else { return Ok(None) };
-        let mut item = decode_item(row)?;
-        item.attempts += 1;
-        tx.execute(
-            "UPDATE queue SET running = 1, attempts = ?2, start_time = ?3 WHERE prompt_id = ?1",
-            params![item.prompt_id, item.attempts, crate::time::now_ms()],
-        )?;
+        let item = take_in(&tx)?;
         tx.commit()?;
-        Ok(Some(item))
+        Ok(item)
     }
 
     /// Puts a running prompt back (the server is stopping; it runs at the next start).
@@ -266,23 +270,26 @@ impl Store {
     }
 
     /// Records a finished prompt and removes it from the queue, in one transaction; trims the
-    /// oldest history entries beyond the limit.
-    pub fn finish(&self, f: &Finished) -> Result<()> {
+    /// oldest history entries beyond the limit. With `take_next`, the same transaction also
+    /// marks the next pending prompt running and returns it (one commit per prompt run instead
+    /// of two).
+    pub fn finish(&self, f: &Finished, take_next: bool) -> Result<Option<QueueItem>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO history (prompt_id, outcome, entry, number, create_time, start_time, end_time, workflow_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_extract(?3, '$.prompt[3].extra_pnginfo.workflow.id'))
              ON CONFLICT(prompt_id) DO UPDATE SET outcome = ?2, entry = ?3, number = ?4, create_time = ?5, start_time = ?6, end_time = ?7,
                  workflow_id = excluded.workflow_id",
-            params![f.prompt_id, f.outcome.as_str(), f.entry.to_string(), f.number, f.create_time, f.start_time, f.end_time],
-        )?;
-        tx.execute("DELETE FROM queue WHERE prompt_id = ?1", [&f.prompt_id])?;
+        )?
+        .execute(params![f.prompt_id, f.outcome.as_str(), f.entry.to_string(), f.number, f.create_time, f.start_time, f.end_time])?;
+        tx.prepare_cached("DELETE FROM queue WHERE prompt_id = ?1")?.execute([&f.prompt_id])?;
         // By sequence number, not by count: O(log n) per prompt. Deleted entries leave gaps, so
         // at most `max_history` are kept.
-        tx.execute("DELETE FROM history WHERE seq <= (SELECT max(seq) FROM history) - ?1", [self.max_history as i64])?;
+        tx.prepare_cached("DELETE FROM history WHERE seq <= (SELECT max(seq) FROM history) - ?1")?.execute([self.max_history as i64])?;
+        let next = if take_next { take_in(&tx)? } else { None };
         tx.commit()?;
-        Ok(())
+        Ok(next)
     }
 
     /// Running prompts (at most one per executor), then pending ones in the order they will run.
@@ -305,7 +312,7 @@ impl Store {
 
     /// Prompts queued or running.
     pub fn queue_len(&self) -> Result<usize> {
-        Ok(self.conn().query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))? as usize)
+        Ok(self.conn().prepare_cached("SELECT count(*) FROM queue")?.query_row([], |r| r.get::<_, i64>(0))? as usize)
     }
 
     pub fn queued(&self, prompt_id: &str) -> Result<Option<QueueItem>> {
@@ -325,7 +332,7 @@ impl Store {
         let tx = conn.transaction()?;
         let mut n = 0;
         {
-            let mut st = tx.prepare(sql)?;
+            let mut st = tx.prepare_cached(sql)?;
             for id in ids {
                 n += st.execute([id])?;
             }
@@ -395,6 +402,23 @@ impl Store {
     pub fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         f(&self.conn())
     }
+}
+
+/// Marks the first pending prompt running (its attempt counted) and returns it.
+fn take_in(tx: &rusqlite::Transaction) -> Result<Option<QueueItem>> {
+    let row = tx
+        .prepare_cached(&format!("SELECT {COLS} FROM queue WHERE running = 0 ORDER BY priority DESC, number, prompt_id LIMIT 1"))?
+        .query_row([], row_item)
+        .optional()?;
+    let Some(row) = row else { return Ok(None) };
+    let mut item = decode_item(row)?;
+    item.attempts += 1;
+    tx.prepare_cached("UPDATE queue SET running = 1, attempts = ?2, start_time = ?3 WHERE prompt_id = ?1")?.execute(params![
+        item.prompt_id,
+        item.attempts,
+        crate::time::now_ms()
+    ])?;
+    Ok(Some(item))
 }
 
 /// A database written before `history.workflow_id` existed gets the column, filled from the

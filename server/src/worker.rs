@@ -24,16 +24,19 @@ fn run(shared: Arc<Shared>, mut executor: Executor) {
                 break;
             }
             apply_free(&shared, &mut executor);
-            let item = match shared.store.take_next() {
-                Ok(Some(item)) => item,
-                Ok(None) => break,
+            let mut next = match shared.store.take_next() {
+                Ok(next) => next,
                 Err(e) => {
                     tracing::error!("cannot read the queue: {e}");
                     std::thread::sleep(std::time::Duration::from_secs(1));
                     break;
                 }
             };
-            run_one(&shared, &mut executor, item);
+            // Each finished prompt's transaction takes the next one while nothing asks the
+            // worker to stop, pause or free memory first.
+            while let Some(item) = next {
+                next = run_one(&shared, &mut executor, item);
+            }
         }
     }
 }
@@ -48,7 +51,8 @@ fn apply_free(shared: &Shared, executor: &mut Executor) {
     }
 }
 
-fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) {
+/// Runs one prompt and records it; returns the next prompt when the recording transaction took it.
+fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) -> Option<QueueItem> {
     let id = item.prompt_id.clone();
     shared.control.set_running(Some(id.clone()));
     shared.broadcast_status();
@@ -62,7 +66,7 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) {
             tracing::error!("cannot put prompt {id} back in the queue: {e}");
         }
         shared.control.set_running(None);
-        return;
+        return None;
     }
     let (entry, result) = record(&item, &events, outcome);
     let finished = Finished {
@@ -75,13 +79,15 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) {
         end_time: now_ms(),
     };
     tracing::info!("prompt {id} {} in {:.3} s", finished.outcome.as_str(), (finished.end_time - finished.start_time) as f64 / 1e3);
-    if let Err(e) = shared.store.finish(&finished) {
+    let next = shared.store.finish(&finished, shared.control.may_continue()).unwrap_or_else(|e| {
         tracing::error!("cannot record prompt {id} in history: {e}");
-    }
+        None
+    });
     shared.control.set_running(None);
     shared.broadcast_status();
     events.to_client("executing", json!({"node": null, "prompt_id": id}));
     shared.finished(&finished);
+    next
 }
 
 enum Ran {

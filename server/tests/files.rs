@@ -458,6 +458,14 @@ fn an_oversized_upload_gets_413_with_a_message() {
     // Under the limit still works, and the server is still up.
     let r = server.upload("/upload/image", &[Part::file("image", "small.png", b"small")]);
     assert_eq!(r.status, 200);
+
+    // Any JSON route: a prompt over the limit is refused the same way, as JSON that names the
+    // limit and the setting.
+    let prompt = format!(r#"{{"prompt": {{"1": {{"class_type": "PrimitiveString", "inputs": {{"value": "{}"}}}}}}}}"#, "x".repeat(8000));
+    let req = format!("POST /prompt HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{prompt}", server.addr, prompt.len());
+    let resp = server.raw(req.as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("application/json") && resp.contains("4096 bytes") && resp.contains("--max-upload"), "{resp}");
 }
 
 #[test]

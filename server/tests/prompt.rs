@@ -189,7 +189,9 @@ fn stopping_the_server_keeps_the_running_prompt_queued_for_the_next_start() {
     let mut ws = Socket::connect(&server, "c3");
     ws.text();
     let id = server.queue(wait_prompt("survives", 60_000), Some("c3"))["prompt_id"].as_str().unwrap().to_string();
-    let queued = server.queue(wait_prompt("next", 1), None)["prompt_id"].as_str().unwrap().to_string();
+    let queued = server.queue(wait_prompt("next", 1), None);
+    let last_number = queued["number"].as_i64().unwrap();
+    let queued = queued["prompt_id"].as_str().unwrap().to_string();
     loop {
         let m = ws.text();
         if m["type"] == "executing" && m["data"]["node"] == "2" {
@@ -203,6 +205,10 @@ fn stopping_the_server_keeps_the_running_prompt_queued_for_the_next_start() {
     let all: Vec<&str> = q["queue_running"].as_array().unwrap().iter().chain(q["queue_pending"].as_array().unwrap()).map(|e| e[1].as_str().unwrap()).collect();
     assert!(all.contains(&id.as_str()) && all.contains(&queued.as_str()), "{q}");
     assert_eq!(server.get("/history").1, json!({}));
+    // The server-chosen numbers go on from where they were: a new prompt queues behind the
+    // ones that survived.
+    let after = server.queue(wait_prompt("after the restart", 1), None);
+    assert!(after["number"].as_i64().unwrap() > last_number, "{after} after {last_number}");
     server.post("/interrupt", &json!({"prompt_id": id}));
     server.wait_history(&queued);
 }

@@ -123,7 +123,9 @@ pub fn run(b: &ServerBench, config: &Config) -> Result<()> {
                 let agent = ureq::Agent::new_with_defaults();
                 for i in 0..per {
                     let body = json!({"prompt": retag(&trivial, 1_000_000 + c * per + i)});
-                    agent.post(&format!("{base}/prompt")).send(body.to_string()).map_err(|e| anyhow!("POST /prompt: {e}"))?;
+                    let resp = agent.post(&format!("{base}/prompt")).send(body.to_string()).map_err(|e| anyhow!("POST /prompt: {e}"))?;
+                    // Read to the end, so the agent keeps the connection for the next request.
+                    resp.into_body().read_to_string()?;
                 }
                 Ok(())
             })

@@ -307,7 +307,7 @@ struct Upload {
 pub(super) fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the upload is larger than this server accepts ({limit} bytes): send a smaller file or start the server with a larger upload limit"),
+        format!("the upload is larger than this server accepts ({limit} bytes): send a smaller file, or raise the limit with --max-upload or [server] max_upload"),
     )
 }
 

@@ -44,16 +44,12 @@ async fn one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Jso
 
 async fn edit(State(s): State<AppState>, raw: Bytes) -> ApiResult<StatusCode> {
     let req = body::object(&raw)?;
+    // Checked before anything changes: a malformed request changes nothing.
+    let ids = body::ids(req.get("delete"))?;
     if req.get("clear").and_then(Json::as_bool).unwrap_or(false) {
         s.store.clear_history()?;
     }
-    if let Some(d) = req.get("delete") {
-        let ids: Vec<String> = d
-            .as_array()
-            .ok_or_else(|| ApiError::bad_request("delete must be a list of prompt ids"))?
-            .iter()
-            .filter_map(|x| x.as_str().map(str::to_string))
-            .collect();
+    if !ids.is_empty() {
         s.store.delete_history(&ids)?;
     }
     Ok(StatusCode::OK)

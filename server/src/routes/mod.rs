@@ -44,6 +44,7 @@ pub fn app(shared: Arc<Shared>) -> Router {
         .layer(Extension(Arc::new(user::Users::new(&shared.options.user_dir))))
         .layer(axum::middleware::from_fn(frontend::cache_control))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(limit, body::explain_too_large))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::guard::guard))
         .with_state(shared)
 }

@@ -56,7 +56,7 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, raw: Bytes) -> Ap
             json!(if front { -n } else { n })
         }
         None => {
-            let n = s.store.next_number()?;
+            let n = s.store.next_number();
             json!(if front { -n } else { n })
         }
     };
@@ -146,21 +146,15 @@ async fn queue(State(s): State<AppState>) -> ApiResult<JsonBody<Json>> {
     })))
 }
 
-fn ids(v: Option<&Json>) -> ApiResult<Vec<String>> {
-    match v {
-        None | Some(Json::Null) => Ok(Vec::new()),
-        Some(Json::Array(a)) => a.iter().map(|x| x.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_request("delete must be a list of prompt ids"))).collect(),
-        Some(_) => Err(ApiError::bad_request("delete must be a list of prompt ids")),
-    }
-}
-
 async fn edit_queue(State(s): State<AppState>, raw: Bytes) -> ApiResult<StatusCode> {
     let req = body::object(&raw)?;
+    // Checked before anything changes: a malformed request changes nothing.
+    let ids = body::ids(req.get("delete"))?;
     let mut changed = 0;
     if req.get("clear").and_then(Json::as_bool).unwrap_or(false) {
         changed += s.store.clear_pending()?;
     }
-    changed += s.store.delete_pending(&ids(req.get("delete"))?)?;
+    changed += s.store.delete_pending(&ids)?;
     if changed > 0 {
         s.broadcast_status();
     }
