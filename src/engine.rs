@@ -16,6 +16,8 @@ use crate::config::{Config, PythonMode};
 /// How the embedded ComfyUI is set up: where its nodes read and write files (None: ComfyUI's
 /// own defaults), and whether samplers make step previews.
 #[derive(Clone, Debug, Default)]
+// Read only by the bridge; a native-only build sets and ignores them.
+#[cfg_attr(not(feature = "python"), allow(dead_code))]
 pub struct PythonSetup {
     pub output: Option<std::path::PathBuf>,
     pub input: Option<std::path::PathBuf>,
@@ -151,9 +153,16 @@ fn start_bridge(_config: &Config, _dirs: &PythonSetup, _reg: &mut Registry, _mer
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }
 
-/// What `/system_stats` reports of the embedded ComfyUI: (torch version, ComfyUI version).
+/// What `/system_stats` reports of the embedded ComfyUI.
+#[derive(Clone, Debug, Default)]
+pub struct PythonVersions {
+    pub python: String,
+    pub torch: String,
+    pub comfyui: String,
+}
+
 #[cfg(feature = "python")]
-pub fn python_versions() -> Option<(String, String)> {
+pub fn python_versions() -> Option<PythonVersions> {
     let bridge = comfyrs_bridge::Bridge::running()?;
     let report = bridge.report();
     // ComfyUI keeps its version in comfyui_version.py (`__version__ = "0.33.0"`); older copies
@@ -162,11 +171,11 @@ pub fn python_versions() -> Option<(String, String)> {
         .ok()
         .and_then(|t| t.lines().find_map(|l| l.trim().strip_prefix("__version__").map(|r| r.trim_start_matches([' ', '=']).trim_matches(['"', '\'']).to_string())))
         .unwrap_or_default();
-    Some((report.torch_version.clone(), comfyui))
+    Some(PythonVersions { python: report.python_version.clone(), torch: report.torch_version.clone(), comfyui })
 }
 
 #[cfg(not(feature = "python"))]
-pub fn python_versions() -> Option<(String, String)> {
+pub fn python_versions() -> Option<PythonVersions> {
     None
 }
 

@@ -57,7 +57,7 @@ impl Host for EngineHost {
 
     fn system(&self) -> SystemInfo {
         let engine = self.engine();
-        let (pytorch_version, comfyui_version) = python_versions().unwrap_or_default();
+        let versions = python_versions().unwrap_or_default();
         let device = engine.merge.device();
         let devices = match device {
             tch::Device::Cuda(i) => {
@@ -67,9 +67,9 @@ impl Host for EngineHost {
             _ => vec![json!({"name": "cpu", "type": "cpu", "index": null, "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0})],
         };
         SystemInfo {
-            python_version: String::new(),
-            pytorch_version,
-            comfyui_version,
+            python_version: versions.python,
+            pytorch_version: versions.torch,
+            comfyui_version: versions.comfyui,
             frontend_version: FRONTEND_VERSION.to_string(),
             devices,
         }

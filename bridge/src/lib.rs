@@ -87,6 +87,8 @@ pub struct ImportFailure {
 pub struct BootReport {
     pub comfyui_path: PathBuf,
     pub python_executable: PathBuf,
+    /// `sys.version` of the embedded interpreter.
+    pub python_version: String,
     pub torch_version: String,
     pub cpu: bool,
     pub v3: bool,
@@ -321,8 +323,9 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<Booted, 
     })()
     .map_err(perr)?;
     let info = host.call_method1("boot", (d,)).map_err(perr)?;
-    let report = boot_report(&info)
+    let mut report = boot_report(&info)
         .map_err(|e| BridgeError::Boot(format!("the bridge's Python half returned a malformed boot report: {}", format_py_err(py, &e))))?;
+    report.python_version = py.version().to_string();
     let t = Instant::now();
     let records = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
     Ok(Booted { host: host.unbind(), report, records, schema_time: t.elapsed() })
