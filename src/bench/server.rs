@@ -81,8 +81,8 @@ fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Result<(f64, 
 pub fn run(b: &ServerBench, config: &Config) -> Result<()> {
     let mut config = config.clone();
     config.python = PythonMode::Never;
-    let state = tempfile_dir()?;
-    let options = comfyrs_server::ServeOptions { port: 0, ..comfyrs_server::ServeOptions::new(&state) };
+    let state = tempfile::Builder::new().prefix("comfyrs-bench-server-").tempdir()?;
+    let options = comfyrs_server::ServeOptions { port: 0, ..comfyrs_server::ServeOptions::new(state.path()) };
     let host = Arc::new(EngineHost::new(Engine::without_python(&config)?)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let running = rt.block_on(comfyrs_server::serve(options, host))?;
@@ -156,12 +156,5 @@ pub fn run(b: &ServerBench, config: &Config) -> Result<()> {
         fmt_secs(total)
     );
     rt.block_on(running.stop());
-    let _ = std::fs::remove_dir_all(&state);
     Ok(())
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("comfyrs-bench-server-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
