@@ -1,7 +1,9 @@
 //! ComfyUI's official web frontend (comfyui-frontend-package, installed by scripts/setup.sh)
 //! against a real `comfyrs serve`, in Debian's headless chromium driven through chromedriver:
 //! the page boots without console errors, lists native and Python nodes, loads a workflow,
-//! queues it, follows its progress and shows its output; one screenshot.
+//! queues it, follows its progress and shows its output; then a workflow built in the page saves
+//! an image, and the assets sidebar (fed by `/api/jobs`) shows it, loaded through `/view`; one
+//! screenshot.
 //!
 //! Needs `chromium` and `chromedriver` on PATH (Debian's chromium and chromium-driver; the
 //! set-up installs them) and fails, saying so, when they are missing.
@@ -267,24 +269,97 @@ async fn run(page: &mut Page, server: &Serve) -> Result<(), String> {
         return Err(format!("the preview node shows {shown}"));
     }
 
-    // One screenshot of the page with the finished workflow: a real, non-blank image. A new
-    // user's first visit opens the template browser over the graph; close it first (its
-    // close button, or Escape), best effort: the screenshot is checked either way.
-    for _ in 0..10 {
-        if page.js("return !document.querySelector('[role=dialog]')", vec![]).await == true {
-            break;
-        }
-        page.js(
-            "document.querySelectorAll('[role=dialog] button').forEach(b => { \
-               if (/close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('.pi-times, .icon-\\[lucide--x\\]')) b.click(); })",
-            vec![],
+    // A workflow that saves an image, built in the page as a user would (EmptyImage → SaveImage,
+    // small so it is cheap), queued from the page; its image then shows in the assets sidebar.
+    close_dialogs(page).await;
+    let built = page
+        .js(
+            "app.graph.clear(); \
+             const img = LiteGraph.createNode('EmptyImage'), save = LiteGraph.createNode('SaveImage'); \
+             app.graph.add(img); app.graph.add(save); img.pos = [50, 50]; save.pos = [400, 50]; \
+             const w = (n, name) => n.widgets.find(w => w.name === name); \
+             w(img, 'width').value = 64; w(img, 'height').value = 48; w(img, 'color').value = 0x3366cc; \
+             w(save, 'filename_prefix').value = arguments[0]; \
+             img.connect(0, save, 0); \
+             window.__comfyrsEvents = []; \
+             return save.id;",
+            vec![json!(SAVE_PREFIX)],
         )
         .await;
-        if let Ok(el) = page.client.active_element().await {
-            let _ = el.send_keys("\u{E00C}").await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    if built.is_null() {
+        return Err(format!("building EmptyImage → SaveImage in the page: {built}"));
     }
+    // Open the assets sidebar with its toolbar button before queueing, as a user watching their
+    // outputs would: the panel has to pick the new job up from the server's messages.
+    let button = page
+        .client
+        .wait()
+        .at_most(PAGE_TIMEOUT)
+        .for_element(fantoccini::Locator::Css("[data-testid='assets-tab-button']"))
+        .await
+        .map_err(|e| format!("no assets button in the side toolbar: {e}"))?;
+    button.click().await.map_err(|e| format!("clicking the assets button: {e}"))?;
+    page.wait_js("the assets panel's Generated tab to open", "document.getElementById('tabpanel-output')").await;
+    let queued = page
+        .client
+        .execute_async("const [done] = arguments; app.queuePrompt(0, 1).then(r => done(r), e => done('queue failed: ' + e));", vec![])
+        .await
+        .map_err(|e| e.to_string())?;
+    if queued != true {
+        return Err(format!("app.queuePrompt (SaveImage): {queued}"));
+    }
+    let outcome = page
+        .wait_js(
+            "the SaveImage prompt to finish in the page",
+            "window.__comfyrsEvents.find(e => e.type === 'execution_success' || e.type === 'execution_error')",
+        )
+        .await;
+    if outcome["type"] != "execution_success" {
+        return Err(format!("the SaveImage prompt failed: {outcome}"));
+    }
+    let saved = page
+        .js(
+            "const e = window.__comfyrsEvents.find(e => e.type === 'executed' && e.detail.node == arguments[0]); \
+             return e ? e.detail.output.images : null;",
+            vec![built.clone()],
+        )
+        .await;
+    let filename = saved[0]["filename"].as_str().map(str::to_string).ok_or_else(|| format!("SaveImage reported no image: {saved}"))?;
+    if !filename.starts_with(SAVE_PREFIX) || saved[0]["type"] != "output" {
+        return Err(format!("SaveImage reported {saved}"));
+    }
+
+    // The saved image's thumbnail, served by our /view, loads in the panel's Generated tab.
+    let find_img = "[...document.querySelectorAll('#tabpanel-output img')].find(i => { \
+                      const u = new URL(i.src, location.href); \
+                      return u.origin === location.origin && /\\/view$/.test(u.pathname) \
+                        && u.searchParams.get('filename') === arguments[0]; })";
+    let start = Instant::now();
+    let loaded = loop {
+        let v = page
+            .js(&format!("const i = {find_img}; return i ? {{src: i.src, complete: i.complete, width: i.naturalWidth}} : null;"), vec![json!(filename)])
+            .await;
+        if v["complete"] == true && v["width"].as_u64().is_some_and(|w| w > 0) {
+            break v;
+        }
+        if start.elapsed() > PAGE_TIMEOUT {
+            let imgs = page.js("return [...document.querySelectorAll('img')].map(i => [i.src, i.complete, i.naturalWidth])", vec![]).await;
+            let jobs = page
+                .client
+                .execute_async("const [done] = arguments; fetch('/api/jobs?status=completed,failed,cancelled&limit=200&offset=0').then(r => r.text()).then(done, e => done(String(e)));", vec![])
+                .await
+                .unwrap_or(Json::Null);
+            return Err(format!("the assets panel never showed {filename} loaded from /view (last: {v}); images in the page: {imgs}; /api/jobs: {jobs}"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if loaded["width"] != json!(64) {
+        return Err(format!("the thumbnail of {filename} is not the 64-pixel-wide saved image: {loaded}"));
+    }
+
+    // One screenshot of the page with the finished workflow and the assets panel: a real,
+    // non-blank image.
+    close_dialogs(page).await;
     let shot = page.client.screenshot().await.map_err(|e| e.to_string())?;
     let (w, h, colours) = png_colours(&shot);
     if w < 800 || h < 600 || colours < 16 {
@@ -300,4 +375,27 @@ async fn run(page: &mut Page, server: &Serve) -> Result<(), String> {
         return Err(format!("the page logged errors: {errors:#?}"));
     }
     Ok(())
+}
+
+/// The file name prefix of the image the page saves.
+const SAVE_PREFIX: &str = "comfyrs_browser";
+
+/// A new user's first visit opens the template browser over the graph; closes it (its close
+/// button, or Escape), best effort.
+async fn close_dialogs(page: &Page) {
+    for _ in 0..10 {
+        if page.js("return !document.querySelector('[role=dialog]')", vec![]).await == true {
+            break;
+        }
+        page.js(
+            "document.querySelectorAll('[role=dialog] button').forEach(b => { \
+               if (/close/i.test(b.getAttribute('aria-label') || '') || b.querySelector('.pi-times, .icon-\\[lucide--x\\]')) b.click(); })",
+            vec![],
+        )
+        .await;
+        if let Ok(el) = page.client.active_element().await {
+            let _ = el.send_keys("\u{E00C}").await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
