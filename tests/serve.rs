@@ -1,16 +1,14 @@
 //! `comfyrs serve` as a process under load: many clients, a thousand prompts, a `kill -9` in the
 //! middle. Every accepted prompt must reach history exactly once, with its output.
 
-#[path = "support/serve.rs"]
-mod serve_support;
-use serve_support as support_serve;
+mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
-use support_serve::Serve;
+use common::Serve;
 
 /// `value` through `links` string concatenations into a PreviewAny: shows `value` followed by
 /// `links` dots.
@@ -44,7 +42,7 @@ fn drain(server: &Serve) {
 #[test]
 fn fifty_clients_queue_a_thousand_prompts_and_each_runs_once() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Serve::start(dir.path(), &[]));
+    let server = Arc::new(Serve::native(dir.path()));
     const CLIENTS: usize = 50;
     const EACH: usize = 20;
     let starts: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -110,7 +108,7 @@ fn fifty_clients_queue_a_thousand_prompts_and_each_runs_once() {
 #[test]
 fn kill_9_mid_run_loses_no_accepted_prompt_and_runs_none_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Arc::new(Serve::start(dir.path(), &[]));
+    let server = Arc::new(Serve::native(dir.path()));
     let accepted: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..50)
@@ -151,7 +149,7 @@ fn kill_9_mid_run_loses_no_accepted_prompt_and_runs_none_twice() {
     }
     drop(server);
 
-    let server = Serve::start(dir.path(), &[]);
+    let server = Serve::native(dir.path());
     drain(&server);
     let accepted = accepted.lock().unwrap();
     let (_, history) = server.get("/history?max_items=100000");
@@ -167,7 +165,7 @@ fn kill_9_mid_run_loses_no_accepted_prompt_and_runs_none_twice() {
 #[test]
 fn sigterm_stops_cleanly_and_the_queue_comes_back_paused_or_not() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Serve::start(dir.path(), &[]);
+    let server = Serve::native(dir.path());
     assert_eq!(server.post("/queue/pause", &json!({})).0, 200);
     let (_, r) = server.post("/prompt", &json!({"prompt": prompt("later", 1)}));
     let id = r["prompt_id"].as_str().unwrap().to_string();
@@ -175,7 +173,7 @@ fn sigterm_stops_cleanly_and_the_queue_comes_back_paused_or_not() {
     assert!(status.success(), "exit status {status}");
 
     // The pause and the queued prompt survive the restart; resuming runs it.
-    let server = Serve::start(dir.path(), &[]);
+    let server = Serve::native(dir.path());
     let (_, q) = server.get("/queue");
     assert_eq!(q["paused"], true);
     assert_eq!(q["queue_pending"][0][1], id.as_str());

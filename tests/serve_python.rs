@@ -49,7 +49,7 @@ fn a_python_samplers_progress_and_previews_reach_the_socket() {
     assert!(previews >= 1, "no latent preview reached the socket");
 
     // `/system_stats` reports the embedded interpreter and torch, as ComfyUI reports its own.
-    let system = server.get("/system_stats")["system"].clone();
+    let system = server.get("/system_stats").1["system"].clone();
     assert!(system["python_version"].as_str().is_some_and(|v| v.starts_with("3.")), "{system}");
     assert!(system["pytorch_version"].as_str().is_some_and(|v| v.starts_with("2.")), "{system}");
 }

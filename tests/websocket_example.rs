@@ -53,7 +53,7 @@ fn comfyui_websockets_api_example_gets_its_images() {
         assert_eq!(original.matches(from).count(), 1, "the example no longer has exactly one {from:?}: update this test");
         script = script.replace(from, to);
     }
-    let copy = server.dir.path().join("websockets_api_example.py");
+    let copy = server.folder().join("websockets_api_example.py");
     std::fs::write(&copy, script).unwrap();
 
     // The images it downloaded, per output node: count, and whether each is a PNG.
@@ -64,7 +64,7 @@ fn comfyui_websockets_api_example_gets_its_images() {
         Command::new(venv().join("bin/python"))
             .args(["-c", report])
             .arg(&copy)
-            .current_dir(server.dir.path())
+            .current_dir(server.folder())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -86,7 +86,7 @@ fn comfyui_websockets_api_example_gets_its_images() {
     assert_eq!(saved.len(), 1, "one PNG from SaveImage: {images}");
     assert!(saved[0].as_u64().unwrap() > 100, "a real PNG: {images}");
     // And the server wrote it where SaveImage writes, under the example's prefix.
-    let pngs: Vec<_> = std::fs::read_dir(server.dir.path().join("state/output"))
+    let pngs: Vec<_> = std::fs::read_dir(server.folder().join("state/output"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("ComfyUI_") && n.ends_with(".png"))

@@ -325,7 +325,7 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<Booted, 
     let info = host.call_method1("boot", (d,)).map_err(perr)?;
     let mut report = boot_report(&info)
         .map_err(|e| BridgeError::Boot(format!("the bridge's Python half returned a malformed boot report: {}", format_py_err(py, &e))))?;
-    report.python_version = py.version().to_string();
+    report.python_version = Python::version_str().to_string();
     let t = Instant::now();
     let records = host.call_method0("node_records").and_then(|r| r.extract()).map_err(perr)?;
     Ok(Booted { host: host.unbind(), report, records, schema_time: t.elapsed() })

@@ -45,27 +45,38 @@ pub struct Serve {
     pub addr: String,
     /// `http://127.0.0.1:PORT`
     pub base: String,
-    pub dir: tempfile::TempDir,
+    /// The folder `start` made for the fixture models and the state (None when the caller
+    /// owns the state folder).
+    pub dir: Option<tempfile::TempDir>,
     log: Arc<Mutex<String>>,
     child: KillOnDrop,
 }
 
 impl Serve {
-    /// Writes the fixture models into a fresh folder and starts `comfyrs serve` on them.
+    /// Writes the fixture models into a fresh folder and starts `comfyrs serve` on them, with
+    /// the embedded Python ComfyUI.
     pub fn start() -> Serve {
         let dir = tempfile::tempdir().unwrap();
         let models = dir.path().join("models");
         let out = bin().args(["fixtures", "--models-dir"]).arg(&models).output().unwrap();
         assert!(out.status.success(), "comfyrs fixtures failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        Self::start_in(dir, &models)
+        let mut args = vec!["--state-dir".into(), dir.path().join("state").into_os_string(), "--models-dir".into(), models.into_os_string()];
+        let mut server = Self::spawn(&mut args);
+        server.dir = Some(dir);
+        server
     }
 
-    fn start_in(dir: tempfile::TempDir, models: &Path) -> Serve {
+    /// `comfyrs serve` with native nodes only on the state folder `state`, which outlives it
+    /// (a restart on the same folder finds the queue and history).
+    pub fn native(state: &Path) -> Serve {
+        Self::spawn(&mut vec!["--python".into(), "never".into(), "--state-dir".into(), state.as_os_str().to_owned()])
+    }
+
+    /// Starts `comfyrs serve --port 0 ARGS` and waits (bounded) for its listening line.
+    fn spawn(args: &mut Vec<std::ffi::OsString>) -> Serve {
         let child = bin()
-            .args(["serve", "--port", "0", "--state-dir"])
-            .arg(dir.path().join("state"))
-            .arg("--models-dir")
-            .arg(models)
+            .args(["serve", "--port", "0"])
+            .args(args.iter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -96,7 +107,12 @@ impl Serve {
             }
         };
         let base = format!("http://{addr}");
-        Serve { addr, base, dir, log, child }
+        Serve { addr, base, dir: None, log, child }
+    }
+
+    /// The folder `start` made (fixture models in `models/`, the state in `state/`).
+    pub fn folder(&self) -> &Path {
+        self.dir.as_ref().expect("a server from Serve::start has a folder").path()
     }
 
     /// What the server has logged so far (for failure messages).
@@ -104,10 +120,39 @@ impl Serve {
         self.log.lock().unwrap().clone()
     }
 
-    pub fn get(&self, path: &str) -> Json {
-        let url = format!("{}{path}", self.base);
-        let mut res = ureq::get(&url).call().unwrap_or_else(|e| panic!("GET {url}: {e}\nserver log:\n{}", self.log()));
-        res.body_mut().read_json().unwrap_or_else(|e| panic!("GET {url} is not JSON: {e}"))
+    /// Sends a signal (`KILL`, `TERM`) by pid without waiting.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill").args([&format!("-{name}"), &self.child.0.id().to_string()]).status();
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit; its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.0.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "comfyrs serve did not stop within 30 s of SIGTERM; its log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory (VmHWM) in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.0.id())).unwrap_or_default();
+        s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0) * 1024
+    }
+
+    /// GET: the status (0 when the connection failed) and the body as JSON (a string when it
+    /// is not JSON).
+    pub fn get(&self, path: &str) -> (u16, Json) {
+        reply(ureq::get(&format!("{}{path}", self.base)).config().http_status_as_error(false).build().call())
+    }
+
+    /// POST of a JSON body, answered as `get`.
+    pub fn post(&self, path: &str, body: &Json) -> (u16, Json) {
+        reply(ureq::post(&format!("{}{path}", self.base)).config().http_status_as_error(false).build().send(body.to_string()))
     }
 
     /// Polls `f` every 100 ms until it returns something or `timeout` passes.
@@ -120,5 +165,17 @@ impl Serve {
             assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}; server log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+fn reply(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> (u16, Json) {
+    match r {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            // History pages can be large: no 10 MB cap.
+            let text = resp.into_body().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Json::String(text)))
+        }
+        Err(e) => (0, Json::String(e.to_string())),
     }
 }
