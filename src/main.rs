@@ -8,6 +8,7 @@ mod host;
 mod load;
 mod progress;
 mod size;
+mod venv;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

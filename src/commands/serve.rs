@@ -108,7 +108,7 @@ pub fn options(config: &Config) -> ServeOptions {
 
 /// The static folder of the comfyui-frontend-package in comfyrs's Python venv.
 fn installed_frontend() -> Option<PathBuf> {
-    let venv = std::env::var_os("COMFYRS_VENV").map(PathBuf::from).or_else(|| option_env!("COMFYRS_VENV").map(PathBuf::from))?;
+    let venv = crate::venv::dir()?;
     let lib = std::fs::read_dir(venv.join("lib")).ok()?;
     lib.flatten()
         .map(|e| e.path().join("site-packages").join("comfyui_frontend_package").join("static"))
