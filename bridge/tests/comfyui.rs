@@ -356,7 +356,11 @@ fn progress_and_interrupt() {
             _ => None,
         })
         .collect();
-    assert_eq!(got, vec![(1, 3), (2, 3), (3, 3)]);
+    // Every step in order; current ComfyUI throttles the steps between the first and the last
+    // (its ProgressBar), the March 2024 one sends them all.
+    assert_eq!(got.first(), Some(&(1, 3)), "{got:?}");
+    assert_eq!(got.last(), Some(&(3, 3)), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0) && got.iter().all(|&(_, max)| max == 3), "{got:?}");
 
     // Interrupt while a Python node runs: the node stops at its next progress step.
     let interrupt = exec.interrupt.clone();
