@@ -53,6 +53,33 @@ if [ ! -f "$venv/.web-$wkey" ]; then
   touch "$venv/.web-$wkey"
 fi
 
+# A user's ComfyUI (COMFYUI_PATH): its own requirements into the same venv, except torch and its
+# companions (pinned: tch links that torch) and what comfyrs serves itself (the web frontend,
+# its templates and docs). Keyed by that file's hash, so a pull that changes it reinstalls.
+if [ -n "${COMFYUI_PATH:-}" ]; then
+  ureq="$COMFYUI_PATH/requirements.txt"
+  if [ ! -f "$ureq" ]; then
+    echo "setup: WARNING: COMFYUI_PATH=$COMFYUI_PATH has no requirements.txt; is it a ComfyUI checkout?" >&2
+  else
+    ukey=$(cat "$ureq" "$req" | sha256sum | cut -c1-12)
+    if [ ! -f "$venv/.comfyui-path-$ukey" ]; then
+      echo "setup: installing the requirements of the ComfyUI in $COMFYUI_PATH into $venv" >&2
+      tmp=$(mktemp -d)
+      grep -v -i -E '^[[:space:]]*(torch|torchvision|comfyui-frontend-package|comfyui-workflow-templates|comfyui-embedded-docs)([^a-z0-9_.-]|$)' "$ureq" > "$tmp/requirements.txt"
+      "$venv/bin/python" - > "$tmp/constraints.txt" <<'PY'
+from importlib.metadata import version
+t = version("torch")
+# torchaudio is released in step with torch, under the same version number.
+print(f"torch=={t}\ntorchaudio=={t}\ntorchvision=={version('torchvision')}")
+PY
+      "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$tmp/requirements.txt" -c "$tmp/constraints.txt"
+      rm -rf "$tmp"
+      rm -f "$venv"/.comfyui-path-*
+      touch "$venv/.comfyui-path-$ukey"
+    fi
+  fi
+fi
+
 # Debian's chromium and its WebDriver for the browser test (tests/browser.rs). Needs root and
 # apt-get; anything else only warns, since everything but that one test works without them.
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
