@@ -429,9 +429,24 @@ def node_info(name):
         "v3": _is_v3(cls),
         "has_fingerprint": _find_override(cls, "fingerprint_inputs", "IS_CHANGED") is not None,
         "has_validate": _find_override(cls, "validate_inputs", "VALIDATE_INPUTS") is not None,
+        **_validate_args(cls),
         "has_lazy": _find_override(cls, "check_lazy_status", "check_lazy_status") is not None,
     }
     return info
+
+
+def _validate_args(cls):
+    """The arguments VALIDATE_INPUTS takes: ComfyUI checks those inputs' ranges and lists no
+    further (the node does), and with **kwargs none of them."""
+    f = _find_override(cls, "validate_inputs", "VALIDATE_INPUTS")
+    if f is None:
+        return {}
+    try:
+        spec = inspect.getfullargspec(f)
+    except TypeError:
+        return {"validate_args": [], "validate_kwargs": True}
+    args = [a for a in spec.args + spec.kwonlyargs if a not in ("self", "cls", "s")]
+    return {"validate_args": args, "validate_kwargs": spec.varkw is not None}
 
 
 def _dumps(obj):

@@ -18,12 +18,16 @@ use crate::{interp, RecordError, Shared};
 const SCHEMA_TTL: Duration = Duration::from_secs(2);
 
 /// What `node_info` tells beyond the `/object_info` record.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Flags {
     pub has_fingerprint: bool,
     pub has_validate: bool,
     pub has_lazy: bool,
     pub v3: bool,
+    /// The arguments VALIDATE_INPUTS takes (those inputs skip the built-in checks), and
+    /// whether it takes any (`**kwargs`).
+    pub validate_args: Vec<String>,
+    pub validate_kwargs: bool,
 }
 
 pub struct PyNode {
@@ -170,7 +174,15 @@ pub(crate) fn parse_record(text: &str) -> Result<(NodeSchema, Flags), RecordErro
     if let Some(a) = rec.get("search_aliases").and_then(Json::as_array) {
         schema.search_aliases = a.iter().filter_map(|s| s.as_str().map(String::from)).collect();
     }
-    let flags = Flags { has_fingerprint: b("has_fingerprint"), has_validate: b("has_validate"), has_lazy: b("has_lazy"), v3: b("v3") };
+    let validate_args = extra.get("validate_args").and_then(Json::as_array).map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
+    let flags = Flags {
+        has_fingerprint: b("has_fingerprint"),
+        has_validate: b("has_validate"),
+        has_lazy: b("has_lazy"),
+        v3: b("v3"),
+        validate_args,
+        validate_kwargs: b("validate_kwargs"),
+    };
     Ok((schema, flags))
 }
 
@@ -331,6 +343,10 @@ impl NodeClass for PyNode {
                 Err(e) => Err(py_err(py, e)),
             })
         })?
+    }
+
+    fn validates_input(&self, name: &str) -> bool {
+        self.flags.has_validate && (self.flags.validate_kwargs || self.flags.validate_args.iter().any(|a| a == name))
     }
 
     fn validate_inputs(&self, constants: &Args) -> Vec<(String, String)> {

@@ -228,6 +228,17 @@ fn errors_name_the_node_and_the_next_prompt_runs() {
     let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestValidate", "inputs": {"value": -3}}}), &events).expect_err("rejected");
     assert_eq!(rej.node_errors["1"].errors[0].kind, "custom_validation_failed");
     assert!(rej.node_errors["1"].errors[0].details.contains("must be non-negative"));
+    // An input VALIDATE_INPUTS takes skips the built-in range and list checks (ComfyUI's
+    // rule): 500 is over the declared max of 100 but the node's own check accepts it.
+    let r = run_prompt(&mut exec, json!({"1": {"class_type": "TestValidate", "inputs": {"value": 500}}}), &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+    // So LoadImage's own check reports a missing file, with its message, not a list error
+    // (and it is never called with None).
+    let rej = run_prompt(&mut exec, json!({"1": {"class_type": "LoadImage", "inputs": {"image": "no-such-image.png"}}, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}), &events)
+        .expect_err("rejected");
+    let e = &rej.node_errors["1"].errors[0];
+    assert_eq!(e.kind, "custom_validation_failed", "{}", rej.render());
+    assert!(e.details.contains("Invalid image file") && e.details.contains("no-such-image.png"), "{}", rej.render());
 
     // And the process is fine: a good prompt runs.
     let good = json!({

@@ -38,6 +38,13 @@ pub trait NodeClass: Send + Sync {
         Vec::new()
     }
 
+    /// Whether `validate_inputs` checks this input itself (ComfyUI: an input its
+    /// `VALIDATE_INPUTS` names skips the built-in range and list checks, only its type is
+    /// coerced; `input_types` named there also skips the link type checks).
+    fn validates_input(&self, _name: &str) -> bool {
+        false
+    }
+
     /// Where calls run. Cheap nodes run inline on the scheduler thread (no hand-off cost);
     /// heavy ones on worker threads so independent branches overlap.
     fn placement(&self) -> Placement {

@@ -233,7 +233,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
                         ),
                         Some(out) => {
                             let wanted = spec.kind.type_name();
-                            if !types_compatible(&out.ty, wanted) {
+                            if !types_compatible(&out.ty, wanted) && !classes[i].validates_input("input_types") {
                                 own[i].push(
                                     ErrorRecord::new(
                                         "return_type_mismatch",
@@ -254,7 +254,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
                         }
                     },
                 },
-                Some(Input::Const(v)) => match check_constant(spec, v) {
+                Some(Input::Const(v)) => match check_constant_for(spec, v, classes[i].validates_input(&spec.name)) {
                     Ok(c) => coerced.push((spec.name.clone(), c)),
                     Err(e) => own[i].push(e),
                 },
@@ -479,6 +479,12 @@ fn input_config(spec: &InputSpec) -> Json {
 
 /// Coerces a constant by the input's declared kind and checks range and membership.
 pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord> {
+    check_constant_for(spec, v, false)
+}
+
+/// `check_constant`, or only the type coercion when the node's own validation checks the
+/// input (`NodeClass::validates_input`), as ComfyUI does.
+pub fn check_constant_for(spec: &InputSpec, v: &Value, custom: bool) -> Result<Value, ErrorRecord> {
     let coerced = match &spec.kind {
         InputKind::Int { .. } => coerce::to_int(v).map_err(|e| (e, "INT")),
         InputKind::Float { .. } => coerce::to_float(v).map_err(|e| (e, "FLOAT")),
@@ -493,6 +499,9 @@ pub fn check_constant(spec: &InputSpec, v: &Value) -> Result<Value, ErrorRecord>
             .extra("received_value", v.to_json())
             .extra("exception_message", json!(e))
     })?;
+    if custom {
+        return Ok(coerced);
+    }
     let range_err = |kind: &str, msg: String| {
         ErrorRecord::new(kind, msg, spec.name.clone())
             .extra("input_name", json!(spec.name))
