@@ -7,7 +7,7 @@ CARGO ?= cargo
 MODELS ?= $(or $(COMFYRS_CACHE),$(HOME)/.cache/comfyrs)/models
 RUN_WORKFLOWS ?= workflows/widen_sdxl_merge.json
 
-.PHONY: setup build run test msrv miri bench clean-cache
+.PHONY: setup build run test test-comfyui msrv miri bench clean-cache
 
 setup:
 	@bash scripts/setup.sh
@@ -25,6 +25,13 @@ test: setup
 	$(CARGO) test --workspace --no-fail-fast
 	@bash scripts/msrv.sh
 	@bash scripts/miri.sh
+
+# The crates that run ComfyUI's Python nodes (the bridge, the CLI and server end to end) again,
+# against the ComfyUI checkout in COMFYUI_PATH; setup installs its requirements into the venv.
+test-comfyui:
+	@test -n "$$COMFYUI_PATH" || { echo "make test-comfyui: set COMFYUI_PATH to a ComfyUI checkout" >&2; exit 2; }
+	@bash scripts/setup.sh
+	$(CARGO) test -p comfyrs-bridge -p comfyrs --no-fail-fast
 
 # The workspace builds with the Rust version Cargo.toml declares (rust-version).
 msrv:

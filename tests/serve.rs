@@ -186,3 +186,35 @@ fn sigterm_stops_cleanly_and_the_queue_comes_back_paused_or_not() {
     let logs = logs.as_str().unwrap_or_default().to_string();
     assert!(logs.contains("listening on") && logs.contains(&format!("prompt {id} completed")), "{logs}");
 }
+
+/// `comfyrs bench server` measures the server end to end (its wiring, not its timings). With
+/// COMFYUI_PATH set (the CI's run against current ComfyUI), that ComfyUI's own server is
+/// measured in the same run and each row gets its ratio.
+#[test]
+fn bench_server_measures_the_server_and_comfyui_side_by_side() {
+    let against = std::env::var_os("COMFYUI_PATH").filter(|p| !p.is_empty());
+    let mut cmd = common::bin();
+    cmd.args(["bench", "server", "--repeat", "1", "--against-repeat", "1", "--prompts", "40", "--clients", "2"]);
+    if let Some(dir) = &against {
+        cmd.arg("--against").arg(dir);
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    // The row whose first column is `name`.
+    let row = |name: &str| {
+        let found = stdout.lines().find(|l| l.trim_start().strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '(']) || rest.is_empty()));
+        found.unwrap_or_else(|| panic!("no row {name} in:\n{stdout}")).to_string()
+    };
+    for name in ["1 node", "chain_1000", "wide_1000", "comfyrs", "trivial prompts"] {
+        row(name);
+    }
+    // progress_state stays linear: about half a KB per node, not the quadratic hundreds of MB.
+    let wide = row("wide_1000");
+    let kb: Vec<u64> = wide.split(" KB").filter_map(|s| s.rsplit(' ').next()?.parse().ok()).collect();
+    assert!(kb.first().is_some_and(|&k| (200..2000).contains(&k)), "{wide}");
+    if against.is_some() {
+        assert!(row("ComfyUI").contains("/s") && row("ratio").contains('×'), "{stdout}");
+        assert!(wide.contains('×'), "ComfyUI ran wide_1000 too: {wide}");
+    }
+}

@@ -283,7 +283,14 @@ pub fn run(b: &ServerBench, config: &Config) -> Result<()> {
 
     let kb = |bytes: usize| format!("{} KB", bytes / 1024);
     let rate = |r: f64| format!("{r:.0}/s");
-    let ratio = |ours: f64, theirs: f64| format!("{:.0}×", theirs / ours);
+    let ratio = |ours: f64, theirs: f64| {
+        let r = theirs / ours;
+        if r >= 10.0 {
+            format!("{r:.0}×")
+        } else {
+            format!("{r:.1}×")
+        }
+    };
     let ours_latency: Vec<(f64, usize)> = ours.latency.into_iter().collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
     match &theirs {
         None => {
