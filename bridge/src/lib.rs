@@ -204,7 +204,16 @@ impl Bridge {
 
     /// Adds every Python class the registry does not have yet (register native nodes first:
     /// they win). Returns how many were added.
+    /// Registers every Python class not registered yet; classes whose schema failed and custom
+    /// node packs that failed to import are recorded too, so a prompt using them says why.
     pub fn register(&self, registry: &mut Registry) -> usize {
+        for e in &self.inner.report.schema_errors {
+            registry.mark_unavailable(&e.class, e.reason.to_string());
+        }
+        for f in self.inner.report.failures.iter().filter(|f| f.custom) {
+            let pack = std::path::Path::new(&f.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| f.path.clone());
+            registry.note_failed_pack(pack, f.error.lines().last().unwrap_or("").trim());
+        }
         self.inner.classes.iter().filter(|c| registry.register((*c).clone() as Arc<dyn NodeClass>)).count()
     }
 

@@ -73,6 +73,16 @@ fn boots_loads_nodes_and_reports_broken_packs() {
     assert_eq!(broken.len(), 1, "{:?}", e.bridge.import_failures());
     assert!(broken[0].path.contains("comfyrs_broken_pack"));
     assert!(broken[0].error.contains("broken on purpose"), "{}", broken[0].error);
+    // A prompt using a class nobody registered names the pack that failed; one using a class
+    // whose schema failed says why, instead of "not found".
+    let mut exec = new_exec();
+    let events = Collect::new();
+    let rej = run_prompt(&mut exec, json!({"1": {"class_type": "FromTheBrokenPack", "inputs": {}}}), &events).expect_err("rejected");
+    assert_eq!(rej.error.kind, "missing_node_type");
+    assert!(rej.error.message.contains("comfyrs_broken_pack") && rej.error.message.contains("broken on purpose"), "{}", rej.error.message);
+    let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestBadSchema", "inputs": {}}}), &events).expect_err("rejected");
+    assert_eq!(rej.error.kind, "missing_node_type");
+    assert!(rej.error.message.contains("could not be loaded") && rej.error.message.contains("schema fails on purpose"), "{}", rej.error.message);
     // Schemas: combos from disk, V1 display names, python_module.
     let s = e.registry.get("CheckpointLoaderSimple").unwrap().schema();
     let ckpt = s.find_input("ckpt_name").unwrap();

@@ -9,6 +9,12 @@ use crate::node::NodeClass;
 #[derive(Clone, Default)]
 pub struct Registry {
     classes: IndexMap<String, Arc<dyn NodeClass>>,
+    /// Classes that exist but could not be loaded, with why: a prompt using one is told that,
+    /// not "not found".
+    unavailable: IndexMap<String, String>,
+    /// Node packs that failed to import (their classes are unknown), with why: named when a
+    /// prompt uses a class nobody registered.
+    failed_packs: Vec<(String, String)>,
 }
 
 impl Registry {
@@ -29,6 +35,26 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn NodeClass>> {
         self.classes.get(name)
+    }
+
+    /// Records a class that could not be loaded (its schema failed), with the reason.
+    pub fn mark_unavailable(&mut self, name: impl Into<String>, reason: impl Into<String>) {
+        self.unavailable.insert(name.into(), reason.into());
+    }
+
+    /// Why a class known by name could not be loaded.
+    pub fn unavailable(&self, name: &str) -> Option<&str> {
+        self.unavailable.get(name).map(String::as_str)
+    }
+
+    /// Records a node pack that failed to import, with the reason (its error's last line).
+    pub fn note_failed_pack(&mut self, pack: impl Into<String>, reason: impl Into<String>) {
+        self.failed_packs.push((pack.into(), reason.into()));
+    }
+
+    /// Node packs that failed to import: (pack, reason).
+    pub fn failed_packs(&self) -> &[(String, String)] {
+        &self.failed_packs
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

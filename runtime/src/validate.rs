@@ -144,11 +144,21 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         };
         let Some(class) = registry.get(ct) else {
             // ComfyUI's message and details (clients match on them), plus our suggestion.
-            let hint = registry.suggest(ct);
-            let mut message = format!("Node '{}' not found. The custom node may not be installed.", node.display_title());
-            if !hint.is_empty() {
-                message += &format!(" Did you mean {}?", hint.iter().map(|h| format!("'{h}'")).collect::<Vec<_>>().join(", "));
-            }
+            let message = match registry.unavailable(ct) {
+                Some(why) => format!("Node '{}' could not be loaded: {why}", node.display_title()),
+                None => {
+                    let hint = registry.suggest(ct);
+                    let mut message = format!("Node '{}' not found. The custom node may not be installed.", node.display_title());
+                    if !hint.is_empty() {
+                        message += &format!(" Did you mean {}?", hint.iter().map(|h| format!("'{h}'")).collect::<Vec<_>>().join(", "));
+                    }
+                    if !registry.failed_packs().is_empty() {
+                        let packs: Vec<String> = registry.failed_packs().iter().map(|(p, why)| format!("{p} ({why})")).collect();
+                        message += &format!(" These custom node packs failed to import: {}.", packs.join("; "));
+                    }
+                    message
+                }
+            };
             return Err(Rejection::new(
                 ErrorRecord::new("missing_node_type", message, format!("Node ID '#{id}'"))
                     .extra("node_id", json!(id))
