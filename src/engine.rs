@@ -179,6 +179,18 @@ pub fn python_versions() -> Option<PythonVersions> {
     None
 }
 
+/// The node replacements ComfyUI's nodes registered, when the embedded ComfyUI runs.
+#[cfg(feature = "python")]
+pub fn python_node_replacements() -> Option<serde_json::Value> {
+    let bridge = comfyrs_bridge::Bridge::running()?;
+    bridge.node_replacements().map_err(|e| tracing::warn!("cannot read the node replacements: {e}")).ok()
+}
+
+#[cfg(not(feature = "python"))]
+pub fn python_node_replacements() -> Option<serde_json::Value> {
+    None
+}
+
 /// ComfyUI's own model unloading (`POST /free`), when the embedded ComfyUI runs.
 #[cfg(feature = "python")]
 pub fn unload_python_models() {

@@ -79,4 +79,8 @@ impl Host for EngineHost {
         self.engine().merge.clear();
         crate::engine::unload_python_models();
     }
+
+    fn node_replacements(&self) -> serde_json::Value {
+        crate::engine::python_node_replacements().unwrap_or_else(|| json!({}))
+    }
 }

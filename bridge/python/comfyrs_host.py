@@ -67,6 +67,33 @@ class _NullRoutes:
         return iter(())
 
 
+class _NodeReplacements:
+    """What `api.node_replacement.register` records (ComfyUI keeps it on the server object):
+    old class name -> the replacements offered for it, first registered first. comfyrs serves
+    them at /node_replacements and applies the first to submitted prompts."""
+
+    def __init__(self):
+        self.by_old = {}
+
+    def register(self, node_replace):
+        offered = self.by_old.setdefault(node_replace.old_node_id, [])
+        # Registering the same (old, new) pair again changes nothing (packs reloaded).
+        if all(r.new_node_id != node_replace.new_node_id for r in offered):
+            offered.append(node_replace)
+
+    def get_replacement(self, old_node_id):
+        return self.by_old.get(old_node_id)
+
+    def has_replacement(self, old_node_id):
+        return old_node_id in self.by_old
+
+    def as_dict(self):
+        return {old: [r.as_dict() for r in offered] for old, offered in self.by_old.items()}
+
+    def add_routes(self, routes):
+        pass
+
+
 class PromptServerStandIn:
     def __init__(self):
         try:
@@ -87,7 +114,7 @@ class PromptServerStandIn:
         self.loop = None
         self.messages = None
         self.prompt_queue = None
-        self.node_replace_manager = None
+        self.node_replace_manager = _NodeReplacements()
         self.on_prompt_handlers = []
 
     def send_sync(self, event, data, sid=None):
@@ -464,6 +491,11 @@ def _json_default(o):
 def node_record(name):
     """node_info(name) as JSON text."""
     return _dumps(node_info(name))
+
+
+def node_replacements():
+    """The registered node replacements as JSON text (/node_replacements)."""
+    return json.dumps(STATE["server"].node_replace_manager.as_dict(), default=repr)
 
 
 def node_records(names=None):

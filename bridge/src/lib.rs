@@ -259,6 +259,17 @@ impl Bridge {
         &self.inner.report
     }
 
+    /// The node replacements ComfyUI's nodes registered (`api.node_replacement.register`), as
+    /// ComfyUI's `/node_replacements` answers: old class -> the replacements offered for it.
+    pub fn node_replacements(&self) -> Result<serde_json::Value, BridgeError> {
+        let shared = self.inner.shared.clone();
+        let text = self.with_python(move |py| -> Result<String, String> {
+            shared.host(py).call_method0("node_replacements").and_then(|r| r.extract::<String>()).map_err(|e| e.to_string())
+        })?;
+        let text = text.map_err(BridgeError::Python)?;
+        serde_json::from_str(&text).map_err(|e| BridgeError::Python(format!("node replacements are not JSON: {e}")))
+    }
+
     /// Modules that failed to import (reported and skipped, as ComfyUI does).
     pub fn import_failures(&self) -> &[ImportFailure] {
         &self.inner.report.failures

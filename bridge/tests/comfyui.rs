@@ -83,6 +83,15 @@ fn boots_loads_nodes_and_reports_broken_packs() {
     let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestBadSchema", "inputs": {}}}), &events).expect_err("rejected");
     assert_eq!(rej.error.kind, "missing_node_type");
     assert!(rej.error.message.contains("could not be loaded") && rej.error.message.contains("schema fails on purpose"), "{}", rej.error.message);
+    // ComfyUI's own node replacements register with the server stand-in (current ComfyUI has
+    // them; the March 2024 copy has none).
+    let replacements = e.bridge.node_replacements().unwrap();
+    if r.comfyui_path.join("comfy_extras/nodes_replacements.py").is_file() {
+        assert!(!e.bridge.import_failures().iter().any(|f| f.path.contains("nodes_replacements")), "{:?}", e.bridge.import_failures());
+        assert_eq!(replacements["ImageBatch"][0]["new_node_id"], "BatchImagesNode", "{replacements}");
+    } else {
+        assert_eq!(replacements, json!({}));
+    }
     // Schemas: combos from disk, V1 display names, python_module.
     let s = e.registry.get("CheckpointLoaderSimple").unwrap().schema();
     let ckpt = s.find_input("ckpt_name").unwrap();

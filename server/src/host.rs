@@ -41,4 +41,9 @@ pub trait Host: Send + Sync + 'static {
     }
     /// `POST /free` with `unload_models`: drop loaded models and merge caches.
     fn unload_models(&self) {}
+    /// The node replacements the node packs registered, as `/node_replacements` lists them
+    /// (old class -> replacement records); read once when the server starts.
+    fn node_replacements(&self) -> Json {
+        Json::Object(Default::default())
+    }
 }

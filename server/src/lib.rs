@@ -18,6 +18,7 @@ mod logs;
 mod messages;
 mod options;
 mod paths;
+mod replace;
 mod routes;
 mod server;
 mod store;

@@ -24,6 +24,8 @@ pub struct Shared {
     pub control: Arc<Control>,
     pub host: Arc<dyn Host>,
     pub registry: Arc<Registry>,
+    /// Old node classes and what replaces them (`/node_replacements`, applied to prompts).
+    pub replacements: crate::replace::Replacements,
     /// Flips to true when the server stops: open sockets close so the listener can finish.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub webhooks: Webhooks,
@@ -137,6 +139,7 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     let paused = store.flag("paused")?;
     let control = Arc::new(Control::new(executor.interrupt.clone(), paused));
     let registry = host.registry();
+    let replacements = crate::replace::Replacements::from_json(host.node_replacements());
     let addr = SocketAddr::new(options.listen, options.port);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: addr.to_string(), source })?;
@@ -145,7 +148,7 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     let hub = Arc::new(Hub::default());
     let log_subscribers = Arc::new(Subscribers::default());
     tokio::spawn(crate::logs::forward(options.logs.clone(), hub.clone(), log_subscribers.clone(), closing.subscribe()));
-    let shared = Arc::new(Shared { options, store, hub, control, host, registry, closing, webhooks, log_subscribers });
+    let shared = Arc::new(Shared { options, store, hub, control, host, registry, replacements, closing, webhooks, log_subscribers });
     tracing::info!("comfyrs serve listening on http://{addr}");
     let worker = crate::worker::spawn(shared.clone(), executor).map_err(ServeError::Thread)?;
     let app = crate::routes::app(shared.clone());

@@ -61,7 +61,7 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, raw: Bytes) -> Ap
         }
     };
     let number = number_json.as_f64().unwrap_or(0.0);
-    let Some(prompt_json) = req.remove("prompt") else {
+    let Some(mut prompt_json) = req.remove("prompt") else {
         return Ok(reject("no_prompt", "No prompt provided", "No prompt provided"));
     };
     let prompt_id = match req.get("prompt_id") {
@@ -101,6 +101,7 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, raw: Bytes) -> Ap
     crate::webhook::check(extra.get("webhook")).map_err(ApiError::bad_request)?;
     extra.insert("create_time".into(), json!(now_ms()));
 
+    s.replacements.apply(&mut prompt_json, &s.registry);
     let prompt = match Prompt::from_json(&prompt_json) {
         Ok(p) => p,
         Err(e) => return Ok(reject("invalid_prompt", "Invalid prompt", e.to_string())),

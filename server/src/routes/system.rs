@@ -18,7 +18,7 @@ pub fn routes() -> Router<AppState> {
         .route("/workflow_templates", get(|| async { JsonBody(json!({})) }))
         .route("/global_subgraphs", get(|| async { JsonBody(json!({})) }))
         .route("/global_subgraphs/{id}", get(global_subgraph))
-        .route("/node_replacements", get(|| async { JsonBody(json!({})) }))
+        .route("/node_replacements", get(|State(s): State<AppState>| async move { JsonBody(s.replacements.listed().clone()) }))
 }
 
 async fn global_subgraph(Path(id): Path<String>) -> Response {

@@ -93,6 +93,18 @@ impl Host for TestHost {
     fn model_folders(&self) -> Vec<ModelFolder> {
         self.models.clone()
     }
+    /// `OldConcat` (inputs `first`, `second`; the result on output 1) was replaced by
+    /// StringConcatenate; `Gone` by a class this server does not have.
+    fn node_replacements(&self) -> serde_json::Value {
+        serde_json::json!({
+            "OldConcat": [{
+                "new_node_id": "StringConcatenate", "old_node_id": "OldConcat", "old_widget_ids": ["first", "second"],
+                "input_mapping": [{"new_id": "string_a", "old_id": "first"}, {"new_id": "string_b", "old_id": "second"}, {"new_id": "delimiter", "set_value": "+"}],
+                "output_mapping": [{"new_idx": 0, "old_idx": 1}],
+            }],
+            "Gone": [{"new_node_id": "NotHere", "old_node_id": "Gone", "old_widget_ids": null, "input_mapping": null, "output_mapping": null}],
+        })
+    }
 }
 
 /// A server running on its own tokio runtime; stopped (cleanly) on drop.
