@@ -46,6 +46,9 @@ enum Command {
     Run(RunArgs),
     /// Check a workflow without running it; prints ComfyUI's error JSON.
     Validate(ValidateArgs),
+    /// Print the API prompt a workflow file runs as (a UI workflow converted: reroutes
+    /// followed, bypassed and muted nodes resolved, widget values named, subgraphs flattened).
+    Convert(ValidateArgs),
     /// Serve ComfyUI's HTTP/WebSocket API and web frontend, on a queue that survives restarts.
     Serve(commands::serve::ServeArgs),
     /// Print the /object_info record of every registered node, or of one class.
@@ -109,7 +112,7 @@ pub struct ValidateArgs {
     /// Workflow file (API format or UI format).
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Override constants as in `run`, before validating.
+    /// Override constants as in `run` (applied to the converted prompt).
     #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
     sets: Vec<String>,
     #[command(flatten)]
@@ -135,7 +138,7 @@ impl Command {
         match self {
             Command::Run(a) => Some(&a.config),
             Command::Serve(a) => Some(&a.config),
-            Command::Validate(a) => Some(&a.config),
+            Command::Validate(a) | Command::Convert(a) => Some(&a.config),
             Command::Nodes(a) => Some(&a.config),
             Command::Config(a) => Some(&a.config),
             Command::Fixtures(a) => Some(&a.config),
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
         Command::Serve(args) => commands::serve::main(args, &config, logs),
         Command::Validate(args) => commands::validate::main(args, &config),
+        Command::Convert(args) => commands::validate::convert(args, &config),
         Command::Nodes(args) => commands::nodes::main(args, &config),
         Command::Config(args) => commands::config::main(args, &config),
         Command::Fixtures(args) => commands::fixtures::main(args, &config),

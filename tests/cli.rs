@@ -220,6 +220,37 @@ fn ui_workflow_converts_and_runs() {
     assert!(!ids.contains(&"5") && !ids.contains(&"2") && !ids.contains(&"4"), "virtual/bypassed nodes are not run: {ids:?}");
 }
 
+/// `comfyrs convert` prints the API prompt a UI workflow runs as; that prompt runs as the
+/// workflow does. A workflow that cannot be converted gets ComfyUI's error JSON and exit 1.
+#[test]
+fn convert_prints_the_api_prompt_a_ui_workflow_runs_as() {
+    let f = repo().join("workflows/strings_ui.json");
+    let out = bin().args(["convert", "--python", "never"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prompt: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The reroute (5), the PrimitiveNode (2) and the bypassed node (4) are gone, the muted
+    // output (7) too; the concatenation reads the greeting through the reroute.
+    let mut ids: Vec<&String> = prompt.as_object().unwrap().keys().collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "3", "6"], "{prompt}");
+    assert_eq!(prompt["3"]["class_type"], "StringConcatenate");
+    assert_eq!(prompt["3"]["inputs"]["string_a"], json!(["1", 0]));
+    assert_eq!(prompt["6"]["inputs"]["source"], json!(["3", 0]));
+    let dir = tempfile::tempdir().unwrap();
+    let api = dir.path().join("api.json");
+    std::fs::write(&api, &out.stdout).unwrap();
+    let (run, doc) = run_json(&["run", api.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(doc["files"][0]["outputs"]["6"]["text"], json!(["Hello world"]));
+
+    let unknown = dir.path().join("unknown.json");
+    std::fs::write(&unknown, r#"{"1": {"class_type": "NoSuchNode", "inputs": {}}}"#).unwrap();
+    let out = bin().args(["convert", "--python", "never"]).arg(&unknown).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| json!(String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(out.status.code(), Some(0), "an API prompt is printed as it is, known classes or not: {doc}");
+    assert_eq!(doc["1"]["class_type"], "NoSuchNode");
+}
+
 /// `comfyrs bench merge` on the tiny layouts: every workload runs end to end, and the slider
 /// rows reuse what they should (this checks the benchmark's wiring, not its timings).
 #[test]

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::load::prepare;
+use crate::load::{load, prepare, LoadError};
 use crate::ValidateArgs;
 
 /// Prints ComfyUI's validation JSON; exit 0 when at least one output can run.
@@ -28,6 +28,33 @@ pub fn main(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
         Err(r) => {
             writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?;
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Prints the API prompt the file runs as; exit 1 when it cannot be converted (ComfyUI's error
+/// JSON on stdout, as `validate`). Node types that are not native start the embedded ComfyUI
+/// for their schemas.
+pub fn convert(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
+    let mut engine = Engine::new(config)?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        match load(&args.file, &engine.registry, &args.sets) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    eprintln!("warning: {w}");
+                }
+                writeln!(out, "{}", serde_json::to_string_pretty(&loaded.prompt.to_json())?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(LoadError::Io(e)) => return Err(e),
+            Err(LoadError::Rejected(r)) if r.error.kind == "missing_node_type" && engine.can_start_python() => {
+                engine.start_python(None)?;
+            }
+            Err(LoadError::Rejected(r)) => {
+                writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?;
+                return Ok(ExitCode::from(1));
+            }
         }
     }
 }
