@@ -167,7 +167,8 @@ fn put_str(h: &mut blake3::Hasher, s: &str) {
     h.update(s.as_bytes());
 }
 
-/// Canonical, type-tagged encoding: `1` and `1.0` differ, object key order does not matter.
+/// Canonical, type-tagged encoding: `1` and `1.0` differ, object key order does not matter,
+/// `-0.0` is `0.0` (equal floats, as ComfyUI's cache keys compare them) and every NaN is one.
 pub fn put_value(h: &mut blake3::Hasher, v: &Value) {
     match v {
         Value::Int(i) => {
@@ -176,7 +177,13 @@ pub fn put_value(h: &mut blake3::Hasher, v: &Value) {
         }
         Value::Float(f) => {
             h.update(b"f");
-            let bits = if f.is_nan() { f64::NAN.to_bits() } else { f.to_bits() };
+            let bits = if f.is_nan() {
+                f64::NAN.to_bits()
+            } else if *f == 0.0 {
+                0.0f64.to_bits()
+            } else {
+                f.to_bits()
+            };
             h.update(&bits.to_le_bytes());
         }
         Value::Bool(b) => {

@@ -55,6 +55,16 @@ fn signatures_are_equal_under_renumbered_ids_and_order() {
 }
 
 #[test]
+fn negative_zero_signs_as_zero() {
+    // ComfyUI's cache keys compare constants as Python values, where -0.0 == 0.0: a prompt
+    // that differs only there is served from the cache.
+    let h = Harness::new();
+    let zero = |v: f64| json!({"1": {"class_type": "Float", "inputs": {"value": v}}, "2": {"class_type": "Preview", "inputs": {"value": ["1", 0]}}});
+    assert_eq!(sigs(&h, &zero(0.0)), sigs(&h, &zero(-0.0)));
+    assert_ne!(sigs(&h, &zero(0.0))["1"], sigs(&h, &zero(1e-300))["1"]);
+}
+
+#[test]
 fn a_renumbered_prompt_hits_the_cache() {
     let mut h = Harness::new();
     let first = h.run(&diamond());
