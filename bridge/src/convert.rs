@@ -232,8 +232,16 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>, type_name: &str, sizer: &Bound<'_, Py
     } else if obj.is_exact_instance_of::<PyString>() {
         return Ok(Value::String(obj.extract::<String>()?));
     }
-    let bytes: usize = sizer.call1((obj,))?.extract()?;
     let py_type = obj.get_type().name()?.to_string();
+    // ComfyUI's ExecutionBlocker becomes the runtime's, which stops every node that uses it
+    // (Python or native) before it is called.
+    if py_type == "ExecutionBlocker" {
+        if let Ok(message) = obj.getattr(pyo3::intern!(obj.py(), "message")) {
+            let message = if message.is_none() { None } else { Some(message.str()?.to_string()) };
+            return Ok(comfyrs_runtime::blocker::ExecutionBlocker::value(message));
+        }
+    }
+    let bytes: usize = sizer.call1((obj,))?.extract()?;
     let ty = if type_name.is_empty() || type_name == "*" { py_type.clone() } else { type_name.to_string() };
     Ok(Value::Handle(Arc::new(PyHandle::new(obj.clone().unbind(), ty, bytes, py_type))))
 }

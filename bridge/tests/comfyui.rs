@@ -259,6 +259,18 @@ fn errors_name_the_node_and_the_next_prompt_runs() {
     assert_eq!(e.kind, "custom_validation_failed", "{}", rej.render());
     assert!(e.details.contains("Invalid image file") && e.details.contains("no-such-image.png"), "{}", rej.render());
 
+    // A Python node returning an ExecutionBlocker: the output node using it does not run and
+    // shows nothing; the prompt still succeeds.
+    let blocked = json!({
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "TestBlocker", "inputs": {"samples": ["1", 0], "block": true, "message": ""}},
+        "3": {"class_type": "TestLatentDigest", "inputs": {"samples": ["2", 0]}},
+        "4": {"class_type": "TestLatentDigest", "inputs": {"samples": ["1", 0]}}
+    });
+    let r = run_prompt(&mut exec, blocked, &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+    assert!(!r.outputs.contains_key("3") && r.outputs.contains_key("4"), "{:?}", r.outputs);
+
     // And the process is fine: a good prompt runs.
     let good = json!({
         "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},

@@ -12,6 +12,7 @@ use std::time::Instant;
 use indexmap::IndexMap;
 use serde_json::{json, Map, Value as Json};
 
+use crate::blocker::ExecutionBlocker;
 use crate::cache::{CacheMode, CacheStats, NodeResult, OutputCache};
 use crate::events::{Event, EventSink};
 use crate::interrupt::Interrupt;
@@ -280,9 +281,16 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
     let class = &v.classes[i];
     let ctx = parts.ctx(v.id(i));
     let n_out = schema.outputs.len();
+    // A call whose inputs hold an execution blocker is not made: each output gets a blocker.
+    let call = |args: &Args| -> Result<CallOutput, NodeError> {
+        match blocker_in(args) {
+            Some(b) => Ok(blocked(&ctx, &schema.name, b, n_out)),
+            None => guarded(&schema.name, || class.execute(&ctx, args)),
+        }
+    };
     let calls: Vec<Result<CallOutput, NodeError>> = if schema.input_is_list {
         ctx.check_interrupt()?;
-        vec![guarded(&schema.name, || class.execute(&ctx, args))]
+        vec![call(args)]
     } else {
         let lens: Vec<usize> = args.values.values().map(Vec::len).collect();
         if lens.contains(&0) {
@@ -291,7 +299,7 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
             let n = lens.iter().copied().max().unwrap_or(1);
             if n == 1 {
                 ctx.check_interrupt()?;
-                vec![guarded(&schema.name, || class.execute(&ctx, args))]
+                vec![call(args)]
             } else {
                 let mut out = Vec::with_capacity(n);
                 for k in 0..n {
@@ -300,7 +308,7 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
                     for (name, list) in &args.values {
                         sliced.values.insert(name.clone(), vec![list[k.min(list.len() - 1)].clone()]);
                     }
-                    out.push(guarded(&schema.name, || class.execute(&ctx, &sliced)));
+                    out.push(call(&sliced));
                 }
                 out
             }
@@ -334,6 +342,27 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
         }
     }
     Ok(merged)
+}
+
+/// The first execution blocker among a call's inputs (list items included).
+fn blocker_in(args: &Args) -> Option<&ExecutionBlocker> {
+    args.values.values().flatten().find_map(|v| v.as_handle::<ExecutionBlocker>())
+}
+
+/// What a blocked call outputs: a blocker in every slot. A blocker with a message is reported
+/// here, once (a non-fatal `execution_error` to the client, as ComfyUI sends it), and travels on
+/// silently.
+fn blocked(ctx: &ExecContext, class: &str, b: &ExecutionBlocker, n_out: usize) -> CallOutput {
+    if let Some(message) = &b.message {
+        tracing::warn!("node {} ({class}) was blocked: {message}", ctx.node_id);
+        let data = json!({
+            "prompt_id": ctx.prompt_id, "node_id": ctx.node_id, "node_type": class, "executed": [],
+            "exception_message": format!("Execution Blocked: {message}"), "exception_type": "ExecutionBlocked",
+            "traceback": [], "current_inputs": [], "current_outputs": [],
+        });
+        ctx.custom_message("execution_error".into(), data);
+    }
+    CallOutput { outputs: vec![vec![ExecutionBlocker::value(None)]; n_out], ui: None }
 }
 
 /// Runs node code, turning a panic into a node error: a buggy node fails its own branch

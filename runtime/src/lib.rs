@@ -7,6 +7,7 @@
 // node errors) and travel once per rejected prompt: boxing them would only add allocations.
 #![allow(clippy::result_large_err)]
 
+pub mod blocker;
 pub mod cache;
 pub mod coerce;
 pub mod events;

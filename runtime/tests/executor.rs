@@ -835,3 +835,79 @@ fn events_match_the_report() {
     assert_eq!(executing, &executed_ev | &errors);
     assert!(cached_ev.is_disjoint(&executing));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Execution blockers
+
+/// Keeps the custom messages a run sends.
+#[derive(Default)]
+struct Messages(std::sync::Mutex<Vec<(String, String, Json)>>);
+
+impl comfyrs_runtime::events::EventSink for Messages {
+    fn emit(&self, event: &comfyrs_runtime::events::Event) {
+        if let comfyrs_runtime::events::Event::Custom { node, name, data, .. } = event {
+            self.0.lock().unwrap().push((node.clone(), name.clone(), data.clone()));
+        }
+    }
+}
+
+fn blocked_branch(message: &str) -> Json {
+    json!({
+        "1": {"class_type": "Int", "inputs": {"value": 3}},
+        "2": {"class_type": "Block", "inputs": {"value": ["1", 0], "block": true, "message": message}},
+        "3": {"class_type": "Add", "inputs": {"a": ["2", 0], "b": 1}},
+        "4": {"class_type": "Preview", "inputs": {"value": ["3", 0]}},
+        "5": {"class_type": "Preview", "inputs": {"value": ["1", 0]}},
+    })
+}
+
+#[test]
+fn a_blocker_stops_every_node_that_uses_it_and_nothing_else() {
+    let mut h = Harness::new();
+    let messages = Messages::default();
+    let v = h.validate(&blocked_branch(""));
+    h.probe.reset();
+    let r = h.executor.run(&v, &comfyrs_runtime::executor::RunOptions { events: &messages, ..options() });
+    // Not an error: the prompt succeeds, the other branch shows its output, the blocked one
+    // shows nothing, and neither the Add nor its Preview ran.
+    assert!(r.success(), "{:?}", r.errors);
+    assert_eq!(texts(&r, "5"), ["3"]);
+    assert!(!r.outputs.contains_key("4"), "{:?}", r.outputs);
+    assert_eq!((h.probe.calls("3"), h.probe.calls("4")), (0, 0));
+    assert_eq!(h.probe.calls("2"), 1);
+    assert!(messages.0.lock().unwrap().is_empty(), "a blocker without a message is silent");
+
+    // With a message, the first node it stops reports it once (ComfyUI's non-fatal
+    // execution_error); the nodes after that are blocked silently.
+    let v = h.validate(&blocked_branch("no image today"));
+    let r = h.executor.run(&v, &comfyrs_runtime::executor::RunOptions { events: &messages, ..options() });
+    assert!(r.success(), "{:?}", r.errors);
+    let sent = messages.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let (node, name, data) = &sent[0];
+    assert_eq!((node.as_str(), name.as_str()), ("3", "execution_error"));
+    assert_eq!(data["exception_type"], "ExecutionBlocked");
+    assert_eq!(data["exception_message"], "Execution Blocked: no image today");
+    assert_eq!((data["node_id"].as_str(), data["node_type"].as_str()), (Some("3"), Some("Add")));
+}
+
+#[test]
+fn a_list_holding_a_blocker_blocks_the_node_that_takes_the_whole_list() {
+    let mut h = Harness::new();
+    let r = h.run(&json!({
+        "1": {"class_type": "Range", "inputs": {"start": 0, "count": 3}},
+        "2": {"class_type": "Block", "inputs": {"value": ["1", 0], "block": true}},
+        "3": {"class_type": "Join", "inputs": {"values": ["2", 0]}},
+        "4": {"class_type": "Preview", "inputs": {"value": ["3", 0]}},
+        "5": {"class_type": "Join", "inputs": {"values": ["1", 0]}},
+        "6": {"class_type": "Preview", "inputs": {"value": ["5", 0]}},
+    }));
+    assert!(r.success(), "{:?}", r.errors);
+    // One blocker per item (the Block node ran once per item), so the INPUT_IS_LIST Join is not
+    // called; the unblocked Join is.
+    assert_eq!(h.probe.calls("2"), 3);
+    assert_eq!((h.probe.calls("3"), h.probe.calls("4")), (0, 0));
+    assert!(!r.outputs.contains_key("4"));
+    assert_eq!(h.probe.calls("5"), 1);
+    assert!(r.outputs.contains_key("6"));
+}

@@ -142,6 +142,9 @@ pub enum Kind {
     Sink,
     /// Output node that returns its input as a value too: `value: *` → `*`, UI text.
     Echo,
+    /// `value: *`, `block: BOOLEAN`, optional `message: STRING` → an execution blocker (with
+    /// the message when it is not empty) when `block`, else `value`.
+    Block,
 }
 
 pub const ALL_KINDS: &[Kind] = &[
@@ -173,11 +176,13 @@ pub const ALL_KINDS: &[Kind] = &[
     Kind::Multi,
     Kind::Sink,
     Kind::Echo,
+    Kind::Block,
 ];
 
 /// The classes that never panic nor wait for an interrupt (for fuzzing the executor).
 pub fn safe_kinds() -> Vec<Kind> {
-    ALL_KINDS.iter().copied().filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker | Kind::AwaitInterrupt)).collect()
+    // Blockers stop whole branches without an error: the fuzzer's oracle does not model them.
+    ALL_KINDS.iter().copied().filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker | Kind::AwaitInterrupt | Kind::Block)).collect()
 }
 
 pub struct TestNode {
@@ -262,6 +267,11 @@ impl TestNode {
                 .input(any("any").optional())
                 .output_node(),
             Kind::Echo => s.input(any("value")).output(OutputSpec::new("*")).output_node(),
+            Kind::Block => s
+                .input(any("value"))
+                .input(InputSpec::boolean("block", false))
+                .input(InputSpec::string("message", "").optional())
+                .output(OutputSpec::new("*")),
         };
         TestNode { kind, probe, schema: Arc::new(schema) }
     }
@@ -359,6 +369,13 @@ impl TestNode {
             }
             Kind::Preview => Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(vec![text_of(&passthrough())])) }),
             Kind::Echo => Ok(CallOutput::values([passthrough()]).with_ui(ui_text(vec![text_of(&passthrough())]))),
+            Kind::Block => {
+                if !args.boolean("block")? {
+                    return one(passthrough());
+                }
+                let message = if args.has("message") { args.string("message")?.to_string() } else { String::new() };
+                one(comfyrs_runtime::blocker::ExecutionBlocker::value(Some(message).filter(|m| !m.is_empty())))
+            }
             Kind::Switch => {
                 let want = if args.boolean("switch")? { "on_true" } else { "on_false" };
                 one(args.get(want).cloned().unwrap_or(Value::None))

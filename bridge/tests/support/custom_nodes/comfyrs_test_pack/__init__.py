@@ -233,8 +233,32 @@ class TestExit:
         raise SystemExit(3)
 
 
+try:
+    from comfy_execution.graph_utils import ExecutionBlocker
+except ImportError:  # ComfyUI before execution blockers: a class of the same name and shape
+    class ExecutionBlocker:
+        def __init__(self, message):
+            self.message = message
+
+
+class TestBlocker:
+    """Passes the latent on, or an ExecutionBlocker (with the message, when not empty)."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"samples": ("LATENT",), "block": ("BOOLEAN", {"default": True}),
+                             "message": ("STRING", {"default": ""})}}
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    def run(self, samples, block, message):
+        if block:
+            return (ExecutionBlocker(message or None),)
+        return (samples,)
+
+
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
     TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedRaises,
     TestBadSchema, TestValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
-    TestExit)}
+    TestExit, TestBlocker)}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
