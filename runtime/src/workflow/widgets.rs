@@ -48,6 +48,20 @@ pub(crate) struct Widget {
     pub role: Role,
     /// Part of the list only for the pre-1.16 forceInput layout.
     pub legacy_force_input: bool,
+    /// Whether the widget has a slot in `widgets_values`. The frontend skips widgets whose
+    /// `serialize` is false when it saves and restores positional values, yet still sends
+    /// their value in the prompt (its `options.serialize` is a separate switch).
+    pub persisted: bool,
+}
+
+/// Widget types the frontend sends in the prompt but never saves in `widgets_values`
+/// (their constructors set `widget.serialize = false`), with the value a freshly loaded
+/// node holds. ImageCompare's `compare_view` is the core case.
+fn unpersisted_value(ty: &str) -> Option<Json> {
+    match ty {
+        "IMAGECOMPARE" => Some(Json::Array(vec![Json::String(String::new()), Json::String(String::new())])),
+        _ => None,
+    }
 }
 
 /// The widget type the frontend would use for an input, if it gets a widget at all
@@ -112,12 +126,13 @@ pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool) -> Vec<Wi
         if forced && !with_force_input {
             continue;
         }
-        out.push(Widget { name: spec.name.clone(), role: Role::Value { input: i }, legacy_force_input: forced });
+        let persisted = unpersisted_value(&ty).is_none();
+        out.push(Widget { name: spec.name.clone(), role: Role::Value { input: i }, legacy_force_input: forced, persisted });
         if let Some(name) = control_widget(spec, &ty) {
-            out.push(Widget { name, role: Role::Control { target: spec.name.clone() }, legacy_force_input: forced });
+            out.push(Widget { name, role: Role::Control { target: spec.name.clone() }, legacy_force_input: forced, persisted: true });
         }
         if ty == "COMBO" && UPLOAD_OPTIONS.iter().any(|k| truthy(spec.extra.get(*k))) {
-            out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced });
+            out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced, persisted: true });
         }
     }
     out
@@ -131,7 +146,7 @@ pub(crate) fn default_value(spec: &InputSpec) -> Option<Json> {
         InputKind::String { default, .. } => Some(Json::String(default.clone().unwrap_or_default())),
         InputKind::Boolean { default } => Some(Json::Bool(default.unwrap_or(false))),
         InputKind::Combo { options, default, .. } => default.clone().or_else(|| options.first().cloned()),
-        InputKind::Socket(_) => spec.extra.get("default").cloned(),
+        InputKind::Socket(ty) => spec.extra.get("default").cloned().or_else(|| unpersisted_value(ty)),
         InputKind::Hidden(_) => None,
     }
 }
@@ -147,11 +162,12 @@ pub(crate) struct Assigned {
 /// Maps a node's `widgets_values` (list or object form) onto its class's widgets and applies
 /// the frontend's load-time fixups. `describe` names the node in warnings.
 pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describe: &dyn Fn() -> String, warnings: &mut Vec<String>) -> Assigned {
-    let normal = widget_list(schema, false);
+    // Only persisted widgets take a slot in the list form; the others keep their defaults.
+    let normal: Vec<Widget> = widget_list(schema, false).into_iter().filter(|w| w.persisted).collect();
     let mut values: IndexMap<String, Json> = IndexMap::new();
     let mut controls: IndexMap<String, String> = IndexMap::new();
     // Defaults first, so widgets without a stored value still reach the prompt.
-    for w in &normal {
+    for w in &widget_list(schema, false) {
         match &w.role {
             Role::Value { input } => {
                 if let Some(d) = default_value(&schema.inputs[*input]) {
@@ -193,7 +209,7 @@ pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describ
     match widgets_values {
         None => {}
         Some(Json::Array(list)) => {
-            let legacy = widget_list(schema, true);
+            let legacy: Vec<Widget> = widget_list(schema, true).into_iter().filter(|w| w.persisted).collect();
             let layout = if legacy.len() != normal.len() && list.len() == legacy.len() {
                 warnings.push(format!(
                     "{}: widgets_values has the pre-1.16 layout with placeholder values for forceInput inputs; they were dropped",
