@@ -109,3 +109,102 @@ fn unsaved_widget_does_not_shift_the_following_values() {
     assert_eq!(inputs(&c, "3"), &json!({ "compare_view": { "__value__": ["", ""] }, "width": 1024, "mode": "fill" }));
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+fn resize_node(id: i64, input_link: Json, extra_inputs: Json, widgets: Json) -> Json {
+    let mut ins = vec![
+        json!({ "localized_name": "input", "name": "input", "type": "IMAGE,MASK", "link": input_link }),
+        json!({ "localized_name": "resize_type", "name": "resize_type", "type": "COMFY_DYNAMICCOMBO_V3", "widget": { "name": "resize_type" }, "link": null }),
+    ];
+    ins.extend(extra_inputs.as_array().unwrap().iter().cloned());
+    ins.push(json!({ "localized_name": "scale_method", "name": "scale_method", "type": "COMBO", "widget": { "name": "scale_method" }, "link": null }));
+    node(id, "ResizeImageMaskNode", Json::Array(ins), json!([{ "localized_name": "resized", "name": "resized", "type": "IMAGE", "links": [] }]), widgets)
+}
+
+// A dynamic combo's chosen option splices its sub-widgets in right after the combo's widget
+// (frontend core/graph/widgets/dynamicWidgets.ts, updateWidgets), so they take the saved
+// values after the combo's own, and graphToPrompt sends them under `combo.key`. The widget
+// values below are those of ResizeImageMaskNode 674 in ComfyUI's blueprint
+// "Image to Pose Map (SDPose-OOD).json" (first node) and of hand-set options (the others).
+#[test]
+fn dynamic_combo_sub_widgets_take_the_values_after_the_combo() {
+    let widget = |name: &str, ty: &str| json!({ "localized_name": name, "name": name, "type": ty, "widget": { "name": name }, "link": null });
+    let wf = workflow(
+        vec![
+            load_image(1, json!([1, 2, 3, 4])),
+            resize_node(2, json!(1), json!([widget("resize_type.longer_size", "INT")]), json!(["scale longer dimension", 1024, "area"])),
+            resize_node(
+                3,
+                json!(2),
+                json!([widget("resize_type.width", "INT"), widget("resize_type.height", "INT"), widget("resize_type.crop", "COMBO")]),
+                json!(["scale dimensions", 768, 0, "disabled", "bicubic"]),
+            ),
+            // A socket sub-input (`match`) is linked; only `crop` has a widget.
+            resize_node(
+                4,
+                json!(3),
+                json!([
+                    { "localized_name": "resize_type.match", "name": "resize_type.match", "type": "IMAGE,MASK", "link": 4 },
+                    widget("resize_type.crop", "COMBO")
+                ]),
+                json!(["match size", "disabled", "lanczos"]),
+            ),
+        ],
+        json!([[1, 1, 0, 2, 0, "IMAGE"], [2, 1, 0, 3, 0, "IMAGE"], [3, 1, 0, 4, 0, "IMAGE"], [4, 1, 0, 4, 2, "IMAGE"]]),
+    );
+    let c = convert(&wf);
+    assert_eq!(
+        inputs(&c, "2"),
+        &json!({ "resize_type": "scale longer dimension", "resize_type.longer_size": 1024, "scale_method": "area", "input": ["1", 0] })
+    );
+    assert_eq!(
+        inputs(&c, "3"),
+        &json!({
+            "resize_type": "scale dimensions", "resize_type.width": 768, "resize_type.height": 0, "resize_type.crop": "disabled",
+            "scale_method": "bicubic", "input": ["1", 0]
+        })
+    );
+    assert_eq!(
+        inputs(&c, "4"),
+        &json!({ "resize_type": "match size", "resize_type.crop": "disabled", "scale_method": "lanczos", "input": ["1", 0], "resize_type.match": ["1", 0] })
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// An option without sub-inputs adds nothing; a missing sub-value takes the option's default;
+// the named form of widgets_values picks the option by the combo's name.
+#[test]
+fn dynamic_combo_defaults_and_named_values() {
+    let shader = "void main() {}";
+    let glsl = |id: i64, widgets: Json| {
+        node(
+            id,
+            "GLSLShader",
+            json!([
+                { "name": "images.image0", "type": "IMAGE", "link": null },
+                { "name": "fragment_shader", "type": "STRING", "widget": { "name": "fragment_shader" }, "link": null },
+                { "name": "size_mode", "type": "COMFY_DYNAMICCOMBO_V3", "widget": { "name": "size_mode" }, "link": null }
+            ]),
+            json!([{ "name": "IMAGE0", "type": "IMAGE", "links": [] }]),
+            widgets,
+        )
+    };
+    let wf = workflow(
+        vec![
+            glsl(1, json!([shader, "from_input"])),
+            glsl(2, json!([shader, "custom", 640])),
+            glsl(3, json!({ "fragment_shader": shader, "size_mode": "custom", "size_mode.height": 200, "size_mode.width": 300 })),
+            resize_node(4, json!(null), json!([]), json!([])),
+        ],
+        json!([]),
+    );
+    let c = convert(&wf);
+    assert_eq!(inputs(&c, "1"), &json!({ "fragment_shader": shader, "size_mode": "from_input" }));
+    assert_eq!(inputs(&c, "2"), &json!({ "fragment_shader": shader, "size_mode": "custom", "size_mode.width": 640, "size_mode.height": 512 }));
+    assert_eq!(inputs(&c, "3"), &json!({ "fragment_shader": shader, "size_mode": "custom", "size_mode.width": 300, "size_mode.height": 200 }));
+    // A node saved without values shows the first option with its defaults.
+    assert_eq!(
+        inputs(&c, "4"),
+        &json!({ "resize_type": "scale dimensions", "resize_type.width": 512, "resize_type.height": 512, "resize_type.crop": "center", "scale_method": "area" })
+    );
+    assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings); // node 2 and node 4 lack values
+}

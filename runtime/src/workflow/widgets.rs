@@ -34,10 +34,13 @@ const UPLOAD_OPTIONS: &[&str] = &["image_upload", "video_upload", "audio_upload"
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Role {
-    /// A widget of a declared input: its value goes into the prompt.
-    Value { input: usize },
-    /// The control_after_generate combo of the widget before it (not sent).
-    Control { target: String },
+    /// A widget of an input: its value goes into the prompt under the widget's name. The
+    /// spec is the declared input's, or a dynamic combo option's sub-input renamed
+    /// `combo.key`.
+    Value { spec: InputSpec },
+    /// The control_after_generate combo of the widget before it (not sent), with the mode a
+    /// fresh widget starts in.
+    Control { target: String, default_mode: String },
     /// An upload button (not sent).
     Upload,
 }
@@ -116,23 +119,87 @@ fn control_widget(spec: &InputSpec, ty: &str) -> Option<String> {
     }
 }
 
-/// The ordered widget list of a class. With `with_force_input`, forceInput inputs keep the
-/// position (and control widget) they had before frontend 1.16.
-pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool) -> Vec<Widget> {
+/// The value type of a dynamic combo (V3 `DynamicCombo`): a combo of option keys whose
+/// chosen option adds its own inputs.
+const DYNAMIC_COMBO: &str = "COMFY_DYNAMICCOMBO_V3";
+
+/// The sub-inputs the chosen option of a dynamic combo adds, named `combo.key` as the
+/// frontend names their widgets and sockets: required ones first, then optional ones, each
+/// in declaration order.
+fn dynamic_combo_inputs(spec: &InputSpec, chosen: &str) -> Vec<InputSpec> {
+    let option = spec
+        .extra
+        .get("options")
+        .and_then(Json::as_array)
+        .and_then(|opts| opts.iter().find(|o| o.get("key").and_then(Json::as_str) == Some(chosen)));
+    let Some(inputs) = option.and_then(|o| o.get("inputs")) else { return Vec::new() };
     let mut out = Vec::new();
-    for (i, spec) in schema.inputs.iter().enumerate() {
-        let Some(ty) = widget_type(spec) else { continue };
-        let forced = force_input(spec);
+    for section in [Section::Required, Section::Optional] {
+        let Some(entries) = inputs.get(section.key()).and_then(Json::as_object) else { continue };
+        for (key, sub) in entries {
+            if let Ok(s) = InputSpec::from_object_info(&format!("{}.{key}", spec.name), section, sub) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The option keys of a dynamic combo; the first is what a new node shows.
+fn dynamic_combo_keys(spec: &InputSpec) -> Vec<&str> {
+    spec.extra
+        .get("options")
+        .and_then(Json::as_array)
+        .map(|opts| opts.iter().filter_map(|o| o.get("key").and_then(Json::as_str)).collect())
+        .unwrap_or_default()
+}
+
+/// The ordered widget list of a node. With `with_force_input`, forceInput inputs keep the
+/// position (and control widget) they had before frontend 1.16.
+///
+/// A dynamic combo's chosen option inserts its sub-widgets right after the combo's own
+/// widget (the frontend's dynamicWidgets splices them in when the combo's value is set, also
+/// while a saved node is restored, so they take the saved values that follow the combo's).
+/// `stored(slot, name)` gives the saved value of the widget with that `widgets_values`
+/// position and name, which decides the option.
+pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool, stored: &dyn Fn(usize, &str) -> Option<Json>) -> Vec<Widget> {
+    let mut out = Vec::new();
+    let mut slot = 0usize;
+    // Explicit stack: a dynamic combo's sub-inputs are handled next, before the inputs after it.
+    let mut pending: Vec<InputSpec> = schema.inputs.iter().rev().cloned().collect();
+    while let Some(spec) = pending.pop() {
+        let Some(ty) = widget_type(&spec) else { continue };
+        let forced = force_input(&spec);
         if forced && !with_force_input {
             continue;
         }
         let persisted = unpersisted_value(&ty).is_none();
-        out.push(Widget { name: spec.name.clone(), role: Role::Value { input: i }, legacy_force_input: forced, persisted });
-        if let Some(name) = control_widget(spec, &ty) {
-            out.push(Widget { name, role: Role::Control { target: spec.name.clone() }, legacy_force_input: forced, persisted: true });
+        let own_slot = slot;
+        slot += usize::from(persisted);
+        let name = spec.name.clone();
+        if let Some(control) = control_widget(&spec, &ty) {
+            let default_mode = match spec.extra.get("control_after_generate") {
+                Some(Json::String(s)) if !s.is_empty() => s.clone(),
+                _ if matches!(spec.kind, InputKind::Combo { .. }) => "fixed".to_string(),
+                _ => "randomize".to_string(),
+            };
+            out.push(Widget { name: name.clone(), role: Role::Value { spec: spec.clone() }, legacy_force_input: forced, persisted });
+            out.push(Widget { name: control, role: Role::Control { target: name.clone(), default_mode }, legacy_force_input: forced, persisted: true });
+            slot += 1;
+        } else {
+            out.push(Widget { name: name.clone(), role: Role::Value { spec: spec.clone() }, legacy_force_input: forced, persisted });
         }
         if ty == "COMBO" && UPLOAD_OPTIONS.iter().any(|k| truthy(spec.extra.get(*k))) {
             out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced, persisted: true });
+            slot += 1;
+        }
+        if ty == DYNAMIC_COMBO {
+            let keys = dynamic_combo_keys(&spec);
+            let chosen = match stored(own_slot, &name) {
+                Some(Json::String(s)) if keys.contains(&s.as_str()) => s,
+                _ => keys.first().map(|k| k.to_string()).unwrap_or_default(),
+            };
+            pending.extend(dynamic_combo_inputs(&spec, &chosen).into_iter().rev());
         }
     }
     out
@@ -146,6 +213,9 @@ pub(crate) fn default_value(spec: &InputSpec) -> Option<Json> {
         InputKind::String { default, .. } => Some(Json::String(default.clone().unwrap_or_default())),
         InputKind::Boolean { default } => Some(Json::Bool(default.unwrap_or(false))),
         InputKind::Combo { options, default, .. } => default.clone().or_else(|| options.first().cloned()),
+        InputKind::Socket(ty) if ty == DYNAMIC_COMBO => {
+            spec.extra.get("default").cloned().or_else(|| dynamic_combo_keys(spec).first().map(|k| Json::String(k.to_string())))
+        }
         InputKind::Socket(ty) => spec.extra.get("default").cloned().or_else(|| unpersisted_value(ty)),
         InputKind::Hidden(_) => None,
     }
@@ -162,29 +232,28 @@ pub(crate) struct Assigned {
 /// Maps a node's `widgets_values` (list or object form) onto its class's widgets and applies
 /// the frontend's load-time fixups. `describe` names the node in warnings.
 pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describe: &dyn Fn() -> String, warnings: &mut Vec<String>) -> Assigned {
+    let stored = |slot: usize, name: &str| -> Option<Json> {
+        match widgets_values {
+            Some(Json::Array(list)) => list.get(slot).cloned(),
+            Some(Json::Object(map)) => map.get(name).cloned(),
+            _ => None,
+        }
+    };
+    let all = widget_list(schema, false, &stored);
     // Only persisted widgets take a slot in the list form; the others keep their defaults.
-    let normal: Vec<Widget> = widget_list(schema, false).into_iter().filter(|w| w.persisted).collect();
+    let normal: Vec<Widget> = all.iter().filter(|w| w.persisted).cloned().collect();
     let mut values: IndexMap<String, Json> = IndexMap::new();
     let mut controls: IndexMap<String, String> = IndexMap::new();
     // Defaults first, so widgets without a stored value still reach the prompt.
-    for w in &widget_list(schema, false) {
+    for w in &all {
         match &w.role {
-            Role::Value { input } => {
-                if let Some(d) = default_value(&schema.inputs[*input]) {
+            Role::Value { spec } => {
+                if let Some(d) = default_value(spec) {
                     values.insert(w.name.clone(), d);
                 }
             }
-            Role::Control { target } => {
-                let spec = schema.find_input(target);
-                let default = match spec.map(|s| &s.kind) {
-                    Some(InputKind::Combo { .. }) => "fixed",
-                    _ => "randomize",
-                };
-                let mode = match spec.and_then(|s| s.extra.get("control_after_generate")) {
-                    Some(Json::String(s)) if !s.is_empty() => s.clone(),
-                    _ => default.to_string(),
-                };
-                controls.insert(target.clone(), mode);
+            Role::Control { target, default_mode } => {
+                controls.insert(target.clone(), default_mode.clone());
             }
             Role::Upload => {}
         }
@@ -194,7 +263,7 @@ pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describ
         Role::Value { .. } => {
             values.insert(w.name.clone(), v.clone());
         }
-        Role::Control { target } => {
+        Role::Control { target, .. } => {
             let mode = match v {
                 Json::Bool(true) => "randomize".to_string(),
                 Json::Bool(false) => "fixed".to_string(),
@@ -209,7 +278,7 @@ pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describ
     match widgets_values {
         None => {}
         Some(Json::Array(list)) => {
-            let legacy: Vec<Widget> = widget_list(schema, true).into_iter().filter(|w| w.persisted).collect();
+            let legacy: Vec<Widget> = widget_list(schema, true, &stored).into_iter().filter(|w| w.persisted).collect();
             let layout = if legacy.len() != normal.len() && list.len() == legacy.len() {
                 warnings.push(format!(
                     "{}: widgets_values has the pre-1.16 layout with placeholder values for forceInput inputs; they were dropped",
