@@ -208,3 +208,118 @@ fn dynamic_combo_defaults_and_named_values() {
     );
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings); // node 2 and node 4 lack values
 }
+
+/// A subgraph (definition "inner") with one INT input `width` that feeds an EmptyImage's
+/// `width` widget (node 2, saved width 640) and a PreviewAny's `source` socket (node 3), and a
+/// PreviewAny (node 4) fed by the EmptyImage inside the subgraph. The root holds instance 10
+/// and, when `outer` is set, a PrimitiveInt (node 1) linked into the instance's `width`.
+fn preview_subgraph(outer: bool, instance_values: Json) -> Json {
+    let def = json!({
+        "id": "inner", "version": 1, "state": {}, "revision": 0, "config": {}, "name": "inner",
+        "inputNode": { "id": -10, "bounding": [0, 0, 120, 60] },
+        "outputNode": { "id": -20, "bounding": [900, 0, 120, 60] },
+        "inputs": [{ "id": "p-width", "name": "width", "type": "INT", "linkIds": [1, 2], "pos": [100, 20] }],
+        "outputs": [],
+        "widgets": [],
+        "nodes": [
+            node(
+                2,
+                "EmptyImage",
+                json!([{ "localized_name": "width", "name": "width", "type": "INT", "widget": { "name": "width" }, "link": 1 }]),
+                json!([{ "localized_name": "IMAGE", "name": "IMAGE", "type": "IMAGE", "links": [3] }]),
+                json!([640, 480, 1, 0]),
+            ),
+            node(3, "PreviewAny", json!([{ "localized_name": "source", "name": "source", "type": "*", "link": 2 }]), json!([]), json!([])),
+            node(4, "PreviewAny", json!([{ "localized_name": "source", "name": "source", "type": "*", "link": 3 }]), json!([]), json!([])),
+        ],
+        "groups": [],
+        "links": [
+            { "id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 2, "target_slot": 0, "type": "INT" },
+            { "id": 2, "origin_id": -10, "origin_slot": 0, "target_id": 3, "target_slot": 0, "type": "INT" },
+            { "id": 3, "origin_id": 2, "origin_slot": 0, "target_id": 4, "target_slot": 0, "type": "IMAGE" }
+        ],
+        "extra": {}
+    });
+    let mut nodes = vec![node(
+        10,
+        "inner",
+        json!([{ "name": "width", "type": "INT", "widget": { "name": "width" }, "link": if outer { json!(1) } else { json!(null) } }]),
+        json!([]),
+        instance_values,
+    )];
+    let mut links = json!([]);
+    if outer {
+        nodes.push(node(
+            1,
+            "PrimitiveInt",
+            json!([]),
+            json!([{ "name": "INT", "type": "INT", "links": [1] }]),
+            json!([2048, "fixed"]),
+        ));
+        links = json!([[1, 1, 0, 10, 0, "INT"]]);
+    }
+    let mut wf = workflow(nodes, links);
+    wf["definitions"] = json!({ "subgraphs": [def] });
+    wf
+}
+
+// Output nodes inside subgraphs get their links like any other node: from a node beside them,
+// from outside through the instance, and from an unconnected input promoted to a widget on the
+// instance. The last reads the promoted widget's value (frontend ExecutableNodeDTO.resolveInput
+// returns the host widget's value for an unconnected subgraph input), which is the instance's
+// saved value or, when it saved none, the value of the inner widget the input was promoted
+// from (SubgraphNode._setWidget registers the host widget with the interior widget's value).
+#[test]
+fn output_nodes_inside_subgraphs_get_their_sources() {
+    let image = |w: Json| json!({ "width": w, "height": 480, "batch_size": 1, "color": 0 });
+
+    // From outside, through the instance's linked input.
+    let c = convert(&preview_subgraph(true, json!([])));
+    assert_eq!(inputs(&c, "10:2"), &image(json!(["1", 0])));
+    assert_eq!(inputs(&c, "10:3"), &json!({ "source": ["1", 0] }));
+    assert_eq!(inputs(&c, "10:4"), &json!({ "source": ["10:2", 0] }));
+    assert_eq!(inputs(&c, "1"), &json!({ "value": 2048 }));
+
+    // Unconnected, with a value saved on the instance.
+    let c = convert(&preview_subgraph(false, json!([1024])));
+    assert_eq!(inputs(&c, "10:2"), &image(json!(1024)));
+    assert_eq!(inputs(&c, "10:3"), &json!({ "source": 1024 }));
+    assert_eq!(inputs(&c, "10:4"), &json!({ "source": ["10:2", 0] }));
+
+    // Unconnected, nothing saved on the instance: the inner widget's own value.
+    let c = convert(&preview_subgraph(false, json!([])));
+    assert_eq!(inputs(&c, "10:2"), &image(json!(640)));
+    assert_eq!(inputs(&c, "10:3"), &json!({ "source": 640 }));
+    assert_eq!(inputs(&c, "10:4"), &json!({ "source": ["10:2", 0] }));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// ComfyUI 0.33's blueprint "Select Per-Line Text by Index.json" (blueprints/ in its
+// checkout, saved by the frontend; copied unchanged to data/blueprints/): a subgraph whose
+// PreviewAny reads a PrimitiveInt beside it, whose `value` comes from the promoted, unconnected
+// input `index`, and feeds a StringReplace.
+#[test]
+fn blueprint_select_line_by_index() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/blueprints/select_per_line_text_by_index.json");
+    let wf: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let c = convert(&wf);
+    let expected = json!({
+        "10:3": { "value": 0 },
+        "10:1": { "source": ["10:3", 0] },
+        "10:8": { "string": "^(?:[^\\n]*\\n){index}([^\\n]*)(?:\\n|$)", "find": "index", "replace": ["10:1", 0] },
+        "10:2": {
+            "string": "", "regex_pattern": ["10:8", 0], "mode": "First Group", "case_insensitive": false,
+            "multiline": false, "dotall": false, "group_index": 1
+        }
+    });
+    let ids: Vec<&String> = c.prompt.as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["10:3", "10:1", "10:8", "10:2"]);
+    for (id, want) in expected.as_object().unwrap() {
+        assert_eq!(inputs(&c, id), want, "node {id}");
+    }
+    assert_eq!(c.prompt["10:1"]["class_type"], "PreviewAny");
+    // The only warning: the three display-only preview values an older frontend saved on
+    // PreviewAny.
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("PreviewAny"), "{:?}", c.warnings);
+}
