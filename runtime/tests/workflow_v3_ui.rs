@@ -323,3 +323,132 @@ fn blueprint_select_line_by_index() {
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("PreviewAny"), "{:?}", c.warnings);
 }
+
+// Autogrow members are sockets named `group.prefixN` (frontend dynamicWidgets.ts,
+// autogrowOrdinalToName; ComfyUI's Autogrow._expand_schema_for_dynamic expects the same
+// names): links convert by those names, empty trailing slots are left out, and the members
+// take no widgets_values slot, so the widgets after them keep their values.
+#[test]
+fn autogrow_links_convert_by_member_name() {
+    let float = |id: i64, v: f64, link: i64| {
+        node(id, "PrimitiveFloat", json!([]), json!([{ "name": "FLOAT", "type": "FLOAT", "links": [link] }]), json!([v]))
+    };
+    let wf = workflow(
+        vec![
+            load_image(1, json!([1, 2, 3, 4])),
+            node(
+                2,
+                "BatchImagesNode",
+                json!([
+                    { "label": "image0", "localized_name": "images.image0", "name": "images.image0", "type": "IMAGE", "link": 1 },
+                    { "label": "image1", "localized_name": "images.image1", "name": "images.image1", "type": "IMAGE", "link": 2 },
+                    { "label": "image2", "localized_name": "images.image2", "name": "images.image2", "type": "IMAGE", "link": 3 },
+                    { "label": "image3", "localized_name": "images.image3", "name": "images.image3", "shape": 7, "type": "IMAGE", "link": null }
+                ]),
+                json!([{ "name": "IMAGE", "type": "IMAGE", "links": [] }]),
+                json!([]),
+            ),
+            float(3, 0.5, 5),
+            float(4, 1.5, 6),
+            node(5, "PrimitiveInt", json!([]), json!([{ "name": "INT", "type": "INT", "links": [7] }]), json!([3, "fixed"])),
+            node(
+                6,
+                "GLSLShader",
+                json!([
+                    { "label": "image0", "name": "images.image0", "type": "IMAGE", "link": 4 },
+                    { "label": "image1", "name": "images.image1", "shape": 7, "type": "IMAGE", "link": null },
+                    { "label": "u_float0", "name": "floats.u_float0", "shape": 7, "type": "FLOAT", "link": 5 },
+                    { "label": "u_float1", "name": "floats.u_float1", "shape": 7, "type": "FLOAT", "link": 6 },
+                    { "label": "u_float2", "name": "floats.u_float2", "shape": 7, "type": "FLOAT", "link": null },
+                    { "label": "u_int0", "name": "ints.u_int0", "shape": 7, "type": "INT", "link": 7 },
+                    { "label": "u_int1", "name": "ints.u_int1", "shape": 7, "type": "INT", "link": null },
+                    { "name": "fragment_shader", "type": "STRING", "widget": { "name": "fragment_shader" }, "link": null },
+                    { "name": "size_mode", "type": "COMFY_DYNAMICCOMBO_V3", "widget": { "name": "size_mode" }, "link": null }
+                ]),
+                json!([{ "name": "IMAGE0", "type": "IMAGE", "links": [] }]),
+                json!(["void main() {}", "custom", 300, 200]),
+            ),
+        ],
+        json!([
+            [1, 1, 0, 2, 0, "IMAGE"], [2, 1, 0, 2, 1, "IMAGE"], [3, 1, 0, 2, 2, "IMAGE"], [4, 1, 0, 6, 0, "IMAGE"],
+            [5, 3, 0, 6, 2, "FLOAT"], [6, 4, 0, 6, 3, "FLOAT"], [7, 5, 0, 6, 5, "INT"]
+        ]),
+    );
+    let c = convert(&wf);
+    assert_eq!(inputs(&c, "2"), &json!({ "images.image0": ["1", 0], "images.image1": ["1", 0], "images.image2": ["1", 0] }));
+    assert_eq!(
+        inputs(&c, "6"),
+        &json!({
+            "fragment_shader": "void main() {}", "size_mode": "custom", "size_mode.width": 300, "size_mode.height": 200,
+            "images.image0": ["1", 0], "floats.u_float0": ["3", 0], "floats.u_float1": ["4", 0], "ints.u_int0": ["5", 0]
+        })
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// ComfyUI 0.33's blueprint "Sharpen.json" (blueprints/ in its checkout; copied unchanged to
+// data/blueprints/), whose instance input is the autogrow member `images.image0` of the
+// GLSLShader inside; here an outer LoadImage is linked into it.
+#[test]
+fn autogrow_member_fed_through_a_subgraph_instance() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/blueprints/sharpen.json");
+    let mut wf: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let shader = wf["definitions"]["subgraphs"][0]["nodes"][1]["widgets_values"][0].clone();
+    assert!(shader.as_str().unwrap().contains("u_float0"));
+    wf["nodes"][0]["inputs"][0]["link"] = json!(90);
+    wf["nodes"].as_array_mut().unwrap().push(load_image(1, json!([90])));
+    wf["links"] = json!([[90, 1, 0, 25, 0, "IMAGE"]]);
+    let c = convert(&wf);
+    assert_eq!(c.prompt.as_object().unwrap().keys().collect::<Vec<_>>(), ["25:24", "1", "25:23"]);
+    assert_eq!(inputs(&c, "25:24"), &json!({ "value": 0.5 }));
+    assert_eq!(
+        inputs(&c, "25:23"),
+        &json!({ "fragment_shader": shader, "size_mode": "from_input", "images.image0": ["1", 0], "floats.u_float0": ["25:24", 0] })
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+// Autogrow templates with widget inputs, shaped as ComfyUI's AutogrowPrefixTestNode and
+// AutogrowNamesTestNode declare them (comfy_extras/nodes_logic.py; not registered by default),
+// plus a widget after the group. The frontend makes groups 0..=min with the sockets, before
+// any other widget (litegraphService addInputs: all sockets, then all widgets), so their
+// values come first in widgets_values; a member of a later group is a socket.
+#[test]
+fn autogrow_widget_members_come_first() {
+    let prefix = json!({
+        "name": "AutogrowPrefixTestNode", "display_name": "AutogrowPrefixTest", "category": "utilities/logic",
+        "input": { "required": {
+            "label": ["STRING", { "default": "" }],
+            "autogrow": ["COMFY_AUTOGROW_V3", { "template": { "input": { "required": { "float": ["FLOAT", {}] } }, "prefix": "float", "min": 1, "max": 10 } }]
+        } },
+        "input_order": { "required": ["label", "autogrow"] },
+        "output": ["STRING"], "output_is_list": [false], "output_name": ["STRING"]
+    });
+    let names = json!({
+        "name": "AutogrowNamesTestNode", "display_name": "AutogrowNamesTest", "category": "utilities/logic",
+        "input": { "required": {
+            "autogrow": ["COMFY_AUTOGROW_V3", { "template": { "input": { "required": { "float": ["FLOAT", {}] } }, "names": ["a", "b", "c"], "min": 0 } }]
+        } },
+        "input_order": { "required": ["autogrow"] },
+        "output": ["STRING"], "output_is_list": [false], "output_name": ["STRING"]
+    });
+    let member = |name: &str, link: Json| json!({ "name": name, "type": "FLOAT", "widget": { "name": name }, "link": link });
+    let wf = workflow(
+        vec![
+            node(1, "PrimitiveFloat", json!([]), json!([{ "name": "FLOAT", "type": "FLOAT", "links": [1] }]), json!([9.5])),
+            node(
+                2,
+                "AutogrowPrefixTestNode",
+                json!([member("autogrow.float0", json!(null)), member("autogrow.float1", json!(null)), member("autogrow.float2", json!(1))]),
+                json!([{ "name": "STRING", "type": "STRING", "links": [] }]),
+                json!([0.25, 0.75, "sum"]),
+            ),
+            node(3, "AutogrowNamesTestNode", json!([]), json!([{ "name": "STRING", "type": "STRING", "links": [] }]), json!([4.0])),
+        ],
+        json!([[1, 1, 0, 2, 2, "FLOAT"]]),
+    );
+    let c = convert_with(&wf, &[prefix, names]);
+    assert_eq!(inputs(&c, "2"), &json!({ "autogrow.float0": 0.25, "autogrow.float1": 0.75, "label": "sum", "autogrow.float2": ["1", 0] }));
+    assert_eq!(inputs(&c, "3"), &json!({ "autogrow.a": 4.0 }));
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}

@@ -24,8 +24,8 @@ const WIDGET_TYPES: &[&str] = &[
     "TEXTAREA",
     "CURVE",
     "RANGE",
-    // A dynamic combo is a widget; an autogrow input is only a growing set of sockets in the
-    // frontend (no widgets_values slot).
+    // A dynamic combo is a widget (its chosen option adds more); an autogrow input itself has
+    // no widget, only its members may (see `autogrow_inputs`).
     "COMFY_DYNAMICCOMBO_V3",
 ];
 
@@ -154,8 +154,54 @@ fn dynamic_combo_keys(spec: &InputSpec) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+/// The value type of an autogrow input (V3 `Autogrow`): a growing set of sockets (or widgets)
+/// made from a template, named `group.prefix0`, `group.prefix1`... or `group.name`.
+const AUTOGROW: &str = "COMFY_AUTOGROW_V3";
+
+/// The members of the groups an autogrow input starts with (the frontend's applyAutogrow
+/// adds groups 0 to `min`, at least one, at most `max`), named as the frontend and ComfyUI
+/// name them: `group.` + the template's `names[i]`, or its `prefix` + `i` (the template
+/// key + `i` when the template has several inputs). forceInput members are left out: a
+/// frontend that knows autogrow gives them sockets only.
+fn autogrow_inputs(spec: &InputSpec) -> Vec<InputSpec> {
+    let Some(t) = spec.extra.get("template") else { return Vec::new() };
+    let count = |k: &str, default: usize| t.get(k).and_then(Json::as_u64).map(|n| n as usize).unwrap_or(default);
+    let names: Option<Vec<&str>> = t.get("names").and_then(Json::as_array).map(|a| a.iter().filter_map(Json::as_str).collect());
+    let min = count("min", 1);
+    let max = names.as_ref().map(Vec::len).unwrap_or_else(|| count("max", 100));
+    let prefix = t.get("prefix").and_then(Json::as_str).unwrap_or("");
+    let mut members: Vec<(&str, Section, &Json)> = Vec::new();
+    for section in [Section::Required, Section::Optional] {
+        if let Some(entries) = t.get("input").and_then(|i| i.get(section.key())).and_then(Json::as_object) {
+            members.extend(entries.iter().map(|(k, v)| (k.as_str(), section, v)));
+        }
+    }
+    let mut out = Vec::new();
+    for ordinal in 0..=min {
+        if ordinal >= max {
+            break;
+        }
+        for &(key, section, member) in &members {
+            let base = match &names {
+                Some(n) => n[ordinal].to_string(),
+                None => format!("{}{ordinal}", if members.len() == 1 { prefix } else { key }),
+            };
+            let section = if ordinal >= min { Section::Optional } else { section };
+            match InputSpec::from_object_info(&format!("{}.{base}", spec.name), section, member) {
+                Ok(s) if !force_input(&s) => out.push(s),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// The ordered widget list of a node. With `with_force_input`, forceInput inputs keep the
 /// position (and control widget) they had before frontend 1.16.
+///
+/// Widgets of autogrow members come first (see [`autogrow_inputs`]); members of groups the
+/// frontend adds later, when a link reaches the last group, are sockets here: a link into one
+/// converts by its name, a widget value in one is not placed.
 ///
 /// A dynamic combo's chosen option inserts its sub-widgets right after the combo's own
 /// widget (the frontend's dynamicWidgets splices them in when the combo's value is set, also
@@ -165,8 +211,17 @@ fn dynamic_combo_keys(spec: &InputSpec) -> Vec<&str> {
 pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool, stored: &dyn Fn(usize, &str) -> Option<Json>) -> Vec<Widget> {
     let mut out = Vec::new();
     let mut slot = 0usize;
+    // The frontend creates every socket before any widget, and an autogrow input's first
+    // groups (with their widgets) are made with the sockets, so their widgets come first.
+    let mut order: Vec<InputSpec> = schema
+        .inputs
+        .iter()
+        .filter(|s| s.section != Section::Hidden && matches!(&s.kind, InputKind::Socket(t) if t == AUTOGROW))
+        .flat_map(autogrow_inputs)
+        .collect();
+    order.extend(schema.inputs.iter().cloned());
     // Explicit stack: a dynamic combo's sub-inputs are handled next, before the inputs after it.
-    let mut pending: Vec<InputSpec> = schema.inputs.iter().rev().cloned().collect();
+    let mut pending: Vec<InputSpec> = order.into_iter().rev().collect();
     while let Some(spec) = pending.pop() {
         let Some(ty) = widget_type(&spec) else { continue };
         let forced = force_input(&spec);
