@@ -168,7 +168,9 @@ fn autogrow_inputs(spec: &InputSpec) -> Vec<InputSpec> {
     let count = |k: &str, default: usize| t.get(k).and_then(Json::as_u64).map(|n| n as usize).unwrap_or(default);
     let names: Option<Vec<&str>> = t.get("names").and_then(Json::as_array).map(|a| a.iter().filter_map(Json::as_str).collect());
     let min = count("min", 1);
-    let max = names.as_ref().map(Vec::len).unwrap_or_else(|| count("max", 100));
+    // ComfyUI caps a group at 100 members (Autogrow._MaxNames); so does this, whatever a
+    // record claims.
+    let max = names.as_ref().map(Vec::len).unwrap_or_else(|| count("max", 100)).min(100);
     let prefix = t.get("prefix").and_then(Json::as_str).unwrap_or("");
     let mut members: Vec<(&str, Section, &Json)> = Vec::new();
     for section in [Section::Required, Section::Optional] {
