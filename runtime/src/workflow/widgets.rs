@@ -37,7 +37,7 @@ pub(crate) enum Role {
     /// A widget of an input: its value goes into the prompt under the widget's name. The
     /// spec is the declared input's, or a dynamic combo option's sub-input renamed
     /// `combo.key`.
-    Value { spec: InputSpec },
+    Value { spec: Box<InputSpec> },
     /// The control_after_generate combo of the widget before it (not sent), with the mode a
     /// fresh widget starts in.
     Control { target: String, default_mode: String },
@@ -240,11 +240,11 @@ pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool, stored: &
                 _ if matches!(spec.kind, InputKind::Combo { .. }) => "fixed".to_string(),
                 _ => "randomize".to_string(),
             };
-            out.push(Widget { name: name.clone(), role: Role::Value { spec: spec.clone() }, legacy_force_input: forced, persisted });
+            out.push(Widget { name: name.clone(), role: Role::Value { spec: Box::new(spec.clone()) }, legacy_force_input: forced, persisted });
             out.push(Widget { name: control, role: Role::Control { target: name.clone(), default_mode }, legacy_force_input: forced, persisted: true });
             slot += 1;
         } else {
-            out.push(Widget { name: name.clone(), role: Role::Value { spec: spec.clone() }, legacy_force_input: forced, persisted });
+            out.push(Widget { name: name.clone(), role: Role::Value { spec: Box::new(spec.clone()) }, legacy_force_input: forced, persisted });
         }
         if ty == "COMBO" && UPLOAD_OPTIONS.iter().any(|k| truthy(spec.extra.get(*k))) {
             out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced, persisted: true });
