@@ -194,6 +194,8 @@ fn dynamic_combo_defaults_and_named_values() {
             glsl(2, json!([shader, "custom", 640])),
             glsl(3, json!({ "fragment_shader": shader, "size_mode": "custom", "size_mode.height": 200, "size_mode.width": 300 })),
             resize_node(4, json!(null), json!([]), json!([])),
+            // A value that names no option (renamed since) adds no sub-widgets.
+            resize_node(5, json!(null), json!([]), json!(["scale by factor", "bilinear"])),
         ],
         json!([]),
     );
@@ -206,6 +208,7 @@ fn dynamic_combo_defaults_and_named_values() {
         inputs(&c, "4"),
         &json!({ "resize_type": "scale dimensions", "resize_type.width": 512, "resize_type.height": 512, "resize_type.crop": "center", "scale_method": "area" })
     );
+    assert_eq!(inputs(&c, "5"), &json!({ "resize_type": "scale by factor", "scale_method": "bilinear" }));
     assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings); // node 2 and node 4 lack values
 }
 

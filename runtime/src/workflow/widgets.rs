@@ -251,10 +251,12 @@ pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool, stored: &
             slot += 1;
         }
         if ty == DYNAMIC_COMBO {
-            let keys = dynamic_combo_keys(&spec);
+            // A saved value that names no option adds nothing (the frontend finds no option
+            // for it); no saved value means the first option, which a new widget shows.
             let chosen = match stored(own_slot, &name) {
-                Some(Json::String(s)) if keys.contains(&s.as_str()) => s,
-                _ => keys.first().map(|k| k.to_string()).unwrap_or_default(),
+                Some(Json::String(s)) => s,
+                Some(_) => String::new(),
+                None => dynamic_combo_keys(&spec).first().map(|k| k.to_string()).unwrap_or_default(),
             };
             pending.extend(dynamic_combo_inputs(&spec, &chosen).into_iter().rev());
         }
