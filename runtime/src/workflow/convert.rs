@@ -528,10 +528,11 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                                 State::Link { ctx: parent, link: outer, wanted: ty }
                             }
                             None => {
-                                return Ok(match c.input_values.get(&port.name) {
-                                    Some(v) => Resolved::Value(v.clone()),
-                                    None => Resolved::Nothing,
-                                })
+                                let promoted = match c.input_values.get(&port.name) {
+                                    Some(v) => Some(v.clone()),
+                                    None => self.promoted_value(ctx, &port.name),
+                                };
+                                return Ok(promoted.map(Resolved::Value).unwrap_or(Resolved::Nothing));
                             }
                         }
                     }
@@ -606,6 +607,46 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 }
             };
         }
+    }
+
+    /// The value of the widget an unconnected subgraph input is promoted from, when the
+    /// instance stores none of its own: the frontend's promoted widget starts as a view of the
+    /// first inner widget the input feeds (through nested instances down to a real widget),
+    /// and every consumer of the input reads that value, sockets included (a PreviewAny
+    /// `source` fed by a promoted `width` gets the width).
+    fn promoted_value(&mut self, ctx: usize, port_name: &str) -> Option<Json> {
+        let (mut ctx, mut port_name) = (ctx, port_name.to_string());
+        let mut seen: HashSet<(usize, String)> = HashSet::new();
+        'levels: while seen.insert((ctx, port_name.clone())) {
+            let g = self.graph(ctx);
+            let port = g.sub_inputs.iter().find(|p| p.name == port_name)?;
+            for lid in &port.link_ids {
+                let Some(target) = g.links.get(lid).and_then(|l| g.nodes.get(&l.target)) else { continue };
+                let Some(inp) = target.inputs.iter().find(|i| i.link.as_deref() == Some(lid.as_str())) else { continue };
+                let Some(&fi) = self.by_ctx_node.get(&(ctx, target.id.clone())) else { continue };
+                match self.flats[fi].kind.clone() {
+                    Kind::Real(schema) => {
+                        let Some(widget) = inp.widget.clone() else { continue };
+                        if let Some(v) = self.ctxs[ctx].widget_overrides.get(&(target.id.clone(), widget.clone())) {
+                            return Some(v.clone());
+                        }
+                        let assigned = widgets::assign(&schema, target.widgets_values, &String::new, &mut Vec::new());
+                        return assigned.values.get(&widget).cloned();
+                    }
+                    Kind::Instance(_) if inp.widget.is_some() => {
+                        let Some(&child) = self.ctxs[ctx].children.get(&target.id) else { continue };
+                        if let Some(v) = self.ctxs[child].input_values.get(&inp.name) {
+                            return Some(v.clone());
+                        }
+                        (ctx, port_name) = (child, inp.name.clone());
+                        continue 'levels;
+                    }
+                    _ => {}
+                }
+            }
+            return None;
+        }
+        None
     }
 
     fn cycle(&self, ctx: usize, node: &UiNode, consumer: (usize, &UiNode), input: &str) -> ConvertError {

@@ -21,7 +21,11 @@
 //! `PrimitiveNode` values (also through reroutes and into subgraph instances); KJNodes'
 //! `SetNode`/`GetNode`; converted widgets; array values wrapped as `{"__value__": [...]}`;
 //! dynamic prompts; subgraphs (`definitions.subgraphs`, nested, ids `"10:3"`, per-instance
-//! widget values in the current form and the legacy `proxyWidgets` form).
+//! widget values in the current form and the legacy `proxyWidgets` form; an unconnected
+//! promoted input feeds every inner consumer the promoted value); V3 dynamic combos (the
+//! chosen option's `combo.key` sub-widgets follow the combo's value); V3 autogrow members
+//! (`group.prefix0`..., widget members of the first groups before other widgets); widgets the
+//! frontend sends but never saves (ImageCompare's `compare_view`).
 //!
 //! Refused with a message saying what to do: active nodes of unknown type
 //! ([`ConvertError::UnknownNodeTypes`]; muted/bypassed or unconnected ones are skipped with a
@@ -29,8 +33,8 @@
 //! reroutes/bypassed nodes ([`ConvertError::Cycle`]), self-containing subgraphs.
 //!
 //! Limits (as for any server-side conversion): widgets that custom frontend extensions add,
-//! rename or serialize specially cannot be known from the schema; V3 dynamic inputs
-//! (autogrow, dynamic combos) are mapped as plain widgets.
+//! rename or serialize specially cannot be known from the schema; widget values of autogrow
+//! members in groups the frontend grows after load are not placed (links into them are).
 
 mod convert;
 mod document;

@@ -24,8 +24,8 @@ const WIDGET_TYPES: &[&str] = &[
     "TEXTAREA",
     "CURVE",
     "RANGE",
-    // A dynamic combo is a widget; an autogrow input is only a growing set of sockets in the
-    // frontend (no widgets_values slot).
+    // A dynamic combo is a widget (its chosen option adds more); an autogrow input itself has
+    // no widget, only its members may (see `autogrow_inputs`).
     "COMFY_DYNAMICCOMBO_V3",
 ];
 
@@ -34,10 +34,13 @@ const UPLOAD_OPTIONS: &[&str] = &["image_upload", "video_upload", "audio_upload"
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Role {
-    /// A widget of a declared input: its value goes into the prompt.
-    Value { input: usize },
-    /// The control_after_generate combo of the widget before it (not sent).
-    Control { target: String },
+    /// A widget of an input: its value goes into the prompt under the widget's name. The
+    /// spec is the declared input's, or a dynamic combo option's sub-input renamed
+    /// `combo.key`.
+    Value { spec: Box<InputSpec> },
+    /// The control_after_generate combo of the widget before it (not sent), with the mode a
+    /// fresh widget starts in.
+    Control { target: String, default_mode: String },
     /// An upload button (not sent).
     Upload,
 }
@@ -48,6 +51,20 @@ pub(crate) struct Widget {
     pub role: Role,
     /// Part of the list only for the pre-1.16 forceInput layout.
     pub legacy_force_input: bool,
+    /// Whether the widget has a slot in `widgets_values`. The frontend skips widgets whose
+    /// `serialize` is false when it saves and restores positional values, yet still sends
+    /// their value in the prompt (its `options.serialize` is a separate switch).
+    pub persisted: bool,
+}
+
+/// Widget types the frontend sends in the prompt but never saves in `widgets_values`
+/// (their constructors set `widget.serialize = false`), with the value a freshly loaded
+/// node holds. ImageCompare's `compare_view` is the core case.
+fn unpersisted_value(ty: &str) -> Option<Json> {
+    match ty {
+        "IMAGECOMPARE" => Some(Json::Array(vec![Json::String(String::new()), Json::String(String::new())])),
+        _ => None,
+    }
 }
 
 /// The widget type the frontend would use for an input, if it gets a widget at all
@@ -102,22 +119,146 @@ fn control_widget(spec: &InputSpec, ty: &str) -> Option<String> {
     }
 }
 
-/// The ordered widget list of a class. With `with_force_input`, forceInput inputs keep the
-/// position (and control widget) they had before frontend 1.16.
-pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool) -> Vec<Widget> {
+/// The value type of a dynamic combo (V3 `DynamicCombo`): a combo of option keys whose
+/// chosen option adds its own inputs.
+const DYNAMIC_COMBO: &str = "COMFY_DYNAMICCOMBO_V3";
+
+/// The sub-inputs the chosen option of a dynamic combo adds, named `combo.key` as the
+/// frontend names their widgets and sockets: required ones first, then optional ones, each
+/// in declaration order.
+fn dynamic_combo_inputs(spec: &InputSpec, chosen: &str) -> Vec<InputSpec> {
+    let option = spec
+        .extra
+        .get("options")
+        .and_then(Json::as_array)
+        .and_then(|opts| opts.iter().find(|o| o.get("key").and_then(Json::as_str) == Some(chosen)));
+    let Some(inputs) = option.and_then(|o| o.get("inputs")) else { return Vec::new() };
     let mut out = Vec::new();
-    for (i, spec) in schema.inputs.iter().enumerate() {
-        let Some(ty) = widget_type(spec) else { continue };
-        let forced = force_input(spec);
+    for section in [Section::Required, Section::Optional] {
+        let Some(entries) = inputs.get(section.key()).and_then(Json::as_object) else { continue };
+        for (key, sub) in entries {
+            if let Ok(s) = InputSpec::from_object_info(&format!("{}.{key}", spec.name), section, sub) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The option keys of a dynamic combo; the first is what a new node shows.
+fn dynamic_combo_keys(spec: &InputSpec) -> Vec<&str> {
+    spec.extra
+        .get("options")
+        .and_then(Json::as_array)
+        .map(|opts| opts.iter().filter_map(|o| o.get("key").and_then(Json::as_str)).collect())
+        .unwrap_or_default()
+}
+
+/// The value type of an autogrow input (V3 `Autogrow`): a growing set of sockets (or widgets)
+/// made from a template, named `group.prefix0`, `group.prefix1`... or `group.name`.
+const AUTOGROW: &str = "COMFY_AUTOGROW_V3";
+
+/// The members of the groups an autogrow input starts with (the frontend's applyAutogrow
+/// adds groups 0 to `min`, at least one, at most `max`), named as the frontend and ComfyUI
+/// name them: `group.` + the template's `names[i]`, or its `prefix` + `i` (the template
+/// key + `i` when the template has several inputs). forceInput members are left out: a
+/// frontend that knows autogrow gives them sockets only.
+fn autogrow_inputs(spec: &InputSpec) -> Vec<InputSpec> {
+    let Some(t) = spec.extra.get("template") else { return Vec::new() };
+    let count = |k: &str, default: usize| t.get(k).and_then(Json::as_u64).map(|n| n as usize).unwrap_or(default);
+    let names: Option<Vec<&str>> = t.get("names").and_then(Json::as_array).map(|a| a.iter().filter_map(Json::as_str).collect());
+    let min = count("min", 1);
+    // ComfyUI caps a group at 100 members (Autogrow._MaxNames); so does this, whatever a
+    // record claims.
+    let max = names.as_ref().map(Vec::len).unwrap_or_else(|| count("max", 100)).min(100);
+    let prefix = t.get("prefix").and_then(Json::as_str).unwrap_or("");
+    let mut members: Vec<(&str, Section, &Json)> = Vec::new();
+    for section in [Section::Required, Section::Optional] {
+        if let Some(entries) = t.get("input").and_then(|i| i.get(section.key())).and_then(Json::as_object) {
+            members.extend(entries.iter().map(|(k, v)| (k.as_str(), section, v)));
+        }
+    }
+    let mut out = Vec::new();
+    for ordinal in 0..=min {
+        if ordinal >= max {
+            break;
+        }
+        for &(key, section, member) in &members {
+            let base = match &names {
+                Some(n) => n[ordinal].to_string(),
+                None => format!("{}{ordinal}", if members.len() == 1 { prefix } else { key }),
+            };
+            let section = if ordinal >= min { Section::Optional } else { section };
+            match InputSpec::from_object_info(&format!("{}.{base}", spec.name), section, member) {
+                Ok(s) if !force_input(&s) => out.push(s),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The ordered widget list of a node. With `with_force_input`, forceInput inputs keep the
+/// position (and control widget) they had before frontend 1.16.
+///
+/// Widgets of autogrow members come first (see [`autogrow_inputs`]); members of groups the
+/// frontend adds later, when a link reaches the last group, are sockets here: a link into one
+/// converts by its name, a widget value in one is not placed.
+///
+/// A dynamic combo's chosen option inserts its sub-widgets right after the combo's own
+/// widget (the frontend's dynamicWidgets splices them in when the combo's value is set, also
+/// while a saved node is restored, so they take the saved values that follow the combo's).
+/// `stored(slot, name)` gives the saved value of the widget with that `widgets_values`
+/// position and name, which decides the option.
+pub(crate) fn widget_list(schema: &NodeSchema, with_force_input: bool, stored: &dyn Fn(usize, &str) -> Option<Json>) -> Vec<Widget> {
+    let mut out = Vec::new();
+    let mut slot = 0usize;
+    // The frontend creates every socket before any widget, and an autogrow input's first
+    // groups (with their widgets) are made with the sockets, so their widgets come first.
+    let mut order: Vec<InputSpec> = schema
+        .inputs
+        .iter()
+        .filter(|s| s.section != Section::Hidden && matches!(&s.kind, InputKind::Socket(t) if t == AUTOGROW))
+        .flat_map(autogrow_inputs)
+        .collect();
+    order.extend(schema.inputs.iter().cloned());
+    // Explicit stack: a dynamic combo's sub-inputs are handled next, before the inputs after it.
+    let mut pending: Vec<InputSpec> = order.into_iter().rev().collect();
+    while let Some(spec) = pending.pop() {
+        let Some(ty) = widget_type(&spec) else { continue };
+        let forced = force_input(&spec);
         if forced && !with_force_input {
             continue;
         }
-        out.push(Widget { name: spec.name.clone(), role: Role::Value { input: i }, legacy_force_input: forced });
-        if let Some(name) = control_widget(spec, &ty) {
-            out.push(Widget { name, role: Role::Control { target: spec.name.clone() }, legacy_force_input: forced });
+        let persisted = unpersisted_value(&ty).is_none();
+        let own_slot = slot;
+        slot += usize::from(persisted);
+        let name = spec.name.clone();
+        if let Some(control) = control_widget(&spec, &ty) {
+            let default_mode = match spec.extra.get("control_after_generate") {
+                Some(Json::String(s)) if !s.is_empty() => s.clone(),
+                _ if matches!(spec.kind, InputKind::Combo { .. }) => "fixed".to_string(),
+                _ => "randomize".to_string(),
+            };
+            out.push(Widget { name: name.clone(), role: Role::Value { spec: Box::new(spec.clone()) }, legacy_force_input: forced, persisted });
+            out.push(Widget { name: control, role: Role::Control { target: name.clone(), default_mode }, legacy_force_input: forced, persisted: true });
+            slot += 1;
+        } else {
+            out.push(Widget { name: name.clone(), role: Role::Value { spec: Box::new(spec.clone()) }, legacy_force_input: forced, persisted });
         }
         if ty == "COMBO" && UPLOAD_OPTIONS.iter().any(|k| truthy(spec.extra.get(*k))) {
-            out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced });
+            out.push(Widget { name: "upload".into(), role: Role::Upload, legacy_force_input: forced, persisted: true });
+            slot += 1;
+        }
+        if ty == DYNAMIC_COMBO {
+            // A saved value that names no option adds nothing (the frontend finds no option
+            // for it); no saved value means the first option, which a new widget shows.
+            let chosen = match stored(own_slot, &name) {
+                Some(Json::String(s)) => s,
+                Some(_) => String::new(),
+                None => dynamic_combo_keys(&spec).first().map(|k| k.to_string()).unwrap_or_default(),
+            };
+            pending.extend(dynamic_combo_inputs(&spec, &chosen).into_iter().rev());
         }
     }
     out
@@ -131,7 +272,10 @@ pub(crate) fn default_value(spec: &InputSpec) -> Option<Json> {
         InputKind::String { default, .. } => Some(Json::String(default.clone().unwrap_or_default())),
         InputKind::Boolean { default } => Some(Json::Bool(default.unwrap_or(false))),
         InputKind::Combo { options, default, .. } => default.clone().or_else(|| options.first().cloned()),
-        InputKind::Socket(_) => spec.extra.get("default").cloned(),
+        InputKind::Socket(ty) if ty == DYNAMIC_COMBO => {
+            spec.extra.get("default").cloned().or_else(|| dynamic_combo_keys(spec).first().map(|k| Json::String(k.to_string())))
+        }
+        InputKind::Socket(ty) => spec.extra.get("default").cloned().or_else(|| unpersisted_value(ty)),
         InputKind::Hidden(_) => None,
     }
 }
@@ -147,28 +291,28 @@ pub(crate) struct Assigned {
 /// Maps a node's `widgets_values` (list or object form) onto its class's widgets and applies
 /// the frontend's load-time fixups. `describe` names the node in warnings.
 pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describe: &dyn Fn() -> String, warnings: &mut Vec<String>) -> Assigned {
-    let normal = widget_list(schema, false);
+    let stored = |slot: usize, name: &str| -> Option<Json> {
+        match widgets_values {
+            Some(Json::Array(list)) => list.get(slot).cloned(),
+            Some(Json::Object(map)) => map.get(name).cloned(),
+            _ => None,
+        }
+    };
+    let all = widget_list(schema, false, &stored);
+    // Only persisted widgets take a slot in the list form; the others keep their defaults.
+    let normal: Vec<Widget> = all.iter().filter(|w| w.persisted).cloned().collect();
     let mut values: IndexMap<String, Json> = IndexMap::new();
     let mut controls: IndexMap<String, String> = IndexMap::new();
     // Defaults first, so widgets without a stored value still reach the prompt.
-    for w in &normal {
+    for w in &all {
         match &w.role {
-            Role::Value { input } => {
-                if let Some(d) = default_value(&schema.inputs[*input]) {
+            Role::Value { spec } => {
+                if let Some(d) = default_value(spec) {
                     values.insert(w.name.clone(), d);
                 }
             }
-            Role::Control { target } => {
-                let spec = schema.find_input(target);
-                let default = match spec.map(|s| &s.kind) {
-                    Some(InputKind::Combo { .. }) => "fixed",
-                    _ => "randomize",
-                };
-                let mode = match spec.and_then(|s| s.extra.get("control_after_generate")) {
-                    Some(Json::String(s)) if !s.is_empty() => s.clone(),
-                    _ => default.to_string(),
-                };
-                controls.insert(target.clone(), mode);
+            Role::Control { target, default_mode } => {
+                controls.insert(target.clone(), default_mode.clone());
             }
             Role::Upload => {}
         }
@@ -178,7 +322,7 @@ pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describ
         Role::Value { .. } => {
             values.insert(w.name.clone(), v.clone());
         }
-        Role::Control { target } => {
+        Role::Control { target, .. } => {
             let mode = match v {
                 Json::Bool(true) => "randomize".to_string(),
                 Json::Bool(false) => "fixed".to_string(),
@@ -193,7 +337,7 @@ pub(crate) fn assign(schema: &NodeSchema, widgets_values: Option<&Json>, describ
     match widgets_values {
         None => {}
         Some(Json::Array(list)) => {
-            let legacy = widget_list(schema, true);
+            let legacy: Vec<Widget> = widget_list(schema, true, &stored).into_iter().filter(|w| w.persisted).collect();
             let layout = if legacy.len() != normal.len() && list.len() == legacy.len() {
                 warnings.push(format!(
                     "{}: widgets_values has the pre-1.16 layout with placeholder values for forceInput inputs; they were dropped",
