@@ -121,10 +121,9 @@ fn resize_node(id: i64, input_link: Json, extra_inputs: Json, widgets: Json) -> 
 }
 
 // A dynamic combo's chosen option splices its sub-widgets in right after the combo's widget
-// (frontend core/graph/widgets/dynamicWidgets.ts, updateWidgets), so they take the saved
-// values after the combo's own, and graphToPrompt sends them under `combo.key`. The widget
-// values below are those of ResizeImageMaskNode 674 in ComfyUI's blueprint
-// "Image to Pose Map (SDPose-OOD).json" (first node) and of hand-set options (the others).
+// (the frontend does so when the combo's value is set, also while a saved node is restored),
+// so they take the saved values after the combo's own, and graphToPrompt sends them under
+// `combo.key` (docs/comfyui.md, "Widget values").
 #[test]
 fn dynamic_combo_sub_widgets_take_the_values_after_the_combo() {
     let widget = |name: &str, ty: &str| json!({ "localized_name": name, "name": name, "type": ty, "widget": { "name": name }, "link": null });
@@ -297,40 +296,6 @@ fn output_nodes_inside_subgraphs_get_their_sources() {
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
-// ComfyUI 0.33's blueprint "Select Per-Line Text by Index.json" (blueprints/ in its
-// checkout, saved by the frontend; copied unchanged to data/blueprints/): a subgraph whose
-// PreviewAny reads a PrimitiveInt beside it, whose `value` comes from the promoted, unconnected
-// input `index`, and feeds a StringReplace.
-#[test]
-fn blueprint_select_line_by_index() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/blueprints/select_per_line_text_by_index.json");
-    let wf: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let c = convert(&wf);
-    let expected = json!({
-        "10:3": { "value": 0 },
-        "10:1": { "source": ["10:3", 0] },
-        "10:8": { "string": "^(?:[^\\n]*\\n){index}([^\\n]*)(?:\\n|$)", "find": "index", "replace": ["10:1", 0] },
-        "10:2": {
-            "string": "", "regex_pattern": ["10:8", 0], "mode": "First Group", "case_insensitive": false,
-            "multiline": false, "dotall": false, "group_index": 1
-        }
-    });
-    let ids: Vec<&String> = c.prompt.as_object().unwrap().keys().collect();
-    assert_eq!(ids, ["10:3", "10:1", "10:8", "10:2"]);
-    for (id, want) in expected.as_object().unwrap() {
-        assert_eq!(inputs(&c, id), want, "node {id}");
-    }
-    assert_eq!(c.prompt["10:1"]["class_type"], "PreviewAny");
-    // The only warning: the three display-only preview values an older frontend saved on
-    // PreviewAny.
-    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
-    assert!(c.warnings[0].contains("PreviewAny"), "{:?}", c.warnings);
-}
-
-// Autogrow members are sockets named `group.prefixN` (frontend dynamicWidgets.ts,
-// autogrowOrdinalToName; ComfyUI's Autogrow._expand_schema_for_dynamic expects the same
-// names): links convert by those names, empty trailing slots are left out, and the members
-// take no widgets_values slot, so the widgets after them keep their values.
 #[test]
 fn autogrow_links_convert_by_member_name() {
     let float = |id: i64, v: f64, link: i64| {
@@ -389,33 +354,6 @@ fn autogrow_links_convert_by_member_name() {
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
 
-// ComfyUI 0.33's blueprint "Sharpen.json" (blueprints/ in its checkout; copied unchanged to
-// data/blueprints/), whose instance input is the autogrow member `images.image0` of the
-// GLSLShader inside; here an outer LoadImage is linked into it.
-#[test]
-fn autogrow_member_fed_through_a_subgraph_instance() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/blueprints/sharpen.json");
-    let mut wf: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let shader = wf["definitions"]["subgraphs"][0]["nodes"][1]["widgets_values"][0].clone();
-    assert!(shader.as_str().unwrap().contains("u_float0"));
-    wf["nodes"][0]["inputs"][0]["link"] = json!(90);
-    wf["nodes"].as_array_mut().unwrap().push(load_image(1, json!([90])));
-    wf["links"] = json!([[90, 1, 0, 25, 0, "IMAGE"]]);
-    let c = convert(&wf);
-    assert_eq!(c.prompt.as_object().unwrap().keys().collect::<Vec<_>>(), ["25:24", "1", "25:23"]);
-    assert_eq!(inputs(&c, "25:24"), &json!({ "value": 0.5 }));
-    assert_eq!(
-        inputs(&c, "25:23"),
-        &json!({ "fragment_shader": shader, "size_mode": "from_input", "images.image0": ["1", 0], "floats.u_float0": ["25:24", 0] })
-    );
-    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-}
-
-// Autogrow templates with widget inputs, shaped as ComfyUI's AutogrowPrefixTestNode and
-// AutogrowNamesTestNode declare them (comfy_extras/nodes_logic.py; not registered by default),
-// plus a widget after the group. The frontend makes groups 0..=min with the sockets, before
-// any other widget (litegraphService addInputs: all sockets, then all widgets), so their
-// values come first in widgets_values; a member of a later group is a socket.
 #[test]
 fn autogrow_widget_members_come_first() {
     let prefix = json!({
