@@ -18,7 +18,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 
-LINE = re.compile(r"^\s*[-*]\s+`([^`]+)`")
+LINE = re.compile(r"^\s*[-*]\s+`(tests/[^`]+)`")
 
 
 def expected(path):

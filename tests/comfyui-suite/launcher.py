@@ -175,7 +175,18 @@ async def relay(listen, port, inner, child):
         except (ConnectionError, OSError):
             pass
 
+    # asyncio keeps only weak references to the connection tasks; hold them until they end.
+    live = set()
+
     async def handle(creader, cwriter):
+        task = asyncio.current_task()
+        live.add(task)
+        try:
+            await relay_one(creader, cwriter)
+        finally:
+            live.discard(task)
+
+    async def relay_one(creader, cwriter):
         while True:
             try:
                 ureader, uwriter = await asyncio.open_connection("127.0.0.1", inner)
