@@ -155,7 +155,8 @@ class TestLazy:
             return ["b"]
         return []
 
-    def run(self, use_a, a=None, b=None):
+    # No defaults: ComfyUI passes the lazy input it did not evaluate as None.
+    def run(self, use_a, a, b):
         v = a if use_a else b
         return {"ui": {"value": [v], "a_none": [a is None], "b_none": [b is None]}, "result": (v,)}
 
