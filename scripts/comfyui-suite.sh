@@ -107,8 +107,10 @@ main() {
 
   echo
   cat "$repo/tests/comfyui-suite/EXPECTED.md"
-  if [ ! -f "$work/junit.xml" ]; then
-    echo "comfyui-suite: pytest wrote no results (exit $pytest_rc)" >&2
+  # 0: all passed, 1: some failed; anything else (interrupted, internal error, usage error, nothing
+  # collected) means the results are incomplete, whatever the list says.
+  if [ "$pytest_rc" -gt 1 ] || [ ! -f "$work/junit.xml" ]; then
+    echo "comfyui-suite: pytest did not complete the run (exit $pytest_rc)" >&2
     exit 1
   fi
   if [ -n "${COMFYUI_SUITE_JUNIT:-}" ]; then cp "$work/junit.xml" "$COMFYUI_SUITE_JUNIT"; fi
