@@ -5,7 +5,7 @@ scripts/comfyui-suite.sh stages a folder in which this file is `main.py`; the te
 
 Start-up: the tests wait 5 x 4 s for the port, then run regardless. `comfyrs serve` listens only
 once the embedded ComfyUI has imported its ~900 node classes and the custom nodes, which on a
-2-core machine (debug build, other work running) takes 30-60 s. So by default this process listens
+2-core machine takes 15-20 s idle and over 50 s beside a cargo build. So by default this process listens
 on the port the tests asked for at once and relays every connection, byte for byte, to comfyrs on
 a private loopback port, holding each until comfyrs answers: the tests see the server's behaviour
 unchanged, only without the start-up race. The tests stop the server with SIGKILL on this pid;
