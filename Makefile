@@ -7,7 +7,7 @@ CARGO ?= cargo
 MODELS ?= $(or $(COMFYRS_CACHE),$(HOME)/.cache/comfyrs)/models
 RUN_WORKFLOWS ?= workflows/widen_sdxl_merge.json
 
-.PHONY: setup build run test test-comfyui msrv miri bench clean-cache
+.PHONY: setup build run test test-comfyui test-comfyui-suite msrv miri bench clean-cache
 
 setup:
 	@bash scripts/setup.sh
@@ -36,6 +36,14 @@ test-comfyui:
 # The workspace builds with the Rust version Cargo.toml declares (rust-version).
 msrv:
 	@bash scripts/msrv.sh
+
+# ComfyUI's own execution test suite (tests/execution of the ComfyUI in COMFYUI_PATH) against
+# `comfyrs serve`; fails on a failure tests/comfyui-suite/EXPECTED.md does not list, or on a listed
+# one that passes. SUITE_PROFILE=release runs the release build.
+SUITE_PROFILE ?= debug
+test-comfyui-suite: setup
+	$(CARGO) build $(if $(filter release,$(SUITE_PROFILE)),--release)
+	COMFYRS_PROFILE=$(SUITE_PROFILE) bash scripts/comfyui-suite.sh "$(COMFYUI_PATH)"
 
 # The FFI-free crates' unit tests under miri (undefined behaviour checks).
 miri:

@@ -929,7 +929,14 @@ def validate(name, constants, required_links):
     try:
         if "input_types" in names:
             data["input_types"] = [{}]
-        results = _map_over_list(lambda **kw: f(**kw), False, data)
+        def one(**kw):
+            r = f(**kw)
+            # An `async def VALIDATE_INPUTS` (ComfyUI awaits it).
+            if inspect.isawaitable(r):
+                r = _loop().run_until_complete(_await(r))
+            return r
+
+        results = _map_over_list(one, False, data)
     except BaseException as e:  # noqa: B902
         return [(n, "{}: {}".format(type(e).__name__, e)) for n in (names or ["(node)"])]
     out = []

@@ -235,6 +235,11 @@ impl NodeClass for PyNode {
             let run = || -> PyResult<Result<CallOutput, NodeError>> {
                 let host = self.shared.host(py);
                 let inputs = self.constants_py(py, args)?;
+                // A required lazy input that check_lazy_status did not ask for was never
+                // evaluated; ComfyUI passes it as None (its functions take it positionally).
+                for i in schema.inputs.iter().filter(|i| i.lazy && i.section == Section::Required && !args.values.contains_key(&i.name)) {
+                    inputs.set_item(&i.name, PyList::new(py, [py.None()])?)?;
+                }
                 let hidden = self.hidden(py, &schema, ctx)?;
                 let prompt = self.prompt_py(py, &schema, ctx)?;
                 let out_dir = ctx.output_dir.to_str().filter(|s| !s.is_empty());

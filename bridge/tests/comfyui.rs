@@ -271,11 +271,17 @@ fn errors_name_the_node_and_the_next_prompt_runs() {
     assert!(r.success(), "{:?}", r.errors);
     assert!(!r.outputs.contains_key("3") && r.outputs.contains_key("4"), "{:?}", r.outputs);
 
+    // An async VALIDATE_INPUTS is awaited: its message when it fails, nothing when it passes.
+    let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestAsyncValidate", "inputs": {"value": -3}}}), &events).expect_err("rejected");
+    assert_eq!(rej.node_errors["1"].errors[0].kind, "custom_validation_failed");
+    assert!(rej.node_errors["1"].errors[0].details.contains("must be non-negative, asynchronously"), "{}", rej.render());
+
     // And the process is fine: a good prompt runs.
     let good = json!({
         "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "3": {"class_type": "TestLatentDigest", "inputs": {"samples": ["1", 0]}},
-        "4": {"class_type": "TestValidate", "inputs": {"value": 5}}
+        "4": {"class_type": "TestValidate", "inputs": {"value": 5}},
+        "5": {"class_type": "TestAsyncValidate", "inputs": {"value": 5}}
     });
     let r = run_prompt(&mut exec, good, &events).unwrap();
     assert!(r.success(), "{:?}", r.errors);

@@ -136,6 +136,23 @@ class TestValidate:
         return (value,)
 
 
+class TestAsyncValidate:
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"value": ("INT", {"default": 0, "min": -100, "max": 100})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    @classmethod
+    async def VALIDATE_INPUTS(s, value):
+        return True if value >= 0 else "must be non-negative, asynchronously"
+
+    def run(self, value):
+        return (value,)
+
+
 class TestLazy:
     """Needs only the input its switch selects (check_lazy_status)."""
     @classmethod
@@ -155,7 +172,8 @@ class TestLazy:
             return ["b"]
         return []
 
-    def run(self, use_a, a=None, b=None):
+    # No defaults: ComfyUI passes the lazy input it did not evaluate as None.
+    def run(self, use_a, a, b):
         v = a if use_a else b
         return {"ui": {"value": [v], "a_none": [a is None], "b_none": [b is None]}, "result": (v,)}
 
@@ -259,6 +277,6 @@ class TestBlocker:
 
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
     TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedRaises,
-    TestBadSchema, TestValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
+    TestBadSchema, TestValidate, TestAsyncValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
     TestExit, TestBlocker)}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
