@@ -911,8 +911,9 @@ def fingerprint(name, constants, required_links):
         return "always"
 
 
-def validate(name, constants, required_links):
-    """VALIDATE_INPUTS / validate_inputs: [(input, message)] for every failure."""
+def validate(name, constants, required_links, input_types=None):
+    """VALIDATE_INPUTS / validate_inputs: [(input, message)] for every failure. `input_types`:
+    the type each linked input receives."""
     import nodes
     cls = nodes.NODE_CLASS_MAPPINGS[name]
     f = _find_override(cls, "validate_inputs", "VALIDATE_INPUTS")
@@ -928,7 +929,7 @@ def validate(name, constants, required_links):
     data = {k: constants.get(k, [None]) for k in names if k != "input_types"}
     try:
         if "input_types" in names:
-            data["input_types"] = [{}]
+            data["input_types"] = [dict(input_types or {})]
         def one(**kw):
             r = f(**kw)
             # An `async def VALIDATE_INPUTS` (ComfyUI awaits it).

@@ -351,10 +351,13 @@ impl NodeClass for PyNode {
     }
 
     fn validates_input(&self, name: &str) -> bool {
-        self.flags.has_validate && (self.flags.validate_kwargs || self.flags.validate_args.iter().any(|a| a == name))
+        let named = self.flags.validate_args.iter().any(|a| a == name);
+        // `**kwargs` covers every input, but link types are skipped only for a named
+        // `input_types` (ComfyUI's rule).
+        self.flags.has_validate && (named || (self.flags.validate_kwargs && name != "input_types"))
     }
 
-    fn validate_inputs(&self, constants: &Args) -> Vec<(String, String)> {
+    fn validate_inputs(&self, constants: &Args, received_types: &[(String, String)]) -> Vec<(String, String)> {
         if !self.flags.has_validate {
             return Vec::new();
         }
@@ -362,7 +365,11 @@ impl NodeClass for PyNode {
         let links = self.required_links(&schema, constants);
         Python::attach(|py| -> PyResult<Vec<(String, String)>> {
             let d = self.constants_py(py, constants)?;
-            self.shared.host(py).call_method1("validate", (&self.name, d, links))?.extract()
+            let types = pyo3::types::PyDict::new(py);
+            for (k, t) in received_types {
+                types.set_item(k, t)?;
+            }
+            self.shared.host(py).call_method1("validate", (&self.name, d, links, types))?.extract()
         })
         .unwrap_or_else(|e| vec![("(node)".into(), format!("VALIDATE_INPUTS could not run: {e}"))])
     }

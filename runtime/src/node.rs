@@ -32,9 +32,10 @@ pub trait NodeClass: Send + Sync {
         Ok(Vec::new())
     }
 
-    /// ComfyUI's `VALIDATE_INPUTS`: extra checks on constants before anything runs. Each
-    /// returned message becomes a `custom_validation_failed` error.
-    fn validate_inputs(&self, _constants: &Args) -> Vec<(String, String)> {
+    /// ComfyUI's `VALIDATE_INPUTS`: extra checks on constants before anything runs, with the
+    /// type each linked input receives (`input_types`). Each returned message becomes a
+    /// `custom_validation_failed` error.
+    fn validate_inputs(&self, _constants: &Args, _received_types: &[(String, String)]) -> Vec<(String, String)> {
         Vec::new()
     }
 

@@ -206,6 +206,8 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         let schema = schemas[i].clone();
         let (_, node) = prompt.nodes.get_index(i).unwrap();
         let mut coerced: Vec<(String, Value)> = Vec::new();
+        // The type each linked input receives (ComfyUI's `input_types` for VALIDATE_INPUTS).
+        let mut received: Vec<(String, String)> = Vec::new();
         for spec in schema.declared_inputs() {
             match node.inputs.get(&spec.name) {
                 None => {
@@ -242,6 +244,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
                             .extra("linked_node", json!([l.node, l.slot])),
                         ),
                         Some(out) => {
+                            received.push((spec.name.clone(), out.ty.clone()));
                             let wanted = spec.kind.type_name();
                             if !types_compatible(&out.ty, wanted) && !classes[i].validates_input("input_types") {
                                 own[i].push(
@@ -288,7 +291,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         for (k, v) in &coerced {
             constants.insert(k, v.clone());
         }
-        for (input, msg) in classes[i].validate_inputs(&constants) {
+        for (input, msg) in classes[i].validate_inputs(&constants, &received) {
             let details = if msg.is_empty() { input.clone() } else { format!("{input} - {msg}") };
             own[i].push(ErrorRecord::new("custom_validation_failed", "Custom validation failed for node", details).extra("input_name", json!(input)));
         }

@@ -325,7 +325,7 @@ impl NodeClass for TestNode {
         Ok(if args.get(want).is_none() { vec![want.to_string()] } else { Vec::new() })
     }
 
-    fn validate_inputs(&self, constants: &Args) -> Vec<(String, String)> {
+    fn validate_inputs(&self, constants: &Args, _received_types: &[(String, String)]) -> Vec<(String, String)> {
         if self.kind != Kind::Even {
             return Vec::new();
         }
