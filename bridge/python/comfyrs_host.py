@@ -945,9 +945,9 @@ def validate(name, constants, required_links, input_types=None):
         if r is True:
             continue
         msg = "" if r is False or r is None else str(r)
+        # One error per argument passed, `input_types` included (a check on the link types
+        # alone names it), as ComfyUI reports them.
         for n in names:
-            if n == "input_types":
-                continue
             out.append((n, msg))
     return out
 
