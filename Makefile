@@ -27,11 +27,14 @@ test: setup
 	@bash scripts/miri.sh
 
 # The crates that run ComfyUI's Python nodes (the bridge, the CLI and server end to end) again,
-# against the ComfyUI checkout in COMFYUI_PATH; setup installs its requirements into the venv.
+# against the ComfyUI checkout in COMFYUI_PATH (setup installs its requirements into the venv),
+# then that ComfyUI's own execution test suite against `comfyrs serve`.
 test-comfyui:
 	@test -n "$$COMFYUI_PATH" || { echo "make test-comfyui: set COMFYUI_PATH to a ComfyUI checkout" >&2; exit 2; }
 	@bash scripts/setup.sh
 	$(CARGO) test -p comfyrs-bridge -p comfyrs --no-fail-fast
+	$(CARGO) build
+	bash scripts/comfyui-suite.sh "$$COMFYUI_PATH"
 
 # The workspace builds with the Rust version Cargo.toml declares (rust-version).
 msrv:
