@@ -68,7 +68,7 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) -> Option<
         shared.control.set_running(None);
         return None;
     }
-    let (entry, result) = record(&item, &events, outcome);
+    let (entry, result, terminal) = record(&item, &events, outcome);
     let finished = Finished {
         prompt_id: id.clone(),
         outcome: result,
@@ -83,11 +83,31 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) -> Option<
         tracing::error!("cannot record prompt {id} in history: {e}");
         None
     });
+    // The terminal message goes out once the history entry is committed, so a client that
+    // reacts to it (the frontend refreshes its job list) finds the prompt finished.
+    terminal.send(&events);
     shared.control.set_running(None);
     shared.broadcast_status();
     events.to_client("executing", json!({"node": null, "prompt_id": id}));
     shared.finished(&finished);
     next
+}
+
+/// `execution_success`, `execution_error` or `execution_interrupted`, to send.
+struct Terminal {
+    kind: &'static str,
+    data: Json,
+}
+
+impl Terminal {
+    fn send(self, events: &PromptEvents) {
+        // An interruption also reaches every socket when the prompt has no client (ComfyUI).
+        if self.kind == "execution_interrupted" {
+            events.to_client_or_all(self.kind, self.data);
+        } else {
+            events.to_client(self.kind, self.data);
+        }
+    }
 }
 
 enum Ran {
@@ -113,8 +133,9 @@ fn execute(shared: &Shared, executor: &mut Executor, item: &QueueItem, events: &
     Ran::Report(Box::new(executor.run(&v, &opts)))
 }
 
-/// The history entry and the terminal message, which also goes to the client.
-fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome) {
+/// The history entry (its messages end with the terminal one), and the terminal message for
+/// the client.
+fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome, Terminal) {
     let id = &item.prompt_id;
     let mut messages = events.recorded();
     let mut outputs = Map::new();
@@ -161,12 +182,7 @@ fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome) 
             }
         }
     };
-    if kind == "execution_interrupted" {
-        events.to_client_or_all(kind, data.clone());
-    } else {
-        events.to_client(kind, data.clone());
-    }
-    messages.push(json!([kind, data]));
+    messages.push(json!([kind, data.clone()]));
     let ok = outcome == Outcome::Completed;
     let entry = json!({
         "prompt": item.tuple(),
@@ -174,5 +190,5 @@ fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome) 
         "status": {"status_str": if ok { "success" } else { "error" }, "completed": ok, "messages": messages},
         "meta": meta,
     });
-    (entry, outcome)
+    (entry, outcome, Terminal { kind, data })
 }

@@ -61,6 +61,29 @@ fn a_prompt_runs_and_its_messages_and_history_match_comfyui() {
     assert_eq!(server.wait_history(&id2)["outputs"]["3"], json!({"text": ["hello"]}));
 }
 
+/// A client that reacts to `execution_success` (the frontend refreshes its job list then) finds
+/// the prompt in history and among the completed jobs: the entry is committed first.
+#[test]
+fn history_is_committed_before_execution_success_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = Socket::connect(&server, "c9");
+    ws.text();
+    for round in 0..20 {
+        let id = server.queue(wait_prompt(&format!("round {round}"), 0), Some("c9"))["prompt_id"].as_str().unwrap().to_string();
+        loop {
+            let m = ws.text();
+            if m["type"] == "execution_success" && m["data"]["prompt_id"] == id.as_str() {
+                break;
+            }
+        }
+        let (_, h) = server.get(&format!("/history/{id}"));
+        assert!(h.get(&id).is_some(), "round {round}: no history entry when execution_success arrived");
+        let (_, j) = server.get(&format!("/api/jobs/{id}"));
+        assert_eq!(j["status"], "completed", "round {round}: {j}");
+    }
+}
+
 #[test]
 fn validation_errors_are_comfyuis_and_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
