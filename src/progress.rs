@@ -54,6 +54,11 @@ impl EventSink for Progress {
                         pb.enable_steady_tick(Duration::from_millis(120));
                         *bar = Some(pb);
                     }
+                    Event::Expanded { nodes, .. } => {
+                        if let Some(pb) = bar.as_ref() {
+                            pb.inc_length(*nodes as u64);
+                        }
+                    }
                     Event::Executing { node, class_type, .. } => {
                         if let Some(pb) = bar.as_ref() {
                             pb.set_message(format!("node {node} ({class_type})"));

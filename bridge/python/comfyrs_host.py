@@ -556,12 +556,71 @@ def _error(exc):
     return ("error", interrupt, str(exc), full_type_name(type(exc)), tb)
 
 
-def _dynprompt(prompt):
+# The nodes expansions added to the prompt running now: {node id: (node dict, parent id,
+# display id)}. DYNPROMPT shows them to the nodes that read it (a loop's close node walks them).
+_EPHEMERAL = {"prompt": None, "nodes": {}}
+
+
+def _ephemeral(prompt_id):
+    if _EPHEMERAL["prompt"] != prompt_id:
+        _EPHEMERAL["prompt"] = prompt_id
+        _EPHEMERAL["nodes"] = {}
+    return _EPHEMERAL["nodes"]
+
+
+def _dynprompt(prompt, prompt_id=None):
     try:
         from comfy_execution.graph import DynamicPrompt
-        return DynamicPrompt(prompt or {})
+        d = DynamicPrompt(prompt or {})
     except Exception:
         return None
+    if prompt_id is not None and _EPHEMERAL["prompt"] == prompt_id:
+        for node_id, (info, parent, display) in _EPHEMERAL["nodes"].items():
+            d.add_ephemeral_node(node_id, info, parent, display)
+    return d
+
+
+def _is_link(x):
+    return (isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
+            and isinstance(x[1], (int, float)) and not isinstance(x[1], bool))
+
+
+def _expansion(subgraph_results, cls, unique_id, prompt_id):
+    """ComfyUI's per-call (graph or None, result) pairs for Rust: per call, the graph's nodes as
+    (id, class_type, override_display_id, [(input, is_link, node id or value, slot)]) (None
+    when that call did not expand) and per output slot ("link", node id, slot) or ("values",
+    [values]). The graphs' nodes are recorded for DYNPROMPT."""
+    n_out = len(getattr(cls, "RETURN_TYPES", ()))
+    output_is_list = list(getattr(cls, "OUTPUT_IS_LIST", None) or []) + [False] * n_out
+    recorded = _ephemeral(prompt_id)
+    calls = []
+    for new_graph, result in subgraph_results:
+        nodes = None
+        if new_graph is not None:
+            nodes = []
+            for node_id, info in new_graph.items():
+                recorded[node_id] = (info, unique_id, info.get("override_display_id", unique_id))
+                inputs = []
+                for k, v in (info.get("inputs") or {}).items():
+                    if _is_link(v):
+                        inputs.append((k, True, v[0], int(v[1])))
+                    else:
+                        inputs.append((k, False, v, 0))
+                nodes.append((node_id, info["class_type"], info.get("override_display_id"), inputs))
+        slots = []
+        if result is None:
+            slots = [("values", [])] * n_out
+        else:
+            for i in range(n_out):
+                r = result[i] if i < len(result) else None
+                if new_graph is not None and _is_link(r):
+                    slots.append(("link", r[0], int(r[1])))
+                elif output_is_list[i] and isinstance(r, (list, tuple)):
+                    slots.append(("values", list(r)))
+                else:
+                    slots.append(("values", [r]))
+        calls.append((nodes, slots))
+    return calls
 
 
 _PROMPTS = {"last": None, "seq": 0}
@@ -573,6 +632,7 @@ _KEEP_PROMPTS = 4
 def _note_prompt(prompt_id):
     if prompt_id != _PROMPTS["last"]:
         _PROMPTS["last"] = prompt_id
+        _ephemeral(prompt_id)
         _PROMPTS["seq"] += 1
         oldest = _PROMPTS["seq"] - _KEEP_PROMPTS
         stale = [k for k, (_, seq) in STATE["instances"].items() if seq <= oldest]
@@ -678,9 +738,10 @@ def _helper_params(execution):
     return _PARAMS[0]
 
 
-def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
+def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden, call_index):
     """Current ComfyUI: the executor's own helpers (list mapping, V3 class cloning with
-    cls.hidden, async execute, context variables)."""
+    cls.hidden, async execute, context variables). Returns (output, ui, expanded): with
+    `expanded`, output is the per-call expansion list of `_expansion`."""
     import execution
     v3_data = None
     if _is_v3(cls):
@@ -695,7 +756,7 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
                 elif member.value in ("UNIQUE_ID", "unique_id"):
                     hidden_inputs[member] = unique_id
                 elif member.value in ("DYNPROMPT", "dynprompt"):
-                    hidden_inputs[member] = _dynprompt(hidden.get("__prompt"))
+                    hidden_inputs[member] = _dynprompt(hidden.get("__prompt"), prompt_id)
             v3_data = {"hidden_inputs": hidden_inputs}
         except Exception:
             v3_data = None
@@ -706,6 +767,11 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
         kwargs["v3_data"] = v3_data
     elif "hidden_inputs" in params and v3_data is not None:
         kwargs["hidden_inputs"] = v3_data.get("hidden_inputs")
+    if "pre_execute_cb" in params:
+        # Expansions name their nodes `<node id>.<call>.<graph>.<local id>`, as in ComfyUI;
+        # comfyrs makes each call of a list separately, so it says which call this is.
+        from comfy_execution.graph_utils import GraphBuilder
+        kwargs["pre_execute_cb"] = lambda i: GraphBuilder.set_default_prefix(unique_id, call_index + i, 0)
 
     async def run_all():
         results = await execution._async_map_node_over_list(
@@ -726,8 +792,8 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden):
     got = execution.get_output_from_returns(results, cls)
     output, ui = got[0], got[1]
     if len(got) > 2 and got[2]:
-        raise RuntimeError("{} expanded into a subgraph; node expansion is not supported by comfyrs yet".format(name))
-    return output, ui
+        return _expansion(output, cls, unique_id, prompt_id), ui, True
+    return output, ui, False
 
 
 _OUTPUT_DIR = [None]
@@ -745,11 +811,11 @@ def _set_output_dir(path):
     _OUTPUT_DIR[0] = path
 
 
-def _resolve_hidden(hidden, prompt):
+def _resolve_hidden(hidden, prompt, prompt_id):
     """{name: (token, value)} from Rust -> {name: value}; DYNPROMPT is built here."""
     out = {}
     for name, (token, value) in hidden.items():
-        out[name] = _dynprompt(prompt) if token == "DYNPROMPT" else value
+        out[name] = _dynprompt(prompt, prompt_id) if token == "DYNPROMPT" else value
     return out
 
 
@@ -767,11 +833,12 @@ def _class_info(name):
     return info
 
 
-def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interrupted):
+def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interrupted, call_index=0):
     """Runs one node call. `inputs`: {name: [values]} (one value per list for ordinary nodes,
     whole lists for INPUT_IS_LIST ones); `hidden`: {name: (token, value)} of the class's hidden
-    inputs; `prompt`: the prompt dict when the class reads it (PROMPT, DYNPROMPT), else None.
-    Returns ("ok", outputs, ui_json, own_seconds) or
+    inputs; `prompt`: the prompt dict when the class reads it (PROMPT, DYNPROMPT), else None;
+    `call_index`: which call of a list this is. Returns ("ok", outputs, ui_json, own_seconds),
+    ("expand", calls, ui_json, own_seconds) (see `_expansion`) or
     ("error", is_interrupt, message, exception_type, traceback)."""
     server = STATE["server"]
     try:
@@ -783,7 +850,7 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
         obj = _instance(cls, name, unique_id, prompt_id)
         input_data_all = inputs
         if hidden and not v3:
-            for k, v in _resolve_hidden(hidden, prompt).items():
+            for k, v in _resolve_hidden(hidden, prompt, prompt_id).items():
                 input_data_all[k] = [v]
         server.last_node_id = unique_id
         server.last_prompt_id = prompt_id
@@ -795,8 +862,9 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
                 for token, value in (hidden or {}).values():
                     if token == "EXTRA_PNGINFO":
                         extra = value
-                output, ui = _call_current(cls, name, obj, unique_id, prompt_id, input_data_all,
-                                           {"__prompt": prompt, "__extra_pnginfo": extra})
+                output, ui, expanded = _call_current(cls, name, obj, unique_id, prompt_id, input_data_all,
+                                                     {"__prompt": prompt, "__extra_pnginfo": extra},
+                                                     call_index)
             else:
                 func = getattr(obj, function)
                 before = nodes.before_node_execution
@@ -809,9 +877,10 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
                     return _normalize_v3(r) if v3 else r
 
                 output, ui = _merge_results(_map_over_list(guarded, input_is_list, input_data_all), cls)
+                expanded = False
         own = time.perf_counter() - t
         ui_json = _dumps(ui) if ui else None
-        return ("ok", output, ui_json, own)
+        return ("expand" if expanded else "ok", output, ui_json, own)
     except BaseException as e:  # noqa: B902 - including the interrupt and SystemExit
         return _error(e)
     finally:
@@ -833,7 +902,7 @@ def check_lazy(name, unique_id, prompt_id, inputs, lazy_names, hidden, prompt, e
         for n in lazy_names:
             data.setdefault(n, [None])
         if not _is_v3(cls):
-            for k, v in _resolve_hidden(hidden, prompt).items():
+            for k, v in _resolve_hidden(hidden, prompt, prompt_id).items():
                 data[k] = [v]
         func = getattr(obj, "check_lazy_status")
         input_is_list = bool(getattr(cls, "INPUT_IS_LIST", False))

@@ -143,6 +143,7 @@ pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
     let ctx = ExecContext {
         prompt_id: "bench",
         node_id: "1",
+        call_index: 0,
         prompt: &prompt,
         extra_pnginfo: None,
         output_dir: &out_dir,

@@ -6,9 +6,12 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};
 
+use comfyrs_runtime::expansion::{ExpandedNode, Expansion, ResultPart};
 use comfyrs_runtime::node::{Args, CallOutput, ExecContext, Fingerprint, NodeClass, NodeError, Placement};
+use comfyrs_runtime::prompt::{Input, Link};
 use comfyrs_runtime::schema::{InputKind, NodeSchema, Section};
 
 use crate::convert::{json_to_py, py_to_value, value_to_py};
@@ -82,7 +85,8 @@ impl PyNode {
     /// Hidden inputs of the class as {name: (token, value)}.
     fn hidden<'py>(&self, py: Python<'py>, schema: &NodeSchema, ctx: &ExecContext<'_>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for spec in schema.inputs.iter().filter(|i| i.section == Section::Hidden) {
+        // Hidden inputs of other types are ordinary inputs the prompt fills (`args`).
+        for spec in schema.inputs.iter().filter(|i| i.section == Section::Hidden && i.is_supplied_hidden()) {
             let InputKind::Hidden(token) = &spec.kind else { continue };
             let value = match token.as_str() {
                 "PROMPT" => json_to_py(py, ctx.prompt)?,
@@ -186,6 +190,53 @@ pub(crate) fn parse_record(text: &str) -> Result<(NodeSchema, Flags), RecordErro
     Ok((schema, flags))
 }
 
+/// A node expansion as the host hands it over (`_expansion` in comfyrs_host.py): per call,
+/// the graph's nodes or None, and per output slot a link or values.
+fn read_expansion(calls: &Bound<'_, PyAny>, types: &[String], sizer: &Bound<'_, PyAny>) -> PyResult<Expansion> {
+    let mut all = Expansion::default();
+    for call in calls.try_iter()? {
+        let call = call?;
+        let mut one = Expansion::default();
+        let nodes = call.get_item(0)?;
+        if !nodes.is_none() {
+            for node in nodes.try_iter()? {
+                let node = node?;
+                let id: String = node.get_item(0)?.extract()?;
+                let mut inputs = IndexMap::new();
+                for input in node.get_item(3)?.try_iter()? {
+                    let input = input?;
+                    let name: String = input.get_item(0)?.extract()?;
+                    let value = if input.get_item(1)?.extract::<bool>()? {
+                        Input::Link(Link { node: input.get_item(2)?.extract()?, slot: input.get_item(3)?.extract()? })
+                    } else {
+                        Input::Const(py_to_value(&input.get_item(2)?, "*", sizer)?)
+                    };
+                    inputs.insert(name, value);
+                }
+                let node = ExpandedNode { class_type: node.get_item(1)?.extract()?, inputs, display_id: node.get_item(2)?.extract()? };
+                one.nodes.insert(id, node);
+            }
+        }
+        for (i, slot) in call.get_item(1)?.try_iter()?.enumerate() {
+            let slot = slot?;
+            let kind: String = slot.get_item(0)?.extract()?;
+            let part = if kind == "link" {
+                ResultPart::Link(Link { node: slot.get_item(1)?.extract()?, slot: slot.get_item(2)?.extract()? })
+            } else {
+                let ty = types.get(i).map(String::as_str).unwrap_or("*");
+                let mut vals = Vec::new();
+                for item in slot.get_item(1)?.try_iter()? {
+                    vals.push(py_to_value(&item?, ty, sizer)?);
+                }
+                ResultPart::Values(vals)
+            };
+            one.result.push(vec![part]);
+        }
+        all.push_call(Vec::new(), Some(one), types.len()).map_err(pyo3::exceptions::PyValueError::new_err)?;
+    }
+    Ok(all)
+}
+
 /// Maps a Python error tuple `("error", is_interrupt, message, type, traceback)`.
 fn node_error(t: &Bound<'_, PyTuple>) -> PyResult<NodeError> {
     let interrupt: bool = t.get_item(1)?.extract()?;
@@ -245,28 +296,32 @@ impl NodeClass for PyNode {
                 let out_dir = ctx.output_dir.to_str().filter(|s| !s.is_empty());
                 let r = host
                     .getattr(pyo3::intern!(py, "call"))?
-                    .call1((name, ctx.node_id, ctx.prompt_id, inputs, hidden, prompt, out_dir, ctx.interrupt.is_set()))?;
+                    .call1((name, ctx.node_id, ctx.prompt_id, inputs, hidden, prompt, out_dir, ctx.interrupt.is_set(), ctx.call_index))?;
                 let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
                 let status: String = t.get_item(0)?.extract()?;
-                if status != "ok" {
+                if status != "ok" && status != "expand" {
                     return Ok(Err(node_error(t)?));
                 }
                 let sizer = host.getattr(pyo3::intern!(py, "byte_size"))?;
-                let outputs = t.get_item(1)?;
                 let mut slots: Vec<Vec<comfyrs_runtime::Value>> = Vec::new();
-                for (i, slot) in outputs.try_iter()?.enumerate() {
-                    let slot = slot?;
-                    let ty = types.get(i).map(String::as_str).unwrap_or("*");
-                    let mut vals = Vec::new();
-                    for item in slot.try_iter()? {
-                        vals.push(py_to_value(&item?, ty, &sizer)?);
+                let mut expansion = None;
+                if status == "expand" {
+                    expansion = Some(read_expansion(&t.get_item(1)?, &types, &sizer)?);
+                } else {
+                    for (i, slot) in t.get_item(1)?.try_iter()?.enumerate() {
+                        let slot = slot?;
+                        let ty = types.get(i).map(String::as_str).unwrap_or("*");
+                        let mut vals = Vec::new();
+                        for item in slot.try_iter()? {
+                            vals.push(py_to_value(&item?, ty, &sizer)?);
+                        }
+                        slots.push(vals);
                     }
-                    slots.push(vals);
-                }
-                // A node that returned nothing for its declared outputs (an output node returning
-                // only UI) still has its slots.
-                if slots.is_empty() && !types.is_empty() {
-                    slots = vec![Vec::new(); types.len()];
+                    // A node that returned nothing for its declared outputs (an output node
+                    // returning only UI) still has its slots.
+                    if slots.is_empty() && !types.is_empty() {
+                        slots = vec![Vec::new(); types.len()];
+                    }
                 }
                 let ui_text: Option<String> = t.get_item(2)?.extract()?;
                 let ui = match ui_text.map(|s| serde_json::from_str::<Json>(&s)) {
@@ -279,7 +334,7 @@ impl NodeClass for PyNode {
                         None
                     }
                 };
-                Ok(Ok(CallOutput { outputs: slots, ui: ui.filter(|m: &Map<String, Json>| !m.is_empty()) }))
+                Ok(Ok(CallOutput { outputs: slots, ui: ui.filter(|m: &Map<String, Json>| !m.is_empty()), expansion }))
             };
             interp::in_call(ctx, || match run() {
                 Ok(r) => r,

@@ -36,6 +36,7 @@ fn run_prompt(exec: &mut Executor, prompt: Json, events: &Collect) -> Result<Run
             extra_pnginfo: Some(json!({"workflow": {"note": "comfyrs"}})),
             output_dir: e.output.clone(),
             events,
+            registry: Some(&e.registry),
         },
     ))
 }
@@ -312,6 +313,7 @@ fn values_keep_their_types_both_ways() {
     let ctx = comfyrs_runtime::node::ExecContext {
         prompt_id: "p",
         node_id: "7",
+        call_index: 0,
         prompt: &prompt,
         extra_pnginfo: None,
         output_dir: &e.output,
@@ -443,6 +445,7 @@ fn tensors_cross_without_copies() {
     let ctx = comfyrs_runtime::node::ExecContext {
         prompt_id: "p",
         node_id: "1",
+        call_index: 0,
         prompt: &prompt,
         extra_pnginfo: None,
         output_dir: &e.output,

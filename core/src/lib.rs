@@ -248,6 +248,7 @@ pub(crate) mod testing {
         let ctx = ExecContext {
             prompt_id: "test",
             node_id: "1",
+            call_index: 0,
             prompt: &prompt,
             extra_pnginfo: None,
             output_dir: std::path::Path::new("."),

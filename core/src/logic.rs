@@ -96,7 +96,7 @@ fn custom_combo(args: &Args) -> Result<CallOutput, NodeError> {
         None => Value::None,
     };
     let index = if args.has("index") { args.int("index")? } else { 0 };
-    Ok(CallOutput { outputs: vec![vec![choice], vec![Value::Int(index)]], ui: None })
+    Ok(CallOutput { outputs: vec![vec![choice], vec![Value::Int(index)]], ui: None, expansion: None })
 }
 
 fn not(args: &Args) -> Result<CallOutput, NodeError> {

@@ -10,6 +10,10 @@ pub enum Event {
     /// cached when the prompt began, then one event per node found cached while running.
     Cached { prompt_id: String, nodes: Vec<String> },
     Executing { prompt_id: String, node: String, class_type: String },
+    /// `node` expanded into a sub-graph (docs/comfyui.md, "Node expansion"): the ids it added,
+    /// each with the id the UI shows it as (its display node), and how many of them will
+    /// execute (those the prompt needs that are not cached).
+    Expanded { prompt_id: String, node: String, added: Vec<(String, String)>, nodes: usize },
     Progress { prompt_id: String, node: String, value: u64, max: u64 },
     /// A node finished; `ui` is its UI output, if any.
     Executed { prompt_id: String, node: String, class_type: String, ui: Option<Map<String, Json>>, seconds: f64 },

@@ -3,10 +3,10 @@
 //! worker threads, so independent branches overlap. A failing node stops its dependents; other
 //! branches finish. Nothing here recurses on graph depth.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use indexmap::IndexMap;
@@ -15,11 +15,14 @@ use serde_json::{json, Map, Value as Json};
 use crate::blocker::ExecutionBlocker;
 use crate::cache::{CacheMode, CacheStats, NodeResult, OutputCache};
 use crate::events::{Event, EventSink};
+use crate::expansion::{Expansion, ResultPart};
 use crate::interrupt::Interrupt;
-use crate::node::{Args, CallOutput, ExecContext, NodeError, Placement};
+use crate::node::{Args, CallOutput, ExecContext, NodeClass, NodeError, Placement};
+use crate::plan::{Callee, Plan};
 use crate::prompt::Input;
-use crate::schema::InputKind;
-use crate::signature::{sign_all, Signature};
+use crate::registry::Registry;
+use crate::schema::{InputKind, NodeSchema};
+use crate::signature::{run_salt, sign_all_with, Salt, Signature};
 use crate::validate::Validated;
 use crate::value::Value;
 
@@ -35,6 +38,9 @@ pub struct RunOptions<'a> {
     pub extra_pnginfo: Option<Json>,
     pub output_dir: PathBuf,
     pub events: &'a dyn EventSink,
+    /// Where the classes of nodes that expansions add are found; without it a node that
+    /// expands fails, saying so.
+    pub registry: Option<&'a Registry>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +117,8 @@ enum State {
     Unscheduled,
     Waiting,
     Running,
+    /// Expanded into a sub-graph; waits for the outputs its result names.
+    Expanded,
     Done,
     Failed,
     Skipped,
@@ -118,6 +126,7 @@ enum State {
 
 struct Job {
     index: usize,
+    callee: Callee,
     args: Args,
 }
 
@@ -150,17 +159,15 @@ impl Executor {
     pub fn run(&mut self, v: &Validated, opts: &RunOptions) -> RunReport {
         let start = Instant::now();
         self.interrupt.clear();
-        let sigs = sign_all(v);
-        let prompt_json = if v.schemas.iter().any(|s| s.inputs.iter().any(|i| matches!(&i.kind, InputKind::Hidden(t) if t == "PROMPT"))) {
-            v.prompt.to_json()
-        } else {
-            Json::Null
-        };
-        let mut run = Run::new(v, &sigs, opts);
+        let salt = run_salt();
+        let sigs = sign_all_with(v, &salt);
+        let mut run = Run::new(v, sigs, salt, opts);
         // As ComfyUI reports it: every node of the prompt whose output is cached at the start,
         // whether or not the requested outputs need it.
-        let cached: Vec<String> =
-            (0..v.prompt.nodes.len()).filter(|&i| sigs[i].is_some_and(|s| self.cache.contains(&s))).map(|i| v.id(i).to_string()).collect();
+        let cached: Vec<String> = (0..v.prompt.nodes.len())
+            .filter(|&i| run.sigs[i].is_some_and(|s| self.cache.contains(&s)))
+            .map(|i| v.id(i).to_string())
+            .collect();
         for &o in &v.outputs {
             run.schedule(o, &mut self.cache);
         }
@@ -168,7 +175,7 @@ impl Executor {
         // Always sent, empty or not: ComfyUI's clients expect `execution_cached` after the start.
         opts.events.emit(&Event::Cached { prompt_id: opts.prompt_id.clone(), nodes: cached });
         let interrupt = self.interrupt.clone();
-        let ctx_parts = CtxParts { prompt: &prompt_json, extra: opts.extra_pnginfo.as_ref(), opts, interrupt: &interrupt };
+        let ctx_parts = CtxParts { prompt: OnceLock::new(), base: v, extra: opts.extra_pnginfo.as_ref(), opts, interrupt: &interrupt };
         let workers = self.workers;
         let cache = &mut self.cache;
         std::thread::scope(|scope| {
@@ -181,8 +188,13 @@ impl Executor {
                 }
                 while !run.interrupted {
                     let Some(i) = run.ready.pop_front() else { break };
-                    if run.state[i] != State::Waiting {
-                        continue;
+                    match run.state[i] {
+                        State::Waiting => {}
+                        State::Expanded => {
+                            run.resolve(i, cache);
+                            continue;
+                        }
+                        _ => continue,
                     }
                     // An identical node of this prompt may have produced this signature since.
                     if run.serve_from_cache(i, cache) {
@@ -192,10 +204,11 @@ impl Executor {
                         continue;
                     }
                     let args = run.gather(i);
-                    if v.classes[i].placement() == Placement::Inline {
+                    let callee = run.plan.callee(i);
+                    if callee.class.placement() == Placement::Inline {
                         let t = Instant::now();
                         run.emit_executing(i);
-                        let result = execute_node(v, i, &args, &ctx_parts);
+                        let result = execute_node(&callee, &args, &ctx_parts);
                         run.finish(i, result, t.elapsed().as_secs_f64(), &args, cache);
                         if interrupt.is_set() {
                             run.interrupted = true;
@@ -217,7 +230,7 @@ impl Executor {
                                     Err(_) => return,
                                 };
                                 let t = Instant::now();
-                                let result = execute_node(v, job.index, &job.args, parts);
+                                let result = execute_node(&job.callee, &job.args, parts);
                                 let _ = done_tx.send(JobDone { index: job.index, result, seconds: t.elapsed().as_secs_f64() });
                             });
                             spawned += 1;
@@ -225,7 +238,7 @@ impl Executor {
                         run.state[i] = State::Running;
                         run.emit_executing(i);
                         run.running_args.insert(i, args.clone());
-                        tx.send(Job { index: i, args }).expect("workers alive");
+                        tx.send(Job { index: i, callee, args }).expect("workers alive");
                         running += 1;
                     } else {
                         run.ready.push_front(i);
@@ -244,6 +257,9 @@ impl Executor {
             }
             drop(job_tx); // workers exit when the job channel closes
         });
+        if !run.interrupted {
+            run.fail_stuck();
+        }
         let report = run.into_report(start, cache.stats());
         if report.interrupted {
             opts.events.emit(&Event::Interrupted { prompt_id: opts.prompt_id.clone(), node: None });
@@ -254,18 +270,25 @@ impl Executor {
 }
 
 struct CtxParts<'a> {
-    prompt: &'a Json,
+    /// The prompt as JSON, made the first time a node reads it (hidden PROMPT or DYNPROMPT).
+    prompt: OnceLock<Json>,
+    base: &'a Validated,
     extra: Option<&'a Json>,
     opts: &'a RunOptions<'a>,
     interrupt: &'a Interrupt,
 }
 
+static NO_PROMPT: Json = Json::Null;
+
 impl CtxParts<'_> {
-    fn ctx<'b>(&'b self, node_id: &'b str) -> ExecContext<'b> {
+    fn ctx<'b>(&'b self, node_id: &'b str, schema: &NodeSchema, call_index: usize) -> ExecContext<'b> {
+        let reads_prompt = schema.inputs.iter().any(|s| matches!(&s.kind, InputKind::Hidden(t) if t == "PROMPT" || t == "DYNPROMPT"));
+        let prompt = if reads_prompt { self.prompt.get_or_init(|| self.base.prompt.to_json()) } else { &NO_PROMPT };
         ExecContext {
             prompt_id: &self.opts.prompt_id,
             node_id,
-            prompt: self.prompt,
+            call_index,
+            prompt,
             extra_pnginfo: self.extra,
             output_dir: &self.opts.output_dir,
             events: self.opts.events,
@@ -276,21 +299,21 @@ impl CtxParts<'_> {
 
 /// Calls a node over ComfyUI's list semantics (docs/comfyui.md, "List semantics") and merges the
 /// results.
-fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Result<CallOutput, NodeError> {
-    let schema = &v.schemas[i];
-    let class = &v.classes[i];
-    let ctx = parts.ctx(v.id(i));
+fn execute_node(callee: &Callee, args: &Args, parts: &CtxParts) -> Result<CallOutput, NodeError> {
+    let schema = &callee.schema;
+    let class = &callee.class;
     let n_out = schema.outputs.len();
     // A call whose inputs hold an execution blocker is not made: each output gets a blocker.
-    let call = |args: &Args| -> Result<CallOutput, NodeError> {
+    let call = |args: &Args, k: usize| -> Result<CallOutput, NodeError> {
+        let ctx = parts.ctx(&callee.id, schema, k);
+        ctx.check_interrupt()?;
         match blocker_in(args) {
             Some(b) => Ok(blocked(&ctx, &schema.name, b, n_out)),
             None => guarded(&schema.name, || class.execute(&ctx, args)),
         }
     };
     let calls: Vec<Result<CallOutput, NodeError>> = if schema.input_is_list {
-        ctx.check_interrupt()?;
-        vec![call(args)]
+        vec![call(args, 0)]
     } else {
         let lens: Vec<usize> = args.values.values().map(Vec::len).collect();
         if lens.contains(&0) {
@@ -298,35 +321,36 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
         } else {
             let n = lens.iter().copied().max().unwrap_or(1);
             if n == 1 {
-                ctx.check_interrupt()?;
-                vec![call(args)]
+                vec![call(args, 0)]
             } else {
                 let mut out = Vec::with_capacity(n);
                 for k in 0..n {
-                    ctx.check_interrupt()?;
                     let mut sliced = Args::default();
                     for (name, list) in &args.values {
                         sliced.values.insert(name.clone(), vec![list[k.min(list.len() - 1)].clone()]);
                     }
-                    out.push(call(&sliced));
+                    let r = call(&sliced, k);
+                    let interrupted = matches!(r, Err(NodeError::Interrupted));
+                    out.push(r);
+                    if interrupted {
+                        break;
+                    }
                 }
                 out
             }
         }
     };
-    let mut merged = CallOutput { outputs: vec![Vec::new(); n_out], ui: None };
+    let expands = calls.iter().any(|c| matches!(c, Ok(c) if c.expansion.is_some()));
+    let mut merged = CallOutput { outputs: vec![Vec::new(); n_out], ui: None, expansion: None };
     for call in calls {
         let call = call?;
-        if call.outputs.len() != n_out {
+        if call.expansion.is_none() && call.outputs.len() != n_out {
             return Err(NodeError::msg(format!(
                 "{} returned {} output(s) but declares {}; this is a bug in the node implementation",
                 schema.name,
                 call.outputs.len(),
                 n_out
             )));
-        }
-        for (slot, vals) in call.outputs.into_iter().enumerate() {
-            merged.outputs[slot].extend(vals);
         }
         if let Some(ui) = call.ui {
             let m = merged.ui.get_or_insert_with(Map::new);
@@ -338,6 +362,14 @@ fn execute_node(v: &Validated, i: usize, args: &Args, parts: &CtxParts) -> Resul
                     }
                     (Some(slot), val) => *slot = val,
                 }
+            }
+        }
+        if expands {
+            let e = merged.expansion.get_or_insert_with(Expansion::default);
+            e.push_call(call.outputs, call.expansion, n_out).map_err(|why| NodeError::msg(format!("{}: {why}", schema.name)))?;
+        } else {
+            for (slot, vals) in call.outputs.into_iter().enumerate() {
+                merged.outputs[slot].extend(vals);
             }
         }
     }
@@ -362,7 +394,7 @@ fn blocked(ctx: &ExecContext, class: &str, b: &ExecutionBlocker, n_out: usize) -
         });
         ctx.custom_message("execution_error".into(), data);
     }
-    CallOutput { outputs: vec![vec![ExecutionBlocker::value(None)]; n_out], ui: None }
+    CallOutput { outputs: vec![vec![ExecutionBlocker::value(None)]; n_out], ui: None, expansion: None }
 }
 
 /// Runs node code, turning a panic into a node error: a buggy node fails its own branch
@@ -378,10 +410,23 @@ fn guarded<T>(class: &str, f: impl FnOnce() -> Result<T, NodeError>) -> Result<T
     })
 }
 
+/// A piece of an expanded node's output slot, its links resolved to node indices.
+enum Part {
+    Values(Vec<Value>),
+    Link(usize, usize),
+}
+
+/// An expanded node waiting for its sub-graph.
+struct Pending {
+    result: Vec<Vec<Part>>,
+    ui: Option<Map<String, Json>>,
+}
+
 /// The state of one prompt's execution.
 struct Run<'a> {
-    v: &'a Validated,
-    sigs: &'a [Option<Signature>],
+    plan: Plan<'a>,
+    sigs: Vec<Option<Signature>>,
+    salt: Salt,
     opts: &'a RunOptions<'a>,
     state: Vec<State>,
     results: Vec<Option<Arc<NodeResult>>>,
@@ -393,19 +438,20 @@ struct Run<'a> {
     cached: Vec<usize>,
     seconds: Vec<f64>,
     blocked_by: Vec<Option<usize>>,
-    lazy_checked: Vec<bool>,
     running_args: IndexMap<usize, Args>,
+    pending: HashMap<usize, Pending>,
     outputs: IndexMap<String, Map<String, Json>>,
     errors: Vec<ExecutionError>,
     interrupted: bool,
 }
 
 impl<'a> Run<'a> {
-    fn new(v: &'a Validated, sigs: &'a [Option<Signature>], opts: &'a RunOptions<'a>) -> Self {
+    fn new(v: &'a Validated, sigs: Vec<Option<Signature>>, salt: Salt, opts: &'a RunOptions<'a>) -> Self {
         let n = v.prompt.nodes.len();
         Run {
-            v,
+            plan: Plan::new(v),
             sigs,
+            salt,
             opts,
             state: vec![State::Unscheduled; n],
             results: vec![None; n],
@@ -416,12 +462,24 @@ impl<'a> Run<'a> {
             cached: Vec::new(),
             seconds: vec![0.0; n],
             blocked_by: vec![None; n],
-            lazy_checked: vec![false; n],
             running_args: IndexMap::new(),
+            pending: HashMap::new(),
             outputs: IndexMap::new(),
             errors: Vec::new(),
             interrupted: false,
         }
+    }
+
+    /// Room for the per-node state of nodes an expansion added.
+    fn grow(&mut self) {
+        let n = self.plan.len();
+        self.sigs.resize(n, None);
+        self.state.resize(n, State::Unscheduled);
+        self.results.resize(n, None);
+        self.deps_left.resize(n, 0);
+        self.consumers.resize(n, Vec::new());
+        self.seconds.resize(n, 0.0);
+        self.blocked_by.resize(n, None);
     }
 
     fn pending_count(&self) -> usize {
@@ -429,7 +487,40 @@ impl<'a> Run<'a> {
     }
 
     fn is_lazy(&self, i: usize, input: &str) -> bool {
-        self.v.schemas[i].find_input(input).is_some_and(|s| s.lazy)
+        self.plan.schema(i).find_input(input).is_some_and(|s| s.lazy)
+    }
+
+    /// Signs `root` and whatever unsigned node it depends on (nodes expansions added are signed
+    /// when first needed), sources first, without recursion.
+    fn ensure_signed(&mut self, root: usize) {
+        if self.sigs[root].is_some() {
+            return;
+        }
+        let mut stack = vec![(root, false)];
+        while let Some((j, expanded)) = stack.pop() {
+            if self.sigs[j].is_some() {
+                continue;
+            }
+            if !expanded {
+                stack.push((j, true));
+                for &(_, src, _) in self.plan.links(j) {
+                    if self.sigs[src].is_none() {
+                        stack.push((src, false));
+                    }
+                }
+                continue;
+            }
+            let view = crate::signature::NodeView {
+                schema: self.plan.schema(j),
+                class: self.plan.class(j).as_ref(),
+                id: self.plan.id(j),
+                key_id: self.plan.key_id(j),
+                inputs: self.plan.inputs(j),
+                links: self.plan.links(j),
+            };
+            let sig = crate::signature::sign_node(&view, &self.sigs, &self.salt);
+            self.sigs[j] = Some(sig);
+        }
     }
 
     /// Schedules `root` and whatever it needs that is neither cached nor already scheduled.
@@ -441,6 +532,7 @@ impl<'a> Run<'a> {
             if self.state[j] != State::Unscheduled {
                 continue;
             }
+            self.ensure_signed(j);
             self.order.push(j);
             if let Some(hit) = self.sigs[j].and_then(|s| cache.get(&s)) {
                 self.use_cached(j, hit);
@@ -448,7 +540,7 @@ impl<'a> Run<'a> {
             }
             self.state[j] = State::Waiting;
             added.push(j);
-            for (name, src, _) in &self.v.links[j] {
+            for (name, src, _) in self.plan.links(j) {
                 if !self.is_lazy(j, name) && self.state[*src] == State::Unscheduled {
                     stack.push(*src);
                 }
@@ -462,7 +554,9 @@ impl<'a> Run<'a> {
 
     /// Counts `j`'s unfinished sources (lazy ones only if `include_lazy`) and queues it if none.
     fn add_deps(&mut self, j: usize, include_lazy: bool) {
-        let mut srcs: Vec<usize> = self.v.links[j]
+        let mut srcs: Vec<usize> = self
+            .plan
+            .links(j)
             .iter()
             .filter(|(name, _, _)| include_lazy || !self.is_lazy(j, name))
             .map(|&(_, s, _)| s)
@@ -491,26 +585,48 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Makes `i` wait for `src` (scheduling it if needed). False when `src` already failed, in
+    /// which case `i` was skipped.
+    fn wait_for(&mut self, i: usize, src: usize, cache: &mut OutputCache) -> bool {
+        self.schedule(src, cache);
+        match self.state[src] {
+            State::Done => true,
+            State::Failed | State::Skipped => {
+                self.skip(i, src);
+                false
+            }
+            _ => {
+                if !self.consumers[src].contains(&i) {
+                    self.consumers[src].push(i);
+                    self.deps_left[i] += 1;
+                }
+                true
+            }
+        }
+    }
+
     /// Lazy inputs (docs/comfyui.md, "Lazy inputs"): asks the node which lazy inputs it still needs
     /// and schedules their sources. Returns true when the node must wait for them.
     fn needs_lazy_inputs(&mut self, i: usize, parts: &CtxParts, cache: &mut OutputCache) -> bool {
-        let schema = &self.v.schemas[i];
+        let schema = self.plan.schema(i).clone();
         if !schema.inputs.iter().any(|s| s.lazy) {
             return false;
         }
         let args = self.gather(i);
-        let ctx = parts.ctx(self.v.id(i));
-        let wanted = match guarded(&schema.name, || self.v.classes[i].check_lazy_status(&ctx, &args)) {
+        let wanted = {
+            let ctx = parts.ctx(self.plan.id(i), &schema, 0);
+            guarded(&schema.name, || self.plan.class(i).check_lazy_status(&ctx, &args))
+        };
+        let wanted = match wanted {
             Ok(w) => w,
             Err(e) => {
                 self.finish(i, Err(e), 0.0, &args, cache);
                 return true;
             }
         };
-        self.lazy_checked[i] = true;
         let mut missing = Vec::new();
         for name in wanted {
-            if let Some(&(_, src, _)) = self.v.links[i].iter().find(|(n, _, _)| *n == name) {
+            if let Some(&(_, src, _)) = self.plan.links(i).iter().find(|(n, _, _)| *n == name) {
                 if self.state[src] != State::Done {
                     missing.push(src);
                 }
@@ -520,19 +636,8 @@ impl<'a> Run<'a> {
             return false;
         }
         for src in missing {
-            self.schedule(src, cache);
-            match self.state[src] {
-                State::Done => {}
-                State::Failed | State::Skipped => {
-                    self.skip(i, src);
-                    return true;
-                }
-                _ => {
-                    if !self.consumers[src].contains(&i) {
-                        self.consumers[src].push(i);
-                        self.deps_left[i] += 1;
-                    }
-                }
+            if !self.wait_for(i, src, cache) {
+                return true;
             }
         }
         if self.deps_left[i] == 0 {
@@ -544,10 +649,10 @@ impl<'a> Run<'a> {
     /// The argument lists of one node: constants, linked results (lazy ones only once
     /// evaluated), undeclared links passed through.
     fn gather(&self, i: usize) -> Args {
-        let schema = &self.v.schemas[i];
-        let (_, node) = self.v.prompt.nodes.get_index(i).unwrap();
+        let schema = self.plan.schema(i);
+        let links = self.plan.links(i);
         let mut args = Args::default();
-        for (name, input) in &node.inputs {
+        for (name, input) in self.plan.inputs(i) {
             let spec = schema.find_input(name);
             match input {
                 Input::Const(c) => {
@@ -560,7 +665,7 @@ impl<'a> Run<'a> {
                         args.values.insert(name.clone(), vec![Value::Json(json!([l.node, l.slot]))]);
                         continue;
                     }
-                    let Some(&(_, src, slot)) = self.v.links[i].iter().find(|(n, _, _)| n == name) else { continue };
+                    let Some(&(_, src, slot)) = links.iter().find(|(n, _, _)| n == name) else { continue };
                     if let Some(r) = &self.results[src] {
                         args.values.insert(name.clone(), r.outputs[slot].clone());
                     }
@@ -574,47 +679,259 @@ impl<'a> Run<'a> {
     fn emit_executing(&self, i: usize) {
         self.opts.events.emit(&Event::Executing {
             prompt_id: self.opts.prompt_id.clone(),
-            node: self.v.id(i).to_string(),
-            class_type: self.v.schemas[i].name.clone(),
+            node: self.plan.id(i).to_string(),
+            class_type: self.plan.schema(i).name.clone(),
         });
     }
 
     fn finish(&mut self, i: usize, result: Result<CallOutput, NodeError>, seconds: f64, args: &Args, cache: &mut OutputCache) {
         self.seconds[i] = seconds;
-        let id = self.v.id(i).to_string();
-        let class_type = self.v.schemas[i].name.clone();
         match result {
-            Ok(out) => {
-                let res = Arc::new(NodeResult::new(out.outputs, out.ui));
-                if let Some(ui) = &res.ui {
-                    self.outputs.insert(id.clone(), ui.clone());
-                }
-                if let Some(sig) = self.sigs[i] {
-                    cache.insert(sig, res.clone());
-                }
-                self.results[i] = Some(res.clone());
-                self.state[i] = State::Done;
-                self.opts.events.emit(&Event::Executed { prompt_id: self.opts.prompt_id.clone(), node: id, class_type, ui: res.ui.clone(), seconds });
-                self.release(i);
-            }
+            Ok(out) => match out.expansion {
+                Some(e) => self.expand(i, e, out.ui, args, cache),
+                None => self.complete(i, out.outputs, out.ui, cache),
+            },
             Err(NodeError::Interrupted) => {
                 self.state[i] = State::Skipped;
                 self.interrupted = true;
             }
-            Err(e) => {
-                let (message, exception_type, traceback) = match e {
-                    NodeError::Failed { message, exception_type, traceback } => (message, exception_type, traceback),
-                    NodeError::Interrupted => unreachable!(),
-                };
-                self.opts.events.emit(&Event::Error { prompt_id: self.opts.prompt_id.clone(), node: id.clone(), class_type: class_type.clone(), message: message.clone() });
-                let mut current_inputs = Map::new();
-                for (k, vals) in &args.values {
-                    current_inputs.insert(k.clone(), vals.iter().map(Value::to_json).collect());
-                }
-                self.errors.push(ExecutionError { node_id: id, node_type: class_type, exception_message: message, exception_type, traceback, current_inputs });
-                self.state[i] = State::Failed;
-                self.skip_from(i);
+            Err(NodeError::Failed { message, exception_type, traceback }) => self.fail(i, message, exception_type, traceback, args),
+        }
+    }
+
+    /// Records a node's result: cached, handed to its consumers.
+    fn complete(&mut self, i: usize, outputs: Vec<Vec<Value>>, ui: Option<Map<String, Json>>, cache: &mut OutputCache) {
+        let id = self.plan.id(i).to_string();
+        let res = Arc::new(NodeResult::new(outputs, ui));
+        if let Some(ui) = &res.ui {
+            self.outputs.insert(id.clone(), ui.clone());
+        }
+        if let Some(sig) = self.sigs[i] {
+            cache.insert(sig, res.clone());
+        }
+        self.results[i] = Some(res.clone());
+        self.state[i] = State::Done;
+        let class_type = self.plan.schema(i).name.clone();
+        let seconds = self.seconds[i];
+        self.opts.events.emit(&Event::Executed { prompt_id: self.opts.prompt_id.clone(), node: id, class_type, ui: res.ui.clone(), seconds });
+        self.release(i);
+    }
+
+    fn fail(&mut self, i: usize, message: String, exception_type: String, traceback: Vec<String>, args: &Args) {
+        let id = self.plan.id(i).to_string();
+        let class_type = self.plan.schema(i).name.clone();
+        self.opts.events.emit(&Event::Error { prompt_id: self.opts.prompt_id.clone(), node: id.clone(), class_type: class_type.clone(), message: message.clone() });
+        let mut current_inputs = Map::new();
+        for (k, vals) in &args.values {
+            current_inputs.insert(k.clone(), vals.iter().map(Value::to_json).collect());
+        }
+        self.errors.push(ExecutionError { node_id: id, node_type: class_type, exception_message: message, exception_type, traceback, current_inputs });
+        self.state[i] = State::Failed;
+        self.skip_from(i);
+    }
+
+    /// Node expansion (docs/comfyui.md, "Node expansion"): the sub-graph's nodes join the run
+    /// (checked first: nothing is added if any of it is wrong), its output nodes are scheduled,
+    /// and `i` waits for the outputs its result names.
+    fn expand(&mut self, i: usize, e: Expansion, ui: Option<Map<String, Json>>, args: &Args, cache: &mut OutputCache) {
+        let added = match self.add_expansion(i, &e) {
+            Ok(added) => added,
+            Err(problems) => {
+                let message = format!(
+                    "node {} ({}) expanded into a sub-graph that cannot run: {}",
+                    self.plan.id(i),
+                    self.plan.schema(i).name,
+                    problems.join("; ")
+                );
+                self.fail(i, message, "ExpansionError".into(), Vec::new(), args);
+                return;
             }
+        };
+        self.state[i] = State::Expanded;
+        let before = self.pending_count();
+        let mut result = Vec::with_capacity(e.result.len());
+        let mut sources = Vec::new();
+        for parts in e.result {
+            let mut slot = Vec::with_capacity(parts.len());
+            for p in parts {
+                slot.push(match p {
+                    ResultPart::Values(v) => Part::Values(v),
+                    ResultPart::Link(l) => {
+                        let src = self.plan.index_of(&l.node).expect("checked by add_expansion");
+                        sources.push(src);
+                        Part::Link(src, l.slot)
+                    }
+                });
+            }
+            result.push(slot);
+        }
+        self.pending.insert(i, Pending { result, ui });
+        let events: Vec<(String, String)> = added.iter().map(|&j| (self.plan.id(j).to_string(), self.plan.display(j).to_string())).collect();
+        // Output nodes of the sub-graph run as part of the prompt; `i` does not wait for them.
+        for &j in &added {
+            if self.plan.schema(j).output_node {
+                self.schedule(j, cache);
+            }
+        }
+        sources.sort_unstable();
+        sources.dedup();
+        for src in sources {
+            if !self.wait_for(i, src, cache) {
+                break;
+            }
+        }
+        self.opts.events.emit(&Event::Expanded {
+            prompt_id: self.opts.prompt_id.clone(),
+            node: self.plan.id(i).to_string(),
+            added: events,
+            nodes: self.pending_count().saturating_sub(before),
+        });
+        if self.state[i] == State::Expanded && self.deps_left[i] == 0 {
+            self.ready.push_back(i);
+        }
+    }
+
+    /// Checks an expansion against the run and adds its nodes; their indices, or every
+    /// problem found.
+    fn add_expansion(&mut self, i: usize, e: &Expansion) -> Result<Vec<usize>, Vec<String>> {
+        let mut problems = Vec::new();
+        let Some(registry) = self.opts.registry else {
+            return Err(vec!["this run has no node registry to find the classes of expanded nodes in (a bug of the caller)".into()]);
+        };
+        let first = self.plan.len();
+        let new_index = |id: &str| e.nodes.get_index_of(id).map(|k| first + k);
+        let mut classes = Vec::with_capacity(e.nodes.len());
+        for (id, node) in &e.nodes {
+            if self.plan.index_of(id).is_some() {
+                problems.push(format!("node id '{id}' is already taken"));
+            }
+            match registry.get(&node.class_type) {
+                Some(c) => classes.push(Some(c.clone())),
+                None => {
+                    problems.push(format!("node '{id}' has class '{}', which is not installed", node.class_type));
+                    classes.push(None);
+                }
+            }
+        }
+        let outputs_of = |src: usize, classes: &[Option<Arc<dyn NodeClass>>]| -> Option<usize> {
+            if src >= first {
+                classes[src - first].as_ref().map(|c| c.schema().outputs.len())
+            } else {
+                Some(self.plan.schema(src).outputs.len())
+            }
+        };
+        let mut links: Vec<Vec<(String, usize, usize)>> = Vec::with_capacity(e.nodes.len());
+        for (id, node) in &e.nodes {
+            let mut resolved = Vec::new();
+            for (name, input) in &node.inputs {
+                let Input::Link(l) = input else { continue };
+                match new_index(&l.node).or_else(|| self.plan.index_of(&l.node)) {
+                    None => problems.push(format!("input '{name}' of node '{id}' links to node '{}', which is neither in the prompt nor in the expansion", l.node)),
+                    Some(src) if src < first && self.sigs[src].is_none() && !self.plan.is_added(src) => problems.push(format!(
+                        "input '{name}' of node '{id}' links to node '{}', which no output of the prompt uses (so it was not validated)",
+                        l.node
+                    )),
+                    Some(src) => match outputs_of(src, &classes) {
+                        Some(n) if l.slot >= n => problems.push(format!("input '{name}' of node '{id}' links to output {} of node '{}', which has {n} output(s)", l.slot, l.node)),
+                        _ => resolved.push((name.clone(), src, l.slot)),
+                    },
+                }
+            }
+            links.push(resolved);
+        }
+        for parts in &e.result {
+            for p in parts {
+                if let ResultPart::Link(l) = p {
+                    match new_index(&l.node).or_else(|| self.plan.index_of(&l.node)) {
+                        None => problems.push(format!("its result names node '{}', which is neither in the prompt nor in the expansion", l.node)),
+                        Some(src) if src == i => problems.push("its result names its own output".into()),
+                        Some(src) => {
+                            if let Some(n) = outputs_of(src, &classes) {
+                                if l.slot >= n {
+                                    problems.push(format!("its result names output {} of node '{}', which has {n} output(s)", l.slot, l.node));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(cycle) = cycle_among(first, &links) {
+            let ids: Vec<&str> = cycle.iter().map(|&k| e.nodes.get_index(k).unwrap().0.as_str()).collect();
+            problems.push(format!("its nodes form a dependency cycle: {}", ids.join(" -> ")));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // The prompt node this sub-graph descends from: ids below it enter keys relative to it.
+        let real = {
+            let mut r = i;
+            while self.plan.is_added(r) {
+                r = self.plan.index_of(self.parent_of(r)).unwrap_or(0);
+            }
+            r
+        };
+        let real_id = self.plan.id(real).to_string();
+        let parent_display = self.plan.display(i).to_string();
+        let mut added = Vec::with_capacity(e.nodes.len());
+        for (((id, node), class), links) in e.nodes.iter().zip(classes).zip(links) {
+            let class = class.expect("checked above");
+            let key_id = id.strip_prefix(real_id.as_str()).unwrap_or(id).to_string();
+            let display = node.display_id.clone().unwrap_or_else(|| parent_display.clone());
+            let j = self.plan.add(crate::plan::AddedNode {
+                id: id.clone(),
+                schema: class.schema(),
+                class,
+                inputs: node.inputs.clone(),
+                links,
+                key_id,
+                display,
+                parent: self.plan.id(i).to_string(),
+            });
+            added.push(j);
+        }
+        self.grow();
+        Ok(added)
+    }
+
+    fn parent_of(&self, i: usize) -> &str {
+        self.plan.parent(i).unwrap_or("")
+    }
+
+    /// An expanded node whose sub-graph finished: its result, resolved, is its output.
+    fn resolve(&mut self, i: usize, cache: &mut OutputCache) {
+        let Some(p) = self.pending.remove(&i) else { return };
+        let mut outputs = Vec::with_capacity(p.result.len());
+        for parts in p.result {
+            let mut vals = Vec::new();
+            for part in parts {
+                match part {
+                    Part::Values(v) => vals.extend(v),
+                    Part::Link(src, slot) => {
+                        if let Some(r) = &self.results[src] {
+                            vals.extend(r.outputs[slot].iter().cloned());
+                        }
+                    }
+                }
+            }
+            outputs.push(vals);
+        }
+        self.complete(i, outputs, p.ui, cache);
+    }
+
+    /// After the run: nodes still waiting can only wait on an expansion that depends on its
+    /// own result (through prompt nodes, which the expansion check cannot see). They fail
+    /// instead of being left as if never scheduled.
+    fn fail_stuck(&mut self) {
+        let stuck: Vec<usize> = self.order.iter().copied().filter(|&j| self.state[j] == State::Expanded).collect();
+        for j in stuck {
+            let message = format!(
+                "node {} ({}) expanded into a sub-graph that depends on its own result, so it cannot finish",
+                self.plan.id(j),
+                self.plan.schema(j).name
+            );
+            self.pending.remove(&j);
+            self.fail(j, message, "ExpansionError".into(), Vec::new(), &Args::default());
         }
     }
 
@@ -622,7 +939,7 @@ impl<'a> Run<'a> {
     fn release(&mut self, i: usize) {
         for c in std::mem::take(&mut self.consumers[i]) {
             self.deps_left[c] -= 1;
-            if self.deps_left[c] == 0 && self.state[c] == State::Waiting {
+            if self.deps_left[c] == 0 && matches!(self.state[c], State::Waiting | State::Expanded) {
                 self.ready.push_back(c);
             }
         }
@@ -636,7 +953,7 @@ impl<'a> Run<'a> {
         }
         let Some(hit) = cache.get(&sig) else { return false };
         self.use_cached(i, hit);
-        self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.v.id(i).to_string()] });
+        self.opts.events.emit(&Event::Cached { prompt_id: self.opts.prompt_id.clone(), nodes: vec![self.plan.id(i).to_string()] });
         self.release(i);
         true
     }
@@ -644,8 +961,8 @@ impl<'a> Run<'a> {
     /// Marks `i` done with a cached result, replaying an output node's UI.
     fn use_cached(&mut self, i: usize, hit: Arc<NodeResult>) {
         if let Some(ui) = &hit.ui {
-            if self.v.schemas[i].output_node {
-                self.outputs.insert(self.v.id(i).to_string(), ui.clone());
+            if self.plan.schema(i).output_node {
+                self.outputs.insert(self.plan.id(i).to_string(), ui.clone());
             }
         }
         self.results[i] = Some(hit);
@@ -664,6 +981,7 @@ impl<'a> Run<'a> {
     /// Marks `j` skipped because its source `src` failed or was skipped, and what waits on it.
     fn skip(&mut self, j: usize, src: usize) {
         self.state[j] = State::Skipped;
+        self.pending.remove(&j);
         self.blocked_by[j] = Some(self.root_failure(src));
         self.skip_from(j);
     }
@@ -674,8 +992,9 @@ impl<'a> Run<'a> {
         let mut q = VecDeque::from([from]);
         while let Some(j) = q.pop_front() {
             for c in std::mem::take(&mut self.consumers[j]) {
-                if matches!(self.state[c], State::Waiting | State::Unscheduled) {
+                if matches!(self.state[c], State::Waiting | State::Unscheduled | State::Expanded) {
                     self.state[c] = State::Skipped;
+                    self.pending.remove(&c);
                     self.blocked_by[c] = Some(failed);
                     q.push_back(c);
                 }
@@ -684,11 +1003,11 @@ impl<'a> Run<'a> {
     }
 
     fn into_report(self, start: Instant, cache: CacheStats) -> RunReport {
-        let v = self.v;
+        let plan = &self.plan;
         let mut values = IndexMap::new();
-        for &o in &v.outputs {
+        for &o in &plan.base.outputs {
             if let Some(r) = &self.results[o] {
-                values.insert(v.id(o).to_string(), r.outputs.iter().map(|l| Json::Array(l.iter().map(Value::to_json).collect())).collect());
+                values.insert(plan.id(o).to_string(), r.outputs.iter().map(|l| Json::Array(l.iter().map(Value::to_json).collect())).collect());
             }
         }
         let cached: std::collections::HashSet<usize> = self.cached.iter().copied().collect();
@@ -696,14 +1015,14 @@ impl<'a> Run<'a> {
             .order
             .iter()
             .map(|&i| NodeReport {
-                id: v.id(i).to_string(),
-                class_type: v.schemas[i].name.clone(),
+                id: plan.id(i).to_string(),
+                class_type: plan.schema(i).name.clone(),
                 status: match self.state[i] {
                     State::Done if cached.contains(&i) => NodeStatus::Cached,
                     State::Done => NodeStatus::Executed,
                     State::Failed => NodeStatus::Failed,
                     State::Skipped => match self.blocked_by[i] {
-                        Some(b) => NodeStatus::Skipped { blocked_by: v.id(b).to_string() },
+                        Some(b) => NodeStatus::Skipped { blocked_by: plan.id(b).to_string() },
                         None => NodeStatus::NotRun,
                     },
                     _ => NodeStatus::NotRun,
@@ -722,4 +1041,32 @@ impl<'a> Run<'a> {
             cache,
         }
     }
+}
+
+/// A dependency cycle among the nodes an expansion adds (indices from `first`), as positions
+/// in the expansion; links to other nodes cannot close one there.
+fn cycle_among(first: usize, links: &[Vec<(String, usize, usize)>]) -> Option<Vec<usize>> {
+    let n = links.len();
+    let mut indeg = vec![0usize; n];
+    let mut consumers = vec![Vec::new(); n];
+    for (k, ls) in links.iter().enumerate() {
+        for &(_, src, _) in ls {
+            if src >= first {
+                indeg[k] += 1;
+                consumers[src - first].push(k);
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&k| indeg[k] == 0).collect();
+    let mut seen = 0;
+    while let Some(k) = ready.pop() {
+        seen += 1;
+        for &c in &consumers[k] {
+            indeg[c] -= 1;
+            if indeg[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    (seen < n).then(|| (0..n).filter(|&k| indeg[k] > 0).collect())
 }

@@ -124,12 +124,15 @@ impl Args {
 pub struct CallOutput {
     pub outputs: Vec<Vec<Value>>,
     pub ui: Option<Map<String, Json>>,
+    /// The call expanded into a sub-graph (docs/comfyui.md, "Node expansion"): its nodes run,
+    /// then the result named there becomes this node's output (`outputs` is not used).
+    pub expansion: Option<crate::expansion::Expansion>,
 }
 
 impl CallOutput {
     /// One value per output slot.
     pub fn values(values: impl IntoIterator<Item = Value>) -> Self {
-        CallOutput { outputs: values.into_iter().map(|v| vec![v]).collect(), ui: None }
+        CallOutput { outputs: values.into_iter().map(|v| vec![v]).collect(), ui: None, expansion: None }
     }
     pub fn with_ui(mut self, ui: Map<String, Json>) -> Self {
         self.ui = Some(ui);
@@ -142,6 +145,9 @@ pub struct ExecContext<'a> {
     pub prompt_id: &'a str,
     /// The node's id in the prompt (`UNIQUE_ID`).
     pub node_id: &'a str,
+    /// Which call of the node this is, when ComfyUI's list semantics call it several times
+    /// (0 otherwise); expansions name their nodes after it.
+    pub call_index: usize,
     /// The prompt as queued (`PROMPT`).
     pub prompt: &'a Json,
     /// `extra_data.extra_pnginfo` (`EXTRA_PNGINFO`), usually `{"workflow": ...}`.

@@ -104,7 +104,18 @@ pub struct InputSpec {
     pub extra: Map<String, Json>,
 }
 
+/// The hidden input tokens the executor fills in itself. A hidden input of another type (a
+/// node's private socket, such as a loop's counter) takes what the prompt gives it, as an
+/// ordinary input.
+pub const SUPPLIED_HIDDEN: [&str; 7] =
+    ["PROMPT", "DYNPROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG", "COMFY_USAGE_SOURCE"];
+
 impl InputSpec {
+    /// A hidden input the executor fills in (see [`SUPPLIED_HIDDEN`]).
+    pub fn is_supplied_hidden(&self) -> bool {
+        matches!(&self.kind, InputKind::Hidden(t) if SUPPLIED_HIDDEN.contains(&t.as_str()))
+    }
+
     fn new(name: &str, kind: InputKind) -> Self {
         InputSpec { name: name.into(), section: Section::Required, kind, lazy: false, raw_link: false, extra: Map::new() }
     }
@@ -371,7 +382,7 @@ impl NodeSchema {
             return true;
         }
         if let Some(spec) = self.find_input(name) {
-            return spec.section != Section::Hidden;
+            return spec.section != Section::Hidden || !spec.is_supplied_hidden();
         }
         match name.split_once('.') {
             Some((prefix, _)) => self

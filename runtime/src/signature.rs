@@ -9,9 +9,11 @@ use std::fmt;
 
 use serde_json::Value as Json;
 
-use crate::node::{Args, Fingerprint};
+use indexmap::IndexMap;
+
+use crate::node::{Args, Fingerprint, NodeClass};
 use crate::prompt::Input;
-use crate::schema::InputKind;
+use crate::schema::{InputKind, NodeSchema};
 use crate::validate::Validated;
 use crate::value::Value;
 
@@ -39,15 +41,38 @@ impl fmt::Display for Signature {
 /// Signs every node reachable from the outputs, in dependency order, without recursion.
 /// Nodes not needed by any output get `None`.
 pub fn sign_all(v: &Validated) -> Vec<Option<Signature>> {
+    sign_all_with(v, &run_salt())
+}
+
+/// [`sign_all`] with the run's salt given (the executor signs the nodes expansions add with
+/// the same one).
+pub fn sign_all_with(v: &Validated, salt: &Salt) -> Vec<Option<Signature>> {
     let n = v.prompt.nodes.len();
     let order = topo_order(v);
     let mut sigs: Vec<Option<Signature>> = vec![None; n];
-    // One random salt per run makes "always changed" fingerprints unique to this run.
-    let salt = run_salt();
     for i in order {
-        sigs[i] = Some(sign_one(v, i, &sigs, &salt));
+        let (id, node) = v.prompt.nodes.get_index(i).unwrap();
+        let view = NodeView { schema: &v.schemas[i], class: v.classes[i].as_ref(), id, key_id: id, inputs: &node.inputs, links: &v.links[i] };
+        sigs[i] = Some(sign_node(&view, &sigs, salt));
     }
     sigs
+}
+
+/// One random salt per run makes "always changed" fingerprints unique to that run.
+pub type Salt = [u8; 16];
+
+/// What signing one node reads.
+pub struct NodeView<'a> {
+    pub schema: &'a NodeSchema,
+    pub class: &'a dyn NodeClass,
+    /// The node's id in the run (salts an "always changed" fingerprint).
+    pub id: &'a str,
+    /// The id that enters the key of a node that asks for its own id: the prompt's id, or for
+    /// a node an expansion added, its id relative to the prompt node it descends from.
+    pub key_id: &'a str,
+    pub inputs: &'a IndexMap<String, Input>,
+    /// Resolved links: (input name, source index, slot).
+    pub links: &'a [(String, usize, usize)],
 }
 
 /// Nodes reachable from the outputs through any link, sources before consumers (Kahn).
@@ -88,25 +113,25 @@ pub fn topo_order(v: &Validated) -> Vec<usize> {
     order
 }
 
-fn sign_one(v: &Validated, i: usize, sigs: &[Option<Signature>], salt: &[u8; 16]) -> Signature {
-    let schema = &v.schemas[i];
-    let (id, node) = v.prompt.nodes.get_index(i).unwrap();
+/// A node's signature; the sources its links name must be signed already.
+pub fn sign_node(n: &NodeView, sigs: &[Option<Signature>], salt: &Salt) -> Signature {
+    let (schema, id) = (n.schema, n.id);
     let mut h = blake3::Hasher::new();
     h.update(b"comfyrs-node-v1\0");
     put_str(&mut h, &schema.name);
 
     // Constant inputs: declared ones only (undeclared constants never reach the node).
     let mut constants = Args::default();
-    let mut names: Vec<&String> = node.inputs.keys().collect();
+    let mut names: Vec<&String> = n.inputs.keys().collect();
     names.sort();
     for name in &names {
-        if let Input::Const(c) = &node.inputs[*name] {
+        if let Input::Const(c) = &n.inputs[*name] {
             if schema.accepts_constant(name) {
                 constants.insert(name, c.clone());
             }
         }
     }
-    match v.classes[i].fingerprint(&constants) {
+    match n.class.fingerprint(&constants) {
         None => {
             h.update(&[0]);
         }
@@ -126,20 +151,22 @@ fn sign_one(v: &Validated, i: usize, sigs: &[Option<Signature>], salt: &[u8; 16]
         || schema.inputs.iter().any(|s| matches!(&s.kind, InputKind::Hidden(t) if t == "UNIQUE_ID"));
     if wants_id {
         h.update(&[3]);
-        put_str(&mut h, id);
+        put_str(&mut h, n.key_id);
     }
+    let mut holds_object = false;
     for name in names {
-        match &node.inputs[name] {
+        match &n.inputs[name] {
             Input::Const(c) => {
                 if constants.values.contains_key(name.as_str()) {
                     put_str(&mut h, name);
                     h.update(b"c");
                     put_value(&mut h, c);
+                    holds_object |= holds_handle(c);
                 }
             }
             Input::Link(l) => {
                 // Validation resolved every link of a needed node.
-                if let Some(&(_, src, slot)) = v.links[i].iter().find(|(n, _, _)| n == name) {
+                if let Some(&(_, src, slot)) = n.links.iter().find(|(k, _, _)| k == name) {
                     put_str(&mut h, name);
                     h.update(b"l");
                     h.update(&sigs[src].expect("sources are signed first").0);
@@ -153,10 +180,25 @@ fn sign_one(v: &Validated, i: usize, sigs: &[Option<Signature>], salt: &[u8; 16]
             Input::Malformed(_) => {}
         }
     }
+    if holds_object {
+        // A live object handed over as a constant (an expansion passing a tensor on) is keyed
+        // by its address, which is unique only while it lives: within this run.
+        h.update(b"run");
+        h.update(salt);
+    }
     Signature(*h.finalize().as_bytes())
 }
 
-fn run_salt() -> [u8; 16] {
+fn holds_handle(v: &Value) -> bool {
+    match v {
+        Value::Handle(_) => true,
+        Value::List(items) => items.iter().any(holds_handle),
+        _ => false,
+    }
+}
+
+/// A fresh salt for one run.
+pub fn run_salt() -> Salt {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let h = blake3::hash(&[t.to_le_bytes().as_slice(), &crate::random::fresh_u64().to_le_bytes(), &std::process::id().to_le_bytes()].concat());
     h.as_bytes()[..16].try_into().unwrap()

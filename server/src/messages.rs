@@ -38,6 +38,27 @@ struct State {
     /// `execution_start` / `execution_cached` as sent, for the history entry.
     recorded: Vec<Json>,
     cached_sent: bool,
+    /// Nodes that expansions added: id → (parent, display id).
+    lineage: HashMap<String, (String, String)>,
+}
+
+impl State {
+    /// The node the UI shows `id` as.
+    fn display<'a>(&'a self, id: &'a str) -> &'a str {
+        self.lineage.get(id).map(|(_, d)| d.as_str()).unwrap_or(id)
+    }
+
+    fn parent(&self, id: &str) -> Option<&str> {
+        self.lineage.get(id).map(|(p, _)| p.as_str())
+    }
+
+    /// The prompt node `id` descends from (itself for a prompt node).
+    fn real<'a>(&'a self, mut id: &'a str) -> &'a str {
+        while let Some((p, _)) = self.lineage.get(id) {
+            id = p;
+        }
+        id
+    }
 }
 
 pub struct PromptEvents {
@@ -74,12 +95,12 @@ impl PromptEvents {
         self.lock().recorded.clone()
     }
 
-    fn node_entry(&self, id: &str, p: &NodeProgress) -> Json {
+    fn node_entry(&self, st: &State, id: &str, p: &NodeProgress) -> Json {
         json!({
             "value": p.value, "max": p.max,
             "state": if p.running { "running" } else { "finished" },
-            "node_id": id, "prompt_id": self.prompt_id, "display_node_id": id,
-            "parent_node_id": null, "real_node_id": id,
+            "node_id": id, "prompt_id": self.prompt_id, "display_node_id": st.display(id),
+            "parent_node_id": st.parent(id), "real_node_id": st.real(id),
         })
     }
 
@@ -87,11 +108,11 @@ impl PromptEvents {
     fn send_state(&self, st: &State, changed: &str) {
         let mut nodes = Map::new();
         if let Some(p) = st.nodes.get(changed) {
-            nodes.insert(changed.to_string(), self.node_entry(changed, p));
+            nodes.insert(changed.to_string(), self.node_entry(st, changed, p));
         }
         for id in &st.running {
             if id != changed {
-                nodes.insert(id.clone(), self.node_entry(id, &st.nodes[id]));
+                nodes.insert(id.clone(), self.node_entry(st, id, &st.nodes[id]));
             }
         }
         self.to_client_or_all("progress_state", json!({"prompt_id": self.prompt_id, "nodes": nodes}));
@@ -126,7 +147,12 @@ impl EventSink for PromptEvents {
                 st.running.push(node.clone());
                 self.send_state(&st, node);
                 self.control.set_running_node(node);
-                self.to_client("executing", json!({"node": node, "display_node": node, "prompt_id": self.prompt_id}));
+                self.to_client("executing", json!({"node": node, "display_node": st.display(node), "prompt_id": self.prompt_id}));
+            }
+            Event::Expanded { node, added, .. } => {
+                for (id, display) in added {
+                    st.lineage.insert(id.clone(), (node.clone(), display.clone()));
+                }
             }
             Event::Progress { node, value, max, .. } => {
                 let now = Instant::now();
@@ -143,7 +169,7 @@ impl EventSink for PromptEvents {
             }
             Event::Executed { node, ui, .. } => {
                 if let Some(ui) = ui {
-                    self.to_client("executed", json!({"node": node, "display_node": node, "output": ui, "prompt_id": self.prompt_id}));
+                    self.to_client("executed", json!({"node": node, "display_node": st.display(node), "output": ui, "prompt_id": self.prompt_id}));
                 }
                 st.running.retain(|n| n != node);
                 if let Some(p) = st.nodes.get_mut(node) {
@@ -156,8 +182,9 @@ impl EventSink for PromptEvents {
                 st.running.retain(|n| n != node);
             }
             Event::Preview { node, format, image, .. } => {
+                let (display, parent, real) = (st.display(node).to_string(), st.parent(node).map(String::from), st.real(node).to_string());
                 drop(st);
-                self.preview(node, *format, image);
+                self.preview(node, (&display, parent.as_deref(), &real), *format, image);
             }
             Event::ProgressText { node, text, .. } => {
                 // Binary type 3: [3][length of the node id][node id][text], big-endian u32s.
@@ -186,7 +213,7 @@ impl EventSink for PromptEvents {
 impl PromptEvents {
     /// A preview as a binary frame: type 4 with metadata for clients that announced
     /// `supports_preview_metadata`, type 1 otherwise (and when broadcast).
-    fn preview(&self, node: &str, format: ImageFormat, image: &[u8]) {
+    fn preview(&self, node: &str, (display, parent, real): (&str, Option<&str>, &str), format: ImageFormat, image: &[u8]) {
         let (mime, code) = match format {
             ImageFormat::Jpeg => ("image/jpeg", 1u32),
             ImageFormat::Png => ("image/png", 2u32),
@@ -195,8 +222,8 @@ impl PromptEvents {
         let mut b = Vec::with_capacity(image.len() + 256);
         if with_meta {
             let meta = json!({
-                "node_id": node, "prompt_id": self.prompt_id, "display_node_id": node,
-                "parent_node_id": null, "real_node_id": node, "image_type": mime,
+                "node_id": node, "prompt_id": self.prompt_id, "display_node_id": display,
+                "parent_node_id": parent, "real_node_id": real, "image_type": mime,
             })
             .to_string();
             b.extend_from_slice(&4u32.to_be_bytes());

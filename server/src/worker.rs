@@ -129,6 +129,7 @@ fn execute(shared: &Shared, executor: &mut Executor, item: &QueueItem, events: &
         extra_pnginfo: item.extra_data.get("extra_pnginfo").cloned(),
         output_dir: shared.options.output_dir.clone(),
         events,
+        registry: Some(&shared.registry),
     };
     Ran::Report(Box::new(executor.run(&v, &opts)))
 }

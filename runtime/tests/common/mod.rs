@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use comfyrs_runtime::cache::CacheMode;
 use comfyrs_runtime::events::NoEvents;
 use comfyrs_runtime::executor::{Executor, NodeStatus, RunOptions, RunReport};
-use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::expansion::{ExpandedNode, Expansion, ResultPart};
+use comfyrs_runtime::prompt::{Input, Link, Prompt};
 use comfyrs_runtime::schema::{InputKind, Num};
 use comfyrs_runtime::validate::{validate, Rejection, Validated};
 use comfyrs_runtime::{
@@ -145,6 +146,17 @@ pub enum Kind {
     /// `value: *`, `block: BOOLEAN`, optional `message: STRING` → an execution blocker (with
     /// the message when it is not empty) when `block`, else `value`.
     Block,
+    /// Node expansion: `value: INT`, `times: INT` → INT. Expands into a chain of `times` Add
+    /// nodes (each adding 1) whose last output is the result; `times` 0 returns `value` plainly.
+    Repeat,
+    /// Recursive expansion: `n: INT`, `acc: INT` → INT, `acc + n + (n-1) + ... + 1`: expands
+    /// into `add` (acc + n) and `next` (Countdown of n-1 from `add`), the result `next`'s output.
+    Countdown,
+    /// Expands into a broken sub-graph chosen by `mode: STRING`: `class` (an unknown class),
+    /// `link` (a link to a node that does not exist), `cycle` (two nodes linking each other),
+    /// `own` (a node linking the expanding node's own output), `fail` (a failing node), `show`
+    /// (a Preview output node of `value`, and `value` as the result); `value: *` → `*`.
+    Expander,
 }
 
 pub const ALL_KINDS: &[Kind] = &[
@@ -177,12 +189,20 @@ pub const ALL_KINDS: &[Kind] = &[
     Kind::Sink,
     Kind::Echo,
     Kind::Block,
+    Kind::Repeat,
+    Kind::Countdown,
+    Kind::Expander,
 ];
 
 /// The classes that never panic nor wait for an interrupt (for fuzzing the executor).
 pub fn safe_kinds() -> Vec<Kind> {
     // Blockers stop whole branches without an error: the fuzzer's oracle does not model them.
-    ALL_KINDS.iter().copied().filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker | Kind::AwaitInterrupt | Kind::Block)).collect()
+    // Expanders add nodes the oracle does not know of.
+    ALL_KINDS
+        .iter()
+        .copied()
+        .filter(|k| !matches!(k, Kind::Panic | Kind::PanicWorker | Kind::AwaitInterrupt | Kind::Block | Kind::Repeat | Kind::Countdown | Kind::Expander))
+        .collect()
 }
 
 pub struct TestNode {
@@ -272,6 +292,9 @@ impl TestNode {
                 .input(InputSpec::boolean("block", false))
                 .input(InputSpec::string("message", "").optional())
                 .output(OutputSpec::new("*")),
+            Kind::Repeat => s.input(int("value")).input(InputSpec::int("times", 1, 0, 100)).output(OutputSpec::new("INT")),
+            Kind::Countdown => s.input(InputSpec::int("n", 1, 0, 100)).input(int("acc")).output(OutputSpec::new("INT")),
+            Kind::Expander => s.input(any("value")).input(InputSpec::string("mode", "show")).output(OutputSpec::new("*")),
         };
         TestNode { kind, probe, schema: Arc::new(schema) }
     }
@@ -367,7 +390,7 @@ impl TestNode {
                 let sep = if args.has("sep") { args.string("sep")? } else { "" };
                 one(Value::String(format!("{a}{sep}{b}")))
             }
-            Kind::Preview => Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(vec![text_of(&passthrough())])) }),
+            Kind::Preview => Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(vec![text_of(&passthrough())])), expansion: None }),
             Kind::Echo => Ok(CallOutput::values([passthrough()]).with_ui(ui_text(vec![text_of(&passthrough())]))),
             Kind::Block => {
                 if !args.boolean("block")? {
@@ -392,7 +415,7 @@ impl TestNode {
                 if self.probe.limited.load(Ordering::Relaxed) {
                     count = count.min(3);
                 }
-                Ok(CallOutput { outputs: vec![(0..count).map(|k| Value::Int(start + k)).collect()], ui: None })
+                Ok(CallOutput { outputs: vec![(0..count).map(|k| Value::Int(start + k)).collect()], ui: None, expansion: None })
             }
             Kind::Fail => {
                 let msg = if args.has("message") { args.string("message")?.to_string() } else { "boom".into() };
@@ -429,6 +452,63 @@ impl TestNode {
                 let v = args.int("value")?;
                 Ok(CallOutput::values([Value::Int(v), Value::Float(v as f64), Value::String(format!("s{v}"))]))
             }
+            Kind::Repeat => {
+                let (value, times) = (args.int("value")?, args.int("times")?);
+                if times == 0 {
+                    return one(Value::Int(value));
+                }
+                let mut e = Expansion::default();
+                let mut prev = Input::Const(Value::Int(value));
+                let mut last = String::new();
+                for k in 1..=times {
+                    last = graph_id(ctx, &k.to_string());
+                    e.nodes.insert(last.clone(), expanded("Add", &[("a", prev), ("b", Input::Const(Value::Int(1)))]));
+                    prev = link(&last, 0);
+                }
+                e.result = vec![vec![ResultPart::Link(Link { node: last, slot: 0 })]];
+                Ok(CallOutput { expansion: Some(e), ..Default::default() })
+            }
+            Kind::Countdown => {
+                let (n, acc) = (args.int("n")?, args.int("acc")?);
+                if n == 0 {
+                    return one(Value::Int(acc));
+                }
+                let (add, next) = (graph_id(ctx, "add"), graph_id(ctx, "next"));
+                let mut e = Expansion::default();
+                e.nodes.insert(add.clone(), expanded("Add", &[("a", Input::Const(Value::Int(acc))), ("b", Input::Const(Value::Int(n)))]));
+                e.nodes.insert(next.clone(), expanded("Countdown", &[("n", Input::Const(Value::Int(n - 1))), ("acc", link(&add, 0))]));
+                e.result = vec![vec![ResultPart::Link(Link { node: next, slot: 0 })]];
+                Ok(CallOutput { expansion: Some(e), ..Default::default() })
+            }
+            Kind::Expander => {
+                let (a, b) = (graph_id(ctx, "a"), graph_id(ctx, "b"));
+                let mut e = Expansion::default();
+                let mut result = ResultPart::Link(Link { node: a.clone(), slot: 0 });
+                match args.string("mode")? {
+                    "class" => {
+                        e.nodes.insert(a.clone(), expanded("NoSuchClass", &[]));
+                    }
+                    "link" => {
+                        e.nodes.insert(a.clone(), expanded("AnyPass", &[("value", link("nowhere", 0))]));
+                    }
+                    "cycle" => {
+                        e.nodes.insert(a.clone(), expanded("AnyPass", &[("value", link(&b, 0))]));
+                        e.nodes.insert(b.clone(), expanded("AnyPass", &[("value", link(&a, 0))]));
+                    }
+                    "own" => {
+                        e.nodes.insert(a.clone(), expanded("AnyPass", &[("value", link(ctx.node_id, 0))]));
+                    }
+                    "fail" => {
+                        e.nodes.insert(a.clone(), expanded("Fail", &[("message", Input::Const(Value::String("inner failure".into())))]));
+                    }
+                    _ => {
+                        e.nodes.insert(a.clone(), expanded("Preview", &[("value", Input::Const(passthrough()))]));
+                        result = ResultPart::Values(vec![passthrough()]);
+                    }
+                }
+                e.result = vec![vec![result]];
+                Ok(CallOutput { expansion: Some(e), ..Default::default() })
+            }
             Kind::Sink => {
                 let mut texts = Vec::new();
                 for name in ["model", "pic", "any"] {
@@ -436,10 +516,23 @@ impl TestNode {
                         texts.push(format!("{name}={}", text_of(v)));
                     }
                 }
-                Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(texts)) })
+                Ok(CallOutput { outputs: Vec::new(), ui: Some(ui_text(texts)), expansion: None })
             }
         }
     }
+}
+
+/// An expansion's node id as ComfyUI's GraphBuilder makes it.
+fn graph_id(ctx: &ExecContext, local: &str) -> String {
+    format!("{}.{}.0.{local}", ctx.node_id, ctx.call_index)
+}
+
+fn link(node: &str, slot: usize) -> Input {
+    Input::Link(Link { node: node.into(), slot })
+}
+
+fn expanded(class: &str, inputs: &[(&str, Input)]) -> ExpandedNode {
+    ExpandedNode { class_type: class.into(), inputs: inputs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), display_id: None }
 }
 
 /// A registry with every test class, all recording into `probe`.
@@ -472,7 +565,7 @@ pub fn node_error<'a>(rej: &'a Json, node: &str) -> &'a Json {
 }
 
 pub fn options() -> RunOptions<'static> {
-    RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: std::env::temp_dir(), events: &NoEvents }
+    RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: std::env::temp_dir(), events: &NoEvents, registry: None }
 }
 
 /// A registry, an executor and a probe: runs prompts the way the CLI does.
@@ -500,7 +593,7 @@ impl Harness {
     pub fn run(&mut self, prompt: &Json) -> RunReport {
         let v = self.validate(prompt);
         self.probe.reset();
-        self.executor.run(&v, &options())
+        self.executor.run(&v, &RunOptions { registry: Some(&self.registry), ..options() })
     }
 }
 
