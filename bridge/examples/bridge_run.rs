@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         };
         let report = exec.run(
             &v,
-            &RunOptions { prompt_id: p.display().to_string(), extra_pnginfo: None, output_dir: opts.output_dir.clone().unwrap_or_default(), events: &Print, registry: Some(&registry) },
+            &RunOptions { prompt_id: p.display().to_string(), extra_pnginfo: None, output_dir: opts.output_dir.clone().unwrap_or_default(), events: &Print, extra_data: None, registry: Some(&registry) },
         );
         for e in &report.errors {
             eprintln!("  node {} ({}) failed: {}: {}", e.node_id, e.node_type, e.exception_type, e.exception_message);

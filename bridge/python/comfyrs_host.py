@@ -757,6 +757,8 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden, 
                     hidden_inputs[member] = unique_id
                 elif member.value in ("DYNPROMPT", "dynprompt"):
                     hidden_inputs[member] = _dynprompt(hidden.get("__prompt"), prompt_id)
+                elif member.value in ("AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG", "COMFY_USAGE_SOURCE"):
+                    hidden_inputs[member] = hidden.get("__extra_data", {}).get(member.value.lower())
             v3_data = {"hidden_inputs": hidden_inputs}
         except Exception:
             v3_data = None
@@ -833,11 +835,13 @@ def _class_info(name):
     return info
 
 
-def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interrupted, call_index=0):
+def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interrupted, call_index=0,
+         extra_data=None):
     """Runs one node call. `inputs`: {name: [values]} (one value per list for ordinary nodes,
     whole lists for INPUT_IS_LIST ones); `hidden`: {name: (token, value)} of the class's hidden
     inputs; `prompt`: the prompt dict when the class reads it (PROMPT, DYNPROMPT), else None;
-    `call_index`: which call of a list this is. Returns ("ok", outputs, ui_json, own_seconds),
+    `call_index`: which call of a list this is; `extra_data`: the request's credentials and
+    usage source ({"auth_token_comfy_org": ...}) or None. Returns ("ok", outputs, ui_json, own_seconds),
     ("expand", calls, ui_json, own_seconds) (see `_expansion`) or
     ("error", is_interrupt, message, exception_type, traceback)."""
     server = STATE["server"]
@@ -863,7 +867,8 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
                     if token == "EXTRA_PNGINFO":
                         extra = value
                 output, ui, expanded = _call_current(cls, name, obj, unique_id, prompt_id, input_data_all,
-                                                     {"__prompt": prompt, "__extra_pnginfo": extra},
+                                                     {"__prompt": prompt, "__extra_pnginfo": extra,
+                                                      "__extra_data": extra_data or {}},
                                                      call_index)
             else:
                 func = getattr(obj, function)
@@ -962,15 +967,45 @@ def _call_classmethod(f, constants, required_links):
     return _map_over_list(one, False, data)
 
 
-def fingerprint(name, constants, required_links):
-    """IS_CHANGED / fingerprint_inputs with constants only (links as None). Returns None (no
-    fingerprint), "always" (NaN, or a value that is not JSON) or JSON text. An exception of
-    IS_CHANGED propagates: the Rust side warns and treats the node as always changed."""
+_HIDDEN_OF = {}
+
+
+def _classmethod_hidden(name, cls, unique_id):
+    """The hidden inputs ComfyUI passes to IS_CHANGED: the node id, an empty prompt, no extra
+    data (it has no prompt at hand then). The class's hidden section is read once."""
+    entry = _HIDDEN_OF.get(name)
+    if entry is None or entry[0] is not cls:
+        try:
+            hidden = dict((cls.INPUT_TYPES() or {}).get("hidden") or {})
+        except Exception:
+            hidden = {}
+        entry = (cls, hidden)
+        _HIDDEN_OF[name] = entry
+    out = {}
+    for k, token in entry[1].items():
+        if token == "UNIQUE_ID":
+            out[k] = [unique_id]
+        elif token == "PROMPT":
+            out[k] = [{}]
+        elif token in ("EXTRA_PNGINFO", "DYNPROMPT", "AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG", "COMFY_USAGE_SOURCE"):
+            out[k] = [None]
+    return out
+
+
+def fingerprint(name, constants, required_links, unique_id=None):
+    """IS_CHANGED / fingerprint_inputs with constants only (links as None) and the hidden inputs
+    (the node id). Returns None (no fingerprint), "always" (NaN, or a value that is not JSON) or
+    JSON text. An exception of IS_CHANGED propagates: the Rust side warns and treats the node as
+    always changed."""
     import nodes
     cls = nodes.NODE_CLASS_MAPPINGS[name]
     f = _find_override(cls, "fingerprint_inputs", "IS_CHANGED")
     if f is None:
         return None
+    if unique_id is not None and not _is_v3(cls):
+        constants = dict(constants)
+        for k, v in _classmethod_hidden(name, cls, unique_id).items():
+            constants.setdefault(k, v)
     results = _call_classmethod(f, constants, required_links)
     if _contains_nan(results):
         return "always"

@@ -146,6 +146,7 @@ pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
         call_index: 0,
         prompt: &prompt,
         extra_pnginfo: None,
+        extra_data: None,
         output_dir: &out_dir,
         events: &NoEvents,
         interrupt: &interrupt,

@@ -95,6 +95,12 @@ impl PyNode {
                     None => py.None().into_bound(py),
                 },
                 "UNIQUE_ID" => ctx.node_id.into_pyobject(py)?.into_any(),
+                "AUTH_TOKEN_COMFY_ORG" | "API_KEY_COMFY_ORG" | "COMFY_USAGE_SOURCE" => {
+                    match ctx.extra_data.and_then(|e| e.get(token.to_ascii_lowercase())) {
+                        Some(j) => json_to_py(py, j)?,
+                        None => py.None().into_bound(py),
+                    }
+                }
                 _ => py.None().into_bound(py),
             };
             d.set_item(&spec.name, PyTuple::new(py, [token.into_pyobject(py)?.into_any(), value])?)?;
@@ -294,9 +300,24 @@ impl NodeClass for PyNode {
                 let hidden = self.hidden(py, &schema, ctx)?;
                 let prompt = self.prompt_py(py, &schema, ctx)?;
                 let out_dir = ctx.output_dir.to_str().filter(|s| !s.is_empty());
-                let r = host
-                    .getattr(pyo3::intern!(py, "call"))?
-                    .call1((name, ctx.node_id, ctx.prompt_id, inputs, hidden, prompt, out_dir, ctx.interrupt.is_set(), ctx.call_index))?;
+                // V3 classes take the credentials from here (their hidden inputs are not in
+                // the record's hidden section).
+                let extra_data = match ctx.extra_data {
+                    Some(j) => json_to_py(py, j)?,
+                    None => py.None().into_bound(py),
+                };
+                let r = host.getattr(pyo3::intern!(py, "call"))?.call1((
+                    name,
+                    ctx.node_id,
+                    ctx.prompt_id,
+                    inputs,
+                    hidden,
+                    prompt,
+                    out_dir,
+                    ctx.interrupt.is_set(),
+                    ctx.call_index,
+                    extra_data,
+                ))?;
                 let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
                 let status: String = t.get_item(0)?.extract()?;
                 if status != "ok" && status != "expand" {
@@ -344,7 +365,7 @@ impl NodeClass for PyNode {
         result
     }
 
-    fn fingerprint(&self, constants: &Args) -> Option<Fingerprint> {
+    fn fingerprint(&self, node_id: &str, constants: &Args) -> Option<Fingerprint> {
         if !self.flags.has_fingerprint {
             return None;
         }
@@ -352,10 +373,10 @@ impl NodeClass for PyNode {
         let links = self.required_links(&schema, constants);
         let r = Python::attach(|py| -> PyResult<Option<String>> {
             let d = self.constants_py(py, constants)?;
-            self.shared.host(py).call_method1("fingerprint", (&self.name, d, links))?.extract()
+            self.shared.host(py).call_method1("fingerprint", (&self.name, d, links, node_id))?.extract()
         });
         // A failing IS_CHANGED makes the node "always changed", as in ComfyUI, which also only
-        // warns. (The runtime asks for fingerprints per class and constants, without a node id.)
+        // warns.
         match r {
             Ok(None) => None,
             Ok(Some(s)) if s == "always" => Some(Fingerprint::Always),

@@ -36,6 +36,7 @@ fn run_prompt(exec: &mut Executor, prompt: Json, events: &Collect) -> Result<Run
             extra_pnginfo: Some(json!({"workflow": {"note": "comfyrs"}})),
             output_dir: e.output.clone(),
             events,
+            extra_data: Some(json!({"auth_token_comfy_org": "token-of-test", "api_key_comfy_org": "key-of-test"})),
             registry: Some(&e.registry),
         },
     ))
@@ -316,6 +317,7 @@ fn values_keep_their_types_both_ways() {
         call_index: 0,
         prompt: &prompt,
         extra_pnginfo: None,
+        extra_data: None,
         output_dir: &e.output,
         events: &events,
         interrupt: &interrupt,
@@ -348,6 +350,14 @@ fn protocol_hidden_fingerprint_lazy_lists() {
     assert_eq!(r1.outputs["h"]["unique_id"][0], "h");
     assert_eq!(r1.outputs["h"]["prompt_nodes"], json!(["a", "b", "c", "h", "k", "l", "li", "lo", "x"]));
     assert_eq!(r1.outputs["h"]["extra"][0], json!({"workflow": {"note": "comfyrs"}}));
+    assert_eq!(r1.outputs["h"]["dyn_nodes"], r1.outputs["h"]["prompt_nodes"], "DYNPROMPT holds the prompt");
+    assert_eq!(r1.outputs["h"]["auth"][0], "token-of-test");
+    assert_eq!(r1.outputs["h"]["key"][0], "key-of-test");
+    // IS_CHANGED gets the node's id.
+    let by_id = env().bridge.class("TestChangedById").unwrap();
+    let mut args = Args::default();
+    args.insert("value", Value::Int(1));
+    assert_eq!(by_id.fingerprint("n7", &args), Some(comfyrs_runtime::node::Fingerprint::Value(json!(["seen by n7"]))));
     // Lazy: only `a` was evaluated; the raising `b` never ran.
     assert_eq!(r1.outputs["l"]["value"][0], 11);
     assert_eq!(r1.outputs["l"]["b_none"][0], true);
@@ -375,7 +385,7 @@ fn failures_in_python_are_reported_not_swallowed() {
     let class = e.bridge.class("TestChangedRaises").unwrap();
     let mut args = Args::default();
     args.insert("value", Value::Int(3));
-    let (fp, warnings) = support::warnings_of(|| class.fingerprint(&args));
+    let (fp, warnings) = support::warnings_of(|| class.fingerprint("r", &args));
     assert_eq!(fp, Some(comfyrs_runtime::node::Fingerprint::Always));
     assert!(warnings.contains("TestChangedRaises") && warnings.contains("IS_CHANGED fails on purpose"), "{warnings}");
     // ... and it runs again on the next prompt.
@@ -448,6 +458,7 @@ fn tensors_cross_without_copies() {
         call_index: 0,
         prompt: &prompt,
         extra_pnginfo: None,
+        extra_data: None,
         output_dir: &e.output,
         events: &events,
         interrupt: &interrupt,

@@ -45,7 +45,7 @@ fn run_prompt(exec: &mut Executor, prompt: Json) -> RunReport {
     let v = validate(prompt, &e.registry, None).unwrap_or_else(|r| panic!("{}", r.render()));
     exec.run(
         &v,
-        &RunOptions { prompt_id: "handoff".into(), extra_pnginfo: None, output_dir: e.output.clone(), events: &events, registry: Some(&e.registry) },
+        &RunOptions { prompt_id: "handoff".into(), extra_pnginfo: None, output_dir: e.output.clone(), events: &events, extra_data: None, registry: Some(&e.registry) },
     )
 }
 

@@ -251,6 +251,7 @@ pub(crate) mod testing {
             call_index: 0,
             prompt: &prompt,
             extra_pnginfo: None,
+            extra_data: None,
             output_dir: std::path::Path::new("."),
             events: &NoEvents,
             interrupt: &interrupt,

@@ -25,7 +25,7 @@ fn run_with(reg: &Registry, exec: &mut Executor, text: &str) -> RunReport {
         Err(r) => panic!("prompt rejected: {}", r.to_json()),
     };
     let out = std::env::temp_dir().join("comfyrs-core-tests");
-    exec.run(&v, &RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: out, events: &NoEvents, registry: None })
+    exec.run(&v, &RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: out, events: &NoEvents, extra_data: None, registry: None })
 }
 
 fn run(text: &str) -> RunReport {

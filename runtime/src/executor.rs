@@ -38,6 +38,9 @@ pub struct RunOptions<'a> {
     pub extra_pnginfo: Option<Json>,
     pub output_dir: PathBuf,
     pub events: &'a dyn EventSink,
+    /// The request's `extra_data` entries that hidden inputs read (`auth_token_comfy_org`,
+    /// `api_key_comfy_org`, `comfy_usage_source`), as an object; the rest is not needed.
+    pub extra_data: Option<Json>,
     /// Where the classes of nodes that expansions add are found; without it a node that
     /// expands fails, saying so.
     pub registry: Option<&'a Registry>,
@@ -290,6 +293,7 @@ impl CtxParts<'_> {
             call_index,
             prompt,
             extra_pnginfo: self.extra,
+            extra_data: self.opts.extra_data.as_ref(),
             output_dir: &self.opts.output_dir,
             events: self.opts.events,
             interrupt: self.interrupt,

@@ -20,9 +20,10 @@ pub trait NodeClass: Send + Sync {
     /// lists for `INPUT_IS_LIST` nodes. Hidden inputs arrive in `ctx`, not in `args`.
     fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError>;
 
-    /// ComfyUI's `IS_CHANGED` / `fingerprint_inputs`, called once per prompt with the constant
-    /// inputs only. `None`: the class has no fingerprint (the default).
-    fn fingerprint(&self, _constants: &Args) -> Option<Fingerprint> {
+    /// ComfyUI's `IS_CHANGED` / `fingerprint_inputs`, called once per prompt with the node's id
+    /// (its `UNIQUE_ID`) and its constant inputs only. `None`: the class has no fingerprint (the
+    /// default).
+    fn fingerprint(&self, _node_id: &str, _constants: &Args) -> Option<Fingerprint> {
         None
     }
 
@@ -152,6 +153,9 @@ pub struct ExecContext<'a> {
     pub prompt: &'a Json,
     /// `extra_data.extra_pnginfo` (`EXTRA_PNGINFO`), usually `{"workflow": ...}`.
     pub extra_pnginfo: Option<&'a Json>,
+    /// The request's `extra_data` entries hidden inputs read (the comfy.org credentials of
+    /// `AUTH_TOKEN_COMFY_ORG` / `API_KEY_COMFY_ORG`, `COMFY_USAGE_SOURCE`), when it had any.
+    pub extra_data: Option<&'a Json>,
     pub output_dir: &'a std::path::Path,
     pub events: &'a dyn EventSink,
     pub interrupt: &'a crate::interrupt::Interrupt,

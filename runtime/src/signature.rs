@@ -131,7 +131,7 @@ pub fn sign_node(n: &NodeView, sigs: &[Option<Signature>], salt: &Salt) -> Signa
             }
         }
     }
-    match n.class.fingerprint(&constants) {
+    match n.class.fingerprint(id, &constants) {
         None => {
             h.update(&[0]);
         }

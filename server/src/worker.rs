@@ -129,9 +129,22 @@ fn execute(shared: &Shared, executor: &mut Executor, item: &QueueItem, events: &
         extra_pnginfo: item.extra_data.get("extra_pnginfo").cloned(),
         output_dir: shared.options.output_dir.clone(),
         events,
+        extra_data: hidden_extra(item),
         registry: Some(&shared.registry),
     };
     Ran::Report(Box::new(executor.run(&v, &opts)))
+}
+
+/// What hidden inputs read of the request's `extra_data`: the comfy.org credentials (kept
+/// apart from the stored entry, see routes/prompt.rs) and the usage source.
+fn hidden_extra(item: &QueueItem) -> Option<Json> {
+    let mut m = serde_json::Map::new();
+    for (from, key) in [(&item.sensitive, "auth_token_comfy_org"), (&item.sensitive, "api_key_comfy_org"), (&item.extra_data, "comfy_usage_source")] {
+        if let Some(v) = from.get(key).filter(|v| !v.is_null()) {
+            m.insert(key.to_string(), v.clone());
+        }
+    }
+    (!m.is_empty()).then_some(Json::Object(m))
 }
 
 /// The history entry (its messages end with the terminal one), and the terminal message for

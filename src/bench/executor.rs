@@ -81,7 +81,7 @@ pub fn run(b: &ExecutorBench) -> Result<()> {
             let text = json.to_string();
             let v = prepare(&reg, &json);
             let n = v.prompt.nodes.len();
-            let opts = RunOptions { prompt_id: "bench".into(), extra_pnginfo: None, output_dir: out.clone(), events: &events, registry: None };
+            let opts = RunOptions { prompt_id: "bench".into(), extra_pnginfo: None, output_dir: out.clone(), events: &events, extra_data: None, registry: None };
             let t_validate = median_secs(b.repeat, || {
                 let t = Instant::now();
                 let j: Json = serde_json::from_str(&text).unwrap();

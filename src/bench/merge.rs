@@ -248,6 +248,7 @@ impl Runner {
             extra_pnginfo: None,
             output_dir: std::env::temp_dir(),
             events: &NoEvents,
+            extra_data: None,
             registry: Some(&self.reg),
         };
         // The previous result goes, as it would when a server replaces it; holding it would add

@@ -46,6 +46,7 @@ pub fn main(args: RunArgs, config: &Config, quiet: bool) -> Result<ExitCode> {
                     extra_pnginfo: prepared.extra_pnginfo,
                     output_dir: args.output_dir.clone(),
                     events: &progress,
+                    extra_data: None,
                     registry: Some(&engine.registry),
                 };
                 let report = exec.run(&v, &opts);

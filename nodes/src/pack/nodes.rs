@@ -38,7 +38,7 @@ impl NodeClass for PackNode {
     fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
         (self.run)(&self.ctx, ctx, args).map_err(NodeError::from)
     }
-    fn fingerprint(&self, constants: &Args) -> Option<Fingerprint> {
+    fn fingerprint(&self, _node_id: &str, constants: &Args) -> Option<Fingerprint> {
         self.print.as_ref().and_then(|f| f(&self.ctx, constants))
     }
     fn placement(&self) -> Placement {

@@ -132,7 +132,7 @@ pub fn run_with(reg: &Registry, exec: &mut Executor, prompt: &Json, pnginfo: Opt
     };
     let id = format!("p{}", COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
     let out = std::env::temp_dir().join("comfyrs-pack-tests");
-    let report = exec.run(&v, &RunOptions { prompt_id: id.clone(), extra_pnginfo: pnginfo, output_dir: out, events: &NoEvents, registry: None });
+    let report = exec.run(&v, &RunOptions { prompt_id: id.clone(), extra_pnginfo: pnginfo, output_dir: out, events: &NoEvents, extra_data: None, registry: None });
     (report, id)
 }
 

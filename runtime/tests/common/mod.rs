@@ -332,7 +332,7 @@ impl NodeClass for TestNode {
         out
     }
 
-    fn fingerprint(&self, _constants: &Args) -> Option<Fingerprint> {
+    fn fingerprint(&self, _node_id: &str, _constants: &Args) -> Option<Fingerprint> {
         match self.kind {
             Kind::Always => Some(Fingerprint::Always),
             Kind::Fingerprinted => Some(Fingerprint::Value(self.probe.fingerprint.lock().unwrap().clone())),
@@ -565,7 +565,7 @@ pub fn node_error<'a>(rej: &'a Json, node: &str) -> &'a Json {
 }
 
 pub fn options() -> RunOptions<'static> {
-    RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: std::env::temp_dir(), events: &NoEvents, registry: None }
+    RunOptions { prompt_id: "test".into(), extra_pnginfo: None, output_dir: std::env::temp_dir(), events: &NoEvents, extra_data: None, registry: None }
 }
 
 /// A registry, an executor and a probe: runs prompts the way the CLI does.

@@ -56,15 +56,35 @@ class TestHidden:
     @classmethod
     def INPUT_TYPES(s):
         return {"required": {}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO",
-                                            "unique_id": "UNIQUE_ID"}}
+                                            "unique_id": "UNIQUE_ID", "dynprompt": "DYNPROMPT",
+                                            "auth": "AUTH_TOKEN_COMFY_ORG", "key": "API_KEY_COMFY_ORG"}}
     RETURN_TYPES = ()
     FUNCTION = "run"
     OUTPUT_NODE = True
     CATEGORY = "comfyrs/test"
 
-    def run(self, prompt=None, extra_pnginfo=None, unique_id=None):
+    def run(self, prompt=None, extra_pnginfo=None, unique_id=None, dynprompt=None, auth=None, key=None):
+        # ComfyUI before DYNPROMPT existed passes None: fall back to the prompt's nodes.
+        dyn_nodes = sorted(dynprompt.all_node_ids()) if dynprompt is not None else sorted((prompt or {}).keys())
         return {"ui": {"unique_id": [unique_id], "prompt_nodes": sorted((prompt or {}).keys()),
-                       "extra": [extra_pnginfo]}}
+                       "extra": [extra_pnginfo], "dyn_nodes": dyn_nodes, "auth": [auth], "key": [key]}}
+
+
+class TestChangedById:
+    """IS_CHANGED that reads the node's own id (ComfyUI passes hidden inputs to it)."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"value": ("INT", {"default": 1})}, "hidden": {"unique_id": "UNIQUE_ID"}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    @classmethod
+    def IS_CHANGED(s, value, unique_id=None):
+        return "seen by {}".format(unique_id)
+
+    def run(self, value, unique_id=None):
+        return (value,)
 
 
 class TestChanged:
@@ -276,7 +296,7 @@ class TestBlocker:
 
 
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
-    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedRaises,
+    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedById, TestChangedRaises,
     TestBadSchema, TestValidate, TestAsyncValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
     TestExit, TestBlocker)}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
