@@ -194,7 +194,7 @@ def _progress_hook(value, total, preview=None, prompt_id=None, node_id=None, *ar
     """ComfyUI's global progress hook, both signatures (2024: 3 arguments; current: 5)."""
     import comfy.model_management
     try:
-        interrupted = _comfyrs.progress(int(value), int(total))
+        interrupted = _comfyrs.progress(int(value), int(total), None if node_id is None else str(node_id))
     except Exception:
         interrupted = False
     if preview is not None and isinstance(preview, tuple) and _comfyrs.wants_previews():
@@ -776,26 +776,78 @@ def _call_current(cls, name, obj, unique_id, prompt_id, input_data_all, hidden, 
         kwargs["pre_execute_cb"] = lambda i: GraphBuilder.set_default_prefix(unique_id, call_index + i, 0)
 
     async def run_all():
-        results = await execution._async_map_node_over_list(
+        return await execution._async_map_node_over_list(
             prompt_id, unique_id, obj, input_data_all, func_name, **kwargs)
-        # Async nodes that did not finish at once come back as tasks: comfyrs runs one node
-        # at a time on this thread, so wait for them here (inside the same event loop).
-        pending = [r for r in results if isinstance(r, asyncio.Task)]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-        resolve = getattr(execution, "resolve_map_node_over_list_results", None)
-        if resolve is not None:
-            results = resolve(results)
-            if inspect.isawaitable(results):
-                results = await results
-        return results
 
     results = _loop().run_until_complete(run_all())
-    got = execution.get_output_from_returns(results, cls)
+    # Async nodes that did not finish at once come back as tasks. They go on in this thread's
+    # event loop while other calls run; Rust polls them (`poll`) until they are done.
+    if any(isinstance(r, asyncio.Task) and not r.done() for r in results):
+        _PENDING["seq"] += 1
+        token = _PENDING["seq"]
+        _PENDING["calls"][token] = (results, cls, unique_id, prompt_id)
+        return token, None, None
+    return _finish(results, cls, unique_id, prompt_id)
+
+
+def _finish(results, cls, unique_id, prompt_id):
+    """A call's results (finished tasks included) as (output, ui, expanded)."""
+    import execution
+    done = []
+    for r in results:
+        if isinstance(r, asyncio.Task):
+            r = r.result()  # raises the task's exception
+        done.append(r)
+    got = execution.get_output_from_returns(done, cls)
     output, ui = got[0], got[1]
     if len(got) > 2 and got[2]:
         return _expansion(output, cls, unique_id, prompt_id), ui, True
     return output, ui, False
+
+
+# Async calls still running: token -> (results with their tasks, class, node id, prompt id).
+_PENDING = {"seq": 0, "calls": {}}
+
+
+def _outcome(output, ui, expanded, own):
+    ui_json = _dumps(ui) if ui else None
+    return ("expand" if expanded else "ok", output, ui_json, own)
+
+
+def poll(token, timeout, interrupted):
+    """Runs the event loop for up to `timeout` seconds for the async call `token` (every other
+    pending task advances too). Returns ("pending", token) or what `call` returns."""
+    entry = _PENDING["calls"].get(token)
+    if entry is None:
+        return ("error", False, "async call {} is not pending (a bug of comfyrs)".format(token), "RuntimeError", [])
+    results, cls, unique_id, prompt_id = entry
+    t = time.perf_counter()
+    try:
+        _NODES[0].interrupt_processing(interrupted)
+        with _TORCH[0].inference_mode():
+            tasks = [r for r in results if isinstance(r, asyncio.Task) and not r.done()]
+            if tasks:
+                _loop().run_until_complete(asyncio.wait(tasks, timeout=timeout))
+            if any(isinstance(r, asyncio.Task) and not r.done() for r in results):
+                return ("pending", token)
+            del _PENDING["calls"][token]
+            output, ui, expanded = _finish(results, cls, unique_id, prompt_id)
+        return _outcome(output, ui, expanded, time.perf_counter() - t)
+    except BaseException as e:  # noqa: B902 - including the interrupt
+        _PENDING["calls"].pop(token, None)
+        return _error(e)
+
+
+def cancel(token):
+    """Cancels the async call `token` (an interrupt): its tasks get CancelledError."""
+    entry = _PENDING["calls"].pop(token, None)
+    if entry is None:
+        return
+    tasks = [r for r in entry[0] if isinstance(r, asyncio.Task) and not r.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        _loop().run_until_complete(asyncio.wait(tasks, timeout=1.0))
 
 
 _OUTPUT_DIR = [None]
@@ -842,8 +894,9 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
     inputs; `prompt`: the prompt dict when the class reads it (PROMPT, DYNPROMPT), else None;
     `call_index`: which call of a list this is; `extra_data`: the request's credentials and
     usage source ({"auth_token_comfy_org": ...}) or None. Returns ("ok", outputs, ui_json, own_seconds),
-    ("expand", calls, ui_json, own_seconds) (see `_expansion`) or
-    ("error", is_interrupt, message, exception_type, traceback)."""
+    ("expand", calls, ui_json, own_seconds) (see `_expansion`), ("pending", token) for an async
+    call still running (see `poll`), or ("error", is_interrupt, message, exception_type,
+    traceback)."""
     server = STATE["server"]
     try:
         nodes = _NODES[0]
@@ -870,6 +923,8 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
                                                      {"__prompt": prompt, "__extra_pnginfo": extra,
                                                       "__extra_data": extra_data or {}},
                                                      call_index)
+                if ui is None and expanded is None:
+                    return ("pending", output)
             else:
                 func = getattr(obj, function)
                 before = nodes.before_node_execution
@@ -883,9 +938,7 @@ def call(name, unique_id, prompt_id, inputs, hidden, prompt, output_dir, interru
 
                 output, ui = _merge_results(_map_over_list(guarded, input_is_list, input_data_all), cls)
                 expanded = False
-        own = time.perf_counter() - t
-        ui_json = _dumps(ui) if ui else None
-        return ("expand" if expanded else "ok", output, ui_json, own)
+        return _outcome(output, ui, expanded, time.perf_counter() - t)
     except BaseException as e:  # noqa: B902 - including the interrupt and SystemExit
         return _error(e)
     finally:

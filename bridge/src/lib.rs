@@ -391,10 +391,16 @@ pub(crate) fn format_py_err(py: Python<'_>, e: &PyErr) -> String {
 /// Returns whether comfyrs was interrupted (the hook then raises ComfyUI's interrupt). Outside a
 /// node call (a model loaded through [`Bridge::with_python`]) there is no one to tell and
 /// nothing to interrupt.
+/// `node`: the node ComfyUI says reported it, when that is not the call running now (an async
+/// task advancing while another node's call polls).
 #[pyfunction]
-fn progress(value: u64, total: u64) -> bool {
+#[pyo3(signature = (value, total, node=None))]
+fn progress(value: u64, total: u64, node: Option<String>) -> bool {
     interp::with_current(|ctx| {
-        ctx.progress(value, total);
+        match node.filter(|n| n != ctx.node_id) {
+            Some(node) => ctx.events.emit(&comfyrs_runtime::events::Event::Progress { prompt_id: ctx.prompt_id.to_string(), node, value, max: total }),
+            None => ctx.progress(value, total),
+        }
         ctx.interrupt.is_set()
     })
     .unwrap_or(false)

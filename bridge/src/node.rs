@@ -196,6 +196,63 @@ pub(crate) fn parse_record(text: &str) -> Result<(NodeSchema, Flags), RecordErro
     Ok((schema, flags))
 }
 
+/// How long one poll of a running async call may hold the Python thread (other calls queue
+/// behind it meanwhile).
+const ASYNC_SLICE: Duration = Duration::from_millis(10);
+
+/// Where a call stands after the host answered.
+enum Step {
+    Done(Result<CallOutput, NodeError>),
+    /// An async call still running, by its token in the host.
+    Pending(u64),
+}
+
+/// Reads what the host's `call` or `poll` returned: `("ok", outputs, ui_json, seconds)`,
+/// `("expand", calls, ui_json, seconds)`, `("pending", token)` or an error tuple.
+fn read_step(host: &Bound<'_, PyAny>, r: &Bound<'_, PyAny>, types: &[String], name: &str, ctx: &ExecContext<'_>) -> PyResult<Step> {
+    let py = r.py();
+    let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
+    let status: String = t.get_item(0)?.extract()?;
+    match status.as_str() {
+        "ok" | "expand" => {}
+        "pending" => return Ok(Step::Pending(t.get_item(1)?.extract()?)),
+        _ => return Ok(Step::Done(Err(node_error(t)?))),
+    }
+    let sizer = host.getattr(pyo3::intern!(py, "byte_size"))?;
+    let mut slots: Vec<Vec<comfyrs_runtime::Value>> = Vec::new();
+    let mut expansion = None;
+    if status == "expand" {
+        expansion = Some(read_expansion(&t.get_item(1)?, types, &sizer)?);
+    } else {
+        for (i, slot) in t.get_item(1)?.try_iter()?.enumerate() {
+            let slot = slot?;
+            let ty = types.get(i).map(String::as_str).unwrap_or("*");
+            let mut vals = Vec::new();
+            for item in slot.try_iter()? {
+                vals.push(py_to_value(&item?, ty, &sizer)?);
+            }
+            slots.push(vals);
+        }
+        // A node that returned nothing for its declared outputs (an output node returning only
+        // UI) still has its slots.
+        if slots.is_empty() && !types.is_empty() {
+            slots = vec![Vec::new(); types.len()];
+        }
+    }
+    let ui_text: Option<String> = t.get_item(2)?.extract()?;
+    let ui = match ui_text.map(|s| serde_json::from_str::<Json>(&s)) {
+        None => None,
+        Some(Ok(Json::Object(m))) => Some(m),
+        // The host sends a dict's JSON; anything else is a bug of the bridge, and losing the UI
+        // should not fail a node that ran.
+        Some(other) => {
+            tracing::warn!(class = %name, node = ctx.node_id, "the UI output of node {} ({name}) was dropped: the bridge sent {other:?}", ctx.node_id);
+            None
+        }
+    };
+    Ok(Step::Done(Ok(CallOutput { outputs: slots, ui: ui.filter(|m: &Map<String, Json>| !m.is_empty()), expansion })))
+}
+
 /// A node expansion as the host hands it over (`_expansion` in comfyrs_host.py): per call,
 /// the graph's nodes or None, and per output slot a link or values.
 fn read_expansion(calls: &Bound<'_, PyAny>, types: &[String], sizer: &Bound<'_, PyAny>) -> PyResult<Expansion> {
@@ -288,8 +345,8 @@ impl NodeClass for PyNode {
         let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let types: Vec<String> = schema.outputs.iter().map(|o| o.ty.clone()).collect();
         let name = &self.name;
-        let result = self.on_python_thread(ctx, |py| -> Result<CallOutput, NodeError> {
-            let run = || -> PyResult<Result<CallOutput, NodeError>> {
+        let mut step = self.on_python_thread(ctx, |py| -> Step {
+            let run = || -> PyResult<Step> {
                 let host = self.shared.host(py);
                 let inputs = self.constants_py(py, args)?;
                 // A required lazy input that check_lazy_status did not ask for was never
@@ -318,51 +375,31 @@ impl NodeClass for PyNode {
                     ctx.call_index,
                     extra_data,
                 ))?;
-                let t = r.cast::<PyTuple>().map_err(PyErr::from)?;
-                let status: String = t.get_item(0)?.extract()?;
-                if status != "ok" && status != "expand" {
-                    return Ok(Err(node_error(t)?));
-                }
-                let sizer = host.getattr(pyo3::intern!(py, "byte_size"))?;
-                let mut slots: Vec<Vec<comfyrs_runtime::Value>> = Vec::new();
-                let mut expansion = None;
-                if status == "expand" {
-                    expansion = Some(read_expansion(&t.get_item(1)?, &types, &sizer)?);
-                } else {
-                    for (i, slot) in t.get_item(1)?.try_iter()?.enumerate() {
-                        let slot = slot?;
-                        let ty = types.get(i).map(String::as_str).unwrap_or("*");
-                        let mut vals = Vec::new();
-                        for item in slot.try_iter()? {
-                            vals.push(py_to_value(&item?, ty, &sizer)?);
-                        }
-                        slots.push(vals);
-                    }
-                    // A node that returned nothing for its declared outputs (an output node
-                    // returning only UI) still has its slots.
-                    if slots.is_empty() && !types.is_empty() {
-                        slots = vec![Vec::new(); types.len()];
-                    }
-                }
-                let ui_text: Option<String> = t.get_item(2)?.extract()?;
-                let ui = match ui_text.map(|s| serde_json::from_str::<Json>(&s)) {
-                    None => None,
-                    Some(Ok(Json::Object(m))) => Some(m),
-                    // The host sends a dict's JSON; anything else is a bug of the bridge, and
-                    // losing the UI should not fail a node that ran.
-                    Some(other) => {
-                        tracing::warn!(class = %name, node = ctx.node_id, "the UI output of node {} ({name}) was dropped: the bridge sent {other:?}", ctx.node_id);
-                        None
-                    }
-                };
-                Ok(Ok(CallOutput { outputs: slots, ui: ui.filter(|m: &Map<String, Json>| !m.is_empty()), expansion }))
+                read_step(&host, &r, &types, name, ctx)
             };
-            interp::in_call(ctx, || match run() {
-                Ok(r) => r,
-                Err(e) => Err(py_err(py, e)),
-            })
+            interp::in_call(ctx, || run().unwrap_or_else(|e| Step::Done(Err(py_err(py, e)))))
         })?;
-        result
+        // An async call still running: its tasks advance in the Python thread's event loop
+        // while other calls run there; this worker polls it in short slices (docs/architecture.md,
+        // "The Python bridge").
+        loop {
+            let token = match step {
+                Step::Done(r) => return r,
+                Step::Pending(token) => token,
+            };
+            if ctx.interrupt.is_set() {
+                let _ = self.on_python_thread(ctx, |py| self.shared.host(py).call_method1("cancel", (token,)).map(|_| ()));
+                return Err(NodeError::Interrupted);
+            }
+            step = self.on_python_thread(ctx, |py| -> Step {
+                let run = || -> PyResult<Step> {
+                    let host = self.shared.host(py);
+                    let r = host.call_method1("poll", (token, ASYNC_SLICE.as_secs_f64(), ctx.interrupt.is_set()))?;
+                    read_step(&host, &r, &types, name, ctx)
+                };
+                interp::in_call(ctx, || run().unwrap_or_else(|e| Step::Done(Err(py_err(py, e)))))
+            })?;
+        }
     }
 
     fn fingerprint(&self, node_id: &str, constants: &Args) -> Option<Fingerprint> {

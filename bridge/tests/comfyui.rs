@@ -373,6 +373,28 @@ fn protocol_hidden_fingerprint_lazy_lists() {
 }
 
 #[test]
+fn async_nodes_are_in_flight_together() {
+    let _lock = support::shared();
+    let events = Collect::new();
+    let mut exec = new_exec();
+    let (a, b) = (format!("a{}", std::process::id()), format!("b{}", std::process::id()));
+    let p = json!({
+        "1": {"class_type": "TestRendezvous", "inputs": {"name": a, "partner": b}},
+        "2": {"class_type": "TestRendezvous", "inputs": {"name": b, "partner": a}},
+    });
+    let r = run_prompt(&mut exec, p, &events).unwrap();
+    assert!(r.success(), "{:?}", r.errors);
+    // Each waits for the other's signal: both meet only if both calls were running at once.
+    // ComfyUI before its async executor (the embedded 2024 copy) runs them one after the other.
+    if env().bridge.report().v3 {
+        assert_eq!(r.outputs["1"]["met"][0], true, "{:?}", r.outputs);
+        assert_eq!(r.outputs["2"]["met"][0], true, "{:?}", r.outputs);
+    } else {
+        assert_eq!(r.outputs.len(), 2, "{:?}", r.outputs);
+    }
+}
+
+#[test]
 fn failures_in_python_are_reported_not_swallowed() {
     let _lock = support::shared();
     let e = env();

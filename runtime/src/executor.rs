@@ -154,7 +154,9 @@ impl Executor {
     }
 
     fn with_cache(cache: OutputCache) -> Self {
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2);
+        // At least 4, so that several waiting nodes (async Python nodes polling their remote
+        // calls) can be in flight even on a 2-core machine.
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(4);
         Executor { cache, workers, interrupt: Interrupt::default() }
     }
 

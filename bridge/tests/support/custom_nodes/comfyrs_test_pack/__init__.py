@@ -70,6 +70,30 @@ class TestHidden:
                        "extra": [extra_pnginfo], "dyn_nodes": dyn_nodes, "auth": [auth], "key": [key]}}
 
 
+_SIGNALS = set()
+
+
+class TestRendezvous:
+    """Async: signals `name`, then waits (up to 3 s) for `partner` to signal. Two of them both
+    report met=True only if they were in flight at the same time."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"name": ("STRING", {"default": "a"}), "partner": ("STRING", {"default": "b"})}}
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    async def run(self, name, partner):
+        import asyncio
+        _SIGNALS.add(name)
+        for _ in range(300):
+            if partner in _SIGNALS:
+                return {"ui": {"met": [True]}, "result": (name,)}
+            await asyncio.sleep(0.01)
+        return {"ui": {"met": [False]}, "result": (name,)}
+
+
 class TestChangedById:
     """IS_CHANGED that reads the node's own id (ComfyUI passes hidden inputs to it)."""
     @classmethod
@@ -296,7 +320,7 @@ class TestBlocker:
 
 
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
-    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedById, TestChangedRaises,
+    TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedById, TestRendezvous, TestChangedRaises,
     TestBadSchema, TestValidate, TestAsyncValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
     TestExit, TestBlocker)}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
