@@ -213,6 +213,69 @@ fn handoff_shares_storage_both_ways() {
     assert!(diff < 1e-6, "patched weight differs from the merged tensor by {diff}");
 }
 
+/// A MODEL stored in fp16, bf16 or fp8 (as ComfyUI loads one with a weight dtype): WIDEN's Entry
+/// reads the parameters themselves in that dtype (no full-precision copy), and a merged weight
+/// handed back in that dtype is what ComfyUI's patching installs, exactly (doubling is exact).
+#[test]
+fn handoff_keeps_low_precision_storage() {
+    let _lock = support::shared();
+    let e = env();
+    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
+    let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    for (dtype, kind) in [("float16", tch::Kind::Half), ("bfloat16", tch::Kind::BFloat16), ("float8_e4m3fn", tch::Kind::Float8e4m3fn)] {
+        let bridge = &e.bridge;
+        let p = path.clone();
+        let model: Value = bridge
+            .with_python(move |py| -> Result<Value, String> {
+                use pyo3::types::PyAnyMethods;
+                let code = std::ffi::CString::new(
+                    "def load(path, dtype):\n    import torch, comfy.sd\n    m = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n    for prm in m.model.diffusion_model.parameters():\n        prm.data = prm.data.to(getattr(torch, dtype))\n    return m\n",
+                )
+                .unwrap();
+                let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_dtype.py", c"handoff_dtype").map_err(|e| e.to_string())?;
+                let obj = m.getattr("load").and_then(|f| f.call1((p, dtype))).map_err(|e| e.to_string())?;
+                bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
+            })
+            .unwrap()
+            .unwrap();
+        let (weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+        let w = &weights[key];
+        assert_eq!(w.kind(), kind, "{dtype}: Entry sees the stored dtype");
+        let k = key.to_string();
+        let m2 = model.clone();
+        let param_ptr: i64 = bridge
+            .with_python(move |py| {
+                use pyo3::types::PyAnyMethods;
+                let Value::Handle(h) = &m2 else { panic!() };
+                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                obj.getattr("model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap().call_method0("data_ptr").unwrap().extract::<i64>().unwrap()
+            })
+            .unwrap();
+        assert_eq!(param_ptr, w.data_ptr() as i64, "{dtype}: Entry's tensor is the parameter itself, not a copy");
+
+        let merged_t = (w.to_kind(tch::Kind::Float) * 2.0f64).to_kind(kind).contiguous();
+        let mut merged = indexmap::IndexMap::new();
+        merged.insert(key.to_string(), merged_t.shallow_clone());
+        let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
+        let k2 = key.to_string();
+        let (same_dtype, diff): (bool, f64) = bridge
+            .with_python(move |py| {
+                use pyo3::types::PyAnyMethods;
+                let Value::Handle(h) = &out else { panic!() };
+                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let code = std::ffi::CString::new(
+                    "def check(m, k):\n    import torch\n    base = m.model.state_dict()[k].clone()\n    m.patch_model()\n    got = m.model.state_dict()[k].clone()\n    m.unpatch_model()\n    return got.dtype == base.dtype, float((got.float() - 2 * base.float()).abs().max())\n",
+                )
+                .unwrap();
+                let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_dtype_check.py", c"handoff_dtype_check").unwrap();
+                m.getattr("check").unwrap().call1((obj, k2)).unwrap().extract::<(bool, f64)>().unwrap()
+            })
+            .unwrap();
+        assert!(same_dtype, "{dtype}: the patched weight keeps its dtype");
+        assert_eq!(diff, 0.0, "{dtype}: the patched weight is the merged tensor");
+    }
+}
+
 /// A native MODEL (WIDENBaseInput, memory-mapped) given to KSampler becomes a ComfyUI MODEL
 /// through ComfyUI's own state-dict loader, and samples like the checkpoint loader's MODEL.
 #[test]
