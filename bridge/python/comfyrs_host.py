@@ -1069,8 +1069,9 @@ def fingerprint(name, constants, required_links, unique_id=None):
 
 
 def validate(name, constants, required_links, input_types=None):
-    """VALIDATE_INPUTS / validate_inputs: [(input, message)] for every failure. `input_types`:
-    the type each linked input receives."""
+    """VALIDATE_INPUTS / validate_inputs: [(input, message)] for every failure, or
+    ("raised", message, exception type, traceback) when it raised. `input_types`: the type each
+    linked input receives."""
     import nodes
     cls = nodes.NODE_CLASS_MAPPINGS[name]
     f = _find_override(cls, "validate_inputs", "VALIDATE_INPUTS")
@@ -1095,8 +1096,8 @@ def validate(name, constants, required_links, input_types=None):
             return r
 
         results = _map_over_list(one, False, data)
-    except BaseException as e:  # noqa: B902
-        return [(n, "{}: {}".format(type(e).__name__, e)) for n in (names or ["(node)"])]
+    except Exception as e:
+        return ("raised", str(e), full_type_name(type(e)), traceback.format_tb(e.__traceback__))
     out = []
     for r in results:
         if r is True:

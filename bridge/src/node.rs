@@ -470,21 +470,33 @@ impl NodeClass for PyNode {
         self.flags.has_validate && (named || (self.flags.validate_kwargs && name != "input_types"))
     }
 
-    fn validate_inputs(&self, constants: &Args, received_types: &[(String, String)]) -> Vec<(String, String)> {
+    fn validate_inputs(&self, constants: &Args, received_types: &[(String, String)]) -> Result<Vec<(String, String)>, NodeError> {
         if !self.flags.has_validate {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let schema = self.schema.read().unwrap_or_else(|p| p.into_inner()).1.clone();
         let links = self.required_links(&schema, constants);
-        Python::attach(|py| -> PyResult<Vec<(String, String)>> {
-            let d = self.constants_py(py, constants)?;
-            let types = pyo3::types::PyDict::new(py);
-            for (k, t) in received_types {
-                types.set_item(k, t)?;
-            }
-            self.shared.host(py).call_method1("validate", (&self.name, d, links, types))?.extract()
+        Python::attach(|py| -> Result<Vec<(String, String)>, NodeError> {
+            let run = || -> PyResult<Result<Vec<(String, String)>, NodeError>> {
+                let d = self.constants_py(py, constants)?;
+                let types = pyo3::types::PyDict::new(py);
+                for (k, t) in received_types {
+                    types.set_item(k, t)?;
+                }
+                let r = self.shared.host(py).call_method1("validate", (&self.name, d, links, types))?;
+                if let Ok(t) = r.cast::<PyTuple>() {
+                    if t.len() == 4 && t.get_item(0)?.extract::<String>().is_ok_and(|s| s == "raised") {
+                        return Ok(Err(NodeError::Failed {
+                            message: t.get_item(1)?.extract()?,
+                            exception_type: t.get_item(2)?.extract()?,
+                            traceback: t.get_item(3)?.extract()?,
+                        }));
+                    }
+                }
+                Ok(Ok(r.extract()?))
+            };
+            run().unwrap_or_else(|e| Err(py_err(py, e)))
         })
-        .unwrap_or_else(|e| vec![("(node)".into(), format!("VALIDATE_INPUTS could not run: {e}"))])
     }
 
     /// Python nodes run on worker threads (which hand the call to the Python thread), so the

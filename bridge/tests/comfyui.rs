@@ -249,6 +249,11 @@ fn errors_name_the_node_and_the_next_prompt_runs() {
     let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestValidate", "inputs": {"value": -3}}}), &events).expect_err("rejected");
     assert_eq!(rej.node_errors["1"].errors[0].kind, "custom_validation_failed");
     assert!(rej.node_errors["1"].errors[0].details.contains("must be non-negative"));
+    // A VALIDATE_INPUTS that raises, on an output node: ComfyUI's exception_during_validation.
+    let rej = run_prompt(&mut exec, json!({"1": {"class_type": "TestValidate", "inputs": {"value": 13}}}), &events).expect_err("rejected");
+    let e = &rej.node_errors["1"].errors[0];
+    assert_eq!((e.kind.as_str(), e.message.as_str(), e.details.as_str()), ("exception_during_validation", "Exception when validating node", "13 cannot be checked"));
+    assert_eq!(e.extra_info["exception_type"], "ValueError");
     // An input VALIDATE_INPUTS takes skips the built-in range and list checks (ComfyUI's
     // rule): 500 is over the declared max of 100 but the node's own check accepts it.
     let r = run_prompt(&mut exec, json!({"1": {"class_type": "TestValidate", "inputs": {"value": 500}}}), &events).unwrap();

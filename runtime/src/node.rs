@@ -35,9 +35,10 @@ pub trait NodeClass: Send + Sync {
 
     /// ComfyUI's `VALIDATE_INPUTS`: extra checks on constants before anything runs, with the
     /// type each linked input receives (`input_types`). Each returned message becomes a
-    /// `custom_validation_failed` error.
-    fn validate_inputs(&self, _constants: &Args, _received_types: &[(String, String)]) -> Vec<(String, String)> {
-        Vec::new()
+    /// `custom_validation_failed` error. An error means the check itself raised (ComfyUI's
+    /// `exception_during_validation`).
+    fn validate_inputs(&self, _constants: &Args, _received_types: &[(String, String)]) -> Result<Vec<(String, String)>, NodeError> {
+        Ok(Vec::new())
     }
 
     /// Whether `validate_inputs` checks this input itself (ComfyUI: an input its

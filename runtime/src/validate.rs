@@ -202,6 +202,8 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
     for &o in &outputs {
         reachable[o] = true;
     }
+    // Nodes whose own validation raised (reported below, where ComfyUI reports them).
+    let mut raised: Vec<(usize, crate::node::NodeError)> = Vec::new();
     while let Some(i) = queue.pop_front() {
         let schema = schemas[i].clone();
         let (_, node) = prompt.nodes.get_index(i).unwrap();
@@ -291,13 +293,54 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         for (k, v) in &coerced {
             constants.insert(k, v.clone());
         }
-        for (input, msg) in classes[i].validate_inputs(&constants, &received) {
-            let details = if msg.is_empty() { input.clone() } else { format!("{input} - {msg}") };
-            own[i].push(ErrorRecord::new("custom_validation_failed", "Custom validation failed for node", details).extra("input_name", json!(input)));
+        match classes[i].validate_inputs(&constants, &received) {
+            Ok(failures) => {
+                for (input, msg) in failures {
+                    let details = if msg.is_empty() { input.clone() } else { format!("{input} - {msg}") };
+                    own[i].push(ErrorRecord::new("custom_validation_failed", "Custom validation failed for node", details).extra("input_name", json!(input)));
+                }
+            }
+            Err(e) => raised.push((i, e)),
         }
         let node = prompt.nodes.get_index_mut(i).unwrap().1;
         for (k, v) in coerced {
             node.inputs.insert(k, Input::Const(v));
+        }
+    }
+    // A validation that raised: on an output node, its own `exception_during_validation`; on
+    // any other node, an `exception_during_inner_validation` of each node linking to it, on the
+    // linking input (ComfyUI reports it from the consumer that was validating its inputs).
+    for (i, e) in raised {
+        let (message, exception_type, traceback) = match e {
+            crate::node::NodeError::Failed { message, exception_type, traceback } => (message, exception_type, traceback),
+            crate::node::NodeError::Interrupted => ("interrupted".to_string(), "InterruptProcessingException".to_string(), Vec::new()),
+        };
+        if outputs.contains(&i) {
+            own[i].push(
+                ErrorRecord::new("exception_during_validation", "Exception when validating node", message.clone())
+                    .extra("exception_type", json!(exception_type))
+                    .extra("traceback", json!(traceback)),
+            );
+            continue;
+        }
+        let id = prompt.nodes.get_index(i).unwrap().0.clone();
+        for c in (0..n).filter(|&c| reachable[c] && declared_edges[c].contains(&i)) {
+            let (_, node) = prompt.nodes.get_index(c).unwrap();
+            for spec in schemas[c].declared_inputs() {
+                let Some(Input::Link(l)) = node.inputs.get(&spec.name) else { continue };
+                if l.node != id {
+                    continue;
+                }
+                own[c].push(
+                    ErrorRecord::new("exception_during_inner_validation", "Exception when validating inner node", message.clone())
+                        .extra("input_name", json!(spec.name))
+                        .extra("input_config", input_config(spec))
+                        .extra("exception_message", json!(message))
+                        .extra("exception_type", json!(exception_type))
+                        .extra("traceback", json!(traceback))
+                        .extra("linked_node", json!([l.node, l.slot])),
+                );
+            }
         }
     }
     // All links (declared or not) for scheduling; undeclared links to missing nodes are errors.

@@ -528,6 +528,28 @@ fn custom_validation_failed() {
 }
 
 #[test]
+fn a_validation_that_raises_is_reported_on_the_linking_input() {
+    // Even's check raises for negative numbers; it is not an output, so ComfyUI reports the
+    // exception from the node validating its inputs, on the input linking to it.
+    let rej = rejection(
+        &reg(),
+        &json!({
+            "1": {"class_type": "Even", "inputs": {"n": -2}},
+            "2": {"class_type": "Preview", "inputs": {"value": ["1", 0]}},
+        }),
+    );
+    assert!(rej["node_errors"].get("1").is_none(), "{rej}");
+    let e = node_error(&rej, "2");
+    assert_eq!(e["type"], "exception_during_inner_validation");
+    assert_eq!(e["message"], "Exception when validating inner node");
+    assert_eq!(e["details"], "cannot check -2");
+    assert_eq!(e["extra_info"]["input_name"], "value");
+    assert_eq!(e["extra_info"]["exception_type"], "ValueError");
+    assert_eq!(e["extra_info"]["linked_node"], json!(["1", 0]));
+    assert_eq!(rej["error"]["type"], "prompt_outputs_failed_validation");
+}
+
+#[test]
 fn dependency_cycle() {
     let rej = rejection(
         &reg(),

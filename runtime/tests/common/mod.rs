@@ -348,13 +348,14 @@ impl NodeClass for TestNode {
         Ok(if args.get(want).is_none() { vec![want.to_string()] } else { Vec::new() })
     }
 
-    fn validate_inputs(&self, constants: &Args, _received_types: &[(String, String)]) -> Vec<(String, String)> {
+    fn validate_inputs(&self, constants: &Args, _received_types: &[(String, String)]) -> Result<Vec<(String, String)>, NodeError> {
         if self.kind != Kind::Even {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         match constants.get("n") {
-            Some(Value::Int(n)) if n % 2 != 0 => vec![("n".into(), format!("{n} is odd"))],
-            _ => Vec::new(),
+            Some(Value::Int(n)) if n % 2 != 0 => Ok(vec![("n".into(), format!("{n} is odd"))]),
+            Some(Value::Int(n)) if *n < 0 => Err(NodeError::value_error(format!("cannot check {n}"))),
+            _ => Ok(Vec::new()),
         }
     }
 

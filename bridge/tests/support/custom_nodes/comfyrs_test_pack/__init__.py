@@ -174,6 +174,8 @@ class TestValidate:
 
     @classmethod
     def VALIDATE_INPUTS(s, value):
+        if value == 13:
+            raise ValueError("13 cannot be checked")
         return True if value >= 0 else "must be non-negative"
 
     def run(self, value):
