@@ -10,6 +10,7 @@
 pub mod blocker;
 pub mod cache;
 pub mod coerce;
+pub mod dynamic;
 pub mod events;
 pub mod executor;
 pub mod expansion;

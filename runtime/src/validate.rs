@@ -9,6 +9,7 @@ use indexmap::IndexMap;
 use serde_json::{json, Map, Value as Json};
 
 use crate::coerce;
+use crate::dynamic::finalized_inputs;
 use crate::node::{Args, NodeClass};
 use crate::prompt::{Input, Prompt};
 use crate::registry::Registry;
@@ -210,7 +211,10 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         let mut coerced: Vec<(String, Value)> = Vec::new();
         // The type each linked input receives (ComfyUI's `input_types` for VALIDATE_INPUTS).
         let mut received: Vec<(String, String)> = Vec::new();
-        for spec in schema.declared_inputs() {
+        // V3 dynamic inputs are checked slot by slot, as this prompt expands them.
+        let finalized = finalized_inputs(&schema, &node.inputs);
+        for spec in finalized.iter() {
+            let spec: &InputSpec = spec;
             match node.inputs.get(&spec.name) {
                 None => {
                     if spec.section == Section::Required {
@@ -278,7 +282,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         // Undeclared links are not validated, but their sources run: validate those.
         for (name, input) in &node.inputs {
             if let Input::Link(l) = input {
-                if !schema.declared_inputs().any(|s| s.name == *name) {
+                if !finalized.iter().any(|s| s.name == *name) {
                     if let Some(src) = prompt.nodes.get_index_of(&l.node) {
                         if !reachable[src] {
                             reachable[src] = true;
@@ -326,7 +330,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
         let id = prompt.nodes.get_index(i).unwrap().0.clone();
         for c in (0..n).filter(|&c| reachable[c] && declared_edges[c].contains(&i)) {
             let (_, node) = prompt.nodes.get_index(c).unwrap();
-            for spec in schemas[c].declared_inputs() {
+            for spec in finalized_inputs(&schemas[c], &node.inputs).iter() {
                 let Some(Input::Link(l)) = node.inputs.get(&spec.name) else { continue };
                 if l.node != id {
                     continue;
@@ -353,7 +357,7 @@ pub fn validate(mut prompt: Prompt, registry: &Registry, targets: Option<&[Strin
             if let Input::Link(l) = input {
                 match prompt.nodes.get_index_of(&l.node) {
                     Some(src) if l.slot < schemas[src].outputs.len() => links[i].push((name.clone(), src, l.slot)),
-                    _ if schemas[i].declared_inputs().any(|s| s.name == *name) => {} // reported above
+                    _ if finalized_inputs(&schemas[i], &node.inputs).iter().any(|s| s.name == *name) => {} // reported above
                     _ => own[i].push(
                         ErrorRecord::new("bad_linked_input", format!("Input '{name}' is linked to output {} of node '{}', which does not exist", l.slot, l.node), name.clone())
                             .extra("input_name", json!(name))
