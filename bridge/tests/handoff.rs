@@ -131,6 +131,63 @@ fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     assert_ne!(digest(&r3), digest(&r4), "the merged model samples differently from the base");
 }
 
+/// Saving a merge whose base is a ComfyUI MODEL writes every weight of that model (the merged
+/// ones and the untouched ones, read from the model itself), not only what the merge changed.
+#[test]
+fn saving_a_merge_of_a_comfyui_model_writes_every_weight() {
+    let _lock = support::shared();
+    let e = env();
+    let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
+    let name = format!("from_comfyui_{}.safetensors", std::process::id());
+    let mut p = widen_txt2img(&e.ckpt, 1.0, 42);
+    p["23"]["inputs"]["save_model"] = json!(true);
+    p["23"]["inputs"]["model_name"] = json!(name);
+    let r = run_prompt(&mut exec, p.clone());
+    assert!(r.success(), "{:?}", r.errors);
+    let saved = e.models.join("checkpoints").join(&name);
+    // The same recipe from a freshly loaded MODEL (a fresh executor, so the Exit runs again):
+    // the file it saved before is replaced (a ComfyUI MODEL's identity is the loaded object's).
+    let again = run_prompt(&mut Executor::new(CacheMode::Lru, 8 << 30), p);
+    assert!(again.success(), "{:?}", again.errors);
+    let bytes = std::fs::read(&saved).unwrap_or_else(|err| panic!("{}: {err}", saved.display()));
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Json = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let saved_keys: Vec<&String> = header.as_object().unwrap().keys().filter(|k| *k != "__metadata__").collect();
+    // The model's own weights, as the Entry reads them.
+    let bridge = &e.bridge;
+    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
+    let model: Value = bridge
+        .with_python(move |py| -> Result<Value, String> {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new(
+                "def load(path):\n    import comfy.sd\n    return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n",
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_save.py", c"handoff_save").map_err(|e| e.to_string())?;
+            let obj = m.getattr("load").and_then(|f| f.call1((path,))).map_err(|e| e.to_string())?;
+            bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .unwrap();
+    let (weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+    // ComfyUI's own checkpoint loader reads the saved file.
+    let file = saved.to_string_lossy().into_owned();
+    let loaded: bool = bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new("def load(path):\n    import comfy.sd\n    return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0] is not None\n").unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_reload.py", c"handoff_reload").unwrap();
+            m.getattr("load").unwrap().call1((file,)).unwrap().extract::<bool>().unwrap()
+        })
+        .unwrap();
+    assert!(loaded, "ComfyUI loads the saved merge");
+    std::fs::remove_file(&saved).ok();
+    assert_eq!(saved_keys.len(), weights.len(), "every weight of the model is saved: {} of {}", saved_keys.len(), weights.len());
+    let untouched = "diffusion_model.time_embed.0.weight";
+    assert!(weights.contains_key(untouched));
+    assert!(saved_keys.iter().any(|k| k.ends_with(untouched)), "{untouched} (not merged) is saved: {:?}", &saved_keys[..5]);
+}
+
 /// The handoff itself: Entry's tensors are the module's parameters (same storage), the Exit's
 /// MODEL is a clone whose patches hold the merged tensors (same storage), and sampling with it
 /// sees the merged weights while the base model's own weights stay untouched.

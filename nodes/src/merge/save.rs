@@ -16,6 +16,7 @@ use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
 
 use crate::models::writer::{SafetensorsWriter, TensorHeader};
+use tch::Kind;
 use crate::models::{file_stats, FileDtype, FileIdentity, MappedFile, MappedTensor};
 
 use crate::models::ModelFolders;
@@ -88,32 +89,38 @@ pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<O
         .unwrap_or_default();
     let mut merged = IndexMap::new();
     for k in keys {
-        merged.insert(k.clone(), file.tensor(&k)?);
+        // Saved from a ComfyUI MODEL base: under its checkpoint name.
+        let t = if file.contains(&k) { file.tensor(&k)? } else { file.tensor(&format!("{FOREIGN_SAVE_PREFIX}{k}"))? };
+        merged.insert(k.clone(), t);
     }
     let mut h = [0u8; 32];
     h.copy_from_slice(blake3::hash(hash.as_bytes()).as_bytes());
     Ok(Some(base.with_overrides(merged, &h)))
 }
 
-/// Writes `model` (all base keys, overrides overlaid) to `path` atomically.
+/// The prefix saved keys of a ComfyUI MODEL base get: its weights are named
+/// `diffusion_model.…`, a checkpoint's `model.diffusion_model.…` (what ComfyUI's loaders look for).
+const FOREIGN_SAVE_PREFIX: &str = "model.";
+
+/// Writes `model` (all base keys, overrides overlaid) to `path` atomically. A base that is a
+/// ComfyUI MODEL (no file) is written from its own tensors, under checkpoint key names.
 pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &str, workflow: Option<&Json>) -> Result<(), PackError> {
     let mut keys: Vec<String> = model.keys().map(String::from).collect();
     keys.sort();
     let mut headers = Vec::with_capacity(keys.len());
-    let Some(file) = model.try_file() else {
-        return Err(PackError::value(
-            "save_model: the merge's base is a ComfyUI MODEL, not a model file; saving needs a file base (WIDENBaseInput)",
-        ));
-    };
+    let file = model.try_file();
+    let prefix = if file.is_some() { "" } else { FOREIGN_SAVE_PREFIX };
+    let file_dtype = |k: &str, kind: Kind| FileDtype::from_kind(kind).ok_or_else(|| PackError::value(format!("Unsupported dtype {kind:?} for tensor '{k}'")));
     for k in &keys {
-        let (dtype, shape) = match model.overrides().get(k) {
-            Some(t) => (
-                FileDtype::from_kind(t.kind()).ok_or_else(|| PackError::value(format!("Unsupported dtype {:?} for tensor '{k}'", t.kind())))?,
-                t.size().iter().map(|&d| d as usize).collect(),
+        let (dtype, shape) = match (model.overrides().get(k), file) {
+            (Some(t), _) => (file_dtype(k, t.kind())?, t.size().iter().map(|&d| d as usize).collect()),
+            (None, Some(file)) => (file.dtype(k).expect("listed key"), file.shape(k).expect("listed key")),
+            (None, None) => (
+                file_dtype(k, model.kind(k).expect("listed key"))?,
+                model.shape(k).expect("listed key").iter().map(|&d| d as usize).collect(),
             ),
-            None => (file.dtype(k).expect("listed key"), file.shape(k).expect("listed key")),
         };
-        headers.push(TensorHeader::new(k.clone(), dtype, &shape));
+        headers.push(TensorHeader::new(format!("{prefix}{k}"), dtype, &shape));
     }
     let mut affected: Vec<&String> = model.overrides().keys().collect();
     affected.sort();
@@ -128,9 +135,10 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
     let mut w = SafetensorsWriter::create(path, &headers, Some(&md))?;
     let mut buf = Vec::new();
     for k in &keys {
-        match model.overrides().get(k) {
-            Some(t) => write_tensor(&mut w, t, &mut buf)?,
-            None => {
+        match (model.overrides().get(k), file) {
+            (Some(t), _) => write_tensor(&mut w, t, &mut buf)?,
+            (None, None) => write_tensor(&mut w, &model.tensor(k)?, &mut buf)?,
+            (None, Some(file)) => {
                 let src = file.source(k).expect("listed key");
                 if src.rows.is_none() && !src.transpose {
                     w.write(file.file().bytes(&src.file_key)?)?;
@@ -147,7 +155,8 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
 }
 
 fn write_tensor(w: &mut SafetensorsWriter, t: &MappedTensor, buf: &mut Vec<u8>) -> Result<(), PackError> {
-    let c = t.f_contiguous()?;
+    // A ComfyUI MODEL's weights may live on the GPU.
+    let c = t.f_contiguous()?.f_to_device(tch::Device::Cpu)?;
     let n = c.numel();
     buf.resize(n * c.kind().elt_size_in_bytes(), 0);
     c.f_copy_data_u8(buf, n)?;
