@@ -179,7 +179,7 @@ fn lookup(name: &str) -> Option<Arc<NodeSchema>> {
 }
 
 fn seeded(seed: u64) -> ConvertOptions {
-    ConvertOptions { dynamic_prompt_seed: Some(seed) }
+    ConvertOptions { dynamic_prompt_seed: Some(seed), ..Default::default() }
 }
 
 fn ui_dir() -> std::path::PathBuf {

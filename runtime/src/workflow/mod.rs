@@ -62,6 +62,11 @@ pub struct ConvertOptions {
     /// reproducible. Each widget's choices depend only on the seed, the node's execution id
     /// and the input name, not on the order nodes are converted in.
     pub dynamic_prompt_seed: Option<u64>,
+    /// When set, every dynamic-prompt choice draws this number (in `[0, 1)`) instead of a
+    /// random one: `0.0` takes the first alternative of every group, as the frontend does
+    /// with `Math.random` stubbed to return 0 (the frontend comparison in
+    /// tests/frontend_oracle.rs relies on it). Overrides `dynamic_prompt_seed`.
+    pub dynamic_prompt_draw: Option<f64>,
 }
 
 /// The result of a conversion.
