@@ -612,9 +612,22 @@ fn array_widget_values_are_wrapped() {
         "CurveNode".into(),
         Arc::new(NodeSchema::new("CurveNode", "Curve", "test").input(InputSpec::socket("points", "CURVE")).output(OutputSpec::new("CURVE"))),
     );
-    let wf = workflow(vec![node(1, "CurveNode", 0, json!([]), json!([]), json!([[[0, 0], [1, 1]]]))], json!([]));
+    schemas.insert(
+        "PickNode".into(),
+        Arc::new(NodeSchema::new("PickNode", "Pick", "test").input(InputSpec::combo("pick", &["a", "b"])).output(OutputSpec::new("STRING"))),
+    );
+    let wf = workflow(
+        vec![
+            node(1, "CurveNode", 0, json!([]), json!([]), json!([{ "points": [[0, 0], [1, 1]], "interpolation": "linear" }])),
+            node(2, "PickNode", 0, json!([]), json!([]), json!([["a", "b"]])),
+        ],
+        json!([]),
+    );
     let c = ui_to_prompt_with(&wf, &|n| schemas.get(n).cloned(), &seeded(0)).unwrap();
-    assert_eq!(c.prompt["1"]["inputs"]["points"], json!({ "__value__": [[0, 0], [1, 1]] }));
+    // A curve widget's value goes typed, as the frontend sends it (ComfyUI unwraps __value__).
+    assert_eq!(c.prompt["1"]["inputs"]["points"], json!({ "__type__": "CURVE", "__value__": { "points": [[0, 0], [1, 1]], "interpolation": "linear" } }));
+    // Any other array value is wrapped so that it is not read as a link.
+    assert_eq!(c.prompt["2"]["inputs"]["pick"], json!({ "__value__": ["a", "b"] }));
 }
 
 #[test]

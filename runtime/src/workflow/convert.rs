@@ -732,7 +732,8 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
 
             let mut inputs = Map::new();
             for (k, v) in values {
-                inputs.insert(k, widgets::wrap_array(v));
+                let curve = schema.find_input(&k).and_then(widgets::widget_type).as_deref() == Some(widgets::CURVE);
+                inputs.insert(k, if curve { widgets::wrap_curve(v) } else { widgets::wrap_array(v) });
             }
             for inp in &node.inputs {
                 let Some(link) = &inp.link else { continue };
