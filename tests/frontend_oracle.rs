@@ -78,7 +78,7 @@ const CURRENT_COMFYUI_MARKERS: &[&str] = &["ResizeImageMaskNode", "BatchImagesNo
 
 /// How many workflows must run with the embedded (March 2024) ComfyUI: those without nodes
 /// that only current ComfyUI has.
-const MIN_RUN_EMBEDDED: usize = 40;
+const MIN_RUN_EMBEDDED: usize = 43;
 
 /// Differences comfyrs keeps on purpose: (workflow, node id, input, frontend value, comfyrs
 /// value), each exactly as reported.
