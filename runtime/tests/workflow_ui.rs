@@ -179,7 +179,7 @@ fn lookup(name: &str) -> Option<Arc<NodeSchema>> {
 }
 
 fn seeded(seed: u64) -> ConvertOptions {
-    ConvertOptions { dynamic_prompt_seed: Some(seed) }
+    ConvertOptions { dynamic_prompt_seed: Some(seed), ..Default::default() }
 }
 
 fn ui_dir() -> std::path::PathBuf {
@@ -284,12 +284,15 @@ fn reroute_chains_and_primitive_nodes() {
     }
     assert_eq!(p["3"]["inputs"]["model"], json!(["4", 0]), "three reroutes resolve to the checkpoint");
     assert_eq!(p["8"]["inputs"]["vae"], json!(["4", 2]));
-    assert_eq!(p["3"]["inputs"]["seed"], json!(123456789), "primitive through a reroute");
+    // A primitive whose first link goes to a reroute gets no widget in the frontend (it is
+    // made from the first target's widget input), so its value never reaches the seed, which
+    // keeps KSampler's own value.
+    assert_eq!(p["3"]["inputs"]["seed"], json!(1), "no primitive value through a reroute");
     assert_eq!(p["3"]["inputs"]["sampler_name"], json!("dpmpp_2m"));
     assert_eq!(p["7"]["inputs"]["text"], json!("blurry, low quality, watermark"));
-    // The primitives' control modes replace KSampler's own ("randomize") for those inputs.
+    // The primitive's control mode replaces KSampler's own for the input it feeds directly.
     let modes: Vec<(&str, &str)> = c.controls.iter().filter(|w| w.node == "3").map(|w| (w.input.as_str(), w.mode.as_str())).collect();
-    assert_eq!(modes, vec![("seed", "fixed"), ("sampler_name", "fixed")]);
+    assert_eq!(modes, vec![("seed", "randomize"), ("sampler_name", "fixed")]);
 }
 
 #[test]
@@ -328,19 +331,23 @@ fn legacy_file_fixups() {
 fn version_1_links_and_nested_subgraphs() {
     let c = convert_and_compare("v1_links_subgraph_ui");
     let p = &c.prompt;
+    // The definitions' node ids collide with the root's (1, 2) and with each other, and the
+    // file has no last_node_id: as the frontend does on load, the Sampler block's nodes 1-4
+    // become 3-6 (each new id taken in turn, so 3 and 4 move on too) and the Decode block's
+    // 1-2 become 7-8; the proxyWidgets entry for node 3 follows it to 5.
     // Instances and the muted instance's inner nodes are not emitted.
-    for absent in ["10", "11", "12", "12:1", "12:3", "22", "10:4", "10:4:2", "11:4:2"] {
+    for absent in ["10", "11", "12", "12:3", "12:5", "22", "10:6", "10:6:8", "11:6:8", "10:1", "10:3:1"] {
         assert!(p.get(absent).is_none(), "{absent} must not be emitted");
     }
     // Per-instance widget values: current form (10) and legacy proxyWidgets (11).
-    assert_eq!(p["10:3"]["inputs"]["seed"], json!(1001));
-    assert_eq!(p["11:3"]["inputs"]["seed"], json!(2002));
-    assert_eq!(p["10:3"]["inputs"]["steps"], json!(20));
-    assert_eq!(p["11:3"]["inputs"]["steps"], json!(12), "a bare promoted widget overrides the inner value for that instance only");
+    assert_eq!(p["10:5"]["inputs"]["seed"], json!(1001));
+    assert_eq!(p["11:5"]["inputs"]["seed"], json!(2002));
+    assert_eq!(p["10:5"]["inputs"]["steps"], json!(20));
+    assert_eq!(p["11:5"]["inputs"]["steps"], json!(12), "a bare promoted widget overrides the inner value for that instance only");
     // Nested instance inside an instance, through a bypassed inner node.
-    assert_eq!(p["20"]["inputs"]["images"], json!(["10:4:1", 0]));
-    assert_eq!(p["10:4:1"]["inputs"]["vae"], json!(["1", 2]));
-    assert!(pos(p, "10:3") < pos(p, "10:4:1") && pos(p, "10:4:1") < pos(p, "20"));
+    assert_eq!(p["20"]["inputs"]["images"], json!(["10:6:7", 0]));
+    assert_eq!(p["10:6:7"]["inputs"]["vae"], json!(["1", 2]));
+    assert!(pos(p, "10:5") < pos(p, "10:6:7") && pos(p, "10:6:7") < pos(p, "20"));
 }
 
 #[test]
@@ -432,9 +439,9 @@ fn unknown_bypassed_node_is_skipped_and_passed_through() {
 }
 
 #[test]
-fn links_from_muted_nodes_drop_the_input_even_on_widgets() {
-    // A muted backend primitive feeding KSampler's steps socket: the frontend writes the link,
-    // then removes it with the muted node, so `steps` is absent (not the stale widget value).
+fn links_from_muted_nodes_leave_widgets_their_value() {
+    // A muted backend primitive feeding KSampler's steps socket: the frontend resolves a muted
+    // source to nothing, so `steps` keeps the widget's own value.
     let wf = workflow(
         vec![
             ckpt(1, json!([1]), json!([]), json!([])),
@@ -449,7 +456,7 @@ fn links_from_muted_nodes_drop_the_input_even_on_widgets() {
     );
     let c = convert(&wf).unwrap();
     let inputs = c.prompt["3"]["inputs"].as_object().unwrap();
-    assert!(!inputs.contains_key("steps"), "{inputs:?}");
+    assert_eq!(inputs["steps"], json!(20), "{inputs:?}");
     assert_eq!(inputs["seed"], json!(5));
     assert!(c.prompt.get("2").is_none());
 }
@@ -605,9 +612,22 @@ fn array_widget_values_are_wrapped() {
         "CurveNode".into(),
         Arc::new(NodeSchema::new("CurveNode", "Curve", "test").input(InputSpec::socket("points", "CURVE")).output(OutputSpec::new("CURVE"))),
     );
-    let wf = workflow(vec![node(1, "CurveNode", 0, json!([]), json!([]), json!([[[0, 0], [1, 1]]]))], json!([]));
+    schemas.insert(
+        "PickNode".into(),
+        Arc::new(NodeSchema::new("PickNode", "Pick", "test").input(InputSpec::combo("pick", &["a", "b"])).output(OutputSpec::new("STRING"))),
+    );
+    let wf = workflow(
+        vec![
+            node(1, "CurveNode", 0, json!([]), json!([]), json!([{ "points": [[0, 0], [1, 1]], "interpolation": "linear" }])),
+            node(2, "PickNode", 0, json!([]), json!([]), json!([["a", "b"]])),
+        ],
+        json!([]),
+    );
     let c = ui_to_prompt_with(&wf, &|n| schemas.get(n).cloned(), &seeded(0)).unwrap();
-    assert_eq!(c.prompt["1"]["inputs"]["points"], json!({ "__value__": [[0, 0], [1, 1]] }));
+    // A curve widget's value goes typed, as the frontend sends it (ComfyUI unwraps __value__).
+    assert_eq!(c.prompt["1"]["inputs"]["points"], json!({ "__type__": "CURVE", "__value__": { "points": [[0, 0], [1, 1]], "interpolation": "linear" } }));
+    // Any other array value is wrapped so that it is not read as a link.
+    assert_eq!(c.prompt["2"]["inputs"]["pick"], json!({ "__value__": ["a", "b"] }));
 }
 
 #[test]
@@ -652,7 +672,10 @@ fn subgraph_input_fed_by_primitive_and_passthrough_output() {
     );
     wf["definitions"] = json!({ "subgraphs": [def] });
     let c = convert(&wf).unwrap();
-    assert_eq!(c.prompt["5:1"]["inputs"], json!({ "text": "from primitive", "clip": ["1", 1] }));
+    // The definition's node 1 collides with the root's node 1: the frontend renumbers it to
+    // the next id after last_node_id (99).
+    assert!(c.prompt.get("5:1").is_none());
+    assert_eq!(c.prompt["5:100"]["inputs"], json!({ "text": "from primitive", "clip": ["1", 1] }));
     assert_eq!(c.prompt["6"]["inputs"]["clip"], json!(["1", 1]), "input → output passthrough inside the definition");
 }
 
@@ -688,13 +711,15 @@ fn bypassed_subgraph_instance_passes_inputs_through() {
         convert(&wf).unwrap().prompt
     };
     let active = instance(0);
-    assert_eq!(active["3"]["inputs"]["model"], json!(["2:1", 0]));
-    assert_eq!(active["2:1"]["inputs"]["model"], json!(["1", 0]));
+    // The definition's node 1 collides with the root's node 1 and runs as 100 (after
+    // last_node_id 99), as the frontend renumbers it on load.
+    assert_eq!(active["3"]["inputs"]["model"], json!(["2:100", 0]));
+    assert_eq!(active["2:100"]["inputs"]["model"], json!(["1", 0]));
     let bypassed = instance(4);
-    assert!(bypassed.get("2:1").is_none(), "inner nodes of a bypassed instance are not emitted");
+    assert!(bypassed.get("2:100").is_none(), "inner nodes of a bypassed instance are not emitted");
     assert_eq!(bypassed["3"]["inputs"]["model"], json!(["1", 0]));
     let muted = instance(2);
-    assert!(muted.get("2:1").is_none());
+    assert!(muted.get("2:100").is_none());
     assert!(muted["3"]["inputs"].get("model").is_none());
 }
 
@@ -752,7 +777,7 @@ fn dynamic_prompt_choice_is_seeded_and_covers_all_options() {
     let free = ui_to_prompt(&wf, &lookup).unwrap().prompt["6"]["inputs"]["text"].as_str().unwrap().to_string();
     assert!(["a ", "b ", "c "].contains(&free.as_str()));
     // The processor itself: nested groups, escapes.
-    assert_eq!(dynprompt::process(r"{x|\{y\}} z", &mut || 0.99), r"\{y\} z");
+    assert_eq!(dynprompt::process(r"{x|\{y\}} z", &mut || 0.99), "{y} z", "escapes lose their backslash, as in the frontend");
 }
 
 #[test]

@@ -33,7 +33,7 @@ fn convert_with(wf: &Json, extra: &[Json]) -> Converted {
         map.insert(s.name.clone(), Arc::new(s));
     }
     let look = move |n: &str| map.get(n).cloned();
-    ui_to_prompt_with(wf, &look, &ConvertOptions { dynamic_prompt_seed: Some(7) }).expect("converts")
+    ui_to_prompt_with(wf, &look, &ConvertOptions { dynamic_prompt_seed: Some(7), ..Default::default() }).expect("converts")
 }
 
 fn convert(wf: &Json) -> Converted {

@@ -42,7 +42,10 @@ pub fn ui_to_prompt_with(
             "the workflow has no \"nodes\" array, so it is not a UI workflow; save it again from the ComfyUI frontend".into(),
         ));
     }
-    let defs = graph::collect_definitions(workflow, &mut warnings)?;
+    let mut defs = graph::collect_definitions(workflow, &mut warnings)?;
+    // Root nodes have no renumbering; definition k is graph k + 1.
+    let mut renumbered = vec![HashMap::new()];
+    renumbered.extend(graph::renumber_colliding_ids(&root, &mut defs, workflow.get("last_node_id")));
     let mut graphs = vec![root];
     let mut def_index = HashMap::new();
     for (id, g) in defs {
@@ -60,6 +63,7 @@ pub fn ui_to_prompt_with(
     let mut conv = Converter {
         graphs: &graphs,
         def_index,
+        renumbered,
         group_nodes,
         schemas,
         schema_cache: HashMap::new(),
@@ -69,6 +73,7 @@ pub fn ui_to_prompt_with(
         primitive_values: HashMap::new(),
         warnings,
         seed,
+        draw: options.dynamic_prompt_draw,
     };
     conv.flatten()?;
     conv.apply_primitives();
@@ -142,6 +147,8 @@ enum State {
 struct Converter<'g, 'a, 's> {
     graphs: &'g [UiGraph<'a>],
     def_index: HashMap<String, usize>,
+    /// Per graph, the node ids the frontend's load-time repair changed (old → new).
+    renumbered: Vec<HashMap<String, String>>,
     group_nodes: HashSet<String>,
     schemas: &'s dyn Fn(&str) -> Option<Arc<NodeSchema>>,
     schema_cache: HashMap<String, Option<Arc<NodeSchema>>>,
@@ -153,6 +160,8 @@ struct Converter<'g, 'a, 's> {
     primitive_values: HashMap<(usize, String), PrimitiveTargets>,
     warnings: Vec<String>,
     seed: u64,
+    /// A fixed draw for every dynamic-prompt choice ([`ConvertOptions::dynamic_prompt_draw`]).
+    draw: Option<f64>,
 }
 
 /// Whether any socket of the node is linked.
@@ -373,6 +382,8 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
             for (i, entry) in proxy.iter().enumerate() {
                 let Some(e) = entry.as_array() else { continue };
                 let (Some(nid), Some(wname)) = (e.first().and_then(graph::id_string), e.get(1).and_then(Json::as_str)) else { continue };
+                // The frontend renames the promoted node along with the definition's node.
+                let nid = self.renumbered[def].get(&nid).cloned().unwrap_or(nid);
                 if wname.starts_with("$$") {
                     continue; // display-only preview, not a value
                 }
@@ -426,7 +437,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
     }
 
     /// Step 2: PrimitiveNodes copy their value into the widget of every node they feed
-    /// (through legacy reroutes too), whatever their mode, as the frontend's applyToGraph does.
+    /// directly, whatever their mode, as the frontend's applyToGraph does.
     fn apply_primitives(&mut self) {
         for fi in 0..self.flats.len() {
             if !matches!(self.flats[fi].kind, Kind::Primitive) {
@@ -454,36 +465,40 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 continue;
             };
             let g = self.graph(ctx);
-            let mut queue: Vec<String> = node.outputs.iter().flat_map(|o| o.links.iter().cloned()).collect();
-            let mut seen: HashSet<String> = HashSet::new();
-            while let Some(lid) = queue.pop() {
-                if !seen.insert(lid.clone()) {
-                    continue;
+            // The frontend gives a PrimitiveNode its widget from the target of its first link,
+            // and only when that input is a widget input: a primitive whose first link goes
+            // to a reroute or a plain socket has no widget and no value to apply.
+            let links: Vec<&String> = node.outputs.first().map(|o| o.links.iter().collect()).unwrap_or_default();
+            let target_input = |lid: &str| {
+                let link = g.links.get(lid)?;
+                let target = g.nodes.get(&link.target)?;
+                let input = target.inputs.iter().find(|i| i.link.as_deref() == Some(lid))?;
+                Some((target, input))
+            };
+            if !links.first().and_then(|l| target_input(l)).is_some_and(|(_, i)| i.widget.is_some()) {
+                if !links.is_empty() {
+                    let r = self.node_ref(ctx, node);
+                    self.warnings.push(format!(
+                        "{r} (PrimitiveNode) does not feed a widget directly (its first link goes to a reroute or a socket), so, as in the frontend, its value is not used; connect it straight to a widget input"
+                    ));
                 }
-                let Some(link) = g.links.get(&lid) else { continue };
-                let Some(target) = g.nodes.get(&link.target) else {
-                    if link.target == SUBGRAPH_OUTPUT_ID {
-                        self.warnings.push(format!(
-                            "{}: a PrimitiveNode feeding a subgraph output is not supported; the value was not used",
-                            self.node_ref(ctx, node)
-                        ));
-                    }
-                    continue;
-                };
-                let input = target.inputs.iter().find(|i| i.link.as_deref() == Some(lid.as_str()));
-                match target.ty.as_str() {
-                    "Reroute" | "Reroute (rgthree)" => queue.extend(target.outputs.iter().flat_map(|o| o.links.iter().cloned())),
-                    ty if self.def_index.contains_key(ty) => {
-                        if let (Some(input), Some(&child)) = (input, self.ctxs[ctx].children.get(&target.id)) {
-                            self.ctxs[child].primitive_inputs.insert(input.name.clone(), value.clone());
-                        }
-                    }
-                    _ => {
-                        if let Some(input) = input {
-                            let widget = input.widget.clone().unwrap_or_else(|| input.name.clone());
-                            self.primitive_values.entry((ctx, target.id.clone())).or_default().insert(widget, (value.clone(), mode.clone()));
-                        }
-                    }
+                continue;
+            }
+            // Its value goes into every widget input it feeds directly (applyToGraph follows
+            // no reroutes).
+            let mut targets: Vec<(String, String, Option<usize>)> = Vec::new();
+            for lid in &links {
+                let Some((target, input)) = target_input(lid) else { continue };
+                let Some(widget) = input.widget.clone() else { continue };
+                let child = if self.def_index.contains_key(&target.ty) { self.ctxs[ctx].children.get(&target.id).copied() } else { None };
+                targets.push((target.id.clone(), widget, child));
+                if let Some(child) = child {
+                    self.ctxs[child].primitive_inputs.insert(input.name.clone(), value.clone());
+                }
+            }
+            for (target, widget, child) in targets {
+                if child.is_none() {
+                    self.primitive_values.entry((ctx, target)).or_default().insert(widget, (value.clone(), mode.clone()));
                 }
             }
         }
@@ -559,7 +574,9 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                         }
                         State::Link { ctx, link: l, wanted: inp.ty.clone() }
                     } else if n.mode == MODE_NEVER {
-                        return Ok(Resolved::Removed);
+                        // The frontend resolves a muted source to nothing: a widget input
+                        // keeps its widget value, a socket stays absent.
+                        return nothing(fallback);
                     } else {
                         let Some(&fi) = self.by_ctx_node.get(&(ctx, node.clone())) else { return nothing(fallback) };
                         match &self.flats[fi].kind {
@@ -707,14 +724,16 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 if let Json::String(s) = v {
                     if s.contains('{') || s.contains('/') {
                         let mut rng = ChoiceRng::new(self.seed ^ fnv(&[&exec_id, name]));
-                        *s = dynprompt::process(s, &mut || rng.next_f64());
+                        let fixed = self.draw.map(|d| d.clamp(0.0, 1.0 - f64::EPSILON));
+                        *s = dynprompt::process(s, &mut || fixed.unwrap_or_else(|| rng.next_f64()));
                     }
                 }
             }
 
             let mut inputs = Map::new();
             for (k, v) in values {
-                inputs.insert(k, widgets::wrap_array(v));
+                let curve = schema.find_input(&k).and_then(widgets::widget_type).as_deref() == Some(widgets::CURVE);
+                inputs.insert(k, if curve { widgets::wrap_curve(v) } else { widgets::wrap_array(v) });
             }
             for inp in &node.inputs {
                 let Some(link) = &inp.link else { continue };

@@ -69,15 +69,24 @@ pub fn strip_comments(text: &str) -> String {
 }
 
 /// Resolves comments and `{a|b}` choices in `text`, drawing choices from `random`
-/// (uniform in `[0, 1)`). Nested groups are handled with an explicit stack.
+/// (uniform in `[0, 1)`). Nested groups are handled with an explicit stack. As in the
+/// frontend, each chosen alternative is processed on its own (comments stripped, groups
+/// resolved) and then unescaped (`\{`, `\}`, `\|` lose their backslash), and so is the whole
+/// text at the end: an escape inside a chosen alternative is unescaped once per level.
 pub fn process(text: &str, random: &mut dyn FnMut() -> f64) -> String {
-    let mut out = String::with_capacity(text.len());
-    // Segments still to process, innermost last: the text of a chosen alternative is
-    // processed on its own before the rest of the text that contained its group.
-    let mut stack: Vec<(Vec<char>, usize)> = vec![(strip_comments(text).chars().collect(), 0)];
-    while let Some((chars, pos)) = stack.last_mut() {
+    // Segments still to process, innermost last, each with its own output: the text of a
+    // chosen alternative is processed (and unescaped) on its own before the rest of the text
+    // that contained its group.
+    let mut stack: Vec<(Vec<char>, usize, String)> = vec![(strip_comments(text).chars().collect(), 0, String::new())];
+    loop {
+        let Some((chars, pos, out)) = stack.last_mut() else { unreachable!("the outermost segment is popped below") };
         if *pos >= chars.len() {
+            let done = unescape(out);
             stack.pop();
+            match stack.last_mut() {
+                Some((_, _, parent)) => parent.push_str(&done),
+                None => return done,
+            }
             continue;
         }
         let c = chars[*pos];
@@ -125,9 +134,26 @@ pub fn process(text: &str, random: &mut dyn FnMut() -> f64) -> String {
                 let r = random();
                 let idx = ((r * options.len() as f64).floor() as usize).min(options.len() - 1);
                 let chosen = strip_comments(&options[idx]);
-                stack.push((chosen.chars().collect(), 0));
+                stack.push((chosen.chars().collect(), 0, String::new()));
             }
             other => out.push(other),
+        }
+    }
+}
+
+/// The frontend's final `replace(/\\([{}|])/g, "$1")`: a backslash before `{`, `}` or `|`
+/// is dropped (each match consumes its two characters, so `\\{` keeps one backslash).
+fn unescape(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '\\' && i + 1 < chars.len() && matches!(chars[i + 1], '{' | '}' | '|') {
+            out.push(chars[i + 1]);
+            i += 2;
+        } else {
+            out.push(chars[i]);
+            i += 1;
         }
     }
     out
@@ -157,7 +183,9 @@ mod tests {
         assert_eq!(process("a {red|blue} fox", &mut last()), "a blue fox");
         assert_eq!(process("{x|{y|z}}", &mut last()), "z");
         assert_eq!(process("{x|{y|z}w}", &mut last()), "zw");
-        assert_eq!(process(r"\{a|b\} {c|d}", &mut first()), r"\{a|b\} c");
+        assert_eq!(process(r"\{a|b\} {c|d}", &mut first()), "{a|b} c");
+        assert_eq!(process(r"{x \| y|z} end", &mut first()), "x | y end");
+        assert_eq!(process(r"a \\{b}", &mut first()), r"a \\b");
         assert_eq!(process("{|empty}", &mut first()), "");
         assert_eq!(process("unclosed {a|b", &mut last()), "unclosed b");
         assert_eq!(process("plain } | text", &mut first()), "plain } | text");

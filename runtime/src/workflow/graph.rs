@@ -246,30 +246,85 @@ impl<'a> UiNode<'a> {
 }
 
 /// Collects every subgraph definition: `definitions.subgraphs` of the root and, nested, of
-/// each definition (walked with an explicit stack).
-pub(crate) fn collect_definitions<'a>(
-    root: &'a Json,
-    warnings: &mut Vec<String>,
-) -> Result<HashMap<String, UiGraph<'a>>, ConvertError> {
-    let mut defs = HashMap::new();
-    let mut stack: Vec<&'a Json> = vec![root];
-    while let Some(g) = stack.pop() {
-        let Some(list) = g.get("definitions").and_then(|d| d.get("subgraphs")).and_then(Json::as_array) else { continue };
-        for def in list {
-            let Some(id) = def.get("id").and_then(Json::as_str) else {
-                warnings.push("skipped a subgraph definition without an \"id\"".to_string());
-                continue;
-            };
-            if defs.contains_key(id) {
-                continue;
-            }
-            let name = def.get("name").and_then(Json::as_str).unwrap_or(id);
-            let graph = UiGraph::parse(def, &format!("subgraph definition \"{name}\" ({id})"), warnings)?;
-            defs.insert(id.to_string(), graph);
-            stack.push(def);
+/// each definition, in the frontend's order (each definition followed by its own nested ones;
+/// the first of two with one id wins), walked with an explicit stack.
+pub(crate) fn collect_definitions<'a>(root: &'a Json, warnings: &mut Vec<String>) -> Result<Vec<(String, UiGraph<'a>)>, ConvertError> {
+    let mut defs: Vec<(String, UiGraph<'a>)> = Vec::new();
+    let list = |g: &'a Json| g.get("definitions").and_then(|d| d.get("subgraphs")).and_then(Json::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let mut stack: Vec<std::slice::Iter<'a, Json>> = vec![list(root).iter()];
+    while let Some(iter) = stack.last_mut() {
+        let Some(def) = iter.next() else {
+            stack.pop();
+            continue;
+        };
+        let Some(id) = def.get("id").and_then(Json::as_str) else {
+            warnings.push("skipped a subgraph definition without an \"id\"".to_string());
+            continue;
+        };
+        if defs.iter().any(|(d, _)| d == id) {
+            continue;
         }
+        let name = def.get("name").and_then(Json::as_str).unwrap_or(id);
+        let graph = UiGraph::parse(def, &format!("subgraph definition \"{name}\" ({id})"), warnings)?;
+        defs.push((id.to_string(), graph));
+        stack.push(list(def).iter());
     }
     Ok(defs)
+}
+
+/// The frontend's load-time repair of node ids (docs/comfyui.md, "Subgraphs"): a node inside a
+/// definition whose id is already taken by a root node or by a node of an earlier definition
+/// gets a fresh id, the next free number after the workflow's `last_node_id` (which each fresh
+/// or larger id moves on). Renames the nodes and their links in place; returns, per
+/// definition (in `defs` order), the old → new ids, which `proxyWidgets` entries follow too.
+pub(crate) fn renumber_colliding_ids(root: &UiGraph, defs: &mut [(String, UiGraph)], last_node_id: Option<&Json>) -> Vec<HashMap<String, String>> {
+    let numeric = |id: &str| id.parse::<i64>().ok().filter(|n| n.to_string() == id);
+    let mut taken: std::collections::HashSet<String> = root.nodes.keys().cloned().collect();
+    let mut numbers: std::collections::HashSet<i64> = root.nodes.keys().filter_map(|k| numeric(k)).collect();
+    let mut last = last_node_id.and_then(slot_number).unwrap_or(0);
+    let mut out = Vec::with_capacity(defs.len());
+    for (_, g) in defs.iter_mut() {
+        let mut renamed: HashMap<String, String> = HashMap::new();
+        for id in g.nodes.keys() {
+            if taken.contains(id) {
+                let mut next = last + 1;
+                while numbers.contains(&next) {
+                    next += 1;
+                }
+                last = next;
+                numbers.insert(next);
+                taken.insert(next.to_string());
+                renamed.insert(id.clone(), next.to_string());
+            } else {
+                taken.insert(id.clone());
+                if let Some(n) = numeric(id) {
+                    numbers.insert(n);
+                    last = last.max(n);
+                }
+            }
+        }
+        if !renamed.is_empty() {
+            let nodes = std::mem::take(&mut g.nodes);
+            g.nodes = nodes
+                .into_iter()
+                .map(|(id, mut n)| {
+                    let id = renamed.get(&id).cloned().unwrap_or(id);
+                    n.id = id.clone();
+                    (id, n)
+                })
+                .collect();
+            for l in g.links.values_mut() {
+                if let Some(n) = renamed.get(&l.origin) {
+                    l.origin = n.clone();
+                }
+                if let Some(n) = renamed.get(&l.target) {
+                    l.target = n.clone();
+                }
+            }
+        }
+        out.push(renamed);
+    }
+    out
 }
 
 /// A JSON value cut short for messages.

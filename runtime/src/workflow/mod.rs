@@ -15,10 +15,11 @@
 //! Supported: version 0.4 (array) and version 1 (object) links; inputs matched by name;
 //! `widgets_values` as a list or an object; control_after_generate and upload companion
 //! widgets; the pre-1.16 forceInput placeholder layout; the `sample_` and `true`/`false`
-//! fixups; muted (mode 2) nodes (not emitted; a link from one removes the input, as in the
-//! frontend, even where the input has a widget); bypassed (mode 4) nodes with the current
-//! type-matching rule; legacy `Reroute` (and rgthree's), `Note`, `MarkdownNote`, groups;
-//! `PrimitiveNode` values (also through reroutes and into subgraph instances); KJNodes'
+//! fixups; muted (mode 2) nodes (not emitted; a link from one leaves a widget input its
+//! widget value and a socket unset, as in the frontend); bypassed (mode 4) nodes with the
+//! current type-matching rule; legacy `Reroute` (and rgthree's), `Note`, `MarkdownNote`, groups;
+//! `PrimitiveNode` values (into widget inputs linked directly, and into subgraph instances);
+//! subgraph node ids that collide renumbered as the frontend does on load; KJNodes'
 //! `SetNode`/`GetNode`; converted widgets; array values wrapped as `{"__value__": [...]}`;
 //! dynamic prompts; subgraphs (`definitions.subgraphs`, nested, ids `"10:3"`, per-instance
 //! widget values in the current form and the legacy `proxyWidgets` form; an unconnected
@@ -62,6 +63,11 @@ pub struct ConvertOptions {
     /// reproducible. Each widget's choices depend only on the seed, the node's execution id
     /// and the input name, not on the order nodes are converted in.
     pub dynamic_prompt_seed: Option<u64>,
+    /// When set, every dynamic-prompt choice draws this number (in `[0, 1)`) instead of a
+    /// random one: `0.0` takes the first alternative of every group, as the frontend does
+    /// with `Math.random` stubbed to return 0 (the frontend comparison in
+    /// tests/frontend_oracle.rs relies on it). Overrides `dynamic_prompt_seed`.
+    pub dynamic_prompt_draw: Option<f64>,
 }
 
 /// The result of a conversion.

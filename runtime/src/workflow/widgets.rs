@@ -410,6 +410,21 @@ pub(crate) fn wrap_array(v: Json) -> Json {
     }
 }
 
+/// The widget type of curve editors, whose values the frontend sends typed.
+pub(crate) const CURVE: &str = "CURVE";
+
+/// A curve widget's value as the frontend sends it: `{"__type__": "CURVE", "__value__": v}`
+/// (ComfyUI unwraps `__value__`, as for arrays); a null value stays null.
+pub(crate) fn wrap_curve(v: Json) -> Json {
+    if v.is_null() {
+        return v;
+    }
+    let mut m = Map::new();
+    m.insert("__type__".into(), Json::String(CURVE.into()));
+    m.insert("__value__".into(), v);
+    Json::Object(m)
+}
+
 /// True when the input's string widget is rewritten by dynamic-prompt processing.
 pub(crate) fn dynamic_prompts(spec: &InputSpec) -> bool {
     matches!(spec.kind, InputKind::String { .. }) && truthy(spec.extra.get("dynamicPrompts"))
