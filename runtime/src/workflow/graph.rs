@@ -272,7 +272,7 @@ pub(crate) fn collect_definitions<'a>(root: &'a Json, warnings: &mut Vec<String>
     Ok(defs)
 }
 
-/// The frontend's load-time repair of node ids (docs/comfyui.md, "Subgraphs"): a node inside a
+/// The frontend's load-time repair of node ids (docs/comfyui.md, "UI workflows"): a node inside a
 /// definition whose id is already taken by a root node or by a node of an earlier definition
 /// gets a fresh id, the next free number after the workflow's `last_node_id` (which each fresh
 /// or larger id moves on). Renames the nodes and their links in place; returns, per
