@@ -237,3 +237,44 @@ impl PromptEvents {
         self.hub.send(self.client.as_deref(), Frame::Binary(b.into()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use comfyrs_runtime::interrupt::Interrupt;
+
+    fn frames(rx: &mut tokio::sync::mpsc::Receiver<Frame>) -> Vec<Json> {
+        let mut out = Vec::new();
+        while let Ok(Frame::Text(t)) = rx.try_recv() {
+            out.push(serde_json::from_str(&t).unwrap());
+        }
+        out
+    }
+
+    /// Nodes an expansion added are shown as their display node, with their parent and the
+    /// prompt node they descend from (nested expansions included).
+    #[test]
+    fn added_nodes_carry_their_lineage() {
+        let hub = Arc::new(Hub::default());
+        let mut sub = hub.connect("c".into());
+        let control = Arc::new(Control::new(Interrupt::default(), false));
+        let ev = PromptEvents::new(hub, control, "p".into(), Some("c".into()));
+        let executing = |node: &str| Event::Executing { prompt_id: "p".into(), node: node.into(), class_type: "X".into() };
+        ev.emit(&Event::Expanded { prompt_id: "p".into(), node: "5".into(), added: vec![("5.0.0.1".into(), "5".into())], nodes: 1 });
+        ev.emit(&Event::Expanded { prompt_id: "p".into(), node: "5.0.0.1".into(), added: vec![("5.0.0.1.0.0.2".into(), "9".into())], nodes: 1 });
+        ev.emit(&executing("5.0.0.1.0.0.2"));
+        let got = frames(&mut sub.rx);
+        let exec = got.iter().find(|f| f["type"] == "executing").expect("executing sent");
+        assert_eq!(exec["data"]["node"], "5.0.0.1.0.0.2");
+        assert_eq!(exec["data"]["display_node"], "9", "the display id the expansion gave");
+        let state = got.iter().find(|f| f["type"] == "progress_state").expect("progress_state sent");
+        let entry = &state["data"]["nodes"]["5.0.0.1.0.0.2"];
+        assert_eq!((entry["parent_node_id"].as_str(), entry["real_node_id"].as_str(), entry["display_node_id"].as_str()), (Some("5.0.0.1"), Some("5"), Some("9")));
+        // A prompt node is its own display, real node, and has no parent.
+        ev.emit(&executing("7"));
+        let got = frames(&mut sub.rx);
+        let state = got.iter().find(|f| f["type"] == "progress_state").unwrap();
+        assert_eq!(state["data"]["nodes"]["7"]["parent_node_id"], Json::Null);
+        assert_eq!(state["data"]["nodes"]["7"]["real_node_id"], "7");
+    }
+}
