@@ -449,13 +449,18 @@ fn switch_with_an_unconnected_branch_outputs_none() {
 
 #[test]
 fn and_requires_its_first_value() {
-    let r = run(r#"{
+    // The autogrow group's first member is required: validation says so, as ComfyUI's does.
+    let (prompt, _) = Prompt::parse(
+        r#"{
         "1": {"class_type": "PrimitiveBoolean", "inputs": {"value": true}},
         "2": {"class_type": "ComfyAndNode", "inputs": {"values.value1": ["1", 0]}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}}
-    }"#);
-    assert!(!r.success());
-    assert_eq!(r.errors[0].exception_message, "Required input is missing: values.value0");
+    }"#,
+    )
+    .unwrap();
+    let rej = validate(prompt, &registry(), None).err().expect("rejected").to_json();
+    let e = &rej["node_errors"]["2"]["errors"][0];
+    assert_eq!((e["type"].as_str(), e["details"].as_str()), (Some("required_input_missing"), Some("values.value0")), "{rej}");
 }
 
 #[test]
