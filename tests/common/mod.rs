@@ -73,7 +73,7 @@ impl Serve {
     }
 
     /// Starts `comfyrs serve --port 0 ARGS` and waits (bounded) for its listening line.
-    fn spawn(args: &mut Vec<std::ffi::OsString>) -> Serve {
+    pub fn spawn(args: &mut Vec<std::ffi::OsString>) -> Serve {
         let child = bin()
             .args(["serve", "--port", "0"])
             .args(args.iter())
