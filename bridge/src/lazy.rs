@@ -48,15 +48,29 @@ pub struct LazyNode {
     schema: Arc<NodeSchema>,
     flags: Flags,
     launcher: Arc<Launcher>,
+    /// The started class, looked up once (the bridge finds classes by a scan).
+    resolved: OnceLock<Option<Arc<PyNode>>>,
 }
 
 impl LazyNode {
     /// The class in the started bridge (starting it if needed).
     fn real(&self) -> Result<Arc<PyNode>, String> {
+        if let Some(Some(real)) = self.resolved.get() {
+            return Ok(real.clone());
+        }
         let bridge = self.launcher.get().map_err(|e| format!("cannot start the embedded Python ComfyUI for node class {}: {e}", self.name))?;
-        bridge
-            .class(&self.name)
+        self.resolved
+            .get_or_init(|| bridge.class(&self.name))
+            .clone()
             .ok_or_else(|| format!("node class {} was in the record cache but the embedded ComfyUI no longer provides it; run again (the cache was refreshed)", self.name))
+    }
+
+    /// The started class if Python runs (never starts it).
+    fn started(&self) -> Option<Arc<PyNode>> {
+        match self.resolved.get() {
+            Some(r) => r.clone(),
+            None => self.launcher.started().map(|b| self.resolved.get_or_init(|| b.class(&self.name)).clone())?,
+        }
     }
 
     /// Whether this class has started its PyNode (tests, logs).
@@ -76,7 +90,7 @@ impl Flags {
 impl NodeClass for LazyNode {
     fn schema(&self) -> Arc<NodeSchema> {
         // Once Python runs, the live schema (file lists re-read) replaces the cached one.
-        match self.launcher.started().and_then(|b| b.class(&self.name)) {
+        match self.started() {
             Some(real) => real.schema(),
             None => self.schema.clone(),
         }
@@ -135,7 +149,7 @@ pub fn register_cached(cached: &CachedNodes, launcher: &Arc<Launcher>, registry:
     for r in &cached.records {
         match r.read() {
             Ok((schema, flags)) => {
-                let node = LazyNode { name: r.class.clone(), schema: Arc::new(schema), flags, launcher: launcher.clone() };
+                let node = LazyNode { name: r.class.clone(), schema: Arc::new(schema), flags, launcher: launcher.clone(), resolved: OnceLock::new() };
                 added += registry.register(Arc::new(node)) as usize;
             }
             Err(reason) => {

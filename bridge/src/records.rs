@@ -5,8 +5,8 @@
 //!
 //! The file is keyed by what decides those records: the ComfyUI checkout (path, version, git
 //! HEAD, its node sources' mtimes and sizes), the custom node folders (every folder's mtime and
-//! every `.py` file's mtime and size), the folders whose listings become combo choices (models,
-//! input), the Python executable, the comfyrs version and the bridge's own host script. A
+//! every `.py` file's mtime and size), the folders whose listings become combo choices (the
+//! model folders), the Python executable, the comfyrs version and the bridge's own host script. A
 //! file whose key differs, or that cannot be read, is ignored and replaced at the next start.
 
 use std::io::Write;
@@ -76,14 +76,16 @@ impl RecordCache {
             "git_head": git_head(&comfyui),
             "comfyui_sources": tree_digest(&[comfyui.join("nodes.py"), comfyui.join("comfy_extras"), comfyui.join("comfy_api_nodes"), comfyui.join("comfy_api")]),
             "custom_nodes": custom.iter().map(|d| json!([p(d), tree_digest(std::slice::from_ref(d))])).collect::<Vec<_>>(),
-            // Combo choices list these folders (checkpoints, LoadImage's files).
-            "listed_folders": dirs_digest(&[Some(comfyui.join("models")), opts.models_dir.clone(), Some(opts.input_dir.clone().unwrap_or_else(|| comfyui.join("input")))]),
+            // Combo choices list the model folders (checkpoints, loras). The input folder is
+            // left out: a server gets a new one per state folder, and the choices of its one
+            // user (LoadImage) are checked by its VALIDATE_INPUTS, which starts Python.
+            "listed_folders": dirs_digest(&[Some(comfyui.join("models")), opts.models_dir.clone()]),
             "extra_model_paths": stat(&comfyui.join("extra_model_paths.yaml")),
             "models_dir": opts.models_dir.as_deref().map(p),
-            "input_dir": opts.input_dir.as_deref().map(p),
         });
-        // One file per ComfyUI and set of folders, so switching between two keeps both.
-        let name = blake3::hash(json!([key["comfyui"], key["custom_nodes"].as_array().map(|a| a.iter().map(|c| c[0].clone()).collect::<Vec<_>>()), key["models_dir"], key["input_dir"]]).to_string().as_bytes()).to_hex();
+        // One file per ComfyUI, custom node folders and models folder, so switching between
+        // two keeps both.
+        let name = blake3::hash(json!([key["comfyui"], key["custom_nodes"].as_array().map(|a| a.iter().map(|c| c[0].clone()).collect::<Vec<_>>()), key["models_dir"]]).to_string().as_bytes()).to_hex();
         Ok(RecordCache { path: dir.join(format!("{}.json", &name[..16])), key })
     }
 

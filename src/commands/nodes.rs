@@ -11,7 +11,8 @@ pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
     // The full list includes ComfyUI's Python nodes unless Python is off; one native class
     // needs no Python.
     let native = args.class.as_deref().is_some_and(|c| engine.registry.get(c).is_some());
-    if !native && engine.can_start_python() {
+    // A fresh record cache lists the Python classes without starting Python (--refresh starts it).
+    if (!native && engine.can_start_python()) || (args.refresh && config.python != crate::config::PythonMode::Never) {
         engine.start_python(None)?;
     }
     let reg = &engine.registry;
