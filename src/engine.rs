@@ -59,10 +59,7 @@ impl Engine {
         let mut engine = Engine::without_python(config)?;
         match config.python {
             PythonMode::Always => engine.start_python(None)?,
-            PythonMode::Auto => {
-                engine.use_record_cache(&PythonSetup::default());
-            }
-            PythonMode::Never => {}
+            PythonMode::Auto | PythonMode::Never => {}
         }
         Ok(engine)
     }
@@ -88,6 +85,17 @@ impl Engine {
     /// a fresh record cache: it lists every class that ComfyUI would provide.
     pub fn can_start_python(&self) -> bool {
         cfg!(feature = "python") && !self.python_started && self.launcher.is_none() && self.config.python != PythonMode::Never
+    }
+
+    /// Provides ComfyUI's classes for a workflow that names types no native node has: from a
+    /// fresh record cache when there is one (Python starts later, when a node needs it), else
+    /// by starting Python now. Call only when [`Engine::can_start_python`].
+    pub fn load_python_nodes(&mut self, output_dir: Option<&Path>) -> Result<()> {
+        let dirs = PythonSetup { output: output_dir.map(Path::to_path_buf), ..PythonSetup::default() };
+        if self.use_record_cache(&dirs) {
+            return Ok(());
+        }
+        self.start_python_in(&dirs)
     }
 
     /// Whether Python classes are registered from the record cache and Python has not started.

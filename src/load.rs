@@ -71,8 +71,9 @@ pub struct Prepared {
     pub warnings: Vec<String>,
 }
 
-/// Loads and validates a workflow. When it names node types that are not native, the embedded
-/// ComfyUI is started (once) and the file is tried again with its nodes.
+/// Loads and validates a workflow. When it names node types that are not native, ComfyUI's
+/// classes are loaded (from the record cache, else by starting the embedded ComfyUI, once) and
+/// the file is tried again with them.
 ///
 /// With classes from the record cache, a value missing from a cached file list (a model or
 /// image added since the cache was written) starts the embedded ComfyUI, whose lists are
@@ -87,7 +88,7 @@ pub fn prepare(engine: &mut Engine, path: &Path, sets: &[String], output_dir: Op
         };
         if let Err(r) = &prepared.result {
             if r.error.kind == "missing_node_type" && engine.can_start_python() {
-                engine.start_python(output_dir)?;
+                engine.load_python_nodes(output_dir)?;
                 continue;
             }
         }

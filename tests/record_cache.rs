@@ -47,6 +47,25 @@ fn workflow(dir: &Path) -> PathBuf {
     p
 }
 
+/// The same node twice in a UI workflow (converting it needs the class's schema: its widget
+/// values become inputs; an unconnected node of an unknown type would only be skipped).
+fn ui_workflow(dir: &Path) -> PathBuf {
+    let p = dir.join("probe_ui.json");
+    let doc = json!({
+        "last_node_id": 2, "last_link_id": 1, "version": 0.4, "groups": [], "config": {}, "extra": {},
+        "nodes": [
+            {"id": 1, "type": "RecordCacheProbe", "pos": [0, 0], "size": [200, 60], "flags": {}, "order": 0, "mode": 0, "properties": {},
+             "inputs": [], "outputs": [{"name": "STRING", "type": "STRING", "links": [1]}], "widgets_values": ["fox"]},
+            {"id": 2, "type": "RecordCacheProbe", "pos": [300, 0], "size": [200, 60], "flags": {}, "order": 1, "mode": 0, "properties": {},
+             "inputs": [{"name": "text", "type": "STRING", "link": 1, "widget": {"name": "text"}}],
+             "outputs": [{"name": "STRING", "type": "STRING", "links": null}], "widgets_values": ["unused"]}
+        ],
+        "links": [[1, 1, 0, 2, 0, "STRING"]]
+    });
+    std::fs::write(&p, doc.to_string()).unwrap();
+    p
+}
+
 fn comfyrs(args: &[&str], nodes: &Path, file: &Path) -> (Output, String) {
     let out = bin().arg("-v").args(args).arg("--custom-nodes").arg(nodes).arg(file).output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -82,8 +101,9 @@ fn a_fresh_record_cache_validates_and_converts_without_python_and_an_edited_cust
     assert!(cache.0.as_ref().is_some_and(|p| p.is_file()), "the first run wrote no record cache:\n{cold}");
     assert!(cold.contains(STARTS_PYTHON), "{cold}");
 
-    for command in ["validate", "convert"] {
-        let (out, warm) = comfyrs(&[command], &nodes, &file);
+    let ui = ui_workflow(dir.path());
+    for (command, file) in [("validate", &file), ("convert", &ui)] {
+        let (out, warm) = comfyrs(&[command], &nodes, file);
         assert!(warm.contains(FROM_CACHE), "{command} did not read the record cache:\n{warm}");
         assert!(!warm.contains(STARTS_PYTHON), "{command} started Python although the cache is fresh:\n{warm}");
         // ComfyUI prints its device at start; nothing of it may appear.
@@ -91,7 +111,10 @@ fn a_fresh_record_cache_validates_and_converts_without_python_and_an_edited_cust
         let doc: Json = serde_json::from_slice(&out.stdout).unwrap();
         match command {
             "validate" => assert_eq!(doc["outputs"], json!(["1"]), "{doc}"),
-            _ => assert_eq!(doc["1"]["class_type"], "RecordCacheProbe", "{doc}"),
+            _ => {
+                assert_eq!(doc["1"]["inputs"]["text"], "fox", "{doc}");
+                assert_eq!(doc["2"]["inputs"]["text"], json!(["1", 0]), "{doc}");
+            }
         }
     }
 
@@ -105,6 +128,11 @@ fn a_fresh_record_cache_validates_and_converts_without_python_and_an_edited_cust
     assert!(stale.contains(STARTS_PYTHON) && !stale.contains(FROM_CACHE), "an edited custom node did not invalidate the cache:\n{stale}");
     let (_, again) = comfyrs(&["validate"], &nodes, &file);
     assert!(again.contains(FROM_CACHE) && !again.contains(STARTS_PYTHON), "the cache was not rewritten:\n{again}");
+
+    // A native-only workflow neither reads the cache nor starts Python.
+    let native = common::repo().join("workflows").join("strings.json");
+    let (_, plain) = comfyrs(&["validate"], &nodes, &native);
+    assert!(!plain.contains("record cache") && !plain.contains(STARTS_PYTHON), "{plain}");
 
     // A corrupt file is ignored and replaced, never an error.
     std::fs::write(cache.0.as_ref().unwrap(), "{not json").unwrap();

@@ -12,8 +12,10 @@ pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
     // needs no Python.
     let native = args.class.as_deref().is_some_and(|c| engine.registry.get(c).is_some());
     // A fresh record cache lists the Python classes without starting Python (--refresh starts it).
-    if (!native && engine.can_start_python()) || (args.refresh && config.python != crate::config::PythonMode::Never) {
+    if args.refresh && config.python != crate::config::PythonMode::Never {
         engine.start_python(None)?;
+    } else if !native && engine.can_start_python() {
+        engine.load_python_nodes(None)?;
     }
     let reg = &engine.registry;
     let mut out = std::io::stdout().lock();
