@@ -147,16 +147,16 @@ fn serve_with_a_fresh_record_cache_lists_python_nodes_before_python_is_up_and_ru
     let dir = tempfile::tempdir().unwrap();
     let nodes = custom_nodes(dir.path());
     let state = dir.path().join("state");
-    let mut args = vec!["-v".into(), "--state-dir".into(), state.clone().into_os_string(), "--custom-nodes".into(), nodes.into_os_string()];
+    let args: Vec<std::ffi::OsString> = vec!["-v".into(), "--state-dir".into(), state.clone().into_os_string(), "--custom-nodes".into(), nodes.into_os_string()];
 
     // Cold: Python starts before the server listens (and writes the cache).
-    let cold = Serve::spawn(&mut args.clone());
+    let cold = Serve::spawn(&args);
     let log = cold.log();
     let _cache = CacheFile::from_log(&log);
     assert!(log.contains("wrote the record cache"), "{log}");
     drop(cold);
 
-    let server = Serve::spawn(&mut args);
+    let server = Serve::spawn(&args);
     let (status, info) = server.get("/object_info/RecordCacheProbe");
     assert_eq!(status, 200);
     assert_eq!(info["RecordCacheProbe"]["output_node"], true, "{info}");
