@@ -157,7 +157,23 @@ impl RecordCache {
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
+        prune(dir, &self.path);
         written
+    }
+}
+
+/// Files of the cache folder not written for this long are removed when another is written
+/// (each custom node folder path gets its own file, and test runs use temporary ones).
+const UNUSED_FOR: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+fn prune(dir: &Path, keep: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok()).is_some_and(|age| age > UNUSED_FOR);
+        if p != keep && old && p.extension().is_some_and(|x| x == "json") {
+            let _ = std::fs::remove_file(&p);
+        }
     }
 }
 
