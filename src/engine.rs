@@ -3,7 +3,7 @@
 //! the one memory budget and the WIDEN merge engine, both made from the configuration.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use comfyrs_nodes::merge::{default_host_limit, MergeEngine, MergeSettings};
@@ -33,13 +33,33 @@ pub struct Engine {
     pub budget: Arc<MemoryBudget>,
     config: Config,
     python_started: bool,
+    /// Set when the Python classes came from the record cache: starts the embedded ComfyUI
+    /// when one of them first needs it.
+    launcher: Option<Arc<Launcher>>,
+    /// The folders the embedded ComfyUI starts with (the launcher reads them when it starts).
+    setup: Arc<Mutex<PythonSetup>>,
+    /// The node replacements the record cache holds (until Python runs).
+    cached_replacements: Option<serde_json::Value>,
+}
+
+#[cfg(feature = "python")]
+pub type Launcher = comfyrs_bridge::Launcher;
+/// Without Python there is nothing to launch.
+#[cfg(not(feature = "python"))]
+pub enum Launcher {}
+
+/// Whether the record cache is used: on unless `COMFYRS_NO_RECORD_CACHE` is set (to anything
+/// but empty or `0`).
+pub fn record_cache_enabled() -> bool {
+    std::env::var("COMFYRS_NO_RECORD_CACHE").map_or(true, |v| v.is_empty() || v == "0")
 }
 
 impl Engine {
     pub fn new(config: &Config) -> Result<Engine> {
         let mut engine = Engine::without_python(config)?;
-        if config.python == PythonMode::Always {
-            engine.start_python(None)?;
+        match config.python {
+            PythonMode::Always => engine.start_python(None)?,
+            PythonMode::Auto | PythonMode::Never => {}
         }
         Ok(engine)
     }
@@ -49,12 +69,103 @@ impl Engine {
         let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
         let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
         let registry = native_registry(config, merge.clone())?;
-        Ok(Engine { registry, merge, budget, config: config.clone(), python_started: false })
+        Ok(Engine {
+            registry,
+            merge,
+            budget,
+            config: config.clone(),
+            python_started: false,
+            launcher: None,
+            setup: Arc::new(Mutex::new(PythonSetup::default())),
+            cached_replacements: None,
+        })
     }
 
-    /// Whether a missing node type could still come from Python.
+    /// Whether a missing node type could still come from Python. Not when the classes came from
+    /// a fresh record cache: it lists every class that ComfyUI would provide.
     pub fn can_start_python(&self) -> bool {
-        cfg!(feature = "python") && !self.python_started && self.config.python != PythonMode::Never
+        cfg!(feature = "python") && !self.python_started && self.launcher.is_none() && self.config.python != PythonMode::Never
+    }
+
+    /// Provides ComfyUI's classes for a workflow that names types no native node has: from a
+    /// fresh record cache when there is one (Python starts later, when a node needs it), else
+    /// by starting Python now. Call only when [`Engine::can_start_python`].
+    pub fn load_python_nodes(&mut self, output_dir: Option<&Path>) -> Result<()> {
+        let dirs = PythonSetup { output: output_dir.map(Path::to_path_buf), ..PythonSetup::default() };
+        if self.use_record_cache(&dirs) {
+            return Ok(());
+        }
+        self.start_python_in(&dirs)
+    }
+
+    /// Whether Python classes are registered from the record cache and Python has not started.
+    pub fn python_pending(&self) -> bool {
+        #[cfg(feature = "python")]
+        return self.launcher.as_ref().is_some_and(|l| l.started().is_none());
+        #[cfg(not(feature = "python"))]
+        false
+    }
+
+    /// The launcher of the cached classes, for starting Python in the background.
+    pub fn launcher(&self) -> Option<Arc<Launcher>> {
+        self.launcher.clone()
+    }
+
+    /// The node replacements of the record cache (None when the classes did not come from it).
+    pub fn cached_replacements(&self) -> Option<&serde_json::Value> {
+        self.cached_replacements.as_ref()
+    }
+
+    /// Where output nodes write, for a Python start that has not happened yet.
+    pub fn set_python_output(&mut self, output: Option<&Path>) {
+        if let Some(o) = output {
+            self.setup.lock().unwrap_or_else(|p| p.into_inner()).output = Some(o.to_path_buf());
+        }
+    }
+
+    /// Registers the Python classes from a fresh record cache, each starting the embedded
+    /// ComfyUI (with `dirs`) when it first needs Python. False, and nothing registered, when
+    /// there is no fresh cache (or it is switched off).
+    pub fn use_record_cache(&mut self, dirs: &PythonSetup) -> bool {
+        if !cfg!(feature = "python") || !record_cache_enabled() || self.python_started || self.launcher.is_some() {
+            return false;
+        }
+        *self.setup.lock().unwrap_or_else(|p| p.into_inner()) = dirs.clone();
+        self.register_cached()
+    }
+
+    #[cfg(feature = "python")]
+    fn register_cached(&mut self) -> bool {
+        let t = std::time::Instant::now();
+        let setup = self.setup.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let cache = match record_cache(&self.config, &setup) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("no record cache: {e}");
+                return false;
+            }
+        };
+        let Some(cached) = cache.load() else { return false };
+        report_failures(&cached.failures);
+        let (config, setup, merge) = (self.config.clone(), self.setup.clone(), self.merge.clone());
+        let launcher = comfyrs_bridge::Launcher::new(move || {
+            let dirs = setup.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            boot_bridge(&config, &dirs, &merge).map_err(|e| format!("{e:#}"))
+        });
+        let n = comfyrs_bridge::register_cached(&cached, &launcher, &mut self.registry);
+        tracing::info!(
+            "{n} Python node types from the record cache {} in {:.0} ms; the embedded ComfyUI starts when a node needs it",
+            cache.path().display(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        self.launcher = Some(launcher);
+        self.cached_replacements = Some(cached.replacements);
+        true
+    }
+
+    #[cfg(not(feature = "python"))]
+    fn register_cached(&mut self) -> bool {
+        false
     }
 
     /// Starts the embedded ComfyUI once and registers its nodes (native ones keep winning).
@@ -68,7 +179,8 @@ impl Engine {
             return Ok(());
         }
         self.python_started = true;
-        start_bridge(&self.config, dirs, &mut self.registry, &self.merge)
+        *self.setup.lock().unwrap_or_else(|p| p.into_inner()) = dirs.clone();
+        start_bridge(&self.config, dirs, self.launcher.as_deref(), &mut self.registry, &self.merge)
     }
 
     pub fn config(&self) -> &Config {
@@ -112,12 +224,10 @@ pub fn native_registry(config: &Config, merge: Arc<MergeEngine>) -> Result<Regis
     Ok(reg)
 }
 
+/// The options the bridge starts with, from the configuration and the folders.
 #[cfg(feature = "python")]
-fn start_bridge(config: &Config, dirs: &PythonSetup, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
-    use comfyrs_bridge::{Bridge, BridgeOptions};
-    let t = std::time::Instant::now();
-    tracing::info!("starting the embedded ComfyUI for non-native nodes");
-    let opts = BridgeOptions {
+fn bridge_options(config: &Config, dirs: &PythonSetup) -> comfyrs_bridge::BridgeOptions {
+    comfyrs_bridge::BridgeOptions {
         comfyui_path: config.comfyui.clone(),
         custom_nodes: config.custom_nodes.clone(),
         output_dir: dirs.output.clone(),
@@ -125,17 +235,21 @@ fn start_bridge(config: &Config, dirs: &PythonSetup, reg: &mut Registry, merge: 
         temp_dir: dirs.temp.clone(),
         previews: dirs.previews,
         models_dir: config.models_dir.is_dir().then(|| config.models_dir.clone()),
-        ..BridgeOptions::default()
-    };
-    let bridge = Bridge::start(&opts).context("cannot start the embedded Python ComfyUI")?;
-    // The MODEL handoff: WIDENEntry / WIDENExit on ComfyUI MODELs.
-    merge.set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
-        state_dict: comfyrs_bridge::model::state_dict,
-        prepare: comfyrs_bridge::model::prepare,
-        with_weights: comfyrs_bridge::model::with_weights,
-    }));
-    bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
-    for f in bridge.import_failures() {
+        ..comfyrs_bridge::BridgeOptions::default()
+    }
+}
+
+/// The record cache of the ComfyUI these settings start.
+#[cfg(feature = "python")]
+fn record_cache(config: &Config, dirs: &PythonSetup) -> Result<comfyrs_bridge::RecordCache, comfyrs_bridge::BridgeError> {
+    let dir = comfyrs_runtime::paths::cache_root().join("records");
+    comfyrs_bridge::RecordCache::for_options(&bridge_options(config, dirs), env!("CARGO_PKG_VERSION"), &dir)
+}
+
+/// Custom node packs that failed to import are the user's to fix: said on stderr.
+#[cfg(feature = "python")]
+fn report_failures(failures: &[comfyrs_bridge::ImportFailure]) {
+    for f in failures {
         let last = f.error.lines().last().unwrap_or("");
         if f.custom {
             eprintln!("warning: custom node pack {} failed to import and was skipped: {last}", f.path);
@@ -143,13 +257,51 @@ fn start_bridge(config: &Config, dirs: &PythonSetup, reg: &mut Registry, merge: 
             tracing::debug!("ComfyUI module {} was skipped: {last}", f.path);
         }
     }
-    let n = bridge.register(reg);
-    tracing::info!("embedded ComfyUI ready: {n} Python node types in {:.1} s", t.elapsed().as_secs_f64());
+}
+
+/// Starts the embedded ComfyUI, hands it the native MODEL handoff and writes the record cache.
+#[cfg(feature = "python")]
+fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &MergeEngine) -> Result<comfyrs_bridge::Bridge> {
+    use comfyrs_bridge::Bridge;
+    let t = std::time::Instant::now();
+    tracing::info!("starting the embedded ComfyUI for non-native nodes");
+    let bridge = Bridge::start(&bridge_options(config, dirs)).context("cannot start the embedded Python ComfyUI")?;
+    // The MODEL handoff: WIDENEntry / WIDENExit on ComfyUI MODELs.
+    merge.set_foreign_models(Arc::new(comfyrs_nodes::pack::ForeignFns {
+        state_dict: comfyrs_bridge::model::state_dict,
+        prepare: comfyrs_bridge::model::prepare,
+        with_weights: comfyrs_bridge::model::with_weights,
+    }));
+    bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
+    tracing::info!("embedded ComfyUI ready: {} Python node types in {:.1} s", bridge.classes().len(), t.elapsed().as_secs_f64());
+    if record_cache_enabled() {
+        match record_cache(config, dirs).map(|c| (c.store(&bridge), c)) {
+            Ok((Ok(()), c)) => tracing::debug!("wrote the record cache {}", c.path().display()),
+            Ok((Err(e), c)) => tracing::warn!("cannot write the record cache {}: {e}", c.path().display()),
+            Err(e) => tracing::debug!("no record cache: {e}"),
+        }
+    }
+    Ok(bridge)
+}
+
+/// Starts the embedded ComfyUI (through `launcher` when the classes came from the record cache)
+/// and registers its classes (native ones and cached ones keep their places).
+#[cfg(feature = "python")]
+fn start_bridge(config: &Config, dirs: &PythonSetup, launcher: Option<&Launcher>, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
+    let bridge = match launcher {
+        Some(l) => l.get().map_err(|e| anyhow::anyhow!("{e}"))?.clone(),
+        None => {
+            let b = boot_bridge(config, dirs, merge)?;
+            report_failures(b.import_failures());
+            b
+        }
+    };
+    bridge.register(reg);
     Ok(())
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_config: &Config, _dirs: &PythonSetup, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
+fn start_bridge(_config: &Config, _dirs: &PythonSetup, _launcher: Option<&Launcher>, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }
 

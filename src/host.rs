@@ -81,6 +81,6 @@ impl Host for EngineHost {
     }
 
     fn node_replacements(&self) -> serde_json::Value {
-        crate::engine::python_node_replacements().unwrap_or_else(|| json!({}))
+        crate::engine::python_node_replacements().or_else(|| self.engine().cached_replacements().cloned()).unwrap_or_else(|| json!({}))
     }
 }

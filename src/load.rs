@@ -71,9 +71,15 @@ pub struct Prepared {
     pub warnings: Vec<String>,
 }
 
-/// Loads and validates a workflow. When it names node types that are not native, the embedded
-/// ComfyUI is started (once) and the file is tried again with its nodes.
+/// Loads and validates a workflow. When it names node types that are not native, ComfyUI's
+/// classes are loaded (from the record cache, else by starting the embedded ComfyUI, once) and
+/// the file is tried again with them.
+///
+/// With classes from the record cache, a value missing from a cached file list (a model or
+/// image added since the cache was written) starts the embedded ComfyUI, whose lists are
+/// current, and the file is validated again.
 pub fn prepare(engine: &mut Engine, path: &Path, sets: &[String], output_dir: Option<&Path>) -> Result<Prepared> {
+    engine.set_python_output(output_dir);
     loop {
         let prepared = match load(path, &engine.registry, sets) {
             Err(LoadError::Io(e)) => return Err(e),
@@ -82,12 +88,27 @@ pub fn prepare(engine: &mut Engine, path: &Path, sets: &[String], output_dir: Op
         };
         if let Err(r) = &prepared.result {
             if r.error.kind == "missing_node_type" && engine.can_start_python() {
-                engine.start_python(output_dir)?;
+                engine.load_python_nodes(output_dir)?;
                 continue;
             }
         }
+        if engine.python_pending() && lists_may_be_stale(&prepared) {
+            tracing::info!("a value is not in a cached list of choices; starting the embedded ComfyUI for the current lists");
+            engine.start_python(output_dir)?;
+            continue;
+        }
         return Ok(prepared);
     }
+}
+
+/// Whether validation failed on a value not in a list of choices (the lists of the record
+/// cache were current when it was written, not necessarily now).
+fn lists_may_be_stale(p: &Prepared) -> bool {
+    let errors = match &p.result {
+        Ok(v) => &v.node_errors,
+        Err(r) => &r.node_errors,
+    };
+    errors.values().flat_map(|n| &n.errors).any(|e| e.kind == "value_not_in_list")
 }
 
 fn reject(kind: &str, message: &str, details: String) -> LoadError {

@@ -127,6 +127,10 @@ pub struct NodesArgs {
     /// Only the class names, one per line.
     #[arg(long, conflicts_with = "class")]
     list: bool,
+    /// Start the embedded ComfyUI even when the record cache is fresh, and rewrite the cache
+    /// (the schemas then list the files on disk now).
+    #[arg(long)]
+    refresh: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }

@@ -39,12 +39,16 @@ mod convert;
 mod error;
 mod handoff;
 mod interp;
+mod lazy;
 pub mod model;
 mod node;
+mod records;
 
 pub use convert::{json_to_py, object_value, py_to_tensor, tensor_to_py, ModelExtractor, PyHandle, TensorExtractor};
 pub use error::{BridgeError, RecordError, SchemaError};
+pub use lazy::{register_cached, LazyNode, Launcher};
 pub use node::PyNode;
+pub use records::{CachedNodes, NodeRecord, RecordCache};
 pub use pyo3;
 
 const HOST_SOURCE: &str = include_str!("../python/comfyrs_host.py");
@@ -127,6 +131,8 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     classes: Vec<Arc<PyNode>>,
+    /// Every class's record as the host returned it (or why it could not), for the record cache.
+    records: Vec<NodeRecord>,
     report: BootReport,
 }
 
@@ -183,15 +189,12 @@ impl Bridge {
         report.comfyui_path = comfyui;
         report.schemas = booted.schema_time;
         let mut classes = Vec::new();
-        for (class, rec, err) in booted.records {
-            let read = match (rec, err) {
-                (Some(text), _) => node::parse_record(&text),
-                (None, e) => Err(RecordError::Raised(e.unwrap_or_else(|| "(no reason given)".into()))),
-            };
-            match read {
-                Ok((schema, flags)) => classes.push(Arc::new(PyNode::new(class, shared.clone(), schema, flags))),
+        let records: Vec<NodeRecord> = booted.records.into_iter().map(|(class, text, error)| NodeRecord { class, text, error }).collect();
+        for r in &records {
+            match r.read() {
+                Ok((schema, flags)) => classes.push(Arc::new(PyNode::new(r.class.clone(), shared.clone(), schema, flags))),
                 Err(reason) => {
-                    let e = SchemaError { class, reason };
+                    let e = SchemaError { class: r.class.clone(), reason };
                     tracing::warn!(class = %e.class, "node class {} was skipped: {}", e.class, e.reason);
                     report.schema_errors.push(e);
                 }
@@ -199,7 +202,7 @@ impl Bridge {
         }
         report.node_count = classes.len();
         report.total = t0.elapsed();
-        Ok(Bridge { inner: Arc::new(Inner { shared, classes, report }) })
+        Ok(Bridge { inner: Arc::new(Inner { shared, classes, records, report }) })
     }
 
     /// Adds every Python class the registry does not have yet (register native nodes first:
@@ -257,6 +260,11 @@ impl Bridge {
 
     pub fn report(&self) -> &BootReport {
         &self.inner.report
+    }
+
+    /// Every class's record as read at start (what the record cache keeps).
+    pub fn records(&self) -> &[NodeRecord] {
+        &self.inner.records
     }
 
     /// The node replacements ComfyUI's nodes registered (`api.node_replacement.register`), as

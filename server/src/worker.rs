@@ -32,6 +32,10 @@ fn run(shared: Arc<Shared>, mut executor: Executor) {
                     break;
                 }
             };
+            // An empty queue: wait for work (without this the worker polls the store in a loop).
+            if next.is_none() {
+                break;
+            }
             // Each finished prompt's transaction takes the next one while nothing asks the
             // worker to stop, pause or free memory first.
             while let Some(item) = next {

@@ -11,8 +11,11 @@ pub fn main(args: NodesArgs, config: &Config) -> Result<ExitCode> {
     // The full list includes ComfyUI's Python nodes unless Python is off; one native class
     // needs no Python.
     let native = args.class.as_deref().is_some_and(|c| engine.registry.get(c).is_some());
-    if !native && engine.can_start_python() {
+    // A fresh record cache lists the Python classes without starting Python (--refresh starts it).
+    if args.refresh && config.python != crate::config::PythonMode::Never {
         engine.start_python(None)?;
+    } else if !native && engine.can_start_python() {
+        engine.load_python_nodes(None)?;
     }
     let reg = &engine.registry;
     let mut out = std::io::stdout().lock();

@@ -119,8 +119,13 @@ pub fn main(args: ServeArgs, config: &Config, logs: Arc<comfyrs_server::LogRing>
     let mut options = options(config);
     options.logs = logs;
     let mut engine = Engine::without_python(config)?;
-    start_python(&mut engine, config, &options)?;
+    let t = std::time::Instant::now();
+    let deferred = start_python(&mut engine, config, &options)?;
+    let launcher = if deferred { engine.launcher() } else { None };
     let host = Arc::new(EngineHost::new(engine)?);
+    if !deferred && config.python != PythonMode::Never && crate::engine::python_versions().is_some() {
+        eprintln!("ComfyUI nodes ready in {:.1} s", t.elapsed().as_secs_f64());
+    }
     drop(args);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("comfyrs-http").build().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -133,6 +138,9 @@ pub fn main(args: ServeArgs, config: &Config, logs: Arc<comfyrs_server::LogRing>
             Some(f) => eprintln!("web frontend: {url}/ (from {})", f.display()),
             None => eprintln!("no web frontend installed (pip install comfyui-frontend-package, or --front-end-root DIR); the API is up"),
         }
+        if let Some(l) = launcher {
+            warm_up(l, t);
+        }
         running.until_signal().await;
         eprintln!("comfyrs serve: stopped");
         anyhow::Ok(())
@@ -140,21 +148,42 @@ pub fn main(args: ServeArgs, config: &Config, logs: Arc<comfyrs_server::LogRing>
     Ok(ExitCode::SUCCESS)
 }
 
-/// A server lists every node up front (the frontend's node library), so Python starts now
-/// unless `python = never`; with `auto` a ComfyUI that fails to start leaves the native nodes.
-fn start_python(engine: &mut Engine, config: &Config, o: &ServeOptions) -> Result<()> {
+/// Starts the embedded ComfyUI in the background once the server listens: prompts that reach a
+/// Python node wait for it there (the launcher starts it once, whoever asks first).
+#[cfg(feature = "python")]
+fn warm_up(launcher: Arc<crate::engine::Launcher>, t: std::time::Instant) {
+    let spawned = std::thread::Builder::new().name("comfyrs-python-start".into()).spawn(move || match launcher.get() {
+        Ok(_) => eprintln!("ComfyUI nodes ready in {:.1} s", t.elapsed().as_secs_f64()),
+        Err(e) => eprintln!("warning: {e}; prompts with Python nodes fail until comfyrs serve is restarted"),
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the embedded ComfyUI in the background ({e}); it starts with the first Python node");
+    }
+}
+
+#[cfg(not(feature = "python"))]
+fn warm_up(_launcher: Arc<crate::engine::Launcher>, _t: std::time::Instant) {}
+
+/// A server lists every node up front (the frontend's node library). With a fresh record cache
+/// the Python classes come from it and Python starts after the server listens (returns true);
+/// otherwise Python starts now, unless `python = never`; with `auto` a ComfyUI that fails to
+/// start leaves the native nodes.
+fn start_python(engine: &mut Engine, config: &Config, o: &ServeOptions) -> Result<bool> {
     if config.python == PythonMode::Never {
-        return Ok(());
+        return Ok(false);
     }
     let dirs = PythonSetup { output: Some(o.output_dir.clone()), input: Some(o.input_dir.clone()), temp: Some(o.temp_dir.clone()), previews: true };
     for d in [&o.output_dir, &o.input_dir, &o.temp_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", Path::new(d).display()))?;
     }
+    if engine.use_record_cache(&dirs) {
+        return Ok(true);
+    }
     match engine.start_python_in(&dirs) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(false),
         Err(e) if config.python == PythonMode::Auto => {
             eprintln!("warning: {e:#}; serving the native nodes only");
-            Ok(())
+            Ok(false)
         }
         Err(e) => Err(e),
     }

@@ -33,8 +33,8 @@ pub fn main(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
 }
 
 /// Prints the API prompt the file runs as; exit 1 when it cannot be converted (ComfyUI's error
-/// JSON on stdout, as `validate`). Node types that are not native start the embedded ComfyUI
-/// for their schemas.
+/// JSON on stdout, as `validate`). Node types that are not native take their schemas from the
+/// record cache, else from the embedded ComfyUI, started for them.
 pub fn convert(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
     let mut engine = Engine::new(config)?;
     let mut out = std::io::stdout().lock();
@@ -49,7 +49,7 @@ pub fn convert(args: ValidateArgs, config: &Config) -> Result<ExitCode> {
             }
             Err(LoadError::Io(e)) => return Err(e),
             Err(LoadError::Rejected(r)) if r.error.kind == "missing_node_type" && engine.can_start_python() => {
-                engine.start_python(None)?;
+                engine.load_python_nodes(None)?;
             }
             Err(LoadError::Rejected(r)) => {
                 writeln!(out, "{}", serde_json::to_string_pretty(&r.to_json())?)?;

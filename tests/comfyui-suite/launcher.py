@@ -11,6 +11,9 @@ a private loopback port, holding each until comfyrs answers: the tests see the s
 unchanged, only without the start-up race. The tests stop the server with SIGKILL on this pid;
 comfyrs is started with PR_SET_PDEATHSIG so it dies with it. COMFYRS_SUITE_DIRECT=1 instead
 replaces this process with comfyrs on the tests' port (exec), as ComfyUI's main.py would be.
+Once one start has written comfyrs's record cache (docs/architecture.md, "The record cache"),
+later starts listen within a second and import ComfyUI in the background, so the direct mode has
+no start-up race either; the relay stays the default for the first, cold start.
 
 Environment (set by scripts/comfyui-suite.sh):
   COMFYRS_BIN          the comfyrs binary to run

@@ -60,8 +60,8 @@ impl Serve {
         let models = dir.path().join("models");
         let out = bin().args(["fixtures", "--models-dir"]).arg(&models).output().unwrap();
         assert!(out.status.success(), "comfyrs fixtures failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        let mut args = vec!["--state-dir".into(), dir.path().join("state").into_os_string(), "--models-dir".into(), models.into_os_string()];
-        let mut server = Self::spawn(&mut args);
+        let args: Vec<std::ffi::OsString> = vec!["--state-dir".into(), dir.path().join("state").into_os_string(), "--models-dir".into(), models.into_os_string()];
+        let mut server = Self::spawn(&args);
         server.dir = Some(dir);
         server
     }
@@ -69,11 +69,11 @@ impl Serve {
     /// `comfyrs serve` with native nodes only on the state folder `state`, which outlives it
     /// (a restart on the same folder finds the queue and history).
     pub fn native(state: &Path) -> Serve {
-        Self::spawn(&mut vec!["--python".into(), "never".into(), "--state-dir".into(), state.as_os_str().to_owned()])
+        Self::spawn(&["--python".into(), "never".into(), "--state-dir".into(), state.as_os_str().to_owned()])
     }
 
     /// Starts `comfyrs serve --port 0 ARGS` and waits (bounded) for its listening line.
-    fn spawn(args: &mut Vec<std::ffi::OsString>) -> Serve {
+    pub fn spawn(args: &[std::ffi::OsString]) -> Serve {
         let child = bin()
             .args(["serve", "--port", "0"])
             .args(args.iter())
