@@ -100,12 +100,12 @@ impl NodeClass for LazyNode {
         self.real().map_err(NodeError::msg)?.execute(ctx, args)
     }
 
-    fn fingerprint(&self, constants: &Args) -> Option<Fingerprint> {
+    fn fingerprint(&self, node_id: &str, constants: &Args) -> Option<Fingerprint> {
         if !self.flags.has_fingerprint {
             return None;
         }
         match self.real() {
-            Ok(real) => real.fingerprint(constants),
+            Ok(real) => real.fingerprint(node_id, constants),
             Err(e) => {
                 // As a failing IS_CHANGED: the node runs every time (and fails there, saying why).
                 tracing::warn!(class = %self.name, "IS_CHANGED of node class {} could not run: {e}", self.name);
@@ -125,14 +125,14 @@ impl NodeClass for LazyNode {
         self.flags.validates(name)
     }
 
-    fn validate_inputs(&self, constants: &Args, received_types: &[(String, String)]) -> Vec<(String, String)> {
+    fn validate_inputs(&self, constants: &Args, received_types: &[(String, String)]) -> Result<Vec<(String, String)>, NodeError> {
         // A class with VALIDATE_INPUTS needs Python to validate: it starts here.
         if !self.flags.has_validate {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         match self.real() {
             Ok(real) => real.validate_inputs(constants, received_types),
-            Err(e) => vec![("(node)".into(), format!("VALIDATE_INPUTS could not run: {e}"))],
+            Err(e) => Err(NodeError::msg(format!("VALIDATE_INPUTS could not run: {e}"))),
         }
     }
 
