@@ -79,14 +79,6 @@ impl LazyNode {
     }
 }
 
-impl Flags {
-    /// As `PyNode::validates_input`: ComfyUI's rule for which inputs VALIDATE_INPUTS checks itself.
-    fn validates(&self, name: &str) -> bool {
-        let named = self.validate_args.iter().any(|a| a == name);
-        self.has_validate && (named || (self.validate_kwargs && name != "input_types"))
-    }
-}
-
 impl NodeClass for LazyNode {
     fn schema(&self) -> Arc<NodeSchema> {
         // Once Python runs, the live schema (file lists re-read) replaces the cached one.

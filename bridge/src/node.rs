@@ -33,6 +33,16 @@ pub(crate) struct Flags {
     pub validate_kwargs: bool,
 }
 
+impl Flags {
+    /// ComfyUI's rule for which inputs a class's VALIDATE_INPUTS checks itself: the arguments
+    /// it names; `**kwargs` covers every input, but link types are skipped only for a named
+    /// `input_types`.
+    pub(crate) fn validates(&self, name: &str) -> bool {
+        let named = self.validate_args.iter().any(|a| a == name);
+        self.has_validate && (named || (self.validate_kwargs && name != "input_types"))
+    }
+}
+
 pub struct PyNode {
     name: String,
     shared: Arc<Shared>,
@@ -375,7 +385,7 @@ impl NodeClass for PyNode {
                     ctx.call_index,
                     extra_data,
                 ))?;
-                read_step(&host, &r, &types, name, ctx)
+                read_step(host, &r, &types, name, ctx)
             };
             interp::in_call(ctx, || run().unwrap_or_else(|e| Step::Done(Err(py_err(py, e)))))
         })?;
@@ -395,7 +405,7 @@ impl NodeClass for PyNode {
                 let run = || -> PyResult<Step> {
                     let host = self.shared.host(py);
                     let r = host.call_method1("poll", (token, ASYNC_SLICE.as_secs_f64(), ctx.interrupt.is_set()))?;
-                    read_step(&host, &r, &types, name, ctx)
+                    read_step(host, &r, &types, name, ctx)
                 };
                 interp::in_call(ctx, || run().unwrap_or_else(|e| Step::Done(Err(py_err(py, e)))))
             })?;
@@ -464,10 +474,7 @@ impl NodeClass for PyNode {
     }
 
     fn validates_input(&self, name: &str) -> bool {
-        let named = self.flags.validate_args.iter().any(|a| a == name);
-        // `**kwargs` covers every input, but link types are skipped only for a named
-        // `input_types` (ComfyUI's rule).
-        self.flags.has_validate && (named || (self.flags.validate_kwargs && name != "input_types"))
+        self.flags.validates(name)
     }
 
     fn validate_inputs(&self, constants: &Args, received_types: &[(String, String)]) -> Result<Vec<(String, String)>, NodeError> {
