@@ -18,6 +18,30 @@ pub const DYNAMIC_COMBO: &str = "COMFY_DYNAMICCOMBO_V3";
 /// An input that, when connected, adds inputs named `slot.input`.
 pub const DYNAMIC_SLOT: &str = "COMFY_DYNAMICSLOT_V3";
 
+/// The inputs of a dynamic combo's option `key` (its `{"required": ..., "optional": ...}`).
+pub fn chosen_option<'a>(spec: &'a InputSpec, key: &str) -> Option<&'a Json> {
+    spec.extra
+        .get("options")
+        .and_then(Json::as_array)
+        .and_then(|opts| opts.iter().find(|o| o.get("key").and_then(Json::as_str) == Some(key)))
+        .and_then(|o| o.get("inputs"))
+}
+
+/// The inputs an option (or a dynamic slot) adds, named `id.input`: required ones first, then
+/// optional ones, each in declaration order.
+pub fn option_inputs(id: &str, inputs: &Json) -> Vec<InputSpec> {
+    let mut out = Vec::new();
+    for section in [Section::Required, Section::Optional] {
+        let Some(entries) = inputs.get(section.key()).and_then(Json::as_object) else { continue };
+        for (key, sub) in entries {
+            if let Ok(s) = InputSpec::from_object_info(&format!("{id}.{key}"), section, sub) {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
 fn dynamic_kind(spec: &InputSpec) -> Option<&str> {
     match &spec.kind {
         InputKind::Socket(t) if [AUTOGROW, DYNAMIC_COMBO, DYNAMIC_SLOT].contains(&t.as_str()) => Some(t),
@@ -83,11 +107,7 @@ fn expand(spec: &InputSpec, id: &str, live: &IndexMap<String, Input>, out: &mut 
             out.push(Cow::Owned(own));
             let inputs = if kind == DYNAMIC_COMBO {
                 let Some(Input::Const(Value::String(key))) = live.get(id) else { return };
-                spec.extra
-                    .get("options")
-                    .and_then(Json::as_array)
-                    .and_then(|opts| opts.iter().find(|o| o.get("key").and_then(Json::as_str) == Some(key)))
-                    .and_then(|o| o.get("inputs"))
+                chosen_option(spec, key)
             } else {
                 if !live.contains_key(id) {
                     return;
@@ -95,16 +115,12 @@ fn expand(spec: &InputSpec, id: &str, live: &IndexMap<String, Input>, out: &mut 
                 spec.extra.get("inputs")
             };
             let Some(inputs) = inputs else { return };
-            for section in [Section::Required, Section::Optional] {
-                let Some(entries) = inputs.get(section.key()).and_then(Json::as_object) else { continue };
-                for (key, sub) in entries {
-                    let sub_id = format!("{id}.{key}");
-                    let Ok(s) = InputSpec::from_object_info(&sub_id, section, sub) else { continue };
-                    if dynamic_kind(&s).is_some() {
-                        expand(&s, &sub_id, live, out);
-                    } else {
-                        out.push(Cow::Owned(s));
-                    }
+            for s in option_inputs(id, inputs) {
+                if dynamic_kind(&s).is_some() {
+                    let sub_id = s.name.clone();
+                    expand(&s, &sub_id, live, out);
+                } else {
+                    out.push(Cow::Owned(s));
                 }
             }
         }

@@ -4,6 +4,7 @@
 use indexmap::IndexMap;
 use serde_json::{Map, Value as Json};
 
+use crate::dynamic::{AUTOGROW, DYNAMIC_COMBO};
 use crate::schema::{InputKind, InputSpec, NodeSchema, Num, Section};
 
 /// Widget types the core frontend has constructors for. Inputs of other types are sockets.
@@ -119,30 +120,11 @@ fn control_widget(spec: &InputSpec, ty: &str) -> Option<String> {
     }
 }
 
-/// The value type of a dynamic combo (V3 `DynamicCombo`): a combo of option keys whose
-/// chosen option adds its own inputs.
-const DYNAMIC_COMBO: &str = "COMFY_DYNAMICCOMBO_V3";
-
 /// The sub-inputs the chosen option of a dynamic combo adds, named `combo.key` as the
 /// frontend names their widgets and sockets: required ones first, then optional ones, each
 /// in declaration order.
 fn dynamic_combo_inputs(spec: &InputSpec, chosen: &str) -> Vec<InputSpec> {
-    let option = spec
-        .extra
-        .get("options")
-        .and_then(Json::as_array)
-        .and_then(|opts| opts.iter().find(|o| o.get("key").and_then(Json::as_str) == Some(chosen)));
-    let Some(inputs) = option.and_then(|o| o.get("inputs")) else { return Vec::new() };
-    let mut out = Vec::new();
-    for section in [Section::Required, Section::Optional] {
-        let Some(entries) = inputs.get(section.key()).and_then(Json::as_object) else { continue };
-        for (key, sub) in entries {
-            if let Ok(s) = InputSpec::from_object_info(&format!("{}.{key}", spec.name), section, sub) {
-                out.push(s);
-            }
-        }
-    }
-    out
+    crate::dynamic::chosen_option(spec, chosen).map(|inputs| crate::dynamic::option_inputs(&spec.name, inputs)).unwrap_or_default()
 }
 
 /// The option keys of a dynamic combo; the first is what a new node shows.
@@ -154,9 +136,6 @@ fn dynamic_combo_keys(spec: &InputSpec) -> Vec<&str> {
         .unwrap_or_default()
 }
 
-/// The value type of an autogrow input (V3 `Autogrow`): a growing set of sockets (or widgets)
-/// made from a template, named `group.prefix0`, `group.prefix1`... or `group.name`.
-const AUTOGROW: &str = "COMFY_AUTOGROW_V3";
 
 /// The members of the groups an autogrow input starts with (the frontend's applyAutogrow
 /// adds groups 0 to `min`, at least one, at most `max`), named as the frontend and ComfyUI
