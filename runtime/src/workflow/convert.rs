@@ -475,7 +475,7 @@ impl<'g, 'a, 's> Converter<'g, 'a, 's> {
                 let input = target.inputs.iter().find(|i| i.link.as_deref() == Some(lid))?;
                 Some((target, input))
             };
-            if !links.first().and_then(|l| target_input(l)).is_some_and(|(_, i)| i.widget.is_some()) {
+            if links.first().and_then(|l| target_input(l)).is_none_or(|(_, i)| i.widget.is_none()) {
                 if !links.is_empty() {
                     let r = self.node_ref(ctx, node);
                     self.warnings.push(format!(
