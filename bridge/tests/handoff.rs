@@ -3,7 +3,7 @@
 //! One interpreter per test binary: the tests share the bridge started by `env()`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value as Json};
@@ -90,6 +90,26 @@ fn digest(report: &RunReport) -> String {
     report.outputs["10"]["digest"][0].as_str().unwrap().to_string()
 }
 
+/// A ComfyUI MODEL (a ModelPatcher) loaded from `path` by ComfyUI's checkpoint loader, its
+/// diffusion parameters cast to the torch dtype `cast` when given.
+fn comfyui_model(path: &Path, cast: Option<&'static str>) -> Value {
+    let bridge = &env().bridge;
+    let path = path.to_string_lossy().into_owned();
+    bridge
+        .with_python(move |py| -> Result<Value, String> {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new(
+                "def load(path, dtype):\n    import torch, comfy.sd\n    m = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n    if dtype is not None:\n        for prm in m.model.diffusion_model.parameters():\n            prm.data = prm.data.to(getattr(torch, dtype))\n    return m\n",
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_load.py", c"handoff_load").map_err(|e| e.to_string())?;
+            let obj = m.getattr("load").and_then(|f| f.call1((path, cast))).map_err(|e| e.to_string())?;
+            bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .unwrap()
+}
+
 #[test]
 fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     let _lock = support::shared();
@@ -156,19 +176,7 @@ fn saving_a_merge_of_a_comfyui_model_writes_every_weight() {
     // The model's own weights, as the Entry reads them.
     let bridge = &e.bridge;
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
-    let model: Value = bridge
-        .with_python(move |py| -> Result<Value, String> {
-            use pyo3::types::PyAnyMethods;
-            let code = std::ffi::CString::new(
-                "def load(path):\n    import comfy.sd\n    return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n",
-            )
-            .unwrap();
-            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_save.py", c"handoff_save").map_err(|e| e.to_string())?;
-            let obj = m.getattr("load").and_then(|f| f.call1((path,))).map_err(|e| e.to_string())?;
-            bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
-        })
-        .unwrap()
-        .unwrap();
+    let model = comfyui_model(Path::new(&path), None);
     let (weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
     // ComfyUI's own checkpoint loader reads the saved file.
     let file = saved.to_string_lossy().into_owned();
@@ -196,20 +204,7 @@ fn handoff_shares_storage_both_ways() {
     let _lock = support::shared();
     let e = env();
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
-    let bridge = &e.bridge;
-    let model: Value = bridge
-        .with_python(move |py| -> Result<Value, String> {
-            use pyo3::types::PyAnyMethods;
-            let code = std::ffi::CString::new(
-                "def load(path):\n    import comfy.sd\n    return comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n",
-            )
-            .unwrap();
-            let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_load.py", c"handoff_load").map_err(|e| e.to_string())?;
-            let obj = m.getattr("load").and_then(|f| f.call1((path,))).map_err(|e| e.to_string())?;
-            bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
-        })
-        .unwrap()
-        .unwrap();
+    let model = comfyui_model(Path::new(&path), None);
     let (weights, id1, name) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
     assert!(name.starts_with("ModelPatcher"), "{name}");
     let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
@@ -281,20 +276,7 @@ fn handoff_keeps_low_precision_storage() {
     let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
     for (dtype, kind) in [("float16", tch::Kind::Half), ("bfloat16", tch::Kind::BFloat16), ("float8_e4m3fn", tch::Kind::Float8e4m3fn)] {
         let bridge = &e.bridge;
-        let p = path.clone();
-        let model: Value = bridge
-            .with_python(move |py| -> Result<Value, String> {
-                use pyo3::types::PyAnyMethods;
-                let code = std::ffi::CString::new(
-                    "def load(path, dtype):\n    import torch, comfy.sd\n    m = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]\n    for prm in m.model.diffusion_model.parameters():\n        prm.data = prm.data.to(getattr(torch, dtype))\n    return m\n",
-                )
-                .unwrap();
-                let m = pyo3::types::PyModule::from_code(py, &code, c"handoff_dtype.py", c"handoff_dtype").map_err(|e| e.to_string())?;
-                let obj = m.getattr("load").and_then(|f| f.call1((p, dtype))).map_err(|e| e.to_string())?;
-                bridge.object_value(py, &obj, "MODEL").map_err(|e| e.to_string())
-            })
-            .unwrap()
-            .unwrap();
+        let model = comfyui_model(Path::new(&path), Some(dtype));
         let (weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
         let w = &weights[key];
         assert_eq!(w.kind(), kind, "{dtype}: Entry sees the stored dtype");
