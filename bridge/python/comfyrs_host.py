@@ -1220,21 +1220,40 @@ def _has_set_patch():
     return _SET_PATCH
 
 
-def model_weights(patcher):
-    """The diffusion weights of a ModelPatcher: (keys, tensors, identity, name), tensors shared
-    with the module (keys patched on the patcher are computed, those alone copied); None when
-    `patcher` is not a ModelPatcher over a diffusion model."""
+def _as_patcher(obj):
+    """(ModelPatcher, ComfyUI type name) of a MODEL (a ModelPatcher over a diffusion model) or a
+    CLIP (its patcher holds the text encoders); None for anything else."""
+    model = getattr(obj, "model", None)
+    if model is not None and hasattr(obj, "model_state_dict") and hasattr(model, "diffusion_model"):
+        return obj, "MODEL"
+    patcher = getattr(obj, "patcher", None)
+    if patcher is not None and hasattr(obj, "cond_stage_model") and hasattr(patcher, "model_state_dict"):
+        return patcher, "CLIP"
+    return None
+
+
+# The state-dict prefixes WIDEN reads, by ComfyUI type: the UNet's, and the two SDXL text
+# encoders' (any other text encoder a CLIP holds is left out, so a CLIP without both is refused).
+_WEIGHT_PREFIXES = {"MODEL": ("diffusion_model.",), "CLIP": ("clip_l.", "clip_g.")}
+
+
+def model_weights(obj):
+    """The weights WIDEN merges of a MODEL or a CLIP: (type, keys, tensors, identity, name),
+    tensors shared with the module (keys patched on the patcher are computed, those alone
+    copied); None when `obj` is neither."""
     import torch
-    model = getattr(patcher, "model", None)
-    if model is None or not hasattr(patcher, "model_state_dict") or not hasattr(model, "diffusion_model"):
+    found = _as_patcher(obj)
+    if found is None:
         return None
+    patcher, kind = found
+    prefixes = _WEIGHT_PREFIXES[kind]
     _restore_weights(patcher)
-    sd = patcher.model_state_dict(filter_prefix="diffusion_model.")
+    sd = patcher.model_state_dict(filter_prefix=prefixes[0] if len(prefixes) == 1 else None)
     patches = getattr(patcher, "patches", None) or {}
     keys, tensors, patched = [], [], False
     calc = None
     for k, w in sd.items():
-        if not k.startswith("diffusion_model."):
+        if not k.startswith(prefixes) or not w.is_floating_point():
             continue
         if k in patches:
             calc = calc or _weight_calculator(patcher)
@@ -1243,22 +1262,27 @@ def model_weights(patcher):
             patched = True
         keys.append(k)
         tensors.append(w.detach())
+    model = patcher.model
     token = getattr(model, "_comfyrs_token", None)
     if token is None:
         import uuid
         token = uuid.uuid4().hex
         model._comfyrs_token = token
     ident = token + ("|" + str(getattr(patcher, "patches_uuid", "")) if patched else "")
-    return keys, tensors, ident, "{} {}".format(type(patcher).__name__, type(model).__name__)
+    return kind, keys, tensors, ident, "{} {}".format(type(obj).__name__, type(model).__name__)
 
 
-def model_prepare(patcher):
-    _restore_weights(patcher)
+def model_prepare(obj):
+    found = _as_patcher(obj)
+    if found is not None:
+        _restore_weights(found[0])
 
 
-def model_with_weights(patcher, keys, tensors):
-    """A clone of `patcher` whose weights `keys` are replaced by `tensors` (patches, shared)."""
-    m = patcher.clone()
+def model_with_weights(obj, keys, tensors):
+    """A clone of the MODEL or CLIP `obj` whose weights `keys` are replaced by `tensors`
+    (patches, shared). Both types have clone() and add_patches(patches, strength_patch,
+    strength_model)."""
+    m = obj.clone()
     if _has_set_patch():
         m.add_patches({k: ("set", (t,)) for k, t in zip(keys, tensors)}, 1.0, 1.0)
     else:
@@ -1269,20 +1293,58 @@ def model_with_weights(patcher, keys, tensors):
 _NATIVE_MODELS = {}
 
 
-def model_from_state_dict(keys, tensors, identity, keep_alive):
-    """A ComfyUI MODEL for a native comfyrs MODEL: ComfyUI's own UNet state-dict loader over the
-    shared tensors; the last few are kept by weight identity, so each is built once."""
+def model_from_state_dict(kind, keys, tensors, identity, keep_alive):
+    """A ComfyUI MODEL or CLIP (`kind`) for a native comfyrs one, built by ComfyUI's own
+    state-dict loaders (a MODEL over the shared tensors; a CLIP's loader copies them into its
+    text encoders); the last few are kept by weight identity, so each is built once."""
     m = _NATIVE_MODELS.get(identity)
     if m is not None:
         return m
     import comfy.sd
+    import torch
     sd = dict(zip(keys, tensors))
-    loader = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
-    m = loader(sd)
-    if m is None:
-        raise RuntimeError("ComfyUI could not detect the model type of this native comfyrs MODEL")
+    if kind == "CLIP":
+        with torch.inference_mode():  # as nodes run: building initializes parameters in place
+            m = _clip_from_state_dict(sd)
+    else:
+        loader = getattr(comfy.sd, "load_diffusion_model_state_dict", None) or comfy.sd.load_unet_state_dict
+        m = loader(sd)
+        if m is None:
+            raise RuntimeError("ComfyUI could not detect the model type of this native comfyrs MODEL")
     m._comfyrs_keep_alive = keep_alive  # the native model whose memory the tensors may view
     _NATIVE_MODELS[identity] = m
     while len(_NATIVE_MODELS) > 2:
         _NATIVE_MODELS.pop(next(iter(_NATIVE_MODELS)))
     return m
+
+
+def _clip_from_state_dict(sd):
+    """An SDXL CLIP from the two text encoders in ComfyUI's own key layout (`clip_l.…`,
+    `clip_g.…`): split into one state dict per encoder, as the text-encoder loaders take them."""
+    import comfy.sd
+    import folder_paths
+    parts = {"clip_l.": {}, "clip_g.": {}}
+    for k, t in sd.items():
+        for prefix, part in parts.items():
+            if k.startswith(prefix):
+                rest = k[len(prefix):]
+                part[rest[len("transformer."):] if rest.startswith("transformer.") else rest] = t
+    state_dicts = [parts["clip_l."], parts["clip_g."]]
+    emb = folder_paths.get_folder_paths("embeddings")
+    load = getattr(comfy.sd, "load_text_encoder_state_dicts", None)
+    if load is not None:
+        return load(state_dicts=state_dicts, embedding_directory=emb)
+    # ComfyUI before the state-dict loader: what its file loader does after reading two files.
+    import comfy.sdxl_clip
+
+    class Target:
+        params = {}
+        clip = comfy.sdxl_clip.SDXLClipModel
+        tokenizer = comfy.sdxl_clip.SDXLTokenizer
+
+    clip = comfy.sd.CLIP(Target(), embedding_directory=emb)
+    for part in state_dicts:
+        missing, _ = clip.load_sd(part)
+        if missing:
+            logging.warning("comfyrs: native CLIP missing keys: %s", missing)
+    return clip

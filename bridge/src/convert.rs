@@ -80,12 +80,16 @@ pub fn tensor_to_py<'py>(py: Python<'py>, t: &tch::Tensor) -> PyResult<Bound<'py
 /// [`Bridge::add_tensor_extractor`](crate::Bridge::add_tensor_extractor).
 pub type TensorExtractor = fn(&dyn Opaque) -> Option<tch::Tensor>;
 
-/// A hook for native MODEL handles that Python nodes may consume: the UNet state dict a native
-/// value stands for (keys without `diffusion_model.`, tensors shared) and an identity of those
-/// weights. The bridge builds a ComfyUI MODEL from it with ComfyUI's own state-dict loader
-/// (kept per identity, so a model is built once). See
+/// A hook for native MODEL and CLIP handles that Python nodes may consume: the ComfyUI type the
+/// value stands for (`"MODEL"` or `"CLIP"`), its state dict (a UNet's keys without
+/// `diffusion_model.`; a CLIP's `clip_l.…` and `clip_g.…` keys; tensors shared) and an identity of
+/// those weights. The bridge builds the ComfyUI object from it with ComfyUI's own state-dict
+/// loaders (kept per identity, so each is built once). See
 /// [`Bridge::add_model_extractor`](crate::Bridge::add_model_extractor).
-pub type ModelExtractor = fn(&dyn Opaque) -> Option<(indexmap::IndexMap<String, tch::Tensor>, [u8; 32])>;
+pub type ModelExtractor = fn(&dyn Opaque) -> Option<NativeWeights>;
+
+/// What a [`ModelExtractor`] returns: ComfyUI type, state dict, identity.
+pub type NativeWeights = (&'static str, indexmap::IndexMap<String, tch::Tensor>, [u8; 32]);
 
 /// The extractors added to one bridge, tried in the order they were added.
 #[derive(Default)]
@@ -109,7 +113,7 @@ impl Extractors {
         fs.iter().find_map(|f| f(h))
     }
 
-    fn model(&self, h: &dyn Opaque) -> Option<(indexmap::IndexMap<String, tch::Tensor>, [u8; 32])> {
+    fn model(&self, h: &dyn Opaque) -> Option<NativeWeights> {
         let fs = self.model.read().unwrap_or_else(|p| p.into_inner()).clone();
         fs.iter().find_map(|f| f(h))
     }
@@ -135,11 +139,11 @@ pub fn named_tensors_to_py<'py, 'a>(
 }
 
 fn native_model_to_py<'py>(py: Python<'py>, shared: &Shared, h: &Arc<dyn Opaque>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let Some((sd, identity)) = shared.extractors.model(h.as_ref()) else { return Ok(None) };
+    let Some((kind, sd, identity)) = shared.extractors.model(h.as_ref()) else { return Ok(None) };
     let (keys, tensors) = named_tensors_to_py(py, sd.iter().map(|(k, t)| (k.as_str(), t)))?;
     let hex: String = identity.iter().map(|b| format!("{b:02x}")).collect();
     let keep = Py::new(py, KeepAlive(h.clone()))?;
-    Ok(Some(shared.host(py).call_method1("model_from_state_dict", (keys, tensors, hex, keep))?))
+    Ok(Some(shared.host(py).call_method1("model_from_state_dict", (kind, keys, tensors, hex, keep))?))
 }
 
 /// A runtime value as a Python object: ints stay ints, floats floats, JSON becomes dicts and

@@ -44,7 +44,7 @@ pub mod model;
 mod node;
 mod records;
 
-pub use convert::{json_to_py, object_value, py_to_tensor, tensor_to_py, ModelExtractor, PyHandle, TensorExtractor};
+pub use convert::{json_to_py, object_value, py_to_tensor, tensor_to_py, ModelExtractor, NativeWeights, PyHandle, TensorExtractor};
 pub use error::{BridgeError, RecordError, SchemaError};
 pub use lazy::{register_cached, LazyNode, Launcher};
 pub use node::PyNode;
@@ -227,9 +227,10 @@ impl Bridge {
         self.inner.shared.extractors.add_tensor(f);
     }
 
-    /// Lets Python nodes consume a kind of native MODEL: `f` returns the UNet state dict a native
-    /// handle stands for and an identity of those weights; the bridge builds a ComfyUI MODEL from
-    /// it (once per identity). The binary adds the WIDEN pack's `native_model_weights`.
+    /// Lets Python nodes consume a kind of native MODEL or CLIP: `f` returns the ComfyUI type and
+    /// state dict a native handle stands for and an identity of those weights; the bridge builds
+    /// the ComfyUI object from it (once per identity). The binary adds the WIDEN pack's
+    /// `native_model_weights`.
     pub fn add_model_extractor(&self, f: ModelExtractor) {
         self.inner.shared.extractors.add_model(f);
     }

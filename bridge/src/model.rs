@@ -1,5 +1,6 @@
-//! The MODEL handoff: a ComfyUI MODEL's diffusion weights as tch tensors (shared, no copy), and
-//! a clone of it with merged weights installed as patches. Plain functions, so the crate that
+//! The MODEL and CLIP handoff: a ComfyUI MODEL's diffusion weights, or a CLIP's SDXL text
+//! encoders, as tch tensors (shared, no copy), and a clone of it with merged weights installed as
+//! patches. Plain functions, so the crate that
 //! links both the bridge and the WIDEN pack wires them:
 //!
 //! ```ignore
@@ -23,8 +24,9 @@ use comfyrs_runtime::Value;
 use crate::convert::{named_tensors_to_py, object_value_in, py_to_tensor, PyHandle};
 use crate::{format_py_err, Bridge, BridgeError, Shared};
 
-/// A Python MODEL's diffusion weights, keys `diffusion_model.…`.
-pub type Weights = (IndexMap<String, tch::Tensor>, [u8; 32], String);
+/// A Python MODEL's or CLIP's weights: its ComfyUI type (`"MODEL"` or `"CLIP"`), the tensors
+/// by ComfyUI's keys (`diffusion_model.…`; `clip_l.…` and `clip_g.…`), their identity and a name.
+pub type Weights = (&'static str, IndexMap<String, tch::Tensor>, [u8; 32], String);
 
 fn python_model(v: &Value) -> Option<(Bridge, Value)> {
     let Value::Handle(h) = v else { return None };
@@ -48,9 +50,9 @@ fn with_object<R: Send>(
     })?
 }
 
-/// The diffusion weights of a Python MODEL (a ModelPatcher) as tensors over the same storage.
-/// `None` when `v` is not a Python value or not a ModelPatcher over a diffusion model. Weights
-/// the patcher has patches for are computed (those alone are copies).
+/// The weights of a Python MODEL (a ModelPatcher over a diffusion model: its UNet) or CLIP (its
+/// SDXL text encoders) as tensors over the same storage. `None` when `v` is neither. Weights the
+/// patcher has patches for are computed (those alone are copies).
 pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
     let (bridge, v) = python_model(v)?;
     let r = with_object(&bridge, v, |_py, _shared, host, obj| -> PyResult<Option<Weights>> {
@@ -58,7 +60,8 @@ pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
         if r.is_none() {
             return Ok(None);
         }
-        let (keys, tensors, ident, name): (Vec<String>, Vec<Bound<'_, PyAny>>, String, String) = r.extract()?;
+        let (kind, keys, tensors, ident, name): (String, Vec<String>, Vec<Bound<'_, PyAny>>, String, String) = r.extract()?;
+        let kind = if kind == "CLIP" { "CLIP" } else { "MODEL" };
         let mut map = IndexMap::with_capacity(keys.len());
         for (k, t) in keys.into_iter().zip(tensors) {
             let t = py_to_tensor(&t)?.ok_or_else(|| pyo3::exceptions::PyTypeError::new_err(format!("{k} is not a tensor")))?;
@@ -67,7 +70,7 @@ pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
         let mut h = blake3::Hasher::new();
         h.update(b"comfyui-model");
         h.update(ident.as_bytes());
-        Ok(Some((map, *h.finalize().as_bytes(), name)))
+        Ok(Some((kind, map, *h.finalize().as_bytes(), name)))
     });
     match r {
         Ok(None) => None,
@@ -83,16 +86,21 @@ pub fn prepare(v: &Value) -> Result<(), String> {
     with_object(&bridge, v, |_py, _shared, host, obj| host.call_method1("model_prepare", (obj,)).map(|_| ())).map_err(|e| e.to_string())
 }
 
-/// A clone of the Python MODEL `v` with `merged` (host keys, CPU tensors, shared with Python, not
-/// copied) installed as patches replacing those weights ("set" patches where this ComfyUI has
-/// them; else "diff" patches with strength_model 0, which do the same).
+/// A clone of the Python MODEL or CLIP `v` with `merged` (its keys, CPU tensors, shared with
+/// Python, not copied) installed as patches replacing those weights ("set" patches where this
+/// ComfyUI has them; else "diff" patches with strength_model 0, which do the same).
 pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String> {
     let (bridge, v) = python_model(v).ok_or_else(|| "the MODEL is not a Python object".to_string())?;
+    // The clone is of the origin's type (a MODEL or a CLIP).
+    let kind = match &v {
+        Value::Handle(h) => h.type_name().to_string(),
+        _ => unreachable!("python_model accepts handles only"),
+    };
     let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
     with_object(&bridge, v, move |py, shared, host, obj| {
         let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
         let m = host.call_method1("model_with_weights", (obj, keys, tensors))?;
-        object_value_in(py, shared, &m, "MODEL")
+        object_value_in(py, shared, &m, &kind)
     })
     .map_err(|e| e.to_string())
 }

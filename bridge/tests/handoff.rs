@@ -177,7 +177,7 @@ fn saving_a_merge_of_a_comfyui_model_writes_every_weight() {
     let bridge = &e.bridge;
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
     let model = comfyui_model(Path::new(&path), None);
-    let (weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+    let (_, weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
     // ComfyUI's own checkpoint loader reads the saved file.
     let file = saved.to_string_lossy().into_owned();
     let loaded: bool = bridge
@@ -205,13 +205,14 @@ fn handoff_shares_storage_both_ways() {
     let e = env();
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
     let model = comfyui_model(Path::new(&path), None);
-    let (weights, id1, name) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+    let (kind, weights, id1, name) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+    assert_eq!(kind, "MODEL");
     assert!(name.starts_with("ModelPatcher"), "{name}");
     let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
     let w = weights.get(key).unwrap_or_else(|| panic!("{key} missing: {:?}", weights.keys().take(5).collect::<Vec<_>>()));
     assert!(weights.keys().all(|k| k.starts_with("diffusion_model.")));
     assert_eq!(comfyrs_nodes::arch::detect_base_arch(weights.keys().map(|k| k.as_str())), Some(comfyrs_nodes::arch::Arch::Sdxl));
-    let (_, id2, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
+    let (_, _, id2, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
     assert_eq!(id1, id2, "same model, same identity");
 
     let ptrs = |v: &Value, k: &str| -> HashMap<&'static str, i64> {
@@ -277,7 +278,7 @@ fn handoff_keeps_low_precision_storage() {
     for (dtype, kind) in [("float16", tch::Kind::Half), ("bfloat16", tch::Kind::BFloat16), ("float8_e4m3fn", tch::Kind::Float8e4m3fn)] {
         let bridge = &e.bridge;
         let model = comfyui_model(Path::new(&path), Some(dtype));
-        let (weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
+        let (_, weights, _, _) = comfyrs_bridge::model::state_dict(&model).expect("a ModelPatcher").unwrap();
         let w = &weights[key];
         assert_eq!(w.kind(), kind, "{dtype}: Entry sees the stored dtype");
         let k = key.to_string();
@@ -346,4 +347,182 @@ fn native_model_feeds_a_python_sampler() {
 
 fn p_seed(prompt: &mut Json, seed: u64) {
     prompt["3"]["inputs"]["seed"] = json!(seed);
+}
+
+/// The test SDXL CLIP's weights (TestSDXLCLIP, seed 1) as a file in ComfyUI's own key layout, in
+/// float16 as the CLIP holds them, under `checkpoints`; and a small kohya-named LoRA on both text
+/// encoders under `loras`. Written once per scratch folder. Returns (checkpoint, LoRA) names.
+fn sdxl_clip_files() -> (&'static str, &'static str) {
+    const CKPT: &str = "comfyrs-test-sdxl-clip-v1.safetensors";
+    const LORA: &str = "comfyrs-test-sdxl-clip-lora-v1.safetensors";
+    let e = env();
+    let ckpt = e.models.join("checkpoints").join(CKPT).to_string_lossy().into_owned();
+    let lora = e.models.join("loras").join(LORA).to_string_lossy().into_owned();
+    e.bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new(
+                r#"
+def write(ckpt, lora):
+    import os, torch, nodes, safetensors.torch
+    def save(sd, path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        safetensors.torch.save_file(sd, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    if not os.path.exists(ckpt):
+        clip = nodes.NODE_CLASS_MAPPINGS["TestSDXLCLIP"]().run(1)[0]
+        sd = clip.cond_stage_model.state_dict()
+        save({k: v.contiguous() for k, v in sd.items() if k.startswith(("clip_l.", "clip_g.")) and v.is_floating_point()}, ckpt)
+    if not os.path.exists(lora):
+        g = torch.Generator().manual_seed(7)
+        sd = {}
+        for name, out, inp in (("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768, 768),
+                               ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj", 1280, 1280),
+                               ("lora_te2_text_model_encoder_layers_1_mlp_fc1", 5120, 1280)):
+            rank = 4
+            sd[name + ".lora_down.weight"] = (torch.rand(rank, inp, generator=g) - 0.5) * 0.2
+            sd[name + ".lora_up.weight"] = (torch.rand(out, rank, generator=g) - 0.5) * 0.2
+            sd[name + ".alpha"] = torch.tensor(float(rank))
+        save(sd, lora)
+"#,
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"clip_files.py", c"clip_files").unwrap();
+            m.getattr("write").unwrap().call1((ckpt, lora)).unwrap();
+        })
+        .unwrap();
+    (CKPT, LORA)
+}
+
+/// A ComfyUI CLIP made by the test pack's TestSDXLCLIP node.
+fn comfyui_clip(seed: u64) -> Value {
+    let bridge = &env().bridge;
+    bridge
+        .with_python(move |py| -> Result<Value, String> {
+            use pyo3::types::PyAnyMethods;
+            let nodes = py.import("nodes").map_err(|e| e.to_string())?;
+            let class = nodes.getattr("NODE_CLASS_MAPPINGS").and_then(|m| m.get_item("TestSDXLCLIP")).map_err(|e| e.to_string())?;
+            let clip = class.call0().and_then(|n| n.call_method1("run", (seed,))).and_then(|r| r.get_item(0)).map_err(|e| e.to_string())?;
+            bridge.object_value(py, &clip, "CLIP").map_err(|e| e.to_string())
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// The CLIP handoff itself: Entry's tensors are the text encoders' parameters (same storage, both
+/// encoders, nothing else), and the Exit's CLIP is a clone whose patches hold the merged tensors.
+#[test]
+fn clip_handoff_shares_storage_both_ways() {
+    let _lock = support::shared();
+    let e = env();
+    let clip = comfyui_clip(3);
+    let (kind, weights, _, name) = comfyrs_bridge::model::state_dict(&clip).expect("a CLIP").unwrap();
+    assert_eq!(kind, "CLIP", "{name}");
+    assert!(weights.keys().all(|k| k.starts_with("clip_l.") || k.starts_with("clip_g.")), "{:?}", weights.keys().take(5).collect::<Vec<_>>());
+    assert_eq!(comfyrs_nodes::arch::detect_clip_arch(weights.keys().map(|k| k.as_str())), Some(comfyrs_nodes::arch::Arch::SdxlClip));
+    let key = "clip_g.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight";
+    let w = &weights[key];
+    assert_eq!(w.size(), [1280, 1280]);
+
+    let ptrs = |v: &Value, k: &str| -> HashMap<&'static str, i64> {
+        let k = k.to_string();
+        let v = v.clone();
+        e.bridge
+            .with_python(move |py| {
+                use pyo3::types::PyAnyMethods;
+                let Value::Handle(h) = &v else { panic!() };
+                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let param = obj.getattr("cond_stage_model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap();
+                let mut m = HashMap::new();
+                m.insert("param", param.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
+                if let Ok(p) = obj.getattr("patcher").and_then(|p| p.getattr("patches")).and_then(|p| p.get_item(&k)) {
+                    let v = p.get_item(-1).unwrap().get_item(1).unwrap();
+                    let t = if v.len().unwrap() == 2 { v.get_item(1).unwrap().get_item(0).unwrap() } else { v.get_item(0).unwrap() };
+                    m.insert("patch", t.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
+                }
+                m
+            })
+            .unwrap()
+    };
+    assert_eq!(ptrs(&clip, key)["param"], w.data_ptr() as i64, "Entry's tensor is the parameter itself");
+
+    let merged_t = (w * 2.0f64).contiguous();
+    let mut merged = indexmap::IndexMap::new();
+    merged.insert(key.to_string(), merged_t.shallow_clone());
+    let out = comfyrs_bridge::model::with_weights(&clip, &merged).unwrap();
+    let Value::Handle(h) = &out else { panic!("{out:?}") };
+    assert_eq!(h.type_name(), "CLIP");
+    let p = ptrs(&out, key);
+    assert_eq!(p["patch"], merged_t.data_ptr() as i64, "the patch is the merged tensor itself");
+    assert_eq!(p["param"], w.data_ptr() as i64, "the clone shares the base text encoders");
+}
+
+fn clip_merge_prompt(ckpt: &str, lora: &str, t_factor: f64) -> Json {
+    let encode = |clip: Json| json!({"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": clip}});
+    let digest = |cond: &str| json!({"class_type": "TestCondDigest", "inputs": {"conditioning": [cond, 0]}});
+    json!({
+        // A ComfyUI CLIP, merged: Entry → Merge → Exit → CLIPTextEncode.
+        "1": {"class_type": "TestSDXLCLIP", "inputs": {"seed": 1}},
+        "2": {"class_type": "WIDENCLIPEntry", "inputs": {"clip": ["1", 0]}},
+        "3": {"class_type": "WIDENCLIPLoRA", "inputs": {"lora_name": lora, "strength": 1.0}},
+        "4": {"class_type": "WIDENCLIPMerge", "inputs": {"base": ["2", 0], "target": ["3", 0], "t_factor": t_factor}},
+        "5": {"class_type": "WIDENCLIPExit", "inputs": {"widen_clip": ["4", 0]}},
+        "6": encode(json!(["5", 0])), "7": digest("6"),
+        // The same CLIP unmerged.
+        "8": encode(json!(["1", 0])), "9": digest("8"),
+        // Its weights from a file, as a native CLIP: unmerged, and merged the same way.
+        "10": {"class_type": "WIDENCLIPBaseInput", "inputs": {"ckpt_name": ckpt}},
+        "11": encode(json!(["10", 1])), "12": digest("11"),
+        "13": {"class_type": "WIDENCLIPMerge", "inputs": {"base": ["10", 0], "target": ["3", 0], "t_factor": t_factor}},
+        "14": {"class_type": "WIDENCLIPExit", "inputs": {"widen_clip": ["13", 0]}},
+        "15": encode(json!(["14", 0])), "16": digest("15")
+    })
+}
+
+/// CLIP merges hand back a CLIP that ComfyUI's CLIPTextEncode uses, both from a ComfyUI CLIP
+/// (a clone with the merged weights as patches) and from a native one (built by ComfyUI's text
+/// encoder loader): the same merge encodes the same, and a native CLIP encodes as the ComfyUI
+/// CLIP it was saved from.
+#[test]
+fn clip_merges_hand_back_a_clip() {
+    let _lock = support::shared();
+    let (ckpt, lora) = sdxl_clip_files();
+    let mut exec = Executor::new(CacheMode::Lru, 16 << 30);
+    let d = |r: &RunReport, id: &str| r.outputs[id]["digest"][0].as_str().unwrap_or_else(|| panic!("{id}: {:?}", r.outputs.get(id))).to_string();
+    let r1 = run_prompt(&mut exec, clip_merge_prompt(ckpt, lora, 1.0));
+    assert!(r1.success(), "{:?}", r1.errors);
+    let widen = &r1.outputs["5"]["widen"][0];
+    assert_eq!(widen["keys"].as_u64(), Some(3), "{widen}");
+    assert_eq!(d(&r1, "12"), d(&r1, "9"), "a native CLIP encodes as the ComfyUI CLIP its weights came from");
+    assert_ne!(d(&r1, "7"), d(&r1, "9"), "the merged CLIP encodes differently");
+    assert_eq!(d(&r1, "7"), d(&r1, "16"), "merging the ComfyUI CLIP and the native one agree");
+
+    // Only t_factor changed: the merges, their Exits and what encodes with them.
+    let r2 = run_prompt(&mut exec, clip_merge_prompt(ckpt, lora, 0.5));
+    assert!(r2.success(), "{:?}", r2.errors);
+    assert_eq!(sorted(r2.executed()), ids(&["4", "5", "6", "7", "13", "14", "15", "16"]));
+    assert_ne!(d(&r2, "7"), d(&r1, "7"));
+    assert_eq!(d(&r2, "7"), d(&r2, "16"));
+}
+
+/// A ComfyUI CLIP other than SDXL's (the tiny SD1.5 checkpoint's: CLIP-L alone) is refused by
+/// the CLIP Entry with the reference's message.
+#[test]
+fn clip_entry_refuses_a_clip_that_is_not_sdxl() {
+    let _lock = support::shared();
+    let e = env();
+    let mut exec = Executor::new(CacheMode::Lru, 8 << 30);
+    let r = run_prompt(
+        &mut exec,
+        json!({
+            "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": e.ckpt}},
+            "2": {"class_type": "WIDENCLIPEntry", "inputs": {"clip": ["4", 1]}},
+            "3": {"class_type": "WIDENCLIPExit", "inputs": {"widen_clip": ["2", 0]}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["3", 0]}},
+            "7": {"class_type": "TestCondDigest", "inputs": {"conditioning": ["6", 0]}}
+        }),
+    );
+    assert!(!r.success());
+    let msg = format!("{:?}", r.errors);
+    assert!(msg.contains("Only SDXL CLIP merging is supported in v1. Detected CLIP architecture is not SDXL"), "{msg}");
 }

@@ -197,42 +197,54 @@ pub fn merge_recipe(
     }))
 }
 
-/// WIDEN Entry / CLIP Entry on a native model handle, or on a foreign MODEL that `foreign` (the
-/// engine's provider) can read.
+/// WIDEN Entry / CLIP Entry on a native model handle, or on a foreign MODEL or CLIP that `foreign`
+/// (the engine's provider) can read.
 pub fn entry_recipe(value: Option<&Value>, domain: RecipeDomain, foreign: Option<&dyn crate::recipe::foreign::ForeignModels>) -> Result<Recipe, PackError> {
-    let what = match domain {
-        RecipeDomain::Diffusion => "MODEL",
-        RecipeDomain::Clip => "CLIP",
+    let (what, node) = match domain {
+        RecipeDomain::Diffusion => ("MODEL", "WIDEN Entry"),
+        RecipeDomain::Clip => ("CLIP", "WIDEN CLIP Entry"),
     };
-    // A foreign (ComfyUI) MODEL: its weights, shared, become a base.
-    if domain == RecipeDomain::Diffusion {
-        if let Some(v) = value.filter(|v| v.as_handle::<NativeModel>().is_none()) {
-            if let Some(state) = foreign.and_then(|p| p.state_dict(v)) {
-                let state = state.map_err(|e| PackError::runtime(format!("WIDEN Entry: reading the MODEL's weights failed: {e}")))?;
-                let model = NativeModel::foreign(v.clone(), state)?;
-                return Ok(RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain, model }));
+    // A foreign (ComfyUI) MODEL or CLIP: its weights, shared, become a base.
+    if let Some(v) = value.filter(|v| v.as_handle::<NativeModel>().is_none()) {
+        if let Some(state) = foreign.and_then(|p| p.state_dict(v)) {
+            let state = state.map_err(|e| PackError::runtime(format!("{node}: reading the {what}'s weights failed: {e}")))?;
+            if state.domain != domain {
+                return Err(wrong_domain(node, domain, state.tensors.keys().map(|k| k.as_str())));
             }
+            let model = NativeModel::foreign(v.clone(), state)?;
+            return Ok(RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain, model }));
         }
     }
     let Some(model) = value.and_then(|v| v.as_handle::<NativeModel>()) else {
         return Err(PackError::type_error(format!(
-            "WIDEN {}Entry got a {what} that is not a native comfyrs model ({}); merging a ComfyUI {what} \
-             needs the Python bridge. For a headless merge, load the base with WIDENBaseInput instead.",
-            if domain == RecipeDomain::Clip { "CLIP " } else { "" },
-            value.map(|v| v.kind().to_string()).unwrap_or_else(|| "nothing".into())
+            "{node} got a {what} that is not a native comfyrs model ({}); merging a ComfyUI {what} \
+             needs the Python bridge. For a headless merge, load the base with WIDEN{}BaseInput instead.",
+            value.map(|v| v.kind().to_string()).unwrap_or_else(|| "nothing".into()),
+            if domain == RecipeDomain::Clip { "CLIP" } else { "" },
         )));
     };
     if model.domain() != domain {
-        return Err(match domain {
-            RecipeDomain::Clip => PackError::value(
-                "Only SDXL CLIP merging is supported in v1. Detected CLIP architecture is not SDXL (requires both clip_l and clip_g encoders).",
-            ),
-            RecipeDomain::Diffusion => crate::pack::model::unsupported_arch(model.keys()),
-        });
+        return Err(wrong_domain(node, domain, model.keys()));
     }
     // The handle is shared, not copied: the recipe keeps the same model.
     let model = find_arc(value.unwrap());
     Ok(RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain, model }))
+}
+
+/// A MODEL given to the CLIP Entry, or a CLIP to the Entry: the reference's architecture error
+/// for those keys, and what to connect instead.
+fn wrong_domain<'a>(node: &str, domain: RecipeDomain, keys: impl Iterator<Item = &'a str>) -> PackError {
+    let (error, hint) = match domain {
+        RecipeDomain::Clip => (
+            crate::recipe::model::not_sdxl_clip(),
+            "it got a MODEL; connect a CLIP (the second output of a checkpoint loader)",
+        ),
+        RecipeDomain::Diffusion => (
+            crate::pack::model::unsupported_arch(keys),
+            "it got a CLIP; connect a MODEL (CLIPs are merged from WIDEN CLIP Entry)",
+        ),
+    };
+    PackError::value(format!("{} ({node}: {hint}.)", error.message()))
 }
 
 fn find_arc(v: &Value) -> Arc<NativeModel> {
@@ -561,7 +573,7 @@ fn exit_output(c: &PackContext, r: crate::merge::ExitResult) -> Result<CallOutpu
             let p = c
                 .engine
                 .foreign_models()
-                .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL but no provider is installed"))?;
+                .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL or CLIP but no provider is installed"))?;
             let merged: indexmap::IndexMap<String, tch::Tensor> =
                 r.model.overrides().iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
             p.with_weights(origin, &merged).map_err(|e| PackError::runtime(format!("WIDEN Exit: installing the merged weights failed: {e}")))?

@@ -53,12 +53,7 @@ impl NativeModel {
         let file = CheckpointFile::open(path, cd)?;
         let arch = match domain {
             RecipeDomain::Diffusion => detect_base_arch(file.keys()).ok_or_else(|| unsupported_arch(file.keys()))?,
-            RecipeDomain::Clip => detect_clip_arch(file.keys()).ok_or_else(|| {
-                PackError::value(
-                    "Only SDXL CLIP merging is supported in v1. Detected CLIP architecture is not SDXL \
-                     (requires both clip_l and clip_g encoders).",
-                )
-            })?,
+            RecipeDomain::Clip => detect_clip_arch(file.keys()).ok_or_else(not_sdxl_clip)?,
         };
         let mut h = blake3::Hasher::new();
         h.update(b"file");
@@ -75,20 +70,25 @@ impl NativeModel {
         }))
     }
 
-    /// A base over a foreign MODEL's weights (shared, not copied); `origin` is that MODEL.
+    /// A base over a foreign MODEL's (or CLIP's) weights (shared, not copied); `origin` is that
+    /// MODEL.
     pub fn foreign(origin: Value, state: super::foreign::ForeignState) -> Result<Arc<NativeModel>, PackError> {
-        let arch = detect_base_arch(state.tensors.keys().map(|k| k.as_str()))
-            .ok_or_else(|| unsupported_arch(state.tensors.keys().map(|k| k.as_str())))?;
+        let keys = || state.tensors.keys().map(|k| k.as_str());
+        let arch = match state.domain {
+            RecipeDomain::Diffusion => detect_base_arch(keys()).ok_or_else(|| unsupported_arch(keys()))?,
+            RecipeDomain::Clip => detect_clip_arch(keys()).ok_or_else(not_sdxl_clip)?,
+        };
         let mut h = blake3::Hasher::new();
         h.update(b"foreign");
         h.update(&state.identity);
+        h.update(state.domain.name().as_bytes());
         Ok(Arc::new(NativeModel {
             source: Source::Foreign(Arc::new(ForeignBase {
                 tensors: state.tensors.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect(),
                 origin,
             })),
             arch,
-            domain: RecipeDomain::Diffusion,
+            domain: state.domain,
             overrides: IndexMap::new(),
             identity: *h.finalize().as_bytes(),
             name: state.name,
@@ -239,20 +239,37 @@ impl NativeModel {
     }
 }
 
-/// A native diffusion MODEL's weights for a foreign runtime (the bridge's model extractor):
-/// UNet keys without `diffusion_model.`, tensors shared (views of the file or the merged
-/// tensors), and the weights' identity. `None` for other values.
-pub fn native_model_weights(h: &dyn comfyrs_runtime::value::Opaque) -> Option<(IndexMap<String, tch::Tensor>, [u8; 32])> {
+/// A native MODEL's or CLIP's weights for a foreign runtime (the bridge's model extractor): the
+/// ComfyUI type it stands for, its state dict (UNet keys without `diffusion_model.`; the SDXL
+/// text encoders' `clip_l.…` and `clip_g.…` keys, ComfyUI's own), tensors shared (views of the
+/// file or the merged tensors), and the weights' identity. `None` for other values.
+pub fn native_model_weights(h: &dyn comfyrs_runtime::value::Opaque) -> Option<(&'static str, IndexMap<String, tch::Tensor>, [u8; 32])> {
     let m = h.as_any().downcast_ref::<NativeModel>()?;
-    if m.domain != RecipeDomain::Diffusion || m.foreign_origin().is_some() {
+    if m.foreign_origin().is_some() {
         return None;
     }
     let mut sd = IndexMap::new();
     for k in m.keys() {
         let t = m.tensor(k).ok()?;
-        sd.insert(k.strip_prefix("diffusion_model.").unwrap_or(k).to_string(), t.shallow_clone());
+        let key = match m.domain {
+            RecipeDomain::Diffusion => k.strip_prefix("diffusion_model.").unwrap_or(k),
+            RecipeDomain::Clip => k,
+        };
+        sd.insert(key.to_string(), t.shallow_clone());
     }
-    Some((sd, *m.identity()))
+    let kind = match m.domain {
+        RecipeDomain::Diffusion => "MODEL",
+        RecipeDomain::Clip => "CLIP",
+    };
+    Some((kind, sd, *m.identity()))
+}
+
+/// The one CLIP architecture WIDEN merges.
+pub(crate) fn not_sdxl_clip() -> PackError {
+    PackError::value(
+        "Only SDXL CLIP merging is supported in v1. Detected CLIP architecture is not SDXL (requires both \
+         clip_l and clip_g encoders).",
+    )
 }
 
 pub(crate) fn unsupported_arch<'a>(keys: impl Iterator<Item = &'a str>) -> PackError {

@@ -163,7 +163,11 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let base_node = validate(root, opts.domain)?;
     let RecipeKind::Base { model: base_model, .. } = &base_node.kind else { unreachable!() };
     if let (Some(origin), Some(p)) = (base_model.foreign_origin(), engine.foreign_models()) {
-        p.prepare(origin).map_err(|e| PackError::runtime(format!("WIDEN Exit: preparing the base MODEL failed: {e}")))?;
+        let (node, what) = match opts.domain {
+            RecipeDomain::Diffusion => ("WIDEN Exit", "MODEL"),
+            RecipeDomain::Clip => ("WIDEN CLIP Exit", "CLIP"),
+        };
+        p.prepare(origin).map_err(|e| PackError::runtime(format!("{node}: preparing the base {what} failed: {e}")))?;
     }
     let device = engine.device();
     let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };

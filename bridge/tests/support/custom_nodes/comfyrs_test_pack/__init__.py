@@ -321,8 +321,69 @@ class TestBlocker:
         return (samples,)
 
 
+class TestSDXLCLIP:
+    """A random-weight SDXL CLIP: ComfyUI's own SDXL text encoders (clip_l and clip_g at their
+    real widths), every parameter filled from `seed` with values float16 holds exactly."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "run"
+    CATEGORY = "comfyrs/test"
+
+    def run(self, seed):
+        import torch
+        import comfy.sd
+        import comfy.sdxl_clip
+
+        class Target:
+            params = {}
+            clip = comfy.sdxl_clip.SDXLClipModel
+            tokenizer = comfy.sdxl_clip.SDXLTokenizer
+
+        with torch.no_grad():  # as ComfyUI's executor runs nodes (this may be called directly)
+            clip = comfy.sd.CLIP(Target())
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in clip.cond_stage_model.state_dict(keep_vars=True).items():
+                if not p.is_floating_point():
+                    continue
+                leaf = name.rsplit(".", 1)[-1]
+                if leaf == "logit_scale":
+                    v = torch.full(p.shape, 4.6)
+                elif "norm" in name:
+                    v = torch.full(p.shape, 1.0 if leaf == "weight" else 0.0)
+                else:
+                    # Uniform with standard deviation 1/sqrt(fan_in) (0.01 for biases).
+                    std = 0.01 if p.dim() < 2 else p.shape[-1] ** -0.5
+                    v = (torch.rand(p.shape, generator=g) * 2 - 1) * (std * 3 ** 0.5)
+                p.copy_(v.half())
+        return (clip,)
+
+
+class TestCondDigest:
+    """Output node: sha256 of a CONDITIONING's first tensor and pooled output (float32 bytes),
+    and the first tensor's mean absolute value."""
+    @classmethod
+    def INPUT_TYPES(s):
+        return {"required": {"conditioning": ("CONDITIONING",)}}
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    CATEGORY = "comfyrs/test"
+
+    def run(self, conditioning):
+        import torch
+        cond, extra = conditioning[0][0], conditioning[0][1]
+        h = hashlib.sha256(cond.to(torch.float32).contiguous().numpy().tobytes())
+        pooled = extra.get("pooled_output")
+        if pooled is not None:
+            h.update(pooled.to(torch.float32).contiguous().numpy().tobytes())
+        return {"ui": {"digest": [h.hexdigest()], "mean_abs": [float(cond.float().abs().mean())]}}
+
+
 NODE_CLASS_MAPPINGS = {c.__name__: c for c in (
     TestRaise, TestLatentDigest, TestTypes, TestHidden, TestChanged, TestChangedById, TestRendezvous, TestChangedRaises,
     TestBadSchema, TestValidate, TestAsyncValidate, TestLazy, TestConst, TestListOut, TestListIn, TestProgress,
-    TestExit, TestBlocker)}
+    TestExit, TestBlocker, TestSDXLCLIP, TestCondDigest)}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestLatentDigest": "Latent digest (comfyrs test)"}
