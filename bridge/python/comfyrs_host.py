@@ -1311,7 +1311,10 @@ def model_from_state_dict(kind, keys, tensors, identity, keep_alive):
         m = loader(sd)
         if m is None:
             raise RuntimeError("ComfyUI could not detect the model type of this native comfyrs MODEL")
-    m._comfyrs_keep_alive = keep_alive  # the native model whose memory the tensors may view
+    # The native model whose memory the tensors may view, kept by what every clone shares (a
+    # MODEL's module; a CLIP's text encoders, though its loader copied the weights).
+    shared = getattr(m, "model", None) if kind != "CLIP" else getattr(m, "cond_stage_model", None)
+    (shared if shared is not None else m)._comfyrs_keep_alive = keep_alive
     _NATIVE_MODELS[identity] = m
     while len(_NATIVE_MODELS) > 2:
         _NATIVE_MODELS.pop(next(iter(_NATIVE_MODELS)))

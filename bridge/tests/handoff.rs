@@ -165,10 +165,20 @@ fn saving_a_merge_of_a_comfyui_model_writes_every_weight() {
     let r = run_prompt(&mut exec, p.clone());
     assert!(r.success(), "{:?}", r.errors);
     let saved = e.models.join("checkpoints").join(&name);
+    assert_eq!(r.outputs["23"]["widen"][0]["reused_saved_file"], json!(false), "{:?}", r.outputs["23"]);
     // The same recipe from a freshly loaded MODEL (a fresh executor, so the Exit runs again):
-    // the file it saved before is replaced (a ComfyUI MODEL's identity is the loaded object's).
-    let again = run_prompt(&mut Executor::new(CacheMode::Lru, 8 << 30), p);
+    // the saved file is reused (the base's identity comes from its weights, not the object),
+    // and the MODEL it hands back samples as the merge did.
+    let again = run_prompt(&mut Executor::new(CacheMode::Lru, 8 << 30), p.clone());
     assert!(again.success(), "{:?}", again.errors);
+    assert_eq!(again.outputs["23"]["widen"][0]["reused_saved_file"], json!(true), "{:?}", again.outputs["23"]);
+    assert_eq!(digest(&again), digest(&r), "the reused merge samples as the computed one");
+    // Another LoRA strength: another recipe, computed and saved over the file.
+    p["21"]["inputs"]["strength"] = json!(0.5);
+    let other = run_prompt(&mut Executor::new(CacheMode::Lru, 8 << 30), p);
+    assert!(other.success(), "{:?}", other.errors);
+    assert_eq!(other.outputs["23"]["widen"][0]["reused_saved_file"], json!(false), "{:?}", other.outputs["23"]);
+    assert_ne!(digest(&other), digest(&r));
     let bytes = std::fs::read(&saved).unwrap_or_else(|err| panic!("{}: {err}", saved.display()));
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Json = serde_json::from_slice(&bytes[8..8 + n]).unwrap();

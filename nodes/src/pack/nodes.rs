@@ -574,8 +574,15 @@ fn exit_output(c: &PackContext, r: crate::merge::ExitResult) -> Result<CallOutpu
                 .engine
                 .foreign_models()
                 .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL or CLIP but no provider is installed"))?;
-            let merged: indexmap::IndexMap<String, tch::Tensor> =
-                r.model.overrides().iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+            // Python keeps the tensors as patches for as long as it likes, beyond this model:
+            // computed ones are shared (libtorch owns them), ones read from a saved file are
+            // copied out of its map, which lives only as long as this model.
+            let merged: indexmap::IndexMap<String, tch::Tensor> = r
+                .model
+                .overrides()
+                .iter()
+                .map(|(k, t)| (k.clone(), if t.file().is_some() { t.copy() } else { t.shallow_clone() }))
+                .collect();
             p.with_weights(origin, &merged).map_err(|e| PackError::runtime(format!("WIDEN Exit: installing the merged weights failed: {e}")))?
         };
         return Ok(CallOutput::values([out]).with_ui(ui));

@@ -287,7 +287,7 @@ impl RecipeNode {
                 "type": "RecipeBase",
                 "arch": arch.tag(),
                 "domain": domain.name(),
-                "base_identity": blake3::Hash::from(*model.identity()).to_hex().to_string(),
+                "base_identity": blake3::Hash::from(model.saved_identity()).to_hex().to_string(),
             }),
             RecipeKind::Lora { loras, block_config } => {
                 let entries: Vec<Json> = loras

@@ -28,6 +28,41 @@ enum Source {
 struct ForeignBase {
     tensors: IndexMap<String, MappedTensor>,
     origin: Value,
+    /// What a saved merge over this base records as its identity, computed when first asked.
+    content: OnceLock<[u8; 32]>,
+}
+
+impl ForeignBase {
+    /// blake3 over every key's name, dtype and shape and its first 64 values as f32: equal for
+    /// the same weights loaded again (in another prompt or process), unlike the loaded object's
+    /// identity, and different when a patch or a LoRA changed a key (docs/decisions.md D31).
+    fn content_identity(&self) -> [u8; 32] {
+        *self.content.get_or_init(|| {
+            let mut h = blake3::Hasher::new();
+            h.update(b"foreign-content");
+            let mut keys: Vec<&String> = self.tensors.keys().collect();
+            keys.sort();
+            for k in keys {
+                let t = &self.tensors[k];
+                h.update(format!("{k}|{:?}|{:?}\n", t.size(), t.kind()).as_bytes());
+                let head = t.flatten(0, -1);
+                let n = head.size()[0].min(64);
+                let head = head.narrow(0, 0, n).f_to_device(tch::Device::Cpu).and_then(|t| t.f_to_kind(Kind::Float));
+                match head {
+                    Ok(v) => {
+                        for x in Vec::<f32>::try_from(&v).unwrap_or_default() {
+                            h.update(&x.to_le_bytes());
+                        }
+                    }
+                    // Unreadable: an identity no other base has, so nothing saved is reused.
+                    Err(e) => {
+                        h.update(format!("unreadable {k} ({e}) of the base at {:p}", self).as_bytes());
+                    }
+                }
+            }
+            *h.finalize().as_bytes()
+        })
+    }
 }
 
 pub struct NativeModel {
@@ -86,6 +121,7 @@ impl NativeModel {
             source: Source::Foreign(Arc::new(ForeignBase {
                 tensors: state.tensors.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect(),
                 origin,
+                content: OnceLock::new(),
             })),
             arch,
             domain: state.domain,
@@ -150,6 +186,16 @@ impl NativeModel {
     /// Identity of the weights: the file's (path, size, mtime) and the recipe of any overrides.
     pub fn identity(&self) -> &[u8; 32] {
         &self.identity
+    }
+
+    /// The identity a saved merge records for this base (docs/decisions.md D31): a file's
+    /// identity, or the content of a foreign MODEL's weights (the loaded object's identity would
+    /// not survive a reload).
+    pub fn saved_identity(&self) -> [u8; 32] {
+        match &self.source {
+            Source::Foreign(f) if self.overrides.is_empty() => f.content_identity(),
+            _ => self.identity,
+        }
     }
     pub fn overrides(&self) -> &IndexMap<String, MappedTensor> {
         &self.overrides
