@@ -7,7 +7,8 @@
 # - .cargo/config.toml is generated (it holds this machine's absolute paths, so it is not
 #   committed) and points tch at the venv's libtorch and pyo3 at the venv's python.
 # - `comfyrs serve`'s web frontend (comfyui-frontend-package) goes into the venv, and Debian's
-#   chromium + chromium-driver (for the browser test) are installed with apt-get when missing.
+#   chromium + chromium-driver (for the browser test) and redis-server (for the broker tests) are
+#   installed with apt-get when missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -92,6 +93,20 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   else
     echo "setup: WARNING: chromium and chromedriver are missing and cannot be installed here (needs apt-get as root);" \
       "install Debian's chromium and chromium-driver (or put chromium and chromedriver on PATH) for tests/browser.rs" >&2
+  fi
+fi
+
+# Debian's redis-server for the scale-out tests (a real Redis on a free loopback port each; the
+# package's own service is not used). Same rules as chromium above.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing redis-server from Debian (for the broker tests)" >&2
+    apt_redis() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server >/dev/null; }
+    apt_redis || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && apt_redis; } \
+      || echo "setup: WARNING: apt-get could not install redis-server; the broker tests will fail until it is installed" >&2
+  else
+    echo "setup: WARNING: redis-server is missing and cannot be installed here (needs apt-get as root);" \
+      "install Debian's redis-server (or put redis-server on PATH) for the broker tests" >&2
   fi
 fi
 

@@ -7,6 +7,7 @@
 //! the queue removal in one transaction, so a crash at any moment loses nothing and runs
 //! nothing twice (docs/server.md).
 
+pub mod broker;
 mod control;
 mod error;
 mod guard;

@@ -1,0 +1,35 @@
+//! Key names. Everything one deployment keeps in Redis starts with its namespace, so several
+//! deployments (or test runs) can share one Redis.
+
+/// The prefix of a deployment's keys (`comfyrs` unless `--broker-namespace` says otherwise).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub const DEFAULT: &'static str = "comfyrs";
+
+    /// A namespace; `:` separates its parts from ours, so it may not end with one.
+    pub fn new(name: &str) -> Result<Namespace, String> {
+        let name = name.trim();
+        if name.is_empty() || name.ends_with(':') || name.chars().any(char::is_whitespace) {
+            return Err(format!("invalid broker namespace {name:?}: use letters, digits, '-', '_' or inner ':'"));
+        }
+        Ok(Namespace(name.to_string()))
+    }
+
+    /// The stream of prompts waiting for a worker.
+    pub fn prompts(&self) -> String {
+        format!("{}:prompts", self.0)
+    }
+
+    /// The consumer group every worker reads the prompt stream through.
+    pub fn workers_group(&self) -> &'static str {
+        "workers"
+    }
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace(Self::DEFAULT.to_string())
+    }
+}

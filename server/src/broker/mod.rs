@@ -1,0 +1,16 @@
+//! Scale-out on Redis Streams (docs/scale-out.md): the server hands accepted prompts to a stream
+//! that `comfyrs worker` processes on any number of hosts claim through one consumer group.
+//!
+//! - [`Namespace`]: the key names one deployment uses (several can share a Redis).
+//! - [`Job`]: what travels in the stream for one prompt.
+//! - [`PromptQueue`]: publish, claim, renew the lease, acknowledge, reclaim from the dead.
+
+mod error;
+mod job;
+mod keys;
+mod queue;
+
+pub use error::BrokerError;
+pub use job::Job;
+pub use keys::Namespace;
+pub use queue::{Delivery, PromptQueue, DEFAULT_LEASE};

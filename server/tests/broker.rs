@@ -1,0 +1,170 @@
+//! The prompt stream against a real redis-server (Debian's, on a free loopback port): delivery
+//! to one consumer, leases, reclaiming from a dead worker, persistence across a Redis crash.
+
+use std::time::Duration;
+
+use comfyrs_server::broker::{BrokerError, Job, Namespace, PromptQueue};
+use serde_json::json;
+
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use redis_server::RedisServer;
+
+fn job(id: &str) -> Job {
+    Job {
+        prompt_id: id.to_string(),
+        number: 1.0,
+        prompt: json!({"1": {"class_type": "X", "inputs": {}}}),
+        extra_data: json!({"client_id": "c"}),
+        outputs: vec!["1".into()],
+        sensitive: json!({}),
+        create_time: 0,
+    }
+}
+
+const LEASE: Duration = Duration::from_millis(300);
+const NO_WAIT: Duration = Duration::from_millis(1);
+
+async fn queue(redis: &RedisServer) -> PromptQueue {
+    PromptQueue::connect(&redis.url(), &Namespace::default()).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn a_claimed_and_acknowledged_prompt_leaves_the_stream() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    q.publish(&job("p1")).await.unwrap();
+    assert_eq!(q.entries().await.unwrap(), 1);
+    let d = q.claim("w1", LEASE, NO_WAIT).await.unwrap().expect("a prompt");
+    assert_eq!(d.job, job("p1"));
+    assert_eq!(d.deliveries, 1);
+    assert_eq!(q.pending().await.unwrap(), 1);
+    assert!(q.ack("w1", &d.entry).await.unwrap());
+    assert_eq!((q.entries().await.unwrap(), q.pending().await.unwrap()), (0, 0));
+    // Nothing left: a claim waits its bounded time and comes back empty.
+    assert!(q.claim("w1", LEASE, Duration::from_millis(50)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn each_prompt_goes_to_one_of_the_workers() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    for i in 0..40 {
+        q.publish(&job(&format!("p{i}"))).await.unwrap();
+    }
+    let take = |name: &'static str| {
+        let q = q.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(d) = q.claim(name, Duration::from_secs(60), Duration::from_millis(50)).await.unwrap() {
+                assert!(q.ack(name, &d.entry).await.unwrap());
+                got.push(d.job.prompt_id);
+            }
+            got
+        })
+    };
+    let (a, b, c) = (take("w1"), take("w2"), take("w3"));
+    let mut all: Vec<String> = [a.await.unwrap(), b.await.unwrap(), c.await.unwrap()].concat();
+    all.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
+    assert_eq!(all, (0..40).map(|i| format!("p{i}")).collect::<Vec<_>>(), "every prompt once");
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_reclaimed_and_the_old_owner_cannot_acknowledge() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    q.publish(&job("p1")).await.unwrap();
+    let first = q.claim("dead", LEASE, NO_WAIT).await.unwrap().unwrap();
+    // Within the lease nobody else gets it.
+    assert!(q.claim("w2", LEASE, NO_WAIT).await.unwrap().is_none());
+    tokio::time::sleep(LEASE + Duration::from_millis(150)).await;
+    let second = q.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("reclaimed");
+    assert_eq!((second.entry.as_str(), second.deliveries), (first.entry.as_str(), 2));
+    assert_eq!(second.job, first.job);
+    // The first worker (it was only slow) can neither renew nor acknowledge the new owner's run.
+    assert!(!q.renew("dead", &first.entry).await.unwrap());
+    assert!(!q.ack("dead", &first.entry).await.unwrap());
+    assert_eq!(q.pending().await.unwrap(), 1);
+    assert!(q.ack("w2", &second.entry).await.unwrap());
+    assert_eq!(q.entries().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn renewing_keeps_the_lease() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    q.publish(&job("p1")).await.unwrap();
+    let d = q.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(LEASE / 3).await;
+        assert!(q.renew("w1", &d.entry).await.unwrap());
+        assert!(q.claim("w2", LEASE, NO_WAIT).await.unwrap().is_none(), "a renewed lease is not reclaimed");
+    }
+    // Renewals stop (the worker died): the prompt moves on.
+    tokio::time::sleep(LEASE + Duration::from_millis(150)).await;
+    assert_eq!(q.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("reclaimed").job.prompt_id, "p1");
+}
+
+#[tokio::test]
+async fn published_prompts_survive_a_redis_crash_with_append_only_persistence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start_persistent(dir.path()).unwrap();
+    let q = queue(&redis).await;
+    for i in 0..3 {
+        q.publish(&job(&format!("p{i}"))).await.unwrap();
+    }
+    let claimed = q.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    redis.restart().unwrap(); // SIGKILL, then a start over the same files
+    // The same queue object reconnects by itself.
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        match q.claim("w2", LEASE, NO_WAIT).await {
+            Ok(Some(d)) => {
+                assert!(q.ack("w2", &d.entry).await.unwrap());
+                ids.push(d.job.prompt_id);
+            }
+            Ok(None) if ids.len() == 2 => break,
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) if e.is_transient() => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(ids, ["p1", "p2"]);
+    // The claim made before the crash survived too: its lease lapses, and it is reclaimed.
+    tokio::time::sleep(LEASE + Duration::from_millis(150)).await;
+    let again = q.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("the claimed prompt");
+    assert_eq!(again.job.prompt_id, claimed.job.prompt_id);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_transient_error_that_names_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let err = PromptQueue::connect(&url, &Namespace::default()).await.err().expect("nothing listens there");
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains(&url), "{err}");
+    let bad = PromptQueue::connect("http://localhost", &Namespace::default()).await.err().unwrap();
+    assert!(matches!(bad, BrokerError::Url { .. }) && !bad.is_transient(), "{bad:?}");
+}
+
+#[tokio::test]
+async fn an_entry_that_is_not_a_job_is_reported() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD").arg("comfyrs:prompts").arg("*").arg("job").arg("{not json").query_async(&mut c).await.unwrap();
+    let err = q.claim("w1", LEASE, NO_WAIT).await.expect_err("a bad entry");
+    assert!(matches!(err, BrokerError::Entry { .. }), "{err:?}");
+    assert!(err.to_string().contains("comfyrs:prompts") && err.to_string().contains("does not parse"), "{err}");
+}
+
+#[test]
+fn namespaces_are_checked() {
+    assert_eq!(Namespace::default().prompts(), "comfyrs:prompts");
+    assert_eq!(Namespace::new("staging:eu").unwrap().prompts(), "staging:eu:prompts");
+    for bad in ["", "a:", "a b"] {
+        assert!(Namespace::new(bad).is_err(), "{bad:?}");
+    }
+}
