@@ -168,3 +168,66 @@ fn namespaces_are_checked() {
         assert!(Namespace::new(bad).is_err(), "{bad:?}");
     }
 }
+
+#[tokio::test]
+async fn events_of_concurrent_prompts_arrive_complete_and_in_order() {
+    use comfyrs_server::broker::{EventLog, EventReader};
+    let redis = RedisServer::start().unwrap();
+    let ns = Namespace::default();
+    let url = redis.url();
+    // Something from an earlier run is not read by a reader started after it.
+    let conn = EventLog::connection(&url).await.unwrap();
+    EventLog::new(&url, conn.clone(), &ns, "old", 1).send("executing", &json!({"node": "9"}), None).await.unwrap();
+    let mut reader = EventReader::new(&url, &ns).await.unwrap();
+    let send = |prompt: &'static str| {
+        let log = EventLog::new(&url, conn.clone(), &ns, prompt, 1);
+        tokio::spawn(async move {
+            for i in 0..50u32 {
+                let png = (i % 10 == 0).then(|| vec![0x89, b'P', b'N', b'G', i as u8, 0, 255]);
+                log.send(if png.is_some() { "preview" } else { "progress" }, &json!({"value": i, "prompt_id": prompt}), png.as_deref()).await.unwrap();
+            }
+        })
+    };
+    let (a, b) = (send("pa"), send("pb"));
+    a.await.unwrap();
+    b.await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        if got.len() == 100 {
+            break;
+        }
+        got.extend(reader.next(Duration::from_millis(100)).await.unwrap());
+    }
+    assert_eq!(got.len(), 100, "every event, nothing from before the reader");
+    for p in ["pa", "pb"] {
+        let mine: Vec<_> = got.iter().filter(|e| e.prompt_id == p).collect();
+        assert_eq!(mine.iter().map(|e| e.seq).collect::<Vec<_>>(), (0..50).collect::<Vec<u64>>(), "{p} in order, no gaps");
+        assert!(mine.iter().all(|e| e.data["value"].as_u64() == Some(e.seq) && e.delivery == 1));
+        let previews: Vec<_> = mine.iter().filter(|e| e.kind == "preview").collect();
+        assert_eq!(previews.len(), 5);
+        assert!(previews.iter().all(|e| e.bytes.as_deref() == Some(&[0x89, b'P', b'N', b'G', e.seq as u8, 0, 255][..])), "binary payloads intact");
+    }
+    // A reader resumed from the last id it reached sees only what came after.
+    let last = reader.last_id().to_string();
+    EventLog::new(&url, conn, &ns, "pc", 2).send("executing", &json!({"node": null}), None).await.unwrap();
+    let mut resumed = EventReader::resume(&url, &ns, &last).await.unwrap();
+    let next = resumed.next(Duration::from_millis(500)).await.unwrap();
+    assert_eq!(next.iter().map(|e| (e.prompt_id.as_str(), e.delivery, e.seq)).collect::<Vec<_>>(), [("pc", 2, 0)]);
+}
+
+#[tokio::test]
+async fn control_messages_reach_every_subscribed_worker() {
+    use comfyrs_server::broker::{ControlChannel, ControlMessage, ControlSubscriber};
+    let redis = RedisServer::start().unwrap();
+    let ns = Namespace::default();
+    let mut w1 = ControlSubscriber::subscribe(&redis.url(), &ns).await.unwrap();
+    let mut w2 = ControlSubscriber::subscribe(&redis.url(), &ns).await.unwrap();
+    let server = ControlChannel::connect(&redis.url(), &ns).await.unwrap();
+    let stop = ControlMessage::Interrupt { prompt_id: "p7".into() };
+    assert_eq!(server.send(&stop).await.unwrap(), 2, "both workers listen");
+    server.send(&ControlMessage::InterruptAll).await.unwrap();
+    for w in [&mut w1, &mut w2] {
+        let got = tokio::time::timeout(Duration::from_secs(5), async { (w.next().await, w.next().await) }).await.expect("delivered");
+        assert_eq!(got, (Some(stop.clone()), Some(ControlMessage::InterruptAll)));
+    }
+}

@@ -22,6 +22,16 @@ impl Namespace {
         format!("{}:prompts", self.0)
     }
 
+    /// The stream of events the workers send back for the prompts' clients.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.0)
+    }
+
+    /// The channel interrupts and cancellations reach the workers on.
+    pub fn control(&self) -> String {
+        format!("{}:control", self.0)
+    }
+
     /// The consumer group every worker reads the prompt stream through.
     pub fn workers_group(&self) -> &'static str {
         "workers"

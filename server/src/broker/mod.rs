@@ -4,13 +4,19 @@
 //! - [`Namespace`]: the key names one deployment uses (several can share a Redis).
 //! - [`Job`]: what travels in the stream for one prompt.
 //! - [`PromptQueue`]: publish, claim, renew the lease, acknowledge, reclaim from the dead.
+//! - [`EventLog`] / [`EventReader`]: the messages of running prompts, back to the server.
+//! - [`ControlChannel`]: interrupts and cancellations, out to the workers.
 
+mod control;
 mod error;
+mod events;
 mod job;
 mod keys;
 mod queue;
 
+pub use control::{ControlChannel, ControlMessage, ControlSubscriber};
 pub use error::BrokerError;
+pub use events::{EventLog, EventReader, WorkerEvent};
 pub use job::Job;
 pub use keys::Namespace;
 pub use queue::{Delivery, PromptQueue, DEFAULT_LEASE};
