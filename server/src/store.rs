@@ -292,6 +292,27 @@ impl Store {
         Ok(next)
     }
 
+    /// Records the outcome a worker reports for a dispatched prompt (docs/scale-out.md, "The
+    /// prompt stream"), once: true when this call recorded it; false when the prompt is not
+    /// running here any more (an earlier delivery's outcome was recorded, or it was cancelled),
+    /// and then nothing changes.
+    pub fn record_once(&self, f: &Finished) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let removed = tx.prepare_cached("DELETE FROM queue WHERE prompt_id = ?1 AND running = 1")?.execute([&f.prompt_id])?;
+        if removed == 0 {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO history (prompt_id, outcome, entry, number, create_time, start_time, end_time, workflow_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, json_extract(?3, '$.prompt[3].extra_pnginfo.workflow.id'))",
+        )?
+        .execute(params![f.prompt_id, f.outcome.as_str(), f.entry.to_string(), f.number, f.create_time, f.start_time, f.end_time])?;
+        tx.prepare_cached("DELETE FROM history WHERE seq <= (SELECT max(seq) FROM history) - ?1")?.execute([self.max_history as i64])?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Running prompts (at most one per executor), then pending ones in the order they will run.
     pub fn queue(&self) -> Result<(Vec<QueueItem>, Vec<QueueItem>)> {
         let conn = self.conn();
@@ -479,4 +500,45 @@ fn decode_item(r: Row) -> Result<QueueItem> {
         create_time: r.create_time,
         attempts: r.attempts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: &str) -> QueueItem {
+        QueueItem {
+            prompt_id: id.into(),
+            number: 1.0,
+            number_json: json!(1),
+            priority: 0,
+            prompt: json!({}),
+            extra_data: json!({}),
+            outputs: vec![],
+            sensitive: json!({}),
+            create_time: 0,
+            attempts: 0,
+        }
+    }
+
+    fn finished(id: &str, outcome: Outcome) -> Finished {
+        Finished { prompt_id: id.into(), outcome, entry: json!({"prompt": [1, id, {}, {}, []], "outputs": {}}), number: 1.0, create_time: 0, start_time: 1, end_time: 2 }
+    }
+
+    /// Two deliveries of one prompt report outcomes: the first is recorded, the second changes
+    /// nothing; a prompt that is not running (still pending, or unknown) is not recorded.
+    #[test]
+    fn an_outcome_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite"), 10).unwrap();
+        store.enqueue(&item("p1")).unwrap();
+        assert!(!store.record_once(&finished("p1", Outcome::Completed)).unwrap(), "pending, not dispatched");
+        assert_eq!(store.take_next().unwrap().unwrap().prompt_id, "p1");
+        assert!(store.record_once(&finished("p1", Outcome::Completed)).unwrap());
+        assert!(!store.record_once(&finished("p1", Outcome::Failed)).unwrap(), "a second delivery's outcome");
+        assert!(!store.record_once(&finished("nope", Outcome::Completed)).unwrap());
+        let outcome: String = store.with_conn(|c| Ok(c.query_row("SELECT outcome FROM history WHERE prompt_id = 'p1'", [], |r| r.get(0))?)).unwrap();
+        assert_eq!(outcome, "completed");
+        assert_eq!(store.queue_len().unwrap(), 0);
+    }
 }
