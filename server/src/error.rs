@@ -16,6 +16,8 @@ pub enum ServeError {
     Bind { addr: String, source: std::io::Error },
     #[error("cannot start the executor thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot use the broker: {0}")]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// A route's failure: a status and a JSON body (`{"error": ...}` unless the route's contract

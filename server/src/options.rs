@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub logs: Arc<LogRing>,
     /// Retries of webhook deliveries (`extra_data.webhook`).
     pub webhooks: WebhookPolicy,
+    /// Hand prompts to workers through Redis instead of running them here (docs/scale-out.md).
+    pub broker: Option<crate::broker::BrokerSettings>,
 }
 
 impl ServeOptions {
@@ -52,6 +54,7 @@ impl ServeOptions {
             max_history: 10_000,
             logs: LogRing::new(crate::logs::DEFAULT_CAPACITY),
             webhooks: WebhookPolicy::default(),
+            broker: None,
         }
     }
 

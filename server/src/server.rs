@@ -31,6 +31,8 @@ pub struct Shared {
     pub webhooks: Webhooks,
     /// Sockets that asked for `logs` messages.
     pub log_subscribers: Arc<Subscribers>,
+    /// With a broker: its connections; prompts run on workers (docs/scale-out.md).
+    pub broker: Option<Arc<crate::broker::link::Link>>,
 }
 
 impl Shared {
@@ -53,6 +55,21 @@ impl Shared {
     /// `status` to every socket (after every queue change).
     pub fn broadcast_status(&self) {
         self.hub.send(None, Frame::event("status", self.status_data(None)));
+    }
+
+    /// Interrupts the running prompt (with an id, only that one); whether one was asked to
+    /// stop. With a broker the worker running it is asked.
+    pub fn interrupt(&self, prompt_id: Option<&str>) -> bool {
+        match &self.broker {
+            None => self.control.interrupt(prompt_id),
+            Some(link) => {
+                let running = prompt_id.is_none_or(|id| link.dispatched(id));
+                if running {
+                    link.interrupt(prompt_id);
+                }
+                running
+            }
+        }
     }
 
     /// A prompt reached history: its webhook, if any, gets the job record. Called on the
@@ -134,7 +151,11 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     for d in [&options.state_dir, &options.output_dir, &options.input_dir, &options.temp_dir, &options.user_dir] {
         ensure_dir(d)?;
     }
-    let store = Store::open(&options.database(), options.max_history)?;
+    let store = match options.broker {
+        None => Store::open(&options.database(), options.max_history)?,
+        // Prompts marked running were handed to workers; the link reconciles them with the stream.
+        Some(_) => Store::open_as_is(&options.database(), options.max_history)?,
+    };
     let executor = host.executor();
     let paused = store.flag("paused")?;
     let control = Arc::new(Control::new(executor.interrupt.clone(), paused));
@@ -148,9 +169,25 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
     let hub = Arc::new(Hub::default());
     let log_subscribers = Arc::new(Subscribers::default());
     tokio::spawn(crate::logs::forward(options.logs.clone(), hub.clone(), log_subscribers.clone(), closing.subscribe()));
-    let shared = Arc::new(Shared { options, store, hub, control, host, registry, replacements, closing, webhooks, log_subscribers });
+    let broker = match &options.broker {
+        Some(b) => {
+            let link = crate::broker::link::Link::connect(b.clone()).await?;
+            link.reconcile(&store).await?;
+            Some(link)
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared { options, store, hub, control, host, registry, replacements, closing, webhooks, log_subscribers, broker });
     tracing::info!("comfyrs serve listening on http://{addr}");
-    let worker = crate::worker::spawn(shared.clone(), executor).map_err(ServeError::Thread)?;
+    let worker = match &shared.broker {
+        None => crate::worker::spawn(shared.clone(), executor),
+        Some(link) => {
+            tracing::info!("prompts go to the workers through {} (namespace {})", link.settings.url, link.settings.namespace);
+            tokio::spawn(crate::broker::link::forward_events(shared.clone(), link.clone()));
+            crate::broker::link::spawn_dispatcher(shared.clone(), link.clone())
+        }
+    }
+    .map_err(ServeError::Thread)?;
     let app = crate::routes::app(shared.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(async move {

@@ -146,6 +146,14 @@ impl Store {
     /// the queue; one that was already re-run once after a crash is recorded as failed instead,
     /// so a prompt that takes the server down cannot do so forever.
     pub fn open(path: &Path, max_history: usize) -> Result<Store> {
+        let store = Self::open_as_is(path, max_history)?;
+        store.recover()?;
+        Ok(store)
+    }
+
+    /// Opens the database leaving prompts marked running as they are: with a broker they were
+    /// handed to workers and may still run there (docs/scale-out.md, "Dispatch").
+    pub fn open_as_is(path: &Path, max_history: usize) -> Result<Store> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         // WAL: readers never wait for the writer. synchronous=NORMAL: a commit survives the
         // process being killed (the WAL is in the OS's hands), one fsync per checkpoint rather
@@ -160,9 +168,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         let number: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'number'", [], |r| r.get(0)).optional()?;
         let next_number = AtomicI64::new(number.and_then(|s| s.parse().ok()).unwrap_or(0));
-        let store = Store { conn: Mutex::new(conn), max_history: max_history.max(1), next_number };
-        store.recover()?;
-        Ok(store)
+        Ok(Store { conn: Mutex::new(conn), max_history: max_history.max(1), next_number })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -177,14 +177,14 @@ async fn events_of_concurrent_prompts_arrive_complete_and_in_order() {
     let url = redis.url();
     // Something from an earlier run is not read by a reader started after it.
     let conn = EventLog::connection(&url).await.unwrap();
-    EventLog::new(&url, conn.clone(), &ns, "old", 1).send("executing", &json!({"node": "9"}), None).await.unwrap();
+    EventLog::new(&url, conn.clone(), &ns, "old", 1).send("executing", &json!({"node": "9"}), None, false).await.unwrap();
     let mut reader = EventReader::new(&url, &ns).await.unwrap();
     let send = |prompt: &'static str| {
         let log = EventLog::new(&url, conn.clone(), &ns, prompt, 1);
         tokio::spawn(async move {
             for i in 0..50u32 {
                 let png = (i % 10 == 0).then(|| vec![0x89, b'P', b'N', b'G', i as u8, 0, 255]);
-                log.send(if png.is_some() { "preview" } else { "progress" }, &json!({"value": i, "prompt_id": prompt}), png.as_deref()).await.unwrap();
+                log.send(if png.is_some() { "preview" } else { "progress" }, &json!({"value": i, "prompt_id": prompt}), png.as_deref(), false).await.unwrap();
             }
         })
     };
@@ -209,10 +209,11 @@ async fn events_of_concurrent_prompts_arrive_complete_and_in_order() {
     }
     // A reader resumed from the last id it reached sees only what came after.
     let last = reader.last_id().to_string();
-    EventLog::new(&url, conn, &ns, "pc", 2).send("executing", &json!({"node": null}), None).await.unwrap();
+    EventLog::new(&url, conn, &ns, "pc", 2).send("executing", &json!({"node": null}), None, true).await.unwrap();
     let mut resumed = EventReader::resume(&url, &ns, &last).await.unwrap();
     let next = resumed.next(Duration::from_millis(500)).await.unwrap();
-    assert_eq!(next.iter().map(|e| (e.prompt_id.as_str(), e.delivery, e.seq)).collect::<Vec<_>>(), [("pc", 2, 0)]);
+    assert_eq!(next.iter().map(|e| (e.prompt_id.as_str(), e.delivery, e.seq, e.to_all_without_client)).collect::<Vec<_>>(), [("pc", 2, 0, true)]);
+    assert!(got.iter().all(|e| !e.to_all_without_client));
 }
 
 #[tokio::test]
@@ -230,4 +231,15 @@ async fn control_messages_reach_every_subscribed_worker() {
         let got = tokio::time::timeout(Duration::from_secs(5), async { (w.next().await, w.next().await) }).await.expect("delivered");
         assert_eq!(got, (Some(stop.clone()), Some(ControlMessage::InterruptAll)));
     }
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_gets_its_group_back_on_the_next_claim() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    q.publish(&job("after")).await.unwrap();
+    assert_eq!(q.claim("w1", LEASE, NO_WAIT).await.unwrap().expect("claimed").job.prompt_id, "after");
 }

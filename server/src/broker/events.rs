@@ -30,6 +30,9 @@ pub struct WorkerEvent {
     pub data: Json,
     /// A binary message's payload (preview images), which travels as it is.
     pub bytes: Option<Vec<u8>>,
+    /// Sent to every socket when the prompt has no client (ComfyUI does so for
+    /// `progress_state` and interruptions); otherwise dropped then.
+    pub to_all_without_client: bool,
 }
 
 fn connect(url: &str, blocking: bool) -> Result<(redis::Client, ConnectionManagerConfig), BrokerError> {
@@ -65,8 +68,8 @@ impl EventLog {
         client.get_connection_manager_with_config(config).await.map_err(|source| BrokerError::Redis { url: url.to_string(), source })
     }
 
-    /// Appends one event (sequence numbers follow the calls).
-    pub async fn send(&self, kind: &str, data: &Json, bytes: Option<&[u8]>) -> Result<(), BrokerError> {
+    /// Appends one event (sequence numbers follow the calls); see [`WorkerEvent`] for the fields.
+    pub async fn send(&self, kind: &str, data: &Json, bytes: Option<&[u8]>, to_all_without_client: bool) -> Result<(), BrokerError> {
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
         let mut fields: Vec<(&str, Vec<u8>)> = vec![
             ("prompt_id", self.prompt_id.as_bytes().to_vec()),
@@ -74,6 +77,7 @@ impl EventLog {
             ("seq", seq.to_string().into_bytes()),
             ("kind", kind.as_bytes().to_vec()),
             ("data", data.to_string().into_bytes()),
+            ("all", if to_all_without_client { b"1".to_vec() } else { b"0".to_vec() }),
         ];
         if let Some(b) = bytes {
             fields.push(("bytes", b.to_vec()));
@@ -150,6 +154,7 @@ impl EventReader {
                     Some(Value::BulkString(b)) => Some(b.clone()),
                     _ => None,
                 },
+                to_all_without_client: text("all").as_deref() == Some("1"),
             };
             out.push(event);
         }

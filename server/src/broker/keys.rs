@@ -38,6 +38,12 @@ impl Namespace {
     }
 }
 
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl Default for Namespace {
     fn default() -> Self {
         Namespace(Self::DEFAULT.to_string())

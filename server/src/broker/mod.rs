@@ -12,6 +12,7 @@ mod error;
 mod events;
 mod job;
 mod keys;
+pub(crate) mod link;
 mod queue;
 
 pub use control::{ControlChannel, ControlMessage, ControlSubscriber};
@@ -19,4 +20,5 @@ pub use error::BrokerError;
 pub use events::{EventLog, EventReader, WorkerEvent};
 pub use job::Job;
 pub use keys::Namespace;
+pub use link::BrokerSettings;
 pub use queue::{Delivery, PromptQueue, DEFAULT_LEASE};

@@ -100,6 +100,18 @@ impl PromptQueue {
     /// The next prompt for `consumer`: a lapsed one first (its lease older than `lease`), else
     /// a new one, waiting up to `wait` for it.
     pub async fn claim(&self, consumer: &str, lease: Duration, wait: Duration) -> Result<Option<Delivery>, BrokerError> {
+        match self.claim_once(consumer, lease, wait).await {
+            // Redis restarted without its data (no append-only file): the group is gone.
+            Err(BrokerError::Redis { source, .. }) if source.code() == Some("NOGROUP") => {
+                tracing::warn!("the consumer group of {} was gone (Redis lost its data?); created again", self.stream);
+                self.ensure_group().await?;
+                self.claim_once(consumer, lease, wait).await
+            }
+            other => other,
+        }
+    }
+
+    async fn claim_once(&self, consumer: &str, lease: Duration, wait: Duration) -> Result<Option<Delivery>, BrokerError> {
         if let Some(d) = self.reclaim(consumer, lease).await? {
             return Ok(Some(d));
         }
@@ -165,6 +177,19 @@ impl PromptQueue {
             .await
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
+    }
+
+    /// The prompt ids of every entry in the stream (waiting or claimed).
+    pub async fn prompt_ids(&self) -> Result<std::collections::HashSet<String>, BrokerError> {
+        let reply: redis::streams::StreamRangeReply = self.cmd.clone().xrange_all(&self.stream).await.map_err(|e| self.err(e))?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|e| match e.map.get("prompt_id") {
+                Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect())
     }
 
     /// Entries waiting to be claimed or running (not yet acknowledged).

@@ -1,10 +1,11 @@
 //! `/internal/*`: routes ComfyUI keeps for its own frontend (served only there, not under
-//! `/api`): the recent log for the terminal panel and the model folders.
+//! `/api`): the recent log for the terminal panel and the model folders. Also comfyrs's own
+//! route for its workers (`/internal/comfyrs/…`, docs/scale-out.md).
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, patch};
+use axum::routing::{get, patch, post};
 use axum::{Json as JsonBody, Router};
 use serde_json::{json, Map, Value as Json};
 
@@ -17,6 +18,34 @@ pub fn routes() -> Router<AppState> {
         .route("/logs/raw", get(raw))
         .route("/logs/subscribe", patch(subscribe))
         .route("/folder_paths", get(folder_paths))
+        .route("/comfyrs/outcome", post(outcome))
+}
+
+/// A worker reports how a dispatched prompt ended: `{"prompt_id", "outcome": "completed" |
+/// "failed" | "cancelled", "entry": <history entry>, "number", "create_time", "start_time",
+/// "end_time"}`. Answers `{"recorded": bool}`: false when an earlier delivery's report was
+/// recorded (the worker then acknowledges its entry all the same).
+async fn outcome(State(s): State<AppState>, raw: Bytes) -> ApiResult<JsonBody<Json>> {
+    let Some(link) = s.broker.clone() else {
+        return Err(ApiError::not_found("this server runs prompts itself; workers report to a server started with --broker"));
+    };
+    let req = body::object(&raw)?;
+    let text = |k: &str| req.get(k).and_then(Json::as_str).ok_or_else(|| ApiError::bad_request(format!("{k} must be a string")));
+    let int = |k: &str| req.get(k).and_then(Json::as_i64).ok_or_else(|| ApiError::bad_request(format!("{k} must be an integer")));
+    let prompt_id = text("prompt_id")?.to_string();
+    let outcome = match text("outcome")? {
+        "completed" => crate::store::Outcome::Completed,
+        "failed" => crate::store::Outcome::Failed,
+        "cancelled" => crate::store::Outcome::Cancelled,
+        other => return Err(ApiError::bad_request(format!("outcome must be completed, failed or cancelled, not {other:?}"))),
+    };
+    let entry = req.get("entry").filter(|e| e.is_object()).cloned().ok_or_else(|| ApiError::bad_request("entry must be the history entry (an object)"))?;
+    let number = req.get("number").and_then(Json::as_f64).ok_or_else(|| ApiError::bad_request("number must be a number"))?;
+    let f = crate::store::Finished { prompt_id, outcome, entry, number, create_time: int("create_time")?, start_time: int("start_time")?, end_time: int("end_time")? };
+    let recorded = tokio::task::spawn_blocking(move || crate::broker::link::record(&s, &link, &f))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(JsonBody(json!({"recorded": recorded})))
 }
 
 /// The whole recent log as one string.

@@ -93,7 +93,7 @@ async fn one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Jso
 /// Interrupts the job if it runs, dequeues it if it waits; false when it had already finished
 /// or is unknown.
 fn cancel(s: &Shared, id: &str) -> ApiResult<bool> {
-    if s.control.interrupt(Some(id)) {
+    if s.interrupt(Some(id)) {
         tracing::info!("cancelling running prompt {id}");
         return Ok(true);
     }
@@ -105,7 +105,7 @@ fn cancel(s: &Shared, id: &str) -> ApiResult<bool> {
         return Ok(true);
     }
     // It started between the two looks.
-    Ok(s.control.interrupt(Some(id)))
+    Ok(s.interrupt(Some(id)))
 }
 
 async fn cancel_one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<JsonBody<Json>> {

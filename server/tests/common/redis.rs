@@ -2,6 +2,9 @@
 //! directory of its own, stopped by its pid when dropped. Started with append-only persistence
 //! when asked, so a test can kill and restart it over the same data.
 
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

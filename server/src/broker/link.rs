@@ -1,0 +1,279 @@
+//! The server's side of the broker (docs/scale-out.md, "Dispatch"): a dispatcher thread that
+//! moves queued prompts from SQLite into the stream, a task that passes the workers' events to
+//! the clients, and the recording of the outcomes workers report.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use super::{BrokerError, ControlChannel, ControlMessage, EventReader, Job, Namespace, PromptQueue, WorkerEvent};
+use crate::hub::Frame;
+use crate::server::Shared;
+use crate::store::{Finished, QueueItem, Store};
+
+/// Where the broker is and how far ahead of the workers the dispatcher publishes.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    /// `redis://HOST:PORT[/DB]`.
+    pub url: String,
+    pub namespace: Namespace,
+    /// Prompts waiting in the stream, unclaimed, beyond which the dispatcher leaves the rest in
+    /// SQLite (where a prompt queued at the front can still overtake them).
+    pub ahead: u64,
+}
+
+impl BrokerSettings {
+    pub fn new(url: &str) -> BrokerSettings {
+        BrokerSettings { url: url.to_string(), namespace: Namespace::default(), ahead: 4 }
+    }
+}
+
+/// The connections and the little state the server keeps for dispatched prompts.
+pub struct Link {
+    pub settings: BrokerSettings,
+    rt: tokio::runtime::Handle,
+    queue: PromptQueue,
+    control: ControlChannel,
+    /// Per dispatched prompt: its client, and the newest delivery that sent events.
+    prompts: Mutex<HashMap<String, Dispatched>>,
+}
+
+#[derive(Clone, Default)]
+struct Dispatched {
+    client: Option<String>,
+    delivery: u64,
+    /// When its outcome was recorded.
+    finished: Option<Instant>,
+}
+
+impl Link {
+    /// Connects (the stream, its group and the control channel); must run inside a tokio runtime.
+    pub async fn connect(settings: BrokerSettings) -> Result<Arc<Link>, BrokerError> {
+        let queue = PromptQueue::connect(&settings.url, &settings.namespace).await?;
+        let control = ControlChannel::connect(&settings.url, &settings.namespace).await?;
+        Ok(Arc::new(Link { settings, rt: tokio::runtime::Handle::current(), queue, control, prompts: Mutex::new(HashMap::new()) }))
+    }
+
+    fn prompts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Dispatched>> {
+        self.prompts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a server start: prompts the store marks running are either in the stream (a worker
+    /// runs or will claim them: remembered for their events) or were lost with a Redis that
+    /// kept no data (queued again, published anew).
+    pub async fn reconcile(&self, store: &Store) -> Result<(), BrokerError> {
+        let in_stream = self.queue.prompt_ids().await?;
+        let running = match store.queue() {
+            Ok((running, _)) => running,
+            Err(e) => {
+                tracing::error!("cannot read the queue: {e}");
+                return Ok(());
+            }
+        };
+        for item in running {
+            if in_stream.contains(&item.prompt_id) {
+                self.prompts().insert(item.prompt_id.clone(), Dispatched { client: item.client_id().map(str::to_string), ..Dispatched::default() });
+                tracing::info!("prompt {} is with the workers", item.prompt_id);
+            } else {
+                tracing::warn!("prompt {} was handed to the workers but is not in the stream any more: queued again", item.prompt_id);
+                if let Err(e) = store.requeue(&item.prompt_id) {
+                    tracing::error!("cannot put prompt {} back in the queue: {e}", item.prompt_id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the worker running `prompt_id` (every worker, without one) to interrupt it.
+    pub fn interrupt(&self, prompt_id: Option<&str>) {
+        let msg = match prompt_id {
+            Some(id) => ControlMessage::Interrupt { prompt_id: id.to_string() },
+            None => ControlMessage::InterruptAll,
+        };
+        let control = self.control.clone();
+        self.rt.spawn(async move {
+            if let Err(e) = control.send(&msg).await {
+                tracing::error!("cannot pass the interrupt to the workers: {e}");
+            }
+        });
+    }
+
+    /// Whether the dispatcher handed `prompt_id` to the workers and no outcome is recorded.
+    pub fn dispatched(&self, prompt_id: &str) -> bool {
+        self.prompts().get(prompt_id).is_some_and(|d| d.finished.is_none())
+    }
+}
+
+/// The dispatcher thread: like the local executor thread, woken by new prompts, but it
+/// publishes them instead of running them.
+pub fn spawn_dispatcher(shared: Arc<Shared>, link: Arc<Link>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("comfyrs-dispatcher".into()).spawn(move || dispatch(&shared, &link))
+}
+
+fn dispatch(shared: &Shared, link: &Link) {
+    let mut backoff = Duration::from_millis(100);
+    while shared.control.wait_for_work() {
+        loop {
+            if shared.control.stopping() || shared.control.paused() {
+                break;
+            }
+            // Keep only a few unclaimed prompts in the stream; poll while it is full (workers
+            // claiming do not wake this thread).
+            match link.rt.block_on(waiting(&link.queue)) {
+                Ok(n) if n >= link.settings.ahead => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!("the broker is unreachable ({e}); retrying in {backoff:?}");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+            let item = match shared.store.take_next() {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("cannot read the queue: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                    break;
+                }
+            };
+            link.prompts().insert(item.prompt_id.clone(), Dispatched { client: item.client_id().map(str::to_string), ..Dispatched::default() });
+            match link.rt.block_on(link.queue.publish(&job(&item))) {
+                Ok(entry) => {
+                    backoff = Duration::from_millis(100);
+                    tracing::info!("prompt {} handed to the workers (entry {entry})", item.prompt_id);
+                    shared.broadcast_status();
+                }
+                Err(e) => {
+                    // Back in the queue, first in line again; published when Redis answers.
+                    link.prompts().remove(&item.prompt_id);
+                    if let Err(e) = shared.store.requeue(&item.prompt_id) {
+                        tracing::error!("cannot put prompt {} back in the queue: {e}", item.prompt_id);
+                    }
+                    tracing::warn!("cannot hand prompt {} to the broker ({e}); retrying in {backoff:?}", item.prompt_id);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Unclaimed prompts in the stream.
+async fn waiting(q: &PromptQueue) -> Result<u64, BrokerError> {
+    Ok(q.entries().await?.saturating_sub(q.pending().await?))
+}
+
+fn job(item: &QueueItem) -> Job {
+    Job {
+        prompt_id: item.prompt_id.clone(),
+        number: item.number,
+        prompt: item.prompt.clone(),
+        extra_data: item.extra_data.clone(),
+        outputs: item.outputs.clone(),
+        sensitive: item.sensitive.clone(),
+        create_time: item.create_time,
+    }
+}
+
+/// Passes the workers' events to the clients until the server closes. Events of a delivery
+/// older than one already heard from (its worker lost the lease) are dropped.
+pub async fn forward_events(shared: Arc<Shared>, link: Arc<Link>) {
+    let mut closing = shared.closing.subscribe();
+    let mut reader = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *closing.borrow() {
+            return;
+        }
+        if reader.is_none() {
+            match EventReader::new(&link.settings.url, &link.settings.namespace).await {
+                Ok(r) => reader = Some(r),
+                Err(e) => {
+                    tracing::warn!("cannot read the workers' events ({e}); retrying in {backoff:?}");
+                    tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = closing.changed() => return }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let r = reader.as_mut().expect("set above");
+        let batch = tokio::select! {
+            b = r.next(Duration::from_millis(500)) => b,
+            _ = closing.changed() => return,
+        };
+        match batch {
+            Ok(events) => {
+                backoff = Duration::from_millis(100);
+                for e in events {
+                    deliver(&shared, &link, e);
+                }
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!("lost the workers' events stream ({e}); retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => tracing::error!("skipping an event: {e}"),
+        }
+    }
+}
+
+fn deliver(shared: &Shared, link: &Link, e: WorkerEvent) {
+    let client = {
+        let mut prompts = link.prompts();
+        let known = prompts.get(&e.prompt_id).cloned();
+        let d = match known {
+            Some(d) => d,
+            // Dispatched before a server restart: its client is in the queue record.
+            None => match shared.store.queued(&e.prompt_id) {
+                Ok(Some(item)) => Dispatched { client: item.client_id().map(str::to_string), ..Dispatched::default() },
+                // Finished (its terminal messages come after the outcome) or unknown.
+                _ => Dispatched { client: e.data.get("client_id").and_then(Json::as_str).map(str::to_string), ..Dispatched::default() },
+            },
+        };
+        if e.delivery < d.delivery {
+            return;
+        }
+        prompts.insert(e.prompt_id.clone(), Dispatched { client: d.client.clone(), delivery: e.delivery, finished: d.finished });
+        d.client
+    };
+    let frame = match e.bytes {
+        Some(b) => Frame::Binary(b.into()),
+        None => Frame::event(&e.kind, e.data),
+    };
+    match client {
+        Some(c) => shared.hub.send(Some(&c), frame),
+        None if e.to_all_without_client => shared.hub.send(None, frame),
+        None => {}
+    }
+}
+
+/// A worker's report of how a prompt ended: recorded once (the first delivery to report wins).
+/// Returns whether this report was recorded.
+pub fn record(shared: &Shared, link: &Link, f: &Finished) -> Result<bool, crate::store::StoreError> {
+    let recorded = shared.store.record_once(f)?;
+    if recorded {
+        tracing::info!("prompt {} {} on a worker", f.prompt_id, f.outcome.as_str());
+        shared.broadcast_status();
+        shared.finished(f);
+        // Its terminal messages still come through the event stream after this, so the prompt
+        // is remembered a while longer; prompts finished long ago are forgotten.
+        let now = Instant::now();
+        let mut prompts = link.prompts();
+        if let Some(d) = prompts.get_mut(&f.prompt_id) {
+            d.finished = Some(now);
+        }
+        prompts.retain(|_, d| d.finished.is_none_or(|t| now.duration_since(t) < FORGET_AFTER));
+    }
+    Ok(recorded)
+}
+
+/// How long a finished prompt's client is remembered for its last events.
+const FORGET_AFTER: Duration = Duration::from_secs(60);

@@ -1,0 +1,212 @@
+//! `comfyrs serve` with a broker, against a real redis-server: prompts are handed to the stream
+//! in the server's order, a worker's events reach the submitting client, its outcome is recorded
+//! once, and interrupts reach the workers. The worker here is the test itself, speaking the
+//! broker's protocol (docs/scale-out.md).
+
+use std::time::Duration;
+
+use comfyrs_server::broker::{BrokerSettings, ControlMessage, ControlSubscriber, EventLog, Namespace, PromptQueue};
+use comfyrs_server::ServeOptions;
+use serde_json::json;
+
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use common::{wait_prompt, Msg, Server, Socket};
+use redis_server::RedisServer;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn broker_server(redis: &RedisServer, dir: &std::path::Path) -> Server {
+    Server::start_with(ServeOptions { port: 0, broker: Some(BrokerSettings::new(&redis.url())), ..ServeOptions::new(dir) })
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn a_prompt_runs_on_a_worker_and_its_client_hears_it() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let ns = Namespace::default();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &ns)).unwrap();
+    let mut socket = Socket::connect(&server, "c1");
+    let id = server.queue(wait_prompt("hello", 1), Some("c1"))["prompt_id"].as_str().unwrap().to_string();
+
+    // The worker claims it: the validated prompt, its outputs and its client.
+    let d = rt.block_on(queue.claim("w1", LEASE, Duration::from_secs(10))).unwrap().expect("the prompt reaches the stream");
+    assert_eq!(d.job.prompt_id, id);
+    assert_eq!(d.job.extra_data["client_id"], "c1");
+    assert_eq!(d.job.prompt["2"]["class_type"], "TestWait");
+    assert_eq!(d.job.outputs, ["3"]);
+    let (_, q) = server.get("/queue");
+    assert_eq!(q["queue_running"][0][1], id, "dispatched prompts show as running: {q}");
+
+    // Its events reach the client, in order, binary previews included.
+    let conn = rt.block_on(EventLog::connection(&redis.url())).unwrap();
+    let log = EventLog::new(&redis.url(), conn, &ns, &id, d.deliveries);
+    rt.block_on(async {
+        log.send("execution_start", &json!({"prompt_id": id}), None, false).await.unwrap();
+        log.send("executing", &json!({"node": "2", "prompt_id": id}), None, false).await.unwrap();
+        log.send("preview", &json!({}), Some(b"\x00\x00\x00\x01\x00\x00\x00\x01JPEG"), false).await.unwrap();
+    });
+    // (the socket first gets its own status message)
+    let mut texts = Vec::new();
+    let mut binary = None;
+    while binary.is_none() {
+        match socket.next() {
+            Msg::Text(t) if t["type"] != "status" => texts.push(t),
+            Msg::Binary(b) => binary = Some(b),
+            _ => {}
+        }
+    }
+    assert_eq!(texts.iter().map(|t| t["type"].as_str().unwrap()).collect::<Vec<_>>(), ["execution_start", "executing"]);
+    assert_eq!(binary.unwrap(), b"\x00\x00\x00\x01\x00\x00\x00\x01JPEG");
+
+    // The outcome is recorded once; a second delivery's report changes nothing.
+    let report = json!({
+        "prompt_id": id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3,
+        "entry": {"prompt": [0, id, d.job.prompt, d.job.extra_data, d.job.outputs], "outputs": {"3": {"text": ["hello"]}},
+                  "status": {"status_str": "success", "completed": true, "messages": []}, "meta": {}},
+    });
+    assert_eq!(server.post("/internal/comfyrs/outcome", &report), (200, json!({"recorded": true})));
+    let mut again = report.clone();
+    again["outcome"] = json!("failed");
+    assert_eq!(server.post("/internal/comfyrs/outcome", &again), (200, json!({"recorded": false})));
+    let h = server.wait_history(&id);
+    assert_eq!(h["outputs"]["3"]["text"][0], "hello");
+    assert_eq!(server.get(&format!("/api/jobs/{id}")).1["status"], "completed");
+    rt.block_on(log.send("executing", &json!({"node": null, "prompt_id": id}), None, false)).unwrap();
+    let last = socket.until_done(&id);
+    assert_eq!(last.last().unwrap()["data"]["prompt_id"], id, "the terminal message after the outcome still reaches the client");
+    assert!(rt.block_on(queue.ack("w1", &d.entry)).unwrap());
+    assert_eq!(server.get("/queue").1["queue_running"], json!([]));
+}
+
+#[test]
+fn the_dispatcher_stays_a_few_prompts_ahead_so_the_front_of_the_queue_still_overtakes() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let ids: Vec<String> = (0..8).map(|i| server.queue(wait_prompt(&format!("p{i}"), 1), None)["prompt_id"].as_str().unwrap().to_string()).collect();
+    // Four (the default look-ahead) reach the stream; the others wait in SQLite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rt.block_on(queue.entries()).unwrap() < 4 {
+        assert!(std::time::Instant::now() < deadline, "the dispatcher published");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(rt.block_on(queue.entries()).unwrap(), 4);
+    let (_, q) = server.get("/queue");
+    assert_eq!((q["queue_running"].as_array().unwrap().len(), q["queue_pending"].as_array().unwrap().len()), (4, 4));
+    // A prompt queued at the front is the next one published once a worker claims one.
+    let (status, front) = server.post("/prompt", &json!({"prompt": wait_prompt("front", 1), "front": true}));
+    assert_eq!(status, 200);
+    let front = front["prompt_id"].as_str().unwrap().to_string();
+    let mut claimed = Vec::new();
+    for _ in 0..5 {
+        let d = rt.block_on(queue.claim("w1", LEASE, Duration::from_secs(10))).unwrap().expect("a prompt");
+        claimed.push(d.job.prompt_id);
+    }
+    assert_eq!(claimed[..4], ids[..4]);
+    assert_eq!(claimed[4], front, "the front prompt overtook the four still in SQLite");
+}
+
+#[test]
+fn interrupts_and_cancels_reach_the_workers() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let ns = Namespace::default();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &ns)).unwrap();
+    let mut control = rt.block_on(ControlSubscriber::subscribe(&redis.url(), &ns)).unwrap();
+    let id = server.queue(wait_prompt("x", 1), None)["prompt_id"].as_str().unwrap().to_string();
+    rt.block_on(queue.claim("w1", LEASE, Duration::from_secs(10))).unwrap().expect("dispatched");
+    assert_eq!(server.post("/interrupt", &json!({"prompt_id": id})).0, 200);
+    assert_eq!(server.post(&format!("/api/jobs/{id}/cancel"), &json!({})).1["cancelled"], true);
+    assert_eq!(server.post("/interrupt", &json!({})).0, 200);
+    // An interrupt naming a prompt that is not running here is not passed on.
+    assert_eq!(server.post("/interrupt", &json!({"prompt_id": "not-running"})).0, 200);
+    let got = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(control.next().await.unwrap());
+            }
+            v
+        })
+        .await
+        .expect("three control messages")
+    });
+    let stop = ControlMessage::Interrupt { prompt_id: id.clone() };
+    assert_eq!(got, [stop.clone(), stop, ControlMessage::InterruptAll]);
+}
+
+#[test]
+fn a_server_without_a_broker_refuses_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let (status, body) = server.post("/internal/comfyrs/outcome", &json!({"prompt_id": "x"}));
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("--broker"), "{body}");
+}
+
+#[test]
+fn an_unreachable_broker_stops_the_start_with_its_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let host = common::TestHost::new();
+    let r = rt.block_on(comfyrs_server::serve(ServeOptions { port: 0, broker: Some(BrokerSettings::new(&url)), ..ServeOptions::new(dir.path()) }, host));
+    let err = r.err().expect("no broker there").to_string();
+    assert!(err.contains("broker") && err.contains(&url), "{err}");
+}
+
+#[test]
+fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let server = broker_server(&redis, dir.path());
+    let ids: Vec<String> = (0..2).map(|i| server.queue(wait_prompt(&format!("p{i}"), 1), Some("c1"))["prompt_id"].as_str().unwrap().to_string()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rt.block_on(queue.entries()).unwrap() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the dispatcher published");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let claimed = rt.block_on(queue.claim("w1", LEASE, Duration::from_secs(1))).unwrap().unwrap();
+    server.stop();
+
+    // Same Redis: nothing is published twice, and the worker's report is recorded.
+    let server = broker_server(&redis, dir.path());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(rt.block_on(queue.entries()).unwrap(), 2, "no second entry for either prompt");
+    assert_eq!(server.get("/queue").1["queue_running"].as_array().unwrap().len(), 2);
+    let report = json!({"prompt_id": claimed.job.prompt_id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3,
+                        "entry": {"prompt": [0, claimed.job.prompt_id, {}, {}, []], "outputs": {}, "status": {"status_str": "success", "completed": true, "messages": []}, "meta": {}}});
+    assert_eq!(server.post("/internal/comfyrs/outcome", &report).1["recorded"], true);
+    assert!(rt.block_on(queue.ack("w1", &claimed.entry)).unwrap());
+    server.stop();
+
+    // A Redis that lost its data: the prompt still running is published again.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = rt.block_on(client.get_multiplexed_async_connection()).unwrap();
+    let _: () = rt.block_on(redis::cmd("FLUSHALL").query_async(&mut c)).unwrap();
+    let server = broker_server(&redis, dir.path());
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let d = rt.block_on(queue.claim("w2", LEASE, Duration::from_secs(10))).unwrap().expect("published again");
+    let other = ids.iter().find(|id| **id != claimed.job.prompt_id).unwrap();
+    assert_eq!(&d.job.prompt_id, other);
+    assert_eq!(d.job.extra_data["client_id"], "c1");
+    assert!(rt.block_on(queue.claim("w2", LEASE, Duration::from_millis(300))).unwrap().is_none(), "the recorded one is not");
+    drop(server);
+}
