@@ -18,6 +18,47 @@ use crate::control::Control;
 use crate::hub::{Frame, Hub};
 use crate::time::now_ms;
 
+/// Where a prompt's messages go: the server's sockets ([`HubOutbox`]), or, on a worker, the
+/// broker's event stream back to the server (docs/scale-out.md, "Events and control").
+pub trait Outbox: Send + Sync {
+    /// `frame` to `client`; without a client, to every socket when `or_all`, else nowhere.
+    fn send(&self, client: Option<&str>, or_all: bool, frame: Frame);
+    /// Whether anyone would see a preview (`client`'s socket, or any socket without one).
+    fn wants_previews(&self, client: Option<&str>) -> bool;
+    /// Whether `client` announced the feature flag `name`.
+    fn client_flag(&self, client: &str, name: &str) -> bool;
+    /// The node now running (for `/queue`'s and `/api/jobs`'s view of the running prompt).
+    fn running_node(&self, _node: &str) {}
+}
+
+/// The server's sockets, and its control's view of the running node.
+pub struct HubOutbox {
+    pub hub: Arc<Hub>,
+    pub control: Arc<Control>,
+}
+
+impl Outbox for HubOutbox {
+    fn send(&self, client: Option<&str>, or_all: bool, frame: Frame) {
+        match client {
+            Some(c) => self.hub.send(Some(c), frame),
+            None if or_all => self.hub.send(None, frame),
+            None => {}
+        }
+    }
+    fn wants_previews(&self, client: Option<&str>) -> bool {
+        match client {
+            Some(c) => self.hub.connected(c),
+            None => self.hub.any_connected(),
+        }
+    }
+    fn client_flag(&self, client: &str, name: &str) -> bool {
+        self.hub.flag(client, name)
+    }
+    fn running_node(&self, node: &str) {
+        self.control.set_running_node(node);
+    }
+}
+
 /// Progress updates of one node closer together than this are coalesced (the first and the
 /// last always go out).
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(50);
@@ -62,8 +103,7 @@ impl State {
 }
 
 pub struct PromptEvents {
-    hub: Arc<Hub>,
-    control: Arc<Control>,
+    outbox: Arc<dyn Outbox>,
     prompt_id: String,
     client: Option<String>,
     state: Mutex<State>,
@@ -71,7 +111,11 @@ pub struct PromptEvents {
 
 impl PromptEvents {
     pub fn new(hub: Arc<Hub>, control: Arc<Control>, prompt_id: String, client: Option<String>) -> Self {
-        PromptEvents { hub, control, prompt_id, client, state: Mutex::new(State::default()) }
+        Self::with_outbox(Arc::new(HubOutbox { hub, control }), prompt_id, client)
+    }
+
+    pub fn with_outbox(outbox: Arc<dyn Outbox>, prompt_id: String, client: Option<String>) -> Self {
+        PromptEvents { outbox, prompt_id, client, state: Mutex::new(State::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -80,14 +124,14 @@ impl PromptEvents {
 
     /// To the submitting client only (dropped without one).
     pub fn to_client(&self, kind: &str, data: Json) {
-        if let Some(c) = &self.client {
-            self.hub.send(Some(c), Frame::event(kind, data));
+        if self.client.is_some() {
+            self.outbox.send(self.client.as_deref(), false, Frame::event(kind, data));
         }
     }
 
     /// To the submitting client, or to everyone when there is none.
     pub fn to_client_or_all(&self, kind: &str, data: Json) {
-        self.hub.send(self.client.as_deref(), Frame::event(kind, data));
+        self.outbox.send(self.client.as_deref(), true, Frame::event(kind, data));
     }
 
     /// The messages the history entry's `status.messages` keeps (start and cached so far).
@@ -146,7 +190,7 @@ impl EventSink for PromptEvents {
                 p.max = p.max.max(1);
                 st.running.push(node.clone());
                 self.send_state(&st, node);
-                self.control.set_running_node(node);
+                self.outbox.running_node(node);
                 self.to_client("executing", json!({"node": node, "display_node": st.display(node), "prompt_id": self.prompt_id}));
             }
             Event::Expanded { node, added, .. } => {
@@ -193,9 +237,9 @@ impl EventSink for PromptEvents {
                 b.extend_from_slice(&(node.len() as u32).to_be_bytes());
                 b.extend_from_slice(node.as_bytes());
                 b.extend_from_slice(text.as_bytes());
-                self.hub.send(self.client.as_deref(), Frame::Binary(b.into()));
+                self.outbox.send(self.client.as_deref(), true, Frame::Binary(b.into()));
             }
-            Event::Custom { name, data, .. } => self.hub.send(self.client.as_deref(), Frame::event(name, data.clone())),
+            Event::Custom { name, data, .. } => self.outbox.send(self.client.as_deref(), true, Frame::event(name, data.clone())),
             // The terminal messages are sent by the worker from the run's report, which has
             // everything `execution_error` carries.
             Event::Interrupted { .. } | Event::Done { .. } => {}
@@ -203,10 +247,7 @@ impl EventSink for PromptEvents {
     }
 
     fn wants_previews(&self) -> bool {
-        match &self.client {
-            Some(c) => self.hub.connected(c),
-            None => self.hub.any_connected(),
-        }
+        self.outbox.wants_previews(self.client.as_deref())
     }
 }
 
@@ -218,7 +259,7 @@ impl PromptEvents {
             ImageFormat::Jpeg => ("image/jpeg", 1u32),
             ImageFormat::Png => ("image/png", 2u32),
         };
-        let with_meta = self.client.as_deref().is_some_and(|c| self.hub.flag(c, "supports_preview_metadata"));
+        let with_meta = self.client.as_deref().is_some_and(|c| self.outbox.client_flag(c, "supports_preview_metadata"));
         let mut b = Vec::with_capacity(image.len() + 256);
         if with_meta {
             let meta = json!({
@@ -234,7 +275,7 @@ impl PromptEvents {
             b.extend_from_slice(&code.to_be_bytes());
         }
         b.extend_from_slice(image);
-        self.hub.send(self.client.as_deref(), Frame::Binary(b.into()));
+        self.outbox.send(self.client.as_deref(), true, Frame::Binary(b.into()));
     }
 }
 

@@ -98,13 +98,13 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) -> Option<
 }
 
 /// `execution_success`, `execution_error` or `execution_interrupted`, to send.
-struct Terminal {
+pub(crate) struct Terminal {
     kind: &'static str,
     data: Json,
 }
 
 impl Terminal {
-    fn send(self, events: &PromptEvents) {
+    pub(crate) fn send(self, events: &PromptEvents) {
         // An interruption also reaches every socket when the prompt has no client (ComfyUI).
         if self.kind == "execution_interrupted" {
             events.to_client_or_all(self.kind, self.data);
@@ -114,7 +114,7 @@ impl Terminal {
     }
 }
 
-enum Ran {
+pub(crate) enum Ran {
     Report(Box<RunReport>),
     /// It no longer validates (the server restarted with other nodes or files).
     Invalid(String),
@@ -141,7 +141,7 @@ fn execute(shared: &Shared, executor: &mut Executor, item: &QueueItem, events: &
 
 /// What hidden inputs read of the request's `extra_data`: the comfy.org credentials (kept
 /// apart from the stored entry, see routes/prompt.rs) and the usage source.
-fn hidden_extra(item: &QueueItem) -> Option<Json> {
+pub(crate) fn hidden_extra(item: &QueueItem) -> Option<Json> {
     let mut m = serde_json::Map::new();
     for (from, key) in [(&item.sensitive, "auth_token_comfy_org"), (&item.sensitive, "api_key_comfy_org"), (&item.extra_data, "comfy_usage_source")] {
         if let Some(v) = from.get(key).filter(|v| !v.is_null()) {
@@ -153,7 +153,7 @@ fn hidden_extra(item: &QueueItem) -> Option<Json> {
 
 /// The history entry (its messages end with the terminal one), and the terminal message for
 /// the client.
-fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome, Terminal) {
+pub(crate) fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json, Outcome, Terminal) {
     let id = &item.prompt_id;
     let mut messages = events.recorded();
     let mut outputs = Map::new();

@@ -210,3 +210,114 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     assert!(rt.block_on(queue.claim("w2", LEASE, Duration::from_millis(300))).unwrap().is_none(), "the recorded one is not");
     drop(server);
 }
+
+/// A worker (the library loop `comfyrs worker` runs) on its own thread and runtime, with the
+/// test host's nodes; stopped and joined on drop.
+struct Worker {
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    fn start(redis: &RedisServer, server: &Server, name: &str, lease: Duration) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = comfyrs_server::broker::WorkerOptions {
+            broker: BrokerSettings::new(&redis.url()),
+            name: name.to_string(),
+            server: server.url(""),
+            auth_token: None,
+            lease,
+            output_dir: dir.path().to_path_buf(),
+        };
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(comfyrs_server::broker::run_worker(opts, common::TestHost::new(), rx));
+        });
+        Worker { stop, thread: Some(thread), _dir: dir }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_worker_runs_the_prompts_and_their_clients_hear_them() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let mut socket = Socket::connect(&server, "c1");
+    let id = server.queue(wait_prompt("hello", 20), Some("c1"))["prompt_id"].as_str().unwrap().to_string();
+    let msgs = socket.until_done(&id);
+    let kinds: Vec<&str> = msgs.iter().map(|m| m["type"].as_str().unwrap()).filter(|k| *k != "status" && *k != "progress" && *k != "progress_state").collect();
+    assert_eq!(kinds, ["execution_start", "execution_cached", "executing", "executing", "executing", "executed", "execution_success", "executing"], "{msgs:?}");
+    let executed = msgs.iter().find(|m| m["type"] == "executed").unwrap();
+    assert_eq!(executed["data"]["output"]["text"][0], "hello");
+    let h = server.wait_history(&id);
+    assert_eq!(h["status"]["status_str"], "success");
+    assert_eq!(h["outputs"]["3"]["text"][0], "hello");
+    // More prompts, without a client: all of them run, once each.
+    let ids: Vec<String> = (0..5).map(|i| server.queue(wait_prompt(&format!("p{i}"), 5), None)["prompt_id"].as_str().unwrap().to_string()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(server.wait_history(id)["outputs"]["3"]["text"][0], format!("p{i}"));
+    }
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while rt.block_on(queue.entries()).unwrap() > 0 {
+        assert!(std::time::Instant::now() < deadline, "every entry acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_interrupt_stops_the_prompt_on_its_worker() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let mut socket = Socket::connect(&server, "c1");
+    let id = server.queue(wait_prompt("long", 60_000), Some("c1"))["prompt_id"].as_str().unwrap().to_string();
+    // Once the worker runs it (its wait node reports progress)...
+    loop {
+        let m = socket.text();
+        if m["type"] == "progress" {
+            break;
+        }
+    }
+    assert_eq!(server.post("/interrupt", &json!({"prompt_id": id})).0, 200);
+    let msgs = socket.until_done(&id);
+    assert!(msgs.iter().any(|m| m["type"] == "execution_interrupted"), "{msgs:?}");
+    assert_eq!(server.wait_history(&id)["status"]["status_str"], "error");
+    assert_eq!(server.get(&format!("/api/jobs/{id}")).1["status"], "cancelled");
+}
+
+#[test]
+fn a_prompt_left_by_a_dead_worker_is_finished_by_another_and_recorded_once() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let id = server.queue(wait_prompt("orphan", 1), None)["prompt_id"].as_str().unwrap().to_string();
+    // A worker claims it and dies (never renews, never reports).
+    let lease = Duration::from_millis(900);
+    let before_claim = std::time::Instant::now();
+    let dead = rt.block_on(queue.claim("dead", lease, Duration::from_secs(10))).unwrap().expect("claimed");
+    assert_eq!(dead.job.prompt_id, id);
+    let _worker = Worker::start(&redis, &server, "w2", lease);
+    let h = server.wait_history(&id);
+    assert!(before_claim.elapsed() >= lease, "taken over only after the lease lapsed");
+    assert_eq!(h["outputs"]["3"]["text"][0], "orphan");
+    assert_eq!(server.get("/api/jobs").1["jobs"].as_array().unwrap().len(), 1, "one job, recorded once");
+    // The dead worker's late acknowledgement changes nothing.
+    assert!(!rt.block_on(queue.ack("dead", &dead.entry)).unwrap());
+}

@@ -6,6 +6,7 @@
 //! - [`PromptQueue`]: publish, claim, renew the lease, acknowledge, reclaim from the dead.
 //! - [`EventLog`] / [`EventReader`]: the messages of running prompts, back to the server.
 //! - [`ControlChannel`]: interrupts and cancellations, out to the workers.
+//! - [`run_worker`]: a worker's loop (`comfyrs worker`); `link` is the server's side.
 
 mod control;
 mod error;
@@ -14,6 +15,7 @@ mod job;
 mod keys;
 pub(crate) mod link;
 mod queue;
+mod runner;
 
 pub use control::{ControlChannel, ControlMessage, ControlSubscriber};
 pub use error::BrokerError;
@@ -22,3 +24,4 @@ pub use job::Job;
 pub use keys::Namespace;
 pub use link::BrokerSettings;
 pub use queue::{Delivery, PromptQueue, DEFAULT_LEASE};
+pub use runner::{run_worker, WorkerOptions};

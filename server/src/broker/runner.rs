@@ -1,0 +1,287 @@
+//! A worker (docs/scale-out.md, "Roles"): claims prompts from the stream, runs them with its
+//! own executor, sends their messages back through the event stream, reports each outcome to
+//! the server and only then acknowledges the entry. `comfyrs worker` is this loop around the
+//! binary's engine.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use comfyrs_runtime::executor::{Executor, RunOptions};
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::validate;
+use serde_json::{json, Value as Json};
+use tokio::sync::{mpsc, watch};
+
+use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, PromptQueue};
+use crate::host::Host;
+use crate::hub::Frame;
+use crate::messages::{Outbox, PromptEvents};
+use crate::store::QueueItem;
+use crate::time::now_ms;
+use crate::worker::{hidden_extra, record, Ran};
+
+/// What a worker is told at start.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub broker: BrokerSettings,
+    /// This worker's consumer name (unique per worker: `host:device` by default).
+    pub name: String,
+    /// The server's base URL (`http://HOST:PORT`), where outcomes are reported.
+    pub server: String,
+    /// The server's bearer token, when it requires one.
+    pub auth_token: Option<String>,
+    /// How long a claimed prompt stays this worker's without a renewal (renewed every third).
+    pub lease: Duration,
+    /// Where this worker's nodes write their files.
+    pub output_dir: PathBuf,
+}
+
+/// Runs prompts until `stop` turns true (the prompt running then is interrupted and left to
+/// another worker). Unreachable Redis or server: retried with backoff, said in the log.
+pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watch::Receiver<bool>) {
+    let url = opts.broker.url.clone();
+    let queue = loop {
+        match PromptQueue::connect(&url, &opts.broker.namespace).await {
+            Ok(q) => break q,
+            Err(e) => {
+                tracing::warn!("worker {}: {e}; retrying in 2 s", opts.name);
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => {}, _ = stop.changed() => return }
+            }
+        }
+    };
+    let events = loop {
+        match EventLog::connection(&url).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!("worker {}: {e}; retrying in 2 s", opts.name);
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => {}, _ = stop.changed() => return }
+            }
+        }
+    };
+    let mut executor = Some(host.executor());
+    let interrupt = executor.as_ref().expect("set").interrupt.clone();
+    let current: Arc<Mutex<Option<String>>> = Arc::default();
+    tokio::spawn(obey(opts.clone(), current.clone(), interrupt.clone(), stop.clone()));
+    tracing::info!("worker {} waiting for prompts at {url}", opts.name);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let d = tokio::select! {
+            d = queue.claim(&opts.name, opts.lease, Duration::from_secs(1)) => d,
+            _ = stop.changed() => return,
+        };
+        let d = match d {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!("worker {}: {e}; retrying in {backoff:?}", opts.name);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.job.prompt_id.clone());
+        let exec = executor.take().expect("one prompt at a time");
+        let exec = run_delivery(&opts, host.clone(), &queue, events.clone(), exec, d, stop.clone()).await;
+        executor = Some(exec);
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// Interrupts the prompt running here when the server asks, subscribing again after a lost
+/// connection.
+async fn obey(opts: WorkerOptions, current: Arc<Mutex<Option<String>>>, interrupt: comfyrs_runtime::interrupt::Interrupt, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut sub = match ControlSubscriber::subscribe(&opts.broker.url, &opts.broker.namespace).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("worker {}: cannot hear interrupts ({e}); retrying in 2 s", opts.name);
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(2)) => continue, _ = stop.changed() => return }
+            }
+        };
+        loop {
+            let msg = tokio::select! { m = sub.next() => m, _ = stop.changed() => return };
+            let Some(msg) = msg else { break };
+            let running = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let hit = match (&msg, &running) {
+                (ControlMessage::Interrupt { prompt_id }, Some(r)) => prompt_id == r,
+                (ControlMessage::InterruptAll, Some(_)) => true,
+                _ => false,
+            };
+            if hit {
+                tracing::info!("worker {}: interrupting prompt {} as the server asked", opts.name, running.unwrap_or_default());
+                interrupt.set();
+            }
+        }
+    }
+}
+
+/// The messages of one delivery, in order, into the event stream (a task drains them).
+struct StreamOutbox {
+    tx: mpsc::UnboundedSender<(Frame, bool)>,
+}
+
+impl Outbox for StreamOutbox {
+    fn send(&self, _client: Option<&str>, or_all: bool, frame: Frame) {
+        let _ = self.tx.send((frame, or_all));
+    }
+    // Whether the client watches is the server's to know; previews are small.
+    fn wants_previews(&self, _client: Option<&str>) -> bool {
+        true
+    }
+    fn client_flag(&self, _client: &str, _name: &str) -> bool {
+        false
+    }
+}
+
+async fn run_delivery(
+    opts: &WorkerOptions,
+    host: Arc<dyn Host>,
+    queue: &PromptQueue,
+    conn: redis::aio::ConnectionManager,
+    mut executor: Executor,
+    d: Delivery,
+    mut stop: watch::Receiver<bool>,
+) -> Executor {
+    let id = d.job.prompt_id.clone();
+    tracing::info!("worker {}: running prompt {id} (delivery {})", opts.name, d.deliveries);
+    let item = QueueItem {
+        prompt_id: id.clone(),
+        number: d.job.number,
+        number_json: if d.job.number.fract() == 0.0 { json!(d.job.number as i64) } else { json!(d.job.number) },
+        priority: 0,
+        prompt: d.job.prompt.clone(),
+        extra_data: d.job.extra_data.clone(),
+        outputs: d.job.outputs.clone(),
+        sensitive: d.job.sensitive.clone(),
+        create_time: d.job.create_time,
+        attempts: d.deliveries as i64,
+    };
+    // Messages: formatted as the server would, sent in order by one task.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, bool)>();
+    let log = EventLog::new(&opts.broker.url, conn, &opts.broker.namespace, &id, d.deliveries);
+    let pid = id.clone();
+    let sender = tokio::spawn(async move {
+        while let Some((frame, or_all)) = rx.recv().await {
+            let sent = match frame {
+                Frame::Text(t) => {
+                    let m: Json = serde_json::from_str(&t).unwrap_or(Json::Null);
+                    log.send(m["type"].as_str().unwrap_or(""), &m["data"], None, or_all).await
+                }
+                Frame::Binary(b) => log.send("binary", &Json::Null, Some(&b), or_all).await,
+            };
+            if let Err(e) = sent {
+                tracing::warn!("a message of prompt {pid} did not reach the server: {e}");
+            }
+        }
+    });
+    let events = Arc::new(PromptEvents::with_outbox(Arc::new(StreamOutbox { tx }), id.clone(), item.client_id().map(str::to_string)));
+
+    // The lease is renewed while the prompt runs; a lost lease (this worker was presumed dead)
+    // interrupts it: the new owner runs it.
+    let (done_tx, mut done_rx) = watch::channel(false);
+    let renew = {
+        let (queue, name, entry, lease, interrupt) = (queue.clone(), opts.name.clone(), d.entry.clone(), opts.lease, executor.interrupt.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(lease / 3) => {}
+                    _ = done_rx.changed() => return true,
+                    _ = stop.changed() => { interrupt.set(); return false }
+                }
+                match queue.renew(&name, &entry).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("worker {name}: lost the lease of its prompt (another worker took it over); interrupting it");
+                        interrupt.set();
+                        return false;
+                    }
+                    Err(e) => tracing::warn!("worker {name}: cannot renew the lease ({e}); retrying"),
+                }
+            }
+        })
+    };
+
+    let start_time = now_ms();
+    let registry = host.registry();
+    let output_dir = opts.output_dir.clone();
+    let (ev, it) = (events.clone(), item.clone());
+    let (executor, ran) = tokio::task::spawn_blocking(move || {
+        let validated = Prompt::from_json(&it.prompt)
+            .map_err(|e| e.to_string())
+            .and_then(|p| validate(p, &registry, Some(&it.outputs)).map_err(|r| r.render()));
+        let ran = match validated {
+            Err(e) => Ran::Invalid(e),
+            Ok(v) => {
+                let opts = RunOptions {
+                    prompt_id: it.prompt_id.clone(),
+                    extra_pnginfo: it.extra_data.get("extra_pnginfo").cloned(),
+                    output_dir,
+                    events: ev.as_ref(),
+                    extra_data: hidden_extra(&it),
+                    registry: Some(&registry),
+                };
+                Ran::Report(Box::new(executor.run(&v, &opts)))
+            }
+        };
+        (executor, ran)
+    })
+    .await
+    .expect("the run does not panic");
+    let _ = done_tx.send(true);
+    let kept_lease = renew.await.unwrap_or(false);
+    if !kept_lease {
+        // Another worker runs it now, or this one is stopping: no report, no acknowledgement.
+        drop(events);
+        let _ = sender.await;
+        return executor;
+    }
+    let (entry, outcome, terminal) = record(&item, &events, ran);
+    let report = json!({
+        "prompt_id": id, "outcome": outcome.as_str(), "entry": entry, "number": item.number,
+        "create_time": item.create_time, "start_time": start_time, "end_time": now_ms(),
+    });
+    match report_outcome(opts, &report).await {
+        Ok(recorded) => {
+            tracing::info!("worker {}: prompt {id} {}{}", opts.name, outcome.as_str(), if recorded { "" } else { " (an earlier delivery's outcome was recorded)" });
+            terminal.send(&events);
+            events.to_client("executing", json!({"node": null, "prompt_id": id}));
+            drop(events);
+            let _ = sender.await;
+            match queue.ack(&opts.name, &d.entry).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!("worker {}: prompt {id} was taken over before its acknowledgement", opts.name),
+                Err(e) => tracing::warn!("worker {}: cannot acknowledge prompt {id} ({e}); its lease will lapse and the server ignores a second outcome", opts.name),
+            }
+        }
+        Err(e) => {
+            // Not acknowledged: its lease lapses and another worker runs it again.
+            tracing::error!("worker {}: cannot report prompt {id} to {}: {e}", opts.name, opts.server);
+            drop(events);
+            let _ = sender.await;
+        }
+    }
+    executor
+}
+
+/// POSTs the outcome; whether the server recorded it (false: an earlier delivery's was).
+async fn report_outcome(opts: &WorkerOptions, report: &Json) -> Result<bool, String> {
+    let url = format!("{}/internal/comfyrs/outcome", opts.server.trim_end_matches('/'));
+    let body = report.to_string();
+    let token = opts.auth_token.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut req = ureq::post(&url).header("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.send(body).map_err(|e| format!("{url}: {e}"))?;
+        let j: Json = serde_json::from_str(&resp.body_mut().read_to_string().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        j.get("recorded").and_then(Json::as_bool).ok_or_else(|| format!("{url} answered {j}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
