@@ -51,6 +51,9 @@ enum Command {
     Convert(ValidateArgs),
     /// Serve ComfyUI's HTTP/WebSocket API and web frontend, on a queue that survives restarts.
     Serve(commands::serve::ServeArgs),
+    /// Run prompts that a `comfyrs serve --broker` hands out through Redis (one worker per GPU,
+    /// on any number of hosts).
+    Worker(commands::worker::WorkerArgs),
     /// Print the /object_info record of every registered node, or of one class.
     Nodes(NodesArgs),
     /// Print the effective configuration: every setting, its value and where it came from
@@ -142,6 +145,7 @@ impl Command {
         match self {
             Command::Run(a) => Some(&a.config),
             Command::Serve(a) => Some(&a.config),
+            Command::Worker(a) => Some(&a.config),
             Command::Validate(a) | Command::Convert(a) => Some(&a.config),
             Command::Nodes(a) => Some(&a.config),
             Command::Config(a) => Some(&a.config),
@@ -153,8 +157,10 @@ impl Command {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Command::Serve(a) = &mut cli.command {
-        a.settings_to_config();
+    match &mut cli.command {
+        Command::Serve(a) => a.settings_to_config(),
+        Command::Worker(a) => a.settings_to_config(),
+        _ => {}
     }
     let logs = comfyrs_server::LogRing::new(comfyrs_server::LOG_CAPACITY);
     init_tracing(cli.verbose, cli.quiet, &logs);
@@ -169,6 +175,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
         Command::Serve(args) => commands::serve::main(args, &config, logs),
+        Command::Worker(args) => commands::worker::main(args, &config),
         Command::Validate(args) => commands::validate::main(args, &config),
         Command::Convert(args) => commands::validate::convert(args, &config),
         Command::Nodes(args) => commands::nodes::main(args, &config),

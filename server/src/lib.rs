@@ -31,6 +31,6 @@ pub use error::ServeError;
 pub use host::{Host, ModelFolder, SystemInfo};
 pub use logs::{LogLayer, LogRing, DEFAULT_CAPACITY as LOG_CAPACITY};
 pub use options::ServeOptions;
-pub use server::{serve, Running};
+pub use server::{serve, wait_for_signal, Running};
 pub use store::{Store, StoreError};
 pub use webhook::WebhookPolicy;

@@ -4,3 +4,4 @@ pub mod nodes;
 pub mod run;
 pub mod serve;
 pub mod validate;
+pub mod worker;

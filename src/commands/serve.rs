@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// History entries kept [env: COMFYRS_MAX_HISTORY; default: 10000].
     #[arg(long, value_name = "N")]
     max_history: Option<usize>,
+    /// Hand prompts to `comfyrs worker` processes through this Redis instead of running them
+    /// here, e.g. redis://10.0.0.2:6379 [env: COMFYRS_BROKER].
+    #[arg(long, value_name = "URL")]
+    broker: Option<String>,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -85,6 +89,9 @@ impl ServeArgs {
         if let Some(v) = self.max_history {
             flags.push(("--max-history", "server.max_history", Value::from(v as u64)));
         }
+        if let Some(v) = &self.broker {
+            flags.push(("--broker", "broker.url", Value::from(v.clone())));
+        }
         self.config.command_flags = flags;
     }
 }
@@ -103,7 +110,17 @@ pub fn options(config: &Config) -> ServeOptions {
     o.auth_token = s.auth_token.clone();
     o.max_upload = s.max_upload as usize;
     o.max_history = s.max_history;
+    o.broker = broker_settings(config);
     o
+}
+
+/// The server's and the workers' view of the broker settings (the namespace was checked when the
+/// configuration was read).
+pub fn broker_settings(config: &Config) -> Option<comfyrs_server::broker::BrokerSettings> {
+    let url = config.broker.url.as_deref()?;
+    let mut b = comfyrs_server::broker::BrokerSettings::new(url);
+    b.namespace = comfyrs_server::broker::Namespace::new(&config.broker.namespace).unwrap_or_default();
+    Some(b)
 }
 
 /// The static folder of the comfyui-frontend-package in comfyrs's Python venv.
@@ -134,6 +151,9 @@ pub fn main(args: ServeArgs, config: &Config, logs: Arc<comfyrs_server::LogRing>
         let running = comfyrs_server::serve(options, host).await?;
         let url = format!("http://{}", running.addr);
         eprintln!("comfyrs serve: listening on {url} (state in {})", state.display());
+        if let Some(b) = config.broker.url_for_display() {
+            eprintln!("prompts go to the workers through {b}: start them with `comfyrs worker --broker {b} --server {url}`");
+        }
         match front {
             Some(f) => eprintln!("web frontend: {url}/ (from {})", f.display()),
             None => eprintln!("no web frontend installed (pip install comfyui-frontend-package, or --front-end-root DIR); the API is up"),

@@ -41,6 +41,9 @@ pub const KEYS: &[Key] = &[
     key("server.auth_token", Some("COMFYRS_AUTH_TOKEN")),
     key("server.max_upload", Some("COMFYRS_MAX_UPLOAD")),
     key("server.max_history", Some("COMFYRS_MAX_HISTORY")),
+    key("broker.url", Some("COMFYRS_BROKER")),
+    key("broker.namespace", Some("COMFYRS_BROKER_NAMESPACE")),
+    key("broker.server", Some("COMFYRS_SERVER")),
 ];
 
 /// The variable naming the comfyrs.toml to read (`--config` wins over it).

@@ -3,6 +3,7 @@
 //! the binary reads settings from the environment.
 
 mod args;
+mod broker;
 mod cache;
 mod device;
 mod error;
@@ -20,6 +21,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 pub use args::ConfigArgs;
+pub use broker::BrokerConfig;
 pub use cache::CacheSettings;
 pub use device::DeviceChoice;
 pub use error::ConfigError;
@@ -48,6 +50,7 @@ pub struct Config {
     pub cache: CacheSettings,
     pub widen: WidenSettings,
     pub server: ServerSettings,
+    pub broker: BrokerConfig,
     /// Setting key → the layer its value came from; absent keys are defaults.
     #[serde(skip)]
     sources: Vec<(&'static str, String)>,
@@ -66,6 +69,7 @@ impl Default for Config {
             cache: CacheSettings::default(),
             widen: WidenSettings::default(),
             server: ServerSettings::default(),
+            broker: BrokerConfig::default(),
             sources: Vec::new(),
         }
     }

@@ -105,6 +105,16 @@ impl Config {
                     },
                     "server.max_upload" => size(self.server.max_upload),
                     "server.max_history" => (json!(self.server.max_history), Some(self.server.max_history.to_string())),
+                    // A password in the URL is never printed.
+                    "broker.url" => match self.broker.url_for_display() {
+                        Some(u) => (json!(u), Some(quoted(&u))),
+                        None => (Json::Null, None),
+                    },
+                    "broker.namespace" => (json!(self.broker.namespace), Some(quoted(&self.broker.namespace))),
+                    "broker.server" => match &self.broker.server {
+                        Some(u) => (json!(u), Some(quoted(u))),
+                        None => (Json::Null, None),
+                    },
                     other => unreachable!("setting {other} is in the table but not in the report"),
                 };
                 let resolved = (k.key == "device").then(|| device_name(self.device.resolve()));
