@@ -77,7 +77,8 @@ fn a_server_and_two_workers_run_prompts_from_several_clients() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = Serve::spawn(&["--python".into(), "never".into(), "--broker".into(), redis.url().into(), "--state-dir".into(), dir.path().join("server").into()]);
-    assert!(server.log().contains("comfyrs worker --broker"), "the server says how to start workers:\n{}", server.log());
+    // (the line after the listening line, which the harness waits for)
+    server.wait_for("the server to say how to start workers", Duration::from_secs(10), || server.log().contains("comfyrs worker --broker").then_some(()));
     let workers = [Worker::start(&redis, &server, "w1", &dir.path().join("w1")), Worker::start(&redis, &server, "w2", &dir.path().join("w2"))];
 
     // A client on the socket hears its prompt run on a worker.
