@@ -95,15 +95,17 @@ async fn renewing_keeps_the_lease() {
     let redis = RedisServer::start().unwrap();
     let q = queue(&redis).await;
     q.publish(&job("p1")).await.unwrap();
-    let d = q.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    // A lease long enough that a loaded machine's late wake-ups stay well inside it.
+    let lease = Duration::from_millis(1500);
+    let d = q.claim("w1", lease, NO_WAIT).await.unwrap().unwrap();
     for _ in 0..6 {
-        tokio::time::sleep(LEASE / 3).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(q.renew("w1", &d.entry).await.unwrap());
-        assert!(q.claim("w2", LEASE, NO_WAIT).await.unwrap().is_none(), "a renewed lease is not reclaimed");
+        assert!(q.claim("w2", lease, NO_WAIT).await.unwrap().is_none(), "a renewed lease is not reclaimed");
     }
     // Renewals stop (the worker died): the prompt moves on.
-    tokio::time::sleep(LEASE + Duration::from_millis(150)).await;
-    assert_eq!(q.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("reclaimed").job.prompt_id, "p1");
+    tokio::time::sleep(lease + Duration::from_millis(150)).await;
+    assert_eq!(q.claim("w2", lease, NO_WAIT).await.unwrap().expect("reclaimed").job.prompt_id, "p1");
 }
 
 #[tokio::test]
