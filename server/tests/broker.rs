@@ -118,10 +118,11 @@ async fn published_prompts_survive_a_redis_crash_with_append_only_persistence() 
     }
     let claimed = q.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
     redis.restart().unwrap(); // SIGKILL, then a start over the same files
-    // The same queue object reconnects by itself.
+    // The same queue object reconnects by itself. (A long lease here: the claim made before the
+    // crash must not be reclaimed yet, however long the restart took.)
     let mut ids = Vec::new();
     for _ in 0..20 {
-        match q.claim("w2", LEASE, NO_WAIT).await {
+        match q.claim("w2", Duration::from_secs(60), NO_WAIT).await {
             Ok(Some(d)) => {
                 assert!(q.ack("w2", &d.entry).await.unwrap());
                 ids.push(d.job.prompt_id);
