@@ -18,11 +18,19 @@ use crate::control::Control;
 use crate::hub::{Frame, Hub};
 use crate::time::now_ms;
 
+/// One WebSocket message before it is encoded for its way out.
+pub enum Message {
+    /// `{"type": kind, "data": data}`.
+    Event { kind: String, data: Json },
+    /// A binary frame (previews, progress text).
+    Binary(Vec<u8>),
+}
+
 /// Where a prompt's messages go: the server's sockets ([`HubOutbox`]), or, on a worker, the
 /// broker's event stream back to the server (docs/scale-out.md, "Events and control").
 pub trait Outbox: Send + Sync {
-    /// `frame` to `client`; without a client, to every socket when `or_all`, else nowhere.
-    fn send(&self, client: Option<&str>, or_all: bool, frame: Frame);
+    /// `msg` to `client`; without a client, to every socket when `or_all`, else nowhere.
+    fn send(&self, client: Option<&str>, or_all: bool, msg: Message);
     /// Whether anyone would see a preview (`client`'s socket, or any socket without one).
     fn wants_previews(&self, client: Option<&str>) -> bool;
     /// Whether `client` announced the feature flag `name`.
@@ -38,7 +46,11 @@ pub struct HubOutbox {
 }
 
 impl Outbox for HubOutbox {
-    fn send(&self, client: Option<&str>, or_all: bool, frame: Frame) {
+    fn send(&self, client: Option<&str>, or_all: bool, msg: Message) {
+        let frame = match msg {
+            Message::Event { kind, data } => Frame::event(&kind, data),
+            Message::Binary(b) => Frame::Binary(b.into()),
+        };
         match client {
             Some(c) => self.hub.send(Some(c), frame),
             None if or_all => self.hub.send(None, frame),
@@ -125,13 +137,13 @@ impl PromptEvents {
     /// To the submitting client only (dropped without one).
     pub fn to_client(&self, kind: &str, data: Json) {
         if self.client.is_some() {
-            self.outbox.send(self.client.as_deref(), false, Frame::event(kind, data));
+            self.outbox.send(self.client.as_deref(), false, Message::Event { kind: kind.to_string(), data });
         }
     }
 
     /// To the submitting client, or to everyone when there is none.
     pub fn to_client_or_all(&self, kind: &str, data: Json) {
-        self.outbox.send(self.client.as_deref(), true, Frame::event(kind, data));
+        self.outbox.send(self.client.as_deref(), true, Message::Event { kind: kind.to_string(), data });
     }
 
     /// The messages the history entry's `status.messages` keeps (start and cached so far).
@@ -237,9 +249,9 @@ impl EventSink for PromptEvents {
                 b.extend_from_slice(&(node.len() as u32).to_be_bytes());
                 b.extend_from_slice(node.as_bytes());
                 b.extend_from_slice(text.as_bytes());
-                self.outbox.send(self.client.as_deref(), true, Frame::Binary(b.into()));
+                self.outbox.send(self.client.as_deref(), true, Message::Binary(b));
             }
-            Event::Custom { name, data, .. } => self.outbox.send(self.client.as_deref(), true, Frame::event(name, data.clone())),
+            Event::Custom { name, data, .. } => self.to_client_or_all(name, data.clone()),
             // The terminal messages are sent by the worker from the run's report, which has
             // everything `execution_error` carries.
             Event::Interrupted { .. } | Event::Done { .. } => {}
@@ -275,7 +287,7 @@ impl PromptEvents {
             b.extend_from_slice(&code.to_be_bytes());
         }
         b.extend_from_slice(image);
-        self.outbox.send(self.client.as_deref(), true, Frame::Binary(b.into()));
+        self.outbox.send(self.client.as_deref(), true, Message::Binary(b));
     }
 }
 

@@ -240,9 +240,7 @@ async fn control_messages_reach_every_subscribed_worker() {
 async fn a_redis_that_lost_its_data_gets_its_group_back_on_the_next_claim() {
     let redis = RedisServer::start().unwrap();
     let q = queue(&redis).await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    redis.flush_all();
     q.publish(&job("after")).await.unwrap();
     assert_eq!(q.claim("w1", LEASE, NO_WAIT).await.unwrap().expect("claimed").job.prompt_id, "after");
 }

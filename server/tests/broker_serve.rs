@@ -198,9 +198,7 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     server.stop();
 
     // A Redis that lost its data: the prompt still running is published again.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = rt.block_on(client.get_multiplexed_async_connection()).unwrap();
-    let _: () = rt.block_on(redis::cmd("FLUSHALL").query_async(&mut c)).unwrap();
+    redis.flush_all();
     let server = broker_server(&redis, dir.path());
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     let d = rt.block_on(queue.claim("w2", LEASE, Duration::from_secs(10))).unwrap().expect("published again");

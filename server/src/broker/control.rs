@@ -27,9 +27,7 @@ pub struct ControlChannel {
 
 impl ControlChannel {
     pub async fn connect(url: &str, ns: &Namespace) -> Result<ControlChannel, BrokerError> {
-        let err = |source| BrokerError::Redis { url: url.to_string(), source };
-        let client = redis::Client::open(url).map_err(|source| BrokerError::Url { url: url.to_string(), source })?;
-        let conn = client.get_connection_manager().await.map_err(err)?;
+        let conn = super::conn::manager(url, false).await?;
         Ok(ControlChannel { url: url.to_string(), channel: ns.control(), conn })
     }
 
@@ -54,8 +52,7 @@ impl ControlSubscriber {
     /// Subscribes; messages published after this returns are received.
     pub async fn subscribe(url: &str, ns: &Namespace) -> Result<ControlSubscriber, BrokerError> {
         let err = |source| BrokerError::Redis { url: url.to_string(), source };
-        let client = redis::Client::open(url).map_err(|source| BrokerError::Url { url: url.to_string(), source })?;
-        let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
+        let mut pubsub = super::conn::client(url)?.get_async_pubsub().await.map_err(err)?;
         pubsub.subscribe(ns.control()).await.map_err(err)?;
         Ok(ControlSubscriber { stream: pubsub.into_on_message() })
     }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::{StreamMaxlen, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use serde_json::Value as Json;
@@ -35,16 +35,6 @@ pub struct WorkerEvent {
     pub to_all_without_client: bool,
 }
 
-fn connect(url: &str, blocking: bool) -> Result<(redis::Client, ConnectionManagerConfig), BrokerError> {
-    let client = redis::Client::open(url).map_err(|source| BrokerError::Url { url: url.to_string(), source })?;
-    let timeout = Duration::from_secs(5);
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_number_of_retries(3)
-        .set_response_timeout(if blocking { None } else { Some(timeout) });
-    Ok((client, config))
-}
-
 /// A worker's sender of one prompt delivery's events.
 pub struct EventLog {
     url: String,
@@ -64,8 +54,7 @@ impl EventLog {
 
     /// A command connection for [`EventLog::new`].
     pub async fn connection(url: &str) -> Result<ConnectionManager, BrokerError> {
-        let (client, config) = connect(url, false)?;
-        client.get_connection_manager_with_config(config).await.map_err(|source| BrokerError::Redis { url: url.to_string(), source })
+        super::conn::manager(url, false).await
     }
 
     /// Appends one event (sequence numbers follow the calls); see [`WorkerEvent`] for the fields.
@@ -108,17 +97,14 @@ impl EventReader {
 
     /// A reader of the events after entry `last` (what [`last_id`](Self::last_id) returned).
     pub async fn resume(url: &str, ns: &Namespace, last: &str) -> Result<EventReader, BrokerError> {
-        let (client, config) = connect(url, true)?;
-        let conn = client.get_connection_manager_with_config(config).await.map_err(|source| BrokerError::Redis { url: url.to_string(), source })?;
+        let conn = super::conn::manager(url, true).await?;
         let mut r = EventReader { url: url.to_string(), stream: ns.events(), conn, last: last.to_string() };
         if r.last == "$" {
             // "$" means "after the newest entry when the read starts": pin it now, so that events
             // appended before the first read are not skipped.
-            let newest: Value = redis::cmd("XREVRANGE").arg(&r.stream).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut r.conn).await.map_err(|source| BrokerError::Redis { url: url.to_string(), source })?;
-            r.last = match newest {
-                Value::Array(items) => items.first().and_then(entry_id).unwrap_or_else(|| "0-0".into()),
-                _ => "0-0".into(),
-            };
+            let newest: redis::streams::StreamRangeReply =
+                r.conn.xrevrange_count(&r.stream, "+", "-", 1).await.map_err(|source| BrokerError::Redis { url: url.to_string(), source })?;
+            r.last = newest.ids.first().map(|e| e.id.clone()).unwrap_or_else(|| "0-0".into());
         }
         Ok(r)
     }
@@ -159,15 +145,5 @@ impl EventReader {
             out.push(event);
         }
         Ok(out)
-    }
-}
-
-fn entry_id(v: &Value) -> Option<String> {
-    match v {
-        Value::Array(parts) => match parts.first() {
-            Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            _ => None,
-        },
-        _ => None,
     }
 }

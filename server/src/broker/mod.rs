@@ -8,6 +8,7 @@
 //! - [`ControlChannel`]: interrupts and cancellations, out to the workers.
 //! - [`run_worker`]: a worker's loop (`comfyrs worker`); `link` is the server's side.
 
+mod conn;
 mod control;
 mod error;
 mod events;

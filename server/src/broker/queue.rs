@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncCommands, Value};
 
@@ -17,10 +17,6 @@ use super::{BrokerError, Job, Namespace};
 
 /// How long a claimed prompt stays with its worker without a renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-
-/// Commands other than blocking reads answer within this, or the call fails (and is retried by
-/// the caller when [`BrokerError::is_transient`]).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One claimed prompt.
 #[derive(Clone, Debug)]
@@ -65,11 +61,8 @@ return 1
 impl PromptQueue {
     /// Connects to `url` and makes sure the stream and its group exist.
     pub async fn connect(url: &str, ns: &Namespace) -> Result<PromptQueue, BrokerError> {
-        let client = redis::Client::open(url).map_err(|source| BrokerError::Url { url: url.to_string(), source })?;
-        let err = |source| BrokerError::Redis { url: url.to_string(), source };
-        let base = ConnectionManagerConfig::new().set_connection_timeout(Some(COMMAND_TIMEOUT)).set_number_of_retries(3);
-        let cmd = client.get_connection_manager_with_config(base.clone().set_response_timeout(Some(COMMAND_TIMEOUT))).await.map_err(err)?;
-        let blocking = client.get_connection_manager_with_config(base.set_response_timeout(None)).await.map_err(err)?;
+        let cmd = super::conn::manager(url, false).await?;
+        let blocking = super::conn::manager(url, true).await?;
         let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking };
         q.ensure_group().await?;
         Ok(q)

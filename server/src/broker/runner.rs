@@ -15,8 +15,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, PromptQueue};
 use crate::host::Host;
-use crate::hub::Frame;
-use crate::messages::{Outbox, PromptEvents};
+use crate::messages::{Message, Outbox, PromptEvents};
 use crate::store::QueueItem;
 use crate::time::now_ms;
 use crate::worker::{hidden_extra, record, Ran};
@@ -122,12 +121,12 @@ async fn obey(opts: WorkerOptions, current: Arc<Mutex<Option<String>>>, interrup
 
 /// The messages of one delivery, in order, into the event stream (a task drains them).
 struct StreamOutbox {
-    tx: mpsc::UnboundedSender<(Frame, bool)>,
+    tx: mpsc::UnboundedSender<(Message, bool)>,
 }
 
 impl Outbox for StreamOutbox {
-    fn send(&self, _client: Option<&str>, or_all: bool, frame: Frame) {
-        let _ = self.tx.send((frame, or_all));
+    fn send(&self, _client: Option<&str>, or_all: bool, msg: Message) {
+        let _ = self.tx.send((msg, or_all));
     }
     // Whether the client watches is the server's to know; previews are small.
     fn wants_previews(&self, _client: Option<&str>) -> bool {
@@ -162,17 +161,14 @@ async fn run_delivery(
         attempts: d.deliveries as i64,
     };
     // Messages: formatted as the server would, sent in order by one task.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Frame, bool)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Message, bool)>();
     let log = EventLog::new(&opts.broker.url, conn, &opts.broker.namespace, &id, d.deliveries);
     let pid = id.clone();
     let sender = tokio::spawn(async move {
-        while let Some((frame, or_all)) = rx.recv().await {
-            let sent = match frame {
-                Frame::Text(t) => {
-                    let m: Json = serde_json::from_str(&t).unwrap_or(Json::Null);
-                    log.send(m["type"].as_str().unwrap_or(""), &m["data"], None, or_all).await
-                }
-                Frame::Binary(b) => log.send("binary", &Json::Null, Some(&b), or_all).await,
+        while let Some((msg, or_all)) = rx.recv().await {
+            let sent = match msg {
+                Message::Event { kind, data } => log.send(&kind, &data, None, or_all).await,
+                Message::Binary(b) => log.send("binary", &Json::Null, Some(&b), or_all).await,
             };
             if let Err(e) = sent {
                 tracing::warn!("a message of prompt {pid} did not reach the server: {e}");

@@ -56,6 +56,15 @@ impl RedisServer {
         }
     }
 
+    /// FLUSHALL: what a Redis that restarted without its data holds (nothing).
+    pub fn flush_all(&self) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server answers");
+        s.write_all(b"FLUSHALL\r\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(line.starts_with("+OK"), "FLUSHALL answered {line:?}");
+    }
+
     /// Kills the server (if running) and starts it again on the same port and directory.
     pub fn restart(&mut self) -> Result<(), String> {
         self.kill();
