@@ -58,17 +58,18 @@ impl Shared {
     }
 
     /// Interrupts the running prompt (with an id, only that one); whether one was asked to
-    /// stop. With a broker the worker running it is asked.
-    pub fn interrupt(&self, prompt_id: Option<&str>) -> bool {
-        match &self.broker {
-            None => self.control.interrupt(prompt_id),
-            Some(link) => {
-                let running = prompt_id.is_none_or(|id| link.dispatched(id));
-                if running {
-                    link.interrupt(prompt_id);
-                }
-                running
+    /// stop. With a broker, the worker running it is asked, and a prompt no worker claimed yet
+    /// is taken back from the stream (docs/scale-out.md, "Events and control").
+    pub async fn interrupt(&self, prompt_id: Option<&str>) -> Result<bool, crate::error::ApiError> {
+        match (&self.broker, prompt_id) {
+            (None, _) => Ok(self.control.interrupt(prompt_id)),
+            (Some(link), None) => {
+                link.interrupt(None);
+                Ok(true)
             }
+            (Some(link), Some(id)) => crate::broker::link::cancel(self, link, id).await.map_err(|e| {
+                crate::error::ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("cannot stop prompt {id}: {e}"))
+            }),
         }
     }
 

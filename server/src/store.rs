@@ -348,6 +348,15 @@ impl Store {
         row.map(decode_item).transpose()
     }
 
+    /// Removes a prompt handed to the workers that none had claimed when it was cancelled
+    /// (docs/scale-out.md, "Events and control"): it leaves the queue without a history entry,
+    /// as a cancelled pending prompt does. The removed prompt, if it was still there.
+    pub fn remove_dispatched(&self, prompt_id: &str) -> Result<Option<QueueItem>> {
+        let Some(item) = self.queued(prompt_id)? else { return Ok(None) };
+        let n = self.conn().execute("DELETE FROM queue WHERE prompt_id = ?1 AND running = 1", [prompt_id])?;
+        Ok((n == 1).then_some(item))
+    }
+
     /// Removes pending prompts (running ones are interrupted, not deleted); how many went.
     pub fn delete_pending(&self, ids: &[String]) -> Result<usize> {
         self.delete_each("DELETE FROM queue WHERE prompt_id = ?1 AND running = 0", ids)

@@ -118,6 +118,8 @@ pub(crate) enum Ran {
     Report(Box<RunReport>),
     /// It no longer validates (the server restarted with other nodes or files).
     Invalid(String),
+    /// Cancelled after a worker claimed it, before it started (docs/scale-out.md).
+    Cancelled,
 }
 
 fn execute(shared: &Shared, executor: &mut Executor, item: &QueueItem, events: &PromptEvents) -> Ran {
@@ -167,6 +169,10 @@ pub(crate) fn record(item: &QueueItem, events: &PromptEvents, ran: Ran) -> (Json
                 "current_outputs": [], "timestamp": now_ms(),
             });
             ("execution_error", data, Outcome::Failed)
+        }
+        Ran::Cancelled => {
+            let data = json!({"prompt_id": id, "node_id": null, "node_type": null, "executed": [], "timestamp": now_ms()});
+            ("execution_interrupted", data, Outcome::Cancelled)
         }
         Ran::Report(report) => {
             for (node, ui) in &report.outputs {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use comfyrs_server::broker::{BrokerError, Job, Namespace, PromptQueue};
+use comfyrs_server::broker::{BrokerError, Job, Lease, Namespace, PromptQueue, Withdrawal};
 use serde_json::json;
 
 #[path = "common/redis.rs"]
@@ -83,11 +83,35 @@ async fn a_lapsed_lease_is_reclaimed_and_the_old_owner_cannot_acknowledge() {
     assert_eq!((second.entry.as_str(), second.deliveries), (first.entry.as_str(), 2));
     assert_eq!(second.job, first.job);
     // The first worker (it was only slow) can neither renew nor acknowledge the new owner's run.
-    assert!(!q.renew("dead", &first.entry).await.unwrap());
+    assert_eq!(q.renew("dead", &first).await.unwrap(), Lease::Lost);
     assert!(!q.ack("dead", &first.entry).await.unwrap());
     assert_eq!(q.pending().await.unwrap(), 1);
     assert!(q.ack("w2", &second.entry).await.unwrap());
     assert_eq!(q.entries().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_withdrawn_prompt_is_gone_before_its_claim_and_marked_cancelled_after() {
+    let redis = RedisServer::start().unwrap();
+    let q = queue(&redis).await;
+    for id in ["p1", "p2", "p3"] {
+        q.publish(&job(id)).await.unwrap();
+    }
+    // Not claimed yet: taken out of the stream; nobody gets it.
+    assert_eq!(q.withdraw("p2").await.unwrap(), Withdrawal::Removed);
+    let a = q.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    let b = q.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    assert_eq!((a.job.prompt_id.as_str(), b.job.prompt_id.as_str()), ("p1", "p3"));
+    assert!(q.claim("w1", LEASE, NO_WAIT).await.unwrap().is_none());
+    // Claimed: it stays the worker's, which learns of the cancel at its check and its renewal.
+    assert!(!q.cancelled("p1").await.unwrap());
+    assert_eq!(q.withdraw("p1").await.unwrap(), Withdrawal::Running);
+    assert!(q.cancelled("p1").await.unwrap());
+    assert_eq!(q.renew("w1", &a).await.unwrap(), Lease::Cancelled);
+    assert_eq!(q.renew("w1", &b).await.unwrap(), Lease::Kept);
+    // Not in the stream (its publication still to come): marked, so the worker skips it.
+    assert_eq!(q.withdraw("p9").await.unwrap(), Withdrawal::Absent);
+    assert!(q.cancelled("p9").await.unwrap());
 }
 
 #[tokio::test]
@@ -100,7 +124,7 @@ async fn renewing_keeps_the_lease() {
     let d = q.claim("w1", lease, NO_WAIT).await.unwrap().unwrap();
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(q.renew("w1", &d.entry).await.unwrap());
+        assert_eq!(q.renew("w1", &d).await.unwrap(), Lease::Kept);
         assert!(q.claim("w2", lease, NO_WAIT).await.unwrap().is_none(), "a renewed lease is not reclaimed");
     }
     // Renewals stop (the worker died): the prompt moves on.

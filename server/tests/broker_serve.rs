@@ -150,6 +150,54 @@ fn interrupts_and_cancels_reach_the_workers() {
 }
 
 #[test]
+fn a_prompt_cancelled_before_a_worker_claims_it_never_runs() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let gone = server.queue(wait_prompt("gone", 1), None)["prompt_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rt.block_on(queue.prompt_ids()).unwrap().contains(&gone) {
+        assert!(std::time::Instant::now() < deadline, "the prompt reaches the stream");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(server.post(&format!("/api/jobs/{gone}/cancel"), &json!({})).1["cancelled"], true);
+    // Out of the stream and the queue, without a history entry (as a cancelled pending prompt).
+    assert!(rt.block_on(queue.prompt_ids()).unwrap().is_empty());
+    let (_, q) = server.get("/queue");
+    assert_eq!(q["queue_running"], json!([]), "{q}");
+    // A worker started now runs what comes next, not the cancelled prompt.
+    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let next = server.queue(wait_prompt("next", 1), None)["prompt_id"].as_str().unwrap().to_string();
+    assert_eq!(server.wait_history(&next)["outputs"]["3"]["text"][0], "next");
+    let (_, h) = server.get("/history");
+    assert_eq!(h.as_object().unwrap().keys().collect::<Vec<_>>(), [&next], "{h}");
+    assert_eq!(server.post(&format!("/api/jobs/{gone}/cancel"), &json!({})).1["cancelled"], false);
+}
+
+#[test]
+fn a_worker_skips_a_prompt_cancelled_before_it_started() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    // The cancel lands between the prompt's dispatch and its publication (the mark it leaves
+    // is what a worker that claimed a prompt without hearing its interrupt finds).
+    let id = "7f0c9a52-9d55-4c0e-8a34-3c1f1b2f0a11";
+    assert_eq!(rt.block_on(queue.withdraw(id)).unwrap(), comfyrs_server::broker::Withdrawal::Absent);
+    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let mut socket = Socket::connect(&server, "c1");
+    let (status, r) = server.post("/prompt", &json!({"prompt": wait_prompt("skipped", 60_000), "client_id": "c1", "prompt_id": id}));
+    assert_eq!(status, 200, "{r}");
+    let msgs = socket.until_done(id);
+    assert!(msgs.iter().all(|m| m["type"] != "progress" && m["type"] != "executing" || m["data"]["node"].is_null()), "nothing ran: {msgs:?}");
+    assert!(msgs.iter().any(|m| m["type"] == "execution_interrupted"), "{msgs:?}");
+    assert_eq!(server.get(&format!("/api/jobs/{id}")).1["status"], "cancelled");
+}
+
+#[test]
 fn a_server_without_a_broker_refuses_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());

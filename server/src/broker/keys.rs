@@ -32,6 +32,12 @@ impl Namespace {
         format!("{}:control", self.0)
     }
 
+    /// Set when a prompt is cancelled after a worker claimed it (the worker may not have heard
+    /// the interrupt: it checks this before it starts and whenever it renews the lease).
+    pub fn cancelled(&self, prompt_id: &str) -> String {
+        format!("{}:cancelled:{prompt_id}", self.0)
+    }
+
     /// The consumer group every worker reads the prompt stream through.
     pub fn workers_group(&self) -> &'static str {
         "workers"

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::{BrokerError, ControlChannel, ControlMessage, EventReader, Job, Namespace, PromptQueue, WorkerEvent};
+use super::{BrokerError, ControlChannel, ControlMessage, EventReader, Job, Namespace, PromptQueue, WorkerEvent, Withdrawal};
 use crate::hub::Frame;
 use crate::server::Shared;
 use crate::store::{Finished, QueueItem, Store};
@@ -104,6 +104,33 @@ impl Link {
     pub fn dispatched(&self, prompt_id: &str) -> bool {
         self.prompts().get(prompt_id).is_some_and(|d| d.finished.is_none())
     }
+}
+
+/// Stops a prompt handed to the workers; false when it is not with them (not dispatched, or
+/// its outcome is recorded). One that no worker claimed yet is taken back from the stream and
+/// leaves the queue without a history entry, as a cancelled pending prompt does; the worker
+/// running one is told through the control channel and, in case it claimed the prompt but has
+/// not started it, through a mark it checks before it starts and whenever it renews the lease.
+pub async fn cancel(shared: &Shared, link: &Link, prompt_id: &str) -> Result<bool, BrokerError> {
+    if !link.dispatched(prompt_id) {
+        return Ok(false);
+    }
+    match link.queue.withdraw(prompt_id).await? {
+        Withdrawal::Removed => {
+            match shared.store.remove_dispatched(prompt_id) {
+                Ok(Some(item)) => {
+                    tracing::info!("prompt {prompt_id} cancelled before a worker took it");
+                    link.prompts().remove(prompt_id);
+                    shared.broadcast_status();
+                    shared.dequeued(&item);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!("cannot remove cancelled prompt {prompt_id} from the queue: {e}"),
+            }
+        }
+        Withdrawal::Running | Withdrawal::Absent => link.interrupt(Some(prompt_id)),
+    }
+    Ok(true)
 }
 
 /// The dispatcher thread: like the local executor thread, woken by new prompts, but it

@@ -24,5 +24,5 @@ pub use events::{EventLog, EventReader, WorkerEvent};
 pub use job::Job;
 pub use keys::Namespace;
 pub use link::BrokerSettings;
-pub use queue::{Delivery, PromptQueue, DEFAULT_LEASE};
+pub use queue::{Delivery, Lease, PromptQueue, Withdrawal, DEFAULT_LEASE};
 pub use runner::{run_worker, WorkerOptions};

@@ -38,16 +38,68 @@ pub struct PromptQueue {
     group: &'static str,
     cmd: ConnectionManager,
     blocking: ConnectionManager,
+    ns: Namespace,
 }
 
 /// Renews `ARGV[3]` for consumer `ARGV[2]` (group `ARGV[1]`) only while it is that consumer's:
 /// XCLAIM with min-idle 0 resets the idle time, but would also take the entry from a new owner.
+/// Answers 2 instead of 1 when its prompt was cancelled meanwhile (the key `KEYS[2]` exists).
 const RENEW: &str = r"
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
 redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
 return 1
 ";
+
+/// Takes prompt `ARGV[2]` back from the stream `KEYS[1]`: deleted while no worker claimed it
+/// (answers 1); else marked cancelled (`KEYS[2]`, for `ARGV[3]` seconds): 2 when a worker
+/// claimed it, 0 when it is not in the stream (the mark then stops it should its publication
+/// still come). The stream holds only what is waiting or running, a few entries per worker,
+/// so the scan is short.
+const WITHDRAW: &str = r"
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local f = e[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'prompt_id' and f[i + 1] == ARGV[2] then
+      if #redis.call('XPENDING', KEYS[1], ARGV[1], e[1], e[1], 1) == 0 then
+        redis.call('XDEL', KEYS[1], e[1])
+        return 1
+      end
+      redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+      return 2
+    end
+  end
+end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+return 0
+";
+
+/// How long a cancellation is remembered for the worker running the prompt.
+const CANCEL_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What renewing a lease found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Still this worker's; renewed.
+    Kept,
+    /// Still this worker's, renewed, but the prompt was cancelled: stop it and report.
+    Cancelled,
+    /// Another worker reclaimed it (this one was presumed dead), or it was acknowledged.
+    Lost,
+}
+
+/// What taking a dispatched prompt back found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// No worker had claimed it: it is gone from the stream and will not run.
+    Removed,
+    /// A worker runs it: marked cancelled (the worker checks before it starts and at every
+    /// renewal, besides hearing the interrupt).
+    Running,
+    /// Not in the stream (finished, or never dispatched).
+    Absent,
+}
 
 /// Acknowledges and deletes `ARGV[3]` only while it is consumer `ARGV[2]`'s.
 const ACK: &str = r"
@@ -63,7 +115,7 @@ impl PromptQueue {
     pub async fn connect(url: &str, ns: &Namespace) -> Result<PromptQueue, BrokerError> {
         let cmd = super::conn::manager(url, false).await?;
         let blocking = super::conn::manager(url, true).await?;
-        let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking };
+        let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking, ns: ns.clone() };
         q.ensure_group().await?;
         Ok(q)
     }
@@ -148,11 +200,48 @@ impl PromptQueue {
         Ok(Delivery { entry: entry.id.clone(), job, deliveries })
     }
 
-    /// Resets the lease of `entry` if it is still `consumer`'s; false when it was reclaimed by
-    /// another worker (or acknowledged).
-    pub async fn renew(&self, consumer: &str, entry: &str) -> Result<bool, BrokerError> {
-        self.owned_script(RENEW, consumer, entry).await
+    /// Resets the lease of `d` if it is still `consumer`'s, and says whether its prompt was
+    /// cancelled meanwhile.
+    pub async fn renew(&self, consumer: &str, d: &Delivery) -> Result<Lease, BrokerError> {
+        let n: i64 = redis::Script::new(RENEW)
+            .key(&self.stream)
+            .key(self.ns.cancelled(&d.job.prompt_id))
+            .arg(self.group)
+            .arg(consumer)
+            .arg(&d.entry)
+            .invoke_async(&mut self.cmd.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(match n {
+            1 => Lease::Kept,
+            2 => Lease::Cancelled,
+            _ => Lease::Lost,
+        })
     }
+
+    /// Whether `prompt_id` was cancelled after a worker claimed it.
+    pub async fn cancelled(&self, prompt_id: &str) -> Result<bool, BrokerError> {
+        self.cmd.clone().exists(self.ns.cancelled(prompt_id)).await.map_err(|e| self.err(e))
+    }
+
+    /// Takes `prompt_id` back (a cancel): see [`Withdrawal`].
+    pub async fn withdraw(&self, prompt_id: &str) -> Result<Withdrawal, BrokerError> {
+        let n: i64 = redis::Script::new(WITHDRAW)
+            .key(&self.stream)
+            .key(self.ns.cancelled(prompt_id))
+            .arg(self.group)
+            .arg(prompt_id)
+            .arg(CANCEL_TTL.as_secs())
+            .invoke_async(&mut self.cmd.clone())
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(match n {
+            1 => Withdrawal::Removed,
+            2 => Withdrawal::Running,
+            _ => Withdrawal::Absent,
+        })
+    }
+
 
     /// Acknowledges and removes `entry` if it is still `consumer`'s; false otherwise (another
     /// worker reclaimed it: its own acknowledgement will remove it).

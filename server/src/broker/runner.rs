@@ -13,7 +13,7 @@ use comfyrs_runtime::validate::validate;
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, watch};
 
-use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, PromptQueue};
+use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, PromptQueue};
 use crate::host::Host;
 use crate::messages::{Message, Outbox, PromptEvents};
 use crate::store::QueueItem;
@@ -181,7 +181,7 @@ async fn run_delivery(
     // interrupts it: the new owner runs it.
     let (done_tx, mut done_rx) = watch::channel(false);
     let renew = {
-        let (queue, name, entry, lease, interrupt) = (queue.clone(), opts.name.clone(), d.entry.clone(), opts.lease, executor.interrupt.clone());
+        let (queue, name, d, lease, interrupt) = (queue.clone(), opts.name.clone(), d.clone(), opts.lease, executor.interrupt.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -189,9 +189,11 @@ async fn run_delivery(
                     _ = done_rx.changed() => return true,
                     _ = stop.changed() => { interrupt.set(); return false }
                 }
-                match queue.renew(&name, &entry).await {
-                    Ok(true) => {}
-                    Ok(false) => {
+                match queue.renew(&name, &d).await {
+                    Ok(Lease::Kept) => {}
+                    // Its interrupt may have come before the run started (which clears it).
+                    Ok(Lease::Cancelled) => interrupt.set(),
+                    Ok(Lease::Lost) => {
                         tracing::warn!("worker {name}: lost the lease of its prompt (another worker took it over); interrupting it");
                         interrupt.set();
                         return false;
@@ -202,6 +204,12 @@ async fn run_delivery(
         })
     };
 
+    // Cancelled between its claim and now: the interrupt may have come before this worker knew
+    // the prompt was its own.
+    let cancelled = queue.cancelled(&id).await.unwrap_or_else(|e| {
+        tracing::warn!("worker {}: cannot check whether prompt {id} was cancelled ({e}); running it", opts.name);
+        false
+    });
     let start_time = now_ms();
     let registry = host.registry();
     let output_dir = opts.output_dir.clone();
@@ -211,6 +219,7 @@ async fn run_delivery(
             .map_err(|e| e.to_string())
             .and_then(|p| validate(p, &registry, Some(&it.outputs)).map_err(|r| r.render()));
         let ran = match validated {
+            _ if cancelled => Ran::Cancelled,
             Err(e) => Ran::Invalid(e),
             Ok(v) => {
                 let opts = RunOptions {

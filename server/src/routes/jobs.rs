@@ -92,8 +92,8 @@ async fn one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Jso
 
 /// Interrupts the job if it runs, dequeues it if it waits; false when it had already finished
 /// or is unknown.
-fn cancel(s: &Shared, id: &str) -> ApiResult<bool> {
-    if s.interrupt(Some(id)) {
+async fn cancel(s: &Shared, id: &str) -> ApiResult<bool> {
+    if s.interrupt(Some(id)).await? {
         tracing::info!("cancelling running prompt {id}");
         return Ok(true);
     }
@@ -105,11 +105,11 @@ fn cancel(s: &Shared, id: &str) -> ApiResult<bool> {
         return Ok(true);
     }
     // It started between the two looks.
-    Ok(s.interrupt(Some(id)))
+    s.interrupt(Some(id)).await
 }
 
 async fn cancel_one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<JsonBody<Json>> {
-    Ok(JsonBody(json!({"cancelled": cancel(&s, &id)?})))
+    Ok(JsonBody(json!({"cancelled": cancel(&s, &id).await?})))
 }
 
 /// ComfyUI's canonical form of a job id: a lowercase hyphenated UUID.
@@ -130,7 +130,7 @@ async fn cancel_batch(State(s): State<AppState>, raw: Bytes) -> ApiResult<JsonBo
     }
     let mut cancelled = false;
     for id in ids.iter().filter_map(Json::as_str) {
-        cancelled |= cancel(&s, id)?;
+        cancelled |= cancel(&s, id).await?;
     }
     Ok(JsonBody(json!({"cancelled": cancelled})))
 }

@@ -177,7 +177,7 @@ async fn resume(State(s): State<AppState>) -> ApiResult<JsonBody<Json>> {
 async fn interrupt(State(s): State<AppState>, raw: Bytes) -> ApiResult<StatusCode> {
     let req = body::object(&raw)?;
     let id = req.get("prompt_id").and_then(Json::as_str);
-    s.interrupt(id);
+    s.interrupt(id).await?;
     Ok(StatusCode::OK)
 }
 
