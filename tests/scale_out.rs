@@ -1,6 +1,7 @@
 //! Several machines on one queue, as a user runs them: a real redis-server, `comfyrs serve
-//! --broker` and two `comfyrs worker` processes (native nodes), prompts from several clients at
-//! once (docs/scale-out.md). Every process is stopped by its pid.
+//! --broker` and `comfyrs worker` processes (native nodes and the test nodes), prompts from many
+//! clients at once, workers killed and restarted (docs/scale-out.md). Every process is stopped
+//! by its pid.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -16,7 +17,7 @@ mod redis_server;
 use common::{bin, KillOnDrop, Serve};
 use redis_server::RedisServer;
 
-/// A `comfyrs worker` process, its log drained into a string.
+/// A `comfyrs worker` process (with the test nodes), its log drained into a string.
 struct Worker {
     child: KillOnDrop,
     log: Arc<Mutex<String>>,
@@ -25,9 +26,11 @@ struct Worker {
 impl Worker {
     fn start(redis: &RedisServer, server: &Serve, name: &str, output: &std::path::Path) -> Worker {
         let mut child = bin()
-            .args(["worker", "--python", "never", "--broker", &redis.url(), "--server", &server.base, "--name", name])
+            .args(["worker", "--python", "never", "--broker", &redis.url(), "--server", &server.base, "--name", name, "--lease", LEASE])
             .arg("--output-dir")
             .arg(output)
+            .env(TEST_NODES, "1")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,9 +53,13 @@ impl Worker {
         self.log.lock().unwrap().clone()
     }
 
+    fn signal(&self, name: &str) {
+        let _ = std::process::Command::new("kill").args([&format!("-{name}"), &self.child.0.id().to_string()]).status();
+    }
+
     /// SIGTERM, then a bounded wait for a clean exit.
     fn terminate(mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.0.id().to_string()]).status();
+        self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = self.child.0.try_wait().unwrap() {
@@ -62,91 +69,130 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// The prompt this worker started last and has not finished, if any (from its log).
+    fn running(&self) -> Option<String> {
+        let log = self.log();
+        let last = log.lines().rfind(|l| l.contains("running prompt "))?;
+        let id = last.split("running prompt ").nth(1)?.split_whitespace().next()?.to_string();
+        let done = log.lines().any(|l| l.contains(&format!(": prompt {id} ")));
+        (!done).then_some(id)
+    }
 }
 
-fn prompt(text: &str) -> Json {
+const TEST_NODES: &str = "COMFYRS_TEST_NODES";
+/// Seconds; short, so the killed worker's prompt is taken over soon.
+const LEASE: &str = "2";
+
+/// A prompt that takes a while and writes one output file holding `text`.
+fn prompt(text: &str, ms: i64) -> Json {
     json!({
         "1": {"class_type": "PrimitiveString", "inputs": {"value": text}},
-        "2": {"class_type": "StringConcatenate", "inputs": {"string_a": ["1", 0], "string_b": "!", "delimiter": ""}},
-        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+        "2": {"class_type": "TestWait", "inputs": {"ms": ms, "value": ["1", 0]}},
+        "3": {"class_type": "TestSaveText", "inputs": {"text": ["2", 0], "filename_prefix": "scale/out"}},
     })
 }
 
-#[test]
-fn a_server_and_two_workers_run_prompts_from_several_clients() {
-    let redis = RedisServer::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let server = Serve::spawn(&["--python".into(), "never".into(), "--broker".into(), redis.url().into(), "--state-dir".into(), dir.path().join("server").into()]);
-    // (the line after the listening line, which the harness waits for)
-    server.wait_for("the server to say how to start workers", Duration::from_secs(10), || server.log().contains("comfyrs worker --broker").then_some(()));
-    let workers = [Worker::start(&redis, &server, "w1", &dir.path().join("w1")), Worker::start(&redis, &server, "w2", &dir.path().join("w2"))];
-
-    // A client on the socket hears its prompt run on a worker.
-    let (mut ws, _) = tungstenite::connect(format!("ws://{}/ws?clientId=watcher", server.addr)).expect("socket");
+/// One client: its socket, then its prompts, then every message until each of them ended.
+/// Returns (prompt id, text, the kinds of message heard for it).
+fn client(base: String, addr: String, c: usize, n: usize) -> Vec<(String, String, Vec<String>)> {
+    let cid = format!("client{c}");
+    let (mut ws, _) = tungstenite::connect(format!("ws://{addr}/ws?clientId={cid}")).expect("socket");
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     }
-    let (status, r) = server.post("/prompt", &json!({"prompt": prompt("watched"), "client_id": "watcher"}));
-    assert_eq!(status, 200, "{r}");
-    let watched = r["prompt_id"].as_str().unwrap().to_string();
-    let mut kinds = Vec::new();
-    loop {
-        let m = match ws.read().expect("a message within 60 s") {
+    let mut prompts: Vec<(String, String, Vec<String>)> = (0..n)
+        .map(|i| {
+            let text = format!("c{c}-{i}");
+            let body = json!({"prompt": prompt(&text, 150), "client_id": cid});
+            let mut resp = ureq::post(&format!("{base}/prompt")).send_json(&body).expect("POST /prompt");
+            let r: Json = resp.body_mut().read_json().unwrap();
+            (r["prompt_id"].as_str().expect("queued").to_string(), text, Vec::new())
+        })
+        .collect();
+    let mut open = n;
+    while open > 0 {
+        let m = match ws.read().unwrap_or_else(|e| panic!("client {c}: no message within 120 s ({open} prompts open): {e}")) {
             tungstenite::Message::Text(t) => serde_json::from_str::<Json>(t.as_str()).unwrap(),
             _ => continue,
         };
-        if m["data"]["prompt_id"] != watched.as_str() {
-            continue;
+        let Some(p) = prompts.iter_mut().find(|p| m["data"]["prompt_id"] == p.0.as_str()) else { continue };
+        let kind = m["type"].as_str().unwrap().to_string();
+        if kind == "execution_success" || kind == "execution_error" || kind == "execution_interrupted" {
+            open -= 1;
         }
-        kinds.push(m["type"].as_str().unwrap().to_string());
-        if m["type"] == "executed" {
-            assert_eq!(m["data"]["output"]["text"][0], "watched!");
-        }
-        if m["type"] == "execution_success" {
-            break;
-        }
+        p.2.push(kind);
     }
-    assert!(kinds.contains(&"execution_start".to_string()) && kinds.contains(&"executed".to_string()), "{kinds:?}");
+    prompts
+}
 
-    // Forty prompts from four clients at once: each runs once and lands in history.
-    let submitters: Vec<_> = (0..4)
+/// The test: one server, three workers, 300 prompts from 20 clients at once; one worker
+/// killed with SIGKILL in the middle of a prompt and another restarted. Every prompt completes
+/// once, every output is served by `/view`, every client hears its prompts.
+#[test]
+fn three_workers_run_300_prompts_from_20_clients_through_a_kill_and_a_restart() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("server");
+    let args = ["--python".into(), "never".into(), "--broker".into(), redis.url().into(), "--state-dir".into(), state.clone().into()];
+    let server = Serve::spawn_with_env(&args, &[(TEST_NODES, "1")]);
+    // (the line after the listening line, which the harness waits for)
+    server.wait_for("the server to say how to start workers", Duration::from_secs(10), || server.log().contains("comfyrs worker --broker").then_some(()));
+    let w1 = Worker::start(&redis, &server, "w1", &dir.path().join("w1"));
+    let w2 = Worker::start(&redis, &server, "w2", &dir.path().join("w2"));
+    let w3 = Worker::start(&redis, &server, "w3", &dir.path().join("w3"));
+
+    let clients: Vec<_> = (0..20)
         .map(|c| {
-            let base = server.base.clone();
-            std::thread::spawn(move || {
-                (0..10)
-                    .map(|i| {
-                        let text = format!("c{c}-{i}");
-                        let body = json!({"prompt": prompt(&text), "client_id": format!("client{c}")});
-                        let mut resp = ureq::post(&format!("{base}/prompt")).send_json(&body).expect("POST /prompt");
-                        let r: Json = resp.body_mut().read_json().unwrap();
-                        (r["prompt_id"].as_str().unwrap().to_string(), text)
-                    })
-                    .collect::<Vec<_>>()
-            })
+            let (base, addr) = (server.base.clone(), server.addr.clone());
+            std::thread::spawn(move || client(base, addr, c, 15))
         })
         .collect();
-    let submitted: Vec<(String, String)> = submitters.into_iter().flat_map(|t| t.join().unwrap()).collect();
-    for (id, text) in &submitted {
-        let entry = server.wait_for(&format!("prompt {id} in history"), Duration::from_secs(120), || {
-            let (_, h) = server.get(&format!("/history/{id}"));
-            h.get(id).cloned()
-        });
-        assert_eq!(entry["outputs"]["3"]["text"][0], format!("{text}!"), "{entry}");
-        assert_eq!(entry["status"]["status_str"], "success");
+
+    // Once a good part ran: SIGKILL w2 in the middle of a prompt.
+    server.wait_for("60 prompts in history", Duration::from_secs(120), || (server.get("/history").1.as_object().unwrap().len() >= 60).then_some(()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killed = loop {
+        if let Some(id) = w2.running() {
+            break id;
+        }
+        assert!(Instant::now() < deadline, "w2 was never seen in the middle of a prompt; its log:\n{}", w2.log());
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    w2.signal("KILL");
+    // And restart w3 (SIGTERM: the prompt it runs is left to another worker).
+    assert!(w3.terminate().success(), "a worker stops cleanly on SIGTERM");
+    let w3 = Worker::start(&redis, &server, "w3", &dir.path().join("w3"));
+
+    let heard: Vec<(String, String, Vec<String>)> = clients.into_iter().flat_map(|t| t.join().expect("a client")).collect();
+    assert_eq!(heard.len(), 300);
+    let (_, history) = server.get("/history?max_items=1000");
+    let output = state.join("output/scale");
+    for (id, text, kinds) in &heard {
+        for k in ["execution_start", "executed", "execution_success"] {
+            assert!(kinds.iter().any(|x| x == k), "the client of {id} heard no {k}: {kinds:?}");
+        }
+        let entry = &history[id];
+        assert_eq!(entry["status"]["status_str"], "success", "{id}: {entry}");
+        let file = &entry["outputs"]["3"]["files"][0];
+        let url = format!("/view?filename={}&subfolder=scale&type=output", file["filename"].as_str().unwrap().replace(' ', "%20"));
+        let mut resp = ureq::get(&format!("{}{url}", server.base)).call().unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(resp.body_mut().read_to_string().unwrap(), *text, "{url} serves the prompt's own output");
     }
+    // Exactly once: 300 jobs, 300 files (a killed or repeated delivery leaves none behind).
     let (_, jobs) = server.get("/api/jobs?limit=1000");
-    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 41, "each prompt recorded once");
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 300, "each prompt recorded once");
+    assert_eq!(std::fs::read_dir(&output).unwrap().count(), 300, "one output file per prompt");
+    // The prompt w2 died in was taken over by another worker.
+    let logs = [w1.log(), w3.log()].concat();
+    assert!(logs.contains(&format!("running prompt {killed} (delivery 2")), "prompt {killed} was taken over:\n{logs}");
+    assert_eq!(history[&killed]["status"]["status_str"], "success");
     let (_, q) = server.get("/queue");
     assert_eq!((q["queue_running"].as_array().unwrap().len(), q["queue_pending"].as_array().unwrap().len()), (0, 0));
-    // Both workers took part (prompts go to whichever claims first).
-    let logs: Vec<String> = workers.iter().map(Worker::log).collect();
-    for (w, log) in logs.iter().enumerate() {
-        assert!(log.contains("running prompt") || log.contains("taking prompts"), "worker {w} started:\n{log}");
+    for w in [w1, w3] {
+        assert!(w.terminate().success(), "a worker stops cleanly on SIGTERM");
     }
-    for w in workers {
-        let status = w.terminate();
-        assert!(status.success(), "a worker stops cleanly on SIGTERM");
-    }
+    drop(w2);
 }
 
 #[test]

@@ -132,6 +132,15 @@ CREATE TABLE IF NOT EXISTS history (
     -- extra_pnginfo.workflow.id, for `/api/jobs?workflow_id=`.
     workflow_id TEXT
 );
+-- Files workers uploaded for prompts whose outcome is not recorded yet (docs/scale-out.md,
+-- Outputs): those of deliveries that lose are deleted when the outcome is recorded.
+CREATE TABLE IF NOT EXISTS uploads (
+    prompt_id TEXT NOT NULL,
+    delivery  INTEGER NOT NULL,
+    kind      TEXT NOT NULL,
+    path      TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS uploads_prompt ON uploads (prompt_id);
 ";
 
 /// Indices `/api/jobs` filters and sorts by; created after the columns they need exist.
@@ -317,6 +326,39 @@ impl Store {
         tx.prepare_cached("DELETE FROM history WHERE seq <= (SELECT max(seq) FROM history) - ?1")?.execute([self.max_history as i64])?;
         tx.commit()?;
         Ok(true)
+    }
+
+    /// Notes a file a worker uploaded for one delivery of a prompt (`kind`: output or temp;
+    /// `path` relative to that folder).
+    pub fn add_upload(&self, prompt_id: &str, delivery: i64, kind: &str, path: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached("INSERT INTO uploads (prompt_id, delivery, kind, path) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![prompt_id, delivery, kind, path])?;
+        Ok(())
+    }
+
+    /// After a worker's report for `delivery` of `prompt_id`: when it was `recorded`, the
+    /// prompt's uploads are settled and those of every other delivery are returned; when it
+    /// was not (an earlier delivery's outcome was), that delivery's are. The caller deletes
+    /// the returned files (`(kind, path)`).
+    pub fn settle_uploads(&self, prompt_id: &str, delivery: i64, recorded: bool) -> Result<Vec<(String, String)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let losers = {
+            let sql = if recorded {
+                "DELETE FROM uploads WHERE prompt_id = ?1 AND delivery != ?2 RETURNING kind, path"
+            } else {
+                "DELETE FROM uploads WHERE prompt_id = ?1 AND delivery = ?2 RETURNING kind, path"
+            };
+            let mut st = tx.prepare_cached(sql)?;
+            let rows = st.query_map(params![prompt_id, delivery], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        if recorded {
+            tx.prepare_cached("DELETE FROM uploads WHERE prompt_id = ?1")?.execute([prompt_id])?;
+        }
+        tx.commit()?;
+        Ok(losers)
     }
 
     /// Running prompts (at most one per executor), then pending ones in the order they will run.

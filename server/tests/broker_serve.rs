@@ -69,7 +69,7 @@ fn a_prompt_runs_on_a_worker_and_its_client_hears_it() {
 
     // The outcome is recorded once; a second delivery's report changes nothing.
     let report = json!({
-        "prompt_id": id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3,
+        "prompt_id": id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3, "delivery": 1,
         "entry": {"prompt": [0, id, d.job.prompt, d.job.extra_data, d.job.outputs], "outputs": {"3": {"text": ["hello"]}},
                   "status": {"status_str": "success", "completed": true, "messages": []}, "meta": {}},
     });
@@ -198,6 +198,57 @@ fn a_worker_skips_a_prompt_cancelled_before_it_started() {
 }
 
 #[test]
+fn uploaded_outputs_keep_their_names_unless_taken_and_a_losing_delivery_leaves_none() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let rt = rt();
+    let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
+    let id = server.queue(wait_prompt("files", 1), None)["prompt_id"].as_str().unwrap().to_string();
+    let lease = Duration::from_millis(300);
+    let first = rt.block_on(queue.claim("slow", lease, Duration::from_secs(10))).unwrap().expect("dispatched");
+    std::thread::sleep(lease + Duration::from_millis(100));
+    let second = rt.block_on(queue.claim("w2", lease, Duration::from_secs(1))).unwrap().expect("reclaimed");
+    assert_eq!(second.deliveries, 2);
+    let upload = |delivery: u64, kind: &str, sub: &str, name: &str, bytes: &[u8]| {
+        let r = server.request("POST", &format!("/internal/comfyrs/files?prompt_id={id}&delivery={delivery}&type={kind}&subfolder={sub}&filename={name}"), &[], Some(bytes));
+        (r.status, r.json())
+    };
+    // Both deliveries write "a_00001_.txt" (each numbers from its own folder).
+    let (_, a1) = upload(1, "output", "", "a_00001_.txt", b"from the slow one");
+    assert_eq!(a1, json!({"filename": "a_00001_.txt", "subfolder": "", "type": "output"}));
+    let (_, a2) = upload(2, "output", "", "a_00001_.txt", b"from w2");
+    assert_eq!(a2["filename"], "a_00001_ (1).txt", "a taken name gets a number");
+    let (_, p2) = upload(2, "temp", "previews", "p.txt", b"preview");
+    assert_eq!(p2, json!({"filename": "p.txt", "subfolder": "previews", "type": "temp"}));
+    // The same bytes under the same name again (a cached node's replay): the file is reused.
+    assert_eq!(upload(2, "output", "", "a_00001_.txt", b"from w2").1["filename"], "a_00001_ (1).txt");
+    assert_eq!(upload(2, "output", "../x", "a.txt", b"x").0, 400, "no way out of the output folder");
+    assert_eq!(upload(2, "input", "", "a.txt", b"x").0, 400, "workers do not write inputs");
+    // The second delivery's outcome is recorded: the first one's file goes, its own stay.
+    let report = json!({
+        "prompt_id": id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3, "delivery": 2,
+        "entry": {"prompt": [0, id, second.job.prompt, second.job.extra_data, second.job.outputs],
+                  "outputs": {"3": {"files": [a2.clone()]}},
+                  "status": {"status_str": "success", "completed": true, "messages": []}, "meta": {}},
+    });
+    assert_eq!(server.post("/internal/comfyrs/outcome", &report), (200, json!({"recorded": true})));
+    let out = dir.path().join("output");
+    assert!(!out.join("a_00001_.txt").exists(), "the losing delivery's output is removed");
+    assert_eq!(std::fs::read(out.join("a_00001_ (1).txt")).unwrap(), b"from w2");
+    assert!(dir.path().join("temp/previews/p.txt").is_file());
+    let view = server.get_bytes("/view?filename=a_00001_%20(1).txt&type=output");
+    assert_eq!((view.status, view.body.as_slice()), (200, &b"from w2"[..]));
+    // The slow one finishes late: its upload and its outcome are refused.
+    assert_eq!(upload(1, "output", "", "late.txt", b"late").0, 409);
+    let mut late = report.clone();
+    late["delivery"] = json!(1);
+    assert_eq!(server.post("/internal/comfyrs/outcome", &late), (200, json!({"recorded": false})));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "one output file");
+    drop(first);
+}
+
+#[test]
 fn a_server_without_a_broker_refuses_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
@@ -239,7 +290,7 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rt.block_on(queue.entries()).unwrap(), 2, "no second entry for either prompt");
     assert_eq!(server.get("/queue").1["queue_running"].as_array().unwrap().len(), 2);
-    let report = json!({"prompt_id": claimed.job.prompt_id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3,
+    let report = json!({"prompt_id": claimed.job.prompt_id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3, "delivery": 1,
                         "entry": {"prompt": [0, claimed.job.prompt_id, {}, {}, []], "outputs": {}, "status": {"status_str": "success", "completed": true, "messages": []}, "meta": {}}});
     assert_eq!(server.post("/internal/comfyrs/outcome", &report).1["recorded"], true);
     assert!(rt.block_on(queue.ack("w1", &claimed.entry)).unwrap());
@@ -274,7 +325,8 @@ impl Worker {
             server: server.url(""),
             auth_token: None,
             lease,
-            output_dir: dir.path().to_path_buf(),
+            output_dir: dir.path().join("output"),
+            temp_dir: dir.path().join("temp"),
         };
         let (stop, rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::spawn(move || {

@@ -29,11 +29,23 @@ pub struct WorkerArgs {
     /// This worker's name among the workers [default: HOSTNAME-DEVICE-PID].
     #[arg(long)]
     name: Option<String>,
-    /// Where this worker's output nodes write [default: STATE_DIR/worker-output].
+    /// Where this worker's output nodes write before their files go to the server (temporary
+    /// files: beside it, with "-temp" added) [default: STATE_DIR/worker-output].
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
+    /// How long a claimed prompt stays this worker's without a renewal (renewed every third of
+    /// it); a prompt of a worker that died is taken over after this long [default: 30].
+    #[arg(long, value_name = "SECONDS", value_parser = lease_seconds)]
+    lease: Option<std::time::Duration>,
     #[command(flatten)]
     pub config: ConfigArgs,
+}
+
+fn lease_seconds(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.3..=86_400.0).contains(&v) => Ok(std::time::Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a lease: give seconds between 0.3 and 86400, e.g. 30")),
+    }
 }
 
 impl WorkerArgs {
@@ -55,10 +67,13 @@ pub fn main(args: WorkerArgs, config: &Config) -> Result<ExitCode> {
     let server = config.broker.server.clone().context("comfyrs worker needs --server http://HOST:PORT (the server it reports to)")?;
     let name = args.name.clone().unwrap_or_else(|| default_name(config));
     let output_dir = args.output_dir.clone().unwrap_or_else(|| config.server.state_dir.clone().unwrap_or_else(default_state_dir).join("worker-output"));
-    std::fs::create_dir_all(&output_dir).with_context(|| format!("cannot create {}", output_dir.display()))?;
+    let temp_dir = output_dir.with_file_name(format!("{}-temp", output_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "worker-output".into())));
+    for d in [&output_dir, &temp_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
     let mut engine = Engine::without_python(config)?;
     if config.python != PythonMode::Never && engine.can_start_python() {
-        let dirs = PythonSetup { output: Some(output_dir.clone()), previews: true, ..PythonSetup::default() };
+        let dirs = PythonSetup { output: Some(output_dir.clone()), temp: Some(temp_dir.clone()), previews: true, ..PythonSetup::default() };
         match engine.start_python_in(&dirs) {
             Ok(()) => {}
             Err(e) if config.python == PythonMode::Auto => eprintln!("warning: {e:#}; this worker runs native nodes only"),
@@ -71,8 +86,9 @@ pub fn main(args: WorkerArgs, config: &Config) -> Result<ExitCode> {
         name: name.clone(),
         server,
         auth_token: config.server.auth_token.clone(),
-        lease: comfyrs_server::broker::DEFAULT_LEASE,
+        lease: args.lease.unwrap_or(comfyrs_server::broker::DEFAULT_LEASE),
         output_dir,
+        temp_dir,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("comfyrs-worker").build().context("cannot start the async runtime")?;
     rt.block_on(async move {

@@ -74,9 +74,15 @@ impl Serve {
 
     /// Starts `comfyrs serve --port 0 ARGS` and waits (bounded) for its listening line.
     pub fn spawn(args: &[std::ffi::OsString]) -> Serve {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// As [`Serve::spawn`], with these environment variables set.
+    pub fn spawn_with_env(args: &[std::ffi::OsString], env: &[(&str, &str)]) -> Serve {
         let child = bin()
             .args(["serve", "--port", "0"])
             .args(args.iter())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -283,9 +283,14 @@ fn deliver(shared: &Shared, link: &Link, e: WorkerEvent) {
 }
 
 /// A worker's report of how a prompt ended: recorded once (the first delivery to report wins).
-/// Returns whether this report was recorded.
-pub fn record(shared: &Shared, link: &Link, f: &Finished) -> Result<bool, crate::store::StoreError> {
+/// Returns whether this report was recorded. Files uploaded by the deliveries that lost are
+/// deleted (docs/scale-out.md, "Outputs").
+pub fn record(shared: &Shared, link: &Link, f: &Finished, delivery: i64) -> Result<bool, crate::store::StoreError> {
     let recorded = shared.store.record_once(f)?;
+    match shared.store.settle_uploads(&f.prompt_id, delivery, recorded) {
+        Ok(losers) => crate::routes::discard_uploads(&shared.options, &losers),
+        Err(e) => tracing::error!("cannot settle the files uploaded for prompt {}: {e}", f.prompt_id),
+    }
     if recorded {
         tracing::info!("prompt {} {} on a worker", f.prompt_id, f.outcome.as_str());
         shared.broadcast_status();

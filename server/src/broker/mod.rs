@@ -17,6 +17,7 @@ mod keys;
 pub(crate) mod link;
 mod queue;
 mod runner;
+mod uploads;
 
 pub use control::{ControlChannel, ControlMessage, ControlSubscriber};
 pub use error::BrokerError;

@@ -13,6 +13,7 @@ use comfyrs_runtime::validate::validate;
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, watch};
 
+use super::uploads::Uploads;
 use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, PromptQueue};
 use crate::host::Host;
 use crate::messages::{Message, Outbox, PromptEvents};
@@ -32,8 +33,10 @@ pub struct WorkerOptions {
     pub auth_token: Option<String>,
     /// How long a claimed prompt stays this worker's without a renewal (renewed every third).
     pub lease: Duration,
-    /// Where this worker's nodes write their files.
+    /// Where this worker's nodes write their files (uploaded to the server from there).
     pub output_dir: PathBuf,
+    /// Where this worker's nodes write temporary files (previews; uploaded likewise).
+    pub temp_dir: PathBuf,
 }
 
 /// Runs prompts until `stop` turns true (the prompt running then is interrupted and left to
@@ -58,11 +61,13 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
             }
         }
     };
+    let uploads = Arc::new(Uploads::new(&opts.server, opts.auth_token.clone(), opts.output_dir.clone(), opts.temp_dir.clone()));
     let mut executor = Some(host.executor());
     let interrupt = executor.as_ref().expect("set").interrupt.clone();
     let current: Arc<Mutex<Option<String>>> = Arc::default();
     tokio::spawn(obey(opts.clone(), current.clone(), interrupt.clone(), stop.clone()));
     tracing::info!("worker {} waiting for prompts at {url}", opts.name);
+    let station = Station { opts: opts.clone(), host: host.clone(), queue: queue.clone(), events, uploads };
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
@@ -85,7 +90,7 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
         backoff = Duration::from_millis(100);
         *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.job.prompt_id.clone());
         let exec = executor.take().expect("one prompt at a time");
-        let exec = run_delivery(&opts, host.clone(), &queue, events.clone(), exec, d, stop.clone()).await;
+        let exec = run_delivery(&station, exec, d, stop.clone()).await;
         executor = Some(exec);
         *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -137,15 +142,19 @@ impl Outbox for StreamOutbox {
     }
 }
 
-async fn run_delivery(
-    opts: &WorkerOptions,
+/// What every delivery a worker runs uses.
+struct Station {
+    opts: WorkerOptions,
     host: Arc<dyn Host>,
-    queue: &PromptQueue,
-    conn: redis::aio::ConnectionManager,
-    mut executor: Executor,
-    d: Delivery,
-    mut stop: watch::Receiver<bool>,
-) -> Executor {
+    queue: PromptQueue,
+    /// The connection the event stream is written on.
+    events: redis::aio::ConnectionManager,
+    uploads: Arc<Uploads>,
+}
+
+async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mut stop: watch::Receiver<bool>) -> Executor {
+    let Station { opts, host, queue, events: conn, uploads } = station;
+    let (host, conn) = (host.clone(), conn.clone());
     let id = d.job.prompt_id.clone();
     tracing::info!("worker {}: running prompt {id} (delivery {})", opts.name, d.deliveries);
     let item = QueueItem {
@@ -163,11 +172,25 @@ async fn run_delivery(
     // Messages: formatted as the server would, sent in order by one task.
     let (tx, mut rx) = mpsc::unbounded_channel::<(Message, bool)>();
     let log = EventLog::new(&opts.broker.url, conn, &opts.broker.namespace, &id, d.deliveries);
-    let pid = id.clone();
+    let (pid, delivery, up) = (id.clone(), d.deliveries, uploads.clone());
     let sender = tokio::spawn(async move {
         while let Some((msg, or_all)) = rx.recv().await {
             let sent = match msg {
-                Message::Event { kind, data } => log.send(&kind, &data, None, or_all).await,
+                Message::Event { kind, mut data } => {
+                    // The files a node wrote are on the server before its client hears of them.
+                    if kind == "executed" {
+                        let (up, pid) = (up.clone(), pid.clone());
+                        data = tokio::task::spawn_blocking(move || {
+                            if let Some(ui) = data.get_mut("output") {
+                                up.rewrite_ui(&pid, delivery, ui);
+                            }
+                            data
+                        })
+                        .await
+                        .expect("rewriting does not panic");
+                    }
+                    log.send(&kind, &data, None, or_all).await
+                }
                 Message::Binary(b) => log.send("binary", &Json::Null, Some(&b), or_all).await,
             };
             if let Err(e) = sent {
@@ -246,9 +269,18 @@ async fn run_delivery(
         return executor;
     }
     let (entry, outcome, terminal) = record(&item, &events, ran);
+    let (up, pid, delivery) = (uploads.clone(), id.clone(), d.deliveries);
+    let entry = tokio::task::spawn_blocking(move || {
+        let mut entry = entry;
+        up.rewrite_outputs(&pid, delivery, &mut entry["outputs"]);
+        entry
+    })
+    .await
+    .expect("rewriting does not panic");
     let report = json!({
         "prompt_id": id, "outcome": outcome.as_str(), "entry": entry, "number": item.number,
         "create_time": item.create_time, "start_time": start_time, "end_time": now_ms(),
+        "delivery": d.deliveries,
     });
     match report_outcome(opts, &report).await {
         Ok(recorded) => {

@@ -419,10 +419,68 @@ async fn store_upload(s: &AppState, up: Upload, mask_of: Option<PathBuf>) -> Api
             }
             _ => io_error(&format!("cannot create {}", dir.display()), e),
         })?;
-        write_unique(&base, &dir, &filename, &content, &data, overwrite)
+        write_unique(&base, &dir, &filename, &content, &data, overwrite).map(|(name, _)| name)
     })
     .await?;
     Ok(JsonBody(json!({"name": name, "subfolder": subfolder, "type": kind.name()})))
+}
+
+/// A file a worker's prompt wrote (docs/scale-out.md, "Outputs"):
+/// `POST /internal/comfyrs/files?prompt_id=&delivery=&type=output|temp&subfolder=&filename=`,
+/// the bytes as the body. Kept under its name unless another file has it (then ` (1)`, ...);
+/// answers `{"filename", "subfolder", "type"}` with the name the worker must report. Files of
+/// a delivery whose outcome is not the one recorded are deleted when the outcome is recorded.
+pub(super) async fn worker_file(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, data: Bytes) -> ApiResult<JsonBody<Json>> {
+    let Some(link) = s.broker.clone() else {
+        return Err(ApiError::not_found("this server runs prompts itself; workers upload to a server started with --broker"));
+    };
+    let arg = |k: &str| q.get(k).map(String::as_str).ok_or_else(|| ApiError::bad_request(format!("the query needs {k}")));
+    let prompt_id = arg("prompt_id")?.to_string();
+    let delivery: i64 = arg("delivery")?.parse().map_err(|_| ApiError::bad_request("delivery must be an integer"))?;
+    let kind = match Kind::parse_or_400(arg("type")?)? {
+        Kind::Input => return Err(ApiError::bad_request("workers upload output or temp files, not input")),
+        k => k,
+    };
+    let subfolder = q.get("subfolder").cloned().unwrap_or_default();
+    let filename = arg("filename")?.to_string();
+    if filename.is_empty() || filename.contains('/') {
+        return Err(ApiError::bad_request("filename must be a file name without `/` (folders go in subfolder)"));
+    }
+    if !link.dispatched(&prompt_id) {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("prompt {prompt_id} is not running on the workers (its outcome is recorded, or it is unknown)")));
+    }
+    let base = kind.dir(&s.options).to_path_buf();
+    let sub = subfolder.clone();
+    let store = s.clone();
+    let name = blocking(move || {
+        let dir = paths::resolve_dir(&base, &sub).map_err(|e| path_error(StatusCode::BAD_REQUEST, e))?;
+        let target = paths::resolve_file(&dir, &filename).map_err(|e| path_error(StatusCode::BAD_REQUEST, e))?;
+        paths::check_inside(&base, &target).map_err(|e| path_error(StatusCode::BAD_REQUEST, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&format!("cannot create {}", dir.display()), e))?;
+        let (name, created) = write_unique(&base, &dir, &filename, &data, &data, false)?;
+        if created {
+            let rel = paths::relative(&base, &dir.join(&name));
+            store.store.add_upload(&prompt_id, delivery, kind.name(), &rel)?;
+        }
+        Ok(name)
+    })
+    .await?;
+    Ok(JsonBody(json!({"filename": name, "subfolder": subfolder, "type": kind.name()})))
+}
+
+/// Deletes files workers uploaded that no history entry names (`(type, path)`, as
+/// [`Store::settle_uploads`](crate::store::Store::settle_uploads) returns them).
+pub(crate) fn discard_uploads(o: &ServeOptions, files: &[(String, String)]) {
+    for (kind, rel) in files {
+        let Some(k) = Kind::parse(kind) else { continue };
+        let base = k.dir(o);
+        let Ok(path) = paths::join(base, rel) else { continue };
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!("removed {} (a duplicate run's output)", path.display()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {} (a duplicate run's output): {e}", path.display()),
+        }
+    }
 }
 
 /// Most ` (n)` names tried before giving up.
@@ -431,8 +489,8 @@ const MAX_RENAMES: u32 = 10_000;
 /// Writes `content` as `filename` in `dir` through a temporary file and a rename, so readers
 /// never see half a file. Without `overwrite` an existing file is kept: one with the same bytes
 /// as `uploaded` is reused, otherwise ` (1)`, ` (2)`, ... goes before the extension. Returns
-/// the name written (or reused).
-fn write_unique(base: &Path, dir: &Path, filename: &str, content: &[u8], uploaded: &[u8], overwrite: bool) -> ApiResult<String> {
+/// the name written (or reused), and whether a new file was written.
+fn write_unique(base: &Path, dir: &Path, filename: &str, content: &[u8], uploaded: &[u8], overwrite: bool) -> ApiResult<(String, bool)> {
     let io = |e: std::io::Error| match e.kind() {
         // The name, not the server: too long or not allowed by the file system.
         ErrorKind::InvalidFilename | ErrorKind::InvalidInput => ApiError::bad_request(format!("cannot save {filename:?} (choose a shorter or plainer name): {e}")),
@@ -444,7 +502,7 @@ fn write_unique(base: &Path, dir: &Path, filename: &str, content: &[u8], uploade
     if overwrite {
         // A rename replaces a link itself, never what it points to.
         tmp.persist(&target).map_err(|e| io(e.error))?;
-        return Ok(filename.to_string());
+        return Ok((filename.to_string(), true));
     }
     let p = Path::new(filename);
     let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -456,11 +514,11 @@ fn write_unique(base: &Path, dir: &Path, filename: &str, content: &[u8], uploade
             continue;
         }
         match tmp.persist_noclobber(&path) {
-            Ok(_) => return Ok(name),
+            Ok(_) => return Ok((name, true)),
             Err(e) if e.error.kind() == ErrorKind::AlreadyExists => {
                 tmp = e.file;
                 if std::fs::read(&path).is_ok_and(|b| b == uploaded) {
-                    return Ok(name);
+                    return Ok((name, false));
                 }
             }
             Err(e) => return Err(io(e.error)),

@@ -19,12 +19,14 @@ pub fn routes() -> Router<AppState> {
         .route("/logs/subscribe", patch(subscribe))
         .route("/folder_paths", get(folder_paths))
         .route("/comfyrs/outcome", post(outcome))
+        .route("/comfyrs/files", post(super::files::worker_file))
 }
 
 /// A worker reports how a dispatched prompt ended: `{"prompt_id", "outcome": "completed" |
 /// "failed" | "cancelled", "entry": <history entry>, "number", "create_time", "start_time",
-/// "end_time"}`. Answers `{"recorded": bool}`: false when an earlier delivery's report was
-/// recorded (the worker then acknowledges its entry all the same).
+/// "end_time", "delivery"}`. Answers `{"recorded": bool}`: false when an earlier delivery's
+/// report was recorded (the worker then acknowledges its entry all the same, and the files it
+/// uploaded are deleted).
 async fn outcome(State(s): State<AppState>, raw: Bytes) -> ApiResult<JsonBody<Json>> {
     let Some(link) = s.broker.clone() else {
         return Err(ApiError::not_found("this server runs prompts itself; workers report to a server started with --broker"));
@@ -42,7 +44,8 @@ async fn outcome(State(s): State<AppState>, raw: Bytes) -> ApiResult<JsonBody<Js
     let entry = req.get("entry").filter(|e| e.is_object()).cloned().ok_or_else(|| ApiError::bad_request("entry must be the history entry (an object)"))?;
     let number = req.get("number").and_then(Json::as_f64).ok_or_else(|| ApiError::bad_request("number must be a number"))?;
     let f = crate::store::Finished { prompt_id, outcome, entry, number, create_time: int("create_time")?, start_time: int("start_time")?, end_time: int("end_time")? };
-    let recorded = tokio::task::spawn_blocking(move || crate::broker::link::record(&s, &link, &f))
+    let delivery = int("delivery")?;
+    let recorded = tokio::task::spawn_blocking(move || crate::broker::link::record(&s, &link, &f, delivery))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(JsonBody(json!({"recorded": recorded})))

@@ -13,6 +13,8 @@ mod system;
 mod user;
 mod ws;
 
+pub(crate) use files::discard_uploads;
+
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
