@@ -54,6 +54,9 @@ enum Command {
     /// Run prompts that a `comfyrs serve --broker` hands out through Redis (one worker per GPU,
     /// on any number of hosts).
     Worker(commands::worker::WorkerArgs),
+    /// List the workers of a deployment: device, host, the prompt each runs, prompts done, warm
+    /// results (from their heartbeats in the broker).
+    Workers(commands::workers::WorkersArgs),
     /// Print the /object_info record of every registered node, or of one class.
     Nodes(NodesArgs),
     /// Print the effective configuration: every setting, its value and where it came from
@@ -146,6 +149,7 @@ impl Command {
             Command::Run(a) => Some(&a.config),
             Command::Serve(a) => Some(&a.config),
             Command::Worker(a) => Some(&a.config),
+            Command::Workers(a) => Some(&a.config),
             Command::Validate(a) | Command::Convert(a) => Some(&a.config),
             Command::Nodes(a) => Some(&a.config),
             Command::Config(a) => Some(&a.config),
@@ -160,6 +164,7 @@ fn main() -> ExitCode {
     match &mut cli.command {
         Command::Serve(a) => a.settings_to_config(),
         Command::Worker(a) => a.settings_to_config(),
+        Command::Workers(a) => a.settings_to_config(),
         _ => {}
     }
     let logs = comfyrs_server::LogRing::new(comfyrs_server::LOG_CAPACITY);
@@ -176,6 +181,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
         Command::Serve(args) => commands::serve::main(args, &config, logs),
         Command::Worker(args) => commands::worker::main(args, &config),
+        Command::Workers(args) => commands::workers::main(args, &config),
         Command::Validate(args) => commands::validate::main(args, &config),
         Command::Convert(args) => commands::validate::convert(args, &config),
         Command::Nodes(args) => commands::nodes::main(args, &config),

@@ -142,6 +142,18 @@ fn three_workers_run_300_prompts_from_20_clients_through_a_kill_and_a_restart() 
     let w2 = Worker::start(&redis, &server, "w2", &dir.path().join("w2"));
     let w3 = Worker::start(&redis, &server, "w3", &dir.path().join("w3"));
 
+    // `comfyrs workers` lists them (from their heartbeats).
+    let listed = server.wait_for("three workers listed", Duration::from_secs(20), || {
+        let out = bin().args(["workers", "--broker", &redis.url(), "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let w: Json = serde_json::from_slice(&out.stdout).unwrap();
+        (w.as_array().unwrap().len() == 3).then_some(w)
+    });
+    assert_eq!(listed.as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect::<Vec<_>>(), ["w1", "w2", "w3"]);
+    let table = bin().args(["workers", "--broker", &redis.url()]).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("NAME") && table.contains("w2") && table.contains("idle"), "{table}");
+
     let clients: Vec<_> = (0..20)
         .map(|c| {
             let (base, addr) = (server.base.clone(), server.addr.clone());
@@ -204,6 +216,9 @@ fn a_worker_without_its_broker_or_server_says_what_is_missing() {
     let out = bin().args(["worker", "--python", "never", "--broker", "redis://127.0.0.1:1"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--server http://HOST:PORT"), "{err}");
+    let out = bin().args(["workers"]).env_remove("COMFYRS_BROKER").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("comfyrs workers needs --broker redis://HOST:PORT"));
     let out = bin().args(["worker", "--python", "never", "--broker", "http://x", "--server", "http://y"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is not a Redis URL"), "{err}");

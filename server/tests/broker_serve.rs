@@ -249,6 +249,42 @@ fn uploaded_outputs_keep_their_names_unless_taken_and_a_losing_delivery_leaves_n
 }
 
 #[test]
+fn the_server_shows_which_worker_runs_what() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = broker_server(&redis, dir.path());
+    let worker = Worker::start(&redis, &server, "w1", LEASE);
+    let id = server.queue(wait_prompt("long", 60_000), None)["prompt_id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let listed = loop {
+        let (_, w) = server.get("/comfyrs/workers");
+        if w[0]["prompt"] == id.as_str() {
+            break w;
+        }
+        assert!(std::time::Instant::now() < deadline, "w1 shows its prompt: {w}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!((listed[0]["name"].as_str(), listed[0]["device"].as_str(), listed[0]["done"].as_u64()), (Some("w1"), Some("cpu"), Some(0)));
+    assert_eq!(listed[0]["pid"], std::process::id());
+    let (_, job) = server.get(&format!("/api/jobs/{id}"));
+    assert_eq!((job["status"].as_str(), job["worker"].as_str()), (Some("in_progress"), Some("w1")), "{job}");
+    let (_, jobs) = server.get("/api/jobs");
+    assert_eq!(jobs["jobs"][0]["worker"], "w1");
+    let (_, stats) = server.get("/system_stats");
+    assert_eq!(stats["workers"][0]["name"], "w1");
+    // A worker that stops leaves the list at once.
+    assert_eq!(server.post(&format!("/api/jobs/{id}/cancel"), &json!({})).1["cancelled"], true);
+    server.wait_history(&id);
+    drop(worker);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.get("/comfyrs/workers").1 != json!([]) {
+        assert!(std::time::Instant::now() < deadline, "the stopped worker leaves the list");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn a_server_without_a_broker_refuses_outcomes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
@@ -327,6 +363,7 @@ impl Worker {
             lease,
             output_dir: dir.path().join("output"),
             temp_dir: dir.path().join("temp"),
+            device: "cpu".into(),
         };
         let (stop, rx) = tokio::sync::watch::channel(false);
         let thread = std::thread::spawn(move || {

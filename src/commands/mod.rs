@@ -5,3 +5,4 @@ pub mod run;
 pub mod serve;
 pub mod validate;
 pub mod worker;
+pub mod workers;

@@ -89,6 +89,7 @@ pub fn main(args: WorkerArgs, config: &Config) -> Result<ExitCode> {
         lease: args.lease.unwrap_or(comfyrs_server::broker::DEFAULT_LEASE),
         output_dir,
         temp_dir,
+        device: device_name(config),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("comfyrs-worker").build().context("cannot start the async runtime")?;
     rt.block_on(async move {
@@ -108,9 +109,13 @@ pub fn main(args: WorkerArgs, config: &Config) -> Result<ExitCode> {
 /// `HOSTNAME-DEVICE-PID`: unique among the workers of a deployment.
 fn default_name(config: &Config) -> String {
     let host = std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).unwrap_or_else(|| "worker".into());
-    let device = match config.device.resolve() {
-        tch::Device::Cuda(n) => format!("cuda{n}"),
+    format!("{host}-{}-{}", device_name(config).replace(':', ""), std::process::id())
+}
+
+/// `cpu` or `cuda:N`.
+fn device_name(config: &Config) -> String {
+    match config.device.resolve() {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
         _ => "cpu".into(),
-    };
-    format!("{host}-{device}-{}", std::process::id())
+    }
 }

@@ -38,6 +38,11 @@ impl Namespace {
         format!("{}:cancelled:{prompt_id}", self.0)
     }
 
+    /// A worker's heartbeat (`worker("")` is the prefix of all of them).
+    pub fn worker(&self, name: &str) -> String {
+        format!("{}:worker:{name}", self.0)
+    }
+
     /// The consumer group every worker reads the prompt stream through.
     pub fn workers_group(&self) -> &'static str {
         "workers"

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::{BrokerError, ControlChannel, ControlMessage, EventReader, Job, Namespace, PromptQueue, WorkerEvent, Withdrawal};
+use super::{BrokerError, ControlChannel, ControlMessage, EventReader, Heartbeat, Job, Namespace, PromptQueue, Roster, WorkerEvent, Withdrawal};
 use crate::hub::Frame;
 use crate::server::Shared;
 use crate::store::{Finished, QueueItem, Store};
@@ -38,6 +38,9 @@ pub struct Link {
     control: ControlChannel,
     /// Per dispatched prompt: its client, and the newest delivery that sent events.
     prompts: Mutex<HashMap<String, Dispatched>>,
+    roster: Roster,
+    /// The workers' last heartbeats, read every second by [`watch_workers`].
+    workers: Mutex<Vec<Heartbeat>>,
 }
 
 #[derive(Clone, Default)]
@@ -53,7 +56,19 @@ impl Link {
     pub async fn connect(settings: BrokerSettings) -> Result<Arc<Link>, BrokerError> {
         let queue = PromptQueue::connect(&settings.url, &settings.namespace).await?;
         let control = ControlChannel::connect(&settings.url, &settings.namespace).await?;
-        Ok(Arc::new(Link { settings, rt: tokio::runtime::Handle::current(), queue, control, prompts: Mutex::new(HashMap::new()) }))
+        let roster = Roster::connect(&settings.url, &settings.namespace).await?;
+        let workers = Mutex::new(roster.list().await?);
+        Ok(Arc::new(Link { settings, rt: tokio::runtime::Handle::current(), queue, control, prompts: Mutex::new(HashMap::new()), roster, workers }))
+    }
+
+    /// The live workers, as of their last heartbeats (at most a second old).
+    pub fn workers(&self) -> Vec<Heartbeat> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The worker running `prompt_id`, by its heartbeat.
+    pub fn worker_of(&self, prompt_id: &str) -> Option<String> {
+        self.workers.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|w| w.prompt.as_deref() == Some(prompt_id)).map(|w| w.name.clone())
     }
 
     fn prompts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Dispatched>> {
@@ -206,6 +221,26 @@ fn job(item: &QueueItem) -> Job {
         outputs: item.outputs.clone(),
         sensitive: item.sensitive.clone(),
         create_time: item.create_time,
+    }
+}
+
+/// Reads the workers' heartbeats every second until the server closes.
+pub async fn watch_workers(shared: Arc<Shared>, link: Arc<Link>) {
+    let mut closing = shared.closing.subscribe();
+    let mut failing = false;
+    loop {
+        match link.roster.list().await {
+            Ok(w) => {
+                *link.workers.lock().unwrap_or_else(|p| p.into_inner()) = w;
+                failing = false;
+            }
+            Err(e) if !failing => {
+                tracing::warn!("cannot read the workers' heartbeats ({e}); retrying");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => {}, _ = closing.changed() => return }
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`PromptQueue`]: publish, claim, renew the lease, acknowledge, reclaim from the dead.
 //! - [`EventLog`] / [`EventReader`]: the messages of running prompts, back to the server.
 //! - [`ControlChannel`]: interrupts and cancellations, out to the workers.
+//! - [`Roster`]: the workers' heartbeats (who runs what, where, with which warm caches).
 //! - [`run_worker`]: a worker's loop (`comfyrs worker`); `link` is the server's side.
 
 mod conn;
@@ -16,6 +17,7 @@ mod job;
 mod keys;
 pub(crate) mod link;
 mod queue;
+mod roster;
 mod runner;
 mod uploads;
 
@@ -26,4 +28,5 @@ pub use job::Job;
 pub use keys::Namespace;
 pub use link::BrokerSettings;
 pub use queue::{Delivery, Lease, PromptQueue, Withdrawal, DEFAULT_LEASE};
+pub use roster::{Heartbeat, Roster, HEARTBEAT};
 pub use runner::{run_worker, WorkerOptions};

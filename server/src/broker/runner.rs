@@ -4,6 +4,7 @@
 //! binary's engine.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, watch};
 
 use super::uploads::Uploads;
-use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, PromptQueue};
+use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Heartbeat, Lease, PromptQueue, Roster, HEARTBEAT};
 use crate::host::Host;
 use crate::messages::{Message, Outbox, PromptEvents};
 use crate::store::QueueItem;
@@ -37,6 +38,8 @@ pub struct WorkerOptions {
     pub output_dir: PathBuf,
     /// Where this worker's nodes write temporary files (previews; uploaded likewise).
     pub temp_dir: PathBuf,
+    /// The device it computes on (`cpu`, `cuda:0`), as its heartbeat tells.
+    pub device: String,
 }
 
 /// Runs prompts until `stop` turns true (the prompt running then is interrupted and left to
@@ -65,17 +68,19 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
     let mut executor = Some(host.executor());
     let interrupt = executor.as_ref().expect("set").interrupt.clone();
     let current: Arc<Mutex<Option<String>>> = Arc::default();
+    let done = Arc::new(AtomicU64::new(0));
     tokio::spawn(obey(opts.clone(), current.clone(), interrupt.clone(), stop.clone()));
+    let beating = tokio::spawn(beat(opts.clone(), current.clone(), done.clone(), stop.clone()));
     tracing::info!("worker {} waiting for prompts at {url}", opts.name);
     let station = Station { opts: opts.clone(), host: host.clone(), queue: queue.clone(), events, uploads };
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
-            return;
+            break;
         }
         let d = tokio::select! {
             d = queue.claim(&opts.name, opts.lease, Duration::from_secs(1)) => d,
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         };
         let d = match d {
             Ok(Some(d)) => d,
@@ -93,6 +98,52 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
         let exec = run_delivery(&station, exec, d, stop.clone()).await;
         executor = Some(exec);
         *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    // Its heartbeat goes at once rather than expiring.
+    let _ = beating.await;
+}
+
+/// Writes this worker's heartbeat every [`HEARTBEAT`] until it stops, then removes it.
+async fn beat(opts: WorkerOptions, current: Arc<Mutex<Option<String>>>, done: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
+    let mut roster = None;
+    let started = now_ms();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let mut failing = false;
+    loop {
+        if roster.is_none() {
+            roster = Roster::connect(&opts.broker.url, &opts.broker.namespace).await.ok();
+        }
+        if let Some(r) = &roster {
+            let hb = Heartbeat {
+                name: opts.name.clone(),
+                host: host.clone(),
+                device: opts.device.clone(),
+                pid: std::process::id(),
+                started,
+                at: now_ms(),
+                prompt: current.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                done: done.load(Ordering::Relaxed),
+                warm: Vec::new(),
+            };
+            match r.beat(&hb).await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    tracing::warn!("worker {}: cannot write its heartbeat ({e}); retrying", opts.name);
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = stop.changed() => {
+                if let Some(r) = &roster {
+                    let _ = r.leave(&opts.name).await;
+                }
+                return;
+            }
+        }
     }
 }
 

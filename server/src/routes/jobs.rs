@@ -78,7 +78,10 @@ fn parse(q: &[(String, String)]) -> ApiResult<job::Query> {
 async fn list(State(s): State<AppState>, q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> ApiResult<JsonBody<Json>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let q = parse(&q)?;
-    let (jobs, total) = job::list(&s.store, &q)?;
+    let (mut jobs, total) = job::list(&s.store, &q)?;
+    for j in &mut jobs {
+        name_worker(&s, j);
+    }
     let has_more = q.offset.saturating_add(jobs.len() as i64) < total;
     Ok(JsonBody(json!({
         "jobs": jobs,
@@ -87,7 +90,23 @@ async fn list(State(s): State<AppState>, q: Result<Query<Vec<(String, String)>>,
 }
 
 async fn one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<JsonBody<Json>> {
-    job::get(&s.store, &id)?.map(JsonBody).ok_or_else(not_found)
+    let mut j = job::get(&s.store, &id)?.ok_or_else(not_found)?;
+    name_worker(&s, &mut j);
+    Ok(JsonBody(j))
+}
+
+/// With a broker, a running job names the worker that runs it (`"worker"`, from the workers'
+/// heartbeats; absent until its worker's next beat).
+fn name_worker(s: &crate::server::Shared, job: &mut Json) {
+    let Some(link) = &s.broker else { return };
+    if job["status"] != "in_progress" {
+        return;
+    }
+    if let (Some(id), Some(obj)) = (job["id"].as_str().map(str::to_string), job.as_object_mut()) {
+        if let Some(w) = link.worker_of(&id) {
+            obj.insert("worker".into(), Json::String(w));
+        }
+    }
 }
 
 /// Interrupts the job if it runs, dequeues it if it waits; false when it had already finished

@@ -12,6 +12,7 @@ use super::AppState;
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/system_stats", get(system_stats))
+        .route("/comfyrs/workers", get(workers))
         .route("/features", get(features))
         .route("/extensions", get(|| async { JsonBody(json!([])) }))
         .route("/i18n", get(|| async { JsonBody(json!({})) }))
@@ -42,11 +43,16 @@ fn memory() -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
+/// The live workers of a server with a broker (their heartbeats; an empty list without one).
+async fn workers(State(s): State<AppState>) -> JsonBody<Json> {
+    JsonBody(json!(s.broker.as_ref().map(|l| l.workers()).unwrap_or_default()))
+}
+
 async fn system_stats(State(s): State<AppState>) -> JsonBody<Json> {
     let info = s.host.system();
     let (ram_total, ram_free) = memory();
     let version = |v: &str| if v.is_empty() { "unknown".to_string() } else { v.to_string() };
-    JsonBody(json!({
+    let mut stats = json!({
         "system": {
             "os": std::env::consts::OS,
             "ram_total": ram_total,
@@ -61,7 +67,12 @@ async fn system_stats(State(s): State<AppState>) -> JsonBody<Json> {
             "comfyrs_version": env!("CARGO_PKG_VERSION"),
         },
         "devices": info.devices,
-    }))
+    });
+    // With a broker the devices that run prompts are the workers' (docs/scale-out.md).
+    if let Some(link) = &s.broker {
+        stats["workers"] = json!(link.workers());
+    }
+    JsonBody(stats)
 }
 
 /// The command line, plus ComfyUI's `--disable-api-nodes`: comfyrs has none of ComfyUI's paid API
