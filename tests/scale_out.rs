@@ -21,12 +21,18 @@ use redis_server::RedisServer;
 struct Worker {
     child: KillOnDrop,
     log: Arc<Mutex<String>>,
+    name: String,
 }
 
 impl Worker {
     fn start(redis: &RedisServer, server: &Serve, name: &str, output: &std::path::Path) -> Worker {
+        Self::start_with(redis, server, name, output, &[])
+    }
+
+    fn start_with(redis: &RedisServer, server: &Serve, name: &str, output: &std::path::Path, extra: &[&str]) -> Worker {
         let mut child = bin()
             .args(["worker", "--python", "never", "--broker", &redis.url(), "--server", &server.base, "--name", name, "--lease", LEASE])
+            .args(extra)
             .arg("--output-dir")
             .arg(output)
             .env(TEST_NODES, "1")
@@ -46,7 +52,7 @@ impl Worker {
                 l.push('\n');
             }
         });
-        Worker { child: KillOnDrop(child), log }
+        Worker { child: KillOnDrop(child), log, name: name.to_string() }
     }
 
     fn log(&self) -> String {
@@ -205,6 +211,68 @@ fn three_workers_run_300_prompts_from_20_clients_through_a_kill_and_a_restart() 
         assert!(w.terminate().success(), "a worker stops cleanly on SIGTERM");
     }
     drop(w2);
+}
+
+/// A native WIDEN merge of the tiny SDXL fixtures, shown as text; `tail` makes two prompts
+/// differ after the merge.
+fn merge(strength: f64, t: f64, tail: &str) -> Json {
+    json!({
+        "1": {"class_type": "WIDENBaseInput", "inputs": {"model_name": "tiny/sdxl_f16.safetensors"}},
+        "2": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/tiny/sdxl_kohya_lora.safetensors", "strength": strength}},
+        "3": {"class_type": "WIDENMerge", "inputs": {"base": ["1", 0], "target": ["2", 0], "t_factor": t}},
+        "4": {"class_type": "WIDENExit", "inputs": {"widen": ["3", 0], "save_model": false, "model_name": "m", "save_workflow": false, "enable_cache": true}},
+        "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},
+        "6": {"class_type": "StringConcatenate", "inputs": {"string_a": ["5", 0], "string_b": tail, "delimiter": " "}},
+        "7": {"class_type": "PreviewAny", "inputs": {"source": ["6", 0]}},
+    })
+}
+
+/// The nodes a history entry says came from the cache.
+fn cached(entry: &Json) -> Vec<String> {
+    let msgs = entry["status"]["messages"].as_array().cloned().unwrap_or_default();
+    let m = msgs.iter().find(|m| m[0] == "execution_cached").unwrap_or_else(|| panic!("no execution_cached in {entry}"));
+    m[1]["nodes"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect()
+}
+
+/// Cache affinity: two workers each compute a merge; the next prompt sharing a merge goes to
+/// the worker that holds it and re-merges nothing.
+#[test]
+fn a_prompt_sharing_a_merge_runs_on_the_worker_that_holds_it() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = bin().args(["fixtures", "--models-dir"]).arg(&models).output().unwrap();
+    assert!(out.status.success(), "comfyrs fixtures: {}", String::from_utf8_lossy(&out.stderr));
+    let m = models.to_str().unwrap();
+    let state = dir.path().join("server");
+    let args = ["--python".into(), "never".into(), "--broker".into(), redis.url().into(), "--state-dir".into(), state.into(), "--models-dir".into(), m.into()];
+    let server = Serve::spawn(&args);
+    server.wait_for("the server to say how to start workers", Duration::from_secs(10), || server.log().contains("comfyrs worker --broker").then_some(()));
+    let start = |name: &str| Worker::start_with(&redis, &server, name, &dir.path().join(name), &["--models-dir", m]);
+    let workers = [start("w1"), start("w2")];
+    server.wait_for("two workers", Duration::from_secs(20), || (server.get("/comfyrs/workers").1.as_array().unwrap().len() == 2).then_some(()));
+    let queue = |p: Json| -> String {
+        let (status, r) = server.post("/prompt", &json!({"prompt": p}));
+        assert_eq!(status, 200, "{r}");
+        r["prompt_id"].as_str().unwrap().to_string()
+    };
+    let done = |id: &str| server.wait_for(&format!("prompt {id}"), Duration::from_secs(120), || server.get(&format!("/history/{id}")).1.get(id).cloned());
+    // Two merges at once: one per worker.
+    let (a, b) = (queue(merge(1.0, 1.0, "a")), queue(merge(0.5, 0.7, "b")));
+    let (ha, hb) = (done(&a), done(&b));
+    assert_eq!((ha["status"]["status_str"].as_str(), hb["status"]["status_str"].as_str()), (Some("success"), Some("success")), "{ha}\n{hb}");
+    let ran_on = |id: &str| workers.iter().find(|w| w.log().contains(&format!("running prompt {id}"))).map(|w| w.name.clone()).expect("a worker ran it");
+    let (wa, wb) = (ran_on(&a), ran_on(&b));
+    // The same merges with other text after them: each goes where its merge is.
+    let (a2, b2) = (queue(merge(1.0, 1.0, "again")), queue(merge(0.5, 0.7, "again")));
+    let (ha2, hb2) = (done(&a2), done(&b2));
+    assert_eq!(ran_on(&a2), wa, "the second prompt of merge A runs where A was merged");
+    assert_eq!(ran_on(&b2), wb, "the second prompt of merge B runs where B was merged");
+    for (h, what) in [(&ha2, "A"), (&hb2, "B")] {
+        let c = cached(h);
+        assert!(["1", "2", "3", "4"].iter().all(|n| c.contains(&n.to_string())), "merge {what} was not computed again: cached {c:?}");
+        assert_eq!(h["status"]["status_str"], "success");
+    }
 }
 
 #[test]

@@ -187,6 +187,7 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
             tracing::info!("prompts go to the workers through {} (namespace {})", link.settings.url, link.settings.namespace);
             tokio::spawn(crate::broker::link::forward_events(shared.clone(), link.clone()));
             tokio::spawn(crate::broker::link::watch_workers(shared.clone(), link.clone()));
+            tokio::spawn(crate::broker::link::sweep_offers(shared.clone(), link.clone()));
             crate::broker::link::spawn_dispatcher(shared.clone(), link.clone())
         }
     }

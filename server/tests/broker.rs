@@ -20,6 +20,7 @@ fn job(id: &str) -> Job {
         outputs: vec!["1".into()],
         sensitive: json!({}),
         create_time: 0,
+        affinity: Vec::new(),
     }
 }
 
@@ -40,7 +41,7 @@ async fn a_claimed_and_acknowledged_prompt_leaves_the_stream() {
     assert_eq!(d.job, job("p1"));
     assert_eq!(d.deliveries, 1);
     assert_eq!(q.pending().await.unwrap(), 1);
-    assert!(q.ack("w1", &d.entry).await.unwrap());
+    assert!(q.ack("w1", &d).await.unwrap());
     assert_eq!((q.entries().await.unwrap(), q.pending().await.unwrap()), (0, 0));
     // Nothing left: a claim waits its bounded time and comes back empty.
     assert!(q.claim("w1", LEASE, Duration::from_millis(50)).await.unwrap().is_none());
@@ -58,7 +59,7 @@ async fn each_prompt_goes_to_one_of_the_workers() {
         tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(d) = q.claim(name, Duration::from_secs(60), Duration::from_millis(50)).await.unwrap() {
-                assert!(q.ack(name, &d.entry).await.unwrap());
+                assert!(q.ack(name, &d).await.unwrap());
                 got.push(d.job.prompt_id);
             }
             got
@@ -84,9 +85,9 @@ async fn a_lapsed_lease_is_reclaimed_and_the_old_owner_cannot_acknowledge() {
     assert_eq!(second.job, first.job);
     // The first worker (it was only slow) can neither renew nor acknowledge the new owner's run.
     assert_eq!(q.renew("dead", &first).await.unwrap(), Lease::Lost);
-    assert!(!q.ack("dead", &first.entry).await.unwrap());
+    assert!(!q.ack("dead", &first).await.unwrap());
     assert_eq!(q.pending().await.unwrap(), 1);
-    assert!(q.ack("w2", &second.entry).await.unwrap());
+    assert!(q.ack("w2", &second).await.unwrap());
     assert_eq!(q.entries().await.unwrap(), 0);
 }
 
@@ -112,6 +113,51 @@ async fn a_withdrawn_prompt_is_gone_before_its_claim_and_marked_cancelled_after(
     // Not in the stream (its publication still to come): marked, so the worker skips it.
     assert_eq!(q.withdraw("p9").await.unwrap(), Withdrawal::Absent);
     assert!(q.cancelled("p9").await.unwrap());
+}
+
+#[tokio::test]
+async fn an_offer_goes_to_its_worker_first_and_to_anyone_after_the_wait() {
+    let redis = RedisServer::start().unwrap();
+    let server = queue(&redis).await;
+    let w1 = queue(&redis).await.for_worker("w1").await.unwrap();
+    let w2 = queue(&redis).await.for_worker("w2").await.unwrap();
+    server.publish(&job("shared")).await.unwrap();
+    server.offer(&job("for-w1"), "w1").await.unwrap();
+    assert_eq!(server.entries().await.unwrap(), 2, "offers count as waiting");
+    // w1 takes its offer before the shared prompt; w2 never sees the offer.
+    let a = w1.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    assert_eq!((a.job.prompt_id.as_str(), a.stream.as_str(), a.deliveries), ("for-w1", "comfyrs:offers:w1", 1));
+    let b = w2.claim("w2", LEASE, NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(b.job.prompt_id, "shared");
+    assert!(w2.claim("w2", LEASE, NO_WAIT).await.unwrap().is_none());
+    assert_eq!(w1.renew("w1", &a).await.unwrap(), Lease::Kept);
+    assert!(w1.ack("w1", &a).await.unwrap());
+    assert!(w2.ack("w2", &b).await.unwrap());
+
+    // Not claimed within the wait (w1 is busy): any worker may take it.
+    server.offer(&job("late"), "w1").await.unwrap();
+    let alive = ["w1".to_string(), "w2".to_string()];
+    assert_eq!(server.sweep_offers(Duration::from_secs(60), LEASE, &alive).await.unwrap(), 0, "still within the wait");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(server.sweep_offers(Duration::from_millis(10), LEASE, &alive).await.unwrap(), 1);
+    let c = w2.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("moved to the shared stream");
+    assert_eq!((c.job.prompt_id.as_str(), c.stream.as_str(), c.deliveries), ("late", "comfyrs:prompts", 1));
+    assert!(w2.ack("w2", &c).await.unwrap());
+
+    // Claimed by a worker that died (its heartbeat is gone): moved at once, and its next
+    // delivery counts the first.
+    server.offer(&job("orphan"), "w1").await.unwrap();
+    let dead = w1.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
+    assert_eq!(server.sweep_offers(Duration::from_secs(60), Duration::from_secs(60), &alive[1..]).await.unwrap(), 1);
+    let again = w2.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("taken over");
+    assert_eq!((again.job.prompt_id.as_str(), again.deliveries), ("orphan", 2));
+    assert_eq!(w1.renew("w1", &dead).await.unwrap(), Lease::Lost);
+    assert!(!w1.ack("w1", &dead).await.unwrap());
+    // A cancel finds an offer too.
+    server.offer(&job("cancel-me"), "w2").await.unwrap();
+    assert_eq!(server.withdraw("cancel-me").await.unwrap(), Withdrawal::Removed);
+    assert!(server.prompt_ids().await.unwrap().contains("orphan"));
+    assert!(!server.prompt_ids().await.unwrap().contains("cancel-me"));
 }
 
 #[tokio::test]
@@ -148,7 +194,7 @@ async fn published_prompts_survive_a_redis_crash_with_append_only_persistence() 
     for _ in 0..20 {
         match q.claim("w2", Duration::from_secs(60), NO_WAIT).await {
             Ok(Some(d)) => {
-                assert!(q.ack("w2", &d.entry).await.unwrap());
+                assert!(q.ack("w2", &d).await.unwrap());
                 ids.push(d.job.prompt_id);
             }
             Ok(None) if ids.len() == 2 => break,

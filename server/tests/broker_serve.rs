@@ -83,7 +83,7 @@ fn a_prompt_runs_on_a_worker_and_its_client_hears_it() {
     rt.block_on(log.send("executing", &json!({"node": null, "prompt_id": id}), None, false)).unwrap();
     let last = socket.until_done(&id);
     assert_eq!(last.last().unwrap()["data"]["prompt_id"], id, "the terminal message after the outcome still reaches the client");
-    assert!(rt.block_on(queue.ack("w1", &d.entry)).unwrap());
+    assert!(rt.block_on(queue.ack("w1", &d)).unwrap());
     assert_eq!(server.get("/queue").1["queue_running"], json!([]));
 }
 
@@ -329,7 +329,7 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     let report = json!({"prompt_id": claimed.job.prompt_id, "outcome": "completed", "number": 0, "create_time": 1, "start_time": 2, "end_time": 3, "delivery": 1,
                         "entry": {"prompt": [0, claimed.job.prompt_id, {}, {}, []], "outputs": {}, "status": {"status_str": "success", "completed": true, "messages": []}, "meta": {}}});
     assert_eq!(server.post("/internal/comfyrs/outcome", &report).1["recorded"], true);
-    assert!(rt.block_on(queue.ack("w1", &claimed.entry)).unwrap());
+    assert!(rt.block_on(queue.ack("w1", &claimed)).unwrap());
     server.stop();
 
     // A Redis that lost its data: the prompt still running is published again.
@@ -454,5 +454,5 @@ fn a_prompt_left_by_a_dead_worker_is_finished_by_another_and_recorded_once() {
     assert_eq!(h["outputs"]["3"]["text"][0], "orphan");
     assert_eq!(server.get("/api/jobs").1["jobs"].as_array().unwrap().len(), 1, "one job, recorded once");
     // The dead worker's late acknowledgement changes nothing.
-    assert!(!rt.block_on(queue.ack("dead", &dead.entry)).unwrap());
+    assert!(!rt.block_on(queue.ack("dead", &dead)).unwrap());
 }

@@ -23,4 +23,8 @@ pub struct Job {
     pub sensitive: Json,
     /// Milliseconds since the epoch when the server accepted it.
     pub create_time: i64,
+    /// The affinity keys of its heavy nodes (docs/scale-out.md, "Cache affinity"): the worker
+    /// that runs it announces them afterwards.
+    #[serde(default)]
+    pub affinity: Vec<String>,
 }

@@ -38,6 +38,16 @@ impl Namespace {
         format!("{}:cancelled:{prompt_id}", self.0)
     }
 
+    /// The prompts offered to worker `name` first (docs/scale-out.md, "Cache affinity").
+    pub fn offers(&self, name: &str) -> String {
+        format!("{}:offers:{name}", self.0)
+    }
+
+    /// The set of every offers stream (the server sweeps them).
+    pub fn offer_streams(&self) -> String {
+        format!("{}:offer-streams", self.0)
+    }
+
     /// A worker's heartbeat (`worker("")` is the prefix of all of them).
     pub fn worker(&self, name: &str) -> String {
         format!("{}:worker:{name}", self.0)

@@ -22,11 +22,14 @@ pub struct BrokerSettings {
     /// Prompts waiting in the stream, unclaimed, beyond which the dispatcher leaves the rest in
     /// SQLite (where a prompt queued at the front can still overtake them).
     pub ahead: u64,
+    /// How long a prompt offered to the worker with its models waits for it before any
+    /// worker may take it (docs/scale-out.md, "Cache affinity").
+    pub affinity_wait: Duration,
 }
 
 impl BrokerSettings {
     pub fn new(url: &str) -> BrokerSettings {
-        BrokerSettings { url: url.to_string(), namespace: Namespace::default(), ahead: 4 }
+        BrokerSettings { url: url.to_string(), namespace: Namespace::default(), ahead: 4, affinity_wait: Duration::from_secs(2) }
     }
 }
 
@@ -35,7 +38,8 @@ pub struct Link {
     pub settings: BrokerSettings,
     rt: tokio::runtime::Handle,
     queue: PromptQueue,
-    control: ControlChannel,
+    /// Interrupts for the workers, sent in the order they were asked for by one task.
+    control: tokio::sync::mpsc::UnboundedSender<ControlMessage>,
     /// Per dispatched prompt: its client, and the newest delivery that sent events.
     prompts: Mutex<HashMap<String, Dispatched>>,
     roster: Roster,
@@ -58,7 +62,15 @@ impl Link {
         let control = ControlChannel::connect(&settings.url, &settings.namespace).await?;
         let roster = Roster::connect(&settings.url, &settings.namespace).await?;
         let workers = Mutex::new(roster.list().await?);
-        Ok(Arc::new(Link { settings, rt: tokio::runtime::Handle::current(), queue, control, prompts: Mutex::new(HashMap::new()), roster, workers }))
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ControlMessage>();
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                if let Err(e) = control.send(&msg).await {
+                    tracing::error!("cannot pass the interrupt to the workers: {e}");
+                }
+            }
+        });
+        Ok(Arc::new(Link { settings, rt: tokio::runtime::Handle::current(), queue, control: tx, prompts: Mutex::new(HashMap::new()), roster, workers }))
     }
 
     /// The live workers, as of their last heartbeats (at most a second old).
@@ -107,12 +119,7 @@ impl Link {
             Some(id) => ControlMessage::Interrupt { prompt_id: id.to_string() },
             None => ControlMessage::InterruptAll,
         };
-        let control = self.control.clone();
-        self.rt.spawn(async move {
-            if let Err(e) = control.send(&msg).await {
-                tracing::error!("cannot pass the interrupt to the workers: {e}");
-            }
-        });
+        let _ = self.control.send(msg);
     }
 
     /// Whether the dispatcher handed `prompt_id` to the workers and no outcome is recorded.
@@ -186,10 +193,13 @@ fn dispatch(shared: &Shared, link: &Link) {
                 }
             };
             link.prompts().insert(item.prompt_id.clone(), Dispatched { client: item.client_id().map(str::to_string), ..Dispatched::default() });
-            match link.rt.block_on(link.queue.publish(&job(&item))) {
-                Ok(entry) => {
+            match link.rt.block_on(hand_out(link, &job(&item, &shared.registry))) {
+                Ok((entry, offered)) => {
                     backoff = Duration::from_millis(100);
-                    tracing::info!("prompt {} handed to the workers (entry {entry})", item.prompt_id);
+                    match offered {
+                        Some(w) => tracing::info!("prompt {} offered to worker {w}, whose caches hold its models (entry {entry})", item.prompt_id),
+                        None => tracing::info!("prompt {} handed to the workers (entry {entry})", item.prompt_id),
+                    }
                     shared.broadcast_status();
                 }
                 Err(e) => {
@@ -212,7 +222,7 @@ async fn waiting(q: &PromptQueue) -> Result<u64, BrokerError> {
     Ok(q.entries().await?.saturating_sub(q.pending().await?))
 }
 
-fn job(item: &QueueItem) -> Job {
+fn job(item: &QueueItem, registry: &comfyrs_runtime::Registry) -> Job {
     Job {
         prompt_id: item.prompt_id.clone(),
         number: item.number,
@@ -221,6 +231,45 @@ fn job(item: &QueueItem) -> Job {
         outputs: item.outputs.clone(),
         sensitive: item.sensitive.clone(),
         create_time: item.create_time,
+        affinity: super::affinity::keys(&item.prompt, registry),
+    }
+}
+
+/// Hands `job` to the workers: offered first to the worker whose caches hold most of its
+/// heavy results (docs/scale-out.md, "Cache affinity"), else to whichever claims it.
+async fn hand_out(link: &Link, job: &Job) -> Result<(String, Option<String>), BrokerError> {
+    // Fresh heartbeats: a worker announces its warm results as a prompt ends, and the next
+    // prompt (a slider change) may come a moment later.
+    let workers = match job.affinity.is_empty() {
+        true => Vec::new(),
+        false => link.roster.list().await.unwrap_or_else(|_| link.workers()),
+    };
+    match super::affinity::choose(&job.affinity, &workers) {
+        Some(w) => Ok((link.queue.offer(job, w).await?, Some(w.to_string()))),
+        None => Ok((link.queue.publish(job).await?, None)),
+    }
+}
+
+/// Moves offers their worker did not claim within the affinity wait (or whose worker is gone)
+/// to the shared stream, four times a second, until the server closes.
+pub async fn sweep_offers(shared: Arc<Shared>, link: Arc<Link>) {
+    let mut closing = shared.closing.subscribe();
+    let mut failing = false;
+    loop {
+        tokio::select! { _ = tokio::time::sleep(Duration::from_millis(250)) => {}, _ = closing.changed() => return }
+        let alive: Vec<String> = link.workers().into_iter().map(|w| w.name).collect();
+        match link.queue.sweep_offers(link.settings.affinity_wait, super::DEFAULT_LEASE, &alive).await {
+            Ok(0) => failing = false,
+            Ok(n) => {
+                failing = false;
+                tracing::info!("{n} prompt(s) offered to a busy or gone worker went to the shared queue");
+            }
+            Err(e) if !failing => {
+                tracing::warn!("cannot move unclaimed offers ({e}); retrying");
+                failing = true;
+            }
+            Err(_) => {}
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`Roster`]: the workers' heartbeats (who runs what, where, with which warm caches).
 //! - [`run_worker`]: a worker's loop (`comfyrs worker`); `link` is the server's side.
 
+pub mod affinity;
 mod conn;
 mod control;
 mod error;
@@ -16,6 +17,7 @@ mod events;
 mod job;
 mod keys;
 pub(crate) mod link;
+mod pulse;
 mod queue;
 mod roster;
 mod runner;

@@ -21,10 +21,13 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// One claimed prompt.
 #[derive(Clone, Debug)]
 pub struct Delivery {
+    /// The stream it was claimed from: the shared one, or the claiming worker's offers.
+    pub stream: String,
     /// The stream entry (what renew and ack name).
     pub entry: String,
     pub job: Job,
-    /// How many times the entry was handed out (1 on the first claim; more after reclaims).
+    /// How many times the prompt was handed out (1 on the first claim; more after reclaims,
+    /// counting those of an offer that moved to the shared stream).
     pub deliveries: u64,
 }
 
@@ -39,6 +42,8 @@ pub struct PromptQueue {
     cmd: ConnectionManager,
     blocking: ConnectionManager,
     ns: Namespace,
+    /// A worker's queue: its offers stream (docs/scale-out.md, "Cache affinity"), read first.
+    own: Option<String>,
 }
 
 /// Renews `ARGV[3]` for consumer `ARGV[2]` (group `ARGV[1]`) only while it is that consumer's:
@@ -53,10 +58,9 @@ return 1
 ";
 
 /// Takes prompt `ARGV[2]` back from the stream `KEYS[1]`: deleted while no worker claimed it
-/// (answers 1); else marked cancelled (`KEYS[2]`, for `ARGV[3]` seconds): 2 when a worker
-/// claimed it, 0 when it is not in the stream (the mark then stops it should its publication
-/// still come). The stream holds only what is waiting or running, a few entries per worker,
-/// so the scan is short.
+/// (answers 1); marked cancelled (`KEYS[2]`, for `ARGV[3]` seconds) when a worker did (2); 0
+/// when it is not in this stream. A stream holds only what is waiting or running, a few
+/// entries per worker, so the scan is short.
 const WITHDRAW: &str = r"
 for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   local f = e[2]
@@ -71,8 +75,53 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
     end
   end
 end
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
 return 0
+";
+
+/// Gives entry `ARGV[3]` of `KEYS[1]` back while it is still consumer `ARGV[2]`'s: added again
+/// at the stream's end, unclaimed (a read that returned two prompts keeps one).
+const RELEASE: &str = r"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+if #e == 1 then redis.call('XADD', KEYS[1], '*', unpack(e[1][2])) end
+return 1
+";
+
+/// Moves what a worker's offers stream `KEYS[1]` should no longer hold to the shared stream
+/// `KEYS[2]`: offers nobody claimed within `ARGV[2]` ms, and claimed ones whose lease (`ARGV[3]`
+/// ms) lapsed (their worker died). A moved entry keeps its fields; `prior` counts the
+/// deliveries it had, so delivery numbers keep growing. Answers how many moved.
+const SWEEP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local moved = 0
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local id, f = e[1], e[2]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  local had = nil
+  if #p == 0 then
+    if now - tonumber(string.match(id, '^(%d+)')) >= tonumber(ARGV[2]) then had = 0 end
+  elseif p[1][3] >= tonumber(ARGV[3]) then
+    had = p[1][4]
+  end
+  if had ~= nil then
+    local fields, prior = {}, 0
+    for i = 1, #f, 2 do
+      if f[i] == 'prior' then prior = tonumber(f[i + 1]) else
+        table.insert(fields, f[i]); table.insert(fields, f[i + 1])
+      end
+    end
+    table.insert(fields, 'prior'); table.insert(fields, tostring(prior + had))
+    redis.call('XADD', KEYS[2], '*', unpack(fields))
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('XDEL', KEYS[1], id)
+    moved = moved + 1
+  end
+end
+return moved
 ";
 
 /// How long a cancellation is remembered for the worker running the prompt.
@@ -115,35 +164,97 @@ impl PromptQueue {
     pub async fn connect(url: &str, ns: &Namespace) -> Result<PromptQueue, BrokerError> {
         let cmd = super::conn::manager(url, false).await?;
         let blocking = super::conn::manager(url, true).await?;
-        let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking, ns: ns.clone() };
+        let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking, ns: ns.clone(), own: None };
         q.ensure_group().await?;
         Ok(q)
+    }
+
+    /// This queue as worker `name` reads it: its offers first (docs/scale-out.md, "Cache
+    /// affinity"), then the shared stream.
+    pub async fn for_worker(mut self, name: &str) -> Result<PromptQueue, BrokerError> {
+        self.own = Some(self.ns.offers(name));
+        self.ensure_group().await?;
+        Ok(self)
     }
 
     fn err(&self, source: redis::RedisError) -> BrokerError {
         BrokerError::Redis { url: self.url.clone(), source }
     }
 
-    /// Creates the group at the stream's start (entries added before it are delivered too).
-    /// Also what recovers a Redis that restarted without its data.
+    /// Creates the group at the start of the shared stream (and of this worker's offers), so
+    /// entries added before it are delivered too. Also what recovers a Redis that restarted
+    /// without its data.
     pub async fn ensure_group(&self) -> Result<(), BrokerError> {
+        self.ensure_group_of(&self.stream).await?;
+        if let Some(own) = &self.own {
+            self.ensure_group_of(own).await?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_group_of(&self, stream: &str) -> Result<(), BrokerError> {
         let r: redis::RedisResult<()> =
-            redis::cmd("XGROUP").arg("CREATE").arg(&self.stream).arg(self.group).arg("0").arg("MKSTREAM").query_async(&mut self.cmd.clone()).await;
+            redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(self.group).arg("0").arg("MKSTREAM").query_async(&mut self.cmd.clone()).await;
         match r {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
             other => other.map_err(|e| self.err(e)),
         }
     }
 
-    /// Appends `job`; returns its entry id. Acknowledged by Redis (with `appendfsync always`,
-    /// on disk) when this returns.
+    /// Appends `job` to the shared stream; returns its entry id. Acknowledged by Redis (with
+    /// `appendfsync always`, on disk) when this returns.
     pub async fn publish(&self, job: &Job) -> Result<String, BrokerError> {
         let body = serde_json::to_string(job).expect("a job serializes");
         self.cmd.clone().xadd(&self.stream, "*", &[("prompt_id", job.prompt_id.as_str()), ("job", body.as_str())]).await.map_err(|e| self.err(e))
     }
 
+    /// Offers `job` to worker `worker` first: it goes to that worker's offers stream, which
+    /// [`PromptQueue::sweep_offers`] empties into the shared stream when the worker does not
+    /// claim it in time.
+    pub async fn offer(&self, job: &Job, worker: &str) -> Result<String, BrokerError> {
+        let stream = self.ns.offers(worker);
+        self.ensure_group_of(&stream).await?;
+        let _: () = self.cmd.clone().sadd(self.ns.offer_streams(), &stream).await.map_err(|e| self.err(e))?;
+        let body = serde_json::to_string(job).expect("a job serializes");
+        self.cmd.clone().xadd(&stream, "*", &[("prompt_id", job.prompt_id.as_str()), ("job", body.as_str())]).await.map_err(|e| self.err(e))
+    }
+
+    /// Every workers' offers stream there has been.
+    async fn offer_streams(&self) -> Result<Vec<String>, BrokerError> {
+        self.cmd.clone().smembers(self.ns.offer_streams()).await.map_err(|e| self.err(e))
+    }
+
+    /// The shared stream and every offers stream.
+    async fn all_streams(&self) -> Result<Vec<String>, BrokerError> {
+        let mut v = vec![self.stream.clone()];
+        v.extend(self.offer_streams().await?);
+        Ok(v)
+    }
+
+    /// Moves offers not claimed within `wait`, and claimed ones whose lease (`lease`) lapsed,
+    /// to the shared stream; all of them for workers not in `alive` (their heartbeats
+    /// expired). How many moved.
+    pub async fn sweep_offers(&self, wait: Duration, lease: Duration, alive: &[String]) -> Result<u64, BrokerError> {
+        let mut moved = 0;
+        for stream in self.offer_streams().await? {
+            let worker = stream.strip_prefix(&self.ns.offers("")).unwrap_or("");
+            let (wait, lease) = if alive.iter().any(|a| a == worker) { (wait, lease) } else { (Duration::ZERO, Duration::ZERO) };
+            let n: i64 = redis::Script::new(SWEEP)
+                .key(&stream)
+                .key(&self.stream)
+                .arg(self.group)
+                .arg(wait.as_millis() as u64)
+                .arg(lease.as_millis() as u64)
+                .invoke_async(&mut self.cmd.clone())
+                .await
+                .map_err(|e| self.err(e))?;
+            moved += n as u64;
+        }
+        Ok(moved)
+    }
+
     /// The next prompt for `consumer`: a lapsed one first (its lease older than `lease`), else
-    /// a new one, waiting up to `wait` for it.
+    /// one offered to this worker, else a new one, waiting up to `wait` for it.
     pub async fn claim(&self, consumer: &str, lease: Duration, wait: Duration) -> Result<Option<Delivery>, BrokerError> {
         match self.claim_once(consumer, lease, wait).await {
             // Redis restarted without its data (no append-only file): the group is gone.
@@ -160,16 +271,50 @@ impl PromptQueue {
         if let Some(d) = self.reclaim(consumer, lease).await? {
             return Ok(Some(d));
         }
-        let opts = redis::streams::StreamReadOptions::default().group(self.group, consumer).count(1).block(wait.as_millis().max(1) as usize);
-        let reply: Option<StreamReadReply> =
-            self.blocking.clone().xread_options(&[&self.stream], &[">"], &opts).await.map_err(|e| self.err(e))?;
-        let Some(entry) = reply.and_then(|r| r.keys.into_iter().next()).and_then(|k| k.ids.into_iter().next()) else {
-            return Ok(None);
-        };
-        self.delivery(entry, 1).map(Some)
+        match &self.own {
+            Some(own) => {
+                if let Some(d) = self.read(consumer, &[own.as_str()], None).await? {
+                    return Ok(Some(d));
+                }
+                self.read(consumer, &[own.as_str(), self.stream.as_str()], Some(wait)).await
+            }
+            None => self.read(consumer, &[self.stream.as_str()], Some(wait)).await,
+        }
     }
 
-    /// One entry whose lease lapsed, now `consumer`'s.
+    /// One new entry of `streams` (the first listed preferred), waiting up to `wait` when
+    /// given. A read that returns entries of two streams gives the others back.
+    async fn read(&self, consumer: &str, streams: &[&str], wait: Option<Duration>) -> Result<Option<Delivery>, BrokerError> {
+        let mut opts = redis::streams::StreamReadOptions::default().group(self.group, consumer).count(1);
+        let mut con = match wait {
+            Some(w) => {
+                opts = opts.block(w.as_millis().max(1) as usize);
+                self.blocking.clone()
+            }
+            None => self.cmd.clone(),
+        };
+        let ids = vec![">"; streams.len()];
+        let reply: Option<StreamReadReply> = con.xread_options(streams, &ids, &opts).await.map_err(|e| self.err(e))?;
+        let mut got: Vec<(String, StreamId)> =
+            reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids.into_iter().map(move |id| (k.key.clone(), id))).collect();
+        got.sort_by_key(|(k, _)| streams.iter().position(|s| s == k));
+        let mut got = got.into_iter();
+        let Some((stream, first)) = got.next() else { return Ok(None) };
+        for (k, other) in got {
+            let _: i64 = redis::Script::new(RELEASE)
+                .key(&k)
+                .arg(self.group)
+                .arg(consumer)
+                .arg(&other.id)
+                .invoke_async(&mut self.cmd.clone())
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        self.delivery(&stream, first, 1).map(Some)
+    }
+
+    /// One entry of the shared stream whose lease lapsed, now `consumer`'s. (Offers whose lease
+    /// lapsed are moved to the shared stream by the server first.)
     async fn reclaim(&self, consumer: &str, lease: Duration) -> Result<Option<Delivery>, BrokerError> {
         let opts = redis::streams::StreamAutoClaimOptions::default().count(1);
         let reply: StreamAutoClaimReply = self
@@ -180,7 +325,7 @@ impl PromptQueue {
             .map_err(|e| self.err(e))?;
         let Some(entry) = reply.claimed.into_iter().next() else { return Ok(None) };
         let deliveries = self.delivery_count(&entry.id).await?.unwrap_or(2);
-        self.delivery(entry, deliveries).map(Some)
+        self.delivery(&self.stream.clone(), entry, deliveries).map(Some)
     }
 
     async fn delivery_count(&self, entry: &str) -> Result<Option<u64>, BrokerError> {
@@ -189,22 +334,27 @@ impl PromptQueue {
         Ok(reply.ids.first().map(|p| p.times_delivered as u64))
     }
 
-    fn delivery(&self, entry: StreamId, deliveries: u64) -> Result<Delivery, BrokerError> {
-        let bad = |why: String| BrokerError::Entry { stream: self.stream.clone(), entry: entry.id.clone(), why };
+    /// `deliveries`: the times this entry was handed out; those before it moved are added.
+    fn delivery(&self, stream: &str, entry: StreamId, deliveries: u64) -> Result<Delivery, BrokerError> {
+        let bad = |why: String| BrokerError::Entry { stream: stream.to_string(), entry: entry.id.clone(), why };
         let body = match entry.map.get("job") {
             Some(Value::BulkString(b)) => b.clone(),
             Some(other) => return Err(bad(format!("its job field is {other:?}, not a string"))),
             None => return Err(bad("it has no job field".into())),
         };
+        let prior = match entry.map.get("prior") {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).parse::<u64>().map_err(|_| bad("its prior field is not a count".into()))?,
+            _ => 0,
+        };
         let job: Job = serde_json::from_slice(&body).map_err(|e| bad(format!("its job does not parse: {e}")))?;
-        Ok(Delivery { entry: entry.id.clone(), job, deliveries })
+        Ok(Delivery { stream: stream.to_string(), entry: entry.id.clone(), job, deliveries: prior + deliveries })
     }
 
     /// Resets the lease of `d` if it is still `consumer`'s, and says whether its prompt was
     /// cancelled meanwhile.
     pub async fn renew(&self, consumer: &str, d: &Delivery) -> Result<Lease, BrokerError> {
         let n: i64 = redis::Script::new(RENEW)
-            .key(&self.stream)
+            .key(&d.stream)
             .key(self.ns.cancelled(&d.job.prompt_id))
             .arg(self.group)
             .arg(consumer)
@@ -224,70 +374,76 @@ impl PromptQueue {
         self.cmd.clone().exists(self.ns.cancelled(prompt_id)).await.map_err(|e| self.err(e))
     }
 
-    /// Takes `prompt_id` back (a cancel): see [`Withdrawal`].
+    /// Takes `prompt_id` back (a cancel): see [`Withdrawal`]. Not found in any stream, it is
+    /// marked cancelled all the same: its publication may still come.
     pub async fn withdraw(&self, prompt_id: &str) -> Result<Withdrawal, BrokerError> {
-        let n: i64 = redis::Script::new(WITHDRAW)
-            .key(&self.stream)
-            .key(self.ns.cancelled(prompt_id))
-            .arg(self.group)
-            .arg(prompt_id)
-            .arg(CANCEL_TTL.as_secs())
-            .invoke_async(&mut self.cmd.clone())
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(match n {
-            1 => Withdrawal::Removed,
-            2 => Withdrawal::Running,
-            _ => Withdrawal::Absent,
-        })
+        for stream in self.all_streams().await? {
+            let n: i64 = redis::Script::new(WITHDRAW)
+                .key(&stream)
+                .key(self.ns.cancelled(prompt_id))
+                .arg(self.group)
+                .arg(prompt_id)
+                .arg(CANCEL_TTL.as_secs())
+                .invoke_async(&mut self.cmd.clone())
+                .await
+                .map_err(|e| self.err(e))?;
+            match n {
+                1 => return Ok(Withdrawal::Removed),
+                2 => return Ok(Withdrawal::Running),
+                _ => {}
+            }
+        }
+        let _: () = self.cmd.clone().set_ex(self.ns.cancelled(prompt_id), 1, CANCEL_TTL.as_secs()).await.map_err(|e| self.err(e))?;
+        Ok(Withdrawal::Absent)
     }
 
-
-    /// Acknowledges and removes `entry` if it is still `consumer`'s; false otherwise (another
+    /// Acknowledges and removes `d` if it is still `consumer`'s; false otherwise (another
     /// worker reclaimed it: its own acknowledgement will remove it).
-    pub async fn ack(&self, consumer: &str, entry: &str) -> Result<bool, BrokerError> {
-        self.owned_script(ACK, consumer, entry).await
-    }
-
-    async fn owned_script(&self, script: &str, consumer: &str, entry: &str) -> Result<bool, BrokerError> {
-        let n: i64 = redis::Script::new(script)
-            .key(&self.stream)
+    pub async fn ack(&self, consumer: &str, d: &Delivery) -> Result<bool, BrokerError> {
+        let n: i64 = redis::Script::new(ACK)
+            .key(&d.stream)
             .arg(self.group)
             .arg(consumer)
-            .arg(entry)
+            .arg(&d.entry)
             .invoke_async(&mut self.cmd.clone())
             .await
             .map_err(|e| self.err(e))?;
         Ok(n == 1)
     }
 
-    /// The prompt ids of every entry in the stream (waiting or claimed).
+    /// The prompt ids of every entry in the streams (waiting or claimed; offers included).
     pub async fn prompt_ids(&self) -> Result<std::collections::HashSet<String>, BrokerError> {
-        let reply: redis::streams::StreamRangeReply = self.cmd.clone().xrange_all(&self.stream).await.map_err(|e| self.err(e))?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .filter_map(|e| match e.map.get("prompt_id") {
+        let mut ids = std::collections::HashSet::new();
+        for stream in self.all_streams().await? {
+            let reply: redis::streams::StreamRangeReply = self.cmd.clone().xrange_all(&stream).await.map_err(|e| self.err(e))?;
+            ids.extend(reply.ids.into_iter().filter_map(|e| match e.map.get("prompt_id") {
                 Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
                 _ => None,
-            })
-            .collect())
-    }
-
-    /// Entries waiting to be claimed or running (not yet acknowledged).
-    pub async fn entries(&self) -> Result<u64, BrokerError> {
-        self.cmd.clone().xlen(&self.stream).await.map_err(|e| self.err(e))
-    }
-
-    /// Entries claimed and not yet acknowledged.
-    pub async fn pending(&self) -> Result<u64, BrokerError> {
-        let v: Value = redis::cmd("XPENDING").arg(&self.stream).arg(self.group).query_async(&mut self.cmd.clone()).await.map_err(|e| self.err(e))?;
-        match v {
-            Value::Array(items) => Ok(match items.first() {
-                Some(Value::Int(n)) => *n as u64,
-                _ => 0,
-            }),
-            _ => Ok(0),
+            }));
         }
+        Ok(ids)
+    }
+
+    /// Entries waiting to be claimed or running (not yet acknowledged), offers included.
+    pub async fn entries(&self) -> Result<u64, BrokerError> {
+        let mut n = 0;
+        for stream in self.all_streams().await? {
+            n += self.cmd.clone().xlen::<_, u64>(&stream).await.map_err(|e| self.err(e))?;
+        }
+        Ok(n)
+    }
+
+    /// Entries claimed and not yet acknowledged, offers included.
+    pub async fn pending(&self) -> Result<u64, BrokerError> {
+        let mut n = 0;
+        for stream in self.all_streams().await? {
+            let v: Value = redis::cmd("XPENDING").arg(&stream).arg(self.group).query_async(&mut self.cmd.clone()).await.map_err(|e| self.err(e))?;
+            if let Value::Array(items) = v {
+                if let Some(Value::Int(c)) = items.first() {
+                    n += *c as u64;
+                }
+            }
+        }
+        Ok(n)
     }
 }

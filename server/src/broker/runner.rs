@@ -4,8 +4,7 @@
 //! binary's engine.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use comfyrs_runtime::executor::{Executor, RunOptions};
@@ -15,7 +14,8 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, watch};
 
 use super::uploads::Uploads;
-use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Heartbeat, Lease, PromptQueue, Roster, HEARTBEAT};
+use super::pulse::Pulse;
+use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, PromptQueue};
 use crate::host::Host;
 use crate::messages::{Message, Outbox, PromptEvents};
 use crate::store::QueueItem;
@@ -47,7 +47,11 @@ pub struct WorkerOptions {
 pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watch::Receiver<bool>) {
     let url = opts.broker.url.clone();
     let queue = loop {
-        match PromptQueue::connect(&url, &opts.broker.namespace).await {
+        let q = match PromptQueue::connect(&url, &opts.broker.namespace).await {
+            Ok(q) => q.for_worker(&opts.name).await,
+            Err(e) => Err(e),
+        };
+        match q {
             Ok(q) => break q,
             Err(e) => {
                 tracing::warn!("worker {}: {e}; retrying in 2 s", opts.name);
@@ -67,12 +71,11 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
     let uploads = Arc::new(Uploads::new(&opts.server, opts.auth_token.clone(), opts.output_dir.clone(), opts.temp_dir.clone()));
     let mut executor = Some(host.executor());
     let interrupt = executor.as_ref().expect("set").interrupt.clone();
-    let current: Arc<Mutex<Option<String>>> = Arc::default();
-    let done = Arc::new(AtomicU64::new(0));
-    tokio::spawn(obey(opts.clone(), current.clone(), interrupt.clone(), stop.clone()));
-    let beating = tokio::spawn(beat(opts.clone(), current.clone(), done.clone(), stop.clone()));
+    let pulse = Arc::new(Pulse::new(&opts.name, &opts.device, &opts.broker));
+    tokio::spawn(obey(opts.clone(), pulse.clone(), interrupt.clone(), stop.clone()));
+    let beating = tokio::spawn(pulse.clone().run(stop.clone()));
     tracing::info!("worker {} waiting for prompts at {url}", opts.name);
-    let station = Station { opts: opts.clone(), host: host.clone(), queue: queue.clone(), events, uploads };
+    let station = Station { opts: opts.clone(), host: host.clone(), queue: queue.clone(), events, uploads, pulse: pulse.clone() };
     let mut backoff = Duration::from_millis(100);
     loop {
         if *stop.borrow() {
@@ -93,63 +96,19 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
             }
         };
         backoff = Duration::from_millis(100);
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some(d.job.prompt_id.clone());
+        pulse.set_running(Some(d.job.prompt_id.clone()));
         let exec = executor.take().expect("one prompt at a time");
         let exec = run_delivery(&station, exec, d, stop.clone()).await;
         executor = Some(exec);
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        done.fetch_add(1, Ordering::Relaxed);
+        pulse.set_running(None);
     }
     // Its heartbeat goes at once rather than expiring.
     let _ = beating.await;
 }
 
-/// Writes this worker's heartbeat every [`HEARTBEAT`] until it stops, then removes it.
-async fn beat(opts: WorkerOptions, current: Arc<Mutex<Option<String>>>, done: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) {
-    let mut roster = None;
-    let started = now_ms();
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    let mut failing = false;
-    loop {
-        if roster.is_none() {
-            roster = Roster::connect(&opts.broker.url, &opts.broker.namespace).await.ok();
-        }
-        if let Some(r) = &roster {
-            let hb = Heartbeat {
-                name: opts.name.clone(),
-                host: host.clone(),
-                device: opts.device.clone(),
-                pid: std::process::id(),
-                started,
-                at: now_ms(),
-                prompt: current.lock().unwrap_or_else(|p| p.into_inner()).clone(),
-                done: done.load(Ordering::Relaxed),
-                warm: Vec::new(),
-            };
-            match r.beat(&hb).await {
-                Ok(()) => failing = false,
-                Err(e) if !failing => {
-                    tracing::warn!("worker {}: cannot write its heartbeat ({e}); retrying", opts.name);
-                    failing = true;
-                }
-                Err(_) => {}
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(HEARTBEAT) => {}
-            _ = stop.changed() => {
-                if let Some(r) = &roster {
-                    let _ = r.leave(&opts.name).await;
-                }
-                return;
-            }
-        }
-    }
-}
-
 /// Interrupts the prompt running here when the server asks, subscribing again after a lost
 /// connection.
-async fn obey(opts: WorkerOptions, current: Arc<Mutex<Option<String>>>, interrupt: comfyrs_runtime::interrupt::Interrupt, mut stop: watch::Receiver<bool>) {
+async fn obey(opts: WorkerOptions, pulse: Arc<Pulse>, interrupt: comfyrs_runtime::interrupt::Interrupt, mut stop: watch::Receiver<bool>) {
     loop {
         let mut sub = match ControlSubscriber::subscribe(&opts.broker.url, &opts.broker.namespace).await {
             Ok(s) => s,
@@ -161,7 +120,7 @@ async fn obey(opts: WorkerOptions, current: Arc<Mutex<Option<String>>>, interrup
         loop {
             let msg = tokio::select! { m = sub.next() => m, _ = stop.changed() => return };
             let Some(msg) = msg else { break };
-            let running = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let running = pulse.running();
             let hit = match (&msg, &running) {
                 (ControlMessage::Interrupt { prompt_id }, Some(r)) => prompt_id == r,
                 (ControlMessage::InterruptAll, Some(_)) => true,
@@ -201,10 +160,11 @@ struct Station {
     /// The connection the event stream is written on.
     events: redis::aio::ConnectionManager,
     uploads: Arc<Uploads>,
+    pulse: Arc<Pulse>,
 }
 
 async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mut stop: watch::Receiver<bool>) -> Executor {
-    let Station { opts, host, queue, events: conn, uploads } = station;
+    let Station { opts, host, queue, events: conn, uploads, pulse } = station;
     let (host, conn) = (host.clone(), conn.clone());
     let id = d.job.prompt_id.clone();
     tracing::info!("worker {}: running prompt {id} (delivery {})", opts.name, d.deliveries);
@@ -319,6 +279,9 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
         let _ = sender.await;
         return executor;
     }
+    // Its heavy results are in this worker's caches now: said before the outcome, so the
+    // client's next prompt (a slider change) finds this worker warm.
+    pulse.finished(&d.job.affinity).await;
     let (entry, outcome, terminal) = record(&item, &events, ran);
     let (up, pid, delivery) = (uploads.clone(), id.clone(), d.deliveries);
     let entry = tokio::task::spawn_blocking(move || {
@@ -340,7 +303,7 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
             events.to_client("executing", json!({"node": null, "prompt_id": id}));
             drop(events);
             let _ = sender.await;
-            match queue.ack(&opts.name, &d.entry).await {
+            match queue.ack(&opts.name, &d).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!("worker {}: prompt {id} was taken over before its acknowledgement", opts.name),
                 Err(e) => tracing::warn!("worker {}: cannot acknowledge prompt {id} ({e}); its lease will lapse and the server ignores a second outcome", opts.name),
