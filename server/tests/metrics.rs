@@ -14,8 +14,11 @@ mod redis_server;
 use common::{wait_prompt, Server, Socket};
 use redis_server::RedisServer;
 
-/// The samples of an exposition: (metric name, sorted labels, value); comments skipped.
-fn samples(text: &str) -> Vec<(String, Vec<(String, String)>, f64)> {
+/// A sample line: the metric's name, its labels sorted, its value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// The samples of an exposition; comments skipped.
+fn samples(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
