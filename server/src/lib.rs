@@ -17,6 +17,7 @@ mod imaging;
 mod job;
 mod logs;
 mod messages;
+mod metrics;
 mod options;
 mod paths;
 mod replace;

@@ -33,6 +33,8 @@ pub struct Shared {
     pub log_subscribers: Arc<Subscribers>,
     /// With a broker: its connections; prompts run on workers (docs/scale-out.md).
     pub broker: Option<Arc<crate::broker::link::Link>>,
+    /// `/metrics`: outcomes and node work, per worker (docs/server.md, "Metrics").
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Shared {
@@ -179,7 +181,7 @@ pub async fn serve(options: ServeOptions, host: Arc<dyn Host>) -> Result<Running
         }
         None => None,
     };
-    let shared = Arc::new(Shared { options, store, hub, control, host, registry, replacements, closing, webhooks, log_subscribers, broker });
+    let shared = Arc::new(Shared { options, store, hub, control, host, registry, replacements, closing, webhooks, log_subscribers, broker, metrics: crate::metrics::Metrics::new() });
     tracing::info!("comfyrs serve listening on http://{addr}");
     let worker = match &shared.broker {
         None => crate::worker::spawn(shared.clone(), executor),

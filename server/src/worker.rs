@@ -72,6 +72,11 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) -> Option<
         shared.control.set_running(None);
         return None;
     }
+    let nodes = match &outcome {
+        Ran::Report(report) => crate::metrics::NodeSample::from_report(report),
+        _ => Vec::new(),
+    };
+    shared.metrics.nodes(crate::metrics::LOCAL, &nodes);
     let (entry, result, terminal) = record(&item, &events, outcome);
     let finished = Finished {
         prompt_id: id.clone(),
@@ -83,10 +88,16 @@ fn run_one(shared: &Shared, executor: &mut Executor, item: QueueItem) -> Option<
         end_time: now_ms(),
     };
     tracing::info!("prompt {id} {} in {:.3} s", finished.outcome.as_str(), (finished.end_time - finished.start_time) as f64 / 1e3);
-    let next = shared.store.finish(&finished, shared.control.may_continue()).unwrap_or_else(|e| {
-        tracing::error!("cannot record prompt {id} in history: {e}");
-        None
-    });
+    let next = match shared.store.finish(&finished, shared.control.may_continue()) {
+        Ok(next) => {
+            shared.metrics.prompt(crate::metrics::LOCAL, finished.outcome, finished.start_time, finished.end_time);
+            next
+        }
+        Err(e) => {
+            tracing::error!("cannot record prompt {id} in history: {e}");
+            None
+        }
+    };
     // The terminal message goes out once the history entry is committed, so a client that
     // reacts to it (the frontend refreshes its job list) finds the prompt finished.
     terminal.send(&events);

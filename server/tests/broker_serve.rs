@@ -12,15 +12,15 @@ use serde_json::json;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/worker.rs"]
+mod worker;
 
 use common::{wait_prompt, Msg, Server, Socket};
 use redis_server::RedisServer;
+use worker::{broker_server, Worker};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn broker_server(redis: &RedisServer, dir: &std::path::Path) -> Server {
-    Server::start_with(ServeOptions { port: 0, broker: Some(BrokerSettings::new(&redis.url())), ..ServeOptions::new(dir) })
-}
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
@@ -30,7 +30,7 @@ fn rt() -> tokio::runtime::Runtime {
 fn a_prompt_runs_on_a_worker_and_its_client_hears_it() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let ns = Namespace::default();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &ns)).unwrap();
@@ -91,7 +91,7 @@ fn a_prompt_runs_on_a_worker_and_its_client_hears_it() {
 fn the_dispatcher_stays_a_few_prompts_ahead_so_the_front_of_the_queue_still_overtakes() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     let ids: Vec<String> = (0..8).map(|i| server.queue(wait_prompt(&format!("p{i}"), 1), None)["prompt_id"].as_str().unwrap().to_string()).collect();
@@ -122,7 +122,7 @@ fn the_dispatcher_stays_a_few_prompts_ahead_so_the_front_of_the_queue_still_over
 fn interrupts_and_cancels_reach_the_workers() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let ns = Namespace::default();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &ns)).unwrap();
@@ -153,7 +153,7 @@ fn interrupts_and_cancels_reach_the_workers() {
 fn a_prompt_cancelled_before_a_worker_claims_it_never_runs() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     let gone = server.queue(wait_prompt("gone", 1), None)["prompt_id"].as_str().unwrap().to_string();
@@ -168,7 +168,7 @@ fn a_prompt_cancelled_before_a_worker_claims_it_never_runs() {
     let (_, q) = server.get("/queue");
     assert_eq!(q["queue_running"], json!([]), "{q}");
     // A worker started now runs what comes next, not the cancelled prompt.
-    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let _worker = Worker::start(&redis.url(), &server, "w1", LEASE);
     let next = server.queue(wait_prompt("next", 1), None)["prompt_id"].as_str().unwrap().to_string();
     assert_eq!(server.wait_history(&next)["outputs"]["3"]["text"][0], "next");
     let (_, h) = server.get("/history");
@@ -180,14 +180,14 @@ fn a_prompt_cancelled_before_a_worker_claims_it_never_runs() {
 fn a_worker_skips_a_prompt_cancelled_before_it_started() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     // The cancel lands between the prompt's dispatch and its publication (the mark it leaves
     // is what a worker that claimed a prompt without hearing its interrupt finds).
     let id = "7f0c9a52-9d55-4c0e-8a34-3c1f1b2f0a11";
     assert_eq!(rt.block_on(queue.withdraw(id)).unwrap(), comfyrs_server::broker::Withdrawal::Absent);
-    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let _worker = Worker::start(&redis.url(), &server, "w1", LEASE);
     let mut socket = Socket::connect(&server, "c1");
     let (status, r) = server.post("/prompt", &json!({"prompt": wait_prompt("skipped", 60_000), "client_id": "c1", "prompt_id": id}));
     assert_eq!(status, 200, "{r}");
@@ -201,7 +201,7 @@ fn a_worker_skips_a_prompt_cancelled_before_it_started() {
 fn uploaded_outputs_keep_their_names_unless_taken_and_a_losing_delivery_leaves_none() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     let id = server.queue(wait_prompt("files", 1), None)["prompt_id"].as_str().unwrap().to_string();
@@ -252,8 +252,8 @@ fn uploaded_outputs_keep_their_names_unless_taken_and_a_losing_delivery_leaves_n
 fn the_server_shows_which_worker_runs_what() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
-    let worker = Worker::start(&redis, &server, "w1", LEASE);
+    let server = broker_server(&redis.url(), dir.path());
+    let worker = Worker::start(&redis.url(), &server, "w1", LEASE);
     let id = server.queue(wait_prompt("long", 60_000), None)["prompt_id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let listed = loop {
@@ -311,7 +311,7 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let ids: Vec<String> = (0..2).map(|i| server.queue(wait_prompt(&format!("p{i}"), 1), Some("c1"))["prompt_id"].as_str().unwrap().to_string()).collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while rt.block_on(queue.entries()).unwrap() < 2 {
@@ -322,7 +322,7 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     server.stop();
 
     // Same Redis: nothing is published twice, and the worker's report is recorded.
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(rt.block_on(queue.entries()).unwrap(), 2, "no second entry for either prompt");
     assert_eq!(server.get("/queue").1["queue_running"].as_array().unwrap().len(), 2);
@@ -334,7 +334,7 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
 
     // A Redis that lost its data: the prompt still running is published again.
     redis.flush_all();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     let d = rt.block_on(queue.claim("w2", LEASE, Duration::from_secs(10))).unwrap().expect("published again");
     let other = ids.iter().find(|id| **id != claimed.job.prompt_id).unwrap();
@@ -344,51 +344,13 @@ fn a_restarted_server_neither_loses_nor_republishes_dispatched_prompts() {
     drop(server);
 }
 
-/// A worker (the library loop `comfyrs worker` runs) on its own thread and runtime, with the
-/// test host's nodes; stopped and joined on drop.
-struct Worker {
-    stop: tokio::sync::watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Worker {
-    fn start(redis: &RedisServer, server: &Server, name: &str, lease: Duration) -> Worker {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = comfyrs_server::broker::WorkerOptions {
-            broker: BrokerSettings::new(&redis.url()),
-            name: name.to_string(),
-            server: server.url(""),
-            auth_token: None,
-            lease,
-            output_dir: dir.path().join("output"),
-            temp_dir: dir.path().join("temp"),
-            device: "cpu".into(),
-        };
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(comfyrs_server::broker::run_worker(opts, common::TestHost::new(), rx));
-        });
-        Worker { stop, thread: Some(thread), _dir: dir }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 #[test]
 fn a_worker_runs_the_prompts_and_their_clients_hear_them() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
-    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let server = broker_server(&redis.url(), dir.path());
+    let _worker = Worker::start(&redis.url(), &server, "w1", LEASE);
     let mut socket = Socket::connect(&server, "c1");
     let id = server.queue(wait_prompt("hello", 20), Some("c1"))["prompt_id"].as_str().unwrap().to_string();
     let msgs = socket.until_done(&id);
@@ -417,8 +379,8 @@ fn a_worker_runs_the_prompts_and_their_clients_hear_them() {
 fn an_interrupt_stops_the_prompt_on_its_worker() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
-    let _worker = Worker::start(&redis, &server, "w1", LEASE);
+    let server = broker_server(&redis.url(), dir.path());
+    let _worker = Worker::start(&redis.url(), &server, "w1", LEASE);
     let mut socket = Socket::connect(&server, "c1");
     let id = server.queue(wait_prompt("long", 60_000), Some("c1"))["prompt_id"].as_str().unwrap().to_string();
     // Once the worker runs it (its wait node reports progress)...
@@ -439,7 +401,7 @@ fn an_interrupt_stops_the_prompt_on_its_worker() {
 fn a_prompt_left_by_a_dead_worker_is_finished_by_another_and_recorded_once() {
     let redis = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = broker_server(&redis, dir.path());
+    let server = broker_server(&redis.url(), dir.path());
     let rt = rt();
     let queue = rt.block_on(PromptQueue::connect(&redis.url(), &Namespace::default())).unwrap();
     let id = server.queue(wait_prompt("orphan", 1), None)["prompt_id"].as_str().unwrap().to_string();
@@ -448,7 +410,7 @@ fn a_prompt_left_by_a_dead_worker_is_finished_by_another_and_recorded_once() {
     let before_claim = std::time::Instant::now();
     let dead = rt.block_on(queue.claim("dead", lease, Duration::from_secs(10))).unwrap().expect("claimed");
     assert_eq!(dead.job.prompt_id, id);
-    let _worker = Worker::start(&redis, &server, "w2", lease);
+    let _worker = Worker::start(&redis.url(), &server, "w2", lease);
     let h = server.wait_history(&id);
     assert!(before_claim.elapsed() >= lease, "taken over only after the lease lapsed");
     assert_eq!(h["outputs"]["3"]["text"][0], "orphan");

@@ -282,6 +282,11 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
     // Its heavy results are in this worker's caches now: said before the outcome, so the
     // client's next prompt (a slider change) finds this worker warm.
     pulse.finished(&d.job.affinity).await;
+    // The server's metrics count the nodes' work per worker (docs/server.md, "Metrics").
+    let nodes = match &ran {
+        Ran::Report(r) => crate::metrics::NodeSample::to_json(&crate::metrics::NodeSample::from_report(r)),
+        _ => json!([]),
+    };
     let (entry, outcome, terminal) = record(&item, &events, ran);
     let (up, pid, delivery) = (uploads.clone(), id.clone(), d.deliveries);
     let entry = tokio::task::spawn_blocking(move || {
@@ -294,7 +299,7 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
     let report = json!({
         "prompt_id": id, "outcome": outcome.as_str(), "entry": entry, "number": item.number,
         "create_time": item.create_time, "start_time": start_time, "end_time": now_ms(),
-        "delivery": d.deliveries,
+        "delivery": d.deliveries, "worker": opts.name, "nodes": nodes,
     });
     match report_outcome(opts, &report).await {
         Ok(recorded) => {

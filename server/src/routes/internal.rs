@@ -24,9 +24,10 @@ pub fn routes() -> Router<AppState> {
 
 /// A worker reports how a dispatched prompt ended: `{"prompt_id", "outcome": "completed" |
 /// "failed" | "cancelled", "entry": <history entry>, "number", "create_time", "start_time",
-/// "end_time", "delivery"}`. Answers `{"recorded": bool}`: false when an earlier delivery's
-/// report was recorded (the worker then acknowledges its entry all the same, and the files it
-/// uploaded are deleted).
+/// "end_time", "delivery"}`, and for `/metrics` (optional: a report without them still records)
+/// `"worker": <its name>, "nodes": [{"class_type", "status", "seconds"}]`. Answers
+/// `{"recorded": bool}`: false when an earlier delivery's report was recorded (the worker then
+/// acknowledges its entry all the same, and the files it uploaded are deleted).
 async fn outcome(State(s): State<AppState>, raw: Bytes) -> ApiResult<JsonBody<Json>> {
     let Some(link) = s.broker.clone() else {
         return Err(ApiError::not_found("this server runs prompts itself; workers report to a server started with --broker"));
@@ -45,9 +46,19 @@ async fn outcome(State(s): State<AppState>, raw: Bytes) -> ApiResult<JsonBody<Js
     let number = req.get("number").and_then(Json::as_f64).ok_or_else(|| ApiError::bad_request("number must be a number"))?;
     let f = crate::store::Finished { prompt_id, outcome, entry, number, create_time: int("create_time")?, start_time: int("start_time")?, end_time: int("end_time")? };
     let delivery = int("delivery")?;
-    let recorded = tokio::task::spawn_blocking(move || crate::broker::link::record(&s, &link, &f, delivery))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let worker = req.get("worker").and_then(Json::as_str).filter(|w| !w.is_empty()).unwrap_or("unnamed").to_string();
+    let nodes = crate::metrics::NodeSample::from_json(req.get("nodes"));
+    let recorded = tokio::task::spawn_blocking(move || {
+        let recorded = crate::broker::link::record(&s, &link, &f, delivery)?;
+        // A duplicate delivery's node work was done all the same; its outcome is counted once.
+        s.metrics.nodes(&worker, &nodes);
+        if recorded {
+            s.metrics.prompt(&worker, f.outcome, f.start_time, f.end_time);
+        }
+        Ok::<_, crate::store::StoreError>(recorded)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(JsonBody(json!({"recorded": recorded})))
 }
 

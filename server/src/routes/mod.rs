@@ -7,6 +7,7 @@ mod frontend;
 mod history;
 mod internal;
 mod jobs;
+mod metrics;
 mod nodes;
 mod prompt;
 mod system;
@@ -26,7 +27,7 @@ pub type AppState = Arc<Shared>;
 
 /// The routes ComfyUI registers on its main table, without prefix.
 fn api() -> Router<AppState> {
-    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes()).merge(files::routes()).merge(user::routes()).merge(jobs::routes())
+    Router::new().merge(prompt::routes()).merge(history::routes()).merge(nodes::routes()).merge(system::routes()).merge(ws::routes()).merge(files::routes()).merge(user::routes()).merge(jobs::routes()).merge(metrics::routes())
 }
 
 /// ComfyUI's internal routes: served under `/internal` only, never under `/api`.
