@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
+use super::backoff::Backoff;
 use super::{BrokerError, ControlChannel, ControlMessage, EventReader, Heartbeat, Job, Namespace, PromptQueue, Roster, WorkerEvent, Withdrawal};
 use crate::hub::Frame;
 use crate::server::Shared;
-use crate::store::{Finished, QueueItem, Store};
+use crate::store::{Finished, Store};
 
 /// Where the broker is and how far ahead of the workers the dispatcher publishes.
 #[derive(Clone, Debug)]
@@ -162,7 +163,7 @@ pub fn spawn_dispatcher(shared: Arc<Shared>, link: Arc<Link>) -> std::io::Result
 }
 
 fn dispatch(shared: &Shared, link: &Link) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     while shared.control.wait_for_work() {
         loop {
             if shared.control.stopping() || shared.control.paused() {
@@ -177,9 +178,9 @@ fn dispatch(shared: &Shared, link: &Link) {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!("the broker is unreachable ({e}); retrying in {backoff:?}");
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.next();
+                    tracing::warn!("the broker is unreachable ({e}); retrying in {wait:?}");
+                    std::thread::sleep(wait);
                     continue;
                 }
             }
@@ -193,9 +194,9 @@ fn dispatch(shared: &Shared, link: &Link) {
                 }
             };
             link.prompts().insert(item.prompt_id.clone(), Dispatched { client: item.client_id().map(str::to_string), ..Dispatched::default() });
-            match link.rt.block_on(hand_out(link, &job(&item, &shared.registry))) {
+            match link.rt.block_on(hand_out(link, &Job::of(&item, &shared.registry))) {
                 Ok((entry, offered)) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     match offered {
                         Some(w) => tracing::info!("prompt {} offered to worker {w}, whose caches hold its models (entry {entry})", item.prompt_id),
                         None => tracing::info!("prompt {} handed to the workers (entry {entry})", item.prompt_id),
@@ -208,9 +209,9 @@ fn dispatch(shared: &Shared, link: &Link) {
                     if let Err(e) = shared.store.requeue(&item.prompt_id) {
                         tracing::error!("cannot put prompt {} back in the queue: {e}", item.prompt_id);
                     }
-                    tracing::warn!("cannot hand prompt {} to the broker ({e}); retrying in {backoff:?}", item.prompt_id);
-                    std::thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.next();
+                    tracing::warn!("cannot hand prompt {} to the broker ({e}); retrying in {wait:?}", item.prompt_id);
+                    std::thread::sleep(wait);
                 }
             }
         }
@@ -222,18 +223,6 @@ async fn waiting(q: &PromptQueue) -> Result<u64, BrokerError> {
     Ok(q.entries().await?.saturating_sub(q.pending().await?))
 }
 
-fn job(item: &QueueItem, registry: &comfyrs_runtime::Registry) -> Job {
-    Job {
-        prompt_id: item.prompt_id.clone(),
-        number: item.number,
-        prompt: item.prompt.clone(),
-        extra_data: item.extra_data.clone(),
-        outputs: item.outputs.clone(),
-        sensitive: item.sensitive.clone(),
-        create_time: item.create_time,
-        affinity: super::affinity::keys(&item.prompt, registry),
-    }
-}
 
 /// Hands `job` to the workers: offered first to the worker whose caches hold most of its
 /// heavy results (docs/scale-out.md, "Cache affinity"), else to whichever claims it.
@@ -298,7 +287,7 @@ pub async fn watch_workers(shared: Arc<Shared>, link: Arc<Link>) {
 pub async fn forward_events(shared: Arc<Shared>, link: Arc<Link>) {
     let mut closing = shared.closing.subscribe();
     let mut reader = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         if *closing.borrow() {
             return;
@@ -307,9 +296,9 @@ pub async fn forward_events(shared: Arc<Shared>, link: Arc<Link>) {
             match EventReader::new(&link.settings.url, &link.settings.namespace).await {
                 Ok(r) => reader = Some(r),
                 Err(e) => {
-                    tracing::warn!("cannot read the workers' events ({e}); retrying in {backoff:?}");
-                    tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = closing.changed() => return }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let wait = backoff.next();
+                    tracing::warn!("cannot read the workers' events ({e}); retrying in {wait:?}");
+                    tokio::select! { _ = tokio::time::sleep(wait) => {}, _ = closing.changed() => return }
                     continue;
                 }
             }
@@ -321,15 +310,15 @@ pub async fn forward_events(shared: Arc<Shared>, link: Arc<Link>) {
         };
         match batch {
             Ok(events) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 for e in events {
                     deliver(&shared, &link, e);
                 }
             }
             Err(e) if e.is_transient() => {
-                tracing::warn!("lost the workers' events stream ({e}); retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.next();
+                tracing::warn!("lost the workers' events stream ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => tracing::error!("skipping an event: {e}"),
         }

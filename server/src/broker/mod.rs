@@ -10,6 +10,7 @@
 //! - [`run_worker`]: a worker's loop (`comfyrs worker`); `link` is the server's side.
 
 pub mod affinity;
+mod backoff;
 mod conn;
 mod control;
 mod error;

@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, watch};
 
 use super::uploads::Uploads;
 use super::pulse::Pulse;
+use super::backoff::Backoff;
 use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, PromptQueue};
 use crate::host::Host;
 use crate::messages::{Message, Outbox, PromptEvents};
-use crate::store::QueueItem;
 use crate::time::now_ms;
 use crate::worker::{hidden_extra, record, Ran};
 
@@ -76,7 +76,7 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
     let beating = tokio::spawn(pulse.clone().run(stop.clone()));
     tracing::info!("worker {} waiting for prompts at {url}", opts.name);
     let station = Station { opts: opts.clone(), host: host.clone(), queue: queue.clone(), events, uploads, pulse: pulse.clone() };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         if *stop.borrow() {
             break;
@@ -89,13 +89,13 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
             Ok(Some(d)) => d,
             Ok(None) => continue,
             Err(e) => {
-                tracing::warn!("worker {}: {e}; retrying in {backoff:?}", opts.name);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.next();
+                tracing::warn!("worker {}: {e}; retrying in {wait:?}", opts.name);
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         pulse.set_running(Some(d.job.prompt_id.clone()));
         let exec = executor.take().expect("one prompt at a time");
         let exec = run_delivery(&station, exec, d, stop.clone()).await;
@@ -168,18 +168,7 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
     let (host, conn) = (host.clone(), conn.clone());
     let id = d.job.prompt_id.clone();
     tracing::info!("worker {}: running prompt {id} (delivery {})", opts.name, d.deliveries);
-    let item = QueueItem {
-        prompt_id: id.clone(),
-        number: d.job.number,
-        number_json: if d.job.number.fract() == 0.0 { json!(d.job.number as i64) } else { json!(d.job.number) },
-        priority: 0,
-        prompt: d.job.prompt.clone(),
-        extra_data: d.job.extra_data.clone(),
-        outputs: d.job.outputs.clone(),
-        sensitive: d.job.sensitive.clone(),
-        create_time: d.job.create_time,
-        attempts: d.deliveries as i64,
-    };
+    let item = d.job.queue_item(d.deliveries);
     // Messages: formatted as the server would, sent in order by one task.
     let (tx, mut rx) = mpsc::unbounded_channel::<(Message, bool)>();
     let log = EventLog::new(&opts.broker.url, conn, &opts.broker.namespace, &id, d.deliveries);
