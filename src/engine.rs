@@ -221,8 +221,8 @@ pub fn native_registry(config: &Config, merge: Arc<MergeEngine>) -> Result<Regis
             .with_context(|| format!("cannot read the extra model paths file {}", yaml.display()))?;
     }
     comfyrs_nodes::pack::register(&mut reg, folders, merge);
-    if comfyrs_testkit::nodes::wanted() {
-        comfyrs_testkit::nodes::register(&mut reg);
+    if comfyrs_core::test_nodes::wanted() {
+        comfyrs_core::test_nodes::register(&mut reg);
     }
     Ok(reg)
 }

@@ -28,6 +28,7 @@ pub mod pyformat;
 pub mod pyregex;
 pub mod pyvalue;
 pub mod string;
+pub mod test_nodes;
 
 /// Registers every core node.
 pub fn register(reg: &mut Registry) {

@@ -4,15 +4,12 @@
 //!   architectures (`comfyrs fixtures`, the format and pack tests, `comfyrs bench merge`).
 //! - [`sd15`]: a random-weight tiny SD1.5 checkpoint and LoRA that ComfyUI's own model detection
 //!   accepts, for workflows run through the Python bridge.
-//! - [`nodes`]: `TestWait` and `TestSaveText`, for testing and benchmarking a deployment
-//!   without models (the binary adds them with `COMFYRS_TEST_NODES=1`).
 //! - [`oracle`]: a float64 evaluation of WIDEN that the tensor code is checked against.
 //! - [`widen_bench`]: `comfyrs bench widen`, the WIDEN kernel benchmark.
 //!
 //! The library crates do not depend on it (only their tests do), so they need no clap.
 
 pub mod fixtures;
-pub mod nodes;
 pub mod oracle;
 pub mod sd15;
 pub mod widen_bench;

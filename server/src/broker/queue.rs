@@ -181,6 +181,20 @@ impl PromptQueue {
         BrokerError::Redis { url: self.url.clone(), source }
     }
 
+    /// Runs one of the scripts above on `keys`; the group is its first argument, `args` follow.
+    async fn script(&self, src: &str, keys: &[&str], args: &[String]) -> Result<i64, BrokerError> {
+        let script = redis::Script::new(src);
+        let mut call = script.prepare_invoke();
+        for k in keys {
+            call.key(*k);
+        }
+        call.arg(self.group);
+        for a in args {
+            call.arg(a);
+        }
+        call.invoke_async(&mut self.cmd.clone()).await.map_err(|e| self.err(e))
+    }
+
     /// Creates the group at the start of the shared stream (and of this worker's offers), so
     /// entries added before it are delivered too. Also what recovers a Redis that restarted
     /// without its data.
@@ -239,15 +253,7 @@ impl PromptQueue {
         for stream in self.offer_streams().await? {
             let worker = stream.strip_prefix(&self.ns.offers("")).unwrap_or("");
             let (wait, lease) = if alive.iter().any(|a| a == worker) { (wait, lease) } else { (Duration::ZERO, Duration::ZERO) };
-            let n: i64 = redis::Script::new(SWEEP)
-                .key(&stream)
-                .key(&self.stream)
-                .arg(self.group)
-                .arg(wait.as_millis() as u64)
-                .arg(lease.as_millis() as u64)
-                .invoke_async(&mut self.cmd.clone())
-                .await
-                .map_err(|e| self.err(e))?;
+            let n = self.script(SWEEP, &[&stream, &self.stream], &[wait.as_millis().to_string(), lease.as_millis().to_string()]).await?;
             moved += n as u64;
         }
         Ok(moved)
@@ -301,14 +307,7 @@ impl PromptQueue {
         let mut got = got.into_iter();
         let Some((stream, first)) = got.next() else { return Ok(None) };
         for (k, other) in got {
-            let _: i64 = redis::Script::new(RELEASE)
-                .key(&k)
-                .arg(self.group)
-                .arg(consumer)
-                .arg(&other.id)
-                .invoke_async(&mut self.cmd.clone())
-                .await
-                .map_err(|e| self.err(e))?;
+            self.script(RELEASE, &[&k], &[consumer.to_string(), other.id.clone()]).await?;
         }
         self.delivery(&stream, first, 1).map(Some)
     }
@@ -353,15 +352,7 @@ impl PromptQueue {
     /// Resets the lease of `d` if it is still `consumer`'s, and says whether its prompt was
     /// cancelled meanwhile.
     pub async fn renew(&self, consumer: &str, d: &Delivery) -> Result<Lease, BrokerError> {
-        let n: i64 = redis::Script::new(RENEW)
-            .key(&d.stream)
-            .key(self.ns.cancelled(&d.job.prompt_id))
-            .arg(self.group)
-            .arg(consumer)
-            .arg(&d.entry)
-            .invoke_async(&mut self.cmd.clone())
-            .await
-            .map_err(|e| self.err(e))?;
+        let n = self.script(RENEW, &[&d.stream, &self.ns.cancelled(&d.job.prompt_id)], &[consumer.to_string(), d.entry.clone()]).await?;
         Ok(match n {
             1 => Lease::Kept,
             2 => Lease::Cancelled,
@@ -378,15 +369,7 @@ impl PromptQueue {
     /// marked cancelled all the same: its publication may still come.
     pub async fn withdraw(&self, prompt_id: &str) -> Result<Withdrawal, BrokerError> {
         for stream in self.all_streams().await? {
-            let n: i64 = redis::Script::new(WITHDRAW)
-                .key(&stream)
-                .key(self.ns.cancelled(prompt_id))
-                .arg(self.group)
-                .arg(prompt_id)
-                .arg(CANCEL_TTL.as_secs())
-                .invoke_async(&mut self.cmd.clone())
-                .await
-                .map_err(|e| self.err(e))?;
+            let n = self.script(WITHDRAW, &[&stream, &self.ns.cancelled(prompt_id)], &[prompt_id.to_string(), CANCEL_TTL.as_secs().to_string()]).await?;
             match n {
                 1 => return Ok(Withdrawal::Removed),
                 2 => return Ok(Withdrawal::Running),
@@ -400,14 +383,7 @@ impl PromptQueue {
     /// Acknowledges and removes `d` if it is still `consumer`'s; false otherwise (another
     /// worker reclaimed it: its own acknowledgement will remove it).
     pub async fn ack(&self, consumer: &str, d: &Delivery) -> Result<bool, BrokerError> {
-        let n: i64 = redis::Script::new(ACK)
-            .key(&d.stream)
-            .arg(self.group)
-            .arg(consumer)
-            .arg(&d.entry)
-            .invoke_async(&mut self.cmd.clone())
-            .await
-            .map_err(|e| self.err(e))?;
+        let n = self.script(ACK, &[&d.stream], &[consumer.to_string(), d.entry.clone()]).await?;
         Ok(n == 1)
     }
 

@@ -13,26 +13,6 @@ use comfyrs_runtime::{Args, CallOutput, ExecContext, NodeClass, NodeError, Regis
 use comfyrs_server::{Host, ModelFolder, ServeOptions};
 use serde_json::{json, Value as Json};
 
-/// `TestWait`: waits `ms` milliseconds (reporting progress, honouring interrupts) and passes
-/// `value` through.
-struct Wait(Arc<NodeSchema>);
-
-impl NodeClass for Wait {
-    fn schema(&self) -> Arc<NodeSchema> {
-        self.0.clone()
-    }
-    fn execute(&self, ctx: &ExecContext, args: &Args) -> Result<CallOutput, NodeError> {
-        let ms = args.int("ms")? as u64;
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(ms) {
-            ctx.check_interrupt()?;
-            ctx.progress(start.elapsed().as_millis() as u64, ms);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        Ok(CallOutput::values([args.get("value").cloned().unwrap_or(Value::None)]))
-    }
-}
-
 /// `TestPreview`: sends a preview (4 bytes of "JPEG") when someone would see it, a progress
 /// text and a custom message; outputs `value:<whether a preview was wanted>`.
 struct PreviewNode(Arc<NodeSchema>);
@@ -61,11 +41,7 @@ impl TestHost {
     pub fn new() -> Arc<TestHost> {
         let mut reg = Registry::new();
         comfyrs_core::register(&mut reg);
-        let schema = NodeSchema::new("TestWait", "Wait", "testing")
-            .input(InputSpec::int("ms", 10, 0, 600_000))
-            .input(InputSpec::string("value", ""))
-            .output(OutputSpec::new("STRING"));
-        reg.register(Arc::new(Wait(Arc::new(schema))));
+        comfyrs_core::test_nodes::register(&mut reg);
         let schema = NodeSchema::new("TestPreview", "Preview test", "testing").input(InputSpec::string("value", "")).output(OutputSpec::new("STRING"));
         reg.register(Arc::new(PreviewNode(Arc::new(schema))));
         Arc::new(TestHost { registry: Arc::new(reg), models: Vec::new() })

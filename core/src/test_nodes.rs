@@ -1,7 +1,8 @@
-//! Nodes for testing and benchmarking a deployment without models: `TestWait` takes a fixed
-//! time (the work of a sampler, without one) and `TestSaveText` writes an output file the way
-//! ComfyUI's SaveImage names its files. The binary registers them when `COMFYRS_TEST_NODES=1`
-//! (docs/scale-out.md, "Testing and benchmarking").
+//! Not ComfyUI's: nodes for testing and benchmarking a deployment without models. `TestWait`
+//! takes a fixed time (the work of a sampler, without one) and `TestSaveText` writes an output
+//! file the way ComfyUI's SaveImage names its files. The binary registers them when
+//! `COMFYRS_TEST_NODES=1` (docs/scale-out.md, "Testing and benchmarking"); the server's tests
+//! use them too.
 
 use std::path::Path;
 use std::sync::Arc;
