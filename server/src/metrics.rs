@@ -42,6 +42,11 @@ struct RunLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabels {
     worker: String,
 }
@@ -110,6 +115,8 @@ pub struct Metrics {
     prompt_seconds: PromptSeconds,
     node_seconds: Family<ClassLabels, Counter<f64>>,
     node_runs: Family<RunLabels, Counter>,
+    /// With a broker: live workers by state, from their heartbeats at each scrape.
+    workers: Family<StateLabels, Gauge>,
     /// One scrape at a time: the queue gauges are set, then encoded.
     scrape: Mutex<()>,
 }
@@ -144,7 +151,9 @@ impl Metrics {
             "Nodes run, by class, status (executed, cached, failed) and worker; the cache hit rate is cached / (executed + cached)",
             node_runs.clone(),
         );
-        Metrics { registry, pending, running, prompts, prompt_seconds, node_seconds, node_runs, scrape: Mutex::new(()) }
+        let workers = Family::<StateLabels, Gauge>::default();
+        registry.register("workers", "Live workers (their heartbeat is recent), busy or idle; only with a broker", workers.clone());
+        Metrics { registry, pending, running, prompts, prompt_seconds, node_seconds, node_runs, workers, scrape: Mutex::new(()) }
     }
 
     /// The work a prompt's nodes did on `worker` (counted for every report: even a duplicate
@@ -165,8 +174,9 @@ impl Metrics {
         self.prompt_seconds.get_or_create(&WorkerLabels { worker: worker.to_string() }).observe(seconds);
     }
 
-    /// The exposition, with the queue gauges read from `store` now.
-    pub fn render(&self, store: &Store) -> Result<String, StoreError> {
+    /// The exposition, with the queue gauges read from `store` now, and with a broker the
+    /// workers' states from their heartbeats.
+    pub fn render(&self, store: &Store, workers: Option<&[crate::broker::Heartbeat]>) -> Result<String, StoreError> {
         let (pending, running) = store.with_conn(|c| {
             let mut st = c.prepare_cached("SELECT running, count(*) FROM queue GROUP BY running")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, i64>(1)?)))?;
@@ -182,6 +192,11 @@ impl Metrics {
         let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         self.pending.set(pending);
         self.running.set(running);
+        if let Some(ws) = workers {
+            let busy = ws.iter().filter(|w| w.prompt.is_some()).count() as i64;
+            self.workers.get_or_create(&StateLabels { state: "busy".into() }).set(busy);
+            self.workers.get_or_create(&StateLabels { state: "idle".into() }).set(ws.len() as i64 - busy);
+        }
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry).expect("writing to a String does not fail");
         Ok(text)

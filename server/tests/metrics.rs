@@ -154,6 +154,17 @@ fn a_workers_prompts_and_nodes_carry_its_name() {
     let text = scrape(&server);
     check_two_prompts(&text, "w1");
     assert_eq!(value(&text, "comfyrs_prompts_total", &[("outcome", "completed"), ("worker", "local")]), None, "{text}");
+    // The live workers, from their heartbeats (read by the server every second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&server);
+        if value(&text, "comfyrs_workers", &[("state", "idle")]) == Some(1.0) {
+            assert_eq!(value(&text, "comfyrs_workers", &[("state", "busy")]), Some(0.0), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "one idle worker: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -15,7 +15,8 @@ pub fn routes() -> Router<AppState> {
 }
 
 async fn metrics(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
-    let text = tokio::task::spawn_blocking(move || s.metrics.render(&s.store))
+    let workers = s.broker.as_ref().map(|l| l.workers());
+    let text = tokio::task::spawn_blocking(move || s.metrics.render(&s.store, workers.as_deref()))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
