@@ -32,6 +32,7 @@ const SETTING_VARS: &[&str] = &[
     "COMFYRS_WIDEN_DEVICE_CACHE_MB",
     "COMFYRS_WIDEN_STATS_CACHE_MB",
     "COMFYRS_WIDEN_FACTOR_CACHE_MB",
+    "COMFYRS_AFFINITY_WAIT",
 ];
 
 /// The binary in `dir` (where a comfyrs.toml may be), with a clean settings environment.
@@ -115,6 +116,18 @@ fn flag_beats_env_beats_file_beats_default() {
     let doc = effective(dir.path(), &[], &[]);
     assert_eq!(setting(&doc, "memory.host"), (json!(GIB), from_file.clone()));
     assert_eq!(setting(&doc, "models_dir"), (json!("from-file"), from_file));
+}
+
+#[test]
+fn the_affinity_wait_is_seconds_from_0_to_an_hour() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(setting(&effective(dir.path(), &[], &[]), "broker.affinity_wait"), (json!(2.0), "default".into()));
+    let doc = effective(dir.path(), &[("COMFYRS_AFFINITY_WAIT", "0.5")], &[]);
+    assert_eq!(setting(&doc, "broker.affinity_wait"), (json!(0.5), "env COMFYRS_AFFINITY_WAIT".into()));
+    std::fs::write(dir.path().join("comfyrs.toml"), "[broker]\naffinity_wait = 0\n").unwrap();
+    assert_eq!(setting(&effective(dir.path(), &[], &[]), "broker.affinity_wait").0, json!(0.0));
+    let e = refused(dir.path(), &[("COMFYRS_AFFINITY_WAIT", "soon")], &[]);
+    assert!(e.contains("broker.affinity_wait") && e.contains("from 0 (affinity off) to 3600"), "{e}");
 }
 
 #[test]

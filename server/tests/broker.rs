@@ -136,10 +136,10 @@ async fn an_offer_goes_to_its_worker_first_and_to_anyone_after_the_wait() {
 
     // Not claimed within the wait (w1 is busy): any worker may take it.
     server.offer(&job("late"), "w1").await.unwrap();
-    let alive = ["w1".to_string(), "w2".to_string()];
-    assert_eq!(server.sweep_offers(Duration::from_secs(60), LEASE, &alive).await.unwrap(), 0, "still within the wait");
+    let alive = [("w1".to_string(), LEASE), ("w2".to_string(), LEASE)];
+    assert_eq!(server.sweep_offers(Duration::from_secs(60), &alive).await.unwrap(), 0, "still within the wait");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(server.sweep_offers(Duration::from_millis(10), LEASE, &alive).await.unwrap(), 1);
+    assert_eq!(server.sweep_offers(Duration::from_millis(10), &alive).await.unwrap(), 1);
     let c = w2.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("moved to the shared stream");
     assert_eq!((c.job.prompt_id.as_str(), c.stream.as_str(), c.deliveries), ("late", "comfyrs:prompts", 1));
     assert!(w2.ack("w2", &c).await.unwrap());
@@ -148,7 +148,7 @@ async fn an_offer_goes_to_its_worker_first_and_to_anyone_after_the_wait() {
     // delivery counts the first.
     server.offer(&job("orphan"), "w1").await.unwrap();
     let dead = w1.claim("w1", LEASE, NO_WAIT).await.unwrap().unwrap();
-    assert_eq!(server.sweep_offers(Duration::from_secs(60), Duration::from_secs(60), &alive[1..]).await.unwrap(), 1);
+    assert_eq!(server.sweep_offers(Duration::from_secs(60), &alive[1..]).await.unwrap(), 1);
     let again = w2.claim("w2", LEASE, NO_WAIT).await.unwrap().expect("taken over");
     assert_eq!((again.job.prompt_id.as_str(), again.deliveries), ("orphan", 2));
     assert_eq!(w1.renew("w1", &dead).await.unwrap(), Lease::Lost);

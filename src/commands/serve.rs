@@ -120,6 +120,7 @@ pub fn broker_settings(config: &Config) -> Option<comfyrs_server::broker::Broker
     let url = config.broker.url.as_deref()?;
     let mut b = comfyrs_server::broker::BrokerSettings::new(url);
     b.namespace = comfyrs_server::broker::Namespace::new(&config.broker.namespace).unwrap_or_default();
+    b.affinity_wait = std::time::Duration::from_secs_f64(config.broker.affinity_wait);
     Some(b)
 }
 

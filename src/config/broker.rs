@@ -14,11 +14,15 @@ pub struct BrokerConfig {
     pub namespace: String,
     /// The server a worker reports outcomes to (`http://HOST:PORT`).
     pub server: Option<String>,
+    /// Seconds a prompt that loads or merges models waits for the worker that holds them before
+    /// any worker may take it; 0 turns cache affinity off (docs/scale-out.md, "Cache affinity").
+    #[serde(deserialize_with = "affinity_wait")]
+    pub affinity_wait: f64,
 }
 
 impl Default for BrokerConfig {
     fn default() -> Self {
-        BrokerConfig { url: None, namespace: comfyrs_server::broker::Namespace::DEFAULT.to_string(), server: None }
+        BrokerConfig { url: None, namespace: comfyrs_server::broker::Namespace::DEFAULT.to_string(), server: None, affinity_wait: 2.0 }
     }
 }
 
@@ -46,4 +50,22 @@ fn redis_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D
 fn namespace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let text = String::deserialize(d)?;
     comfyrs_server::broker::Namespace::new(&text).map(|n| n.to_string()).map_err(serde::de::Error::custom)
+}
+
+fn affinity_wait<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    // From the environment the value arrives as text.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seconds {
+        Number(f64),
+        Text(String),
+    }
+    let secs = match Seconds::deserialize(d)? {
+        Seconds::Number(v) => Some(v),
+        Seconds::Text(t) => t.trim().trim_end_matches('s').trim().parse().ok(),
+    };
+    match secs {
+        Some(v) if (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(serde::de::Error::custom("give the seconds a prompt waits for its warm worker, from 0 (affinity off) to 3600, e.g. 2")),
+    }
 }

@@ -44,6 +44,7 @@ pub const KEYS: &[Key] = &[
     key("broker.url", Some("COMFYRS_BROKER")),
     key("broker.namespace", Some("COMFYRS_BROKER_NAMESPACE")),
     key("broker.server", Some("COMFYRS_SERVER")),
+    key("broker.affinity_wait", Some("COMFYRS_AFFINITY_WAIT")),
 ];
 
 /// The variable naming the comfyrs.toml to read (`--config` wins over it).

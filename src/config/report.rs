@@ -115,6 +115,7 @@ impl Config {
                         Some(u) => (json!(u), Some(quoted(u))),
                         None => (Json::Null, None),
                     },
+                    "broker.affinity_wait" => (json!(self.broker.affinity_wait), Some(self.broker.affinity_wait.to_string())),
                     other => unreachable!("setting {other} is in the table but not in the report"),
                 };
                 let resolved = (k.key == "device").then(|| device_name(self.device.resolve()));

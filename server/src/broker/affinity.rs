@@ -151,6 +151,7 @@ mod tests {
             prompt: busy.then(|| "p".to_string()),
             done: 0,
             warm: warm.iter().map(|s| s.to_string()).collect(),
+            lease_ms: 0,
         };
         let keys: Vec<String> = vec!["a".into(), "b".into(), "c".into()];
         let ws = [hb("w1", &["a"], false), hb("w2", &["a", "b"], true), hb("w3", &["x"], false)];

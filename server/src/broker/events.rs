@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamMaxlen, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 use serde_json::Value as Json;
 
@@ -59,26 +59,35 @@ impl EventLog {
 
     /// Appends one event (sequence numbers follow the calls); see [`WorkerEvent`] for the fields.
     pub async fn send(&self, kind: &str, data: &Json, bytes: Option<&[u8]>, to_all_without_client: bool) -> Result<(), BrokerError> {
-        let seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        let mut fields: Vec<(&str, Vec<u8>)> = vec![
-            ("prompt_id", self.prompt_id.as_bytes().to_vec()),
-            ("delivery", self.delivery.to_string().into_bytes()),
-            ("seq", seq.to_string().into_bytes()),
-            ("kind", kind.as_bytes().to_vec()),
-            ("data", data.to_string().into_bytes()),
-            ("all", if to_all_without_client { b"1".to_vec() } else { b"0".to_vec() }),
-        ];
-        if let Some(b) = bytes {
-            fields.push(("bytes", b.to_vec()));
-        }
-        let _: Option<String> = self
-            .conn
-            .clone()
-            .xadd_maxlen(&self.stream, StreamMaxlen::Approx(KEEP), "*", &fields)
-            .await
-            .map_err(|source| BrokerError::Redis { url: self.url.clone(), source })?;
-        Ok(())
+        self.send_all(&[Outgoing { kind: kind.to_string(), data: data.clone(), bytes: bytes.map(<[u8]>::to_vec), to_all_without_client }]).await
     }
+
+    /// Appends `events` in their order in one round trip (a run's messages come in bursts:
+    /// a node's `executing`, `progress_state`, `executed`, ...).
+    pub async fn send_all(&self, events: &[Outgoing]) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        for e in events {
+            let seq = self.seq.fetch_add(1, Ordering::SeqCst);
+            let cmd = pipe.cmd("XADD").arg(&self.stream).arg("MAXLEN").arg("~").arg(KEEP).arg("*");
+            cmd.arg("prompt_id").arg(&self.prompt_id).arg("delivery").arg(self.delivery).arg("seq").arg(seq);
+            cmd.arg("kind").arg(&e.kind).arg("data").arg(e.data.to_string()).arg("all").arg(if e.to_all_without_client { "1" } else { "0" });
+            if let Some(b) = &e.bytes {
+                cmd.arg("bytes").arg(b.as_slice());
+            }
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(|source| BrokerError::Redis { url: self.url.clone(), source })
+    }
+}
+
+/// An event a worker is about to append (the prompt, delivery and sequence number are the
+/// [`EventLog`]'s).
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub kind: String,
+    pub data: Json,
+    pub bytes: Option<Vec<u8>>,
+    pub to_all_without_client: bool,
 }
 
 /// The server's reader of the event stream, from where it last stopped.

@@ -171,7 +171,7 @@ fn dispatch(shared: &Shared, link: &Link) {
             }
             // Keep only a few unclaimed prompts in the stream; poll while it is full (workers
             // claiming do not wake this thread).
-            match link.rt.block_on(waiting(&link.queue)) {
+            match link.rt.block_on(link.queue.waiting()) {
                 Ok(n) if n >= link.settings.ahead => {
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
@@ -218,10 +218,6 @@ fn dispatch(shared: &Shared, link: &Link) {
     }
 }
 
-/// Unclaimed prompts in the stream.
-async fn waiting(q: &PromptQueue) -> Result<u64, BrokerError> {
-    Ok(q.entries().await?.saturating_sub(q.pending().await?))
-}
 
 
 /// Hands `job` to the workers: offered first to the worker whose caches hold most of its
@@ -229,9 +225,18 @@ async fn waiting(q: &PromptQueue) -> Result<u64, BrokerError> {
 async fn hand_out(link: &Link, job: &Job) -> Result<(String, Option<String>), BrokerError> {
     // Fresh heartbeats: a worker announces its warm results as a prompt ends, and the next
     // prompt (a slider change) may come a moment later.
-    let workers = match job.affinity.is_empty() {
+    // A zero affinity wait turns offers off: every prompt goes to the shared stream.
+    let workers = match job.affinity.is_empty() || link.settings.affinity_wait.is_zero() {
         true => Vec::new(),
-        false => link.roster.list().await.unwrap_or_else(|_| link.workers()),
+        false => match link.roster.list().await {
+            Ok(fresh) => {
+                // The sweep judges offers by this list: a worker offered a prompt must be in it,
+                // or the sweep, seeing it missing, would take the prompt from under it.
+                *link.workers.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+                fresh
+            }
+            Err(_) => link.workers(),
+        },
     };
     match super::affinity::choose(&job.affinity, &workers) {
         Some(w) => Ok((link.queue.offer(job, w).await?, Some(w.to_string()))),
@@ -246,8 +251,8 @@ pub async fn sweep_offers(shared: Arc<Shared>, link: Arc<Link>) {
     let mut failing = false;
     loop {
         tokio::select! { _ = tokio::time::sleep(Duration::from_millis(250)) => {}, _ = closing.changed() => return }
-        let alive: Vec<String> = link.workers().into_iter().map(|w| w.name).collect();
-        match link.queue.sweep_offers(link.settings.affinity_wait, super::DEFAULT_LEASE, &alive).await {
+        let alive: Vec<(String, Duration)> = link.workers().iter().map(|w| (w.name.clone(), w.lease())).collect();
+        match link.queue.sweep_offers(link.settings.affinity_wait, &alive).await {
             Ok(0) => failing = false,
             Ok(n) => {
                 failing = false;

@@ -26,7 +26,7 @@ mod uploads;
 
 pub use control::{ControlChannel, ControlMessage, ControlSubscriber};
 pub use error::BrokerError;
-pub use events::{EventLog, EventReader, WorkerEvent};
+pub use events::{EventLog, EventReader, Outgoing, WorkerEvent};
 pub use job::Job;
 pub use keys::Namespace;
 pub use link::BrokerSettings;

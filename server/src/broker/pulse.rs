@@ -20,6 +20,9 @@ pub(crate) struct Pulse {
     device: String,
     host: String,
     started: i64,
+    /// Its lease, announced so the server's sweep of offers waits as long as this worker's own
+    /// renewals allow (docs/scale-out.md, "Cache affinity").
+    lease_ms: u64,
     broker: BrokerSettings,
     roster: tokio::sync::Mutex<Option<Roster>>,
     running: Mutex<Option<String>>,
@@ -32,8 +35,9 @@ pub(crate) struct Pulse {
 }
 
 impl Pulse {
-    pub fn new(name: &str, device: &str, broker: &BrokerSettings) -> Pulse {
+    pub fn new(name: &str, device: &str, lease: std::time::Duration, broker: &BrokerSettings) -> Pulse {
         Pulse {
+            lease_ms: lease.as_millis() as u64,
             name: name.to_string(),
             device: device.to_string(),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default(),
@@ -91,6 +95,7 @@ impl Pulse {
             prompt: self.running(),
             done: self.done.load(Ordering::Relaxed),
             warm: self.warm.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, _)| k.clone()).collect(),
+            lease_ms: self.lease_ms,
         };
         match r.beat(&hb).await {
             Ok(()) => self.failing.store(false, Ordering::Relaxed),

@@ -124,6 +124,18 @@ end
 return moved
 ";
 
+/// Entries of streams `KEYS` not claimed by any worker of group `ARGV[1]`: in one round trip,
+/// as the dispatcher asks before every prompt it hands out.
+const WAITING: &str = r"
+local n = 0
+for _, k in ipairs(KEYS) do
+  n = n + redis.call('XLEN', k)
+  local p = redis.call('XPENDING', k, ARGV[1])
+  n = n - p[1]
+end
+return n
+";
+
 /// How long a cancellation is remembered for the worker running the prompt.
 const CANCEL_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -245,14 +257,17 @@ impl PromptQueue {
         Ok(v)
     }
 
-    /// Moves offers not claimed within `wait`, and claimed ones whose lease (`lease`) lapsed,
-    /// to the shared stream; all of them for workers not in `alive` (their heartbeats
-    /// expired). How many moved.
-    pub async fn sweep_offers(&self, wait: Duration, lease: Duration, alive: &[String]) -> Result<u64, BrokerError> {
+    /// Moves offers not claimed within `wait`, and claimed ones whose lease lapsed (each
+    /// worker's own, as `alive` lists them), to the shared stream; all of them for workers not
+    /// in `alive` (their heartbeats expired). How many moved.
+    pub async fn sweep_offers(&self, wait: Duration, alive: &[(String, Duration)]) -> Result<u64, BrokerError> {
         let mut moved = 0;
         for stream in self.offer_streams().await? {
             let worker = stream.strip_prefix(&self.ns.offers("")).unwrap_or("");
-            let (wait, lease) = if alive.iter().any(|a| a == worker) { (wait, lease) } else { (Duration::ZERO, Duration::ZERO) };
+            let (wait, lease) = match alive.iter().find(|(a, _)| a == worker) {
+                Some((_, lease)) => (wait, *lease),
+                None => (Duration::ZERO, Duration::ZERO),
+            };
             let n = self.script(SWEEP, &[&stream, &self.stream], &[wait.as_millis().to_string(), lease.as_millis().to_string()]).await?;
             moved += n as u64;
         }
@@ -407,6 +422,13 @@ impl PromptQueue {
             n += self.cmd.clone().xlen::<_, u64>(&stream).await.map_err(|e| self.err(e))?;
         }
         Ok(n)
+    }
+
+    /// Entries no worker has claimed yet, offers included.
+    pub async fn waiting(&self) -> Result<u64, BrokerError> {
+        let streams = self.all_streams().await?;
+        let keys: Vec<&str> = streams.iter().map(String::as_str).collect();
+        Ok(self.script(WAITING, &keys, &[]).await?.max(0) as u64)
     }
 
     /// Entries claimed and not yet acknowledged, offers included.

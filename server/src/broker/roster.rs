@@ -34,6 +34,19 @@ pub struct Heartbeat {
     /// affinity"), hex.
     #[serde(default)]
     pub warm: Vec<String>,
+    /// Its lease in milliseconds (`comfyrs worker --lease`); 0 from a worker that did not say.
+    #[serde(default)]
+    pub lease_ms: u64,
+}
+
+impl Heartbeat {
+    /// How long a prompt it claimed stays its own without a renewal.
+    pub fn lease(&self) -> std::time::Duration {
+        match self.lease_ms {
+            0 => super::DEFAULT_LEASE,
+            ms => std::time::Duration::from_millis(ms),
+        }
+    }
 }
 
 /// The heartbeats of one namespace.

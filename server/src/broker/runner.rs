@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use super::uploads::Uploads;
 use super::pulse::Pulse;
 use super::backoff::Backoff;
-use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, PromptQueue};
+use super::{BrokerSettings, ControlMessage, ControlSubscriber, Delivery, EventLog, Lease, Outgoing, PromptQueue};
 use crate::host::Host;
 use crate::messages::{Message, Outbox, PromptEvents};
 use crate::time::now_ms;
@@ -71,7 +71,7 @@ pub async fn run_worker(opts: WorkerOptions, host: Arc<dyn Host>, mut stop: watc
     let uploads = Arc::new(Uploads::new(&opts.server, opts.auth_token.clone(), opts.output_dir.clone(), opts.temp_dir.clone()));
     let mut executor = Some(host.executor());
     let interrupt = executor.as_ref().expect("set").interrupt.clone();
-    let pulse = Arc::new(Pulse::new(&opts.name, &opts.device, &opts.broker));
+    let pulse = Arc::new(Pulse::new(&opts.name, &opts.device, opts.lease, &opts.broker));
     tokio::spawn(obey(opts.clone(), pulse.clone(), interrupt.clone(), stop.clone()));
     let beating = tokio::spawn(pulse.clone().run(stop.clone()));
     tracing::info!("worker {} waiting for prompts at {url}", opts.name);
@@ -174,27 +174,33 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
     let log = EventLog::new(&opts.broker.url, conn, &opts.broker.namespace, &id, d.deliveries);
     let (pid, delivery, up) = (id.clone(), d.deliveries, uploads.clone());
     let sender = tokio::spawn(async move {
-        while let Some((msg, or_all)) = rx.recv().await {
-            let sent = match msg {
-                Message::Event { kind, mut data } => {
-                    // The files a node wrote are on the server before its client hears of them.
-                    if kind == "executed" {
-                        let (up, pid) = (up.clone(), pid.clone());
-                        data = tokio::task::spawn_blocking(move || {
-                            if let Some(ui) = data.get_mut("output") {
-                                up.rewrite_ui(&pid, delivery, ui);
-                            }
-                            data
-                        })
-                        .await
-                        .expect("rewriting does not panic");
+        while let Some(first) = rx.recv().await {
+            // What queued up meanwhile goes with it, in order, in one round trip.
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some((msg, or_all)) = next {
+                batch.push(match msg {
+                    Message::Event { kind, mut data } => {
+                        // The files a node wrote are on the server before its client hears of them.
+                        if kind == "executed" {
+                            let (up, pid) = (up.clone(), pid.clone());
+                            data = tokio::task::spawn_blocking(move || {
+                                if let Some(ui) = data.get_mut("output") {
+                                    up.rewrite_ui(&pid, delivery, ui);
+                                }
+                                data
+                            })
+                            .await
+                            .expect("rewriting does not panic");
+                        }
+                        Outgoing { kind, data, bytes: None, to_all_without_client: or_all }
                     }
-                    log.send(&kind, &data, None, or_all).await
-                }
-                Message::Binary(b) => log.send("binary", &Json::Null, Some(&b), or_all).await,
-            };
-            if let Err(e) = sent {
-                tracing::warn!("a message of prompt {pid} did not reach the server: {e}");
+                    Message::Binary(b) => Outgoing { kind: "binary".into(), data: Json::Null, bytes: Some(b), to_all_without_client: or_all },
+                });
+                next = if batch.len() < 256 { rx.try_recv().ok() } else { None };
+            }
+            if let Err(e) = log.send_all(&batch).await {
+                tracing::warn!("{} message(s) of prompt {pid} did not reach the server: {e}", batch.len());
             }
         }
     });
