@@ -1,5 +1,6 @@
 //! `comfyrs bench …`: comfyrs measuring itself. Results go into BENCHMARKS.md.
 
+mod cluster;
 mod executor;
 mod merge;
 mod server;
@@ -24,6 +25,11 @@ pub enum BenchCommand {
     /// `comfyrs serve` on loopback as a client sees it: POST /prompt → execution_success for a
     /// one-node and 1,000-node prompts, their progress_state bytes, and queued throughput.
     Server(server::ServerBench),
+    /// A redis-server, `comfyrs serve --broker` and 1, 2, 4 `comfyrs worker`s on this machine,
+    /// running prompts whose one node waits a fixed time: throughput per worker count, the time
+    /// the broker adds per prompt over a server without one, and a WIDEN slider change with
+    /// cache affinity.
+    Cluster(cluster::ClusterBench),
     /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
     /// beyond the Python function's own time.
     #[cfg(feature = "python")]
@@ -53,6 +59,7 @@ pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCod
         BenchCommand::Widen(opts) => comfyrs_testkit::widen_bench::run(&opts, &mut std::io::stdout().lock())?,
         BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config))?,
         BenchCommand::Server(opts) => server::run(&opts, config)?,
+        BenchCommand::Cluster(opts) => cluster::run(&opts)?,
         #[cfg(feature = "python")]
         BenchCommand::Bridge { calls, .. } => {
             let mut engine = crate::engine::Engine::new(config)?;

@@ -41,7 +41,7 @@ pub struct ServerBench {
     against_repeat: usize,
 }
 
-type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+pub(super) type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
 /// What one server measured.
 struct Measured {
@@ -53,7 +53,7 @@ struct Measured {
 }
 
 /// Every constant string gets `tag` appended, so no run is served from the cache.
-fn retag(prompt: &Json, tag: usize) -> Json {
+pub(super) fn retag(prompt: &Json, tag: usize) -> Json {
     let mut p = prompt.clone();
     for node in p.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
         if let Some(Json::String(v)) = node.pointer_mut("/inputs/value") {
@@ -63,7 +63,7 @@ fn retag(prompt: &Json, tag: usize) -> Json {
     p
 }
 
-fn post(base: &str, body: &Json) -> Result<Json> {
+pub(super) fn post(base: &str, body: &Json) -> Result<Json> {
     let resp = ureq::post(&format!("{base}/prompt"))
         .config()
         .http_status_as_error(false)
@@ -84,7 +84,7 @@ fn post(base: &str, body: &Json) -> Result<Json> {
 }
 
 /// Seconds from POST to `execution_success`, and the bytes of `progress_state` messages seen.
-fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Result<(f64, usize)> {
+pub(super) fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Result<(f64, usize)> {
     let t = Instant::now();
     let id = post(base, &json!({"prompt": prompt, "client_id": client}))?["prompt_id"].as_str().unwrap_or_default().to_string();
     let mut state_bytes = 0;
@@ -163,24 +163,7 @@ fn measure(addr: &str, b: &ServerBench, repeat: usize, tolerate: bool) -> Result
     let clients = b.clients.max(1);
     let per = b.prompts.div_ceil(clients);
     let t = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|c| {
-            let (base, trivial) = (base.clone(), trivial.clone());
-            std::thread::spawn(move || -> Result<()> {
-                let agent = ureq::Agent::new_with_defaults();
-                for i in 0..per {
-                    let body = json!({"prompt": retag(&trivial, 1_000_000 + c * per + i)});
-                    let resp = agent.post(&format!("{base}/prompt")).send(body.to_string()).map_err(|e| anyhow!("POST /prompt: {e}"))?;
-                    // Read to the end, so the agent keeps the connection for the next request.
-                    resp.into_body().read_to_string()?;
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for th in threads {
-        th.join().map_err(|_| anyhow!("a client thread panicked"))??;
-    }
+    queue_concurrently(&base, clients, per, move |n| json!({"prompt": retag(&trivial, 1_000_000 + n)}))?;
     let queued = t.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(1200);
     loop {
@@ -196,6 +179,30 @@ fn measure(addr: &str, b: &ServerBench, repeat: usize, tolerate: bool) -> Result
     let total = t.elapsed().as_secs_f64();
     let n = (per * clients) as f64;
     Ok(Measured { latency, accepted_per_s: n / queued, run_per_s: n / total })
+}
+
+/// `clients` threads each POST `per` bodies to /prompt, body `n` (0 ≤ n < clients × per) from
+/// `body(n)`; returns when every one was accepted.
+pub(super) fn queue_concurrently(base: &str, clients: usize, per: usize, body: impl Fn(usize) -> Json + Send + Sync + 'static) -> Result<()> {
+    let body = Arc::new(body);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (base, body) = (base.to_string(), body.clone());
+            std::thread::spawn(move || -> Result<()> {
+                let agent = ureq::Agent::new_with_defaults();
+                for i in 0..per {
+                    let resp = agent.post(&format!("{base}/prompt")).send(body(c * per + i).to_string()).map_err(|e| anyhow!("POST /prompt: {e}"))?;
+                    // Read to the end, so the agent keeps the connection for the next request.
+                    resp.into_body().read_to_string()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().map_err(|_| anyhow!("a client thread panicked"))??;
+    }
+    Ok(())
 }
 
 /// A ComfyUI checkout's `main.py` on a free loopback port, in a throwaway base directory (so
@@ -250,7 +257,7 @@ impl Drop for ComfyUi {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(super) fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
 }
