@@ -68,6 +68,8 @@ impl Engine {
     pub fn without_python(config: &Config) -> Result<Engine> {
         let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
         let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
+        // The device's start-up runs while the files are read and Python starts.
+        merge.warm_up();
         let registry = native_registry(config, merge.clone())?;
         Ok(Engine {
             registry,

@@ -56,6 +56,10 @@ pub struct MergeBench {
     /// The tiny layouts instead of full size (a quick check of the benchmark itself on a CPU).
     #[arg(long)]
     tiny: bool,
+    /// Let each engine's device warm-up finish before its first run, as a server's does before
+    /// its first prompt (`comfyrs run` and `serve` start it with the engine).
+    #[arg(long)]
+    warm_up: bool,
 }
 
 struct Setup {
@@ -303,6 +307,22 @@ struct Row {
 
 /// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the
 /// CUDA libraries' own start-up, reported on its own row.
+/// With `wanted`, runs the engine's device warm-up to its end and says how long it took; the
+/// first run's label then says it came after one.
+fn warm_up(r: &Runner, wanted: bool, what: &str) -> Result<&'static str> {
+    if !wanted {
+        return Ok("");
+    }
+    match r.engine.warm_up() {
+        Some(h) => {
+            let took = h.join().map_err(|_| anyhow::anyhow!("the device warm-up panicked"))?;
+            eprintln!("{what}: device warm-up {}", fmt_secs(took.as_secs_f64()));
+            Ok(", after the warm-up")
+        }
+        None => Ok(""),
+    }
+}
+
 fn first_run(r: &mut Runner, what: &str, prompt: &Json, rows: &mut Vec<Row>) -> Result<()> {
     let (secs, st) = r.run_cold(prompt)?;
     rows.push(Row { what: what.into(), secs, exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN), detail: summary(&st) });
@@ -361,7 +381,8 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
         let mut r = Runner::new(&dir, &settings)?;
-        first_run(&mut r, "W3, first run of the process (maps the base, parses 4 LoRAs)", &compose_all(&s), &mut rows)?;
+        let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
+        first_run(&mut r, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
         let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
         if want("w1") {
             reset_peak();
@@ -413,7 +434,8 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     if want("zimage") {
         let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
         let mut r = Runner::new(&dir, &settings)?;
-        first_run(&mut r, "Z-Image, first run of the process (maps the base, parses 7 LoRAs)", &compose_all(&s), &mut rows)?;
+        let warmed = warm_up(&r, opts.warm_up, "Z-Image engine")?;
+        first_run(&mut r, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;
         reset_peak();
         let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));

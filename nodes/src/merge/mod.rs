@@ -12,6 +12,7 @@ pub mod preflight;
 pub mod save;
 mod settings;
 pub mod transfer;
+mod warm;
 
 pub use cache::{ByteLru, CacheStats, Cached, StatsCache, SubtreeCache};
 pub use engine::{default_host_limit, mem_available, EngineError, EngineStats, MergeEngine};
