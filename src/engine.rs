@@ -40,6 +40,8 @@ pub struct Engine {
     setup: Arc<Mutex<PythonSetup>>,
     /// The node replacements the record cache holds (until Python runs).
     cached_replacements: Option<serde_json::Value>,
+    /// The device's start-up, when [`Engine::warm_up_device`] started it.
+    warming: Option<std::thread::JoinHandle<std::time::Duration>>,
 }
 
 #[cfg(feature = "python")]
@@ -55,6 +57,15 @@ pub fn record_cache_enabled() -> bool {
 }
 
 impl Engine {
+    /// Starts the merge device's one-time start-up on a thread of its own (docs/widen.md,
+    /// "Device start-up"), for commands that are about to merge: it overlaps reading the
+    /// workflow, the model files and starting Python. Nothing on the CPU.
+    pub fn warm_up_device(&mut self) {
+        if self.warming.is_none() {
+            self.warming = self.merge.warm_up();
+        }
+    }
+
     pub fn new(config: &Config) -> Result<Engine> {
         let mut engine = Engine::without_python(config)?;
         match config.python {
@@ -68,8 +79,6 @@ impl Engine {
     pub fn without_python(config: &Config) -> Result<Engine> {
         let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
         let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
-        // The device's start-up runs while the files are read and Python starts.
-        merge.warm_up();
         let registry = native_registry(config, merge.clone())?;
         Ok(Engine {
             registry,
@@ -80,6 +89,7 @@ impl Engine {
             launcher: None,
             setup: Arc::new(Mutex::new(PythonSetup::default())),
             cached_replacements: None,
+            warming: None,
         })
     }
 
@@ -368,3 +378,13 @@ pub fn unload_python_models() {
 
 #[cfg(not(feature = "python"))]
 pub fn unload_python_models() {}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Not left running into the process's exit, where libtorch's teardown would race it
+        // (it ends within about a second of its start).
+        if let Some(h) = self.warming.take() {
+            let _ = h.join();
+        }
+    }
+}

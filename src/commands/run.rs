@@ -20,6 +20,11 @@ enum Outcome {
 
 pub fn main(args: RunArgs, config: &Config, quiet: bool) -> Result<ExitCode> {
     let mut engine = Engine::new(config)?;
+    // Workflows with WIDEN nodes merge on the device: its start-up overlaps the rest of the
+    // preparation.
+    if args.files.iter().any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("\"WIDEN"))) {
+        engine.warm_up_device();
+    }
     let mut exec = engine.executor(config.cache.mode);
     install_ctrl_c(exec.interrupt.clone());
     let progress = Progress::new(quiet || args.json);

@@ -137,6 +137,7 @@ pub fn main(args: ServeArgs, config: &Config, logs: Arc<comfyrs_server::LogRing>
     let mut options = options(config);
     options.logs = logs;
     let mut engine = Engine::without_python(config)?;
+    engine.warm_up_device();
     let t = std::time::Instant::now();
     let deferred = start_python(&mut engine, config, &options)?;
     let launcher = if deferred { engine.launcher() } else { None };

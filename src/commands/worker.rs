@@ -72,6 +72,7 @@ pub fn main(args: WorkerArgs, config: &Config) -> Result<ExitCode> {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     let mut engine = Engine::without_python(config)?;
+    engine.warm_up_device();
     if config.python != PythonMode::Never && engine.can_start_python() {
         let dirs = PythonSetup { output: Some(output_dir.clone()), temp: Some(temp_dir.clone()), previews: true, ..PythonSetup::default() };
         match engine.start_python_in(&dirs) {
