@@ -6,6 +6,7 @@ mod config;
 mod engine;
 mod host;
 mod load;
+mod pinned_env;
 mod progress;
 mod size;
 mod venv;
@@ -160,6 +161,7 @@ impl Command {
 }
 
 fn main() -> ExitCode {
+    pinned_env::prepare();
     let mut cli = Cli::parse();
     match &mut cli.command {
         Command::Serve(a) => a.settings_to_config(),
