@@ -44,6 +44,9 @@ pub struct PromptQueue {
     ns: Namespace,
     /// A worker's queue: its offers stream (docs/scale-out.md, "Cache affinity"), read first.
     own: Option<String>,
+    /// When this queue last looked for lapsed leases (a claim looks at most every third of the
+    /// lease, a second at most: in a busy queue every claim would otherwise pay a round trip).
+    reclaimed: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// Renews `ARGV[3]` for consumer `ARGV[2]` (group `ARGV[1]`) only while it is that consumer's:
@@ -176,7 +179,7 @@ impl PromptQueue {
     pub async fn connect(url: &str, ns: &Namespace) -> Result<PromptQueue, BrokerError> {
         let cmd = super::conn::manager(url, false).await?;
         let blocking = super::conn::manager(url, true).await?;
-        let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking, ns: ns.clone(), own: None };
+        let q = PromptQueue { url: url.to_string(), stream: ns.prompts(), group: ns.workers_group(), cmd, blocking, ns: ns.clone(), own: None, reclaimed: Default::default() };
         q.ensure_group().await?;
         Ok(q)
     }
@@ -289,17 +292,32 @@ impl PromptQueue {
     }
 
     async fn claim_once(&self, consumer: &str, lease: Duration, wait: Duration) -> Result<Option<Delivery>, BrokerError> {
-        if let Some(d) = self.reclaim(consumer, lease).await? {
+        if self.reclaim_due(lease) {
+            if let Some(d) = self.reclaim(consumer, lease).await? {
+                return Ok(Some(d));
+            }
+        }
+        let streams: Vec<&str> = match &self.own {
+            Some(own) => vec![own.as_str(), self.stream.as_str()],
+            None => vec![self.stream.as_str()],
+        };
+        // What waits already, without blocking (offers first), then a wait on both.
+        if let Some(d) = self.read(consumer, &streams, None).await? {
             return Ok(Some(d));
         }
-        match &self.own {
-            Some(own) => {
-                if let Some(d) = self.read(consumer, &[own.as_str()], None).await? {
-                    return Ok(Some(d));
-                }
-                self.read(consumer, &[own.as_str(), self.stream.as_str()], Some(wait)).await
+        self.read(consumer, &streams, Some(wait)).await
+    }
+
+    /// Whether a claim should look for lapsed leases now (and it is noted that it did).
+    fn reclaim_due(&self, lease: Duration) -> bool {
+        let every = (lease / 3).min(Duration::from_secs(1));
+        let mut last = self.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        match *last {
+            Some(t) if t.elapsed() < every => false,
+            _ => {
+                *last = Some(std::time::Instant::now());
+                true
             }
-            None => self.read(consumer, &[self.stream.as_str()], Some(wait)).await,
         }
     }
 

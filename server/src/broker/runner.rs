@@ -296,7 +296,7 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
         "create_time": item.create_time, "start_time": start_time, "end_time": now_ms(),
         "delivery": d.deliveries, "worker": opts.name, "nodes": nodes,
     });
-    match report_outcome(opts, &report).await {
+    match report_outcome(opts, uploads.agent(), &report).await {
         Ok(recorded) => {
             tracing::info!("worker {}: prompt {id} {}{}", opts.name, outcome.as_str(), if recorded { "" } else { " (an earlier delivery's outcome was recorded)" });
             terminal.send(&events);
@@ -320,12 +320,12 @@ async fn run_delivery(station: &Station, mut executor: Executor, d: Delivery, mu
 }
 
 /// POSTs the outcome; whether the server recorded it (false: an earlier delivery's was).
-async fn report_outcome(opts: &WorkerOptions, report: &Json) -> Result<bool, String> {
+async fn report_outcome(opts: &WorkerOptions, agent: ureq::Agent, report: &Json) -> Result<bool, String> {
     let url = format!("{}/internal/comfyrs/outcome", opts.server.trim_end_matches('/'));
     let body = report.to_string();
     let token = opts.auth_token.clone();
     tokio::task::spawn_blocking(move || {
-        let mut req = ureq::post(&url).header("Content-Type", "application/json");
+        let mut req = agent.post(&url).header("Content-Type", "application/json");
         if let Some(t) = token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }

@@ -23,6 +23,9 @@ pub(crate) struct Uploads {
     /// UI of an earlier prompt, naming files uploaded then. Held across an upload, so the
     /// messages and the history entry of a prompt never upload a file twice.
     names: Mutex<LruCache<FileRef, String>>,
+    /// One HTTP client for every request to the server, uploads and outcome reports: its
+    /// connections stay open between prompts.
+    agent: ureq::Agent,
 }
 
 /// Files remembered as uploaded.
@@ -31,7 +34,12 @@ const REMEMBERED: usize = 16_384;
 impl Uploads {
     pub fn new(server: &str, token: Option<String>, output_dir: PathBuf, temp_dir: PathBuf) -> Uploads {
         let names = Mutex::new(LruCache::new(NonZeroUsize::new(REMEMBERED).expect("not zero")));
-        Uploads { server: server.trim_end_matches('/').to_string(), token, output_dir, temp_dir, names }
+        Uploads { server: server.trim_end_matches('/').to_string(), token, output_dir, temp_dir, names, agent: ureq::Agent::new_with_defaults() }
+    }
+
+    /// The HTTP client this worker talks to its server with.
+    pub fn agent(&self) -> ureq::Agent {
+        self.agent.clone()
     }
 
     /// Rewrites the file references of every node's UI in a history entry's `outputs`.
@@ -73,7 +81,9 @@ impl Uploads {
         let path = base.join(subfolder).join(filename);
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let url = format!("{}/internal/comfyrs/files", self.server);
-        let mut req = ureq::post(&url)
+        let mut req = self
+            .agent
+            .post(&url)
             .query("prompt_id", prompt_id)
             .query("delivery", delivery.to_string())
             .query("type", kind)
