@@ -205,6 +205,33 @@ pub fn to_host(engine: &MergeEngine, stream: Option<&CopyStream>, t: &Tensor, ki
     Ok(PendingHost::after_default_stream(host, narrowed, index, done))
 }
 
+/// fp32 results `[B, *S]` made ready for narrowing to `kind` (docs/widen.md, "Model formats"):
+/// fp8 values beyond the largest finite value saturate there (a plain cast would make them NaN
+/// or infinite); for scaled fp8 (`scaled`) each key's row is divided by a new per-tensor scale,
+/// its largest magnitude over the fp8 maximum (1 for an all-zero row), returned as `[B]` fp32.
+/// Other kinds pass through.
+pub fn fp8_prepare(t: &Tensor, kind: Kind, scaled: bool) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
+    let max = match kind {
+        Kind::Float8e4m3fn => 448.0,
+        Kind::Float8e5m2 => 57344.0,
+        _ => return Ok((t.shallow_clone(), None)),
+    };
+    if !scaled {
+        return Ok((t.f_clamp(-max, max)?, None));
+    }
+    let amax = if t.dim() > 1 {
+        let dims: Vec<i64> = (1..t.dim() as i64).collect();
+        t.f_abs()?.f_amax(dims.as_slice(), true)?
+    } else {
+        t.f_abs()?
+    };
+    let scale = amax.f_div_scalar(max)?;
+    let usable = scale.f_gt(0.0)?.f_logical_and(&scale.f_isfinite()?)?;
+    let scale = scale.f_where_scalarother(&usable, 1.0)?;
+    let values = t.f_div(&scale)?.f_clamp(-max, max)?;
+    Ok((values, Some(scale.f_flatten(0, -1)?)))
+}
+
 /// The copy stream for one Exit run, where the engine may use one.
 pub fn copy_stream(engine: &MergeEngine) -> Option<CopyStream> {
     match (engine.device(), engine.cuda(), engine.pinned()) {
