@@ -321,18 +321,26 @@ impl Results<'_> {
     /// dtype share one transfer.
     fn install(&mut self, a: &Analysis, keys: &[String], done: &Tensor) -> Result<(), PackError> {
         let kinds: Vec<(Kind, bool)> = keys.iter().map(|k| (a.base.kind(k).unwrap_or(Kind::Float), a.base.is_scaled(k))).collect();
-        if kinds.iter().all(|k| *k == kinds[0]) {
-            self.push(keys.to_vec(), done, kinds[0])?;
+        // The base's scales of scaled fp8 keys (kept where the merged values fit under them).
+        let scales: Vec<f32> = if kinds.iter().any(|k| k.1) {
+            keys.iter().map(|k| Ok(a.base.scale(k)?.unwrap_or(1.0))).collect::<Result<_, PackError>>()?
         } else {
-            for (i, (k, kind)) in keys.iter().zip(kinds).enumerate() {
-                self.push(vec![k.clone()], &done.f_narrow(0, i as i64, 1)?, kind)?;
+            Vec::new()
+        };
+        if kinds.iter().all(|k| *k == kinds[0]) {
+            let s = kinds[0].1.then_some(scales.as_slice());
+            self.push(keys.to_vec(), done, kinds[0].0, s)?;
+        } else {
+            for (i, (k, (kind, scaled))) in keys.iter().zip(kinds).enumerate() {
+                let s = scaled.then(|| &scales[i..i + 1]);
+                self.push(vec![k.clone()], &done.f_narrow(0, i as i64, 1)?, kind, s)?;
             }
         }
         Ok(())
     }
 
-    fn push(&mut self, keys: Vec<String>, done: &Tensor, (kind, scaled): (Kind, bool)) -> Result<(), PackError> {
-        let (values, scales) = super::transfer::fp8_prepare(done, kind, scaled)?;
+    fn push(&mut self, keys: Vec<String>, done: &Tensor, kind: Kind, base_scales: Option<&[f32]>) -> Result<(), PackError> {
+        let (values, scales) = super::transfer::fp8_prepare(done, kind, base_scales)?;
         let host = super::transfer::to_host(self.engine, self.stream.as_ref(), &values, kind)?;
         let scales = scales.map(|s| super::transfer::to_host(self.engine, self.stream.as_ref(), &s, Kind::Float)).transpose()?;
         self.chunks.push((keys, host, scales));
