@@ -88,14 +88,19 @@ pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<O
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
     let mut merged = IndexMap::new();
+    let mut scales = IndexMap::new();
     for k in keys {
         // Saved from a ComfyUI MODEL base: under its checkpoint name.
         let t = if file.contains(&k) { file.tensor(&k)? } else { file.tensor(&format!("{FOREIGN_SAVE_PREFIX}{k}"))? };
+        // A scaled fp8 key was saved with its new scale, under the base's name for it.
+        if let Some(scale_key) = base.try_file().and_then(|f| f.scale_key(&k)) {
+            scales.insert(k.clone(), crate::models::checkpoint::read_scale(&file, scale_key)?);
+        }
         merged.insert(k.clone(), t);
     }
     let mut h = [0u8; 32];
     h.copy_from_slice(blake3::hash(hash.as_bytes()).as_bytes());
-    Ok(Some(base.with_overrides(merged, &h)))
+    Ok(Some(base.with_overrides(merged, scales, &h)))
 }
 
 /// The prefix saved keys of a ComfyUI MODEL base get: its weights are named
@@ -103,9 +108,12 @@ pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<O
 const FOREIGN_SAVE_PREFIX: &str = "model.";
 
 /// Writes `model` (all base keys, overrides overlaid) to `path` atomically. A base that is a
-/// ComfyUI MODEL (no file) is written from its own tensors, under checkpoint key names.
+/// ComfyUI MODEL (no file) is written from its own tensors, under checkpoint key names. A scaled
+/// fp8 base's companions (docs/widen.md, "Model formats") are written with it: merged keys'
+/// scales are their new ones, the rest as the base has them.
 pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &str, workflow: Option<&Json>) -> Result<(), PackError> {
-    let mut keys: Vec<String> = model.keys().map(String::from).collect();
+    let companions = model.companions()?;
+    let mut keys: Vec<String> = model.keys().map(String::from).chain(companions.keys().cloned()).collect();
     keys.sort();
     let mut headers = Vec::with_capacity(keys.len());
     let file = model.try_file();
@@ -113,6 +121,10 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
     let file_dtype = |k: &str, kind: Kind| FileDtype::from_kind(kind).ok_or_else(|| PackError::value(format!("Unsupported dtype {kind:?} for tensor '{k}'")));
     for k in &keys {
         let (dtype, shape) = match (model.overrides().get(k), file) {
+            (None, Some(file)) if companions.contains_key(k) => {
+                let m = file.file().meta(&file.companions()[k].file_key).expect("listed companion");
+                (m.dtype, m.shape.clone())
+            }
             (Some(t), _) => (file_dtype(k, t.kind())?, t.size().iter().map(|&d| d as usize).collect()),
             (None, Some(file)) => (file.dtype(k).expect("listed key"), file.shape(k).expect("listed key")),
             (None, None) => (
@@ -136,6 +148,7 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
     let mut buf = Vec::new();
     for k in &keys {
         match (model.overrides().get(k), file) {
+            (None, Some(_)) if companions.contains_key(k) => write_tensor(&mut w, &MappedTensor::owned(companions[k].shallow_clone()), &mut buf)?,
             (Some(t), _) => write_tensor(&mut w, t, &mut buf)?,
             (None, None) => write_tensor(&mut w, &model.tensor(k)?, &mut buf)?,
             (None, Some(file)) => {

@@ -205,6 +205,39 @@ pub fn to_host(engine: &MergeEngine, stream: Option<&CopyStream>, t: &Tensor, ki
     Ok(PendingHost::after_default_stream(host, narrowed, index, done))
 }
 
+/// fp32 results `[B, *S]` made ready for narrowing to `kind` (docs/widen.md, "Model formats"):
+/// fp8 values beyond the largest finite value saturate there (a plain cast would make them NaN
+/// or infinite); for scaled fp8 (`base_scales`: the keys' scales in the base) each key's row is
+/// divided by its new per-tensor scale: the base's while the row's largest magnitude over it
+/// rounds to at most the fp8 maximum (below the maximum plus half the top step: values the merge
+/// left alone then keep their bytes), else that magnitude over the fp8 maximum; returned as `[B]`
+/// fp32. Other kinds pass through.
+pub fn fp8_prepare(t: &Tensor, kind: Kind, base_scales: Option<&[f32]>) -> Result<(Tensor, Option<Tensor>), tch::TchError> {
+    // (largest finite value, half the step below it)
+    let (max, half_top) = match kind {
+        Kind::Float8e4m3fn => (448.0, 16.0),
+        Kind::Float8e5m2 => (57344.0, 4096.0),
+        _ => return Ok((t.shallow_clone(), None)),
+    };
+    let Some(base_scales) = base_scales else {
+        return Ok((t.f_clamp(-max, max)?, None));
+    };
+    let amax = if t.dim() > 1 {
+        let dims: Vec<i64> = (1..t.dim() as i64).collect();
+        t.f_abs()?.f_amax(dims.as_slice(), true)?
+    } else {
+        t.f_abs()?
+    };
+    let needed = amax.f_div_scalar(max)?;
+    let needed = needed.f_where_scalarother(&needed.f_isfinite()?.f_logical_and(&needed.f_gt(0.0)?)?, 1.0)?;
+    let base = Tensor::f_from_slice(base_scales)?.f_to_device(t.device())?.f_reshape(needed.size().as_slice())?;
+    let base = base.f_where_scalarother(&base.f_gt(0.0)?.f_logical_and(&base.f_isfinite()?)?, 1.0)?;
+    let fits = amax.f_lt_tensor(&base.f_mul_scalar(max + half_top)?)?;
+    let scale = base.f_where_self(&fits, &needed)?;
+    let values = t.f_div(&scale)?.f_clamp(-max, max)?;
+    Ok((values, Some(scale.f_flatten(0, -1)?)))
+}
+
 /// The copy stream for one Exit run, where the engine may use one.
 pub fn copy_stream(engine: &MergeEngine) -> Option<CopyStream> {
     match (engine.device(), engine.cuda(), engine.pinned()) {
@@ -218,4 +251,35 @@ pub fn owned_copy(t: &Tensor) -> Result<Tensor, tch::TchError> {
     let mut out = t.f_empty_like()?;
     out.f_copy_(t)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_results_saturate_and_scaled_rows_keep_or_renew_their_scale() {
+        let t = Tensor::from_slice(&[1.0f32, -2.0, 500.0, -1e6]).reshape([2, 2]);
+        // Plain fp8: beyond the largest finite value saturates instead of NaN.
+        let (v, s) = fp8_prepare(&t, Kind::Float8e4m3fn, None).unwrap();
+        assert!(s.is_none());
+        let back = Vec::<f32>::try_from(v.to_kind(Kind::Float8e4m3fn).to_kind(Kind::Float).view(-1)).unwrap();
+        assert_eq!(back, [1.0, -2.0, 448.0, -448.0]);
+        // Scaled: row 0 fits under its base scale 0.01 (max 2 / 0.01 = 200 < 464): kept; row 1
+        // does not: max|W| / 448; an all-zero row keeps its base scale.
+        let t = Tensor::from_slice(&[1.0f32, -2.0, 5.0, -1.0, 0.0, 0.0]).reshape([3, 2]);
+        let (v, s) = fp8_prepare(&t, Kind::Float8e4m3fn, Some(&[0.01, 0.01, 0.5])).unwrap();
+        let s = Vec::<f32>::try_from(s.unwrap()).unwrap();
+        assert_eq!(s, [0.01, 5.0 / 448.0, 0.5]);
+        let v = Vec::<f32>::try_from(v.view(-1)).unwrap();
+        assert!((v[0] - 100.0).abs() < 1e-3 && (v[1] + 200.0).abs() < 1e-3);
+        assert!(v[2] <= 448.0 && (v[2] - 448.0).abs() < 1e-3);
+        assert_eq!(&v[4..], [0.0, 0.0]);
+        // Just above the largest value but rounding to it: the base scale stays (4.6 / 0.01 = 460).
+        let (_, s) = fp8_prepare(&Tensor::from_slice(&[4.6f32, 0.0]).reshape([1, 2]), Kind::Float8e4m3fn, Some(&[0.01])).unwrap();
+        assert_eq!(Vec::<f32>::try_from(s.unwrap()).unwrap(), [0.01]);
+        // Other kinds pass through.
+        let (v, s) = fp8_prepare(&t, Kind::Half, None).unwrap();
+        assert!(s.is_none() && v.equal(&t));
+    }
 }

@@ -15,6 +15,12 @@
 //! `q_proj`/`k_proj`/`v_proj` row slices (views, no copy), `text_projection` is transposed into
 //! `text_projection.weight`. Files already in host layout (`clip_l.…`, `clip_g.…`) are read as they
 //! are. Integer `position_ids` buffers are skipped.
+//!
+//! Scaled fp8 (docs/widen.md, "Model formats"): in either domain, a host key `X.scale_weight` (or
+//! `X.weight_scale`) beside an fp8 `X.weight` is that weight's per-tensor scale, not a weight of its
+//! own; it, `X.scale_input` / `X.input_scale`, `X.comfy_quant` and the `scaled_fp8` marker are
+//! companions: kept out of the host keys (nothing merges or reports them), listed by
+//! [`CheckpointFile::companions`] so that a saved merge keeps them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,8 +74,50 @@ pub struct CheckpointFile {
     domain: CheckpointDomain,
     layout: CheckpointLayout,
     keys: IndexMap<String, KeySource>,
+    /// Scaled-fp8 companions (scales, input scales, the marker), by host name.
+    companions: IndexMap<String, KeySource>,
+    /// Host key of a scaled fp8 weight → host name of its scale.
+    scales: std::collections::HashMap<String, String>,
     skipped: Vec<String>,
     arch: Option<Arch>,
+}
+
+/// Names the scale of an fp8 `X.weight` may have beside it (`X.<name>`).
+const SCALE_NAMES: &[&str] = &["scale_weight", "weight_scale"];
+/// Other per-layer companions of a scaled fp8 weight.
+const COMPANION_NAMES: &[&str] = &["scale_input", "input_scale", "comfy_quant"];
+
+/// Moves the scaled-fp8 companions out of `keys`: `(companions, weight → scale)`.
+fn split_companions(
+    file: &MappedFile,
+    keys: &mut IndexMap<String, KeySource>,
+) -> (IndexMap<String, KeySource>, std::collections::HashMap<String, String>) {
+    let fp8 = |host: &str, keys: &IndexMap<String, KeySource>| {
+        keys.get(host).and_then(|s| file.meta(&s.file_key)).is_some_and(|m| m.dtype.fp8().is_some())
+    };
+    let mut companions = IndexMap::new();
+    let mut scales = std::collections::HashMap::new();
+    let names: Vec<String> = keys.keys().cloned().collect();
+    for host in names {
+        let (stem, leaf) = match host.rsplit_once('.') {
+            Some((stem, leaf)) => (stem, leaf),
+            None => ("", host.as_str()),
+        };
+        let weight = format!("{stem}.weight");
+        let companion = if leaf == "scaled_fp8" {
+            true
+        } else if SCALE_NAMES.contains(&leaf) && fp8(&weight, keys) {
+            scales.insert(weight, host.clone());
+            true
+        } else {
+            COMPANION_NAMES.contains(&leaf) && fp8(&weight, keys)
+        };
+        if companion {
+            let src = keys.shift_remove(&host).expect("listed");
+            companions.insert(host, src);
+        }
+    }
+    (companions, scales)
 }
 
 const EXCLUDED: &[&str] = &[
@@ -217,12 +265,13 @@ impl CheckpointFile {
                 };
             }
         }
+        let (companions, scales) = split_companions(&file, &mut keys);
         let layout = if keys.is_empty() { CheckpointLayout::Empty } else { layout };
         let arch = match domain {
             CheckpointDomain::Diffusion => detect_checkpoint_arch(keys.keys().map(|s| s.as_str())),
             CheckpointDomain::Clip => detect_clip_arch(keys.keys().map(|s| s.as_str())),
         };
-        Ok(CheckpointFile { file, domain, layout, keys, skipped, arch })
+        Ok(CheckpointFile { file, domain, layout, keys, companions, scales, skipped, arch })
     }
 
     pub fn path(&self) -> &Path {
@@ -258,6 +307,30 @@ impl CheckpointFile {
     pub fn source(&self, host_key: &str) -> Option<&KeySource> {
         self.keys.get(host_key)
     }
+    /// Scaled-fp8 companions by host name (scales, input scales, the `scaled_fp8` marker), in
+    /// file order: not host keys, but part of the model when it is saved or handed to ComfyUI.
+    pub fn companions(&self) -> &IndexMap<String, KeySource> {
+        &self.companions
+    }
+
+    /// True when some weight of the file is scaled fp8.
+    pub fn is_scaled(&self) -> bool {
+        !self.scales.is_empty()
+    }
+
+    /// Host name of the scale of a scaled fp8 weight.
+    pub fn scale_key(&self, host_key: &str) -> Option<&str> {
+        self.scales.get(host_key).map(String::as_str)
+    }
+
+    /// The per-tensor scale of a scaled fp8 weight (its true value is the stored fp8 value times
+    /// this), `None` for any other key. A scale with more than one value is an error.
+    pub fn scale(&self, host_key: &str) -> Result<Option<f32>> {
+        let Some(scale) = self.scales.get(host_key) else { return Ok(None) };
+        let src = &self.companions[scale];
+        read_scale(&self.file, &src.file_key).map(Some)
+    }
+
     /// File keys not mapped to any host key (excluded components, unknown names).
     pub fn skipped(&self) -> &[String] {
         &self.skipped
@@ -378,4 +451,16 @@ pub fn openclip_to_host(oc: &str, rows: usize) -> Option<Vec<HostPart>> {
             .map(|(i, p)| (format!("{layer}.self_attn.{p}.{kind}"), Some((i * w, w)), false))
             .collect(),
     )
+}
+
+/// A per-tensor scale stored under `file_key` (F32, F16 or BF16, one value).
+pub fn read_scale(file: &MappedFile, file_key: &str) -> Result<f32> {
+    let v = file.to_f64_vec(file_key)?;
+    match v.as_slice() {
+        [x] => Ok(*x as f32),
+        _ => Err(FormatError::Corrupt {
+            path: file.path().to_path_buf(),
+            reason: format!("'{file_key}' holds {} values; only a per-tensor (single-value) fp8 scale is supported", v.len()),
+        }),
+    }
 }

@@ -44,13 +44,19 @@ use tch::{Device, Kind, Tensor};
 
 use super::{io_err, FileIdentity, FormatError, Result};
 
-/// The dtype of a tensor in a file. Only `F16`, `BF16` and `F32` can be read as tensors.
+/// The dtype of a tensor in a file. `F16`, `BF16`, `F32` and the two fp8 formats can be read
+/// as tensors (`docs/widen.md`, "Model formats").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileDtype {
     F16,
     BF16,
     F32,
-    /// Any other safetensors dtype (integers, F64, FP8, ...): listed, never read as a tensor.
+    /// `F8_E4M3` (torch `float8_e4m3fn`).
+    F8E4M3,
+    /// `F8_E5M2` (torch `float8_e5m2`).
+    F8E5M2,
+    /// Any other safetensors dtype (integers, F64, the fnuz / e8m0 fp8 variants, ...): listed,
+    /// never read as a tensor.
     Other(Dtype),
 }
 
@@ -60,6 +66,8 @@ impl FileDtype {
             Dtype::F16 => FileDtype::F16,
             Dtype::BF16 => FileDtype::BF16,
             Dtype::F32 => FileDtype::F32,
+            Dtype::F8_E4M3 => FileDtype::F8E4M3,
+            Dtype::F8_E5M2 => FileDtype::F8E5M2,
             other => FileDtype::Other(other),
         }
     }
@@ -69,6 +77,8 @@ impl FileDtype {
             FileDtype::F16 => Dtype::F16,
             FileDtype::BF16 => Dtype::BF16,
             FileDtype::F32 => Dtype::F32,
+            FileDtype::F8E4M3 => Dtype::F8_E4M3,
+            FileDtype::F8E5M2 => Dtype::F8_E5M2,
             FileDtype::Other(d) => d,
         }
     }
@@ -79,6 +89,8 @@ impl FileDtype {
             FileDtype::F16 => Some(Kind::Half),
             FileDtype::BF16 => Some(Kind::BFloat16),
             FileDtype::F32 => Some(Kind::Float),
+            FileDtype::F8E4M3 => Some(Kind::Float8e4m3fn),
+            FileDtype::F8E5M2 => Some(Kind::Float8e5m2),
             FileDtype::Other(_) => None,
         }
     }
@@ -88,6 +100,17 @@ impl FileDtype {
             Kind::Half => Some(FileDtype::F16),
             Kind::BFloat16 => Some(FileDtype::BF16),
             Kind::Float => Some(FileDtype::F32),
+            Kind::Float8e4m3fn => Some(FileDtype::F8E4M3),
+            Kind::Float8e5m2 => Some(FileDtype::F8E5M2),
+            _ => None,
+        }
+    }
+
+    /// The fp8 format, for the two fp8 dtypes.
+    pub fn fp8(self) -> Option<super::fp8::Fp8> {
+        match self {
+            FileDtype::F8E4M3 => Some(super::fp8::Fp8::E4M3),
+            FileDtype::F8E5M2 => Some(super::fp8::Fp8::E5M2),
             _ => None,
         }
     }
@@ -108,6 +131,8 @@ impl FileDtype {
             FileDtype::F16 => "torch.float16".into(),
             FileDtype::BF16 => "torch.bfloat16".into(),
             FileDtype::F32 => "torch.float32".into(),
+            FileDtype::F8E4M3 => "torch.float8_e4m3fn".into(),
+            FileDtype::F8E5M2 => "torch.float8_e5m2".into(),
             FileDtype::Other(d) => format!("{d:?}"),
         }
     }
@@ -283,7 +308,9 @@ impl MappedFile {
         FormatError::KeyNotFound { path: self.path.clone(), key: key.to_string() }
     }
 
-    /// A zero-copy CPU tensor over the mapped bytes (F16 / BF16 / F32 only).
+    /// A zero-copy CPU tensor over the mapped bytes (F16 / BF16 / F32 / fp8 only). An fp8
+    /// tensor is the stored values: a scaled-fp8 weight's scale is applied by its reader
+    /// ([`CheckpointFile::scale`](super::CheckpointFile::scale)).
     pub fn tensor(self: &Arc<Self>, key: &str) -> Result<MappedTensor> {
         let m = self.meta(key).ok_or_else(|| self.not_found(key))?;
         let kind = m.dtype.kind().ok_or_else(|| FormatError::UnsupportedDtype {
@@ -336,6 +363,10 @@ impl MappedFile {
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
                 .collect(),
+            FileDtype::F8E4M3 | FileDtype::F8E5M2 => {
+                let f = m.dtype.fp8().expect("an fp8 dtype");
+                b.iter().map(|&x| f.decode(x) as f64).collect()
+            }
             FileDtype::Other(_) => {
                 return Err(FormatError::UnsupportedDtype {
                     path: self.path.clone(),

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod folders;
+pub mod fp8;
 pub mod identity;
 pub mod mapped;
 pub mod writer;
@@ -32,7 +33,7 @@ pub enum FormatError {
     Corrupt { path: PathBuf, reason: String },
     #[error("'{path}' is truncated or incomplete: {reason}")]
     Truncated { path: PathBuf, reason: String },
-    #[error("'{path}': tensor '{key}' has dtype {dtype}; only F16, BF16 and F32 tensors are supported")]
+    #[error("'{path}': tensor '{key}' has dtype {dtype}; only F16, BF16, F32 and fp8 (F8_E4M3, F8_E5M2) tensors are supported")]
     UnsupportedDtype { path: PathBuf, key: String, dtype: String },
     #[error(
         "Only safetensors format is supported for model merging. Got: {ext}. Please convert your \

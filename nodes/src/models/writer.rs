@@ -194,7 +194,8 @@ pub fn write_all(
     w.finish()
 }
 
-/// Encode f32 values in a file dtype (round to nearest even for F16/BF16).
+/// Encode f32 values in a file dtype (round to nearest even; fp8 saturates at its largest
+/// finite value).
 pub fn encode_f32(values: &[f32], dtype: FileDtype) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(values.len() * dtype.size());
     encode_f32_into(values, dtype, &mut out)?;
@@ -211,6 +212,10 @@ pub fn encode_f32_into(values: &[f32], dtype: FileDtype, out: &mut Vec<u8>) -> R
         FileDtype::BF16 => values
             .iter()
             .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+        FileDtype::F8E4M3 | FileDtype::F8E5M2 => {
+            let f = dtype.fp8().expect("an fp8 dtype");
+            out.extend(values.iter().map(|&v| f.encode(v)));
+        }
         FileDtype::Other(d) => {
             return Err(FormatError::Other(format!("cannot encode floats as {d:?}")));
         }

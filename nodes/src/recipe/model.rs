@@ -71,6 +71,8 @@ pub struct NativeModel {
     domain: RecipeDomain,
     /// Merged tensors (CPU, each in its key's own dtype), by host key.
     overrides: IndexMap<String, MappedTensor>,
+    /// The scale of each merged key whose base is scaled fp8 (docs/widen.md, "Model formats").
+    override_scales: IndexMap<String, f32>,
     identity: [u8; 32],
     /// Name of the file in the models folders (for messages and metadata).
     name: String,
@@ -99,6 +101,7 @@ impl NativeModel {
             arch,
             domain,
             overrides: IndexMap::new(),
+            override_scales: IndexMap::new(),
             identity: *h.finalize().as_bytes(),
             name: name.to_string(),
             index: OnceLock::new(),
@@ -126,6 +129,7 @@ impl NativeModel {
             arch,
             domain: state.domain,
             overrides: IndexMap::new(),
+            override_scales: IndexMap::new(),
             identity: *h.finalize().as_bytes(),
             name: state.name,
             index: OnceLock::new(),
@@ -141,12 +145,22 @@ impl NativeModel {
     }
 
     /// A copy of `self` with `merged` overriding keys; `recipe_hash` names what made them.
-    pub fn with_overrides(self: &Arc<Self>, merged: IndexMap<String, MappedTensor>, recipe_hash: &[u8; 32]) -> Arc<NativeModel> {
+    /// `scales`: the scale of every merged key whose base key is scaled fp8 (such a key's stored
+    /// fp8 values times its scale are its weight).
+    pub fn with_overrides(
+        self: &Arc<Self>,
+        merged: IndexMap<String, MappedTensor>,
+        scales: IndexMap<String, f32>,
+        recipe_hash: &[u8; 32],
+    ) -> Arc<NativeModel> {
         let mut overrides: IndexMap<String, MappedTensor> =
             self.overrides.iter().map(|(k, v)| (k.clone(), v.clone_ref())).collect();
+        let mut override_scales = self.override_scales.clone();
         for (k, v) in merged {
+            override_scales.shift_remove(&k);
             overrides.insert(k, v);
         }
+        override_scales.extend(scales);
         let mut h = blake3::Hasher::new();
         h.update(b"merged");
         h.update(&self.identity);
@@ -156,6 +170,7 @@ impl NativeModel {
             arch: self.arch,
             domain: self.domain,
             overrides,
+            override_scales,
             identity: *h.finalize().as_bytes(),
             name: self.name.clone(),
             index: OnceLock::new(),
@@ -206,7 +221,7 @@ impl NativeModel {
         self.overrides.values().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum()
     }
 
-    /// blake3 over the merged keys (name, dtype, shape and bytes, in order): equal digests mean
+    /// blake3 over the merged keys (name, dtype, shape, bytes and scale, in order): equal digests mean
     /// bit-identical merges, whichever device or path computed them.
     pub fn overrides_digest(&self) -> Result<String, tch::TchError> {
         let mut h = blake3::Hasher::new();
@@ -219,6 +234,9 @@ impl NativeModel {
                 // SAFETY: a contiguous CPU tensor holds `len` initialized bytes at `data_ptr`,
                 // alive while `t` is.
                 h.update(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const u8, len) });
+            }
+            if let Some(scale) = self.override_scales.get(key) {
+                h.update(&scale.to_le_bytes());
             }
         }
         Ok(h.finalize().to_hex().to_string())
@@ -254,7 +272,60 @@ impl NativeModel {
         }
     }
 
-    /// The current tensor of a key (override, else a zero-copy view of the file).
+    /// The scale of a scaled fp8 key (the key's weight is its stored values times this), `None`
+    /// for every other key.
+    pub fn scale(&self, key: &str) -> Result<Option<f32>, PackError> {
+        if self.overrides.contains_key(key) {
+            return Ok(self.override_scales.get(key).copied());
+        }
+        match &self.source {
+            Source::File(f) => Ok(f.scale(key)?),
+            Source::Foreign(_) => Ok(None),
+        }
+    }
+
+    /// True when `key`'s base weight is scaled fp8 (so a merge result for it is stored with a
+    /// scale of its own).
+    pub fn is_scaled(&self, key: &str) -> bool {
+        self.try_file().is_some_and(|f| f.scale_key(key).is_some())
+    }
+
+    /// The scales of `keys` (1 for unscaled keys), or `None` when no key is scaled.
+    pub fn scales(&self, keys: &[String]) -> Result<Option<Vec<f32>>, PackError> {
+        if !self.try_file().is_some_and(|f| f.is_scaled()) {
+            return Ok(None);
+        }
+        let s = keys.iter().map(|k| Ok(self.scale(k)?.unwrap_or(1.0))).collect::<Result<Vec<f32>, PackError>>()?;
+        Ok(s.iter().any(|&x| x != 1.0).then_some(s))
+    }
+
+    /// The companions of a scaled fp8 file by host name (docs/widen.md, "Model formats"), as the
+    /// tensors this model has for them: a merged key's scale is its new one.
+    pub fn companions(&self) -> Result<IndexMap<String, tch::Tensor>, PackError> {
+        let mut out = IndexMap::new();
+        let Some(f) = self.try_file() else { return Ok(out) };
+        let new_scales: std::collections::HashMap<&str, f32> =
+            self.override_scales.iter().filter_map(|(k, s)| Some((f.scale_key(k)?, *s))).collect();
+        for (host, src) in f.companions() {
+            let meta = f.file().meta(&src.file_key).expect("listed key");
+            let t = match (new_scales.get(host.as_str()), meta.dtype.kind()) {
+                (Some(s), Some(kind)) => tch::Tensor::from_slice(&[*s]).f_reshape(meta.shape_i64())?.f_to_kind(kind)?,
+                (None, Some(_)) => f.file().tensor(&src.file_key)?.shallow_clone(),
+                // Bytes of another dtype (a `comfy_quant` description).
+                _ => tch::Tensor::from_slice(f.file().bytes(&src.file_key)?).f_reshape(meta.shape_i64())?,
+            };
+            out.insert(host.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// The scales of merged keys whose base is scaled fp8.
+    pub fn override_scales(&self) -> &IndexMap<String, f32> {
+        &self.override_scales
+    }
+
+    /// The current tensor of a key (override, else a zero-copy view of the file). For a scaled
+    /// fp8 key, the stored values: see [`scale`](Self::scale).
     pub fn tensor(&self, key: &str) -> Result<MappedTensor, PackError> {
         if let Some(t) = self.overrides.get(key) {
             return Ok(t.clone_ref());
@@ -302,6 +373,14 @@ pub fn native_model_weights(h: &dyn comfyrs_runtime::value::Opaque) -> Option<(&
             RecipeDomain::Clip => k,
         };
         sd.insert(key.to_string(), t.shallow_clone());
+    }
+    // A scaled fp8 model's scales and marker, under the same names as its weights.
+    for (k, t) in m.companions().ok()? {
+        let key = match m.domain {
+            RecipeDomain::Diffusion => k.strip_prefix("diffusion_model.").unwrap_or(&k).to_string(),
+            RecipeDomain::Clip => k,
+        };
+        sd.insert(key, t);
     }
     let kind = match m.domain {
         RecipeDomain::Diffusion => "MODEL",

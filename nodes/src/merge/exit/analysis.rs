@@ -236,7 +236,7 @@ pub(super) fn touched_keys(engine: &MergeEngine, a: &Analysis, mut sources: Vec<
             .base
             .keys()
             .filter(|k| touched.contains(*k))
-            .filter(|k| matches!(a.base.kind(k), Some(Kind::Float | Kind::Half | Kind::BFloat16)))
+            .filter(|k| matches!(a.base.kind(k), Some(Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Float8e4m3fn | Kind::Float8e5m2)))
             .map(String::from)
             .collect();
         keys.sort();

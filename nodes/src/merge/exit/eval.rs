@@ -73,7 +73,8 @@ impl Eval<'_> {
         match &node.kind {
             RecipeKind::Base { model, .. } => {
                 let t = keys.iter().map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>()?;
-                Ok((self.stack(&t)?, true))
+                let t = self.stack(&t)?;
+                Ok((scale_rows(t, model.scales(keys)?.as_deref())?, true))
             }
             // Merge results are shared with the subtree cache.
             RecipeKind::Merge { .. } => Ok((self.merge_cached(node, keys)?, !self.use_cache)),
@@ -344,6 +345,12 @@ impl Eval<'_> {
                 let m = self.a.models[&ptr(leaf)].clone();
                 let t = m.file.get_weights(keys)?;
                 let w = self.stack(&t)?;
+                let w = if m.file.is_scaled() {
+                    let s = keys.iter().map(|k| Ok(m.file.scale(k)?.unwrap_or(1.0))).collect::<Result<Vec<f32>, PackError>>()?;
+                    scale_rows(w, Some(&s))?
+                } else {
+                    w
+                };
                 let scales: Vec<f32> = keys.iter().map(|k| (strength * self.a.mult(block_config, k)) as f32).collect();
                 if scales.iter().all(|&s| s == 1.0) {
                     return Ok(w);
@@ -357,6 +364,16 @@ impl Eval<'_> {
             RecipeKind::Compose { .. } => Err(PackError::runtime("a Compose is not a model")),
         }
     }
+}
+
+/// Scaled fp8 weights' true values (docs/widen.md, "Model formats"): each key's row of `t`
+/// (`[B, *S]` fp32, as stacked from the stored fp8 values) times its scale.
+fn scale_rows(t: Tensor, scales: Option<&[f32]>) -> Result<Tensor, PackError> {
+    let Some(scales) = scales else { return Ok(t) };
+    let mut shape = vec![scales.len() as i64];
+    shape.extend(std::iter::repeat_n(1, t.dim() - 1));
+    let s = Tensor::f_from_slice(scales)?.f_to_device(t.device())?.f_reshape(&shape)?;
+    Ok(t.f_mul(&s)?)
 }
 
 /// `rows` as one `[B, *S]` view when they lie back to back in one tensor's memory, as the keys

@@ -278,14 +278,14 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         rep.progress(gi as u64 + 1, total);
     }
     let t_wait = Instant::now();
-    let merged = out.landed()?;
+    let (merged, scales) = out.landed()?;
     stats.phases.results = t_wait.elapsed().as_secs_f64();
     stats.subtree_hits = ev.subtree_hits;
     stats.phases.load = ev.load_seconds;
     stats.phases.compute -= ev.load_seconds;
     stats.stats_hits = ev.stats_hits;
     let merged: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
-    let model = base_model.with_overrides(merged, &run_hash(&a, root, device));
+    let model = base_model.with_overrides(merged, scales, &run_hash(&a, root, device));
     stats.bytes = model.merged_bytes();
     if let Some((path, json, hash)) = save_target {
         let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
@@ -309,44 +309,67 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
 struct Results<'e> {
     engine: &'e MergeEngine,
     /// Declared before the stream: fields drop in order, so an early return waits for each
-    /// pending copy before the stream it runs on goes away.
-    chunks: Vec<(Vec<String>, PendingHost)>,
+    /// pending copy before the stream it runs on goes away. With the values, the new scales of
+    /// scaled fp8 keys (`[B]` fp32).
+    chunks: Vec<(Vec<String>, PendingHost, Option<PendingHost>)>,
     stream: Option<CopyStream>,
 }
 
 impl Results<'_> {
     /// Puts a chunk's results (`[B, *S]` fp32, any device) on their way to host memory, each key
-    /// in its own storage dtype (D17). Keys of one dtype share one transfer.
+    /// in its own storage dtype (D17; fp8 as docs/widen.md, "Model formats", says). Keys of one
+    /// dtype share one transfer.
     fn install(&mut self, a: &Analysis, keys: &[String], done: &Tensor) -> Result<(), PackError> {
-        let kinds: Vec<Kind> = keys.iter().map(|k| a.base.kind(k).unwrap_or(Kind::Float)).collect();
-        if kinds.iter().all(|k| *k == kinds[0]) {
-            let host = super::transfer::to_host(self.engine, self.stream.as_ref(), done, kinds[0])?;
-            self.chunks.push((keys.to_vec(), host));
+        let kinds: Vec<(Kind, bool)> = keys.iter().map(|k| (a.base.kind(k).unwrap_or(Kind::Float), a.base.is_scaled(k))).collect();
+        // The base's scales of scaled fp8 keys (kept where the merged values fit under them).
+        let scales: Vec<f32> = if kinds.iter().any(|k| k.1) {
+            keys.iter().map(|k| Ok(a.base.scale(k)?.unwrap_or(1.0))).collect::<Result<_, PackError>>()?
         } else {
-            for (i, (k, kind)) in keys.iter().zip(kinds).enumerate() {
-                let one = done.f_narrow(0, i as i64, 1)?;
-                let host = super::transfer::to_host(self.engine, self.stream.as_ref(), &one, kind)?;
-                self.chunks.push((vec![k.clone()], host));
+            Vec::new()
+        };
+        if kinds.iter().all(|k| *k == kinds[0]) {
+            let s = kinds[0].1.then_some(scales.as_slice());
+            self.push(keys.to_vec(), done, kinds[0].0, s)?;
+        } else {
+            for (i, (k, (kind, scaled))) in keys.iter().zip(kinds).enumerate() {
+                let s = scaled.then(|| &scales[i..i + 1]);
+                self.push(vec![k.clone()], &done.f_narrow(0, i as i64, 1)?, kind, s)?;
             }
         }
         Ok(())
     }
 
-    /// Keys installed so far.
-    fn keys(&self) -> usize {
-        self.chunks.iter().map(|(k, _)| k.len()).sum()
+    fn push(&mut self, keys: Vec<String>, done: &Tensor, kind: Kind, base_scales: Option<&[f32]>) -> Result<(), PackError> {
+        let (values, scales) = super::transfer::fp8_prepare(done, kind, base_scales)?;
+        let host = super::transfer::to_host(self.engine, self.stream.as_ref(), &values, kind)?;
+        let scales = scales.map(|s| super::transfer::to_host(self.engine, self.stream.as_ref(), &s, Kind::Float)).transpose()?;
+        self.chunks.push((keys, host, scales));
+        Ok(())
     }
 
-    /// Every result, once its copy has landed.
-    fn landed(mut self) -> Result<BTreeMap<String, Tensor>, PackError> {
+    /// Keys installed so far.
+    fn keys(&self) -> usize {
+        self.chunks.iter().map(|(k, _, _)| k.len()).sum()
+    }
+
+    /// Every result, once its copy has landed, and the scales of scaled fp8 keys.
+    fn landed(mut self) -> Result<(BTreeMap<String, Tensor>, IndexMap<String, f32>), PackError> {
         let mut merged = BTreeMap::new();
-        for (keys, pending) in std::mem::take(&mut self.chunks) {
+        let mut scales = IndexMap::new();
+        for (keys, pending, pending_scales) in std::mem::take(&mut self.chunks) {
             let host = pending.wait();
+            let s = match pending_scales {
+                Some(p) => Some(Vec::<f32>::try_from(&p.wait())?),
+                None => None,
+            };
             for (i, k) in keys.into_iter().enumerate() {
+                if let Some(s) = &s {
+                    scales.insert(k.clone(), s[i]);
+                }
                 merged.insert(k, host.f_select(0, i as i64)?);
             }
         }
-        Ok(merged)
+        Ok((merged, scales))
     }
 }
 
