@@ -53,7 +53,7 @@ fn bench_cluster_says_what_to_change() {
     let (code, _, err) = run(&["bench", "cluster", "--workers", "0,2"], Duration::from_secs(60));
     assert_ne!(code, Some(0));
     assert!(err.contains("--workers wants worker counts of at least 1"), "{err}");
-    let (code, _, err) = run(&["bench", "cluster", "--prompts", "1", "--clients", "1", "--wait-ms", "0", "--repeat", "1", "--redis-server", "/nonexistent/redis-server"], Duration::from_secs(120));
+    let (code, _, err) = run(&["bench", "cluster", "--prompts", "1", "--clients", "1", "--wait-ms", "0", "--repeat", "1", "--slider", "0", "--redis-server", "/nonexistent/redis-server"], Duration::from_secs(120));
     assert_ne!(code, Some(0));
     assert!(err.contains("install Debian's redis-server, or give --redis-server PATH"), "{err}");
 }

@@ -348,6 +348,11 @@ pub fn run(b: &ClusterBench) -> Result<()> {
     if b.workers.is_empty() || b.workers.contains(&0) {
         bail!("--workers wants worker counts of at least 1, e.g. 1,2,4");
     }
+    // Before minutes of measuring without a broker, not after.
+    let redis_runs = Command::new(&b.redis_server).arg("--version").stdin(Stdio::null()).output().is_ok_and(|o| o.status.success());
+    if !redis_runs {
+        bail!("cannot run {} (install Debian's redis-server, or give --redis-server PATH)", b.redis_server.display());
+    }
     let clients = b.clients.max(1);
     let per = b.prompts.max(1).div_ceil(clients);
     let n = per * clients;
