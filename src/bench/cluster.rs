@@ -22,7 +22,7 @@ use clap::Args;
 use serde_json::{json, Value as Json};
 
 use super::median;
-use super::server::{one_run, queue_concurrently, Ws};
+use super::server::{one_run, queue_concurrently, Heard, Ws};
 use crate::progress::fmt_secs;
 
 #[derive(Args)]
@@ -242,7 +242,7 @@ impl Deployment {
         for i in 0..3 {
             one_run(&base, &mut ws, client, prompt(&format!("warm {i}"), 0))?;
         }
-        let times = (0..repeat.max(1)).map(|i| one_run(&base, &mut ws, client, prompt(&format!("latency {i}"), 0)).map(|(t, _)| t)).collect::<Result<Vec<_>>>()?;
+        let times = (0..repeat.max(1)).map(|i| one_run(&base, &mut ws, client, prompt(&format!("latency {i}"), 0)).map(|h| h.secs)).collect::<Result<Vec<_>>>()?;
         Ok(median(times))
     }
 
@@ -252,11 +252,11 @@ impl Deployment {
         let client = "bench-slider";
         let mut ws = self.socket(client)?;
         let base = format!("http://{}", self.addr);
-        let (first, _) = run_noting_cached(&base, &mut ws, client, merge(1.0))?;
+        let first = one_run(&base, &mut ws, client, merge(1.0))?.secs;
         let mut changed = Vec::new();
         let mut reloaded = 0;
         for i in 0..changes {
-            let (secs, cached) = run_noting_cached(&base, &mut ws, client, merge(0.3 + 0.6 * i as f64 / changes as f64))?;
+            let Heard { secs, cached, .. } = one_run(&base, &mut ws, client, merge(0.3 + 0.6 * i as f64 / changes as f64))?;
             // The base model's and the LoRA's loaders: cached on a warm worker.
             if !(cached.iter().any(|n| n == "1") && cached.iter().any(|n| n == "2")) {
                 reloaded += 1;
@@ -288,31 +288,6 @@ fn merge(t: f64) -> Json {
         "4": {"class_type": "WIDENExit", "inputs": {"widen": ["3", 0], "save_model": false, "model_name": "m", "save_workflow": false, "enable_cache": true}},
         "5": {"class_type": "PreviewAny", "inputs": {"source": ["4", 0]}},
     })
-}
-
-/// Seconds POST → `execution_success` of one prompt, and the nodes its `execution_cached` named.
-fn run_noting_cached(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Result<(f64, Vec<String>)> {
-    let t = Instant::now();
-    let id = super::server::post(base, &json!({"prompt": prompt, "client_id": client}))?["prompt_id"].as_str().unwrap_or_default().to_string();
-    let mut cached = Vec::new();
-    let mut secs = None;
-    loop {
-        let tungstenite::Message::Text(text) = ws.read().with_context(|| format!("prompt {id}: no message for {SILENT_WITHIN:?}"))? else { continue };
-        let m: Json = serde_json::from_str(text.as_str())?;
-        if m["data"]["prompt_id"] != id.as_str() {
-            continue;
-        }
-        match m["type"].as_str() {
-            Some("execution_cached") => cached = m["data"]["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(str::to_string)).collect(),
-            Some("execution_success") => secs = Some(t.elapsed().as_secs_f64()),
-            Some("execution_error" | "execution_interrupted") => bail!("a benchmark prompt failed: {m}"),
-            // The prompt's last message: the next one starts on a quiet socket.
-            Some("executing") if m["data"]["node"].is_null() => {
-                return secs.map(|s| (s, cached)).ok_or_else(|| anyhow!("prompt {id} ended without execution_success"));
-            }
-            _ => {}
-        }
-    }
 }
 
 /// The tiny SDXL fixtures written into a fresh folder by this binary.

@@ -305,8 +305,6 @@ struct Row {
     detail: String,
 }
 
-/// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the
-/// CUDA libraries' own start-up, reported on its own row.
 /// With `wanted`, runs the engine's device warm-up to its end and says how long it took; the
 /// first run's label then says it came after one.
 fn warm_up(r: &Runner, wanted: bool, what: &str) -> Result<&'static str> {
@@ -323,6 +321,8 @@ fn warm_up(r: &Runner, wanted: bool, what: &str) -> Result<&'static str> {
     }
 }
 
+/// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the
+/// CUDA libraries' own start-up, reported on its own row.
 fn first_run(r: &mut Runner, what: &str, prompt: &Json, rows: &mut Vec<Row>) -> Result<()> {
     let (secs, st) = r.run_cold(prompt)?;
     rows.push(Row { what: what.into(), secs, exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN), detail: summary(&st) });

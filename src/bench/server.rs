@@ -83,11 +83,22 @@ pub(super) fn post(base: &str, body: &Json) -> Result<Json> {
     Ok(serde_json::from_str(&text)?)
 }
 
-/// Seconds from POST to `execution_success`, and the bytes of `progress_state` messages seen.
-pub(super) fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Result<(f64, usize)> {
+/// What a client heard of one prompt.
+pub(super) struct Heard {
+    /// Seconds from POST to `execution_success`.
+    pub secs: f64,
+    /// Bytes of the `progress_state` messages.
+    pub state_bytes: usize,
+    /// The nodes its `execution_cached` named.
+    pub cached: Vec<String>,
+}
+
+/// Runs one prompt as a client: POST, then its messages on `ws` to the prompt's end.
+pub(super) fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Result<Heard> {
     let t = Instant::now();
     let id = post(base, &json!({"prompt": prompt, "client_id": client}))?["prompt_id"].as_str().unwrap_or_default().to_string();
     let mut state_bytes = 0;
+    let mut cached = Vec::new();
     loop {
         let tungstenite::Message::Text(text) = ws.read().context("reading the socket")? else { continue };
         if text.as_str().starts_with("{\"type\":\"progress_state\"") || text.as_str().starts_with("{\"type\": \"progress_state\"") {
@@ -95,6 +106,9 @@ pub(super) fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Re
             continue;
         }
         let m: Json = serde_json::from_str(text.as_str())?;
+        if m["type"] == "execution_cached" && m["data"]["prompt_id"] == id.as_str() {
+            cached = m["data"]["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_str().map(str::to_string)).collect();
+        }
         if m["type"] == "execution_success" && m["data"]["prompt_id"] == id.as_str() {
             let secs = t.elapsed().as_secs_f64();
             // Drain to this prompt's end so the next run starts clean.
@@ -102,7 +116,7 @@ pub(super) fn one_run(base: &str, ws: &mut Ws, client: &str, prompt: Json) -> Re
                 let tungstenite::Message::Text(t) = ws.read()? else { continue };
                 let m: Json = serde_json::from_str(t.as_str())?;
                 if m["type"] == "executing" && m["data"]["node"].is_null() {
-                    return Ok((secs, state_bytes));
+                    return Ok(Heard { secs, state_bytes, cached });
                 }
             }
         }
@@ -141,9 +155,9 @@ fn measure(addr: &str, b: &ServerBench, repeat: usize, tolerate: bool) -> Result
         for _ in 0..repeat.max(1) {
             tag += 1;
             match one_run(&base, &mut ws, client, retag(&prompt, tag)) {
-                Ok((t, s)) => {
-                    times.push(t);
-                    bytes = s;
+                Ok(heard) => {
+                    times.push(heard.secs);
+                    bytes = heard.state_bytes;
                 }
                 Err(e) if tolerate => {
                     failed = Some(e.to_string());

@@ -218,8 +218,6 @@ fn dispatch(shared: &Shared, link: &Link) {
     }
 }
 
-
-
 /// Hands `job` to the workers: offered first to the worker whose caches hold most of its
 /// heavy results (docs/scale-out.md, "Cache affinity"), else to whichever claims it.
 async fn hand_out(link: &Link, job: &Job) -> Result<(String, Option<String>), BrokerError> {

@@ -315,6 +315,9 @@ struct Results<'e> {
     stream: Option<CopyStream>,
 }
 
+/// The new per-tensor scale of each merged scaled-fp8 key (docs/widen.md, "Model formats").
+type Fp8Scales = IndexMap<String, f32>;
+
 impl Results<'_> {
     /// Puts a chunk's results (`[B, *S]` fp32, any device) on their way to host memory, each key
     /// in its own storage dtype (D17; fp8 as docs/widen.md, "Model formats", says). Keys of one
@@ -353,7 +356,7 @@ impl Results<'_> {
     }
 
     /// Every result, once its copy has landed, and the scales of scaled fp8 keys.
-    fn landed(mut self) -> Result<(BTreeMap<String, Tensor>, IndexMap<String, f32>), PackError> {
+    fn landed(mut self) -> Result<(BTreeMap<String, Tensor>, Fp8Scales), PackError> {
         let mut merged = BTreeMap::new();
         let mut scales = IndexMap::new();
         for (keys, pending, pending_scales) in std::mem::take(&mut self.chunks) {
