@@ -5,7 +5,7 @@ mod formats_util;
 
 use std::collections::BTreeSet;
 
-use comfyrs_nodes::arch::layout::{all_layouts, flux2_layout, layout, openclip_text, ClipDims, LayoutSize};
+use comfyrs_nodes::arch::layout::{all_layouts, flux2_layout, layout, openclip_text, sdxl_checkpoint_layout, ClipDims, LayoutSize};
 use comfyrs_nodes::arch::{
     block_of, classify_key, detect_base_arch, detect_checkpoint_arch, detect_clip_arch, layer_type_of, Arch,
     LayerType,
@@ -96,6 +96,19 @@ fn layouts_have_the_real_parameter_counts() {
     assert_eq!(f.get("diffusion_model.single_blocks.0.linear1.weight").unwrap().shape, vec![21504, 3072]);
     let f2 = flux2_layout(LayoutSize::Full);
     assert_eq!(f2.get("diffusion_model.single_blocks.23.linear1.weight").unwrap().shape, vec![9 * 4096, 4096]);
+}
+
+#[test]
+fn the_full_size_checkpoint_has_a_complete_vae() {
+    // ComfyUI builds the SDXL VAE (the LDM AutoencoderKL, 83,653,863 parameters) from the
+    // checkpoint's `first_stage_model.*` keys; the loop benchmark decodes with it.
+    let vae: Vec<_> = sdxl_checkpoint_layout(LayoutSize::Full).into_iter().filter(|(p, _)| p.key.starts_with("first_stage_model.")).collect();
+    assert_eq!(vae.iter().map(|(p, _)| p.numel()).sum::<usize>(), 83_653_863);
+    let keys: BTreeSet<&str> = vae.iter().map(|(p, _)| p.key.as_str()).collect();
+    for k in ["first_stage_model.encoder.down.1.block.0.nin_shortcut.weight", "first_stage_model.decoder.up.3.upsample.conv.weight", "first_stage_model.decoder.mid.attn_1.proj_out.bias", "first_stage_model.post_quant_conv.weight"] {
+        assert!(keys.contains(k), "{k} missing");
+    }
+    assert!(!keys.contains("first_stage_model.decoder.up.0.upsample.conv.weight"), "the last decoder level does not upsample");
 }
 
 #[test]

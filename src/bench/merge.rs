@@ -86,6 +86,16 @@ fn ensure_models(dir: &Path, arch: Arch, size: LayoutSize, dtype: FileDtype, n: 
         eprintln!("writing {}", base_path.display());
         write_base_model(&base_path, &l, dtype, 0, false)?;
     }
+    let loras = ensure_loras(dir, arch, size, n)?;
+    let base_bytes = std::fs::metadata(&base_path)?.len();
+    Ok(Setup { base: base_rel, loras, base_bytes })
+}
+
+/// Writes `n` rank-32 attention LoRAs of `arch` (Kohya names, fp16) unless they are there;
+/// returns their names under `loras/`.
+pub(super) fn ensure_loras(dir: &Path, arch: Arch, size: LayoutSize, n: usize) -> Result<Vec<String>> {
+    let sz = if size == LayoutSize::Full { "full" } else { "tiny" };
+    let l = layout(arch, size);
     let mut loras = Vec::new();
     for i in 0..n {
         let rel = format!("bench/{}_{sz}_attn_r32_{i}.safetensors", arch.tag());
@@ -105,8 +115,7 @@ fn ensure_models(dir: &Path, arch: Arch, size: LayoutSize, dtype: FileDtype, n: 
         }
         loras.push(rel);
     }
-    let base_bytes = std::fs::metadata(&base_path)?.len();
-    Ok(Setup { base: base_rel, loras, base_bytes })
+    Ok(loras)
 }
 
 /// Prompt builder: node ids in insertion order.

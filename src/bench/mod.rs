@@ -2,6 +2,8 @@
 
 mod cluster;
 mod executor;
+#[cfg(feature = "python")]
+mod image_loop;
 mod merge;
 mod server;
 
@@ -30,6 +32,13 @@ pub enum BenchCommand {
     /// the broker adds per prompt over a server without one, and a WIDEN slider change with
     /// cache affinity.
     Cluster(cluster::ClusterBench),
+    /// A slider change to the next image: a WIDEN merge feeding ComfyUI's KSampler, VAEDecode
+    /// and SaveImage on one executor, timed to the sampler's first step and to the saved image
+    /// after new seeds, t_factor changes and LoRA strength changes; optionally side by side with
+    /// plain ComfyUI and the Python WIDEN node pack. Generates a random-weight SDXL checkpoint
+    /// and LoRAs on first use.
+    #[cfg(feature = "python")]
+    Loop(image_loop::LoopBench),
     /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
     /// beyond the Python function's own time.
     #[cfg(feature = "python")]
@@ -60,6 +69,8 @@ pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCod
         BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config))?,
         BenchCommand::Server(opts) => server::run(&opts, config)?,
         BenchCommand::Cluster(opts) => cluster::run(&opts)?,
+        #[cfg(feature = "python")]
+        BenchCommand::Loop(opts) => image_loop::run(&opts, config)?,
         #[cfg(feature = "python")]
         BenchCommand::Bridge { calls, .. } => {
             let mut engine = crate::engine::Engine::new(config)?;

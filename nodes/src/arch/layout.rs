@@ -4,7 +4,7 @@
 //!
 //! Keys are host keys: diffusion models with the `diffusion_model.` prefix, text encoders with
 //! `clip_l.` / `clip_g.`. [`sdxl_checkpoint_layout`] gives the on-disk layout of a full SDXL
-//! LDM checkpoint (UNet, CLIP-L in HF layout, CLIP-G in OpenCLIP layout, a VAE stub).
+//! LDM checkpoint (UNet, CLIP-L in HF layout, CLIP-G in OpenCLIP layout, the VAE: complete at full size, a stub at tiny size).
 
 use super::Arch;
 
@@ -340,8 +340,8 @@ pub fn openclip_text(d: &ClipDims, prefix: &str) -> Vec<Param> {
 /// Parameters of a full SDXL LDM checkpoint as stored on disk: `model.diffusion_model.*`,
 /// `conditioner.embedders.0.transformer.text_model.*` (CLIP-L, HF layout, with an int64
 /// `position_ids` buffer as real files have), `conditioner.embedders.1.model.*` (CLIP-G,
-/// OpenCLIP layout) and a VAE stub (`first_stage_model.*`, a few representative tensors; the
-/// merge never reads the VAE). The bool marks integer (I64) buffers.
+/// OpenCLIP layout) and the VAE (`first_stage_model.*`: complete at full size, a stub of a few
+/// representative tensors at tiny size; the merge never reads it). The bool marks integer (I64) buffers.
 pub fn sdxl_checkpoint_layout(size: LayoutSize) -> Vec<(Param, bool)> {
     let mut v: Vec<(Param, bool)> =
         sdxl_unet(&SdxlDims::new(size), "model.diffusion_model.").into_iter().map(|p| (p, false)).collect();
@@ -359,19 +359,83 @@ pub fn sdxl_checkpoint_layout(size: LayoutSize) -> Vec<(Param, bool)> {
     v.extend(
         openclip_text(&ClipDims::clip_g(size), "conditioner.embedders.1.model.").into_iter().map(|p| (p, false)),
     );
-    let vae = match size {
-        LayoutSize::Full => 128,
-        LayoutSize::Tiny => 4,
+    let params = match size {
+        LayoutSize::Full => sdxl_vae(),
+        LayoutSize::Tiny => {
+            let mut b = B::new("first_stage_model.");
+            b.conv("encoder.conv_in", 4, 3, 3);
+            b.conv("encoder.conv_out", 8, 4, 3);
+            b.conv("quant_conv", 8, 8, 1);
+            b.conv("post_quant_conv", 4, 4, 1);
+            b.conv("decoder.conv_in", 4, 4, 3);
+            b.conv("decoder.conv_out", 3, 4, 3);
+            b.params
+        }
     };
+    v.extend(params.into_iter().map(|p| (p, false)));
+    v
+}
+
+/// The SDXL VAE (the LDM AutoencoderKL: 128 channels × [1, 2, 4, 4], two ResNet blocks per
+/// encoder level and three per decoder level, one attention block in each middle, 4 latent
+/// channels) under `first_stage_model.`, complete, so that ComfyUI's checkpoint loader builds it
+/// from a full-size fixture and decodes the sampler's latents with it (the loop of
+/// docs/widen.md, The loop on a GPU).
+fn sdxl_vae() -> Vec<Param> {
+    const MULT: [usize; 4] = [1, 2, 4, 4];
+    const CH: usize = 128;
     let mut b = B::new("first_stage_model.");
-    b.conv("encoder.conv_in", vae, 3, 3);
-    b.conv("encoder.conv_out", 8, vae, 3);
+    let resnet = |b: &mut B, m: &str, inp: usize, out: usize| {
+        b.norm(format!("{m}.norm1"), inp, true);
+        b.conv(format!("{m}.conv1"), out, inp, 3);
+        b.norm(format!("{m}.norm2"), out, true);
+        b.conv(format!("{m}.conv2"), out, out, 3);
+        if inp != out {
+            b.conv(format!("{m}.nin_shortcut"), out, inp, 1);
+        }
+    };
+    let middle = |b: &mut B, m: &str, c: usize| {
+        resnet(b, &format!("{m}.block_1"), c, c);
+        b.norm(format!("{m}.attn_1.norm"), c, true);
+        for proj in ["q", "k", "v", "proj_out"] {
+            b.conv(format!("{m}.attn_1.{proj}"), c, c, 1);
+        }
+        resnet(b, &format!("{m}.block_2"), c, c);
+    };
+    let top = CH * MULT[MULT.len() - 1];
+    b.conv("encoder.conv_in", CH, 3, 3);
+    let mut inp = CH;
+    for (i, m) in MULT.iter().enumerate() {
+        let out = CH * m;
+        for j in 0..2 {
+            resnet(&mut b, &format!("encoder.down.{i}.block.{j}"), inp, out);
+            inp = out;
+        }
+        if i + 1 < MULT.len() {
+            b.conv(format!("encoder.down.{i}.downsample.conv"), out, out, 3);
+        }
+    }
+    middle(&mut b, "encoder.mid", top);
+    b.norm("encoder.norm_out", top, true);
+    b.conv("encoder.conv_out", 8, top, 3);
     b.conv("quant_conv", 8, 8, 1);
     b.conv("post_quant_conv", 4, 4, 1);
-    b.conv("decoder.conv_in", vae, 4, 3);
-    b.conv("decoder.conv_out", 3, vae, 3);
-    v.extend(b.params.into_iter().map(|p| (p, false)));
-    v
+    b.conv("decoder.conv_in", top, 4, 3);
+    middle(&mut b, "decoder.mid", top);
+    let mut inp = top;
+    for (i, m) in MULT.iter().enumerate().rev() {
+        let out = CH * m;
+        for j in 0..3 {
+            resnet(&mut b, &format!("decoder.up.{i}.block.{j}"), inp, out);
+            inp = out;
+        }
+        if i > 0 {
+            b.conv(format!("decoder.up.{i}.upsample.conv"), out, out, 3);
+        }
+    }
+    b.norm("decoder.norm_out", CH, true);
+    b.conv("decoder.conv_out", 3, CH, 3);
+    b.params
 }
 
 // ---------------------------------------------------------------------------------------------

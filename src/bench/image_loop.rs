@@ -1,0 +1,348 @@
+//! `comfyrs bench loop`: what a merger waits for after moving a slider, the next image. One
+//! workflow — ComfyUI's checkpoint loader → WIDEN Entry → a compose of two LoRAs merged at t 1,
+//! a third LoRA merged at `t` → Exit → KSampler → VAEDecode → SaveImage — run on one executor
+//! that keeps its caches, as a server keeps them between prompts: the first image, new seeds
+//! (the merge cached: the sampler's own cost), `t` changes and LoRA-strength changes. For each,
+//! the seconds from the start of the run to the sampler's first step and to the saved image.
+//!
+//! With `--reference PACK_DIR` the same prompts then run in plain ComfyUI (`COMFYUI_PATH`) with
+//! the Python WIDEN node pack, in a Python process of their own (`loop_reference.py`), and the
+//! two sides' images of the same recipe are compared pixel by pixel (docs/widen.md, "The loop on
+//! a GPU", says where they may differ).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use comfyrs_nodes::arch::layout::LayoutSize;
+use comfyrs_nodes::arch::Arch;
+use comfyrs_nodes::models::FileDtype;
+use comfyrs_runtime::events::{Event, EventSink};
+use comfyrs_runtime::executor::RunOptions;
+use comfyrs_runtime::prompt::Prompt;
+use comfyrs_runtime::validate::validate;
+use serde_json::{json, Value as Json};
+
+use super::median;
+use crate::config::Config;
+use crate::engine::{Engine, PythonSetup};
+
+#[derive(Args)]
+pub struct LoopBench {
+    /// Where the generated models are kept between runs (written on first use: ~7 GB for the
+    /// SDXL checkpoint and its LoRAs) [default: $COMFYRS_CACHE/bench-models, else
+    /// ~/.cache/comfyrs/bench-models].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 20)]
+    steps: u32,
+    /// Image width and height in pixels.
+    #[arg(long, default_value_t = 1024)]
+    size: u32,
+    /// Changes of each kind (new seed, t, LoRA strength); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// A tiny SD1.5 checkpoint at 64×64 and 2 steps instead of full-size SDXL (a quick check of
+    /// the benchmark itself on a CPU).
+    #[arg(long)]
+    tiny: bool,
+    /// Also run the same prompts in plain ComfyUI (`COMFYUI_PATH`) with the Python WIDEN node
+    /// pack found in this folder, and compare the images.
+    #[arg(long, value_name = "PACK_DIR")]
+    reference: Option<PathBuf>,
+    /// The Python that runs the reference [default: the project's venv].
+    #[arg(long, value_name = "PYTHON")]
+    reference_python: Option<PathBuf>,
+}
+
+/// The files the prompts name, relative to their model folders.
+struct Models {
+    checkpoint: String,
+    loras: [String; 3],
+}
+
+fn ensure_models(dir: &Path, tiny: bool) -> Result<Models> {
+    if tiny {
+        #[cfg(feature = "python")]
+        {
+            let ckpt = comfyrs_testkit::sd15::ensure_tiny_sd15(dir).map_err(|e| anyhow!(e))?;
+            let lora = comfyrs_testkit::sd15::ensure_tiny_sd15_lora(dir).map_err(|e| anyhow!(e))?;
+            let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let l = name(&lora);
+            return Ok(Models { checkpoint: name(&ckpt), loras: [l.clone(), l.clone(), l] });
+        }
+        #[cfg(not(feature = "python"))]
+        bail!("bench loop runs ComfyUI's sampler: this comfyrs was built without the Python bridge");
+    }
+    let rel = "bench/sdxl_loop_full_f16.safetensors";
+    let path = dir.join("checkpoints").join(rel);
+    if !path.exists() {
+        eprintln!("writing {}", path.display());
+        comfyrs_testkit::fixtures::write_sdxl_checkpoint(&path, LayoutSize::Full, FileDtype::F16, 0)?;
+    }
+    let l = super::merge::ensure_loras(dir, Arch::Sdxl, LayoutSize::Full, 3)?;
+    Ok(Models { checkpoint: rel.into(), loras: [l[0].clone(), l[1].clone(), l[2].clone()] })
+}
+
+/// One point of the slider space.
+#[derive(Clone, Copy, Debug)]
+struct Recipe {
+    seed: u64,
+    t: f64,
+    strength: f64,
+}
+
+impl Recipe {
+    fn prompt(&self, m: &Models, steps: u32, size: u32) -> Json {
+        json!({
+            "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": m.checkpoint}},
+            "entry": {"class_type": "WIDENEntry", "inputs": {"model": ["ckpt", 0]}},
+            "l0": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[0], "strength": 0.8}},
+            "l1": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[1], "strength": 0.5}},
+            "compose": {"class_type": "WIDENCompose", "inputs": {"branch": ["l0", 0]}},
+            "compose2": {"class_type": "WIDENCompose", "inputs": {"branch": ["l1", 0], "compose": ["compose", 0]}},
+            "m1": {"class_type": "WIDENMerge", "inputs": {"base": ["entry", 0], "target": ["compose2", 0], "t_factor": 1.0}},
+            "l2": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[2], "strength": self.strength}},
+            "m2": {"class_type": "WIDENMerge", "inputs": {"base": ["m1", 0], "target": ["l2", 0], "t_factor": self.t}},
+            "exit": {"class_type": "WIDENExit", "inputs": {"widen": ["m2", 0]}},
+            "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["ckpt", 1]}},
+            "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+            "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+            "sampler": {"class_type": "KSampler", "inputs": {
+                "seed": self.seed, "steps": steps, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+                "denoise": 1.0, "model": ["exit", 0], "positive": ["pos", 0], "negative": ["neg", 0],
+                "latent_image": ["latent", 0]}},
+            "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["ckpt", 2]}},
+            "save": {"class_type": "SaveImage", "inputs": {"filename_prefix": "bench_loop", "images": ["decode", 0]}},
+        })
+    }
+}
+
+/// The runs of the benchmark, in order, each with the row it counts in.
+fn schedule(repeat: usize) -> Vec<(&'static str, Recipe)> {
+    let first = Recipe { seed: 42, t: 1.0, strength: 1.0 };
+    let mut v = vec![("first image of the process", first)];
+    for i in 0..repeat {
+        v.push(("new seed (merge cached)", Recipe { seed: 43 + i as u64, ..first }));
+    }
+    let mut r = Recipe { seed: 42, ..first };
+    for i in 0..repeat {
+        r.t = 0.9 - 0.1 * i as f64;
+        v.push(("t_factor changed", r));
+    }
+    for i in 0..repeat {
+        r.strength = 0.9 - 0.1 * i as f64;
+        v.push(("LoRA strength changed", r));
+    }
+    v
+}
+
+/// One run as a client sees it.
+#[derive(Clone, Debug, Default)]
+struct Timing {
+    first_step: Option<f64>,
+    image: Option<f64>,
+    /// Seconds of each node that ran.
+    nodes: BTreeMap<String, f64>,
+    image_path: Option<PathBuf>,
+}
+
+/// Records when the sampler's first step and the saved image arrive.
+struct Watch {
+    start: Instant,
+    output: PathBuf,
+    seen: Mutex<Timing>,
+}
+
+impl EventSink for Watch {
+    fn emit(&self, event: &Event) {
+        let now = self.start.elapsed().as_secs_f64();
+        let mut t = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Progress { node, value, .. } if node == "sampler" && *value >= 1 && t.first_step.is_none() => {
+                t.first_step = Some(now);
+            }
+            Event::Executed { node, ui, seconds, .. } => {
+                t.nodes.insert(node.clone(), *seconds);
+                if node == "save" {
+                    t.image = Some(now);
+                    let file = ui.as_ref().and_then(|u| u.get("images")).and_then(|i| i.get(0));
+                    if let Some(f) = file {
+                        let name = f.get("filename").and_then(Json::as_str).unwrap_or_default();
+                        let sub = f.get("subfolder").and_then(Json::as_str).unwrap_or_default();
+                        t.image_path = Some(self.output.join(sub).join(name));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, Recipe)], m: &Models, shape: (u32, u32)) -> Result<Vec<Timing>> {
+    let mut config = config.clone();
+    config.models_dir = models_dir.to_path_buf();
+    let mut engine = Engine::without_python(&config)?;
+    engine.warm_up_device();
+    let t = Instant::now();
+    engine.start_python_in(&PythonSetup { output: Some(output.to_path_buf()), ..PythonSetup::default() })?;
+    eprintln!("comfyrs: the embedded ComfyUI started in {:.1} s", t.elapsed().as_secs_f64());
+    let mut exec = engine.executor(config.cache.mode);
+    let mut out = Vec::new();
+    for (n, (what, recipe)) in runs.iter().enumerate() {
+        let text = recipe.prompt(m, shape.0, shape.1).to_string();
+        let (p, _) = Prompt::parse(&text).map_err(|e| anyhow!("{e:?}"))?;
+        let v = validate(p, &engine.registry, None).map_err(|r| anyhow!("prompt rejected: {}", r.to_json()))?;
+        let watch = Watch { start: Instant::now(), output: output.to_path_buf(), seen: Mutex::new(Timing::default()) };
+        let run_opts = RunOptions {
+            prompt_id: format!("loop-{n}"),
+            extra_pnginfo: None,
+            output_dir: output.to_path_buf(),
+            events: &watch,
+            extra_data: None,
+            registry: Some(&engine.registry),
+        };
+        let report = exec.run(&v, &run_opts);
+        if !report.success() {
+            bail!("{what}: the run failed: {:?}", report.errors.iter().map(|e| e.to_json()).collect::<Vec<_>>());
+        }
+        let t = watch.seen.into_inner().unwrap_or_else(|e| e.into_inner());
+        eprintln!("comfyrs: {what}: {}", line(&t));
+        out.push(t);
+    }
+    Ok(out)
+}
+
+fn run_reference(pack: &Path, python: &Path, models_dir: &Path, output: &Path, runs: &[(&str, Recipe)], m: &Models, shape: (u32, u32)) -> Result<Vec<Timing>> {
+    let comfy = std::env::var_os("COMFYUI_PATH").ok_or_else(|| anyhow!("--reference runs plain ComfyUI: set COMFYUI_PATH to a ComfyUI checkout"))?;
+    let script = output.join("loop_reference.py");
+    std::fs::write(&script, include_str!("loop_reference.py"))?;
+    let prompts: Vec<Json> = runs.iter().map(|(_, r)| r.prompt(m, shape.0, shape.1)).collect();
+    let mut child = std::process::Command::new(python)
+        .arg(&script)
+        .arg(pack)
+        .arg(models_dir)
+        .arg(output)
+        .env("COMFYUI_PATH", &comfy)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", python.display()))?;
+    child.stdin.take().expect("piped").write_all(serde_json::to_string(&prompts)?.as_bytes())?;
+    let mut out = Vec::new();
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    for (line_text, (what, _)) in stdout.lines().zip(runs) {
+        let j: Json = serde_json::from_str(&line_text?)?;
+        let nodes = j["nodes"].as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect()).unwrap_or_default();
+        let t = Timing {
+            first_step: j["first_step"].as_f64(),
+            image: j["image"].as_f64(),
+            nodes,
+            image_path: j["image_path"].as_str().map(PathBuf::from),
+        };
+        eprintln!("reference: {what}: {}", line(&t));
+        out.push(t);
+    }
+    let status = child.wait()?;
+    if !status.success() || out.len() != runs.len() {
+        bail!("the reference stopped after {} of {} prompts ({status}); its error is above", out.len(), runs.len());
+    }
+    Ok(out)
+}
+
+fn line(t: &Timing) -> String {
+    let s = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3} s"));
+    let exit = t.nodes.get("exit").map_or("cached".to_string(), |v| format!("{v:.3} s"));
+    format!("first step {}, image {}, Exit {exit}", s(t.first_step), s(t.image))
+}
+
+/// blake3 of a PNG's decoded pixels (the files' metadata differ between the two sides).
+fn pixels_digest(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or_else(|| anyhow!("{}: image too large", path.display()))?];
+    let info = reader.next_frame(&mut buf)?;
+    Ok(blake3::hash(&buf[..info.buffer_size()]).to_hex()[..16].to_string())
+}
+
+/// Median of a row's values, "-" when none.
+fn med(v: Vec<f64>) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        format!("{:.3} s", median(v))
+    }
+}
+
+pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
+    let dir = opts.dir.clone().unwrap_or_else(|| comfyrs_runtime::paths::cache_root().join("bench-models"));
+    // (steps, size)
+    let shape = if opts.tiny { (2, 64) } else { (opts.steps, opts.size) };
+    let models = ensure_models(&dir, opts.tiny)?;
+    let runs = schedule(opts.repeat.max(1));
+    let scratch = tempfile::tempdir()?;
+    let native_out = scratch.path().join("comfyrs");
+    let ref_out = scratch.path().join("reference");
+    std::fs::create_dir_all(&native_out)?;
+    std::fs::create_dir_all(&ref_out)?;
+    let native = run_native(config, &dir, &native_out, &runs, &models, shape)?;
+    let reference = match &opts.reference {
+        Some(pack) => {
+            let python = opts.reference_python.clone().or_else(crate::venv::python).ok_or_else(|| anyhow!("no Python for the reference: pass --reference-python"))?;
+            Some(run_reference(pack, &python, &dir, &ref_out, &runs, &models, shape)?)
+        }
+        None => None,
+    };
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} at {}×{}, {} steps; medians of {} changes each.", if opts.tiny { "Tiny SD1.5" } else { "SDXL (full size, fp16)" }, shape.1, shape.1, shape.0, opts.repeat.max(1))?;
+    writeln!(out)?;
+    if reference.is_some() {
+        writeln!(out, "| run | comfyrs: first step | comfyrs: image | comfyrs: Exit | reference: first step | reference: image | reference: Exit |")?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+    } else {
+        writeln!(out, "| run | first step | image | Exit |")?;
+        writeln!(out, "|---|---:|---:|---:|")?;
+    }
+    let mut rows: Vec<&str> = Vec::new();
+    for (what, _) in &runs {
+        if !rows.contains(what) {
+            rows.push(what);
+        }
+    }
+    let col = |side: &[Timing], what: &str, f: &dyn Fn(&Timing) -> Option<f64>| -> String {
+        med(runs.iter().zip(side).filter(|((w, _), _)| *w == what).filter_map(|(_, t)| f(t)).collect())
+    };
+    for what in rows {
+        let mut cells = Vec::new();
+        for side in [Some(native.as_slice()), reference.as_deref()] {
+            match side {
+                Some(s) => {
+                    cells.push(col(s, what, &|t| t.first_step));
+                    cells.push(col(s, what, &|t| t.image));
+                    cells.push(col(s, what, &|t| t.nodes.get("exit").copied()));
+                }
+                None => {}
+            }
+        }
+        writeln!(out, "| {what} | {} |", cells.join(" | "))?;
+    }
+    writeln!(out)?;
+    // The same recipe on both sides: the last run's image.
+    let last = native.last().and_then(|t| t.image_path.clone()).ok_or_else(|| anyhow!("comfyrs saved no image"))?;
+    let mine = pixels_digest(&last)?;
+    match reference.as_ref().and_then(|r| r.last()).and_then(|t| t.image_path.clone()) {
+        Some(theirs) => {
+            let theirs = pixels_digest(&theirs)?;
+            let same = if mine == theirs { "identical" } else { "different" };
+            writeln!(out, "Last image, same recipe on both sides: comfyrs {mine}, reference {theirs} ({same} pixels).")?;
+        }
+        None => writeln!(out, "Last image: pixels {mine}.")?,
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! `comfyrs bench loop --tiny`: a WIDEN merge feeding ComfyUI's sampler, decoder and image saver
+//! through the embedded ComfyUI on the CPU, on one executor; its table says which runs merged
+//! again. No timing is asserted.
+#![cfg(feature = "python")]
+
+mod common;
+
+use common::bin;
+
+#[test]
+fn bench_loop_merges_only_when_the_recipe_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().args(["bench", "loop", "--tiny", "--repeat", "2", "--dir"]).arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let cells = |prefix: &str| -> Vec<String> {
+        let row = stdout.lines().find(|l| l.starts_with(&format!("| {prefix}"))).unwrap_or_else(|| panic!("no row '{prefix}' in:\n{stdout}"));
+        row.split('|').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+    };
+    // Columns: run, first step, image, Exit (comfyrs); no reference was asked for.
+    for row in ["first image of the process", "t_factor changed", "LoRA strength changed"] {
+        let c = cells(row);
+        assert!(c[1].ends_with(" s") && c[2].ends_with(" s"), "{row}: the sampler's first step and the image are timed: {c:?}");
+        assert!(c[3].ends_with(" s"), "{row}: the recipe changed, so the Exit merged: {c:?}");
+    }
+    let seed = cells("new seed (merge cached)");
+    assert!(seed[1].ends_with(" s") && seed[2].ends_with(" s"), "{seed:?}");
+    assert_eq!(seed[3], "-", "a new seed alone must not merge again: {seed:?}");
+    assert!(stdout.contains("Last image: pixels "), "{stdout}");
+}
