@@ -258,7 +258,8 @@ fn run_reference(pack: &Path, python: &Path, models_dir: &Path, output: &Path, r
 fn line(t: &Timing) -> String {
     let s = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3} s"));
     let exit = t.nodes.get("exit").map_or("cached".to_string(), |v| format!("{v:.3} s"));
-    format!("first step {}, image {}, Exit {exit}", s(t.first_step), s(t.image))
+    let nodes: Vec<String> = t.nodes.iter().map(|(n, v)| format!("{n} {v:.3}")).collect();
+    format!("first step {}, image {}, Exit {exit} (nodes: {})", s(t.first_step), s(t.image), nodes.join(", "))
 }
 
 /// blake3 of a PNG's decoded pixels (the files' metadata differ between the two sides).

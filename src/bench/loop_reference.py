@@ -86,7 +86,9 @@ def main():
     if missing:
         sys.exit(f"the WIDEN node pack in {pack} did not load: {missing} missing (its error is above)")
 
-    executor = execution.PromptExecutor(listener, cache_type=execution.CacheType.CLASSIC)
+    # As ComfyUI's own server makes it with its default settings (no RAM-pressure eviction).
+    cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
+    executor = execution.PromptExecutor(listener, cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
     for n, prompt in enumerate(prompts):
         listener.reset(time.perf_counter())
         executor.execute(prompt, f"reference-{n}", {"client_id": "bench"}, ["save"])
