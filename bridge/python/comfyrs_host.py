@@ -1250,11 +1250,21 @@ def model_weights(obj):
     _restore_weights(patcher)
     sd = patcher.model_state_dict(filter_prefix=prefixes[0] if len(prefixes) == 1 else None)
     patches = getattr(patcher, "patches", None) or {}
-    keys, tensors, patched = [], [], False
+    # Merged weights handed over as parameter replacements (model_with_weights): this patcher's
+    # own are its weights; another clone's may still sit in the shared module, whose original
+    # parameters ComfyUI keeps in the backup dict all clones of a model share.
+    own = {k: v for k, v in (getattr(patcher, "object_patches", None) or {}).items() if _is_comfyrs_weight(v)}
+    originals = getattr(patcher, "object_patches_backup", None) or {}
+    keys, tensors, patched, replaced = [], [], False, []
     calc = None
     for k, w in sd.items():
         if not k.startswith(prefixes) or not w.is_floating_point():
             continue
+        if k in own:
+            w = own[k]
+            replaced.append(own[k]._comfyrs_token)
+        elif k in originals and isinstance(originals[k], torch.Tensor):
+            w = originals[k]
         if k in patches:
             calc = calc or _weight_calculator(patcher)
             with torch.no_grad():
@@ -1269,7 +1279,14 @@ def model_weights(obj):
         token = uuid.uuid4().hex
         model._comfyrs_token = token
     ident = token + ("|" + str(getattr(patcher, "patches_uuid", "")) if patched else "")
+    if replaced:
+        import hashlib
+        ident += "|" + hashlib.blake2b("".join(replaced).encode(), digest_size=16).hexdigest()
     return kind, keys, tensors, ident, "{} {}".format(type(obj).__name__, type(model).__name__)
+
+
+def _is_comfyrs_weight(v):
+    return getattr(v, "_comfyrs_token", None) is not None
 
 
 def model_prepare(obj):
@@ -1280,9 +1297,26 @@ def model_prepare(obj):
 
 def model_with_weights(obj, keys, tensors):
     """A clone of the MODEL or CLIP `obj` whose weights `keys` are replaced by `tensors`
-    (patches, shared). Both types have clone() and add_patches(patches, strength_patch,
-    strength_model)."""
+    (shared). A MODEL gets them as replacements of its parameters (ComfyUI's object patches: a
+    load swaps the references, an unload swaps them back), on the device its weights are on now,
+    in their dtype: no backup copy and no cast per key, which weight patches cost on every load
+    (docs/widen.md, The loop on a GPU). A CLIP gets weight patches; both types have clone() and
+    add_patches(patches, strength_patch, strength_model)."""
     m = obj.clone()
+    found = _as_patcher(m)
+    if found is not None and found[1] == "MODEL" and hasattr(m, "add_object_patch") and hasattr(m, "object_patches_backup"):
+        import torch
+        import uuid
+        import comfy.utils
+        with torch.no_grad():
+            for k, t in zip(keys, tensors):
+                current = comfy.utils.get_attr(m.model, k)
+                if t.device != current.device or t.dtype != current.dtype:
+                    t = t.to(device=current.device, dtype=current.dtype, non_blocking=True)
+                p = torch.nn.Parameter(t, requires_grad=False)
+                p._comfyrs_token = uuid.uuid4().hex
+                m.add_object_patch(k, p)
+        return m
     if _has_set_patch():
         m.add_patches({k: ("set", (t,)) for k, t in zip(keys, tensors)}, 1.0, 1.0)
     else:
