@@ -207,8 +207,8 @@ fn saving_a_merge_of_a_comfyui_model_writes_every_weight() {
 }
 
 /// The handoff itself: Entry's tensors are the module's parameters (same storage), the Exit's
-/// MODEL is a clone whose patches hold the merged tensors (same storage), and sampling with it
-/// sees the merged weights while the base model's own weights stay untouched.
+/// MODEL is a clone whose parameter replacements are the merged tensors (same storage), and
+/// sampling with it sees the merged weights while the base model's own weights stay untouched.
 #[test]
 fn handoff_shares_storage_both_ways() {
     let _lock = support::shared();
@@ -236,7 +236,10 @@ fn handoff_shares_storage_both_ways() {
                 let param = obj.getattr("model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap();
                 let mut m = HashMap::new();
                 m.insert("param", param.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
-                if let Ok(p) = obj.getattr("patches").and_then(|p| p.get_item(&k)) {
+                if let Ok(p) = obj.getattr("object_patches").and_then(|p| p.get_item(&k)) {
+                    // A parameter replacing the module's own.
+                    m.insert("patch", p.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
+                } else if let Ok(p) = obj.getattr("patches").and_then(|p| p.get_item(&k)) {
                     // [(strength_patch, ("set", (t,)) or (t,), strength_model)]
                     let v = p.get_item(-1).unwrap().get_item(1).unwrap();
                     let t = if v.len().unwrap() == 2 { v.get_item(1).unwrap().get_item(0).unwrap() } else { v.get_item(0).unwrap() };
@@ -274,6 +277,48 @@ fn handoff_shares_storage_both_ways() {
         })
         .unwrap();
     assert!(diff < 1e-6, "patched weight differs from the merged tensor by {diff}");
+}
+
+/// A merged clone ComfyUI has loaded for sampling and not unloaded leaves its weights in the
+/// module both share; the Entry still reads the base model's own weights (and identity) from
+/// the base, and the merged weights (another identity) from the clone.
+#[test]
+fn the_entry_reads_the_base_while_a_merged_clone_is_applied() {
+    let _lock = support::shared();
+    let e = env();
+    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
+    let model = comfyui_model(Path::new(&path), None);
+    let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let (_, weights, base_id, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
+    let base = weights[key].copy();
+    let mut merged = indexmap::IndexMap::new();
+    merged.insert(key.to_string(), (&base * 2.0f64).contiguous());
+    let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
+    let applied = out.clone();
+    e.bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let Value::Handle(h) = &applied else { panic!() };
+            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            obj.call_method0("patch_model").unwrap();
+        })
+        .unwrap();
+    let (_, seen, id, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
+    assert!(seen[key].equal(&base), "the base's weights, not the applied clone's");
+    assert_eq!(id, base_id, "the base keeps its identity");
+    let (_, seen, clone_id, _) = comfyrs_bridge::model::state_dict(&out).unwrap().unwrap();
+    assert!(seen[key].equal(&merged[key]), "the clone's weights are the merged ones");
+    assert_ne!(clone_id, base_id, "the merged clone is another model");
+    let untouched = "diffusion_model.time_embed.0.weight";
+    assert!(seen[untouched].equal(&weights[untouched]), "keys the merge left keep the base's weights");
+    e.bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let Value::Handle(h) = &out else { panic!() };
+            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            obj.call_method0("unpatch_model").unwrap();
+        })
+        .unwrap();
 }
 
 /// A MODEL stored in fp16, bf16 or fp8 (as ComfyUI loads one with a weight dtype): WIDEN's Entry
