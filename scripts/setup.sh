@@ -7,8 +7,8 @@
 # - .cargo/config.toml is generated (it holds this machine's absolute paths, so it is not
 #   committed) and points tch at the venv's libtorch and pyo3 at the venv's python.
 # - `comfyrs serve`'s web frontend (comfyui-frontend-package) goes into the venv, and Debian's
-#   chromium + chromium-driver (for the browser test) and redis-server (for the broker tests) are
-#   installed with apt-get when missing.
+#   chromium + chromium-driver (for the browser test), redis-server (for the broker tests) and
+#   fonts-dejavu-core (for the merge report's picture) are installed with apt-get when missing.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -107,6 +107,20 @@ if ! command -v redis-server >/dev/null 2>&1; then
   else
     echo "setup: WARNING: redis-server is missing and cannot be installed here (needs apt-get as root);" \
       "install Debian's redis-server (or put redis-server on PATH) for the broker tests" >&2
+  fi
+fi
+
+# Debian's DejaVu fonts for the text of the WIDEN merge report's picture (docs/widen.md,
+# "Report"; read at run time, no font is committed). Same rules as chromium above.
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing fonts-dejavu-core from Debian (for the merge report's picture)" >&2
+    apt_fonts() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends fonts-dejavu-core >/dev/null; }
+    apt_fonts || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && apt_fonts; } \
+      || echo "setup: WARNING: apt-get could not install fonts-dejavu-core; the merge report cannot draw its picture until it is installed" >&2
+  else
+    echo "setup: WARNING: fonts-dejavu-core is missing and cannot be installed here (needs apt-get as root);" \
+      "install Debian's fonts-dejavu-core for the merge report's picture" >&2
   fi
 fi
 

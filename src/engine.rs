@@ -288,6 +288,8 @@ fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &MergeEngine) -> Resu
         with_weights: comfyrs_bridge::model::with_weights,
     }));
     bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
+    // The WIDEN Report's picture, for Python's image nodes (SaveImage, PreviewImage).
+    bridge.add_tensor_extractor(comfyrs_nodes::pack::native_image_tensor);
     tracing::info!("embedded ComfyUI ready: {} Python node types in {:.1} s", bridge.classes().len(), t.elapsed().as_secs_f64());
     if record_cache_enabled() {
         match record_cache(config, dirs).map(|c| (c.store(&bridge), c)) {

@@ -65,6 +65,9 @@ enum Command {
     Config(ConfigCmdArgs),
     /// Write random-weight models and LoRAs of the real layouts (for tests, demos, benchmarks).
     Fixtures(FixturesArgs),
+    /// Draw the report of a WIDEN merge (who won where, divergences, keys left at the backbone)
+    /// as a PNG and a table: from a saved merge's metadata, or from the Exits of a workflow it runs.
+    Report(ReportArgs),
     /// Measure comfyrs's own speed (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -85,6 +88,25 @@ pub struct RunArgs {
     /// Print a machine-readable result (outputs, per-node timings, cache hits) on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A merge saved by a WIDEN Exit (.safetensors), or a workflow (.json) to run.
+    #[arg(value_name = "FILE")]
+    path: PathBuf,
+    /// The PNG to write (default: FILE's name with .report.png, in the current folder; with
+    /// several Exits in a workflow, each Exit's node id is added).
+    #[arg(short, long, value_name = "PNG")]
+    output: Option<PathBuf>,
+    /// For a workflow: where its output nodes write their files.
+    #[arg(long, default_value = "output", value_name = "DIR")]
+    output_dir: PathBuf,
+    /// For a workflow: override a constant input as in `run`.
+    #[arg(long = "set", value_name = "NODE.INPUT=VALUE")]
+    sets: Vec<String>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -155,6 +177,7 @@ impl Command {
             Command::Nodes(a) => Some(&a.config),
             Command::Config(a) => Some(&a.config),
             Command::Fixtures(a) => Some(&a.config),
+            Command::Report(a) => Some(&a.config),
             Command::Bench(b) => b.config_args(),
         }
     }
@@ -189,6 +212,7 @@ fn main() -> ExitCode {
         Command::Nodes(args) => commands::nodes::main(args, &config),
         Command::Config(args) => commands::config::main(args, &config),
         Command::Fixtures(args) => commands::fixtures::main(args, &config),
+        Command::Report(args) => commands::report::main(args, &config, cli.quiet),
         Command::Bench(cmd) => bench::main(cmd, &config),
     };
     match result {

@@ -331,3 +331,47 @@ fn json_reports_every_cache_against_one_budget() {
     assert_eq!(memory["host_used"].as_u64().unwrap(), sum, "{memory}");
     assert!(memory["host_used"].as_u64().unwrap() <= memory["host_limit"].as_u64().unwrap(), "{memory}");
 }
+
+/// `comfyrs report` draws a merge's report: from a workflow it runs (the Exit's own statistics)
+/// and, without merging, from the file that run saved; both are the same picture.
+#[test]
+fn report_draws_a_workflow_merge_and_its_saved_file_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let out = bin().args(["fixtures", "--arch", "sdxl", "--models-dir"]).arg(&models).output().unwrap();
+    assert!(out.status.success(), "fixtures: {}", String::from_utf8_lossy(&out.stderr));
+    let from_workflow = dir.path().join("workflow.png");
+    let out = bin()
+        .args(["report", "--models-dir"])
+        .arg(&models)
+        .arg("--output-dir")
+        .arg(dir.path().join("output"))
+        .arg("-o")
+        .arg(&from_workflow)
+        .arg(repo().join("workflows/widen_sdxl_merge.json"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("WIDEN merge on sdxl_f16") && table.contains("sdxl_kohya_lora ×1"), "{table}");
+    let saved = models.join("checkpoints/widen_sdxl_tiny_merge.safetensors");
+    let from_file = dir.path().join("saved.png");
+    let out = bin().args(["report", "-o"]).arg(&from_file).arg(&saved).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), table, "the saved metadata holds the same report");
+    let png = std::fs::read(&from_file).unwrap();
+    assert_eq!(png, std::fs::read(&from_workflow).unwrap());
+    let mut reader = png::Decoder::new(std::io::Cursor::new(&png)).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert!(info.width >= 960 && info.height >= 400, "{}x{}", info.width, info.height);
+    let pixels = &buf[..info.buffer_size()];
+    let white = pixels.chunks(3).filter(|p| p.iter().all(|&v| v == 255)).count();
+    assert!(white < pixels.len() / 3, "not blank");
+    // A file without a report: a clear error naming what to do.
+    let plain = models.join("diffusion_models/tiny/sdxl_f16.safetensors");
+    let out = bin().args(["report"]).arg(&plain).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no merge report") && stderr.contains("comfyrs report WORKFLOW.json"), "{stderr}");
+}

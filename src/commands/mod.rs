@@ -1,6 +1,7 @@
 pub mod config;
 pub mod fixtures;
 pub mod nodes;
+pub mod report;
 pub mod run;
 pub mod serve;
 pub mod validate;

@@ -9,6 +9,8 @@ pub mod exit;
 mod factors;
 mod memo;
 pub mod preflight;
+pub mod report;
+pub mod report_png;
 pub mod save;
 mod settings;
 pub mod transfer;

@@ -20,6 +20,7 @@ use tch::Kind;
 use crate::models::{file_stats, FileDtype, FileIdentity, MappedFile, MappedTensor};
 
 use crate::models::ModelFolders;
+use super::report::{self, MergeReport};
 use crate::recipe::model::NativeModel;
 use crate::recipe::{canonical_json, PackError, Recipe, RecipeKind};
 
@@ -103,6 +104,16 @@ pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<O
     Ok(Some(base.with_overrides(merged, scales, &h)))
 }
 
+/// The merge report saved in the file's metadata (docs/widen.md, "Report"); `None` for a file
+/// saved without one.
+pub fn saved_report(path: &Path) -> Result<Option<MergeReport>, PackError> {
+    let file = MappedFile::open(path)?;
+    let Some(json) = file.metadata().and_then(|m| m.get(report::METADATA_KEY).cloned()) else { return Ok(None) };
+    MergeReport::from_json(&json).map(Some).map_err(|e| {
+        PackError::value(format!("{}: the saved merge report ({}) is not readable: {e}", path.display(), report::METADATA_KEY))
+    })
+}
+
 /// The prefix saved keys of a ComfyUI MODEL base get: its weights are named
 /// `diffusion_model.…`, a checkpoint's `model.diffusion_model.…` (what ComfyUI's loaders look for).
 const FOREIGN_SAVE_PREFIX: &str = "model.";
@@ -111,7 +122,14 @@ const FOREIGN_SAVE_PREFIX: &str = "model.";
 /// ComfyUI MODEL (no file) is written from its own tensors, under checkpoint key names. A scaled
 /// fp8 base's companions (docs/widen.md, "Model formats") are written with it: merged keys'
 /// scales are their new ones, the rest as the base has them.
-pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &str, workflow: Option<&Json>) -> Result<(), PackError> {
+pub fn save_model(
+    path: &Path,
+    model: &NativeModel,
+    recipe_json: &str,
+    hash: &str,
+    workflow: Option<&Json>,
+    report: Option<&MergeReport>,
+) -> Result<(), PackError> {
     let companions = model.companions()?;
     let mut keys: Vec<String> = model.keys().map(String::from).chain(companions.keys().cloned()).collect();
     keys.sort();
@@ -143,6 +161,9 @@ pub fn save_model(path: &Path, model: &NativeModel, recipe_json: &str, hash: &st
     md.insert("__ecaj_affected_keys__".to_string(), serde_json::to_string(&affected).unwrap_or_default());
     if let Some(wf) = workflow.filter(|w| !w.is_null() && w.as_object().is_none_or(|o| !o.is_empty())) {
         md.insert("__ecaj_workflow__".to_string(), wf.to_string());
+    }
+    if let Some(r) = report {
+        md.insert(report::METADATA_KEY.to_string(), r.to_json());
     }
     let mut w = SafetensorsWriter::create(path, &headers, Some(&md))?;
     let mut buf = Vec::new();

@@ -1,6 +1,6 @@
 //! The WIDEN node pack's surface: the 18 nodes of the reference pack (same class names, inputs,
 //! defaults and ranges: `docs/widen.md`, "The nodes"), `WIDENBaseInput` / `WIDENCLIPBaseInput` for
-//! headless merges on a model file. The recipes they build are `crate::recipe`; the Exit's
+//! headless merges on a model file, and `WIDENReport` (docs/widen.md, "Report"). The recipes they build are `crate::recipe`; the Exit's
 //! evaluation and its caches are the merge engine (`crate::merge`), one per executor and device,
 //! which the nodes reach through their [`PackContext`].
 //!
@@ -8,6 +8,7 @@
 //! [`ModelFolders`] of `--models-dir` / `extra_model_paths.yaml` and the executor's engine.
 
 pub mod nodes;
+mod report;
 
 use std::sync::{Arc, RwLock};
 
@@ -18,6 +19,7 @@ use crate::models::ModelFolders;
 pub use crate::merge::{exit, save, MergeEngine, MergeSettings};
 pub use crate::recipe::foreign::{ForeignFns, ForeignModels, ForeignState};
 pub use crate::recipe::model::{native_model_weights, NativeModel};
+pub use report::{native_image_tensor, NativeImage};
 pub use crate::recipe::{block, model, BlockConfig, PackError, Recipe, RecipeDomain, RecipeHandle, RecipeKind, RecipeNode};
 pub use crate::recipe as recipe;
 

@@ -412,6 +412,19 @@ pub fn all(ctx: &PackContext) -> Vec<Arc<dyn NodeClass>> {
     clip_exit.placement = Placement::Worker;
     v.push(Arc::new(clip_exit));
 
+    // The report of a merge (docs/widen.md, "Report"): comfyrs's own node, not the reference's.
+    v.push(Arc::new(node(
+        ctx,
+        move |_| {
+            schema("WIDENReport", "WIDEN Report", cat)
+                .input(InputSpec::socket("model", "MODEL"))
+                .output(OutputSpec::named("IMAGE", "image"))
+                .output(OutputSpec::named("STRING", "text"))
+                .output_node()
+        },
+        |_, ctx, a| super::report::run(a, ctx.output_dir),
+    )));
+
     // Block configs.
     for k in block_kinds() {
         let kind = Arc::new(k);
@@ -565,6 +578,10 @@ fn open_native(c: &PackContext, name: &str, kinds: &[&str], domain: RecipeDomain
 fn exit_output(c: &PackContext, r: crate::merge::ExitResult) -> Result<CallOutput, PackError> {
     let mut ui = serde_json::Map::new();
     ui.insert("widen".into(), Json::Array(vec![r.stats.to_json()]));
+    if let Some(report) = r.model.report() {
+        // What `comfyrs report` draws for a workflow (docs/widen.md, "Report").
+        ui.insert("widen_report".into(), Json::Array(vec![serde_json::to_value(&**report).map_err(|e| PackError::runtime(e.to_string()))?]));
+    }
     // Over a foreign MODEL: a MODEL of that runtime with the merged weights installed.
     if let Some(origin) = r.model.foreign_origin() {
         let out = if r.model.overrides().is_empty() {

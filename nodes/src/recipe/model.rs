@@ -11,6 +11,7 @@ use tch::Kind;
 
 use crate::arch::{detect_base_arch, detect_clip_arch, Arch};
 use crate::lora::NameIndex;
+use crate::merge::report::MergeReport;
 use crate::models::{CheckpointDomain, CheckpointFile, FileDtype, MappedTensor};
 
 use super::RecipeDomain;
@@ -77,6 +78,9 @@ pub struct NativeModel {
     /// Name of the file in the models folders (for messages and metadata).
     name: String,
     index: OnceLock<NameIndex>,
+    /// The report of the merge that made this model (docs/widen.md, "Report"), set once by the
+    /// Exit that made it.
+    report: OnceLock<Arc<MergeReport>>,
 }
 
 impl NativeModel {
@@ -105,6 +109,7 @@ impl NativeModel {
             identity: *h.finalize().as_bytes(),
             name: name.to_string(),
             index: OnceLock::new(),
+            report: OnceLock::new(),
         }))
     }
 
@@ -133,6 +138,7 @@ impl NativeModel {
             identity: *h.finalize().as_bytes(),
             name: state.name,
             index: OnceLock::new(),
+            report: OnceLock::new(),
         }))
     }
 
@@ -174,11 +180,20 @@ impl NativeModel {
             identity: *h.finalize().as_bytes(),
             name: self.name.clone(),
             index: OnceLock::new(),
+            report: OnceLock::new(),
         })
     }
 
     pub fn arch(&self) -> Arch {
         self.arch
+    }
+    /// The report of the merge that made this model (None: a base, or a merge without one).
+    pub fn report(&self) -> Option<&Arc<MergeReport>> {
+        self.report.get()
+    }
+    /// Attaches the report of the merge that made this model (the first one set stays).
+    pub fn set_report(&self, report: Arc<MergeReport>) {
+        let _ = self.report.set(report);
     }
     pub fn domain(&self) -> RecipeDomain {
         self.domain

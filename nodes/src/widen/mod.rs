@@ -21,10 +21,11 @@ mod ops;
 pub mod ranking;
 pub mod sparsity;
 pub mod stats;
+pub mod summary;
 
 pub use config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
 pub use error::{Result, WidenError};
-pub use ops::{Contribution, Product, Statistics, Widen};
+pub use ops::{Contribution, Merged, Product, Statistics, Widen};
 pub use ranking::Ranked;
 pub use stats::ColumnStats;
 

@@ -10,6 +10,7 @@ use super::kernels::{add_product, add_product_split_bf16, fresh_copy};
 use super::layout::KeyLayout;
 use super::merge;
 use super::stats::{backbone_sq_norms, dense_sums, finish, ColumnStats, ColumnSums, StackedFactors};
+use super::summary;
 
 /// One contributor to a filter or merge, for a batch of `B` keys of one shape `[B, *S]`.
 #[derive(Debug)]
@@ -70,6 +71,18 @@ pub enum Statistics {
     /// threshold and a key's merged delta moves by ~1e-2 (measured on 1 key in 16 at 1280 columns
     /// and 8 LoRAs).
     Fp32,
+}
+
+/// A merge's result with what it computed along the way.
+pub struct Merged {
+    /// `[B, *S]` on the compute device in the backbone's dtype.
+    pub result: Tensor,
+    /// The column statistics used (see [`Widen::merge_with_stats`]).
+    pub stats: Option<ColumnStats>,
+    /// Per key and contributor, the figures of [`super::summary`] (`[B, N, FIGURES]` fp32, on the
+    /// compute device); `None` where the merge fell back (docs/widen.md, "Fallbacks") or ran
+    /// with WIDEN off (`t < 0`).
+    pub summary: Option<Tensor>,
 }
 
 /// WIDEN with a configuration, computing on one device.
@@ -206,6 +219,19 @@ impl Widen {
         known: Option<&ColumnStats>,
         keys: &[&str],
     ) -> Result<(Tensor, Option<ColumnStats>)> {
+        let m = self.merge_with_report(backbone, contributions, known, keys)?;
+        Ok((m.result, m.stats))
+    }
+
+    /// [`Widen::merge_with_stats`], with the per-key figures a merge report reads
+    /// (docs/widen.md, "Report"): a few reductions of what the merge computes anyway.
+    pub fn merge_with_report(
+        &self,
+        backbone: Tensor,
+        contributions: &[Contribution],
+        known: Option<&ColumnStats>,
+        keys: &[&str],
+    ) -> Result<Merged> {
         if contributions.is_empty() {
             return Err(WidenError::EmptyWeights);
         }
@@ -217,18 +243,19 @@ impl Widen {
         }
         let is_filter = contributions.len() == 1;
         let op = if is_filter { "filter_delta" } else { "merge_weights" };
-        let mut used = None;
+        let (mut used, mut figures) = (None, None);
         let result = self.guarded(
             op,
             keys,
             || {
-                let (t, s) = self.run_with(&backbone, contributions, is_filter, true, known)?;
-                used = s;
-                Ok(t)
+                let ran = self.run_with(&backbone, contributions, is_filter, true, known)?;
+                used = ran.stats;
+                figures = ran.summary;
+                Ok(ran.result)
             },
             || self.mean_of_weights(&backbone, contributions),
         )?;
-        Ok((result, used))
+        Ok(Merged { result, stats: used, summary: figures })
     }
 
     /// Merges N contributions against the backbone. Returns `[B, *S]` on the compute device in the
@@ -296,7 +323,7 @@ impl Widen {
     /// the whole batch; its statistics are per key as well.
     /// `reuse`: the caller gave up the backbone, its storage may hold the result.
     fn run(&self, backbone: &Tensor, contributions: &[Contribution], is_filter: bool, reuse: bool) -> Result<Tensor> {
-        Ok(self.run_with(backbone, contributions, is_filter, reuse, None)?.0)
+        Ok(self.run_with(backbone, contributions, is_filter, reuse, None)?.result)
     }
 
     /// [`Widen::run`] with known statistics (`[N, B, K]`), returning the statistics it used.
@@ -307,7 +334,7 @@ impl Widen {
         is_filter: bool,
         reuse: bool,
         known: Option<&ColumnStats>,
-    ) -> Result<(Tensor, Option<ColumnStats>)> {
+    ) -> Result<Merged> {
         let batch = backbone.size().first().copied().unwrap_or(0);
         if self.device != Device::Cpu || backbone.dim() < 2 || batch == 0 {
             // (Scalar keys: the batched code reports the unsupported rank and the caller falls back.)
@@ -315,6 +342,7 @@ impl Widen {
         }
         let mut results = Vec::with_capacity(batch as usize);
         let mut stats = Vec::with_capacity(batch as usize);
+        let mut figures = Vec::with_capacity(batch as usize);
         for key in 0..batch {
             let one = |t: &Tensor| -> Result<Tensor> { fresh_copy(&t.f_narrow(0, key, 1)?) };
             let parts = contributions
@@ -328,12 +356,14 @@ impl Widen {
                 .collect::<Result<Vec<_>>>()?;
             let known_one = known.map(|s| s.keys(key, 1)).transpose()?;
             // The per-key copy is ours: the result may overwrite it.
-            let (r, s) = self.run_batch(&one(backbone)?, &parts, is_filter, true, known_one.as_ref())?;
-            results.push(r);
-            stats.extend(s);
+            let ran = self.run_batch(&one(backbone)?, &parts, is_filter, true, known_one.as_ref())?;
+            results.push(ran.result);
+            stats.extend(ran.stats);
+            figures.extend(ran.summary);
         }
         let stats = if stats.len() == batch as usize { Some(ColumnStats::cat_keys(&stats)?) } else { None };
-        Ok((Tensor::f_cat(&results, 0)?, stats))
+        let summary = if figures.len() == batch as usize { Some(Tensor::f_cat(&figures, 0)?) } else { None };
+        Ok(Merged { result: Tensor::f_cat(&results, 0)?, stats, summary })
     }
 
     fn run_batch(
@@ -343,16 +373,19 @@ impl Widen {
         is_filter: bool,
         reuse: bool,
         known: Option<&ColumnStats>,
-    ) -> Result<(Tensor, Option<ColumnStats>)> {
+    ) -> Result<Merged> {
         let layout = KeyLayout::of(&backbone.size())?;
         let shape = backbone.size();
         let out_kind = backbone.kind();
         match self.config.t_mode() {
-            TMode::BackboneOnly => return Ok((backbone.f_to_device(self.device)?, None)),
+            TMode::BackboneOnly => {
+                let figures = summary::dropped(contributions.len() as i64, shape[0], self.device)?;
+                return Ok(Merged { result: backbone.f_to_device(self.device)?, stats: None, summary: Some(figures) });
+            }
             TMode::Off if is_filter => {
                 if let Contribution::Weights(w) = &contributions[0] {
                     check_shape(w, &shape)?;
-                    return Ok((w.f_to_device(self.device)?.f_to_kind(out_kind)?, None));
+                    return Ok(Merged { result: w.f_to_device(self.device)?.f_to_kind(out_kind)?, stats: None, summary: None });
                 }
             }
             _ => {}
@@ -369,16 +402,16 @@ impl Widen {
             .map(|c| self.prepare(c, &b, &layout, &shape))
             .collect::<Result<Vec<_>>>()?;
         let stacked = low_rank_stack(&prepared)?;
-        let (scales, stats) = match self.config.t_mode() {
-            TMode::Off => (None, None),
+        let (scales, stats, figures) = match self.config.t_mode() {
+            TMode::Off => (None, None, None),
             _ => {
-                let (s, st) = self.scales(&b, &prepared, stacked.as_ref(), &layout, known)?;
-                (Some(s), st)
+                let (s, st, f) = self.scales(&b, &prepared, stacked.as_ref(), &layout, known)?;
+                (Some(s), st, Some(f))
             }
         };
         let split = self.product == Product::SplitBf16 && self.device.is_cuda();
         let result = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split, owned)?;
-        Ok((result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?, stats))
+        Ok(Merged { result: result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?, stats, summary: figures })
     }
 
     fn prepare(&self, c: &Contribution, b: &Tensor, layout: &KeyLayout, shape: &[i64]) -> Result<Prepared> {
@@ -415,7 +448,8 @@ impl Widen {
         }
     }
 
-    /// `S [N, B, K]` (or `[N, B, n]` for 1-D keys), and the column statistics they came from.
+    /// `S [N, B, K]` (or `[N, B, n]` for 1-D keys), the column statistics they came from, and
+    /// the report's figures ([`super::summary`]).
     fn scales(
         &self,
         b: &Tensor,
@@ -423,7 +457,7 @@ impl Widen {
         stacked: Option<&StackedFactors>,
         layout: &KeyLayout,
         known: Option<&ColumnStats>,
-    ) -> Result<(Tensor, Option<ColumnStats>)> {
+    ) -> Result<(Tensor, Option<ColumnStats>, Tensor)> {
         match layout {
             KeyLayout::OneD { .. } => {
                 let deltas: Vec<&Tensor> = prepared
@@ -433,7 +467,10 @@ impl Widen {
                         Prepared::LowRank { .. } => Err(WidenError::Input("low-rank delta on a 1-D key".into())),
                     })
                     .collect::<Result<_>>()?;
-                Ok((merge::vector_scales(&self.config, &Tensor::f_stack(&deltas, 0)?)?, None))
+                let deltas = Tensor::f_stack(&deltas, 0)?;
+                let scales = merge::vector_scales(&self.config, &deltas)?;
+                let figures = summary::vectors(&scales, &deltas)?;
+                Ok((scales, None, figures))
             }
             KeyLayout::Columns { out, .. } => {
                 // (`merge_with_stats`, the only way in for known statistics, checked their shape.)
@@ -442,7 +479,8 @@ impl Widen {
                     None => column_stats(b, prepared, stacked, self.statistics)?,
                 };
                 let scales = merge::column_scales(&self.config, &stats, *out)?;
-                Ok((scales, Some(stats)))
+                let figures = summary::columns(&scales, &stats)?;
+                Ok((scales, Some(stats), figures))
             }
         }
     }

@@ -26,6 +26,9 @@ pub(super) struct Eval<'a> {
     pub(super) stats_hits: usize,
     /// Time spent moving base and model weights to the device.
     pub(super) load_seconds: f64,
+    /// The root merge's per-key figures computed in this run (docs/widen.md, "Report"), on the
+    /// device until the run reads them once: keys, `[B, N, FIGURES]`.
+    pub(super) figures: Vec<(Vec<String>, Tensor)>,
 }
 
 /// Debug-level timing of an evaluation's steps (`-v`): waits for the GPU at each mark so the
@@ -173,9 +176,10 @@ impl Eval<'_> {
         }
         if distinct.len() == 1 {
             let backbone_t = if fresh { backbone_t.shallow_clone() } else { crate::merge::transfer::owned_copy(backbone_t)? };
-            let r = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys);
+            let (r, figures) = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys)?;
             lap.mark("widen");
-            return r;
+            self.keep_figures(node, &key_refs, figures);
+            return Ok(r);
         }
         let mut result = backbone_t.f_zeros_like()?;
         for t in distinct {
@@ -193,14 +197,24 @@ impl Eval<'_> {
                 .collect::<Result<_, tch::TchError>>()?;
             let sub_keys: Vec<&str> = idx.iter().map(|&i| key_refs[i as usize]).collect();
             let sub_stats: Vec<[u8; 32]> = idx.iter().map(|&i| stats_keys[i as usize]).collect();
-            let r = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
+            let (r, figures) = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
             result = result.f_index_copy(0, &index, &r)?;
+            self.keep_figures(node, &sub_keys, figures);
         }
         Ok(result)
     }
 
+    /// Keeps the root merge's figures for the run's report (inner merges are contributors of
+    /// the root, reported as such).
+    fn keep_figures(&mut self, node: &Recipe, keys: &[&str], figures: Option<Tensor>) {
+        if let (true, Some(f)) = (ptr(node) == self.root, figures) {
+            self.figures.push((keys.iter().map(|k| k.to_string()).collect(), f));
+        }
+    }
+
     /// Filter (one contribution) or merge at `t`, writing into `backbone` (the caller's own
-    /// tensor), reusing cached column statistics when every key has them (`stats_keys`).
+    /// tensor), reusing cached column statistics when every key has them (`stats_keys`). With
+    /// the result, the report's per-key figures (`None` where the merge computed none).
     pub(super) fn widen_op(
         &mut self,
         t: f64,
@@ -208,7 +222,7 @@ impl Eval<'_> {
         cs: &[Contribution],
         keys: &[&str],
         stats_keys: &[[u8; 32]],
-    ) -> Result<Tensor, PackError> {
+    ) -> Result<(Tensor, Option<Tensor>), PackError> {
         let w = self.widen.with_t(t)?;
         let mut lap = Lap::start(self.device);
         // The chunk's statistics are stored whole as well as per key: a chunk asked again (a t
@@ -237,7 +251,8 @@ impl Eval<'_> {
             self.stats_hits += keys.len();
         }
         lap.mark("statistics lookup");
-        let (r, used) = w.merge_with_stats(backbone, cs, known.as_ref(), keys)?;
+        let merged = w.merge_with_report(backbone, cs, known.as_ref(), keys)?;
+        let (r, used) = (merged.result, merged.stats);
         lap.mark("filter/merge");
         if let (Some(used), None, true) = (used, &known, self.use_cache) {
             for (i, h) in stats_keys.iter().enumerate() {
@@ -247,7 +262,7 @@ impl Eval<'_> {
             }
             stats_cache.insert(chunk, used);
         }
-        Ok(r.f_to_kind(Kind::Float)?)
+        Ok((r.f_to_kind(Kind::Float)?, merged.summary))
     }
 
     /// A leaf's contribution: low-rank factors where the set allows it and the backbone is the

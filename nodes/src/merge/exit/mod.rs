@@ -24,6 +24,7 @@
 
 mod analysis;
 mod eval;
+mod figures;
 mod grouping;
 mod validation;
 
@@ -181,6 +182,9 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         let path = save::target_path(folders, &opts.model_name)?;
         let (json, hash) = save::serialize(folders, root);
         if let Some(model) = save::check_saved(&path, &hash, base_model)? {
+            if let Some(r) = save::saved_report(&path)? {
+                model.set_report(Arc::new(r));
+            }
             rep.progress(1, 1);
             stats.keys = model.overrides().len();
             stats.bytes = model.merged_bytes();
@@ -216,6 +220,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         subtree_hits: 0,
         stats_hits: 0,
         load_seconds: 0.0,
+        figures: Vec::new(),
     };
     // This run's results, each readable once its copy to the host has landed. Whatever way this
     // function returns (an error, an interrupt, a panic), dropping them waits for their copies,
@@ -286,10 +291,12 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     stats.stats_hits = ev.stats_hits;
     let merged: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
     let model = base_model.with_overrides(merged, scales, &run_hash(&a, root, device));
+    let report = Arc::new(figures::report(engine, &a, root, device, std::mem::take(&mut ev.figures), opts.enable_cache)?);
+    model.set_report(report.clone());
     stats.bytes = model.merged_bytes();
     if let Some((path, json, hash)) = save_target {
         let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
-        save::save_model(&path, &model, &json, &hash, wf)?;
+        save::save_model(&path, &model, &json, &hash, wf, Some(&report))?;
         stats.saved = Some(path.display().to_string());
     }
     stats.seconds = start.elapsed().as_secs_f64();
