@@ -77,7 +77,7 @@ impl Engine {
 
     /// The native nodes only, whatever `python` says; the caller starts Python when it wants it.
     pub fn without_python(config: &Config) -> Result<Engine> {
-        let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device.unwrap_or(UNRESOLVED));
+        let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device_cache.unwrap_or(UNRESOLVED));
         let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
         let registry = native_registry(config, merge.clone())?;
         Ok(Engine {
@@ -210,6 +210,7 @@ pub fn merge_settings(config: &Config) -> MergeSettings {
     let w = &config.widen;
     MergeSettings {
         device: config.device.resolve(),
+        device_memory: config.memory.device,
         chunk_budget: w.chunk_budget,
         host_ram: w.host_ram,
         subtree_cache: w.cache,

@@ -61,7 +61,9 @@ impl Host for EngineHost {
         let device = engine.merge.device();
         let devices = match device {
             tch::Device::Cuda(i) => {
-                let (total, free) = engine.merge.device_memory().map(|m| (m.total, m.free)).unwrap_or((0, 0));
+                // Under `memory.device` the card a client sees is the simulated one
+                // (`docs/decisions.md` D35).
+                let (total, free) = engine.merge.device_plan().map(|p| (p.limit, p.room)).unwrap_or((0, 0));
                 vec![json!({"name": format!("cuda:{i}"), "type": "cuda", "index": i, "vram_total": total, "vram_free": free, "torch_vram_total": 0, "torch_vram_free": 0})]
             }
             _ => vec![json!({"name": "cpu", "type": "cpu", "index": null, "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0})],

@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod config;
+mod device_limit;
 mod engine;
 mod host;
 mod load;
@@ -183,6 +184,14 @@ impl Command {
     }
 }
 
+impl Command {
+    /// Whether the command computes on the device (and so runs under `memory.device`'s cap of
+    /// libtorch's allocator, which needs the device's memory measured first).
+    fn computes(&self) -> bool {
+        matches!(self, Command::Run(_) | Command::Serve(_) | Command::Worker(_) | Command::Bench(_))
+    }
+}
+
 fn main() -> ExitCode {
     pinned_env::prepare();
     let mut cli = Cli::parse();
@@ -202,6 +211,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.command.computes() {
+        if let Err(e) = device_limit::apply(&config) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => commands::run::main(args, &config, cli.quiet),
         Command::Serve(args) => commands::serve::main(args, &config, logs),

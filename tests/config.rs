@@ -16,6 +16,7 @@ const SETTING_VARS: &[&str] = &[
     "COMFYRS_DEVICE",
     "COMFYRS_HOST_MEMORY",
     "COMFYRS_DEVICE_MEMORY",
+    "COMFYRS_DEVICE_CACHE_MEMORY",
     "COMFYRS_CACHE_MODE",
     "COMFYRS_WIDEN_CHUNK_BUDGET",
     "COMFYRS_WIDEN_HOST_RAM",
@@ -82,6 +83,7 @@ fn defaults_when_nothing_is_given() {
     assert_eq!(setting(&doc, "device"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "memory.host"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "memory.device"), (json!("auto"), "default".into()));
+    assert_eq!(setting(&doc, "memory.device_cache"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "cache.mode"), (json!("lru"), "default".into()));
     assert_eq!(setting(&doc, "widen.chunk_budget"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "widen.stats_cache"), (json!(GIB), "default".into()));
@@ -143,6 +145,45 @@ fn host_memory_takes_units_and_cache_bytes_is_its_alias() {
     assert_eq!(setting(&doc, "memory.host"), (json!("auto"), "flag --host-memory".into()));
     let e = refused(dir.path(), &[], &["--host-memory", "4 bananas"]);
     assert!(e.contains("memory.host") && e.contains("flag --host-memory") && e.contains("4GiB"), "{e}");
+}
+
+/// `memory.device` is the device memory of the whole process, a simulated card; the caches'
+/// share, what `memory.device` meant before, is `memory.device_cache` (`docs/decisions.md` D35).
+#[test]
+fn the_device_memory_limit_and_the_caches_share_in_every_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = effective(dir.path(), &[], &["--device-memory", "24GiB", "--device-cache-memory", "auto"]);
+    assert_eq!(setting(&doc, "memory.device"), (json!(24 * GIB), "flag --device-memory".into()));
+    assert_eq!(setting(&doc, "memory.device_cache"), (json!("auto"), "flag --device-cache-memory".into()));
+    let env = [("COMFYRS_DEVICE_MEMORY", "12GiB"), ("COMFYRS_DEVICE_CACHE_MEMORY", "4GiB")];
+    let doc = effective(dir.path(), &env, &[]);
+    assert_eq!(setting(&doc, "memory.device"), (json!(12 * GIB), "env COMFYRS_DEVICE_MEMORY".into()));
+    assert_eq!(setting(&doc, "memory.device_cache"), (json!(4 * GIB), "env COMFYRS_DEVICE_CACHE_MEMORY".into()));
+    // A comfyrs.toml of earlier versions still reads: `device` is now the process's limit.
+    let file = dir.path().join("comfyrs.toml");
+    std::fs::write(&file, "[memory]
+device = \"8GiB\"\ndevice_cache = 2147483648\n").unwrap();
+    let from_file = format!("comfyrs.toml ({})", file.display());
+    let doc = effective(dir.path(), &[], &[]);
+    assert_eq!(setting(&doc, "memory.device"), (json!(8 * GIB), from_file.clone()));
+    assert_eq!(setting(&doc, "memory.device_cache"), (json!(2 * GIB), from_file));
+    let doc = effective(dir.path(), &[], &["--device-memory", "auto"]);
+    assert_eq!(setting(&doc, "memory.device"), (json!("auto"), "flag --device-memory".into()));
+    std::fs::remove_file(&file).unwrap();
+
+    // Refusals say what to write.
+    let e = refused(dir.path(), &[], &["--device-memory", "24 gigs"]);
+    assert!(e.contains("memory.device") && e.contains("flag --device-memory") && e.contains("auto, or a size such as 4GiB"), "{e}");
+    let e = refused(dir.path(), &[("COMFYRS_DEVICE_MEMORY", "-1")], &[]);
+    assert!(e.contains("memory.device") && e.contains("env COMFYRS_DEVICE_MEMORY"), "{e}");
+    let e = refused(dir.path(), &[], &["--device-memory", "0"]);
+    assert!(e.contains("memory.device") && e.contains("leaves nothing") && e.contains("such as 24GiB, or auto"), "{e}");
+    let e = refused(dir.path(), &[("COMFYRS_DEVICE_CACHE_MEMORY", "0GiB")], &[]);
+    assert!(e.contains("memory.device_cache") && e.contains("env COMFYRS_DEVICE_CACHE_MEMORY"), "{e}");
+    // Every command refuses a bad limit at start, not only `config`.
+    let out = bin(dir.path()).args(["run", "--device-memory", "lots", "nothing.json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("memory.device"), "{}", stderr(&out));
 }
 
 #[test]

@@ -34,6 +34,7 @@ use comfyrs_runtime::validate::validate;
 use comfyrs_runtime::node::{Args as NodeArgs, CallOutput, ExecContext, NodeClass, NodeError};
 use comfyrs_runtime::schema::{InputSpec, NodeSchema};
 use comfyrs_runtime::{Registry, Value};
+use comfyrs_nodes::cuda::{device_memory, release_cached, CudaRuntime, PeakWatch};
 use comfyrs_nodes::pack::{MergeEngine, MergeSettings, NativeModel};
 use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
@@ -60,6 +61,9 @@ pub struct MergeBench {
     /// its first prompt (`comfyrs run` and `serve` start it with the engine).
     #[arg(long)]
     warm_up: bool,
+    /// The configuration (`--device-memory 24GiB` runs the workloads as on a 24 GiB card).
+    #[command(flatten)]
+    pub config: crate::config::ConfigArgs,
 }
 
 struct Setup {
@@ -311,7 +315,47 @@ struct Row {
     what: String,
     secs: f64,
     exit_secs: f64,
+    /// The most device memory in use while the row's runs ran (None on the CPU).
+    peak_device: Option<u64>,
     detail: String,
+}
+
+/// Each row's peak device memory, measured apart from its timings: an extra, untimed run of the
+/// row's prompt after libtorch's allocator gave back what it keeps cached (so the peak is the
+/// row's own), with the device sampled while it runs. Giving the cache back inside the timed
+/// runs would make each of them pay for fresh device allocations.
+struct DeviceWatch(Option<(Arc<CudaRuntime>, usize)>);
+
+impl DeviceWatch {
+    fn new(settings: &MergeSettings) -> DeviceWatch {
+        DeviceWatch(match settings.device {
+            tch::Device::Cuda(i) => CudaRuntime::find().map(|rt| (Arc::new(rt), i)),
+            _ => None,
+        })
+    }
+
+    /// The device memory in use now. Right after a process's first run, with nothing given
+    /// back since, that is the run's peak: the allocator keeps what it took.
+    fn in_use_now(&self) -> Option<u64> {
+        let (rt, i) = self.0.as_ref()?;
+        device_memory(rt, *i).map(|m| m.total - m.free)
+    }
+
+    /// Runs `setup`, then `f` from an emptied allocator cache; the peak while `f` ran. Nothing
+    /// runs on the CPU.
+    fn peak_of(
+        &self,
+        r: &mut Runner,
+        setup: impl FnOnce(&mut Runner) -> Result<()>,
+        f: impl FnOnce(&mut Runner) -> Result<()>,
+    ) -> Result<Option<u64>> {
+        let Some((rt, i)) = &self.0 else { return Ok(None) };
+        setup(r)?;
+        release_cached(rt, *i);
+        let watch = PeakWatch::start(rt.clone(), *i);
+        f(r)?;
+        Ok(Some(watch.stop()))
+    }
 }
 
 /// With `wanted`, runs the engine's device warm-up to its end and says how long it took; the
@@ -332,14 +376,15 @@ fn warm_up(r: &Runner, wanted: bool, what: &str) -> Result<&'static str> {
 
 /// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the
 /// CUDA libraries' own start-up, reported on its own row.
-fn first_run(r: &mut Runner, what: &str, prompt: &Json, rows: &mut Vec<Row>) -> Result<()> {
+fn first_run(r: &mut Runner, dw: &DeviceWatch, what: &str, prompt: &Json, rows: &mut Vec<Row>) -> Result<()> {
     let (secs, st) = r.run_cold(prompt)?;
-    rows.push(Row { what: what.into(), secs, exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN), detail: summary(&st) });
+    let peak_device = dw.in_use_now();
+    rows.push(Row { what: what.into(), secs, exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN), peak_device, detail: summary(&st) });
     Ok(())
 }
 
 /// Cold runs of `prompt` (see the module doc).
-fn cold(r: &mut Runner, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec<Row>) -> Result<Json> {
+fn cold(r: &mut Runner, dw: &DeviceWatch, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec<Row>) -> Result<Json> {
     let (mut walls, mut exits) = (Vec::new(), Vec::new());
     let mut last = Json::Null;
     for _ in 0..repeat.max(1) {
@@ -348,10 +393,11 @@ fn cold(r: &mut Runner, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec
         exits.push(stats["seconds"].as_f64().unwrap_or(f64::NAN));
         last = stats;
     }
-    rows.push(Row { what: what.into(), secs: median(walls), exit_secs: median(exits), detail: summary(&last) });
     // For comparing paths across runs (e.g. COMFYRS_WIDEN_PINNED=0 moves data without staging).
     let digest = kept_digest(&r.kept)?;
     r.digests.push(format!("{}: {}", what.split(':').next().unwrap_or(what), &digest[..16]));
+    let peak_device = dw.peak_of(r, |_| Ok(()), |r| r.run_cold(prompt).map(drop))?;
+    rows.push(Row { what: what.into(), secs: median(walls), exit_secs: median(exits), peak_device, detail: summary(&last) });
     Ok(last)
 }
 
@@ -359,11 +405,17 @@ fn summary(stats: &Json) -> String {
     let ms = |k: &str| format!("{:.0}", stats["phases"][k].as_f64().unwrap_or(f64::NAN) * 1e3);
     let secs = |k: &str| stats[k].as_f64().unwrap_or(f64::NAN);
     let (exit, node, run) = (secs("seconds"), secs("bench_node_seconds"), secs("bench_run_seconds"));
+    // Chunks retried smaller after running out of device memory, when any were.
+    let retries = match stats["oom_retries"].as_u64() {
+        Some(n) if n > 0 => format!(" ({n} out of device memory, retried smaller)"),
+        _ => String::new(),
+    };
     format!(
-        "{} keys, {} recomputed, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}; \
+        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}; \
          around the Exit: node call {:.1}, executor {:.1}",
         stats["keys"],
         stats["recomputed"],
+        stats["chunks"],
         stats["subtree_hits"],
         stats["stats_hits"],
         ms("analysis"),
@@ -387,20 +439,21 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let mut checks: Vec<String> = Vec::new();
     let mut digests: Vec<String> = Vec::new();
     let want = |w: &str| opts.workloads.iter().any(|x| x == w);
+    let dw = DeviceWatch::new(&settings);
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
         let mut r = Runner::new(&dir, &settings)?;
         let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
-        first_run(&mut r, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
+        first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
         let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
         if want("w1") {
             reset_peak();
-            let st = cold(&mut r, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rows)?;
+            let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rows)?;
             memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
         }
         if want("w2") {
             reset_peak();
-            let st = cold(&mut r, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rows)?;
+            let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rows)?;
             memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
             // Slider changes on one executor, as in a server: each repetition moves the slider.
             let (mut strength, mut last_t, mut stats_s, mut stats_t) = (Vec::new(), Vec::new(), Json::Null, Json::Null);
@@ -423,18 +476,24 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
                 bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
             }
             checks.push(format!("W2 after the slider changes = a cold run of its recipe, bit for bit: digest {}", &cold_digest[..16]));
-            for (what, v, st) in [("W2, LoRA3 strength changed", strength, stats_s), ("W2, last t changed", last_t, stats_t)] {
+            // Each change's own peak, after the run it follows (whose cache entries stay).
+            let peak_s = dw.peak_of(&mut r, |r| r.run_cold(&w2(&s, 1.0, 0.5)).map(drop), |r| r.run(&w2(&s, 0.85, 0.5)).map(drop))?;
+            let peak_t = dw.peak_of(&mut r, |_| Ok(()), |r| r.run(&w2(&s, 0.85, 0.55)).map(drop))?;
+            for (what, v, st, peak_device) in
+                [("W2, LoRA3 strength changed", strength, stats_s, peak_s), ("W2, last t changed", last_t, stats_t, peak_t)]
+            {
                 rows.push(Row {
                     what: what.into(),
                     secs: median(v.iter().map(|x| x.0).collect()),
                     exit_secs: median(v.iter().map(|x| x.1).collect()),
+                    peak_device,
                     detail: summary(&st),
                 });
             }
         }
         if want("w3") {
             reset_peak();
-            let st = cold(&mut r, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
+            let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
             memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
         }
         checks.push(cache_line(&r, "the SDXL workloads"));
@@ -442,27 +501,42 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     }
     if want("zimage") {
         let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
+        // What the SDXL engine's runs left cached in libtorch's allocator goes back first, so
+        // that this engine's first run starts, and is measured, as in a process of its own.
+        if let Some((rt, i)) = &dw.0 {
+            release_cached(rt, *i);
+        }
         let mut r = Runner::new(&dir, &settings)?;
         let warmed = warm_up(&r, opts.warm_up, "Z-Image engine")?;
-        first_run(&mut r, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;
+        first_run(&mut r, &dw, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;
         reset_peak();
-        let st = cold(&mut r, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
+        let st = cold(&mut r, &dw, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
         memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
         checks.push(cache_line(&r, "Z-Image"));
         digests.append(&mut r.digests);
     }
     let mut stdout = std::io::stdout().lock();
+    let limit = settings.device_memory.map_or_else(|| "no device memory limit".to_string(), |l| format!("device memory limited to {}", gib(l)));
     writeln!(
         stdout,
-        "# comfyrs bench merge ({}, device {:?}, median of {})\n",
+        "# comfyrs bench merge ({}, device {:?}, {limit}, median of {})\n",
         if opts.tiny { "tiny layouts" } else { "full-size layouts" },
         settings.device,
         opts.repeat
     )?;
-    writeln!(stdout, "| workload | end to end | Exit alone | what ran |")?;
-    writeln!(stdout, "|---|---:|---:|---|")?;
+    writeln!(stdout, "| workload | end to end | Exit alone | peak device memory | what ran |")?;
+    writeln!(stdout, "|---|---:|---:|---:|---|")?;
     for r in &rows {
-        writeln!(stdout, "| {} | {} | {} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail)?;
+        let peak = r.peak_device.map_or_else(|| "-".to_string(), gib);
+        writeln!(stdout, "| {} | {} | {} | {peak} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail)?;
+    }
+    if dw.0.is_some() {
+        writeln!(
+            stdout,
+            "\nPeak device memory: the most in use on the device (the CUDA context, libtorch's allocator with what it \
+             keeps cached, the caches' entries from earlier runs), sampled every 2 ms during an extra, untimed run of \
+             the row after the allocator gave back its cached blocks; for the first run, what it left in use."
+        )?;
     }
     writeln!(stdout, "\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |")?;
     writeln!(stdout, "|---|---:|---:|---:|---:|")?;

@@ -56,12 +56,14 @@ impl BenchCommand {
         match self {
             #[cfg(feature = "python")]
             BenchCommand::Bridge { config, .. } => Some(config),
+            BenchCommand::Merge(m) => Some(&m.config),
             _ => None,
         }
     }
 }
 
-// `bench merge` takes its merge settings from the configuration, `bench bridge` its engine.
+// `bench merge` takes its merge settings from the configuration (its flags too), `bench bridge`
+// its engine.
 pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,

@@ -42,10 +42,15 @@ pub struct ConfigArgs {
     /// The same as --host-memory (its name in earlier versions).
     #[arg(long, value_name = "SIZE")]
     pub cache_bytes: Option<String>,
-    /// Device memory for every device-resident cache together, e.g. 8GiB, or auto
-    /// [env: COMFYRS_DEVICE_MEMORY].
+    /// Device memory the whole process may use, e.g. 24GiB to run as on a 24 GiB card: libtorch's
+    /// allocator refuses more, and caches and merge chunks fit inside it; auto is the device's
+    /// own memory [env: COMFYRS_DEVICE_MEMORY].
     #[arg(long, value_name = "SIZE")]
     pub device_memory: Option<String>,
+    /// Device memory for every device-resident cache together, inside --device-memory, e.g.
+    /// 8GiB, or auto (40% of what is free under it) [env: COMFYRS_DEVICE_CACHE_MEMORY].
+    #[arg(long, value_name = "SIZE")]
+    pub device_cache_memory: Option<String>,
     /// How node results are kept between workflows of one call: none, lru, ram-pressure
     /// (lru that also gives memory back when the machine runs low) [env: COMFYRS_CACHE_MODE;
     /// default: lru].
@@ -73,6 +78,7 @@ impl ConfigArgs {
         text("--host-memory", "memory.host", &self.host_memory);
         text("--cache-bytes", "memory.host", &self.cache_bytes);
         text("--device-memory", "memory.device", &self.device_memory);
+        text("--device-cache-memory", "memory.device_cache", &self.device_cache_memory);
         text("--cache", "cache.mode", &self.cache);
         for (flag, key, v) in [
             ("--models-dir", "models_dir", &self.models_dir),

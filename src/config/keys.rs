@@ -21,6 +21,7 @@ pub const KEYS: &[Key] = &[
     key("device", Some("COMFYRS_DEVICE")),
     key("memory.host", Some("COMFYRS_HOST_MEMORY")),
     key("memory.device", Some("COMFYRS_DEVICE_MEMORY")),
+    key("memory.device_cache", Some("COMFYRS_DEVICE_CACHE_MEMORY")),
     key("cache.mode", Some("COMFYRS_CACHE_MODE")),
     key("widen.chunk_budget", Some("COMFYRS_WIDEN_CHUNK_BUDGET")),
     key("widen.host_ram", Some("COMFYRS_WIDEN_HOST_RAM")),

@@ -91,6 +91,15 @@ impl Config {
             from: config.source("device").to_string(),
             message,
         })?;
+        for (key, value) in [("memory.device", config.memory.device), ("memory.device_cache", config.memory.device_cache)] {
+            if value == Some(0) {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    from: config.source(key).to_string(),
+                    message: "0 bytes of device memory leaves nothing to compute with; write a size such as 24GiB, or auto".into(),
+                });
+            }
+        }
         Ok(config)
     }
 

@@ -81,6 +81,7 @@ impl Config {
                     "device" => word(self.device),
                     "memory.host" => limit(self.memory.host),
                     "memory.device" => limit(self.memory.device),
+                    "memory.device_cache" => limit(self.memory.device_cache),
                     "cache.mode" => word(mode_name(self.cache.mode)),
                     "widen.chunk_budget" => limit(self.widen.chunk_budget),
                     "widen.host_ram" => limit(self.widen.host_ram),

@@ -17,7 +17,7 @@ pub struct WidenSettings {
     /// Cap of the subtree cache in host memory, inside `memory.host`.
     #[serde(deserialize_with = "values::limit")]
     pub cache: Option<u64>,
-    /// Cap of the subtree cache in device memory, inside `memory.device`.
+    /// Cap of the subtree cache in device memory, inside `memory.device_cache`.
     #[serde(deserialize_with = "values::limit")]
     pub device_cache: Option<u64>,
     /// Cap of the column statistics cache.

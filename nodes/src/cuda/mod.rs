@@ -8,12 +8,14 @@
 
 mod event;
 mod memory;
+mod peak;
 mod pinned;
 mod runtime;
 mod stream;
 
 pub use event::Event;
 pub use memory::{device_memory, DeviceMemory};
+pub use peak::{release_cached, PeakWatch};
 pub use pinned::PinnedAllocator;
 pub use runtime::CudaRuntime;
 pub use stream::{CopyStream, PendingHost};

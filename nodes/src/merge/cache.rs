@@ -207,6 +207,19 @@ impl<V: Cached> ByteLru<V> {
         g.device_bytes = 0;
     }
 
+    /// Drops the entries held in device memory (host entries stay); returns their bytes.
+    pub fn free_device(&self) -> u64 {
+        let mut g = self.lock();
+        let on_device: Vec<[u8; 32]> = g.map.iter().filter(|(_, v)| v.on_device()).map(|(k, _)| *k).collect();
+        let before = g.device_bytes;
+        for k in on_device {
+            if let Some(v) = g.map.pop(&k) {
+                g.account(&v, false, &self.pool);
+            }
+        }
+        (before - g.device_bytes) as u64
+    }
+
     /// Caps host memory at `limit` bytes and device memory at `device_limit`.
     pub fn set_limits(&self, limit: usize, device_limit: usize) {
         let mut g = self.lock();

@@ -13,11 +13,12 @@ use comfyrs_runtime::memory::{MemoryBudget, Place, UNRESOLVED};
 use tch::Device;
 
 use crate::arch::Arch;
-use crate::cuda::{device_memory, CudaRuntime, DeviceMemory, PinnedAllocator};
+use crate::cuda::{device_memory, release_cached, CudaRuntime, DeviceMemory, PinnedAllocator};
 use crate::lora::LoraFile;
 use crate::recipe::foreign::ForeignModels;
 
 use super::cache::{CacheStats, StatsCache, SubtreeCache};
+use super::device_plan::{cpu_chunk_memory, human, DevicePlan, CHUNK_FLOOR};
 use super::exit::LoadedSet;
 use super::memo::Memo;
 use super::settings::MergeSettings;
@@ -143,23 +144,51 @@ impl MergeEngine {
 
     /// The device's memory as measured the first time the engine needed it, from the CUDA
     /// runtime on the engine's device. Measured once: libtorch's caching allocator keeps the
-    /// memory of earlier chunks, which a later measurement would count as taken.
+    /// memory of earlier chunks, which a later measurement would count as taken. A model loaded
+    /// afterwards (for sampling) is not in it: under a limit, chunks that then do not fit shrink
+    /// (exit/oom.rs).
     pub fn device_memory(&self) -> Option<DeviceMemory> {
         *self.device_memory.get_or_init(|| match (self.settings.device, &self.cuda) {
-            (Device::Cuda(i), Some(rt)) => device_memory(rt, i),
+            (Device::Cuda(i), Some(rt)) => {
+                // Under a limit, blocks libtorch keeps cached but unused (an earlier engine's
+                // chunks) would count as in use and shrink this engine's room for good.
+                if self.settings.device_memory.is_some() {
+                    release_cached(rt, i);
+                }
+                device_memory(rt, i)
+            }
             _ => None,
         })
     }
 
+    /// The device memory under the configured limit, as measured the first time the engine
+    /// needed it (None on the CPU, or without the CUDA runtime shim).
+    pub fn device_plan(&self) -> Option<DevicePlan> {
+        self.device_memory().map(|m| DevicePlan::new(self.settings.device_memory, m))
+    }
+
     /// The budget's device limit, set from the device's memory if it was left to the engine:
-    /// 40% of what was free, for the subtree, statistics and factor caches together.
+    /// 40% of what was free under the device memory limit, for the subtree, statistics and
+    /// factor caches together.
     pub fn device_limit(&self) -> u64 {
         if !self.settings.device.is_cuda() {
             return 0;
         }
-        self.budget.resolve_limit(Place::Device, || match self.device_memory() {
-            Some(m) => (m.free as f64 * 0.4) as u64,
-            None => 4 << 30,
+        self.budget.resolve_limit(Place::Device, || {
+            let share = match self.device_plan() {
+                Some(p) => p.cache_share(),
+                // No measurement (no CUDA runtime shim): 4 GiB, or 40% of a configured limit.
+                None => self.settings.device_memory.map_or(4 << 30, |l| (l as f64 * 0.4) as u64),
+            };
+            if let Some(limit) = self.settings.device_memory {
+                tracing::info!(
+                    "device memory: limited to {} (memory.device); {} of it free at the first merge; the caches may keep {} there",
+                    human(limit),
+                    self.device_plan().map_or_else(|| "an unknown part".to_string(), |p| human(p.room)),
+                    human(share)
+                );
+            }
+            share
         })
     }
 
@@ -170,14 +199,34 @@ impl MergeEngine {
         if let Some(b) = self.settings.chunk_budget {
             return b as usize;
         }
-        match self.settings.device {
-            Device::Cpu => (mem_available().unwrap_or(4 << 30) / 4).max(64 << 20),
-            _ => {
-                // 80% of the free memory, less what the caches may keep there.
-                let free = self.device_memory().map_or(4 << 30, |m| m.free);
-                ((free as f64 * 0.8) as u64).saturating_sub(device_limit).max(256 << 20) as usize
-            }
+        let limit = self.settings.device_memory;
+        let bytes = match self.settings.device {
+            Device::Cpu => cpu_chunk_memory(mem_available().unwrap_or(4 << 30) as u64, limit),
+            _ => match self.device_plan() {
+                Some(p) => p.chunk_memory(device_limit),
+                None => {
+                    let room = limit.map_or(4 << 30, |l| (l as f64 * 0.8) as u64);
+                    room.saturating_sub(device_limit).max(CHUNK_FLOOR)
+                }
+            },
+        };
+        bytes as usize
+    }
+
+    /// The device memory limit as a message names it: `the 12.0 GiB device memory limit`, or
+    /// `the device's memory` without one.
+    pub(crate) fn limit_words(&self) -> String {
+        match self.settings.device_memory {
+            Some(l) => format!("the {} device memory limit", human(l)),
+            None => "the device's memory".to_string(),
         }
+    }
+
+    /// Drops every cache entry held in device memory (subtree results, statistics, LoRA
+    /// factors): what the Exit gives up before it declares a key too large for the device.
+    /// Returns the bytes the caches no longer hold.
+    pub(crate) fn free_device_caches(&self) -> u64 {
+        self.subtrees.free_device() + self.stats.free_device() + self.factors.free_device()
     }
 
     /// The host RAM a merge may count on: what the machine reports as available, capped by the

@@ -4,6 +4,7 @@
 //! state lives".
 
 pub mod cache;
+pub mod device_plan;
 mod engine;
 pub mod exit;
 mod factors;

@@ -8,8 +8,13 @@ use tch::Device;
 pub struct MergeSettings {
     /// Where merges compute.
     pub device: Device,
-    /// Working memory for one chunk of keys (`None`: 80% of the free device memory less the
-    /// device budget on a GPU, a quarter of the available RAM on the CPU).
+    /// The device memory the whole process may use, a simulated smaller card (`None`: the
+    /// device's own). The caches' share and the chunks' working memory come out of it
+    /// (`docs/architecture.md`, "Memory").
+    pub device_memory: Option<u64>,
+    /// Working memory for one chunk of keys (`None`: 80% of the device memory free under the
+    /// limit less the caches' device share on a GPU, a quarter of the available RAM on the CPU,
+    /// at most 80% of `device_memory` there).
     pub chunk_budget: Option<u64>,
     /// The most host RAM a merge may count on for its results (`None`: what the machine reports
     /// as available); for machines shared with other work.
@@ -34,6 +39,7 @@ impl Default for MergeSettings {
     fn default() -> Self {
         MergeSettings {
             device: Device::cuda_if_available(),
+            device_memory: None,
             chunk_budget: None,
             host_ram: None,
             subtree_cache: None,

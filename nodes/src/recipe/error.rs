@@ -17,9 +17,31 @@ pub enum PackError {
     /// A WIDEN or libtorch operation failed; out-of-memory is [`WidenError::OutOfMemory`].
     #[error(transparent)]
     Widen(#[from] WidenError),
+    /// A key that does not fit in device memory on its own (docs/decisions.md D35).
+    #[error(transparent)]
+    DeviceMemory(#[from] KeyTooLarge),
     #[error("interrupted")]
     Interrupted,
 }
+
+/// A key that does not fit in device memory even alone, with the caches emptied.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "device memory: key '{key}' does not fit on its own under {limit}: merging it needs about {need} of working \
+     memory, and the device's caches were already emptied. Raise the limit (--device-memory, memory.device, \
+     COMFYRS_DEVICE_MEMORY), or free device memory (a model kept on the device for sampling counts against it). \
+     libtorch said: {cause}"
+)]
+pub struct KeyTooLarge {
+    pub key: String,
+    /// The limit as words: `the 12.0 GiB device memory limit`.
+    pub limit: String,
+    /// The planned working memory of one key, as words.
+    pub need: String,
+    /// The first line of libtorch's message.
+    pub cause: String,
+}
+
 
 impl PackError {
     pub fn value(m: impl Into<String>) -> Self {
@@ -52,6 +74,8 @@ impl PackError {
                 _ => "ValueError",
             },
             PackError::Widen(_) => "RuntimeError",
+            // What PyTorch raises for an allocation that does not fit on the device.
+            PackError::DeviceMemory(_) => "OutOfMemoryError",
             PackError::Interrupted => "InterruptProcessingException",
         }
     }

@@ -19,7 +19,7 @@ mod error;
 pub mod foreign;
 pub mod model;
 
-pub use error::PackError;
+pub use error::{KeyTooLarge, PackError};
 use model::NativeModel;
 
 /// Where a Model Input's file lives.

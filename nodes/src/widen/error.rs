@@ -26,10 +26,11 @@ impl WidenError {
     }
 }
 
-/// libtorch reports CUDA OOM only through its message ("CUDA out of memory", "out of memory"),
-/// so that is what classifies it.
+/// libtorch reports running out of memory only through its message: "CUDA out of memory" on a
+/// GPU, "can't allocate memory" from its CPU allocator; so that is what classifies it.
 pub(crate) fn is_oom_message(message: &str) -> bool {
-    message.to_ascii_lowercase().contains("out of memory")
+    let m = message.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("can't allocate memory")
 }
 
 impl From<TchError> for WidenError {

@@ -10,7 +10,7 @@
 //!    keys whose hash it has seen, at every level of the merge chain.
 //! 4. The other keys are grouped by shape and by which contributions touch them in which form
 //!    (low-rank factors or dense), and evaluated in chunks sized from a memory budget, halving a
-//!    chunk on out-of-memory down to one key (D18).
+//!    chunk on out-of-memory down to one key (D18, D35; `oom`).
 //! 5. Semantics: a Merge's contribution(s) are its target's leaves (nested composes flattened,
 //!    D7), each measured against the backbone (the merge's base, or the evaluated `backbone`
 //!    recipe, D8); a Merge used as a target or branch is a model of its own (D9); block configs
@@ -26,6 +26,7 @@ mod analysis;
 mod eval;
 mod figures;
 mod grouping;
+mod oom;
 mod validation;
 
 pub use analysis::{analyze, Analysis, LoadedModel, LoadedSet};
@@ -91,6 +92,9 @@ pub struct ExitStats {
     /// the last results to arrive.
     pub phases: Phases,
     pub groups: usize,
+    /// Chunks computed, and chunks that ran out of device memory and were retried smaller.
+    pub chunks: usize,
+    pub oom_retries: usize,
     pub seconds: f64,
     pub device: String,
     pub saved: Option<String>,
@@ -114,6 +118,8 @@ impl ExitStats {
             json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results)}),
         );
         m.insert("groups".into(), json!(self.groups));
+        m.insert("chunks".into(), json!(self.chunks));
+        m.insert("oom_retries".into(), json!(self.oom_retries));
         m.insert("seconds".into(), json!((self.seconds * 1e4).round() / 1e4));
         m.insert("device".into(), json!(self.device));
         if let Some(s) = &self.saved {
@@ -246,11 +252,11 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     }
     let budget = engine.chunk_budget();
     let n_models = a.sets.len() + a.models.len();
-    let batch_of = |shape: &[i64]| -> usize {
+    let per_key = |shape: &[i64]| -> u64 {
         let numel: i64 = shape.iter().product::<i64>().max(1);
-        let per_key = 4 * numel as usize * (3 + 3 * n_models.max(1));
-        (budget / per_key.max(1)).clamp(1, 4096)
+        4 * numel as u64 * (3 + 3 * n_models.max(1)) as u64
     };
+    let batch_of = |shape: &[i64]| -> usize { (budget / per_key(shape).max(1) as usize).clamp(1, 4096) };
     if !groups.is_empty() {
         let storage = |k: &str| -> u64 {
             let numel: i64 = a.base.shape(k).unwrap_or_default().iter().product();
@@ -268,20 +274,23 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         estimate.check(engine.host_ram_for_merges())?;
     }
     stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
+    // Chunks that run out of memory shrink (oom.rs); the rest of the run keeps what they learned.
+    let mut shrink = oom::Shrink::new(engine.limit_words());
     for (gi, (shape, keys)) in groups.iter().enumerate() {
-        let batch = batch_of(shape);
-        for chunk in keys.chunks(batch) {
-            if rep.interrupted() {
-                return Err(PackError::Interrupted);
-            }
-            let t0 = Instant::now();
-            let done = eval_with_backoff(&mut ev, root, chunk)?;
+        let t0 = Instant::now();
+        let hooks = oom::Hooks {
+            eval: &mut |chunk: &[String]| ev.model(root, chunk),
             // Results travel to host memory while the next chunk computes.
-            out.install(&a, chunk, &done)?;
-            stats.phases.compute += t0.elapsed().as_secs_f64();
-        }
+            install: &mut |chunk: &[String], done: Tensor| out.install(&a, chunk, &done),
+            free: &mut || engine.free_device_caches(),
+            interrupted: &|| rep.interrupted(),
+        };
+        oom::run_group(keys, batch_of(shape), per_key(shape), &mut shrink, hooks)?;
+        stats.phases.compute += t0.elapsed().as_secs_f64();
         rep.progress(gi as u64 + 1, total);
     }
+    stats.chunks = shrink.chunks;
+    stats.oom_retries = shrink.retries;
     let t_wait = Instant::now();
     let (merged, scales) = out.landed()?;
     stats.phases.results = t_wait.elapsed().as_secs_f64();
@@ -390,27 +399,6 @@ fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {
         h.update(&a.key_hash(root, k, device));
     }
     *h.finalize().as_bytes()
-}
-
-fn eval_with_backoff(ev: &mut Eval, root: &Recipe, chunk: &[String]) -> Result<Tensor, PackError> {
-    match ev.model(root, chunk) {
-        Ok(t) => Ok(t),
-        Err(e) if e.is_out_of_memory() => {
-            if chunk.len() == 1 {
-                return Err(PackError::runtime(format!(
-                    "Out of memory while merging key '{}' on its own (batch of 1, device {:?}). Free memory on the \
-                     device or lower the chunk budget (widen.chunk_budget, COMFYRS_WIDEN_CHUNK_BUDGET). Cause: {e}",
-                    chunk[0], ev.device
-                )));
-            }
-            tracing::warn!(keys = chunk.len(), "WIDEN: out of memory on a chunk; retrying in halves");
-            let mid = chunk.len() / 2;
-            let a = eval_with_backoff(ev, root, &chunk[..mid])?.f_to_device(Device::Cpu)?;
-            let b = eval_with_backoff(ev, root, &chunk[mid..])?.f_to_device(Device::Cpu)?;
-            Ok(Tensor::f_cat(&[a, b], 0)?)
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// For tests: a recipe evaluated without the runtime.
