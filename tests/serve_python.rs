@@ -24,12 +24,10 @@ fn a_python_samplers_progress_and_previews_reach_the_socket() {
     let (mut steps, mut previews, mut success) = (Vec::new(), 0, false);
     loop {
         match ws.read().unwrap_or_else(|e| panic!("socket: {e}\nserver log:\n{}", server.log())) {
-            tungstenite::Message::Binary(b) => {
-                // Type 1: a preview image with its format (1 JPEG, 2 PNG).
-                if b.len() > 8 && b[..4] == 1u32.to_be_bytes() {
-                    assert!(matches!(u32::from_be_bytes(b[4..8].try_into().unwrap()), 1 | 2));
-                    previews += 1;
-                }
+            // Type 1: a preview image with its format (1 JPEG, 2 PNG).
+            tungstenite::Message::Binary(b) if b.len() > 8 && b[..4] == 1u32.to_be_bytes() => {
+                assert!(matches!(u32::from_be_bytes(b[4..8].try_into().unwrap()), 1 | 2));
+                previews += 1;
             }
             tungstenite::Message::Text(t) => {
                 let m: Json = serde_json::from_str(t.as_str()).unwrap();

@@ -68,16 +68,11 @@ struct Models {
 
 fn ensure_models(dir: &Path, tiny: bool) -> Result<Models> {
     if tiny {
-        #[cfg(feature = "python")]
-        {
-            let ckpt = comfyrs_testkit::sd15::ensure_tiny_sd15(dir).map_err(|e| anyhow!(e))?;
-            let lora = comfyrs_testkit::sd15::ensure_tiny_sd15_lora(dir).map_err(|e| anyhow!(e))?;
-            let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let l = name(&lora);
-            return Ok(Models { checkpoint: name(&ckpt), loras: [l.clone(), l.clone(), l] });
-        }
-        #[cfg(not(feature = "python"))]
-        bail!("bench loop runs ComfyUI's sampler: this comfyrs was built without the Python bridge");
+        let ckpt = comfyrs_testkit::sd15::ensure_tiny_sd15(dir).map_err(|e| anyhow!(e))?;
+        let lora = comfyrs_testkit::sd15::ensure_tiny_sd15_lora(dir).map_err(|e| anyhow!(e))?;
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let l = name(&lora);
+        return Ok(Models { checkpoint: name(&ckpt), loras: [l.clone(), l.clone(), l] });
     }
     let rel = "bench/sdxl_loop_full_f16.safetensors";
     let path = dir.join("checkpoints").join(rel);
@@ -321,15 +316,10 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
     };
     for what in rows {
         let mut cells = Vec::new();
-        for side in [Some(native.as_slice()), reference.as_deref()] {
-            match side {
-                Some(s) => {
-                    cells.push(col(s, what, &|t| t.first_step));
-                    cells.push(col(s, what, &|t| t.image));
-                    cells.push(col(s, what, &|t| t.nodes.get("exit").copied()));
-                }
-                None => {}
-            }
+        for s in [Some(native.as_slice()), reference.as_deref()].into_iter().flatten() {
+            cells.push(col(s, what, &|t| t.first_step));
+            cells.push(col(s, what, &|t| t.image));
+            cells.push(col(s, what, &|t| t.nodes.get("exit").copied()));
         }
         writeln!(out, "| {what} | {} |", cells.join(" | "))?;
     }

@@ -106,9 +106,10 @@ async fn submit(State(s): State<AppState>, headers: HeaderMap, raw: Bytes) -> Ap
         Ok(p) => p,
         Err(e) => return Ok(reject("invalid_prompt", "Invalid prompt", e.to_string())),
     };
-    // Python nodes' validators may wait for the interpreter: off the async threads.
+    // Python nodes' validators may wait for the interpreter: off the async threads (the
+    // rejection boxed: it is large, and moves between threads).
     let registry = s.registry.clone();
-    let validated = tokio::task::spawn_blocking(move || validate(prompt, &registry, targets.as_deref()))
+    let validated = tokio::task::spawn_blocking(move || validate(prompt, &registry, targets.as_deref()).map_err(Box::new))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("validation failed: {e}")))?;
     let v = match validated {

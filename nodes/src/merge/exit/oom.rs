@@ -45,11 +45,14 @@ impl Shrink {
     }
 }
 
+/// Takes a chunk's result for its keys.
+type Install<'h> = &'h mut dyn FnMut(&[String], Tensor) -> Result<(), PackError>;
+
 /// The hooks a group's evaluation runs through: computing a chunk, taking its result, giving up
 /// the caches' device memory, and the user's interrupt.
 pub(crate) struct Hooks<'h> {
     pub(crate) eval: &'h mut dyn FnMut(&[String]) -> Result<Tensor, PackError>,
-    pub(crate) install: &'h mut dyn FnMut(&[String], Tensor) -> Result<(), PackError>,
+    pub(crate) install: Install<'h>,
     /// Drops the caches' device entries; returns their bytes.
     pub(crate) free: &'h mut dyn FnMut() -> u64,
     pub(crate) interrupted: &'h dyn Fn() -> bool,
