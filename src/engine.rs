@@ -220,6 +220,7 @@ pub fn merge_settings(config: &Config) -> MergeSettings {
         pinned: w.pinned,
         events: w.events,
         copy_stream: w.copy_stream,
+        results_on_device: w.results_on_device,
     }
 }
 

@@ -27,6 +27,7 @@ const SETTING_VARS: &[&str] = &[
     "COMFYRS_WIDEN_PINNED",
     "COMFYRS_WIDEN_EVENTS",
     "COMFYRS_WIDEN_COPY_STREAM",
+    "COMFYRS_WIDEN_RESULTS_ON_DEVICE",
     "COMFYRS_WIDEN_BUDGET_MB",
     "COMFYRS_WIDEN_HOST_RAM_MB",
     "COMFYRS_WIDEN_CACHE_MB",
@@ -88,7 +89,7 @@ fn defaults_when_nothing_is_given() {
     assert_eq!(setting(&doc, "widen.chunk_budget"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "widen.stats_cache"), (json!(GIB), "default".into()));
     assert_eq!(setting(&doc, "widen.factor_cache"), (json!(2 * GIB), "default".into()));
-    for switch in ["widen.pinned", "widen.events", "widen.copy_stream"] {
+    for switch in ["widen.pinned", "widen.events", "widen.copy_stream", "widen.results_on_device"] {
         assert_eq!(setting(&doc, switch), (json!(true), "default".into()));
     }
 }
@@ -199,6 +200,7 @@ fn every_widen_variable_and_its_switches() {
         ("COMFYRS_WIDEN_PINNED", "off"),
         ("COMFYRS_WIDEN_EVENTS", "0"),
         ("COMFYRS_WIDEN_COPY_STREAM", "false"),
+        ("COMFYRS_WIDEN_RESULTS_ON_DEVICE", "off"),
         ("COMFYRS_CACHE_MODE", "ram-pressure"),
     ];
     let doc = effective(dir.path(), &env, &[]);
@@ -208,7 +210,7 @@ fn every_widen_variable_and_its_switches() {
     assert_eq!(setting(&doc, "widen.device_cache"), (json!("auto"), "env COMFYRS_WIDEN_DEVICE_CACHE".into()));
     assert_eq!(setting(&doc, "widen.stats_cache").0, json!(64 * MIB));
     assert_eq!(setting(&doc, "widen.factor_cache").0, json!(GIB));
-    for switch in ["widen.pinned", "widen.events", "widen.copy_stream"] {
+    for switch in ["widen.pinned", "widen.events", "widen.copy_stream", "widen.results_on_device"] {
         assert_eq!(setting(&doc, switch).0, json!(false), "{switch}");
     }
     assert_eq!(setting(&doc, "cache.mode"), (json!("ram-pressure"), "env COMFYRS_CACHE_MODE".into()));

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::io::Write;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use comfyrs_nodes::arch::layout::{layout, LayoutSize};
 use comfyrs_nodes::arch::Arch;
@@ -61,6 +61,10 @@ pub struct MergeBench {
     /// its first prompt (`comfyrs run` and `serve` start it with the engine).
     #[arg(long)]
     warm_up: bool,
+    /// Hold each base model's weights on the device while its workloads run, as ComfyUI holds
+    /// the model it samples with (with --device-memory: a consumer card that also samples).
+    #[arg(long)]
+    hold_base: bool,
     /// The configuration (`--device-memory 24GiB` runs the workloads as on a 24 GiB card).
     #[command(flatten)]
     pub config: crate::config::ConfigArgs,
@@ -71,6 +75,19 @@ struct Setup {
     loras: Vec<String>,
     /// Bytes of the base file.
     base_bytes: u64,
+}
+
+/// With `--hold-base`, the base's weights on `device`, held by the caller while its workloads run.
+fn hold_base(opts: &MergeBench, dir: &Path, s: &Setup, device: tch::Device) -> Result<Vec<tch::Tensor>> {
+    if !opts.hold_base {
+        return Ok(Vec::new());
+    }
+    let m = NativeModel::open(&dir.join("diffusion_models").join(&s.base), &s.base, comfyrs_nodes::recipe::RecipeDomain::Diffusion)
+        .map_err(|e| anyhow!("holding the base on the device: {e}"))?;
+    let held = m.keys().map(|k| Ok(m.tensor(k).map_err(|e| anyhow!("{e}"))?.f_to_device(device)?)).collect::<Result<Vec<_>>>()?;
+    let bytes: usize = held.iter().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
+    eprintln!("holding the base on {device:?}: {}", gib(bytes as u64));
+    Ok(held)
 }
 
 fn bench_dir(opts: &MergeBench) -> PathBuf {
@@ -442,6 +459,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let dw = DeviceWatch::new(&settings);
     if want("w1") || want("w2") || want("w3") {
         let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
+        let _held = hold_base(opts, &dir, &s, settings.device)?;
         let mut r = Runner::new(&dir, &settings)?;
         let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
         first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
@@ -506,6 +524,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
         if let Some((rt, i)) = &dw.0 {
             release_cached(rt, *i);
         }
+        let _held = hold_base(opts, &dir, &s, settings.device)?;
         let mut r = Runner::new(&dir, &settings)?;
         let warmed = warm_up(&r, opts.warm_up, "Z-Image engine")?;
         first_run(&mut r, &dw, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;

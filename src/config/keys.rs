@@ -32,6 +32,7 @@ pub const KEYS: &[Key] = &[
     key("widen.pinned", Some("COMFYRS_WIDEN_PINNED")),
     key("widen.events", Some("COMFYRS_WIDEN_EVENTS")),
     key("widen.copy_stream", Some("COMFYRS_WIDEN_COPY_STREAM")),
+    key("widen.results_on_device", Some("COMFYRS_WIDEN_RESULTS_ON_DEVICE")),
     key("server.listen", Some("COMFYRS_LISTEN")),
     key("server.port", Some("COMFYRS_PORT")),
     key("server.state_dir", Some("COMFYRS_STATE_DIR")),

@@ -92,6 +92,7 @@ impl Config {
                     "widen.pinned" => switch(self.widen.pinned),
                     "widen.events" => switch(self.widen.events),
                     "widen.copy_stream" => switch(self.widen.copy_stream),
+                    "widen.results_on_device" => switch(self.widen.results_on_device),
                     "server.listen" => word(self.server.listen),
                     "server.port" => (json!(self.server.port), Some(self.server.port.to_string())),
                     "server.state_dir" => path(&self.server.state_dir),

@@ -35,6 +35,10 @@ pub struct WidenSettings {
     /// A separate stream copying results to the host (off only for comparisons).
     #[serde(deserialize_with = "values::switch")]
     pub copy_stream: bool,
+    /// A merge over a ComfyUI MODEL or CLIP hands its results to ComfyUI on the compute device
+    /// (off: through host memory, as before; for comparisons).
+    #[serde(deserialize_with = "values::switch")]
+    pub results_on_device: bool,
 }
 
 impl Default for WidenSettings {
@@ -49,6 +53,7 @@ impl Default for WidenSettings {
             pinned: true,
             events: true,
             copy_stream: true,
+            results_on_device: true,
         }
     }
 }

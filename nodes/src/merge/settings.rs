@@ -33,6 +33,10 @@ pub struct MergeSettings {
     pub events: bool,
     /// Results copied to the host on a stream of their own (off: on the default stream).
     pub copy_stream: bool,
+    /// A merge whose base is a foreign MODEL or CLIP (ComfyUI's) keeps its results on the compute
+    /// device for that runtime, which takes them there without a copy (off: through host memory;
+    /// docs/widen.md, "The loop on a GPU").
+    pub results_on_device: bool,
 }
 
 impl Default for MergeSettings {
@@ -49,6 +53,7 @@ impl Default for MergeSettings {
             pinned: true,
             events: true,
             copy_stream: true,
+            results_on_device: true,
         }
     }
 }

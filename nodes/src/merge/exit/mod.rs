@@ -231,7 +231,10 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     // This run's results, each readable once its copy to the host has landed. Whatever way this
     // function returns (an error, an interrupt, a panic), dropping them waits for their copies,
     // so no page-locked block is freed with a copy still writing into it.
-    let mut out = Results { engine, chunks: Vec::new(), stream: super::transfer::copy_stream(engine) };
+    // Over a ComfyUI MODEL on a GPU the results stay there: ComfyUI takes device tensors as they
+    // are (docs/widen.md, "The loop on a GPU").
+    let on_device = device.is_cuda() && base_model.foreign_origin().is_some() && engine.settings().results_on_device;
+    let mut out = Results { engine, chunks: Vec::new(), stream: super::transfer::copy_stream(engine), on_device };
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { engine.subtrees.get(&a.key_hash(root, k, device)) } else { None };
@@ -263,7 +266,8 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             numel as u64 * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as u64
         };
         let estimate = super::preflight::Estimate {
-            merged_bytes: groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum(),
+            // (Results kept on the device take no host memory.)
+            merged_bytes: if out.on_device { 0 } else { groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum() },
             worst_chunk: groups
                 .iter()
                 .map(|(shape, keys)| storage(&keys[0]) * batch_of(shape).min(keys.len()) as u64)
@@ -321,13 +325,16 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     Ok(ExitResult { model, stats })
 }
 
-/// A run's results on their way to host memory: per chunk, its keys and their pending copy.
+/// A run's results on their way to host memory (or kept on the device): per chunk, its keys and
+/// their pending copy.
 struct Results<'e> {
     engine: &'e MergeEngine,
+    /// Results stay on the compute device (for a foreign MODEL there).
+    on_device: bool,
     /// Declared before the stream: fields drop in order, so an early return waits for each
     /// pending copy before the stream it runs on goes away. With the values, the new scales of
     /// scaled fp8 keys (`[B]` fp32).
-    chunks: Vec<(Vec<String>, PendingHost, Option<PendingHost>)>,
+    chunks: Vec<(Vec<String>, Landing, Option<PendingHost>)>,
     stream: Option<CopyStream>,
 }
 
@@ -360,7 +367,14 @@ impl Results<'_> {
 
     fn push(&mut self, keys: Vec<String>, done: &Tensor, kind: Kind, base_scales: Option<&[f32]>) -> Result<(), PackError> {
         let (values, scales) = super::transfer::fp8_prepare(done, kind, base_scales)?;
-        let host = super::transfer::to_host(self.engine, self.stream.as_ref(), &values, kind)?;
+        let host = if self.on_device && values.device().is_cuda() {
+            let kept = values.f_to_kind(kind)?.f_contiguous()?;
+            // A cache hit comes as the cache's own tensor: the result must not share it.
+            let kept = if kept.data_ptr() == done.data_ptr() { super::transfer::owned_copy(&kept)? } else { kept };
+            Landing::Device(kept)
+        } else {
+            Landing::Host(super::transfer::to_host(self.engine, self.stream.as_ref(), &values, kind)?)
+        };
         let scales = scales.map(|s| super::transfer::to_host(self.engine, self.stream.as_ref(), &s, Kind::Float)).transpose()?;
         self.chunks.push((keys, host, scales));
         Ok(())
@@ -371,12 +385,16 @@ impl Results<'_> {
         self.chunks.iter().map(|(k, _, _)| k.len()).sum()
     }
 
-    /// Every result, once its copy has landed, and the scales of scaled fp8 keys.
+    /// Every result, once its copy has landed (or on the device), and the scales of scaled fp8
+    /// keys.
     fn landed(mut self) -> Result<(BTreeMap<String, Tensor>, Fp8Scales), PackError> {
         let mut merged = BTreeMap::new();
         let mut scales = IndexMap::new();
         for (keys, pending, pending_scales) in std::mem::take(&mut self.chunks) {
-            let host = pending.wait();
+            let host = match pending {
+                Landing::Host(p) => p.wait(),
+                Landing::Device(t) => t,
+            };
             let s = match pending_scales {
                 Some(p) => Some(Vec::<f32>::try_from(&p.wait())?),
                 None => None,
@@ -390,6 +408,12 @@ impl Results<'_> {
         }
         Ok((merged, scales))
     }
+}
+
+/// Where a chunk's results go.
+enum Landing {
+    Host(PendingHost),
+    Device(Tensor),
 }
 
 fn run_hash(a: &Analysis, root: &Recipe, device: Device) -> [u8; 32] {
