@@ -20,12 +20,24 @@ pub struct PyHandle {
     obj: Py<PyAny>,
     type_name: String,
     bytes: usize,
+    /// Device memory the object holds that no other value does (see [`PyHandle::holding_device`]).
+    device_bytes: usize,
     py_type: String,
 }
 
 impl PyHandle {
     pub(crate) fn new(obj: Py<PyAny>, type_name: String, bytes: usize, py_type: String) -> Self {
-        PyHandle { obj, type_name, bytes, py_type }
+        PyHandle { obj, type_name, bytes, device_bytes: 0, py_type }
+    }
+
+    /// The handle `v` (a Python handle) saying it holds `device_bytes` of device memory of its
+    /// own: a MODEL whose merged weights were handed over on the GPU, which the outputs cache
+    /// counts against the device share of the budget. Other values come back as they are.
+    pub(crate) fn holding_device(py: Python<'_>, v: Value, device_bytes: usize) -> Value {
+        let Value::Handle(h) = &v else { return v };
+        let Some(p) = h.as_any().downcast_ref::<PyHandle>() else { return v };
+        let obj = p.obj.clone_ref(py);
+        Value::Handle(Arc::new(PyHandle { obj, type_name: p.type_name.clone(), bytes: p.bytes, device_bytes, py_type: p.py_type.clone() }))
     }
 
     /// The Python object (clone it with `clone_ref` under the GIL to keep it).
@@ -50,6 +62,9 @@ impl Opaque for PyHandle {
     }
     fn byte_size(&self) -> usize {
         self.bytes
+    }
+    fn device_byte_size(&self) -> usize {
+        self.device_bytes
     }
     fn describe(&self) -> String {
         format!("<{} {} ({} bytes)>", self.type_name, self.py_type, self.bytes)

@@ -39,6 +39,8 @@ pub struct NodeResult {
     pub outputs: Vec<Vec<Value>>,
     pub ui: Option<Map<String, Json>>,
     pub bytes: usize,
+    /// Device memory the outputs keep alive ([`Value::device_byte_size`]).
+    pub device_bytes: usize,
 }
 
 impl NodeResult {
@@ -46,7 +48,8 @@ impl NodeResult {
         let bytes = outputs.iter().flatten().map(Value::byte_size).sum::<usize>()
             + ui.as_ref().map(|u| Json::Object(u.clone()).to_string().len()).unwrap_or(0)
             + 64;
-        NodeResult { outputs, ui, bytes }
+        let device_bytes = outputs.iter().flatten().map(Value::device_byte_size).sum();
+        NodeResult { outputs, ui, bytes, device_bytes }
     }
 }
 
@@ -116,15 +119,22 @@ impl OutputCache {
         if bytes as u64 > self.pool.limit(Place::Host) {
             return; // would evict everything and still not fit
         }
+        let device_bytes = result.device_bytes as u64;
         if let Some(old) = self.entries.put(sig, result) {
             self.stats.bytes -= old.bytes;
             self.pool.release(Place::Host, old.bytes as u64);
+            self.pool.release(Place::Device, old.device_bytes as u64);
         }
         self.stats.bytes += bytes;
         self.pool.charge(Place::Host, bytes as u64);
+        self.pool.charge(Place::Device, device_bytes);
         while self.pool.excess(Place::Host) > 0 && !self.entries.is_empty() {
             self.evict_one();
         }
+        // Device memory: older entries holding some go first; the most recent of them stays, as
+        // the model a sampler is about to use (a merge's other caches give way to it by their own
+        // rules).
+        while self.pool.excess(Place::Device) > 0 && self.evict_one_on_device() {}
         if self.mode == CacheMode::RamPressure && self.should_check_memory(bytes) {
             while !self.entries.is_empty() && system_memory().is_some_and(|m| m.available < self.headroom) {
                 self.evict_one();
@@ -147,16 +157,38 @@ impl OutputCache {
 
     fn evict_one(&mut self) {
         if let Some((_, old)) = self.entries.pop_lru() {
-            self.stats.bytes -= old.bytes;
-            self.pool.release(Place::Host, old.bytes as u64);
-            self.stats.evictions += 1;
+            self.forget(&old);
         }
         self.stats.entries = self.entries.len();
     }
 
+    /// Evicts the least recently used entry that holds device memory, other than the most
+    /// recently used of them; whether there was one.
+    fn evict_one_on_device(&mut self) -> bool {
+        // (`iter` runs from the most recently used.)
+        let mut holding = self.entries.iter().filter(|(_, r)| r.device_bytes > 0).map(|(s, _)| *s);
+        let (Some(_newest), Some(sig)) = (holding.next(), holding.next_back()) else {
+            return false;
+        };
+        if let Some(old) = self.entries.pop(&sig) {
+            self.forget(&old);
+        }
+        self.stats.entries = self.entries.len();
+        true
+    }
+
+    fn forget(&mut self, old: &NodeResult) {
+        self.stats.bytes -= old.bytes;
+        self.pool.release(Place::Host, old.bytes as u64);
+        self.pool.release(Place::Device, old.device_bytes as u64);
+        self.stats.evictions += 1;
+    }
+
     pub fn clear(&mut self) {
+        let device: usize = self.entries.iter().map(|(_, r)| r.device_bytes).sum();
         self.entries.clear();
         self.pool.release(Place::Host, self.stats.bytes as u64);
+        self.pool.release(Place::Device, device as u64);
         self.stats.bytes = 0;
         self.stats.entries = 0;
     }
@@ -223,6 +255,50 @@ mod tests {
         assert_eq!(budget.used(Place::Host), 3 * one);
         c.clear();
         assert_eq!(budget.used(Place::Host), one, "clearing gives the bytes back");
+    }
+
+    /// A value keeping `.0` bytes of device memory alive.
+    struct OnDevice(usize);
+
+    impl crate::value::Opaque for OnDevice {
+        fn type_name(&self) -> &str {
+            "MODEL"
+        }
+        fn byte_size(&self) -> usize {
+            100
+        }
+        fn device_byte_size(&self) -> usize {
+            self.0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn on_device(bytes: usize) -> Arc<NodeResult> {
+        Arc::new(NodeResult::new(vec![vec![Value::Handle(Arc::new(OnDevice(bytes)))]], None))
+    }
+
+    #[test]
+    fn entries_holding_device_memory_give_way_to_the_newest_within_the_device_limit() {
+        let budget = MemoryBudget::new(1 << 30, 2000);
+        let mut c = OutputCache::with_pool(CacheMode::Lru, budget.pool("outputs"));
+        c.insert(sig(9), result(10)); // host only: device pressure never evicts it
+        c.insert(sig(1), on_device(1000));
+        c.insert(sig(2), on_device(1000));
+        assert_eq!(budget.used(Place::Device), 2000);
+        c.insert(sig(3), on_device(1000));
+        assert!(!c.contains(&sig(1)) && c.contains(&sig(2)) && c.contains(&sig(3)) && c.contains(&sig(9)));
+        // One entry over the limit on its own is kept (the sampler's model); the rest go.
+        c.insert(sig(4), on_device(5000));
+        assert!(!c.contains(&sig(2)) && !c.contains(&sig(3)) && c.contains(&sig(4)) && c.contains(&sig(9)));
+        assert_eq!(budget.used(Place::Device), 5000);
+        // Later results without device memory (the sampler's, the decoder's) leave it there.
+        c.insert(sig(10), result(10));
+        c.insert(sig(11), result(10));
+        assert!(c.contains(&sig(4)));
+        c.clear();
+        assert_eq!(budget.used(Place::Device), 0, "clearing gives the device bytes back");
     }
 
     #[test]

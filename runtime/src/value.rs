@@ -36,6 +36,11 @@ pub trait Opaque: Any + Send + Sync {
     fn type_name(&self) -> &str;
     /// Bytes this value keeps alive (tensor storage included), for the byte-bounded cache.
     fn byte_size(&self) -> usize;
+    /// Bytes of device memory this value keeps alive that nothing else holds (a merge's results
+    /// handed to a foreign model on the GPU), for the cache's device share of the budget.
+    fn device_byte_size(&self) -> usize {
+        0
+    }
     /// A short human description for error reports (`current_inputs`).
     fn describe(&self) -> String {
         format!("<{} ({} bytes)>", self.type_name(), self.byte_size())
@@ -66,6 +71,15 @@ impl Value {
             Value::Json(j) => json_size(j),
             Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Handle(h) => h.byte_size(),
+            _ => 0,
+        }
+    }
+
+    /// Device memory this value keeps alive ([`Opaque::device_byte_size`]).
+    pub fn device_byte_size(&self) -> usize {
+        match self {
+            Value::List(items) => items.iter().map(Value::device_byte_size).sum(),
+            Value::Handle(h) => h.device_byte_size(),
             _ => 0,
         }
     }

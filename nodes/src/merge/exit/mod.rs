@@ -280,19 +280,22 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
     // Chunks that run out of memory shrink (oom.rs); the rest of the run keeps what they learned.
     let mut shrink = oom::Shrink::new(engine.limit_words());
+    let out_cell = std::cell::RefCell::new(out);
     for (gi, (shape, keys)) in groups.iter().enumerate() {
         let t0 = Instant::now();
         let hooks = oom::Hooks {
             eval: &mut |chunk: &[String]| ev.model(root, chunk),
             // Results travel to host memory while the next chunk computes.
-            install: &mut |chunk: &[String], done: Tensor| out.install(&a, chunk, &done),
-            free: &mut || engine.free_device_caches(),
+            install: &mut |chunk: &[String], done: Tensor| out_cell.borrow_mut().install(&a, chunk, &done),
+            // Results kept on the device give way too: they go through host memory instead.
+            free: &mut || engine.free_device_caches() + out_cell.borrow_mut().spill_to_host(),
             interrupted: &|| rep.interrupted(),
         };
         oom::run_group(keys, batch_of(shape), per_key(shape), &mut shrink, hooks)?;
         stats.phases.compute += t0.elapsed().as_secs_f64();
         rep.progress(gi as u64 + 1, total);
     }
+    let out = out_cell.into_inner();
     stats.chunks = shrink.chunks;
     stats.oom_retries = shrink.retries;
     let t_wait = Instant::now();
@@ -378,6 +381,31 @@ impl Results<'_> {
         let scales = scales.map(|s| super::transfer::to_host(self.engine, self.stream.as_ref(), &s, Kind::Float)).transpose()?;
         self.chunks.push((keys, host, scales));
         Ok(())
+    }
+
+    /// Moves the results kept on the device so far to host memory, and sends the rest of the
+    /// run's there: when the device runs short (a small card holding the sampler's model and
+    /// the previous merge's results), ComfyUI takes host tensors as well. The device bytes given
+    /// back.
+    fn spill_to_host(&mut self) -> u64 {
+        if !self.on_device {
+            return 0;
+        }
+        self.on_device = false;
+        let mut freed = 0;
+        for (_, landing, _) in &mut self.chunks {
+            let Landing::Device(t) = landing else { continue };
+            match t.f_to_device(Device::Cpu) {
+                Ok(host) => {
+                    freed += (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+                    *landing = Landing::Host(PendingHost::ready(host));
+                }
+                // (Kept where it is: the merge goes on, and says what runs out.)
+                Err(e) => tracing::debug!("device memory: a chunk's results stay on the device ({e})"),
+            }
+        }
+        tracing::info!("device memory: short under the limit; this merge's results go to ComfyUI through host memory");
+        freed
     }
 
     /// Keys installed so far.
