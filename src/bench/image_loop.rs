@@ -60,6 +60,10 @@ pub struct LoopBench {
     reference_python: Option<PathBuf>,
 }
 
+/// Where each side saves the last recipe's merge (in the checkpoints folder) for the comparison.
+const SAVED_OURS: &str = "bench_loop_merge_comfyrs.safetensors";
+const SAVED_THEIRS: &str = "bench_loop_merge_reference.safetensors";
+
 /// The files the prompts name, relative to their model folders.
 struct Models {
     checkpoint: String,
@@ -179,7 +183,7 @@ impl EventSink for Watch {
     }
 }
 
-fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, Recipe)], m: &Models, shape: (u32, u32)) -> Result<Vec<Timing>> {
+fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, Json)]) -> Result<Vec<Timing>> {
     let mut config = config.clone();
     config.models_dir = models_dir.to_path_buf();
     let mut engine = Engine::without_python(&config)?;
@@ -189,8 +193,8 @@ fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, 
     eprintln!("comfyrs: the embedded ComfyUI started in {:.1} s", t.elapsed().as_secs_f64());
     let mut exec = engine.executor(config.cache.mode);
     let mut out = Vec::new();
-    for (n, (what, recipe)) in runs.iter().enumerate() {
-        let text = recipe.prompt(m, shape.0, shape.1).to_string();
+    for (n, (what, prompt)) in runs.iter().enumerate() {
+        let text = prompt.to_string();
         let (p, _) = Prompt::parse(&text).map_err(|e| anyhow!("{e:?}"))?;
         let v = validate(p, &engine.registry, None).map_err(|r| anyhow!("prompt rejected: {}", r.to_json()))?;
         let watch = Watch { start: Instant::now(), output: output.to_path_buf(), seen: Mutex::new(Timing::default()) };
@@ -213,11 +217,11 @@ fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, 
     Ok(out)
 }
 
-fn run_reference(pack: &Path, python: &Path, models_dir: &Path, output: &Path, runs: &[(&str, Recipe)], m: &Models, shape: (u32, u32)) -> Result<Vec<Timing>> {
+fn run_reference(pack: &Path, python: &Path, models_dir: &Path, output: &Path, runs: &[(&str, Json)]) -> Result<Vec<Timing>> {
     let comfy = std::env::var_os("COMFYUI_PATH").ok_or_else(|| anyhow!("--reference runs plain ComfyUI: set COMFYUI_PATH to a ComfyUI checkout"))?;
     let script = output.join("loop_reference.py");
     std::fs::write(&script, include_str!("loop_reference.py"))?;
-    let prompts: Vec<Json> = runs.iter().map(|(_, r)| r.prompt(m, shape.0, shape.1)).collect();
+    let prompts: Vec<&Json> = runs.iter().map(|(_, p)| p).collect();
     let mut child = std::process::Command::new(python)
         .arg(&script)
         .arg(pack)
@@ -286,11 +290,35 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
     let ref_out = scratch.path().join("reference");
     std::fs::create_dir_all(&native_out)?;
     std::fs::create_dir_all(&ref_out)?;
-    let native = run_native(config, &dir, &native_out, &runs, &models, shape)?;
+    let timed: Vec<(&str, Json)> = runs.iter().map(|(w, r)| (*w, r.prompt(&models, shape.0, shape.1))).collect();
+    // With a reference, each side then saves the last recipe's merge, to compare the weights.
+    let (ours, theirs) = (dir.join("checkpoints").join(SAVED_OURS), dir.join("checkpoints").join(SAVED_THEIRS));
+    let with_saved = |name: &str| -> Vec<(&str, Json)> {
+        let mut v = timed.clone();
+        if let Some((_, last)) = timed.last() {
+            let mut p = last.clone();
+            p["exit"]["inputs"]["save_model"] = json!(true);
+            p["exit"]["inputs"]["model_name"] = json!(name);
+            v.push(("the last recipe, its merge saved", p));
+        }
+        v
+    };
+    let native_runs = if opts.reference.is_some() {
+        for f in [&ours, &theirs] {
+            let _ = std::fs::remove_file(f);
+        }
+        with_saved(SAVED_OURS)
+    } else {
+        timed.clone()
+    };
+    let mut native = run_native(config, &dir, &native_out, &native_runs)?;
+    native.truncate(timed.len());
     let reference = match &opts.reference {
         Some(pack) => {
             let python = opts.reference_python.clone().or_else(crate::venv::python).ok_or_else(|| anyhow!("no Python for the reference: pass --reference-python"))?;
-            Some(run_reference(pack, &python, &dir, &ref_out, &runs, &models, shape)?)
+            let mut r = run_reference(pack, &python, &dir, &ref_out, &with_saved(SAVED_THEIRS))?;
+            r.truncate(timed.len());
+            Some(r)
         }
         None => None,
     };
@@ -329,9 +357,12 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
     let mine = pixels_digest(&last)?;
     match reference.as_ref().and_then(|r| r.last()).and_then(|t| t.image_path.clone()) {
         Some(theirs) => {
-            let theirs = pixels_digest(&theirs)?;
-            let same = if mine == theirs { "identical" } else { "different" };
-            writeln!(out, "Last image, same recipe on both sides: comfyrs {mine}, reference {theirs} ({same} pixels).")?;
+            let image = pixels_digest(&theirs)?;
+            let same = if mine == image { "identical" } else { "different" };
+            writeln!(out, "Last image, same recipe on both sides: comfyrs {mine}, reference {image} ({same} pixels).")?;
+            let saved_theirs = dir.join("checkpoints").join(SAVED_THEIRS);
+            let diff = super::loop_weights::compare(&ours, &saved_theirs).context("comparing the two sides' saved merges")?;
+            writeln!(out, "Their merged weights: {diff}.")?;
         }
         None => writeln!(out, "Last image: pixels {mine}.")?,
     }

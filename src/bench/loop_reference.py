@@ -20,6 +20,11 @@ def main():
     sys.argv = [sys.argv[0]]
     sys.path.insert(0, comfy_dir)
     os.chdir(comfy_dir)
+    import torch
+    import comfy.cli_args
+
+    if not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True  # ComfyUI's --cpu; without it, it asks for a CUDA device
 
     import folder_paths
 

@@ -4,6 +4,8 @@ mod cluster;
 mod executor;
 #[cfg(feature = "python")]
 mod image_loop;
+#[cfg(feature = "python")]
+mod loop_weights;
 mod merge;
 mod server;
 
