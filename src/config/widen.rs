@@ -35,7 +35,7 @@ pub struct WidenSettings {
     /// A separate stream copying results to the host (off only for comparisons).
     #[serde(deserialize_with = "values::switch")]
     pub copy_stream: bool,
-    /// A merge over a ComfyUI MODEL or CLIP hands its results to ComfyUI on the compute device
+    /// A merge over a ComfyUI MODEL hands its results to ComfyUI on the compute device
     /// (off: through host memory, as before; for comparisons).
     #[serde(deserialize_with = "values::switch")]
     pub results_on_device: bool,

@@ -33,7 +33,7 @@ pub struct MergeSettings {
     pub events: bool,
     /// Results copied to the host on a stream of their own (off: on the default stream).
     pub copy_stream: bool,
-    /// A merge whose base is a foreign MODEL or CLIP (ComfyUI's) keeps its results on the compute
+    /// A merge whose base is a foreign MODEL (ComfyUI's) keeps its results on the compute
     /// device for that runtime, which takes them there without a copy (off: through host memory;
     /// docs/widen.md, "The loop on a GPU").
     pub results_on_device: bool,

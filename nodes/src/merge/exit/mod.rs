@@ -232,8 +232,12 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     // function returns (an error, an interrupt, a panic), dropping them waits for their copies,
     // so no page-locked block is freed with a copy still writing into it.
     // Over a ComfyUI MODEL on a GPU the results stay there: ComfyUI takes device tensors as they
-    // are (docs/widen.md, "The loop on a GPU").
-    let on_device = device.is_cuda() && base_model.foreign_origin().is_some() && engine.settings().results_on_device;
+    // are (docs/widen.md, "The loop on a GPU"). A CLIP, which ComfyUI keeps in host memory
+    // between encodes and patches by weight, gets them there.
+    let on_device = device.is_cuda()
+        && opts.domain == RecipeDomain::Diffusion
+        && base_model.foreign_origin().is_some()
+        && engine.settings().results_on_device;
     let mut out = Results { engine, chunks: Vec::new(), stream: super::transfer::copy_stream(engine), on_device };
     let mut todo = Vec::new();
     for k in &a.keys {
