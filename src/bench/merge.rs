@@ -84,7 +84,18 @@ fn hold_base(opts: &MergeBench, dir: &Path, s: &Setup, device: tch::Device) -> R
     }
     let m = NativeModel::open(&dir.join("diffusion_models").join(&s.base), &s.base, comfyrs_nodes::recipe::RecipeDomain::Diffusion)
         .map_err(|e| anyhow!("holding the base on the device: {e}"))?;
-    let held = m.keys().map(|k| Ok(m.tensor(k).map_err(|e| anyhow!("{e}"))?.f_to_device(device)?)).collect::<Result<Vec<_>>>()?;
+    let held = m
+        .keys()
+        .map(|k| Ok(m.tensor(k).map_err(|e| anyhow!("{e}"))?.f_to_device(device)?))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| {
+            let first = e.to_string().lines().next().unwrap_or_default().to_string();
+            if first.contains("out of memory") {
+                anyhow!("--hold-base: {} does not fit on {device:?} under this device memory limit ({first}); raise --device-memory or leave --hold-base out", s.base)
+            } else {
+                anyhow!("--hold-base: holding {} on {device:?}: {first}", s.base)
+            }
+        })?;
     let bytes: usize = held.iter().map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
     eprintln!("holding the base on {device:?}: {}", gib(bytes as u64));
     Ok(held)
