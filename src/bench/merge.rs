@@ -468,83 +468,89 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let mut digests: Vec<String> = Vec::new();
     let want = |w: &str| opts.workloads.iter().any(|x| x == w);
     let dw = DeviceWatch::new(&settings);
-    if want("w1") || want("w2") || want("w3") {
-        let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
-        let _held = hold_base(opts, &dir, &s, settings.device)?;
-        let mut r = Runner::new(&dir, &settings)?;
-        let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
-        first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
-        let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
-        if want("w1") {
-            reset_peak();
-            let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rows)?;
-            memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
-        }
-        if want("w2") {
-            reset_peak();
-            let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rows)?;
-            memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
-            // Slider changes on one executor, as in a server: each repetition moves the slider.
-            let (mut strength, mut last_t, mut stats_s, mut stats_t) = (Vec::new(), Vec::new(), Json::Null, Json::Null);
-            for i in 0..opts.repeat.max(1) {
-                r.run_cold(&w2(&s, 1.0, 0.5))?;
-                let s3 = 0.9 - 0.1 * i as f64;
-                let (secs, st) = r.run(&w2(&s, s3, 0.5))?;
-                strength.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
-                stats_s = st;
-                let (secs, st) = r.run(&w2(&s, s3, 0.6 + 0.1 * i as f64))?;
-                last_t.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
-                stats_t = st;
+    // What was measured is printed even when a later workload fails (e.g. out of memory under a
+    // limit), then the error.
+    let mut measure = || -> Result<()> {
+        if want("w1") || want("w2") || want("w3") {
+            let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
+            let _held = hold_base(opts, &dir, &s, settings.device)?;
+            let mut r = Runner::new(&dir, &settings)?;
+            let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
+            first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
+            let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
+            if want("w1") {
+                reset_peak();
+                let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rows)?;
+                memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
             }
-            // The incremental result must be the cold result, bit for bit.
-            let incremental = kept_digest(&r.kept)?;
-            let last = opts.repeat.max(1) - 1;
-            r.run_cold(&w2(&s, 0.9 - 0.1 * last as f64, 0.6 + 0.1 * last as f64))?;
-            let cold_digest = kept_digest(&r.kept)?;
-            if incremental != cold_digest {
-                bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
+            if want("w2") {
+                reset_peak();
+                let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rows)?;
+                memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
+                // Slider changes on one executor, as in a server: each repetition moves the slider.
+                let (mut strength, mut last_t, mut stats_s, mut stats_t) = (Vec::new(), Vec::new(), Json::Null, Json::Null);
+                for i in 0..opts.repeat.max(1) {
+                    r.run_cold(&w2(&s, 1.0, 0.5))?;
+                    let s3 = 0.9 - 0.1 * i as f64;
+                    let (secs, st) = r.run(&w2(&s, s3, 0.5))?;
+                    strength.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+                    stats_s = st;
+                    let (secs, st) = r.run(&w2(&s, s3, 0.6 + 0.1 * i as f64))?;
+                    last_t.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+                    stats_t = st;
+                }
+                // The incremental result must be the cold result, bit for bit.
+                let incremental = kept_digest(&r.kept)?;
+                let last = opts.repeat.max(1) - 1;
+                r.run_cold(&w2(&s, 0.9 - 0.1 * last as f64, 0.6 + 0.1 * last as f64))?;
+                let cold_digest = kept_digest(&r.kept)?;
+                if incremental != cold_digest {
+                    bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
+                }
+                checks.push(format!("W2 after the slider changes = a cold run of its recipe, bit for bit: digest {}", &cold_digest[..16]));
+                // Each change's own peak, after the run it follows (whose cache entries stay).
+                let peak_s = dw.peak_of(&mut r, |r| r.run_cold(&w2(&s, 1.0, 0.5)).map(drop), |r| r.run(&w2(&s, 0.85, 0.5)).map(drop))?;
+                let peak_t = dw.peak_of(&mut r, |_| Ok(()), |r| r.run(&w2(&s, 0.85, 0.55)).map(drop))?;
+                for (what, v, st, peak_device) in
+                    [("W2, LoRA3 strength changed", strength, stats_s, peak_s), ("W2, last t changed", last_t, stats_t, peak_t)]
+                {
+                    rows.push(Row {
+                        what: what.into(),
+                        secs: median(v.iter().map(|x| x.0).collect()),
+                        exit_secs: median(v.iter().map(|x| x.1).collect()),
+                        peak_device,
+                        detail: summary(&st),
+                    });
+                }
             }
-            checks.push(format!("W2 after the slider changes = a cold run of its recipe, bit for bit: digest {}", &cold_digest[..16]));
-            // Each change's own peak, after the run it follows (whose cache entries stay).
-            let peak_s = dw.peak_of(&mut r, |r| r.run_cold(&w2(&s, 1.0, 0.5)).map(drop), |r| r.run(&w2(&s, 0.85, 0.5)).map(drop))?;
-            let peak_t = dw.peak_of(&mut r, |_| Ok(()), |r| r.run(&w2(&s, 0.85, 0.55)).map(drop))?;
-            for (what, v, st, peak_device) in
-                [("W2, LoRA3 strength changed", strength, stats_s, peak_s), ("W2, last t changed", last_t, stats_t, peak_t)]
-            {
-                rows.push(Row {
-                    what: what.into(),
-                    secs: median(v.iter().map(|x| x.0).collect()),
-                    exit_secs: median(v.iter().map(|x| x.1).collect()),
-                    peak_device,
-                    detail: summary(&st),
-                });
+            if want("w3") {
+                reset_peak();
+                let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
+                memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
             }
+            checks.push(cache_line(&r, "the SDXL workloads"));
+            digests.append(&mut r.digests);
         }
-        if want("w3") {
+        if want("zimage") {
+            let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
+            // What the SDXL engine's runs left cached in libtorch's allocator goes back first, so
+            // that this engine's first run starts, and is measured, as in a process of its own.
+            if let Some((rt, i)) = &dw.0 {
+                release_cached(rt, *i);
+            }
+            let _held = hold_base(opts, &dir, &s, settings.device)?;
+            let mut r = Runner::new(&dir, &settings)?;
+            let warmed = warm_up(&r, opts.warm_up, "Z-Image engine")?;
+            first_run(&mut r, &dw, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;
             reset_peak();
-            let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
-            memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
+            let st = cold(&mut r, &dw, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
+            memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+            checks.push(cache_line(&r, "Z-Image"));
+            digests.append(&mut r.digests);
         }
-        checks.push(cache_line(&r, "the SDXL workloads"));
-        digests.append(&mut r.digests);
-    }
-    if want("zimage") {
-        let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
-        // What the SDXL engine's runs left cached in libtorch's allocator goes back first, so
-        // that this engine's first run starts, and is measured, as in a process of its own.
-        if let Some((rt, i)) = &dw.0 {
-            release_cached(rt, *i);
-        }
-        let _held = hold_base(opts, &dir, &s, settings.device)?;
-        let mut r = Runner::new(&dir, &settings)?;
-        let warmed = warm_up(&r, opts.warm_up, "Z-Image engine")?;
-        first_run(&mut r, &dw, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;
-        reset_peak();
-        let st = cold(&mut r, &dw, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
-        memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
-        checks.push(cache_line(&r, "Z-Image"));
-        digests.append(&mut r.digests);
-    }
+        Ok(())
+    };
+    let measured = measure();
     let mut stdout = std::io::stdout().lock();
     let limit = settings.device_memory.map_or_else(|| "no device memory limit".to_string(), |l| format!("device memory limited to {}", gib(l)));
     writeln!(
@@ -568,6 +574,9 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
              the row after the allocator gave back its cached blocks; for the first run, what it left in use."
         )?;
     }
+    if let Err(e) = &measured {
+        writeln!(stdout, "\nThe benchmark stopped early (the rows above are what it measured): {}", e.to_string().lines().next().unwrap_or_default())?;
+    }
     writeln!(stdout, "\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |")?;
     writeln!(stdout, "|---|---:|---:|---:|---:|")?;
     for (w, peak, out, base) in memory {
@@ -583,5 +592,5 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
         writeln!(stdout, "\n{c}")?;
     }
     writeln!(stdout, "\nResult digests (blake3 of every merged key): {}", digests.join(", "))?;
-    Ok(())
+    measured
 }
