@@ -52,12 +52,16 @@ pub struct LoopBench {
     #[arg(long)]
     tiny: bool,
     /// Also run the same prompts in plain ComfyUI (`COMFYUI_PATH`) with the Python WIDEN node
-    /// pack found in this folder, and compare the images.
+    /// pack found in this folder, and compare the images and the merged weights.
     #[arg(long, value_name = "PACK_DIR")]
     reference: Option<PathBuf>,
     /// The Python that runs the reference [default: the project's venv].
     #[arg(long, value_name = "PYTHON")]
     reference_python: Option<PathBuf>,
+    /// The configuration (`--device-memory 12GiB` runs the loop as on a 12 GiB card; the
+    /// reference, in a process of its own, is not limited).
+    #[command(flatten)]
+    pub config: crate::config::ConfigArgs,
 }
 
 /// Where each side saves the last recipe's merge (in the checkpoints folder) for the comparison.

@@ -59,6 +59,8 @@ impl BenchCommand {
             #[cfg(feature = "python")]
             BenchCommand::Bridge { config, .. } => Some(config),
             BenchCommand::Merge(m) => Some(&m.config),
+            #[cfg(feature = "python")]
+            BenchCommand::Loop(l) => Some(&l.config),
             _ => None,
         }
     }
