@@ -1308,6 +1308,7 @@ def model_with_weights(obj, keys, tensors):
         import torch
         import uuid
         import comfy.utils
+        on_device = 0
         with torch.no_grad():
             for k, t in zip(keys, tensors):
                 current = comfy.utils.get_attr(m.model, k)
@@ -1316,6 +1317,11 @@ def model_with_weights(obj, keys, tensors):
                 p = torch.nn.Parameter(t, requires_grad=False)
                 p._comfyrs_token = uuid.uuid4().hex
                 m.add_object_patch(k, p)
+                if p.device.type != "cpu":
+                    on_device += p.numel() * p.element_size()
+        # What this clone alone holds on the GPU: the outputs cache counts it (docs/architecture.md,
+        # Memory), however the tensors got there.
+        m._comfyrs_device_bytes = on_device
         return m
     if _has_set_patch():
         m.add_patches({k: ("set", (t,)) for k, t in zip(keys, tensors)}, 1.0, 1.0)

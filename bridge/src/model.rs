@@ -96,13 +96,14 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
         Value::Handle(h) => h.type_name().to_string(),
         _ => unreachable!("python_model accepts handles only"),
     };
-    // Merged tensors handed over on a GPU are the clone's own device memory (docs/widen.md, "The
-    // loop on a GPU"): the outputs cache counts it, so old clones give way on a small card.
-    let on_device: usize = merged.values().filter(|t| t.device().is_cuda()).map(|t| t.numel() * t.kind().elt_size_in_bytes()).sum();
     let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
     let clone = with_object(&bridge, v, move |py, shared, host, obj| {
         let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
         let m = host.call_method1("model_with_weights", (obj, keys, tensors))?;
+        // The merged tensors on a GPU are the clone's own device memory (docs/widen.md, "The loop
+        // on a GPU"), whether they came there or were copied there: the outputs cache counts it,
+        // so old clones give way on a small card.
+        let on_device: usize = m.getattr(pyo3::intern!(py, "_comfyrs_device_bytes")).ok().and_then(|b| b.extract().ok()).unwrap_or(0);
         Ok(crate::convert::PyHandle::holding_device(py, object_value_in(py, shared, &m, &kind)?, on_device))
     })
     .map_err(|e| e.to_string())?;
