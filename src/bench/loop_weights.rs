@@ -4,12 +4,12 @@
 //! models"), and the keys of the two files differ only by a prefix.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value as Json;
-use tch::{Kind, Tensor};
+use comfyrs_nodes::models::{MappedFile, MappedTensor};
+use tch::Kind;
 
 /// How far apart the merged weights of the two sides are.
 pub(super) struct WeightDiff {
@@ -39,18 +39,30 @@ impl std::fmt::Display for WeightDiff {
     }
 }
 
-/// The keys a saved merge changed, without any prefix: ComfyUI's `diffusion_model.…` names.
-fn affected(path: &Path) -> Result<Vec<String>> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len)?;
-    let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-    f.read_exact(&mut header)?;
-    let header: Json = serde_json::from_slice(&header).with_context(|| format!("{}: not a safetensors header", path.display()))?;
-    let list = header["__metadata__"]["__ecaj_affected_keys__"]
-        .as_str()
-        .ok_or_else(|| anyhow!("{}: no __ecaj_affected_keys__ (not a saved WIDEN merge)", path.display()))?;
-    Ok(serde_json::from_str::<Vec<String>>(list)?.iter().map(|k| unprefixed(k).to_string()).collect())
+/// A saved merge (memory-mapped), its tensors' names by their unprefixed form, and the keys its
+/// merge changed (unprefixed: ComfyUI's `diffusion_model.…` names).
+struct Saved {
+    file: Arc<MappedFile>,
+    names: HashMap<String, String>,
+    affected: Vec<String>,
+}
+
+impl Saved {
+    fn open(path: &Path) -> Result<Saved> {
+        let file = MappedFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let list = file
+            .metadata()
+            .and_then(|m| m.get("__ecaj_affected_keys__"))
+            .ok_or_else(|| anyhow!("{}: no __ecaj_affected_keys__ (not a saved WIDEN merge)", path.display()))?;
+        let affected = serde_json::from_str::<Vec<String>>(list)?.iter().map(|k| unprefixed(k).to_string()).collect();
+        let names = file.tensors().keys().map(|k| (unprefixed(k).to_string(), k.clone())).collect();
+        Ok(Saved { file, names, affected })
+    }
+
+    fn tensor(&self, key: &str) -> Result<MappedTensor> {
+        let name = self.names.get(key).ok_or_else(|| anyhow!("{key} is listed as merged but missing from a file"))?;
+        Ok(self.file.tensor(name)?)
+    }
 }
 
 /// A key without the prefix a whole-model file puts before the diffusion model's keys.
@@ -58,25 +70,15 @@ fn unprefixed(k: &str) -> &str {
     k.find("diffusion_model.").map_or(k, |i| &k[i..])
 }
 
-/// A saved merge's tensors by unprefixed name.
-fn tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
-    Ok(Tensor::read_safetensors(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .into_iter()
-        .map(|(k, t)| (unprefixed(&k).to_string(), t))
-        .collect())
-}
-
 /// Compares the merged keys of two saved merges of the same recipe.
 pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
-    let keys = affected(ours)?;
-    let theirs_keys: std::collections::HashSet<String> = affected(theirs)?.into_iter().collect();
-    let (a, b) = (tensors(ours)?, tensors(theirs)?);
+    let (a, b) = (Saved::open(ours)?, Saved::open(theirs)?);
+    let theirs_keys: std::collections::HashSet<&String> = b.affected.iter().collect();
     let mut rel = Vec::new();
     let (mut identical, mut max_abs, mut worst) = (0, 0f64, (String::new(), 0f64));
     let (mut beyond, mut values) = (0i64, 0i64);
-    for k in keys.iter().filter(|k| theirs_keys.contains(*k)) {
-        let (Some(x), Some(y)) = (a.get(k), b.get(k)) else { bail!("{k} is listed as merged but missing from a file") };
+    for k in a.affected.iter().filter(|k| theirs_keys.contains(k)) {
+        let (x, y) = (a.tensor(k)?, b.tensor(k)?);
         if x.size() != y.size() {
             bail!("{k}: shapes differ ({:?} and {:?})", x.size(), y.size());
         }
@@ -116,24 +118,17 @@ pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
 mod tests {
     use super::*;
 
+    /// A saved merge of fp16 keys, all of them listed as merged.
     fn save(path: &Path, prefix: &str, values: &[(&str, Vec<f32>)]) {
-        let named: Vec<(String, Tensor)> =
-            values.iter().map(|(k, v)| (format!("{prefix}{k}"), Tensor::from_slice(v).to_kind(Kind::Half))).collect();
-        Tensor::write_safetensors(&named, path).unwrap();
-        // write_safetensors has no metadata: add the affected keys by rewriting the header.
-        let bytes = std::fs::read(path).unwrap();
-        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let mut header: Json = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
-        let keys: Vec<String> = values.iter().map(|(k, _)| format!("{prefix}{k}")).collect();
-        header["__metadata__"] = serde_json::json!({"__ecaj_affected_keys__": serde_json::to_string(&keys).unwrap()});
-        let mut h = serde_json::to_vec(&header).unwrap();
-        while !h.len().is_multiple_of(8) {
-            h.push(b' ');
-        }
-        let mut out = (h.len() as u64).to_le_bytes().to_vec();
-        out.extend(h);
-        out.extend(&bytes[8 + len..]);
-        std::fs::write(path, out).unwrap();
+        use comfyrs_nodes::models::writer::{encode_f32, write_all};
+        use comfyrs_nodes::models::FileDtype;
+        let tensors: Vec<_> = values
+            .iter()
+            .map(|(k, v)| (format!("{prefix}{k}"), FileDtype::F16, vec![v.len()], encode_f32(v, FileDtype::F16).unwrap()))
+            .collect();
+        let keys: Vec<&String> = tensors.iter().map(|t| &t.0).collect();
+        let md = [("__ecaj_affected_keys__".to_string(), serde_json::to_string(&keys).unwrap())].into();
+        write_all(path, &tensors, Some(&md)).unwrap();
     }
 
     #[test]
