@@ -6,12 +6,12 @@
 //! the seconds from the start of the run to the sampler's first step and to the saved image.
 //!
 //! With `--reference PACK_DIR` the same prompts then run in plain ComfyUI (`COMFYUI_PATH`) with
-//! the Python WIDEN node pack, in a Python process of their own (`loop_reference.py`), and the
+//! the Python WIDEN node pack, in a Python process of their own (`reference.py`), and the
 //! two sides' images of the same recipe are compared pixel by pixel (docs/widen.md, "The loop on
 //! a GPU", says where they may differ).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -20,7 +20,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use comfyrs_nodes::arch::layout::LayoutSize;
 use comfyrs_nodes::arch::Arch;
-use comfyrs_nodes::models::FileDtype;
 use comfyrs_runtime::events::{Event, EventSink};
 use comfyrs_runtime::executor::RunOptions;
 use comfyrs_runtime::prompt::Prompt;
@@ -30,6 +29,7 @@ use serde_json::{json, Value as Json};
 use super::median;
 use crate::config::Config;
 use crate::engine::{Engine, PythonSetup};
+use super::reference::{ReferenceRun, ReferenceSetup};
 
 #[derive(Args)]
 pub struct LoopBench {
@@ -82,14 +82,9 @@ fn ensure_models(dir: &Path, tiny: bool) -> Result<Models> {
         let l = name(&lora);
         return Ok(Models { checkpoint: name(&ckpt), loras: [l.clone(), l.clone(), l] });
     }
-    let rel = "bench/sdxl_loop_full_f16.safetensors";
-    let path = dir.join("checkpoints").join(rel);
-    if !path.exists() {
-        eprintln!("writing {}", path.display());
-        comfyrs_testkit::fixtures::write_sdxl_checkpoint(&path, LayoutSize::Full, FileDtype::F16, 0)?;
-    }
+    let checkpoint = super::merge::ensure_sdxl_checkpoint(dir, LayoutSize::Full)?;
     let l = super::merge::ensure_loras(dir, Arch::Sdxl, LayoutSize::Full, 3)?;
-    Ok(Models { checkpoint: rel.into(), loras: [l[0].clone(), l[1].clone(), l[2].clone()] })
+    Ok(Models { checkpoint, loras: [l[0].clone(), l[1].clone(), l[2].clone()] })
 }
 
 /// One point of the slider space.
@@ -221,41 +216,17 @@ fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, 
     Ok(out)
 }
 
-fn run_reference(pack: &Path, python: &Path, models_dir: &Path, output: &Path, runs: &[(&str, Json)]) -> Result<Vec<Timing>> {
-    let comfy = std::env::var_os("COMFYUI_PATH").ok_or_else(|| anyhow!("--reference runs plain ComfyUI: set COMFYUI_PATH to a ComfyUI checkout"))?;
-    let script = output.join("loop_reference.py");
-    std::fs::write(&script, include_str!("loop_reference.py"))?;
-    let prompts: Vec<&Json> = runs.iter().map(|(_, p)| p).collect();
-    let mut child = std::process::Command::new(python)
-        .arg(&script)
-        .arg(pack)
-        .arg(models_dir)
-        .arg(output)
-        .env("COMFYUI_PATH", &comfy)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", python.display()))?;
-    child.stdin.take().expect("piped").write_all(serde_json::to_string(&prompts)?.as_bytes())?;
-    let mut out = Vec::new();
-    let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
-    for (line_text, (what, _)) in stdout.lines().zip(runs) {
-        let j: Json = serde_json::from_str(&line_text?)?;
-        let nodes = j["nodes"].as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect()).unwrap_or_default();
-        let t = Timing {
-            first_step: j["first_step"].as_f64(),
-            image: j["image"].as_f64(),
-            nodes,
-            image_path: j["image_path"].as_str().map(PathBuf::from),
-        };
-        eprintln!("reference: {what}: {}", line(&t));
-        out.push(t);
-    }
-    let status = child.wait()?;
-    if !status.success() || out.len() != runs.len() {
-        bail!("the reference stopped after {} of {} prompts ({status}); its error is above", out.len(), runs.len());
-    }
-    Ok(out)
+fn run_reference(setup: &ReferenceSetup, runs: &[(&str, Json)]) -> Result<Vec<Timing>> {
+    let runs: Vec<ReferenceRun> =
+        runs.iter().map(|(what, p)| ReferenceRun { label: what.to_string(), prompt: p.clone(), outputs: vec!["save".into()] }).collect();
+    let lines = super::reference::run(setup, &runs, |_, j| line(&timing(j)))?;
+    Ok(lines.iter().map(timing).collect())
+}
+
+/// A reference run's line as a [`Timing`].
+fn timing(j: &Json) -> Timing {
+    let nodes = j["nodes"].as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect()).unwrap_or_default();
+    Timing { first_step: j["first_step"].as_f64(), image: j["image"].as_f64(), nodes, image_path: j["image_path"].as_str().map(PathBuf::from) }
 }
 
 fn line(t: &Timing) -> String {
@@ -319,8 +290,9 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
     native.truncate(timed.len());
     let reference = match &opts.reference {
         Some(pack) => {
-            let python = opts.reference_python.clone().or_else(crate::venv::python).ok_or_else(|| anyhow!("no Python for the reference: pass --reference-python"))?;
-            let mut r = run_reference(pack, &python, &dir, &ref_out, &with_saved(SAVED_THEIRS))?;
+            let python = super::reference::python(&opts.reference_python)?;
+            let setup = ReferenceSetup { pack, python: &python, models_dir: &dir, output: &ref_out };
+            let mut r = run_reference(&setup, &with_saved(SAVED_THEIRS))?;
             r.truncate(timed.len());
             Some(r)
         }

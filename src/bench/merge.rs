@@ -6,14 +6,22 @@
 //!   chained at t 0.5; then only LoRA3's strength changes, then only the last t.
 //! - W3: a compose of four single-LoRA branches at t 1.0.
 //! - Z-Image: a compose of seven single-LoRA branches at t 1.0.
+//! - Flux-dev (bf16) and Qwen-Image (fp8 e4m3fn, as ComfyUI distributes it): a compose of four
+//!   single-LoRA branches at t 1.0. Flux's LoRAs are diffusers-named on every linear layer, q, k
+//!   and v apart: they land in the rows of its fused `qkv` and `linear1` weights.
+//! - SDXL CLIP: the text encoders of a full SDXL checkpoint, a compose of two LoRAs through the CLIP
+//!   Exit, then the same merge saved (`save_model`: one file per text encoder).
 //!
 //! SDXL: fp16 UNet, rank-32 LoRAs on every attention projection, proj_in and proj_out (582 keys).
-//! Z-Image: bf16 transformer, rank-32 LoRAs on its attention projections. Timings are the whole
+//! Z-Image, Qwen-Image and CLIP: rank-32 LoRAs on their attention projections. Timings are the whole
 //! prompt (recipe nodes, Exit, results in host memory in each key's dtype). "Cold" runs start
 //! with empty WIDEN caches (subtree results, statistics, device-resident LoRA factors) on an
 //! executor that has the base model open, as a server has after its first prompt; the "changed"
 //! rows follow the previous run the way a slider change does. The first run of the process
 //! (mapping the base, parsing the LoRA files) is reported on its own.
+//!
+//! With `--reference PACK_DIR` the same prompts, in the order they ran, then run in plain ComfyUI
+//! with the Python WIDEN node pack (src/bench/merge_reference.rs), and each row gets both sides.
 
 use std::path::{Path, PathBuf};
 use std::io::Write;
@@ -40,16 +48,18 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value as Json};
 
 use super::median;
+use super::merge_reference::LoggedRun;
 use crate::progress::fmt_secs;
 
 #[derive(Args)]
 pub struct MergeBench {
     /// Where the generated models are kept between runs (written on first use: ~5 GB for SDXL,
-    /// ~12 GB for Z-Image) [default: $COMFYRS_CACHE/bench-models, else ~/.cache/comfyrs/bench-models].
+    /// ~7 GB for the SDXL checkpoint of `clip`, ~12 GB for Z-Image, ~24 GB for Flux-dev, ~20 GB for
+    /// Qwen-Image) [default: $COMFYRS_CACHE/bench-models, else ~/.cache/comfyrs/bench-models].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Workloads to run.
-    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,zimage", value_parser = ["w1", "w2", "w3", "zimage"])]
+    /// Workloads to run (flux, qwen and clip write their models on first use: see --dir).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3,zimage", value_parser = ["w1", "w2", "w3", "zimage", "flux", "qwen", "clip"])]
     workloads: Vec<String>,
     /// Repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
@@ -65,16 +75,26 @@ pub struct MergeBench {
     /// the model it samples with (with --device-memory: a consumer card that also samples).
     #[arg(long)]
     hold_base: bool,
+    /// Also run the same prompts in plain ComfyUI (`COMFYUI_PATH`) with the Python WIDEN node
+    /// pack found in this folder, and put both sides' times side by side.
+    #[arg(long, value_name = "PACK_DIR")]
+    reference: Option<PathBuf>,
+    /// The Python that runs the reference [default: the project's venv].
+    #[arg(long, value_name = "PYTHON")]
+    reference_python: Option<PathBuf>,
     /// The configuration (`--device-memory 24GiB` runs the workloads as on a 24 GiB card).
     #[command(flatten)]
     pub config: crate::config::ConfigArgs,
 }
 
 struct Setup {
+    /// The base: a diffusion model's file name, or with `clip` a checkpoint's.
     base: String,
     loras: Vec<String>,
     /// Bytes of the base file.
     base_bytes: u64,
+    /// A CLIP merge (the checkpoint's text encoders).
+    clip: bool,
 }
 
 /// With `--hold-base`, the base's weights on `device`, held by the caller while its workloads run.
@@ -120,28 +140,56 @@ fn ensure_models(dir: &Path, arch: Arch, size: LayoutSize, dtype: FileDtype, n: 
     }
     let loras = ensure_loras(dir, arch, size, n)?;
     let base_bytes = std::fs::metadata(&base_path)?.len();
-    Ok(Setup { base: base_rel, loras, base_bytes })
+    Ok(Setup { base: base_rel, loras, base_bytes, clip: false })
 }
 
-/// Writes `n` rank-32 attention LoRAs of `arch` (Kohya names, fp16) unless they are there;
+/// The full SDXL checkpoint (UNet, both text encoders, VAE; fp16) that `bench loop` samples with
+/// and the CLIP workload merges the text encoders of; its name under `checkpoints/`.
+pub(super) fn ensure_sdxl_checkpoint(dir: &Path, size: LayoutSize) -> Result<String> {
+    let sz = if size == LayoutSize::Full { "full" } else { "tiny" };
+    let rel = format!("bench/sdxl_checkpoint_{sz}_f16.safetensors");
+    let path = dir.join("checkpoints").join(&rel);
+    if !path.exists() {
+        eprintln!("writing {}", path.display());
+        comfyrs_testkit::fixtures::write_sdxl_checkpoint(&path, size, FileDtype::F16, 0)?;
+    }
+    Ok(rel)
+}
+
+/// The CLIP workload's models: the SDXL checkpoint and `n` LoRAs of its text encoders.
+fn ensure_clip_models(dir: &Path, size: LayoutSize, n: usize) -> Result<Setup> {
+    let base = ensure_sdxl_checkpoint(dir, size)?;
+    let base_bytes = std::fs::metadata(dir.join("checkpoints").join(&base))?.len();
+    Ok(Setup { base, loras: ensure_loras(dir, Arch::SdxlClip, size, n)?, base_bytes, clip: true })
+}
+
+/// Writes `n` rank-32 LoRAs of `arch` (fp16) unless they are there;
 /// returns their names under `loras/`.
 pub(super) fn ensure_loras(dir: &Path, arch: Arch, size: LayoutSize, n: usize) -> Result<Vec<String>> {
     let sz = if size == LayoutSize::Full { "full" } else { "tiny" };
     let l = layout(arch, size);
     let mut loras = Vec::new();
+    // Flux LoRAs as diffusers trainers write them: every linear layer, q, k and v apart (they
+    // land in the rows of the fused `qkv` and `linear1` weights). The others as kohya's scripts
+    // write them, on the attention projections.
+    let (naming, targets, file) = if arch == Arch::Flux {
+        (LoraNaming::Diffusers, LoraTargets::All, "diffusers_all")
+    } else {
+        (LoraNaming::Kohya, LoraTargets::Attention, "attn")
+    };
     for i in 0..n {
-        let rel = format!("bench/{}_{sz}_attn_r32_{i}.safetensors", arch.tag());
+        let rel = format!("bench/{}_{sz}_{file}_r32_{i}.safetensors", arch.tag());
         let path = dir.join("loras").join(&rel);
         if !path.exists() {
             eprintln!("writing {}", path.display());
             let spec = LoraFixture {
                 arch,
-                naming: LoraNaming::Kohya,
+                naming,
                 kind: FixtureKind::Lora,
                 rank: 32,
                 dtype: FileDtype::F16,
                 seed: 1 + 1_000_003 * i as u64,
-                targets: LoraTargets::Attention,
+                targets,
             };
             write_lora(&path, &l, &spec)?;
         }
@@ -150,17 +198,29 @@ pub(super) fn ensure_loras(dir: &Path, arch: Arch, size: LayoutSize, n: usize) -
     Ok(loras)
 }
 
-/// Prompt builder: node ids in insertion order.
-struct P(Map<String, Json>);
+/// Prompt builder: node ids in insertion order; `clip` builds a CLIP recipe (the CLIP nodes).
+struct P {
+    nodes: Map<String, Json>,
+    clip: bool,
+}
 
 impl P {
-    fn new(base: &str) -> Self {
+    fn new(s: &Setup) -> Self {
         let mut m = Map::new();
-        m.insert("base".into(), json!({"class_type": "WIDENBaseInput", "inputs": {"model_name": base}}));
-        P(m)
+        let base = if s.clip {
+            json!({"class_type": "WIDENCLIPBaseInput", "inputs": {"ckpt_name": s.base}})
+        } else {
+            json!({"class_type": "WIDENBaseInput", "inputs": {"model_name": s.base}})
+        };
+        m.insert("base".into(), base);
+        P { nodes: m, clip: s.clip }
+    }
+    /// `WIDEN{class}`, or its CLIP twin.
+    fn class(&self, class: &str) -> String {
+        format!("WIDEN{}{class}", if self.clip { "CLIP" } else { "" })
     }
     fn add(&mut self, id: &str, class: &str, inputs: Json) -> Json {
-        self.0.insert(id.into(), json!({"class_type": class, "inputs": inputs}));
+        self.nodes.insert(id.into(), json!({"class_type": class, "inputs": inputs}));
         json!([id, 0])
     }
     fn lora(&mut self, id: &str, name: &str, strength: f64, prev: Option<Json>) -> Json {
@@ -168,7 +228,8 @@ impl P {
         if let Some(p) = prev {
             inputs["prev"] = p;
         }
-        self.add(id, "WIDENLoRA", inputs)
+        let class = self.class("LoRA");
+        self.add(id, &class, inputs)
     }
     fn compose(&mut self, id: &str, branches: &[Json]) -> Json {
         let mut prev: Option<Json> = None;
@@ -177,29 +238,36 @@ impl P {
             if let Some(p) = prev {
                 inputs["compose"] = p;
             }
-            prev = Some(self.add(&format!("{id}_{i}"), "WIDENCompose", inputs));
+            let class = self.class("Compose");
+            prev = Some(self.add(&format!("{id}_{i}"), &class, inputs));
         }
         prev.expect("a compose has branches")
     }
     fn merge(&mut self, id: &str, base: Json, target: Json, t: f64) -> Json {
-        self.add(id, "WIDENMerge", json!({"base": base, "target": target, "t_factor": t}))
+        let class = self.class("Merge");
+        self.add(id, &class, json!({"base": base, "target": target, "t_factor": t}))
     }
     fn finish(mut self, model: Json) -> Json {
-        let exit = self.add("exit", "WIDENExit", json!({"widen": model}));
-        self.add("sink", "BenchKeep", json!({"model": exit}));
-        Json::Object(self.0)
+        if self.clip {
+            let exit = self.add("exit", "WIDENCLIPExit", json!({"widen_clip": model}));
+            self.add("sink", "BenchKeepClip", json!({"clip": exit}));
+        } else {
+            let exit = self.add("exit", "WIDENExit", json!({"widen": model}));
+            self.add("sink", "BenchKeep", json!({"model": exit}));
+        }
+        Json::Object(self.nodes)
     }
 }
 
 fn w1(s: &Setup) -> Json {
-    let mut p = P::new(&s.base);
+    let mut p = P::new(s);
     let l = p.lora("l0", &s.loras[0], 1.0, None);
     let m = p.merge("m", json!(["base", 0]), l, 1.0);
     p.finish(m)
 }
 
 fn w2(s: &Setup, s3: f64, t_last: f64) -> Json {
-    let mut p = P::new(&s.base);
+    let mut p = P::new(s);
     let l0 = p.lora("l0", &s.loras[0], 0.8, None);
     let l01 = p.lora("l1", &s.loras[1], 0.5, Some(l0));
     let l2 = p.lora("l2", &s.loras[2], 1.0, None);
@@ -211,7 +279,7 @@ fn w2(s: &Setup, s3: f64, t_last: f64) -> Json {
 }
 
 fn compose_all(s: &Setup) -> Json {
-    let mut p = P::new(&s.base);
+    let mut p = P::new(s);
     let branches: Vec<Json> = s.loras.iter().enumerate().map(|(i, l)| p.lora(&format!("l{i}"), l, 1.0, None)).collect();
     let c = p.compose("c", &branches);
     let m = p.merge("m", json!(["base", 0]), c, 1.0);
@@ -219,20 +287,24 @@ fn compose_all(s: &Setup) -> Json {
 }
 
 /// The benchmark's output node: keeps the merged model it receives (its digest is taken after
-/// the timings).
-struct Keep(Kept);
+/// the timings). `clip` takes the CLIP Exit's output.
+struct Keep {
+    kept: Kept,
+    clip: bool,
+}
 
 /// The last merged model the benchmark's output node received.
 type Kept = Arc<std::sync::Mutex<Option<Arc<NativeModel>>>>;
 
 impl NodeClass for Keep {
     fn schema(&self) -> Arc<NodeSchema> {
-        Arc::new(NodeSchema::new("BenchKeep", "Bench Keep", "bench").input(InputSpec::socket("model", "MODEL")).output_node())
+        let (class, input) = if self.clip { ("BenchKeepClip", InputSpec::socket("clip", "CLIP")) } else { ("BenchKeep", InputSpec::socket("model", "MODEL")) };
+        Arc::new(NodeSchema::new(class, class, "bench").input(input).output_node())
     }
     fn execute(&self, _: &ExecContext, args: &NodeArgs) -> Result<CallOutput, NodeError> {
-        if let Some(Value::Handle(h)) = args.get("model") {
+        if let Some(Value::Handle(h)) = args.get(if self.clip { "clip" } else { "model" }) {
             let any: Arc<dyn std::any::Any + Send + Sync> = h.clone();
-            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = any.downcast::<NativeModel>().ok();
+            *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = any.downcast::<NativeModel>().ok();
         }
         Ok(CallOutput::default())
     }
@@ -270,6 +342,12 @@ struct Runner {
     /// Counts cold runs: each gets its own Exit `model_name` (unused without saving), so the
     /// executor re-runs the Exit instead of answering from its own output cache.
     cold_runs: usize,
+    /// The row the next runs count for (`None`: they set up the next one).
+    row: Option<String>,
+    /// Whether runs go into `log` (not the extra runs that measure peak device memory).
+    logging: bool,
+    /// The runs, in order, for the reference to replay.
+    log: Vec<LoggedRun>,
 }
 
 impl Runner {
@@ -279,12 +357,31 @@ impl Runner {
         comfyrs_core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models), engine.clone());
         let kept = Kept::default();
-        reg.register(Arc::new(Keep(kept.clone())));
-        Ok(Runner { reg, engine, kept, digests: Vec::new(), exec: Executor::new(CacheMode::Lru, 1 << 30), n: 0, cold_runs: 0 })
+        reg.register(Arc::new(Keep { kept: kept.clone(), clip: false }));
+        reg.register(Arc::new(Keep { kept: kept.clone(), clip: true }));
+        Ok(Runner {
+            reg,
+            engine,
+            kept,
+            digests: Vec::new(),
+            exec: Executor::new(CacheMode::Lru, 1 << 30),
+            n: 0,
+            cold_runs: 0,
+            row: None,
+            logging: true,
+            log: Vec::new(),
+        })
     }
 
     /// Runs a prompt; returns wall seconds and the Exit's statistics.
     fn run(&mut self, prompt: &Json) -> Result<(f64, Json)> {
+        self.run_logged(prompt, false)
+    }
+
+    fn run_logged(&mut self, prompt: &Json, cold: bool) -> Result<(f64, Json)> {
+        if self.logging {
+            self.log.push(LoggedRun { row: self.row.clone(), prompt: prompt.clone(), cold });
+        }
         let (p, _) = Prompt::parse(&prompt.to_string()).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let v = validate(p, &self.reg, None).map_err(|r| anyhow::anyhow!("prompt rejected: {}", r.to_json()))?;
         self.n += 1;
@@ -335,7 +432,7 @@ impl Runner {
         self.cold_runs += 1;
         let mut p = prompt.clone();
         p["exit"]["inputs"]["model_name"] = json!(format!("bench-cold-{}", self.cold_runs));
-        self.run(&p)
+        self.run_logged(&p, true)
     }
 }
 
@@ -378,11 +475,17 @@ impl DeviceWatch {
         f: impl FnOnce(&mut Runner) -> Result<()>,
     ) -> Result<Option<u64>> {
         let Some((rt, i)) = &self.0 else { return Ok(None) };
-        setup(r)?;
-        release_cached(rt, *i);
-        let watch = PeakWatch::start(rt.clone(), *i);
-        f(r)?;
-        Ok(Some(watch.stop()))
+        // Not the reference's to replay: they measure this side's memory only.
+        r.logging = false;
+        let measured = (|| {
+            setup(r)?;
+            release_cached(rt, *i);
+            let watch = PeakWatch::start(rt.clone(), *i);
+            f(r)?;
+            Ok(Some(watch.stop()))
+        })();
+        r.logging = true;
+        measured
     }
 }
 
@@ -405,7 +508,9 @@ fn warm_up(r: &Runner, wanted: bool, what: &str) -> Result<&'static str> {
 /// The first run on a new executor: opening the base, parsing the LoRAs, and on a GPU the
 /// CUDA libraries' own start-up, reported on its own row.
 fn first_run(r: &mut Runner, dw: &DeviceWatch, what: &str, prompt: &Json, rows: &mut Vec<Row>) -> Result<()> {
+    r.row = Some(what.into());
     let (secs, st) = r.run_cold(prompt)?;
+    r.row = None;
     let peak_device = dw.in_use_now();
     rows.push(Row { what: what.into(), secs, exit_secs: st["seconds"].as_f64().unwrap_or(f64::NAN), peak_device, detail: summary(&st) });
     Ok(())
@@ -415,12 +520,14 @@ fn first_run(r: &mut Runner, dw: &DeviceWatch, what: &str, prompt: &Json, rows: 
 fn cold(r: &mut Runner, dw: &DeviceWatch, what: &str, prompt: &Json, repeat: usize, rows: &mut Vec<Row>) -> Result<Json> {
     let (mut walls, mut exits) = (Vec::new(), Vec::new());
     let mut last = Json::Null;
+    r.row = Some(what.into());
     for _ in 0..repeat.max(1) {
         let (secs, stats) = r.run_cold(prompt)?;
         walls.push(secs);
         exits.push(stats["seconds"].as_f64().unwrap_or(f64::NAN));
         last = stats;
     }
+    r.row = None;
     // For comparing paths across runs (e.g. COMFYRS_WIDEN_PINNED=0 moves data without staging).
     let digest = kept_digest(&r.kept)?;
     r.digests.push(format!("{}: {}", what.split(':').next().unwrap_or(what), &digest[..16]));
@@ -459,98 +566,192 @@ fn gib(b: u64) -> String {
     format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
+/// W2's slider changes on one executor, as in a server: each repetition runs W2 cold, then moves
+/// LoRA3's strength, then the last t; then checks the incremental result against a cold run.
+fn slider_changes(r: &mut Runner, dw: &DeviceWatch, s: &Setup, repeat: usize, rep: &mut Report) -> Result<()> {
+    const STRENGTH: &str = "W2, LoRA3 strength changed";
+    const LAST_T: &str = "W2, last t changed";
+    let (mut strength, mut last_t, mut stats_s, mut stats_t) = (Vec::new(), Vec::new(), Json::Null, Json::Null);
+    for i in 0..repeat.max(1) {
+        r.run_cold(&w2(s, 1.0, 0.5))?;
+        let s3 = 0.9 - 0.1 * i as f64;
+        r.row = Some(STRENGTH.into());
+        let (secs, st) = r.run(&w2(s, s3, 0.5))?;
+        strength.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+        stats_s = st;
+        r.row = Some(LAST_T.into());
+        let (secs, st) = r.run(&w2(s, s3, 0.6 + 0.1 * i as f64))?;
+        last_t.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+        stats_t = st;
+        r.row = None;
+    }
+    // The incremental result must be the cold result, bit for bit.
+    let incremental = kept_digest(&r.kept)?;
+    let last = repeat.max(1) - 1;
+    r.run_cold(&w2(s, 0.9 - 0.1 * last as f64, 0.6 + 0.1 * last as f64))?;
+    let cold_digest = kept_digest(&r.kept)?;
+    if incremental != cold_digest {
+        bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
+    }
+    rep.checks.push(format!("W2 after the slider changes = a cold run of its recipe, bit for bit: digest {}", &cold_digest[..16]));
+    // Each change's own peak, after the run it follows (whose cache entries stay).
+    let peak_s = dw.peak_of(r, |r| r.run_cold(&w2(s, 1.0, 0.5)).map(drop), |r| r.run(&w2(s, 0.85, 0.5)).map(drop))?;
+    let peak_t = dw.peak_of(r, |_| Ok(()), |r| r.run(&w2(s, 0.85, 0.55)).map(drop))?;
+    for (what, v, st, peak_device) in [(STRENGTH, strength, stats_s, peak_s), (LAST_T, last_t, stats_t, peak_t)] {
+        rep.rows.push(Row {
+            what: what.into(),
+            secs: median(v.iter().map(|x| x.0).collect()),
+            exit_secs: median(v.iter().map(|x| x.1).collect()),
+            peak_device,
+            detail: summary(&st),
+        });
+    }
+    Ok(())
+}
+
+/// One transformer's compose of every LoRA (Z-Image, Flux-dev, Qwen-Image): its models, a first
+/// run on an engine of its own, then cold runs.
+struct Dit {
+    arch: Arch,
+    dtype: FileDtype,
+    loras: usize,
+    /// Its rows' name.
+    name: &'static str,
+}
+
+const DITS: [(&str, Dit); 3] = [
+    ("zimage", Dit { arch: Arch::Zimage, dtype: FileDtype::BF16, loras: 7, name: "Z-Image" }),
+    ("flux", Dit { arch: Arch::Flux, dtype: FileDtype::BF16, loras: 4, name: "Flux-dev" }),
+    ("qwen", Dit { arch: Arch::Qwen, dtype: FileDtype::F8E4M3, loras: 4, name: "Qwen-Image (fp8 e4m3fn)" }),
+];
+
+/// What the measurements gather, printed at the end.
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    /// (workload, peak RSS, merged output bytes, base file bytes)
+    memory: Vec<(&'static str, Option<u64>, u64, u64)>,
+    checks: Vec<String>,
+    digests: Vec<String>,
+    /// Every run, in order, for the reference.
+    log: Vec<LoggedRun>,
+}
+
 pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let dir = bench_dir(opts);
     let size = if opts.tiny { LayoutSize::Tiny } else { LayoutSize::Full };
-    let mut rows = Vec::new();
-    let mut memory = Vec::new();
-    let mut checks: Vec<String> = Vec::new();
-    let mut digests: Vec<String> = Vec::new();
+    let mut rep = Report::default();
     let want = |w: &str| opts.workloads.iter().any(|x| x == w);
     let dw = DeviceWatch::new(&settings);
+    // What the SDXL engine's runs left cached in libtorch's allocator goes back before another
+    // engine starts, so that its first run starts, and is measured, as in a process of its own.
+    let give_back = || {
+        if let Some((rt, i)) = &dw.0 {
+            release_cached(rt, *i);
+        }
+    };
     // What was measured is printed even when a later workload fails (e.g. out of memory under a
     // limit), then the error.
-    let mut measure = || -> Result<()> {
+    let measure = |rep: &mut Report| -> Result<()> {
         if want("w1") || want("w2") || want("w3") {
             let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
             let _held = hold_base(opts, &dir, &s, settings.device)?;
             let mut r = Runner::new(&dir, &settings)?;
             let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
-            first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rows)?;
+            first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rep.rows)?;
             let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
             if want("w1") {
                 reset_peak();
-                let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rows)?;
-                memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
+                let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rep.rows)?;
+                rep.memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
             }
             if want("w2") {
                 reset_peak();
-                let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rows)?;
-                memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
-                // Slider changes on one executor, as in a server: each repetition moves the slider.
-                let (mut strength, mut last_t, mut stats_s, mut stats_t) = (Vec::new(), Vec::new(), Json::Null, Json::Null);
-                for i in 0..opts.repeat.max(1) {
-                    r.run_cold(&w2(&s, 1.0, 0.5))?;
-                    let s3 = 0.9 - 0.1 * i as f64;
-                    let (secs, st) = r.run(&w2(&s, s3, 0.5))?;
-                    strength.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
-                    stats_s = st;
-                    let (secs, st) = r.run(&w2(&s, s3, 0.6 + 0.1 * i as f64))?;
-                    last_t.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
-                    stats_t = st;
-                }
-                // The incremental result must be the cold result, bit for bit.
-                let incremental = kept_digest(&r.kept)?;
-                let last = opts.repeat.max(1) - 1;
-                r.run_cold(&w2(&s, 0.9 - 0.1 * last as f64, 0.6 + 0.1 * last as f64))?;
-                let cold_digest = kept_digest(&r.kept)?;
-                if incremental != cold_digest {
-                    bail!("W2 after slider changes differs from a cold run of the same recipe ({incremental} vs {cold_digest})");
-                }
-                checks.push(format!("W2 after the slider changes = a cold run of its recipe, bit for bit: digest {}", &cold_digest[..16]));
-                // Each change's own peak, after the run it follows (whose cache entries stay).
-                let peak_s = dw.peak_of(&mut r, |r| r.run_cold(&w2(&s, 1.0, 0.5)).map(drop), |r| r.run(&w2(&s, 0.85, 0.5)).map(drop))?;
-                let peak_t = dw.peak_of(&mut r, |_| Ok(()), |r| r.run(&w2(&s, 0.85, 0.55)).map(drop))?;
-                for (what, v, st, peak_device) in
-                    [("W2, LoRA3 strength changed", strength, stats_s, peak_s), ("W2, last t changed", last_t, stats_t, peak_t)]
-                {
-                    rows.push(Row {
-                        what: what.into(),
-                        secs: median(v.iter().map(|x| x.0).collect()),
-                        exit_secs: median(v.iter().map(|x| x.1).collect()),
-                        peak_device,
-                        detail: summary(&st),
-                    });
-                }
+                let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rep.rows)?;
+                rep.memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
+                slider_changes(&mut r, &dw, &s, opts.repeat, rep)?;
             }
             if want("w3") {
                 reset_peak();
-                let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
-                memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
+                let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rep.rows)?;
+                rep.memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
             }
-            checks.push(cache_line(&r, "the SDXL workloads"));
-            digests.append(&mut r.digests);
+            rep.checks.push(cache_line(&r, "the SDXL workloads"));
+            rep.digests.append(&mut r.digests);
+            rep.log.append(&mut r.log);
         }
-        if want("zimage") {
-            let s = ensure_models(&dir, Arch::Zimage, size, FileDtype::BF16, 7).context("writing the Z-Image models")?;
-            // What the SDXL engine's runs left cached in libtorch's allocator goes back first, so
-            // that this engine's first run starts, and is measured, as in a process of its own.
-            if let Some((rt, i)) = &dw.0 {
-                release_cached(rt, *i);
+        for (tag, d) in &DITS {
+            if !want(tag) {
+                continue;
             }
+            let s = ensure_models(&dir, d.arch, size, d.dtype, d.loras).with_context(|| format!("writing the {} models", d.name))?;
+            give_back();
             let _held = hold_base(opts, &dir, &s, settings.device)?;
             let mut r = Runner::new(&dir, &settings)?;
-            let warmed = warm_up(&r, opts.warm_up, "Z-Image engine")?;
-            first_run(&mut r, &dw, &format!("Z-Image, first run of its engine{warmed} (maps the base, parses 7 LoRAs)"), &compose_all(&s), &mut rows)?;
+            let warmed = warm_up(&r, opts.warm_up, &format!("{} engine", d.name))?;
+            let n = d.loras;
+            first_run(&mut r, &dw, &format!("{}, first run of its engine{warmed} (maps the base, parses {n} LoRAs)", d.name), &compose_all(&s), &mut rep.rows)?;
             reset_peak();
-            let st = cold(&mut r, &dw, "Z-Image: compose of 7 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rows)?;
-            memory.push(("Z-Image", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
-            checks.push(cache_line(&r, "Z-Image"));
-            digests.append(&mut r.digests);
+            let st = cold(&mut r, &dw, &format!("{}: compose of {n} single-LoRA branches", d.name), &compose_all(&s), opts.repeat, &mut rep.rows)?;
+            rep.memory.push((d.name, peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+            rep.checks.push(cache_line(&r, d.name));
+            rep.digests.append(&mut r.digests);
+            rep.log.append(&mut r.log);
+        }
+        if want("clip") {
+            let s = ensure_clip_models(&dir, size, 2).context("writing the SDXL checkpoint and its CLIP LoRAs")?;
+            give_back();
+            let mut r = Runner::new(&dir, &settings)?;
+            let warmed = warm_up(&r, opts.warm_up, "SDXL CLIP engine")?;
+            let prompt = compose_all(&s);
+            first_run(&mut r, &dw, &format!("SDXL CLIP, first run of its engine{warmed} (maps the checkpoint, parses 2 LoRAs)"), &prompt, &mut rep.rows)?;
+            reset_peak();
+            let st = cold(&mut r, &dw, "SDXL CLIP-L/G: compose of 2 single-LoRA branches", &prompt, opts.repeat, &mut rep.rows)?;
+            rep.memory.push(("SDXL CLIP", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+            // The same merge saved, one file per text encoder, from empty caches each time (a
+            // saved file whose recipe matches would be reused, so each run saves anew).
+            let mut saved = prompt.clone();
+            saved["exit"]["inputs"]["save_model"] = json!(true);
+            saved["exit"]["inputs"]["save_workflow"] = json!(false);
+            let mut v = Vec::new();
+            let mut last = Json::Null;
+            for i in 0..opts.repeat.max(1) {
+                let mut p = saved.clone();
+                p["exit"]["inputs"]["model_name"] = json!(format!("bench_clip_saved_{i}"));
+                r.engine.clear_caches();
+                let (secs, st) = r.run(&p)?;
+                v.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
+                last = st;
+            }
+            let files: Vec<String> = last["saved"].as_str().map(|p| vec![p.to_string()]).unwrap_or_default();
+            rep.rows.push(Row {
+                what: "SDXL CLIP-L/G, the same merge saved (save_model)".into(),
+                secs: median(v.iter().map(|x| x.0).collect()),
+                exit_secs: median(v.iter().map(|x| x.1).collect()),
+                peak_device: None,
+                detail: format!("{}; saved {}", summary(&last), if files.is_empty() { "nothing".to_string() } else { files.join(", ") }),
+            });
+            rep.checks.push(cache_line(&r, "SDXL CLIP"));
+            rep.digests.append(&mut r.digests);
+            rep.log.append(&mut r.log);
         }
         Ok(())
     };
-    let measured = measure();
+    let measured = measure(&mut rep);
+    // The reference replays what ran, when everything ran.
+    let reference = match (&opts.reference, &measured) {
+        (Some(pack), Ok(())) => {
+            let python = super::reference::python(&opts.reference_python)?;
+            let output = tempfile::tempdir()?;
+            let setup = super::reference::ReferenceSetup { pack, python: &python, models_dir: &dir, output: output.path() };
+            let runs = super::merge_reference::reference_runs(&rep.log)?;
+            let exit = |_: &str, j: &Json| format!("Exit {:.3} s, whole prompt {:.3} s", j["nodes"]["exit"].as_f64().unwrap_or(f64::NAN), j["total"].as_f64().unwrap_or(f64::NAN));
+            let lines = super::reference::run(&setup, &runs.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), exit)?;
+            Some(super::merge_reference::reference_rows(&runs, &lines))
+        }
+        _ => None,
+    };
+    let Report { rows, memory, checks, digests, .. } = rep;
     let mut stdout = std::io::stdout().lock();
     let limit = settings.device_memory.map_or_else(|| "no device memory limit".to_string(), |l| format!("device memory limited to {}", gib(l)));
     writeln!(
@@ -560,11 +761,35 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
         settings.device,
         opts.repeat
     )?;
-    writeln!(stdout, "| workload | end to end | Exit alone | peak device memory | what ran |")?;
-    writeln!(stdout, "|---|---:|---:|---:|---|")?;
+    match &reference {
+        None => {
+            writeln!(stdout, "| workload | end to end | Exit alone | peak device memory | what ran |")?;
+            writeln!(stdout, "|---|---:|---:|---:|---|")?;
+        }
+        Some(_) => {
+            writeln!(
+                stdout,
+                "| workload | end to end | Exit alone | reference: whole prompt | reference: Exit | Exit, reference ÷ comfyrs | peak device memory | what ran |"
+            )?;
+            writeln!(stdout, "|---|---:|---:|---:|---:|---:|---:|---|")?;
+        }
+    }
     for r in &rows {
         let peak = r.peak_device.map_or_else(|| "-".to_string(), gib);
-        writeln!(stdout, "| {} | {} | {} | {peak} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail)?;
+        let theirs = match reference.as_ref().map(|m| m.get(&r.what)) {
+            None => String::new(),
+            Some(None) => "- | - | - | ".to_string(),
+            Some(Some((exit, total))) => format!("{} | {} | {:.1}× | ", fmt_secs(*total), fmt_secs(*exit), exit / r.exit_secs),
+        };
+        writeln!(stdout, "| {} | {} | {} | {theirs}{peak} | {} |", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs), r.detail)?;
+    }
+    if reference.is_some() {
+        writeln!(
+            stdout,
+            "\nReference: the same prompts in the same order in plain ComfyUI with the Python WIDEN node pack, one \
+             executor; its cold runs turn the pack's cache off (enable_cache false), the slider changes keep it on. \
+             Its whole prompt includes loading the base the first time (\"-\": the pack has no such run)."
+        )?;
     }
     if dw.0.is_some() {
         writeln!(

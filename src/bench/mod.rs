@@ -7,6 +7,8 @@ mod image_loop;
 #[cfg(feature = "python")]
 mod loop_weights;
 mod merge;
+mod merge_reference;
+mod reference;
 mod server;
 
 use std::process::ExitCode;

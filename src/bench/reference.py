@@ -1,9 +1,11 @@
-"""The reference side of `comfyrs bench loop`: the same prompts in plain ComfyUI (COMFYUI_PATH)
-with the Python WIDEN node pack, one executor for all of them, as a ComfyUI server runs them.
+"""The reference side of `comfyrs bench loop` and `comfyrs bench merge`: the same prompts in
+plain ComfyUI (COMFYUI_PATH) with the Python WIDEN node pack, one executor for all of them, as a
+ComfyUI server runs them.
 
-Arguments: PACK_DIR MODELS_DIR OUTPUT_DIR. Reads a JSON list of prompts on stdin and prints one
-JSON line per prompt: seconds from the start of the run to the sampler's first step and to the
-saved image, each node's seconds, and the saved image's path. Progress goes to stderr.
+Arguments: PACK_DIR MODELS_DIR OUTPUT_DIR. Reads a JSON list of {"prompt": ..., "outputs": [node
+ids to execute]} on stdin and prints one JSON line per prompt: its total seconds, seconds from its
+start to the sampler's first step and to the saved image (a node "sampler" and a node "save"), each
+node's seconds, and the saved image's path. Progress goes to stderr.
 """
 
 import asyncio
@@ -94,9 +96,11 @@ def main():
     # As ComfyUI's own server makes it with its default settings (no RAM-pressure eviction).
     cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}
     executor = execution.PromptExecutor(listener, cache_type=execution.CacheType.CLASSIC, cache_args=cache_args)
-    for n, prompt in enumerate(prompts):
+    for n, item in enumerate(prompts):
+        prompt = item["prompt"]
         listener.reset(time.perf_counter())
-        executor.execute(prompt, f"reference-{n}", {"client_id": "bench"}, ["save"])
+        executor.execute(prompt, f"reference-{n}", {"client_id": "bench"}, item["outputs"])
+        total = time.perf_counter() - listener.start
         if listener.running in listener.node_start:
             listener.node_seconds[listener.running] = time.perf_counter() - listener.node_start[listener.running]
         if not executor.success:
@@ -105,6 +109,7 @@ def main():
         print(
             json.dumps(
                 {
+                    "total": total,
                     "first_step": listener.first_step,
                     "image": listener.image,
                     "nodes": listener.node_seconds,
