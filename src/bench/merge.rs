@@ -7,8 +7,8 @@
 //! - W3: a compose of four single-LoRA branches at t 1.0.
 //! - Z-Image: a compose of seven single-LoRA branches at t 1.0.
 //! - Flux-dev (bf16) and Qwen-Image (fp8 e4m3fn, as ComfyUI distributes it): a compose of four
-//!   single-LoRA branches at t 1.0. Flux's LoRAs are diffusers-named on every linear layer, q, k
-//!   and v apart: they land in the rows of its fused `qkv` and `linear1` weights.
+//!   single-LoRA branches at t 1.0. Flux's LoRAs cover every linear layer, its fused `qkv` and
+//!   `linear1` weights among them.
 //! - SDXL CLIP: the text encoders of a full SDXL checkpoint, a compose of two LoRAs through the CLIP
 //!   Exit, then the same merge saved (`save_model`: one file per text encoder).
 //!
@@ -169,14 +169,11 @@ pub(super) fn ensure_loras(dir: &Path, arch: Arch, size: LayoutSize, n: usize) -
     let sz = if size == LayoutSize::Full { "full" } else { "tiny" };
     let l = layout(arch, size);
     let mut loras = Vec::new();
-    // Flux LoRAs as diffusers trainers write them: every linear layer, q, k and v apart (they
-    // land in the rows of the fused `qkv` and `linear1` weights). The others as kohya's scripts
-    // write them, on the attention projections.
-    let (naming, targets, file) = if arch == Arch::Flux {
-        (LoraNaming::Diffusers, LoraTargets::All, "diffusers_all")
-    } else {
-        (LoraNaming::Kohya, LoraTargets::Attention, "attn")
-    };
+    // Kohya names (the Python pack reads them for every architecture). Flux LoRAs on every
+    // linear layer, its fused `qkv` and `linear1` weights among them, as Flux trainers write
+    // them; the others on the attention projections.
+    let naming = LoraNaming::Kohya;
+    let (targets, file) = if arch == Arch::Flux { (LoraTargets::All, "all") } else { (LoraTargets::Attention, "attn") };
     for i in 0..n {
         let rel = format!("bench/{}_{sz}_{file}_r32_{i}.safetensors", arch.tag());
         let path = dir.join("loras").join(&rel);

@@ -37,15 +37,21 @@ pub fn python(flag: &Option<PathBuf>) -> Result<PathBuf> {
 /// run's line on stderr.
 pub fn run(setup: &ReferenceSetup, runs: &[ReferenceRun], progress: impl Fn(&str, &Json) -> String) -> Result<Vec<Json>> {
     let comfy = std::env::var_os("COMFYUI_PATH").ok_or_else(|| anyhow!("--reference runs plain ComfyUI: set COMFYUI_PATH to a ComfyUI checkout"))?;
+    // The driver works from ComfyUI's folder: every path it gets is absolute.
+    let absolute = |p: &Path| p.canonicalize().with_context(|| format!("--reference: {} is not there", p.display()));
+    let (pack, models_dir) = (absolute(setup.pack)?, absolute(setup.models_dir)?);
+    if !pack.join("__init__.py").is_file() {
+        bail!("--reference {}: not a ComfyUI custom node pack (no __init__.py); pass the Python WIDEN node pack's folder", pack.display());
+    }
     std::fs::create_dir_all(setup.output)?;
     let script = setup.output.join("reference.py");
     std::fs::write(&script, include_str!("reference.py"))?;
     let items: Vec<Json> = runs.iter().map(|r| json!({"prompt": r.prompt, "outputs": r.outputs})).collect();
     let mut child = std::process::Command::new(setup.python)
         .arg(&script)
-        .arg(setup.pack)
-        .arg(setup.models_dir)
-        .arg(setup.output)
+        .arg(&pack)
+        .arg(&models_dir)
+        .arg(absolute(setup.output)?)
         .env("COMFYUI_PATH", &comfy)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
