@@ -191,7 +191,7 @@ fn clip_saves_one_file_per_text_encoder_and_reuses_them() {
     let paths = |name: &str| json!([te.join(format!("{name}_clip_l.safetensors")).display().to_string(), te.join(format!("{name}_clip_g.safetensors")).display().to_string()]);
     assert_eq!(ui["saved"], paths("merged_clip"), "{ui}");
     let hash = assert_saved_clip(m.root(), "merged_clip", &model, &base);
-    let wf_saved = MappedFile::open(&te.join("merged_clip_clip_g.safetensors")).unwrap().metadata().unwrap()["__ecaj_workflow__"].clone();
+    let wf_saved = MappedFile::open(te.join("merged_clip_clip_g.safetensors")).unwrap().metadata().unwrap()["__ecaj_workflow__"].clone();
     assert_eq!(serde_json::from_str::<Json>(&wf_saved).unwrap(), wf);
     let mut names: Vec<String> = std::fs::read_dir(&te).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
