@@ -44,6 +44,10 @@ fn schemas_match_the_reference() {
     assert_eq!(info["WIDENExit"]["input"]["hidden"], json!({"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}));
     assert_eq!(info["WIDENExit"]["output"], json!(["MODEL"]));
     assert_eq!(info["WIDENCLIPExit"]["output"], json!(["CLIP"]));
+    // The CLIP Exit saves too (as text encoder files): the same options.
+    assert_eq!(opt("WIDENCLIPExit"), exit_opt);
+    assert_eq!(info["WIDENCLIPExit"]["input_order"]["optional"], info["WIDENExit"]["input_order"]["optional"]);
+    assert_eq!(info["WIDENCLIPExit"]["input"]["hidden"], info["WIDENExit"]["input"]["hidden"]);
     for (n, count, first, last_block) in [
         ("WIDENBlockConfigSDXL", 25, "IN00", "FINAL_OUT"),
         ("WIDENBlockConfigSDXLCLIP", 52, "CL00", "CG_PROJ"),

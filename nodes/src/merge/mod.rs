@@ -13,6 +13,7 @@ pub mod preflight;
 pub mod report;
 pub mod report_png;
 pub mod save;
+pub mod save_target;
 mod settings;
 pub mod transfer;
 mod warm;

@@ -1,13 +1,15 @@
 //! Saving merged models (`docs/widen.md`, "Saving merged models") and the Exit's change
 //! fingerprint ("Change detection").
 //!
-//! The file holds every key of the base (merged keys overlaid), streamed one tensor at a time
-//! by the models module's atomic writer (temp file in the target folder, fsync, rename), with
-//! the recipe JSON, its hash, the merged key list and optionally the workflow in the metadata.
-//! A file whose stored recipe hash matches is reused without evaluating anything.
+//! A save is one file or several (a CLIP's one per text encoder; `save_target` says which and
+//! under which key names). Each holds every key of the base it covers (merged keys overlaid),
+//! streamed one tensor at a time by the models module's atomic writer (temp file in the target
+//! folder, fsync, rename), with the recipe JSON, its hash, the merged key list and optionally the
+//! workflow in the metadata. A save whose files all hold the recipe's hash is reused without
+//! evaluating anything.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use comfyrs_runtime::node::Fingerprint;
@@ -21,34 +23,11 @@ use crate::models::{file_stats, FileDtype, FileIdentity, MappedFile, MappedTenso
 
 use crate::models::ModelFolders;
 use super::report::{self, MergeReport};
+use super::save_target::{candidate_paths, KeyNaming, SaveFile, FOREIGN_SAVE_PREFIX};
 use crate::recipe::model::NativeModel;
-use crate::recipe::{canonical_json, PackError, Recipe, RecipeKind};
+use crate::recipe::{canonical_json, PackError, Recipe, RecipeDomain, RecipeKind};
 
-/// `model_name` → file name (docs/widen.md, "Saving merged models").
-pub fn validate_model_name(name: &str) -> Result<String, PackError> {
-    let n = name.trim();
-    if n.is_empty() {
-        return Err(PackError::value("Model name cannot be empty"));
-    }
-    if n.contains("..") {
-        return Err(PackError::value(format!("Model name contains path traversal: '{n}'")));
-    }
-    if n.contains('/') || n.contains('\\') {
-        return Err(PackError::value(format!("Model name contains path separators: '{n}'")));
-    }
-    Ok(if n.ends_with(".safetensors") { n.to_string() } else { format!("{n}.safetensors") })
-}
-
-/// The save path: the first checkpoints folder / validated name.
-pub fn target_path(folders: &ModelFolders, model_name: &str) -> Result<PathBuf, PackError> {
-    let name = validate_model_name(model_name)?;
-    let dir = folders
-        .dirs("checkpoints")
-        .ok()
-        .and_then(|d| d.first().cloned())
-        .ok_or_else(|| PackError::value("No checkpoints directory configured in ComfyUI"))?;
-    Ok(dir.join(name))
-}
+pub use super::save_target::{save_files, target_path, validate_model_name};
 
 /// Deterministic recipe JSON with file stats, and its hash (blake3 hex).
 pub fn serialize(folders: &ModelFolders, root: &Recipe) -> (String, String) {
@@ -66,42 +45,66 @@ pub fn serialize(folders: &ModelFolders, root: &Recipe) -> (String, String) {
     (json, hash)
 }
 
-/// The saved file at `path` if its recipe hash is `hash`: the base with the saved merged keys
-/// (memory-mapped from the saved file). A file without comfyrs/ecaj metadata is refused.
-pub fn check_saved(path: &Path, hash: &str, base: &Arc<NativeModel>) -> Result<Option<Arc<NativeModel>>, PackError> {
-    if !path.exists() {
+/// The saved merge in `files` if each of them holds recipe hash `hash`: the base with the saved
+/// merged keys (memory-mapped from the files). A missing or stale file means a new merge; a
+/// file there without comfyrs/ecaj metadata is refused, whichever file it is, before anything
+/// is merged.
+pub fn check_saved(files: &[SaveFile], hash: &str, base: &Arc<NativeModel>) -> Result<Option<Arc<NativeModel>>, PackError> {
+    let mut current = Vec::with_capacity(files.len());
+    for f in files {
+        if !f.path.exists() {
+            current.push(None);
+            continue;
+        }
+        let file = MappedFile::open(&f.path)?;
+        let Some(md) = file.metadata().filter(|m| m.contains_key("__ecaj_version__")) else {
+            return Err(PackError::value(format!(
+                "File exists but is not an ecaj-saved model: {}\nRefusing to overwrite a file without ecaj metadata. \
+                 Choose a different model_name.",
+                f.path.display()
+            )));
+        };
+        let fresh = md.get("__ecaj_recipe_hash__").map(String::as_str) == Some(hash);
+        current.push(fresh.then_some((f, file)));
+    }
+    if current.iter().any(Option::is_none) {
         return Ok(None);
     }
-    let file = MappedFile::open(path)?;
-    let md = file.metadata();
-    let Some(md) = md.filter(|m| m.contains_key("__ecaj_version__")) else {
-        return Err(PackError::value(format!(
-            "File exists but is not an ecaj-saved model: {}\nRefusing to overwrite a file without ecaj metadata. \
-             Choose a different model_name.",
-            path.display()
-        )));
-    };
-    if md.get("__ecaj_recipe_hash__").map(String::as_str) != Some(hash) {
-        return Ok(None);
-    }
-    let keys: Vec<String> = md
-        .get("__ecaj_affected_keys__")
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
     let mut merged = IndexMap::new();
     let mut scales = IndexMap::new();
-    for k in keys {
-        // Saved from a ComfyUI MODEL base: under its checkpoint name.
-        let t = if file.contains(&k) { file.tensor(&k)? } else { file.tensor(&format!("{FOREIGN_SAVE_PREFIX}{k}"))? };
-        // A scaled fp8 key was saved with its new scale, under the base's name for it.
-        if let Some(scale_key) = base.try_file().and_then(|f| f.scale_key(&k)) {
-            scales.insert(k.clone(), crate::models::checkpoint::read_scale(&file, scale_key)?);
+    for (f, file) in current.into_iter().flatten() {
+        // Host names (docs/widen.md, "Saving merged models").
+        let keys: Vec<String> = file
+            .metadata()
+            .and_then(|m| m.get("__ecaj_affected_keys__"))
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        for k in keys {
+            let t = file.tensor(&stored_name(&file, f.naming, &k))?;
+            // A scaled fp8 key was saved with its new scale, under the file's name for the
+            // base's scale key.
+            if let Some(scale_key) = base.try_file().and_then(|b| b.scale_key(&k)) {
+                let name = stored_name(&file, f.naming, scale_key);
+                scales.insert(k.clone(), crate::models::checkpoint::read_scale(&file, &name)?);
+            }
+            merged.insert(k, t);
         }
-        merged.insert(k.clone(), t);
     }
+    // In key order, as a merge lists them (a CLIP's files each hold part of them).
+    merged.sort_keys();
     let mut h = [0u8; 32];
     h.copy_from_slice(blake3::hash(hash.as_bytes()).as_bytes());
     Ok(Some(base.with_overrides(merged, scales, &h)))
+}
+
+/// The name host key `host` has in a saved `file`. A checkpoint may name a key either way:
+/// saved from a file base as it is, from a ComfyUI MODEL base under its checkpoint name.
+fn stored_name(file: &MappedFile, naming: KeyNaming, host: &str) -> String {
+    match naming {
+        KeyNaming::Checkpoint { .. } if file.contains(host) => host.to_string(),
+        KeyNaming::Checkpoint { .. } => format!("{FOREIGN_SAVE_PREFIX}{host}"),
+        KeyNaming::TextEncoder(_) => naming.saved_name(host).unwrap_or_else(|| host.to_string()),
+    }
 }
 
 /// The merge report saved in the file's metadata (docs/widen.md, "Report"); `None` for a file
@@ -114,30 +117,42 @@ pub fn saved_report(path: &Path) -> Result<Option<MergeReport>, PackError> {
     })
 }
 
-/// The prefix saved keys of a ComfyUI MODEL base get: its weights are named
-/// `diffusion_model.…`, a checkpoint's `model.diffusion_model.…` (what ComfyUI's loaders look for).
-const FOREIGN_SAVE_PREFIX: &str = "model.";
-
-/// Writes `model` (all base keys, overrides overlaid) to `path` atomically. A base that is a
-/// ComfyUI MODEL (no file) is written from its own tensors, under checkpoint key names. A scaled
-/// fp8 base's companions (docs/widen.md, "Model formats") are written with it: merged keys'
-/// scales are their new ones, the rest as the base has them.
-pub fn save_model(
-    path: &Path,
+/// Writes file `f` of `model`'s save atomically: the base keys it holds, overrides overlaid,
+/// under its names. A base that is a ComfyUI MODEL or CLIP (no file) is written from its own
+/// tensors. A scaled fp8 base's companions (docs/widen.md, "Model formats") are written with
+/// it: merged keys' scales are their new ones, the rest as the base has them. The metadata's
+/// affected keys are the merged keys the file holds, under their host names.
+pub fn save_file(
+    f: &SaveFile,
     model: &NativeModel,
     recipe_json: &str,
     hash: &str,
     workflow: Option<&Json>,
     report: Option<&MergeReport>,
 ) -> Result<(), PackError> {
+    let path = f.path.as_path();
     let companions = model.companions()?;
-    let mut keys: Vec<String> = model.keys().map(String::from).chain(companions.keys().cloned()).collect();
-    keys.sort();
+    // (host key, name in the file), in name order.
+    let mut keys: Vec<(String, String)> = model
+        .keys()
+        .map(String::from)
+        .chain(companions.keys().cloned())
+        .filter_map(|k| f.naming.saved_name(&k).map(|n| (k, n)))
+        .collect();
+    keys.sort_by(|a, b| a.1.cmp(&b.1));
+    if let Some(w) = keys.windows(2).find(|w| w[0].1 == w[1].1) {
+        return Err(PackError::value(format!(
+            "Cannot save {}: keys '{}' and '{}' would both be saved as '{}'.",
+            path.display(),
+            w[0].0,
+            w[1].0,
+            w[0].1
+        )));
+    }
     let mut headers = Vec::with_capacity(keys.len());
     let file = model.try_file();
-    let prefix = if file.is_some() { "" } else { FOREIGN_SAVE_PREFIX };
     let file_dtype = |k: &str, kind: Kind| FileDtype::from_kind(kind).ok_or_else(|| PackError::value(format!("Unsupported dtype {kind:?} for tensor '{k}'")));
-    for k in &keys {
+    for (k, name) in &keys {
         let (dtype, shape) = match (model.overrides().get(k), file) {
             (None, Some(file)) if companions.contains_key(k) => {
                 let m = file.file().meta(&file.companions()[k].file_key).expect("listed companion");
@@ -150,9 +165,9 @@ pub fn save_model(
                 model.shape(k).expect("listed key").iter().map(|&d| d as usize).collect(),
             ),
         };
-        headers.push(TensorHeader::new(format!("{prefix}{k}"), dtype, &shape));
+        headers.push(TensorHeader::new(name.clone(), dtype, &shape));
     }
-    let mut affected: Vec<&String> = model.overrides().keys().collect();
+    let mut affected: Vec<&String> = model.overrides().keys().filter(|k| f.naming.holds(k)).collect();
     affected.sort();
     let mut md = BTreeMap::new();
     md.insert("__ecaj_version__".to_string(), "1".to_string());
@@ -167,7 +182,7 @@ pub fn save_model(
     }
     let mut w = SafetensorsWriter::create(path, &headers, Some(&md))?;
     let mut buf = Vec::new();
-    for k in &keys {
+    for (k, _) in &keys {
         match (model.overrides().get(k), file) {
             (None, Some(_)) if companions.contains_key(k) => write_tensor(&mut w, &MappedTensor::owned(companions[k].shallow_clone()), &mut buf)?,
             (Some(t), _) => write_tensor(&mut w, t, &mut buf)?,
@@ -199,8 +214,9 @@ fn write_tensor(w: &mut SafetensorsWriter, t: &MappedTensor, buf: &mut Vec<u8>) 
 
 /// IS_CHANGED of the Exit (docs/widen.md, "Change detection"): the recipe's files are fingerprinted
 /// by the LoRA / Model Input / Base Input nodes themselves (their signatures feed the Exit's); here
-/// the save options and the identity of the saved file.
-pub fn exit_fingerprint(folders: &ModelFolders, a: &Args) -> Fingerprint {
+/// the save options and the identity of each file a save may write (a CLIP's every text encoder
+/// file).
+pub fn exit_fingerprint(folders: &ModelFolders, domain: RecipeDomain, a: &Args) -> Fingerprint {
     let b = |n: &str, d: bool| match a.get(n) {
         Some(Value::Bool(v)) => *v,
         _ => d,
@@ -214,13 +230,19 @@ pub fn exit_fingerprint(folders: &ModelFolders, a: &Args) -> Fingerprint {
     if !save {
         return Fingerprint::Value(json!(format!("cache={cache}")));
     }
-    let file = target_path(folders, &name)
-        .ok()
-        .and_then(|p| FileIdentity::of(&p).ok())
-        .map(|id| format!("|mtime={}|size={}", id.mtime_ns, id.size))
-        .unwrap_or_else(|| "|no_cache".into());
+    let id = |p: &Path| FileIdentity::of(p).ok().map(|id| format!("mtime={}|size={}", id.mtime_ns, id.size));
+    let files = match domain {
+        RecipeDomain::Diffusion => target_path(folders, &name).ok().and_then(|p| id(&p)).map(|s| format!("|{s}")).unwrap_or_else(|| "|no_cache".into()),
+        RecipeDomain::Clip => match candidate_paths(folders, domain, &name) {
+            Ok(paths) => paths
+                .iter()
+                .map(|p| format!("|{}:{}", p.file_name().unwrap_or_default().to_string_lossy(), id(p).unwrap_or_else(|| "none".into())))
+                .collect(),
+            Err(_) => "|no_cache".into(),
+        },
+    };
     Fingerprint::Value(json!(format!(
-        "save=true|name={name}|wf={}|cache={cache}{file}",
+        "save=true|name={name}|wf={}|cache={cache}{files}",
         b("save_workflow", true)
     )))
 }

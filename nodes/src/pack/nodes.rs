@@ -358,59 +358,42 @@ pub fn all(ctx: &PackContext) -> Vec<Arc<dyn NodeClass>> {
         )));
     }
 
-    // Exit nodes.
-    let mut exit = node(
-        ctx,
-        move |_| {
-            schema("WIDENExit", "WIDEN Exit", cat)
-                .input(InputSpec::socket("widen", "WIDEN"))
-                .input(InputSpec::boolean("save_model", false).optional())
-                .input(InputSpec::string("model_name", "").optional())
-                .input(InputSpec::boolean("save_workflow", true).optional())
-                .input(InputSpec::boolean("enable_cache", true).optional())
-                .input(InputSpec::hidden("prompt", "PROMPT"))
-                .input(InputSpec::hidden("extra_pnginfo", "EXTRA_PNGINFO"))
-                .output(OutputSpec::named("MODEL", "model"))
-        },
-        |c, ctx, a| {
-            let recipe = required_recipe(a, "widen")?;
-            let opts = ExitOptions {
-                domain: RecipeDomain::Diffusion,
-                save_model: bool_or(a, "save_model", false),
-                model_name: a.get("model_name").and_then(str_of).unwrap_or("").to_string(),
-                save_workflow: bool_or(a, "save_workflow", true),
-                enable_cache: bool_or(a, "enable_cache", true),
-                extra_pnginfo: ctx.extra_pnginfo.cloned(),
-            };
-            exit_output(c, run_exit(&c.engine, &c.folders(), ctx, &recipe, &opts)?)
-        },
-    );
-    exit.placement = Placement::Worker;
-    exit.print = Some(Box::new(|c, a| Some(crate::merge::save::exit_fingerprint(&c.folders(), a))));
-    v.push(Arc::new(exit));
-
-    let mut clip_exit = node(
-        ctx,
-        move |_| {
-            schema("WIDENCLIPExit", "WIDEN CLIP Exit", clip_cat)
-                .input(InputSpec::socket("widen_clip", "WIDEN_CLIP"))
-                .output(OutputSpec::named("CLIP", "clip"))
-        },
-        |c, ctx, a| {
-            let recipe = required_recipe(a, "widen_clip")?;
-            let opts = ExitOptions {
-                domain: RecipeDomain::Clip,
-                save_model: false,
-                model_name: String::new(),
-                save_workflow: false,
-                enable_cache: true,
-                extra_pnginfo: None,
-            };
-            exit_output(c, run_exit(&c.engine, &c.folders(), ctx, &recipe, &opts)?)
-        },
-    );
-    clip_exit.placement = Placement::Worker;
-    v.push(Arc::new(clip_exit));
+    // Exit nodes: the same options, a MODEL saved as a checkpoint and a CLIP as its text
+    // encoders (docs/widen.md, "Saving merged models").
+    for (class, display, domain, category, input, out_type, out_name) in [
+        ("WIDENExit", "WIDEN Exit", RecipeDomain::Diffusion, cat, "widen", "MODEL", "model"),
+        ("WIDENCLIPExit", "WIDEN CLIP Exit", RecipeDomain::Clip, clip_cat, "widen_clip", "CLIP", "clip"),
+    ] {
+        let mut exit = node(
+            ctx,
+            move |_| {
+                schema(class, display, category)
+                    .input(InputSpec::socket(input, domain.socket()))
+                    .input(InputSpec::boolean("save_model", false).optional())
+                    .input(InputSpec::string("model_name", "").optional())
+                    .input(InputSpec::boolean("save_workflow", true).optional())
+                    .input(InputSpec::boolean("enable_cache", true).optional())
+                    .input(InputSpec::hidden("prompt", "PROMPT"))
+                    .input(InputSpec::hidden("extra_pnginfo", "EXTRA_PNGINFO"))
+                    .output(OutputSpec::named(out_type, out_name))
+            },
+            move |c, ctx, a| {
+                let recipe = required_recipe(a, input)?;
+                let opts = ExitOptions {
+                    domain,
+                    save_model: bool_or(a, "save_model", false),
+                    model_name: a.get("model_name").and_then(str_of).unwrap_or("").to_string(),
+                    save_workflow: bool_or(a, "save_workflow", true),
+                    enable_cache: bool_or(a, "enable_cache", true),
+                    extra_pnginfo: ctx.extra_pnginfo.cloned(),
+                };
+                exit_output(c, run_exit(&c.engine, &c.folders(), ctx, &recipe, &opts)?)
+            },
+        );
+        exit.placement = Placement::Worker;
+        exit.print = Some(Box::new(move |c, a| Some(crate::merge::save::exit_fingerprint(&c.folders(), domain, a))));
+        v.push(Arc::new(exit));
+    }
 
     // The report of a merge (docs/widen.md, "Report"): comfyrs's own node, not the reference's.
     v.push(Arc::new(node(

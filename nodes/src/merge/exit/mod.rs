@@ -97,7 +97,8 @@ pub struct ExitStats {
     pub oom_retries: usize,
     pub seconds: f64,
     pub device: String,
-    pub saved: Option<String>,
+    /// The files saved (or reused): a MODEL's checkpoint, a CLIP's text encoder files.
+    pub saved: Vec<String>,
     pub reused_saved_file: bool,
     pub lora_reports: Vec<String>,
 }
@@ -122,8 +123,10 @@ impl ExitStats {
         m.insert("oom_retries".into(), json!(self.oom_retries));
         m.insert("seconds".into(), json!((self.seconds * 1e4).round() / 1e4));
         m.insert("device".into(), json!(self.device));
-        if let Some(s) = &self.saved {
-            m.insert("saved".into(), json!(s));
+        if !self.saved.is_empty() {
+            // One path as a string (a MODEL's), several as a list.
+            let saved = if self.saved.len() == 1 { json!(self.saved[0]) } else { json!(self.saved) };
+            m.insert("saved".into(), saved);
             m.insert("reused_saved_file".into(), json!(self.reused_saved_file));
         }
         if !self.lora_reports.is_empty() {
@@ -184,23 +187,23 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         return Ok(ExitResult { model: base_model.clone(), stats });
     }
     // Saved-model short-circuit.
-    let save_target = if opts.save_model && opts.domain == RecipeDomain::Diffusion {
-        let path = save::target_path(folders, &opts.model_name)?;
+    let save_target = if opts.save_model {
+        let files = save::save_files(folders, opts.domain, &opts.model_name, base_model)?;
         let (json, hash) = save::serialize(folders, root);
-        if let Some(model) = save::check_saved(&path, &hash, base_model)? {
-            if let Some(r) = save::saved_report(&path)? {
+        if let Some(model) = save::check_saved(&files, &hash, base_model)? {
+            if let Some(r) = save::saved_report(&files[0].path)? {
                 model.set_report(Arc::new(r));
             }
             rep.progress(1, 1);
             stats.keys = model.overrides().len();
             stats.bytes = model.merged_bytes();
-            stats.saved = Some(path.display().to_string());
+            stats.saved = files.iter().map(|f| f.path.display().to_string()).collect();
             stats.reused_saved_file = true;
             stats.seconds = start.elapsed().as_secs_f64();
-            tracing::info!(path = %path.display(), "WIDEN Exit: reusing the saved model (recipe hash matches)");
+            tracing::info!(path = %stats.saved.join(", "), "WIDEN Exit: reusing the saved model (recipe hash matches)");
             return Ok(ExitResult { model, stats });
         }
-        Some((path, json, hash))
+        Some((files, json, hash))
     } else {
         None
     };
@@ -314,10 +317,12 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let report = Arc::new(figures::report(engine, &a, root, device, std::mem::take(&mut ev.figures), opts.enable_cache)?);
     model.set_report(report.clone());
     stats.bytes = model.merged_bytes();
-    if let Some((path, json, hash)) = save_target {
+    if let Some((files, json, hash)) = save_target {
         let wf = if opts.save_workflow { opts.extra_pnginfo.as_ref() } else { None };
-        save::save_model(&path, &model, &json, &hash, wf, Some(&report))?;
-        stats.saved = Some(path.display().to_string());
+        for f in &files {
+            save::save_file(f, &model, &json, &hash, wf, Some(&report))?;
+        }
+        stats.saved = files.iter().map(|f| f.path.display().to_string()).collect();
     }
     stats.seconds = start.elapsed().as_secs_f64();
     tracing::info!(
