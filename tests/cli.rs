@@ -257,7 +257,7 @@ fn convert_prints_the_api_prompt_a_ui_workflow_runs_as() {
 fn bench_merge_runs_every_workload_on_tiny_models() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["bench", "merge", "--tiny", "--repeat", "1", "--workloads", "w1,w2,w3,zimage,flux,qwen", "--dir"])
+        .args(["bench", "merge", "--tiny", "--repeat", "1", "--workloads", "w1,w2,w3,zimage,flux,qwen,clip", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -266,7 +266,7 @@ fn bench_merge_runs_every_workload_on_tiny_models() {
     let row = |prefix: &str| -> String {
         stdout.lines().find(|l| l.starts_with(&format!("| {prefix}"))).unwrap_or_else(|| panic!("no row '{prefix}' in:\n{stdout}")).to_string()
     };
-    for w in ["W1: one LoRA", "W2: compose", "W3: compose", "Z-Image: compose", "Flux-dev: compose", "Qwen-Image (fp8 e4m3fn): compose"] {
+    for w in ["W1: one LoRA", "W2: compose", "W3: compose", "Z-Image: compose", "Flux-dev: compose", "Qwen-Image (fp8 e4m3fn): compose", "SDXL CLIP-L/G: compose"] {
         assert!(row(w).contains(" 0 subtree hits"), "a cold run must start from empty caches: {}", row(w));
     }
     let strength = row("W2, LoRA3 strength changed");
@@ -275,7 +275,13 @@ fn bench_merge_runs_every_workload_on_tiny_models() {
     let keys: String = t.split(" keys,").next().unwrap().rsplit("| ").next().unwrap().to_string();
     assert!(t.contains(&format!("{keys} statistics reused")), "every key's statistics are reused after a t change: {t}");
     assert!(stdout.contains("(within)") && !stdout.contains("EXCEEDED"), "{stdout}");
-    // Flux's diffusers-named LoRAs (q, k and v apart, for its fused weights) merge something.
+    // The saved CLIP merge: one file per text encoder, in text_encoders.
+    let saved = row("SDXL CLIP-L/G, the same merge saved");
+    for enc in ["clip_l", "clip_g"] {
+        let f = dir.path().join(format!("text_encoders/bench_clip_saved_0_{enc}.safetensors"));
+        assert!(f.is_file() && saved.contains(&f.display().to_string()), "{saved}");
+    }
+    // Flux's LoRAs (every linear layer, the fused qkv and linear1 among them) merge something.
     let flux = row("Flux-dev: compose");
     assert!(!flux.contains("| 0 keys"), "{flux}");
 }

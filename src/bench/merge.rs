@@ -720,7 +720,12 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
                 v.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
                 last = st;
             }
-            let files: Vec<String> = last["saved"].as_str().map(|p| vec![p.to_string()]).unwrap_or_default();
+            // One path, or a list of them (one file per text encoder).
+            let files: Vec<String> = match &last["saved"] {
+                Json::String(p) => vec![p.clone()],
+                Json::Array(v) => v.iter().filter_map(|p| p.as_str().map(String::from)).collect(),
+                _ => Vec::new(),
+            };
             rep.rows.push(Row {
                 what: "SDXL CLIP-L/G, the same merge saved (save_model)".into(),
                 secs: median(v.iter().map(|x| x.0).collect()),
