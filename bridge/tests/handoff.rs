@@ -581,3 +581,97 @@ fn clip_entry_refuses_a_clip_that_is_not_sdxl() {
     let msg = format!("{:?}", r.errors);
     assert!(msg.contains("Only SDXL CLIP merging is supported in v1. Detected CLIP architecture is not SDXL"), "{msg}");
 }
+
+/// A native CLIP merge saved by the CLIP Exit is a pair of text encoder files that ComfyUI's
+/// DualCLIPLoader (type sdxl) loads from text_encoders: every weight of the loaded encoders is
+/// the saved one (but `logit_scale`, which that loader leaves as it is), every saved one has its
+/// place, and the loaded CLIP encodes as the Exit's CLIP.
+#[test]
+fn saved_clip_loads_in_comfyuis_dual_clip_loader() {
+    let _lock = support::shared();
+    let e = env();
+    let (ckpt, lora) = sdxl_clip_files();
+    const NAME: &str = "comfyrs-test-saved-clip";
+    const FOREIGN: &str = "comfyrs-test-saved-comfyui-clip";
+    let te = e.models.join("text_encoders");
+    for (name, enc) in [(NAME, "clip_l"), (NAME, "clip_g"), (FOREIGN, "clip_l"), (FOREIGN, "clip_g")] {
+        let _ = std::fs::remove_file(te.join(format!("{name}_{enc}.safetensors")));
+    }
+    let mut exec = Executor::new(CacheMode::Lru, 16 << 30);
+    let r = run_prompt(
+        &mut exec,
+        json!({
+            "10": {"class_type": "WIDENCLIPBaseInput", "inputs": {"ckpt_name": ckpt}},
+            "3": {"class_type": "WIDENCLIPLoRA", "inputs": {"lora_name": lora, "strength": 1.0}},
+            "13": {"class_type": "WIDENCLIPMerge", "inputs": {"base": ["10", 0], "target": ["3", 0], "t_factor": 1.0}},
+            "14": {"class_type": "WIDENCLIPExit", "inputs": {"widen_clip": ["13", 0], "save_model": true, "model_name": NAME}},
+            "15": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["14", 0]}},
+            "16": {"class_type": "TestCondDigest", "inputs": {"conditioning": ["15", 0]}},
+            // The ComfyUI CLIP those weights came from, merged and saved the same way.
+            "1": {"class_type": "TestSDXLCLIP", "inputs": {"seed": 1}},
+            "2": {"class_type": "WIDENCLIPEntry", "inputs": {"clip": ["1", 0]}},
+            "4": {"class_type": "WIDENCLIPMerge", "inputs": {"base": ["2", 0], "target": ["3", 0], "t_factor": 1.0}},
+            "5": {"class_type": "WIDENCLIPExit", "inputs": {"widen_clip": ["4", 0], "save_model": true, "model_name": FOREIGN}},
+            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red fox in the snow", "clip": ["5", 0]}},
+            "7": {"class_type": "TestCondDigest", "inputs": {"conditioning": ["6", 0]}}
+        }),
+    );
+    assert!(r.success(), "{:?}", r.errors);
+    let widen = &r.outputs["14"]["widen"][0];
+    assert_eq!(widen["keys"].as_u64(), Some(3), "{widen}");
+    assert_eq!(widen["saved"].as_array().map(Vec::len), Some(2), "{widen}");
+    // A ComfyUI CLIP has no file: its weights are saved from the CLIP itself, the same as the
+    // native CLIP's (another base, so another recipe hash).
+    for enc in ["clip_l", "clip_g"] {
+        let open = |name: &str| comfyrs_nodes::models::MappedFile::open(te.join(format!("{name}_{enc}.safetensors"))).unwrap();
+        let (native, foreign) = (open(NAME), open(FOREIGN));
+        assert_eq!(sorted(native.tensors().keys().map(String::as_str).collect()), sorted(foreign.tensors().keys().map(String::as_str).collect()), "{enc}");
+        for k in native.tensors().keys() {
+            assert_eq!(native.bytes(k).unwrap(), foreign.bytes(k).unwrap(), "{enc}: {k}");
+        }
+        let hash = |f: &comfyrs_nodes::models::MappedFile| f.metadata().unwrap()["__ecaj_recipe_hash__"].clone();
+        assert_ne!(hash(&native), hash(&foreign));
+    }
+    let merged_digest = r.outputs["16"]["digest"][0].as_str().unwrap().to_string();
+    assert_eq!(r.outputs["7"]["digest"][0].as_str(), Some(merged_digest.as_str()));
+    let (l, g) = (format!("{NAME}_clip_l.safetensors"), format!("{NAME}_clip_g.safetensors"));
+    let (pl, pg) = (te.join(&l).to_string_lossy().into_owned(), te.join(&g).to_string_lossy().into_owned());
+    let (problems, digest) = e
+        .bridge
+        .with_python(move |py| -> (Vec<String>, String) {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new(
+                r#"
+def check(l, g, pl, pg):
+    import torch, nodes, safetensors.torch
+    clip = nodes.NODE_CLASS_MAPPINGS["DualCLIPLoader"]().load_clip(l, g, "sdxl")[0]
+    sd = {k: v for k, v in clip.cond_stage_model.state_dict().items() if v.is_floating_point()}
+    problems, used = [], set()
+    for enc, path in (("clip_l.", pl), ("clip_g.", pg)):
+        for k, v in safetensors.torch.load_file(path).items():
+            assert not k.startswith(("clip_", "transformer.")), k
+            name = next((n for n in (enc + "transformer." + k, enc + k) if n in sd), None)
+            if name is None:
+                problems.append("saved but not loaded: " + enc + k)
+                continue
+            used.add(name)
+            # The loader reads a file into the encoder's transformer; logit_scale sits beside it
+            # (kept at the loader's own value, not used to encode).
+            if k == "logit_scale":
+                continue
+            if not torch.equal(sd[name].float(), v.float()):
+                problems.append("differs: " + name)
+    problems += ["loaded but not saved: " + k for k in sorted(set(sd) - used)]
+    cond = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, "a red fox in the snow")[0]
+    digest = nodes.NODE_CLASS_MAPPINGS["TestCondDigest"]().run(cond)["ui"]["digest"][0]
+    return problems, digest
+"#,
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"dual_clip.py", c"dual_clip").unwrap();
+            m.getattr("check").unwrap().call1((l, g, pl, pg)).unwrap().extract().unwrap()
+        })
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(digest, merged_digest, "the loaded pair encodes as the Exit's CLIP");
+}
