@@ -169,13 +169,18 @@ pub(super) fn ensure_loras(dir: &Path, arch: Arch, size: LayoutSize, n: usize) -
     let sz = if size == LayoutSize::Full { "full" } else { "tiny" };
     let l = layout(arch, size);
     let mut loras = Vec::new();
-    // Kohya names (the Python pack reads them for every architecture). Flux LoRAs on every
-    // linear layer, its fused `qkv` and `linear1` weights among them, as Flux trainers write
-    // them; the others on the attention projections.
-    let naming = LoraNaming::Kohya;
+    // Names the Python pack reads for every key too, so that `--reference` merges the same: kohya's
+    // for SDXL and its text encoders, ComfyUI's (`diffusion_model.<name>`) for the transformers
+    // (the pack misreads kohya names of Z-Image and Qwen-Image keys and some of Flux's). Flux
+    // LoRAs on every linear layer, its fused `qkv` and `linear1` weights among them, as Flux
+    // trainers write them; the others on the attention projections.
+    let (naming, tag) = match arch {
+        Arch::Sdxl | Arch::SdxlClip => (LoraNaming::Kohya, ""),
+        Arch::Zimage | Arch::Qwen | Arch::Flux => (LoraNaming::DiffusionModel, "_dm"),
+    };
     let (targets, file) = if arch == Arch::Flux { (LoraTargets::All, "all") } else { (LoraTargets::Attention, "attn") };
     for i in 0..n {
-        let rel = format!("bench/{}_{sz}_{file}_r32_{i}.safetensors", arch.tag());
+        let rel = format!("bench/{}_{sz}{tag}_{file}_r32_{i}.safetensors", arch.tag());
         let path = dir.join("loras").join(&rel);
         if !path.exists() {
             eprintln!("writing {}", path.display());

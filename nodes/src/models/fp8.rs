@@ -85,9 +85,60 @@ impl Fp8 {
     }
 }
 
+/// [`Fp8::encode`] for many values: the format's non-negative values decoded once, so each value
+/// costs a search of a small table instead of a search that decodes as it goes (a full-size fp8
+/// fixture is tens of billions of values).
+pub struct Fp8Encoder {
+    format: Fp8,
+    /// The values of codes 0..=max_code, increasing.
+    values: Vec<f32>,
+}
+
+impl Fp8Encoder {
+    pub fn new(format: Fp8) -> Self {
+        Fp8Encoder { format, values: (0..=format.max_code()).map(|c| format.decode(c)).collect() }
+    }
+
+    /// The same byte as [`Fp8::encode`].
+    pub fn encode(&self, x: f32) -> u8 {
+        if x.is_nan() {
+            return 0x7f;
+        }
+        let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+        let a = x.abs();
+        let top = self.format.max_code();
+        if a >= self.format.max() {
+            return sign | top;
+        }
+        // The last code not above `a` (code 0 is 0.0, never above it).
+        let below = self.values.partition_point(|&v| v <= a) - 1;
+        let (d_below, d_above) = (a - self.values[below], self.values[below + 1] - a);
+        let code = if d_below < d_above || (d_below == d_above && below % 2 == 0) { below } else { below + 1 };
+        sign | code as u8
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_encoder_gives_the_same_bytes_as_encode() {
+        for f in [Fp8::E4M3, Fp8::E5M2] {
+            let t = Fp8Encoder::new(f);
+            // Every value fp8 holds, the midpoints between them (ties), and a dense sweep.
+            let mut xs: Vec<f32> = (0..=255u8).map(|b| f.decode(b)).filter(|v| v.is_finite()).collect();
+            let pos: Vec<f32> = (0..=f.max_code()).map(|c| f.decode(c)).collect();
+            xs.extend(pos.windows(2).map(|w| (w[0] + w[1]) / 2.0));
+            xs.extend((-200_000..=200_000).map(|i| i as f32 * f.max() / 150_000.0));
+            xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.0, f32::MIN_POSITIVE, 1e-30]);
+            for x in xs {
+                for v in [x, -x] {
+                    assert_eq!(t.encode(v), f.encode(v), "{f:?} {v}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn known_values_decode_and_encode() {

@@ -213,7 +213,7 @@ pub fn encode_f32_into(values: &[f32], dtype: FileDtype, out: &mut Vec<u8>) -> R
             .iter()
             .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
         FileDtype::F8E4M3 | FileDtype::F8E5M2 => {
-            let f = dtype.fp8().expect("an fp8 dtype");
+            let f = super::fp8::Fp8Encoder::new(dtype.fp8().expect("an fp8 dtype"));
             out.extend(values.iter().map(|&v| f.encode(v)));
         }
         FileDtype::Other(d) => {
