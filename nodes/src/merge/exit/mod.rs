@@ -25,6 +25,7 @@
 mod analysis;
 mod eval;
 mod figures;
+mod footprint;
 mod grouping;
 mod oom;
 mod validation;
@@ -261,12 +262,12 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         rep.progress(1, 1);
     }
     let budget = engine.chunk_budget();
-    let n_models = a.sets.len() + a.models.len();
-    let per_key = |shape: &[i64]| -> u64 {
+    // Bytes of working memory per key of a group (footprint.rs).
+    let per_key = |shape: &[i64], keys: &[String]| -> u64 {
         let numel: i64 = shape.iter().product::<i64>().max(1);
-        4 * numel as u64 * (3 + 3 * n_models.max(1)) as u64
+        4 * numel as u64 * footprint::copies_per_key(&a, root, keys)
     };
-    let batch_of = |shape: &[i64]| -> usize { (budget / per_key(shape).max(1) as usize).clamp(1, 4096) };
+    let batch_of = |shape: &[i64], keys: &[String]| -> usize { (budget / per_key(shape, keys).max(1) as usize).clamp(1, 4096) };
     if !groups.is_empty() {
         let storage = |k: &str| -> u64 {
             let numel: i64 = a.base.shape(k).unwrap_or_default().iter().product();
@@ -277,7 +278,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             merged_bytes: if out.on_device { 0 } else { groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum() },
             worst_chunk: groups
                 .iter()
-                .map(|(shape, keys)| storage(&keys[0]) * batch_of(shape).min(keys.len()) as u64)
+                .map(|(shape, keys)| storage(&keys[0]) * batch_of(shape, keys).min(keys.len()) as u64)
                 .max()
                 .unwrap_or(0),
             save_model: save_target.is_some(),
@@ -298,7 +299,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             free: &mut || engine.free_device_caches() + out_cell.borrow_mut().spill_to_host(),
             interrupted: &|| rep.interrupted(),
         };
-        oom::run_group(keys, batch_of(shape), per_key(shape), &mut shrink, hooks)?;
+        oom::run_group(keys, batch_of(shape, keys), per_key(shape, keys), &mut shrink, hooks)?;
         stats.phases.compute += t0.elapsed().as_secs_f64();
         rep.progress(gi as u64 + 1, total);
     }
