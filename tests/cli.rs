@@ -277,6 +277,8 @@ fn bench_merge_runs_every_workload_on_tiny_models() {
     assert!(stdout.contains("(within)") && !stdout.contains("EXCEEDED"), "{stdout}");
     // The saved CLIP merge: one file per text encoder, in text_encoders.
     let saved = row("SDXL CLIP-L/G, the same merge saved");
+    let keys = saved.split(" keys,").next().unwrap().rsplit("| ").next().unwrap().to_string();
+    assert!(saved.contains(&format!("{keys} keys, {keys} recomputed")), "each save merges and writes anew: {saved}");
     for enc in ["clip_l", "clip_g"] {
         let f = dir.path().join(format!("text_encoders/bench_clip_saved_0_{enc}.safetensors"));
         assert!(f.is_file() && saved.contains(&f.display().to_string()), "{saved}");

@@ -710,8 +710,8 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
             reset_peak();
             let st = cold(&mut r, &dw, "SDXL CLIP-L/G: compose of 2 single-LoRA branches", &prompt, opts.repeat, &mut rep.rows)?;
             rep.memory.push(("SDXL CLIP", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
-            // The same merge saved, one file per text encoder, from empty caches each time (a
-            // saved file whose recipe matches would be reused, so each run saves anew).
+            // The same merge saved, one file per text encoder, from empty caches each time, into
+            // files that are not there (a saved file whose recipe matches would be reused).
             let mut saved = prompt.clone();
             saved["exit"]["inputs"]["save_model"] = json!(true);
             saved["exit"]["inputs"]["save_workflow"] = json!(false);
@@ -719,7 +719,11 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
             let mut last = Json::Null;
             for i in 0..opts.repeat.max(1) {
                 let mut p = saved.clone();
-                p["exit"]["inputs"]["model_name"] = json!(format!("bench_clip_saved_{i}"));
+                let name = format!("bench_clip_saved_{i}");
+                for enc in ["clip_l", "clip_g"] {
+                    let _ = std::fs::remove_file(dir.join("text_encoders").join(format!("{name}_{enc}.safetensors")));
+                }
+                p["exit"]["inputs"]["model_name"] = json!(name);
                 r.engine.clear_caches();
                 let (secs, st) = r.run(&p)?;
                 v.push((secs, st["seconds"].as_f64().unwrap_or(f64::NAN)));
