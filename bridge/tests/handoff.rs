@@ -405,21 +405,27 @@ fn p_seed(prompt: &mut Json, seed: u64) {
 }
 
 /// The test SDXL CLIP's weights (TestSDXLCLIP, seed 1) as a file in ComfyUI's own key layout, in
-/// float16 as the CLIP holds them, under `checkpoints`; and a small kohya-named LoRA on both text
-/// encoders under `loras`. Written once per scratch folder. Returns (checkpoint, LoRA) names.
-fn sdxl_clip_files() -> (&'static str, &'static str) {
-    const CKPT: &str = "comfyrs-test-sdxl-clip-v1.safetensors";
+/// the dtypes the CLIP holds them in, under `checkpoints`; and a small kohya-named LoRA on both
+/// text encoders under `loras`. Written once per scratch folder and, for the checkpoint, per
+/// ComfyUI: the scratch folder outlives a run, and ComfyUI versions hold some of those weights in
+/// other dtypes (a file one wrote would not be the CLIP another makes). Returns (checkpoint, LoRA)
+/// names.
+fn sdxl_clip_files() -> (String, &'static str) {
     const LORA: &str = "comfyrs-test-sdxl-clip-lora-v1.safetensors";
     let e = env();
-    let ckpt = e.models.join("checkpoints").join(CKPT).to_string_lossy().into_owned();
+    let ckpt_dir = e.models.join("checkpoints").to_string_lossy().into_owned();
     let lora = e.models.join("loras").join(LORA).to_string_lossy().into_owned();
-    e.bridge
+    let ckpt = e
+        .bridge
         .with_python(move |py| {
             use pyo3::types::PyAnyMethods;
             let code = std::ffi::CString::new(
                 r#"
-def write(ckpt, lora):
-    import os, torch, nodes, safetensors.torch
+def write(ckpt_dir, lora):
+    import hashlib, os, torch, nodes, safetensors.torch
+    comfyui = os.path.dirname(os.path.abspath(nodes.__file__))
+    name = "comfyrs-test-sdxl-clip-v1-" + hashlib.sha1(comfyui.encode()).hexdigest()[:10] + ".safetensors"
+    ckpt = os.path.join(ckpt_dir, name)
     def save(sd, path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         safetensors.torch.save_file(sd, path + ".tmp")
@@ -439,14 +445,15 @@ def write(ckpt, lora):
             sd[name + ".lora_up.weight"] = (torch.rand(out, rank, generator=g) - 0.5) * 0.2
             sd[name + ".alpha"] = torch.tensor(float(rank))
         save(sd, lora)
+    return name
 "#,
             )
             .unwrap();
             let m = pyo3::types::PyModule::from_code(py, &code, c"clip_files.py", c"clip_files").unwrap();
-            m.getattr("write").unwrap().call1((ckpt, lora)).unwrap();
+            m.getattr("write").unwrap().call1((ckpt_dir, lora)).unwrap().extract::<String>().unwrap()
         })
         .unwrap();
-    (CKPT, LORA)
+    (ckpt, LORA)
 }
 
 /// A ComfyUI CLIP made by the test pack's TestSDXLCLIP node.
@@ -544,7 +551,7 @@ fn clip_merges_hand_back_a_clip() {
     let (ckpt, lora) = sdxl_clip_files();
     let mut exec = Executor::new(CacheMode::Lru, 16 << 30);
     let d = |r: &RunReport, id: &str| r.outputs[id]["digest"][0].as_str().unwrap_or_else(|| panic!("{id}: {:?}", r.outputs.get(id))).to_string();
-    let r1 = run_prompt(&mut exec, clip_merge_prompt(ckpt, lora, 1.0));
+    let r1 = run_prompt(&mut exec, clip_merge_prompt(&ckpt, lora, 1.0));
     assert!(r1.success(), "{:?}", r1.errors);
     let widen = &r1.outputs["5"]["widen"][0];
     assert_eq!(widen["keys"].as_u64(), Some(3), "{widen}");
@@ -553,7 +560,7 @@ fn clip_merges_hand_back_a_clip() {
     assert_eq!(d(&r1, "7"), d(&r1, "16"), "merging the ComfyUI CLIP and the native one agree");
 
     // Only t_factor changed: the merges, their Exits and what encodes with them.
-    let r2 = run_prompt(&mut exec, clip_merge_prompt(ckpt, lora, 0.5));
+    let r2 = run_prompt(&mut exec, clip_merge_prompt(&ckpt, lora, 0.5));
     assert!(r2.success(), "{:?}", r2.errors);
     assert_eq!(sorted(r2.executed()), ids(&["4", "5", "6", "7", "13", "14", "15", "16"]));
     assert_ne!(d(&r2, "7"), d(&r1, "7"));
@@ -583,7 +590,7 @@ fn clip_entry_refuses_a_clip_that_is_not_sdxl() {
 }
 
 /// A native CLIP merge saved by the CLIP Exit is a pair of text encoder files that ComfyUI's
-/// DualCLIPLoader (type sdxl) loads from text_encoders: every weight of the loaded encoders is
+/// DualCLIPLoader (type sdxl) loads from its text encoder folder: every weight of the loaded encoders is
 /// the saved one (but `logit_scale`, which that loader leaves as it is), every saved one has its
 /// place, and the loaded CLIP encodes as the Exit's CLIP.
 #[test]
@@ -593,10 +600,16 @@ fn saved_clip_loads_in_comfyuis_dual_clip_loader() {
     let (ckpt, lora) = sdxl_clip_files();
     const NAME: &str = "comfyrs-test-saved-clip";
     const FOREIGN: &str = "comfyrs-test-saved-comfyui-clip";
-    let te = e.models.join("text_encoders");
-    for (name, enc) in [(NAME, "clip_l"), (NAME, "clip_g"), (FOREIGN, "clip_l"), (FOREIGN, "clip_g")] {
-        let _ = std::fs::remove_file(te.join(format!("{name}_{enc}.safetensors")));
+    // The folder every ComfyUI reads text encoders from (one from before the `text_encoders`
+    // name reads only this one), alone, so that the Exit saves there.
+    let te = e.models.join("clip");
+    for dir in [e.models.join("text_encoders"), te.clone()] {
+        for (name, enc) in [(NAME, "clip_l"), (NAME, "clip_g"), (FOREIGN, "clip_l"), (FOREIGN, "clip_g")] {
+            let _ = std::fs::remove_file(dir.join(format!("{name}_{enc}.safetensors")));
+        }
     }
+    let _ = std::fs::remove_dir(e.models.join("text_encoders"));
+    std::fs::create_dir_all(&te).unwrap();
     let mut exec = Executor::new(CacheMode::Lru, 16 << 30);
     let r = run_prompt(
         &mut exec,
@@ -643,8 +656,13 @@ fn saved_clip_loads_in_comfyuis_dual_clip_loader() {
             let code = std::ffi::CString::new(
                 r#"
 def check(l, g, pl, pg):
-    import torch, nodes, safetensors.torch
-    clip = nodes.NODE_CLASS_MAPPINGS["DualCLIPLoader"]().load_clip(l, g, "sdxl")[0]
+    import inspect, torch, nodes, safetensors.torch
+    loader = nodes.NODE_CLASS_MAPPINGS["DualCLIPLoader"]()
+    # ComfyUI before its dual loader took a `type` loaded SDXL's pair only.
+    sdxl = ("sdxl",) if "type" in inspect.signature(loader.load_clip).parameters else ()
+    # As ComfyUI runs its nodes (older versions build the CLIP with in-place operations).
+    with torch.inference_mode():
+        clip = loader.load_clip(l, g, *sdxl)[0]
     sd = {k: v for k, v in clip.cond_stage_model.state_dict().items() if v.is_floating_point()}
     problems, used = [], set()
     for enc, path in (("clip_l.", pl), ("clip_g.", pg)):
@@ -662,7 +680,8 @@ def check(l, g, pl, pg):
             if not torch.equal(sd[name].float(), v.float()):
                 problems.append("differs: " + name)
     problems += ["loaded but not saved: " + k for k in sorted(set(sd) - used)]
-    cond = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, "a red fox in the snow")[0]
+    with torch.inference_mode():
+        cond = nodes.NODE_CLASS_MAPPINGS["CLIPTextEncode"]().encode(clip, "a red fox in the snow")[0]
     digest = nodes.NODE_CLASS_MAPPINGS["TestCondDigest"]().run(cond)["ui"]["digest"][0]
     return problems, digest
 "#,

@@ -74,12 +74,15 @@ pub fn validate_model_name(name: &str) -> Result<String, PackError> {
     Ok(if n.ends_with(".safetensors") { n.to_string() } else { format!("{n}.safetensors") })
 }
 
-/// The first directory of folder kind `kind`, where saves go.
+/// Where saves of folder kind `kind` go: its first directory that exists, else its first. A
+/// ComfyUI from before `text_encoders` reads text encoders from `clip` only, so an install that
+/// has only that folder gets the files there.
 fn first_dir(folders: &ModelFolders, kind: &str) -> Result<PathBuf, PackError> {
-    folders
-        .dirs(kind)
-        .ok()
-        .and_then(|d| d.first().cloned())
+    let dirs = folders.dirs(kind).unwrap_or_default();
+    dirs.iter()
+        .find(|d| d.is_dir())
+        .or_else(|| dirs.first())
+        .cloned()
         .ok_or_else(|| PackError::value(format!("No {kind} directory configured in ComfyUI")))
 }
 
@@ -164,5 +167,10 @@ mod tests {
         assert_eq!(p, dir.path().join("text_encoders/merged_clip_g.safetensors"));
         assert_eq!(candidate_paths(&f, RecipeDomain::Clip, "m").unwrap().len(), 2);
         assert!(encoder_path(&ModelFolders::empty(), "m", "clip_l").unwrap_err().to_string().contains("No text_encoders directory"));
+        // An install with only the legacy folder gets the files there; with both, the first.
+        std::fs::create_dir(dir.path().join("clip")).unwrap();
+        assert_eq!(encoder_path(&f, "m", "clip_l").unwrap(), dir.path().join("clip/m_clip_l.safetensors"));
+        std::fs::create_dir(dir.path().join("text_encoders")).unwrap();
+        assert_eq!(encoder_path(&f, "m", "clip_l").unwrap(), dir.path().join("text_encoders/m_clip_l.safetensors"));
     }
 }
