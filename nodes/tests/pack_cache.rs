@@ -105,18 +105,7 @@ mod under_pressure {
 
     /// M1 = merge of a compose of two LoRAs onto the base; M2 = a third LoRA merged onto M1 at `t2`.
     fn prompt(t2: f64, cache: bool) -> Json {
-        json!({
-            "1": {"class_type": "WIDENBaseInput", "inputs": {"model_name": "tiny/sdxl_f32.safetensors"}},
-            "2": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/a.safetensors", "strength": 1.0}},
-            "3": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/b.safetensors", "strength": 0.8}},
-            "4": {"class_type": "WIDENCompose", "inputs": {"branch": ["2", 0]}},
-            "5": {"class_type": "WIDENCompose", "inputs": {"branch": ["3", 0], "compose": ["4", 0]}},
-            "6": {"class_type": "WIDENMerge", "inputs": {"base": ["1", 0], "target": ["5", 0], "t_factor": 1.0}},
-            "7": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/c.safetensors", "strength": 1.0}},
-            "8": {"class_type": "WIDENMerge", "inputs": {"base": ["6", 0], "target": ["7", 0], "t_factor": t2}},
-            "9": {"class_type": "WIDENExit", "inputs": {"widen": ["8", 0], "enable_cache": cache}},
-            "10": {"class_type": "TestCapture", "inputs": {"value": ["9", 0]}}
-        })
+        chain_prompt("tiny/sdxl_f32.safetensors", t2, cache)
     }
 
     fn exec_once(m: &Models, p: &Json) -> (std::sync::Arc<comfyrs_nodes::pack::NativeModel>, Json) {

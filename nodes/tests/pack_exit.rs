@@ -45,18 +45,7 @@ fn lora(name: &str, s: f64) -> serde_json::Value {
 /// The worked-example shape (docs/widen.md, "Worked example"): M1 = Merge(Base, Compose(A, B@0.8),
 /// 1.0), M2 = Merge(M1, C, 0.5).
 fn chain_prompt(base: &str) -> serde_json::Value {
-    json!({
-        "1": {"class_type": "WIDENBaseInput", "inputs": {"model_name": base}},
-        "2": lora("sdxl/a.safetensors", 1.0),
-        "3": lora("sdxl/b.safetensors", 0.8),
-        "4": {"class_type": "WIDENCompose", "inputs": {"branch": ["2", 0]}},
-        "5": {"class_type": "WIDENCompose", "inputs": {"branch": ["3", 0], "compose": ["4", 0]}},
-        "6": {"class_type": "WIDENMerge", "inputs": {"base": ["1", 0], "target": ["5", 0], "t_factor": 1.0}},
-        "7": lora("sdxl/c.safetensors", 1.0),
-        "8": {"class_type": "WIDENMerge", "inputs": {"base": ["6", 0], "target": ["7", 0], "t_factor": 0.5}},
-        "9": {"class_type": "WIDENExit", "inputs": {"widen": ["8", 0], "enable_cache": false}},
-        "10": {"class_type": "TestCapture", "inputs": {"value": ["9", 0]}}
-    })
+    pack_util::chain_prompt(base, 0.5, false)
 }
 
 fn run_capture(m: &Models, prompt: &serde_json::Value, node: &str) -> std::sync::Arc<comfyrs_nodes::pack::NativeModel> {

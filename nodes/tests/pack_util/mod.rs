@@ -27,6 +27,24 @@ pub struct Models {
     pub engine: Arc<MergeEngine>,
 }
 
+/// The chain the pack tests share: a compose of the tiny SDXL LoRAs a (strength 1.0) and b (0.8)
+/// merged onto `base` at t 1, then LoRA c merged onto that at `t2`; the Exit is node "9" (with
+/// `enable_cache`), its MODEL captured by node "10".
+pub fn chain_prompt(base: &str, t2: f64, enable_cache: bool) -> Json {
+    serde_json::json!({
+        "1": {"class_type": "WIDENBaseInput", "inputs": {"model_name": base}},
+        "2": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/a.safetensors", "strength": 1.0}},
+        "3": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/b.safetensors", "strength": 0.8}},
+        "4": {"class_type": "WIDENCompose", "inputs": {"branch": ["2", 0]}},
+        "5": {"class_type": "WIDENCompose", "inputs": {"branch": ["3", 0], "compose": ["4", 0]}},
+        "6": {"class_type": "WIDENMerge", "inputs": {"base": ["1", 0], "target": ["5", 0], "t_factor": 1.0}},
+        "7": {"class_type": "WIDENLoRA", "inputs": {"lora_name": "sdxl/c.safetensors", "strength": 1.0}},
+        "8": {"class_type": "WIDENMerge", "inputs": {"base": ["6", 0], "target": ["7", 0], "t_factor": t2}},
+        "9": {"class_type": "WIDENExit", "inputs": {"widen": ["8", 0], "enable_cache": enable_cache}},
+        "10": {"class_type": "TestCapture", "inputs": {"value": ["9", 0]}}
+    })
+}
+
 /// A merge engine on the default device (a GPU where there is one) with a budget of its own.
 pub fn engine() -> Arc<MergeEngine> {
     MergeEngine::standalone(MergeSettings::default()).expect("an engine on the default device")
