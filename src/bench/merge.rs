@@ -639,6 +639,16 @@ struct Report {
     log: Vec<LoggedRun>,
 }
 
+impl Report {
+    /// What a workload's runner leaves for the report: its caches' state, its result digests and
+    /// its runs.
+    fn take_from(&mut self, r: &mut Runner, what: &str) {
+        self.checks.push(cache_line(r, what));
+        self.digests.append(&mut r.digests);
+        self.log.append(&mut r.log);
+    }
+}
+
 pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     let dir = bench_dir(opts);
     let size = if opts.tiny { LayoutSize::Tiny } else { LayoutSize::Full };
@@ -678,9 +688,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
                 let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rep.rows)?;
                 rep.memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
             }
-            rep.checks.push(cache_line(&r, "the SDXL workloads"));
-            rep.digests.append(&mut r.digests);
-            rep.log.append(&mut r.log);
+            rep.take_from(&mut r, "the SDXL workloads");
         }
         for (tag, d) in &DITS {
             if !want(tag) {
@@ -696,9 +704,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
             reset_peak();
             let st = cold(&mut r, &dw, &format!("{}: compose of {n} single-LoRA branches", d.name), &compose_all(&s), opts.repeat, &mut rep.rows)?;
             rep.memory.push((d.name, peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
-            rep.checks.push(cache_line(&r, d.name));
-            rep.digests.append(&mut r.digests);
-            rep.log.append(&mut r.log);
+            rep.take_from(&mut r, d.name);
         }
         if want("clip") {
             let s = ensure_clip_models(&dir, size, 2).context("writing the SDXL checkpoint and its CLIP LoRAs")?;
@@ -742,9 +748,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
                 peak_device: None,
                 detail: format!("{}; saved {}", summary(&last), if files.is_empty() { "nothing".to_string() } else { files.join(", ") }),
             });
-            rep.checks.push(cache_line(&r, "SDXL CLIP"));
-            rep.digests.append(&mut r.digests);
-            rep.log.append(&mut r.log);
+            rep.take_from(&mut r, "SDXL CLIP");
         }
         Ok(())
     };
@@ -755,10 +759,10 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
             let python = super::reference::python(&opts.reference_python)?;
             let output = tempfile::tempdir()?;
             let setup = super::reference::ReferenceSetup { pack, python: &python, models_dir: &dir, output: output.path() };
-            let runs = super::merge_reference::reference_runs(&rep.log)?;
+            let (rows, runs) = super::merge_reference::reference_runs(&rep.log)?;
             let exit = |_: &str, j: &Json| format!("Exit {:.3} s, whole prompt {:.3} s", j["nodes"]["exit"].as_f64().unwrap_or(f64::NAN), j["total"].as_f64().unwrap_or(f64::NAN));
-            let lines = super::reference::run(&setup, &runs.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(), exit)?;
-            Some(super::merge_reference::reference_rows(&runs, &lines))
+            let lines = super::reference::run(&setup, &runs, exit)?;
+            Some(super::merge_reference::reference_rows(&rows, &lines))
         }
         _ => None,
     };

@@ -66,22 +66,24 @@ pub fn reference_prompt(prompt: &Json, cold: bool) -> Result<Option<Json>> {
     Ok(Some(Json::Object(p)))
 }
 
-/// The runs the reference replays, in order.
-pub fn reference_runs(log: &[LoggedRun]) -> Result<Vec<(Option<String>, ReferenceRun)>> {
-    let mut v = Vec::new();
+/// The runs the reference replays, in order, and the row each counts for.
+pub fn reference_runs(log: &[LoggedRun]) -> Result<(Vec<Option<String>>, Vec<ReferenceRun>)> {
+    let (mut rows, mut runs) = (Vec::new(), Vec::new());
     for (i, r) in log.iter().enumerate() {
         if let Some(prompt) = reference_prompt(&r.prompt, r.cold)? {
             let label = r.row.clone().unwrap_or_else(|| format!("run {} (sets up the next)", i + 1));
-            v.push((r.row.clone(), ReferenceRun { label, prompt, outputs: vec!["exit".into()] }));
+            rows.push(r.row.clone());
+            runs.push(ReferenceRun { label, prompt, outputs: vec!["exit".into()] });
         }
     }
-    Ok(v)
+    Ok((rows, runs))
 }
 
-/// Per row: the median of the reference's Exit node seconds and of its whole prompts.
-pub fn reference_rows(runs: &[(Option<String>, ReferenceRun)], lines: &[Json]) -> BTreeMap<String, (f64, f64)> {
+/// Per row: the median of the reference's Exit node seconds and of its whole prompts, from the
+/// reference's line for each run (`rows[i]`: the row run i counts for).
+pub fn reference_rows(rows: &[Option<String>], lines: &[Json]) -> BTreeMap<String, (f64, f64)> {
     let mut by_row: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    for ((row, _), j) in runs.iter().zip(lines) {
+    for (row, j) in rows.iter().zip(lines) {
         let Some(row) = row else { continue };
         let e = by_row.entry(row.clone()).or_default();
         e.0.push(j["nodes"]["exit"].as_f64().unwrap_or(f64::NAN));
@@ -132,16 +134,15 @@ mod tests {
 
     #[test]
     fn rows_take_the_median_of_their_runs_and_set_up_runs_count_for_none() {
-        let run = |row: Option<&str>| (row.map(String::from), ReferenceRun { label: String::new(), prompt: Json::Null, outputs: Vec::new() });
-        let runs = [run(Some("W1")), run(None), run(Some("W1")), run(Some("W1"))];
+        let rows = [Some("W1".to_string()), None, Some("W1".to_string()), Some("W1".to_string())];
         let lines = [
             json!({"total": 5.0, "nodes": {"exit": 4.0}}),
             json!({"total": 100.0, "nodes": {"exit": 99.0}}),
             json!({"total": 7.0, "nodes": {"exit": 6.0}}),
             json!({"total": 6.0, "nodes": {"exit": 5.0}}),
         ];
-        let rows = reference_rows(&runs, &lines);
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows["W1"], (5.0, 6.0));
+        let medians = reference_rows(&rows, &lines);
+        assert_eq!(medians.len(), 1);
+        assert_eq!(medians["W1"], (5.0, 6.0));
     }
 }

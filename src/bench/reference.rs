@@ -10,7 +10,6 @@ use serde_json::{json, Value as Json};
 
 /// One prompt for the reference: a label for its progress line, the prompt, and the node ids it
 /// executes (ComfyUI runs what those need).
-#[derive(Clone)]
 pub struct ReferenceRun {
     pub label: String,
     pub prompt: Json,
