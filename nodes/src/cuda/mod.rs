@@ -6,6 +6,7 @@
 //! CUDA runtime (a CPU-only libtorch, or `widen.events = false`) callers keep to tch's own calls:
 //! device-wide waits and one stream (`docs/architecture.md`, "Layers of the merge pack").
 
+mod arena;
 mod event;
 mod memory;
 mod peak;
@@ -13,6 +14,7 @@ mod pinned;
 mod runtime;
 mod stream;
 
+pub use arena::HostArena;
 pub use event::Event;
 pub use memory::{device_memory, DeviceMemory};
 pub use peak::{release_cached, PeakWatch};

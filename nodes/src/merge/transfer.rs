@@ -10,7 +10,7 @@ use tch::{Device, Kind, Tensor};
 
 use comfyrs_runtime::memory::Place;
 
-use crate::cuda::{CopyStream, Event, PendingHost};
+use crate::cuda::{CopyStream, Event, HostArena, PendingHost};
 use crate::models::MappedTensor;
 
 use super::engine::MergeEngine;
@@ -203,6 +203,40 @@ pub fn to_host(engine: &MergeEngine, stream: Option<&CopyStream>, t: &Tensor, ki
     let host = narrowed.f_to_device_(Device::Cpu, kind, true, false)?;
     let done = engine.cuda().and_then(|rt| Event::record(rt, index));
     Ok(PendingHost::after_default_stream(host, narrowed, index, done))
+}
+
+/// `t` (`[B, *S]`, on a CUDA device) in host memory as `kind`, carved from `arena`'s page-locked
+/// blocks and copied on `stream` while the device computes on: one piece per run of rows that
+/// share a block, each with its row range and its pending copy. Unlike [`to_host`], whose
+/// allocations libtorch rounds up to powers of two, this holds about the results' own size.
+pub fn to_host_packed(
+    stream: &CopyStream,
+    arena: &mut HostArena<'_>,
+    t: &Tensor,
+    kind: Kind,
+) -> Result<Vec<(std::ops::Range<i64>, PendingHost)>, tch::TchError> {
+    let narrowed = t.f_to_kind(kind)?.f_contiguous()?;
+    let size = narrowed.size();
+    let (rows, row) = (size[0], &size[1..]);
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let dst = arena.rows(rows - start, row, kind)?;
+        let n = dst.size()[0];
+        // Rows of a contiguous tensor: contiguous, and sharing its storage (which the pending
+        // copy keeps allocated).
+        let src = narrowed.f_narrow(0, start, n)?;
+        let pending = match stream.download(src, dst) {
+            Ok(p) => p,
+            Err((src, mut dst)) => {
+                dst.f_copy_(&src)?;
+                PendingHost::ready(dst)
+            }
+        };
+        pieces.push((start..start + n, pending));
+        start += n;
+    }
+    Ok(pieces)
 }
 
 /// fp32 results `[B, *S]` made ready for narrowing to `kind` (docs/widen.md, "Model formats"):

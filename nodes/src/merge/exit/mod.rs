@@ -45,7 +45,7 @@ use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
 use tch::{Device, Kind, Tensor};
 
-use crate::cuda::{CopyStream, PendingHost};
+use crate::cuda::{CopyStream, HostArena, PendingHost};
 use crate::models::{MappedTensor, ModelFolders};
 use crate::recipe::model::NativeModel;
 use crate::recipe::{PackError, Recipe, RecipeDomain, RecipeKind};
@@ -242,7 +242,12 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         && opts.domain == RecipeDomain::Diffusion
         && base_model.foreign_origin().is_some()
         && engine.settings().results_on_device;
-    let mut out = Results { engine, chunks: Vec::new(), stream: super::transfer::copy_stream(engine), on_device };
+    let stream = super::transfer::copy_stream(engine);
+    let arena = match (&stream, engine.pinned()) {
+        (Some(_), Some(pinned)) => Some(HostArena::new(|bytes| pinned.empty(bytes, Kind::Uint8))),
+        _ => None,
+    };
+    let mut out = Results { engine, chunks: Vec::new(), arena, stream, on_device };
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { engine.subtrees.get(&a.key_hash(root, k, device)) } else { None };
@@ -348,6 +353,8 @@ struct Results<'e> {
     /// pending copy before the stream it runs on goes away. With the values, the new scales of
     /// scaled fp8 keys (`[B]` fp32).
     chunks: Vec<(Vec<String>, Landing, Option<PendingHost>)>,
+    /// Page-locked blocks the copies on `stream` land in (with a copy stream only).
+    arena: Option<HostArena<'e>>,
     stream: Option<CopyStream>,
 }
 
@@ -380,16 +387,28 @@ impl Results<'_> {
 
     fn push(&mut self, keys: Vec<String>, done: &Tensor, kind: Kind, base_scales: Option<&[f32]>) -> Result<(), PackError> {
         let (values, scales) = super::transfer::fp8_prepare(done, kind, base_scales)?;
-        let host = if self.on_device && values.device().is_cuda() {
+        let to_host = |t: &Tensor, kind: Kind| super::transfer::to_host(self.engine, self.stream.as_ref(), t, kind);
+        let landing = if self.on_device && values.device().is_cuda() {
             let kept = values.f_to_kind(kind)?.f_contiguous()?;
             // A cache hit comes as the cache's own tensor: the result must not share it.
             let kept = if kept.data_ptr() == done.data_ptr() { super::transfer::owned_copy(&kept)? } else { kept };
             Landing::Device(kept)
+        } else if let (Some(stream), Some(arena), true) = (&self.stream, &mut self.arena, values.device().is_cuda()) {
+            // Packed into the run's blocks, split where a block is full.
+            for (rows, pending) in super::transfer::to_host_packed(stream, arena, &values, kind)? {
+                let (start, n) = (rows.start, rows.end - rows.start);
+                let piece_scales = match &scales {
+                    Some(s) => Some(super::transfer::to_host(self.engine, Some(stream), &s.f_narrow(0, start, n)?, Kind::Float)?),
+                    None => None,
+                };
+                self.chunks.push((keys[start as usize..rows.end as usize].to_vec(), Landing::Host(pending), piece_scales));
+            }
+            return Ok(());
         } else {
-            Landing::Host(super::transfer::to_host(self.engine, self.stream.as_ref(), &values, kind)?)
+            Landing::Host(to_host(&values, kind)?)
         };
-        let scales = scales.map(|s| super::transfer::to_host(self.engine, self.stream.as_ref(), &s, Kind::Float)).transpose()?;
-        self.chunks.push((keys, host, scales));
+        let scales = scales.map(|s| to_host(&s, Kind::Float)).transpose()?;
+        self.chunks.push((keys, landing, scales));
         Ok(())
     }
 

@@ -1,0 +1,161 @@
+//! Results packed into a few large page-locked blocks.
+//!
+//! libtorch's caching host allocator rounds every page-locked allocation up to a power of two, so
+//! a chunk of 1.6 GiB of results took a 2 GiB block, and a 22 GiB Flux merge held ~37 GiB of
+//! page-locked (always resident) host memory. The arena asks for blocks whose sizes already are
+//! powers of two and fills them row by row: what is lost is the tail of each block a row did not
+//! fit in. The blocks come from the same caching allocator, so a later run of the same merge gets
+//! the same sizes back from its cache instead of page-locking memory again.
+
+use tch::{Kind, Tensor};
+
+/// The first block of a run; each next one doubles, up to [`MAX_BLOCK`], so a small merge does
+/// not hold a large block and a large one needs few.
+const FIRST_BLOCK: i64 = 64 << 20;
+/// The largest block, unless a single row needs more.
+const MAX_BLOCK: i64 = 1 << 30;
+/// Row offsets inside a block are multiples of this (any dtype's alignment, and the device's
+/// copy engines like it).
+const ALIGN: i64 = 256;
+
+/// Hands out `[n, *row]` host tensors carved from blocks of `u8`s that `alloc` provides. Each
+/// tensor is a view: its block stays allocated while any of them lives.
+pub struct HostArena<'a> {
+    alloc: Box<dyn FnMut(i64) -> Result<Tensor, tch::TchError> + 'a>,
+    /// The block being filled and the bytes of it handed out.
+    block: Option<(Tensor, i64)>,
+    next_block: i64,
+    /// Bytes of every block asked for so far.
+    allocated: u64,
+}
+
+impl<'a> HostArena<'a> {
+    /// `alloc(bytes)`: a new contiguous `u8` host tensor of `bytes` elements.
+    pub fn new(alloc: impl FnMut(i64) -> Result<Tensor, tch::TchError> + 'a) -> HostArena<'a> {
+        HostArena { alloc: Box::new(alloc), block: None, next_block: FIRST_BLOCK, allocated: 0 }
+    }
+
+    /// Room for at most `rows` rows of shape `row` in `kind`, contiguous: a `[n, *row]` tensor,
+    /// 1 ≤ n ≤ rows, from what is left of the current block, or else from a new one. Its contents
+    /// are uninitialized. `rows` must be at least 1.
+    pub fn rows(&mut self, rows: i64, row: &[i64], kind: Kind) -> Result<Tensor, tch::TchError> {
+        let row_bytes = (row.iter().product::<i64>() * kind.elt_size_in_bytes() as i64).max(1);
+        let fit = |block: &(Tensor, i64)| (block.0.numel() as i64 - align(block.1)) / row_bytes;
+        if self.block.as_ref().is_none_or(|b| fit(b) < 1) {
+            let size = self.next_block.max((row_bytes as u64).next_power_of_two() as i64);
+            self.block = Some(((self.alloc)(size)?, 0));
+            self.allocated += size as u64;
+            self.next_block = (self.next_block * 2).min(MAX_BLOCK);
+        }
+        let block = self.block.as_mut().expect("a block with room for a row was just ensured");
+        let n = fit(block).min(rows).max(1);
+        let start = align(block.1);
+        block.1 = start + n * row_bytes;
+        let mut shape = vec![n];
+        shape.extend_from_slice(row);
+        block.0.f_narrow(0, start, n * row_bytes)?.f_view_dtype(kind)?.f_view(shape.as_slice())
+    }
+
+    /// Bytes of the blocks asked for so far.
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+}
+
+fn align(offset: i64) -> i64 {
+    (offset + ALIGN - 1) / ALIGN * ALIGN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use tch::Device;
+
+    /// Host blocks for the arena, each recorded as (bytes, address).
+    fn host_blocks(blocks: &RefCell<Vec<(i64, usize)>>) -> impl FnMut(i64) -> Result<Tensor, tch::TchError> + '_ {
+        move |bytes| {
+            // Uninitialized: the big blocks of these tests are never touched, so they take no memory.
+            let t = Tensor::f_empty([bytes], (Kind::Uint8, Device::Cpu))?;
+            blocks.borrow_mut().push((bytes, t.data_ptr() as usize));
+            Ok(t)
+        }
+    }
+
+    fn sizes(blocks: &RefCell<Vec<(i64, usize)>>) -> Vec<i64> {
+        blocks.borrow().iter().map(|b| b.0).collect()
+    }
+
+    /// The byte range a tensor covers.
+    fn span(t: &Tensor) -> (usize, usize) {
+        let start = t.data_ptr() as usize;
+        (start, start + t.numel() * t.kind().elt_size_in_bytes())
+    }
+
+    #[test]
+    fn rows_fill_blocks_in_order_without_overlapping() {
+        let blocks = RefCell::new(Vec::new());
+        let mut arena = HostArena::new(host_blocks(&blocks));
+        // 10 MiB rows of bf16: six fit in the first 64 MiB block.
+        let row = [5 << 20];
+        let a = arena.rows(4, &row, Kind::BFloat16).unwrap();
+        let b = arena.rows(4, &row, Kind::BFloat16).unwrap();
+        assert_eq!(a.size(), vec![4, 5 << 20]);
+        assert_eq!(b.size(), vec![2, 5 << 20], "only what is left of the block");
+        assert_eq!(span(&a).0, blocks.borrow()[0].1, "the first rows start the block");
+        assert_eq!(span(&a).1, span(&b).0, "10 MiB rows need no padding between them");
+        let c = arena.rows(2, &row, Kind::BFloat16).unwrap();
+        assert_eq!(c.size()[0], 2);
+        assert_eq!(sizes(&blocks), vec![64 << 20, 128 << 20], "a new block, twice the size");
+        let spans = [span(&a), span(&b), span(&c)];
+        for (i, x) in spans.iter().enumerate() {
+            for y in &spans[i + 1..] {
+                assert!(x.1 <= y.0 || y.1 <= x.0, "{x:?} and {y:?} overlap");
+            }
+        }
+        // The views are the arena's memory: what is written through one is there to read back.
+        let _ = a.get(3).f_fill_(1.5).unwrap();
+        assert_eq!(a.get(3).double_value(&[7]), 1.5);
+        assert_eq!(arena.allocated(), 192 << 20);
+    }
+
+    #[test]
+    fn odd_rows_start_aligned_and_blocks_stop_doubling() {
+        let blocks = RefCell::new(Vec::new());
+        let mut arena = HostArena::new(host_blocks(&blocks));
+        let mut total = 0u64;
+        let mut pieces = Vec::new();
+        // 3,001 fp32 rows of 100,003 values (1.2 GB): every piece starts aligned in its block.
+        let mut left = 3001;
+        while left > 0 {
+            let t = arena.rows(left, &[100_003], Kind::Float).unwrap();
+            let at = t.data_ptr() as usize;
+            let block = blocks.borrow().iter().rev().map(|b| b.1).find(|&b| b <= at).unwrap();
+            assert_eq!((at - block) % 256, 0, "each piece starts aligned in its block");
+            left -= t.size()[0];
+            total += (t.numel() * 4) as u64;
+            pieces.push(t);
+        }
+        assert_eq!(total, 3001 * 100_003 * 4);
+        let sizes = sizes(&blocks);
+        assert_eq!(sizes[..5], [64 << 20, 128 << 20, 256 << 20, 512 << 20, 1 << 30]);
+        assert!(sizes.iter().all(|&s| s <= 1 << 30));
+        // Lost: less than a row at the tail of each block, and what the last block has left.
+        let last_left = *sizes.last().unwrap() as u64;
+        assert!(arena.allocated() - total < 100_003 * 4 * sizes.len() as u64 + last_left);
+    }
+
+    #[test]
+    fn a_row_larger_than_any_block_gets_a_block_of_its_own() {
+        let blocks = RefCell::new(Vec::new());
+        let mut arena = HostArena::new(host_blocks(&blocks));
+        let _small = arena.rows(1, &[16], Kind::Half).unwrap();
+        let big = arena.rows(3, &[(1 << 30) + 8], Kind::Uint8).unwrap();
+        assert_eq!(big.size(), vec![1, (1 << 30) + 8]);
+        assert_eq!(sizes(&blocks), vec![64 << 20, 2 << 30]);
+        // The rest of the big block serves the next rows.
+        let next = arena.rows(1, &[16], Kind::Half).unwrap();
+        assert!(span(&next).0 >= span(&big).1);
+        assert_eq!(blocks.borrow().len(), 2);
+    }
+}
