@@ -77,7 +77,7 @@ impl Engine {
 
     /// The native nodes only, whatever `python` says; the caller starts Python when it wants it.
     pub fn without_python(config: &Config) -> Result<Engine> {
-        let budget = MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device_cache.unwrap_or(UNRESOLVED));
+        let budget = memory_budget(config);
         let merge = MergeEngine::new(merge_settings(config), budget.clone())?;
         let registry = native_registry(config, merge.clone())?;
         Ok(Engine {
@@ -206,6 +206,11 @@ impl Engine {
 }
 
 /// The merge engine's settings: the configured device and `[widen]` settings.
+/// A new memory budget with the configured host limit and device cache share.
+pub fn memory_budget(config: &Config) -> Arc<MemoryBudget> {
+    MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device_cache.unwrap_or(UNRESOLVED))
+}
+
 pub fn merge_settings(config: &Config) -> MergeSettings {
     let w = &config.widen;
     MergeSettings {

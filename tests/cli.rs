@@ -251,13 +251,14 @@ fn convert_prints_the_api_prompt_a_ui_workflow_runs_as() {
     assert_eq!(doc["1"]["class_type"], "NoSuchNode");
 }
 
-/// `comfyrs bench merge` on the tiny layouts: every workload runs end to end, and the slider
-/// rows reuse what they should (this checks the benchmark's wiring, not its timings).
+/// `comfyrs bench merge` on the tiny layouts: every workload runs end to end, the slider rows
+/// reuse what they should, and the engines take the configured memory budget (this checks the
+/// benchmark's wiring, not its timings).
 #[test]
 fn bench_merge_runs_every_workload_on_tiny_models() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
-        .args(["bench", "merge", "--tiny", "--repeat", "1", "--workloads", "w1,w2,w3,zimage,flux,qwen,clip", "--dir"])
+        .args(["bench", "merge", "--host-memory", "3GiB", "--tiny", "--repeat", "1", "--workloads", "w1,w2,w3,zimage,flux,qwen,clip", "--dir"])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -283,6 +284,8 @@ fn bench_merge_runs_every_workload_on_tiny_models() {
         let f = dir.path().join(format!("text_encoders/bench_clip_saved_0_{enc}.safetensors"));
         assert!(f.is_file() && saved.contains(&f.display().to_string()), "{saved}");
     }
+    // The engines count in the memory budget the flags configure.
+    assert!(stdout.contains("engine budget: memory: host") && stdout.contains(" of 3.00 GiB"), "{stdout}");
     // Flux's LoRAs (every linear layer, the fused qkv and linear1 among them) merge something.
     let flux = row("Flux-dev: compose");
     assert!(!flux.contains("| 0 keys"), "{flux}");

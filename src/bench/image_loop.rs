@@ -51,13 +51,8 @@ pub struct LoopBench {
     /// the benchmark itself on a CPU).
     #[arg(long)]
     tiny: bool,
-    /// Also run the same prompts in plain ComfyUI (`COMFYUI_PATH`) with the Python WIDEN node
-    /// pack found in this folder, and compare the images and the merged weights.
-    #[arg(long, value_name = "PACK_DIR")]
-    reference: Option<PathBuf>,
-    /// The Python that runs the reference [default: the project's venv].
-    #[arg(long, value_name = "PYTHON")]
-    reference_python: Option<PathBuf>,
+    #[command(flatten)]
+    reference: super::reference::ReferenceArgs,
     /// The configuration (`--device-memory 12GiB` runs the loop as on a 12 GiB card; the
     /// reference, in a process of its own, is not limited).
     #[command(flatten)]
@@ -278,7 +273,7 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
         }
         v
     };
-    let native_runs = if opts.reference.is_some() {
+    let native_runs = if opts.reference.reference.is_some() {
         for f in [&ours, &theirs] {
             let _ = std::fs::remove_file(f);
         }
@@ -288,9 +283,9 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
     };
     let mut native = run_native(config, &dir, &native_out, &native_runs)?;
     native.truncate(timed.len());
-    let reference = match &opts.reference {
+    let reference = match &opts.reference.reference {
         Some(pack) => {
-            let python = super::reference::python(&opts.reference_python)?;
+            let python = opts.reference.python()?;
             let setup = ReferenceSetup { pack, python: &python, models_dir: &dir, output: &ref_out };
             let mut r = run_reference(&setup, &with_saved(SAVED_THEIRS))?;
             r.truncate(timed.len());

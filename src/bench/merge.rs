@@ -36,6 +36,7 @@ use comfyrs_nodes::lora::LoraNaming;
 use comfyrs_nodes::models::{FileDtype, ModelFolders};
 use comfyrs_runtime::cache::CacheMode;
 use comfyrs_runtime::events::NoEvents;
+use comfyrs_runtime::memory::MemoryBudget;
 use comfyrs_runtime::executor::{Executor, RunOptions};
 use comfyrs_runtime::prompt::Prompt;
 use comfyrs_runtime::validate::validate;
@@ -75,13 +76,8 @@ pub struct MergeBench {
     /// the model it samples with (with --device-memory: a consumer card that also samples).
     #[arg(long)]
     hold_base: bool,
-    /// Also run the same prompts in plain ComfyUI (`COMFYUI_PATH`) with the Python WIDEN node
-    /// pack found in this folder, and put both sides' times side by side.
-    #[arg(long, value_name = "PACK_DIR")]
-    reference: Option<PathBuf>,
-    /// The Python that runs the reference [default: the project's venv].
-    #[arg(long, value_name = "PYTHON")]
-    reference_python: Option<PathBuf>,
+    #[command(flatten)]
+    reference: super::reference::ReferenceArgs,
     /// The configuration (`--device-memory 24GiB` runs the workloads as on a 24 GiB card).
     #[command(flatten)]
     pub config: crate::config::ConfigArgs,
@@ -93,6 +89,8 @@ struct Setup {
     loras: Vec<String>,
     /// Bytes of the base file.
     base_bytes: u64,
+    /// Bytes of the LoRA files (mapped too while they are read).
+    lora_bytes: u64,
     /// A CLIP merge (the checkpoint's text encoders).
     clip: bool,
 }
@@ -140,7 +138,7 @@ fn ensure_models(dir: &Path, arch: Arch, size: LayoutSize, dtype: FileDtype, n: 
     }
     let loras = ensure_loras(dir, arch, size, n)?;
     let base_bytes = std::fs::metadata(&base_path)?.len();
-    Ok(Setup { base: base_rel, loras, base_bytes, clip: false })
+    Ok(Setup { base: base_rel, lora_bytes: lora_bytes(dir, &loras)?, loras, base_bytes, clip: false })
 }
 
 /// The full SDXL checkpoint (UNet, both text encoders, VAE; fp16) that `bench loop` samples with
@@ -160,7 +158,12 @@ pub(super) fn ensure_sdxl_checkpoint(dir: &Path, size: LayoutSize) -> Result<Str
 fn ensure_clip_models(dir: &Path, size: LayoutSize, n: usize) -> Result<Setup> {
     let base = ensure_sdxl_checkpoint(dir, size)?;
     let base_bytes = std::fs::metadata(dir.join("checkpoints").join(&base))?.len();
-    Ok(Setup { base, loras: ensure_loras(dir, Arch::SdxlClip, size, n)?, base_bytes, clip: true })
+    let loras = ensure_loras(dir, Arch::SdxlClip, size, n)?;
+    Ok(Setup { base, lora_bytes: lora_bytes(dir, &loras)?, loras, base_bytes, clip: true })
+}
+
+fn lora_bytes(dir: &Path, loras: &[String]) -> Result<u64> {
+    loras.iter().map(|l| Ok(std::fs::metadata(dir.join("loras").join(l))?.len())).sum()
 }
 
 /// Writes `n` rank-32 LoRAs of `arch` (fp16) unless they are there;
@@ -353,9 +356,9 @@ struct Runner {
 }
 
 impl Runner {
-    fn new(models: &Path, settings: &MergeSettings) -> Result<Self> {
+    fn new(models: &Path, settings: &MergeSettings, budget: Arc<MemoryBudget>) -> Result<Self> {
         let mut reg = Registry::new();
-        let engine = MergeEngine::standalone(settings.clone())?;
+        let engine = MergeEngine::new(settings.clone(), budget)?;
         comfyrs_core::register(&mut reg);
         comfyrs_nodes::pack::register(&mut reg, ModelFolders::new(models), engine.clone());
         let kept = Kept::default();
@@ -627,12 +630,34 @@ const DITS: [(&str, Dit); 3] = [
     ("qwen", Dit { arch: Arch::Qwen, dtype: FileDtype::F8E4M3, loras: 4, name: "Qwen-Image (fp8 e4m3fn)" }),
 ];
 
+/// A workload's peak host memory, against what it maps (its base and LoRA files) and makes (the
+/// merged keys).
+struct MemoryRow {
+    what: &'static str,
+    /// Peak resident set since the last [`reset_peak`].
+    peak: Option<u64>,
+    output: u64,
+    base: u64,
+    loras: u64,
+}
+
+impl MemoryRow {
+    /// The peak since the last [`reset_peak`], for a workload of `s` that merged `output` bytes.
+    fn measured(what: &'static str, s: &Setup, output: u64) -> MemoryRow {
+        MemoryRow { what, peak: peak_rss(), output, base: s.base_bytes, loras: s.lora_bytes }
+    }
+
+    /// What the workload may hold: the files it maps, the merged keys, and 2 GiB besides.
+    fn bound(&self) -> u64 {
+        self.base + self.loras + self.output + (2 << 30)
+    }
+}
+
 /// What the measurements gather, printed at the end.
 #[derive(Default)]
 struct Report {
     rows: Vec<Row>,
-    /// (workload, peak RSS, merged output bytes, base file bytes)
-    memory: Vec<(&'static str, Option<u64>, u64, u64)>,
+    memory: Vec<MemoryRow>,
     checks: Vec<String>,
     digests: Vec<String>,
     /// Every run, in order, for the reference.
@@ -649,7 +674,9 @@ impl Report {
     }
 }
 
-pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
+/// `budget`: a new memory budget as configured (`--host-memory`, `--device-cache-memory`), one
+/// per workload's engine.
+pub fn run(opts: &MergeBench, settings: MergeSettings, budget: &dyn Fn() -> Arc<MemoryBudget>) -> Result<()> {
     let dir = bench_dir(opts);
     let size = if opts.tiny { LayoutSize::Tiny } else { LayoutSize::Full };
     let mut rep = Report::default();
@@ -668,25 +695,25 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
         if want("w1") || want("w2") || want("w3") {
             let s = ensure_models(&dir, Arch::Sdxl, size, FileDtype::F16, 4).context("writing the SDXL models")?;
             let _held = hold_base(opts, &dir, &s, settings.device)?;
-            let mut r = Runner::new(&dir, &settings)?;
+            let mut r = Runner::new(&dir, &settings, budget())?;
             let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
             first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rep.rows)?;
             let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
             if want("w1") {
                 reset_peak();
                 let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rep.rows)?;
-                rep.memory.push(("W1", peak_rss(), out_bytes(&st), s.base_bytes));
+                rep.memory.push(MemoryRow::measured("W1", &s, out_bytes(&st)));
             }
             if want("w2") {
                 reset_peak();
                 let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rep.rows)?;
-                rep.memory.push(("W2", peak_rss(), out_bytes(&st), s.base_bytes));
+                rep.memory.push(MemoryRow::measured("W2", &s, out_bytes(&st)));
                 slider_changes(&mut r, &dw, &s, opts.repeat, rep)?;
             }
             if want("w3") {
                 reset_peak();
                 let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rep.rows)?;
-                rep.memory.push(("W3", peak_rss(), out_bytes(&st), s.base_bytes));
+                rep.memory.push(MemoryRow::measured("W3", &s, out_bytes(&st)));
             }
             rep.take_from(&mut r, "the SDXL workloads");
         }
@@ -697,25 +724,25 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
             let s = ensure_models(&dir, d.arch, size, d.dtype, d.loras).with_context(|| format!("writing the {} models", d.name))?;
             give_back();
             let _held = hold_base(opts, &dir, &s, settings.device)?;
-            let mut r = Runner::new(&dir, &settings)?;
+            let mut r = Runner::new(&dir, &settings, budget())?;
             let warmed = warm_up(&r, opts.warm_up, &format!("{} engine", d.name))?;
             let n = d.loras;
             first_run(&mut r, &dw, &format!("{}, first run of its engine{warmed} (maps the base, parses {n} LoRAs)", d.name), &compose_all(&s), &mut rep.rows)?;
             reset_peak();
             let st = cold(&mut r, &dw, &format!("{}: compose of {n} single-LoRA branches", d.name), &compose_all(&s), opts.repeat, &mut rep.rows)?;
-            rep.memory.push((d.name, peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+            rep.memory.push(MemoryRow::measured(d.name, &s, st["bytes"].as_u64().unwrap_or(0)));
             rep.take_from(&mut r, d.name);
         }
         if want("clip") {
             let s = ensure_clip_models(&dir, size, 2).context("writing the SDXL checkpoint and its CLIP LoRAs")?;
             give_back();
-            let mut r = Runner::new(&dir, &settings)?;
+            let mut r = Runner::new(&dir, &settings, budget())?;
             let warmed = warm_up(&r, opts.warm_up, "SDXL CLIP engine")?;
             let prompt = compose_all(&s);
             first_run(&mut r, &dw, &format!("SDXL CLIP, first run of its engine{warmed} (maps the checkpoint, parses 2 LoRAs)"), &prompt, &mut rep.rows)?;
             reset_peak();
             let st = cold(&mut r, &dw, "SDXL CLIP-L/G: compose of 2 single-LoRA branches", &prompt, opts.repeat, &mut rep.rows)?;
-            rep.memory.push(("SDXL CLIP", peak_rss(), st["bytes"].as_u64().unwrap_or(0), s.base_bytes));
+            rep.memory.push(MemoryRow::measured("SDXL CLIP", &s, st["bytes"].as_u64().unwrap_or(0)));
             // The same merge saved, one file per text encoder, from empty caches each time, into
             // files that are not there (a saved file whose recipe matches would be reused).
             let mut saved = prompt.clone();
@@ -754,9 +781,9 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     };
     let measured = measure(&mut rep);
     // The reference replays what ran, when everything ran.
-    let reference = match (&opts.reference, &measured) {
+    let reference = match (&opts.reference.reference, &measured) {
         (Some(pack), Ok(())) => {
-            let python = super::reference::python(&opts.reference_python)?;
+            let python = opts.reference.python()?;
             let output = tempfile::tempdir()?;
             let setup = super::reference::ReferenceSetup { pack, python: &python, models_dir: &dir, output: output.path() };
             let (rows, runs) = super::merge_reference::reference_runs(&rep.log)?;
@@ -817,16 +844,25 @@ pub fn run(opts: &MergeBench, settings: MergeSettings) -> Result<()> {
     if let Err(e) = &measured {
         writeln!(stdout, "\nThe benchmark stopped early (the rows above are what it measured): {}", e.to_string().lines().next().unwrap_or_default())?;
     }
-    writeln!(stdout, "\n| workload | peak RSS | base file | merged output | bound: base + output + 2 GiB |")?;
-    writeln!(stdout, "|---|---:|---:|---:|---:|")?;
-    for (w, peak, out, base) in memory {
-        let bound = base + out + (2 << 30);
-        let verdict = match peak {
+    writeln!(stdout, "\n| workload | peak RSS | base file | LoRA files | merged output | bound: files + output + 2 GiB |")?;
+    writeln!(stdout, "|---|---:|---:|---:|---:|---:|")?;
+    for m in memory {
+        let bound = m.bound();
+        let verdict = match m.peak {
             Some(p) if p <= bound => "within",
             Some(_) => "EXCEEDED",
             None => "?",
         };
-        writeln!(stdout, "| {w} | {} | {} | {} | {} ({verdict}) |", peak.map_or("?".into(), gib), gib(base), gib(out), gib(bound))?;
+        writeln!(
+            stdout,
+            "| {} | {} | {} | {} | {} | {} ({verdict}) |",
+            m.what,
+            m.peak.map_or("?".into(), gib),
+            gib(m.base),
+            gib(m.loras),
+            gib(m.output),
+            gib(bound)
+        )?;
     }
     for c in &checks {
         writeln!(stdout, "\n{c}")?;

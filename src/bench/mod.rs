@@ -24,9 +24,10 @@ pub enum BenchCommand {
     /// low-rank, and report GB/s against the bytes the operation must move.
     Widen(comfyrs_testkit::widen_bench::WidenBenchOptions),
     /// Run WIDEN merges of one to four LoRAs on a full-size SDXL UNet and a 7-LoRA Z-Image
-    /// compose end to end through the executor: cold, after a LoRA strength change and after a
-    /// t_factor change, with peak host memory and a bit-exactness check. Generates random-weight
-    /// models on first use.
+    /// compose (with --workloads also Flux-dev, Qwen-Image in fp8 and SDXL's text encoders) end
+    /// to end through the executor: cold, after a LoRA strength change and after a t_factor
+    /// change, with peak host memory and a bit-exactness check; optionally side by side with the
+    /// Python WIDEN node pack. Generates random-weight models on first use.
     Merge(merge::MergeBench),
     /// `comfyrs serve` on loopback as a client sees it: POST /prompt → execution_success for a
     /// one-node and 1,000-node prompts, their progress_state bytes, and queued throughput.
@@ -39,8 +40,8 @@ pub enum BenchCommand {
     /// A slider change to the next image: a WIDEN merge feeding ComfyUI's KSampler, VAEDecode
     /// and SaveImage on one executor, timed to the sampler's first step and to the saved image
     /// after new seeds, t_factor changes and LoRA strength changes; optionally side by side with
-    /// plain ComfyUI and the Python WIDEN node pack. Generates a random-weight SDXL checkpoint
-    /// and LoRAs on first use.
+    /// plain ComfyUI and the Python WIDEN node pack, comparing the images and the merged weights.
+    /// Generates a random-weight SDXL checkpoint and LoRAs on first use.
     #[cfg(feature = "python")]
     Loop(image_loop::LoopBench),
     /// Start the embedded ComfyUI (timed by phase) and measure the overhead of a bridged call
@@ -74,7 +75,7 @@ pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCod
     match cmd {
         BenchCommand::Executor(b) => executor::run(&b)?,
         BenchCommand::Widen(opts) => comfyrs_testkit::widen_bench::run(&opts, &mut std::io::stdout().lock())?,
-        BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config))?,
+        BenchCommand::Merge(opts) => merge::run(&opts, crate::engine::merge_settings(config), &|| crate::engine::memory_budget(config))?,
         BenchCommand::Server(opts) => server::run(&opts, config)?,
         BenchCommand::Cluster(opts) => cluster::run(&opts)?,
         #[cfg(feature = "python")]

@@ -26,9 +26,23 @@ pub struct ReferenceSetup<'a> {
     pub output: &'a Path,
 }
 
-/// The Python for `--reference`: the flag's, else the project's venv.
-pub fn python(flag: &Option<PathBuf>) -> Result<PathBuf> {
-    flag.clone().or_else(crate::venv::python).ok_or_else(|| anyhow!("no Python for the reference: pass --reference-python"))
+/// The flags of the benchmarks that have a reference.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ReferenceArgs {
+    /// Also run the same prompts, in the same order, in plain ComfyUI (`COMFYUI_PATH`) with the
+    /// Python WIDEN node pack found in this folder, and put both sides in each row.
+    #[arg(long, value_name = "PACK_DIR")]
+    pub reference: Option<PathBuf>,
+    /// The Python that runs the reference [default: the project's venv].
+    #[arg(long, value_name = "PYTHON")]
+    pub reference_python: Option<PathBuf>,
+}
+
+impl ReferenceArgs {
+    /// The Python for the reference: `--reference-python`, else the project's venv.
+    pub fn python(&self) -> Result<PathBuf> {
+        self.reference_python.clone().or_else(crate::venv::python).ok_or_else(|| anyhow!("no Python for the reference: pass --reference-python"))
+    }
 }
 
 /// Runs `runs` in order; one JSON object per run, as `reference.py` prints it (`total`,
