@@ -136,4 +136,32 @@ mod under_pressure {
         let (fresh, _) = exec_once(&m, &prompt(0.9, false));
         assert_same_overrides(&warm, &fresh);
     }
+
+    /// Smaller still: the branch alone does not fit. Plain LRU evicted each of its chunks just
+    /// before the next run asked for it (no hits at all); a run does not evict what it used, so
+    /// the first chunks stay and every slider change finds them.
+    #[test]
+    fn a_cache_too_small_for_the_branch_keeps_its_first_chunks_for_every_slider_change() {
+        let m = models(&[Arch::Sdxl], false);
+        let n = |stats: &Json, k: &str| stats[k].as_u64().unwrap();
+        exec_once(&m, &prompt(0.5, true));
+        let cache = m.engine.subtree_cache();
+        let held = || cache.stats().bytes + cache.stats().device_bytes;
+        let both = held();
+        // Room for about 60% of the branch (half of `both`).
+        let room = both * 3 / 10;
+        cache.set_limits(room, room);
+        m.engine.clear();
+        let (_, cold) = exec_once(&m, &prompt(0.5, true));
+        let keys = n(&cold, "keys");
+        assert_eq!(n(&cold, "recomputed"), keys);
+        for t2 in [0.9, 0.7, 0.3] {
+            let (warm, stats) = exec_once(&m, &prompt(t2, true));
+            let hits = n(&stats, "subtree_hits");
+            assert!(hits >= keys / 4 && hits < keys, "part of the branch comes from the cache, every time (t {t2}): {stats}");
+            assert!(held() <= room);
+            let (fresh, _) = exec_once(&m, &prompt(t2, false));
+            assert_same_overrides(&warm, &fresh);
+        }
+    }
 }

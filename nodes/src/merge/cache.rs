@@ -13,6 +13,12 @@
 //! counts its bytes in the engine's memory budget (one pool each) and gives memory back, least
 //! recently used first, while the budget as a whole is over its limit or the cache over its own
 //! cap.
+//!
+//! The subtree cache is also scan resistant: an Exit run marks what it uses
+//! ([`ByteLru::begin_run`]), and a result the run computes may evict only entries no part of the
+//! run has used. When a run's results are more than the cache holds, plain LRU evicted each chunk
+//! just before the next run asked for it (a slider change under a small device limit found none);
+//! now the first chunks stay, whole, and the next run finds those.
 
 use std::sync::Mutex;
 
@@ -71,13 +77,22 @@ pub type SubtreeCache = ByteLru<Tensor>;
 pub type StatsCache = ByteLru<ColumnStats>;
 
 struct Inner<V> {
-    map: LruCache<[u8; 32], V>,
+    map: LruCache<[u8; 32], Slot<V>>,
+    /// The current run, once [`ByteLru::begin_run`] was called (else plain LRU).
+    run: Option<u64>,
     bytes: usize,
     limit: usize,
     device_bytes: usize,
     device_limit: usize,
     hits: u64,
     misses: u64,
+}
+
+/// A cached value and the last run that used it (0: none that protects it, as for values
+/// inserted at the cold end).
+struct Slot<V> {
+    v: V,
+    run: u64,
 }
 
 fn place<V: Cached>(v: &V) -> Place {
@@ -111,10 +126,25 @@ impl<V: Cached> Inner<V> {
     fn evict(&mut self, pool: &Pool) {
         while self.over(pool) {
             match self.map.pop_lru() {
-                Some((_, v)) => self.account(&v, false, pool),
+                Some((_, slot)) => self.account(&slot.v, false, pool),
                 None => break,
             }
         }
+    }
+
+    /// Evicts, least recently used first, entries the current run has not used, until the cache
+    /// is within its limits; whether it is.
+    fn evict_unused(&mut self, pool: &Pool) -> bool {
+        let current = self.run.unwrap_or(u64::MAX);
+        while self.over(pool) {
+            let Some(key) = self.map.iter().rev().find(|(_, slot)| slot.run < current).map(|(k, _)| *k) else {
+                return false;
+            };
+            if let Some(slot) = self.map.pop(&key) {
+                self.account(&slot.v, false, pool);
+            }
+        }
+        true
     }
 }
 
@@ -138,6 +168,7 @@ impl<V: Cached> ByteLru<V> {
         ByteLru {
             inner: Mutex::new(Inner {
                 map: LruCache::unbounded(),
+                run: None,
                 bytes: 0,
                 limit: cap(limit),
                 device_bytes: 0,
@@ -158,10 +189,21 @@ impl<V: Cached> ByteLru<V> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Starts a run: from now on, what the run computes may evict only entries it has not used
+    /// itself ([`ByteLru::insert_all`]). Entries of earlier runs are fair game again.
+    pub fn begin_run(&self) {
+        let mut g = self.lock();
+        g.run = Some(g.run.map_or(1, |r| r + 1));
+    }
+
     /// A shared handle on the cached value (never modified in place by anyone).
     pub fn get(&self, key: &[u8; 32]) -> Option<V> {
         let mut g = self.lock();
-        let r = g.map.get(key).map(V::handle);
+        let run = g.run.unwrap_or(0);
+        let r = g.map.get_mut(key).map(|slot| {
+            slot.run = slot.run.max(run);
+            slot.v.handle()
+        });
         if r.is_some() {
             g.hits += 1;
         } else {
@@ -172,29 +214,52 @@ impl<V: Cached> ByteLru<V> {
 
     /// Stores `value`, which nobody may modify in place afterwards.
     pub fn insert(&self, key: [u8; 32], value: V) {
-        self.store(key, value, false);
+        self.insert_all(vec![(key, value)]);
+    }
+
+    /// Stores every value, or, within a run ([`ByteLru::begin_run`]) where that would evict what
+    /// the run itself used, none: a chunk's results are views of one tensor, which only goes
+    /// when its last row does, so a chunk is kept whole or not at all.
+    pub fn insert_all(&self, values: Vec<([u8; 32], V)>) {
+        self.store(values, false);
     }
 
     /// [`ByteLru::insert`] at the cold end: under pressure the value goes before anything else.
     /// For results less likely to be asked for again than what the cache already holds.
     pub fn insert_cold(&self, key: [u8; 32], value: V) {
-        self.store(key, value, true);
+        self.store(vec![(key, value)], true);
     }
 
-    fn store(&self, key: [u8; 32], value: V, cold: bool) {
-        let size = value.bytes();
+    fn store(&self, values: Vec<([u8; 32], V)>, cold: bool) {
+        let Some(first) = values.first() else { return };
+        let size: usize = values.iter().map(|(_, v)| v.bytes()).sum();
+        let at = place(&first.1);
         let mut g = self.lock();
-        let limit = if value.on_device() { g.device_limit } else { g.limit };
-        if size > limit || size as u64 > self.pool.limit(place(&value)) {
+        let limit = if at == Place::Device { g.device_limit } else { g.limit };
+        if size > limit || size as u64 > self.pool.limit(at) {
             return;
         }
-        g.account(&value, true, &self.pool);
-        if let Some(old) = g.map.put(key, value) {
-            g.account(&old, false, &self.pool);
+        let run = if cold { 0 } else { g.run.unwrap_or(0) };
+        let keys: Vec<[u8; 32]> = values.iter().map(|(k, _)| *k).collect();
+        for (key, v) in values {
+            g.account(&v, true, &self.pool);
+            if let Some(old) = g.map.put(key, Slot { v, run }) {
+                g.account(&old.v, false, &self.pool);
+            }
+            if cold {
+                g.map.demote(&key);
+            }
         }
-        if cold {
-            g.map.demote(&key);
+        // Within a run, new results make room only from what the run has not used; if that is
+        // not enough they are not kept (and the cache is as it was, but for what they evicted).
+        if !cold && g.run.is_some() && !g.evict_unused(&self.pool) {
+            for key in &keys {
+                if let Some(slot) = g.map.pop(key) {
+                    g.account(&slot.v, false, &self.pool);
+                }
+            }
         }
+        // The budget holds whatever else grew (the executor's outputs share it).
         g.evict(&self.pool);
     }
 
@@ -210,11 +275,11 @@ impl<V: Cached> ByteLru<V> {
     /// Drops the entries held in device memory (host entries stay); returns their bytes.
     pub fn free_device(&self) -> u64 {
         let mut g = self.lock();
-        let on_device: Vec<[u8; 32]> = g.map.iter().filter(|(_, v)| v.on_device()).map(|(k, _)| *k).collect();
+        let on_device: Vec<[u8; 32]> = g.map.iter().filter(|(_, slot)| slot.v.on_device()).map(|(k, _)| *k).collect();
         let before = g.device_bytes;
         for k in on_device {
-            if let Some(v) = g.map.pop(&k) {
-                g.account(&v, false, &self.pool);
+            if let Some(slot) = g.map.pop(&k) {
+                g.account(&slot.v, false, &self.pool);
             }
         }
         (before - g.device_bytes) as u64
@@ -263,6 +328,31 @@ mod tests {
         cache.insert([4; 32], entry(4.0));
         assert!(cache.get(&[1; 32]).is_none());
         assert_eq!(cache.stats().bytes, 2 * one);
+    }
+
+    #[test]
+    fn a_run_does_not_evict_what_it_used_and_keeps_chunks_whole() {
+        let one = entry(0.0).bytes();
+        let cache = SubtreeCache::bounded(3 * one as u64);
+        cache.insert([9; 32], entry(9.0));
+        cache.begin_run();
+        assert!(cache.get(&[9; 32]).is_some(), "used by this run");
+        cache.insert_all(vec![([1; 32], entry(1.0)), ([2; 32], entry(2.0))]);
+        // A chunk of two has no room: it would have to evict what the run used. None of it stays.
+        cache.insert_all(vec![([3; 32], entry(3.0)), ([4; 32], entry(4.0))]);
+        for k in [9, 1, 2] {
+            assert!(cache.get(&[k; 32]).is_some(), "{k}");
+        }
+        assert!(cache.get(&[3; 32]).is_none() && cache.get(&[4; 32]).is_none());
+        // The next run may evict what this one kept, least recently used first.
+        cache.begin_run();
+        cache.insert_all(vec![([5; 32], entry(5.0))]);
+        assert!(cache.get(&[9; 32]).is_none(), "the least recently used entry of the last run went");
+        assert_eq!(cache.stats().bytes, 3 * one);
+        // Values at the cold end are never protected.
+        cache.insert_cold([6; 32], entry(6.0));
+        cache.insert_all(vec![([7; 32], entry(7.0))]);
+        assert!(cache.get(&[6; 32]).is_none() && cache.get(&[7; 32]).is_some());
     }
 
     #[test]

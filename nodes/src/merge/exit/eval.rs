@@ -107,15 +107,19 @@ impl Eval<'_> {
             // below it again, not for the output it replaces, so under pressure the output goes
             // first. (At one priority, a cache too small for both evicted each branch chunk just
             // before the next run needed it: a CPU slider change found none of them.)
+            // Below the root a chunk goes in whole or not at all (cache.rs: a run does not evict
+            // what it used itself).
             let root = ptr(node) == self.root;
+            let mut rows = Vec::with_capacity(missing.len());
             for (j, &i) in missing.iter().enumerate() {
                 let row = t.f_select(0, j as i64)?;
                 if root {
                     cache.insert_cold(hashes[i], row);
                 } else {
-                    cache.insert(hashes[i], row);
+                    rows.push((hashes[i], row));
                 }
             }
+            cache.insert_all(rows);
             Some(t)
         };
         if missing.len() == keys.len() {

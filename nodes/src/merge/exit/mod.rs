@@ -248,6 +248,8 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         _ => None,
     };
     let mut out = Results { engine, chunks: Vec::new(), arena, stream, on_device };
+    // What this run uses of the subtree cache stays while the run adds to it (cache.rs).
+    engine.subtrees.begin_run();
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { engine.subtrees.get(&a.key_hash(root, k, device)) } else { None };
