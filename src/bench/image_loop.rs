@@ -63,6 +63,9 @@ pub struct LoopBench {
 const SAVED_OURS: &str = "bench_loop_merge_comfyrs.safetensors";
 const SAVED_THEIRS: &str = "bench_loop_merge_reference.safetensors";
 
+/// The strengths of the two composed LoRAs (the sliders move the third).
+const BRANCH_STRENGTHS: [f64; 2] = [0.8, 0.5];
+
 /// The files the prompts name, relative to their model folders.
 struct Models {
     checkpoint: String,
@@ -95,8 +98,8 @@ impl Recipe {
         json!({
             "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": m.checkpoint}},
             "entry": {"class_type": "WIDENEntry", "inputs": {"model": ["ckpt", 0]}},
-            "l0": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[0], "strength": 0.8}},
-            "l1": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[1], "strength": 0.5}},
+            "l0": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[0], "strength": BRANCH_STRENGTHS[0]}},
+            "l1": {"class_type": "WIDENLoRA", "inputs": {"lora_name": m.loras[1], "strength": BRANCH_STRENGTHS[1]}},
             "compose": {"class_type": "WIDENCompose", "inputs": {"branch": ["l0", 0]}},
             "compose2": {"class_type": "WIDENCompose", "inputs": {"branch": ["l1", 0], "compose": ["compose", 0]}},
             "m1": {"class_type": "WIDENMerge", "inputs": {"base": ["entry", 0], "target": ["compose2", 0], "t_factor": 1.0}},
@@ -334,6 +337,21 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
             let saved_theirs = dir.join("checkpoints").join(SAVED_THEIRS);
             let diff = super::loop_weights::compare(&ours, &saved_theirs).context("comparing the two sides' saved merges")?;
             writeln!(out, "Their merged weights: {diff}.")?;
+            // (The tiny SD1.5 checkpoint has no layout of the native pack to evaluate it with.)
+            if let (false, Some((_, r))) = (opts.tiny, runs.last()) {
+                let recipe = super::loop_weights::LoopRecipe {
+                    base: dir.join("checkpoints").join(&models.checkpoint),
+                    loras: [
+                        (dir.join("loras").join(&models.loras[0]), BRANCH_STRENGTHS[0]),
+                        (dir.join("loras").join(&models.loras[1]), BRANCH_STRENGTHS[1]),
+                        (dir.join("loras").join(&models.loras[2]), r.strength),
+                    ],
+                    t: r.t,
+                };
+                eprintln!("comparing both merges with the same recipe evaluated in float64…");
+                let exact = super::loop_weights::against_float64(&ours, &saved_theirs, &recipe).context("evaluating the last recipe in float64")?;
+                writeln!(out, "Both, {exact}.")?;
+            }
         }
         None => writeln!(out, "Last image: pixels {mine}.")?,
     }

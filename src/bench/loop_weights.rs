@@ -1,15 +1,21 @@
 //! `bench loop --reference`: where the two sides' images differ, whether their merged weights do,
 //! key by key. Both Exits save the last recipe's merge (`save_model`); each file names the keys
 //! its merge changed in its metadata (`__ecaj_affected_keys__`, docs/widen.md "Saving merged
-//! models"), and the keys of the two files differ only by a prefix.
+//! models"), and the keys of the two files differ only by a prefix. Beside each other, both are
+//! also measured against the same recipe evaluated in float64 (testkit's oracle), which says
+//! which side the differences come from.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use comfyrs_nodes::lora::{LoadOptions, LoraFile, LoraSet, NameIndex};
 use comfyrs_nodes::models::{MappedFile, MappedTensor};
-use tch::Kind;
+use comfyrs_nodes::pack::{NativeModel, RecipeDomain};
+use comfyrs_nodes::widen::WidenConfig;
+use comfyrs_testkit::oracle;
+use tch::{Kind, Tensor};
 
 /// How far apart the merged weights of the two sides are.
 pub(super) struct WeightDiff {
@@ -114,6 +120,127 @@ pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
     Ok(WeightDiff { keys: n, identical, max_abs, median_rel: rel[n / 2], worst, beyond_one_step: beyond, values })
 }
 
+/// The bench loop's recipe, for a float64 evaluation: the base, LoRAs 0 and 1 composed and merged
+/// onto it at t 1, then LoRA 2 merged onto that at `t` (the workflow of `bench loop`).
+#[derive(Clone, Debug)]
+pub(super) struct LoopRecipe {
+    /// A checkpoint or a diffusion model file.
+    pub base: PathBuf,
+    pub loras: [(PathBuf, f64); 3],
+    pub t: f64,
+}
+
+/// The recipe's float64 result on one key at a time.
+struct Oracle {
+    base: Arc<NativeModel>,
+    sets: Vec<LoraSet>,
+    t: f64,
+}
+
+impl Oracle {
+    fn open(r: &LoopRecipe) -> Result<Oracle> {
+        let base = NativeModel::open(&r.base, "oracle", RecipeDomain::Diffusion).map_err(|e| anyhow!("{}: {e}", r.base.display()))?;
+        let index = NameIndex::from_shapes(base.arch(), &base.file().shapes());
+        let sets = r
+            .loras
+            .iter()
+            .map(|(path, strength)| {
+                let f = LoraFile::load_with(path, base.arch(), &LoadOptions { index: Some(&index), require_match: true })
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let mut set = LoraSet::new();
+                set.add(&f, *strength);
+                Ok(set)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Oracle { base, sets, t: r.t })
+    }
+
+    /// The base's value of `key` and the recipe's, both float64 (on the CPU).
+    fn key(&self, key: &str) -> Result<(Tensor, Tensor)> {
+        let base = self.base.file().tensor(key).map_err(|e| anyhow!("{key}: {e}"))?.to_kind(Kind::Double).unsqueeze(0);
+        let applied = |set: &LoraSet, on: &Tensor| -> Result<Tensor> { Ok(on + set.dense_delta(key, &on.squeeze_dim(0), Kind::Double)?.unsqueeze(0)) };
+        let cfg = WidenConfig::default();
+        let m1 = oracle::merge_batch(&cfg, &base, &[applied(&self.sets[0], &base)?, applied(&self.sets[1], &base)?]);
+        let m2 = oracle::filter_batch(&cfg.with_t(self.t), &m1, &applied(&self.sets[2], &m1)?);
+        Ok((base.squeeze_dim(0), m2.squeeze_dim(0)))
+    }
+}
+
+/// Each side's distance to the float64 result, relative to how far the merge moved the key:
+/// `‖side − exact‖ / ‖exact − base‖`, over the keys both sides merged and the merge moved.
+pub(super) struct ExactDiff {
+    pub keys: usize,
+    /// (median, largest) for comfyrs, the reference, and the float64 result rounded to the
+    /// file's dtype (how close a side can be).
+    pub ours: (f64, f64),
+    pub theirs: (f64, f64),
+    pub rounding: (f64, f64),
+    /// Keys where comfyrs is closer than the reference.
+    pub ours_closer: usize,
+}
+
+impl std::fmt::Display for ExactDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "against the recipe in float64 (distance over the merge's own change, median / largest, {} keys): comfyrs {:.2e} / {:.2e}, \
+             reference {:.2e} / {:.2e}, the float64 result rounded to the file's dtype {:.2e} / {:.2e}; comfyrs closer on {} of {} keys",
+            self.keys, self.ours.0, self.ours.1, self.theirs.0, self.theirs.1, self.rounding.0, self.rounding.1, self.ours_closer, self.keys
+        )
+    }
+}
+
+/// [`ExactDiff`] of two saved merges of `recipe`, the keys spread over the cores (each thread
+/// opens the files and LoRAs for itself).
+pub(super) fn against_float64(ours: &Path, theirs: &Path, recipe: &LoopRecipe) -> Result<ExactDiff> {
+    let (a, b) = (Saved::open(ours)?, Saved::open(theirs)?);
+    let theirs_keys: std::collections::HashSet<&String> = b.affected.iter().collect();
+    let keys: Vec<String> = a.affected.iter().filter(|k| theirs_keys.contains(k)).cloned().collect();
+    if keys.is_empty() {
+        bail!("the two saved merges have no merged key in common");
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(keys.len());
+    let per = keys.len().div_ceil(threads);
+    let rows: Vec<(f64, f64, f64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = keys
+            .chunks(per)
+            .map(|part| {
+                scope.spawn(move || -> Result<Vec<(f64, f64, f64)>> {
+                    let (a, b, o) = (Saved::open(ours)?, Saved::open(theirs)?, Oracle::open(recipe)?);
+                    let mut out = Vec::new();
+                    for k in part {
+                        let (base, exact) = o.key(k)?;
+                        let moved = (&exact - &base).norm().double_value(&[]);
+                        if moved == 0.0 {
+                            continue;
+                        }
+                        let dist = |t: &Tensor| (t.to_kind(Kind::Double) - &exact).norm().double_value(&[]) / moved;
+                        let (x, y) = (a.tensor(k)?, b.tensor(k)?);
+                        out.push((dist(&x), dist(&y), dist(&exact.to_kind(y.kind()))));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().map_err(|_| anyhow!("a comparison thread panicked"))?).collect::<Result<Vec<_>>>()
+    })?
+    .into_iter()
+    .flatten()
+    .collect();
+    let stat = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v.get(v.len() / 2).copied().unwrap_or(f64::NAN), v.last().copied().unwrap_or(f64::NAN))
+    };
+    Ok(ExactDiff {
+        keys: rows.len(),
+        ours: stat(&|r| r.0),
+        theirs: stat(&|r| r.1),
+        rounding: stat(&|r| r.2),
+        ours_closer: rows.iter().filter(|r| r.0 < r.1).count(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +256,62 @@ mod tests {
         let keys: Vec<&String> = tensors.iter().map(|t| &t.0).collect();
         let md = [("__ecaj_affected_keys__".to_string(), serde_json::to_string(&keys).unwrap())].into();
         write_all(path, &tensors, Some(&md)).unwrap();
+    }
+
+    /// The bench loop's recipe merged natively on tiny SDXL, saved as comfyrs's side, and again
+    /// with one key moved off as the reference's: the float64 comparison finds comfyrs at the
+    /// rounding floor and the moved key as the one where the two differ.
+    #[test]
+    fn both_sides_are_measured_against_the_recipe_in_float64() {
+        use comfyrs_nodes::arch::{layout::LayoutSize, Arch};
+        use comfyrs_nodes::models::writer::{encode_f32, write_all};
+        use comfyrs_nodes::models::{FileDtype, ModelFolders};
+        use comfyrs_nodes::pack::exit::evaluate;
+        use comfyrs_nodes::pack::nodes::{compose_recipe, lora_recipe, merge_recipe};
+        use comfyrs_nodes::pack::{MergeEngine, MergeSettings, RecipeKind, RecipeNode};
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("checkpoints").join(super::super::merge::ensure_sdxl_checkpoint(dir.path(), LayoutSize::Tiny).unwrap());
+        let loras = super::super::merge::ensure_loras(dir.path(), Arch::Sdxl, LayoutSize::Tiny, 3).unwrap();
+        let (strengths, t) = ([0.8, 0.5, 0.9], 0.7);
+        let model = NativeModel::open(&ckpt, "base", RecipeDomain::Diffusion).unwrap();
+        let base = RecipeNode::new(RecipeKind::Base { arch: model.arch(), domain: RecipeDomain::Diffusion, model: model.clone() });
+        let l = |i: usize| lora_recipe(None, &loras[i], strengths[i], None).unwrap();
+        let compose = compose_recipe(&l(1), Some(&compose_recipe(&l(0), None).unwrap())).unwrap();
+        let m1 = merge_recipe(&base, &compose, 1.0, None, None).unwrap();
+        let root = merge_recipe(&m1, &l(2), t, None, None).unwrap();
+        let engine = MergeEngine::standalone(MergeSettings::on(tch::Device::Cpu)).unwrap();
+        let merged = evaluate(&engine, &ModelFolders::new(dir.path()), &root, RecipeDomain::Diffusion, false).unwrap().model;
+        let save = |path: &Path, moved: Option<&str>| {
+            let tensors: Vec<_> = merged
+                .overrides()
+                .iter()
+                .map(|(k, t)| {
+                    let t = if Some(k.as_str()) == moved { t.to_kind(Kind::Float) * 1.01 } else { t.to_kind(Kind::Float) };
+                    let v = Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap();
+                    (format!("model.{k}"), FileDtype::F16, t.size().iter().map(|&d| d as usize).collect(), encode_f32(&v, FileDtype::F16).unwrap())
+                })
+                .collect();
+            let keys: Vec<&String> = tensors.iter().map(|t| &t.0).collect();
+            let md = [("__ecaj_affected_keys__".to_string(), serde_json::to_string(&keys).unwrap())].into();
+            write_all(path, &tensors, Some(&md)).unwrap();
+        };
+        let moved = merged.overrides().keys().next().unwrap().clone();
+        let (ours, theirs) = (dir.path().join("ours.safetensors"), dir.path().join("theirs.safetensors"));
+        save(&ours, None);
+        save(&theirs, Some(&moved));
+        let recipe = LoopRecipe {
+            base: ckpt.clone(),
+            loras: std::array::from_fn(|i| (dir.path().join("loras").join(&loras[i]), strengths[i])),
+            t,
+        };
+        let d = against_float64(&ours, &theirs, &recipe).unwrap();
+        eprintln!("{d}");
+        assert!(d.keys > 100 && d.keys <= merged.overrides().len(), "{d}");
+        // comfyrs merges in fp32 and rounds to fp16: about as close as fp16 can be.
+        assert!(d.ours.0 <= 1.5 * d.rounding.0 + 1e-4 && d.ours.1 <= 1.5 * d.rounding.1 + 1e-3, "{d}");
+        assert_eq!(d.ours_closer, 1, "only the moved key differs: {d}");
+        assert!(d.theirs.1 > 10.0 * d.ours.1, "{d}");
+        assert!(d.to_string().contains("comfyrs closer on 1 of"), "{d}");
     }
 
     #[test]
