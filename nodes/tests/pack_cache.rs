@@ -99,7 +99,10 @@ fn incremental_results_equal_cold_runs() {
     assert_same_overrides(&w.model, &before.model);
 }
 
-/// The subtree cache under pressure: when it holds the branch below the output but not both, a slider change on the output's merge still finds the whole branch (the output's results are stored at the cold end of the LRU).
+/// The subtree cache under pressure: when it holds the branch below the output but not both, a
+/// slider change on the output's merge still finds the whole branch (the output's results are
+/// stored at the cold end of the LRU); when it cannot hold the branch either, it finds the
+/// branch's first chunks.
 mod under_pressure {
     use super::*;
 
@@ -112,26 +115,40 @@ mod under_pressure {
         run_fresh(&registry(m), p, "9", "10")
     }
 
+    fn n(stats: &Json, k: &str) -> u64 {
+        stats[k].as_u64().unwrap()
+    }
+
+    /// Bytes the engine's subtree cache holds (host memory on the CPU, device memory on a GPU).
+    fn held(m: &Models) -> usize {
+        let s = m.engine.subtree_cache().stats();
+        s.bytes + s.device_bytes
+    }
+
+    /// Models whose engine's subtree cache, emptied, has room for `num / den` of what one cold
+    /// run of the chain leaves (both merges' results: the same keys, shapes and dtype); and that
+    /// room.
+    fn squeezed(num: usize, den: usize) -> (Models, usize) {
+        let m = models(&[Arch::Sdxl], false);
+        exec_once(&m, &prompt(0.5, true));
+        let both = held(&m);
+        assert!(both > 0);
+        let room = both * num / den;
+        m.engine.subtree_cache().set_limits(room, room);
+        m.engine.clear();
+        (m, room)
+    }
+
     #[test]
     fn a_cache_too_small_for_two_merges_keeps_the_branch_a_slider_change_needs() {
-        let m = models(&[Arch::Sdxl], false);
-        let n = |stats: &Json, k: &str| stats[k].as_u64().unwrap();
-        // How many bytes one run leaves: both merges' results (the same keys, shapes and dtype).
-        exec_once(&m, &prompt(0.5, true));
-        // Host memory on the CPU, device memory on a GPU.
-        let cache = m.engine.subtree_cache();
-        let held = || cache.stats().bytes + cache.stats().device_bytes;
-        let both = held();
-        assert!(both > 0);
         // Room for one merge's results and a bit, not for two.
-        cache.set_limits(both * 6 / 10, both * 6 / 10);
-        m.engine.clear();
+        let (m, room) = squeezed(6, 10);
         let (_, cold) = exec_once(&m, &prompt(0.5, true));
         assert_eq!(n(&cold, "recomputed"), n(&cold, "keys"));
         let (warm, stats) = exec_once(&m, &prompt(0.9, true));
         assert_eq!(n(&stats, "subtree_hits"), n(&stats, "keys"), "every key of M1 comes from the cache: {stats}");
         assert_eq!(n(&stats, "stats_hits"), n(&stats, "keys"), "{stats}");
-        assert!(held() <= both * 6 / 10);
+        assert!(held(&m) <= room);
         // And it is the cold result.
         let (fresh, _) = exec_once(&m, &prompt(0.9, false));
         assert_same_overrides(&warm, &fresh);
@@ -142,16 +159,8 @@ mod under_pressure {
     /// the first chunks stay and every slider change finds them.
     #[test]
     fn a_cache_too_small_for_the_branch_keeps_its_first_chunks_for_every_slider_change() {
-        let m = models(&[Arch::Sdxl], false);
-        let n = |stats: &Json, k: &str| stats[k].as_u64().unwrap();
-        exec_once(&m, &prompt(0.5, true));
-        let cache = m.engine.subtree_cache();
-        let held = || cache.stats().bytes + cache.stats().device_bytes;
-        let both = held();
-        // Room for about 60% of the branch (half of `both`).
-        let room = both * 3 / 10;
-        cache.set_limits(room, room);
-        m.engine.clear();
+        // Room for about 60% of the branch (half of a run's results).
+        let (m, room) = squeezed(3, 10);
         let (_, cold) = exec_once(&m, &prompt(0.5, true));
         let keys = n(&cold, "keys");
         assert_eq!(n(&cold, "recomputed"), keys);
@@ -159,7 +168,7 @@ mod under_pressure {
             let (warm, stats) = exec_once(&m, &prompt(t2, true));
             let hits = n(&stats, "subtree_hits");
             assert!(hits >= keys / 4 && hits < keys, "part of the branch comes from the cache, every time (t {t2}): {stats}");
-            assert!(held() <= room);
+            assert!(held(&m) <= room);
             let (fresh, _) = exec_once(&m, &prompt(t2, false));
             assert_same_overrides(&warm, &fresh);
         }
