@@ -168,6 +168,18 @@ mod tests {
     }
 
     #[test]
+    fn rows_come_in_every_storage_dtype_of_a_merge() {
+        let blocks = RefCell::new(Vec::new());
+        let mut arena = HostArena::new(host_blocks(&blocks));
+        for kind in [Kind::Float, Kind::Half, Kind::BFloat16, Kind::Float8e4m3fn, Kind::Float8e5m2] {
+            let t = arena.rows(2, &[3, 5], kind).unwrap();
+            assert_eq!((t.size(), t.kind()), (vec![2, 3, 5], kind));
+            assert!(t.is_contiguous());
+        }
+        assert_eq!(blocks.borrow().len(), 1);
+    }
+
+    #[test]
     fn odd_rows_start_aligned_and_blocks_stop_doubling() {
         let blocks = RefCell::new(Vec::new());
         let mut arena = HostArena::new(host_blocks(&blocks));
