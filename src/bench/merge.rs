@@ -550,9 +550,14 @@ fn summary(stats: &Json) -> String {
         Some(n) if n > 0 => format!(" ({n} out of device memory, retried smaller)"),
         _ => String::new(),
     };
+    // Results that went to page-locked host memory: the blocks they took.
+    let blocks = match stats["result_blocks_bytes"].as_u64() {
+        Some(b) => format!("; results in {} of page-locked blocks", gib(b)),
+        None => String::new(),
+    };
     format!(
         "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}; \
-         around the Exit: node call {:.1}, executor {:.1}",
+         around the Exit: node call {:.1}, executor {:.1}{blocks}",
         stats["keys"],
         stats["recomputed"],
         stats["chunks"],

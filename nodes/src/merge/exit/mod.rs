@@ -88,6 +88,9 @@ pub struct ExitStats {
     pub stats_hits: usize,
     /// Bytes of the merged keys (each in its storage dtype).
     pub bytes: usize,
+    /// Bytes of the page-locked blocks the results landed in (on a GPU, when they go to host
+    /// memory; 0 otherwise): `bytes` plus what the packing left unused.
+    pub result_blocks: u64,
     /// Where the time went, seconds: reading the recipe's files and planning, moving weights to
     /// the device, computing (with results already travelling to host memory), and waiting for
     /// the last results to arrive.
@@ -113,6 +116,9 @@ impl ExitStats {
         m.insert("subtree_hits".into(), json!(self.subtree_hits));
         m.insert("stats_hits".into(), json!(self.stats_hits));
         m.insert("bytes".into(), json!(self.bytes));
+        if self.result_blocks > 0 {
+            m.insert("result_blocks_bytes".into(), json!(self.result_blocks));
+        }
         let r = |x: f64| (x * 1e4).round() / 1e4;
         let p = &self.phases;
         m.insert(
@@ -313,6 +319,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let out = out_cell.into_inner();
     stats.chunks = shrink.chunks;
     stats.oom_retries = shrink.retries;
+    stats.result_blocks = out.arena.as_ref().map_or(0, HostArena::allocated);
     let t_wait = Instant::now();
     let (merged, scales) = out.landed()?;
     stats.phases.results = t_wait.elapsed().as_secs_f64();
