@@ -45,10 +45,7 @@ impl KeyNaming {
 
     /// True when the file holds host key `host`.
     pub fn holds(&self, host: &str) -> bool {
-        match self {
-            KeyNaming::Checkpoint { .. } => true,
-            KeyNaming::TextEncoder(enc) => host.strip_prefix(enc).is_some_and(|r| r.starts_with('.')),
-        }
+        self.saved_name(host).is_some()
     }
 }
 
