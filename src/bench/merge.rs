@@ -788,6 +788,11 @@ pub fn run(opts: &MergeBench, settings: MergeSettings, budget: &dyn Fn() -> Arc<
     // The reference replays what ran, when everything ran.
     let reference = match (&opts.reference.reference, &measured) {
         (Some(pack), Ok(())) => {
+            // comfyrs's side first, on stderr: the reference can take minutes per prompt, and a
+            // run stopped during it (a time limit) then still has these.
+            for r in &rep.rows {
+                eprintln!("comfyrs: {}: end to end {}, Exit {}", r.what, fmt_secs(r.secs), fmt_secs(r.exit_secs));
+            }
             let python = opts.reference.python()?;
             let output = tempfile::tempdir()?;
             let setup = super::reference::ReferenceSetup { pack, python: &python, models_dir: &dir, output: output.path() };
