@@ -168,6 +168,29 @@ mod tests {
     }
 
     #[test]
+    fn a_block_that_cannot_be_allocated_changes_nothing() {
+        let calls = std::cell::Cell::new(0);
+        let mut arena = HostArena::new(|bytes| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 2 {
+                // What libtorch says when page-locked memory runs out.
+                return Err(tch::TchError::Torch("CUDA error: out of memory".into()));
+            }
+            Tensor::f_empty([bytes], (Kind::Uint8, Device::Cpu))
+        });
+        let first = arena.rows(1, &[40 << 20], Kind::Uint8).unwrap();
+        assert!(arena.rows(1, &[40 << 20], Kind::Uint8).is_err(), "the second block fails");
+        assert_eq!(arena.allocated(), 64 << 20, "and is not counted");
+        // What the first block has left still serves smaller rows, right after the first one.
+        let small = arena.rows(1, &[1 << 20], Kind::Uint8).unwrap();
+        assert_eq!(span(&small).0, span(&first).1);
+        // The next block is asked for again, at the size the failed one had.
+        let next = arena.rows(1, &[40 << 20], Kind::Uint8).unwrap();
+        assert_eq!(arena.allocated(), (64 << 20) + (128 << 20));
+        assert!(span(&next).0 >= span(&small).1 || span(&next).1 <= span(&first).0);
+    }
+
+    #[test]
     fn rows_come_in_every_storage_dtype_of_a_merge() {
         let blocks = RefCell::new(Vec::new());
         let mut arena = HostArena::new(host_blocks(&blocks));

@@ -404,15 +404,31 @@ impl Results<'_> {
             Landing::Device(kept)
         } else if let (Some(stream), Some(arena), true) = (&self.stream, &mut self.arena, values.device().is_cuda()) {
             // Packed into the run's blocks, split where a block is full.
-            for (rows, pending) in super::transfer::to_host_packed(stream, arena, &values, kind)? {
-                let (start, n) = (rows.start, rows.end - rows.start);
-                let piece_scales = match &scales {
-                    Some(s) => Some(super::transfer::to_host(self.engine, Some(stream), &s.f_narrow(0, start, n)?, Kind::Float)?),
-                    None => None,
-                };
-                self.chunks.push((keys[start as usize..rows.end as usize].to_vec(), Landing::Host(pending), piece_scales));
+            match super::transfer::to_host_packed(stream, arena, &values, kind) {
+                Ok(pieces) => {
+                    for (rows, pending) in pieces {
+                        let (start, n) = (rows.start, rows.end - rows.start);
+                        let piece_scales = match &scales {
+                            Some(s) => Some(super::transfer::to_host(self.engine, Some(stream), &s.f_narrow(0, start, n)?, Kind::Float)?),
+                            None => None,
+                        };
+                        self.chunks.push((keys[start as usize..rows.end as usize].to_vec(), Landing::Host(pending), piece_scales));
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Page-locked memory is pinned for good and may run out before the rest of
+                    // the host's memory: the rest of the run copies through pageable memory
+                    // (slower) instead of failing.
+                    let e = PackError::from(e);
+                    if !e.is_out_of_memory() {
+                        return Err(e);
+                    }
+                    tracing::info!("host memory: no more page-locked memory for this merge's results ({}); the rest go through pageable memory", e.to_string().lines().next().unwrap_or_default());
+                    self.arena = None;
+                    Landing::Host(PendingHost::ready(values.f_to_kind(kind)?.f_to_device(Device::Cpu)?))
+                }
             }
-            return Ok(());
         } else {
             Landing::Host(to_host(&values, kind)?)
         };
