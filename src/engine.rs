@@ -205,12 +205,12 @@ impl Engine {
     }
 }
 
-/// The merge engine's settings: the configured device and `[widen]` settings.
 /// A new memory budget with the configured host limit and device cache share.
 pub fn memory_budget(config: &Config) -> Arc<MemoryBudget> {
     MemoryBudget::new(config.memory.host.unwrap_or_else(default_host_limit), config.memory.device_cache.unwrap_or(UNRESOLVED))
 }
 
+/// The merge engine's settings: the configured device and `[widen]` settings.
 pub fn merge_settings(config: &Config) -> MergeSettings {
     let w = &config.widen;
     MergeSettings {
