@@ -647,9 +647,10 @@ struct MemoryRow {
 }
 
 impl MemoryRow {
-    /// The peak since the last [`reset_peak`], for a workload of `s` that merged `output` bytes.
-    fn measured(what: &'static str, s: &Setup, output: u64) -> MemoryRow {
-        MemoryRow { what, peak: peak_rss(), output, base: s.base_bytes, loras: s.lora_bytes }
+    /// The peak since the last [`reset_peak`], for a workload of `s` whose last Exit reported
+    /// `stats` (its merged bytes).
+    fn measured(what: &'static str, s: &Setup, stats: &Json) -> MemoryRow {
+        MemoryRow { what, peak: peak_rss(), output: stats["bytes"].as_u64().unwrap_or(0), base: s.base_bytes, loras: s.lora_bytes }
     }
 
     /// What the workload may hold: the files it maps, the merged keys, and 2 GiB besides.
@@ -703,22 +704,21 @@ pub fn run(opts: &MergeBench, settings: MergeSettings, budget: &dyn Fn() -> Arc<
             let mut r = Runner::new(&dir, &settings, budget())?;
             let warmed = warm_up(&r, opts.warm_up, "SDXL engine")?;
             first_run(&mut r, &dw, &format!("W3, first run of the process{warmed} (maps the base, parses 4 LoRAs)"), &compose_all(&s), &mut rep.rows)?;
-            let out_bytes = |stats: &Json| stats["bytes"].as_u64().unwrap_or(0);
             if want("w1") {
                 reset_peak();
                 let st = cold(&mut r, &dw, "W1: one LoRA, t 1.0", &w1(&s), opts.repeat, &mut rep.rows)?;
-                rep.memory.push(MemoryRow::measured("W1", &s, out_bytes(&st)));
+                rep.memory.push(MemoryRow::measured("W1", &s, &st));
             }
             if want("w2") {
                 reset_peak();
                 let st = cold(&mut r, &dw, "W2: compose + chained LoRA3 @t 0.5", &w2(&s, 1.0, 0.5), opts.repeat, &mut rep.rows)?;
-                rep.memory.push(MemoryRow::measured("W2", &s, out_bytes(&st)));
+                rep.memory.push(MemoryRow::measured("W2", &s, &st));
                 slider_changes(&mut r, &dw, &s, opts.repeat, rep)?;
             }
             if want("w3") {
                 reset_peak();
                 let st = cold(&mut r, &dw, "W3: compose of 4 single-LoRA branches", &compose_all(&s), opts.repeat, &mut rep.rows)?;
-                rep.memory.push(MemoryRow::measured("W3", &s, out_bytes(&st)));
+                rep.memory.push(MemoryRow::measured("W3", &s, &st));
             }
             rep.take_from(&mut r, "the SDXL workloads");
         }
@@ -735,7 +735,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings, budget: &dyn Fn() -> Arc<
             first_run(&mut r, &dw, &format!("{}, first run of its engine{warmed} (maps the base, parses {n} LoRAs)", d.name), &compose_all(&s), &mut rep.rows)?;
             reset_peak();
             let st = cold(&mut r, &dw, &format!("{}: compose of {n} single-LoRA branches", d.name), &compose_all(&s), opts.repeat, &mut rep.rows)?;
-            rep.memory.push(MemoryRow::measured(d.name, &s, st["bytes"].as_u64().unwrap_or(0)));
+            rep.memory.push(MemoryRow::measured(d.name, &s, &st));
             rep.take_from(&mut r, d.name);
         }
         if want("clip") {
@@ -747,7 +747,7 @@ pub fn run(opts: &MergeBench, settings: MergeSettings, budget: &dyn Fn() -> Arc<
             first_run(&mut r, &dw, &format!("SDXL CLIP, first run of its engine{warmed} (maps the checkpoint, parses 2 LoRAs)"), &prompt, &mut rep.rows)?;
             reset_peak();
             let st = cold(&mut r, &dw, "SDXL CLIP-L/G: compose of 2 single-LoRA branches", &prompt, opts.repeat, &mut rep.rows)?;
-            rep.memory.push(MemoryRow::measured("SDXL CLIP", &s, st["bytes"].as_u64().unwrap_or(0)));
+            rep.memory.push(MemoryRow::measured("SDXL CLIP", &s, &st));
             // The same merge saved, one file per text encoder, from empty caches each time, into
             // files that are not there (a saved file whose recipe matches would be reused).
             let mut saved = prompt.clone();
