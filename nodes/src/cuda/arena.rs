@@ -34,32 +34,34 @@ impl Packer {
         Packer { blocks: Vec::new(), next_block: FIRST_BLOCK }
     }
 
-    /// The first block with room for a row of `row_bytes`, and how many of `rows` fit there.
-    fn fit(&self, rows: i64, row_bytes: i64) -> Option<(usize, i64)> {
-        self.blocks.iter().enumerate().find_map(|(i, &(size, used))| {
+    /// Places 1 to `rows` rows of `row_bytes` each: in the first block with room for one, else in
+    /// a new block, which `open(size)` must provide first (if it fails, the packer stays as it
+    /// was). Returns the block, the rows placed and their offset there.
+    fn place(
+        &mut self,
+        rows: i64,
+        row_bytes: i64,
+        open: impl FnOnce(i64) -> Result<(), tch::TchError>,
+    ) -> Result<(usize, i64, i64), tch::TchError> {
+        let found = self.blocks.iter().enumerate().find_map(|(i, &(size, used))| {
             let room = (size - align(used)) / row_bytes;
-            (room >= 1).then(|| (i, room.min(rows)))
-        })
-    }
-
-    /// The size of a new block for a row of `row_bytes`.
-    fn next_size(&self, row_bytes: i64) -> i64 {
-        self.next_block.max((row_bytes as u64).next_power_of_two() as i64)
-    }
-
-    /// Counts a block of `size` bytes as opened; its index.
-    fn open(&mut self, size: i64) -> usize {
-        self.blocks.push((size, 0));
-        self.next_block = (self.next_block * 2).min(MAX_BLOCK);
-        self.blocks.len() - 1
-    }
-
-    /// Hands out `n` rows of `row_bytes` in `block`; their offset there.
-    fn take(&mut self, block: usize, n: i64, row_bytes: i64) -> i64 {
+            (room >= 1).then_some(i)
+        });
+        let block = match found {
+            Some(i) => i,
+            None => {
+                let size = self.next_block.max((row_bytes as u64).next_power_of_two() as i64);
+                open(size)?;
+                self.blocks.push((size, 0));
+                self.next_block = (self.next_block * 2).min(MAX_BLOCK);
+                self.blocks.len() - 1
+            }
+        };
         let b = &mut self.blocks[block];
         let start = align(b.1);
+        let n = ((b.0 - start) / row_bytes).min(rows);
         b.1 = start + n * row_bytes;
-        start
+        Ok((block, n, start))
     }
 
     /// Bytes of every block opened.
@@ -88,17 +90,11 @@ impl<'a> HostArena<'a> {
     /// are uninitialized. `rows` must be at least 1.
     pub fn rows(&mut self, rows: i64, row: &[i64], kind: Kind) -> Result<Tensor, tch::TchError> {
         let row_bytes = (row.iter().product::<i64>() * kind.elt_size_in_bytes() as i64).max(1);
-        let (block, n) = match self.packer.fit(rows, row_bytes) {
-            Some(found) => found,
-            None => {
-                let size = self.packer.next_size(row_bytes);
-                // Allocated before the packer counts it: a failed allocation changes nothing.
-                self.blocks.push((self.alloc)(size)?);
-                let i = self.packer.open(size);
-                (i, (size / row_bytes).min(rows))
-            }
-        };
-        let start = self.packer.take(block, n, row_bytes);
+        let (alloc, blocks) = (&mut self.alloc, &mut self.blocks);
+        let (block, n, start) = self.packer.place(rows, row_bytes, |size| {
+            blocks.push(alloc(size)?);
+            Ok(())
+        })?;
         let mut shape = vec![n];
         shape.extend_from_slice(row);
         self.blocks[block].f_narrow(0, start, n * row_bytes)?.f_view_dtype(kind)?.f_view(shape.as_slice())
@@ -264,11 +260,7 @@ mod tests {
             let row_bytes = shape.iter().product::<i64>() * 2;
             let mut left = *keys;
             while left > 0 {
-                let (block, n) = packer.fit(left, row_bytes).unwrap_or_else(|| {
-                    let size = packer.next_size(row_bytes);
-                    (packer.open(size), (size / row_bytes).min(left))
-                });
-                packer.take(block, n, row_bytes);
+                let (_, n, _) = packer.place(left, row_bytes, |_| Ok(())).unwrap();
                 used += (n * row_bytes) as u64;
                 left -= n;
             }
