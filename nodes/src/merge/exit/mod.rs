@@ -249,11 +249,11 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         && base_model.foreign_origin().is_some()
         && engine.settings().results_on_device;
     let stream = super::transfer::copy_stream(engine);
-    let arena = match (&stream, engine.pinned()) {
-        (Some(_), Some(pinned)) => Some(HostArena::new(|bytes| pinned.empty(bytes, Kind::Uint8))),
-        _ => None,
+    let host = match (&stream, engine.pinned()) {
+        (Some(_), Some(pinned)) => HostLanding::Packed(HostArena::new(|bytes| pinned.empty(bytes, Kind::Uint8))),
+        _ => HostLanding::PerChunk,
     };
-    let mut out = Results { engine, chunks: Vec::new(), arena, stream, on_device };
+    let mut out = Results { engine, chunks: Vec::new(), host, stream, on_device };
     // What this run uses of the subtree cache stays while the run adds to it (cache.rs).
     engine.subtrees.begin_run();
     let mut todo = Vec::new();
@@ -319,7 +319,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let out = out_cell.into_inner();
     stats.chunks = shrink.chunks;
     stats.oom_retries = shrink.retries;
-    stats.result_blocks = out.arena.as_ref().map_or(0, HostArena::allocated);
+    stats.result_blocks = out.host.blocks();
     let t_wait = Instant::now();
     let (merged, scales) = out.landed()?;
     stats.phases.results = t_wait.elapsed().as_secs_f64();
@@ -362,8 +362,8 @@ struct Results<'e> {
     /// pending copy before the stream it runs on goes away. With the values, the new scales of
     /// scaled fp8 keys (`[B]` fp32).
     chunks: Vec<(Vec<String>, Landing, Option<PendingHost>)>,
-    /// Page-locked blocks the copies on `stream` land in (with a copy stream only).
-    arena: Option<HostArena<'e>>,
+    /// Where results bound for host memory land.
+    host: HostLanding<'e>,
     stream: Option<CopyStream>,
 }
 
@@ -396,23 +396,16 @@ impl Results<'_> {
 
     fn push(&mut self, keys: Vec<String>, done: &Tensor, kind: Kind, base_scales: Option<&[f32]>) -> Result<(), PackError> {
         let (values, scales) = super::transfer::fp8_prepare(done, kind, base_scales)?;
-        let to_host = |t: &Tensor, kind: Kind| super::transfer::to_host(self.engine, self.stream.as_ref(), t, kind);
-        let landing = if self.on_device && values.device().is_cuda() {
-            let kept = values.f_to_kind(kind)?.f_contiguous()?;
-            // A cache hit comes as the cache's own tensor: the result must not share it.
-            let kept = if kept.data_ptr() == done.data_ptr() { super::transfer::owned_copy(&kept)? } else { kept };
-            Landing::Device(kept)
-        } else if let (Some(stream), Some(arena), true) = (&self.stream, &mut self.arena, values.device().is_cuda()) {
+        if let (Some(stream), HostLanding::Packed(arena), false, true) = (&self.stream, &mut self.host, self.on_device, values.device().is_cuda()) {
             // Packed into the run's blocks, split where a block is full.
             match super::transfer::to_host_packed(stream, arena, &values, kind) {
                 Ok(pieces) => {
                     for (rows, pending) in pieces {
-                        let (start, n) = (rows.start, rows.end - rows.start);
                         let piece_scales = match &scales {
-                            Some(s) => Some(super::transfer::to_host(self.engine, Some(stream), &s.f_narrow(0, start, n)?, Kind::Float)?),
+                            Some(s) => Some(self.host_copy(&s.f_narrow(0, rows.start, rows.end - rows.start)?, Kind::Float)?),
                             None => None,
                         };
-                        self.chunks.push((keys[start as usize..rows.end as usize].to_vec(), Landing::Host(pending), piece_scales));
+                        self.chunks.push((keys[rows.start as usize..rows.end as usize].to_vec(), Landing::Host(pending), piece_scales));
                     }
                     return Ok(());
                 }
@@ -425,16 +418,30 @@ impl Results<'_> {
                         return Err(e);
                     }
                     tracing::info!("host memory: no more page-locked memory for this merge's results ({}); the rest go through pageable memory", e.to_string().lines().next().unwrap_or_default());
-                    self.arena = None;
-                    Landing::Host(PendingHost::ready(values.f_to_kind(kind)?.f_to_device(Device::Cpu)?))
+                    self.host = HostLanding::Pageable { blocks: arena.allocated() };
                 }
             }
+        }
+        let landing = if self.on_device && values.device().is_cuda() {
+            let kept = values.f_to_kind(kind)?.f_contiguous()?;
+            // A cache hit comes as the cache's own tensor: the result must not share it.
+            let kept = if kept.data_ptr() == done.data_ptr() { super::transfer::owned_copy(&kept)? } else { kept };
+            Landing::Device(kept)
         } else {
-            Landing::Host(to_host(&values, kind)?)
+            Landing::Host(self.host_copy(&values, kind)?)
         };
-        let scales = scales.map(|s| to_host(&s, Kind::Float)).transpose()?;
+        let scales = scales.map(|s| self.host_copy(&s, Kind::Float)).transpose()?;
         self.chunks.push((keys, landing, scales));
         Ok(())
+    }
+
+    /// `t` in host memory as `kind`, one allocation of its own: page-locked where libtorch gives
+    /// it, pageable once page-locked memory ran out in this run.
+    fn host_copy(&self, t: &Tensor, kind: Kind) -> Result<PendingHost, PackError> {
+        match self.host {
+            HostLanding::Pageable { .. } if t.device().is_cuda() => Ok(PendingHost::ready(t.f_to_kind(kind)?.f_to_device(Device::Cpu)?)),
+            _ => Ok(super::transfer::to_host(self.engine, self.stream.as_ref(), t, kind)?),
+        }
     }
 
     /// Moves the results kept on the device so far to host memory, and sends the rest of the
@@ -489,6 +496,27 @@ impl Results<'_> {
             }
         }
         Ok((merged, scales))
+    }
+}
+
+/// Where a run's results bound for host memory land.
+enum HostLanding<'e> {
+    /// Page-locked blocks packed key by key, copied on the run's copy stream (on a GPU with one).
+    Packed(HostArena<'e>),
+    /// One allocation per chunk ([`super::transfer::to_host`]).
+    PerChunk,
+    /// Pageable memory, after page-locked memory ran out; `blocks`: what was packed before.
+    Pageable { blocks: u64 },
+}
+
+impl HostLanding<'_> {
+    /// Bytes of the page-locked blocks the results were packed into.
+    fn blocks(&self) -> u64 {
+        match self {
+            HostLanding::Packed(arena) => arena.allocated(),
+            HostLanding::PerChunk => 0,
+            HostLanding::Pageable { blocks } => *blocks,
+        }
     }
 }
 
