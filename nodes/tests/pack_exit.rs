@@ -60,31 +60,22 @@ fn run_capture(m: &Models, prompt: &serde_json::Value, node: &str) -> std::sync:
 /// the same recipe (the math module's oracle, LoRA deltas materialized in float64).
 #[test]
 fn chain_matches_float64_oracle() {
-    use comfyrs_nodes::lora::{LoadOptions, LoraFile, LoraSet, NameIndex};
+    use comfyrs_nodes::lora::NameIndex;
     use comfyrs_nodes::widen::WidenConfig;
     use comfyrs_testkit::oracle;
-    use tch::Tensor;
     let m = models(&[Arch::Sdxl], false);
     let model = run_capture(&m, &chain_prompt("tiny/sdxl_f32.safetensors"), "10");
     let file = model.file();
     let index = NameIndex::from_shapes(Arch::Sdxl, &file.shapes());
-    let set = |name: &str, s: f64| {
-        let f = LoraFile::load_with(m.root().join("loras/sdxl").join(name), Arch::Sdxl, &LoadOptions { index: Some(&index), require_match: true }).unwrap();
-        let mut set = LoraSet::new();
-        set.add(&f, s);
-        set
-    };
+    let set = |name: &str, s: f64| oracle::lora_set(&m.root().join("loras/sdxl").join(name), Arch::Sdxl, &index, s).unwrap();
     let (a, b, c) = (set("a.safetensors", 1.0), set("b.safetensors", 0.8), set("c.safetensors", 1.0));
     let cfg = WidenConfig::default();
     let mut worst = 0.0f64;
     for (k, merged) in model.overrides() {
-        let base = file.tensor(k).unwrap().to_kind(Kind::Double).unsqueeze(0);
-        let applied = |s: &LoraSet, on: &Tensor| on + s.dense_delta(k, &on.squeeze_dim(0), Kind::Double).unwrap().unsqueeze(0);
-        let m1 = oracle::merge_batch(&cfg, &base, &[applied(&a, &base), applied(&b, &base)]);
-        let m2 = oracle::filter_batch(&cfg.with_t(0.5), &m1, &applied(&c, &m1));
-        let want = m2.squeeze_dim(0);
+        let base = file.tensor(k).unwrap().to_kind(Kind::Double);
+        let want = oracle::chain_key(&cfg, k, &base, &[&a, &b], &c, 0.5).unwrap();
         let got = merged.to_kind(Kind::Double);
-        let delta = (&want - base.squeeze_dim(0)).norm().double_value(&[]);
+        let delta = (&want - &base).norm().double_value(&[]);
         if delta == 0.0 {
             assert!(got.equal(&want.to_kind(Kind::Double)) || (&got - &want).abs().max().double_value(&[]) < 1e-6, "{k}");
             continue;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
-use comfyrs_nodes::lora::{LoadOptions, LoraFile, LoraSet, NameIndex};
+use comfyrs_nodes::lora::{LoraSet, NameIndex};
 use comfyrs_nodes::models::{MappedFile, MappedTensor};
 use comfyrs_nodes::pack::{NativeModel, RecipeDomain};
 use comfyrs_nodes::widen::WidenConfig;
@@ -133,7 +133,9 @@ pub(super) struct LoopRecipe {
 /// The recipe's float64 result on one key at a time.
 struct Oracle {
     base: Arc<NativeModel>,
-    sets: Vec<LoraSet>,
+    /// LoRAs 0 and 1, and LoRA 2.
+    branches: [LoraSet; 2],
+    last: LoraSet,
     t: f64,
 }
 
@@ -141,28 +143,17 @@ impl Oracle {
     fn open(r: &LoopRecipe) -> Result<Oracle> {
         let base = NativeModel::open(&r.base, "oracle", RecipeDomain::Diffusion).map_err(|e| anyhow!("{}: {e}", r.base.display()))?;
         let index = NameIndex::from_shapes(base.arch(), &base.file().shapes());
-        let sets = r
-            .loras
-            .iter()
-            .map(|(path, strength)| {
-                let f = LoraFile::load_with(path, base.arch(), &LoadOptions { index: Some(&index), require_match: true })
-                    .with_context(|| format!("reading {}", path.display()))?;
-                let mut set = LoraSet::new();
-                set.add(&f, *strength);
-                Ok(set)
-            })
-            .collect::<Result<_>>()?;
-        Ok(Oracle { base, sets, t: r.t })
+        let set = |(path, strength): &(PathBuf, f64)| oracle::lora_set(path, base.arch(), &index, *strength).with_context(|| format!("reading {}", path.display()));
+        let [l0, l1, l2] = &r.loras;
+        Ok(Oracle { branches: [set(l0)?, set(l1)?], last: set(l2)?, t: r.t, base })
     }
 
     /// The base's value of `key` and the recipe's, both float64 (on the CPU).
     fn key(&self, key: &str) -> Result<(Tensor, Tensor)> {
-        let base = self.base.file().tensor(key).map_err(|e| anyhow!("{key}: {e}"))?.to_kind(Kind::Double).unsqueeze(0);
-        let applied = |set: &LoraSet, on: &Tensor| -> Result<Tensor> { Ok(on + set.dense_delta(key, &on.squeeze_dim(0), Kind::Double)?.unsqueeze(0)) };
-        let cfg = WidenConfig::default();
-        let m1 = oracle::merge_batch(&cfg, &base, &[applied(&self.sets[0], &base)?, applied(&self.sets[1], &base)?]);
-        let m2 = oracle::filter_batch(&cfg.with_t(self.t), &m1, &applied(&self.sets[2], &m1)?);
-        Ok((base.squeeze_dim(0), m2.squeeze_dim(0)))
+        let base = self.base.file().tensor(key).map_err(|e| anyhow!("{key}: {e}"))?.to_kind(Kind::Double);
+        let [b0, b1] = &self.branches;
+        let exact = oracle::chain_key(&WidenConfig::default(), key, &base, &[b0, b1], &self.last, self.t)?;
+        Ok((base, exact))
     }
 }
 

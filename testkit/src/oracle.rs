@@ -10,6 +10,9 @@
 
 use tch::{Kind, Tensor};
 
+use comfyrs_nodes::arch::Arch;
+use comfyrs_nodes::lora::{LoadOptions, LoraFile, LoraSet, NameIndex};
+use comfyrs_nodes::models::FormatError;
 use comfyrs_nodes::widen::config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
 use comfyrs_nodes::widen::eps::DEGENERATE_NORM;
 
@@ -356,4 +359,25 @@ pub fn merge_batch(cfg: &WidenConfig, backbone: &Tensor, weights: &[Tensor]) -> 
         })
         .collect();
     Tensor::from_slice(&out).reshape(size.as_slice())
+}
+
+/// The LoRA file at `path` at `strength`, its targets checked against a base's `index`: a set
+/// for [`chain_key`].
+pub fn lora_set(path: &std::path::Path, arch: Arch, index: &NameIndex, strength: f64) -> Result<LoraSet, FormatError> {
+    let f = LoraFile::load_with(path, arch, &LoadOptions { index: Some(index), require_match: true })?;
+    let mut set = LoraSet::new();
+    set.add(&f, strength);
+    Ok(set)
+}
+
+/// One key of the chain the pack's tests and `bench loop` merge, in float64: the LoRA sets
+/// `branches` composed and merged onto `base` (the key's base weight, any dtype) at t 1, then
+/// `last` merged onto that at `t`. Each LoRA's delta is materialized in float64. The result, on
+/// the CPU.
+pub fn chain_key(cfg: &WidenConfig, key: &str, base: &Tensor, branches: &[&LoraSet], last: &LoraSet, t: f64) -> Result<Tensor, FormatError> {
+    let base = base.to_kind(Kind::Double).unsqueeze(0);
+    let applied = |set: &LoraSet, on: &Tensor| -> Result<Tensor, FormatError> { Ok(on + set.dense_delta(key, &on.squeeze_dim(0), Kind::Double)?.unsqueeze(0)) };
+    let weights = branches.iter().map(|set| applied(set, &base)).collect::<Result<Vec<_>, _>>()?;
+    let m1 = merge_batch(cfg, &base, &weights);
+    Ok(filter_batch(&cfg.with_t(t), &m1, &applied(last, &m1)?).squeeze_dim(0))
 }
