@@ -76,14 +76,19 @@ fn unprefixed(k: &str) -> &str {
     k.find("diffusion_model.").map_or(k, |i| &k[i..])
 }
 
+/// The keys both saved merges changed, in `a`'s order.
+fn merged_by_both(a: &Saved, b: &Saved) -> Vec<String> {
+    let theirs: std::collections::HashSet<&String> = b.affected.iter().collect();
+    a.affected.iter().filter(|k| theirs.contains(k)).cloned().collect()
+}
+
 /// Compares the merged keys of two saved merges of the same recipe.
 pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
     let (a, b) = (Saved::open(ours)?, Saved::open(theirs)?);
-    let theirs_keys: std::collections::HashSet<&String> = b.affected.iter().collect();
     let mut rel = Vec::new();
     let (mut identical, mut max_abs, mut worst) = (0, 0f64, (String::new(), 0f64));
     let (mut beyond, mut values) = (0i64, 0i64);
-    for k in a.affected.iter().filter(|k| theirs_keys.contains(k)) {
+    for k in &merged_by_both(&a, &b) {
         let (x, y) = (a.tensor(k)?, b.tensor(k)?);
         if x.size() != y.size() {
             bail!("{k}: shapes differ ({:?} and {:?})", x.size(), y.size());
@@ -185,8 +190,7 @@ impl std::fmt::Display for ExactDiff {
 /// opens the files and LoRAs for itself).
 pub(super) fn against_float64(ours: &Path, theirs: &Path, recipe: &LoopRecipe) -> Result<ExactDiff> {
     let (a, b) = (Saved::open(ours)?, Saved::open(theirs)?);
-    let theirs_keys: std::collections::HashSet<&String> = b.affected.iter().collect();
-    let keys: Vec<String> = a.affected.iter().filter(|k| theirs_keys.contains(k)).cloned().collect();
+    let keys = merged_by_both(&a, &b);
     if keys.is_empty() {
         bail!("the two saved merges have no merged key in common");
     }
