@@ -68,6 +68,29 @@ fn widen_txt2img(ckpt: &str, t_factor: f64, seed: u64) -> Json {
     })
 }
 
+/// Files a test writes into the shared scratch folder: removed when it is made and dropped.
+struct RemovedOnDrop(Vec<PathBuf>);
+
+impl RemovedOnDrop {
+    fn new(files: Vec<PathBuf>) -> RemovedOnDrop {
+        let r = RemovedOnDrop(files);
+        r.remove();
+        r
+    }
+
+    fn remove(&self) {
+        for f in &self.0 {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 fn sorted(mut v: Vec<&str>) -> Vec<String> {
     v.sort();
     v.into_iter().map(String::from).collect()
@@ -603,11 +626,13 @@ fn saved_clip_loads_in_comfyuis_dual_clip_loader() {
     // The folder every ComfyUI reads text encoders from (one from before the `text_encoders`
     // name reads only this one), alone, so that the Exit saves there.
     let te = e.models.join("clip");
-    for dir in [e.models.join("text_encoders"), te.clone()] {
-        for (name, enc) in [(NAME, "clip_l"), (NAME, "clip_g"), (FOREIGN, "clip_l"), (FOREIGN, "clip_g")] {
-            let _ = std::fs::remove_file(dir.join(format!("{name}_{enc}.safetensors")));
-        }
-    }
+    let saved: Vec<PathBuf> = [e.models.join("text_encoders"), te.clone()]
+        .iter()
+        .flat_map(|dir| [(NAME, "clip_l"), (NAME, "clip_g"), (FOREIGN, "clip_l"), (FOREIGN, "clip_g")].map(|(name, enc)| dir.join(format!("{name}_{enc}.safetensors"))))
+        .collect();
+    // The scratch folder outlives the run, and the two saved pairs are 3 GB: gone before the
+    // test (a run that stopped half way) and after it, pass or fail.
+    let _cleanup = RemovedOnDrop::new(saved);
     let _ = std::fs::remove_dir(e.models.join("text_encoders"));
     std::fs::create_dir_all(&te).unwrap();
     let mut exec = Executor::new(CacheMode::Lru, 16 << 30);
