@@ -337,8 +337,10 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
             let saved_theirs = dir.join("checkpoints").join(SAVED_THEIRS);
             let diff = super::loop_weights::compare(&ours, &saved_theirs).context("comparing the two sides' saved merges")?;
             writeln!(out, "Their merged weights: {diff}.")?;
-            // (The tiny SD1.5 checkpoint has no layout of the native pack to evaluate it with.)
-            if let (false, Some((_, r))) = (opts.tiny, runs.last()) {
+            let base = dir.join("checkpoints").join(&models.checkpoint);
+            let by_column = super::loop_weights::columns(&ours, &saved_theirs, &base).context("comparing the two sides' merges column by column")?;
+            writeln!(out, "The same, {by_column}.")?;
+            if let Some((_, r)) = runs.last() {
                 let recipe = super::loop_weights::LoopRecipe {
                     base: dir.join("checkpoints").join(&models.checkpoint),
                     loras: [

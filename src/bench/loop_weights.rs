@@ -55,14 +55,21 @@ struct Saved {
 
 impl Saved {
     fn open(path: &Path) -> Result<Saved> {
-        let file = MappedFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let list = file
+        let mut saved = Saved::open_model(path)?;
+        let list = saved
+            .file
             .metadata()
             .and_then(|m| m.get("__ecaj_affected_keys__"))
             .ok_or_else(|| anyhow!("{}: no __ecaj_affected_keys__ (not a saved WIDEN merge)", path.display()))?;
-        let affected = serde_json::from_str::<Vec<String>>(list)?.iter().map(|k| unprefixed(k).to_string()).collect();
+        saved.affected = serde_json::from_str::<Vec<String>>(list)?.iter().map(|k| unprefixed(k).to_string()).collect();
+        Ok(saved)
+    }
+
+    /// Any model file (the base checkpoint), with no merged keys.
+    fn open_model(path: &Path) -> Result<Saved> {
+        let file = MappedFile::open(path).with_context(|| format!("opening {}", path.display()))?;
         let names = file.tensors().keys().map(|k| (unprefixed(k).to_string(), k.clone())).collect();
-        Ok(Saved { file, names, affected })
+        Ok(Saved { file, names, affected: Vec::new() })
     }
 
     fn tensor(&self, key: &str) -> Result<MappedTensor> {
@@ -93,17 +100,9 @@ pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
         if x.size() != y.size() {
             bail!("{k}: shapes differ ({:?} and {:?})", x.size(), y.size());
         }
-        // (mantissa bits, smallest normal exponent)
-        let (mantissa, min_exp) = match y.kind() {
-            Kind::Half => (10.0, -14.0),
-            Kind::BFloat16 => (7.0, -126.0),
-            Kind::Float => (23.0, -126.0),
-            _ => (52.0, -1022.0),
-        };
+        let step = rounding_step(&y);
         let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
         let d = &x - &y;
-        // One step at |y|: 2^(exponent − mantissa bits), the smallest normal exponent at least.
-        let step = y.abs().clamp_min(f64::MIN_POSITIVE).log2().floor().clamp_min(min_exp).g_sub_scalar(mantissa).exp2();
         beyond += d.abs().gt_tensor(&(step * 1.0001)).sum(Kind::Int64).int64_value(&[]);
         values += y.numel() as i64;
         let abs = d.abs().max().double_value(&[]);
@@ -123,6 +122,90 @@ pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
     let n = rel.len();
     rel.sort_by(f64::total_cmp);
     Ok(WeightDiff { keys: n, identical, max_abs, median_rel: rel[n / 2], worst, beyond_one_step: beyond, values })
+}
+
+/// The two merges column by column, as WIDEN ranks them (everything but a weight's output dim is
+/// a column; docs/widen.md): where the two sides ranked a column differently, that column's
+/// scale differs, and with it a share of its whole change; where they ranked it the same, what
+/// is left of the difference is the last digits, within the values' rounding.
+pub(super) struct ColumnDiff {
+    /// Columns of the keys both merges changed (weights of two dims or more) that either merge
+    /// moved off the base.
+    pub columns: usize,
+    /// Columns where the two sides differ by more than two rounding steps of their values (root
+    /// mean square over the column): their scales differ, or their rounding does not explain it.
+    pub beyond_rounding: usize,
+    /// Columns one side left at the base and the other moved.
+    pub one_side_only: usize,
+    /// The largest share of a column's change the two sides disagree on,
+    /// `‖ours − theirs‖ / ‖theirs − base‖`, over the columns beyond rounding, with where it is.
+    pub worst: Option<(String, i64, f64)>,
+}
+
+impl std::fmt::Display for ColumnDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "column by column, {} columns moved by either merge: {} differ beyond their rounding", self.columns, self.beyond_rounding)?;
+        if let Some((key, col, share)) = &self.worst {
+            write!(f, " (the most: {:.2}% of the change of {key}, column {col})", share * 100.0)?;
+        }
+        write!(f, ", {} moved by one side only", self.one_side_only)
+    }
+}
+
+/// [`ColumnDiff`] of two saved merges of the same recipe on `base` (a model file).
+pub(super) fn columns(ours: &Path, theirs: &Path, base: &Path) -> Result<ColumnDiff> {
+    let (a, b, o) = (Saved::open(ours)?, Saved::open(theirs)?, Saved::open_model(base)?);
+    let keys = merged_by_both(&a, &b);
+    if keys.is_empty() {
+        bail!("the two saved merges have no merged key in common");
+    }
+    let mut d = ColumnDiff { columns: 0, beyond_rounding: 0, one_side_only: 0, worst: None };
+    for k in &keys {
+        let (x, y, z) = (a.tensor(k)?, b.tensor(k)?, o.tensor(k)?);
+        if y.dim() < 2 {
+            continue;
+        }
+        if x.size() != y.size() || z.size() != y.size() {
+            bail!("{k}: shapes differ ({:?}, {:?} and the base's {:?})", x.size(), y.size(), z.size());
+        }
+        let out = y.size()[0];
+        let step = rounding_step(&y);
+        // [out, K] → per column (dim 0 reduced): the norms over the output rows.
+        let col = |t: &Tensor| t.reshape([out, -1]).square().sum_dim_intlist(0, false, Kind::Double).sqrt();
+        let (x, y, z) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double), z.to_kind(Kind::Double));
+        let (apart, ours_moved, theirs_moved, floor) = (col(&(&x - &y)), col(&(&x - &z)), col(&(&y - &z)), col(&step) * 2.0);
+        let moved = ours_moved.gt(0.0).logical_or(&theirs_moved.gt(0.0));
+        d.columns += moved.sum(Kind::Int64).int64_value(&[]) as usize;
+        d.one_side_only += ours_moved.gt(0.0).logical_xor(&theirs_moved.gt(0.0)).sum(Kind::Int64).int64_value(&[]) as usize;
+        let beyond = apart.gt_tensor(&floor).logical_and(&moved);
+        let n = beyond.sum(Kind::Int64).int64_value(&[]);
+        if n == 0 {
+            continue;
+        }
+        d.beyond_rounding += n as usize;
+        // (A column only one side moved has no share: it is counted apart.)
+        let both = beyond.logical_and(&ours_moved.gt(0.0)).logical_and(&theirs_moved.gt(0.0));
+        let share = (&apart / theirs_moved.clamp_min(f64::MIN_POSITIVE)) * both.to_kind(Kind::Double);
+        let (top, at) = share.max_dim(0, false);
+        let top = top.double_value(&[]);
+        if top > 0.0 && d.worst.as_ref().is_none_or(|w| top > w.2) {
+            d.worst = Some((k.clone(), at.int64_value(&[]), top));
+        }
+    }
+    Ok(d)
+}
+
+/// One rounding step of each value of `t` in its own dtype: 2^(exponent − mantissa bits), the
+/// smallest normal exponent at least; float64.
+fn rounding_step(t: &Tensor) -> Tensor {
+    // (mantissa bits, smallest normal exponent)
+    let (mantissa, min_exp) = match t.kind() {
+        Kind::Half => (10.0, -14.0),
+        Kind::BFloat16 => (7.0, -126.0),
+        Kind::Float => (23.0, -126.0),
+        _ => (52.0, -1022.0),
+    };
+    t.to_kind(Kind::Double).abs().clamp_min(f64::MIN_POSITIVE).log2().floor().clamp_min(min_exp).g_sub_scalar(mantissa).exp2()
 }
 
 /// The bench loop's recipe, for a float64 evaluation: the base, LoRAs 0 and 1 composed and merged
@@ -307,6 +390,38 @@ mod tests {
         assert_eq!(d.ours_closer, 1, "only the moved key differs: {d}");
         assert!(d.theirs.1 > 10.0 * d.ours.1, "{d}");
         assert!(d.to_string().contains("comfyrs closer on 1 of"), "{d}");
+    }
+
+    /// A [3, 4] weight: one column moved the same by both sides, one a rounding step apart, one
+    /// scaled by half on one side (as a column ranked differently would be), one moved by one side
+    /// only.
+    #[test]
+    fn columns_ranked_differently_stand_out_from_rounding() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(format!("{n}.safetensors"));
+        let step = 1.0 / 1024.0;
+        let at = |cols: [f32; 4]| (0..3).flat_map(|_| cols).collect::<Vec<f32>>();
+        let save2d = |name: &str, prefix: &str, v: Vec<f32>| {
+            use comfyrs_nodes::models::writer::{encode_f32, write_all};
+            use comfyrs_nodes::models::FileDtype;
+            let key = format!("{prefix}diffusion_model.w");
+            let md = [("__ecaj_affected_keys__".to_string(), serde_json::to_string(&[&key]).unwrap())].into();
+            write_all(&path(name), &[(key.clone(), FileDtype::F16, vec![3, 4], encode_f32(&v, FileDtype::F16).unwrap())], Some(&md)).unwrap();
+        };
+        save2d("base", "model.", at([1.0; 4]));
+        save2d("ours", "model.", at([1.125, 1.125, 1.125, 1.0]));
+        let mut theirs = at([1.125, 1.125, 1.0625, 1.125]);
+        theirs[1] += step;
+        save2d("theirs", "", theirs);
+        let d = columns(&path("ours"), &path("theirs"), &path("base")).unwrap();
+        assert_eq!((d.columns, d.beyond_rounding, d.one_side_only), (4, 2, 1), "{d}");
+        let (key, col, share) = d.worst.clone().unwrap();
+        assert_eq!((key.as_str(), col), ("diffusion_model.w", 2), "{d}");
+        assert!((share - 1.0).abs() < 1e-9, "{d}");
+        assert!(d.to_string().contains("2 differ beyond their rounding (the most: 100.00% of the change of diffusion_model.w, column 2)"), "{d}");
+        // The same merge on both sides: nothing beyond rounding.
+        let same = columns(&path("ours"), &path("ours"), &path("base")).unwrap();
+        assert_eq!((same.columns, same.beyond_rounding, same.one_side_only, same.worst.is_none()), (3, 0, 0, true), "{same}");
     }
 
     #[test]
