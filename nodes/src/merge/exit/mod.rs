@@ -250,7 +250,16 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         && engine.settings().results_on_device;
     let stream = super::transfer::copy_stream(engine);
     let host = match (&stream, engine.pinned()) {
-        (Some(_), Some(pinned)) => HostLanding::Packed(HostArena::new(|bytes| pinned.empty(bytes, Kind::Uint8))),
+        (Some(_), Some(pinned)) if !on_device => {
+            let mut arena = HostArena::new(|bytes| pinned.empty(bytes, Kind::Uint8));
+            // Every key lands there, cached or computed, each in its base's dtype (D17): the
+            // blocks are sized to that.
+            arena.expect(a.keys.iter().filter_map(|k| {
+                let elements: i64 = a.base.shape(k)?.iter().product();
+                Some(elements * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as i64)
+            }));
+            HostLanding::Packed(arena)
+        }
         _ => HostLanding::PerChunk,
     };
     let mut out = Results { engine, chunks: Vec::new(), host, stream, on_device };
