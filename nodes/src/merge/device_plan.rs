@@ -57,15 +57,18 @@ pub fn cpu_chunk_memory(available: u64, limit: Option<u64>) -> u64 {
     }
 }
 
-/// Bytes as a person reads them: `12.0 GiB`, `640 MiB`.
+/// Bytes as a person reads them: `12.0 GiB`, `640 MiB`, `12 KiB`.
 pub fn human(bytes: u64) -> String {
     const GIB: f64 = (1u64 << 30) as f64;
     const MIB: f64 = (1u64 << 20) as f64;
     let b = bytes as f64;
     if b >= GIB {
         format!("{:.1} GiB", b / GIB)
-    } else {
+    } else if bytes >= 1 << 20 {
         format!("{:.0} MiB", b / MIB)
+    } else {
+        // (Keys of a small model: "0 MiB" would say nothing.)
+        format!("{} KiB", bytes.div_ceil(1024))
     }
 }
 
@@ -74,6 +77,14 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn sizes_read_in_the_unit_that_shows_them() {
+        assert_eq!(human(12 * GIB), "12.0 GiB");
+        assert_eq!(human(640 << 20), "640 MiB");
+        assert_eq!(human(3000), "3 KiB");
+        assert_eq!(human(0), "0 KiB");
+    }
 
     #[test]
     fn a_limit_takes_what_is_in_use_off_the_room() {

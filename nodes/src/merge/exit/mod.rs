@@ -321,7 +321,15 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             free: &mut || engine.free_device_caches() + out_cell.borrow_mut().spill_to_host(),
             interrupted: &|| rep.interrupted(),
         };
-        oom::run_group(keys, batch_of(shape, keys), per_key(shape, keys), &mut shrink, hooks)?;
+        let (batch, need) = (batch_of(shape, keys), per_key(shape, keys));
+        tracing::debug!(
+            "chunks: {} keys of shape {shape:?}, {} of working memory each, {} at a time ({} for a chunk)",
+            keys.len(),
+            crate::merge::device_plan::human(need),
+            shrink.size(batch).min(keys.len()),
+            crate::merge::device_plan::human(budget as u64)
+        );
+        oom::run_group(keys, batch, need, &mut shrink, hooks)?;
         stats.phases.compute += t0.elapsed().as_secs_f64();
         rep.progress(gi as u64 + 1, total);
     }
