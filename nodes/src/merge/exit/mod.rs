@@ -250,14 +250,17 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         && engine.settings().results_on_device;
     let stream = super::transfer::copy_stream(engine);
     let host = match (&stream, engine.pinned()) {
-        (Some(_), Some(pinned)) if !on_device => {
+        (Some(_), Some(pinned)) => {
             let mut arena = HostArena::new(|bytes| pinned.empty(bytes, Kind::Uint8));
             // Every key lands there, cached or computed, each in its base's dtype (D17): the
-            // blocks are sized to that.
-            arena.expect(a.keys.iter().filter_map(|k| {
-                let elements: i64 = a.base.shape(k)?.iter().product();
-                Some(elements * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as i64)
-            }));
+            // blocks are sized to that. (Results kept on the device use the arena only if they
+            // have to move to host memory part way; its blocks then double as they go.)
+            if !on_device {
+                arena.expect(a.keys.iter().filter_map(|k| {
+                    let elements: i64 = a.base.shape(k)?.iter().product();
+                    Some(elements * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as i64)
+                }));
+            }
             HostLanding::Packed(arena)
         }
         _ => HostLanding::PerChunk,
