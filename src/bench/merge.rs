@@ -556,7 +556,7 @@ fn summary(stats: &Json) -> String {
         None => String::new(),
     };
     format!(
-        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}; \
+        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}, report {}; \
          around the Exit: node call {:.1}, executor {:.1}{blocks}",
         stats["keys"],
         stats["recomputed"],
@@ -567,6 +567,7 @@ fn summary(stats: &Json) -> String {
         ms("load"),
         ms("compute"),
         ms("results"),
+        ms("report"),
         (node - exit) * 1e3,
         (run - node) * 1e3
     )

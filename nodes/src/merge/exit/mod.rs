@@ -71,6 +71,8 @@ pub struct Phases {
     pub load: f64,
     pub compute: f64,
     pub results: f64,
+    /// The report's figures: read from the device, kept in the cache and aggregated.
+    pub report: f64,
 }
 
 /// What a run did, for logs and the Exit's UI output.
@@ -123,7 +125,7 @@ impl ExitStats {
         let p = &self.phases;
         m.insert(
             "phases".into(),
-            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results)}),
+            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results), "report": r(p.report)}),
         );
         m.insert("groups".into(), json!(self.groups));
         m.insert("chunks".into(), json!(self.chunks));
@@ -349,7 +351,9 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     stats.stats_hits = ev.stats_hits;
     let merged: IndexMap<String, MappedTensor> = merged.into_iter().map(|(k, t)| (k, MappedTensor::owned(t))).collect();
     let model = base_model.with_overrides(merged, scales, &run_hash(&a, root, device));
+    let t_report = Instant::now();
     let report = Arc::new(figures::report(engine, &a, root, device, std::mem::take(&mut ev.figures), opts.enable_cache)?);
+    stats.phases.report = t_report.elapsed().as_secs_f64();
     model.set_report(report.clone());
     stats.bytes = model.merged_bytes();
     if let Some((files, json, hash)) = save_target {
