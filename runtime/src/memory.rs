@@ -66,6 +66,8 @@ pub struct PoolUsage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemoryUsage {
     pub host_limit: u64,
+    /// [`UNRESOLVED`] (`null` in JSON) until an engine on a device has set it.
+    #[serde(serialize_with = "limit_or_null")]
     pub device_limit: u64,
     pub host_used: u64,
     pub device_used: u64,
@@ -75,6 +77,15 @@ pub struct MemoryUsage {
 /// A limit not known yet: the engine that uses the device works it out from the device's memory
 /// the first time it needs it ([`MemoryBudget::resolve_limit`]).
 pub const UNRESOLVED: u64 = u64::MAX;
+
+/// A limit in a report: its bytes, or `null` while [`UNRESOLVED`] (not 18446744073709551615).
+fn limit_or_null<S: serde::Serializer>(limit: &u64, s: S) -> Result<S::Ok, S::Error> {
+    if *limit == UNRESOLVED {
+        s.serialize_none()
+    } else {
+        s.serialize_u64(*limit)
+    }
+}
 
 impl MemoryBudget {
     /// A budget of `host_limit` bytes of host memory and `device_limit` bytes of device memory
@@ -227,6 +238,15 @@ impl MemoryUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_not_set_yet_reads_null_in_json() {
+        let budget = MemoryBudget::new(1 << 30, UNRESOLVED);
+        let json = serde_json::to_value(budget.usage()).unwrap();
+        assert_eq!((json["host_limit"].as_u64(), json["device_limit"].is_null()), (Some(1 << 30), true), "{json}");
+        budget.resolve_limit(Place::Device, || 4 << 30);
+        assert_eq!(serde_json::to_value(budget.usage()).unwrap()["device_limit"].as_u64(), Some(4 << 30));
+    }
 
     #[test]
     fn pools_count_into_one_budget_per_place() {
