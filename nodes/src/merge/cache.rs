@@ -20,6 +20,7 @@
 //! just before the next run asked for it (a slider change under a small device limit found none);
 //! now the first chunks stay, whole, and the next run finds those.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use comfyrs_runtime::memory::{Place, Pool};
@@ -78,6 +79,9 @@ pub type StatsCache = ByteLru<ColumnStats>;
 
 struct Inner<V> {
     map: LruCache<[u8; 32], Slot<V>>,
+    /// The keys of each group of several values stored together (views of one tensor).
+    groups: HashMap<u64, Vec<[u8; 32]>>,
+    next_group: u64,
     /// The current run, once [`ByteLru::begin_run`] was called (else plain LRU).
     run: Option<u64>,
     bytes: usize,
@@ -88,11 +92,12 @@ struct Inner<V> {
     misses: u64,
 }
 
-/// A cached value and the last run that used it (0: none that protects it, as for values
-/// inserted at the cold end).
+/// A cached value, the last run that used it (0: none that protects it, as for values inserted
+/// at the cold end), and the group it was stored with (0: alone).
 struct Slot<V> {
     v: V,
     run: u64,
+    group: u64,
 }
 
 fn place<V: Cached>(v: &V) -> Place {
@@ -123,26 +128,49 @@ impl<V: Cached> Inner<V> {
             || (self.device_bytes > 0 && pool.excess(Place::Device) > 0)
     }
 
+    /// Removes `key` and, if it was stored in a group, the rest of the group: the group's tensor
+    /// is freed only when its last view goes, so an entry alone would give back nothing while
+    /// the cache counted its bytes as given back.
+    fn remove(&mut self, key: &[u8; 32], pool: &Pool) {
+        let Some(slot) = self.map.pop(key) else { return };
+        self.account(&slot.v, false, pool);
+        if let Some(members) = self.groups.remove(&slot.group) {
+            for k in members.iter().filter(|k| *k != key) {
+                // (A member stored again since belongs to another group now.)
+                if self.map.peek(k).is_some_and(|s| s.group == slot.group) {
+                    let other = self.map.pop(k).expect("peeked");
+                    self.account(&other.v, false, pool);
+                }
+            }
+        }
+    }
+
     fn evict(&mut self, pool: &Pool) {
         while self.over(pool) {
-            match self.map.pop_lru() {
-                Some((_, slot)) => self.account(&slot.v, false, pool),
+            match self.map.peek_lru().map(|(k, _)| *k) {
+                Some(key) => self.remove(&key, pool),
                 None => break,
             }
         }
     }
 
-    /// Evicts, least recently used first, entries the current run has not used, until the cache
-    /// is within its limits; whether it is.
+    /// Whether the current run used `key`'s entry or any entry of its group.
+    fn used_by(&self, key: &[u8; 32], slot: &Slot<V>, current: u64) -> bool {
+        slot.run >= current
+            || self.groups.get(&slot.group).is_some_and(|members| {
+                members.iter().any(|k| k != key && self.map.peek(k).is_some_and(|s| s.group == slot.group && s.run >= current))
+            })
+    }
+
+    /// Evicts, least recently used first, entries the current run has not used (whole groups:
+    /// none of whose entries it used), until the cache is within its limits; whether it is.
     fn evict_unused(&mut self, pool: &Pool) -> bool {
         let current = self.run.unwrap_or(u64::MAX);
         while self.over(pool) {
-            let Some(key) = self.map.iter().rev().find(|(_, slot)| slot.run < current).map(|(k, _)| *k) else {
+            let Some(key) = self.map.iter().rev().find(|(k, slot)| !self.used_by(k, slot, current)).map(|(k, _)| *k) else {
                 return false;
             };
-            if let Some(slot) = self.map.pop(&key) {
-                self.account(&slot.v, false, pool);
-            }
+            self.remove(&key, pool);
         }
         true
     }
@@ -168,6 +196,8 @@ impl<V: Cached> ByteLru<V> {
         ByteLru {
             inner: Mutex::new(Inner {
                 map: LruCache::unbounded(),
+                groups: HashMap::new(),
+                next_group: 1,
                 run: None,
                 bytes: 0,
                 limit: cap(limit),
@@ -217,9 +247,10 @@ impl<V: Cached> ByteLru<V> {
         self.insert_all(vec![(key, value)]);
     }
 
-    /// Stores every value, or, within a run ([`ByteLru::begin_run`]) where that would evict what
-    /// the run itself used, none: a chunk's results are views of one tensor, which only goes
-    /// when its last row does, so a chunk is kept whole or not at all.
+    /// Stores every value as one group (the rows of one tensor: a chunk's results), evicted
+    /// together, since the tensor only goes when its last row does; or, within a run
+    /// ([`ByteLru::begin_run`]) where that would evict what the run itself used, none: a chunk
+    /// is kept whole or not at all.
     pub fn insert_all(&self, values: Vec<([u8; 32], V)>) {
         self.store(values, false);
     }
@@ -228,6 +259,11 @@ impl<V: Cached> ByteLru<V> {
     /// For results less likely to be asked for again than what the cache already holds.
     pub fn insert_cold(&self, key: [u8; 32], value: V) {
         self.store(vec![(key, value)], true);
+    }
+
+    /// [`ByteLru::insert_all`] at the cold end (one group, never protected by a run).
+    pub fn insert_all_cold(&self, values: Vec<([u8; 32], V)>) {
+        self.store(values, true);
     }
 
     fn store(&self, values: Vec<([u8; 32], V)>, cold: bool) {
@@ -241,11 +277,20 @@ impl<V: Cached> ByteLru<V> {
         }
         let run = if cold { 0 } else { g.run.unwrap_or(0) };
         let keys: Vec<[u8; 32]> = values.iter().map(|(k, _)| *k).collect();
+        let group = if keys.len() > 1 {
+            let id = g.next_group;
+            g.next_group += 1;
+            g.groups.insert(id, keys.clone());
+            id
+        } else {
+            0
+        };
         for (key, v) in values {
+            // A value stored again replaces the old one with its group (rare: a key recomputed
+            // while cached).
+            g.remove(&key, &self.pool);
             g.account(&v, true, &self.pool);
-            if let Some(old) = g.map.put(key, Slot { v, run }) {
-                g.account(&old.v, false, &self.pool);
-            }
+            g.map.put(key, Slot { v, run, group });
             if cold {
                 g.map.demote(&key);
             }
@@ -253,11 +298,7 @@ impl<V: Cached> ByteLru<V> {
         // Within a run, new results make room only from what the run has not used; if that is
         // not enough they are not kept (and the cache is as it was, but for what they evicted).
         if !cold && g.run.is_some() && !g.evict_unused(&self.pool) {
-            for key in &keys {
-                if let Some(slot) = g.map.pop(key) {
-                    g.account(&slot.v, false, &self.pool);
-                }
-            }
+            g.remove(&keys[0], &self.pool);
         }
         // The budget holds whatever else grew (the executor's outputs share it).
         g.evict(&self.pool);
@@ -266,6 +307,7 @@ impl<V: Cached> ByteLru<V> {
     pub fn clear(&self) {
         let mut g = self.lock();
         g.map.clear();
+        g.groups.clear();
         self.pool.release(Place::Host, g.bytes as u64);
         self.pool.release(Place::Device, g.device_bytes as u64);
         g.bytes = 0;
@@ -278,9 +320,7 @@ impl<V: Cached> ByteLru<V> {
         let on_device: Vec<[u8; 32]> = g.map.iter().filter(|(_, slot)| slot.v.on_device()).map(|(k, _)| *k).collect();
         let before = g.device_bytes;
         for k in on_device {
-            if let Some(slot) = g.map.pop(&k) {
-                g.account(&slot.v, false, &self.pool);
-            }
+            g.remove(&k, &self.pool);
         }
         (before - g.device_bytes) as u64
     }
@@ -353,6 +393,49 @@ mod tests {
         cache.insert_cold([6; 32], entry(6.0));
         cache.insert_all(vec![([7; 32], entry(7.0))]);
         assert!(cache.get(&[6; 32]).is_none() && cache.get(&[7; 32]).is_some());
+    }
+
+    /// The rows of one chunk are views of one tensor, freed when the last goes: evicting one
+    /// evicts them all, so the bytes the cache counts are the bytes it holds.
+    #[test]
+    fn a_chunk_stored_together_goes_together() {
+        let one = entry(0.0).bytes();
+        let cache = SubtreeCache::bounded(5 * one as u64);
+        let chunk = Tensor::arange(64, (tch::Kind::Float, tch::Device::Cpu)).view([4, 16]);
+        cache.insert_all((0..4u8).map(|i| ([i; 32], chunk.select(0, i as i64))).collect());
+        cache.insert([10; 32], entry(10.0));
+        assert_eq!(cache.stats().entries, 5);
+        // Room for one more evicts the least recently used row, and with it its chunk.
+        assert!(cache.get(&[3; 32]).is_some());
+        cache.insert([11; 32], entry(11.0));
+        let left: Vec<u8> = [0u8, 1, 2, 3, 10, 11].into_iter().filter(|&k| cache.get(&[k; 32]).is_some()).collect();
+        assert_eq!(left, [10, 11], "the chunk went whole, its recently used row too");
+        assert_eq!(cache.stats().bytes, 2 * one);
+        // Dropping the device entries, or clearing, takes groups the same way.
+        cache.clear();
+        assert_eq!((cache.stats().entries, cache.stats().bytes), (0, 0));
+    }
+
+    /// Within a run, a group is protected when the run used any of its rows.
+    #[test]
+    fn a_run_keeps_a_chunk_it_used_part_of() {
+        let one = entry(0.0).bytes();
+        let cache = SubtreeCache::bounded(4 * one as u64);
+        let chunk = Tensor::arange(48, (tch::Kind::Float, tch::Device::Cpu)).view([3, 16]);
+        cache.insert_all((0..3u8).map(|i| ([i; 32], chunk.select(0, i as i64))).collect());
+        cache.begin_run();
+        assert!(cache.get(&[2; 32]).is_some(), "one row used by this run");
+        // Two new rows need the room of the chunk: it is not evicted, so they are not kept.
+        cache.insert_all(vec![([7; 32], entry(7.0)), ([8; 32], entry(8.0))]);
+        assert!(cache.get(&[7; 32]).is_none() && cache.get(&[8; 32]).is_none());
+        assert!((0..3u8).all(|k| cache.get(&[k; 32]).is_some()), "the chunk stays whole");
+        assert_eq!(cache.stats().bytes, 3 * one);
+        // The next run has not used it: the chunk makes room.
+        cache.begin_run();
+        cache.insert_all(vec![([7; 32], entry(7.0)), ([8; 32], entry(8.0))]);
+        assert!(cache.get(&[7; 32]).is_some() && cache.get(&[8; 32]).is_some());
+        assert!((0..3u8).all(|k| cache.get(&[k; 32]).is_none()));
+        assert_eq!(cache.stats().bytes, 2 * one);
     }
 
     #[test]

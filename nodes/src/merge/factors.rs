@@ -29,11 +29,14 @@ fn stacked_factor(engine: &MergeEngine, views: &[Tensor], ids: Option<&[[u8; 32]
     if !missing.is_empty() {
         let refs: Vec<&Tensor> = missing.iter().map(|&i| &views[i]).collect();
         let fresh = upload(engine, &refs)?;
+        // Views of one upload: cached as one group, which goes as a whole (cache.rs).
+        let mut group = Vec::with_capacity(missing.len());
         for (j, &i) in missing.iter().enumerate() {
             let row = fresh.f_select(0, j as i64)?;
-            factors.insert(ids[i], row.shallow_clone());
+            group.push((ids[i], row.shallow_clone()));
             rows[i] = Some(row);
         }
+        factors.insert_all(group);
     }
     let rows: Vec<Tensor> = rows.into_iter().map(|r| r.expect("filled")).collect();
     Tensor::f_stack(&rows, 0)

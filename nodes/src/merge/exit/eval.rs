@@ -109,17 +109,16 @@ impl Eval<'_> {
             // before the next run needed it: a CPU slider change found none of them.)
             // Below the root a chunk goes in whole or not at all (cache.rs: a run does not evict
             // what it used itself).
-            let root = ptr(node) == self.root;
+            // Either way the rows are one group: evicted together, as their memory is freed.
             let mut rows = Vec::with_capacity(missing.len());
             for (j, &i) in missing.iter().enumerate() {
-                let row = t.f_select(0, j as i64)?;
-                if root {
-                    cache.insert_cold(hashes[i], row);
-                } else {
-                    rows.push((hashes[i], row));
-                }
+                rows.push((hashes[i], t.f_select(0, j as i64)?));
             }
-            cache.insert_all(rows);
+            if ptr(node) == self.root {
+                cache.insert_all_cold(rows);
+            } else {
+                cache.insert_all(rows);
+            }
             Some(t)
         };
         if missing.len() == keys.len() {

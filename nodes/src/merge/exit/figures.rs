@@ -39,13 +39,16 @@ pub(super) fn report(
         let per_key = host.len() / all.size()[0].max(1) as usize;
         let mut row = 0;
         for (keys, t) in &computed {
+            let mut group = Vec::with_capacity(keys.len());
             for (i, k) in keys.iter().enumerate() {
                 if use_cache {
-                    engine.subtrees.insert_cold(figures_hash(&a.key_hash(root, k, device)), t.f_select(0, i as i64)?);
+                    group.push((figures_hash(&a.key_hash(root, k, device)), t.f_select(0, i as i64)?));
                 }
                 figures.insert(k.clone(), host[row * per_key..(row + 1) * per_key].to_vec());
                 row += 1;
             }
+            // Views of the chunk's figures: one group (cache.rs).
+            engine.subtrees.insert_all_cold(group);
         }
     }
     if use_cache {
