@@ -406,7 +406,7 @@ mod tests {
             use comfyrs_nodes::models::FileDtype;
             let key = format!("{prefix}diffusion_model.w");
             let md = [("__ecaj_affected_keys__".to_string(), serde_json::to_string(&[&key]).unwrap())].into();
-            write_all(&path(name), &[(key.clone(), FileDtype::F16, vec![3, 4], encode_f32(&v, FileDtype::F16).unwrap())], Some(&md)).unwrap();
+            write_all(path(name), &[(key.clone(), FileDtype::F16, vec![3, 4], encode_f32(&v, FileDtype::F16).unwrap())], Some(&md)).unwrap();
         };
         save2d("base", "model.", at([1.0; 4]));
         save2d("ours", "model.", at([1.125, 1.125, 1.125, 1.0]));
