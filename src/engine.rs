@@ -257,6 +257,7 @@ fn bridge_options(config: &Config, dirs: &PythonSetup) -> comfyrs_bridge::Bridge
         temp_dir: dirs.temp.clone(),
         previews: dirs.previews,
         models_dir: config.models_dir.is_dir().then(|| config.models_dir.clone()),
+        device_memory: config.memory.device,
         ..comfyrs_bridge::BridgeOptions::default()
     }
 }

@@ -150,6 +150,47 @@ class PromptServerStandIn:
         return lambda *a, **k: None
 
 
+def allocator_fraction(environ=None):
+    """The cap libtorch's allocator runs under (`per_process_memory_fraction` of the device's
+    total memory, as comfyrs sets it for `memory.device`, or the user did), or None. The CUDA
+    variable wins where both set it, as in libtorch."""
+    environ = os.environ if environ is None else environ
+    for var in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        for item in environ.get(var, "").split(","):
+            key, _, value = item.partition(":")
+            if key.strip() == "per_process_memory_fraction":
+                try:
+                    return float(value)
+                except ValueError:
+                    return None
+    return None
+
+
+def capped_mem_info(free, total, reserved, limit, fraction):
+    """(free, total) of the device as a card of `limit` bytes shows them: the total is the limit,
+    and free is what the process's allocator may still reserve under its cap (the fraction of
+    the real total, else the limit) beside what it has reserved, never more than the device has
+    free. ComfyUI adds its reserved but unused memory to this, so its free memory is the cap
+    less what its tensors use, as on a card of that size."""
+    cap = int(total * fraction) if fraction else limit
+    return max(0, min(free, cap - reserved)), min(total, limit)
+
+
+def _show_device_limit(torch, limit):
+    """ComfyUI sizes its model loads and decodes from torch.cuda.mem_get_info, which reports the
+    whole device whatever the allocator's cap: under `memory.device` it would load as on the big
+    card and run out of memory where a card of that size would have offloaded. Shown the limit
+    instead, it decides as on such a card (its log says "Total VRAM" of the limit)."""
+    real = torch.cuda.mem_get_info
+    fraction = allocator_fraction()
+
+    def mem_get_info(device=None):
+        free, total = real(device)
+        return capped_mem_info(free, total, torch.cuda.memory_reserved(device), limit, fraction)
+
+    torch.cuda.mem_get_info = mem_get_info
+
+
 def _install_server_stand_in():
     stand_in = PromptServerStandIn()
     try:
@@ -332,6 +373,11 @@ def boot(opts):
 
     stand_in = _install_server_stand_in()
     STATE["server"] = stand_in
+
+    # Before model management reads the device's memory (at import).
+    limit = opts.get("device_memory")
+    if limit and not cpu and torch.cuda.is_available():
+        _show_device_limit(torch, int(limit))
 
     import comfy.model_management  # noqa: F401  (reads args)
     import nodes

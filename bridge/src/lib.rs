@@ -74,6 +74,9 @@ pub struct BridgeOptions {
     pub venv: Option<PathBuf>,
     /// Samplers make step previews (a server has clients to show them to).
     pub previews: bool,
+    /// The device memory the whole process may use (`memory.device`): ComfyUI's memory
+    /// management is shown a card of that size (docs/architecture.md, "Memory").
+    pub device_memory: Option<u64>,
 }
 
 /// A custom node (or comfy_extras) module that failed to import; it was skipped.
@@ -347,6 +350,7 @@ fn boot(py: Python<'_>, opts: &BridgeOptions, comfyui: &Path) -> Result<Booted, 
         setp("models_dir", &opts.models_dir)?;
         d.set_item("cpu", opts.cpu)?;
         d.set_item("previews", opts.previews)?;
+        d.set_item("device_memory", opts.device_memory)?;
         d.set_item("custom_nodes", PyList::new(py, opts.custom_nodes.iter().map(|p| s(p)))?)?;
         Ok(())
     })()

@@ -524,3 +524,56 @@ fn bench_overhead() {
     assert!(b.overhead > std::time::Duration::ZERO, "{}", b.render());
     assert!(b.render().contains("bridged call (median of 2000)"), "{}", b.render());
 }
+
+/// Under `memory.device` the embedded ComfyUI is shown a card of the limit's size
+/// (docs/architecture.md, "Memory"): what `torch.cuda.mem_get_info` then reports, from the
+/// device's own figures, the allocator's reserved memory and its cap. (The wrapper itself is
+/// installed only on a GPU.)
+#[test]
+fn comfyui_is_shown_a_card_of_the_device_limits_size() {
+    const GIB: i64 = 1 << 30;
+    let (shown, fractions) = env()
+        .bridge
+        .with_python(|py| {
+            use pyo3::types::PyAnyMethods;
+            let host = py.import("comfyrs_host").unwrap();
+            let capped = host.getattr("capped_mem_info").unwrap();
+            // (free, total, reserved, limit, fraction of the total the allocator may reserve)
+            let cases: [(i64, i64, i64, i64, Option<f64>); 5] = [
+                (20 * GIB, 24 * GIB, 3 * GIB, 12 * GIB, Some(0.5)),
+                (20 * GIB, 24 * GIB, 3 * GIB, 12 * GIB, None),
+                (20 * GIB, 24 * GIB, 13 * GIB, 12 * GIB, Some(0.5)),
+                (2 * GIB, 24 * GIB, 3 * GIB, 12 * GIB, Some(0.5)),
+                (20 * GIB, 24 * GIB, 3 * GIB, 30 * GIB, None),
+            ];
+            let shown: Vec<(i64, i64)> = cases.iter().map(|c| capped.call1(*c).unwrap().extract().unwrap()).collect();
+            let fraction = host.getattr("allocator_fraction").unwrap();
+            let environ = |pairs: &[(&str, &str)]| {
+                let d = pyo3::types::PyDict::new(py);
+                for (k, v) in pairs {
+                    pyo3::types::PyDictMethods::set_item(&d, k, v).unwrap();
+                }
+                fraction.call1((d,)).unwrap().extract::<Option<f64>>().unwrap()
+            };
+            let fractions = [
+                environ(&[("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True,per_process_memory_fraction:0.081560")]),
+                environ(&[("PYTORCH_ALLOC_CONF", "per_process_memory_fraction:0.5")]),
+                // Where both say, the CUDA one wins, as in libtorch.
+                environ(&[("PYTORCH_ALLOC_CONF", "per_process_memory_fraction:0.5"), ("PYTORCH_CUDA_ALLOC_CONF", "per_process_memory_fraction:0.25")]),
+                environ(&[("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")]),
+            ];
+            (shown, fractions)
+        })
+        .unwrap();
+    assert_eq!(
+        shown,
+        [
+            (9 * GIB, 12 * GIB),  // the cap (half of 24 GiB) less what is reserved
+            (9 * GIB, 12 * GIB),  // no cap in the settings: the limit is the cap
+            (0, 12 * GIB),        // reserved past the cap
+            (2 * GIB, 12 * GIB),  // never more than the device has free
+            (20 * GIB, 24 * GIB), // a limit past the device's size changes nothing
+        ]
+    );
+    assert_eq!(fractions, [Some(0.08156), Some(0.5), Some(0.25), None]);
+}
