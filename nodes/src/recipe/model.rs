@@ -287,6 +287,13 @@ impl NativeModel {
         }
     }
 
+    /// Bytes of the key in its storage dtype: what a merged result of it takes (D17; fp32 where
+    /// the dtype is not known).
+    pub fn storage_bytes(&self, key: &str) -> u64 {
+        let numel: i64 = self.shape(key).unwrap_or_default().iter().product();
+        numel as u64 * self.kind(key).unwrap_or(Kind::Float).elt_size_in_bytes() as u64
+    }
+
     /// The scale of a scaled fp8 key (the key's weight is its stored values times this), `None`
     /// for every other key.
     pub fn scale(&self, key: &str) -> Result<Option<f32>, PackError> {

@@ -258,10 +258,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             // blocks are sized to that. (Results kept on the device use the arena only if they
             // have to move to host memory part way; its blocks then double as they go.)
             if !on_device {
-                arena.expect(a.keys.iter().filter_map(|k| {
-                    let elements: i64 = a.base.shape(k)?.iter().product();
-                    Some(elements * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as i64)
-                }));
+                arena.expect(a.keys.iter().map(|k| a.base.storage_bytes(k) as i64));
             }
             HostLanding::Packed(arena)
         }
@@ -296,10 +293,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     };
     let batch_of = |shape: &[i64], keys: &[String]| -> usize { (budget / per_key(shape, keys).max(1) as usize).clamp(1, 4096) };
     if !groups.is_empty() {
-        let storage = |k: &str| -> u64 {
-            let numel: i64 = a.base.shape(k).unwrap_or_default().iter().product();
-            numel as u64 * a.base.kind(k).unwrap_or(Kind::Float).elt_size_in_bytes() as u64
-        };
+        let storage = |k: &str| a.base.storage_bytes(k);
         let estimate = super::preflight::Estimate {
             // (Results kept on the device take no host memory.)
             merged_bytes: if out.on_device { 0 } else { groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum() },
