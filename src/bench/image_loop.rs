@@ -342,7 +342,7 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
             writeln!(out, "The same, {by_column}.")?;
             if let Some((_, r)) = runs.last() {
                 let recipe = super::loop_weights::LoopRecipe {
-                    base: dir.join("checkpoints").join(&models.checkpoint),
+                    base,
                     loras: [
                         (dir.join("loras").join(&models.loras[0]), BRANCH_STRENGTHS[0]),
                         (dir.join("loras").join(&models.loras[1]), BRANCH_STRENGTHS[1]),

@@ -83,10 +83,15 @@ fn unprefixed(k: &str) -> &str {
     k.find("diffusion_model.").map_or(k, |i| &k[i..])
 }
 
-/// The keys both saved merges changed, in `a`'s order.
-fn merged_by_both(a: &Saved, b: &Saved) -> Vec<String> {
+/// The keys both saved merges changed, in `a`'s order; an error when there are none (nothing to
+/// compare).
+fn merged_by_both(a: &Saved, b: &Saved) -> Result<Vec<String>> {
     let theirs: std::collections::HashSet<&String> = b.affected.iter().collect();
-    a.affected.iter().filter(|k| theirs.contains(k)).cloned().collect()
+    let keys: Vec<String> = a.affected.iter().filter(|k| theirs.contains(k)).cloned().collect();
+    if keys.is_empty() {
+        bail!("the two saved merges have no merged key in common");
+    }
+    Ok(keys)
 }
 
 /// Compares the merged keys of two saved merges of the same recipe.
@@ -95,7 +100,7 @@ pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
     let mut rel = Vec::new();
     let (mut identical, mut max_abs, mut worst) = (0, 0f64, (String::new(), 0f64));
     let (mut beyond, mut values) = (0i64, 0i64);
-    for k in &merged_by_both(&a, &b) {
+    for k in &merged_by_both(&a, &b)? {
         let (x, y) = (a.tensor(k)?, b.tensor(k)?);
         if x.size() != y.size() {
             bail!("{k}: shapes differ ({:?} and {:?})", x.size(), y.size());
@@ -115,9 +120,6 @@ pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
         }
         max_abs = max_abs.max(abs);
         rel.push(r);
-    }
-    if rel.is_empty() {
-        bail!("the two saved merges have no merged key in common");
     }
     let n = rel.len();
     rel.sort_by(f64::total_cmp);
@@ -155,10 +157,7 @@ impl std::fmt::Display for ColumnDiff {
 /// [`ColumnDiff`] of two saved merges of the same recipe on `base` (a model file).
 pub(super) fn columns(ours: &Path, theirs: &Path, base: &Path) -> Result<ColumnDiff> {
     let (a, b, o) = (Saved::open(ours)?, Saved::open(theirs)?, Saved::open_model(base)?);
-    let keys = merged_by_both(&a, &b);
-    if keys.is_empty() {
-        bail!("the two saved merges have no merged key in common");
-    }
+    let keys = merged_by_both(&a, &b)?;
     let mut d = ColumnDiff { columns: 0, beyond_rounding: 0, one_side_only: 0, worst: None };
     for k in &keys {
         let (x, y, z) = (a.tensor(k)?, b.tensor(k)?, o.tensor(k)?);
@@ -273,10 +272,7 @@ impl std::fmt::Display for ExactDiff {
 /// opens the files and LoRAs for itself).
 pub(super) fn against_float64(ours: &Path, theirs: &Path, recipe: &LoopRecipe) -> Result<ExactDiff> {
     let (a, b) = (Saved::open(ours)?, Saved::open(theirs)?);
-    let keys = merged_by_both(&a, &b);
-    if keys.is_empty() {
-        bail!("the two saved merges have no merged key in common");
-    }
+    let keys = merged_by_both(&a, &b)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(keys.len());
     let per = keys.len().div_ceil(threads);
     let rows: Vec<(f64, f64, f64)> = std::thread::scope(|scope| {
