@@ -65,10 +65,10 @@ pub struct PoolUsage {
 /// The budget as a whole, for reports (`--json`, `-v`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MemoryUsage {
-    pub host_limit: u64,
-    /// [`UNRESOLVED`] (`null` in JSON) until an engine on a device has set it.
-    #[serde(serialize_with = "limit_or_null")]
-    pub device_limit: u64,
+    /// Limits not set yet are `None` (`null` in JSON): the device's is set by the first engine
+    /// that uses the device.
+    pub host_limit: Option<u64>,
+    pub device_limit: Option<u64>,
     pub host_used: u64,
     pub device_used: u64,
     pub pools: Vec<PoolUsage>,
@@ -77,15 +77,6 @@ pub struct MemoryUsage {
 /// A limit not known yet: the engine that uses the device works it out from the device's memory
 /// the first time it needs it ([`MemoryBudget::resolve_limit`]).
 pub const UNRESOLVED: u64 = u64::MAX;
-
-/// A limit in a report: its bytes, or `null` while [`UNRESOLVED`] (not 18446744073709551615).
-fn limit_or_null<S: serde::Serializer>(limit: &u64, s: S) -> Result<S::Ok, S::Error> {
-    if *limit == UNRESOLVED {
-        s.serialize_none()
-    } else {
-        s.serialize_u64(*limit)
-    }
-}
 
 impl MemoryBudget {
     /// A budget of `host_limit` bytes of host memory and `device_limit` bytes of device memory
@@ -158,8 +149,8 @@ impl MemoryBudget {
     pub fn usage(&self) -> MemoryUsage {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         MemoryUsage {
-            host_limit: self.limit(Place::Host),
-            device_limit: self.limit(Place::Device),
+            host_limit: Some(self.limit(Place::Host)).filter(|&l| l != UNRESOLVED),
+            device_limit: Some(self.limit(Place::Device)).filter(|&l| l != UNRESOLVED),
             host_used: self.used(Place::Host),
             device_used: self.used(Place::Device),
             pools: pools
@@ -228,7 +219,7 @@ impl MemoryUsage {
                     (b > 0).then(|| format!("{} {}", p.name, gib(b)))
                 })
                 .collect();
-            let limit = if limit == UNRESOLVED { "of a limit not yet set".to_string() } else { format!("of {}", gib(limit)) };
+            let limit = limit.map_or_else(|| "of a limit not yet set".to_string(), |l| format!("of {}", gib(l)));
             format!("{} {limit} ({})", gib(used), if parts.is_empty() { "empty".into() } else { parts.join(", ") })
         };
         format!("memory: host {}; device {}", side(Place::Host), side(Place::Device))
