@@ -62,6 +62,15 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Whether the marked work has finished, without waiting. False while it runs, and when the
+    /// query failed (a later [`Event::wait`] then decides).
+    pub fn is_done(&self) -> bool {
+        // SAFETY: the event is alive (owned by `self`) and was recorded.
+        unsafe { (self.rt.event_query)(self.handle) == 0 }
+    }
+}
+
 impl Drop for Event {
     fn drop(&mut self) {
         // SAFETY: destroying a recorded event is allowed even while its work is pending; the

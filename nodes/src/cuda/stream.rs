@@ -56,6 +56,21 @@ impl PendingHost {
         self.host.shallow_clone()
     }
 
+    /// Lets go of the device memory the copy reads from once the copy has landed, without
+    /// waiting for it. Returns whether the copy has landed (false also where that cannot be told
+    /// without a device-wide wait). A merge's results would otherwise hold their device copies
+    /// until the merge ends: under a small card's limit that is the room of the last chunks.
+    pub fn release_if_landed(&mut self) -> bool {
+        match &self.pending {
+            Pending::Ready => true,
+            Pending::Copy { done, .. } if done.is_done() => {
+                self.pending = Pending::Ready;
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn settle(&mut self) {
         match std::mem::replace(&mut self.pending, Pending::Ready) {
             Pending::Ready => {}
@@ -171,6 +186,9 @@ mod tests {
     fn a_ready_result_reads_back_and_an_unread_one_drops_cleanly() {
         let t = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
         let p = PendingHost::ready(t.shallow_clone());
+        assert!(p.wait().equal(&t));
+        let mut p = PendingHost::ready(t.shallow_clone());
+        assert!(p.release_if_landed(), "nothing in flight: landed");
         assert!(p.wait().equal(&t));
         drop(PendingHost::ready(t));
     }

@@ -264,7 +264,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         }
         _ => HostLanding::PerChunk,
     };
-    let mut out = Results { engine, chunks: Vec::new(), host, stream, on_device };
+    let mut out = Results { engine, chunks: Vec::new(), released: 0, host, stream, on_device };
     // What this run uses of the subtree cache stays while the run adds to it (cache.rs).
     engine.subtrees.begin_run();
     let mut todo = Vec::new();
@@ -380,6 +380,8 @@ struct Results<'e> {
     /// pending copy before the stream it runs on goes away. With the values, the new scales of
     /// scaled fp8 keys (`[B]` fp32).
     chunks: Vec<(Vec<String>, Landing, Option<PendingHost>)>,
+    /// How many of `chunks` (from the first) no longer hold device memory for their copy.
+    released: usize,
     /// Where results bound for host memory land.
     host: HostLanding<'e>,
     stream: Option<CopyStream>,
@@ -393,6 +395,7 @@ impl Results<'_> {
     /// in its own storage dtype (D17; fp8 as docs/widen.md, "Model formats", says). Keys of one
     /// dtype share one transfer.
     fn install(&mut self, a: &Analysis, keys: &[String], done: &Tensor) -> Result<(), PackError> {
+        self.release_landed();
         let kinds: Vec<(Kind, bool)> = keys.iter().map(|k| (a.base.kind(k).unwrap_or(Kind::Float), a.base.is_scaled(k))).collect();
         // The base's scales of scaled fp8 keys (kept where the merged values fit under them).
         let scales: Vec<f32> = if kinds.iter().any(|k| k.1) {
@@ -451,6 +454,23 @@ impl Results<'_> {
         let scales = scales.map(|s| self.host_copy(&s, Kind::Float)).transpose()?;
         self.chunks.push((keys, landing, scales));
         Ok(())
+    }
+
+    /// Gives back the device memory of the copies to the host that have landed, so that the
+    /// next chunk has it (docs/architecture.md, "Memory"). Copies on the run's stream land in the
+    /// order they were queued: the first one still in flight ends the walk.
+    fn release_landed(&mut self) {
+        while let Some((_, landing, scales)) = self.chunks.get_mut(self.released) {
+            let landed = match landing {
+                Landing::Host(p) => p.release_if_landed(),
+                // (Kept on the device for ComfyUI by design.)
+                Landing::Device(_) => true,
+            };
+            if !(landed && scales.as_mut().is_none_or(|s| s.release_if_landed())) {
+                return;
+            }
+            self.released += 1;
+        }
     }
 
     /// `t` in host memory as `kind`, one allocation of its own: page-locked where libtorch gives
