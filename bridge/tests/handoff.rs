@@ -144,6 +144,10 @@ fn widen_on_a_comfyui_model_samples_and_reexecutes_only_what_changed() {
     eprintln!("first run {:?}: {:?}", t.elapsed(), r1.outputs.get("23"));
     let widen = &r1.outputs["23"]["widen"][0];
     assert!(widen["keys"].as_u64().unwrap_or(0) >= comfyrs_testkit::sd15::TINY_SD15_LORA_MODULES.len() as u64, "{widen}");
+    // Installing the merged weights in a clone of ComfyUI's MODEL is timed as a phase of its own,
+    // and counts in the Exit's time.
+    let handover = widen["phases"]["handover"].as_f64().unwrap_or(0.0);
+    assert!(handover > 0.0 && handover <= widen["seconds"].as_f64().unwrap_or(0.0), "{widen}");
     png(&r1);
 
     // Only t_factor changed: Merge, Exit and what is below them.

@@ -112,6 +112,8 @@ fn a_cached_run_has_the_same_report() {
     assert_eq!(ui["recomputed"], json!(0), "{ui}");
     // What gathering the report took is a phase of its own in the Exit's statistics.
     assert!(ui["phases"]["report"].as_f64().is_some_and(|s| s >= 0.0), "{ui}");
+    // A native base: nothing to hand over to another runtime.
+    assert_eq!(ui["phases"]["handover"], json!(0.0), "{ui}");
     assert_eq!(*report_of(&second), *report_of(&first));
     assert_eq!(report_of(&second).without_figures, 0);
 }

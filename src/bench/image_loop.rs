@@ -146,6 +146,8 @@ struct Timing {
     /// Seconds of each node that ran.
     nodes: BTreeMap<String, f64>,
     image_path: Option<PathBuf>,
+    /// The Exit's own phases, ms (comfyrs's side: from its statistics).
+    exit_phases: Option<String>,
 }
 
 /// Records when the sampler's first step and the saved image arrive.
@@ -165,6 +167,9 @@ impl EventSink for Watch {
             }
             Event::Executed { node, ui, seconds, .. } => {
                 t.nodes.insert(node.clone(), *seconds);
+                if node == "exit" {
+                    t.exit_phases = ui.as_ref().and_then(|u| u.get("widen")).and_then(|w| w.get(0)).map(|w| phases_ms(&w["phases"]));
+                }
                 if node == "save" {
                     t.image = Some(now);
                     let file = ui.as_ref().and_then(|u| u.get("images")).and_then(|i| i.get(0));
@@ -224,14 +229,21 @@ fn run_reference(setup: &ReferenceSetup, runs: &[(&str, Json)]) -> Result<Vec<Ti
 /// A reference run's line as a [`Timing`].
 fn timing(j: &Json) -> Timing {
     let nodes = j["nodes"].as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect()).unwrap_or_default();
-    Timing { first_step: j["first_step"].as_f64(), image: j["image"].as_f64(), nodes, image_path: j["image_path"].as_str().map(PathBuf::from) }
+    Timing { first_step: j["first_step"].as_f64(), image: j["image"].as_f64(), nodes, image_path: j["image_path"].as_str().map(PathBuf::from), exit_phases: None }
+}
+
+/// The Exit's phases (seconds in its statistics) as `analysis 1.0, …` in ms.
+fn phases_ms(p: &Json) -> String {
+    let Some(m) = p.as_object() else { return String::new() };
+    m.iter().filter_map(|(k, v)| Some(format!("{k} {:.1}", v.as_f64()? * 1e3))).collect::<Vec<_>>().join(", ")
 }
 
 fn line(t: &Timing) -> String {
     let s = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3} s"));
     let exit = t.nodes.get("exit").map_or("cached".to_string(), |v| format!("{v:.3} s"));
     let nodes: Vec<String> = t.nodes.iter().map(|(n, v)| format!("{n} {v:.3}")).collect();
-    format!("first step {}, image {}, Exit {exit} (nodes: {})", s(t.first_step), s(t.image), nodes.join(", "))
+    let phases = t.exit_phases.as_ref().map_or(String::new(), |p| format!("; Exit phases, ms: {p}"));
+    format!("first step {}, image {}, Exit {exit} (nodes: {}){phases}", s(t.first_step), s(t.image), nodes.join(", "))
 }
 
 /// blake3 of a PNG's decoded pixels (the files' metadata differ between the two sides).

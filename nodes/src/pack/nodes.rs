@@ -558,14 +558,29 @@ fn open_native(c: &PackContext, name: &str, kinds: &[&str], domain: RecipeDomain
     Err(last.map(PackError::from).unwrap_or_else(|| PackError::not_found(format!("model file not found: {name}"))))
 }
 
-fn exit_output(c: &PackContext, r: crate::merge::ExitResult) -> Result<CallOutput, PackError> {
+fn exit_output(c: &PackContext, mut r: crate::merge::ExitResult) -> Result<CallOutput, PackError> {
+    // Over a foreign MODEL: a MODEL of that runtime with the merged weights installed (timed as
+    // the handover phase, so the statistics come after it).
+    let handover = std::time::Instant::now();
+    let foreign = foreign_output(c, &r)?;
+    if foreign.is_some() {
+        r.stats.phases.handover = handover.elapsed().as_secs_f64();
+        r.stats.seconds += r.stats.phases.handover;
+        tracing::debug!(keys = r.model.overrides().len(), ms = format!("{:.1}", r.stats.phases.handover * 1e3), "WIDEN Exit: merged weights handed over");
+    }
     let mut ui = serde_json::Map::new();
     ui.insert("widen".into(), Json::Array(vec![r.stats.to_json()]));
     if let Some(report) = r.model.report() {
         // What `comfyrs report` draws for a workflow (docs/widen.md, "Report").
         ui.insert("widen_report".into(), Json::Array(vec![serde_json::to_value(&**report).map_err(|e| PackError::runtime(e.to_string()))?]));
     }
-    // Over a foreign MODEL: a MODEL of that runtime with the merged weights installed.
+    let out = foreign.unwrap_or_else(|| Value::Handle(r.model));
+    Ok(CallOutput::values([out]).with_ui(ui))
+}
+
+/// The Exit's output over a foreign MODEL or CLIP: one of that runtime with the merged weights
+/// installed (the origin itself when the merge changed nothing); `None` over a native one.
+fn foreign_output(c: &PackContext, r: &crate::merge::ExitResult) -> Result<Option<Value>, PackError> {
     if let Some(origin) = r.model.foreign_origin() {
         let out = if r.model.overrides().is_empty() {
             origin.clone()
@@ -585,7 +600,7 @@ fn exit_output(c: &PackContext, r: crate::merge::ExitResult) -> Result<CallOutpu
                 .collect();
             p.with_weights(origin, &merged).map_err(|e| PackError::runtime(format!("WIDEN Exit: installing the merged weights failed: {e}")))?
         };
-        return Ok(CallOutput::values([out]).with_ui(ui));
+        return Ok(Some(out));
     }
-    Ok(CallOutput::values([Value::Handle(r.model)]).with_ui(ui))
+    Ok(None)
 }

@@ -73,6 +73,9 @@ pub struct Phases {
     pub results: f64,
     /// The report's figures: read from the device, kept in the cache and aggregated.
     pub report: f64,
+    /// Over a foreign MODEL or CLIP: handing the merged weights to its runtime (a clone of the
+    /// ComfyUI object with them installed). Part of the Exit node's time, after the merge.
+    pub handover: f64,
 }
 
 /// What a run did, for logs and the Exit's UI output.
@@ -125,7 +128,7 @@ impl ExitStats {
         let p = &self.phases;
         m.insert(
             "phases".into(),
-            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results), "report": r(p.report)}),
+            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results), "report": r(p.report), "handover": r(p.handover)}),
         );
         m.insert("groups".into(), json!(self.groups));
         m.insert("chunks".into(), json!(self.chunks));
