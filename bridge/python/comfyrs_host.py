@@ -1354,7 +1354,7 @@ def model_with_weights(obj, keys, tensors):
         import torch
         import uuid
         import comfy.utils
-        on_device = 0
+        placed = []
         with torch.no_grad():
             for k, t in zip(keys, tensors):
                 current = comfy.utils.get_attr(m.model, k)
@@ -1363,17 +1363,30 @@ def model_with_weights(obj, keys, tensors):
                 p = torch.nn.Parameter(t, requires_grad=False)
                 p._comfyrs_token = uuid.uuid4().hex
                 m.add_object_patch(k, p)
-                if p.device.type != "cpu":
-                    on_device += p.numel() * p.element_size()
-        # What this clone alone holds on the GPU: the outputs cache counts it (docs/architecture.md,
-        # Memory), however the tensors got there.
-        m._comfyrs_device_bytes = on_device
+                placed.append(p)
+        _own_bytes(m, placed)
         return m
     if _has_set_patch():
         m.add_patches({k: ("set", (t,)) for k, t in zip(keys, tensors)}, 1.0, 1.0)
     else:
         m.add_patches({k: (t,) for k, t in zip(keys, tensors)}, 1.0, 0.0)
+    _own_bytes(m, tensors)
     return m
+
+
+def _own_bytes(m, tensors):
+    """What a clone holds of its own, host and device, however the tensors got there: the
+    outputs cache counts that (docs/architecture.md, Memory). Everything else it shares with
+    the object it was cloned from."""
+    host = device = 0
+    for t in tensors:
+        n = t.numel() * t.element_size()
+        if t.device.type == "cpu":
+            host += n
+        else:
+            device += n
+    m._comfyrs_host_bytes = host
+    m._comfyrs_device_bytes = device
 
 
 _NATIVE_MODELS = {}

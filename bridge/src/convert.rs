@@ -20,7 +20,7 @@ pub struct PyHandle {
     obj: Py<PyAny>,
     type_name: String,
     bytes: usize,
-    /// Device memory the object holds that no other value does (see [`PyHandle::holding_device`]).
+    /// Device memory the object holds that no other value does (see [`PyHandle::sized`]).
     device_bytes: usize,
     py_type: String,
 }
@@ -30,14 +30,15 @@ impl PyHandle {
         PyHandle { obj, type_name, bytes, device_bytes: 0, py_type }
     }
 
-    /// The handle `v` (a Python handle) saying it holds `device_bytes` of device memory of its
-    /// own: a MODEL whose merged weights were handed over on the GPU, which the outputs cache
-    /// counts against the device share of the budget. Other values come back as they are.
-    pub(crate) fn holding_device(py: Python<'_>, v: Value, device_bytes: usize) -> Value {
-        let Value::Handle(h) = &v else { return v };
-        let Some(p) = h.as_any().downcast_ref::<PyHandle>() else { return v };
-        let obj = p.obj.clone_ref(py);
-        Value::Handle(Arc::new(PyHandle { obj, type_name: p.type_name.clone(), bytes: p.bytes, device_bytes, py_type: p.py_type.clone() }))
+    /// A handle of `obj` sized by its maker instead of by walking it: `bytes` of host memory
+    /// and `device_bytes` of device memory that it holds and no other value does. For a MODEL
+    /// whose merged weights the Exit handed over: it shares every other weight with the MODEL it
+    /// was cloned from, which is counted already; the outputs cache counts its own tensors where
+    /// they are, so old clones give way on a small card. (Walking an SDXL MODEL's object graph to
+    /// measure it took longer than the merge it followed.)
+    pub(crate) fn sized(obj: &Bound<'_, PyAny>, type_name: &str, bytes: usize, device_bytes: usize) -> PyResult<Value> {
+        let py_type = obj.get_type().name()?.to_string();
+        Ok(Value::Handle(Arc::new(PyHandle { obj: obj.clone().unbind(), type_name: type_name.to_string(), bytes, device_bytes, py_type })))
     }
 
     /// The Python object (clone it with `clone_ref` under the GIL to keep it).

@@ -100,11 +100,14 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
     let clone = with_object(&bridge, v, move |py, shared, host, obj| {
         let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
         let m = host.call_method1("model_with_weights", (obj, keys, tensors))?;
-        // The merged tensors on a GPU are the clone's own device memory (docs/widen.md, "The loop
-        // on a GPU"), whether they came there or were copied there: the outputs cache counts it,
-        // so old clones give way on a small card.
-        let on_device: usize = m.getattr(pyo3::intern!(py, "_comfyrs_device_bytes")).ok().and_then(|b| b.extract().ok()).unwrap_or(0);
-        Ok(crate::convert::PyHandle::holding_device(py, object_value_in(py, shared, &m, &kind)?, on_device))
+        // The merged tensors are all the clone holds of its own (docs/architecture.md, "Memory"),
+        // on a GPU whether they came there or were copied there: the outputs cache counts them
+        // where they are, so old clones give way on a small card.
+        let own = |attr: &pyo3::Bound<'_, pyo3::types::PyString>| -> Option<usize> { m.getattr(attr).ok()?.extract().ok() };
+        match (own(pyo3::intern!(py, "_comfyrs_host_bytes")), own(pyo3::intern!(py, "_comfyrs_device_bytes"))) {
+            (Some(host_bytes), Some(device_bytes)) => crate::convert::PyHandle::sized(&m, &kind, host_bytes, device_bytes),
+            _ => object_value_in(py, shared, &m, &kind),
+        }
     })
     .map_err(|e| e.to_string())?;
     Ok(clone)

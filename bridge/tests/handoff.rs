@@ -285,6 +285,12 @@ fn handoff_shares_storage_both_ways() {
     let p = ptrs(&out, key);
     assert_eq!(p["patch"], merged_t.data_ptr() as i64, "the patch is the merged tensor itself");
     assert_eq!(p["param"], w.data_ptr() as i64, "the clone shares the base module");
+    // The clone counts what it holds of its own, the merged tensor, not the module it shares with
+    // the MODEL it came from (counted there already), and nothing on a device here.
+    let (Value::Handle(origin), Value::Handle(clone)) = (&model, &out) else { panic!("handles") };
+    let own = merged_t.numel() * merged_t.kind().elt_size_in_bytes();
+    assert_eq!((clone.byte_size(), clone.device_byte_size()), (own, 0));
+    assert!(origin.byte_size() > 10 * own, "the origin counts its whole module: {}", origin.byte_size());
 
     // ComfyUI applies the patch: the patched weight equals the merged tensor.
     let k2 = key.to_string();
