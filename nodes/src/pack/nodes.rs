@@ -581,26 +581,19 @@ fn exit_output(c: &PackContext, mut r: crate::merge::ExitResult) -> Result<CallO
 /// The Exit's output over a foreign MODEL or CLIP: one of that runtime with the merged weights
 /// installed (the origin itself when the merge changed nothing); `None` over a native one.
 fn foreign_output(c: &PackContext, r: &crate::merge::ExitResult) -> Result<Option<Value>, PackError> {
-    if let Some(origin) = r.model.foreign_origin() {
-        let out = if r.model.overrides().is_empty() {
-            origin.clone()
-        } else {
-            let p = c
-                .engine
-                .foreign_models()
-                .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL or CLIP but no provider is installed"))?;
-            // Python keeps the tensors as patches for as long as it likes, beyond this model:
-            // computed ones are shared (libtorch owns them), ones read from a saved file are
-            // copied out of its map, which lives only as long as this model.
-            let merged: indexmap::IndexMap<String, tch::Tensor> = r
-                .model
-                .overrides()
-                .iter()
-                .map(|(k, t)| (k.clone(), if t.file().is_some() { t.copy() } else { t.shallow_clone() }))
-                .collect();
-            p.with_weights(origin, &merged).map_err(|e| PackError::runtime(format!("WIDEN Exit: installing the merged weights failed: {e}")))?
-        };
-        return Ok(Some(out));
+    let Some(origin) = r.model.foreign_origin() else { return Ok(None) };
+    if r.model.overrides().is_empty() {
+        return Ok(Some(origin.clone()));
     }
-    Ok(None)
+    let p = c
+        .engine
+        .foreign_models()
+        .ok_or_else(|| PackError::runtime("WIDEN Exit: the merge's base is a foreign MODEL or CLIP but no provider is installed"))?;
+    // Python keeps the tensors as patches for as long as it likes, beyond this model: computed
+    // ones are shared (libtorch owns them), ones read from a saved file are copied out of its
+    // map, which lives only as long as this model.
+    let merged: indexmap::IndexMap<String, tch::Tensor> =
+        r.model.overrides().iter().map(|(k, t)| (k.clone(), if t.file().is_some() { t.copy() } else { t.shallow_clone() })).collect();
+    let out = p.with_weights(origin, &merged).map_err(|e| PackError::runtime(format!("WIDEN Exit: installing the merged weights failed: {e}")))?;
+    Ok(Some(out))
 }
