@@ -60,9 +60,7 @@ impl Event {
         // SAFETY: the event is alive (owned by `self`) and was recorded.
         unsafe { (self.rt.event_synchronize)(self.handle) == 0 }
     }
-}
 
-impl Event {
     /// Whether the marked work has finished, without waiting. False while it runs, and when the
     /// query failed (a later [`Event::wait`] then decides).
     pub fn is_done(&self) -> bool {
