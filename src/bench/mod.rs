@@ -109,8 +109,7 @@ pub fn main(cmd: BenchCommand, config: &crate::config::Config) -> Result<ExitCod
 /// can time the step: the merge then takes longer than without it (W2 under a 24 GiB limit: 73
 /// against 51 ms on an H200). Said before any row is measured.
 fn warn_if_debug_slows_merges(config: &crate::config::Config) {
-    let steps_timed = tracing::enabled!(target: "comfyrs_nodes::merge::exit::eval", tracing::Level::DEBUG);
-    if steps_timed && config.device.resolve().is_cuda() {
+    if comfyrs_nodes::merge::exit::steps_wait_for_device() && config.device.resolve().is_cuda() {
         tracing::warn!("-v: every step of a merge waits for the GPU so that the log can time it; merges measured here take longer than without -v");
     }
 }

@@ -39,9 +39,14 @@ pub(super) struct Lap {
     pub(super) last: Instant,
 }
 
+/// Whether merges on a GPU wait for the device at each step, to log its time (debug logging on).
+pub fn steps_wait_for_device() -> bool {
+    tracing::enabled!(tracing::Level::DEBUG)
+}
+
 impl Lap {
     pub(super) fn start(device: Device) -> Self {
-        Lap { on: tracing::enabled!(tracing::Level::DEBUG), device, last: Instant::now() }
+        Lap { on: steps_wait_for_device(), device, last: Instant::now() }
     }
 
     pub(super) fn mark(&mut self, step: &str) {

@@ -31,6 +31,7 @@ mod oom;
 mod validation;
 
 pub use analysis::{analyze, Analysis, LoadedModel, LoadedSet};
+pub use eval::steps_wait_for_device;
 pub use validation::validate;
 
 use std::collections::BTreeMap;
