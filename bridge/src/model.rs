@@ -21,8 +21,8 @@ use pyo3::types::PyModule;
 
 use comfyrs_runtime::Value;
 
-use crate::convert::{named_tensors_to_py, object_value_in, py_to_tensor, PyHandle};
-use crate::{format_py_err, Bridge, BridgeError, Shared};
+use crate::convert::{named_tensors_to_py, py_to_tensor, PyHandle};
+use crate::{format_py_err, Bridge, BridgeError};
 
 /// A Python MODEL's or CLIP's weights: its ComfyUI type (`"MODEL"` or `"CLIP"`), the tensors
 /// by ComfyUI's keys (`diffusion_model.…`; `clip_l.…` and `clip_g.…`), their identity and a name.
@@ -34,19 +34,19 @@ fn python_model(v: &Value) -> Option<(Bridge, Value)> {
     Some((Bridge::running()?, v.clone()))
 }
 
-/// Runs `f` on the Python thread with the bridge's shared state, its host module and the
-/// object of `v` (a Python handle: checked by [`python_model`]).
+/// Runs `f` on the Python thread with the bridge's host module and the object of `v` (a Python
+/// handle: checked by [`python_model`]).
 fn with_object<R: Send>(
     bridge: &Bridge,
     v: Value,
-    f: impl FnOnce(Python<'_>, &Shared, &Bound<'_, PyModule>, &Bound<'_, PyAny>) -> PyResult<R> + Send,
+    f: impl FnOnce(Python<'_>, &Bound<'_, PyModule>, &Bound<'_, PyAny>) -> PyResult<R> + Send,
 ) -> Result<R, BridgeError> {
     let shared = bridge.shared();
     bridge.with_python(move |py| {
         let Value::Handle(h) = &v else { unreachable!("checked") };
         let ph = h.as_any().downcast_ref::<PyHandle>().expect("checked");
         let obj = ph.object().bind(py).clone();
-        f(py, shared, shared.host(py), &obj).map_err(|e| BridgeError::Python(format_py_err(py, &e)))
+        f(py, shared.host(py), &obj).map_err(|e| BridgeError::Python(format_py_err(py, &e)))
     })?
 }
 
@@ -55,7 +55,7 @@ fn with_object<R: Send>(
 /// patcher has patches for are computed (those alone are copies).
 pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
     let (bridge, v) = python_model(v)?;
-    let r = with_object(&bridge, v, |_py, _shared, host, obj| -> PyResult<Option<Weights>> {
+    let r = with_object(&bridge, v, |_py, host, obj| -> PyResult<Option<Weights>> {
         let r = host.call_method1("model_weights", (obj,))?;
         if r.is_none() {
             return Ok(None);
@@ -83,7 +83,7 @@ pub fn state_dict(v: &Value) -> Option<Result<Weights, String>> {
 /// so that weights a clone patched in place are restored.
 pub fn prepare(v: &Value) -> Result<(), String> {
     let Some((bridge, v)) = python_model(v) else { return Ok(()) };
-    with_object(&bridge, v, |_py, _shared, host, obj| host.call_method1("model_prepare", (obj,)).map(|_| ())).map_err(|e| e.to_string())
+    with_object(&bridge, v, |_py, host, obj| host.call_method1("model_prepare", (obj,)).map(|_| ())).map_err(|e| e.to_string())
 }
 
 /// A clone of the Python MODEL or CLIP `v` with `merged` (its keys, CPU tensors, shared with
@@ -97,17 +97,15 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
         _ => unreachable!("python_model accepts handles only"),
     };
     let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
-    let clone = with_object(&bridge, v, move |py, shared, host, obj| {
+    let clone = with_object(&bridge, v, move |py, host, obj| {
         let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
         let m = host.call_method1("model_with_weights", (obj, keys, tensors))?;
         // The merged tensors are all the clone holds of its own (docs/architecture.md, "Memory"),
         // on a GPU whether they came there or were copied there: the outputs cache counts them
         // where they are, so old clones give way on a small card.
-        let own = |attr: &pyo3::Bound<'_, pyo3::types::PyString>| -> Option<usize> { m.getattr(attr).ok()?.extract().ok() };
-        match (own(pyo3::intern!(py, "_comfyrs_host_bytes")), own(pyo3::intern!(py, "_comfyrs_device_bytes"))) {
-            (Some(host_bytes), Some(device_bytes)) => crate::convert::PyHandle::sized(&m, &kind, host_bytes, device_bytes),
-            _ => object_value_in(py, shared, &m, &kind),
-        }
+        let host_bytes: usize = m.getattr(pyo3::intern!(py, "_comfyrs_host_bytes"))?.extract()?;
+        let device_bytes: usize = m.getattr(pyo3::intern!(py, "_comfyrs_device_bytes"))?.extract()?;
+        PyHandle::sized(&m, &kind, host_bytes, device_bytes)
     })
     .map_err(|e| e.to_string())?;
     Ok(clone)
