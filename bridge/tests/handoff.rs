@@ -470,13 +470,13 @@ def write(ckpt_dir, lora):
     if not os.path.exists(lora):
         g = torch.Generator().manual_seed(7)
         sd = {}
-        for name, out, inp in (("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768, 768),
-                               ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj", 1280, 1280),
-                               ("lora_te2_text_model_encoder_layers_1_mlp_fc1", 5120, 1280)):
+        for module, out, inp in (("lora_te1_text_model_encoder_layers_0_self_attn_q_proj", 768, 768),
+                                 ("lora_te2_text_model_encoder_layers_0_self_attn_q_proj", 1280, 1280),
+                                 ("lora_te2_text_model_encoder_layers_1_mlp_fc1", 5120, 1280)):
             rank = 4
-            sd[name + ".lora_down.weight"] = (torch.rand(rank, inp, generator=g) - 0.5) * 0.2
-            sd[name + ".lora_up.weight"] = (torch.rand(out, rank, generator=g) - 0.5) * 0.2
-            sd[name + ".alpha"] = torch.tensor(float(rank))
+            sd[module + ".lora_down.weight"] = (torch.rand(rank, inp, generator=g) - 0.5) * 0.2
+            sd[module + ".lora_up.weight"] = (torch.rand(out, rank, generator=g) - 0.5) * 0.2
+            sd[module + ".alpha"] = torch.tensor(float(rank))
         save(sd, lora)
     return name
 "#,
