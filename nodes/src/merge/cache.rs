@@ -316,11 +316,17 @@ impl<V: Cached> ByteLru<V> {
 
     /// Drops the entries held in device memory (host entries stay); returns their bytes.
     pub fn free_device(&self) -> u64 {
+        self.free_device_bytes(u64::MAX)
+    }
+
+    /// Drops entries held in device memory, least recently used first and whole groups, until
+    /// `bytes` are given back or none is left (host entries stay); returns the bytes given back.
+    pub fn free_device_bytes(&self, bytes: u64) -> u64 {
         let mut g = self.lock();
-        let on_device: Vec<[u8; 32]> = g.map.iter().filter(|(_, slot)| slot.v.on_device()).map(|(k, _)| *k).collect();
         let before = g.device_bytes;
-        for k in on_device {
-            g.remove(&k, &self.pool);
+        while ((before - g.device_bytes) as u64) < bytes {
+            let Some(key) = g.map.iter().rev().find(|(_, slot)| slot.v.on_device()).map(|(k, _)| *k) else { break };
+            g.remove(&key, &self.pool);
         }
         (before - g.device_bytes) as u64
     }
@@ -436,6 +442,42 @@ mod tests {
         assert!(cache.get(&[7; 32]).is_some() && cache.get(&[8; 32]).is_some());
         assert!((0..3u8).all(|k| cache.get(&[k; 32]).is_none()));
         assert_eq!(cache.stats().bytes, 2 * one);
+    }
+
+    /// A value that says it lives in device memory (no GPU here), for the device bookkeeping.
+    struct OnDevice(usize);
+
+    impl Cached for OnDevice {
+        fn bytes(&self) -> usize {
+            self.0
+        }
+        fn on_device(&self) -> bool {
+            true
+        }
+        fn handle(&self) -> Self {
+            OnDevice(self.0)
+        }
+    }
+
+    /// Giving device memory to someone else (ComfyUI loading a model) takes the least recently
+    /// used entries first, whole groups, and only as much as was asked for.
+    #[test]
+    fn gives_back_device_memory_least_recently_used_first() {
+        let budget = comfyrs_runtime::memory::MemoryBudget::new(1 << 30, 1 << 30);
+        let cache = ByteLru::new(budget.pool("widen.subtrees"), u64::MAX, u64::MAX);
+        cache.insert([1; 32], OnDevice(100));
+        cache.insert_all(vec![([2; 32], OnDevice(100)), ([3; 32], OnDevice(100))]);
+        cache.insert([4; 32], OnDevice(100));
+        assert!(cache.get(&[1; 32]).is_some(), "now the most recently used");
+        assert_eq!(cache.free_device_bytes(0), 0);
+        // 150 bytes: the oldest is the group of two, which goes whole.
+        assert_eq!(cache.free_device_bytes(150), 200);
+        assert!(cache.get(&[2; 32]).is_none() && cache.get(&[3; 32]).is_none());
+        assert!(cache.get(&[4; 32]).is_some() && cache.get(&[1; 32]).is_some());
+        assert_eq!(budget.used(Place::Device), 200);
+        // More than it holds: everything, and no more.
+        assert_eq!(cache.free_device_bytes(1000), 200);
+        assert_eq!((cache.stats().entries, cache.stats().device_bytes, budget.used(Place::Device)), (0, 0, 0));
     }
 
     #[test]

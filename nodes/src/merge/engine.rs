@@ -229,6 +229,18 @@ impl MergeEngine {
         self.subtrees.free_device() + self.stats.free_device() + self.factors.free_device()
     }
 
+    /// Gives device memory to someone else in the process, ComfyUI loading a model or decoding
+    /// (docs/architecture.md, "Memory"): the LoRA factors first (uploaded again from their
+    /// parsed files in milliseconds), then column statistics, then subtree results (recomputed
+    /// at the next change), each least recently used first, until `bytes` are given back or the
+    /// caches hold nothing on the device. Returns the bytes given back.
+    pub fn yield_device(&self, bytes: u64) -> u64 {
+        let mut freed = self.factors.free_device_bytes(bytes);
+        freed += self.stats.free_device_bytes(bytes.saturating_sub(freed));
+        freed += self.subtrees.free_device_bytes(bytes.saturating_sub(freed));
+        freed
+    }
+
     /// The host RAM a merge may count on: what the machine reports as available, capped by the
     /// `widen.host_ram` setting.
     pub(crate) fn host_ram_for_merges(&self) -> Option<usize> {
