@@ -284,7 +284,7 @@ fn report_failures(failures: &[comfyrs_bridge::ImportFailure]) {
 
 /// Starts the embedded ComfyUI, hands it the native MODEL handoff and writes the record cache.
 #[cfg(feature = "python")]
-fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &MergeEngine) -> Result<comfyrs_bridge::Bridge> {
+fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &Arc<MergeEngine>) -> Result<comfyrs_bridge::Bridge> {
     use comfyrs_bridge::Bridge;
     let t = std::time::Instant::now();
     tracing::info!("starting the embedded ComfyUI for non-native nodes");
@@ -294,8 +294,20 @@ fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &MergeEngine) -> Resu
         state_dict: comfyrs_bridge::model::state_dict,
         prepare: comfyrs_bridge::model::prepare,
         with_weights: comfyrs_bridge::model::with_weights,
+        make_room: comfyrs_bridge::model::make_room,
     }));
     bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
+    // ComfyUI makes room on the device from the WIDEN caches before it offloads a model
+    // (docs/architecture.md, "Memory"). Weak: the interpreter outlives an engine.
+    let weak = Arc::downgrade(merge);
+    bridge
+        .on_device_pressure(move |bytes| {
+            let freed = weak.upgrade().map_or(0, |m| m.yield_device(bytes));
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            tracing::debug!("device memory: ComfyUI needed {:.2} GiB more for a model load or a decode; the WIDEN caches gave back {:.2} GiB", gib(bytes), gib(freed));
+            freed
+        })
+        .context("cannot install the device memory handler in the embedded ComfyUI")?;
     // The WIDEN Report's picture, for Python's image nodes (SaveImage, PreviewImage).
     bridge.add_tensor_extractor(comfyrs_nodes::pack::native_image_tensor);
     tracing::info!("embedded ComfyUI ready: {} Python node types in {:.1} s", bridge.classes().len(), t.elapsed().as_secs_f64());
@@ -312,7 +324,7 @@ fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &MergeEngine) -> Resu
 /// Starts the embedded ComfyUI (through `launcher` when the classes came from the record cache)
 /// and registers its classes (native ones and cached ones keep their places).
 #[cfg(feature = "python")]
-fn start_bridge(config: &Config, dirs: &PythonSetup, launcher: Option<&Launcher>, reg: &mut Registry, merge: &MergeEngine) -> Result<()> {
+fn start_bridge(config: &Config, dirs: &PythonSetup, launcher: Option<&Launcher>, reg: &mut Registry, merge: &Arc<MergeEngine>) -> Result<()> {
     let bridge = match launcher {
         Some(l) => l.get().map_err(|e| anyhow::anyhow!("{e}"))?.clone(),
         None => {
@@ -326,7 +338,7 @@ fn start_bridge(config: &Config, dirs: &PythonSetup, launcher: Option<&Launcher>
 }
 
 #[cfg(not(feature = "python"))]
-fn start_bridge(_config: &Config, _dirs: &PythonSetup, _launcher: Option<&Launcher>, _reg: &mut Registry, _merge: &MergeEngine) -> Result<()> {
+fn start_bridge(_config: &Config, _dirs: &PythonSetup, _launcher: Option<&Launcher>, _reg: &mut Registry, _merge: &Arc<MergeEngine>) -> Result<()> {
     anyhow::bail!("this comfyrs was built without Python (cargo feature `python`), so only native nodes can run")
 }
 

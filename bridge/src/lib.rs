@@ -36,6 +36,7 @@ use comfyrs_runtime::Registry;
 
 pub mod bench;
 mod convert;
+mod device_yield;
 mod error;
 mod handoff;
 mod interp;

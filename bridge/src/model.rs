@@ -8,6 +8,7 @@
 //!     state_dict: comfyrs_bridge::model::state_dict,
 //!     prepare: comfyrs_bridge::model::prepare,
 //!     with_weights: comfyrs_bridge::model::with_weights,
+//!     make_room: comfyrs_bridge::model::make_room,
 //! }));
 //! ```
 //!
@@ -109,4 +110,21 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
     })
     .map_err(|e| e.to_string())?;
     Ok(clone)
+}
+
+/// Has ComfyUI offload models it is not using until about `bytes` more device memory are free
+/// (its own `free_memory`), for a merge that ran out of device memory while ComfyUI's models
+/// held it (docs/architecture.md, "Memory"); returns the bytes that came free. 0 without a
+/// running bridge or a GPU.
+pub fn make_room(bytes: u64) -> u64 {
+    let Some(bridge) = Bridge::running() else { return 0 };
+    let shared = bridge.shared().clone();
+    bridge
+        .with_python(move |py| shared.host(py).call_method1("make_room", (bytes,)).and_then(|r| r.extract::<u64>()).map_err(|e| e.to_string()))
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .unwrap_or_else(|e| {
+            tracing::debug!("device memory: asking ComfyUI to make room failed: {e}");
+            0
+        })
 }

@@ -577,3 +577,54 @@ fn comfyui_is_shown_a_card_of_the_device_limits_size() {
     );
     assert_eq!(fractions, [Some(0.08156), Some(0.5), Some(0.25), None]);
 }
+
+/// Before ComfyUI offloads a model to make room on the device (a model load, a VAE decode), its
+/// free_memory asks the handler comfyrs registered for what is missing, then runs as before
+/// with the same arguments; with enough free memory, or off the GPU, nothing is asked.
+#[test]
+fn comfyui_asks_comfyrs_for_device_memory_before_it_offloads_a_model() {
+    use std::sync::{Arc, Mutex};
+    let bridge = &env().bridge;
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    bridge
+        .on_device_pressure(move |bytes| {
+            seen.lock().unwrap().push(bytes);
+            bytes / 2
+        })
+        .expect("handler installed");
+    let checked: Result<(), String> = bridge
+        .with_python(|py| {
+            use pyo3::types::PyAnyMethods;
+            let code = std::ffi::CString::new(
+                r#"
+def check():
+    import sys, types, torch
+    import comfy.model_management as real
+    host = sys.modules["comfyrs_host"]
+    assert getattr(real.free_memory, "_comfyrs_yields", False), "ComfyUI's own free_memory is wrapped"
+    calls = []
+    def free_memory(required, device, *args, **kwargs):
+        calls.append((required, str(device), args, kwargs))
+        return ["unloaded"]
+    mm = types.SimpleNamespace(free_memory=free_memory, get_free_memory=lambda dev=None, torch_free_too=False: 3 << 30)
+    host._yield_device_first(mm)
+    host._yield_device_first(mm)  # once only
+    gpu = torch.device("cuda", 0)
+    assert mm.free_memory(5 << 30, gpu, keep_loaded=["m"]) == ["unloaded"]
+    mm.free_memory(2 << 30, gpu)
+    mm.free_memory(5 << 30, torch.device("cpu"))
+    assert calls == [(5 << 30, "cuda:0", (), {"keep_loaded": ["m"]}), (2 << 30, "cuda:0", (), {}), (5 << 30, "cpu", (), {})], calls
+"#,
+            )
+            .unwrap();
+            let m = pyo3::types::PyModule::from_code(py, &code, c"device_yield_check.py", c"device_yield_check").map_err(|e| e.to_string())?;
+            m.getattr("check").and_then(|f| f.call0()).map(drop).map_err(|e| e.to_string())
+        })
+        .unwrap();
+    checked.unwrap();
+    assert_eq!(*asked.lock().unwrap(), vec![2u64 << 30], "asked once, for the 2 GiB missing");
+    // The other way (a merge out of device memory asking ComfyUI to offload): nothing to free
+    // without a GPU, and no error.
+    assert_eq!(comfyrs_bridge::model::make_room(1 << 30), 0);
+}

@@ -34,6 +34,7 @@ fn env() -> &'static Env {
             state_dict: comfyrs_bridge::model::state_dict,
             prepare: comfyrs_bridge::model::prepare,
             with_weights: comfyrs_bridge::model::with_weights,
+            make_room: comfyrs_bridge::model::make_room,
         }));
     })
 }

@@ -34,6 +34,11 @@ pub trait ForeignModels: Send + Sync {
     /// A new MODEL (or CLIP): `origin` (a value `state_dict` accepted) with `merged` (host keys,
     /// CPU tensors, shared not copied) replacing its weights.
     fn with_weights(&self, origin: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String>;
+    /// Has the provider's own models give up about `bytes` of device memory (ComfyUI offloading
+    /// a model it is not using), for a merge that ran out of it; returns the bytes it freed.
+    fn make_room(&self, _bytes: u64) -> u64 {
+        0
+    }
 }
 
 /// ComfyUI type (`"MODEL"` or `"CLIP"`), weights, identity and name, as
@@ -45,6 +50,7 @@ pub struct ForeignFns {
     pub state_dict: fn(&Value) -> Option<Result<ForeignWeights, String>>,
     pub prepare: fn(&Value) -> Result<(), String>,
     pub with_weights: fn(&Value, &IndexMap<String, tch::Tensor>) -> Result<Value, String>,
+    pub make_room: fn(u64) -> u64,
 }
 
 impl ForeignModels for ForeignFns {
@@ -65,5 +71,8 @@ impl ForeignModels for ForeignFns {
     }
     fn with_weights(&self, origin: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String> {
         (self.with_weights)(origin, merged)
+    }
+    fn make_room(&self, bytes: u64) -> u64 {
+        (self.make_room)(bytes)
     }
 }

@@ -3,7 +3,9 @@
 //! keys are retried in smaller chunks, and the rest of the run keeps the smaller size (every
 //! failure costs the allocator a full release of its cached blocks); a key that does not fit on
 //! its own gets one more try after the engine's caches give up their device memory, and only
-//! then is an error, which names the key, what it needs and the limit to raise.
+//! then is an error, which names the key, what it needs and the limit to raise. Before any of
+//! that, the first failure of a run asks the models outside the merge (ComfyUI's, loaded for
+//! sampling) to give room, and retries the chunk as it was if they did.
 
 use tch::Tensor;
 
@@ -17,6 +19,8 @@ pub(crate) struct Shrink {
     divisor: usize,
     /// Whether the caches' device entries were given up already in this run.
     freed_caches: bool,
+    /// Whether the models outside the merge were asked for room already in this run.
+    asked_outside: bool,
     /// Chunks that ran out of memory and were retried.
     pub(crate) retries: usize,
     /// Chunks computed.
@@ -28,7 +32,7 @@ pub(crate) struct Shrink {
 impl Shrink {
     /// No failure yet; `limit` names the memory the chunks run under (for messages).
     pub(crate) fn new(limit: String) -> Shrink {
-        Shrink { divisor: 1, freed_caches: false, retries: 0, chunks: 0, limit }
+        Shrink { divisor: 1, freed_caches: false, asked_outside: false, retries: 0, chunks: 0, limit }
     }
 
     /// A chunk's size for a group planned at `batch` keys per chunk.
@@ -48,11 +52,15 @@ impl Shrink {
 /// Takes a chunk's result for its keys.
 type Install<'h> = &'h mut dyn FnMut(&[String], Tensor) -> Result<(), PackError>;
 
-/// The hooks a group's evaluation runs through: computing a chunk, taking its result, giving up
-/// the caches' device memory, and the user's interrupt.
+/// The hooks a group's evaluation runs through: computing a chunk, taking its result, asking the
+/// models outside the merge for room, giving up the caches' device memory, and the user's
+/// interrupt.
 pub(crate) struct Hooks<'h> {
     pub(crate) eval: &'h mut dyn FnMut(&[String]) -> Result<Tensor, PackError>,
     pub(crate) install: Install<'h>,
+    /// Asks the models outside the merge to free about this many bytes of device memory;
+    /// returns what they freed.
+    pub(crate) outside: &'h mut dyn FnMut(u64) -> u64,
     /// Drops the caches' device entries; returns their bytes.
     pub(crate) free: &'h mut dyn FnMut() -> u64,
     pub(crate) interrupted: &'h dyn Fn() -> bool,
@@ -62,7 +70,7 @@ pub(crate) struct Hooks<'h> {
 /// which needs about `per_key` bytes of working memory per key, handing every result to
 /// `hooks.install` in key order.
 pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mut Shrink, hooks: Hooks) -> Result<(), PackError> {
-    let Hooks { eval, install, free, interrupted } = hooks;
+    let Hooks { eval, install, outside, free, interrupted } = hooks;
     let mut rest = keys;
     while !rest.is_empty() {
         if interrupted() {
@@ -78,6 +86,19 @@ pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mu
             }
             Err(e) if e.is_out_of_memory() => {
                 shrink.retries += 1;
+                if !shrink.asked_outside {
+                    shrink.asked_outside = true;
+                    let freed = outside(per_key.saturating_mul(n as u64));
+                    if freed > 0 {
+                        tracing::debug!(
+                            "device memory: a chunk of {n} keys did not fit under {}; ComfyUI offloaded models it is not using, \
+                             freeing {}; retrying the chunk",
+                            shrink.limit,
+                            human(freed)
+                        );
+                        continue;
+                    }
+                }
                 if n > 1 {
                     shrink.halve(batch, n);
                     let next = shrink.size(batch).min(n);
@@ -144,6 +165,7 @@ mod tests {
                     got.extend(Vec::<f32>::try_from(&t)?);
                     Ok(())
                 },
+                outside: &mut |_| 0,
                 free: &mut || {
                     frees += 1;
                     0
@@ -181,6 +203,44 @@ mod tests {
         assert_eq!((sizes, s.retries), (vec![4, 4], 2));
     }
 
+    /// ComfyUI's models held the memory: the first failure asks them for room (for the failed
+    /// chunk's working memory), once per run, and the chunk is retried at its planned size.
+    #[test]
+    fn the_first_failure_asks_the_models_outside_for_room_and_keeps_the_chunk_size() {
+        let fits = std::cell::Cell::new(5);
+        let (mut sizes, mut asked) = (Vec::new(), Vec::new());
+        let mut s = Shrink::new("the 12.0 GiB device memory limit".into());
+        let run = |keys: &[String], s: &mut Shrink, sizes: &mut Vec<usize>, asked: &mut Vec<u64>| {
+            run_group(
+                keys,
+                16,
+                1 << 20,
+                s,
+                Hooks {
+                    eval: &mut |chunk| compute(chunk, fits.get()),
+                    install: &mut |chunk, _| {
+                        sizes.push(chunk.len());
+                        Ok(())
+                    },
+                    outside: &mut |bytes| {
+                        asked.push(bytes);
+                        fits.set(16);
+                        1 << 30
+                    },
+                    free: &mut || 0,
+                    interrupted: &|| false,
+                },
+            )
+        };
+        run(&keys(37), &mut s, &mut sizes, &mut asked).unwrap();
+        assert_eq!((sizes.clone(), asked.clone(), s.retries), (vec![16, 16, 5], vec![16 << 20], 1));
+        // Asked once per run: a later failure in the same run shrinks the chunks instead.
+        fits.set(5);
+        sizes.clear();
+        run(&keys(8), &mut s, &mut sizes, &mut asked).unwrap();
+        assert_eq!((sizes, asked.len(), s.retries), (vec![4, 4], 1, 2));
+    }
+
     #[test]
     fn a_key_that_never_fits_frees_the_caches_once_then_names_itself() {
         let mut s = Shrink::new("the 12.0 GiB device memory limit".into());
@@ -212,6 +272,7 @@ mod tests {
                     Err(PackError::from(Tensor::from_slice(&[1.0f32]).f_reshape([7]).unwrap_err()))
                 },
                 install: &mut |_, _| Ok(()),
+                outside: &mut |_| 0,
                 free: &mut || 0,
                 interrupted: &|| false,
             },
@@ -223,7 +284,7 @@ mod tests {
             2,
             1,
             &mut s,
-            Hooks { eval: &mut |c| compute(c, 4), install: &mut |_, _| Ok(()), free: &mut || 0, interrupted: &|| true },
+            Hooks { eval: &mut |c| compute(c, 4), install: &mut |_, _| Ok(()), outside: &mut |_| 0, free: &mut || 0, interrupted: &|| true },
         );
         assert!(matches!(outcome, Err(PackError::Interrupted)));
     }
