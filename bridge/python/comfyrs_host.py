@@ -1434,7 +1434,9 @@ def model_with_weights(obj, keys, tensors):
 def _moved(t, like, rest):
     """`t` on `like`'s device and in its dtype. Out of device memory (the merge's results came
     through host memory because ComfyUI's models held the device), ComfyUI makes room for what
-    is left to move, once, and the copy is tried again."""
+    is left to move, once, and the copy is tried again; if it still fails, the weight stays in
+    host memory in `like`'s dtype, and ComfyUI moves it with the module when it loads the model
+    (or casts it per layer when it loads part of it): slower, never a failed hand-over."""
     import torch
     try:
         return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
@@ -1442,7 +1444,11 @@ def _moved(t, like, rest):
         need = sum(x.numel() for x in rest) * like.element_size()
         logging.debug("comfyrs: out of device memory handing over merged weights; asking ComfyUI for %.2f GiB", need / 2**30)
         make_room(need)
+    try:
         return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
+    except torch.OutOfMemoryError:
+        logging.debug("comfyrs: still out of device memory; a merged weight stays in host memory until ComfyUI loads the model")
+        return t.to(dtype=like.dtype)
 
 
 def _own_bytes(m, tensors):

@@ -615,6 +615,18 @@ def check():
     mm.free_memory(2 << 30, gpu)
     mm.free_memory(5 << 30, torch.device("cpu"))
     assert calls == [(5 << 30, "cuda:0", (), {"keep_loaded": ["m"]}), (2 << 30, "cuda:0", (), {}), (5 << 30, "cpu", (), {})], calls
+    # Handing a merged weight over when the device stays full: room asked for, the copy tried
+    # again, then the weight kept in host memory in the model's dtype instead of failing.
+    class Full:
+        tries = 0
+        def to(self, device=None, dtype=None, non_blocking=False):
+            Full.tries += 1
+            if device is not None:
+                raise torch.OutOfMemoryError("comfyrs test: the device is full")
+            return ("host", dtype)
+    like = torch.zeros(2, dtype=torch.float16)
+    assert host._moved(Full(), like, [torch.zeros(4)]) == ("host", torch.float16)
+    assert Full.tries == 3, Full.tries
 "#,
             )
             .unwrap();
