@@ -234,9 +234,9 @@ def _yield_device_first(mm):
 
 
 def make_room(nbytes):
-    """Has ComfyUI offload models until `nbytes` more device memory are free (a merge ran out of
-    it); returns the bytes that came free. comfyrs's own caches are asked first, as for any
-    free_memory (they are empty by then)."""
+    """Has ComfyUI make `nbytes` more device memory free (a merge ran out of it) through its own
+    free_memory: comfyrs's caches give first, as for any free_memory, then ComfyUI offloads
+    models it is not using. Returns the bytes that came free."""
     import torch
     import comfy.model_management as mm
     if not torch.cuda.is_available() or mm.cpu_mode():

@@ -118,9 +118,9 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
 /// running bridge or a GPU.
 pub fn make_room(bytes: u64) -> u64 {
     let Some(bridge) = Bridge::running() else { return 0 };
-    let shared = bridge.shared().clone();
+    let shared = bridge.shared();
     bridge
-        .with_python(move |py| shared.host(py).call_method1("make_room", (bytes,)).and_then(|r| r.extract::<u64>()).map_err(|e| e.to_string()))
+        .with_python(|py| shared.host(py).call_method1("make_room", (bytes,)).and_then(|r| r.extract::<u64>()).map_err(|e| e.to_string()))
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .unwrap_or_else(|e| {

@@ -314,11 +314,6 @@ impl<V: Cached> ByteLru<V> {
         g.device_bytes = 0;
     }
 
-    /// Drops the entries held in device memory (host entries stay); returns their bytes.
-    pub fn free_device(&self) -> u64 {
-        self.free_device_bytes(u64::MAX)
-    }
-
     /// Drops entries held in device memory, least recently used first and whole groups, until
     /// `bytes` are given back or none is left (host entries stay); returns the bytes given back.
     pub fn free_device_bytes(&self, bytes: u64) -> u64 {

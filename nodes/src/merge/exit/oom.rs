@@ -91,8 +91,8 @@ pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mu
                     let freed = outside(per_key.saturating_mul(n as u64));
                     if freed > 0 {
                         tracing::debug!(
-                            "device memory: a chunk of {n} keys did not fit under {}; ComfyUI offloaded models it is not using, \
-                             freeing {}; retrying the chunk",
+                            "device memory: a chunk of {n} keys did not fit under {}; the caches and the models ComfyUI \
+                             is not using gave back {}; retrying the chunk",
                             shrink.limit,
                             human(freed)
                         );
