@@ -1219,22 +1219,65 @@ def set_interrupt(flag):
 
 
 # ----------------------------------------------------------------------------------------------
-# Byte sizes (what the cache counts): tensor storages inside, each counted once.
+# Byte sizes (what the outputs cache counts, docs/architecture.md "Memory"): the tensor storages
+# and modules a value holds, each a unit the cache counts once however many of its results hold
+# it (every clone of a MODEL holds the same module).
 
 _SKIP = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
          str, bytes, int, float, bool, type(None))
 
+_MASK = (1 << 64) - 1
+
+# Bytes of each module's parameters and buffers, by module: measured once (an SDXL UNet has
+# ~2,600 of them), since every clone of a model comes back with the same module.
+_MODULE_BYTES = None
+
+
+def _module_bytes(module):
+    global _MODULE_BYTES
+    if _MODULE_BYTES is None:
+        import weakref
+        _MODULE_BYTES = weakref.WeakKeyDictionary()
+    try:
+        return _MODULE_BYTES[module]
+    except (KeyError, TypeError):
+        pass
+    seen = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        try:
+            st = t.untyped_storage()
+            key = (st.data_ptr(), t.device)
+            if key not in seen:
+                seen.add(key)
+                total += st.nbytes()
+        except Exception:
+            total += t.numel() * t.element_size()
+    try:
+        _MODULE_BYTES[module] = total
+    except TypeError:
+        pass
+    return total
+
+
+def _storage_unit(t):
+    """A tensor's storage as (id, bytes), or None where it has none to name (then its bytes are
+    the value's own)."""
+    st = t.untyped_storage()
+    ptr = st.data_ptr()
+    if ptr == 0:
+        return None
+    return (hash(("storage", str(t.device), ptr)) & _MASK, st.nbytes())
+
 
 def byte_size(obj, limit=200000):
+    """(own bytes, [(unit id, bytes), ...]) of what `obj` holds: each tensor storage and each
+    torch module (its parameters and buffers together) is a unit, named by its identity among
+    the objects alive, so the cache counts memory shared between values once."""
     torch = _TORCH[0]
-    if type(obj) is torch.Tensor:
-        try:
-            return obj.untyped_storage().nbytes()
-        except Exception:
-            return obj.numel() * obj.element_size()
+    own = 0
+    units = {}
     seen_ids = set()
-    storages = set()
-    total = 0
     stack = [(obj, 0)]
     visited = 0
     while stack and visited < limit:
@@ -1248,13 +1291,16 @@ def byte_size(obj, limit=200000):
         seen_ids.add(oid)
         if isinstance(o, torch.Tensor):
             try:
-                st = o.untyped_storage()
-                key = (st.data_ptr(), o.device.type)
-                if key not in storages:
-                    storages.add(key)
-                    total += st.nbytes()
+                unit = _storage_unit(o)
             except Exception:
-                total += o.numel() * o.element_size()
+                unit = None
+            if unit is None:
+                own += o.numel() * o.element_size()
+            else:
+                units[unit[0]] = unit[1]
+            continue
+        if isinstance(o, torch.nn.Module):
+            units[hash(("module", oid)) & _MASK] = _module_bytes(o)
             continue
         if depth > 24:
             continue
@@ -1266,7 +1312,7 @@ def byte_size(obj, limit=200000):
             d = getattr(o, "__dict__", None)
             if isinstance(d, dict):
                 stack.extend((v, depth + 1) for v in d.values())
-    return total
+    return own, list(units.items())
 
 
 def type_label(obj):

@@ -8,37 +8,44 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use serde_json::Value as Json;
 
-use comfyrs_runtime::value::{Opaque, Value};
+use comfyrs_runtime::value::{Opaque, SharedBytes, Value};
 
 use crate::Shared;
 
-/// A Python object held by the runtime (a MODEL, a LATENT dict, an IMAGE tensor...). Its byte
-/// size (tensor storages inside, each counted once) is measured when the object crosses into
-/// Rust, for the byte-bounded cache. Dropping a handle without the GIL is fine: pyo3 defers the
-/// decref to the next time any thread holds the GIL.
+/// A Python object held by the runtime (a MODEL, a LATENT dict, an IMAGE tensor...). What it
+/// holds is measured when the object crosses into Rust, for the byte-bounded cache: its tensor
+/// storages and torch modules, each a [`SharedBytes`] unit named by its identity, so that a
+/// module every clone of a MODEL holds is counted once (docs/architecture.md, "Memory").
+/// Dropping a handle without the GIL is fine: pyo3 defers the decref to the next time any
+/// thread holds the GIL.
 pub struct PyHandle {
     obj: Py<PyAny>,
     type_name: String,
+    /// Host memory only this object holds (tensors without a storage to name).
     bytes: usize,
     /// Device memory the object holds that no other value does (see [`PyHandle::sized`]).
     device_bytes: usize,
+    /// Storages and modules it may share with other values.
+    shared: Vec<SharedBytes>,
     py_type: String,
 }
 
 impl PyHandle {
-    pub(crate) fn new(obj: Py<PyAny>, type_name: String, bytes: usize, py_type: String) -> Self {
-        PyHandle { obj, type_name, bytes, device_bytes: 0, py_type }
+    pub(crate) fn new(obj: Py<PyAny>, type_name: String, bytes: usize, shared: Vec<SharedBytes>, py_type: String) -> Self {
+        PyHandle { obj, type_name, bytes, device_bytes: 0, shared, py_type }
     }
 
     /// A handle of `obj` sized by its maker instead of by walking it: `bytes` of host memory
-    /// and `device_bytes` of device memory that it holds and no other value does. For a MODEL
-    /// whose merged weights the Exit handed over: it shares every other weight with the MODEL it
-    /// was cloned from, which is counted already; the outputs cache counts its own tensors where
-    /// they are, so old clones give way on a small card. (Walking an SDXL MODEL's object graph to
-    /// measure it took longer than the merge it followed.)
-    pub(crate) fn sized(obj: &Bound<'_, PyAny>, type_name: &str, bytes: usize, device_bytes: usize) -> PyResult<Value> {
+    /// and `device_bytes` of device memory that it holds and no other value does, and `shared`,
+    /// what it holds with the value it was made from. For a MODEL whose merged weights the Exit
+    /// handed over: its merged tensors are its own, every other weight is the origin's; the
+    /// outputs cache counts its own tensors where they are, so old clones give way on a small
+    /// card. (Walking an SDXL MODEL's object graph to measure it took longer than the merge it
+    /// followed.)
+    pub(crate) fn sized(obj: &Bound<'_, PyAny>, type_name: &str, bytes: usize, device_bytes: usize, shared: Vec<SharedBytes>) -> PyResult<Value> {
         let py_type = obj.get_type().name()?.to_string();
-        Ok(Value::Handle(Arc::new(PyHandle { obj: obj.clone().unbind(), type_name: type_name.to_string(), bytes, device_bytes, py_type })))
+        let type_name = type_name.to_string();
+        Ok(Value::Handle(Arc::new(PyHandle { obj: obj.clone().unbind(), type_name, bytes, device_bytes, shared, py_type })))
     }
 
     /// The Python object (clone it with `clone_ref` under the GIL to keep it).
@@ -64,11 +71,15 @@ impl Opaque for PyHandle {
     fn byte_size(&self) -> usize {
         self.bytes
     }
+    fn shared_bytes(&self) -> &[SharedBytes] {
+        &self.shared
+    }
     fn device_byte_size(&self) -> usize {
         self.device_bytes
     }
     fn describe(&self) -> String {
-        format!("<{} {} ({} bytes)>", self.type_name, self.py_type, self.bytes)
+        let bytes = self.bytes + self.device_bytes + self.shared.iter().map(|s| s.bytes).sum::<usize>();
+        format!("<{} {} ({bytes} bytes)>", self.type_name, self.py_type)
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -261,9 +272,10 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>, type_name: &str, sizer: &Bound<'_, Py
             return Ok(comfyrs_runtime::blocker::ExecutionBlocker::value(message));
         }
     }
-    let bytes: usize = sizer.call1((obj,))?.extract()?;
+    let (bytes, units): (usize, Vec<(u64, usize)>) = sizer.call1((obj,))?.extract()?;
+    let shared = units.into_iter().map(|(id, bytes)| SharedBytes { id, bytes }).collect();
     let ty = if type_name.is_empty() || type_name == "*" { py_type.clone() } else { type_name.to_string() };
-    Ok(Value::Handle(Arc::new(PyHandle::new(obj.clone().unbind(), ty, bytes, py_type))))
+    Ok(Value::Handle(Arc::new(PyHandle::new(obj.clone().unbind(), ty, bytes, shared, py_type))))
 }
 
 /// Wraps any Python object as a runtime value (see [`py_to_value`]), sized by `shared`'s host.

@@ -98,6 +98,11 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
         _ => unreachable!("python_model accepts handles only"),
     };
     let merged: Vec<(String, tch::Tensor)> = merged.iter().map(|(k, t)| (k.clone(), t.shallow_clone())).collect();
+    // Everything but the merged tensors the clone shares with its origin.
+    let shared = match &v {
+        Value::Handle(h) => h.shared_bytes().to_vec(),
+        _ => Vec::new(),
+    };
     let clone = with_object(&bridge, v, move |py, host, obj| {
         let (keys, tensors) = named_tensors_to_py(py, merged.iter().map(|(k, t)| (k.as_str(), t)))?;
         let m = host.call_method1("model_with_weights", (obj, keys, tensors))?;
@@ -106,7 +111,7 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
         // where they are, so old clones give way on a small card.
         let host_bytes: usize = m.getattr(pyo3::intern!(py, "_comfyrs_host_bytes"))?.extract()?;
         let device_bytes: usize = m.getattr(pyo3::intern!(py, "_comfyrs_device_bytes"))?.extract()?;
-        PyHandle::sized(&m, &kind, host_bytes, device_bytes)
+        PyHandle::sized(&m, &kind, host_bytes, device_bytes, shared)
     })
     .map_err(|e| e.to_string())?;
     Ok(clone)

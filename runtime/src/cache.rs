@@ -1,5 +1,6 @@
 //! The outputs cache: node results keyed by signature, bounded by bytes.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use serde_json::{Map, Value as Json};
 
 use crate::memory::{MemoryBudget, Place, Pool};
 use crate::signature::Signature;
-use crate::value::Value;
+use crate::value::{SharedBytes, Value};
 
 /// How results are kept across prompts (`--cache`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,9 +39,13 @@ impl std::str::FromStr for CacheMode {
 pub struct NodeResult {
     pub outputs: Vec<Vec<Value>>,
     pub ui: Option<Map<String, Json>>,
+    /// Host memory the outputs hold of their own.
     pub bytes: usize,
     /// Device memory the outputs keep alive ([`Value::device_byte_size`]).
     pub device_bytes: usize,
+    /// Memory the outputs may hold together with other results (a model's module, which every
+    /// clone of it holds), each piece once ([`Value::shared_bytes`]).
+    pub shared: Vec<SharedBytes>,
 }
 
 impl NodeResult {
@@ -49,7 +54,16 @@ impl NodeResult {
             + ui.as_ref().map(|u| Json::Object(u.clone()).to_string().len()).unwrap_or(0)
             + 64;
         let device_bytes = outputs.iter().flatten().map(Value::device_byte_size).sum();
-        NodeResult { outputs, ui, bytes, device_bytes }
+        let mut shared = Vec::new();
+        outputs.iter().flatten().for_each(|v| v.shared_bytes(&mut shared));
+        let mut ids = HashSet::with_capacity(shared.len());
+        shared.retain(|s| ids.insert(s.id));
+        NodeResult { outputs, ui, bytes, device_bytes, shared }
+    }
+
+    /// Host memory the result holds, own and shared.
+    pub fn total_bytes(&self) -> usize {
+        self.bytes + self.shared.iter().map(|s| s.bytes).sum::<usize>()
     }
 }
 
@@ -70,6 +84,9 @@ pub struct OutputCache {
     /// Minimum available system memory to keep in `RamPressure` mode.
     headroom: usize,
     entries: LruCache<Signature, Arc<NodeResult>>,
+    /// Memory held by several results, counted once: by its id, how many entries hold it and
+    /// its bytes.
+    held: HashMap<u64, (usize, usize)>,
     stats: CacheStats,
     last_memory_check: Option<Instant>,
 }
@@ -85,7 +102,7 @@ impl OutputCache {
         let total = system_memory().map(|m| m.total).unwrap_or(8 << 30);
         // ComfyUI's active headroom: 10% of RAM, clamped to 2..10 GB.
         let headroom = (total / 10).clamp(2 << 30, 10 << 30).min(total / 2);
-        OutputCache { mode, pool, headroom, entries: LruCache::unbounded(), stats: CacheStats::default(), last_memory_check: None }
+        OutputCache { mode, pool, headroom, entries: LruCache::unbounded(), held: HashMap::new(), stats: CacheStats::default(), last_memory_check: None }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -115,19 +132,16 @@ impl OutputCache {
         if self.mode == CacheMode::None {
             return;
         }
-        let bytes = result.bytes;
-        if bytes as u64 > self.pool.limit(Place::Host) {
+        // What this entry adds: its own bytes and the shared memory no cached result holds yet.
+        let new_shared: usize = result.shared.iter().filter(|s| !self.held.contains_key(&s.id)).map(|s| s.bytes).sum();
+        let bytes = result.bytes + new_shared;
+        if result.total_bytes() as u64 > self.pool.limit(Place::Host) {
             return; // would evict everything and still not fit
         }
-        let device_bytes = result.device_bytes as u64;
+        self.charge(&result);
         if let Some(old) = self.entries.put(sig, result) {
-            self.stats.bytes -= old.bytes;
-            self.pool.release(Place::Host, old.bytes as u64);
-            self.pool.release(Place::Device, old.device_bytes as u64);
+            self.release(&old);
         }
-        self.stats.bytes += bytes;
-        self.pool.charge(Place::Host, bytes as u64);
-        self.pool.charge(Place::Device, device_bytes);
         while self.pool.excess(Place::Host) > 0 && !self.entries.is_empty() {
             self.evict_one();
         }
@@ -177,16 +191,48 @@ impl OutputCache {
         true
     }
 
+    /// Counts a result coming in: its own bytes, and each piece of shared memory that no other
+    /// cached result holds yet.
+    fn charge(&mut self, r: &NodeResult) {
+        let mut host = r.bytes;
+        for s in &r.shared {
+            let held = self.held.entry(s.id).or_insert((0, s.bytes));
+            held.0 += 1;
+            if held.0 == 1 {
+                host += held.1;
+            }
+        }
+        self.stats.bytes += host;
+        self.pool.charge(Place::Host, host as u64);
+        self.pool.charge(Place::Device, r.device_bytes as u64);
+    }
+
+    /// Counts a result going: its own bytes, and the shared memory no other cached result holds.
+    fn release(&mut self, r: &NodeResult) {
+        let mut host = r.bytes;
+        for s in &r.shared {
+            if let Some(held) = self.held.get_mut(&s.id) {
+                held.0 -= 1;
+                if held.0 == 0 {
+                    host += held.1;
+                    self.held.remove(&s.id);
+                }
+            }
+        }
+        self.stats.bytes -= host;
+        self.pool.release(Place::Host, host as u64);
+        self.pool.release(Place::Device, r.device_bytes as u64);
+    }
+
     fn forget(&mut self, old: &NodeResult) {
-        self.stats.bytes -= old.bytes;
-        self.pool.release(Place::Host, old.bytes as u64);
-        self.pool.release(Place::Device, old.device_bytes as u64);
+        self.release(old);
         self.stats.evictions += 1;
     }
 
     pub fn clear(&mut self) {
         let device: usize = self.entries.iter().map(|(_, r)| r.device_bytes).sum();
         self.entries.clear();
+        self.held.clear();
         self.pool.release(Place::Host, self.stats.bytes as u64);
         self.pool.release(Place::Device, device as u64);
         self.stats.bytes = 0;
@@ -299,6 +345,89 @@ mod tests {
         assert!(c.contains(&sig(4)));
         c.clear();
         assert_eq!(budget.used(Place::Device), 0, "clearing gives the device bytes back");
+    }
+
+    /// A value holding `.1` bytes of its own and the shared pieces `.0` (a model's clone).
+    struct Holding(Vec<SharedBytes>, usize);
+
+    impl crate::value::Opaque for Holding {
+        fn type_name(&self) -> &str {
+            "MODEL"
+        }
+        fn byte_size(&self) -> usize {
+            self.1
+        }
+        fn shared_bytes(&self) -> &[SharedBytes] {
+            &self.0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn holding(shared: &[(u64, usize)], own: usize) -> Arc<NodeResult> {
+        let shared = shared.iter().map(|&(id, bytes)| SharedBytes { id, bytes }).collect();
+        // The same piece twice in one result (a MODEL and its CLIP holding one module) counts once.
+        let v = Value::Handle(Arc::new(Holding(shared, own)));
+        Arc::new(NodeResult::new(vec![vec![v.clone()], vec![Value::List(vec![v])]], None))
+    }
+
+    /// Evicts one entry by its signature.
+    fn evict(c: &mut OutputCache, s: &Signature) {
+        let old = c.entries.pop(s).expect("cached");
+        c.forget(&old);
+    }
+
+    #[test]
+    fn memory_several_results_hold_is_counted_once_while_any_holds_it() {
+        const MODULE: usize = 1_000_000;
+        let budget = MemoryBudget::new(10 * MODULE as u64, 0);
+        let mut c = OutputCache::with_pool(CacheMode::Lru, budget.pool("outputs"));
+        let base = holding(&[(7, MODULE)], 0);
+        assert_eq!((base.shared.len(), base.total_bytes()), (1, base.bytes + MODULE));
+        c.insert(sig(1), base.clone());
+        let after_base = budget.used(Place::Host);
+        // Three clones of the model, each with a LoRA's tensors of its own: the module once.
+        for (i, lora) in [(2u8, 11u64), (3, 12), (4, 13)] {
+            c.insert(sig(i), holding(&[(7, MODULE), (lora, 1000)], 100));
+        }
+        let one_clone = (holding(&[], 100).bytes + 1000) as u64;
+        assert_eq!(budget.used(Place::Host), after_base + 3 * one_clone);
+        assert_eq!(c.stats().bytes as u64, budget.used(Place::Host));
+        // Evicting the loader's result frees nothing of the module while a clone holds it...
+        evict(&mut c, &sig(1));
+        assert_eq!(budget.used(Place::Host), after_base + 3 * one_clone - base.bytes as u64);
+        // ...and the last clone going gives it back.
+        for i in [2u8, 3, 4] {
+            evict(&mut c, &sig(i));
+        }
+        assert_eq!((budget.used(Place::Host), c.stats().bytes), (0, 0));
+        // The same result again under its signature keeps its pieces held (charged, then the
+        // replaced one released).
+        c.insert(sig(5), holding(&[(7, MODULE)], 0));
+        let once = budget.used(Place::Host);
+        c.insert(sig(5), holding(&[(7, MODULE)], 0));
+        assert_eq!(budget.used(Place::Host), once);
+        c.clear();
+        assert_eq!(budget.used(Place::Host), 0);
+    }
+
+    #[test]
+    fn shared_memory_counts_when_the_cache_makes_room() {
+        const MODULE: usize = 1_000_000;
+        // Room for one module and a little more: a second model's result pushes out the first
+        // model and all its clones, since only then is its module given back.
+        let budget = MemoryBudget::new(MODULE as u64 * 3 / 2, 0);
+        let mut c = OutputCache::with_pool(CacheMode::Lru, budget.pool("outputs"));
+        c.insert(sig(1), holding(&[(7, MODULE)], 0));
+        c.insert(sig(2), holding(&[(7, MODULE)], 100));
+        assert!(c.contains(&sig(1)) && c.contains(&sig(2)), "a clone fits beside its model");
+        c.insert(sig(3), holding(&[(8, MODULE)], 0));
+        assert!(!c.contains(&sig(1)) && !c.contains(&sig(2)) && c.contains(&sig(3)));
+        assert!(budget.used(Place::Host) <= MODULE as u64 * 3 / 2);
+        // A result larger than the limit on its own is not kept, shared memory included.
+        c.insert(sig(4), holding(&[(9, 2 * MODULE)], 0));
+        assert!(!c.contains(&sig(4)) && c.contains(&sig(3)));
     }
 
     #[test]

@@ -30,12 +30,28 @@ pub enum Value {
     Handle(Arc<dyn Opaque>),
 }
 
+/// Memory a value holds together with other values: a model's weights, which every clone of
+/// the model (a LoRA applied, a sampling option set) holds too. The outputs cache counts it once
+/// while any result it keeps holds it (docs/architecture.md, "Memory").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedBytes {
+    /// Names the memory among everything alive in the process; the value's maker chooses it (a
+    /// Python module's or tensor storage's identity), and it stays unique while a value holds it.
+    pub id: u64,
+    pub bytes: usize,
+}
+
 /// A heavy value the runtime carries without understanding it.
 pub trait Opaque: Any + Send + Sync {
     /// The ComfyUI type this value belongs to, e.g. `MODEL` or `WIDEN`; used in messages.
     fn type_name(&self) -> &str;
-    /// Bytes this value keeps alive (tensor storage included), for the byte-bounded cache.
+    /// Bytes this value keeps alive of its own (tensor storage included), for the byte-bounded
+    /// cache; what it shares with other values is in [`Opaque::shared_bytes`].
     fn byte_size(&self) -> usize;
+    /// Memory this value holds together with other values (none unless said).
+    fn shared_bytes(&self) -> &[SharedBytes] {
+        &[]
+    }
     /// Bytes of device memory this value keeps alive that nothing else holds (a merge's results
     /// handed to a foreign model on the GPU), for the cache's device share of the budget.
     fn device_byte_size(&self) -> usize {
@@ -72,6 +88,22 @@ impl Value {
             Value::List(items) => items.iter().map(Value::byte_size).sum(),
             Value::Handle(h) => h.byte_size(),
             _ => 0,
+        }
+    }
+
+    /// Memory this value holds together with other values ([`Opaque::shared_bytes`]), each
+    /// piece once.
+    pub fn shared_bytes(&self, into: &mut Vec<SharedBytes>) {
+        match self {
+            Value::List(items) => items.iter().for_each(|v| v.shared_bytes(into)),
+            Value::Handle(h) => {
+                for s in h.shared_bytes() {
+                    if !into.iter().any(|x| x.id == s.id) {
+                        into.push(*s);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
