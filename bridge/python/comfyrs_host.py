@@ -1458,15 +1458,20 @@ def model_with_weights(obj, keys, tensors):
         import uuid
         import comfy.utils
         placed = []
+        left = 0
         with torch.no_grad():
             for k, t in zip(keys, tensors):
                 current = comfy.utils.get_attr(m.model, k)
                 if t.device != current.device or t.dtype != current.dtype:
                     t = _moved(t, current, tensors[len(placed):])
+                    left += t.device != current.device
                 p = torch.nn.Parameter(t, requires_grad=False)
                 p._comfyrs_token = uuid.uuid4().hex
                 m.add_object_patch(k, p)
                 placed.append(p)
+        if left:
+            logging.info("comfyrs: %d of %d merged weights stay in host memory (no room on the device); "
+                         "ComfyUI moves them when it loads the model", left, len(placed))
         _own_bytes(m, placed)
         return m
     if _has_set_patch():

@@ -1,0 +1,54 @@
+#!/bin/bash
+# The GPU measurements of BENCHMARKS.md, by name, on the device machine (after the wheels of
+# scripts/gpu-prepare.sh are installed into /tmp/site; carry gpu/, and gpupack/ for `reference`):
+#
+#   bash scripts/gpu-measure.sh SET [SET ...]
+#
+#   loop12     the full-size loop under a 12 GiB and a 24 GiB limit, with ComfyUI's INFO log:
+#              how often ComfyUI offloaded part of the UNet, its unpin warnings, and which path
+#              the Exit's hand-over took when the device was full (docs/architecture.md, "Memory")
+#   merge12    `bench merge` W1-W3 and the slider changes, no limit and 12 GiB, no -v
+#   reference  the loop beside ComfyUI with the Python WIDEN pack (gpupack/), no limit
+#
+# Each run's whole output lands in $OUT/NAME.txt; the reply shows its end. Never -v for timings
+# (docs/architecture.md, "Memory": every step waits for the device so the log can time it).
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+source "$here/gpu/env.sh"
+
+# ComfyUI's own log at INFO (model loads, partial offloads), through a sitecustomize.
+python_log() {
+  mkdir -p /tmp/pylog
+  printf 'import logging, sys\nlogging.basicConfig(level=logging.INFO, stream=sys.stderr, format="py %%(relativeCreated)d %%(name)s: %%(message)s")\n' > /tmp/pylog/sitecustomize.py
+  export PYTHONPATH=/tmp/pylog:/tmp/site
+}
+
+count() {
+  local f=$OUT/$1.txt
+  echo "== $1: $(grep -c 'Unloaded partially' "$f") partial offloads, $(grep -c 'Tried to unpin' "$f") unpin warnings," \
+    "$(grep -c "merged weights stay in host memory" "$f") hand-overs that left weights in host memory"
+}
+
+for set in "$@"; do
+  case $set in
+    loop12)
+      python_log
+      for limit in 12GiB 24GiB; do
+        TAILN=12 run "loop$limit" $B bench loop --repeat 3 --dir $D --device-memory $limit
+        count "loop$limit"
+      done
+      ;;
+    merge12)
+      m="bench merge --hold-base --repeat 3 --workloads w1,w2,w3 --dir $D"
+      TAILN=14 run merge $B $m
+      TAILN=14 run merge12 $B $m --device-memory 12GiB
+      ;;
+    reference)
+      TAILN=45 run loopref $B bench loop --repeat 3 --dir $D --reference "$here/gpupack" --reference-python /opt/torch/.venv/bin/python3
+      ;;
+    *)
+      echo "unknown measurement set '$set': use loop12, merge12 or reference" >&2
+      exit 2
+      ;;
+  esac
+done
