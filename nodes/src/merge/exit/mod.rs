@@ -320,11 +320,13 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             eval: &mut |chunk: &[String]| ev.model(root, chunk),
             // Results travel to host memory while the next chunk computes.
             install: &mut |chunk: &[String], done: Tensor| out_cell.borrow_mut().install(&a, chunk, &done),
-            // ComfyUI's models, loaded for sampling, may hold what the plan counted on
-            // (docs/architecture.md, "Memory").
-            outside: &mut |bytes| match (device.is_cuda(), engine.foreign_models()) {
+            // The caches' older entries or ComfyUI's models, loaded for sampling, may hold what
+            // the plan counted on (docs/architecture.md, "Memory"). ComfyUI's free_memory asks
+            // the caches first; without ComfyUI they are asked directly.
+            room: &mut |bytes| match (device.is_cuda(), engine.foreign_models()) {
+                (false, _) => 0,
                 (true, Some(f)) => f.make_room(bytes),
-                _ => 0,
+                (true, None) => engine.yield_device(bytes),
             },
             // Results kept on the device give way too: they go through host memory instead.
             free: &mut || engine.free_device_caches() + out_cell.borrow_mut().spill_to_host(),

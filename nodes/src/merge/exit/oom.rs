@@ -4,8 +4,9 @@
 //! failure costs the allocator a full release of its cached blocks); a key that does not fit on
 //! its own gets one more try after the engine's caches give up their device memory, and only
 //! then is an error, which names the key, what it needs and the limit to raise. Before any of
-//! that, the first failure of a run asks the models outside the merge (ComfyUI's, loaded for
-//! sampling) to give room, and retries the chunk as it was if they did.
+//! that, the first failure of a run asks for room for the chunk (the caches' least recently used
+//! entries, then the models ComfyUI is not using), and retries the chunk as it was if some came
+//! free.
 
 use tch::Tensor;
 
@@ -19,8 +20,8 @@ pub(crate) struct Shrink {
     divisor: usize,
     /// Whether the caches' device entries were given up already in this run.
     freed_caches: bool,
-    /// Whether the models outside the merge were asked for room already in this run.
-    asked_outside: bool,
+    /// Whether room was asked for already in this run.
+    asked_room: bool,
     /// Chunks that ran out of memory and were retried.
     pub(crate) retries: usize,
     /// Chunks computed.
@@ -32,7 +33,7 @@ pub(crate) struct Shrink {
 impl Shrink {
     /// No failure yet; `limit` names the memory the chunks run under (for messages).
     pub(crate) fn new(limit: String) -> Shrink {
-        Shrink { divisor: 1, freed_caches: false, asked_outside: false, retries: 0, chunks: 0, limit }
+        Shrink { divisor: 1, freed_caches: false, asked_room: false, retries: 0, chunks: 0, limit }
     }
 
     /// A chunk's size for a group planned at `batch` keys per chunk.
@@ -52,15 +53,15 @@ impl Shrink {
 /// Takes a chunk's result for its keys.
 type Install<'h> = &'h mut dyn FnMut(&[String], Tensor) -> Result<(), PackError>;
 
-/// The hooks a group's evaluation runs through: computing a chunk, taking its result, asking the
-/// models outside the merge for room, giving up the caches' device memory, and the user's
-/// interrupt.
+/// The hooks a group's evaluation runs through: computing a chunk, taking its result, asking for
+/// room, giving up the caches' device memory, and the user's interrupt.
 pub(crate) struct Hooks<'h> {
     pub(crate) eval: &'h mut dyn FnMut(&[String]) -> Result<Tensor, PackError>,
     pub(crate) install: Install<'h>,
-    /// Asks the models outside the merge to free about this many bytes of device memory;
-    /// returns what they freed.
-    pub(crate) outside: &'h mut dyn FnMut(u64) -> u64,
+    /// Makes about this many bytes of device memory free: the caches' least recently used
+    /// entries first, then (where ComfyUI runs) the models it is not using; returns what came
+    /// free.
+    pub(crate) room: &'h mut dyn FnMut(u64) -> u64,
     /// Drops the caches' device entries; returns their bytes.
     pub(crate) free: &'h mut dyn FnMut() -> u64,
     pub(crate) interrupted: &'h dyn Fn() -> bool,
@@ -70,7 +71,7 @@ pub(crate) struct Hooks<'h> {
 /// which needs about `per_key` bytes of working memory per key, handing every result to
 /// `hooks.install` in key order.
 pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mut Shrink, hooks: Hooks) -> Result<(), PackError> {
-    let Hooks { eval, install, outside, free, interrupted } = hooks;
+    let Hooks { eval, install, room, free, interrupted } = hooks;
     let mut rest = keys;
     while !rest.is_empty() {
         if interrupted() {
@@ -86,13 +87,13 @@ pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mu
             }
             Err(e) if e.is_out_of_memory() => {
                 shrink.retries += 1;
-                if !shrink.asked_outside {
-                    shrink.asked_outside = true;
-                    let freed = outside(per_key.saturating_mul(n as u64));
+                if !shrink.asked_room {
+                    shrink.asked_room = true;
+                    let freed = room(per_key.saturating_mul(n as u64));
                     if freed > 0 {
                         tracing::debug!(
-                            "device memory: a chunk of {n} keys did not fit under {}; the caches and the models ComfyUI \
-                             is not using gave back {}; retrying the chunk",
+                            "device memory: a chunk of {n} keys did not fit under {}; {} came free (the caches' older \
+                             entries first, then models ComfyUI is not using); retrying the chunk",
                             shrink.limit,
                             human(freed)
                         );
@@ -165,7 +166,7 @@ mod tests {
                     got.extend(Vec::<f32>::try_from(&t)?);
                     Ok(())
                 },
-                outside: &mut |_| 0,
+                room: &mut |_| 0,
                 free: &mut || {
                     frees += 1;
                     0
@@ -203,10 +204,10 @@ mod tests {
         assert_eq!((sizes, s.retries), (vec![4, 4], 2));
     }
 
-    /// ComfyUI's models held the memory: the first failure asks them for room (for the failed
+    /// The caches or ComfyUI's models held the memory: the first failure asks for room (the failed
     /// chunk's working memory), once per run, and the chunk is retried at its planned size.
     #[test]
-    fn the_first_failure_asks_the_models_outside_for_room_and_keeps_the_chunk_size() {
+    fn the_first_failure_asks_for_room_and_keeps_the_chunk_size() {
         let fits = std::cell::Cell::new(5);
         let (mut sizes, mut asked) = (Vec::new(), Vec::new());
         let mut s = Shrink::new("the 12.0 GiB device memory limit".into());
@@ -222,7 +223,7 @@ mod tests {
                         sizes.push(chunk.len());
                         Ok(())
                     },
-                    outside: &mut |bytes| {
+                    room: &mut |bytes| {
                         asked.push(bytes);
                         fits.set(16);
                         1 << 30
@@ -272,7 +273,7 @@ mod tests {
                     Err(PackError::from(Tensor::from_slice(&[1.0f32]).f_reshape([7]).unwrap_err()))
                 },
                 install: &mut |_, _| Ok(()),
-                outside: &mut |_| 0,
+                room: &mut |_| 0,
                 free: &mut || 0,
                 interrupted: &|| false,
             },
@@ -284,7 +285,7 @@ mod tests {
             2,
             1,
             &mut s,
-            Hooks { eval: &mut |c| compute(c, 4), install: &mut |_, _| Ok(()), outside: &mut |_| 0, free: &mut || 0, interrupted: &|| true },
+            Hooks { eval: &mut |c| compute(c, 4), install: &mut |_, _| Ok(()), room: &mut |_| 0, free: &mut || 0, interrupted: &|| true },
         );
         assert!(matches!(outcome, Err(PackError::Interrupted)));
     }
