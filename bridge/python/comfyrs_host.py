@@ -1262,19 +1262,27 @@ def _module_bytes(module):
 
 def _storage_unit(t):
     """A tensor's storage as (id, bytes), or None where it has none to name (then its bytes are
-    the value's own)."""
+    the value's own). Host and device addresses share one address space (CUDA's unified
+    addressing), so the address names a storage; the device kind is in the id all the same."""
     st = t.untyped_storage()
     ptr = st.data_ptr()
     if ptr == 0:
         return None
-    return (hash(("storage", str(t.device), ptr)) & _MASK, st.nbytes())
+    return (hash(("storage", ptr, t.is_cuda)) & _MASK, st.nbytes())
 
 
-def byte_size(obj, limit=200000):
+def byte_size(obj, limit=200000, modules=True):
     """(own bytes, [(unit id, bytes), ...]) of what `obj` holds: each tensor storage and each
     torch module (its parameters and buffers together) is a unit, named by its identity among
-    the objects alive, so the cache counts memory shared between values once."""
+    the objects alive, so the cache counts memory shared between values once. (`modules=False`
+    walks modules as plain objects: what `comfyrs bench bridge` compares with.)"""
     torch = _TORCH[0]
+    if type(obj) is torch.Tensor:  # an IMAGE, a MASK: most outputs that hold memory
+        try:
+            unit = _storage_unit(obj)
+        except Exception:
+            unit = None
+        return (obj.numel() * obj.element_size(), []) if unit is None else (0, [unit])
     own = 0
     units = {}
     seen_ids = set()
@@ -1299,7 +1307,7 @@ def byte_size(obj, limit=200000):
             else:
                 units[unit[0]] = unit[1]
             continue
-        if isinstance(o, torch.nn.Module):
+        if modules and isinstance(o, torch.nn.Module):
             units[hash(("module", oid)) & _MASK] = _module_bytes(o)
             continue
         if depth > 24:

@@ -7,6 +7,9 @@
 //!   it, minus the time the same Python function takes when Python calls it directly. The
 //!   difference is the bridge's overhead: the hand-off to the Python thread, the GIL, value
 //!   conversion, the host's bookkeeping and the result conversion (byte size included).
+//! - Sizing a MODEL: what measuring a model-like output costs when it crosses into Rust (a
+//!   patcher over a module of as many submodules as SDXL's UNet): its first time, again (the
+//!   module's size remembered), a clone of it, and walking its module as plain objects.
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,52 @@ class ComfyrsBenchNoop:
 
 nodes.NODE_CLASS_MAPPINGS["ComfyrsBenchNoop"] = ComfyrsBenchNoop
 _tensor = torch.zeros((1, 64, 64, 3))
+
+class _Patcher:
+    """The shape of ComfyUI's ModelPatcher as the sizing sees it: a module and dicts of patches."""
+    def __init__(self, model, patches=None):
+        self.model = model
+        self.patches = dict(patches or {})
+        self.backup = {}
+        self.object_patches = {}
+        self.model_options = {"transformer_options": {}}
+
+    def clone(self):
+        return _Patcher(self.model, self.patches)
+
+
+def _model_like(modules):
+    net = torch.nn.Module()
+    net.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(modules))
+    return _Patcher(net)
+
+
+def sizing(n, modules):
+    """Median seconds of sizing a model-like object: first, again, a clone with 64 patches, and
+    with modules walked as plain objects."""
+    import sys, time
+    size = sys.modules["comfyrs_host"].byte_size
+
+    def median(f, setup=lambda: None):
+        ts = []
+        for _ in range(n):
+            x = setup()
+            t = time.perf_counter()
+            f(x)
+            ts.append(time.perf_counter() - t)
+        ts.sort()
+        return ts[len(ts) // 2]
+
+    first = median(size, lambda: _model_like(modules))
+    p = _model_like(modules)
+    size(p)
+    again = median(lambda _: size(p))
+    patched = p.clone()
+    patched.patches = {f"blocks.{i}.weight": [(1.0, (torch.zeros(8, 8),), 1.0)] for i in range(64)}
+    clone = median(lambda c: size(c), patched.clone)
+    plain = median(lambda _: size(p, modules=False))
+    return first, again, clone, plain
+
 
 def direct(n):
     import time
@@ -70,11 +119,22 @@ pub struct BridgeBench {
     /// Median round trip of an empty job to the Python thread (part of the overhead; it depends
     /// on how busy the machine's cores are, since it is two thread wake-ups).
     pub handoff: Duration,
+    /// Sizing a model-like output of this many submodules (medians).
+    pub sizing_modules: usize,
+    /// Its first sizing (the module's size measured).
+    pub size_first: Duration,
+    /// Again (the module's size remembered).
+    pub size_again: Duration,
+    /// A clone of it with 64 patches of its own.
+    pub size_clone: Duration,
+    /// Walking its module as plain objects (how every output was sized before).
+    pub size_plain: Duration,
 }
 
 impl BridgeBench {
     pub fn to_json(&self) -> serde_json::Value {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let s = |d: Duration| d.as_secs_f64();
         json!({
             "start": {
@@ -93,6 +153,13 @@ impl BridgeBench {
                 "overhead_us": us(self.overhead),
                 "on_python_thread_us": us(self.on_python_thread),
                 "handoff_us": us(self.handoff),
+            },
+            "sizing": {
+                "modules": self.sizing_modules,
+                "first_ms": ms(self.size_first),
+                "again_ms": ms(self.size_again),
+                "clone_ms": ms(self.size_clone),
+                "plain_walk_ms": ms(self.size_plain),
             }
         })
     }
@@ -103,7 +170,8 @@ impl BridgeBench {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         format!(
             "bridge start: {:.0} ms total (interpreter {:.0} ms, import torch {:.0} ms, import ComfyUI {:.0} ms, load nodes {:.0} ms, schemas {:.0} ms; {} nodes)\n\
-             bridged call (median of {}): {:.1} us; Python function itself {:.2} us; overhead {:.1} us = work on the Python thread {:.1} us + thread hand-off (empty round trip {:.1} us)",
+             bridged call (median of {}): {:.1} us; Python function itself {:.2} us; overhead {:.1} us = work on the Python thread {:.1} us + thread hand-off (empty round trip {:.1} us)\n\
+             sizing a MODEL of {} modules: first {:.2} ms, again {:.3} ms, a clone {:.3} ms; walking its modules as plain objects {:.2} ms",
             ms(self.start_total),
             ms(self.python_init),
             ms(self.import_torch),
@@ -117,6 +185,11 @@ impl BridgeBench {
             us(self.overhead),
             us(self.on_python_thread),
             us(self.handoff),
+            self.sizing_modules,
+            ms(self.size_first),
+            ms(self.size_again),
+            ms(self.size_clone),
+            ms(self.size_plain),
         )
     }
 }
@@ -179,6 +252,12 @@ pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
     }
     let handoff = median(&mut trips);
 
+    // As many modules as SDXL's UNet has (docs/architecture.md, "Memory").
+    const MODULES: usize = 814;
+    let (first, again, clone, plain) = bridge
+        .with_python(|py| -> PyResult<(f64, f64, f64, f64)> { py.import("comfyrs_bench")?.call_method1("sizing", (21, MODULES))?.extract() })?
+        .map_err(|e| BridgeError::Python(e.to_string()))?;
+
     let r = bridge.report();
     Ok(BridgeBench {
         python_init: r.python_init,
@@ -194,6 +273,11 @@ pub fn run(bridge: &Bridge, calls: usize) -> Result<BridgeBench, BridgeError> {
         overhead: call.saturating_sub(python_function),
         on_python_thread,
         handoff,
+        sizing_modules: MODULES,
+        size_first: Duration::from_secs_f64(first),
+        size_again: Duration::from_secs_f64(again),
+        size_clone: Duration::from_secs_f64(clone),
+        size_plain: Duration::from_secs_f64(plain),
     })
 }
 

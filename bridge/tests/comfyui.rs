@@ -525,6 +525,8 @@ fn bench_overhead() {
     // BENCHMARKS.md): every part of the overhead was measured.
     assert!(b.overhead > std::time::Duration::ZERO, "{}", b.render());
     assert!(b.render().contains("bridged call (median of 2000)"), "{}", b.render());
+    assert!(b.render().contains("sizing a MODEL of 814 modules"), "{}", b.render());
+    assert!([b.size_first, b.size_again, b.size_clone, b.size_plain].iter().all(|d| !d.is_zero()), "{}", b.render());
 }
 
 /// Under `memory.device` the embedded ComfyUI is shown a card of the limit's size

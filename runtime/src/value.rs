@@ -91,18 +91,13 @@ impl Value {
         }
     }
 
-    /// Memory this value holds together with other values ([`Opaque::shared_bytes`]), each
-    /// piece once.
+    /// Appends the memory this value holds together with other values
+    /// ([`Opaque::shared_bytes`]) to `into`; a piece it holds twice appears twice (the cache's
+    /// `NodeResult` keeps each once).
     pub fn shared_bytes(&self, into: &mut Vec<SharedBytes>) {
         match self {
             Value::List(items) => items.iter().for_each(|v| v.shared_bytes(into)),
-            Value::Handle(h) => {
-                for s in h.shared_bytes() {
-                    if !into.iter().any(|x| x.id == s.id) {
-                        into.push(*s);
-                    }
-                }
-            }
+            Value::Handle(h) => into.extend_from_slice(h.shared_bytes()),
             _ => {}
         }
     }
