@@ -10,11 +10,20 @@
 #   merge12    `bench merge` W1-W3 and the slider changes, no limit and 12 GiB, no -v
 #   reference  the loop beside ComfyUI with the Python WIDEN pack (gpupack/), no limit
 #
-# Each run's whole output lands in $OUT/NAME.txt; the reply shows its end. Never -v for timings
-# (docs/architecture.md, "Memory": every step waits for the device so the log can time it).
+# Where gpu/before.xz exists (scripts/gpu-prepare.sh keeps the binary it replaced), loop12 and
+# merge12 run it too, in the same call, as NAME-before. Each run's whole output lands in
+# $OUT/NAME.txt; the reply shows its end. Never -v for timings (docs/architecture.md, "Memory":
+# every step waits for the device so the log can time it).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 source "$here/gpu/env.sh"
+# The binaries to measure: the new one, and the one before it where there is one.
+binaries=("$B")
+if [ -f "$G/before.xz" ]; then
+  test -x /tmp/comfyrs-before || unpack "$G/before.xz" /tmp/comfyrs-before
+  binaries+=(/tmp/comfyrs-before)
+fi
+suffix() { [ "$1" = "$B" ] && echo "" || echo "-before"; }
 
 # ComfyUI's own log at INFO (model loads, partial offloads), through a sitecustomize.
 python_log() {
@@ -34,14 +43,19 @@ for set in "$@"; do
     loop12)
       python_log
       for limit in 12GiB 24GiB; do
-        TAILN=12 run "loop$limit" $B bench loop --repeat 3 --dir $D --device-memory $limit
-        count "loop$limit"
+        for b in "${binaries[@]}"; do
+          name="loop$limit$(suffix "$b")"
+          TAILN=12 run "$name" "$b" bench loop --repeat 3 --dir $D --device-memory $limit
+          count "$name"
+        done
       done
       ;;
     merge12)
       m="bench merge --hold-base --repeat 3 --workloads w1,w2,w3 --dir $D"
-      TAILN=14 run merge $B $m
-      TAILN=14 run merge12 $B $m --device-memory 12GiB
+      for b in "${binaries[@]}"; do
+        TAILN=14 run "merge$(suffix "$b")" "$b" $m
+        TAILN=14 run "merge12$(suffix "$b")" "$b" $m --device-memory 12GiB
+      done
       ;;
     reference)
       TAILN=45 run loopref $B bench loop --repeat 3 --dir $D --reference "$here/gpupack" --reference-python /opt/torch/.venv/bin/python3

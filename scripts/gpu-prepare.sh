@@ -7,6 +7,8 @@
 #                      parts of under 64 MiB (install both, one call each, into /tmp/site)
 #   gpu/comfy.tar.xz   the ComfyUI checkout of COMFYUI_PATH (without its tests)
 #   gpu/comfyrs.xz     the comfyrs binary with the Python bridge, built for that machine
+#   gpu/before.xz      the binary of the previous run of this script, if there was one, which
+#                      scripts/gpu-measure.sh measures beside the new one
 #   gpu/env.sh         sourced by measurement scripts there: paths, LD_LIBRARY_PATH, run NAME CMD
 #   gpupack/           the Python WIDEN pack for `--reference` (from PACK_GIT, a clone or mirror)
 #
@@ -56,6 +58,7 @@ mkdir -p gpu gpubin
 tar -C "$COMFYUI_PATH" --exclude=./tests --exclude=./tests-unit --exclude=./temp --exclude=./.git \
   --exclude=./.github --exclude='*.pyc' --exclude=__pycache__ -cJf gpu/comfy.tar.xz .
 bash scripts/gpu-bridge-build.sh "$libpython" 3.12 /opt/torch/.venv/bin/python3 gpubin/comfyrs
+if [ -f gpu/comfyrs.xz ]; then mv gpu/comfyrs.xz gpu/before.xz; fi
 xz -T0 -6 -c gpubin/comfyrs > gpu/comfyrs.xz
 
 cat > gpu/env.sh <<'ENV'
