@@ -4,9 +4,10 @@
 #
 #   bash scripts/gpu-measure.sh SET [SET ...]
 #
-#   loop12     the full-size loop under a 12 GiB and a 24 GiB limit, with ComfyUI's INFO log:
-#              how often ComfyUI offloaded part of the UNet, its unpin warnings, and which path
-#              the Exit's hand-over took when the device was full (docs/architecture.md, "Memory")
+#   loop12     the full-size loop under a 12 GiB limit, with ComfyUI's INFO log: how often
+#              ComfyUI offloaded part of the UNet, its unpin warnings, and which path the Exit's
+#              hand-over took when the device was full (docs/architecture.md, "Memory")
+#   loop24     the same under 24 GiB
 #   merge12    `bench merge` W1-W3 and the slider changes, no limit and 12 GiB, no -v
 #   reference  the loop beside ComfyUI with the Python WIDEN pack (gpupack/), no limit
 #
@@ -40,9 +41,10 @@ count() {
 
 for set in "$@"; do
   case $set in
-    loop12)
+    loop12|loop24)
       python_log
-      for limit in 12GiB 24GiB; do
+      limit=${set#loop}GiB
+      for limit in $limit; do
         for b in "${binaries[@]}"; do
           name="loop$limit$(suffix "$b")"
           TAILN=12 run "$name" "$b" bench loop --repeat 3 --dir $D --device-memory $limit
@@ -61,7 +63,7 @@ for set in "$@"; do
       TAILN=45 run loopref $B bench loop --repeat 3 --dir $D --reference "$here/gpupack" --reference-python /opt/torch/.venv/bin/python3
       ;;
     *)
-      echo "unknown measurement set '$set': use loop12, merge12 or reference" >&2
+      echo "unknown measurement set '$set': use loop12, loop24, merge12 or reference" >&2
       exit 2
       ;;
   esac
