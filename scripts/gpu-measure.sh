@@ -44,12 +44,10 @@ for set in "$@"; do
     loop12|loop24)
       python_log
       limit=${set#loop}GiB
-      for limit in $limit; do
-        for b in "${binaries[@]}"; do
-          name="loop$limit$(suffix "$b")"
-          TAILN=12 run "$name" "$b" bench loop --repeat 3 --dir $D --device-memory $limit
-          count "$name"
-        done
+      for b in "${binaries[@]}"; do
+        name="loop$limit$(suffix "$b")"
+        TAILN=12 run "$name" "$b" bench loop --repeat 3 --dir $D --device-memory $limit
+        count "$name"
       done
       ;;
     merge12)

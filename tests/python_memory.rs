@@ -78,7 +78,8 @@ fn txt2img(dir: &Path, lora: bool) -> PathBuf {
     for id in ["20", "21", "22", "23"] {
         assert_eq!(nodes.remove(id).unwrap()["class_type"].as_str().unwrap().get(..5), Some("WIDEN"));
     }
-    let (model, clip) = if lora { ("30", "30") } else { ("4", "4") };
+    // The node the sampler and the text encoders take their MODEL and CLIP from.
+    let from = if lora { "30" } else { "4" };
     if lora {
         nodes.insert(
             "30".into(),
@@ -86,9 +87,9 @@ fn txt2img(dir: &Path, lora: bool) -> PathBuf {
                 "lora_name": "tiny_sd15_attn_lora.safetensors", "strength_model": 0.8, "strength_clip": 0.5}}),
         );
     }
-    nodes["3"]["inputs"]["model"] = json!([model, 0]);
-    nodes["6"]["inputs"]["clip"] = json!([clip, 1]);
-    nodes["7"]["inputs"]["clip"] = json!([clip, 1]);
+    nodes["3"]["inputs"]["model"] = json!([from, 0]);
+    nodes["6"]["inputs"]["clip"] = json!([from, 1]);
+    nodes["7"]["inputs"]["clip"] = json!([from, 1]);
     let p = dir.join(if lora { "lora.json" } else { "plain.json" });
     std::fs::write(&p, doc.to_string()).unwrap();
     p

@@ -25,6 +25,7 @@ import threading
 import time
 import traceback
 import types
+import weakref
 
 import _comfyrs  # the Rust side: progress(value, total) -> interrupted?, event(name, json)
 
@@ -1230,29 +1231,23 @@ _MASK = (1 << 64) - 1
 
 # Bytes of each module's parameters and buffers, by module: measured once (an SDXL UNet has
 # ~2,600 of them), since every clone of a model comes back with the same module.
-_MODULE_BYTES = None
+_MODULE_BYTES = weakref.WeakKeyDictionary()
 
 
 def _module_bytes(module):
-    global _MODULE_BYTES
-    if _MODULE_BYTES is None:
-        import weakref
-        _MODULE_BYTES = weakref.WeakKeyDictionary()
     try:
         return _MODULE_BYTES[module]
     except (KeyError, TypeError):
         pass
-    seen = set()
-    total = 0
+    units = {}
+    own = 0
     for t in list(module.parameters()) + list(module.buffers()):
-        try:
-            st = t.untyped_storage()
-            key = (st.data_ptr(), t.device)
-            if key not in seen:
-                seen.add(key)
-                total += st.nbytes()
-        except Exception:
-            total += t.numel() * t.element_size()
+        unit = _storage_unit(t)
+        if unit is None:
+            own += t.numel() * t.element_size()
+        else:
+            units[unit[0]] = unit[1]
+    total = own + sum(units.values())
     try:
         _MODULE_BYTES[module] = total
     except TypeError:
@@ -1264,8 +1259,11 @@ def _storage_unit(t):
     """A tensor's storage as (id, bytes), or None where it has none to name (then its bytes are
     the value's own). Host and device addresses share one address space (CUDA's unified
     addressing), so the address names a storage; the device kind is in the id all the same."""
-    st = t.untyped_storage()
-    ptr = st.data_ptr()
+    try:
+        st = t.untyped_storage()
+        ptr = st.data_ptr()
+    except Exception:
+        return None
     if ptr == 0:
         return None
     return (hash(("storage", ptr, t.is_cuda)) & _MASK, st.nbytes())
@@ -1278,10 +1276,7 @@ def byte_size(obj, limit=200000, modules=True):
     walks modules as plain objects: what `comfyrs bench bridge` compares with.)"""
     torch = _TORCH[0]
     if type(obj) is torch.Tensor:  # an IMAGE, a MASK: most outputs that hold memory
-        try:
-            unit = _storage_unit(obj)
-        except Exception:
-            unit = None
+        unit = _storage_unit(obj)
         return (obj.numel() * obj.element_size(), []) if unit is None else (0, [unit])
     own = 0
     units = {}
@@ -1298,10 +1293,7 @@ def byte_size(obj, limit=200000, modules=True):
             continue
         seen_ids.add(oid)
         if isinstance(o, torch.Tensor):
-            try:
-                unit = _storage_unit(o)
-            except Exception:
-                unit = None
+            unit = _storage_unit(o)
             if unit is None:
                 own += o.numel() * o.element_size()
             else:

@@ -132,13 +132,10 @@ impl OutputCache {
         if self.mode == CacheMode::None {
             return;
         }
-        // What this entry adds: its own bytes and the shared memory no cached result holds yet.
-        let new_shared: usize = result.shared.iter().filter(|s| !self.held.contains_key(&s.id)).map(|s| s.bytes).sum();
-        let bytes = result.bytes + new_shared;
         if result.total_bytes() as u64 > self.pool.limit(Place::Host) {
             return; // would evict everything and still not fit
         }
-        self.charge(&result);
+        let bytes = self.charge(&result);
         if let Some(old) = self.entries.put(sig, result) {
             self.release(&old);
         }
@@ -192,8 +189,8 @@ impl OutputCache {
     }
 
     /// Counts a result coming in: its own bytes, and each piece of shared memory that no other
-    /// cached result holds yet.
-    fn charge(&mut self, r: &NodeResult) {
+    /// cached result holds yet. Returns the host bytes it added.
+    fn charge(&mut self, r: &NodeResult) -> usize {
         let mut host = r.bytes;
         for s in &r.shared {
             let held = self.held.entry(s.id).or_insert((0, s.bytes));
@@ -205,6 +202,7 @@ impl OutputCache {
         self.stats.bytes += host;
         self.pool.charge(Place::Host, host as u64);
         self.pool.charge(Place::Device, r.device_bytes as u64);
+        host
     }
 
     /// Counts a result going: its own bytes, and the shared memory no other cached result holds.
