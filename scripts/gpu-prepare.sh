@@ -12,16 +12,17 @@
 #   gpu/env.sh         sourced by measurement scripts there: paths, LD_LIBRARY_PATH, run NAME CMD
 #   gpupack/           the Python WIDEN pack for `--reference` (from PACK_GIT, a clone or mirror)
 #
-#   scripts/gpu-prepare.sh LIBPYTHON_DIR [PACK_GIT [PACK_REV]]
+#   scripts/gpu-prepare.sh LIBPYTHON_DIR|stub [PACK_GIT [PACK_REV]]
 #
-# LIBPYTHON_DIR holds that machine's libpython3.12.so (copied back from it once; see
-# scripts/gpu-bridge-build.sh). On the machine, in the first call (carry .whlck), then the
+# LIBPYTHON_DIR holds that machine's libpython3.12.so (copied back from it once), or `stub`
+# builds against a stand-in made here (scripts/gpu-bridge-build.sh says how that works), so no
+# call to that machine is needed first. On the machine, in the first call (carry .whlck), then the
 # second (carry .whlav), before any call that runs ComfyUI:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 #     --target /tmp/site .whlck/*.whl     (then .whlav/*.whl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-libpython=${1:?usage: scripts/gpu-prepare.sh LIBPYTHON_DIR [PACK_GIT [PACK_REV]]}
+libpython=${1:?usage: scripts/gpu-prepare.sh LIBPYTHON_DIR|stub [PACK_GIT [PACK_REV]]}
 pack_git=${2:-}
 pack_rev=${3:-13b122f}
 : "${COMFYUI_PATH:?set COMFYUI_PATH to the ComfyUI checkout to measure with}"
