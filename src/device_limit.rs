@@ -6,7 +6,8 @@
 //! live within the limit.
 //!
 //! The CUDA context and whatever else is in use on the device when comfyrs starts count against
-//! the limit as they would on a card of that size: the allocator gets the limit less that.
+//! the limit as they would on a card of that size: the allocator gets the limit less that. Under
+//! the cap, large cached blocks are kept whole for the merge's chunks ([`SPLIT`]).
 
 use comfyrs_nodes::cuda::{device_memory, CudaRuntime, DeviceMemory};
 use comfyrs_nodes::merge::device_plan::human;
@@ -20,6 +21,16 @@ use crate::config::{Config, ConfigError};
 const VARS: [&str; 2] = ["PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"];
 
 const KEY: &str = "per_process_memory_fraction";
+
+/// Under a cap, blocks larger than this are not split for smaller tensors (libtorch's
+/// `max_split_size_mb`), unless the user's settings say how to place blocks themselves. With
+/// split blocks, a chunk's large working tensors found no piece big enough among the cached
+/// blocks, and the allocator had to give back every cached block and try again, or the chunk ran
+/// out of memory: a 12 GiB slider change of `bench merge` took 203-219 ms, 99 ms with this, and
+/// no chunk ran out of memory (docs/architecture.md, "Memory").
+const SPLIT: &str = "max_split_size_mb:512";
+/// Settings of the user's that decide block placement: with one of them, [`SPLIT`] stays out.
+const PLACEMENT: [&str; 2] = ["max_split_size_mb", "expandable_segments"];
 
 /// Caps libtorch's allocator at the configured device memory, for commands that compute. Call
 /// before libtorch allocates on the device, while no other thread of this program runs (the
@@ -93,13 +104,17 @@ fn allocator_fraction(limit: u64, memory: DeviceMemory) -> Result<Option<f64>, S
     Ok(Some((limit - in_use) as f64 / memory.total as f64))
 }
 
-/// The variable's new value with the cap, or `None` to leave a cap the user set there.
+/// The variable's new value with the cap (and [`SPLIT`] where the user's settings leave block
+/// placement open), or `None` to leave a cap the user set there.
 fn with_fraction(existing: Option<&str>, fraction: f64) -> Option<String> {
     if existing.is_some_and(|e| e.contains(KEY)) {
         return None;
     }
     // Rounded down, so the cap never exceeds the limit.
-    let ours = format!("{KEY}:{:.6}", (fraction * 1e6).floor() / 1e6);
+    let mut ours = format!("{KEY}:{:.6}", (fraction * 1e6).floor() / 1e6);
+    if !existing.is_some_and(|e| PLACEMENT.iter().any(|p| e.contains(p))) {
+        ours = format!("{SPLIT},{ours}");
+    }
     Some(match existing.map(str::trim).filter(|e| !e.is_empty()) {
         Some(e) => format!("{e},{ours}"),
         None => ours,
@@ -125,12 +140,18 @@ mod tests {
 
     #[test]
     fn the_users_settings_stay_and_their_own_cap_wins() {
-        assert_eq!(with_fraction(None, 0.25).as_deref(), Some("per_process_memory_fraction:0.250000"));
-        assert_eq!(with_fraction(Some(" "), 1.0 / 3.0).as_deref(), Some("per_process_memory_fraction:0.333333"));
+        assert_eq!(with_fraction(None, 0.25).as_deref(), Some("max_split_size_mb:512,per_process_memory_fraction:0.250000"));
+        assert_eq!(with_fraction(Some(" "), 1.0 / 3.0).as_deref(), Some("max_split_size_mb:512,per_process_memory_fraction:0.333333"));
+        assert_eq!(
+            with_fraction(Some("pinned_num_register_threads:8"), 0.5).as_deref(),
+            Some("pinned_num_register_threads:8,max_split_size_mb:512,per_process_memory_fraction:0.500000")
+        );
+        // The user's own block placement stays as it is.
         assert_eq!(
             with_fraction(Some("expandable_segments:True,pinned_num_register_threads:8"), 0.5).as_deref(),
             Some("expandable_segments:True,pinned_num_register_threads:8,per_process_memory_fraction:0.500000")
         );
+        assert_eq!(with_fraction(Some("max_split_size_mb:128"), 0.5).as_deref(), Some("max_split_size_mb:128,per_process_memory_fraction:0.500000"));
         assert_eq!(with_fraction(Some("per_process_memory_fraction:0.9"), 0.5), None);
     }
 }

@@ -234,18 +234,32 @@ def _yield_device_first(mm):
     mm.free_memory = free_memory
 
 
-def make_room(nbytes):
+def make_room(nbytes, origin=None):
     """Has ComfyUI make `nbytes` more device memory free (a merge ran out of it) through its own
     free_memory: comfyrs's caches give first, as for any free_memory, then ComfyUI offloads
-    models it is not using. Returns the bytes that came free."""
+    models it is not using. The models a merge over `origin` reads stay (`in_use`). Returns the
+    bytes that came free."""
     import torch
     import comfy.model_management as mm
     if not torch.cuda.is_available() or mm.cpu_mode():
         return 0
     device = mm.get_torch_device()
     before = mm.get_free_memory(device)
-    mm.free_memory(before + nbytes, device)
+    mm.free_memory(before + nbytes, device, keep_loaded=in_use(mm, origin))
     return max(0, int(mm.get_free_memory(device) - before))
+
+
+def in_use(mm, origin):
+    """ComfyUI's loaded models that share `origin`'s module: `origin` itself and its clones (an
+    earlier merge's result among them). A merge over `origin` reads its base weights from that
+    module, so offloading it to make room for the merge made every chunk read its base from host
+    memory, and ComfyUI load the whole model again to sample (seconds on a 12 GiB card)."""
+    found = _as_patcher(origin) if origin is not None else None
+    if found is None:
+        return []
+    module = found[0].model
+    return [lm for lm in list(getattr(mm, "current_loaded_models", []))
+            if getattr(getattr(lm, "model", None), "model", None) is module]
 
 
 def _install_server_stand_in():
@@ -1463,7 +1477,7 @@ def model_with_weights(obj, keys, tensors):
             for k, t in zip(keys, tensors):
                 current = comfy.utils.get_attr(m.model, k)
                 if t.device != current.device or t.dtype != current.dtype:
-                    t = _moved(t, current, tensors[len(placed):])
+                    t = _moved(t, current, tensors[len(placed):], obj)
                     left += t.device != current.device
                 p = torch.nn.Parameter(t, requires_grad=False)
                 p._comfyrs_token = uuid.uuid4().hex
@@ -1482,10 +1496,11 @@ def model_with_weights(obj, keys, tensors):
     return m
 
 
-def _moved(t, like, rest):
+def _moved(t, like, rest, origin=None):
     """`t` on `like`'s device and in its dtype. Out of device memory (the merge's results came
     through host memory because ComfyUI's models held the device), ComfyUI makes room for what
-    is left to move, once, and the copy is tried again; if it still fails, the weight stays in
+    is left to move (keeping `origin`'s module, which takes the weights), once, and the copy is
+    tried again; if it still fails, the weight stays in
     host memory in `like`'s dtype, and ComfyUI moves it with the module when it loads the model
     (or casts it per layer when it loads part of it): slower, never a failed hand-over."""
     import torch
@@ -1494,7 +1509,7 @@ def _moved(t, like, rest):
     except torch.OutOfMemoryError:
         need = sum(x.numel() for x in rest) * like.element_size()
         logging.debug("comfyrs: out of device memory handing over merged weights; asking ComfyUI for %.2f GiB", need / 2**30)
-        make_room(need)
+        make_room(need, origin)
     try:
         return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
     except torch.OutOfMemoryError:

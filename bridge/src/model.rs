@@ -118,14 +118,22 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
 }
 
 /// Has ComfyUI offload models it is not using until about `bytes` more device memory are free
-/// (its own `free_memory`), for a merge that ran out of device memory while ComfyUI's models
-/// held it (docs/architecture.md, "Memory"); returns the bytes that came free. 0 without a
-/// running bridge or a GPU.
-pub fn make_room(bytes: u64) -> u64 {
+/// (its own `free_memory`), for a merge over `origin` that ran out of device memory while
+/// ComfyUI's models held it (docs/architecture.md, "Memory"); returns the bytes that came free.
+/// The models sharing `origin`'s weights stay loaded: the merge reads its base from them, and
+/// the sampler takes its result from them next. 0 without a running bridge or a GPU.
+pub fn make_room(origin: Option<&Value>, bytes: u64) -> u64 {
     let Some(bridge) = Bridge::running() else { return 0 };
     let shared = bridge.shared();
+    let origin = origin.filter(|v| python_model(v).is_some()).cloned();
     bridge
-        .with_python(|py| shared.host(py).call_method1("make_room", (bytes,)).and_then(|r| r.extract::<u64>()).map_err(|e| e.to_string()))
+        .with_python(move |py| {
+            let obj = match &origin {
+                Some(Value::Handle(h)) => h.as_any().downcast_ref::<PyHandle>().map(|ph| ph.object().bind(py).clone().unbind()),
+                _ => None,
+            };
+            shared.host(py).call_method1("make_room", (bytes, obj)).and_then(|r| r.extract::<u64>()).map_err(|e| e.to_string())
+        })
         .map_err(|e| e.to_string())
         .and_then(|r| r)
         .unwrap_or_else(|e| {

@@ -631,6 +631,17 @@ def check():
     like = torch.zeros(2, dtype=torch.float16)
     assert host._moved(Full(), like, [torch.zeros(4)]) == ("host", torch.float16)
     assert Full.tries == 3, Full.tries
+    # A merge asking for room keeps loaded what it reads: the origin's patcher and its clones
+    # (one module), not other models, and nothing for an origin that is not a MODEL.
+    def patcher(module):
+        return types.SimpleNamespace(model=module, model_state_dict=lambda: {})
+    unet, other_unet = types.SimpleNamespace(diffusion_model=1), types.SimpleNamespace(diffusion_model=2)
+    origin = patcher(unet)
+    loaded = [types.SimpleNamespace(model=p) for p in (patcher(other_unet), patcher(unet), origin)]
+    loaded.append(types.SimpleNamespace(model=None))  # a model ComfyUI let go of
+    mm = types.SimpleNamespace(current_loaded_models=loaded)
+    assert [id(m) for m in host.in_use(mm, origin)] == [id(loaded[1]), id(loaded[2])]
+    assert host.in_use(mm, None) == [] and host.in_use(mm, 42) == []
 "#,
             )
             .unwrap();
@@ -642,5 +653,5 @@ def check():
     assert_eq!(*asked.lock().unwrap(), vec![2u64 << 30], "asked once, for the 2 GiB missing");
     // The other way (a merge out of device memory asking ComfyUI to offload): nothing to free
     // without a GPU, and no error.
-    assert_eq!(comfyrs_bridge::model::make_room(1 << 30), 0);
+    assert_eq!(comfyrs_bridge::model::make_room(None, 1 << 30), 0);
 }

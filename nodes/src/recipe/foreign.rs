@@ -35,8 +35,9 @@ pub trait ForeignModels: Send + Sync {
     /// CPU tensors, shared not copied) replacing its weights.
     fn with_weights(&self, origin: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String>;
     /// Has the provider's own models give up about `bytes` of device memory (ComfyUI offloading
-    /// a model it is not using), for a merge that ran out of it; returns the bytes it freed.
-    fn make_room(&self, _bytes: u64) -> u64 {
+    /// a model it is not using), for a merge over `origin` that ran out of it; the models that
+    /// share `origin`'s weights stay. Returns the bytes it freed.
+    fn make_room(&self, _origin: Option<&Value>, _bytes: u64) -> u64 {
         0
     }
 }
@@ -50,7 +51,7 @@ pub struct ForeignFns {
     pub state_dict: fn(&Value) -> Option<Result<ForeignWeights, String>>,
     pub prepare: fn(&Value) -> Result<(), String>,
     pub with_weights: fn(&Value, &IndexMap<String, tch::Tensor>) -> Result<Value, String>,
-    pub make_room: fn(u64) -> u64,
+    pub make_room: fn(Option<&Value>, u64) -> u64,
 }
 
 impl ForeignModels for ForeignFns {
@@ -72,7 +73,7 @@ impl ForeignModels for ForeignFns {
     fn with_weights(&self, origin: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result<Value, String> {
         (self.with_weights)(origin, merged)
     }
-    fn make_room(&self, bytes: u64) -> u64 {
-        (self.make_room)(bytes)
+    fn make_room(&self, origin: Option<&Value>, bytes: u64) -> u64 {
+        (self.make_room)(origin, bytes)
     }
 }

@@ -320,13 +320,14 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
             eval: &mut |chunk: &[String]| ev.model(root, chunk),
             // Results travel to host memory while the next chunk computes.
             install: &mut |chunk: &[String], done: Tensor| out_cell.borrow_mut().install(&a, chunk, &done),
-            // The caches' older entries or ComfyUI's models, loaded for sampling, may hold what
-            // the plan counted on (docs/architecture.md, "Memory"). ComfyUI's free_memory asks
-            // the caches first; without ComfyUI they are asked directly.
+            // ComfyUI's models, loaded for sampling after the plan was measured, may hold what
+            // it counted on (docs/architecture.md, "Memory"): ComfyUI's free_memory asks the
+            // caches first, then offloads what it is not using; the model this merge reads stays.
+            // Without ComfyUI nothing is asked: the caches' entries are what the run reads next,
+            // and halving the chunk costs less than recomputing them (measured).
             room: &mut |bytes| match (device.is_cuda(), engine.foreign_models()) {
-                (false, _) => 0,
-                (true, Some(f)) => f.make_room(bytes),
-                (true, None) => engine.yield_device(bytes),
+                (true, Some(f)) => f.make_room(base_model.foreign_origin(), bytes),
+                _ => 0,
             },
             // Results kept on the device give way too: they go through host memory instead.
             free: &mut || engine.free_device_caches() + out_cell.borrow_mut().spill_to_host(),

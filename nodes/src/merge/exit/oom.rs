@@ -4,9 +4,9 @@
 //! failure costs the allocator a full release of its cached blocks); a key that does not fit on
 //! its own gets one more try after the engine's caches give up their device memory, and only
 //! then is an error, which names the key, what it needs and the limit to raise. Before any of
-//! that, the first failure of a run asks for room for the chunk (the caches' least recently used
-//! entries, then the models ComfyUI is not using), and retries the chunk as it was if some came
-//! free.
+//! that, the first failure of a run where ComfyUI runs asks it for room for the chunk (the
+//! caches' least recently used entries, then the models ComfyUI is not using, never the one the
+//! merge reads), and retries the chunk as it was if some came free.
 
 use tch::Tensor;
 
@@ -58,9 +58,9 @@ type Install<'h> = &'h mut dyn FnMut(&[String], Tensor) -> Result<(), PackError>
 pub(crate) struct Hooks<'h> {
     pub(crate) eval: &'h mut dyn FnMut(&[String]) -> Result<Tensor, PackError>,
     pub(crate) install: Install<'h>,
-    /// Makes about this many bytes of device memory free: the caches' least recently used
-    /// entries first, then (where ComfyUI runs) the models it is not using; returns what came
-    /// free.
+    /// Makes about this many bytes of device memory free where ComfyUI runs: the caches' least
+    /// recently used entries first, then the models it is not using; returns what came free
+    /// (0: nothing was asked).
     pub(crate) room: &'h mut dyn FnMut(u64) -> u64,
     /// Drops the caches' device entries; returns their bytes.
     pub(crate) free: &'h mut dyn FnMut() -> u64,
