@@ -1500,9 +1500,10 @@ def _moved(t, like, rest, origin=None):
     """`t` on `like`'s device and in its dtype. Out of device memory (the merge's results came
     through host memory because ComfyUI's models held the device), ComfyUI makes room for what
     is left to move (keeping `origin`'s module, which takes the weights), once, and the copy is
-    tried again; if it still fails, the weight stays in
-    host memory in `like`'s dtype, and ComfyUI moves it with the module when it loads the model
-    (or casts it per layer when it loads part of it): slower, never a failed hand-over."""
+    tried again; if it still fails, the weight stays in host memory in `like`'s dtype for
+    ComfyUI to move when it loads the model. That last resort is known to fail where the model
+    had been partly offloaded (the sampler found the weight on the CPU; docs/architecture.md,
+    "Memory"): keeping the base's module loaded is what keeps a merge from getting here."""
     import torch
     try:
         return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
