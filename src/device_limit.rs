@@ -64,7 +64,9 @@ pub fn apply(config: &Config) -> Result<(), ConfigError> {
         tracing::warn!("{user} already sets {KEY}: libtorch's allocator keeps that cap, and merges plan within memory.device {}", human(limit));
         return Ok(());
     }
-    match with_fraction(std::env::var(var).ok().as_deref(), fraction) {
+    // Block placement the user chose in the other variable stays theirs too.
+    let placed = std::env::var(VARS[0]).is_ok_and(|e| places_blocks(&e));
+    match with_fraction(std::env::var(var).ok().as_deref(), fraction, !placed) {
         Some(value) => {
             // Sound: see the function's contract (called at the top of `main`, before logging
             // threads, tokio, Python or libtorch's own threads exist).
@@ -104,15 +106,20 @@ fn allocator_fraction(limit: u64, memory: DeviceMemory) -> Result<Option<f64>, S
     Ok(Some((limit - in_use) as f64 / memory.total as f64))
 }
 
-/// The variable's new value with the cap (and [`SPLIT`] where the user's settings leave block
-/// placement open), or `None` to leave a cap the user set there.
-fn with_fraction(existing: Option<&str>, fraction: f64) -> Option<String> {
+/// Whether the settings `conf` decide block placement ([`PLACEMENT`]).
+fn places_blocks(conf: &str) -> bool {
+    PLACEMENT.iter().any(|p| conf.contains(p))
+}
+
+/// The variable's new value with the cap (and, with `split`, [`SPLIT`] where its settings leave
+/// block placement open), or `None` to leave a cap the user set there.
+fn with_fraction(existing: Option<&str>, fraction: f64, split: bool) -> Option<String> {
     if existing.is_some_and(|e| e.contains(KEY)) {
         return None;
     }
     // Rounded down, so the cap never exceeds the limit.
     let mut ours = format!("{KEY}:{:.6}", (fraction * 1e6).floor() / 1e6);
-    if !existing.is_some_and(|e| PLACEMENT.iter().any(|p| e.contains(p))) {
+    if split && !existing.is_some_and(places_blocks) {
         ours = format!("{SPLIT},{ours}");
     }
     Some(match existing.map(str::trim).filter(|e| !e.is_empty()) {
@@ -140,18 +147,21 @@ mod tests {
 
     #[test]
     fn the_users_settings_stay_and_their_own_cap_wins() {
-        assert_eq!(with_fraction(None, 0.25).as_deref(), Some("max_split_size_mb:512,per_process_memory_fraction:0.250000"));
-        assert_eq!(with_fraction(Some(" "), 1.0 / 3.0).as_deref(), Some("max_split_size_mb:512,per_process_memory_fraction:0.333333"));
+        assert_eq!(with_fraction(None, 0.25, true).as_deref(), Some("max_split_size_mb:512,per_process_memory_fraction:0.250000"));
+        assert_eq!(with_fraction(Some(" "), 1.0 / 3.0, true).as_deref(), Some("max_split_size_mb:512,per_process_memory_fraction:0.333333"));
         assert_eq!(
-            with_fraction(Some("pinned_num_register_threads:8"), 0.5).as_deref(),
+            with_fraction(Some("pinned_num_register_threads:8"), 0.5, true).as_deref(),
             Some("pinned_num_register_threads:8,max_split_size_mb:512,per_process_memory_fraction:0.500000")
         );
         // The user's own block placement stays as it is.
         assert_eq!(
-            with_fraction(Some("expandable_segments:True,pinned_num_register_threads:8"), 0.5).as_deref(),
+            with_fraction(Some("expandable_segments:True,pinned_num_register_threads:8"), 0.5, true).as_deref(),
             Some("expandable_segments:True,pinned_num_register_threads:8,per_process_memory_fraction:0.500000")
         );
-        assert_eq!(with_fraction(Some("max_split_size_mb:128"), 0.5).as_deref(), Some("max_split_size_mb:128,per_process_memory_fraction:0.500000"));
-        assert_eq!(with_fraction(Some("per_process_memory_fraction:0.9"), 0.5), None);
+        assert_eq!(with_fraction(Some("max_split_size_mb:128"), 0.5, true).as_deref(), Some("max_split_size_mb:128,per_process_memory_fraction:0.500000"));
+        assert_eq!(with_fraction(Some("per_process_memory_fraction:0.9"), 0.5, true), None);
+        // Placement chosen in the other variable.
+        assert_eq!(with_fraction(None, 0.5, false).as_deref(), Some("per_process_memory_fraction:0.500000"));
+        assert!(places_blocks("expandable_segments:True") && !places_blocks("pinned_num_register_threads:8"));
     }
 }
