@@ -243,7 +243,10 @@ def make_room(nbytes, origin=None):
     import comfy.model_management as mm
     if not torch.cuda.is_available() or mm.cpu_mode():
         return 0
-    device = mm.get_torch_device()
+    return _make_room(mm, mm.get_torch_device(), nbytes, origin)
+
+
+def _make_room(mm, device, nbytes, origin):
     before = mm.get_free_memory(device)
     mm.free_memory(before + nbytes, device, keep_loaded=in_use(mm, origin))
     return max(0, int(mm.get_free_memory(device) - before))

@@ -642,6 +642,16 @@ def check():
     mm = types.SimpleNamespace(current_loaded_models=loaded)
     assert [id(m) for m in host.in_use(mm, origin)] == [id(loaded[1]), id(loaded[2])]
     assert host.in_use(mm, None) == [] and host.in_use(mm, 42) == []
+    # make_room asks ComfyUI's free_memory for that much more, keeping those loaded.
+    free = [10 << 30]
+    asked = []
+    def free_memory(required, device, keep_loaded=()):
+        asked.append((required, [id(m) for m in keep_loaded]))
+        free[0] = required
+    mm.free_memory = free_memory
+    mm.get_free_memory = lambda device=None: free[0]
+    assert host._make_room(mm, gpu, 1 << 30, origin) == 1 << 30
+    assert asked == [(11 << 30, [id(loaded[1]), id(loaded[2])])], asked
 "#,
             )
             .unwrap();
