@@ -123,21 +123,17 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
 /// The models sharing `origin`'s weights stay loaded: the merge reads its base from them, and
 /// the sampler takes its result from them next. 0 without a running bridge or a GPU.
 pub fn make_room(origin: Option<&Value>, bytes: u64) -> u64 {
-    let Some(bridge) = Bridge::running() else { return 0 };
-    let shared = bridge.shared();
-    let origin = origin.filter(|v| python_model(v).is_some()).cloned();
-    bridge
-        .with_python(move |py| {
-            let obj = match &origin {
-                Some(Value::Handle(h)) => h.as_any().downcast_ref::<PyHandle>().map(|ph| ph.object().bind(py).clone().unbind()),
-                _ => None,
-            };
-            shared.host(py).call_method1("make_room", (bytes, obj)).and_then(|r| r.extract::<u64>()).map_err(|e| e.to_string())
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
-        .unwrap_or_else(|e| {
-            tracing::debug!("device memory: asking ComfyUI to make room failed: {e}");
-            0
-        })
+    let ask = move |host: &Bound<'_, PyModule>, obj: Option<&Bound<'_, PyAny>>| host.call_method1("make_room", (bytes, obj))?.extract::<u64>();
+    let freed = match origin.and_then(python_model) {
+        Some((bridge, v)) => with_object(&bridge, v, |_py, host, obj| ask(host, Some(obj))),
+        None => {
+            let Some(bridge) = Bridge::running() else { return 0 };
+            let shared = bridge.shared();
+            bridge.with_python(move |py| ask(shared.host(py), None).map_err(|e| BridgeError::Python(format_py_err(py, &e)))).and_then(|r| r)
+        }
+    };
+    freed.unwrap_or_else(|e| {
+        tracing::debug!("device memory: asking ComfyUI to make room failed: {e}");
+        0
+    })
 }
