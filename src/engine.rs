@@ -297,15 +297,24 @@ fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &Arc<MergeEngine>) ->
         make_room: comfyrs_bridge::model::make_room,
     }));
     bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
-    // ComfyUI makes room on the device from the WIDEN caches before it offloads a model
-    // (docs/architecture.md, "Memory"). Weak: the interpreter outlives an engine.
+    // ComfyUI makes room on the device from comfyrs's memory before it offloads a model
+    // (docs/architecture.md, "Memory"): first the merged models of earlier slider positions
+    // that only the outputs cache keeps (the budget asks it), then the WIDEN caches. Weak: the
+    // interpreter outlives an engine.
     let weak = Arc::downgrade(merge);
     bridge
         .on_device_pressure(move |bytes| {
-            let freed = weak.upgrade().map_or(0, |m| m.yield_device(bytes));
+            let Some(m) = weak.upgrade() else { return 0 };
+            let outputs = m.budget().give_device(bytes);
+            let caches = m.yield_device(bytes.saturating_sub(outputs));
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-            tracing::debug!("device memory: ComfyUI needed {:.2} GiB more for a model load or a decode; the WIDEN caches gave back {:.2} GiB", gib(bytes), gib(freed));
-            freed
+            tracing::debug!(
+                "device memory: ComfyUI needed {:.2} GiB more for a model load, a decode or a merge; earlier results gave back {:.2} GiB and the WIDEN caches {:.2} GiB",
+                gib(bytes),
+                gib(outputs),
+                gib(caches)
+            );
+            outputs + caches
         })
         .context("cannot install the device memory handler in the embedded ComfyUI")?;
     // The WIDEN Report's picture, for Python's image nodes (SaveImage, PreviewImage).

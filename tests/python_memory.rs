@@ -1,8 +1,8 @@
 //! The embedded ComfyUI's memory as the binary's engine deals with it (docs/architecture.md,
 //! "Memory"): the outputs cache counts a model's weights once however many clones of it the
-//! workflow makes, and ComfyUI asks the WIDEN caches for device memory before it offloads a
-//! model (the bridge's own tests install a handler of their own; this one fails if the binary
-//! stops installing the engine's).
+//! workflow makes, and ComfyUI asks the engine's memory (earlier results, then the WIDEN caches)
+//! for device memory before it offloads a model (the bridge's own tests install a handler of
+//! their own; this one fails if the binary stops installing the engine's).
 #![cfg(feature = "python")]
 
 mod common;
@@ -64,7 +64,7 @@ fn comfyui_asks_the_engines_caches_before_it_offloads_a_model() {
     assert_eq!(doc["files"][0]["outputs"]["1"]["text"], json!(["wrapped=True given=0"]), "{doc}");
     // The handler is the engine's: its log line names the request.
     assert!(
-        log.lines().any(|l| l.contains("ComfyUI needed 0.00 GiB more") && l.contains("the WIDEN caches gave back 0.00 GiB")),
+        log.lines().any(|l| l.contains("ComfyUI needed 0.00 GiB more") && l.contains("earlier results gave back 0.00 GiB and the WIDEN caches 0.00 GiB")),
         "the engine's handler did not answer:\n{log}"
     );
 }

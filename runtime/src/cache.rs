@@ -1,13 +1,13 @@
 //! The outputs cache: node results keyed by signature, bounded by bytes.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use lru::LruCache;
 use serde_json::{Map, Value as Json};
 
-use crate::memory::{MemoryBudget, Place, Pool};
+use crate::memory::{GivesDevice, MemoryBudget, Place, Pool};
 use crate::signature::Signature;
 use crate::value::{SharedBytes, Value};
 
@@ -76,19 +76,27 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
+/// Node results kept across prompts. Its entries sit behind a lock of their own so that the
+/// budget can ask it, from another thread, to let go of results that keep device memory (an old
+/// merged model while ComfyUI loads the one it samples with; [`GivesDevice`]); the executor
+/// that owns it is the only other user, so the lock is never contended for long.
 pub struct OutputCache {
     mode: CacheMode,
+    /// Minimum available system memory to keep in `RamPressure` mode.
+    headroom: usize,
+    last_memory_check: Option<Instant>,
+    entries: Arc<Mutex<Entries>>,
+}
+
+struct Entries {
     /// Its share of the engine's memory budget: it evicts while the budget as a whole is over
     /// its host limit.
     pool: Pool,
-    /// Minimum available system memory to keep in `RamPressure` mode.
-    headroom: usize,
-    entries: LruCache<Signature, Arc<NodeResult>>,
+    lru: LruCache<Signature, Arc<NodeResult>>,
     /// Memory held by several results, counted once: by its id, how many entries hold it and
     /// its bytes.
     held: HashMap<u64, (usize, usize)>,
     stats: CacheStats,
-    last_memory_check: Option<Instant>,
 }
 
 impl OutputCache {
@@ -97,16 +105,25 @@ impl OutputCache {
         Self::with_pool(mode, MemoryBudget::new(max_bytes as u64, 0).pool("outputs"))
     }
 
-    /// A cache counted in `pool` (the engine's budget, shared with its other caches).
+    /// A cache counted in `pool` (the engine's budget, shared with its other caches), which the
+    /// budget can ask for device memory ([`MemoryBudget::give_device`]).
     pub fn with_pool(mode: CacheMode, pool: Pool) -> Self {
         let total = system_memory().map(|m| m.total).unwrap_or(8 << 30);
         // ComfyUI's active headroom: 10% of RAM, clamped to 2..10 GB.
         let headroom = (total / 10).clamp(2 << 30, 10 << 30).min(total / 2);
-        OutputCache { mode, pool, headroom, entries: LruCache::unbounded(), held: HashMap::new(), stats: CacheStats::default(), last_memory_check: None }
+        let budget = pool.budget().clone();
+        let entries = Arc::new(Mutex::new(Entries { pool, lru: LruCache::unbounded(), held: HashMap::new(), stats: CacheStats::default() }));
+        let giver: Arc<dyn GivesDevice> = entries.clone();
+        budget.add_device_giver(Arc::downgrade(&giver));
+        OutputCache { mode, headroom, last_memory_check: None, entries }
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pool(&self) -> Pool {
+        self.lock().pool.clone()
     }
 
     pub fn mode(&self) -> CacheMode {
@@ -115,43 +132,58 @@ impl OutputCache {
 
     /// Looks up a result, counting the hit or miss and marking it recently used.
     pub fn get(&mut self, sig: &Signature) -> Option<Arc<NodeResult>> {
-        let r = self.entries.get(sig).cloned();
+        let mut e = self.lock();
+        let r = e.lru.get(sig).cloned();
         if r.is_some() {
-            self.stats.hits += 1;
+            e.stats.hits += 1;
         } else {
-            self.stats.misses += 1;
+            e.stats.misses += 1;
         }
         r
     }
 
     pub fn contains(&self, sig: &Signature) -> bool {
-        self.entries.contains(sig)
+        self.lock().lru.contains(sig)
     }
 
     pub fn insert(&mut self, sig: Signature, result: Arc<NodeResult>) {
         if self.mode == CacheMode::None {
             return;
         }
-        if result.total_bytes() as u64 > self.pool.limit(Place::Host) {
-            return; // would evict everything and still not fit
-        }
-        let bytes = self.charge(&result);
-        if let Some(old) = self.entries.put(sig, result) {
-            self.release(&old);
-        }
-        while self.pool.excess(Place::Host) > 0 && !self.entries.is_empty() {
-            self.evict_one();
-        }
-        // Device memory: older entries holding some go first; the most recent of them stays, as
-        // the model a sampler is about to use (a merge's other caches give way to it by their own
-        // rules).
-        while self.pool.excess(Place::Device) > 0 && self.evict_one_on_device() {}
+        // What leaves the cache is dropped after the lock is let go: a result can be a Python
+        // object, and nothing else should wait on the cache while it goes.
+        let mut gone = Vec::new();
+        let bytes = {
+            let mut e = self.lock();
+            if result.total_bytes() as u64 > e.pool.limit(Place::Host) {
+                return; // would evict everything and still not fit
+            }
+            let bytes = e.charge(&result);
+            if let Some(old) = e.lru.put(sig, result) {
+                e.release(&old);
+                gone.push(old);
+            }
+            while e.pool.excess(Place::Host) > 0 && !e.lru.is_empty() {
+                gone.extend(e.evict_one());
+            }
+            // Device memory: older entries holding some go first; the most recent of them
+            // stays, as the model a sampler is about to use (a merge's other caches give way to
+            // it by their own rules).
+            while e.pool.excess(Place::Device) > 0 {
+                match e.evict_one_on_device() {
+                    Some(old) => gone.push(old),
+                    None => break,
+                }
+            }
+            bytes
+        };
         if self.mode == CacheMode::RamPressure && self.should_check_memory(bytes) {
-            while !self.entries.is_empty() && system_memory().is_some_and(|m| m.available < self.headroom) {
-                self.evict_one();
+            while system_memory().is_some_and(|m| m.available < self.headroom) {
+                let Some(old) = self.lock().evict_one() else { break };
+                drop(old);
             }
         }
-        self.stats.entries = self.entries.len();
+        drop(gone);
     }
 
     fn should_check_memory(&mut self, bytes: usize) -> bool {
@@ -166,26 +198,50 @@ impl OutputCache {
         }
     }
 
-    fn evict_one(&mut self) {
-        if let Some((_, old)) = self.entries.pop_lru() {
-            self.forget(&old);
-        }
-        self.stats.entries = self.entries.len();
+    pub fn clear(&mut self) {
+        let gone = {
+            let mut e = self.lock();
+            let device: usize = e.lru.iter().map(|(_, r)| r.device_bytes).sum();
+            let gone: Vec<_> = std::iter::from_fn(|| e.lru.pop_lru().map(|(_, r)| r)).collect();
+            e.held.clear();
+            let host = e.stats.bytes as u64;
+            e.pool.release(Place::Host, host);
+            e.pool.release(Place::Device, device as u64);
+            e.stats.bytes = 0;
+            gone
+        };
+        drop(gone);
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let e = self.lock();
+        CacheStats { entries: e.lru.len(), ..e.stats }
+    }
+}
+
+impl Entries {
+    /// Evicts the least recently used entry and returns it.
+    fn evict_one(&mut self) -> Option<Arc<NodeResult>> {
+        let (_, old) = self.lru.pop_lru()?;
+        self.forget(&old);
+        Some(old)
     }
 
     /// Evicts the least recently used entry that holds device memory, other than the most
-    /// recently used of them; whether there was one.
-    fn evict_one_on_device(&mut self) -> bool {
+    /// recently used of them, and returns it.
+    fn evict_one_on_device(&mut self) -> Option<Arc<NodeResult>> {
         // (`iter` runs from the most recently used.)
-        let mut holding = self.entries.iter().filter(|(_, r)| r.device_bytes > 0).map(|(s, _)| *s);
+        let mut holding = self.lru.iter().filter(|(_, r)| r.device_bytes > 0).map(|(s, _)| *s);
         let (Some(_newest), Some(sig)) = (holding.next(), holding.next_back()) else {
-            return false;
+            return None;
         };
-        if let Some(old) = self.entries.pop(&sig) {
-            self.forget(&old);
-        }
-        self.stats.entries = self.entries.len();
-        true
+        self.remove(&sig)
+    }
+
+    fn remove(&mut self, sig: &Signature) -> Option<Arc<NodeResult>> {
+        let old = self.lru.pop(sig)?;
+        self.forget(&old);
+        Some(old)
     }
 
     /// Counts a result coming in: its own bytes, and each piece of shared memory that no other
@@ -226,19 +282,34 @@ impl OutputCache {
         self.release(old);
         self.stats.evictions += 1;
     }
+}
 
-    pub fn clear(&mut self) {
-        let device: usize = self.entries.iter().map(|(_, r)| r.device_bytes).sum();
-        self.entries.clear();
-        self.held.clear();
-        self.pool.release(Place::Host, self.stats.bytes as u64);
-        self.pool.release(Place::Device, device as u64);
-        self.stats.bytes = 0;
-        self.stats.entries = 0;
-    }
-
-    pub fn stats(&self) -> CacheStats {
-        CacheStats { entries: self.entries.len(), ..self.stats }
+/// Device memory on request (ComfyUI loading a model, a merge out of room): results that hold
+/// device memory and that nothing but the cache keeps alive go, least recently used first. One
+/// a prompt still uses would free nothing by going, so it stays; in the image loop that is the
+/// merged model being sampled, and the ones that go are the merges of earlier slider positions
+/// (docs/architecture.md, "Memory").
+impl GivesDevice for Mutex<Entries> {
+    fn give_device(&self, bytes: u64) -> u64 {
+        let mut gone = Vec::new();
+        let mut given = 0u64;
+        {
+            let mut e = self.lock().unwrap_or_else(|e| e.into_inner());
+            // (`iter` runs from the most recently used.)
+            let idle: Vec<Signature> =
+                e.lru.iter().rev().filter(|(_, r)| r.device_bytes > 0 && Arc::strong_count(r) == 1).map(|(s, _)| *s).collect();
+            for sig in idle {
+                if given >= bytes {
+                    break;
+                }
+                if let Some(old) = e.remove(&sig) {
+                    given += old.device_bytes as u64;
+                    gone.push(old);
+                }
+            }
+        }
+        drop(gone);
+        given
     }
 }
 
@@ -345,6 +416,34 @@ mod tests {
         assert_eq!(budget.used(Place::Device), 0, "clearing gives the device bytes back");
     }
 
+    #[test]
+    fn the_budget_asks_for_device_memory_that_only_the_cache_keeps_alive() {
+        let budget = MemoryBudget::new(1 << 30, 1 << 20);
+        let mut c = OutputCache::with_pool(CacheMode::Lru, budget.pool("outputs"));
+        c.insert(sig(9), result(10));
+        c.insert(sig(1), on_device(1000));
+        c.insert(sig(2), on_device(1000));
+        c.insert(sig(3), on_device(1000));
+        // The prompt running now holds the newest merge (the model it samples with).
+        let in_use = c.get(&sig(3)).unwrap();
+        // Asked for 1500 bytes: the two older merges go, least recently used first...
+        assert_eq!(budget.give_device(1500), 2000);
+        assert!(!c.contains(&sig(1)) && !c.contains(&sig(2)) && c.contains(&sig(3)) && c.contains(&sig(9)));
+        assert_eq!(budget.used(Place::Device), 1000);
+        // ...and the one in use stays whatever is asked: dropping it would free nothing.
+        assert_eq!(budget.give_device(u64::MAX), 0);
+        assert!(c.contains(&sig(3)));
+        drop(in_use);
+        c.insert(sig(4), on_device(1000));
+        // Only as much as asked for (whole entries): the older one goes, the newer stays.
+        assert_eq!(budget.give_device(1), 1000);
+        assert!(!c.contains(&sig(3)) && c.contains(&sig(4)));
+        assert_eq!((c.stats().entries, c.stats().evictions), (2, 3));
+        // A cache that is gone is asked nothing.
+        drop(c);
+        assert_eq!(budget.give_device(u64::MAX), 0);
+    }
+
     /// A value holding `.1` bytes of its own and the shared pieces `.0` (a model's clone).
     struct Holding(Vec<SharedBytes>, usize);
 
@@ -372,8 +471,7 @@ mod tests {
 
     /// Evicts one entry by its signature.
     fn evict(c: &mut OutputCache, s: &Signature) {
-        let old = c.entries.pop(s).expect("cached");
-        c.forget(&old);
+        c.lock().remove(s).expect("cached");
     }
 
     #[test]

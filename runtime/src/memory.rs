@@ -10,7 +10,7 @@
 //! is shown by `comfyrs run --json` and `-v`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 
@@ -29,6 +29,16 @@ pub struct MemoryBudget {
     host_used: AtomicU64,
     device_used: AtomicU64,
     pools: Mutex<Vec<Arc<PoolCounters>>>,
+    /// Who can give device memory back when something outside the budget needs it (ComfyUI
+    /// loading a model): [`MemoryBudget::give_device`].
+    givers: Mutex<Vec<Weak<dyn GivesDevice>>>,
+}
+
+/// A holder of device memory that can let some go on request, from any thread: the outputs
+/// cache, whose older results can keep a merged model each on the device.
+pub trait GivesDevice: Send + Sync {
+    /// Lets go of up to about `bytes` of device memory; returns the bytes let go.
+    fn give_device(&self, bytes: u64) -> u64;
 }
 
 struct PoolCounters {
@@ -88,7 +98,30 @@ impl MemoryBudget {
             host_used: AtomicU64::new(0),
             device_used: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
+            givers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds a holder that [`MemoryBudget::give_device`] asks, for as long as it lives.
+    pub fn add_device_giver(&self, giver: Weak<dyn GivesDevice>) {
+        let mut givers = self.givers.lock().unwrap_or_else(|e| e.into_inner());
+        givers.retain(|g| g.strong_count() > 0);
+        givers.push(giver);
+    }
+
+    /// Asks the holders added with [`MemoryBudget::add_device_giver`], in the order they were
+    /// added, to let go of `bytes` of device memory between them; returns what they let go.
+    pub fn give_device(&self, bytes: u64) -> u64 {
+        // Called without the lock held: a holder may take locks of its own.
+        let givers: Vec<_> = self.givers.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade).collect();
+        let mut given = 0;
+        for g in givers {
+            if given >= bytes {
+                break;
+            }
+            given += g.give_device(bytes - given);
+        }
+        given
     }
 
     /// The pool called `name`, created on first use (pools of one name share their counters, so
