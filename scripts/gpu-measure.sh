@@ -36,7 +36,7 @@ python_log() {
 count() {
   local f=$OUT/$1.txt
   echo "== $1: $(grep -c 'Unloaded partially' "$f") partial offloads, $(grep -c 'Tried to unpin' "$f") unpin warnings," \
-    "$(grep -c "merged weights stay in host memory" "$f") hand-overs that left weights in host memory"
+    "$(grep -c "stay in host memory (no room" "$f") hand-overs that left weights in host memory"
 }
 
 for set in "$@"; do

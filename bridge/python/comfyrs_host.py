@@ -1475,20 +1475,24 @@ def model_with_weights(obj, keys, tensors):
         import uuid
         import comfy.utils
         placed = []
-        left = 0
+        left = left_bytes = 0
+        room = {}
         with torch.no_grad():
             for k, t in zip(keys, tensors):
                 current = comfy.utils.get_attr(m.model, k)
                 if t.device != current.device or t.dtype != current.dtype:
-                    t = _moved(t, current, tensors[len(placed):], obj)
-                    left += t.device != current.device
+                    t = _moved(t, current, tensors[len(placed):], obj, room)
+                    if t.device != current.device:
+                        left += 1
+                        left_bytes += t.numel() * t.element_size()
                 p = torch.nn.Parameter(t, requires_grad=False)
                 p._comfyrs_token = uuid.uuid4().hex
                 m.add_object_patch(k, p)
                 placed.append(p)
         if left:
-            logging.info("comfyrs: %d of %d merged weights stay in host memory (no room on the device); "
-                         "ComfyUI moves them when it loads the model", left, len(placed))
+            _not_loaded(m, left_bytes)
+            logging.info("comfyrs: %d of %d merged weights (%.2f GiB) stay in host memory (no room on the device); "
+                         "ComfyUI places them when it loads the model", left, len(placed), left_bytes / 2**30)
         _own_bytes(m, placed)
         return m
     if _has_set_patch():
@@ -1499,18 +1503,21 @@ def model_with_weights(obj, keys, tensors):
     return m
 
 
-def _moved(t, like, rest, origin=None):
+def _moved(t, like, rest, origin=None, room=None):
     """`t` on `like`'s device and in its dtype. Out of device memory (the merge's results came
     through host memory because ComfyUI's models held the device), ComfyUI makes room for what
-    is left to move (keeping `origin`'s module, which takes the weights), once, and the copy is
-    tried again; if it still fails, the weight stays in host memory in `like`'s dtype for
-    ComfyUI to move when it loads the model. That last resort is known to fail where the model
-    had been partly offloaded (the sampler found the weight on the CPU; docs/architecture.md,
-    "Memory"): keeping the base's module loaded is what keeps a merge from getting here."""
+    is left to move (keeping `origin`'s module, which takes the weights), once per hand-over
+    (`room` remembers it), and the copy is tried again; if it still fails, the weight stays in
+    host memory in `like`'s dtype, and the model is marked as not wholly loaded (`_not_loaded`)
+    so that ComfyUI places it when it loads the model."""
     import torch
+    room = {} if room is None else room
     try:
         return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
     except torch.OutOfMemoryError:
+        if room.get("asked"):
+            return t.to(dtype=like.dtype)
+        room["asked"] = True
         need = sum(x.numel() for x in rest) * like.element_size()
         logging.debug("comfyrs: out of device memory handing over merged weights; asking ComfyUI for %.2f GiB", need / 2**30)
         make_room(need, origin)
@@ -1519,6 +1526,21 @@ def _moved(t, like, rest, origin=None):
     except torch.OutOfMemoryError:
         logging.debug("comfyrs: still out of device memory; a merged weight stays in host memory until ComfyUI loads the model")
         return t.to(dtype=like.dtype)
+
+
+def _not_loaded(patcher, nbytes):
+    """Tells ComfyUI that `nbytes` of `patcher`'s weights are not on the device (merged weights
+    that found no room there). Its next load of the model then makes room for them and places
+    every module again: on the device where it fits, else cast per use as in its low-VRAM mode.
+    Without this, ComfyUI took a model it had loaded whole for still loaded, skipped the
+    placement, and its sampler found a weight in host memory ("mat2 is on cpu";
+    docs/architecture.md, "Memory")."""
+    model = patcher.model
+    if hasattr(model, "model_lowvram"):
+        model.model_lowvram = True
+    loaded = getattr(model, "model_loaded_weight_memory", None)
+    if isinstance(loaded, (int, float)):
+        model.model_loaded_weight_memory = max(0, loaded - nbytes)
 
 
 def _own_bytes(m, tensors):

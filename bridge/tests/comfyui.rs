@@ -629,8 +629,19 @@ def check():
                 raise torch.OutOfMemoryError("comfyrs test: the device is full")
             return ("host", dtype)
     like = torch.zeros(2, dtype=torch.float16)
-    assert host._moved(Full(), like, [torch.zeros(4)]) == ("host", torch.float16)
-    assert Full.tries == 3, Full.tries
+    room = {}
+    assert host._moved(Full(), like, [torch.zeros(4)], None, room) == ("host", torch.float16)
+    assert Full.tries == 3 and room == {"asked": True}, (Full.tries, room)
+    # Room is asked for once per hand-over: the next weight tries the device once and stays.
+    assert host._moved(Full(), like, [torch.zeros(2)], None, room) == ("host", torch.float16)
+    assert Full.tries == 5, Full.tries
+    # A model with weights left in host memory is no longer wholly loaded for ComfyUI, so its
+    # next load places every module again instead of skipping the load.
+    unet = types.SimpleNamespace(model_lowvram=False, model_loaded_weight_memory=5 << 30)
+    host._not_loaded(types.SimpleNamespace(model=unet), 2 << 30)
+    assert (unet.model_lowvram, unet.model_loaded_weight_memory) == (True, 3 << 30)
+    host._not_loaded(types.SimpleNamespace(model=unet), 9 << 30)
+    assert unet.model_loaded_weight_memory == 0
     # A merge asking for room keeps loaded what it reads: the origin's patcher and its clones
     # (one module), not other models, and nothing for an origin that is not a MODEL.
     def patcher(module):

@@ -322,6 +322,106 @@ fn handoff_shares_storage_both_ways() {
     assert!(diff < 1e-6, "patched weight differs from the merged tensor by {diff}");
 }
 
+/// A merged clone that Rust lets go of (the outputs cache giving an old merge back because
+/// ComfyUI needs the device) is gone as soon as the last handle drops, its merged weights with
+/// it: no reference cycle waits for Python's collector while ComfyUI is short of memory.
+#[test]
+fn a_merged_clone_that_rust_lets_go_of_is_freed_at_once() {
+    let _lock = support::shared();
+    let e = env();
+    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
+    let model = comfyui_model(Path::new(&path), None);
+    let (_, weights, _, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
+    let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let mut merged = indexmap::IndexMap::new();
+    merged.insert(key.to_string(), (weights[key].shallow_clone() * 2.0f64).contiguous());
+    drop(weights);
+    let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
+    drop(merged);
+    let code = std::ffi::CString::new(
+        "import gc, weakref\nREFS = []\ndef watch(m):\n    gc.disable()\n    REFS[:] = [weakref.ref(m)]\ndef alive():\n    gc.enable()\n    return [r() is not None for r in REFS]\n",
+    )
+    .unwrap();
+    let probe = e
+        .bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let m = pyo3::types::PyModule::from_code(py, &code, c"clone_watch.py", c"clone_watch").unwrap();
+            let Value::Handle(h) = &out else { panic!("a handle") };
+            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            m.getattr("watch").unwrap().call1((obj,)).unwrap();
+            // The last handle drops here, with the collector off.
+            drop(out);
+            m.unbind()
+        })
+        .unwrap();
+    let alive: Vec<bool> = e
+        .bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            probe.bind(py).getattr("alive").unwrap().call0().unwrap().extract().unwrap()
+        })
+        .unwrap();
+    assert_eq!(alive, vec![false], "the merged clone outlived its last handle (a reference cycle keeps it for the collector)");
+    // The model it was cloned from lives on.
+    assert!(comfyrs_bridge::model::state_dict(&model).unwrap().is_ok());
+}
+
+/// Merged weights the hand-over had to leave in host memory mark the model as not wholly loaded,
+/// so that ComfyUI's next load of it places every module again (on the device, or cast per use).
+/// Unmarked, ComfyUI skips the load of a model it loaded whole before: that is how a 12 GiB
+/// loop sampled with a weight in host memory. (ComfyUIs without partial loads have nothing to
+/// skip.)
+#[test]
+fn weights_left_in_host_memory_make_comfyui_place_the_model_again() {
+    let _lock = support::shared();
+    let e = env();
+    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
+    let model = comfyui_model(Path::new(&path), None);
+    let (_, weights, _, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
+    let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
+    let mut merged = indexmap::IndexMap::new();
+    merged.insert(key.to_string(), (weights[key].shallow_clone() * 2.0f64).contiguous());
+    drop(weights);
+    let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
+    let code = std::ffi::CString::new(
+        r#"
+import sys
+def check(m):
+    import comfy.model_management as mm
+    model = m.model
+    if not hasattr(m, "partially_load") or not hasattr(model, "model_loaded_weight_memory"):
+        return None
+    mm.load_models_gpu([m])
+    whole = model.model_loaded_weight_memory
+    # Unmarked: ComfyUI takes the model for loaded and does nothing.
+    model.model_loaded_weight_memory = whole // 2
+    mm.load_models_gpu([m])
+    skipped = model.model_loaded_weight_memory
+    model.model_loaded_weight_memory = whole
+    # Marked as the hand-over marks it: ComfyUI loads it again, whole.
+    sys.modules["comfyrs_host"]._not_loaded(m, whole // 2)
+    mm.load_models_gpu([m])
+    return (whole, skipped, model.model_loaded_weight_memory, model.model_lowvram)
+"#,
+    )
+    .unwrap();
+    let seen: Option<(u64, u64, u64, bool)> = e
+        .bridge
+        .with_python(move |py| {
+            use pyo3::types::PyAnyMethods;
+            let m = pyo3::types::PyModule::from_code(py, &code, c"not_loaded_check.py", c"not_loaded_check").unwrap();
+            let Value::Handle(h) = &out else { panic!("a handle") };
+            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            m.getattr("check").unwrap().call1((obj,)).unwrap().extract().unwrap()
+        })
+        .unwrap();
+    let Some((whole, skipped, after, lowvram)) = seen else { return };
+    assert!(whole > 0, "ComfyUI loaded the model");
+    assert_eq!(skipped, whole / 2, "unmarked, ComfyUI skips the load");
+    assert_eq!((after, lowvram), (whole, false), "marked, ComfyUI loads the whole model again");
+}
+
 /// A merged clone ComfyUI has loaded for sampling and not unloaded leaves its weights in the
 /// module both share; the Entry still reads the base model's own weights (and identity) from
 /// the base, and the merged weights (another identity) from the clone.
