@@ -1464,8 +1464,9 @@ def model_prepare(obj):
 def model_with_weights(obj, keys, tensors):
     """A clone of the MODEL or CLIP `obj` whose weights `keys` are replaced by `tensors`
     (shared). A MODEL gets them as replacements of its parameters (ComfyUI's object patches: a
-    load swaps the references, an unload swaps them back), on the device its weights are on now,
-    in their dtype: no backup copy and no cast per key, which weight patches cost on every load
+    load swaps the references, an unload swaps them back), on the device its weights are on now
+    or will be (`_placement`), in their dtype: no backup copy and no cast per key, which weight
+    patches cost on every load
     (docs/widen.md, The loop on a GPU). A CLIP gets weight patches; both types have clone() and
     add_patches(patches, strength_patch, strength_model)."""
     m = obj.clone()
@@ -1480,9 +1481,10 @@ def model_with_weights(obj, keys, tensors):
         with torch.no_grad():
             for k, t in zip(keys, tensors):
                 current = comfy.utils.get_attr(m.model, k)
-                if t.device != current.device or t.dtype != current.dtype:
-                    t = _moved(t, current, tensors[len(placed):], obj, room)
-                    if t.device != current.device:
+                device = _placement(m, current)
+                if t.device != device or t.dtype != current.dtype:
+                    t = _moved(t, current, tensors[len(placed):], obj, room, device)
+                    if t.device != device:
                         left += 1
                         left_bytes += t.numel() * t.element_size()
                 p = torch.nn.Parameter(t, requires_grad=False)
@@ -1503,17 +1505,32 @@ def model_with_weights(obj, keys, tensors):
     return m
 
 
-def _moved(t, like, rest, origin=None, room=None):
-    """`t` on `like`'s device and in its dtype. Out of device memory (the merge's results came
-    through host memory because ComfyUI's models held the device), ComfyUI makes room for what
+def _placement(patcher, current):
+    """The device a merged weight replacing `current` goes to: the one `current` is on, or the
+    GPU ComfyUI loads the model to where the model is not loaded yet (the first merge of a
+    process, before the sampler loads the UNet). ComfyUI's load would move it there anyway, in
+    place; handed over to host memory, the outputs cache counted it there and kept the merged
+    model of every earlier slider position on the card unseen (a 12 GiB loop ran its sampler out
+    of memory with two of them), and the copy to host cost 0.8 s (H100)."""
+    load = getattr(patcher, "load_device", None)
+    if current.device.type == "cpu" and getattr(load, "type", "cpu") == "cuda":
+        return load
+    return current.device
+
+
+def _moved(t, like, rest, origin=None, room=None, device=None):
+    """`t` on `device` (`like`'s device unless told) and in `like`'s dtype. Out of device
+    memory (the merge's results came through host memory because ComfyUI's models held the
+    device), ComfyUI makes room for what
     is left to move (keeping `origin`'s module, which takes the weights), once per hand-over
     (`room` remembers it), and the copy is tried again; if it still fails, the weight stays in
     host memory in `like`'s dtype, and the model is marked as not wholly loaded (`_not_loaded`)
     so that ComfyUI places it when it loads the model."""
     import torch
     room = {} if room is None else room
+    device = like.device if device is None else device
     try:
-        return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
+        return t.to(device=device, dtype=like.dtype, non_blocking=True)
     except torch.OutOfMemoryError:
         if room.get("asked"):
             return t.to(dtype=like.dtype)
@@ -1522,7 +1539,7 @@ def _moved(t, like, rest, origin=None, room=None):
         logging.debug("comfyrs: out of device memory handing over merged weights; asking ComfyUI for %.2f GiB", need / 2**30)
         make_room(need, origin)
     try:
-        return t.to(device=like.device, dtype=like.dtype, non_blocking=True)
+        return t.to(device=device, dtype=like.dtype, non_blocking=True)
     except torch.OutOfMemoryError:
         logging.debug("comfyrs: still out of device memory; a merged weight stays in host memory until ComfyUI loads the model")
         return t.to(dtype=like.dtype)

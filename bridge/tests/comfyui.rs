@@ -635,6 +635,14 @@ def check():
     # Room is asked for once per hand-over: the next weight tries the device once and stays.
     assert host._moved(Full(), like, [torch.zeros(2)], None, room) == ("host", torch.float16)
     assert Full.tries == 5, Full.tries
+    # Merged weights go where the model's weights are, or to the GPU ComfyUI loads it to when it
+    # has not loaded it yet; a model that loads to the CPU keeps them there.
+    gpu_model = types.SimpleNamespace(load_device=gpu)
+    on = lambda device: types.SimpleNamespace(device=torch.device(device))
+    assert host._placement(gpu_model, on("cpu")) == gpu
+    assert host._placement(gpu_model, on("cuda:0")) == torch.device("cuda:0")
+    assert host._placement(types.SimpleNamespace(load_device=torch.device("cpu")), on("cpu")) == torch.device("cpu")
+    assert host._placement(types.SimpleNamespace(), on("cpu")) == torch.device("cpu")
     # A model with weights left in host memory is no longer wholly loaded for ComfyUI, so its
     # next load places every module again instead of skipping the load.
     unet = types.SimpleNamespace(model_lowvram=False, model_loaded_weight_memory=5 << 30)
