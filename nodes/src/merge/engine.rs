@@ -18,6 +18,7 @@ use crate::lora::LoraFile;
 use crate::recipe::foreign::ForeignModels;
 
 use super::cache::{CacheStats, StatsCache, SubtreeCache};
+use super::chunk_memory::ChunkMemory;
 use super::device_plan::{cpu_chunk_memory, human, DevicePlan, CHUNK_FLOOR};
 use super::exit::LoadedSet;
 use super::memo::Memo;
@@ -61,6 +62,8 @@ pub struct MergeEngine {
     pub(crate) staging: Mutex<Option<Staging>>,
     pub(crate) staging_pool: comfyrs_runtime::memory::Pool,
     foreign: RwLock<Option<Arc<dyn ForeignModels>>>,
+    /// The chunk size earlier merges found to fit, where it is less than the plan's.
+    chunks: ChunkMemory,
 }
 
 /// What the engine's caches hold.
@@ -113,6 +116,7 @@ impl MergeEngine {
             staging: Mutex::new(None),
             staging_pool,
             foreign: RwLock::new(None),
+            chunks: ChunkMemory::default(),
         }))
     }
 
@@ -192,9 +196,20 @@ impl MergeEngine {
         })
     }
 
-    /// Working memory for one chunk of keys. Asked once per run before any cache insert, so it
+    /// Working memory for one chunk of keys: the plan's, or less where earlier merges had to
+    /// shrink their chunks ([`ChunkMemory`]). Asked once per run before any cache insert, so it
     /// also resolves the budget's device limit (whether or not a chunk budget is configured).
     pub(crate) fn chunk_budget(&self) -> usize {
+        self.chunks.budget(self.planned_chunk_budget() as u64) as usize
+    }
+
+    /// What a merge that started with `started` bytes per chunk learned: it ended with `ended`
+    /// after `retries` chunks ran out of memory.
+    pub(crate) fn learn_chunk_budget(&self, started: usize, ended: usize, retries: usize) {
+        self.chunks.record(self.planned_chunk_budget() as u64, started as u64, ended as u64, retries);
+    }
+
+    fn planned_chunk_budget(&self) -> usize {
         let device_limit = self.device_limit();
         if let Some(b) = self.settings.chunk_budget {
             return b as usize;
@@ -305,4 +320,20 @@ pub fn default_host_limit() -> u64 {
 /// `MemAvailable` of /proc/meminfo.
 pub fn mem_available() -> Option<usize> {
     comfyrs_runtime::cache::system_memory().map(|m| m.available)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_that_had_to_shrink_its_chunks_plans_the_next_one_at_that_size() {
+        let engine = MergeEngine::standalone(MergeSettings { chunk_budget: Some(1 << 20), ..MergeSettings::on(Device::Cpu) }).unwrap();
+        assert_eq!(engine.chunk_budget(), 1 << 20);
+        engine.learn_chunk_budget(1 << 20, 1 << 18, 2);
+        assert_eq!(engine.chunk_budget(), 1 << 18);
+        // Another engine learned nothing.
+        let other = MergeEngine::standalone(MergeSettings { chunk_budget: Some(1 << 20), ..MergeSettings::on(Device::Cpu) }).unwrap();
+        assert_eq!(other.chunk_budget(), 1 << 20);
+    }
 }

@@ -4,6 +4,7 @@
 //! state lives".
 
 pub mod cache;
+mod chunk_memory;
 pub mod device_plan;
 mod engine;
 pub mod exit;

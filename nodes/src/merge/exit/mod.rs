@@ -346,6 +346,8 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         rep.progress(gi as u64 + 1, total);
     }
     let out = out_cell.into_inner();
+    // The next merge starts where this one ended (docs/architecture.md, "Memory").
+    engine.learn_chunk_budget(budget, budget / shrink.divisor(), shrink.retries);
     stats.chunks = shrink.chunks;
     stats.oom_retries = shrink.retries;
     stats.result_blocks = out.host.blocks();

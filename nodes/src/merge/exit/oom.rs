@@ -36,6 +36,11 @@ impl Shrink {
         Shrink { divisor: 1, freed_caches: false, asked_room: false, retries: 0, chunks: 0, limit }
     }
 
+    /// The fraction of the planned chunk size that chunks have now (1: all of it).
+    pub(crate) fn divisor(&self) -> usize {
+        self.divisor
+    }
+
     /// A chunk's size for a group planned at `batch` keys per chunk.
     pub(crate) fn size(&self, batch: usize) -> usize {
         (batch / self.divisor).max(1)
