@@ -322,12 +322,9 @@ fn handoff_shares_storage_both_ways() {
     assert!(diff < 1e-6, "patched weight differs from the merged tensor by {diff}");
 }
 
-/// A merged clone that Rust lets go of (the outputs cache giving an old merge back because
-/// ComfyUI needs the device) is gone as soon as the last handle drops, its merged weights with
-/// it: no reference cycle waits for Python's collector while ComfyUI is short of memory.
-#[test]
-fn a_merged_clone_that_rust_lets_go_of_is_freed_at_once() {
-    let _lock = support::shared();
+/// A ComfyUI MODEL of the fixture checkpoint and an Exit's clone of it with one key merged (the
+/// key's weight doubled).
+fn merged_clone() -> (Value, Value) {
     let e = env();
     let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
     let model = comfyui_model(Path::new(&path), None);
@@ -335,9 +332,18 @@ fn a_merged_clone_that_rust_lets_go_of_is_freed_at_once() {
     let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
     let mut merged = indexmap::IndexMap::new();
     merged.insert(key.to_string(), (weights[key].shallow_clone() * 2.0f64).contiguous());
-    drop(weights);
     let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
-    drop(merged);
+    (model, out)
+}
+
+/// A merged clone that Rust lets go of (the outputs cache giving an old merge back because
+/// ComfyUI needs the device) is gone as soon as the last handle drops, its merged weights with
+/// it: no reference cycle waits for Python's collector while ComfyUI is short of memory.
+#[test]
+fn a_merged_clone_that_rust_lets_go_of_is_freed_at_once() {
+    let _lock = support::shared();
+    let e = env();
+    let (model, out) = merged_clone();
     let code = std::ffi::CString::new(
         "import gc, weakref\nREFS = []\ndef watch(m):\n    gc.disable()\n    REFS[:] = [weakref.ref(m)]\ndef alive():\n    gc.enable()\n    return [r() is not None for r in REFS]\n",
     )
@@ -376,14 +382,7 @@ fn a_merged_clone_that_rust_lets_go_of_is_freed_at_once() {
 fn weights_left_in_host_memory_make_comfyui_place_the_model_again() {
     let _lock = support::shared();
     let e = env();
-    let path = e.models.join("checkpoints").join(&e.ckpt).to_string_lossy().into_owned();
-    let model = comfyui_model(Path::new(&path), None);
-    let (_, weights, _, _) = comfyrs_bridge::model::state_dict(&model).unwrap().unwrap();
-    let key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight";
-    let mut merged = indexmap::IndexMap::new();
-    merged.insert(key.to_string(), (weights[key].shallow_clone() * 2.0f64).contiguous());
-    drop(weights);
-    let out = comfyrs_bridge::model::with_weights(&model, &merged).unwrap();
+    let (_model, out) = merged_clone();
     let code = std::ffi::CString::new(
         r#"
 import sys
