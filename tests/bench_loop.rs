@@ -28,4 +28,9 @@ fn bench_loop_merges_only_when_the_recipe_changes() {
     assert!(seed[1].ends_with(" s") && seed[2].ends_with(" s"), "{seed:?}");
     assert_eq!(seed[3], "-", "a new seed alone must not merge again: {seed:?}");
     assert!(stdout.contains("Last image: pixels "), "{stdout}");
+    // After each run, what the engine's memory holds (the outputs among it).
+    let memory: Vec<&str> = stderr.lines().filter(|l| l.starts_with("comfyrs:   memory: host ")).collect();
+    let runs = stderr.lines().filter(|l| l.starts_with("comfyrs: ") && l.contains(": first step ")).count();
+    assert!(runs >= 4 && memory.len() == runs, "one memory line per run ({runs} runs):\n{stderr}");
+    assert!(memory.iter().all(|l| l.contains("outputs ")), "{memory:?}");
 }

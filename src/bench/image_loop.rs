@@ -214,6 +214,9 @@ fn run_native(config: &Config, models_dir: &Path, output: &Path, runs: &[(&str, 
         }
         let t = watch.seen.into_inner().unwrap_or_else(|e| e.into_inner());
         eprintln!("comfyrs: {what}: {}", line(&t));
+        // What the caches and the outputs hold after each run: under a device limit, the room
+        // they leave ComfyUI's sampler is part of what the timings show.
+        eprintln!("comfyrs:   {}", engine.budget.usage().summary());
         out.push(t);
     }
     Ok(out)
