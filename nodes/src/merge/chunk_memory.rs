@@ -27,15 +27,23 @@ struct Learned {
     clean: u32,
 }
 
+/// The chunk working memory one merge starts with, and the plan's it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkBudget {
+    pub(crate) planned: u64,
+    pub(crate) bytes: u64,
+}
+
 impl ChunkMemory {
     /// Working memory for the chunks of the next merge, when the plan says `planned`.
-    pub(crate) fn budget(&self, planned: u64) -> u64 {
-        self.lock().map_or(planned, |l| l.bytes.min(planned))
+    pub(crate) fn budget(&self, planned: u64) -> ChunkBudget {
+        ChunkBudget { planned, bytes: self.current().map_or(planned, |l| l.bytes.min(planned)) }
     }
 
-    /// What a merge found: it started with `started` bytes per chunk (from [`ChunkMemory::budget`]),
-    /// ended with `ended` after halving chunks that did not fit, and retried `retries` chunks.
-    pub(crate) fn record(&self, planned: u64, started: u64, ended: u64, retries: usize) {
+    /// What a merge found: it started with `start` (from [`ChunkMemory::budget`]), ended with
+    /// `ended` bytes per chunk after halving chunks that did not fit, and retried `retries` chunks.
+    pub(crate) fn record(&self, start: ChunkBudget, ended: u64, retries: usize) {
+        let ChunkBudget { planned, bytes: started } = start;
         let mut learned = self.learned.lock().unwrap_or_else(|e| e.into_inner());
         if ended < started {
             tracing::debug!("device memory: later merges start with chunks of {} (this one had to shrink them from {})", human(ended), human(started));
@@ -58,7 +66,7 @@ impl ChunkMemory {
         }
     }
 
-    fn lock(&self) -> Option<Learned> {
+    fn current(&self) -> Option<Learned> {
         *self.learned.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -72,45 +80,45 @@ mod tests {
     #[test]
     fn a_merge_that_shrank_its_chunks_starts_the_next_at_that_size() {
         let m = ChunkMemory::default();
-        assert_eq!(m.budget(4000 * MIB), 4000 * MIB, "nothing learned: the plan");
+        assert_eq!(m.budget(4000 * MIB).bytes, 4000 * MIB, "nothing learned: the plan");
         // Out of memory, halved four times.
-        m.record(4000 * MIB, 4000 * MIB, 250 * MIB, 5);
-        assert_eq!(m.budget(4000 * MIB), 250 * MIB);
+        m.record(ChunkBudget { planned: 4000 * MIB, bytes: 4000 * MIB }, 250 * MIB, 5);
+        assert_eq!(m.budget(4000 * MIB).bytes, 250 * MIB);
         // A smaller plan still wins.
-        assert_eq!(m.budget(100 * MIB), 100 * MIB);
+        assert_eq!(m.budget(100 * MIB).bytes, 100 * MIB);
         // A retry that needed room but no halving keeps the size and starts the count again.
-        m.record(4000 * MIB, 250 * MIB, 250 * MIB, 1);
-        assert_eq!(m.budget(4000 * MIB), 250 * MIB);
+        m.record(ChunkBudget { planned: 4000 * MIB, bytes: 250 * MIB }, 250 * MIB, 1);
+        assert_eq!(m.budget(4000 * MIB).bytes, 250 * MIB);
     }
 
     #[test]
     fn merges_that_fit_try_twice_the_size_again_up_to_the_plan() {
         let m = ChunkMemory::default();
-        m.record(1000 * MIB, 1000 * MIB, 200 * MIB, 3);
+        m.record(ChunkBudget { planned: 1000 * MIB, bytes: 1000 * MIB }, 200 * MIB, 3);
         for _ in 0..GROW_AFTER - 1 {
-            m.record(1000 * MIB, 200 * MIB, 200 * MIB, 0);
+            m.record(ChunkBudget { planned: 1000 * MIB, bytes: 200 * MIB }, 200 * MIB, 0);
         }
-        assert_eq!(m.budget(1000 * MIB), 200 * MIB);
-        m.record(1000 * MIB, 200 * MIB, 200 * MIB, 0);
-        assert_eq!(m.budget(1000 * MIB), 400 * MIB, "eight merges in a row fit: twice the size");
+        assert_eq!(m.budget(1000 * MIB).bytes, 200 * MIB);
+        m.record(ChunkBudget { planned: 1000 * MIB, bytes: 200 * MIB }, 200 * MIB, 0);
+        assert_eq!(m.budget(1000 * MIB).bytes, 400 * MIB, "eight merges in a row fit: twice the size");
         // One that needs a retry resets the count.
         for _ in 0..GROW_AFTER - 1 {
-            m.record(1000 * MIB, 400 * MIB, 400 * MIB, 0);
+            m.record(ChunkBudget { planned: 1000 * MIB, bytes: 400 * MIB }, 400 * MIB, 0);
         }
-        m.record(1000 * MIB, 400 * MIB, 400 * MIB, 1);
+        m.record(ChunkBudget { planned: 1000 * MIB, bytes: 400 * MIB }, 400 * MIB, 1);
         for _ in 0..GROW_AFTER - 1 {
-            m.record(1000 * MIB, 400 * MIB, 400 * MIB, 0);
+            m.record(ChunkBudget { planned: 1000 * MIB, bytes: 400 * MIB }, 400 * MIB, 0);
         }
-        assert_eq!(m.budget(1000 * MIB), 400 * MIB);
-        m.record(1000 * MIB, 400 * MIB, 400 * MIB, 0);
-        assert_eq!(m.budget(1000 * MIB), 800 * MIB);
+        assert_eq!(m.budget(1000 * MIB).bytes, 400 * MIB);
+        m.record(ChunkBudget { planned: 1000 * MIB, bytes: 400 * MIB }, 400 * MIB, 0);
+        assert_eq!(m.budget(1000 * MIB).bytes, 800 * MIB);
         // Doubling past the plan forgets what was learned: the plan again.
         for _ in 0..GROW_AFTER {
-            m.record(1000 * MIB, 800 * MIB, 800 * MIB, 0);
+            m.record(ChunkBudget { planned: 1000 * MIB, bytes: 800 * MIB }, 800 * MIB, 0);
         }
-        assert_eq!(m.budget(1000 * MIB), 1000 * MIB);
+        assert_eq!(m.budget(1000 * MIB).bytes, 1000 * MIB);
         // With nothing learned, merges that fit change nothing.
-        m.record(1000 * MIB, 1000 * MIB, 1000 * MIB, 0);
-        assert_eq!(m.budget(1000 * MIB), 1000 * MIB);
+        m.record(ChunkBudget { planned: 1000 * MIB, bytes: 1000 * MIB }, 1000 * MIB, 0);
+        assert_eq!(m.budget(1000 * MIB).bytes, 1000 * MIB);
     }
 }

@@ -18,7 +18,7 @@ use crate::lora::LoraFile;
 use crate::recipe::foreign::ForeignModels;
 
 use super::cache::{CacheStats, StatsCache, SubtreeCache};
-use super::chunk_memory::ChunkMemory;
+use super::chunk_memory::{ChunkBudget, ChunkMemory};
 use super::device_plan::{cpu_chunk_memory, human, DevicePlan, CHUNK_FLOOR};
 use super::exit::LoadedSet;
 use super::memo::Memo;
@@ -199,14 +199,14 @@ impl MergeEngine {
     /// Working memory for one chunk of keys: the plan's, or less where earlier merges had to
     /// shrink their chunks ([`ChunkMemory`]). Asked once per run before any cache insert, so it
     /// also resolves the budget's device limit (whether or not a chunk budget is configured).
-    pub(crate) fn chunk_budget(&self) -> usize {
-        self.chunks.budget(self.planned_chunk_budget() as u64) as usize
+    pub(crate) fn chunk_budget(&self) -> ChunkBudget {
+        self.chunks.budget(self.planned_chunk_budget() as u64)
     }
 
-    /// What a merge that started with `started` bytes per chunk learned: it ended with `ended`
+    /// What a merge that started with `start` learned: it ended with `ended` bytes per chunk
     /// after `retries` chunks ran out of memory.
-    pub(crate) fn learn_chunk_budget(&self, started: usize, ended: usize, retries: usize) {
-        self.chunks.record(self.planned_chunk_budget() as u64, started as u64, ended as u64, retries);
+    pub(crate) fn learn_chunk_budget(&self, start: ChunkBudget, ended: u64, retries: usize) {
+        self.chunks.record(start, ended, retries);
     }
 
     fn planned_chunk_budget(&self) -> usize {
@@ -329,11 +329,12 @@ mod tests {
     #[test]
     fn a_merge_that_had_to_shrink_its_chunks_plans_the_next_one_at_that_size() {
         let engine = MergeEngine::standalone(MergeSettings { chunk_budget: Some(1 << 20), ..MergeSettings::on(Device::Cpu) }).unwrap();
-        assert_eq!(engine.chunk_budget(), 1 << 20);
-        engine.learn_chunk_budget(1 << 20, 1 << 18, 2);
-        assert_eq!(engine.chunk_budget(), 1 << 18);
+        let start = engine.chunk_budget();
+        assert_eq!(start.bytes, 1 << 20);
+        engine.learn_chunk_budget(start, 1 << 18, 2);
+        assert_eq!(engine.chunk_budget(), ChunkBudget { planned: 1 << 20, bytes: 1 << 18 });
         // Another engine learned nothing.
         let other = MergeEngine::standalone(MergeSettings { chunk_budget: Some(1 << 20), ..MergeSettings::on(Device::Cpu) }).unwrap();
-        assert_eq!(other.chunk_budget(), 1 << 20);
+        assert_eq!(other.chunk_budget().bytes, 1 << 20);
     }
 }

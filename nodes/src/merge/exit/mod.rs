@@ -289,7 +289,8 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     if groups.is_empty() {
         rep.progress(1, 1);
     }
-    let budget = engine.chunk_budget();
+    let chunk_budget = engine.chunk_budget();
+    let budget = chunk_budget.bytes as usize;
     // Bytes of working memory per key of a group (footprint.rs).
     let per_key = |shape: &[i64], keys: &[String]| -> u64 {
         let numel: i64 = shape.iter().product::<i64>().max(1);
@@ -347,7 +348,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     }
     let out = out_cell.into_inner();
     // The next merge starts where this one ended (docs/architecture.md, "Memory").
-    engine.learn_chunk_budget(budget, budget / shrink.divisor(), shrink.retries);
+    engine.learn_chunk_budget(chunk_budget, (budget / shrink.divisor()) as u64, shrink.retries);
     stats.chunks = shrink.chunks;
     stats.oom_retries = shrink.retries;
     stats.result_blocks = out.host.blocks();
