@@ -1466,8 +1466,7 @@ def model_with_weights(obj, keys, tensors):
     (shared). A MODEL gets them as replacements of its parameters (ComfyUI's object patches: a
     load swaps the references, an unload swaps them back), on the device its weights are on now
     or will be (`_placement`), in their dtype: no backup copy and no cast per key, which weight
-    patches cost on every load
-    (docs/widen.md, The loop on a GPU). A CLIP gets weight patches; both types have clone() and
+    patches cost on every load (docs/widen.md, The loop on a GPU). A CLIP gets weight patches; both types have clone() and
     add_patches(patches, strength_patch, strength_model)."""
     m = obj.clone()
     found = _as_patcher(m)
@@ -1521,11 +1520,11 @@ def _placement(patcher, current):
 def _moved(t, like, rest, origin=None, room=None, device=None):
     """`t` on `device` (`like`'s device unless told) and in `like`'s dtype. Out of device
     memory (the merge's results came through host memory because ComfyUI's models held the
-    device), ComfyUI makes room for what
-    is left to move (keeping `origin`'s module, which takes the weights), once per hand-over
-    (`room` remembers it), and the copy is tried again; if it still fails, the weight stays in
-    host memory in `like`'s dtype, and the model is marked as not wholly loaded (`_not_loaded`)
-    so that ComfyUI places it when it loads the model."""
+    device), ComfyUI makes room for what is left to move (keeping `origin`'s module, which
+    takes the weights), once per hand-over (`room` remembers it), and the copy is tried again;
+    if it still fails, the weight stays in host memory in `like`'s dtype, and the model is
+    marked as not wholly loaded (`_not_loaded`) so that ComfyUI places it when it loads the
+    model."""
     import torch
     room = {} if room is None else room
     device = like.device if device is None else device

@@ -39,6 +39,12 @@ fn env() -> &'static Env {
     })
 }
 
+/// The Python object a bridge value stands for (a ComfyUI MODEL's patcher).
+fn py_object<'py>(py: pyo3::Python<'py>, v: &Value) -> pyo3::Bound<'py, pyo3::PyAny> {
+    let Value::Handle(h) = v else { panic!("not a Python handle: {v:?}") };
+    h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().expect("a Python handle").object().bind(py).clone()
+}
+
 fn run_prompt(exec: &mut Executor, prompt: Json) -> RunReport {
     let e = env();
     let events = Collect::new();
@@ -259,8 +265,7 @@ fn handoff_shares_storage_both_ways() {
         e.bridge
             .with_python(move |py| {
                 use pyo3::types::PyAnyMethods;
-                let Value::Handle(h) = &v else { panic!() };
-                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let obj = py_object(py, &v);
                 let param = obj.getattr("model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap();
                 let mut m = HashMap::new();
                 m.insert("param", param.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
@@ -309,8 +314,7 @@ fn handoff_shares_storage_both_ways() {
         .bridge
         .with_python(move |py| {
             use pyo3::types::PyAnyMethods;
-            let Value::Handle(h) = &out2 else { panic!() };
-            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            let obj = py_object(py, &out2);
             let code = std::ffi::CString::new(
                 "def check(m, k):\n    import torch\n    base = m.model.state_dict()[k].clone()\n    m.patch_model()\n    got = m.model.state_dict()[k].clone()\n    m.unpatch_model()\n    after = m.model.state_dict()[k]\n    assert torch.equal(after, base), 'unpatch restored the base'\n    return float((got - 2 * base).abs().max())\n",
             )
@@ -353,8 +357,7 @@ fn a_merged_clone_that_rust_lets_go_of_is_freed_at_once() {
         .with_python(move |py| {
             use pyo3::types::PyAnyMethods;
             let m = pyo3::types::PyModule::from_code(py, &code, c"clone_watch.py", c"clone_watch").unwrap();
-            let Value::Handle(h) = &out else { panic!("a handle") };
-            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            let obj = py_object(py, &out);
             m.getattr("watch").unwrap().call1((obj,)).unwrap();
             // The last handle drops here, with the collector off.
             drop(out);
@@ -410,8 +413,7 @@ def check(m):
         .with_python(move |py| {
             use pyo3::types::PyAnyMethods;
             let m = pyo3::types::PyModule::from_code(py, &code, c"not_loaded_check.py", c"not_loaded_check").unwrap();
-            let Value::Handle(h) = &out else { panic!("a handle") };
-            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            let obj = py_object(py, &out);
             m.getattr("check").unwrap().call1((obj,)).unwrap().extract().unwrap()
         })
         .unwrap();
@@ -440,8 +442,7 @@ fn the_entry_reads_the_base_while_a_merged_clone_is_applied() {
     e.bridge
         .with_python(move |py| {
             use pyo3::types::PyAnyMethods;
-            let Value::Handle(h) = &applied else { panic!() };
-            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            let obj = py_object(py, &applied);
             obj.call_method0("patch_model").unwrap();
         })
         .unwrap();
@@ -456,8 +457,7 @@ fn the_entry_reads_the_base_while_a_merged_clone_is_applied() {
     e.bridge
         .with_python(move |py| {
             use pyo3::types::PyAnyMethods;
-            let Value::Handle(h) = &out else { panic!() };
-            let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+            let obj = py_object(py, &out);
             obj.call_method0("unpatch_model").unwrap();
         })
         .unwrap();
@@ -483,8 +483,7 @@ fn handoff_keeps_low_precision_storage() {
         let param_ptr: i64 = bridge
             .with_python(move |py| {
                 use pyo3::types::PyAnyMethods;
-                let Value::Handle(h) = &m2 else { panic!() };
-                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let obj = py_object(py, &m2);
                 obj.getattr("model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap().call_method0("data_ptr").unwrap().extract::<i64>().unwrap()
             })
             .unwrap();
@@ -498,8 +497,7 @@ fn handoff_keeps_low_precision_storage() {
         let (same_dtype, diff): (bool, f64) = bridge
             .with_python(move |py| {
                 use pyo3::types::PyAnyMethods;
-                let Value::Handle(h) = &out else { panic!() };
-                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let obj = py_object(py, &out);
                 let code = std::ffi::CString::new(
                     "def check(m, k):\n    import torch\n    base = m.model.state_dict()[k].clone()\n    m.patch_model()\n    got = m.model.state_dict()[k].clone()\n    m.unpatch_model()\n    return got.dtype == base.dtype, float((got.float() - 2 * base.float()).abs().max())\n",
                 )
@@ -634,8 +632,7 @@ fn clip_handoff_shares_storage_both_ways() {
         e.bridge
             .with_python(move |py| {
                 use pyo3::types::PyAnyMethods;
-                let Value::Handle(h) = &v else { panic!() };
-                let obj = h.as_any().downcast_ref::<comfyrs_bridge::PyHandle>().unwrap().object().bind(py).clone();
+                let obj = py_object(py, &v);
                 let param = obj.getattr("cond_stage_model").unwrap().call_method0("state_dict").unwrap().get_item(&k).unwrap();
                 let mut m = HashMap::new();
                 m.insert("param", param.call_method0("data_ptr").unwrap().extract::<i64>().unwrap());
