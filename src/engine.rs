@@ -295,6 +295,8 @@ fn boot_bridge(config: &Config, dirs: &PythonSetup, merge: &Arc<MergeEngine>) ->
         prepare: comfyrs_bridge::model::prepare,
         with_weights: comfyrs_bridge::model::with_weights,
         make_room: comfyrs_bridge::model::make_room,
+        unload_idle: comfyrs_bridge::model::unload_idle,
+        device_free: comfyrs_bridge::model::device_free,
     }));
     bridge.add_model_extractor(comfyrs_nodes::pack::native_model_weights);
     // ComfyUI makes room on the device from comfyrs's memory before it offloads a model

@@ -234,22 +234,49 @@ def _yield_device_first(mm):
     mm.free_memory = free_memory
 
 
-def make_room(nbytes, origin=None):
-    """Has ComfyUI make `nbytes` more device memory free (a merge ran out of it) through its own
-    free_memory: comfyrs's caches give first, as for any free_memory, then ComfyUI offloads
-    models it is not using. The models a merge over `origin` reads stay (`in_use`). Returns the
-    bytes that came free."""
+def make_room(nbytes, origin=None, caches=True):
+    """Has ComfyUI make `nbytes` more device memory free through its own free_memory. With
+    `caches` (a merge ran out of memory), comfyrs's caches give first, as for any free_memory,
+    then ComfyUI offloads models it is not using; without (a merge sizing its chunks before it
+    starts), only those models go: the caches hold what the merge reads next. The models a
+    merge over `origin` reads stay (`in_use`). Returns the bytes that came free."""
     import torch
     import comfy.model_management as mm
     if not torch.cuda.is_available() or mm.cpu_mode():
         return 0
-    return _make_room(mm, mm.get_torch_device(), nbytes, origin)
+    return _make_room(mm, mm.get_torch_device(), nbytes, origin, caches)
 
 
-def _make_room(mm, device, nbytes, origin):
+def _make_room(mm, device, nbytes, origin, caches=True):
     before = mm.get_free_memory(device)
-    mm.free_memory(before + nbytes, device, keep_loaded=in_use(mm, origin))
+    # ComfyUI's own free_memory, under the wrapper that asks the caches first.
+    free_memory = mm.free_memory if caches else getattr(mm.free_memory, "__wrapped__", mm.free_memory)
+    free_memory(before + nbytes, device, keep_loaded=in_use(mm, origin))
     return max(0, int(mm.get_free_memory(device) - before))
+
+
+def device_free(index=None):
+    """The memory free for a merge's chunks on CUDA device `index` now, or None without a GPU or
+    where ComfyUI runs on another one: what ComfyUI
+    counts as free (under `memory.device`, the limit less what the process's tensors use) less
+    half of the free parts of blocks libtorch cannot give back while a live tensor shares them
+    (`inactive_split_bytes`, 1.5-2.8 GiB of the 12 GiB loop's free memory after a sampler run).
+    Counted whole, a 2 GiB chunk ran out of memory; left out whole, chunks of 256-782 MiB made
+    every slider change slower: the fragments serve the chunks' smaller tensors, not the
+    larger ones."""
+    import torch
+    import comfy.model_management as mm
+    if not torch.cuda.is_available() or mm.cpu_mode():
+        return None
+    device = mm.get_torch_device()
+    own = device.index if device.index is not None else torch.cuda.current_device()
+    if index is not None and own != index:
+        return None  # ComfyUI runs on another card than the merge
+    return _usable(mm.get_free_memory(device), torch.cuda.memory_stats(device))
+
+
+def _usable(free, stats):
+    return max(0, int(free - stats.get("inactive_split_bytes.all.current", 0) // 2))
 
 
 def in_use(mm, origin):

@@ -9,6 +9,8 @@
 //!     prepare: comfyrs_bridge::model::prepare,
 //!     with_weights: comfyrs_bridge::model::with_weights,
 //!     make_room: comfyrs_bridge::model::make_room,
+//!     unload_idle: comfyrs_bridge::model::unload_idle,
+//!     device_free: comfyrs_bridge::model::device_free,
 //! }));
 //! ```
 //!
@@ -119,11 +121,22 @@ pub fn with_weights(v: &Value, merged: &IndexMap<String, tch::Tensor>) -> Result
 
 /// Has ComfyUI offload models it is not using until about `bytes` more device memory are free
 /// (its own `free_memory`), for a merge over `origin` that ran out of device memory while
-/// ComfyUI's models held it (docs/architecture.md, "Memory"); returns the bytes that came free.
-/// The models sharing `origin`'s weights stay loaded: the merge reads its base from them, and
-/// the sampler takes its result from them next. 0 without a running bridge or a GPU.
+/// ComfyUI's models held it (docs/architecture.md, "Memory"); comfyrs's caches give first, as
+/// they do for any room ComfyUI makes. Returns the bytes that came free. The models sharing
+/// `origin`'s weights stay loaded: the merge reads its base from them, and the sampler takes its
+/// result from them next. 0 without a running bridge or a GPU.
 pub fn make_room(origin: Option<&Value>, bytes: u64) -> u64 {
-    let ask = move |host: &Bound<'_, PyModule>, obj: Option<&Bound<'_, PyAny>>| host.call_method1("make_room", (bytes, obj))?.extract::<u64>();
+    ask_room(origin, bytes, true)
+}
+
+/// [`make_room`] from ComfyUI's models alone, for a merge sizing its chunks before it starts: the
+/// caches keep what the merge is about to read.
+pub fn unload_idle(origin: Option<&Value>, bytes: u64) -> u64 {
+    ask_room(origin, bytes, false)
+}
+
+fn ask_room(origin: Option<&Value>, bytes: u64, caches: bool) -> u64 {
+    let ask = move |host: &Bound<'_, PyModule>, obj: Option<&Bound<'_, PyAny>>| host.call_method1("make_room", (bytes, obj, caches))?.extract::<u64>();
     let freed = match origin.and_then(python_model) {
         Some((bridge, v)) => with_object(&bridge, v, |_py, host, obj| ask(host, Some(obj))),
         None => {
@@ -136,4 +149,24 @@ pub fn make_room(origin: Option<&Value>, bytes: u64) -> u64 {
         tracing::debug!("device memory: asking ComfyUI to make room failed: {e}");
         0
     })
+}
+
+/// The memory free on `device` for a merge's chunks as ComfyUI counts it (under a device memory
+/// limit, the limit less what the process's tensors hold), or None without a running bridge,
+/// off the GPU, or on another GPU than ComfyUI's: a merge sizes its chunks by it, beside the
+/// models ComfyUI keeps loaded (docs/architecture.md, "Memory").
+pub fn device_free(device: tch::Device) -> Option<u64> {
+    let tch::Device::Cuda(index) = device else { return None };
+    let bridge = Bridge::running()?;
+    let shared = bridge.shared();
+    let free = bridge.with_python(move |py| {
+        shared.host(py).call_method1("device_free", (index,)).and_then(|v| v.extract::<Option<u64>>()).map_err(|e| BridgeError::Python(format_py_err(py, &e)))
+    });
+    match free {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) | Err(e) => {
+            tracing::debug!("device memory: asking ComfyUI what is free failed: {e}");
+            None
+        }
+    }
 }

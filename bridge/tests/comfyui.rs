@@ -671,6 +671,24 @@ def check():
     mm.get_free_memory = lambda device=None: free[0]
     assert host._make_room(mm, gpu, 1 << 30, origin) == 1 << 30
     assert asked == [(11 << 30, [id(loaded[1]), id(loaded[2])])], asked
+    # A merge sizing its chunks asks ComfyUI's models alone: its own free_memory, not the
+    # wrapper that has the caches give first; a merge out of memory goes through the wrapper.
+    through_wrapper = []
+    def wrapper(required, device, keep_loaded=()):
+        through_wrapper.append(required)
+        free_memory(required, device, keep_loaded)
+    wrapper.__wrapped__ = free_memory
+    mm.free_memory = wrapper
+    asked.clear()
+    assert host._make_room(mm, gpu, 1 << 30, origin, caches=False) == 1 << 30
+    assert through_wrapper == [] and asked == [(12 << 30, [id(loaded[1]), id(loaded[2])])], (through_wrapper, asked)
+    assert host._make_room(mm, gpu, 1 << 30, origin) == 1 << 30
+    assert through_wrapper == [13 << 30], through_wrapper
+    # Without a GPU ComfyUI has no device memory to tell of.
+    assert not torch.cuda.is_available() and host.device_free(0) is None
+    # Fragments of blocks that live tensors share count half for a merge's chunks.
+    assert host._usable(5 << 30, {"inactive_split_bytes.all.current": 2 << 30}) == 4 << 30
+    assert host._usable(5 << 30, {}) == 5 << 30 and host._usable(1 << 30, {"inactive_split_bytes.all.current": 4 << 30}) == 0
 "#,
             )
             .unwrap();
@@ -683,4 +701,7 @@ def check():
     // The other way (a merge out of device memory asking ComfyUI to offload): nothing to free
     // without a GPU, and no error.
     assert_eq!(comfyrs_bridge::model::make_room(None, 1 << 30), 0);
+    assert_eq!(comfyrs_bridge::model::unload_idle(None, 1 << 30), 0);
+    assert_eq!(comfyrs_bridge::model::device_free(tch::Device::Cpu), None);
+    assert_eq!(comfyrs_bridge::model::device_free(tch::Device::Cuda(0)), None, "no GPU here");
 }

@@ -35,6 +35,8 @@ fn env() -> &'static Env {
             prepare: comfyrs_bridge::model::prepare,
             with_weights: comfyrs_bridge::model::with_weights,
             make_room: comfyrs_bridge::model::make_room,
+            unload_idle: comfyrs_bridge::model::unload_idle,
+            device_free: comfyrs_bridge::model::device_free,
         }));
     })
 }

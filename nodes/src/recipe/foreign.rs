@@ -40,6 +40,19 @@ pub trait ForeignModels: Send + Sync {
     fn make_room(&self, _origin: Option<&Value>, _bytes: u64) -> u64 {
         0
     }
+    /// [`make_room`](Self::make_room) from the provider's own models alone (those it is not
+    /// using; never those sharing `origin`'s weights), leaving the engine's caches as they are:
+    /// for a merge that sizes its chunks before it starts. Returns the bytes it freed.
+    fn unload_idle(&self, _origin: Option<&Value>, _bytes: u64) -> u64 {
+        0
+    }
+    /// The memory free on `device` now as the provider counts it (ComfyUI: under a device
+    /// memory limit, the limit less what every tensor of the process holds), or None when it
+    /// cannot tell, or its models are not on `device`. A merge on `device` sizes its chunks by
+    /// it, beside the provider's loaded models.
+    fn device_free(&self, _device: tch::Device) -> Option<u64> {
+        None
+    }
 }
 
 /// ComfyUI type (`"MODEL"` or `"CLIP"`), weights, identity and name, as
@@ -52,6 +65,8 @@ pub struct ForeignFns {
     pub prepare: fn(&Value) -> Result<(), String>,
     pub with_weights: fn(&Value, &IndexMap<String, tch::Tensor>) -> Result<Value, String>,
     pub make_room: fn(Option<&Value>, u64) -> u64,
+    pub unload_idle: fn(Option<&Value>, u64) -> u64,
+    pub device_free: fn(tch::Device) -> Option<u64>,
 }
 
 impl ForeignModels for ForeignFns {
@@ -75,5 +90,11 @@ impl ForeignModels for ForeignFns {
     }
     fn make_room(&self, origin: Option<&Value>, bytes: u64) -> u64 {
         (self.make_room)(origin, bytes)
+    }
+    fn unload_idle(&self, origin: Option<&Value>, bytes: u64) -> u64 {
+        (self.unload_idle)(origin, bytes)
+    }
+    fn device_free(&self, device: tch::Device) -> Option<u64> {
+        (self.device_free)(device)
     }
 }
