@@ -79,3 +79,58 @@ fn low_rank_contributions_do_not_shrink_the_chunks_and_full_weights_do() {
     assert_eq!(chunks(&merge(3, false)), one, "three low-rank LoRAs plan as one does");
     assert!(chunks(&merge(3, true)) > one, "three LoRAs as full weights need smaller chunks");
 }
+
+/// What a ComfyUI beside the merge would say: `free` bytes on the merge's device, and room that
+/// unloading its idle models makes.
+struct Beside {
+    free: std::sync::Mutex<u64>,
+    unloads: u64,
+    asked: std::sync::Mutex<Vec<u64>>,
+    measured: std::sync::atomic::AtomicUsize,
+}
+
+impl comfyrs_nodes::pack::ForeignModels for Beside {
+    fn state_dict(&self, _: &comfyrs_runtime::Value) -> Option<Result<comfyrs_nodes::pack::ForeignState, String>> {
+        None
+    }
+    fn with_weights(&self, _: &comfyrs_runtime::Value, _: &indexmap::IndexMap<String, tch::Tensor>) -> Result<comfyrs_runtime::Value, String> {
+        Err("no foreign models here".into())
+    }
+    fn unload_idle(&self, _: Option<&comfyrs_runtime::Value>, bytes: u64) -> u64 {
+        self.asked.lock().unwrap().push(bytes);
+        *self.free.lock().unwrap() += self.unloads;
+        self.unloads
+    }
+    fn device_free(&self, device: Device) -> Option<u64> {
+        self.measured.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (device == Device::Cpu).then(|| *self.free.lock().unwrap())
+    }
+}
+
+/// Beside a runtime that holds the device (ComfyUI with its models loaded), an Exit asks what is
+/// free before its first chunk; far short of its plan, it has the runtime unload the models it
+/// is not using for the rest and asks again (docs/architecture.md, "Memory"). The merge is the
+/// same.
+#[test]
+fn a_merge_beside_comfyui_sizes_its_chunks_from_what_is_free_and_has_idle_models_unloaded_when_far_short() {
+    const GIB: u64 = 1 << 30;
+    let m = models(&[Arch::Sdxl], false);
+    let (alone, _) = run_fresh(&registry_on(&m, engine_with(None)), &prompt(), "9", "10");
+    let beside = |free: u64| {
+        let engine = MergeEngine::standalone(MergeSettings { chunk_budget: Some(8 * GIB), ..MergeSettings::on(Device::Cpu) }).unwrap();
+        let runtime = std::sync::Arc::new(Beside { free: free.into(), unloads: GIB, asked: Default::default(), measured: 0.into() });
+        engine.set_foreign_models(runtime.clone());
+        let (merged, _) = run_fresh(&registry_on(&m, engine.clone()), &prompt(), "9", "10");
+        assert_same_overrides(&alone, &merged);
+        let asked = runtime.asked.lock().unwrap().clone();
+        (asked, runtime.measured.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    // Nothing free: the floor of 256 MiB is what the chunks would get; the runtime is asked for
+    // the rest of the plan, and the device measured again.
+    let (asked, measured) = beside(0);
+    assert_eq!(asked, vec![8 * GIB - (256 << 20)]);
+    assert_eq!(measured, 2, "measured before and after the unloading");
+    // Half the plan free: nothing is unloaded.
+    let (asked, measured) = beside(4 * GIB + GIB / 2);
+    assert_eq!((asked, measured), (vec![], 1));
+}

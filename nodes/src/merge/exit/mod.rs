@@ -28,6 +28,7 @@ mod figures;
 mod footprint;
 mod grouping;
 mod oom;
+mod room_now;
 mod validation;
 
 pub use analysis::{analyze, Analysis, LoadedModel, LoadedSet};
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use analysis::ptr;
+use comfyrs_runtime::memory::Place;
 use comfyrs_runtime::ExecContext;
 use eval::{Eval, Lap};
 use grouping::{group_keys, pipeline_order};
@@ -52,6 +54,7 @@ use crate::recipe::model::NativeModel;
 use crate::recipe::{PackError, Recipe, RecipeDomain, RecipeKind};
 use crate::widen::{Widen, WidenConfig};
 
+use super::chunk_memory::ChunkBudget;
 use super::engine::MergeEngine;
 use super::save;
 
@@ -289,7 +292,22 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     if groups.is_empty() {
         rep.progress(1, 1);
     }
-    let chunk_budget = engine.chunk_budget();
+    // Beside ComfyUI's models the device holds less than the plan of the first merge counted on
+    // (room_now.rs): the run's results still to come and the caches' growth are spoken for. A
+    // run sized from the device as it is starts from the plan and leaves nothing to the next
+    // (which measures for itself); one without that view starts where earlier merges ended.
+    let learned = engine.chunk_budget();
+    let measured = match engine.foreign_models() {
+        Some(f) => {
+            let results: u64 = if out.on_device { todo.iter().map(|k| a.base.storage_bytes(k)).sum() } else { 0 };
+            let growth = engine.device_limit().saturating_sub(engine.budget().used(Place::Device));
+            let origin = base_model.foreign_origin();
+            let plan = ChunkBudget { bytes: learned.planned, ..learned };
+            room_now::chunk_budget(plan, results + growth, &mut || f.device_free(device), &mut |bytes| f.unload_idle(origin, bytes))
+        }
+        None => None,
+    };
+    let chunk_budget = measured.unwrap_or(learned);
     let budget = chunk_budget.bytes as usize;
     // Bytes of working memory per key of a group (footprint.rs).
     let per_key = |shape: &[i64], keys: &[String]| -> u64 {
@@ -348,7 +366,9 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     }
     let out = out_cell.into_inner();
     // The next merge starts where this one ended (docs/architecture.md, "Memory").
-    engine.learn_chunk_budget(chunk_budget, (budget / shrink.divisor()) as u64, shrink.retries);
+    if measured.is_none() {
+        engine.learn_chunk_budget(chunk_budget, (budget / shrink.divisor()) as u64, shrink.retries);
+    }
     stats.chunks = shrink.chunks;
     stats.oom_retries = shrink.retries;
     stats.result_blocks = out.host.blocks();

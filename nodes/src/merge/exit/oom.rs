@@ -110,9 +110,10 @@ pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mu
                     let next = shrink.size(batch).min(n);
                     tracing::debug!(
                         "device memory: a chunk of {n} keys did not fit under {}; retrying as {} chunks of {next} keys \
-                         (later chunks of this merge keep the smaller size)",
+                         (later chunks of this merge keep the smaller size): {}",
                         shrink.limit,
-                        n.div_ceil(next)
+                        n.div_ceil(next),
+                        first_line(&e)
                     );
                 } else if !shrink.freed_caches {
                     shrink.freed_caches = true;
@@ -124,7 +125,7 @@ pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mu
                         human(freed)
                     );
                 } else {
-                    let cause = e.to_string().lines().next().unwrap_or_default().to_string();
+                    let cause = first_line(&e);
                     return Err(KeyTooLarge { key: chunk[0].clone(), limit: shrink.limit.clone(), need: human(per_key), cause }.into());
                 }
             }
@@ -132,6 +133,11 @@ pub(crate) fn run_group(keys: &[String], batch: usize, per_key: u64, shrink: &mu
         }
     }
     Ok(())
+}
+
+/// libtorch's message for an error, without its C++ backtrace.
+fn first_line(e: &PackError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]
