@@ -116,21 +116,28 @@ fn a_merge_beside_comfyui_sizes_its_chunks_from_what_is_free_and_has_idle_models
     const GIB: u64 = 1 << 30;
     let m = models(&[Arch::Sdxl], false);
     let (alone, _) = run_fresh(&registry_on(&m, engine_with(None)), &prompt(), "9", "10");
-    let beside = |free: u64| {
+    // The Exit run `runs` times on one engine (a fresh executor each time, so the Exit runs
+    // and finds the engine's caches).
+    let beside = |free: u64, runs: usize| {
         let engine = MergeEngine::standalone(MergeSettings { chunk_budget: Some(8 * GIB), ..MergeSettings::on(Device::Cpu) }).unwrap();
         let runtime = std::sync::Arc::new(Beside { free: free.into(), unloads: GIB, asked: Default::default(), measured: 0.into() });
         engine.set_foreign_models(runtime.clone());
-        let (merged, _) = run_fresh(&registry_on(&m, engine.clone()), &prompt(), "9", "10");
-        assert_same_overrides(&alone, &merged);
+        let reg = registry_on(&m, engine);
+        for _ in 0..runs {
+            let (merged, _) = run_fresh(&reg, &prompt(), "9", "10");
+            assert_same_overrides(&alone, &merged);
+        }
         let asked = runtime.asked.lock().unwrap().clone();
         (asked, runtime.measured.load(std::sync::atomic::Ordering::Relaxed))
     };
     // Nothing free: the floor of 256 MiB is what the chunks would get; the runtime is asked for
     // the rest of the plan, and the device measured again.
-    let (asked, measured) = beside(0);
+    let (asked, measured) = beside(0, 1);
     assert_eq!(asked, vec![8 * GIB - (256 << 20)]);
     assert_eq!(measured, 2, "measured before and after the unloading");
+    // A second run that finds every key in the cache computes nothing and asks nothing.
+    assert_eq!(beside(0, 2), (vec![8 * GIB - (256 << 20)], 2));
     // Half the plan free: nothing is unloaded.
-    let (asked, measured) = beside(4 * GIB + GIB / 2);
+    let (asked, measured) = beside(4 * GIB + GIB / 2, 1);
     assert_eq!((asked, measured), (vec![], 1));
 }

@@ -296,16 +296,17 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     // (room_now.rs): the run's results still to come and the caches' growth are spoken for. A
     // run sized from the device as it is starts from the plan and leaves nothing to the next
     // (which measures for itself); one without that view starts where earlier merges ended.
+    // Nothing to compute (every key a cache hit), nothing to ask.
     let learned = engine.chunk_budget();
     let measured = match engine.foreign_models() {
-        Some(f) => {
+        Some(f) if !groups.is_empty() => {
             let results: u64 = if out.on_device { todo.iter().map(|k| a.base.storage_bytes(k)).sum() } else { 0 };
             let growth = engine.device_limit().saturating_sub(engine.budget().used(Place::Device));
             let origin = base_model.foreign_origin();
             let plan = ChunkBudget { bytes: learned.planned, ..learned };
             room_now::chunk_budget(plan, results + growth, &mut || f.device_free(device), &mut |bytes| f.unload_idle(origin, bytes))
         }
-        None => None,
+        _ => None,
     };
     let chunk_budget = measured.unwrap_or(learned);
     let budget = chunk_budget.bytes as usize;
