@@ -33,4 +33,16 @@ fn bench_loop_merges_only_when_the_recipe_changes() {
     let runs = stderr.lines().filter(|l| l.starts_with("comfyrs: ") && l.contains(": first step ")).count();
     assert!(runs >= 4 && memory.len() == runs, "one memory line per run ({runs} runs):\n{stderr}");
     assert!(memory.iter().all(|l| l.contains("outputs ")), "{memory:?}");
+    // What each Exit computed: a t_factor change above a nested merge finds that merge's results
+    // in the subtree cache; nothing ran out of memory on the CPU.
+    let work = |run: &str| -> Vec<u64> {
+        let l = stderr.lines().find(|l| l.starts_with(&format!("comfyrs: {run}: "))).unwrap_or_else(|| panic!("no '{run}' line:\n{stderr}"));
+        let w = l.split("; Exit work: ").nth(1).unwrap_or_else(|| panic!("no Exit work in: {l}"));
+        w.split(", ").map(|part| part.split(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{l}"))).collect()
+    };
+    let [keys, _, chunks, retries] = work("first image of the process")[..] else { panic!() };
+    assert!(keys > 0 && chunks > 0 && retries == 0, "{keys} keys, {chunks} chunks, {retries} retries");
+    let [_, hits, _, _] = work("t_factor changed")[..] else { panic!() };
+    assert!(hits > 0, "the nested merge's results come from the cache");
+    assert!(!stderr.lines().any(|l| l.starts_with("comfyrs: new seed") && l.contains("Exit work")), "a new seed runs no Exit:\n{stderr}");
 }

@@ -148,6 +148,9 @@ struct Timing {
     image_path: Option<PathBuf>,
     /// The Exit's own phases, ms (comfyrs's side: from its statistics).
     exit_phases: Option<String>,
+    /// What the Exit computed: keys, subtree results it found, chunks and out-of-memory retries
+    /// (a device-limited loop shows there whether the caches or the chunks cost it, without -v).
+    exit_work: Option<String>,
 }
 
 /// Records when the sampler's first step and the saved image arrive.
@@ -168,7 +171,9 @@ impl EventSink for Watch {
             Event::Executed { node, ui, seconds, .. } => {
                 t.nodes.insert(node.clone(), *seconds);
                 if node == "exit" {
-                    t.exit_phases = ui.as_ref().and_then(|u| u.get("widen")).and_then(|w| w.get(0)).map(|w| phases_ms(&w["phases"]));
+                    let stats = ui.as_ref().and_then(|u| u.get("widen")).and_then(|w| w.get(0));
+                    t.exit_phases = stats.map(|w| phases_ms(&w["phases"]));
+                    t.exit_work = stats.map(work);
                 }
                 if node == "save" {
                     t.image = Some(now);
@@ -232,7 +237,7 @@ fn run_reference(setup: &ReferenceSetup, runs: &[(&str, Json)]) -> Result<Vec<Ti
 /// A reference run's line as a [`Timing`].
 fn timing(j: &Json) -> Timing {
     let nodes = j["nodes"].as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect()).unwrap_or_default();
-    Timing { first_step: j["first_step"].as_f64(), image: j["image"].as_f64(), nodes, image_path: j["image_path"].as_str().map(PathBuf::from), exit_phases: None }
+    Timing { first_step: j["first_step"].as_f64(), image: j["image"].as_f64(), nodes, image_path: j["image_path"].as_str().map(PathBuf::from), exit_phases: None, exit_work: None }
 }
 
 /// The Exit's phases (seconds in its statistics) as `analysis 1.0, …` in ms.
@@ -241,11 +246,26 @@ fn phases_ms(p: &Json) -> String {
     m.iter().filter_map(|(k, v)| Some(format!("{k} {:.1}", v.as_f64()? * 1e3))).collect::<Vec<_>>().join(", ")
 }
 
+/// `582 keys, 266 subtree hits, 14 chunks, 0 out-of-memory retries` from the Exit's statistics
+/// (`1 chunk` for one).
+fn work(stats: &Json) -> String {
+    let n = |k: &str, one: &str, many: &str| match stats[k].as_u64() {
+        Some(1) => format!("1 {one}"),
+        Some(v) => format!("{v} {many}"),
+        None => format!("? {many}"),
+    };
+    [n("keys", "key", "keys"), n("subtree_hits", "subtree hit", "subtree hits"), n("chunks", "chunk", "chunks"), n("oom_retries", "out-of-memory retry", "out-of-memory retries")].join(", ")
+}
+
 fn line(t: &Timing) -> String {
     let s = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3} s"));
     let exit = t.nodes.get("exit").map_or("cached".to_string(), |v| format!("{v:.3} s"));
     let nodes: Vec<String> = t.nodes.iter().map(|(n, v)| format!("{n} {v:.3}")).collect();
     let phases = t.exit_phases.as_ref().map_or(String::new(), |p| format!("; Exit phases, ms: {p}"));
+    let phases = match &t.exit_work {
+        Some(w) => format!("{phases}; Exit work: {w}"),
+        None => phases,
+    };
     format!("first step {}, image {}, Exit {exit} (nodes: {}){phases}", s(t.first_step), s(t.image), nodes.join(", "))
 }
 
