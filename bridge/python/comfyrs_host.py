@@ -240,11 +240,15 @@ def make_room(nbytes, origin=None, caches=True):
     then ComfyUI offloads models it is not using; without (a merge sizing its chunks before it
     starts), only those models go: the caches hold what the merge reads next. The models a
     merge over `origin` reads stay (`in_use`). Returns the bytes that came free."""
+    mm = _gpu_model_management()
+    return 0 if mm is None else _make_room(mm, mm.get_torch_device(), nbytes, origin, caches)
+
+
+def _gpu_model_management():
+    """comfy.model_management where ComfyUI runs on a CUDA device, else None."""
     import torch
     import comfy.model_management as mm
-    if not torch.cuda.is_available() or mm.cpu_mode():
-        return 0
-    return _make_room(mm, mm.get_torch_device(), nbytes, origin, caches)
+    return None if not torch.cuda.is_available() or mm.cpu_mode() else mm
 
 
 def _make_room(mm, device, nbytes, origin, caches=True):
@@ -257,16 +261,15 @@ def _make_room(mm, device, nbytes, origin, caches=True):
 
 def device_free(index=None):
     """The memory free for a merge's chunks on CUDA device `index` now, or None without a GPU or
-    where ComfyUI runs on another one: what ComfyUI
-    counts as free (under `memory.device`, the limit less what the process's tensors use) less
-    half of the free parts of blocks libtorch cannot give back while a live tensor shares them
-    (`inactive_split_bytes`, 1.5-2.8 GiB of the 12 GiB loop's free memory after a sampler run).
-    Counted whole, a 2 GiB chunk ran out of memory; left out whole, chunks of 256-782 MiB made
-    every slider change slower: the fragments serve the chunks' smaller tensors, not the
-    larger ones."""
+    where ComfyUI runs on another one: what ComfyUI counts as free (under `memory.device`, the
+    limit less what the process's tensors use) less half of the free parts of blocks libtorch
+    cannot give back while a live tensor shares them (`inactive_split_bytes`, 1.5-2.8 GiB of the
+    12 GiB loop's free memory after a sampler run). Counted whole, a 2 GiB chunk ran out of
+    memory; left out whole, chunks of 256-782 MiB made every slider change slower: the fragments
+    serve the chunks' smaller tensors, not the larger ones."""
     import torch
-    import comfy.model_management as mm
-    if not torch.cuda.is_available() or mm.cpu_mode():
+    mm = _gpu_model_management()
+    if mm is None:
         return None
     device = mm.get_torch_device()
     own = device.index if device.index is not None else torch.cuda.current_device()
@@ -1493,8 +1496,8 @@ def model_with_weights(obj, keys, tensors):
     (shared). A MODEL gets them as replacements of its parameters (ComfyUI's object patches: a
     load swaps the references, an unload swaps them back), on the device its weights are on now
     or will be (`_placement`), in their dtype: no backup copy and no cast per key, which weight
-    patches cost on every load (docs/widen.md, The loop on a GPU). A CLIP gets weight patches; both types have clone() and
-    add_patches(patches, strength_patch, strength_model)."""
+    patches cost on every load (docs/widen.md, The loop on a GPU). A CLIP gets weight patches;
+    both types have clone() and add_patches(patches, strength_patch, strength_model)."""
     m = obj.clone()
     found = _as_patcher(m)
     if found is not None and found[1] == "MODEL" and hasattr(m, "add_object_patch") and hasattr(m, "object_patches_backup"):

@@ -53,6 +53,12 @@ fn with_object<R: Send>(
     })?
 }
 
+/// Runs `f` on the Python thread with the bridge's host module.
+fn with_host<R: Send>(bridge: &Bridge, f: impl FnOnce(&Bound<'_, PyModule>) -> PyResult<R> + Send) -> Result<R, BridgeError> {
+    let shared = bridge.shared();
+    bridge.with_python(move |py| f(shared.host(py)).map_err(|e| BridgeError::Python(format_py_err(py, &e))))?
+}
+
 /// The weights of a Python MODEL (a ModelPatcher over a diffusion model: its UNet) or CLIP (its
 /// SDXL text encoders) as tensors over the same storage. `None` when `v` is neither. Weights the
 /// patcher has patches for are computed (those alone are copies).
@@ -141,8 +147,7 @@ fn ask_room(origin: Option<&Value>, bytes: u64, caches: bool) -> u64 {
         Some((bridge, v)) => with_object(&bridge, v, |_py, host, obj| ask(host, Some(obj))),
         None => {
             let Some(bridge) = Bridge::running() else { return 0 };
-            let shared = bridge.shared();
-            bridge.with_python(move |py| ask(shared.host(py), None).map_err(|e| BridgeError::Python(format_py_err(py, &e)))).and_then(|r| r)
+            with_host(&bridge, |host| ask(host, None))
         }
     };
     freed.unwrap_or_else(|e| {
@@ -158,15 +163,8 @@ fn ask_room(origin: Option<&Value>, bytes: u64, caches: bool) -> u64 {
 pub fn device_free(device: tch::Device) -> Option<u64> {
     let tch::Device::Cuda(index) = device else { return None };
     let bridge = Bridge::running()?;
-    let shared = bridge.shared();
-    let free = bridge.with_python(move |py| {
-        shared.host(py).call_method1("device_free", (index,)).and_then(|v| v.extract::<Option<u64>>()).map_err(|e| BridgeError::Python(format_py_err(py, &e)))
-    });
-    match free {
-        Ok(Ok(f)) => f,
-        Ok(Err(e)) | Err(e) => {
-            tracing::debug!("device memory: asking ComfyUI what is free failed: {e}");
-            None
-        }
-    }
+    with_host(&bridge, |host| host.call_method1("device_free", (index,))?.extract::<Option<u64>>()).unwrap_or_else(|e| {
+        tracing::debug!("device memory: asking ComfyUI what is free failed: {e}");
+        None
+    })
 }

@@ -262,11 +262,8 @@ fn line(t: &Timing) -> String {
     let exit = t.nodes.get("exit").map_or("cached".to_string(), |v| format!("{v:.3} s"));
     let nodes: Vec<String> = t.nodes.iter().map(|(n, v)| format!("{n} {v:.3}")).collect();
     let phases = t.exit_phases.as_ref().map_or(String::new(), |p| format!("; Exit phases, ms: {p}"));
-    let phases = match &t.exit_work {
-        Some(w) => format!("{phases}; Exit work: {w}"),
-        None => phases,
-    };
-    format!("first step {}, image {}, Exit {exit} (nodes: {}){phases}", s(t.first_step), s(t.image), nodes.join(", "))
+    let work = t.exit_work.as_ref().map_or(String::new(), |w| format!("; Exit work: {w}"));
+    format!("first step {}, image {}, Exit {exit} (nodes: {}){phases}{work}", s(t.first_step), s(t.image), nodes.join(", "))
 }
 
 /// blake3 of a PNG's decoded pixels (the files' metadata differ between the two sides).

@@ -297,10 +297,14 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     // run sized from the device as it is starts from the plan and leaves nothing to the next
     // (which measures for itself); one without that view starts where earlier merges ended.
     // Nothing to compute (every key a cache hit), nothing to ask.
+    let storage = |k: &str| a.base.storage_bytes(k);
+    // The bytes of the results this run computes, each key in its storage dtype: on the device
+    // or in host memory, wherever the results land.
+    let new_bytes: u64 = groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum();
     let learned = engine.chunk_budget();
     let measured = match engine.foreign_models() {
         Some(f) if !groups.is_empty() => {
-            let results: u64 = if out.on_device { todo.iter().map(|k| a.base.storage_bytes(k)).sum() } else { 0 };
+            let results = if out.on_device { new_bytes } else { 0 };
             let growth = engine.device_limit().saturating_sub(engine.budget().used(Place::Device));
             let origin = base_model.foreign_origin();
             let plan = ChunkBudget { bytes: learned.planned, ..learned };
@@ -317,10 +321,9 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     };
     let batch_of = |shape: &[i64], keys: &[String]| -> usize { (budget / per_key(shape, keys).max(1) as usize).clamp(1, 4096) };
     if !groups.is_empty() {
-        let storage = |k: &str| a.base.storage_bytes(k);
         let estimate = super::preflight::Estimate {
             // (Results kept on the device take no host memory.)
-            merged_bytes: if out.on_device { 0 } else { groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum() },
+            merged_bytes: if out.on_device { 0 } else { new_bytes },
             worst_chunk: groups
                 .iter()
                 .map(|(shape, keys)| storage(&keys[0]) * batch_of(shape, keys).min(keys.len()) as u64)
