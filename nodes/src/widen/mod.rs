@@ -13,6 +13,7 @@ pub mod config;
 pub mod disentangle;
 pub mod eps;
 mod error;
+mod factored;
 pub mod filter;
 pub mod kernels;
 pub mod layout;
@@ -25,6 +26,7 @@ pub mod summary;
 
 pub use config::{Calibration, Ranking, Sparsity, TMode, WidenConfig};
 pub use error::{Result, WidenError};
+pub use factored::Factored;
 pub use ops::{Contribution, Merged, Product, Statistics, Widen};
 pub use ranking::Ranked;
 pub use stats::ColumnStats;

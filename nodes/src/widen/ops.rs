@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::{TMode, WidenConfig};
 use super::error::{Result, WidenError};
+use super::factored::Factored;
 use super::kernels::{add_product, add_product_split_bf16, fresh_copy};
 use super::layout::KeyLayout;
 use super::merge;
@@ -83,6 +84,10 @@ pub struct Merged {
     /// compute device); `None` where the merge fell back (docs/widen.md, "Fallbacks") or ran
     /// with WIDEN off (`t < 0`).
     pub summary: Option<Tensor>,
+    /// Where every contribution was low-rank: the product that formed the result from the
+    /// backbone ([`Factored::rebuild`] gives the result again, bit for bit). `None` with dense
+    /// contributions, shortcuts (D5) and fallbacks.
+    pub factored: Option<Factored>,
 }
 
 /// WIDEN with a configuration, computing on one device.
@@ -243,7 +248,7 @@ impl Widen {
         }
         let is_filter = contributions.len() == 1;
         let op = if is_filter { "filter_delta" } else { "merge_weights" };
-        let (mut used, mut figures) = (None, None);
+        let (mut used, mut figures, mut factored) = (None, None, None);
         let result = self.guarded(
             op,
             keys,
@@ -251,11 +256,12 @@ impl Widen {
                 let ran = self.run_with(&backbone, contributions, is_filter, true, known)?;
                 used = ran.stats;
                 figures = ran.summary;
+                factored = ran.factored;
                 Ok(ran.result)
             },
             || self.mean_of_weights(&backbone, contributions),
         )?;
-        Ok(Merged { result, stats: used, summary: figures })
+        Ok(Merged { result, stats: used, summary: figures, factored })
     }
 
     /// Merges N contributions against the backbone. Returns `[B, *S]` on the compute device in the
@@ -343,6 +349,7 @@ impl Widen {
         let mut results = Vec::with_capacity(batch as usize);
         let mut stats = Vec::with_capacity(batch as usize);
         let mut figures = Vec::with_capacity(batch as usize);
+        let mut factors = Vec::with_capacity(batch as usize);
         for key in 0..batch {
             let one = |t: &Tensor| -> Result<Tensor> { fresh_copy(&t.f_narrow(0, key, 1)?) };
             let parts = contributions
@@ -360,10 +367,12 @@ impl Widen {
             results.push(ran.result);
             stats.extend(ran.stats);
             figures.extend(ran.summary);
+            factors.extend(ran.factored);
         }
         let stats = if stats.len() == batch as usize { Some(ColumnStats::cat_keys(&stats)?) } else { None };
         let summary = if figures.len() == batch as usize { Some(Tensor::f_cat(&figures, 0)?) } else { None };
-        Ok(Merged { result: Tensor::f_cat(&results, 0)?, stats, summary })
+        let factored = if factors.len() == batch as usize { Factored::cat(&factors)? } else { None };
+        Ok(Merged { result: Tensor::f_cat(&results, 0)?, stats, summary, factored })
     }
 
     fn run_batch(
@@ -380,12 +389,18 @@ impl Widen {
         match self.config.t_mode() {
             TMode::BackboneOnly => {
                 let figures = summary::dropped(contributions.len() as i64, shape[0], self.device)?;
-                return Ok(Merged { result: backbone.f_to_device(self.device)?, stats: None, summary: Some(figures) });
+                return Ok(Merged {
+                    result: backbone.f_to_device(self.device)?,
+                    stats: None,
+                    summary: Some(figures),
+                    factored: None,
+                });
             }
             TMode::Off if is_filter => {
                 if let Contribution::Weights(w) = &contributions[0] {
                     check_shape(w, &shape)?;
-                    return Ok(Merged { result: w.f_to_device(self.device)?.f_to_kind(out_kind)?, stats: None, summary: None });
+                    let result = w.f_to_device(self.device)?.f_to_kind(out_kind)?;
+                    return Ok(Merged { result, stats: None, summary: None, factored: None });
                 }
             }
             _ => {}
@@ -410,8 +425,10 @@ impl Widen {
             }
         };
         let split = self.product == Product::SplitBf16 && self.device.is_cuda();
-        let result = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split, owned)?;
-        Ok(Merged { result: result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?, stats, summary: figures })
+        let (result, factored) = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split, owned)?;
+        // Only an fp32 backbone's result is the product itself (another dtype rounds it after).
+        let factored = factored.filter(|_| out_kind == Kind::Float);
+        Ok(Merged { result: result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?, stats, summary: figures, factored })
     }
 
     fn prepare(&self, c: &Contribution, b: &Tensor, layout: &KeyLayout, shape: &[i64]) -> Result<Prepared> {
@@ -598,7 +615,8 @@ fn interleave(prepared: &[Prepared], dense: ColumnSums, low: ColumnSums) -> Resu
 /// `backbone + Σₙ Sₙ ⊙ Δₙ` (all scales 1 when `scales` is None: task arithmetic). Dense deltas are
 /// accumulated first and the backbone added last; low-rank deltas enter through one
 /// `B + [U₁ … U_N]·[D₁·diag(S₁); …]` product, so the backbone is read once and the result
-/// written once.
+/// written once. With the result, that product's operands where it is the whole result (no dense
+/// contribution).
 fn combine(
     b: &Tensor,
     prepared: &[Prepared],
@@ -607,7 +625,7 @@ fn combine(
     layout: &KeyLayout,
     split_bf16: bool,
     b_owned: bool,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Factored>)> {
     let columns = matches!(layout, KeyLayout::Columns { .. });
     let mut acc: Option<Tensor> = None;
     let mut low_rows = Vec::new();
@@ -629,20 +647,22 @@ fn combine(
             Prepared::LowRank { .. } => low_rows.push(n as i64),
         }
     }
+    let whole = acc.is_none();
     let (base, base_owned) = match acc {
         Some(a) => (b.f_add(&a)?, true),
         None => (b.shallow_clone(), b_owned),
     };
-    let Some(stacked) = stacked else { return Ok(base) };
+    let Some(stacked) = stacked else { return Ok((base, None)) };
     let low_scales = match scales {
         Some(s) if low_rows.len() == prepared.len() => Some(s.shallow_clone()),
         Some(s) => Some(s.f_index_select(0, &Tensor::f_from_slice(&low_rows)?.f_to_device(s.device())?)?),
         None => None,
     };
     let (up, down) = stacked.concatenated(low_scales.as_ref())?;
-    if split_bf16 {
-        add_product_split_bf16(&base, &up, &down, base_owned)
+    let result = if split_bf16 {
+        add_product_split_bf16(&base, &up, &down, base_owned)?
     } else {
-        add_product(&base, &up, &down, base_owned)
-    }
+        add_product(&base, &up, &down, base_owned)?
+    };
+    Ok((result, whole.then_some(Factored { up, down, split_bf16 })))
 }
