@@ -34,6 +34,9 @@ pub fn rank(x: &Tensor, strategy: Ranking) -> Result<Ranked> {
 /// independent of element order and of the sort's stability.
 pub fn percentile(x: &Tensor) -> Result<Ranked> {
     let k = x.size()[1];
+    // libtorch copies a strided input to search it anyway, and says so on stderr once per process
+    // (seen in a CPU `bench merge` of slider changes under a small host limit).
+    let x = &x.f_contiguous()?;
     let (sorted, _) = x.f_sort(1, false)?;
     let less = x.f_searchsorted(&sorted, false, false, "left", None::<Tensor>)?;
     let less_eq = x.f_searchsorted(&sorted, false, true, "right", None::<Tensor>)?;
