@@ -220,6 +220,7 @@ pub fn merge_settings(config: &Config) -> MergeSettings {
         host_ram: w.host_ram,
         subtree_cache: w.cache,
         device_subtree_cache: w.device_cache,
+        subtree_products: w.subtree_products,
         stats_cache: w.stats_cache,
         factor_cache: w.factor_cache,
         pinned: w.pinned,

@@ -22,6 +22,7 @@ const SETTING_VARS: &[&str] = &[
     "COMFYRS_WIDEN_HOST_RAM",
     "COMFYRS_WIDEN_CACHE",
     "COMFYRS_WIDEN_DEVICE_CACHE",
+    "COMFYRS_WIDEN_SUBTREE_PRODUCTS",
     "COMFYRS_WIDEN_STATS_CACHE",
     "COMFYRS_WIDEN_FACTOR_CACHE",
     "COMFYRS_WIDEN_PINNED",
@@ -87,6 +88,7 @@ fn defaults_when_nothing_is_given() {
     assert_eq!(setting(&doc, "memory.device_cache"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "cache.mode"), (json!("lru"), "default".into()));
     assert_eq!(setting(&doc, "widen.chunk_budget"), (json!("auto"), "default".into()));
+    assert_eq!(setting(&doc, "widen.subtree_products"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "widen.stats_cache"), (json!(GIB), "default".into()));
     assert_eq!(setting(&doc, "widen.factor_cache"), (json!(2 * GIB), "default".into()));
     for switch in ["widen.pinned", "widen.events", "widen.copy_stream", "widen.results_on_device"] {
@@ -195,6 +197,7 @@ fn every_widen_variable_and_its_switches() {
         ("COMFYRS_WIDEN_HOST_RAM", "16GiB"),
         ("COMFYRS_WIDEN_CACHE", "4GiB"),
         ("COMFYRS_WIDEN_DEVICE_CACHE", "auto"),
+        ("COMFYRS_WIDEN_SUBTREE_PRODUCTS", "on"),
         ("COMFYRS_WIDEN_STATS_CACHE", "64MiB"),
         ("COMFYRS_WIDEN_FACTOR_CACHE", "1GiB"),
         ("COMFYRS_WIDEN_PINNED", "off"),
@@ -208,6 +211,7 @@ fn every_widen_variable_and_its_switches() {
     assert_eq!(setting(&doc, "widen.host_ram").0, json!(16 * GIB));
     assert_eq!(setting(&doc, "widen.cache"), (json!(4 * GIB), "env COMFYRS_WIDEN_CACHE".into()));
     assert_eq!(setting(&doc, "widen.device_cache"), (json!("auto"), "env COMFYRS_WIDEN_DEVICE_CACHE".into()));
+    assert_eq!(setting(&doc, "widen.subtree_products"), (json!(true), "env COMFYRS_WIDEN_SUBTREE_PRODUCTS".into()));
     assert_eq!(setting(&doc, "widen.stats_cache").0, json!(64 * MIB));
     assert_eq!(setting(&doc, "widen.factor_cache").0, json!(GIB));
     for switch in ["widen.pinned", "widen.events", "widen.copy_stream", "widen.results_on_device"] {
@@ -220,6 +224,8 @@ fn every_widen_variable_and_its_switches() {
 
     let e = refused(dir.path(), &[("COMFYRS_WIDEN_EVENTS", "yes")], &[]);
     assert!(e.contains("widen.events") && e.contains("env COMFYRS_WIDEN_EVENTS") && e.contains("0, 1, true, false, on or off"), "{e}");
+    let e = refused(dir.path(), &[("COMFYRS_WIDEN_SUBTREE_PRODUCTS", "sometimes")], &[]);
+    assert!(e.contains("widen.subtree_products") && e.contains("auto, 0, 1, true, false, on or off"), "{e}");
     let e = refused(dir.path(), &[("COMFYRS_CACHE_MODE", "fifo")], &[]);
     assert!(e.contains("cache.mode") && e.contains("none, lru or ram-pressure"), "{e}");
 }

@@ -5,6 +5,7 @@
 mod pack_util;
 
 use comfyrs_nodes::arch::Arch;
+use comfyrs_nodes::pack::{MergeEngine, MergeSettings};
 use pack_util::*;
 use serde_json::{json, Value as Json};
 
@@ -145,6 +146,9 @@ mod under_pressure {
         let (m, room) = squeezed(6, 10);
         let (_, cold) = exec_once(&m, &prompt(0.5, true));
         assert_eq!(n(&cold, "recomputed"), n(&cold, "keys"));
+        if !m.engine.device().is_cuda() {
+            assert_eq!(products(&m), 0, "by default the CPU keeps no products");
+        }
         let (warm, stats) = exec_once(&m, &prompt(0.9, true));
         assert_eq!(n(&stats, "subtree_hits"), n(&stats, "keys"), "every key of M1 comes from the cache: {stats}");
         assert_eq!(n(&stats, "stats_hits"), n(&stats, "keys"), "{stats}");
@@ -152,6 +156,49 @@ mod under_pressure {
         // And it is the cold result.
         let (fresh, _) = exec_once(&m, &prompt(0.9, false));
         assert_same_overrides(&warm, &fresh);
+    }
+
+    /// Bytes the engine keeps as the products of low-rank merges.
+    fn products(m: &Models) -> usize {
+        let s = m.engine.subtree_factor_cache().stats();
+        s.bytes + s.device_bytes
+    }
+
+    /// No room for full results at all: the products the merges kept (each result is the base
+    /// plus one low-rank product) answer every slider change. Every key of the branch is rebuilt
+    /// from the base and its product, and the model is the cold run's bit for bit (fp32 base:
+    /// nothing rounds a difference away), for a fraction of the memory.
+    #[test]
+    fn without_room_for_full_results_slider_changes_rebuild_the_branch_from_its_products() {
+        // (Products are kept on a GPU by default; here on the CPU too.)
+        let settings = MergeSettings { subtree_products: Some(true), ..MergeSettings::default() };
+        let m = Models { engine: MergeEngine::standalone(settings).unwrap(), ..models(&[Arch::Sdxl], false) };
+        exec_once(&m, &prompt(0.5, true));
+        let (full, kept) = (held(&m), products(&m));
+        assert!(kept > 0 && kept * 2 < full, "products {kept} B against full results {full} B");
+        m.engine.subtree_cache().set_limits(0, 0);
+        m.engine.clear();
+        let (_, cold) = exec_once(&m, &prompt(0.5, true));
+        let keys = n(&cold, "keys");
+        assert_eq!((n(&cold, "recomputed"), n(&cold, "subtrees_rebuilt")), (keys, 0), "{cold}");
+        assert_eq!(held(&m), 0, "no full result is kept");
+        // (The keys where a LoRA of the branch is not a plain factor pair, such as LoRA b's
+        // full-weight diffs, take the dense path and keep no product.)
+        let low_rank = m.engine.subtree_factor_cache().stats().entries as u64 / 2;
+        assert!(low_rank * 3 >= keys * 2, "{low_rank} of {keys} keys low-rank in both merges");
+        // New positions rebuild the branch; back at the first one, the output of that position
+        // is rebuilt too (and the branch beneath it, its base).
+        for (t2, rebuilt) in [(0.9, low_rank), (0.3, low_rank), (0.5, 2 * low_rank)] {
+            let (warm, stats) = exec_once(&m, &prompt(t2, true));
+            assert_eq!(n(&stats, "subtree_hits"), 0, "{stats}");
+            assert_eq!(n(&stats, "subtrees_rebuilt"), rebuilt, "t {t2}: {stats}");
+            let (fresh, _) = exec_once(&m, &prompt(t2, false));
+            assert_same_overrides(&warm, &fresh);
+        }
+        // Giving device memory away (ComfyUI loading a model) takes the products last; on the CPU
+        // there is none to give, and they stay.
+        m.engine.yield_device(u64::MAX);
+        assert!(products(&m) > 0);
     }
 
     /// Smaller still: the branch alone does not fit. Plain LRU evicted each of its chunks just

@@ -556,12 +556,13 @@ fn summary(stats: &Json) -> String {
         None => String::new(),
     };
     format!(
-        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} statistics reused; ms: analysis {}, load {}, compute {}, results {}, report {}; \
-         around the Exit: node call {:.1}, executor {:.1}{blocks}",
+        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} rebuilt from their products, {} statistics reused; \
+         ms: analysis {}, load {}, compute {}, results {}, report {}; around the Exit: node call {:.1}, executor {:.1}{blocks}",
         stats["keys"],
         stats["recomputed"],
         stats["chunks"],
         stats["subtree_hits"],
+        stats["subtrees_rebuilt"],
         stats["stats_hits"],
         ms("analysis"),
         ms("load"),

@@ -87,6 +87,10 @@ impl Config {
                     "widen.host_ram" => limit(self.widen.host_ram),
                     "widen.cache" => limit(self.widen.cache),
                     "widen.device_cache" => limit(self.widen.device_cache),
+                    "widen.subtree_products" => match self.widen.subtree_products {
+                        Some(on) => switch(on),
+                        None => word("auto"),
+                    },
                     "widen.stats_cache" => size(self.widen.stats_cache),
                     "widen.factor_cache" => size(self.widen.factor_cache),
                     "widen.pinned" => switch(self.widen.pinned),

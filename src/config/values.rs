@@ -91,6 +91,45 @@ impl Visitor<'_> for SwitchVisitor {
     }
 }
 
+/// `auto` (None: decided where it applies) or a switch.
+pub fn auto_switch<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    d.deserialize_any(AutoSwitchVisitor)
+}
+
+struct AutoSwitchVisitor;
+
+impl Visitor<'_> for AutoSwitchVisitor {
+    type Value = Option<bool>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "auto, {SWITCH_FORMS}")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<bool>, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Option<bool>, E> {
+        match v {
+            0 | 1 => Ok(Some(v == 1)),
+            _ => Err(E::custom(format!("{v} is not auto or a switch; accepts auto, {SWITCH_FORMS}"))),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Option<bool>, E> {
+        self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<bool>, E> {
+        if v.trim().eq_ignore_ascii_case("auto") {
+            return Ok(None);
+        }
+        parse_switch(v)
+            .map(Some)
+            .ok_or_else(|| E::custom(format!("'{v}' is not auto or a switch; accepts auto, {SWITCH_FORMS}")))
+    }
+}
+
 fn parse_switch(v: &str) -> Option<bool> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "on" => Some(true),

@@ -14,12 +14,17 @@ pub struct WidenSettings {
     /// The most host RAM a merge may count on (for machines shared with other work).
     #[serde(deserialize_with = "values::limit")]
     pub host_ram: Option<u64>,
-    /// Cap of the subtree cache in host memory, inside `memory.host`.
+    /// Cap of each subtree cache (full results, and the products they are rebuilt from) in host
+    /// memory, inside `memory.host`.
     #[serde(deserialize_with = "values::limit")]
     pub cache: Option<u64>,
-    /// Cap of the subtree cache in device memory, inside `memory.device_cache`.
+    /// Cap of each subtree cache in device memory, inside `memory.device_cache`.
     #[serde(deserialize_with = "values::limit")]
     pub device_cache: Option<u64>,
+    /// Subtree results of low-rank merges also kept as the products that formed them, rebuilt
+    /// from when the full results were evicted (auto: on a GPU).
+    #[serde(deserialize_with = "values::auto_switch")]
+    pub subtree_products: Option<bool>,
     /// Cap of the column statistics cache.
     #[serde(deserialize_with = "values::size")]
     pub stats_cache: u64,
@@ -48,6 +53,7 @@ impl Default for WidenSettings {
             host_ram: None,
             cache: None,
             device_cache: None,
+            subtree_products: None,
             stats_cache: 1 << 30,
             factor_cache: 2 << 30,
             pinned: true,

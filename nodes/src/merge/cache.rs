@@ -28,7 +28,7 @@ use comfyrs_runtime::memory::{Place, Pool};
 use lru::LruCache;
 use tch::Tensor;
 
-use crate::widen::ColumnStats;
+use crate::widen::{ColumnStats, Factored};
 
 /// What a [`ByteLru`] can hold: a value with a size, a place (host or device memory) and cheap
 /// shared handles. Cached values are never modified in place.
@@ -64,6 +64,18 @@ impl Cached for ColumnStats {
     }
 }
 
+impl Cached for Factored {
+    fn bytes(&self) -> usize {
+        Factored::bytes(self) + 128
+    }
+    fn on_device(&self) -> bool {
+        Factored::on_device(self)
+    }
+    fn handle(&self) -> Self {
+        self.shallow_clone()
+    }
+}
+
 /// An LRU keyed by content hashes, bounded by bytes: by the memory budget its pool belongs to,
 /// and by caps of its own in host and device memory.
 pub struct ByteLru<V: Cached> {
@@ -73,6 +85,10 @@ pub struct ByteLru<V: Cached> {
 
 /// Subtree results (and device-resident LoRA factors): tensors.
 pub type SubtreeCache = ByteLru<Tensor>;
+/// Subtree results of low-rank merges as the products that formed them ([`Factored`]), keyed
+/// as the subtree cache is: a tenth of a result's size, rebuilt from the merge's base when the
+/// full result is no longer cached.
+pub type SubtreeFactorCache = ByteLru<Factored>;
 /// Column statistics of merges, per key (`[N, 1, K]` each), keyed by the merge's content hash
 /// without its t_factor ([`super::exit::Analysis::stats_hash`]).
 pub type StatsCache = ByteLru<ColumnStats>;
@@ -90,6 +106,9 @@ struct Inner<V> {
     device_limit: usize,
     hits: u64,
     misses: u64,
+    /// The share of the budget's limit at a place that this cache keeps while other pools grow
+    /// ([`ByteLru::reserving`]; 0: none).
+    reserve: f64,
 }
 
 /// A cached value, the last run that used it (0: none that protects it, as for values inserted
@@ -122,10 +141,11 @@ impl<V: Cached> Inner<V> {
     }
 
     fn over(&self, pool: &Pool) -> bool {
+        let past_reserve = |held: usize, at: Place| held > 0 && held as f64 > self.reserve * pool.limit(at) as f64;
         self.bytes > self.limit
             || self.device_bytes > self.device_limit
-            || (self.bytes > 0 && pool.excess(Place::Host) > 0)
-            || (self.device_bytes > 0 && pool.excess(Place::Device) > 0)
+            || (past_reserve(self.bytes, Place::Host) && pool.excess(Place::Host) > 0)
+            || (past_reserve(self.device_bytes, Place::Device) && pool.excess(Place::Device) > 0)
     }
 
     /// Removes `key` and, if it was stored in a group, the rest of the group: the group's tensor
@@ -205,9 +225,20 @@ impl<V: Cached> ByteLru<V> {
                 device_limit: cap(device_limit),
                 hits: 0,
                 misses: 0,
+                reserve: 0.0,
             }),
             pool,
         }
+    }
+
+    /// The same cache, keeping up to `share` of the budget's limit at each place whatever else
+    /// grows: within that share, a budget over its limit is for the other pools to fix (they
+    /// evict their own entries as they grow). For small entries that spare large ones their
+    /// recomputation ([`SubtreeFactorCache`]): without it they would be the ones to go whenever
+    /// the large ones had filled the budget.
+    pub fn reserving(self, share: f64) -> Self {
+        self.lock().reserve = share.clamp(0.0, 1.0);
+        self
     }
 
     /// A cache with a budget of its own: `limit` bytes of host and of device memory.
@@ -473,6 +504,36 @@ mod tests {
         // More than it holds: everything, and no more.
         assert_eq!(cache.free_device_bytes(1000), 200);
         assert_eq!((cache.stats().entries, cache.stats().device_bytes, budget.used(Place::Device)), (0, 0, 0));
+    }
+
+    /// A reserving cache keeps its share of the budget while another pool has filled it: the
+    /// pool that grows next makes the room; beyond the share it gives back its own entries.
+    #[test]
+    fn a_reserving_cache_keeps_its_share_while_the_large_entries_make_room() {
+        let budget = comfyrs_runtime::memory::MemoryBudget::new(1000, 1000);
+        let large = ByteLru::new(budget.pool("widen.subtrees"), u64::MAX, u64::MAX);
+        let small = ByteLru::new(budget.pool("widen.subtree_factors"), u64::MAX, u64::MAX).reserving(0.25);
+        for i in 0..5u8 {
+            large.insert([i; 32], OnDevice(200));
+        }
+        assert_eq!(budget.used(Place::Device), 1000);
+        // Within its quarter the small entries stay, the budget over its limit for now...
+        small.insert([10; 32], OnDevice(100));
+        small.insert([11; 32], OnDevice(100));
+        assert_eq!(small.stats().entries, 2);
+        assert_eq!(budget.used(Place::Device), 1200);
+        // ...until the large pool grows again and gives back its own oldest entries.
+        large.insert([5; 32], OnDevice(200));
+        assert_eq!(budget.used(Place::Device), 1000);
+        assert_eq!((large.stats().entries, small.stats().entries), (4, 2));
+        // Past its quarter, the reserving cache gives back its own, oldest first.
+        small.insert([12; 32], OnDevice(100));
+        assert_eq!(small.stats().entries, 2);
+        assert!(small.get(&[10; 32]).is_none() && small.get(&[12; 32]).is_some());
+        // An ordinary cache in its place would have given back everything the budget was over by.
+        let plain = ByteLru::new(budget.pool("plain"), u64::MAX, u64::MAX);
+        plain.insert([20; 32], OnDevice(100));
+        assert_eq!(plain.stats().entries, 0);
     }
 
     #[test]

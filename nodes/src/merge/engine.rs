@@ -17,7 +17,7 @@ use crate::cuda::{device_memory, release_cached, CudaRuntime, DeviceMemory, Pinn
 use crate::lora::LoraFile;
 use crate::recipe::foreign::ForeignModels;
 
-use super::cache::{CacheStats, StatsCache, SubtreeCache};
+use super::cache::{CacheStats, StatsCache, SubtreeCache, SubtreeFactorCache};
 use super::chunk_memory::{ChunkBudget, ChunkMemory};
 use super::device_plan::{cpu_chunk_memory, human, DevicePlan, CHUNK_FLOOR};
 use super::exit::LoadedSet;
@@ -54,6 +54,9 @@ pub struct MergeEngine {
     /// The device's memory when the engine first needed it (see [`MergeEngine::device_memory`]).
     device_memory: OnceLock<Option<DeviceMemory>>,
     pub(crate) subtrees: SubtreeCache,
+    /// Subtree results of low-rank merges as the products that formed them: what answers when
+    /// the full result was evicted.
+    pub(crate) subtree_factors: SubtreeFactorCache,
     pub(crate) stats: StatsCache,
     pub(crate) factors: SubtreeCache,
     pub(crate) memos: Memos,
@@ -70,6 +73,7 @@ pub struct MergeEngine {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub subtrees: CacheStats,
+    pub subtree_factors: CacheStats,
     pub stats: CacheStats,
     pub factors: CacheStats,
 }
@@ -95,11 +99,14 @@ impl MergeEngine {
             _ => None,
         };
         let pinned = index.map(|i| PinnedAllocator::new(i, cuda.clone()));
-        let subtrees = SubtreeCache::new(
-            budget.pool("widen.subtrees"),
-            settings.subtree_cache.unwrap_or(u64::MAX),
-            settings.device_subtree_cache.unwrap_or(u64::MAX),
-        );
+        let (subtree_cap, device_subtree_cap) =
+            (settings.subtree_cache.unwrap_or(u64::MAX), settings.device_subtree_cache.unwrap_or(u64::MAX));
+        let subtrees = SubtreeCache::new(budget.pool("widen.subtrees"), subtree_cap, device_subtree_cap);
+        // A quarter of the budget is theirs against the full results' growth: at a tenth of their
+        // size they are what a slider change under a small limit still finds (docs/architecture.md,
+        // "The WIDEN caches").
+        let subtree_factors =
+            SubtreeFactorCache::new(budget.pool("widen.subtree_factors"), subtree_cap, device_subtree_cap).reserving(0.25);
         let stats = StatsCache::new(budget.pool("widen.statistics"), settings.stats_cache, settings.stats_cache);
         let factors = SubtreeCache::new(budget.pool("widen.factors"), 0, settings.factor_cache);
         let staging_pool = budget.pool("widen.staging");
@@ -110,6 +117,7 @@ impl MergeEngine {
             pinned,
             device_memory: OnceLock::new(),
             subtrees,
+            subtree_factors,
             stats,
             factors,
             memos: Memos { lora_files: Memo::new(256), sets: Memo::new(64), touched_keys: Memo::new(64), groups: Memo::new(64) },
@@ -131,6 +139,11 @@ impl MergeEngine {
 
     pub fn settings(&self) -> &MergeSettings {
         &self.settings
+    }
+
+    /// Whether merges keep their subtree results as products too ([`MergeSettings::subtree_products`]).
+    pub(crate) fn keeps_subtree_products(&self) -> bool {
+        self.settings.subtree_products.unwrap_or(self.settings.device.is_cuda())
     }
 
     pub fn budget(&self) -> &Arc<MemoryBudget> {
@@ -246,13 +259,17 @@ impl MergeEngine {
 
     /// Gives device memory to someone else in the process, ComfyUI loading a model or decoding
     /// (docs/architecture.md, "Memory"): the LoRA factors first (uploaded again from their
-    /// parsed files in milliseconds), then column statistics, then subtree results (recomputed
-    /// at the next change), each least recently used first, until `bytes` are given back or the
-    /// caches hold nothing on the device. Returns the bytes given back.
+    /// parsed files in milliseconds), then full subtree results (rebuilt from their products, or
+    /// recomputed, at the next change), then column statistics, then the products, each least
+    /// recently used first, until `bytes` are given back or the caches hold nothing on the
+    /// device. Returns the bytes given back. The statistics go after the full results: a
+    /// hundredth of their size, they spare a recomputation its float64 pass, and taken first
+    /// they gave a request for gigabytes next to nothing.
     pub fn yield_device(&self, bytes: u64) -> u64 {
         let mut freed = self.factors.free_device_bytes(bytes);
-        freed += self.stats.free_device_bytes(bytes.saturating_sub(freed));
         freed += self.subtrees.free_device_bytes(bytes.saturating_sub(freed));
+        freed += self.stats.free_device_bytes(bytes.saturating_sub(freed));
+        freed += self.subtree_factors.free_device_bytes(bytes.saturating_sub(freed));
         freed
     }
 
@@ -288,17 +305,28 @@ impl MergeEngine {
     /// files: what a merge must recompute, not what it must re-read.
     pub fn clear_caches(&self) {
         self.subtrees.clear();
+        self.subtree_factors.clear();
         self.stats.clear();
         self.factors.clear();
     }
 
     pub fn cache_stats(&self) -> EngineStats {
-        EngineStats { subtrees: self.subtrees.stats(), stats: self.stats.stats(), factors: self.factors.stats() }
+        EngineStats {
+            subtrees: self.subtrees.stats(),
+            subtree_factors: self.subtree_factors.stats(),
+            stats: self.stats.stats(),
+            factors: self.factors.stats(),
+        }
     }
 
     /// The subtree cache (tests and benchmarks inspect it).
     pub fn subtree_cache(&self) -> &SubtreeCache {
         &self.subtrees
+    }
+
+    /// The subtree results kept as low-rank products (tests and benchmarks inspect it).
+    pub fn subtree_factor_cache(&self) -> &SubtreeFactorCache {
+        &self.subtree_factors
     }
 
     pub fn stats_cache(&self) -> &StatsCache {

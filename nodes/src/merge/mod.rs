@@ -19,7 +19,7 @@ mod settings;
 pub mod transfer;
 mod warm;
 
-pub use cache::{ByteLru, CacheStats, Cached, StatsCache, SubtreeCache};
+pub use cache::{ByteLru, CacheStats, Cached, StatsCache, SubtreeCache, SubtreeFactorCache};
 pub use engine::{default_host_limit, mem_available, EngineError, EngineStats, MergeEngine};
 pub use exit::{evaluate, run_exit, ExitOptions, ExitResult, ExitStats, Reporter, Silent};
 pub use settings::MergeSettings;

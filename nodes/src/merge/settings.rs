@@ -19,10 +19,18 @@ pub struct MergeSettings {
     /// The most host RAM a merge may count on for its results (`None`: what the machine reports
     /// as available); for machines shared with other work.
     pub host_ram: Option<u64>,
-    /// A cap of the subtree cache in host memory, inside the engine's budget (`None`: the budget).
+    /// A cap of each subtree cache (full results, and the products they are rebuilt from) in host
+    /// memory, inside the engine's budget (`None`: the budget).
     pub subtree_cache: Option<u64>,
-    /// A cap of the subtree cache in device memory, inside the engine's budget.
+    /// A cap of each subtree cache in device memory, inside the engine's budget.
     pub device_subtree_cache: Option<u64>,
+    /// Whether subtree results of low-rank merges are also kept as the products that formed
+    /// them, to be rebuilt from when the full results were evicted (docs/architecture.md, "The
+    /// WIDEN caches"). `None`: on a GPU, where a full result takes scarce device memory and a
+    /// rebuild is one product against recomputing statistics, ranks and that product; on the
+    /// CPU, whose merge is that same product where the statistics were cached, a rebuild saved
+    /// nothing and keeping them slowed cold merges (BENCHMARKS.md).
+    pub subtree_products: Option<bool>,
     /// A cap of the statistics cache, in each kind of memory.
     pub stats_cache: u64,
     /// A cap of the LoRA factors kept in device memory.
@@ -48,6 +56,7 @@ impl Default for MergeSettings {
             host_ram: None,
             subtree_cache: None,
             device_subtree_cache: None,
+            subtree_products: None,
             stats_cache: 1 << 30,
             factor_cache: 2 << 30,
             pinned: true,

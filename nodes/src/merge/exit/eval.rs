@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::merge::engine::MergeEngine;
 use crate::models::MappedTensor;
 use crate::recipe::{BlockConfig, PackError, Recipe, RecipeKind};
-use crate::widen::{ColumnStats, Contribution, Widen};
+use crate::widen::{ColumnStats, Contribution, Factored, Widen};
 
 use super::analysis::{ptr, Analysis, LoadedSet};
 
@@ -22,6 +22,9 @@ pub(super) struct Eval<'a> {
     /// The recipe's root (pointer identity): its results are the Exit's output.
     pub(super) root: usize,
     pub(super) subtree_hits: usize,
+    /// Merge-subtree results rebuilt from the products that formed them (their full results
+    /// were no longer cached).
+    pub(super) subtrees_rebuilt: usize,
     /// Keys × merge steps whose column statistics came from the cache.
     pub(super) stats_hits: usize,
     /// Time spent moving base and model weights to the device.
@@ -84,26 +87,47 @@ impl Eval<'_> {
                 let t = self.stack(&t)?;
                 Ok((scale_rows(t, model.scales(keys)?.as_deref())?, true))
             }
-            // Merge results are shared with the subtree cache.
-            RecipeKind::Merge { .. } => Ok((self.merge_cached(node, keys)?, !self.use_cache)),
+            RecipeKind::Merge { .. } => self.merge_cached(node, keys),
             _ => Err(PackError::runtime(format!("{} is not a model", node.type_name()))),
         }
     }
 
-    pub(super) fn merge_cached(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+    /// A merge's results on the chunk's keys, from the subtree cache where it has them: full
+    /// results as they are, results kept as products rebuilt from the merge's base, the rest
+    /// computed (and cached both ways). With whether the tensor is a fresh one that nothing else
+    /// holds (full results are shared with the cache).
+    pub(super) fn merge_cached(&mut self, node: &Recipe, keys: &[String]) -> Result<(Tensor, bool), PackError> {
         if !self.use_cache {
-            return self.merge(node, keys);
+            return Ok((self.merge(node, keys)?.0, true));
         }
         let hashes: Vec<[u8; 32]> = keys.iter().map(|k| self.a.key_hash(node, k, self.device)).collect();
         let cache = &self.engine.subtrees;
         let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| cache.get(h)).collect();
-        let missing: Vec<usize> = (0..keys.len()).filter(|&i| cached[i].is_none()).collect();
-        self.subtree_hits += keys.len() - missing.len();
+        let factored: Vec<(usize, Factored)> = (0..keys.len())
+            .filter(|&i| cached[i].is_none())
+            .filter_map(|i| self.engine.subtree_factors.get(&hashes[i]).map(|f| (i, f)))
+            .collect();
+        let rebuilt = if factored.is_empty() { Vec::new() } else { self.rebuild(node, keys, factored)? };
+        let missing: Vec<usize> =
+            (0..keys.len()).filter(|&i| cached[i].is_none() && !rebuilt.iter().any(|(j, _)| *j == i)).collect();
+        self.subtree_hits += keys.len() - missing.len() - rebuilt.len();
+        self.subtrees_rebuilt += rebuilt.len();
         let computed = if missing.is_empty() {
             None
         } else {
             let sub: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
-            let t = self.merge(node, &sub)?;
+            let (t, factors) = self.merge(node, &sub)?;
+            let root = ptr(node) == self.root;
+            // The products first: a tenth of the results' size, kept within their share of the
+            // budget while the full results below make room for each other.
+            if let Some(f) = factors.filter(|_| self.engine.keeps_subtree_products()) {
+                let rows = missing.iter().enumerate().map(|(j, &i)| Ok((hashes[i], f.key(j as i64)?))).collect::<Result<Vec<_>, PackError>>()?;
+                if root {
+                    self.engine.subtree_factors.insert_all_cold(rows);
+                } else {
+                    self.engine.subtree_factors.insert_all(rows);
+                }
+            }
             // Kept where it was computed (device memory on a GPU) as views of the chunk: no kernel
             // per key (a copy each cost ~6 ms per 582 keys on an H100). Nothing writes into merge
             // results, and a chunk's memory returns once its last key is evicted (keys of a
@@ -119,7 +143,7 @@ impl Eval<'_> {
             for (j, &i) in missing.iter().enumerate() {
                 rows.push((hashes[i], t.f_select(0, j as i64)?));
             }
-            if ptr(node) == self.root {
+            if root {
                 cache.insert_all_cold(rows);
             } else {
                 cache.insert_all(rows);
@@ -127,30 +151,69 @@ impl Eval<'_> {
             Some(t)
         };
         if missing.len() == keys.len() {
-            return Ok(computed.expect("computed"));
+            return Ok((computed.expect("computed"), false));
         }
-        if computed.is_none() {
-            let rows: Vec<Tensor> = cached.iter().map(|c| c.as_ref().expect("all cached").shallow_clone()).collect();
+        if rebuilt.len() == keys.len() {
+            // Rows of one rebuilt batch, in order: that batch, which nothing else holds.
+            let rows: Vec<Tensor> = rebuilt.iter().map(|(_, t)| t.shallow_clone()).collect();
             if let Some(batch) = consecutive_rows(&rows) {
-                return Ok(batch.f_to_device(self.device)?);
+                return Ok((batch, true));
             }
         }
+        if computed.is_none() && rebuilt.is_empty() {
+            let rows: Vec<Tensor> = cached.iter().map(|c| c.as_ref().expect("all cached").shallow_clone()).collect();
+            if let Some(batch) = consecutive_rows(&rows) {
+                return Ok((batch.f_to_device(self.device)?, false));
+            }
+        }
+        let mut rebuilt = rebuilt.into_iter().peekable();
         let mut rows = Vec::with_capacity(keys.len());
         let mut j = 0;
-        for c in cached {
+        for (i, c) in cached.into_iter().enumerate() {
             rows.push(match c {
                 Some(t) => t.f_to_device(self.device)?,
+                None if rebuilt.peek().is_some_and(|(k, _)| *k == i) => rebuilt.next().expect("peeked").1,
                 None => {
                     j += 1;
                     computed.as_ref().expect("computed").f_select(0, j as i64 - 1)?
                 }
             });
         }
-        Ok(Tensor::f_stack(&rows, 0)?)
+        Ok((Tensor::f_stack(&rows, 0)?, true))
     }
 
-    /// One merge step on the chunk's keys.
-    pub(super) fn merge(&mut self, node: &Recipe, keys: &[String]) -> Result<Tensor, PackError> {
+    /// Results of `node` (a merge over its base, no explicit backbone) on some of the chunk's keys
+    /// from their kept products (`factored`: index into `keys`, in order): the merge's base is
+    /// evaluated again, then the one product that formed each result, keys of one rank together.
+    /// Returns each key's result row, in the order given.
+    fn rebuild(&mut self, node: &Recipe, keys: &[String], factored: Vec<(usize, Factored)>) -> Result<Vec<(usize, Tensor)>, PackError> {
+        let RecipeKind::Merge { base, backbone: None, .. } = &node.kind else {
+            // (Products are only kept for merges over their own base.)
+            return Ok(Vec::new());
+        };
+        let mut ranks: Vec<i64> = factored.iter().map(|(_, f)| f.rank()).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        let mut rows: Vec<(usize, Tensor)> = Vec::with_capacity(factored.len());
+        for r in ranks {
+            let group: Vec<&(usize, Factored)> = factored.iter().filter(|(_, f)| f.rank() == r).collect();
+            let sub: Vec<String> = group.iter().map(|(i, _)| keys[*i].clone()).collect();
+            let parts: Vec<Factored> = group.iter().map(|(_, f)| f.shallow_clone()).collect();
+            let Some(product) = Factored::cat(&parts)? else { continue };
+            let (b, fresh) = self.model_owned(base, &sub)?;
+            let b = if fresh { b } else { crate::merge::transfer::owned_copy(&b)? };
+            let result = product.rebuild(b)?;
+            for (j, (i, _)) in group.iter().enumerate() {
+                rows.push((*i, result.f_select(0, j as i64)?));
+            }
+        }
+        rows.sort_by_key(|(i, _)| *i);
+        Ok(rows)
+    }
+
+    /// One merge step on the chunk's keys, and the product that formed its results where every
+    /// contribution was low-rank.
+    pub(super) fn merge(&mut self, node: &Recipe, keys: &[String]) -> Result<(Tensor, Option<Factored>), PackError> {
         let RecipeKind::Merge { base, target, backbone, t_factor, block_config } = &node.kind else { unreachable!() };
         let mut lap = Lap::start(self.device);
         let (cur, cur_fresh) = self.model_owned(base, keys)?;
@@ -184,12 +247,13 @@ impl Eval<'_> {
         }
         if distinct.len() == 1 {
             let backbone_t = if fresh { backbone_t.shallow_clone() } else { crate::merge::transfer::owned_copy(backbone_t)? };
-            let (r, figures) = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys)?;
+            let (r, figures, factored) = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys)?;
             lap.mark("widen");
             self.keep_figures(node, &key_refs, figures);
-            return Ok(r);
+            return Ok((r, factored));
         }
         let mut result = backbone_t.f_zeros_like()?;
+        let mut products: Vec<(Tensor, Option<Factored>)> = Vec::new();
         for t in distinct {
             let idx: Vec<i64> = (0..keys.len() as i64).filter(|&i| ts[i as usize].to_bits() == t.to_bits()).collect();
             let index = Tensor::f_from_slice(&idx)?.f_to_device(self.device)?;
@@ -205,11 +269,12 @@ impl Eval<'_> {
                 .collect::<Result<_, tch::TchError>>()?;
             let sub_keys: Vec<&str> = idx.iter().map(|&i| key_refs[i as usize]).collect();
             let sub_stats: Vec<[u8; 32]> = idx.iter().map(|&i| stats_keys[i as usize]).collect();
-            let (r, figures) = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
+            let (r, figures, factored) = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
             result = result.f_index_copy(0, &index, &r)?;
             self.keep_figures(node, &sub_keys, figures);
+            products.push((index, factored));
         }
-        Ok(result)
+        Ok((result, scatter_products(keys.len() as i64, products)?))
     }
 
     /// Keeps the root merge's figures for the run's report (inner merges are contributors of
@@ -230,7 +295,7 @@ impl Eval<'_> {
         cs: &[Contribution],
         keys: &[&str],
         stats_keys: &[[u8; 32]],
-    ) -> Result<(Tensor, Option<Tensor>), PackError> {
+    ) -> Result<(Tensor, Option<Tensor>, Option<Factored>), PackError> {
         let w = self.widen.with_t(t)?;
         let mut lap = Lap::start(self.device);
         // The chunk's statistics are stored whole as well as per key: a chunk asked again (a t
@@ -260,7 +325,7 @@ impl Eval<'_> {
         }
         lap.mark("statistics lookup");
         let merged = w.merge_with_report(backbone, cs, known.as_ref(), keys)?;
-        let (r, used) = (merged.result, merged.stats);
+        let (r, used, factored) = (merged.result, merged.stats, merged.factored);
         lap.mark("filter/merge");
         if let (Some(used), None, true) = (used, &known, self.use_cache) {
             for (i, h) in stats_keys.iter().enumerate() {
@@ -270,7 +335,7 @@ impl Eval<'_> {
             }
             stats_cache.insert(chunk, used);
         }
-        Ok((r.f_to_kind(Kind::Float)?, merged.summary))
+        Ok((r.f_to_kind(Kind::Float)?, merged.summary, factored))
     }
 
     /// A leaf's contribution: low-rank factors where the set allows it and the backbone is the
@@ -387,6 +452,27 @@ impl Eval<'_> {
             RecipeKind::Compose { .. } => Err(PackError::runtime("a Compose is not a model")),
         }
     }
+}
+
+/// The products of a merge that ran in groups of keys (one per distinct t): one `[B, …]` product
+/// with each group's rows at their keys' places (`index`), or None where a group kept none or
+/// the groups' ranks differ.
+fn scatter_products(batch: i64, products: Vec<(Tensor, Option<Factored>)>) -> Result<Option<Factored>, PackError> {
+    let Some((_, Some(first))) = products.first() else { return Ok(None) };
+    let (us, ds, split_bf16) = (first.up.size(), first.down.size(), first.split_bf16);
+    let (up_shape, down_shape) = ([&[batch], &us[1..]].concat(), [&[batch], &ds[1..]].concat());
+    let (mut up, mut down) = (
+        Tensor::f_zeros(up_shape.as_slice(), (Kind::Float, first.up.device()))?,
+        Tensor::f_zeros(down_shape.as_slice(), (Kind::Float, first.down.device()))?,
+    );
+    for (index, f) in &products {
+        let Some(f) = f.as_ref().filter(|f| f.up.size()[1..] == us[1..] && f.down.size()[1..] == ds[1..] && f.split_bf16 == split_bf16) else {
+            return Ok(None);
+        };
+        up = up.f_index_copy(0, index, &f.up)?;
+        down = down.f_index_copy(0, index, &f.down)?;
+    }
+    Ok(Some(Factored { up, down, split_bf16 }))
 }
 
 /// Scaled fp8 weights' true values (docs/widen.md, "Model formats"): each key's row of `t`

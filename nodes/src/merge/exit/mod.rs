@@ -93,6 +93,9 @@ pub struct ExitStats {
     pub cache_hits: usize,
     /// Merge-subtree results reused from the cache at any level (inner merges included).
     pub subtree_hits: usize,
+    /// Merge-subtree results rebuilt from the low-rank products that formed them, where the
+    /// cache no longer held the full results.
+    pub subtrees_rebuilt: usize,
     /// Keys × merge steps whose column statistics were reused (t_factor-only changes).
     pub stats_hits: usize,
     /// Bytes of the merged keys (each in its storage dtype).
@@ -123,6 +126,7 @@ impl ExitStats {
         m.insert("recomputed".into(), json!(self.recomputed));
         m.insert("cache_hits".into(), json!(self.cache_hits));
         m.insert("subtree_hits".into(), json!(self.subtree_hits));
+        m.insert("subtrees_rebuilt".into(), json!(self.subtrees_rebuilt));
         m.insert("stats_hits".into(), json!(self.stats_hits));
         m.insert("bytes".into(), json!(self.bytes));
         if self.result_blocks > 0 {
@@ -243,6 +247,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         use_cache: opts.enable_cache,
         root: ptr(root),
         subtree_hits: 0,
+        subtrees_rebuilt: 0,
         stats_hits: 0,
         load_seconds: 0.0,
         figures: Vec::new(),
@@ -274,6 +279,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let mut out = Results { engine, chunks: Vec::new(), released: 0, host, stream, on_device };
     // What this run uses of the subtree cache stays while the run adds to it (cache.rs).
     engine.subtrees.begin_run();
+    engine.subtree_factors.begin_run();
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { engine.subtrees.get(&a.key_hash(root, k, device)) } else { None };
@@ -380,6 +386,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let (merged, scales) = out.landed()?;
     stats.phases.results = t_wait.elapsed().as_secs_f64();
     stats.subtree_hits = ev.subtree_hits;
+    stats.subtrees_rebuilt = ev.subtrees_rebuilt;
     stats.phases.load = ev.load_seconds;
     stats.phases.compute -= ev.load_seconds;
     stats.stats_hits = ev.stats_hits;
@@ -403,6 +410,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         recomputed = stats.recomputed,
         cache_hits = stats.cache_hits,
         subtree_hits = stats.subtree_hits,
+        subtrees_rebuilt = stats.subtrees_rebuilt,
         groups = stats.groups,
         seconds = stats.seconds,
         "WIDEN Exit"
