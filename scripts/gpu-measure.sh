@@ -10,6 +10,10 @@
 #   loop24     the same under 24 GiB
 #   merge12    `bench merge` W1-W3 and the slider changes, no limit and 12 GiB, no -v
 #   reference  the loop beside ComfyUI with the Python WIDEN pack (gpupack/), no limit
+#   products12 the new binary alone under 12 GiB, subtree results kept as their products or not
+#              (`[widen] subtree_products` off, then auto): the loop, then `bench merge`
+#              (about 7 minutes; BENCHMARKS.md, "Subtree results as their products (CPU, 2026-12-05,
+#              nineteenth session)")
 #
 # Where gpu/before.xz exists (scripts/gpu-prepare.sh keeps the binary it replaced), loop12 and
 # merge12 run it too, in the same call, as NAME-before. Each run's whole output lands in
@@ -57,11 +61,20 @@ for set in "$@"; do
         TAILN=14 run "merge12$(suffix "$b")" "$b" $m --device-memory 12GiB
       done
       ;;
+    products12)
+      python_log
+      for p in off auto; do
+        COMFYRS_WIDEN_SUBTREE_PRODUCTS=$p TAILN=12 run "loop12GiB-products-$p" "$B" bench loop --repeat 3 --dir $D --device-memory 12GiB
+      done
+      for p in off auto; do
+        COMFYRS_WIDEN_SUBTREE_PRODUCTS=$p TAILN=14 run "merge12-products-$p" "$B" bench merge --hold-base --repeat 3 --workloads w1,w2,w3 --dir $D --device-memory 12GiB
+      done
+      ;;
     reference)
       TAILN=45 run loopref $B bench loop --repeat 3 --dir $D --reference "$here/gpupack" --reference-python /opt/torch/.venv/bin/python3
       ;;
     *)
-      echo "unknown measurement set '$set': use loop12, loop24, merge12 or reference" >&2
+      echo "unknown measurement set '$set': use loop12, loop24, merge12, products12 or reference" >&2
       exit 2
       ;;
   esac
