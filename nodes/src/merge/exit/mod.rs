@@ -71,7 +71,14 @@ pub struct ExitOptions {
 /// Seconds per phase of an Exit run.
 #[derive(Clone, Debug, Default)]
 pub struct Phases {
+    /// Over a foreign MODEL or CLIP: its runtime restoring the weights a loaded clone patched in
+    /// place (ComfyUI unloading such clones) before the merge reads them.
+    pub prepare: f64,
+    /// Reading the recipe's files, planning the keys, looking up final results.
     pub analysis: f64,
+    /// Beside ComfyUI on a GPU: asking what is free on the device, and ComfyUI unloading idle
+    /// models where that is far short of the plan (docs/architecture.md, "Memory").
+    pub room: f64,
     pub load: f64,
     pub compute: f64,
     pub results: f64,
@@ -103,9 +110,10 @@ pub struct ExitStats {
     /// Bytes of the page-locked blocks the results landed in (on a GPU, when they go to host
     /// memory; 0 otherwise): `bytes` plus what the packing left unused.
     pub result_blocks: u64,
-    /// Where the time went, seconds: reading the recipe's files and planning, moving weights to
-    /// the device, computing (with results already travelling to host memory), and waiting for
-    /// the last results to arrive.
+    /// Where the time went, seconds: preparing a foreign base, reading the recipe's files and
+    /// planning, asking ComfyUI for room, moving weights to the device, computing (with results
+    /// already travelling to host memory), waiting for the last results to arrive, the report,
+    /// the hand-over.
     pub phases: Phases,
     pub groups: usize,
     /// Chunks computed, and chunks that ran out of device memory and were retried smaller.
@@ -136,7 +144,16 @@ impl ExitStats {
         let p = &self.phases;
         m.insert(
             "phases".into(),
-            json!({"analysis": r(p.analysis), "load": r(p.load), "compute": r(p.compute), "results": r(p.results), "report": r(p.report), "handover": r(p.handover)}),
+            json!({
+                "prepare": r(p.prepare),
+                "analysis": r(p.analysis),
+                "room": r(p.room),
+                "load": r(p.load),
+                "compute": r(p.compute),
+                "results": r(p.results),
+                "report": r(p.report),
+                "handover": r(p.handover)
+            }),
         );
         m.insert("groups".into(), json!(self.groups));
         m.insert("chunks".into(), json!(self.chunks));
@@ -192,15 +209,17 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     let start = Instant::now();
     let base_node = validate(root, opts.domain)?;
     let RecipeKind::Base { model: base_model, .. } = &base_node.kind else { unreachable!() };
+    let device = engine.device();
+    let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };
     if let (Some(origin), Some(p)) = (base_model.foreign_origin(), engine.foreign_models()) {
         let (node, what) = match opts.domain {
             RecipeDomain::Diffusion => ("WIDEN Exit", "MODEL"),
             RecipeDomain::Clip => ("WIDEN CLIP Exit", "CLIP"),
         };
+        let t = Instant::now();
         p.prepare(origin).map_err(|e| PackError::runtime(format!("{node}: preparing the base {what} failed: {e}")))?;
+        stats.phases.prepare = t.elapsed().as_secs_f64();
     }
-    let device = engine.device();
-    let mut stats = ExitStats { device: format!("{device:?}"), ..Default::default() };
     if root.is_base() {
         rep.progress(1, 1);
         stats.seconds = start.elapsed().as_secs_f64();
@@ -308,6 +327,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     // or in host memory, wherever the results land.
     let new_bytes: u64 = groups.iter().flat_map(|(_, keys)| keys).map(|k| storage(k)).sum();
     let learned = engine.chunk_budget();
+    let t_room = Instant::now();
     let measured = match engine.foreign_models() {
         Some(f) if !groups.is_empty() => {
             let results = if out.on_device { new_bytes } else { 0 };
@@ -318,6 +338,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         }
         _ => None,
     };
+    stats.phases.room = t_room.elapsed().as_secs_f64();
     let chunk_budget = measured.unwrap_or(learned);
     let budget = chunk_budget.bytes as usize;
     // Bytes of working memory per key of a group (footprint.rs).
@@ -339,7 +360,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         };
         estimate.check(engine.host_ram_for_merges())?;
     }
-    stats.phases.analysis = analysis_start.elapsed().as_secs_f64();
+    stats.phases.analysis = analysis_start.elapsed().as_secs_f64() - stats.phases.room;
     // Chunks that run out of memory shrink (oom.rs); the rest of the run keeps what they learned.
     let mut shrink = oom::Shrink::new(engine.limit_words());
     let out_cell = std::cell::RefCell::new(out);
