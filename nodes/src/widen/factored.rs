@@ -122,7 +122,7 @@ mod tests {
             let (batch, out) = (shape[0], shape[1]);
             let backbone = randn(&shape, 7);
             for t in [0.5, 1.0, 2.0] {
-                let w = Widen::new(WidenConfig::default().with_t(t), Device::Cpu).unwrap();
+                let w = Widen::new(WidenConfig::default().with_t(t), Device::Cpu).unwrap().with_products(true);
                 for n in [1usize, 2, 3] {
                     let cs: Vec<Contribution> =
                         (0..n).map(|i| low_rank(batch, out, &k, 2 + i as i64, 10 * i as i64 + 1)).collect();
@@ -147,12 +147,15 @@ mod tests {
     #[test]
     fn only_low_rank_merges_keep_their_product() {
         let backbone = randn(&[2, 5, 4], 3);
-        let w = Widen::new(WidenConfig::default(), Device::Cpu).unwrap();
+        let w = Widen::new(WidenConfig::default(), Device::Cpu).unwrap().with_products(true);
         let dense = Contribution::Weights(backbone.f_add(&randn(&[2, 5, 4], 4).f_mul_scalar(0.1).unwrap()).unwrap());
         let mixed = [dense, low_rank(2, 5, &[4], 2, 5)];
         assert!(w.merge_with_report(backbone.copy(), &mixed, None, &[]).unwrap().factored.is_none());
-        let off = Widen::new(WidenConfig::default().with_t(0.0), Device::Cpu).unwrap();
+        let off = Widen::new(WidenConfig::default().with_t(0.0), Device::Cpu).unwrap().with_products(true);
         assert!(off.merge_with_report(backbone.copy(), &[low_rank(2, 5, &[4], 2, 6)], None, &[]).unwrap().factored.is_none());
+        // Not asked for, none.
+        let plain = Widen::new(WidenConfig::default(), Device::Cpu).unwrap();
+        assert!(plain.merge_with_report(backbone.copy(), &[low_rank(2, 5, &[4], 2, 7)], None, &[]).unwrap().factored.is_none());
         // Factors that do not fit the backbone are refused, not broadcast.
         let f = w.merge_with_report(backbone.copy(), &[low_rank(2, 5, &[4], 2, 7)], None, &[]).unwrap().factored.unwrap();
         assert!(f.rebuild(randn(&[2, 4, 5], 8)).is_err());

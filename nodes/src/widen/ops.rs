@@ -85,8 +85,8 @@ pub struct Merged {
     /// with WIDEN off (`t < 0`).
     pub summary: Option<Tensor>,
     /// Where every contribution was low-rank: the product that formed the result from the
-    /// backbone ([`Factored::rebuild`] gives the result again, bit for bit). `None` with dense
-    /// contributions, shortcuts (D5) and fallbacks.
+    /// backbone ([`Factored::rebuild`] gives the result again, bit for bit), if asked for
+    /// ([`Widen::with_products`]). `None` with dense contributions, shortcuts (D5) and fallbacks.
     pub factored: Option<Factored>,
 }
 
@@ -97,6 +97,8 @@ pub struct Widen {
     device: Device,
     product: Product,
     statistics: Statistics,
+    /// Whether merges hand back the product that formed their result ([`Merged::factored`]).
+    keep_products: bool,
 }
 
 /// A contribution on the compute device in fp32 and in the working layout (`[B, n]` or
@@ -109,7 +111,7 @@ enum Prepared {
 impl Widen {
     pub fn new(config: WidenConfig, device: Device) -> Result<Self> {
         config.validate()?;
-        Ok(Self { config, device, product: Product::Fp32, statistics: Statistics::Float64 })
+        Ok(Self { config, device, product: Product::Fp32, statistics: Statistics::Float64, keep_products: false })
     }
 
     /// Default configuration on CUDA when libtorch sees a GPU, else the CPU.
@@ -119,7 +121,15 @@ impl Widen {
             device: Device::cuda_if_available(),
             product: Product::Fp32,
             statistics: Statistics::Float64,
+            keep_products: false,
         }
+    }
+
+    /// The same, handing back the product that formed each low-rank merge's result
+    /// ([`Merged::factored`]; off: none, and on the CPU no copy of the keys' products).
+    pub fn with_products(mut self, keep: bool) -> Self {
+        self.keep_products = keep;
+        self
     }
 
     /// The same with another precision for the low-rank statistics.
@@ -154,7 +164,8 @@ impl Widen {
     pub fn with_t(&self, t_factor: f64) -> Result<Self> {
         Ok(Self::new(self.config.with_t(t_factor), self.device)?
             .with_product(self.product)
-            .with_statistics(self.statistics))
+            .with_statistics(self.statistics)
+            .with_products(self.keep_products))
     }
 
     /// `filter_delta` on the spec's terms: `lora_applied` and `backbone` both `[B, *S]`.
@@ -427,7 +438,7 @@ impl Widen {
         let split = self.product == Product::SplitBf16 && self.device.is_cuda();
         let (result, factored) = combine(&b, &prepared, stacked.as_ref(), scales.as_ref(), &layout, split, owned)?;
         // Only an fp32 backbone's result is the product itself (another dtype rounds it after).
-        let factored = factored.filter(|_| out_kind == Kind::Float);
+        let factored = factored.filter(|_| self.keep_products && out_kind == Kind::Float);
         Ok(Merged { result: result.f_reshape(shape.as_slice())?.f_to_kind(out_kind)?, stats, summary: figures, factored })
     }
 

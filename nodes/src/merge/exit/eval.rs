@@ -120,7 +120,7 @@ impl Eval<'_> {
             let root = ptr(node) == self.root;
             // The products first: a tenth of the results' size, kept within their share of the
             // budget while the full results below make room for each other.
-            if let Some(f) = factors.filter(|_| self.engine.keeps_subtree_products()) {
+            if let Some(f) = factors {
                 let rows = missing.iter().enumerate().map(|(j, &i)| Ok((hashes[i], f.key(j as i64)?))).collect::<Result<Vec<_>, PackError>>()?;
                 if root {
                     self.engine.subtree_factors.insert_all_cold(rows);

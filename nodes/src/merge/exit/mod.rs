@@ -257,7 +257,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         tracing::info!("WIDEN LoRA: {r}");
     }
     stats.keys = a.keys.len();
-    let widen = Widen::new(WidenConfig::default(), device)?;
+    let widen = Widen::new(WidenConfig::default(), device)?.with_products(opts.enable_cache && engine.keeps_subtree_products());
     let mut ev = Eval {
         a: &a,
         engine,
