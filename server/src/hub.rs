@@ -93,9 +93,15 @@ impl Hub {
         match to {
             Some(id) => {
                 if let Some(sess) = s.get(id) {
-                    if sess.tx.try_send(frame).is_err() {
-                        tracing::warn!("client {id} does not keep up with its messages: disconnected");
-                        s.remove(id);
+                    match sess.tx.try_send(frame) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            s.remove(id);
+                        }
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            tracing::warn!("client {id} does not keep up with its messages: disconnected");
+                            s.remove(id);
+                        }
                     }
                 }
             }

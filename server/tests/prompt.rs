@@ -61,6 +61,24 @@ fn a_prompt_runs_and_its_messages_and_history_match_comfyui() {
     assert_eq!(server.wait_history(&id2)["outputs"]["3"], json!({"text": ["hello"]}));
 }
 
+/// A client may queue a prompt the moment its socket is open, before it reads anything: the
+/// first message it reads is still the `status` hello, and none of the prompt's messages is lost
+/// (docs/server.md: the socket is registered before the handshake is answered).
+#[test]
+fn a_prompt_queued_the_moment_the_socket_opens_loses_no_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    for i in 0..20 {
+        let client = format!("eager-{i}");
+        let mut ws = Socket::connect(&server, &client);
+        let id = server.queue(wait_prompt("now", 0), Some(&client))["prompt_id"].as_str().unwrap().to_string();
+        let hello = ws.text();
+        assert_eq!((hello["type"].as_str(), hello["data"]["sid"].as_str()), (Some("status"), Some(client.as_str())), "the hello comes first");
+        let k = kinds(&ws.until_done(&id));
+        assert!(k.iter().any(|t| t == "execution_start") && k.iter().any(|t| t == "executed"), "{k:?}");
+    }
+}
+
 /// A client that reacts to `execution_success` (the frontend refreshes its job list then) finds
 /// the prompt in history and among the completed jobs: the entry is committed first.
 #[test]

@@ -10,7 +10,7 @@ use axum::Router;
 use serde_json::{json, Value as Json};
 
 use super::AppState;
-use crate::hub::Frame;
+use crate::hub::{Frame, Subscription};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/ws", get(upgrade))
@@ -29,11 +29,19 @@ pub fn server_flags(max_upload: usize) -> Json {
 
 async fn upgrade(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>, ws: WebSocketUpgrade) -> Response {
     let client_id = q.get("clientId").filter(|c| !c.is_empty()).cloned().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    ws.on_upgrade(move |socket| session(s, socket, client_id))
+    // Registered before the handshake's answer leaves: a client may queue a prompt the moment its
+    // socket is open, and the socket's task starts only after that answer, so its first messages
+    // (`execution_start`, even the final `executing`) went to no one, and the client waited for
+    // them forever (seen as a 60 s timeout in the thousand-prompt test). They wait in the outbox.
+    let sub = s.hub.connect(client_id.clone());
+    // The node running now: the outbox holds what comes after it.
+    let running = s.control.running();
+    let (hub, id, generation) = (s.hub.clone(), client_id.clone(), sub.generation);
+    ws.on_failed_upgrade(move |_| hub.disconnect(&id, generation))
+        .on_upgrade(move |socket| session(s, socket, client_id, sub, running))
 }
 
-async fn session(s: AppState, mut socket: WebSocket, client_id: String) {
-    let mut sub = s.hub.connect(client_id.clone());
+async fn session(s: AppState, mut socket: WebSocket, client_id: String, mut sub: Subscription, running: Option<(String, Option<String>)>) {
     let mut closing = s.closing.subscribe();
     let hello = Frame::event("status", s.status_data(Some(&client_id)));
     if send(&mut socket, hello).await.is_err() {
@@ -41,7 +49,7 @@ async fn session(s: AppState, mut socket: WebSocket, client_id: String) {
         return;
     }
     // A client that reconnects while its prompt runs learns which node is running.
-    if let Some((pid, Some(node))) = s.control.running() {
+    if let Some((pid, Some(node))) = running {
         let owns = s.store.queued(&pid).ok().flatten().is_some_and(|i| i.client_id() == Some(client_id.as_str()));
         if owns && send(&mut socket, Frame::event("executing", json!({"node": node}))).await.is_err() {
             s.hub.disconnect(&client_id, sub.generation);
