@@ -92,29 +92,24 @@ impl Hub {
         let mut s = self.lock();
         match to {
             Some(id) => {
-                if let Some(sess) = s.get(id) {
-                    match sess.tx.try_send(frame) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Closed(_)) => {
-                            s.remove(id);
-                        }
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            tracing::warn!("client {id} does not keep up with its messages: disconnected");
-                            s.remove(id);
-                        }
-                    }
+                if s.get(id).is_some_and(|sess| !deliver(id, sess, frame)) {
+                    s.remove(id);
                 }
             }
-            None => {
-                s.retain(|id, sess| match sess.tx.try_send(frame.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!("client {id} does not keep up with its messages: disconnected");
-                        false
-                    }
-                });
-            }
+            None => s.retain(|id, sess| deliver(id, sess, frame.clone())),
+        }
+    }
+}
+
+/// Puts `frame` in the socket's outbox; whether the session stays (a closed socket goes quietly,
+/// one whose outbox is full is disconnected, and says so).
+fn deliver(id: &str, sess: &Session, frame: Frame) -> bool {
+    match sess.tx.try_send(frame) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!("client {id} does not keep up with its messages: disconnected");
+            false
         }
     }
 }
