@@ -47,14 +47,16 @@ impl Factored {
         self.up.size()[2]
     }
 
+    /// Whether `other`'s keys can share a batch with these: the same shape, rank and product.
+    pub fn fits(&self, other: &Factored) -> bool {
+        self.up.size()[1..] == other.up.size()[1..] && self.down.size()[1..] == other.down.size()[1..] && self.split_bf16 == other.split_bf16
+    }
+
     /// Keys of one shape and rank as one batch, in order (None for an empty list, or keys whose
     /// rank or shape differ).
     pub fn cat(parts: &[Factored]) -> Result<Option<Factored>> {
         let Some(first) = parts.first() else { return Ok(None) };
-        let fits = |f: &Factored| {
-            f.up.size()[1..] == first.up.size()[1..] && f.down.size()[1..] == first.down.size()[1..] && f.split_bf16 == first.split_bf16
-        };
-        if !parts.iter().all(fits) {
+        if !parts.iter().all(|f| first.fits(f)) {
             return Ok(None);
         }
         let ups: Vec<&Tensor> = parts.iter().map(|f| &f.up).collect();
@@ -68,14 +70,17 @@ impl Factored {
     /// depend on where it sat in a batch); on a GPU the batch runs as one product.
     pub fn rebuild(&self, backbone: Tensor) -> Result<Tensor> {
         let shape = backbone.size();
-        let (batch, out) = (shape[0], shape.get(1).copied().unwrap_or(0));
         let (us, ds) = (self.up.size(), self.down.size());
-        let k: i64 = shape[2..].iter().product();
-        if shape.len() < 3 || us != [batch, out, us[2]] || ds != [batch, us[2], k] {
+        let fits = shape.len() >= 3 && us.len() == 3 && {
+            let k: i64 = shape[2..].iter().product();
+            us == [shape[0], shape[1], us[2]] && ds == [shape[0], us[2], k]
+        };
+        if !fits {
             return Err(WidenError::Input(format!(
                 "factors up {us:?} / down {ds:?} do not rebuild keys of shape {shape:?}"
             )));
         }
+        let (batch, out, k) = (shape[0], shape[1], shape[2..].iter().product::<i64>());
         let product = |b: &Tensor, up: &Tensor, down: &Tensor| {
             if self.split_bf16 {
                 add_product_split_bf16(b, up, down, true)
@@ -159,6 +164,7 @@ mod tests {
         // Factors that do not fit the backbone are refused, not broadcast.
         let f = w.merge_with_report(backbone.copy(), &[low_rank(2, 5, &[4], 2, 7)], None, &[]).unwrap().factored.unwrap();
         assert!(f.rebuild(randn(&[2, 4, 5], 8)).is_err());
+        assert!(f.rebuild(randn(&[2], 8)).is_err(), "a 1-D batch is refused, not a panic");
         assert!(Factored::cat(&[f.key(0).unwrap(), Factored { up: randn(&[1, 5, 3], 9), down: randn(&[1, 3, 4], 9), split_bf16: false }])
             .unwrap()
             .is_none());

@@ -103,13 +103,19 @@ impl Eval<'_> {
         let hashes: Vec<[u8; 32]> = keys.iter().map(|k| self.a.key_hash(node, k, self.device)).collect();
         let cache = &self.engine.subtrees;
         let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| cache.get(h)).collect();
-        let factored: Vec<(usize, Factored)> = (0..keys.len())
-            .filter(|&i| cached[i].is_none())
-            .filter_map(|i| self.engine.subtree_factors.get(&hashes[i]).map(|f| (i, f)))
-            .collect();
+        // (An engine that keeps no products has none to look up.)
+        let factored: Vec<(usize, Factored)> = if self.engine.keeps_subtree_products() {
+            (0..keys.len())
+                .filter(|&i| cached[i].is_none())
+                .filter_map(|i| self.engine.subtree_factors.get(&hashes[i]).map(|f| (i, f)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let rebuilt = if factored.is_empty() { Vec::new() } else { self.rebuild(node, keys, factored)? };
-        let missing: Vec<usize> =
-            (0..keys.len()).filter(|&i| cached[i].is_none() && !rebuilt.iter().any(|(j, _)| *j == i)).collect();
+        let mut found: Vec<bool> = cached.iter().map(Option::is_some).collect();
+        rebuilt.iter().for_each(|(i, _)| found[*i] = true);
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| !found[i]).collect();
         self.subtree_hits += keys.len() - missing.len() - rebuilt.len();
         self.subtrees_rebuilt += rebuilt.len();
         let computed = if missing.is_empty() {
@@ -459,20 +465,20 @@ impl Eval<'_> {
 /// the groups' ranks differ.
 fn scatter_products(batch: i64, products: Vec<(Tensor, Option<Factored>)>) -> Result<Option<Factored>, PackError> {
     let Some((_, Some(first))) = products.first() else { return Ok(None) };
-    let (us, ds, split_bf16) = (first.up.size(), first.down.size(), first.split_bf16);
+    let (us, ds) = (first.up.size(), first.down.size());
     let (up_shape, down_shape) = ([&[batch], &us[1..]].concat(), [&[batch], &ds[1..]].concat());
     let (mut up, mut down) = (
         Tensor::f_zeros(up_shape.as_slice(), (Kind::Float, first.up.device()))?,
         Tensor::f_zeros(down_shape.as_slice(), (Kind::Float, first.down.device()))?,
     );
     for (index, f) in &products {
-        let Some(f) = f.as_ref().filter(|f| f.up.size()[1..] == us[1..] && f.down.size()[1..] == ds[1..] && f.split_bf16 == split_bf16) else {
+        let Some(f) = f.as_ref().filter(|f| first.fits(f)) else {
             return Ok(None);
         };
         up = up.f_index_copy(0, index, &f.up)?;
         down = down.f_index_copy(0, index, &f.down)?;
     }
-    Ok(Some(Factored { up, down, split_bf16 }))
+    Ok(Some(Factored { up, down, split_bf16: first.split_bf16 }))
 }
 
 /// Scaled fp8 weights' true values (docs/widen.md, "Model formats"): each key's row of `t`
