@@ -549,9 +549,10 @@ fn p_seed(prompt: &mut Json, seed: u64) {
 /// The test SDXL CLIP's weights (TestSDXLCLIP, seed 1) as a file in ComfyUI's own key layout, in
 /// the dtypes the CLIP holds them in, under `checkpoints`; and a small kohya-named LoRA on both
 /// text encoders under `loras`. Written once per scratch folder and, for the checkpoint, per
-/// ComfyUI: the scratch folder outlives a run, and ComfyUI versions hold some of those weights in
-/// other dtypes (a file one wrote would not be the CLIP another makes). Returns (checkpoint, LoRA)
-/// names.
+/// ComfyUI source (the files that decide the CLIP's dtypes, not the checkout's path): the scratch
+/// folder outlives a run, and ComfyUI versions hold some of those weights in other dtypes (a file
+/// one wrote would not be the CLIP another makes). A checkpoint of another source unused for a day
+/// is removed when a new one is written. Returns (checkpoint, LoRA) names.
 fn sdxl_clip_files() -> (String, &'static str) {
     const LORA: &str = "comfyrs-test-sdxl-clip-lora-v1.safetensors";
     let e = env();
@@ -564,10 +565,21 @@ fn sdxl_clip_files() -> (String, &'static str) {
             let code = std::ffi::CString::new(
                 r#"
 def write(ckpt_dir, lora):
-    import hashlib, os, torch, nodes, safetensors.torch
+    import hashlib, os, time, torch, nodes, safetensors.torch
     comfyui = os.path.dirname(os.path.abspath(nodes.__file__))
-    name = "comfyrs-test-sdxl-clip-v1-" + hashlib.sha1(comfyui.encode()).hexdigest()[:10] + ".safetensors"
+    h = hashlib.sha1()
+    for source in ("nodes.py", "comfy/model_management.py", "comfy/sd1_clip.py", "comfy/sdxl_clip.py"):
+        with open(os.path.join(comfyui, source), "rb") as f:
+            h.update(f.read())
+    prefix = "comfyrs-test-sdxl-clip-v1-"
+    name = prefix + h.hexdigest()[:10] + ".safetensors"
     ckpt = os.path.join(ckpt_dir, name)
+    # One file per ComfyUI source, wherever it is checked out; the others of that prefix are
+    # older sources' (1.6 GB each: left alone they filled the disk of a machine whose clones move).
+    if not os.path.exists(ckpt) and os.path.isdir(ckpt_dir):
+        for old in os.listdir(ckpt_dir):
+            if old.startswith(prefix) and os.path.getmtime(os.path.join(ckpt_dir, old)) < time.time() - 86400:
+                os.remove(os.path.join(ckpt_dir, old))
     def save(sd, path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         safetensors.torch.save_file(sd, path + ".tmp")
