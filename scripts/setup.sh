@@ -4,6 +4,8 @@
 # - The Python venv (torch 2.11 for libtorch) lives in a cache folder outside the clone
 #   ($COMFYRS_CACHE, default ~/.cache/comfyrs), keyed by the requirements' hash, and is linked
 #   into the checkout as .venv.
+# - Room on that cache's disk: scripts/cache-room.sh removes what is made again on demand (older
+#   venvs, test scratch, incremental and target folders) when too little is free.
 # - .cargo/config.toml is generated (it holds this machine's absolute paths, so it is not
 #   committed) and points tch at the venv's libtorch and pyo3 at the venv's python.
 # - `comfyrs serve`'s web frontend (comfyui-frontend-package) goes into the venv, and Debian's
@@ -27,6 +29,7 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 ln -sfn "$venv" .venv
+bash scripts/cache-room.sh "$cache" "$venv" "${CARGO_TARGET_DIR:-$cache/target}"
 
 # ComfyUI for the Python bridge, into the same venv, with its own completion marker keyed by
 # its requirements file (so changing it never recreates the torch venv).
