@@ -125,14 +125,11 @@ impl Eval<'_> {
             let (t, factors) = self.merge(node, &sub)?;
             let root = ptr(node) == self.root;
             // The products first: a tenth of the results' size, kept within their share of the
-            // budget while the full results below make room for each other.
+            // budget while the full results below make room for each other. (The root keeps
+            // none: see `merge`.)
             if let Some(f) = factors {
                 let rows = missing.iter().enumerate().map(|(j, &i)| Ok((hashes[i], f.key(j as i64)?))).collect::<Result<Vec<_>, PackError>>()?;
-                if root {
-                    self.engine.subtree_factors.insert_all_cold(rows);
-                } else {
-                    self.engine.subtree_factors.insert_all(rows);
-                }
+                self.engine.subtree_factors.insert_all(rows);
             }
             // Kept where it was computed (device memory on a GPU) as views of the chunk: no kernel
             // per key (a copy each cost ~6 ms per 582 keys on an H100). Nothing writes into merge
@@ -242,6 +239,11 @@ impl Eval<'_> {
         };
         let stats_keys: Vec<[u8; 32]> = keys.iter().map(|k| self.a.stats_hash(node, k, self.device)).collect();
         lap.mark("hashes");
+        // The root's products are not kept: a slider change replaces the root's results, so
+        // they would be read again only by a change undone, and under a tight budget (12 GiB
+        // beside ComfyUI's SDXL: three t values' products took 0.7 of the 2 GiB the caches had)
+        // they pushed out the branches' full results, which every change reads.
+        let keep_products = ptr(node) != self.root;
         // Per-key t (docs/decisions.md D10): t_factor × block × layer multipliers.
         let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
@@ -253,7 +255,7 @@ impl Eval<'_> {
         }
         if distinct.len() == 1 {
             let backbone_t = if fresh { backbone_t.shallow_clone() } else { crate::merge::transfer::owned_copy(backbone_t)? };
-            let (r, figures, factored) = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys)?;
+            let (r, figures, factored) = self.widen_op(distinct[0], backbone_t, &contributions, &key_refs, &stats_keys, keep_products)?;
             lap.mark("widen");
             self.keep_figures(node, &key_refs, figures);
             return Ok((r, factored));
@@ -275,7 +277,7 @@ impl Eval<'_> {
                 .collect::<Result<_, tch::TchError>>()?;
             let sub_keys: Vec<&str> = idx.iter().map(|&i| key_refs[i as usize]).collect();
             let sub_stats: Vec<[u8; 32]> = idx.iter().map(|&i| stats_keys[i as usize]).collect();
-            let (r, figures, factored) = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats)?;
+            let (r, figures, factored) = self.widen_op(t, sel(backbone_t)?, &sub_c, &sub_keys, &sub_stats, keep_products)?;
             result = result.f_index_copy(0, &index, &r)?;
             self.keep_figures(node, &sub_keys, figures);
             products.push((index, factored));
@@ -293,7 +295,8 @@ impl Eval<'_> {
 
     /// Filter (one contribution) or merge at `t`, writing into `backbone` (the caller's own
     /// tensor), reusing cached column statistics when every key has them (`stats_keys`). With
-    /// the result, the report's per-key figures (`None` where the merge computed none).
+    /// the result, the report's per-key figures (`None` where the merge computed none), and the
+    /// product that formed it where the engine keeps them and `products` asks for it.
     pub(super) fn widen_op(
         &mut self,
         t: f64,
@@ -301,8 +304,10 @@ impl Eval<'_> {
         cs: &[Contribution],
         keys: &[&str],
         stats_keys: &[[u8; 32]],
+        products: bool,
     ) -> Result<(Tensor, Option<Tensor>, Option<Factored>), PackError> {
         let w = self.widen.with_t(t)?;
+        let w = if products { w } else { w.with_products(false) };
         let mut lap = Lap::start(self.device);
         // The chunk's statistics are stored whole as well as per key: a chunk asked again (a t
         // slider) takes one lookup instead of one per key and a concatenation.
