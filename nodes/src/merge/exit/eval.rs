@@ -241,8 +241,8 @@ impl Eval<'_> {
         lap.mark("hashes");
         // The root's products are not kept: a slider change replaces the root's results, so
         // they would be read again only by a change undone, and under a tight budget (12 GiB
-        // beside ComfyUI's SDXL: three t values' products took 0.7 of the 2 GiB the caches had)
-        // they pushed out the branches' full results, which every change reads.
+        // beside ComfyUI's SDXL) they pushed out the branches' full results, which every change
+        // reads (BENCHMARKS.md has the measurement).
         let keep_products = ptr(node) != self.root;
         // Per-key t (docs/decisions.md D10): t_factor × block × layer multipliers.
         let ts: Vec<f64> = keys.iter().map(|k| t_factor * self.a.mult(block_config, k)).collect();
