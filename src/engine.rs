@@ -221,6 +221,7 @@ pub fn merge_settings(config: &Config) -> MergeSettings {
         subtree_cache: w.cache,
         device_subtree_cache: w.device_cache,
         subtree_products: w.subtree_products,
+        base_copies: w.base_copies,
         stats_cache: w.stats_cache,
         factor_cache: w.factor_cache,
         pinned: w.pinned,

@@ -203,6 +203,47 @@ mod under_pressure {
         assert!(products(&m) > 0);
     }
 
+    /// The base weights a merge reads stay in the caches as they were read (on a GPU: as
+    /// uploaded, in their own dtype). With no room for full results, every slider change
+    /// rebuilds the branch from its products over those copies, bit for bit the cold result,
+    /// and reads the base itself no more. An fp32 base's copy is in the dtype the merge computes
+    /// in: a merge writing into what it was given would change the next change's base, which
+    /// the comparisons with fresh runs would see.
+    #[test]
+    fn slider_changes_rebuild_the_branch_over_the_kept_copies_of_the_base() {
+        for base in ["tiny/sdxl_f32.safetensors", "tiny/sdxl_f16.safetensors"] {
+            // (Both are kept on a GPU by default; here on the CPU too.)
+            let settings = MergeSettings { subtree_products: Some(true), base_copies: Some(true), ..MergeSettings::default() };
+            let m = Models { engine: MergeEngine::standalone(settings).unwrap(), ..models(&[Arch::Sdxl], false) };
+            m.engine.subtree_cache().set_limits(0, 0);
+            let copies = || m.engine.base_cache().stats().entries as u64;
+            let (_, cold) = exec_once(&m, &chain_prompt(base, 0.5, true));
+            let keys = n(&cold, "keys");
+            assert_eq!(n(&cold, "base_hits"), 0, "{base}: {cold}");
+            assert_eq!(copies(), keys, "{base}: one copy per key the branch read");
+            for t2 in [0.9, 0.3, 0.5] {
+                let (warm, stats) = exec_once(&m, &chain_prompt(base, t2, true));
+                assert!(n(&stats, "subtrees_rebuilt") > 0, "{base}, t {t2}: {stats}");
+                // Every key of the branch, rebuilt or (a key with a full-weight diff) computed
+                // again, reads the base from the copies.
+                assert_eq!(n(&stats, "base_hits"), keys, "{base}, t {t2}: {stats}");
+                assert_eq!(copies(), keys, "{base}, t {t2}");
+                let (fresh, _) = exec_once(&m, &chain_prompt(base, t2, false));
+                assert_same_overrides(&warm, &fresh);
+            }
+            // Without the setting the base is read each time and nothing is kept.
+            let off = MergeSettings { subtree_products: Some(true), base_copies: Some(false), ..MergeSettings::default() };
+            let m = Models { engine: MergeEngine::standalone(off).unwrap(), ..models(&[Arch::Sdxl], false) };
+            exec_once(&m, &chain_prompt(base, 0.5, true));
+            let (_, stats) = exec_once(&m, &chain_prompt(base, 0.9, true));
+            assert_eq!((n(&stats, "base_hits"), copies_of(&m)), (0, 0), "{base}: {stats}");
+        }
+    }
+
+    fn copies_of(m: &Models) -> usize {
+        m.engine.base_cache().stats().entries
+    }
+
     /// Smaller still: the branch alone does not fit. Plain LRU evicted each of its chunks just
     /// before the next run asked for it (no hits at all); a run does not evict what it used, so
     /// the first chunks stay and every slider change finds them.

@@ -556,13 +556,14 @@ fn summary(stats: &Json) -> String {
         None => String::new(),
     };
     format!(
-        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} rebuilt from their products, {} statistics reused; \
+        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} rebuilt from their products, {} base keys on the device, {} statistics reused; \
          ms: analysis {}, load {}, compute {}, results {}, report {}; around the Exit: node call {:.1}, executor {:.1}{blocks}",
         stats["keys"],
         stats["recomputed"],
         stats["chunks"],
         stats["subtree_hits"],
         stats["subtrees_rebuilt"],
+        stats["base_hits"],
         stats["stats_hits"],
         ms("analysis"),
         ms("load"),

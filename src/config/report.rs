@@ -91,6 +91,10 @@ impl Config {
                         Some(on) => switch(on),
                         None => word("auto"),
                     },
+                    "widen.base_copies" => match self.widen.base_copies {
+                        Some(on) => switch(on),
+                        None => word("auto"),
+                    },
                     "widen.stats_cache" => size(self.widen.stats_cache),
                     "widen.factor_cache" => size(self.widen.factor_cache),
                     "widen.pinned" => switch(self.widen.pinned),

@@ -25,6 +25,10 @@ pub struct WidenSettings {
     /// from when the full results were evicted (auto: on a GPU).
     #[serde(deserialize_with = "values::auto_switch")]
     pub subtree_products: Option<bool>,
+    /// The base weights merges read kept in the caches as uploaded, in their own dtype (auto: on
+    /// a GPU).
+    #[serde(deserialize_with = "values::auto_switch")]
+    pub base_copies: Option<bool>,
     /// Cap of the column statistics cache.
     #[serde(deserialize_with = "values::size")]
     pub stats_cache: u64,
@@ -54,6 +58,7 @@ impl Default for WidenSettings {
             cache: None,
             device_cache: None,
             subtree_products: None,
+            base_copies: None,
             stats_cache: 1 << 30,
             factor_cache: 2 << 30,
             pinned: true,

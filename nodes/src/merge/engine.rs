@@ -57,6 +57,9 @@ pub struct MergeEngine {
     /// Subtree results of low-rank merges as the products that formed them: what answers when
     /// the full result was evicted.
     pub(crate) subtree_factors: SubtreeFactorCache,
+    /// The base weights merges read, as uploaded (rows in their own dtype), keyed by the base's
+    /// content and the key ([`MergeEngine::keeps_base_copies`]).
+    pub(crate) bases: SubtreeCache,
     pub(crate) stats: StatsCache,
     pub(crate) factors: SubtreeCache,
     pub(crate) memos: Memos,
@@ -74,6 +77,7 @@ pub struct MergeEngine {
 pub struct EngineStats {
     pub subtrees: CacheStats,
     pub subtree_factors: CacheStats,
+    pub bases: CacheStats,
     pub stats: CacheStats,
     pub factors: CacheStats,
 }
@@ -107,6 +111,11 @@ impl MergeEngine {
         // "The WIDEN caches").
         let subtree_factors =
             SubtreeFactorCache::new(budget.pool("widen.subtree_factors"), subtree_cap, device_subtree_cap).reserving(0.25);
+        // Half the budget is theirs against the full results' growth: a key's base in its own
+        // dtype (fp16: half the bytes of a full fp32 result) is what a rebuild from products and
+        // every merge over that base read, and a result costs the link only what its base does
+        // (docs/architecture.md, "The WIDEN caches").
+        let bases = SubtreeCache::new(budget.pool("widen.bases"), subtree_cap, device_subtree_cap).reserving(0.5);
         let stats = StatsCache::new(budget.pool("widen.statistics"), settings.stats_cache, settings.stats_cache);
         let factors = SubtreeCache::new(budget.pool("widen.factors"), 0, settings.factor_cache);
         let staging_pool = budget.pool("widen.staging");
@@ -118,6 +127,7 @@ impl MergeEngine {
             device_memory: OnceLock::new(),
             subtrees,
             subtree_factors,
+            bases,
             stats,
             factors,
             memos: Memos { lora_files: Memo::new(256), sets: Memo::new(64), touched_keys: Memo::new(64), groups: Memo::new(64) },
@@ -144,6 +154,11 @@ impl MergeEngine {
     /// Whether merges keep their subtree results as products too ([`MergeSettings::subtree_products`]).
     pub(crate) fn keeps_subtree_products(&self) -> bool {
         self.settings.subtree_products.unwrap_or(self.settings.device.is_cuda())
+    }
+
+    /// Whether merges keep the base weights they read as uploaded ([`MergeSettings::base_copies`]).
+    pub(crate) fn keeps_base_copies(&self) -> bool {
+        self.settings.base_copies.unwrap_or(self.settings.device.is_cuda())
     }
 
     pub fn budget(&self) -> &Arc<MemoryBudget> {
@@ -260,14 +275,16 @@ impl MergeEngine {
     /// Gives device memory to someone else in the process, ComfyUI loading a model or decoding
     /// (docs/architecture.md, "Memory"): the LoRA factors first (uploaded again from their
     /// parsed files in milliseconds), then full subtree results (rebuilt from their products, or
-    /// recomputed, at the next change), then column statistics, then the products, each least
-    /// recently used first, until `bytes` are given back or the caches hold nothing on the
-    /// device. Returns the bytes given back. The statistics go after the full results: a
-    /// hundredth of their size, they spare a recomputation its float64 pass, and taken first
-    /// they gave a request for gigabytes next to nothing.
+    /// recomputed, at the next change), then the copies of base weights (uploaded again, ~35 ms
+    /// a GiB), then column statistics, then the products, each least recently used first, until
+    /// `bytes` are given back or the caches hold nothing on the device. Returns the bytes given
+    /// back. The statistics go after the full results: a hundredth of their size, they spare a
+    /// recomputation its float64 pass, and taken first they gave a request for gigabytes next
+    /// to nothing.
     pub fn yield_device(&self, bytes: u64) -> u64 {
         let mut freed = self.factors.free_device_bytes(bytes);
         freed += self.subtrees.free_device_bytes(bytes.saturating_sub(freed));
+        freed += self.bases.free_device_bytes(bytes.saturating_sub(freed));
         freed += self.stats.free_device_bytes(bytes.saturating_sub(freed));
         freed += self.subtree_factors.free_device_bytes(bytes.saturating_sub(freed));
         freed
@@ -306,6 +323,7 @@ impl MergeEngine {
     pub fn clear_caches(&self) {
         self.subtrees.clear();
         self.subtree_factors.clear();
+        self.bases.clear();
         self.stats.clear();
         self.factors.clear();
     }
@@ -314,6 +332,7 @@ impl MergeEngine {
         EngineStats {
             subtrees: self.subtrees.stats(),
             subtree_factors: self.subtree_factors.stats(),
+            bases: self.bases.stats(),
             stats: self.stats.stats(),
             factors: self.factors.stats(),
         }
@@ -327,6 +346,11 @@ impl MergeEngine {
     /// The subtree results kept as low-rank products (tests and benchmarks inspect it).
     pub fn subtree_factor_cache(&self) -> &SubtreeFactorCache {
         &self.subtree_factors
+    }
+
+    /// The copies of base weights (tests and benchmarks inspect it).
+    pub fn base_cache(&self) -> &SubtreeCache {
+        &self.bases
     }
 
     pub fn stats_cache(&self) -> &StatsCache {

@@ -31,6 +31,12 @@ pub struct MergeSettings {
     /// CPU, whose merge is that same product where the statistics were cached, a rebuild saved
     /// nothing and keeping them slowed cold merges (BENCHMARKS.md).
     pub subtree_products: Option<bool>,
+    /// Whether the base weights merges read stay in the caches as they were uploaded, in their
+    /// own dtype (docs/architecture.md, "The WIDEN caches"). `None`: on a GPU, where each merge
+    /// over the same base would otherwise bring them over the host link again (a slider change
+    /// rebuilding from products: a third of a 12 GiB change's time); on the CPU the base is in
+    /// host memory already.
+    pub base_copies: Option<bool>,
     /// A cap of the statistics cache, in each kind of memory.
     pub stats_cache: u64,
     /// A cap of the LoRA factors kept in device memory.
@@ -57,6 +63,7 @@ impl Default for MergeSettings {
             subtree_cache: None,
             device_subtree_cache: None,
             subtree_products: None,
+            base_copies: None,
             stats_cache: 1 << 30,
             factor_cache: 2 << 30,
             pinned: true,

@@ -25,6 +25,8 @@ pub(super) struct Eval<'a> {
     /// Merge-subtree results rebuilt from the products that formed them (their full results
     /// were no longer cached).
     pub(super) subtrees_rebuilt: usize,
+    /// Keys of a base read from the copies the caches kept instead of the base itself.
+    pub(super) base_hits: usize,
     /// Keys × merge steps whose column statistics came from the cache.
     pub(super) stats_hits: usize,
     /// Time spent moving base and model weights to the device.
@@ -83,13 +85,64 @@ impl Eval<'_> {
     pub(super) fn model_owned(&mut self, node: &Recipe, keys: &[String]) -> Result<(Tensor, bool), PackError> {
         match &node.kind {
             RecipeKind::Base { model, .. } => {
-                let t = keys.iter().map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>()?;
-                let t = self.stack(&t)?;
+                let start = Instant::now();
+                let t = self.base_rows(node, model, keys)?;
+                self.load_seconds += start.elapsed().as_secs_f64();
                 Ok((scale_rows(t, model.scales(keys)?.as_deref())?, true))
             }
             RecipeKind::Merge { .. } => self.merge_cached(node, keys),
             _ => Err(PackError::runtime(format!("{} is not a model", node.type_name()))),
         }
+    }
+
+    /// A base's weights on the chunk's keys, `[B, *S]` fp32 on the device and the caller's own:
+    /// from the copies the caches kept where the engine keeps them, the rest uploaded, and kept
+    /// as uploaded (rows in their stored dtype, one group per upload).
+    fn base_rows(&mut self, node: &Recipe, model: &crate::recipe::model::NativeModel, keys: &[String]) -> Result<Tensor, PackError> {
+        let tensors = |keys: &mut dyn Iterator<Item = &String>| keys.map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>();
+        if !(self.use_cache && self.engine.keeps_base_copies()) {
+            return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
+        }
+        let hashes: Vec<[u8; 32]> = keys.iter().map(|k| base_copy_hash(&self.a.key_hash(node, k, self.device), self.device)).collect();
+        let copies = &self.engine.bases;
+        let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| copies.get(h)).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| cached[i].is_none()).collect();
+        self.base_hits += keys.len() - missing.len();
+        let uploaded = if missing.is_empty() {
+            None
+        } else {
+            let host = tensors(&mut missing.iter().map(|&i| &keys[i]))?;
+            if host.windows(2).any(|w| w[0].kind() != w[1].kind()) {
+                // (Keys of one shape in different dtypes, rare: read as fp32, none kept.)
+                return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
+            }
+            let views: Vec<&Tensor> = host.iter().map(|t| &**t).collect();
+            let t = crate::merge::transfer::upload(self.engine, &views)?;
+            let rows = missing.iter().enumerate().map(|(j, &i)| Ok((hashes[i], t.f_select(0, j as i64)?))).collect::<Result<Vec<_>, tch::TchError>>()?;
+            copies.insert_all(rows);
+            Some(t)
+        };
+        let stored = match uploaded {
+            Some(t) if missing.len() == keys.len() => t,
+            _ => {
+                let mut j = 0;
+                let rows = cached
+                    .into_iter()
+                    .map(|c| match c {
+                        Some(t) => Ok(t),
+                        None => {
+                            j += 1;
+                            uploaded.as_ref().expect("uploaded").f_select(0, j as i64 - 1)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, tch::TchError>>()?;
+                match consecutive_rows(&rows) {
+                    Some(batch) => batch,
+                    None => Tensor::f_stack(&rows, 0)?,
+                }
+            }
+        };
+        Ok(own_fp32(&stored)?)
     }
 
     /// A merge's results on the chunk's keys, from the subtree cache where it has them: full
@@ -496,6 +549,27 @@ fn scale_rows(t: Tensor, scales: Option<&[f32]>) -> Result<Tensor, PackError> {
     Ok(t.f_mul(&s)?)
 }
 
+/// `t` as fp32 in memory of its own. The caller writes into what it gets (a rebuild on a GPU
+/// adds its product in place), so never the kept copies themselves: for an fp32 base a
+/// conversion would return their storage.
+fn own_fp32(t: &Tensor) -> Result<Tensor, tch::TchError> {
+    if t.kind() == Kind::Float {
+        crate::merge::transfer::owned_copy(t)
+    } else {
+        t.f_to_kind(Kind::Float)
+    }
+}
+
+/// The key under which a base key's uploaded copy is kept: the base's content hash for the key
+/// (`Analysis::key_hash`, which does not name the device) and the device.
+fn base_copy_hash(key_hash: &[u8; 32], device: Device) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"base copy");
+    h.update(key_hash);
+    h.update(&super::analysis::device_tag(device));
+    *h.finalize().as_bytes()
+}
+
 /// `rows` as one `[B, *S]` view when they lie back to back in one tensor's memory, as the keys
 /// of a chunk do in the subtree cache when the same chunk asks for them again: the stack it
 /// saves is a copy of the whole chunk and a call per key.
@@ -543,5 +617,19 @@ mod tests {
         // A tail of the chunk is a view too.
         let tail = consecutive_rows(&rows[1..]).expect("rows 1 and 2");
         assert!(tail.equal(&chunk.narrow(0, 1, 2)));
+    }
+
+    /// What a base's kept copies give the merge is its own memory, whatever their dtype: fp32
+    /// copies are copied (a conversion would hand out their storage), others converted.
+    #[test]
+    fn kept_base_copies_are_never_handed_out_as_they_are() {
+        let kept = Tensor::from_slice(&[1.0f32, -2.0, 3.5]).reshape([1, 3]);
+        let mut given = own_fp32(&kept).unwrap();
+        assert_ne!(given.data_ptr(), kept.data_ptr());
+        let _ = given.f_add_scalar_(1.0).unwrap();
+        assert_eq!(Vec::<f32>::try_from(kept.view(-1)).unwrap(), [1.0, -2.0, 3.5], "the copy is as it was");
+        let half = kept.to_kind(Kind::Half);
+        let given = own_fp32(&half).unwrap();
+        assert_eq!((given.kind(), Vec::<f32>::try_from(given.view(-1)).unwrap()), (Kind::Float, vec![1.0, -2.0, 3.5]));
     }
 }

@@ -103,6 +103,9 @@ pub struct ExitStats {
     /// Merge-subtree results rebuilt from the low-rank products that formed them, where the
     /// cache no longer held the full results.
     pub subtrees_rebuilt: usize,
+    /// Keys of the recipe's base read from the copies the caches kept of it (on a GPU: no
+    /// upload), counted once per merge that read them.
+    pub base_hits: usize,
     /// Keys × merge steps whose column statistics were reused (t_factor-only changes).
     pub stats_hits: usize,
     /// Bytes of the merged keys (each in its storage dtype).
@@ -135,6 +138,7 @@ impl ExitStats {
         m.insert("cache_hits".into(), json!(self.cache_hits));
         m.insert("subtree_hits".into(), json!(self.subtree_hits));
         m.insert("subtrees_rebuilt".into(), json!(self.subtrees_rebuilt));
+        m.insert("base_hits".into(), json!(self.base_hits));
         m.insert("stats_hits".into(), json!(self.stats_hits));
         m.insert("bytes".into(), json!(self.bytes));
         if self.result_blocks > 0 {
@@ -267,6 +271,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         root: ptr(root),
         subtree_hits: 0,
         subtrees_rebuilt: 0,
+        base_hits: 0,
         stats_hits: 0,
         load_seconds: 0.0,
         figures: Vec::new(),
@@ -299,6 +304,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     // What this run uses of the subtree cache stays while the run adds to it (cache.rs).
     engine.subtrees.begin_run();
     engine.subtree_factors.begin_run();
+    engine.bases.begin_run();
     let mut todo = Vec::new();
     for k in &a.keys {
         let hit = if opts.enable_cache { engine.subtrees.get(&a.key_hash(root, k, device)) } else { None };
@@ -408,6 +414,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
     stats.phases.results = t_wait.elapsed().as_secs_f64();
     stats.subtree_hits = ev.subtree_hits;
     stats.subtrees_rebuilt = ev.subtrees_rebuilt;
+    stats.base_hits = ev.base_hits;
     stats.phases.load = ev.load_seconds;
     stats.phases.compute -= ev.load_seconds;
     stats.stats_hits = ev.stats_hits;
@@ -432,6 +439,7 @@ pub fn run_exit(engine: &MergeEngine, folders: &ModelFolders, rep: &dyn Reporter
         cache_hits = stats.cache_hits,
         subtree_hits = stats.subtree_hits,
         subtrees_rebuilt = stats.subtrees_rebuilt,
+        base_hits = stats.base_hits,
         groups = stats.groups,
         seconds = stats.seconds,
         "WIDEN Exit"
