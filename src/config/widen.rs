@@ -26,7 +26,7 @@ pub struct WidenSettings {
     #[serde(deserialize_with = "values::auto_switch")]
     pub subtree_products: Option<bool>,
     /// The base weights merges read kept in the caches as uploaded, in their own dtype (auto: on
-    /// a GPU).
+    /// a GPU, for a base read from a file).
     #[serde(deserialize_with = "values::auto_switch")]
     pub base_copies: Option<bool>,
     /// Cap of the column statistics cache.

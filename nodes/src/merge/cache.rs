@@ -76,6 +76,25 @@ impl Cached for Factored {
     }
 }
 
+/// A cache that can give device memory back: what [`super::engine::MergeEngine::yield_device`]
+/// walks, in its order.
+pub(crate) trait GivesDevice {
+    fn free_device_bytes(&self, bytes: u64) -> u64;
+    /// (Which pool: the order's test names them.)
+    #[cfg(test)]
+    fn pool_name(&self) -> &str;
+}
+
+impl<V: Cached> GivesDevice for ByteLru<V> {
+    fn free_device_bytes(&self, bytes: u64) -> u64 {
+        ByteLru::free_device_bytes(self, bytes)
+    }
+    #[cfg(test)]
+    fn pool_name(&self) -> &str {
+        ByteLru::pool_name(self)
+    }
+}
+
 /// An LRU keyed by content hashes, bounded by bytes: by the memory budget its pool belongs to,
 /// and by caps of its own in host and device memory.
 pub struct ByteLru<V: Cached> {
@@ -355,6 +374,11 @@ impl<V: Cached> ByteLru<V> {
             g.remove(&key, &self.pool);
         }
         (before - g.device_bytes) as u64
+    }
+
+    /// The name of the budget pool the cache counts in (`widen.subtrees`).
+    pub fn pool_name(&self) -> &str {
+        self.pool.name()
     }
 
     /// Caps host memory at `limit` bytes and device memory at `device_limit`.

@@ -17,7 +17,7 @@ use crate::cuda::{device_memory, release_cached, CudaRuntime, DeviceMemory, Pinn
 use crate::lora::LoraFile;
 use crate::recipe::foreign::ForeignModels;
 
-use super::cache::{CacheStats, StatsCache, SubtreeCache, SubtreeFactorCache};
+use super::cache::{CacheStats, GivesDevice, StatsCache, SubtreeCache, SubtreeFactorCache};
 use super::chunk_memory::{ChunkBudget, ChunkMemory};
 use super::device_plan::{cpu_chunk_memory, human, DevicePlan, CHUNK_FLOOR};
 use super::exit::LoadedSet;
@@ -156,9 +156,10 @@ impl MergeEngine {
         self.settings.subtree_products.unwrap_or(self.settings.device.is_cuda())
     }
 
-    /// Whether merges keep the base weights they read as uploaded ([`MergeSettings::base_copies`]).
-    pub(crate) fn keeps_base_copies(&self) -> bool {
-        self.settings.base_copies.unwrap_or(self.settings.device.is_cuda())
+    /// Whether merges keep the base weights they read as uploaded ([`MergeSettings::base_copies`]),
+    /// for a base that is a file's (`foreign`: false) or a foreign runtime's model.
+    pub(crate) fn keeps_base_copies(&self, foreign: bool) -> bool {
+        base_copies(self.settings.base_copies, self.settings.device.is_cuda(), foreign)
     }
 
     pub fn budget(&self) -> &Arc<MemoryBudget> {
@@ -273,21 +274,22 @@ impl MergeEngine {
     }
 
     /// Gives device memory to someone else in the process, ComfyUI loading a model or decoding
-    /// (docs/architecture.md, "Memory"): the LoRA factors first (uploaded again from their
-    /// parsed files in milliseconds), then full subtree results (rebuilt from their products, or
-    /// recomputed, at the next change), then the copies of base weights (uploaded again, ~35 ms
-    /// a GiB), then column statistics, then the products, each least recently used first, until
-    /// `bytes` are given back or the caches hold nothing on the device. Returns the bytes given
-    /// back. The statistics go after the full results: a hundredth of their size, they spare a
-    /// recomputation its float64 pass, and taken first they gave a request for gigabytes next
-    /// to nothing.
+    /// (docs/architecture.md, "Memory"): full subtree results first (the root's, stored at the
+    /// cold end, which no change reads again; then the branches', rebuilt from their products or
+    /// recomputed at the next change), then the copies of base weights (uploaded again, ~35 ms
+    /// a GiB), then the LoRA factors, then column statistics, then the products, each least
+    /// recently used first, until `bytes` are given back or the caches hold nothing on the
+    /// device. Returns the bytes given back. Requests come in hundreds of MiB or more: the small
+    /// pools give little towards them and cost their time again at every change (a 12 GiB
+    /// loop's decode took the LoRA factors each time, ~16 ms of every slider change after it);
+    /// the statistics spare a recomputation its float64 pass.
     pub fn yield_device(&self, bytes: u64) -> u64 {
-        let mut freed = self.factors.free_device_bytes(bytes);
-        freed += self.subtrees.free_device_bytes(bytes.saturating_sub(freed));
-        freed += self.bases.free_device_bytes(bytes.saturating_sub(freed));
-        freed += self.stats.free_device_bytes(bytes.saturating_sub(freed));
-        freed += self.subtree_factors.free_device_bytes(bytes.saturating_sub(freed));
-        freed
+        self.giving_order().iter().fold(0, |freed, pool| freed + pool.free_device_bytes(bytes.saturating_sub(freed)))
+    }
+
+    /// The caches in the order they give device memory back ([`MergeEngine::yield_device`]).
+    fn giving_order(&self) -> [&dyn GivesDevice; 5] {
+        [&self.subtrees, &self.bases, &self.factors, &self.stats, &self.subtree_factors]
     }
 
     /// The host RAM a merge may count on: what the machine reports as available, capped by the
@@ -362,6 +364,12 @@ impl MergeEngine {
     }
 }
 
+/// [`MergeSettings::base_copies`] as it applies: the setting where given, else on a GPU for a
+/// base read from a file.
+fn base_copies(setting: Option<bool>, gpu: bool, foreign: bool) -> bool {
+    setting.unwrap_or(gpu && !foreign)
+}
+
 /// The host limit when the configuration leaves it to the machine: 60% of the available memory
 /// (at least 1 GiB), for the executor's outputs and every WIDEN cache together.
 pub fn default_host_limit() -> u64 {
@@ -377,6 +385,27 @@ pub fn mem_available() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ComfyUI asks for hundreds of MiB at a time: the large pools, cheapest to restore per
+    /// byte, give first; the small ones, whose loss costs every later change its time again,
+    /// last (docs/architecture.md, "Memory").
+    #[test]
+    fn the_caches_give_device_memory_back_large_and_cheap_first() {
+        let engine = MergeEngine::standalone(MergeSettings::on(Device::Cpu)).unwrap();
+        let order: Vec<&str> = engine.giving_order().iter().map(|p| p.pool_name()).collect();
+        assert_eq!(order, ["widen.subtrees", "widen.bases", "widen.factors", "widen.statistics", "widen.subtree_factors"]);
+    }
+
+    /// Copies of a base are kept by default on a GPU for a file's base, not for a foreign
+    /// runtime's model nor on the CPU; the setting decides when it is given.
+    #[test]
+    fn base_copies_by_default_only_on_a_gpu_for_a_file() {
+        assert!(base_copies(None, true, false));
+        assert!(!base_copies(None, true, true));
+        assert!(!base_copies(None, false, false));
+        assert!(base_copies(Some(true), false, true));
+        assert!(!base_copies(Some(false), true, false));
+    }
 
     #[test]
     fn a_merge_that_had_to_shrink_its_chunks_plans_the_next_one_at_that_size() {

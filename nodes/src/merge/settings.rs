@@ -32,10 +32,11 @@ pub struct MergeSettings {
     /// nothing and keeping them slowed cold merges (BENCHMARKS.md).
     pub subtree_products: Option<bool>,
     /// Whether the base weights merges read stay in the caches as they were uploaded, in their
-    /// own dtype (docs/architecture.md, "The WIDEN caches"). `None`: on a GPU, where each merge
-    /// over the same base would otherwise bring them over the host link again (a slider change
-    /// rebuilding from products: a third of a 12 GiB change's time); on the CPU the base is in
-    /// host memory already.
+    /// own dtype (docs/architecture.md, "The WIDEN caches"). `None`: on a GPU for a base read
+    /// from a file, where each merge over it would otherwise bring it over the host link again;
+    /// not for a foreign runtime's model (ComfyUI's), whose models need that device memory
+    /// (under 12 GiB beside ComfyUI's SDXL the copies made ComfyUI unload its VAE before every
+    /// slider change, measured slower); on the CPU the base is in host memory already.
     pub base_copies: Option<bool>,
     /// A cap of the statistics cache, in each kind of memory.
     pub stats_cache: u64,

@@ -100,7 +100,7 @@ impl Eval<'_> {
     /// as uploaded (rows in their stored dtype, one group per upload).
     fn base_rows(&mut self, node: &Recipe, model: &crate::recipe::model::NativeModel, keys: &[String]) -> Result<Tensor, PackError> {
         let tensors = |keys: &mut dyn Iterator<Item = &String>| keys.map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>();
-        if !(self.use_cache && self.engine.keeps_base_copies()) {
+        if !(self.use_cache && self.engine.keeps_base_copies(model.foreign_origin().is_some())) {
             return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
         }
         let hashes: Vec<[u8; 32]> = keys.iter().map(|k| base_copy_hash(&self.a.key_hash(node, k, self.device), self.device)).collect();
