@@ -274,22 +274,22 @@ impl MergeEngine {
     }
 
     /// Gives device memory to someone else in the process, ComfyUI loading a model or decoding
-    /// (docs/architecture.md, "Memory"): full subtree results first (the root's, stored at the
-    /// cold end, which no change reads again; then the branches', rebuilt from their products or
-    /// recomputed at the next change), then the copies of base weights (uploaded again, ~35 ms
-    /// a GiB), then the LoRA factors, then column statistics, then the products, each least
-    /// recently used first, until `bytes` are given back or the caches hold nothing on the
-    /// device. Returns the bytes given back. Requests come in hundreds of MiB or more: the small
-    /// pools give little towards them and cost their time again at every change (a 12 GiB
-    /// loop's decode took the LoRA factors each time, ~16 ms of every slider change after it);
-    /// the statistics spare a recomputation its float64 pass.
+    /// (docs/architecture.md, "Memory"): the LoRA factors first (uploaded again from their
+    /// parsed files), then full subtree results (rebuilt from their products, or recomputed, at
+    /// the next change), then the copies of base weights (uploaded again, ~35 ms a GiB), then
+    /// column statistics, then the products, each least recently used first, until `bytes` are
+    /// given back or the caches hold nothing on the device. Returns the bytes given back. The
+    /// statistics go after the full results: a hundredth of their size, they spare a
+    /// recomputation its float64 pass, and taken first they gave a request for gigabytes next to
+    /// nothing. (The factors after the full results kept those of every earlier strength and
+    /// pushed the branches' results out: measured slower, BENCHMARKS.md.)
     pub fn yield_device(&self, bytes: u64) -> u64 {
         self.giving_order().iter().fold(0, |freed, pool| freed + pool.free_device_bytes(bytes.saturating_sub(freed)))
     }
 
     /// The caches in the order they give device memory back ([`MergeEngine::yield_device`]).
     fn giving_order(&self) -> [&dyn GivesDevice; 5] {
-        [&self.subtrees, &self.bases, &self.factors, &self.stats, &self.subtree_factors]
+        [&self.factors, &self.subtrees, &self.bases, &self.stats, &self.subtree_factors]
     }
 
     /// The host RAM a merge may count on: what the machine reports as available, capped by the
@@ -386,14 +386,14 @@ pub fn mem_available() -> Option<usize> {
 mod tests {
     use super::*;
 
-    /// ComfyUI asks for hundreds of MiB at a time: the large pools, cheapest to restore per
-    /// byte, give first; the small ones, whose loss costs every later change its time again,
-    /// last (docs/architecture.md, "Memory").
+    /// The order the caches give device memory back in (docs/architecture.md, "Memory"): the
+    /// copies of a base after the full results (a copy is re-read at ~35 ms a GiB, a result
+    /// rebuilt from it), the statistics and the products last.
     #[test]
-    fn the_caches_give_device_memory_back_large_and_cheap_first() {
+    fn the_caches_give_device_memory_back_in_their_order() {
         let engine = MergeEngine::standalone(MergeSettings::on(Device::Cpu)).unwrap();
         let order: Vec<&str> = engine.giving_order().iter().map(|p| p.pool_name()).collect();
-        assert_eq!(order, ["widen.subtrees", "widen.bases", "widen.factors", "widen.statistics", "widen.subtree_factors"]);
+        assert_eq!(order, ["widen.factors", "widen.subtrees", "widen.bases", "widen.statistics", "widen.subtree_factors"]);
     }
 
     /// Copies of a base are kept by default on a GPU for a file's base, not for a foreign
