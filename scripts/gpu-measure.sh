@@ -14,6 +14,9 @@
 #              (`[widen] subtree_products` off, then auto): the loop, then `bench merge`
 #              (about 7 minutes; BENCHMARKS.md, "Subtree results as their products (CPU, 2026-12-05,
 #              nineteenth session)")
+#   profile12  where a 12 GiB slider change spends its time: `-v` (every step of every chunk waits
+#              for the device and is logged with its time), the loop with 2 changes of each kind,
+#              then `bench merge` W2 with and without the limit; not timings to report
 #
 # Where gpu/before.xz exists (scripts/gpu-prepare.sh keeps the binary it replaced), loop12 and
 # merge12 run it too, in the same call, as NAME-before. Each run's whole output lands in
@@ -70,11 +73,17 @@ for set in "$@"; do
         COMFYRS_WIDEN_SUBTREE_PRODUCTS=$p TAILN=14 run "merge12-products-$p" "$B" bench merge --hold-base --repeat 3 --workloads w1,w2,w3 --dir $D --device-memory 12GiB
       done
       ;;
+    profile12)
+      python_log
+      TAILN=6 run loop12GiB-v "$B" -v bench loop --repeat 2 --dir $D --device-memory 12GiB
+      TAILN=6 run merge12-v "$B" -v bench merge --hold-base --repeat 2 --workloads w2 --dir $D --device-memory 12GiB
+      TAILN=6 run merge-v "$B" -v bench merge --hold-base --repeat 2 --workloads w2 --dir $D
+      ;;
     reference)
       TAILN=45 run loopref $B bench loop --repeat 3 --dir $D --reference "$here/gpupack" --reference-python /opt/torch/.venv/bin/python3
       ;;
     *)
-      echo "unknown measurement set '$set': use loop12, loop24, merge12, products12 or reference" >&2
+      echo "unknown measurement set '$set': use loop12, loop24, merge12, products12, profile12 or reference" >&2
       exit 2
       ;;
   esac
