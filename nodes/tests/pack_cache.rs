@@ -216,18 +216,17 @@ mod under_pressure {
             let settings = MergeSettings { subtree_products: Some(true), base_copies: Some(true), ..MergeSettings::default() };
             let m = Models { engine: MergeEngine::standalone(settings).unwrap(), ..models(&[Arch::Sdxl], false) };
             m.engine.subtree_cache().set_limits(0, 0);
-            let copies = || m.engine.base_cache().stats().entries as u64;
             let (_, cold) = exec_once(&m, &chain_prompt(base, 0.5, true));
             let keys = n(&cold, "keys");
             assert_eq!(n(&cold, "base_hits"), 0, "{base}: {cold}");
-            assert_eq!(copies(), keys, "{base}: one copy per key the branch read");
+            assert_eq!(copies_of(&m), keys, "{base}: one copy per key the branch read");
             for t2 in [0.9, 0.3, 0.5] {
                 let (warm, stats) = exec_once(&m, &chain_prompt(base, t2, true));
                 assert!(n(&stats, "subtrees_rebuilt") > 0, "{base}, t {t2}: {stats}");
                 // Every key of the branch, rebuilt or (a key with a full-weight diff) computed
                 // again, reads the base from the copies.
                 assert_eq!(n(&stats, "base_hits"), keys, "{base}, t {t2}: {stats}");
-                assert_eq!(copies(), keys, "{base}, t {t2}");
+                assert_eq!(copies_of(&m), keys, "{base}, t {t2}");
                 let (fresh, _) = exec_once(&m, &chain_prompt(base, t2, false));
                 assert_same_overrides(&warm, &fresh);
             }
@@ -240,8 +239,9 @@ mod under_pressure {
         }
     }
 
-    fn copies_of(m: &Models) -> usize {
-        m.engine.base_cache().stats().entries
+    /// Keys of a base the engine keeps copies of.
+    fn copies_of(m: &Models) -> u64 {
+        m.engine.base_cache().stats().entries as u64
     }
 
     /// Smaller still: the branch alone does not fit. Plain LRU evicted each of its chunks just

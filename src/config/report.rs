@@ -56,6 +56,11 @@ fn switch(on: bool) -> (Json, Option<String>) {
     (json!(on), Some(on.to_string()))
 }
 
+/// A switch that `auto` leaves to comfyrs (None).
+fn auto_switch(on: Option<bool>) -> (Json, Option<String>) {
+    on.map_or_else(|| word("auto"), switch)
+}
+
 fn device_name(d: tch::Device) -> String {
     match d {
         tch::Device::Cuda(n) => format!("cuda:{n}"),
@@ -87,14 +92,8 @@ impl Config {
                     "widen.host_ram" => limit(self.widen.host_ram),
                     "widen.cache" => limit(self.widen.cache),
                     "widen.device_cache" => limit(self.widen.device_cache),
-                    "widen.subtree_products" => match self.widen.subtree_products {
-                        Some(on) => switch(on),
-                        None => word("auto"),
-                    },
-                    "widen.base_copies" => match self.widen.base_copies {
-                        Some(on) => switch(on),
-                        None => word("auto"),
-                    },
+                    "widen.subtree_products" => auto_switch(self.widen.subtree_products),
+                    "widen.base_copies" => auto_switch(self.widen.base_copies),
                     "widen.stats_cache" => size(self.widen.stats_cache),
                     "widen.factor_cache" => size(self.widen.factor_cache),
                     "widen.pinned" => switch(self.widen.pinned),

@@ -91,7 +91,7 @@ impl<V: Cached> GivesDevice for ByteLru<V> {
     }
     #[cfg(test)]
     fn pool_name(&self) -> &str {
-        ByteLru::pool_name(self)
+        self.pool.name()
     }
 }
 
@@ -374,11 +374,6 @@ impl<V: Cached> ByteLru<V> {
             g.remove(&key, &self.pool);
         }
         (before - g.device_bytes) as u64
-    }
-
-    /// The name of the budget pool the cache counts in (`widen.subtrees`).
-    pub fn pool_name(&self) -> &str {
-        self.pool.name()
     }
 
     /// Caps host memory at `limit` bytes and device memory at `device_limit`.
