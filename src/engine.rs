@@ -222,6 +222,7 @@ pub fn merge_settings(config: &Config) -> MergeSettings {
         device_subtree_cache: w.device_cache,
         subtree_products: w.subtree_products,
         base_copies: w.base_copies,
+        page_locked_bases: w.page_locked_bases,
         stats_cache: w.stats_cache,
         factor_cache: w.factor_cache,
         pinned: w.pinned,

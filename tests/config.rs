@@ -90,6 +90,7 @@ fn defaults_when_nothing_is_given() {
     assert_eq!(setting(&doc, "widen.chunk_budget"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "widen.subtree_products"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "widen.base_copies"), (json!("auto"), "default".into()));
+    assert_eq!(setting(&doc, "widen.page_locked_bases"), (json!("auto"), "default".into()));
     assert_eq!(setting(&doc, "widen.stats_cache"), (json!(GIB), "default".into()));
     assert_eq!(setting(&doc, "widen.factor_cache"), (json!(2 * GIB), "default".into()));
     for switch in ["widen.pinned", "widen.events", "widen.copy_stream", "widen.results_on_device"] {
@@ -206,6 +207,7 @@ fn every_widen_variable_and_its_switches() {
         ("COMFYRS_WIDEN_COPY_STREAM", "false"),
         ("COMFYRS_WIDEN_RESULTS_ON_DEVICE", "off"),
         ("COMFYRS_WIDEN_BASE_COPIES", "off"),
+        ("COMFYRS_WIDEN_PAGE_LOCKED_BASES", "0"),
         ("COMFYRS_CACHE_MODE", "ram-pressure"),
     ];
     let doc = effective(dir.path(), &env, &[]);
@@ -215,6 +217,7 @@ fn every_widen_variable_and_its_switches() {
     assert_eq!(setting(&doc, "widen.device_cache"), (json!("auto"), "env COMFYRS_WIDEN_DEVICE_CACHE".into()));
     assert_eq!(setting(&doc, "widen.subtree_products"), (json!(true), "env COMFYRS_WIDEN_SUBTREE_PRODUCTS".into()));
     assert_eq!(setting(&doc, "widen.base_copies"), (json!(false), "env COMFYRS_WIDEN_BASE_COPIES".into()));
+    assert_eq!(setting(&doc, "widen.page_locked_bases"), (json!(0), "env COMFYRS_WIDEN_PAGE_LOCKED_BASES".into()));
     assert_eq!(setting(&doc, "widen.stats_cache").0, json!(64 * MIB));
     assert_eq!(setting(&doc, "widen.factor_cache").0, json!(GIB));
     for switch in ["widen.pinned", "widen.events", "widen.copy_stream", "widen.results_on_device"] {

@@ -239,6 +239,38 @@ mod under_pressure {
         }
     }
 
+    /// Where no copies are kept on the device (a ComfyUI MODEL's base, by default), the base
+    /// keys a merge reads get copies in (page-locked) host memory the second time a merge reads
+    /// them, and slider changes after that upload from those: equal to fresh runs, fp32 and fp16.
+    #[test]
+    fn slider_changes_read_the_base_from_host_copies_made_at_its_second_read() {
+        for base in ["tiny/sdxl_f32.safetensors", "tiny/sdxl_f16.safetensors"] {
+            // (On a GPU by default for a ComfyUI MODEL; here on the CPU, asked for.)
+            let settings = MergeSettings {
+                subtree_products: Some(true),
+                base_copies: Some(false),
+                page_locked_bases: Some(1 << 30),
+                ..MergeSettings::default()
+            };
+            let m = Models { engine: MergeEngine::standalone(settings).unwrap(), ..models(&[Arch::Sdxl], false) };
+            m.engine.subtree_cache().set_limits(0, 0);
+            let (_, cold) = exec_once(&m, &chain_prompt(base, 0.5, true));
+            let keys = n(&cold, "keys");
+            assert_eq!((n(&cold, "base_hits"), copies_of(&m)), (0, 0), "{base}: a first read keeps no copy: {cold}");
+            let (warm, stats) = exec_once(&m, &chain_prompt(base, 0.9, true));
+            assert_eq!((n(&stats, "base_hits"), copies_of(&m)), (0, keys), "{base}: the second read makes them: {stats}");
+            assert_same_overrides(&warm, &exec_once(&m, &chain_prompt(base, 0.9, false)).0);
+            for t2 in [0.3, 0.5] {
+                let (warm, stats) = exec_once(&m, &chain_prompt(base, t2, true));
+                assert!(n(&stats, "subtrees_rebuilt") > 0, "{base}, t {t2}: {stats}");
+                assert_eq!(n(&stats, "base_hits"), keys, "{base}, t {t2}: {stats}");
+                assert_eq!(copies_of(&m), keys, "{base}, t {t2}");
+                let (fresh, _) = exec_once(&m, &chain_prompt(base, t2, false));
+                assert_same_overrides(&warm, &fresh);
+            }
+        }
+    }
+
     /// Keys of a base the engine keeps copies of.
     fn copies_of(m: &Models) -> u64 {
         m.engine.base_cache().stats().entries as u64

@@ -246,7 +246,7 @@ fn phases_ms(p: &Json) -> String {
     m.iter().filter_map(|(k, v)| Some(format!("{k} {:.1}", v.as_f64()? * 1e3))).collect::<Vec<_>>().join(", ")
 }
 
-/// `582 keys, 266 subtree hits, 316 rebuilt from their products, 316 base keys on the device, 14
+/// `582 keys, 266 subtree hits, 316 rebuilt from their products, 316 base keys from kept copies, 14
 /// chunks, 0 out-of-memory retries` from the Exit's statistics (`1 chunk` for one).
 fn work(stats: &Json) -> String {
     let n = |k: &str, one: &str, many: &str| match stats[k].as_u64() {
@@ -258,7 +258,7 @@ fn work(stats: &Json) -> String {
         n("keys", "key", "keys"),
         n("subtree_hits", "subtree hit", "subtree hits"),
         n("subtrees_rebuilt", "rebuilt from its product", "rebuilt from their products"),
-        n("base_hits", "base key on the device", "base keys on the device"),
+        n("base_hits", "base key from kept copies", "base keys from kept copies"),
         n("chunks", "chunk", "chunks"),
         n("oom_retries", "out-of-memory retry", "out-of-memory retries"),
     ]

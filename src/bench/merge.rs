@@ -556,7 +556,7 @@ fn summary(stats: &Json) -> String {
         None => String::new(),
     };
     format!(
-        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} rebuilt from their products, {} base keys on the device, {} statistics reused; \
+        "{} keys, {} recomputed in {} chunks{retries}, {} subtree hits, {} rebuilt from their products, {} base keys from kept copies, {} statistics reused; \
          ms: analysis {}, load {}, compute {}, results {}, report {}; around the Exit: node call {:.1}, executor {:.1}{blocks}",
         stats["keys"],
         stats["recomputed"],

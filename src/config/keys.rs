@@ -29,6 +29,7 @@ pub const KEYS: &[Key] = &[
     key("widen.device_cache", Some("COMFYRS_WIDEN_DEVICE_CACHE")),
     key("widen.subtree_products", Some("COMFYRS_WIDEN_SUBTREE_PRODUCTS")),
     key("widen.base_copies", Some("COMFYRS_WIDEN_BASE_COPIES")),
+    key("widen.page_locked_bases", Some("COMFYRS_WIDEN_PAGE_LOCKED_BASES")),
     key("widen.stats_cache", Some("COMFYRS_WIDEN_STATS_CACHE")),
     key("widen.factor_cache", Some("COMFYRS_WIDEN_FACTOR_CACHE")),
     key("widen.pinned", Some("COMFYRS_WIDEN_PINNED")),

@@ -94,6 +94,7 @@ impl Config {
                     "widen.device_cache" => limit(self.widen.device_cache),
                     "widen.subtree_products" => auto_switch(self.widen.subtree_products),
                     "widen.base_copies" => auto_switch(self.widen.base_copies),
+                    "widen.page_locked_bases" => limit(self.widen.page_locked_bases),
                     "widen.stats_cache" => size(self.widen.stats_cache),
                     "widen.factor_cache" => size(self.widen.factor_cache),
                     "widen.pinned" => switch(self.widen.pinned),

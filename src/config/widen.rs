@@ -29,6 +29,10 @@ pub struct WidenSettings {
     /// a GPU, for a base read from a file).
     #[serde(deserialize_with = "values::auto_switch")]
     pub base_copies: Option<bool>,
+    /// Page-locked host memory for copies of the base weights merges read, where they are not
+    /// kept on the device (auto: on a GPU, a quarter of `memory.host`; 0: none).
+    #[serde(deserialize_with = "values::limit")]
+    pub page_locked_bases: Option<u64>,
     /// Cap of the column statistics cache.
     #[serde(deserialize_with = "values::size")]
     pub stats_cache: u64,
@@ -59,6 +63,7 @@ impl Default for WidenSettings {
             device_cache: None,
             subtree_products: None,
             base_copies: None,
+            page_locked_bases: None,
             stats_cache: 1 << 30,
             factor_cache: 2 << 30,
             pinned: true,

@@ -70,7 +70,16 @@ pub struct MergeEngine {
     foreign: RwLock<Option<Arc<dyn ForeignModels>>>,
     /// The chunk size earlier merges found to fit, where it is less than the plan's.
     chunks: ChunkMemory,
+    /// Bytes of page-locked host memory for copies of base weights ([`MergeSettings::page_locked_bases`]
+    /// as it applies; 0: none).
+    page_locked_bases: u64,
+    /// The page-locked copy keys of the base keys merges read without a copy
+    /// ([`MergeEngine::read_before`]).
+    base_reads: Mutex<lru::LruCache<[u8; 32], ()>>,
 }
+
+/// How many base keys [`MergeEngine::read_before`] remembers (a few models' worth).
+const BASE_READS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1 << 16).expect("not zero");
 
 /// What the engine's caches hold.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -115,7 +124,15 @@ impl MergeEngine {
         // dtype (fp16: half the bytes of a full fp32 result) is what a rebuild from products and
         // every merge over that base read, and a result costs the link only what its base does
         // (docs/architecture.md, "The WIDEN caches").
-        let bases = SubtreeCache::new(budget.pool("widen.bases"), subtree_cap, device_subtree_cap).reserving(0.5);
+        // On a GPU the copies in host memory are the page-locked ones, within their own cap.
+        // (On the CPU only where asked for, for tests: the base is in host memory already.)
+        let host_limit = match budget.limit(Place::Host) {
+            UNRESOLVED => default_host_limit(),
+            host => host,
+        };
+        let page_locked_bases = page_locked_bases(settings.page_locked_bases, index.is_some(), host_limit);
+        let host_base_cap = if index.is_some() { subtree_cap.min(page_locked_bases) } else { subtree_cap };
+        let bases = SubtreeCache::new(budget.pool("widen.bases"), host_base_cap, device_subtree_cap).reserving(0.5);
         let stats = StatsCache::new(budget.pool("widen.statistics"), settings.stats_cache, settings.stats_cache);
         let factors = SubtreeCache::new(budget.pool("widen.factors"), 0, settings.factor_cache);
         let staging_pool = budget.pool("widen.staging");
@@ -135,6 +152,8 @@ impl MergeEngine {
             staging_pool,
             foreign: RwLock::new(None),
             chunks: ChunkMemory::default(),
+            page_locked_bases,
+            base_reads: Mutex::new(lru::LruCache::new(BASE_READS)),
         }))
     }
 
@@ -160,6 +179,20 @@ impl MergeEngine {
     /// for a base that is a file's (`foreign`: false) or a foreign runtime's model.
     pub(crate) fn keeps_base_copies(&self, foreign: bool) -> bool {
         base_copies(self.settings.base_copies, self.settings.device.is_cuda(), foreign)
+    }
+
+    /// Whether merges keep page-locked host copies of the base weights they read, for a base that
+    /// is a file's (`foreign`: false) or a foreign runtime's model: on a GPU, where its copies
+    /// are not kept on the device ([`MergeSettings::page_locked_bases`]). (On the CPU, where the
+    /// setting asks for them, they are ordinary host memory: for tests.)
+    pub(crate) fn keeps_page_locked_bases(&self, foreign: bool) -> bool {
+        self.page_locked_bases > 0 && (self.pinned().is_some() || !self.settings.device.is_cuda()) && !self.keeps_base_copies(foreign)
+    }
+
+    /// Whether a merge read the base key whose page-locked copy would be kept under `hash`
+    /// before; remembers that one has now.
+    pub(crate) fn read_before(&self, hash: &[u8; 32]) -> bool {
+        self.base_reads.lock().unwrap_or_else(|e| e.into_inner()).put(*hash, ()).is_some()
     }
 
     pub fn budget(&self) -> &Arc<MemoryBudget> {
@@ -370,6 +403,12 @@ fn base_copies(setting: Option<bool>, gpu: bool, foreign: bool) -> bool {
     setting.unwrap_or(gpu && !foreign)
 }
 
+/// [`MergeSettings::page_locked_bases`] as it applies: the setting where given, else on a GPU a
+/// quarter of the budget's host limit.
+fn page_locked_bases(setting: Option<u64>, gpu: bool, host_limit: u64) -> u64 {
+    setting.unwrap_or(if gpu { host_limit / 4 } else { 0 })
+}
+
 /// The host limit when the configuration leaves it to the machine: 60% of the available memory
 /// (at least 1 GiB), for the executor's outputs and every WIDEN cache together.
 pub fn default_host_limit() -> u64 {
@@ -405,6 +444,16 @@ mod tests {
         assert!(!base_copies(None, false, false));
         assert!(base_copies(Some(true), false, true));
         assert!(!base_copies(Some(false), true, false));
+    }
+
+    /// Page-locked copies of a base: by default on a GPU, within a quarter of the host limit;
+    /// the setting decides when it is given (0: none).
+    #[test]
+    fn page_locked_base_copies_by_default_on_a_gpu_within_a_quarter_of_the_host_limit() {
+        assert_eq!(page_locked_bases(None, true, 64 << 30), 16 << 30);
+        assert_eq!(page_locked_bases(None, false, 64 << 30), 0);
+        assert_eq!(page_locked_bases(Some(0), true, 64 << 30), 0);
+        assert_eq!(page_locked_bases(Some(1 << 30), false, 64 << 30), 1 << 30);
     }
 
     #[test]

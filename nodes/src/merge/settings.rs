@@ -38,6 +38,13 @@ pub struct MergeSettings {
     /// (under 12 GiB beside ComfyUI's SDXL the copies made ComfyUI unload its VAE before every
     /// slider change, measured slower); on the CPU the base is in host memory already.
     pub base_copies: Option<bool>,
+    /// Bytes of page-locked host memory for copies of the base weights merges read, kept where
+    /// the copies are not kept on the device (a ComfyUI MODEL's, by default), so that a rebuild
+    /// or another merge over that base uploads them straight from there: from the base's own
+    /// pageable memory each upload first copied them into staging buffers, most of its time
+    /// (docs/architecture.md, "The WIDEN caches"). `None`: a quarter of the budget's host limit,
+    /// on a GPU; 0: none.
+    pub page_locked_bases: Option<u64>,
     /// A cap of the statistics cache, in each kind of memory.
     pub stats_cache: u64,
     /// A cap of the LoRA factors kept in device memory.
@@ -65,6 +72,7 @@ impl Default for MergeSettings {
             device_subtree_cache: None,
             subtree_products: None,
             base_copies: None,
+            page_locked_bases: None,
             stats_cache: 1 << 30,
             factor_cache: 2 << 30,
             pinned: true,

@@ -117,6 +117,31 @@ fn staged_upload(engine: &MergeEngine, tensors: &[&Tensor], first: &Tensor, inde
     Tensor::f_cat(&parts, 0)
 }
 
+/// Page-locked host copies of same-shape, same-dtype host tensors, one row per tensor, in order:
+/// rows of one call share a few large blocks (a [`HostArena`]'s), back to back where a block
+/// holds several, so later uploads of the same keys go up in few copies. (Ordinary host memory
+/// on the CPU.)
+pub fn page_locked_copies(engine: &MergeEngine, tensors: &[&Tensor]) -> Result<Vec<Tensor>, tch::TchError> {
+    let Some(first) = tensors.first() else { return Ok(Vec::new()) };
+    let (kind, shape, numel) = (first.kind(), first.size(), first.numel() as i64);
+    let mut arena = HostArena::new(|bytes| match engine.pinned() {
+        Some(pinned) => pinned.empty(bytes, Kind::Uint8),
+        None => Tensor::f_empty([bytes], (Kind::Uint8, Device::Cpu)),
+    });
+    arena.expect(std::iter::repeat_n(numel * kind.elt_size_in_bytes() as i64, tensors.len()));
+    let mut rows = Vec::with_capacity(tensors.len());
+    while rows.len() < tensors.len() {
+        let start = rows.len();
+        let piece = arena.rows((tensors.len() - start) as i64, &shape, kind)?;
+        let n = piece.size()[0];
+        fill_staging(&piece.f_view([-1])?, &tensors[start..start + n as usize], numel, &shape)?;
+        for r in 0..n {
+            rows.push(piece.f_select(0, r)?);
+        }
+    }
+    Ok(rows)
+}
+
 /// Copies each key into its slot of a staging buffer (`numel` elements apart), in pieces spread
 /// over the cores. (One libtorch copy per key splits every few-MB key over all threads: 10-24
 /// GB/s on an H100 host where plain copies reach 38 GB/s.)

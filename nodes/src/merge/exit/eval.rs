@@ -99,11 +99,21 @@ impl Eval<'_> {
     /// from the copies the caches kept where the engine keeps them, the rest uploaded, and kept
     /// as uploaded (rows in their stored dtype, one group per upload).
     fn base_rows(&mut self, node: &Recipe, model: &crate::recipe::model::NativeModel, keys: &[String]) -> Result<Tensor, PackError> {
-        let tensors = |keys: &mut dyn Iterator<Item = &String>| keys.map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>();
-        if !(self.use_cache && self.engine.keeps_base_copies(model.foreign_origin().is_some())) {
-            return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
+        let foreign = model.foreign_origin().is_some();
+        if self.use_cache && self.engine.keeps_base_copies(foreign) {
+            return self.device_copies(node, model, keys);
         }
-        let hashes: Vec<[u8; 32]> = keys.iter().map(|k| base_copy_hash(&self.a.key_hash(node, k, self.device), self.device)).collect();
+        if self.use_cache && self.engine.keeps_page_locked_bases(foreign) {
+            return self.page_locked_copies(node, model, keys);
+        }
+        let tensors = keys.iter().map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors)?)
+    }
+
+    /// [`Eval::base_rows`] from the copies kept in device memory.
+    fn device_copies(&mut self, node: &Recipe, model: &crate::recipe::model::NativeModel, keys: &[String]) -> Result<Tensor, PackError> {
+        let tensors = |keys: &mut dyn Iterator<Item = &String>| keys.map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>();
+        let hashes: Vec<[u8; 32]> = keys.iter().map(|k| base_copy_hash(b"base copy", &self.a.key_hash(node, k, self.device), self.device)).collect();
         let copies = &self.engine.bases;
         let cached: Vec<Option<Tensor>> = hashes.iter().map(|h| copies.get(h)).collect();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| cached[i].is_none()).collect();
@@ -143,6 +153,79 @@ impl Eval<'_> {
             }
         };
         Ok(own_fp32(&stored)?)
+    }
+
+    /// [`Eval::base_rows`] from page-locked copies in host memory, which upload at the link's
+    /// full speed without first being copied out of the base's own (pageable) memory. A key gets
+    /// its copy the second time a merge reads it: page-locking costs ~0.5 s a GiB once, which a
+    /// merge that runs once would pay for nothing; until then it goes through the staging
+    /// buffers as without copies.
+    fn page_locked_copies(&mut self, node: &Recipe, model: &crate::recipe::model::NativeModel, keys: &[String]) -> Result<Tensor, PackError> {
+        let tensors = |keys: &mut dyn Iterator<Item = &String>| keys.map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>();
+        let hashes: Vec<[u8; 32]> =
+            keys.iter().map(|k| base_copy_hash(b"page-locked base copy", &self.a.key_hash(node, k, self.device), self.device)).collect();
+        let copies = &self.engine.bases;
+        let mut rows: Vec<Option<Tensor>> = hashes.iter().map(|h| copies.get(h)).collect();
+        let hits = rows.iter().flatten().count();
+        let (make, once): (Vec<usize>, Vec<usize>) =
+            (0..keys.len()).filter(|&i| rows[i].is_none()).partition(|&i| self.engine.read_before(&hashes[i]));
+        if !make.is_empty() {
+            let host = tensors(&mut make.iter().map(|&i| &keys[i]))?;
+            if host.windows(2).any(|w| w[0].kind() != w[1].kind()) || rows.iter().flatten().any(|r| r.kind() != host[0].kind()) {
+                // (Keys of one shape in different dtypes, rare: read as fp32, none kept.)
+                return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
+            }
+            let views: Vec<&Tensor> = host.iter().map(|t| &**t).collect();
+            let made = crate::merge::transfer::page_locked_copies(self.engine, &views)?;
+            copies.insert_all(make.iter().zip(&made).map(|(&i, t)| (hashes[i], t.shallow_clone())).collect());
+            for (&i, t) in make.iter().zip(made) {
+                rows[i] = Some(t);
+            }
+        }
+        self.base_hits += hits;
+        tracing::debug!(keys = keys.len(), kept = hits, made = make.len(), read_once = once.len(), "page-locked base copies");
+        // The keys read for the first time, through the staging buffers.
+        let staged = if once.is_empty() {
+            None
+        } else {
+            let host = tensors(&mut once.iter().map(|&i| &keys[i]))?;
+            if host.windows(2).any(|w| w[0].kind() != w[1].kind()) || rows.iter().flatten().any(|r| r.kind() != host[0].kind()) {
+                return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
+            }
+            let views: Vec<&Tensor> = host.iter().map(|t| &**t).collect();
+            Some(crate::merge::transfer::upload(self.engine, &views)?)
+        };
+        // In key order: runs of copies that lie back to back in one block go up as one
+        // non-blocking copy each, runs of first reads are rows of the staged upload; one device
+        // copy joins them.
+        let mut parts = Vec::new();
+        let (mut i, mut staged_row) = (0, 0);
+        while i < keys.len() {
+            let end = (i + 1..keys.len()).find(|&e| !same_run(&rows[e - 1], &rows[e])).unwrap_or(keys.len());
+            match &rows[i] {
+                Some(_) => {
+                    let run: Vec<Tensor> = rows[i..end].iter().map(|r| r.as_ref().expect("a run of copies").shallow_clone()).collect();
+                    match consecutive_rows(&run) {
+                        Some(batch) => parts.push(batch.f_to_device_(self.device, batch.kind(), true, false)?),
+                        None => {
+                            for r in &run {
+                                parts.push(r.f_unsqueeze(0)?.f_to_device_(self.device, r.kind(), true, false)?);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let n = (end - i) as i64;
+                    parts.push(staged.as_ref().expect("staged first reads").f_narrow(0, staged_row, n)?);
+                    staged_row += n;
+                }
+            }
+            i = end;
+        }
+        let stored = if parts.len() == 1 { parts.pop().expect("one part") } else { Tensor::f_cat(&parts, 0)? };
+        // On a GPU every part is a fresh upload, so the merge may write into its fp32 form; on
+        // the CPU a run "moved" to the CPU is the copies themselves.
+        Ok(if self.device == Device::Cpu { own_fp32(&stored)? } else { stored.f_to_kind(Kind::Float)? })
     }
 
     /// A merge's results on the chunk's keys, from the subtree cache where it has them: full
@@ -560,11 +643,24 @@ fn own_fp32(t: &Tensor) -> Result<Tensor, tch::TchError> {
     }
 }
 
-/// The key under which a base key's uploaded copy is kept: the base's content hash for the key
-/// (`Analysis::key_hash`, which does not name the device) and the device.
-fn base_copy_hash(key_hash: &[u8; 32], device: Device) -> [u8; 32] {
+/// Whether `next` continues `prev`'s run in [`Eval::page_locked_copies`]: both first reads, or
+/// both copies with `next` right after `prev` in memory.
+fn same_run(prev: &Option<Tensor>, next: &Option<Tensor>) -> bool {
+    match (prev, next) {
+        (None, None) => true,
+        (Some(p), Some(n)) => {
+            let bytes = p.numel() * p.kind().elt_size_in_bytes();
+            n.data_ptr() as usize == p.data_ptr() as usize + bytes
+        }
+        _ => false,
+    }
+}
+
+/// The key under which a base key's copy is kept: what kind of copy (`label`), the base's
+/// content hash for the key (`Analysis::key_hash`, which does not name the device) and the device.
+fn base_copy_hash(label: &[u8], key_hash: &[u8; 32], device: Device) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(b"base copy");
+    h.update(label);
     h.update(key_hash);
     h.update(&super::analysis::device_tag(device));
     *h.finalize().as_bytes()

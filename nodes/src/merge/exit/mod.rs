@@ -103,8 +103,9 @@ pub struct ExitStats {
     /// Merge-subtree results rebuilt from the low-rank products that formed them, where the
     /// cache no longer held the full results.
     pub subtrees_rebuilt: usize,
-    /// Keys of the recipe's base read from the copies the caches kept of it (on a GPU: no
-    /// upload), counted once per merge that read them.
+    /// Keys of the recipe's base read from the copies the caches kept of it (on the device: no
+    /// upload; page-locked in host memory: no copy into staging buffers), counted once per merge
+    /// that read them.
     pub base_hits: usize,
     /// Keys × merge steps whose column statistics were reused (t_factor-only changes).
     pub stats_hits: usize,
