@@ -14,6 +14,10 @@
 #              (`[widen] subtree_products` off, then auto): the loop, then `bench merge`
 #              (about 7 minutes; BENCHMARKS.md, "Subtree results as their products (CPU, 2026-12-05,
 #              nineteenth session)")
+#   pagelocked12  the loop under 12 GiB: the new binary with page-locked base copies off
+#              (`[widen] page_locked_bases` 0), then by default, then the one before where there
+#              is one (BENCHMARKS.md, "Page-locked base copies, and stale entries first (H100,
+#              2026-12-06, twenty-second session)")
 #   profile12  where a 12 GiB slider change spends its time: `-v` (every step of every chunk waits
 #              for the device and is logged with its time), the loop with 2 changes of each kind,
 #              then `bench merge` W2 with and without the limit; not timings to report
@@ -73,6 +77,15 @@ for set in "$@"; do
         COMFYRS_WIDEN_SUBTREE_PRODUCTS=$p TAILN=14 run "merge12-products-$p" "$B" bench merge --hold-base --repeat 3 --workloads w1,w2,w3 --dir $D --device-memory 12GiB
       done
       ;;
+    pagelocked12)
+      python_log
+      for p in 0 auto; do
+        COMFYRS_WIDEN_PAGE_LOCKED_BASES=$p TAILN=12 run "loop12GiB-page-locked-$p" "$B" bench loop --repeat 3 --dir $D --device-memory 12GiB
+      done
+      if [ -x /tmp/comfyrs-before ]; then
+        TAILN=12 run loop12GiB-before /tmp/comfyrs-before bench loop --repeat 3 --dir $D --device-memory 12GiB
+      fi
+      ;;
     profile12)
       python_log
       TAILN=6 run loop12GiB-v "$B" -v bench loop --repeat 2 --dir $D --device-memory 12GiB
@@ -83,7 +96,7 @@ for set in "$@"; do
       TAILN=45 run loopref $B bench loop --repeat 3 --dir $D --reference "$here/gpupack" --reference-python /opt/torch/.venv/bin/python3
       ;;
     *)
-      echo "unknown measurement set '$set': use loop12, loop24, merge12, products12, profile12 or reference" >&2
+      echo "unknown measurement set '$set': use loop12, loop24, merge12, products12, pagelocked12, profile12 or reference" >&2
       exit 2
       ;;
   esac
