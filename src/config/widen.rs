@@ -45,7 +45,8 @@ pub struct WidenSettings {
     /// CUDA events to overlap transfers with compute (off only for comparisons).
     #[serde(deserialize_with = "values::switch")]
     pub events: bool,
-    /// A separate stream copying results to the host (off only for comparisons).
+    /// Separate streams for copies: results to the host, page-locked base copies to the device
+    /// (off only for comparisons).
     #[serde(deserialize_with = "values::switch")]
     pub copy_stream: bool,
     /// A merge over a ComfyUI MODEL hands its results to ComfyUI on the compute device

@@ -1,4 +1,4 @@
-//! The CUDA shim: the few CUDA runtime calls tch does not expose (events, a copy stream, free
+//! The CUDA shim: the few CUDA runtime calls tch does not expose (events, copy streams, free
 //! device memory, page-locked allocations), looked up in the runtime libtorch has already loaded.
 //!
 //! Nothing here is process-wide: the merge engine finds the runtime when it is created
@@ -13,6 +13,7 @@ mod peak;
 mod pinned;
 mod runtime;
 mod stream;
+mod upload;
 
 pub use arena::HostArena;
 pub use event::Event;
@@ -21,3 +22,4 @@ pub use peak::{release_cached, PeakWatch};
 pub use pinned::PinnedAllocator;
 pub use runtime::CudaRuntime;
 pub use stream::{CopyStream, PendingHost};
+pub use upload::{UploadError, UploadStream};

@@ -40,6 +40,8 @@ pub struct CudaRuntime {
     set_device: SetDeviceFn,
 }
 
+/// `cudaMemcpyHostToDevice`.
+pub(super) const HOST_TO_DEVICE: c_int = 1;
 /// `cudaMemcpyDeviceToHost`.
 pub(super) const DEVICE_TO_HOST: c_int = 2;
 /// `cudaStreamNonBlocking`: no implicit ordering with the legacy default stream.

@@ -13,7 +13,7 @@ use comfyrs_runtime::memory::{MemoryBudget, Place, UNRESOLVED};
 use tch::Device;
 
 use crate::arch::Arch;
-use crate::cuda::{device_memory, release_cached, CudaRuntime, DeviceMemory, PinnedAllocator};
+use crate::cuda::{device_memory, release_cached, CudaRuntime, DeviceMemory, PinnedAllocator, UploadStream};
 use crate::lora::LoraFile;
 use crate::recipe::foreign::ForeignModels;
 
@@ -67,6 +67,8 @@ pub struct MergeEngine {
     /// memory costs ~0.5 s per GiB). One upload at a time holds them.
     pub(crate) staging: Mutex<Option<Staging>>,
     pub(crate) staging_pool: comfyrs_runtime::memory::Pool,
+    /// The stream page-locked base copies go up on, made on first use (`copy_stream` on).
+    uploads: Mutex<Option<UploadStream>>,
     foreign: RwLock<Option<Arc<dyn ForeignModels>>>,
     /// The chunk size earlier merges found to fit, where it is less than the plan's.
     chunks: ChunkMemory,
@@ -150,6 +152,7 @@ impl MergeEngine {
             memos: Memos { lora_files: Memo::new(256), sets: Memo::new(64), touched_keys: Memo::new(64), groups: Memo::new(64) },
             staging: Mutex::new(None),
             staging_pool,
+            uploads: Mutex::new(None),
             foreign: RwLock::new(None),
             chunks: ChunkMemory::default(),
             page_locked_bases,
@@ -193,6 +196,31 @@ impl MergeEngine {
     /// before; remembers that one has now.
     pub(crate) fn read_before(&self, hash: &[u8; 32]) -> bool {
         self.base_reads.lock().unwrap_or_else(|e| e.into_inner()).put(*hash, ()).is_some()
+    }
+
+    /// The stream page-locked base copies go up on ([`UploadStream`]), held for one upload; made
+    /// on first use (the guard then always holds one). None on the CPU, without the CUDA
+    /// runtime, page-locked memory or copy streams, and where the stream or its slots could not
+    /// be made.
+    pub(crate) fn upload_stream(&self) -> Option<std::sync::MutexGuard<'_, Option<UploadStream>>> {
+        let (Device::Cuda(index), Some(rt), Some(_)) = (self.settings.device, &self.cuda, self.pinned()) else { return None };
+        if !self.settings.copy_stream {
+            return None;
+        }
+        let mut guard = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            match UploadStream::new(rt, index) {
+                Ok(stream) => {
+                    self.staging_pool.charge(Place::Device, UploadStream::device_bytes());
+                    *guard = Some(stream);
+                }
+                Err(e) => {
+                    tracing::debug!("no upload stream ({e}): page-locked base copies go up on the default stream");
+                    return None;
+                }
+            }
+        }
+        Some(guard)
     }
 
     pub fn budget(&self) -> &Arc<MemoryBudget> {

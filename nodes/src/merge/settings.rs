@@ -53,7 +53,8 @@ pub struct MergeSettings {
     pub pinned: bool,
     /// CUDA events and the CUDA runtime shim (off: tch's device-wide waits only).
     pub events: bool,
-    /// Results copied to the host on a stream of their own (off: on the default stream).
+    /// Copies on streams of their own: results to the host, page-locked base copies to the device
+    /// (off: on the default stream, behind the kernels queued before them).
     pub copy_stream: bool,
     /// A merge whose base is a foreign MODEL (ComfyUI's) keeps its results on the compute
     /// device for that runtime, which takes them there without a copy (off: through host memory;

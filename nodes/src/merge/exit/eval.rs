@@ -195,6 +195,11 @@ impl Eval<'_> {
             let views: Vec<&Tensor> = host.iter().map(|t| &**t).collect();
             Some(crate::merge::transfer::upload(self.engine, &views)?)
         };
+        if staged.is_none() {
+            if let Some(out) = self.upload_on_stream(&rows)? {
+                return Ok(out);
+            }
+        }
         // In key order: runs of copies that lie back to back in one block go up as one
         // non-blocking copy each, runs of first reads are rows of the staged upload; one device
         // copy joins them.
@@ -226,6 +231,41 @@ impl Eval<'_> {
         // On a GPU every part is a fresh upload, so the merge may write into its fp32 form; on
         // the CPU a run "moved" to the CPU is the copies themselves.
         Ok(if self.device == Device::Cpu { own_fp32(&stored)? } else { stored.f_to_kind(Kind::Float)? })
+    }
+
+    /// Page-locked copies (`rows`, every one present) as `[B, *S]` fp32 on the device, through the
+    /// engine's upload stream (crate::cuda::UploadStream): beside the kernels queued before
+    /// them instead of after them. None where there is no such stream or it could not take them
+    /// (the caller then uploads on the default stream).
+    fn upload_on_stream(&self, rows: &[Option<Tensor>]) -> Result<Option<Tensor>, PackError> {
+        let Some(mut guard) = self.engine.upload_stream() else { return Ok(None) };
+        let stream = guard.as_mut().expect("an upload stream");
+        let rows: Vec<Tensor> = rows.iter().map(|r| r.as_ref().expect("every copy present").shallow_clone()).collect();
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < rows.len() {
+            let end = (i + 1..rows.len()).find(|&e| !adjacent(&rows[e - 1], &rows[e])).unwrap_or(rows.len());
+            match consecutive_rows(&rows[i..end]) {
+                Some(run) => runs.push(run),
+                None => {
+                    for r in &rows[i..end] {
+                        runs.push(r.f_unsqueeze(0)?);
+                    }
+                }
+            }
+            i = end;
+        }
+        let mut shape = vec![rows.len() as i64];
+        shape.extend(rows[0].size());
+        let out = Tensor::f_empty(shape.as_slice(), (Kind::Float, self.device))?;
+        match stream.upload(&runs, &out) {
+            Ok(()) => Ok(Some(out)),
+            Err(crate::cuda::UploadError::Unsuited) => Ok(None),
+            Err(crate::cuda::UploadError::Failed(why)) => {
+                tracing::debug!("upload stream: {why}; this upload goes on the default stream");
+                Ok(None)
+            }
+        }
     }
 
     /// A merge's results on the chunk's keys, from the subtree cache where it has them: full
@@ -648,12 +688,15 @@ fn own_fp32(t: &Tensor) -> Result<Tensor, tch::TchError> {
 fn same_run(prev: &Option<Tensor>, next: &Option<Tensor>) -> bool {
     match (prev, next) {
         (None, None) => true,
-        (Some(p), Some(n)) => {
-            let bytes = p.numel() * p.kind().elt_size_in_bytes();
-            n.data_ptr() as usize == p.data_ptr() as usize + bytes
-        }
+        (Some(p), Some(n)) => adjacent(p, n),
         _ => false,
     }
+}
+
+/// Whether `next` starts where `prev` ends in memory.
+fn adjacent(prev: &Tensor, next: &Tensor) -> bool {
+    let bytes = prev.numel() * prev.kind().elt_size_in_bytes();
+    next.data_ptr() as usize == prev.data_ptr() as usize + bytes
 }
 
 /// The key under which a base key's copy is kept: what kind of copy (`label`), the base's
