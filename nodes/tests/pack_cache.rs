@@ -220,16 +220,7 @@ mod under_pressure {
             let keys = n(&cold, "keys");
             assert_eq!(n(&cold, "base_hits"), 0, "{base}: {cold}");
             assert_eq!(copies_of(&m), keys, "{base}: one copy per key the branch read");
-            for t2 in [0.9, 0.3, 0.5] {
-                let (warm, stats) = exec_once(&m, &chain_prompt(base, t2, true));
-                assert!(n(&stats, "subtrees_rebuilt") > 0, "{base}, t {t2}: {stats}");
-                // Every key of the branch, rebuilt or (a key with a full-weight diff) computed
-                // again, reads the base from the copies.
-                assert_eq!(n(&stats, "base_hits"), keys, "{base}, t {t2}: {stats}");
-                assert_eq!(copies_of(&m), keys, "{base}, t {t2}");
-                let (fresh, _) = exec_once(&m, &chain_prompt(base, t2, false));
-                assert_same_overrides(&warm, &fresh);
-            }
+            slider_changes_read_the_copies(&m, base, &[0.9, 0.3, 0.5], keys);
             // Without the setting the base is read each time and nothing is kept.
             let off = MergeSettings { subtree_products: Some(true), base_copies: Some(false), ..MergeSettings::default() };
             let m = Models { engine: MergeEngine::standalone(off).unwrap(), ..models(&[Arch::Sdxl], false) };
@@ -260,14 +251,21 @@ mod under_pressure {
             let (warm, stats) = exec_once(&m, &chain_prompt(base, 0.9, true));
             assert_eq!((n(&stats, "base_hits"), copies_of(&m)), (0, keys), "{base}: the second read makes them: {stats}");
             assert_same_overrides(&warm, &exec_once(&m, &chain_prompt(base, 0.9, false)).0);
-            for t2 in [0.3, 0.5] {
-                let (warm, stats) = exec_once(&m, &chain_prompt(base, t2, true));
-                assert!(n(&stats, "subtrees_rebuilt") > 0, "{base}, t {t2}: {stats}");
-                assert_eq!(n(&stats, "base_hits"), keys, "{base}, t {t2}: {stats}");
-                assert_eq!(copies_of(&m), keys, "{base}, t {t2}");
-                let (fresh, _) = exec_once(&m, &chain_prompt(base, t2, false));
-                assert_same_overrides(&warm, &fresh);
-            }
+            slider_changes_read_the_copies(&m, base, &[0.3, 0.5], keys);
+        }
+    }
+
+    /// Each change to `ts` rebuilds the branch and reads every one of its `keys` of the base from
+    /// the copies (a key with a full-weight diff, computed again, too), keeps the copies as they
+    /// were, and equals a fresh run.
+    fn slider_changes_read_the_copies(m: &Models, base: &str, ts: &[f64], keys: u64) {
+        for &t2 in ts {
+            let (warm, stats) = exec_once(m, &chain_prompt(base, t2, true));
+            assert!(n(&stats, "subtrees_rebuilt") > 0, "{base}, t {t2}: {stats}");
+            assert_eq!(n(&stats, "base_hits"), keys, "{base}, t {t2}: {stats}");
+            assert_eq!(copies_of(m), keys, "{base}, t {t2}");
+            let (fresh, _) = exec_once(m, &chain_prompt(base, t2, false));
+            assert_same_overrides(&warm, &fresh);
         }
     }
 

@@ -167,18 +167,21 @@ impl Eval<'_> {
         let copies = &self.engine.bases;
         let mut rows: Vec<Option<Tensor>> = hashes.iter().map(|h| copies.get(h)).collect();
         let hits = rows.iter().flatten().count();
-        let (make, once): (Vec<usize>, Vec<usize>) =
-            (0..keys.len()).filter(|&i| rows[i].is_none()).partition(|&i| self.engine.read_before(&hashes[i]));
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| rows[i].is_none()).collect();
+        let host = tensors(&mut missing.iter().map(|&i| &keys[i]))?;
+        let kind = rows.iter().flatten().map(|r| r.kind()).chain(host.iter().map(|t| t.kind())).next();
+        if rows.iter().flatten().map(|r| r.kind()).chain(host.iter().map(|t| t.kind())).any(|k| Some(k) != kind) {
+            // (Keys of one shape in different dtypes, rare: read as fp32, none kept.)
+            return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
+        }
+        // Keys read before get their copies now; the rest are read for the first time.
+        let (make, once): (Vec<_>, Vec<_>) =
+            missing.iter().zip(&host).map(|(&i, t)| (i, &**t)).partition(|&(i, _)| self.engine.read_before(&hashes[i]));
         if !make.is_empty() {
-            let host = tensors(&mut make.iter().map(|&i| &keys[i]))?;
-            if host.windows(2).any(|w| w[0].kind() != w[1].kind()) || rows.iter().flatten().any(|r| r.kind() != host[0].kind()) {
-                // (Keys of one shape in different dtypes, rare: read as fp32, none kept.)
-                return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
-            }
-            let views: Vec<&Tensor> = host.iter().map(|t| &**t).collect();
+            let views: Vec<&Tensor> = make.iter().map(|&(_, t)| t).collect();
             let made = crate::merge::transfer::page_locked_copies(self.engine, &views)?;
-            copies.insert_all(make.iter().zip(&made).map(|(&i, t)| (hashes[i], t.shallow_clone())).collect());
-            for (&i, t) in make.iter().zip(made) {
+            copies.insert_all(make.iter().zip(&made).map(|(&(i, _), t)| (hashes[i], t.shallow_clone())).collect());
+            for (&(i, _), t) in make.iter().zip(made) {
                 rows[i] = Some(t);
             }
         }
@@ -188,11 +191,7 @@ impl Eval<'_> {
         let staged = if once.is_empty() {
             None
         } else {
-            let host = tensors(&mut once.iter().map(|&i| &keys[i]))?;
-            if host.windows(2).any(|w| w[0].kind() != w[1].kind()) || rows.iter().flatten().any(|r| r.kind() != host[0].kind()) {
-                return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
-            }
-            let views: Vec<&Tensor> = host.iter().map(|t| &**t).collect();
+            let views: Vec<&Tensor> = once.iter().map(|&(_, t)| t).collect();
             Some(crate::merge::transfer::upload(self.engine, &views)?)
         };
         if staged.is_none() {
