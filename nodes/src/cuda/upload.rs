@@ -104,7 +104,7 @@ impl UploadStream {
         while out_row < rows {
             let slot_index = self.next;
             self.next ^= 1;
-            // (piece rows so far, the copies: (run, first row, rows))
+            // The piece's copies: (run, its first row, rows).
             let mut copies = Vec::new();
             let mut filled = 0;
             while filled < per_slot && run < runs.len() {
@@ -120,18 +120,18 @@ impl UploadStream {
             let sources: Vec<Tensor> = copies.iter().map(|&(r, _, _)| runs[r].shallow_clone()).collect();
             let uploaded = self.queue_piece(slot_index, &copies, runs, row_bytes)?;
             // The default stream waits for this piece, then widens it into `out`.
-            let slot = &mut self.slots[slot_index];
             let waited = self
                 .rt
                 // SAFETY: the legacy default stream (null) waits for an event this value recorded.
                 .on_device(self.index, || unsafe { (self.rt.stream_wait_event)(std::ptr::null_mut(), uploaded.handle(), 0) == 0 })
                 .unwrap_or(false);
-            if !waited {
-                // (Then the host waits for the piece instead.)
-                if !uploaded.wait() {
-                    return Err(UploadError::Failed("cannot wait for an upload".into()));
-                }
+            if !waited && !uploaded.wait() {
+                // (Where the device cannot wait, the host does; where neither can, the rows stay
+                // allocated until the piece is known to be done, at the latest when this drops.)
+                self.in_flight.push((uploaded, sources));
+                return Err(UploadError::Failed("cannot wait for an upload".into()));
             }
+            let slot = &mut self.slots[slot_index];
             let bytes = filled * row_bytes as i64;
             let mut shape = vec![filled];
             shape.extend_from_slice(&row);
