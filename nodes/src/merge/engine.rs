@@ -69,6 +69,9 @@ pub struct MergeEngine {
     pub(crate) staging_pool: comfyrs_runtime::memory::Pool,
     /// The stream page-locked base copies go up on, made on first use (`copy_stream` on).
     uploads: Mutex<Option<UploadStream>>,
+    /// Whether making it failed: not tried again at every upload (a failed device allocation
+    /// has libtorch's allocator give back its cached blocks first).
+    no_upload_stream: std::sync::atomic::AtomicBool,
     foreign: RwLock<Option<Arc<dyn ForeignModels>>>,
     /// The chunk size earlier merges found to fit, where it is less than the plan's.
     chunks: ChunkMemory,
@@ -153,6 +156,7 @@ impl MergeEngine {
             staging: Mutex::new(None),
             staging_pool,
             uploads: Mutex::new(None),
+            no_upload_stream: std::sync::atomic::AtomicBool::new(false),
             foreign: RwLock::new(None),
             chunks: ChunkMemory::default(),
             page_locked_bases,
@@ -201,10 +205,10 @@ impl MergeEngine {
     /// The stream page-locked base copies go up on ([`UploadStream`]), held for one upload; made
     /// on first use (the guard then always holds one). None on the CPU, without the CUDA
     /// runtime, page-locked memory or copy streams, and where the stream or its slots could not
-    /// be made.
+    /// be made (once: it is not tried again).
     pub(crate) fn upload_stream(&self) -> Option<std::sync::MutexGuard<'_, Option<UploadStream>>> {
         let (Device::Cuda(index), Some(rt), Some(_)) = (self.settings.device, &self.cuda, self.pinned()) else { return None };
-        if !self.settings.copy_stream {
+        if !self.settings.copy_stream || self.no_upload_stream.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         let mut guard = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,6 +220,7 @@ impl MergeEngine {
                 }
                 Err(e) => {
                     tracing::debug!("no upload stream ({e}): page-locked base copies go up on the default stream");
+                    self.no_upload_stream.store(true, std::sync::atomic::Ordering::Relaxed);
                     return None;
                 }
             }

@@ -157,9 +157,9 @@ impl Eval<'_> {
 
     /// [`Eval::base_rows`] from page-locked copies in host memory, which upload at the link's
     /// full speed without first being copied out of the base's own (pageable) memory. A key gets
-    /// its copy the second time a merge reads it: page-locking costs ~0.5 s a GiB once, which a
-    /// merge that runs once would pay for nothing; until then it goes through the staging
-    /// buffers as without copies.
+    /// its copy the second time a merge reads it: page-locking SDXL's 1.15 GiB cost a slider
+    /// change 0.19-0.38 s once (BENCHMARKS.md), which a merge that runs once would pay for
+    /// nothing; until then it goes through the staging buffers as without copies.
     fn page_locked_copies(&mut self, node: &Recipe, model: &crate::recipe::model::NativeModel, keys: &[String]) -> Result<Tensor, PackError> {
         let tensors = |keys: &mut dyn Iterator<Item = &String>| keys.map(|k| model.tensor(k)).collect::<Result<Vec<_>, _>>();
         let hashes: Vec<[u8; 32]> =
@@ -208,14 +208,9 @@ impl Eval<'_> {
             let end = (i + 1..keys.len()).find(|&e| !same_run(&rows[e - 1], &rows[e])).unwrap_or(keys.len());
             match &rows[i] {
                 Some(_) => {
-                    let run: Vec<Tensor> = rows[i..end].iter().map(|r| r.as_ref().expect("a run of copies").shallow_clone()).collect();
-                    match consecutive_rows(&run) {
-                        Some(batch) => parts.push(batch.f_to_device_(self.device, batch.kind(), true, false)?),
-                        None => {
-                            for r in &run {
-                                parts.push(r.f_unsqueeze(0)?.f_to_device_(self.device, r.kind(), true, false)?);
-                            }
-                        }
+                    let copies: Vec<Tensor> = rows[i..end].iter().map(|r| r.as_ref().expect("a run of copies").shallow_clone()).collect();
+                    for run in back_to_back(&copies)? {
+                        parts.push(run.f_to_device_(self.device, run.kind(), true, false)?);
                     }
                 }
                 None => {
@@ -240,20 +235,7 @@ impl Eval<'_> {
         let Some(mut guard) = self.engine.upload_stream() else { return Ok(None) };
         let stream = guard.as_mut().expect("an upload stream");
         let rows: Vec<Tensor> = rows.iter().map(|r| r.as_ref().expect("every copy present").shallow_clone()).collect();
-        let mut runs = Vec::new();
-        let mut i = 0;
-        while i < rows.len() {
-            let end = (i + 1..rows.len()).find(|&e| !adjacent(&rows[e - 1], &rows[e])).unwrap_or(rows.len());
-            match consecutive_rows(&rows[i..end]) {
-                Some(run) => runs.push(run),
-                None => {
-                    for r in &rows[i..end] {
-                        runs.push(r.f_unsqueeze(0)?);
-                    }
-                }
-            }
-            i = end;
-        }
+        let runs = back_to_back(&rows)?;
         let mut shape = vec![rows.len() as i64];
         shape.extend(rows[0].size());
         let out = Tensor::f_empty(shape.as_slice(), (Kind::Float, self.device))?;
@@ -690,6 +672,27 @@ fn same_run(prev: &Option<Tensor>, next: &Option<Tensor>) -> bool {
         (Some(p), Some(n)) => adjacent(p, n),
         _ => false,
     }
+}
+
+/// `rows` (same shape and dtype) as `[n, *S]` runs in order: one view per stretch of rows that
+/// lie back to back in one tensor's memory, each other row on its own. What goes up in one
+/// transfer.
+fn back_to_back(rows: &[Tensor]) -> Result<Vec<Tensor>, tch::TchError> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < rows.len() {
+        let end = (i + 1..rows.len()).find(|&e| !adjacent(&rows[e - 1], &rows[e])).unwrap_or(rows.len());
+        match consecutive_rows(&rows[i..end]) {
+            Some(run) => runs.push(run),
+            None => {
+                for r in &rows[i..end] {
+                    runs.push(r.f_unsqueeze(0)?);
+                }
+            }
+        }
+        i = end;
+    }
+    Ok(runs)
 }
 
 /// Whether `next` starts where `prev` ends in memory.
