@@ -27,7 +27,11 @@ fn bench_loop_merges_only_when_the_recipe_changes() {
     let seed = cells("new seed (merge cached)");
     assert!(seed[1].ends_with(" s") && seed[2].ends_with(" s"), "{seed:?}");
     assert_eq!(seed[3], "-", "a new seed alone must not merge again: {seed:?}");
-    assert!(stdout.contains("Last image: pixels "), "{stdout}");
+    // The last image's pixels, and the weights its merge handed to the sampler (saved after the
+    // timed runs), each as 16 hex digits.
+    let last = stdout.lines().find(|l| l.starts_with("Last image: pixels ")).unwrap_or_else(|| panic!("{stdout}"));
+    let digests: Vec<&str> = last.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| w.len() == 16 && w.chars().all(|c| c.is_ascii_hexdigit())).collect();
+    assert!(last.contains("; its merge: weights ") && digests.len() == 2, "{last}");
     // After each run, what the engine's memory holds (the outputs among it).
     let memory: Vec<&str> = stderr.lines().filter(|l| l.starts_with("comfyrs:   memory: host ")).collect();
     let runs = stderr.lines().filter(|l| l.starts_with("comfyrs: ") && l.contains(": first step ")).count();

@@ -316,15 +316,11 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
         }
         v
     };
-    let native_runs = if opts.reference.reference.is_some() {
-        for f in [&ours, &theirs] {
-            let _ = std::fs::remove_file(f);
-        }
-        with_saved(SAVED_OURS)
-    } else {
-        timed.clone()
-    };
-    let mut native = run_native(config, &dir, &native_out, &native_runs)?;
+    for f in [&ours, &theirs] {
+        let _ = std::fs::remove_file(f);
+    }
+    // Saved on every run, so that two runs whose images differ say whether their merges did.
+    let mut native = run_native(config, &dir, &native_out, &with_saved(SAVED_OURS))?;
     native.truncate(timed.len());
     let reference = match &opts.reference.reference {
         Some(pack) => {
@@ -395,7 +391,10 @@ pub fn run(opts: &LoopBench, config: &Config) -> Result<()> {
                 writeln!(out, "Both, {exact}.")?;
             }
         }
-        None => writeln!(out, "Last image: pixels {mine}.")?,
+        None => {
+            let weights = super::loop_weights::merged_digest(&ours).context("reading the last recipe's saved merge")?;
+            writeln!(out, "Last image: pixels {mine}; its merge: weights {weights} (blake3 of the merged keys, as saved).")?;
+        }
     }
     Ok(())
 }

@@ -94,6 +94,22 @@ fn merged_by_both(a: &Saved, b: &Saved) -> Result<Vec<String>> {
     Ok(keys)
 }
 
+/// blake3 of a saved merge's merged keys (each key's name, shape and stored bytes, in the order
+/// its metadata lists them), 16 hex digits: two runs of one recipe whose images differ have the
+/// same digest when the difference is not the merge's.
+pub(super) fn merged_digest(path: &Path) -> Result<String> {
+    let saved = Saved::open(path)?;
+    let mut h = blake3::Hasher::new();
+    for k in &saved.affected {
+        let name = saved.names.get(k).ok_or_else(|| anyhow!("{k} is listed as merged but missing from {}", path.display()))?;
+        let meta = saved.file.meta(name).ok_or_else(|| anyhow!("{name}: no such tensor in {}", path.display()))?;
+        h.update(k.as_bytes());
+        h.update(format!("{:?}", meta.shape).as_bytes());
+        h.update(saved.file.bytes(name)?);
+    }
+    Ok(h.finalize().to_hex()[..16].to_string())
+}
+
 /// Compares the merged keys of two saved merges of the same recipe.
 pub(super) fn compare(ours: &Path, theirs: &Path) -> Result<WeightDiff> {
     let (a, b) = (Saved::open(ours)?, Saved::open(theirs)?);
