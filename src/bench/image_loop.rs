@@ -34,8 +34,8 @@ use super::reference::{ReferenceRun, ReferenceSetup};
 #[derive(Args)]
 pub struct LoopBench {
     /// Where the generated models are kept between runs (written on first use: ~7 GB for the
-    /// SDXL checkpoint and its LoRAs) [default: $COMFYRS_CACHE/bench-models, else
-    /// ~/.cache/comfyrs/bench-models].
+    /// SDXL checkpoint and its LoRAs; each run also saves its last merge there, ~5 GB, replacing
+    /// the last run's) [default: $COMFYRS_CACHE/bench-models, else ~/.cache/comfyrs/bench-models].
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Sampler steps.
