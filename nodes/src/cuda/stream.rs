@@ -92,8 +92,9 @@ impl Drop for PendingHost {
     }
 }
 
-/// A stream of its own for device → host copies, made per Exit run (two Exits running at once
-/// each have theirs). Dropping it waits for the copies queued on it.
+/// A stream of its own for copies: device → host copies of results, made per Exit run (two Exits
+/// running at once each have theirs), and the engine's host → device uploads
+/// ([`super::UploadStream`] owns one). Dropping it waits for the copies queued on it.
 pub struct CopyStream {
     rt: Arc<CudaRuntime>,
     index: usize,
@@ -115,6 +116,11 @@ impl CopyStream {
 
     pub fn device(&self) -> Device {
         Device::Cuda(self.index)
+    }
+
+    /// The stream, for copies queued by another type of this module; alive while `self` is.
+    pub(super) fn handle(&self) -> StreamHandle {
+        self.handle
     }
 
     /// Queues a copy of the contiguous device tensor `src` into `dst`, a contiguous page-locked

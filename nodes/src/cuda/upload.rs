@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
-use super::runtime::{StreamHandle, HOST_TO_DEVICE, NON_BLOCKING};
-use super::{CudaRuntime, Event};
+use super::runtime::HOST_TO_DEVICE;
+use super::{CopyStream, CudaRuntime, Event};
 
 /// Bytes of each of the two slots: a piece of an upload is at most this.
 pub const SLOT_BYTES: usize = 64 << 20;
@@ -24,7 +24,7 @@ pub const SLOT_BYTES: usize = 64 << 20;
 pub struct UploadStream {
     rt: Arc<CudaRuntime>,
     index: usize,
-    handle: StreamHandle,
+    stream: CopyStream,
     slots: [Slot; 2],
     next: usize,
     /// Uploads whose host rows must stay allocated until they are done: a page-locked block
@@ -39,9 +39,6 @@ struct Slot {
     read: Option<Event>,
 }
 
-// SAFETY: a CUDA stream and events may be used from any host thread; the handle is owned by
-// this value and destroyed once, in `drop`; the tensors are libtorch's, which are Send.
-unsafe impl Send for UploadStream {}
 
 /// Why an upload was not queued: nothing was written to the output, or the caller must not use
 /// it ([`UploadStream::upload`]).
@@ -57,19 +54,14 @@ pub enum UploadError {
 impl UploadStream {
     /// A new non-blocking stream on device `index` with its two slots.
     pub fn new(rt: &Arc<CudaRuntime>, index: usize) -> Result<UploadStream, tch::TchError> {
-        let mut handle: StreamHandle = std::ptr::null_mut();
-        // SAFETY: `handle` receives a new stream on device `index` (made current for the call).
-        let status = rt.on_device(index, || unsafe { (rt.create_stream)(&mut handle, NON_BLOCKING) });
-        if status != Some(0) {
-            return Err(tch::TchError::Kind("the CUDA runtime could not create an upload stream".into()));
-        }
+        let stream = CopyStream::new(rt, index)
+            .ok_or_else(|| tch::TchError::Kind("the CUDA runtime could not create an upload stream".into()))?;
         let slot = || -> Result<Slot, tch::TchError> {
             Ok(Slot { buffer: Tensor::f_empty([SLOT_BYTES as i64], (Kind::Uint8, Device::Cuda(index)))?, read: None })
         };
-        // (The stream is destroyed by `drop` if a slot cannot be allocated.)
-        let mut stream = UploadStream { rt: rt.clone(), index, handle, slots: [Slot::empty(), Slot::empty()], next: 0, in_flight: Vec::new() };
-        stream.slots = [slot()?, slot()?];
-        Ok(stream)
+        // (The stream is destroyed when it drops, if a slot cannot be allocated.)
+        let slots = [slot()?, slot()?];
+        Ok(UploadStream { rt: rt.clone(), index, stream, slots, next: 0, in_flight: Vec::new() })
     }
 
     /// Device memory the slots hold.
@@ -165,7 +157,7 @@ impl UploadStream {
                 // `per_slot`), which nothing reads before the default stream has waited for it.
                 unsafe {
                     if let Some(read) = &slot.read {
-                        if (self.rt.stream_wait_event)(self.handle, read.handle(), 0) != 0 {
+                        if (self.rt.stream_wait_event)(self.stream.handle(), read.handle(), 0) != 0 {
                             return false;
                         }
                     }
@@ -173,7 +165,7 @@ impl UploadStream {
                     for &(r, first, n) in copies {
                         let src = runs[r].data_ptr() as usize + first as usize * row_bytes;
                         let len = n as usize * row_bytes;
-                        if (self.rt.memcpy_async)((dst + offset) as *mut _, src as *const _, len, HOST_TO_DEVICE, self.handle) != 0 {
+                        if (self.rt.memcpy_async)((dst + offset) as *mut _, src as *const _, len, HOST_TO_DEVICE, self.stream.handle()) != 0 {
                             return false;
                         }
                         offset += len;
@@ -183,45 +175,26 @@ impl UploadStream {
             })
             .unwrap_or(false);
         if !queued {
-            self.synchronize();
+            self.stream.synchronize();
             return Err(UploadError::Failed("the CUDA runtime refused an upload".into()));
         }
-        match Event::record_on(&self.rt, self.index, self.handle) {
+        match Event::record_on(&self.rt, self.index, self.stream.handle()) {
             Some(done) => Ok(done),
             None => {
-                self.synchronize();
+                self.stream.synchronize();
                 Err(UploadError::Failed("cannot mark an upload".into()))
             }
         }
-    }
-
-    /// Blocks until everything queued on the stream is done.
-    fn synchronize(&self) {
-        // SAFETY: the stream is alive (owned by `self`).
-        if unsafe { (self.rt.stream_synchronize)(self.handle) } != 0 {
-            tch::Cuda::synchronize(self.index as i64);
-        }
-    }
-}
-
-impl Slot {
-    /// A placeholder while the stream is being built.
-    fn empty() -> Slot {
-        Slot { buffer: Tensor::new(), read: None }
     }
 }
 
 impl Drop for UploadStream {
     fn drop(&mut self) {
-        self.synchronize();
         // The default stream may still read a slot: its memory goes back to libtorch's allocator,
-        // which orders later kernels on that stream after the read; but wait for the device, as
-        // nothing else here marks it.
+        // which orders later kernels on that stream after the read; but wait for the device (the
+        // upload stream too), as nothing else here marks it. Then the host rows may go; the
+        // stream itself is destroyed when its field drops.
         tch::Cuda::synchronize(self.index as i64);
         self.in_flight.clear();
-        // SAFETY: the stream is idle (synchronized above) and the handle is not used again.
-        unsafe {
-            (self.rt.destroy_stream)(self.handle);
-        }
     }
 }

@@ -169,8 +169,9 @@ impl Eval<'_> {
         let hits = rows.iter().flatten().count();
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| rows[i].is_none()).collect();
         let host = tensors(&mut missing.iter().map(|&i| &keys[i]))?;
-        let kind = rows.iter().flatten().map(|r| r.kind()).chain(host.iter().map(|t| t.kind())).next();
-        if rows.iter().flatten().map(|r| r.kind()).chain(host.iter().map(|t| t.kind())).any(|k| Some(k) != kind) {
+        let mut kinds = rows.iter().flatten().map(|r| r.kind()).chain(host.iter().map(|t| t.kind()));
+        let kind = kinds.next();
+        if kinds.any(|k| Some(k) != kind) {
             // (Keys of one shape in different dtypes, rare: read as fp32, none kept.)
             return Ok(crate::merge::transfer::stack_to_device(self.engine, &tensors(&mut keys.iter())?)?);
         }
